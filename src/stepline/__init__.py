@@ -1,0 +1,66 @@
+"""Stepline: durable background functions for Python web apps."""
+
+from stepline.app import App
+from stepline.context import Context, Step, SyncContext
+from stepline.errors import (
+    ConfigError,
+    EventError,
+    ExpressionError,
+    LimitError,
+    NonRetriableError,
+    NotFoundError,
+    RetryAfterError,
+    RunCancelledError,
+    StepError,
+    SteplineError,
+    StoreError,
+)
+from stepline.event import Event
+from stepline.function import (
+    Batch,
+    CancelOn,
+    Concurrency,
+    Debounce,
+    Function,
+    Priority,
+    RateLimit,
+    Singleton,
+    Throttle,
+    Timeouts,
+    TriggerCron,
+    TriggerEvent,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "Batch",
+    "CancelOn",
+    "Concurrency",
+    "ConfigError",
+    "Context",
+    "Debounce",
+    "Event",
+    "EventError",
+    "ExpressionError",
+    "Function",
+    "LimitError",
+    "NonRetriableError",
+    "NotFoundError",
+    "Priority",
+    "RateLimit",
+    "RetryAfterError",
+    "RunCancelledError",
+    "Singleton",
+    "Step",
+    "StepError",
+    "SteplineError",
+    "StoreError",
+    "SyncContext",
+    "Throttle",
+    "Timeouts",
+    "TriggerCron",
+    "TriggerEvent",
+    "__version__",
+]

@@ -1,0 +1,146 @@
+"""``Engine``: the operations every entry point shares (send, read, cancel, replay),
+and the worker for the apps this process serves."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from stepline import errors
+from stepline import event as event_mod
+from stepline.app import App
+from stepline.engine import cron
+from stepline.engine.executor import Services
+from stepline.engine.worker import Worker, new_worker_id
+from stepline.function import Function, TriggerCron
+from stepline.settings import Settings
+from stepline.store import Store, now_ms
+
+log = logging.getLogger("stepline.engine")
+
+
+class Engine:
+    """One per process. Apps given to it are registered and executed by its worker."""
+
+    def __init__(self, store: Store, settings: Settings | None = None, apps: Sequence[App] = ()) -> None:
+        self.store = store
+        self.settings = settings or Settings()
+        self.apps = list(apps)
+        self.worker: Worker | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._threads: list[concurrent.futures.ThreadPoolExecutor] = []
+        self._publish_listeners: list[Callable[[str], None]] = []
+        self._started = False
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    @property
+    def functions(self) -> dict[str, Function]:
+        out: dict[str, Function] = {}
+        for app in self.apps:
+            for fn in app.functions:
+                if fn.id in out:
+                    raise errors.ConfigError(f"function id {fn.id!r} is declared by two apps; ids must be unique")
+                out[fn.id] = fn
+        return out
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise errors.SteplineError("the engine is not started")
+        return self._loop
+
+    async def start(self, *, run_worker: bool = True, concurrency: int | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self.store.start()
+        functions = self.functions
+        if functions:
+            await self.register(list(functions.values()))
+        for app in self.apps:
+            app.attach(self)
+        if run_worker and functions:
+            settings = self.settings
+            step_threads = concurrent.futures.ThreadPoolExecutor(settings.sync_threads, thread_name_prefix="stepline-step")
+            handler_threads = concurrent.futures.ThreadPoolExecutor(settings.sync_threads, thread_name_prefix="stepline-fn")
+            self._threads = [step_threads, handler_threads]
+            services = Services(
+                store=self.store,
+                settings=settings,
+                worker_id=new_worker_id(),
+                step_threads=step_threads,
+                handler_threads=handler_threads,
+                validate_event=self._validate,
+                on_publish=self._published,
+            )
+            self.worker = Worker(services, functions, concurrency=concurrency or settings.concurrency)
+            await self.worker.start()
+        self._started = True
+
+    async def stop(self, grace: float = 10.0) -> None:
+        if self.worker is not None:
+            await self.worker.stop(grace)
+            self.worker = None
+        for app in self.apps:
+            app.attach(None)
+        for pool in self._threads:
+            pool.shutdown(wait=False, cancel_futures=True)
+        await self.store.close()
+        self._started = False
+
+    async def register(self, functions: list[Function]) -> None:
+        now = now_ms()
+        cron_next = {
+            (fn.id, pos): cron.next_tick_ms(t.cron, t.timezone, now)
+            for fn in functions
+            for pos, t in enumerate(fn.config.triggers)
+            if isinstance(t, TriggerCron)
+        }
+        await self.store.register_functions([fn.config.to_dict() for fn in functions], cron_next)
+
+    # --- events ----------------------------------------------------------------------
+
+    def _validate(self, raw: Any, index: int) -> event_mod.Event:
+        return event_mod.validate(raw, index=index, max_bytes=self.settings.max_event_bytes)
+
+    def validate_events(self, raw: Sequence[Any]) -> list[event_mod.Event]:
+        """All or nothing: one bad event rejects the request before anything is stored."""
+        return [self._validate(item, i) for i, item in enumerate(raw)]
+
+    async def send_many(self, events: Sequence[dict[str, Any] | event_mod.Event]) -> list[str]:
+        """Store events and start the runs they trigger; returns ids once committed."""
+        validated = self.validate_events(list(events))
+        if not validated:
+            return []
+        return await self.store.ingest(validated)
+
+    async def send(self, event: dict[str, Any] | event_mod.Event) -> str:
+        return (await self.send_many([event]))[0]
+
+    # --- runs ------------------------------------------------------------------------
+
+    async def cancel(self, run_id: str, reason: str = "cancelled by request") -> str:
+        status = await self.store.cancel_run(run_id, reason)
+        if status == "cancelling" and self.worker is not None:
+            self.worker.executor.cancel_local(run_id)
+        return status
+
+    async def replay(self, run_id: str) -> str:
+        return await self.store.replay_run(run_id)
+
+    async def get_run(self, run_id: str) -> dict[str, Any]:
+        return await self.store.get_run(run_id)
+
+    async def list_runs(self, **filters: Any) -> list[dict[str, Any]]:
+        return await self.store.list_runs(**filters)
+
+    # --- live messages ---------------------------------------------------------------
+
+    def add_publish_listener(self, callback: Callable[[str], None]) -> None:
+        self._publish_listeners.append(callback)
+
+    def _published(self, run_id: str) -> None:
+        for callback in list(self._publish_listeners):
+            callback(run_id)

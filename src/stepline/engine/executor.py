@@ -1,0 +1,357 @@
+"""Executing one claimed run: the ``RunDriver`` behind ``ctx.step``, and the outcome.
+
+While a worker holds a run its coroutine simply continues from step to step, each
+result committed before the next step begins. Replay (feeding the journal's saved
+results back) only happens when a run resumes on a worker that did not hold it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import functools
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from stepline import errors, jsonutil
+from stepline import event as event_mod
+from stepline.context import Context, SyncContext
+from stepline.engine import retry
+from stepline.engine.signals import Halt, Suspend
+from stepline.function import Function
+from stepline.settings import Settings
+from stepline.store import ClaimedRun, StepResult, Store, Suspension, now_ms
+from stepline.store.ops_exec import LeaseLost
+
+log = logging.getLogger("stepline.executor")
+
+
+@dataclasses.dataclass
+class Services:
+    """What every run's execution shares within a worker."""
+
+    store: Store
+    settings: Settings
+    worker_id: str
+    step_threads: concurrent.futures.ThreadPoolExecutor
+    handler_threads: concurrent.futures.ThreadPoolExecutor
+    validate_event: Callable[[Any, int], event_mod.Event]
+    on_publish: Callable[[str], None]
+
+
+class RunExecution:
+    """One run on this worker: implements ``context.RunDriver``."""
+
+    def __init__(self, services: Services, claimed: ClaimedRun, function: Function) -> None:
+        self._services = services
+        self._store = services.store
+        self._claimed = claimed
+        self.function = function
+        self.run_id = claimed.run_id
+        self.function_id = claimed.function_id
+        # The attempt a handler sees: the function's, or the retried step's when that is later.
+        self.attempt = max([claimed.attempt] + [e.attempts for e in claimed.journal.values() if e.status == "retrying"])
+        self._journal = claimed.journal
+        self._unvisited = {k for k, e in claimed.journal.items() if e.status in ("completed", "failed")}
+        self._counts: dict[str, int] = {}
+        self._seq = len(claimed.journal)
+        self._state_bytes = sum(len(e.output or "") for e in claimed.journal.values())
+        self.suspensions: list[Suspension] = []
+        self._halted = False
+        self.cancel_requested = False
+        self._busy = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # --- bookkeeping ---------------------------------------------------------------
+
+    @property
+    def replaying(self) -> bool:
+        return bool(self._unvisited)
+
+    def _enter(self, step_id: str) -> tuple[str, Any]:
+        if self._halted or self.cancel_requested:
+            raise Halt()
+        n = self._counts.get(step_id, 0)
+        self._counts[step_id] = n + 1
+        key = step_id if n == 0 else f"{step_id}:{n}"
+        self._unvisited.discard(key)
+        return key, self._journal.get(key)
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _suspend(self, suspension: Suspension) -> None:
+        self.suspensions.append(suspension)
+        self._halted = True
+        raise Suspend()
+
+    def unreached_steps(self) -> list[str]:
+        return sorted(self._unvisited)
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    def _step_error(self, step_id: str, error_json: str | None) -> errors.StepError:
+        error = jsonutil.loads(error_json) or {}
+        return errors.StepError(step_id, error.get("name", "Error"), error.get("message", ""), error.get("stack"))
+
+    # --- RunDriver -----------------------------------------------------------------
+
+    async def run_step(self, step_id: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return await self.record_step(step_id, "run", functools.partial(self._call, fn, args, kwargs), None)
+
+    async def record_step(
+        self,
+        step_id: str,
+        kind: str,
+        compute: Callable[[], Awaitable[Any]],
+        meta: Callable[[Any], dict[str, Any]] | None,
+    ) -> Any:
+        key, entry = self._enter(step_id)
+        attempt = 1
+        if entry is not None:
+            if entry.status == "completed":
+                return jsonutil.loads(entry.output)
+            if entry.status == "failed":
+                raise self._step_error(step_id, entry.error)
+            attempt = entry.attempts + 1
+        self._busy += 1
+        self._idle.clear()
+        try:
+            return await self._execute(key, step_id, kind, compute, meta, attempt)
+        finally:
+            self._busy -= 1
+            if self._busy == 0:
+                self._idle.set()
+
+    async def _call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if inspect.iscoroutinefunction(fn):
+            return await fn(*args, **kwargs)
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(self._services.step_threads, functools.partial(fn, *args, **kwargs))
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    async def _execute(
+        self,
+        key: str,
+        step_id: str,
+        kind: str,
+        compute: Callable[[], Awaitable[Any]],
+        meta: Callable[[Any], dict[str, Any]] | None,
+        attempt: int,
+    ) -> Any:
+        started = now_ms()
+        try:
+            result = await compute()
+            output = jsonutil.dumps_checked(result, what=f"step {step_id!r}'s result")
+            self._check_output_size(step_id, output)
+            meta_json = None if meta is None else jsonutil.dumps(meta(result))
+        except (Suspend, Halt, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - user code; classified by the retry policy
+            return await self._step_failed(key, step_id, kind, exc, attempt, started)
+        step = StepResult(key, step_id, kind, "completed", output, None, attempt, started, now_ms(), meta_json)
+        if await self._store.checkpoint(self.run_id, self._services.worker_id, step, self._next_seq()):
+            self.cancel_requested = True
+        self._state_bytes += len(output)
+        return jsonutil.loads(output)
+
+    def _check_output_size(self, step_id: str, output: str) -> None:
+        limit = self._services.settings.max_step_output_bytes
+        if len(output) > limit:
+            raise errors.LimitError(
+                f"step {step_id!r} returned {len(output)} bytes, over the step output limit of {limit} bytes; "
+                "store large data elsewhere and return a reference, or raise STEPLINE_MAX_STEP_OUTPUT_BYTES"
+            )
+        state_limit = self._services.settings.max_run_state_bytes
+        if self._state_bytes + len(output) > state_limit:
+            raise errors.LimitError(
+                f"step {step_id!r} would bring the run's saved state to {self._state_bytes + len(output)} bytes, "
+                f"over the run state limit of {state_limit} bytes; return smaller results or raise "
+                "STEPLINE_MAX_RUN_STATE_BYTES"
+            )
+
+    async def _step_failed(self, key: str, step_id: str, kind: str, exc: Exception, attempt: int, started: int) -> Any:
+        error = retry.error_dict(exc)
+        error_json = jsonutil.dumps(error)
+        if retry.is_final(exc) or attempt > self.function.config.retries:
+            step = StepResult(key, step_id, kind, "failed", None, error_json, attempt, started, now_ms())
+            if await self._store.checkpoint(self.run_id, self._services.worker_id, step, self._next_seq()):
+                self.cancel_requested = True
+            raise errors.StepError(step_id, error["name"] or "Error", error["message"] or "", error["stack"]) from exc
+        settings = self._services.settings
+        delay = retry.delay_for(exc, attempt, base=settings.retry_base, maximum=settings.retry_max)
+        log.info("run %s step %r attempt %d failed (%s); retrying in %.2fs", self.run_id, step_id, attempt, exc, delay)
+        self._suspend(
+            Suspension("retry", key, step_id, now_ms() + int(delay * 1000), attempt=attempt, error=error_json, started_at=started)
+        )
+
+    async def sleep_until(self, step_id: str, wake_at: float) -> None:
+        key, entry = self._enter(step_id)
+        if entry is not None:
+            if entry.status == "completed":
+                return
+            self._suspend(Suspension("sleep", key, step_id, entry.wake_at))
+        now = now_ms()
+        wake_ms = int(wake_at * 1000)
+        if wake_ms <= now:
+            step = StepResult(key, step_id, "sleep", "completed", "null", None, 1, now, now)
+            await self._store.checkpoint(self.run_id, self._services.worker_id, step, self._next_seq())
+            return
+        self._suspend(Suspension("sleep", key, step_id, wake_ms, started_at=now))
+
+    async def wait_for_event(self, step_id: str, event: str, expression: str | None, timeout: float) -> event_mod.Event | None:
+        key, entry = self._enter(step_id)
+        if entry is not None:
+            if entry.status == "completed":
+                body = jsonutil.loads(entry.output)
+                return None if body is None else event_mod.Event.from_dict(body)
+            self._suspend(Suspension("wait", key, step_id, entry.wake_at))
+        now = now_ms()
+        self._suspend(
+            Suspension("wait", key, step_id, now + int(timeout * 1000), event_name=event, expression=expression, started_at=now)
+        )
+
+    async def invoke(self, step_id: str, function_id: str, data: dict[str, Any], timeout: float | None) -> Any:
+        key, entry = self._enter(step_id)
+        if entry is not None:
+            if entry.status == "completed":
+                return jsonutil.loads(entry.output)
+            if entry.status == "failed":
+                raise self._step_error(step_id, entry.error)
+            self._suspend(Suspension("invoke", key, step_id, entry.wake_at))
+        now = now_ms()
+        jsonutil.dumps_checked(data, what=f"invoke({step_id!r}) data")
+        self._suspend(
+            Suspension(
+                "invoke",
+                key,
+                step_id,
+                None if timeout is None else now + int(timeout * 1000),
+                invoke_function_id=function_id,
+                invoke_data=data,
+                started_at=now,
+            )
+        )
+
+    async def send_events(self, step_id: str, events: list[dict[str, Any]]) -> list[str]:
+        key, entry = self._enter(step_id)
+        if entry is not None and entry.status == "completed":
+            return list(jsonutil.loads(entry.output))
+        validated = [self._services.validate_event(raw, i) for i, raw in enumerate(events)]
+        now = now_ms()
+        step = StepResult(key, step_id, "send_event", "completed", None, None, 1, now, now)
+        return await self._store.send_events_step(self.run_id, self._services.worker_id, step, self._next_seq(), validated)
+
+    async def set_progress(self, percent: float, message: str | None) -> None:
+        if not self.replaying:
+            await self._store.set_progress(self.run_id, percent, message)
+
+    async def publish(self, topic: str, data: Any) -> None:
+        await self._store.publish(self.run_id, topic, jsonutil.dumps_checked(data, what="published data"))
+        self._services.on_publish(self.run_id)
+
+
+class Executor:
+    """Runs claimed runs to their next resting point: done, failed, suspended or cancelled."""
+
+    def __init__(self, services: Services, functions: dict[str, Function]) -> None:
+        self._services = services
+        self._store = services.store
+        self._functions = functions
+        self.active: dict[str, tuple[asyncio.Future[Any], RunExecution]] = {}
+
+    def cancel_local(self, run_id: str) -> bool:
+        """Stop a run this worker is executing (its in-flight async step is cancelled)."""
+        held = self.active.get(run_id)
+        if held is None:
+            return False
+        task, execution = held
+        execution.cancel_requested = True
+        task.cancel()
+        return True
+
+    async def execute(self, claimed: ClaimedRun) -> None:
+        function = self._functions[claimed.function_id]
+        execution = RunExecution(self._services, claimed, function)
+        event = event_mod.Event.from_dict(claimed.event)
+        events = [event_mod.Event.from_dict(e) for e in claimed.events]
+        loop = asyncio.get_running_loop()
+        task: asyncio.Future[Any]
+        if function.is_async:
+            task = asyncio.ensure_future(function.handler(Context(execution, event, events)))
+        else:
+            ctx = SyncContext(execution, event, events, loop)
+            task = loop.run_in_executor(self._services.handler_threads, function.handler, ctx)
+        self.active[claimed.run_id] = (task, execution)
+        try:
+            await self._settle(claimed, execution, task)
+        except LeaseLost as exc:
+            log.warning("%s; leaving the run to its new holder", exc)
+        finally:
+            self.active.pop(claimed.run_id, None)
+
+    async def _settle(self, claimed: ClaimedRun, execution: RunExecution, task: asyncio.Future[Any]) -> None:
+        worker_id = self._services.worker_id
+        timeout = None
+        if claimed.finish_deadline is not None:
+            timeout = max(0.0, (claimed.finish_deadline - now_ms()) / 1000)
+        try:
+            result = await asyncio.wait_for(task, timeout) if timeout is not None else await task
+        except (Suspend, Halt):
+            await execution.wait_idle()
+            if execution.cancel_requested:
+                await self._finish_cancelled(claimed.run_id)
+            elif execution.suspensions:
+                await self._store.suspend(claimed.run_id, worker_id, execution.suspensions, execution._seq)
+            return
+        except asyncio.CancelledError:
+            if not execution.cancel_requested:
+                raise  # the worker is stopping; it releases the lease
+            await execution.wait_idle()
+            await self._finish_cancelled(claimed.run_id)
+            return
+        except TimeoutError:
+            error = {"name": "FinishTimeout", "message": "the run did not finish within timeouts.finish"}
+            await self._store.finish_run(claimed.run_id, worker_id, "cancelled", None, jsonutil.dumps(error))
+            return
+        except Exception as exc:  # noqa: BLE001 - the function raised; classify it
+            await self._function_failed(claimed, execution, exc)
+            return
+        try:
+            output = jsonutil.dumps_checked(result, what=f"function {claimed.function_id!r}'s return value")
+        except errors.NonRetriableError as exc:
+            await self._store.finish_run(claimed.run_id, worker_id, "failed", None, jsonutil.dumps(retry.error_dict(exc)))
+            return
+        if execution.unreached_steps():
+            log.warning(
+                "run %s completed without reaching saved steps %s: the function's code changed since they ran",
+                claimed.run_id,
+                execution.unreached_steps(),
+            )
+        await self._store.finish_run(claimed.run_id, worker_id, "completed", output, None)
+
+    async def _finish_cancelled(self, run_id: str) -> None:
+        error = {"name": "Cancelled", "message": "the run was cancelled"}
+        await self._store.finish_run(run_id, self._services.worker_id, "cancelled", None, jsonutil.dumps(error))
+
+    async def _function_failed(self, claimed: ClaimedRun, execution: RunExecution, exc: Exception) -> None:
+        await execution.wait_idle()
+        error_json = jsonutil.dumps(retry.error_dict(exc))
+        attempt = claimed.attempt + 1
+        config = execution.function.config
+        if retry.is_final(exc) or attempt > config.retries:
+            if config.failure_handler_for:
+                log.error("on_failure handler %s failed for good (not retried further): %s", config.id, exc)
+            await self._store.finish_run(claimed.run_id, self._services.worker_id, "failed", None, error_json)
+            return
+        settings = self._services.settings
+        delay = retry.delay_for(exc, attempt, base=settings.retry_base, maximum=settings.retry_max)
+        await self._store.retry_run(claimed.run_id, self._services.worker_id, attempt, now_ms() + int(delay * 1000), error_json)

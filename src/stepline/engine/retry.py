@@ -1,0 +1,35 @@
+"""Retry policy: exponential backoff with jitter, or exactly what RetryAfterError asks."""
+
+from __future__ import annotations
+
+import random
+
+from stepline import errors
+
+
+def backoff_seconds(attempt: int, *, base: float, maximum: float, rng: random.Random | None = None) -> float:
+    """Delay before retry number ``attempt`` (1-based): base·2^(attempt-1), jittered to 50-100%."""
+    rng = rng or random
+    raw = min(maximum, base * (2 ** max(0, attempt - 1)))
+    return raw * (0.5 + rng.random() * 0.5)
+
+
+def delay_for(exc: BaseException, attempt: int, *, base: float, maximum: float) -> float:
+    if isinstance(exc, errors.RetryAfterError):
+        return exc.delay_seconds()
+    return backoff_seconds(attempt, base=base, maximum=maximum)
+
+
+def is_final(exc: BaseException) -> bool:
+    """Errors that are never retried."""
+    return isinstance(exc, (errors.NonRetriableError, errors.StepError, errors.LimitError, errors.ConfigError))
+
+
+def error_dict(exc: BaseException) -> dict[str, str | None]:
+    import traceback
+
+    return {
+        "name": type(exc).__name__,
+        "message": str(exc),
+        "stack": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-8000:],
+    }

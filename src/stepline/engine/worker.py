@@ -1,0 +1,157 @@
+"""The worker: claims due runs, executes them, keeps leases alive, fires cron ticks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from stepline import ids
+from stepline.engine import cron
+from stepline.engine.executor import Executor, Services
+from stepline.function import Function
+from stepline.store import Store, now_ms
+
+log = logging.getLogger("stepline.worker")
+
+CLAIM_BATCH = 100
+
+
+class Worker:
+    def __init__(self, services: Services, functions: dict[str, Function], *, concurrency: int) -> None:
+        self.id = services.worker_id
+        self._services = services
+        self._store: Store = services.store
+        self._functions = functions
+        self._function_ids = sorted(functions)
+        self._concurrency = max(1, concurrency)
+        self.executor = Executor(services, functions)
+        self._running: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.poll_interval = services.settings.poll_interval or services.store.db.poll_interval
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._store.db.add_waker(self._wake_threadsafe)
+        self._tasks = [
+            asyncio.create_task(self._claim_loop(), name=f"stepline-claim-{self.id}"),
+            asyncio.create_task(self._heartbeat_loop(), name=f"stepline-heartbeat-{self.id}"),
+        ]
+        if any(fn.config.triggers and any(hasattr(t, "cron") for t in fn.config.triggers) for fn in self._functions.values()):
+            self._tasks.append(asyncio.create_task(self._cron_loop(), name=f"stepline-cron-{self.id}"))
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop claiming; let in-flight runs reach their next rest for ``grace`` s, then release them."""
+        self._stopping = True
+        self._wake.set()
+        self._store.db.remove_waker(self._wake_threadsafe)
+        if self._running:
+            await asyncio.wait(set(self._running), timeout=grace)
+        unfinished = list(self.executor.active)
+        for task in list(self._running):
+            task.cancel()
+        for held in list(self.executor.active.values()):
+            held[0].cancel()
+        if self._running:
+            await asyncio.wait(set(self._running), timeout=5)
+        if unfinished:
+            with contextlib.suppress(Exception):
+                await self._store.release(self.id, unfinished)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def _wake_threadsafe(self) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._wake.set)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    # --- loops -----------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        lease_ms = int(self._services.settings.lease * 1000)
+        while not self._stopping:
+            free = self._concurrency - len(self._running)
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            self._wake.clear()
+            want = min(free, CLAIM_BATCH)
+            try:
+                claimed, next_due = await self._store.claim(self.id, self._function_ids, want, lease_ms)
+            except Exception:  # noqa: BLE001 - the database may be restarting; try again shortly
+                log.exception("claiming runs failed; retrying")
+                await asyncio.sleep(min(1.0, self.poll_interval * 5))
+                continue
+            for item in claimed:
+                task = asyncio.create_task(self._execute(item), name=f"stepline-run-{item.run_id}")
+                self._running.add(task)
+            if len(claimed) == want:
+                continue
+            timeout = self.poll_interval
+            if next_due is not None:
+                timeout = min(timeout, max(0.0, (next_due - now_ms()) / 1000))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _execute(self, item) -> None:  # type: ignore[no-untyped-def]
+        try:
+            await self.executor.execute(item)
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # noqa: BLE001 - never lose the worker to one run
+            log.exception("run %s could not be settled; its lease will expire and it will be retried", item.run_id)
+        finally:
+            self._running.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._slot_freed.set()
+
+    async def _heartbeat_loop(self) -> None:
+        settings = self._services.settings
+        lease_ms = int(settings.lease * 1000)
+        while not self._stopping:
+            await asyncio.sleep(settings.lease / 3)
+            if not self.executor.active:
+                continue
+            try:
+                for run_id in await self._store.heartbeat(self.id, lease_ms):
+                    self.executor.cancel_local(run_id)
+            except Exception:  # noqa: BLE001
+                log.exception("heartbeat failed; retrying")
+
+    async def _cron_loop(self) -> None:
+        cron_ids = [fid for fid, fn in self._functions.items() if any(hasattr(t, "cron") for t in fn.config.triggers)]
+        while not self._stopping:
+            wait = 1.0
+            try:
+                now = now_ms()
+                for row in await self._store.cron_schedules(cron_ids):
+                    if row["next_tick"] <= now:
+                        # Count from now, not from the missed tick: after downtime one catch-up run, no burst.
+                        following = cron.next_tick_ms(row["cron"], row["timezone"], max(now, row["next_tick"]))
+                        await self._store.fire_cron(row["function_id"], row["position"], row["next_tick"], following)
+                        wait = 0.0
+                    else:
+                        wait = min(wait, (row["next_tick"] - now) / 1000)
+            except Exception:  # noqa: BLE001
+                log.exception("cron scheduling failed; retrying")
+            await asyncio.sleep(max(0.005, wait))
+
+
+def new_worker_id() -> str:
+    return f"w-{ids.new_id()}"

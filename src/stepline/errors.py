@@ -1,0 +1,117 @@
+"""Stepline's exceptions.
+
+Every error Stepline raises derives from ``SteplineError``. Retry meaning lives on
+the class: ``retryable`` says whether the engine retries a step or run that raised it.
+
+    SteplineError
+    ├── ConfigError            a function or app was declared wrongly (raised at import)
+    ├── ExpressionError        a CEL expression does not compile
+    ├── EventError             an event is malformed or over the size limit
+    ├── LimitError             a step output or run state is over its size limit
+    ├── NotFoundError          no run / event / function with that id
+    ├── StoreError             the database is unreachable or not migrated
+    ├── NonRetriableError      raise in a step or function: fail now, no retries
+    ├── RetryAfterError        raise in a step or function: retry after exactly `delay`
+    ├── StepError              a step failed after its retries; raised into the function
+    └── RunCancelledError      a step was awaited on a run that has been cancelled
+
+Control flow that user code must not swallow derives from ``BaseException``
+(see ``stepline.engine.signals``), never from this tree.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+
+class SteplineError(Exception):
+    """Base of every Stepline error."""
+
+    retryable: bool = False
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__class__.__doc__ or self.__class__.__name__).strip())
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class ConfigError(SteplineError, ValueError):
+    """A function or app was declared wrongly; the message names the field."""
+
+
+class ExpressionError(ConfigError):
+    """A CEL expression does not compile."""
+
+
+class EventError(SteplineError, ValueError):
+    """An event is malformed or over the size limit."""
+
+
+class LimitError(SteplineError):
+    """A step output or the run's state is over its size limit."""
+
+
+class NotFoundError(SteplineError, LookupError):
+    """No such run, event or function."""
+
+
+class StoreError(SteplineError):
+    """The database cannot be used as it is (unreachable, or its schema is out of date)."""
+
+    retryable = True
+
+
+class NonRetriableError(SteplineError):
+    """Raise from a step or function to fail at once, without retries."""
+
+    def __init__(self, message: str | None = None, *, cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        if cause is not None:
+            self.__cause__ = cause
+
+
+class RetryAfterError(SteplineError):
+    """Raise from a step or function to be retried after exactly ``delay``.
+
+    ``delay`` is seconds, a ``timedelta``, or an aware ``datetime`` to retry at.
+    """
+
+    retryable = True
+
+    def __init__(
+        self, message: str | None = None, delay: float | dt.timedelta | dt.datetime = 0.0
+    ) -> None:
+        super().__init__(message or f"retry after {delay}")
+        self.delay = delay
+
+    def delay_seconds(self, now: dt.datetime | None = None) -> float:
+        if isinstance(self.delay, dt.datetime):
+            now = now or dt.datetime.now(dt.timezone.utc)
+            return max(0.0, (self.delay - now).total_seconds())
+        if isinstance(self.delay, dt.timedelta):
+            return max(0.0, self.delay.total_seconds())
+        return max(0.0, float(self.delay))
+
+
+class StepError(SteplineError):
+    """A step failed after all its retries. Catch it in the function to recover.
+
+    ``name`` and ``message`` come from the step's last error; ``step_id`` names the step.
+    """
+
+    def __init__(self, step_id: str, name: str, message: str, stack: str | None = None) -> None:
+        super().__init__(f"step {step_id!r} failed: {name}: {message}")
+        self.step_id = step_id
+        self.name = name
+        self.error_message = message
+        self.stack = stack
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "message": self.error_message, "stack": self.stack}
+
+
+class RunCancelledError(SteplineError):
+    """The run was cancelled; it stops at its next step."""

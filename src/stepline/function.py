@@ -1,0 +1,430 @@
+"""Function declarations: triggers and config objects, validated when declared.
+
+Every config object is frozen and keyword-only, and ``to_dict`` gives the
+JSON form the store keeps, so a process without the function's code (an API
+server) can still match triggers and apply flow control.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+import zoneinfo
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+from croniter import croniter
+
+from stepline import durations, errors, expressions
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
+
+
+def _positive_int(value: Any, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise errors.ConfigError(f"{field}: expected a whole number > 0, got {value!r}")
+    return value
+
+
+def _optional_expr(value: str | None, field: str) -> str | None:
+    return None if value is None else expressions.check(value, field=field)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TriggerEvent:
+    """Start a run for each event named ``event`` (``if_`` filters with CEL)."""
+
+    event: str
+    if_: str | None = None
+
+    def __init__(self, event: str, *, if_: str | None = None) -> None:
+        if not isinstance(event, str) or not event.strip():
+            raise errors.ConfigError(f"TriggerEvent.event: expected an event name, got {event!r}")
+        object.__setattr__(self, "event", event)
+        object.__setattr__(self, "if_", _optional_expr(if_, "TriggerEvent.if_"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"event": self.event, "expression": self.if_}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TriggerCron:
+    """Start a run on a cron schedule (one run per tick across all processes).
+
+    After downtime, missed ticks collapse into a single catch-up run.
+    """
+
+    cron: str
+    timezone: str = "UTC"
+
+    def __init__(self, cron: str, *, timezone: str = "UTC") -> None:
+        if not isinstance(cron, str) or not croniter.is_valid(cron):
+            raise errors.ConfigError(
+                f"TriggerCron.cron: {cron!r} is not a cron expression; write five fields "
+                "like '*/5 * * * *' (minute hour day month weekday)"
+            )
+        try:
+            zoneinfo.ZoneInfo(timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise errors.ConfigError(
+                f"TriggerCron.timezone: unknown time zone {timezone!r}; use an IANA name "
+                "like 'UTC' or 'Europe/Paris'"
+            ) from exc
+        object.__setattr__(self, "cron", cron)
+        object.__setattr__(self, "timezone", timezone)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cron": self.cron, "timezone": self.timezone}
+
+
+Trigger = TriggerEvent | TriggerCron
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CancelOn:
+    """Cancel a run when ``event`` arrives and matches (``match`` field or CEL ``if_``)."""
+
+    event: str
+    match: str | None = None
+    if_: str | None = None
+    timeout: float | None = None
+
+    def __init__(
+        self,
+        event: str,
+        *,
+        match: str | None = None,
+        if_: str | None = None,
+        timeout: durations.Duration | None = None,
+    ) -> None:
+        if not isinstance(event, str) or not event.strip():
+            raise errors.ConfigError(f"CancelOn.event: expected an event name, got {event!r}")
+        if match is not None and if_ is not None:
+            raise errors.ConfigError("CancelOn: give either match= or if_=, not both")
+        object.__setattr__(self, "event", event)
+        object.__setattr__(self, "match", match)
+        object.__setattr__(self, "if_", _optional_expr(if_, "CancelOn.if_"))
+        object.__setattr__(
+            self, "timeout", None if timeout is None else durations.parse(timeout, field="CancelOn.timeout")
+        )
+        if match is not None:
+            expressions.check(expressions.match_to_expression(match), field="CancelOn.match")
+
+    @property
+    def expression(self) -> str | None:
+        if self.match is not None:
+            return expressions.match_to_expression(self.match)
+        return self.if_
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"event": self.event, "expression": self.expression, "timeout": self.timeout}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Timeouts:
+    """``start``: cancel a run not started within this long; ``finish``: not finished."""
+
+    start: float | None = None
+    finish: float | None = None
+
+    def __init__(
+        self, *, start: durations.Duration | None = None, finish: durations.Duration | None = None
+    ) -> None:
+        object.__setattr__(
+            self, "start", None if start is None else durations.parse(start, field="Timeouts.start")
+        )
+        object.__setattr__(
+            self, "finish", None if finish is None else durations.parse(finish, field="Timeouts.finish")
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"start": self.start, "finish": self.finish}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Concurrency:
+    """At most ``limit`` runs executing steps at once, per ``key`` value if given.
+
+    ``scope="env"`` shares the cap with every function using the same key.
+    """
+
+    limit: int
+    key: str | None = None
+    scope: Literal["fn", "env"] = "fn"
+
+    def __init__(self, limit: int, *, key: str | None = None, scope: str = "fn") -> None:
+        object.__setattr__(self, "limit", _positive_int(limit, "Concurrency.limit"))
+        object.__setattr__(self, "key", _optional_expr(key, "Concurrency.key"))
+        if scope not in ("fn", "env"):
+            raise errors.ConfigError(f"Concurrency.scope: expected 'fn' or 'env', got {scope!r}")
+        if scope == "env" and key is None:
+            raise errors.ConfigError("Concurrency: scope='env' needs a key shared by the functions")
+        object.__setattr__(self, "scope", scope)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"limit": self.limit, "key": self.key, "scope": self.scope}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Throttle:
+    """At most ``limit`` run starts per ``period`` (plus ``burst``), per key; excess waits."""
+
+    limit: int
+    period: float
+    burst: int | None = None
+    key: str | None = None
+
+    def __init__(
+        self, *, limit: int, period: durations.Duration, burst: int | None = None, key: str | None = None
+    ) -> None:
+        object.__setattr__(self, "limit", _positive_int(limit, "Throttle.limit"))
+        seconds = durations.parse(period, field="Throttle.period")
+        if seconds <= 0:
+            raise errors.ConfigError("Throttle.period: must be longer than zero")
+        object.__setattr__(self, "period", seconds)
+        object.__setattr__(self, "burst", None if burst is None else _positive_int(burst, "Throttle.burst"))
+        object.__setattr__(self, "key", _optional_expr(key, "Throttle.key"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"limit": self.limit, "period": self.period, "burst": self.burst, "key": self.key}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RateLimit:
+    """At most ``limit`` runs started per ``period`` per key; excess events start none."""
+
+    limit: int
+    period: float
+    key: str | None = None
+
+    def __init__(self, *, limit: int, period: durations.Duration, key: str | None = None) -> None:
+        object.__setattr__(self, "limit", _positive_int(limit, "RateLimit.limit"))
+        seconds = durations.parse(period, field="RateLimit.period")
+        if seconds <= 0:
+            raise errors.ConfigError("RateLimit.period: must be longer than zero")
+        object.__setattr__(self, "period", seconds)
+        object.__setattr__(self, "key", _optional_expr(key, "RateLimit.key"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"limit": self.limit, "period": self.period, "key": self.key}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Debounce:
+    """Start one run ``period`` after the last matching event, with that event."""
+
+    period: float
+    key: str | None = None
+    timeout: float | None = None
+
+    def __init__(
+        self,
+        *,
+        period: durations.Duration,
+        key: str | None = None,
+        timeout: durations.Duration | None = None,
+    ) -> None:
+        seconds = durations.parse(period, field="Debounce.period")
+        if seconds <= 0:
+            raise errors.ConfigError("Debounce.period: must be longer than zero")
+        object.__setattr__(self, "period", seconds)
+        object.__setattr__(self, "key", _optional_expr(key, "Debounce.key"))
+        object.__setattr__(
+            self, "timeout", None if timeout is None else durations.parse(timeout, field="Debounce.timeout")
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"period": self.period, "key": self.key, "timeout": self.timeout}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Priority:
+    """``run``: CEL giving seconds (-600..600) to move a run ahead (+) or behind (-)."""
+
+    run: str
+
+    def __init__(self, *, run: str) -> None:
+        object.__setattr__(self, "run", expressions.check(run, field="Priority.run"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run": self.run}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Batch:
+    """Deliver up to ``max_size`` events (or what arrived within ``timeout``) to one run."""
+
+    max_size: int
+    timeout: float
+    key: str | None = None
+
+    def __init__(self, *, max_size: int, timeout: durations.Duration, key: str | None = None) -> None:
+        object.__setattr__(self, "max_size", _positive_int(max_size, "Batch.max_size"))
+        seconds = durations.parse(timeout, field="Batch.timeout")
+        if seconds <= 0:
+            raise errors.ConfigError("Batch.timeout: must be longer than zero")
+        object.__setattr__(self, "timeout", seconds)
+        object.__setattr__(self, "key", _optional_expr(key, "Batch.key"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"max_size": self.max_size, "timeout": self.timeout, "key": self.key}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Singleton:
+    """At most one run per key: a new one is skipped, or cancels the running one."""
+
+    key: str | None = None
+    mode: Literal["skip", "cancel"] = "skip"
+
+    def __init__(self, *, key: str | None = None, mode: str = "skip") -> None:
+        object.__setattr__(self, "key", _optional_expr(key, "Singleton.key"))
+        if mode not in ("skip", "cancel"):
+            raise errors.ConfigError(f"Singleton.mode: expected 'skip' or 'cancel', got {mode!r}")
+        object.__setattr__(self, "mode", mode)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "mode": self.mode}
+
+
+Handler = Callable[..., Any]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FunctionConfig:
+    """Everything about a function except its code; stored as JSON by the engine."""
+
+    id: str
+    app_id: str
+    name: str
+    triggers: tuple[Trigger, ...]
+    retries: int = 4
+    cancel_on: tuple[CancelOn, ...] = ()
+    idempotency: str | None = None
+    timeouts: Timeouts | None = None
+    concurrency: tuple[Concurrency, ...] = ()
+    throttle: Throttle | None = None
+    rate_limit: RateLimit | None = None
+    debounce: Debounce | None = None
+    priority: Priority | None = None
+    batch_events: Batch | None = None
+    singleton: Singleton | None = None
+    failure_handler_for: str | None = None  # set on the hidden function that runs on_failure
+
+    def to_dict(self) -> dict[str, Any]:
+        def opt(value: Any) -> Any:
+            return None if value is None else value.to_dict()
+
+        return {
+            "id": self.id,
+            "app_id": self.app_id,
+            "name": self.name,
+            "triggers": [t.to_dict() for t in self.triggers],
+            "retries": self.retries,
+            "cancel_on": [c.to_dict() for c in self.cancel_on],
+            "idempotency": self.idempotency,
+            "timeouts": opt(self.timeouts),
+            "concurrency": [c.to_dict() for c in self.concurrency],
+            "throttle": opt(self.throttle),
+            "rate_limit": opt(self.rate_limit),
+            "debounce": opt(self.debounce),
+            "priority": opt(self.priority),
+            "batch_events": opt(self.batch_events),
+            "singleton": opt(self.singleton),
+            "failure_handler_for": self.failure_handler_for,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Function:
+    """A declared function: its config and its handler (``async def`` or ``def``)."""
+
+    config: FunctionConfig
+    handler: Handler
+
+    @property
+    def id(self) -> str:
+        return self.config.id
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.handler)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.handler(*args, **kwargs)
+
+
+def _one_or_many(value: Any, kind: type | tuple[type, ...], field: str) -> tuple[Any, ...]:
+    items = tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else (value,)
+    for item in items:
+        if not isinstance(item, kind):
+            names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+            raise errors.ConfigError(f"{field}: expected {names}, got {item!r}")
+    return items
+
+
+def build_config(
+    *,
+    app_id: str,
+    id: str,
+    name: str | None,
+    trigger: Trigger | Sequence[Trigger],
+    retries: int,
+    cancel_on: CancelOn | Sequence[CancelOn] | None,
+    idempotency: str | None,
+    timeouts: Timeouts | None,
+    concurrency: Concurrency | Sequence[Concurrency] | None,
+    throttle: Throttle | None,
+    rate_limit: RateLimit | None,
+    debounce: Debounce | None,
+    priority: Priority | None,
+    batch_events: Batch | None,
+    singleton: Singleton | None,
+    failure_handler_for: str | None = None,
+) -> FunctionConfig:
+    """Validate every field of a declaration; errors name the field and the fix."""
+    if not isinstance(id, str) or not _ID.match(id):
+        raise errors.ConfigError(
+            f"function id {id!r}: use 1-128 letters, digits, '-', '_', '.', ':' or '/'"
+        )
+    triggers = _one_or_many(trigger, (TriggerEvent, TriggerCron), f"{id}: trigger")
+    if not triggers:
+        raise errors.ConfigError(f"{id}: trigger: give at least one TriggerEvent or TriggerCron")
+    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 20:
+        raise errors.ConfigError(f"{id}: retries: expected a whole number 0..20, got {retries!r}")
+    concurrency_items = () if concurrency is None else _one_or_many(concurrency, Concurrency, f"{id}: concurrency")
+    if len(concurrency_items) > 2:
+        raise errors.ConfigError(f"{id}: concurrency: at most two limits, got {len(concurrency_items)}")
+    checks: list[tuple[str, Any, type]] = [
+        ("timeouts", timeouts, Timeouts),
+        ("throttle", throttle, Throttle),
+        ("rate_limit", rate_limit, RateLimit),
+        ("debounce", debounce, Debounce),
+        ("priority", priority, Priority),
+        ("batch_events", batch_events, Batch),
+        ("singleton", singleton, Singleton),
+    ]
+    for field, value, kind in checks:
+        if value is not None and not isinstance(value, kind):
+            raise errors.ConfigError(f"{id}: {field}: expected stepline.{kind.__name__}, got {value!r}")
+    if batch_events is not None and any(isinstance(t, TriggerCron) for t in triggers):
+        raise errors.ConfigError(f"{id}: batch_events works with event triggers only")
+    return FunctionConfig(
+        id=id,
+        app_id=app_id,
+        name=name or id,
+        triggers=triggers,
+        retries=retries,
+        cancel_on=() if cancel_on is None else _one_or_many(cancel_on, CancelOn, f"{id}: cancel_on"),
+        idempotency=_optional_expr(idempotency, f"{id}: idempotency"),
+        timeouts=timeouts,
+        concurrency=concurrency_items,
+        throttle=throttle,
+        rate_limit=rate_limit,
+        debounce=debounce,
+        priority=priority,
+        batch_events=batch_events,
+        singleton=singleton,
+        failure_handler_for=failure_handler_for,
+    )

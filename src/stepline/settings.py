@@ -1,0 +1,89 @@
+"""Every ``STEPLINE_*`` environment variable, in one place (shown by ``--help``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from stepline import durations, errors
+
+
+@dataclasses.dataclass(frozen=True)
+class Var:
+    name: str
+    field: str
+    kind: type
+    default: Any
+    help: str
+
+
+VARS: tuple[Var, ...] = (
+    Var("STEPLINE_DB", "db", str, ".stepline/stepline.db", "database: a SQLite path or postgresql://user@host/db"),
+    Var("STEPLINE_HOST", "host", str, "127.0.0.1", "address the server binds"),
+    Var("STEPLINE_PORT", "port", int, 8288, "port the server listens on"),
+    Var("STEPLINE_EVENT_KEY", "event_key", str, "", "key required on POST /e/{key} (production)"),
+    Var("STEPLINE_API_TOKEN", "api_token", str, "", "bearer token for /api/v1 and the dashboard (production)"),
+    Var("STEPLINE_SIGNING_KEY", "signing_key", str, "", "HMAC key for per-run browser tokens (defaults to the API token)"),
+    Var("STEPLINE_CONCURRENCY", "concurrency", int, 500, "runs one worker process executes at once"),
+    Var("STEPLINE_SYNC_THREADS", "sync_threads", int, 32, "threads for sync handlers and sync step bodies"),
+    Var("STEPLINE_LEASE", "lease", float, 30.0, "seconds a worker's claim lasts without a heartbeat"),
+    Var("STEPLINE_RETRY_BASE", "retry_base", float, 1.0, "first retry backoff in seconds (doubles each attempt)"),
+    Var("STEPLINE_RETRY_MAX", "retry_max", float, 600.0, "longest retry backoff in seconds"),
+    Var("STEPLINE_POLL_INTERVAL", "poll_interval", float, 0.0, "seconds between looks for work from other processes (0: backend default)"),
+    Var("STEPLINE_MAX_EVENT_BYTES", "max_event_bytes", int, 1024 * 1024, "largest event accepted"),
+    Var("STEPLINE_MAX_STEP_OUTPUT_BYTES", "max_step_output_bytes", int, 4 * 1024 * 1024, "largest step result saved"),
+    Var("STEPLINE_MAX_RUN_STATE_BYTES", "max_run_state_bytes", int, 32 * 1024 * 1024, "largest total of a run's step results"),
+    Var("STEPLINE_LOG_LEVEL", "log_level", str, "INFO", "logging level: DEBUG, INFO, WARNING, ERROR"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    db: str = ".stepline/stepline.db"
+    host: str = "127.0.0.1"
+    port: int = 8288
+    event_key: str = ""
+    api_token: str = ""
+    signing_key: str = ""
+    concurrency: int = 500
+    sync_threads: int = 32
+    lease: float = 30.0
+    retry_base: float = 1.0
+    retry_max: float = 600.0
+    poll_interval: float = 0.0
+    max_event_bytes: int = 1024 * 1024
+    max_step_output_bytes: int = 4 * 1024 * 1024
+    max_run_state_bytes: int = 32 * 1024 * 1024
+    log_level: str = "INFO"
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def from_env(environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from ``STEPLINE_*`` variables; a bad value names the variable and what it takes."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for var in VARS:
+        raw = environ.get(var.name)
+        if raw is None or raw == "":
+            continue
+        try:
+            if var.kind is int:
+                values[var.field] = int(raw)
+            elif var.kind is float:
+                values[var.field] = durations.parse(raw if not raw.replace(".", "", 1).isdigit() else float(raw), field=var.name)
+            else:
+                values[var.field] = raw
+        except (ValueError, errors.ConfigError) as exc:
+            raise errors.ConfigError(f"{var.name}={raw!r}: expected {var.kind.__name__} ({var.help})") from exc
+    return Settings(**values)
+
+
+def help_text() -> str:
+    lines = ["Environment variables:"]
+    for var in VARS:
+        lines.append(f"  {var.name:<32} {var.help} (default: {var.default!r})")
+    return "\n".join(lines)

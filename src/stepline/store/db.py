@@ -1,0 +1,220 @@
+"""The thin pipe under the store: transactions, group commit, wake-ups.
+
+Domain operations (``store.ops``) are plain functions over a ``Conn`` and are
+written once; a backend supplies only how connections are made, how writes are
+batched into shared commits, and how other processes are woken.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+Row = dict[str, Any]
+log = logging.getLogger("stepline.store")
+
+
+class Conn:
+    """A connection inside one transaction. SQL uses ``?`` placeholders on every backend."""
+
+    dialect: str = ""
+
+    def __init__(self) -> None:
+        self.woke = False
+
+    def wake(self) -> None:
+        """Mark that this transaction made queue items due: workers are woken after commit."""
+        self.woke = True
+
+    @abc.abstractmethod
+    def execute(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any: ...
+
+    @abc.abstractmethod
+    def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None: ...
+
+    @abc.abstractmethod
+    def all(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[Row]: ...
+
+    def one(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Row | None:
+        rows = self.all(sql, params)
+        return rows[0] if rows else None
+
+    def scalar(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
+        row = self.one(sql, params)
+        return None if row is None else next(iter(row.values()))
+
+    @abc.abstractmethod
+    def rowcount(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> int:
+        """Run a write and return how many rows it touched."""
+
+    def skip_locked(self) -> str:
+        """The row-lock clause for claims (``FOR UPDATE SKIP LOCKED`` where supported)."""
+        return ""
+
+
+Op = Callable[[Conn], T]
+
+
+class _Job:
+    __slots__ = ("op", "future", "loop")
+
+    def __init__(self, op: Op[Any], future: asyncio.Future[Any], loop: asyncio.AbstractEventLoop) -> None:
+        self.op = op
+        self.future = future
+        self.loop = loop
+
+
+def _settle(results: list[tuple[_Job, bool, Any]]) -> None:
+    for job, ok, value in results:
+        if job.future.done():
+            continue
+        if ok:
+            job.future.set_result(value)
+        else:
+            job.future.set_exception(value)
+
+
+class Database(abc.ABC):
+    """A backend: runs operations in transactions, batching writes into group commits."""
+
+    dialect: str = ""
+    # How often a worker looks for work made due by another process (a safety net
+    # where the backend has push wake-ups, the main path where it has none).
+    poll_interval: float = 0.5
+    max_batch = 256
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._wakers: list[Callable[[], None]] = []
+        self._closed = False
+
+    # --- for backends ----------------------------------------------------------
+
+    @abc.abstractmethod
+    def _open_writer(self) -> Any:
+        """Open the connection the writer thread uses."""
+
+    @abc.abstractmethod
+    def _run_batch(self, conn: Any, ops: list[Op[Any]]) -> tuple[list[tuple[bool, Any]], bool]:
+        """Run ``ops`` in one transaction, each isolated (a failing op rolls back alone).
+
+        Returns each op's (ok, result-or-exception) and whether any op asked to wake workers.
+        """
+
+    @abc.abstractmethod
+    def _close_writer(self, conn: Any) -> None: ...
+
+    @abc.abstractmethod
+    async def read(self, op: Op[T]) -> T:
+        """Run a read-only operation on a reader connection."""
+
+    def _notify_other_processes(self) -> None:
+        """Wake workers in other processes (after a commit that made work due)."""
+
+    # --- public ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._writer is None:
+            ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            self._writer = threading.Thread(target=self._write_loop, args=(ready, loop), name=f"stepline-{self.dialect}-writer", daemon=True)
+            self._writer.start()
+            await ready
+
+    async def write(self, op: Op[T]) -> T:
+        """Run ``op`` in a write transaction shared with other pending writes (group commit)."""
+        if self._closed:
+            raise RuntimeError("the store is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._jobs.put(_Job(op, future, loop))
+        return await future
+
+    def write_blocking(self, op: Op[T]) -> T:
+        """``write`` for code outside any event loop (CLI commands, tests)."""
+        return asyncio.run(self._write_once(op))
+
+    async def _write_once(self, op: Op[T]) -> T:
+        await self.start()
+        return await self.write(op)
+
+    def add_waker(self, callback: Callable[[], None]) -> None:
+        """``callback`` runs (on the writer thread) after each commit that made work due."""
+        self._wakers.append(callback)
+
+    def remove_waker(self, callback: Callable[[], None]) -> None:
+        if callback in self._wakers:
+            self._wakers.remove(callback)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            self._jobs.put(None)
+            await asyncio.get_running_loop().run_in_executor(None, self._writer.join)
+            self._writer = None
+        await self._close_readers()
+
+    async def _close_readers(self) -> None:
+        pass
+
+    # --- the writer thread -----------------------------------------------------
+
+    def _write_loop(self, ready: asyncio.Future[None], ready_loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            conn = self._open_writer()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller of start()
+            ready_loop.call_soon_threadsafe(ready.set_exception, exc)
+            return
+        ready_loop.call_soon_threadsafe(ready.set_result, None)
+        try:
+            while True:
+                first = self._jobs.get()
+                if first is None:
+                    return
+                batch = [first]
+                stop = False
+                while len(batch) < self.max_batch:
+                    try:
+                        job = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if job is None:
+                        stop = True
+                        break
+                    batch.append(job)
+                self._commit_batch(conn, batch)
+                if stop:
+                    return
+        finally:
+            self._close_writer(conn)
+
+    def _commit_batch(self, conn: Any, batch: list[_Job]) -> None:
+        try:
+            outcomes, woke = self._run_batch(conn, [job.op for job in batch])
+        except BaseException as exc:  # noqa: BLE001 - the whole commit failed; every op learns it
+            log.warning("a group commit of %d operations failed: %s", len(batch), exc)
+            outcomes, woke = [(False, exc)] * len(batch), False
+        if woke:
+            for waker in list(self._wakers):
+                try:
+                    waker()
+                except Exception:  # noqa: BLE001
+                    log.exception("a wake-up callback failed")
+            self._notify_other_processes()
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, bool, Any]]] = {}
+        for job, (ok, value) in zip(batch, outcomes):
+            by_loop.setdefault(job.loop, []).append((job, ok, value))
+        for loop, results in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle, results)
+            except RuntimeError:
+                pass  # that loop is closed; nobody is waiting any more

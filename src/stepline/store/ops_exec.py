@@ -1,0 +1,407 @@
+"""Domain operations of execution: claim, checkpoint, suspend, finish, leases.
+
+A worker holds a run through a lease on its queue row; every write here checks
+the lease first, so a worker that lost its lease (it stalled past expiry and
+another took over) cannot overwrite the new holder's work.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stepline import errors
+from stepline import event as event_mod
+from stepline import jsonutil
+from stepline.store import db, ops_runs
+from stepline.store.records import ClaimedRun, JournalEntry, StepResult, Suspension
+
+
+class LeaseLost(errors.SteplineError):
+    """This worker no longer holds the run (its lease expired and another worker took it)."""
+
+
+def _hold(conn: db.Conn, run_id: str, worker_id: str) -> dict[str, Any]:
+    row = conn.one(
+        "SELECT q.lease_owner, r.cancel_requested, r.status FROM queue q JOIN runs r ON r.id = q.run_id "
+        "WHERE q.run_id = ?",
+        (run_id,),
+    )
+    if row is None or row["lease_owner"] != worker_id:
+        raise LeaseLost(f"worker {worker_id} no longer holds run {run_id}")
+    return row
+
+
+def _in(values: list[str]) -> str:
+    return ", ".join("?" for _ in values)
+
+
+# --- claim -----------------------------------------------------------------------
+
+
+def claim_txn(
+    conn: db.Conn, worker_id: str, function_ids: list[str], limit: int, now: int, lease_ms: int
+) -> tuple[list[ClaimedRun], int | None]:
+    """Lease up to ``limit`` due runs (and runs whose lease expired) of these functions.
+
+    Returns the runs with their journals, and when the next unleased run falls due.
+    """
+    if not function_ids or limit <= 0:
+        return [], None
+    fns = _in(function_ids)
+    lock = conn.skip_locked()
+    run_ids = [
+        r["run_id"]
+        for r in conn.all(
+            f"SELECT run_id FROM queue WHERE lease_owner IS NULL AND due_at <= ? AND function_id IN ({fns}) "
+            f"ORDER BY due_at LIMIT ? {lock}",
+            (now, *function_ids, limit),
+        )
+    ]
+    if len(run_ids) < limit:
+        run_ids += [
+            r["run_id"]
+            for r in conn.all(
+                f"SELECT run_id FROM queue WHERE lease_owner IS NOT NULL AND lease_expires_at <= ? "
+                f"AND function_id IN ({fns}) ORDER BY lease_expires_at LIMIT ? {lock}",
+                (now, *function_ids, limit - len(run_ids)),
+            )
+        ]
+    claimed: list[ClaimedRun] = []
+    for run_id in run_ids:
+        conn.execute(
+            "UPDATE queue SET lease_owner = ?, lease_expires_at = ? WHERE run_id = ?",
+            (worker_id, now + lease_ms, run_id),
+        )
+        item = _prepare_claimed_txn(conn, run_id, now)
+        if item is not None:
+            claimed.append(item)
+    next_due = conn.scalar(
+        f"SELECT MIN(due_at) AS due FROM queue WHERE lease_owner IS NULL AND function_id IN ({fns})",
+        tuple(function_ids),
+    )
+    return claimed, next_due
+
+
+def _prepare_claimed_txn(conn: db.Conn, run_id: str, now: int) -> ClaimedRun | None:
+    run = conn.one(
+        "SELECT r.function_id, r.status, r.attempt, r.started_at, r.start_deadline_at, r.finish_timeout_ms, "
+        "r.cancel_requested, r.error, r.batch_event_ids, e.body FROM runs r JOIN events e ON e.id = r.event_id "
+        "WHERE r.id = ?",
+        (run_id,),
+    )
+    if run is None or run["status"] in ("completed", "failed", "cancelled"):
+        conn.execute("DELETE FROM queue WHERE run_id = ?", (run_id,))
+        return None
+    if run["cancel_requested"]:
+        ops_runs.end_run_txn(conn, run_id, "cancelled", None, run["error"], now)
+        return None
+    if run["started_at"] is None and run["start_deadline_at"] is not None and now > run["start_deadline_at"]:
+        error = {"name": "StartTimeout", "message": "the run did not start within timeouts.start"}
+        ops_runs.end_run_txn(conn, run_id, "cancelled", None, jsonutil.dumps(error), now)
+        return None
+    journal: dict[str, JournalEntry] = {}
+    for row in conn.all(
+        "SELECT key, kind, status, output, error, attempts, wake_at FROM steps WHERE run_id = ?", (run_id,)
+    ):
+        entry = JournalEntry(**row)
+        if entry.status in ("sleeping", "waiting", "invoking") and entry.wake_at is not None and entry.wake_at <= now:
+            entry = _resolve_timer_txn(conn, run_id, entry, now)
+        journal[entry.key] = entry
+    started_at = run["started_at"] or now
+    conn.execute(
+        "UPDATE runs SET status = 'running', wait_reason = NULL, started_at = ?, updated_at = ? WHERE id = ?",
+        (started_at, now, run_id),
+    )
+    body = jsonutil.loads(run["body"])
+    events = [body]
+    if run["batch_event_ids"]:
+        batch_ids = jsonutil.loads(run["batch_event_ids"])
+        rows = {r["id"]: r["body"] for r in conn.all(f"SELECT id, body FROM events WHERE id IN ({_in(batch_ids)})", tuple(batch_ids))}
+        events = [jsonutil.loads(rows[i]) for i in batch_ids if i in rows]
+    finish_ms = run["finish_timeout_ms"]
+    return ClaimedRun(
+        run_id=run_id,
+        function_id=run["function_id"],
+        attempt=run["attempt"],
+        event=body,
+        events=events,
+        journal=journal,
+        started_at=started_at,
+        finish_deadline=None if finish_ms is None else started_at + finish_ms,
+    )
+
+
+def _resolve_timer_txn(conn: db.Conn, run_id: str, entry: JournalEntry, now: int) -> JournalEntry:
+    """A sleep that is over, or a wait / invoke that timed out."""
+    if entry.status == "invoking":
+        error = jsonutil.dumps({"name": "InvokeTimeout", "message": "the invoked run did not finish within the timeout"})
+        conn.execute(
+            "UPDATE steps SET status = 'failed', error = ?, ended_at = ? WHERE run_id = ? AND key = ?",
+            (error, now, run_id, entry.key),
+        )
+        return JournalEntry(entry.key, entry.kind, "failed", None, error, entry.attempts, entry.wake_at)
+    output = "null"
+    conn.execute(
+        "UPDATE steps SET status = 'completed', output = ?, ended_at = ? WHERE run_id = ? AND key = ?",
+        (output, now, run_id, entry.key),
+    )
+    conn.execute("DELETE FROM waits WHERE run_id = ? AND step_key = ?", (run_id, entry.key))
+    return JournalEntry(entry.key, entry.kind, "completed", output, None, entry.attempts, entry.wake_at)
+
+
+# --- while running ---------------------------------------------------------------
+
+
+def _upsert_step(conn: db.Conn, run_id: str, step: StepResult, seq: int, status: str, wake_at: int | None = None) -> None:
+    conn.execute(
+        "INSERT INTO steps (run_id, key, name, kind, status, seq, output, error, attempts, started_at, ended_at, "
+        "wake_at, meta) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (run_id, key) DO UPDATE SET status = excluded.status, output = excluded.output, "
+        "error = excluded.error, attempts = excluded.attempts, ended_at = excluded.ended_at, "
+        "wake_at = excluded.wake_at, meta = excluded.meta",
+        (
+            run_id,
+            step.key,
+            step.name,
+            step.kind,
+            status,
+            seq,
+            step.output,
+            step.error,
+            step.attempt,
+            step.started_at,
+            step.ended_at,
+            wake_at,
+            step.meta,
+        ),
+    )
+
+
+def checkpoint_txn(conn: db.Conn, run_id: str, worker_id: str, step: StepResult, seq: int) -> bool:
+    """Save a finished step (completed, or failed for good). Returns whether cancel was requested."""
+    held = _hold(conn, run_id, worker_id)
+    _upsert_step(conn, run_id, step, seq, step.status)
+    if step.status == "failed" or step.attempt > 1:
+        conn.execute(
+            "INSERT INTO step_attempts (run_id, step_key, attempt, error, started_at, ended_at) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (run_id, step_key, attempt) DO NOTHING",
+            (run_id, step.key, step.attempt, step.error, step.started_at, step.ended_at),
+        )
+    return bool(held["cancel_requested"])
+
+
+def send_events_step_txn(
+    conn: db.Conn, run_id: str, worker_id: str, step: StepResult, seq: int, events: list[event_mod.Event], now: int
+) -> list[str]:
+    """Send events and record the step in one transaction, so a replay never sends twice."""
+    _hold(conn, run_id, worker_id)
+    sent = ops_runs.ingest_txn(conn, events, now)
+    output = jsonutil.dumps(sent)
+    _upsert_step(
+        conn,
+        run_id,
+        StepResult(step.key, step.name, step.kind, "completed", output, None, step.attempt, step.started_at, now),
+        seq,
+        "completed",
+    )
+    return sent
+
+
+def set_progress_txn(conn: db.Conn, run_id: str, percent: float, message: str | None, now: int) -> None:
+    conn.execute(
+        "UPDATE runs SET progress = ?, progress_message = ?, updated_at = ? WHERE id = ?",
+        (percent, message, now, run_id),
+    )
+
+
+def publish_txn(conn: db.Conn, run_id: str, topic: str, data: str, now: int) -> int:
+    seq = (conn.scalar("SELECT MAX(seq) AS seq FROM run_messages WHERE run_id = ?", (run_id,)) or 0) + 1
+    conn.execute(
+        "INSERT INTO run_messages (run_id, seq, topic, data, created_at) VALUES (?, ?, ?, ?, ?)",
+        (run_id, seq, topic, data, now),
+    )
+    return int(seq)
+
+
+# --- leaving the worker ----------------------------------------------------------
+
+
+def suspend_txn(
+    conn: db.Conn, run_id: str, worker_id: str, suspensions: list[Suspension], seq: int, now: int
+) -> None:
+    """Record sleeps, waits, invokes and step retries, and release the run until the earliest is due."""
+    _hold(conn, run_id, worker_id)
+    due: int | None = None
+    kinds = set()
+    for item in suspensions:
+        kinds.add(item.kind)
+        if item.due_at is not None:
+            due = item.due_at if due is None else min(due, item.due_at)
+        step = StepResult(item.key, item.name, item.kind, "", None, item.error, item.attempt, item.started_at or now, now)
+        if item.kind == "retry":
+            _upsert_step(conn, run_id, StepResult(item.key, item.name, "run", "", None, item.error, item.attempt, item.started_at or now, now), seq, "retrying")
+            conn.execute(
+                "INSERT INTO step_attempts (run_id, step_key, attempt, error, started_at, ended_at) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (run_id, step_key, attempt) DO NOTHING",
+                (run_id, item.key, item.attempt, item.error, item.started_at or now, now),
+            )
+        elif item.kind == "sleep":
+            _insert_pending_step(conn, run_id, step, seq, "sleeping", item.due_at)
+        elif item.kind == "wait":
+            if _insert_pending_step(conn, run_id, step, seq, "waiting", item.due_at):
+                conn.execute(
+                    "INSERT INTO waits (id, run_id, step_key, event_name, expression, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (f"{run_id}:{item.key}", run_id, item.key, item.event_name, item.expression, item.due_at),
+                )
+        elif item.kind == "invoke":
+            if _insert_pending_step(conn, run_id, step, seq, "invoking", item.due_at):
+                _start_invoked_run_txn(conn, run_id, item, now)
+        seq += 1
+    if due is None:
+        due = ops_runs.NEVER
+    if "retry" in kinds:
+        status, reason = "queued", "retry_backoff"
+    elif "wait" in kinds:
+        status, reason = "waiting", "waiting_for_event"
+    elif "invoke" in kinds:
+        status, reason = "waiting", "invoking"
+    else:
+        status, reason = "sleeping", "scheduled"
+    conn.execute(
+        "UPDATE runs SET status = ?, wait_reason = ?, updated_at = ? WHERE id = ? AND status = 'running'",
+        (status, reason, now, run_id),
+    )
+    conn.execute(
+        "UPDATE queue SET lease_owner = NULL, lease_expires_at = NULL, due_at = ? WHERE run_id = ?",
+        (due, run_id),
+    )
+    if due <= now:
+        conn.wake()
+
+
+def _insert_pending_step(conn: db.Conn, run_id: str, step: StepResult, seq: int, status: str, wake_at: int | None) -> bool:
+    """Record a sleep / wait / invoke the first time it is reached; False if already recorded."""
+    exists = conn.one("SELECT status FROM steps WHERE run_id = ? AND key = ?", (run_id, step.key))
+    if exists is not None:
+        return False
+    _upsert_step(conn, run_id, StepResult(step.key, step.name, step.kind, status, None, None, 1, step.started_at, None), seq, status, wake_at)  # type: ignore[arg-type]
+    return True
+
+
+def _start_invoked_run_txn(conn: db.Conn, parent_run_id: str, item: Suspension, now: int) -> None:
+    cfg = ops_runs.function_config_txn(conn, item.invoke_function_id or "")
+    if cfg is None:
+        error = jsonutil.dumps(
+            {"name": "FunctionNotFound", "message": f"invoke: no function {item.invoke_function_id!r} is registered"}
+        )
+        conn.execute(
+            "UPDATE steps SET status = 'failed', error = ?, ended_at = ? WHERE run_id = ? AND key = ?",
+            (error, now, parent_run_id, item.key),
+        )
+        return
+    event_id, body = ops_runs.insert_internal_event_txn(
+        conn, event_mod.FUNCTION_INVOKED, dict(item.invoke_data or {}), now
+    )
+    ops_runs.create_run_txn(conn, cfg, event_id, body, now, parent=(parent_run_id, item.key), check_idempotency=False)
+
+
+def retry_run_txn(conn: db.Conn, run_id: str, worker_id: str, attempt: int, due_at: int, error: str, now: int) -> None:
+    """The function body (outside any step) failed: try the whole run again later."""
+    _hold(conn, run_id, worker_id)
+    conn.execute(
+        "INSERT INTO step_attempts (run_id, step_key, attempt, error, started_at, ended_at) VALUES (?, '', ?, ?, ?, ?) "
+        "ON CONFLICT (run_id, step_key, attempt) DO NOTHING",
+        (run_id, attempt, error, now, now),
+    )
+    conn.execute(
+        "UPDATE runs SET attempt = ?, status = 'queued', wait_reason = 'retry_backoff', updated_at = ? WHERE id = ?",
+        (attempt, now, run_id),
+    )
+    conn.execute(
+        "UPDATE queue SET lease_owner = NULL, lease_expires_at = NULL, due_at = ? WHERE run_id = ?", (due_at, run_id)
+    )
+    if due_at <= now:
+        conn.wake()
+
+
+def finish_run_txn(
+    conn: db.Conn, run_id: str, worker_id: str, status: str, output: str | None, error: str | None, now: int
+) -> None:
+    """End a run the worker holds; a final failure sends ``stepline/function.failed``."""
+    _hold(conn, run_id, worker_id)
+    row = conn.one(
+        "SELECT r.function_id, e.body, f.config FROM runs r JOIN events e ON e.id = r.event_id "
+        "LEFT JOIN functions f ON f.id = r.function_id WHERE r.id = ?",
+        (run_id,),
+    )
+    if not ops_runs.end_run_txn(conn, run_id, status, output, error, now) or row is None:
+        return
+    if status != "failed":
+        return
+    cfg = jsonutil.loads(row["config"]) if row["config"] else {}
+    if cfg.get("failure_handler_for"):
+        return  # a failing on_failure handler is logged by the worker, never looped
+    failed = event_mod.Event(
+        name=event_mod.FUNCTION_FAILED,
+        data={
+            "function_id": row["function_id"],
+            "run_id": run_id,
+            "error": jsonutil.loads(error) if error else {},
+            "event": jsonutil.loads(row["body"]),
+        },
+        ts=now,
+    )
+    ops_runs.ingest_txn(conn, [failed], now)
+
+
+def heartbeat_txn(conn: db.Conn, worker_id: str, now: int, lease_ms: int) -> list[str]:
+    """Extend this worker's leases; returns the runs it holds that were asked to cancel."""
+    conn.execute("UPDATE queue SET lease_expires_at = ? WHERE lease_owner = ?", (now + lease_ms, worker_id))
+    rows = conn.all(
+        "SELECT q.run_id FROM queue q JOIN runs r ON r.id = q.run_id WHERE q.lease_owner = ? AND r.cancel_requested = 1",
+        (worker_id,),
+    )
+    return [r["run_id"] for r in rows]
+
+
+def release_txn(conn: db.Conn, worker_id: str, run_ids: list[str], now: int) -> None:
+    """Hand runs back to the queue untouched (a worker shutting down)."""
+    for run_id in run_ids:
+        if conn.rowcount(
+            "UPDATE queue SET lease_owner = NULL, lease_expires_at = NULL, due_at = ? WHERE run_id = ? AND lease_owner = ?",
+            (now, run_id, worker_id),
+        ):
+            conn.execute(
+                "UPDATE runs SET status = 'queued', wait_reason = 'queued', updated_at = ? WHERE id = ? AND status = 'running'",
+                (now, run_id),
+            )
+    conn.wake()
+
+
+# --- cron ------------------------------------------------------------------------
+
+
+def cron_schedules_txn(conn: db.Conn, function_ids: list[str]) -> list[dict[str, Any]]:
+    if not function_ids:
+        return []
+    return conn.all(
+        f"SELECT function_id, position, cron, timezone, next_tick FROM cron_schedules WHERE function_id IN ({_in(function_ids)})",
+        tuple(function_ids),
+    )
+
+
+def fire_cron_txn(conn: db.Conn, function_id: str, position: int, tick: int, next_tick: int, now: int) -> str | None:
+    """Start the run for one tick, once across all processes (compare-and-set on next_tick)."""
+    if not conn.rowcount(
+        "UPDATE cron_schedules SET next_tick = ? WHERE function_id = ? AND position = ? AND next_tick = ?",
+        (next_tick, function_id, position, tick),
+    ):
+        return None
+    cfg = ops_runs.function_config_txn(conn, function_id)
+    if cfg is None:
+        return None
+    row = conn.one("SELECT cron FROM cron_schedules WHERE function_id = ? AND position = ?", (function_id, position))
+    event_id, body = ops_runs.insert_internal_event_txn(
+        conn, event_mod.SCHEDULED_TIMER, {"cron": row["cron"] if row else "", "tick": tick}, now
+    )
+    return ops_runs.create_run_txn(conn, cfg, event_id, body, now)

@@ -1,0 +1,173 @@
+"""Read-only queries for the API, the CLI and the dashboard."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from stepline import errors, jsonutil
+from stepline.store import db
+
+
+def iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _run_dict(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "function_id": row["function_id"],
+        "status": row["status"],
+        "wait_reason": row["wait_reason"],
+        "attempt": row["attempt"],
+        "user_id": row["user_id"],
+        "progress": row["progress"],
+        "progress_message": row["progress_message"],
+        "output": jsonutil.loads(row["output"]),
+        "error": jsonutil.loads(row["error"]),
+        "event_id": row["event_id"],
+        "parent_run_id": row["parent_run_id"],
+        "replay_of": row["replay_of"],
+        "created_at": iso(row["created_at"]),
+        "started_at": iso(row["started_at"]),
+        "ended_at": iso(row["ended_at"]),
+        "updated_at": iso(row["updated_at"]),
+        "duration_ms": None
+        if row["started_at"] is None or row["ended_at"] is None
+        else row["ended_at"] - row["started_at"],
+    }
+
+
+def _step_dict(row: dict[str, Any], attempts: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "id": row["key"],
+        "name": row["name"],
+        "kind": row["kind"],
+        "status": row["status"],
+        "attempts": row["attempts"],
+        "output": jsonutil.loads(row["output"]),
+        "error": jsonutil.loads(row["error"]),
+        "started_at": iso(row["started_at"]),
+        "ended_at": iso(row["ended_at"]),
+        "wake_at": iso(row["wake_at"]),
+        "duration_ms": None
+        if row["started_at"] is None or row["ended_at"] is None
+        else row["ended_at"] - row["started_at"],
+        "meta": jsonutil.loads(row["meta"]),
+        "attempt_history": [
+            {
+                "attempt": a["attempt"],
+                "error": jsonutil.loads(a["error"]),
+                "started_at": iso(a["started_at"]),
+                "ended_at": iso(a["ended_at"]),
+            }
+            for a in attempts
+        ],
+    }
+
+
+def get_run_txn(conn: db.Conn, run_id: str) -> dict[str, Any]:
+    row = conn.one("SELECT * FROM runs WHERE id = ?", (run_id,))
+    if row is None:
+        raise errors.NotFoundError(f"no run with id {run_id!r}")
+    run = _run_dict(row)
+    event = conn.one("SELECT body FROM events WHERE id = ?", (row["event_id"],))
+    run["event"] = jsonutil.loads(event["body"]) if event else None
+    attempts: dict[str, list[dict[str, Any]]] = {}
+    for a in conn.all("SELECT * FROM step_attempts WHERE run_id = ? ORDER BY attempt", (run_id,)):
+        attempts.setdefault(a["step_key"], []).append(a)
+    run["steps"] = [
+        _step_dict(s, attempts.get(s["key"], []))
+        for s in conn.all("SELECT * FROM steps WHERE run_id = ? ORDER BY seq, started_at", (run_id,))
+    ]
+    run["function_attempts"] = [
+        {"attempt": a["attempt"], "error": jsonutil.loads(a["error"]), "at": iso(a["ended_at"])}
+        for a in attempts.get("", [])
+    ]
+    return run
+
+
+def list_runs_txn(
+    conn: db.Conn,
+    *,
+    function_id: str | None = None,
+    status: str | None = None,
+    user_id: str | None = None,
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+    before_id: str | None = None,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    """Newest first; ``before_id`` is the cursor (the last id of the previous page)."""
+    where, params = [], []
+    for column, value in (("function_id", function_id), ("status", status), ("user_id", user_id)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    if since_ms is not None:
+        where.append("created_at >= ?")
+        params.append(since_ms)
+    if until_ms is not None:
+        where.append("created_at < ?")
+        params.append(until_ms)
+    if before_id is not None:
+        where.append("id < ?")
+        params.append(before_id)
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    rows = conn.all(f"SELECT * FROM runs {clause} ORDER BY id DESC LIMIT ?", (*params, limit))
+    return [_run_dict(r) for r in rows]
+
+
+def _event_dict(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "body": jsonutil.loads(row["body"]),
+        "user_id": row["user_id"],
+        "received_at": iso(row["received_at"]),
+        "skipped": jsonutil.loads(row["outcome"]) or {},
+    }
+
+
+def get_event_txn(conn: db.Conn, event_id: str) -> dict[str, Any]:
+    row = conn.one("SELECT * FROM events WHERE id = ?", (event_id,))
+    if row is None:
+        raise errors.NotFoundError(f"no event with id {event_id!r}")
+    event = _event_dict(row)
+    event["runs"] = [
+        _run_dict(r) for r in conn.all("SELECT * FROM runs WHERE event_id = ? ORDER BY id", (event_id,))
+    ]
+    return event
+
+
+def list_events_txn(
+    conn: db.Conn, *, name: str | None = None, before_id: str | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
+    where, params = [], []
+    if name is not None:
+        where.append("name = ?")
+        params.append(name)
+    if before_id is not None:
+        where.append("id < ?")
+        params.append(before_id)
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    rows = conn.all(f"SELECT * FROM events {clause} ORDER BY id DESC LIMIT ?", (*params, limit))
+    return [_event_dict(r) for r in rows]
+
+
+def list_functions_txn(conn: db.Conn) -> list[dict[str, Any]]:
+    return [
+        {"id": r["id"], "app_id": r["app_id"], "config": jsonutil.loads(r["config"]), "updated_at": iso(r["updated_at"])}
+        for r in conn.all("SELECT * FROM functions ORDER BY id")
+    ]
+
+
+def run_messages_txn(conn: db.Conn, run_id: str, after_seq: int = 0) -> list[dict[str, Any]]:
+    return [
+        {"seq": r["seq"], "topic": r["topic"], "data": jsonutil.loads(r["data"]), "at": iso(r["created_at"])}
+        for r in conn.all(
+            "SELECT * FROM run_messages WHERE run_id = ? AND seq > ? ORDER BY seq", (run_id, after_seq)
+        )
+    ]

@@ -1,0 +1,347 @@
+"""Domain operations on events and the run lifecycle: registration, ingest, waits,
+creating, cancelling and ending runs.
+
+Each ``*_txn`` function runs inside the caller's transaction on a ``db.Conn``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from stepline import event as event_mod
+from stepline import errors, expressions, ids, jsonutil
+from stepline.store import db
+
+log = logging.getLogger("stepline.store")
+
+DEDUP_WINDOW_MS = 24 * 3600 * 1000
+IDEMPOTENCY_WINDOW_MS = 24 * 3600 * 1000
+NEVER = 253402300799000  # 9999-12-31: "no due time" for rows that need one
+
+
+# --- functions -------------------------------------------------------------------
+
+
+def register_functions_txn(
+    conn: db.Conn, configs: list[dict[str, Any]], cron_next: Mapping[tuple[str, int], int], now: int
+) -> None:
+    """Store each function's config and triggers; keep cron positions that did not change."""
+    for cfg in configs:
+        fn_id = cfg["id"]
+        conn.execute(
+            "INSERT INTO functions (id, app_id, config, updated_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET app_id = excluded.app_id, config = excluded.config, "
+            "updated_at = excluded.updated_at",
+            (fn_id, cfg["app_id"], jsonutil.dumps(cfg), now),
+        )
+        conn.execute("DELETE FROM triggers WHERE function_id = ?", (fn_id,))
+        cron_positions = []
+        for position, trigger in enumerate(cfg["triggers"]):
+            if "event" in trigger:
+                conn.execute(
+                    "INSERT INTO triggers (function_id, position, event_name, expression) VALUES (?, ?, ?, ?)",
+                    (fn_id, position, trigger["event"], trigger.get("expression")),
+                )
+                continue
+            cron_positions.append(position)
+            existing = conn.one(
+                "SELECT cron, timezone FROM cron_schedules WHERE function_id = ? AND position = ?",
+                (fn_id, position),
+            )
+            if existing and (existing["cron"], existing["timezone"]) == (trigger["cron"], trigger["timezone"]):
+                continue
+            conn.execute(
+                "INSERT INTO cron_schedules (function_id, position, cron, timezone, next_tick) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (function_id, position) DO UPDATE SET cron = excluded.cron, "
+                "timezone = excluded.timezone, next_tick = excluded.next_tick",
+                (fn_id, position, trigger["cron"], trigger["timezone"], cron_next[(fn_id, position)]),
+            )
+        stale = conn.all("SELECT position FROM cron_schedules WHERE function_id = ?", (fn_id,))
+        for row in stale:
+            if row["position"] not in cron_positions:
+                conn.execute(
+                    "DELETE FROM cron_schedules WHERE function_id = ? AND position = ?", (fn_id, row["position"])
+                )
+
+
+def function_config_txn(conn: db.Conn, function_id: str) -> dict[str, Any] | None:
+    row = conn.one("SELECT config FROM functions WHERE id = ?", (function_id,))
+    return None if row is None else jsonutil.loads(row["config"])
+
+
+# --- events ----------------------------------------------------------------------
+
+
+def ingest_txn(conn: db.Conn, events: list[event_mod.Event], now: int) -> list[str]:
+    """Store events, resolve waits and cancel rules, start the runs they trigger.
+
+    An event whose ``id`` was seen in the last 24 h is not stored again; its
+    first id is returned in its place.
+    """
+    out: list[str] = []
+    for ev in events:
+        if ev.id is not None:
+            seen = conn.one(
+                "SELECT event_id, expires_at FROM event_ids_seen WHERE external_id = ?", (ev.id,)
+            )
+            if seen is not None and seen["expires_at"] > now:
+                out.append(seen["event_id"])
+                continue
+        event_id = ids.new_id()
+        body = ev.to_dict()
+        body.setdefault("id", event_id)
+        _insert_event(conn, event_id, body, ev.id, now)
+        if ev.id is not None:
+            conn.execute(
+                "INSERT INTO event_ids_seen (external_id, event_id, expires_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (external_id) DO UPDATE SET event_id = excluded.event_id, expires_at = excluded.expires_at",
+                (ev.id, event_id, now + DEDUP_WINDOW_MS),
+            )
+        resolve_waits_txn(conn, body, now)
+        skipped = start_triggered_runs_txn(conn, event_id, body, now)
+        if skipped:
+            conn.execute("UPDATE events SET outcome = ? WHERE id = ?", (jsonutil.dumps(skipped), event_id))
+        out.append(event_id)
+    return out
+
+
+def _insert_event(conn: db.Conn, event_id: str, body: dict[str, Any], external_id: str | None, now: int) -> None:
+    conn.execute(
+        "INSERT INTO events (id, name, body, external_id, user_id, ts, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            event_id,
+            body["name"],
+            jsonutil.dumps(body),
+            external_id,
+            event_mod.user_id_of(body),
+            int(body.get("ts") or now),
+            now,
+        ),
+    )
+
+
+def insert_internal_event_txn(conn: db.Conn, name: str, data: dict[str, Any], now: int) -> tuple[str, dict[str, Any]]:
+    """An event the engine makes for one run (invoke, cron): stored, not matched."""
+    event_id = ids.new_id()
+    body = {"name": name, "data": data, "id": event_id, "ts": now}
+    _insert_event(conn, event_id, body, None, now)
+    return event_id, body
+
+
+def start_triggered_runs_txn(conn: db.Conn, event_id: str, body: dict[str, Any], now: int) -> dict[str, str]:
+    """Start a run of every function whose trigger matches; returns {function_id: why not} for skips."""
+    rows = conn.all(
+        "SELECT t.function_id, t.expression, f.config FROM triggers t "
+        "JOIN functions f ON f.id = t.function_id WHERE t.event_name = ? ORDER BY t.function_id, t.position",
+        (body["name"],),
+    )
+    started: set[str] = set()
+    skipped: dict[str, str] = {}
+    variables = {"event": body}
+    for row in rows:
+        fn_id = row["function_id"]
+        if fn_id in started or not expressions.matches(row["expression"], variables):
+            continue
+        started.add(fn_id)
+        run_id = create_run_txn(conn, jsonutil.loads(row["config"]), event_id, body, now)
+        if run_id is None:
+            skipped[fn_id] = "idempotent"
+    return skipped
+
+
+def create_run_txn(
+    conn: db.Conn,
+    cfg: dict[str, Any],
+    event_id: str,
+    body: dict[str, Any],
+    now: int,
+    *,
+    parent: tuple[str, str] | None = None,
+    replay_of: str | None = None,
+    check_idempotency: bool = True,
+) -> str | None:
+    """Create a queued run of ``cfg`` for one event; None when its idempotency key was used."""
+    fn_id = cfg["id"]
+    run_id = ids.new_id()
+    variables = {"event": body}
+    if check_idempotency and cfg.get("idempotency"):
+        key = expressions.key(cfg["idempotency"], variables)
+        if key:
+            used = conn.one(
+                "SELECT run_id, expires_at FROM idempotency_keys WHERE function_id = ? AND key = ?", (fn_id, key)
+            )
+            if used is not None and used["expires_at"] > now:
+                return None
+            conn.execute(
+                "INSERT INTO idempotency_keys (function_id, key, run_id, expires_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (function_id, key) DO UPDATE SET run_id = excluded.run_id, expires_at = excluded.expires_at",
+                (fn_id, key, run_id, now + IDEMPOTENCY_WINDOW_MS),
+            )
+    timeouts = cfg.get("timeouts") or {}
+    start_deadline = None if timeouts.get("start") is None else now + int(timeouts["start"] * 1000)
+    finish_ms = None if timeouts.get("finish") is None else int(timeouts["finish"] * 1000)
+    conn.execute(
+        "INSERT INTO runs (id, function_id, event_id, status, wait_reason, attempt, user_id, created_at, "
+        "updated_at, start_deadline_at, finish_timeout_ms, parent_run_id, parent_step_key, replay_of) "
+        "VALUES (?, ?, ?, 'queued', 'queued', 0, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            run_id,
+            fn_id,
+            event_id,
+            event_mod.user_id_of(body),
+            now,
+            now,
+            start_deadline,
+            finish_ms,
+            parent[0] if parent else None,
+            parent[1] if parent else None,
+            replay_of,
+        ),
+    )
+    conn.execute("INSERT INTO queue (run_id, function_id, due_at) VALUES (?, ?, ?)", (run_id, fn_id, now))
+    for rule in cfg.get("cancel_on") or ():
+        expires = None if rule.get("timeout") is None else now + int(rule["timeout"] * 1000)
+        conn.execute(
+            "INSERT INTO waits (id, run_id, step_key, event_name, expression, expires_at) VALUES (?, ?, NULL, ?, ?, ?)",
+            (ids.new_id(), run_id, rule["event"], rule.get("expression"), expires),
+        )
+    conn.wake()
+    return run_id
+
+
+# --- waits -----------------------------------------------------------------------
+
+
+def resolve_waits_txn(conn: db.Conn, body: dict[str, Any], now: int) -> None:
+    """Hand an incoming event to the runs waiting for it (a step) or cancelled by it."""
+    rows = conn.all(
+        "SELECT w.id, w.run_id, w.step_key, w.expression, w.expires_at, e.body AS trigger_body "
+        "FROM waits w JOIN runs r ON r.id = w.run_id JOIN events e ON e.id = r.event_id "
+        "WHERE w.event_name = ?",
+        (body["name"],),
+    )
+    for row in rows:
+        if row["expires_at"] is not None and row["expires_at"] <= now:
+            continue
+        variables = {"event": jsonutil.loads(row["trigger_body"]), "async": body}
+        if not expressions.matches(row["expression"], variables):
+            continue
+        if row["step_key"] is None:
+            cancel_run_txn(conn, row["run_id"], now, f"cancelled by event {body['name']!r} (cancel_on)")
+            continue
+        conn.execute("DELETE FROM waits WHERE id = ?", (row["id"],))
+        updated = conn.rowcount(
+            "UPDATE steps SET status = 'completed', output = ?, ended_at = ? "
+            "WHERE run_id = ? AND key = ? AND status = 'waiting'",
+            (jsonutil.dumps(body), now, row["run_id"], row["step_key"]),
+        )
+        if updated:
+            make_due_txn(conn, row["run_id"], now)
+
+
+def make_due_txn(conn: db.Conn, run_id: str, now: int) -> None:
+    """A suspended run may continue now."""
+    if conn.rowcount(
+        "UPDATE queue SET due_at = ? WHERE run_id = ? AND lease_owner IS NULL", (now, run_id)
+    ):
+        conn.execute(
+            "UPDATE runs SET status = 'queued', wait_reason = 'queued', updated_at = ? "
+            "WHERE id = ? AND status IN ('sleeping', 'waiting', 'queued')",
+            (now, run_id),
+        )
+        conn.wake()
+
+
+# --- ending runs -----------------------------------------------------------------
+
+
+def end_run_txn(
+    conn: db.Conn, run_id: str, status: str, output: str | None, error: str | None, now: int
+) -> bool:
+    """Move a run to a terminal status and tell its parent (invoke); False if already ended."""
+    run = conn.one(
+        "SELECT status, parent_run_id, parent_step_key FROM runs WHERE id = ?", (run_id,)
+    )
+    if run is None or run["status"] in ("completed", "failed", "cancelled"):
+        return False
+    conn.execute(
+        "UPDATE runs SET status = ?, output = ?, error = ?, wait_reason = NULL, ended_at = ?, "
+        "updated_at = ?, cancel_requested = 0 WHERE id = ?",
+        (status, output, error, now, now, run_id),
+    )
+    conn.execute("DELETE FROM queue WHERE run_id = ?", (run_id,))
+    conn.execute("DELETE FROM waits WHERE run_id = ?", (run_id,))
+    if run["parent_run_id"] is not None:
+        if status == "completed":
+            updated = conn.rowcount(
+                "UPDATE steps SET status = 'completed', output = ?, ended_at = ? "
+                "WHERE run_id = ? AND key = ? AND status = 'invoking'",
+                (output if output is not None else "null", now, run["parent_run_id"], run["parent_step_key"]),
+            )
+        else:
+            failure = jsonutil.loads(error) if error else {}
+            updated = conn.rowcount(
+                "UPDATE steps SET status = 'failed', error = ?, ended_at = ? "
+                "WHERE run_id = ? AND key = ? AND status = 'invoking'",
+                (
+                    jsonutil.dumps(
+                        {
+                            "name": failure.get("name", "InvokedRunFailed"),
+                            "message": f"invoked run {run_id} {status}: {failure.get('message', '')}".strip(),
+                            "stack": failure.get("stack"),
+                        }
+                    ),
+                    now,
+                    run["parent_run_id"],
+                    run["parent_step_key"],
+                ),
+            )
+        if updated:
+            make_due_txn(conn, run["parent_run_id"], now)
+    return True
+
+
+def cancel_run_txn(conn: db.Conn, run_id: str, now: int, reason: str) -> str:
+    """Cancel a run: at once if no worker holds it, else at its next step boundary.
+
+    Returns the run's status afterwards: ``cancelled``, ``cancelling`` (a worker will
+    stop it), or the terminal status it already had.
+    """
+    run = conn.one("SELECT status FROM runs WHERE id = ?", (run_id,))
+    if run is None:
+        raise errors.NotFoundError(f"no run with id {run_id!r}")
+    if run["status"] in ("completed", "failed", "cancelled"):
+        return str(run["status"])
+    error = jsonutil.dumps({"name": "Cancelled", "message": reason})
+    held = conn.one(
+        "SELECT 1 AS held FROM queue WHERE run_id = ? AND lease_owner IS NOT NULL AND lease_expires_at > ?",
+        (run_id, now),
+    )
+    if held is not None:
+        conn.execute(
+            "UPDATE runs SET cancel_requested = 1, error = ?, updated_at = ? WHERE id = ?", (error, now, run_id)
+        )
+        return "cancelling"
+    end_run_txn(conn, run_id, "cancelled", None, error, now)
+    return "cancelled"
+
+
+def replay_run_txn(conn: db.Conn, run_id: str, now: int) -> str:
+    """A new run of the same function with the same event, from the start."""
+    row = conn.one(
+        "SELECT r.function_id, r.event_id, e.body, f.config FROM runs r JOIN events e ON e.id = r.event_id "
+        "LEFT JOIN functions f ON f.id = r.function_id WHERE r.id = ?",
+        (run_id,),
+    )
+    if row is None:
+        raise errors.NotFoundError(f"no run with id {run_id!r}")
+    if row["config"] is None:
+        raise errors.NotFoundError(f"run {run_id} belongs to function {row['function_id']!r}, which is no longer registered")
+    new_id = create_run_txn(
+        conn, jsonutil.loads(row["config"]), row["event_id"], jsonutil.loads(row["body"]), now,
+        replay_of=run_id, check_idempotency=False,
+    )
+    assert new_id is not None
+    return new_id

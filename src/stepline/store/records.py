@@ -1,0 +1,107 @@
+"""Records the store hands out, and the status vocabulary."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any
+
+
+class RunStatus(str, enum.Enum):
+    QUEUED = "queued"  # waiting for a worker (or for a retry's backoff)
+    RUNNING = "running"  # a worker holds its lease and is executing steps
+    SLEEPING = "sleeping"  # suspended in step.sleep / sleep_until
+    WAITING = "waiting"  # suspended in wait_for_event or invoke
+    COMPLETED = "completed"  # the function returned
+    FAILED = "failed"  # retries spent, or a NonRetriableError
+    CANCELLED = "cancelled"  # by API/CLI, cancel_on, a timeout or singleton
+
+    @property
+    def terminal(self) -> bool:
+        return self in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
+
+
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+class StepStatus(str, enum.Enum):
+    COMPLETED = "completed"  # result saved; never runs again
+    FAILED = "failed"  # retries spent; replays raise StepError
+    RETRYING = "retrying"  # an attempt failed; the next waits for its backoff
+    SLEEPING = "sleeping"  # step.sleep until wake_at
+    WAITING = "waiting"  # wait_for_event until a match or wake_at (timeout)
+    INVOKING = "invoking"  # waiting for an invoked run to end, or wake_at (timeout)
+
+
+class WaitReason(str, enum.Enum):
+    """Why a run that is not finished is not executing right now."""
+
+    QUEUED = "queued"
+    RETRY_BACKOFF = "retry_backoff"
+    SCHEDULED = "scheduled"  # step.sleep
+    WAITING_FOR_EVENT = "waiting_for_event"
+    INVOKING = "invoking"
+    THROTTLED = "throttled"
+    CONCURRENCY_LIMITED = "concurrency_limited"
+    DEBOUNCING = "debouncing"
+    BATCHING = "batching"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """A step as replay sees it."""
+
+    key: str
+    kind: str
+    status: str
+    output: str | None
+    error: str | None
+    attempts: int
+    wake_at: int | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClaimedRun:
+    """A run leased to a worker, with everything needed to execute it."""
+
+    run_id: str
+    function_id: str
+    attempt: int
+    event: dict[str, Any]
+    events: list[dict[str, Any]]
+    journal: dict[str, JournalEntry]
+    started_at: int
+    finish_deadline: int | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StepResult:
+    """A step's outcome to checkpoint."""
+
+    key: str
+    name: str
+    kind: str
+    status: str  # completed | failed
+    output: str | None
+    error: str | None
+    attempt: int
+    started_at: int
+    ended_at: int
+    meta: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Suspension:
+    """Why and until when a run stops executing for now."""
+
+    kind: str  # sleep | wait | invoke | retry
+    key: str
+    name: str
+    due_at: int | None  # wake time, timeout, or retry time; None: no timeout
+    event_name: str | None = None
+    expression: str | None = None
+    invoke_function_id: str | None = None
+    invoke_data: dict[str, Any] | None = None
+    attempt: int = 0
+    error: str | None = None
+    started_at: int = 0

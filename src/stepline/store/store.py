@@ -1,0 +1,139 @@
+"""``Store``: the engine's one door to the database.
+
+Each method runs one domain operation (``ops_*``) as one transaction; writes go
+through the backend's group commit, so many runs' checkpoints share a commit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+from stepline import event as event_mod
+from stepline.store import db, migrate, ops_exec, ops_read, ops_runs
+from stepline.store.records import ClaimedRun, StepResult, Suspension
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Store:
+    def __init__(self, database: db.Database, url: str) -> None:
+        self.db = database
+        self.url = url
+
+    @property
+    def dialect(self) -> str:
+        return self.db.dialect
+
+    async def start(self) -> None:
+        await self.db.start()
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    # --- writes --------------------------------------------------------------------
+
+    async def register_functions(self, configs: list[dict[str, Any]], cron_next: Mapping[tuple[str, int], int]) -> None:
+        await self.db.write(partial(ops_runs.register_functions_txn, configs=configs, cron_next=cron_next, now=now_ms()))
+
+    async def ingest(self, events: list[event_mod.Event]) -> list[str]:
+        return await self.db.write(partial(ops_runs.ingest_txn, events=events, now=now_ms()))
+
+    async def claim(self, worker_id: str, function_ids: list[str], limit: int, lease_ms: int) -> tuple[list[ClaimedRun], int | None]:
+        return await self.db.write(
+            partial(ops_exec.claim_txn, worker_id=worker_id, function_ids=function_ids, limit=limit, now=now_ms(), lease_ms=lease_ms)
+        )
+
+    async def checkpoint(self, run_id: str, worker_id: str, step: StepResult, seq: int) -> bool:
+        return await self.db.write(partial(ops_exec.checkpoint_txn, run_id=run_id, worker_id=worker_id, step=step, seq=seq))
+
+    async def send_events_step(self, run_id: str, worker_id: str, step: StepResult, seq: int, events: list[event_mod.Event]) -> list[str]:
+        return await self.db.write(
+            partial(ops_exec.send_events_step_txn, run_id=run_id, worker_id=worker_id, step=step, seq=seq, events=events, now=now_ms())
+        )
+
+    async def suspend(self, run_id: str, worker_id: str, suspensions: list[Suspension], seq: int) -> None:
+        await self.db.write(
+            partial(ops_exec.suspend_txn, run_id=run_id, worker_id=worker_id, suspensions=suspensions, seq=seq, now=now_ms())
+        )
+
+    async def retry_run(self, run_id: str, worker_id: str, attempt: int, due_at: int, error: str) -> None:
+        await self.db.write(
+            partial(ops_exec.retry_run_txn, run_id=run_id, worker_id=worker_id, attempt=attempt, due_at=due_at, error=error, now=now_ms())
+        )
+
+    async def finish_run(self, run_id: str, worker_id: str, status: str, output: str | None, error: str | None) -> None:
+        await self.db.write(
+            partial(ops_exec.finish_run_txn, run_id=run_id, worker_id=worker_id, status=status, output=output, error=error, now=now_ms())
+        )
+
+    async def heartbeat(self, worker_id: str, lease_ms: int) -> list[str]:
+        return await self.db.write(partial(ops_exec.heartbeat_txn, worker_id=worker_id, now=now_ms(), lease_ms=lease_ms))
+
+    async def release(self, worker_id: str, run_ids: list[str]) -> None:
+        await self.db.write(partial(ops_exec.release_txn, worker_id=worker_id, run_ids=run_ids, now=now_ms()))
+
+    async def set_progress(self, run_id: str, percent: float, message: str | None) -> None:
+        await self.db.write(partial(ops_exec.set_progress_txn, run_id=run_id, percent=percent, message=message, now=now_ms()))
+
+    async def publish(self, run_id: str, topic: str, data: str) -> int:
+        return await self.db.write(partial(ops_exec.publish_txn, run_id=run_id, topic=topic, data=data, now=now_ms()))
+
+    async def cancel_run(self, run_id: str, reason: str) -> str:
+        return await self.db.write(partial(ops_runs.cancel_run_txn, run_id=run_id, now=now_ms(), reason=reason))
+
+    async def replay_run(self, run_id: str) -> str:
+        return await self.db.write(partial(ops_runs.replay_run_txn, run_id=run_id, now=now_ms()))
+
+    async def cron_schedules(self, function_ids: list[str]) -> list[dict[str, Any]]:
+        return await self.db.read(partial(ops_exec.cron_schedules_txn, function_ids=function_ids))
+
+    async def fire_cron(self, function_id: str, position: int, tick: int, next_tick: int) -> str | None:
+        return await self.db.write(
+            partial(ops_exec.fire_cron_txn, function_id=function_id, position=position, tick=tick, next_tick=next_tick, now=now_ms())
+        )
+
+    # --- reads ---------------------------------------------------------------------
+
+    async def get_run(self, run_id: str) -> dict[str, Any]:
+        return await self.db.read(partial(ops_read.get_run_txn, run_id=run_id))
+
+    async def list_runs(self, **filters: Any) -> list[dict[str, Any]]:
+        return await self.db.read(partial(ops_read.list_runs_txn, **filters))
+
+    async def get_event(self, event_id: str) -> dict[str, Any]:
+        return await self.db.read(partial(ops_read.get_event_txn, event_id=event_id))
+
+    async def list_events(self, **filters: Any) -> list[dict[str, Any]]:
+        return await self.db.read(partial(ops_read.list_events_txn, **filters))
+
+    async def list_functions(self) -> list[dict[str, Any]]:
+        return await self.db.read(ops_read.list_functions_txn)
+
+    async def run_messages(self, run_id: str, after_seq: int = 0) -> list[dict[str, Any]]:
+        return await self.db.read(partial(ops_read.run_messages_txn, run_id=run_id, after_seq=after_seq))
+
+
+def is_postgres_url(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
+
+
+def open_store(url: str, *, migrate_now: bool = True) -> Store:
+    """A store for ``url`` (a SQLite path, or ``postgresql://...``), its schema checked.
+
+    ``migrate_now`` applies pending migrations (dev); otherwise pending ones are an error
+    that names ``stepline migrate``.
+    """
+    migrate.check(url, auto_apply=migrate_now)
+    if is_postgres_url(url):
+        from stepline.store import postgres
+
+        return Store(postgres.PostgresDatabase(url), url)
+    from stepline.store import sqlite
+
+    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else url
+    return Store(sqlite.SQLiteDatabase(path), url)
