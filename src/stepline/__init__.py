@@ -1,6 +1,7 @@
 """Stepline: durable background functions for Python web apps."""
 
 from stepline.app import App
+from stepline.client import AsyncClient, Client
 from stepline.context import Context, Step, SyncContext
 from stepline.errors import (
     ConfigError,
@@ -35,6 +36,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "App",
+    "AsyncClient",
+    "Client",
     "Batch",
     "CancelOn",
     "Concurrency",

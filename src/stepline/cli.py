@@ -1,0 +1,278 @@
+"""``stepline``: dev | start | worker | send | runs | migrate."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import click
+import httpx
+
+from stepline import errors, settings as settings_mod
+from stepline.app import App
+
+DEFAULT_APP = "stepline.examples.app:app"
+log = logging.getLogger("stepline.cli")
+
+
+def load_apps(specs: Sequence[str]) -> list[App]:
+    """``module:attribute`` → App (the attribute may also be a list of Apps)."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    apps: list[App] = []
+    for spec in specs:
+        module_name, _, attribute = spec.partition(":")
+        if not module_name or not attribute:
+            raise click.BadParameter(f"{spec!r}: write APP as module:attribute, e.g. myproject.jobs:app")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise click.BadParameter(f"{spec!r}: cannot import {module_name!r}: {exc}") from exc
+        value = getattr(module, attribute, None)
+        found = value if isinstance(value, (list, tuple)) else [value]
+        if not found or not all(isinstance(a, App) for a in found):
+            raise click.BadParameter(f"{spec!r}: {attribute!r} is not a stepline.App in {module_name}")
+        apps.extend(found)
+    return apps
+
+
+def _settings(**overrides: Any) -> settings_mod.Settings:
+    try:
+        return settings_mod.from_env().replace(**overrides)
+    except errors.ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+async def _serve(apps: list[App], settings: settings_mod.Settings, *, dev: bool, run_server: bool, run_worker: bool) -> None:
+    import uvicorn
+
+    from stepline.engine import Engine
+    from stepline.server import create_app
+    from stepline.server.common import ServerOptions
+    from stepline.store import open_store
+
+    store = open_store(settings.db, migrate_now=dev)
+    engine = Engine(store, settings, apps)
+    await engine.start(run_worker=run_worker)
+    try:
+        if run_server:
+            options = ServerOptions(dev=dev, event_key=settings.event_key, api_token=settings.api_token)
+            app = create_app(engine, options)
+            config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", lifespan="off")
+            server = uvicorn.Server(config)
+            names = ", ".join(f.id for a in apps for f in a.functions) or "none"
+            click.echo(f"stepline {'dev' if dev else 'start'}: http://{settings.host}:{settings.port}  db={settings.db}  functions: {names}")
+            await server.serve()
+        else:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            click.echo(f"stepline worker {engine.worker.id if engine.worker else ''}: db={settings.db}")
+            await stop.wait()
+    finally:
+        await engine.stop()
+
+
+@click.group(epilog="\b\n" + settings_mod.help_text())
+@click.version_option(package_name="stepline")
+def main() -> None:
+    """Stepline: durable background functions for Python web apps."""
+
+
+def _common_server_options(fn: Any) -> Any:
+    fn = click.option("--db", default=None, help="SQLite path or postgresql:// URL (STEPLINE_DB).")(fn)
+    fn = click.option("--port", type=int, default=None, help="Port (STEPLINE_PORT, default 8288).")(fn)
+    fn = click.option("--host", default=None, help="Bind address (STEPLINE_HOST, default 127.0.0.1).")(fn)
+    return fn
+
+
+@main.command(epilog="\b\n" + settings_mod.help_text())
+@click.argument("apps", nargs=-1)
+@_common_server_options
+def dev(apps: tuple[str, ...], db: str | None, port: int | None, host: str | None) -> None:
+    """Server and worker in one process, SQLite by default, no keys (loopback only)."""
+    settings = _settings(db=db, port=port, host=host)
+    _setup_logging(settings.log_level)
+    loaded = load_apps(apps or [DEFAULT_APP])
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(loaded, settings, dev=True, run_server=True, run_worker=True))
+
+
+@main.command(epilog="\b\n" + settings_mod.help_text())
+@click.argument("apps", nargs=-1)
+@_common_server_options
+@click.option("--no-worker", is_flag=True, help="Serve the API only (workers run elsewhere).")
+def start(apps: tuple[str, ...], db: str | None, port: int | None, host: str | None, no_worker: bool) -> None:
+    """Production server (and worker, if APPs are given). Needs an event key and an API token."""
+    settings = _settings(db=db, port=port, host=host)
+    _setup_logging(settings.log_level)
+    if not settings.event_key or not settings.api_token:
+        missing = [n for n, v in (("STEPLINE_EVENT_KEY", settings.event_key), ("STEPLINE_API_TOKEN", settings.api_token)) if not v]
+        raise click.UsageError(
+            f"`stepline start` is the production server and needs {' and '.join(missing)}; set them, "
+            "or use `stepline dev` on your own machine"
+        )
+    loaded = load_apps(apps)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(loaded, settings, dev=False, run_server=True, run_worker=bool(loaded) and not no_worker))
+
+
+@main.command(epilog="\b\n" + settings_mod.help_text())
+@click.argument("apps", nargs=-1, required=True)
+@click.option("--db", default=None, help="SQLite path or postgresql:// URL (STEPLINE_DB).")
+@click.option("--concurrency", type=int, default=None, help="Runs executed at once (STEPLINE_CONCURRENCY).")
+def worker(apps: tuple[str, ...], db: str | None, concurrency: int | None) -> None:
+    """A worker process: executes the APPs' functions; no HTTP server."""
+    settings = _settings(db=db, concurrency=concurrency)
+    _setup_logging(settings.log_level)
+    loaded = load_apps(apps)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(loaded, settings, dev=False, run_server=False, run_worker=True))
+
+
+@main.command()
+@click.option("--db", default=None, help="SQLite path or postgresql:// URL (STEPLINE_DB).")
+def migrate(db: str | None) -> None:
+    """Apply pending schema migrations."""
+    from stepline.store import migrate as migrate_mod
+
+    settings = _settings(db=db)
+    applied = migrate_mod.apply(settings.db)
+    click.echo(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}")
+
+
+def _url_option(fn: Any) -> Any:
+    return click.option("--url", default=None, envvar="STEPLINE_URL", help="Server URL (default http://127.0.0.1:8288).")(fn)
+
+
+def _base_url(url: str | None) -> str:
+    if url:
+        return url.rstrip("/")
+    settings = _settings()
+    return f"http://{settings.host}:{settings.port}"
+
+
+@main.command()
+@click.argument("name")
+@click.option("--data", default="{}", help="The event's data as a JSON object.")
+@click.option("--id", "event_id", default=None, help="De-duplication id (24 h).")
+@click.option("--event-key", default=None, help="Event key (STEPLINE_EVENT_KEY; 'dev' in dev mode).")
+@_url_option
+def send(name: str, data: str, event_id: str | None, event_key: str | None, url: str | None) -> None:
+    """Send one event; prints its id."""
+    from stepline.client import Client
+
+    try:
+        payload = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"--data is not valid JSON: {exc}") from exc
+    event: dict[str, Any] = {"name": name, "data": payload}
+    if event_id:
+        event["id"] = event_id
+    key = event_key or _settings().event_key or "dev"
+    try:
+        with Client(_base_url(url), key) as client:
+            ids = client.send(event)
+    except errors.SteplineError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(ids[0])
+
+
+@main.group()
+def runs() -> None:
+    """List, show, cancel and replay runs (through the server's API)."""
+
+
+def _api(method: str, url: str | None, path: str, **params: Any) -> Any:
+    token = os.environ.get("STEPLINE_API_TOKEN", "")
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    try:
+        response = httpx.request(method, _base_url(url) + path, params={k: v for k, v in params.items() if v is not None}, headers=headers, timeout=10)
+    except httpx.HTTPError as exc:
+        raise click.ClickException(f"cannot reach the server at {_base_url(url)}: {exc}; is `stepline dev` running?") from exc
+    body = response.json()
+    if response.status_code >= 400:
+        raise click.ClickException(body.get("error", response.text))
+    return body
+
+
+@runs.command("list")
+@click.option("--function", "function_id", default=None)
+@click.option("--status", default=None)
+@click.option("--limit", type=int, default=20)
+@click.option("--json", "as_json", is_flag=True)
+@_url_option
+def runs_list(function_id: str | None, status: str | None, limit: int, as_json: bool, url: str | None) -> None:
+    """Newest runs first."""
+    body = _api("GET", url, "/api/v1/runs", function_id=function_id, status=status, limit=limit)
+    if as_json:
+        click.echo(json.dumps(body["data"], indent=2))
+        return
+    click.echo(f"{'RUN ID':<28} {'FUNCTION':<24} {'STATUS':<10} {'WHY':<18} {'PROGRESS':>8}  CREATED")
+    for run in body["data"]:
+        progress = "" if run["progress"] is None else f"{run['progress']:.0f}%"
+        click.echo(
+            f"{run['id']:<28} {run['function_id'][:24]:<24} {run['status']:<10} {(run['wait_reason'] or '')[:18]:<18} {progress:>8}  {run['created_at']}"
+        )
+
+
+@runs.command("show")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True)
+@_url_option
+def runs_show(run_id: str, as_json: bool, url: str | None) -> None:
+    """One run with its steps, attempts and output."""
+    run = _api("GET", url, f"/api/v1/runs/{run_id}")
+    if as_json:
+        click.echo(json.dumps(run, indent=2))
+        return
+    click.echo(f"run {run['id']}  function {run['function_id']}  status {run['status']}"
+               + (f" ({run['wait_reason']})" if run["wait_reason"] else ""))
+    click.echo(f"event {run['event']['name'] if run.get('event') else run['event_id']}  created {run['created_at']}  started {run['started_at']}  ended {run['ended_at']}")
+    if run["progress"] is not None:
+        click.echo(f"progress {run['progress']:.0f}% {run['progress_message'] or ''}")
+    click.echo("steps:")
+    for step in run["steps"]:
+        duration = "" if step["duration_ms"] is None else f"{step['duration_ms']} ms"
+        click.echo(f"  {step['id']:<30} {step['kind']:<10} {step['status']:<10} attempts={step['attempts']:<3} {duration}")
+        if step["error"]:
+            click.echo(f"      error: {step['error'].get('name')}: {step['error'].get('message')}")
+    if run["output"] is not None:
+        click.echo("output: " + json.dumps(run["output"]))
+    if run["error"] is not None:
+        click.echo(f"error: {run['error'].get('name')}: {run['error'].get('message')}")
+
+
+@runs.command("cancel")
+@click.argument("run_id")
+@_url_option
+def runs_cancel(run_id: str, url: str | None) -> None:
+    """Cancel a run (it stops at its next step)."""
+    body = _api("POST", url, f"/api/v1/runs/{run_id}/cancel")
+    click.echo(f"{body['id']}: {body['status']}")
+
+
+@runs.command("replay")
+@click.argument("run_id")
+@_url_option
+def runs_replay(run_id: str, url: str | None) -> None:
+    """Start a new run of the same function with the same event."""
+    body = _api("POST", url, f"/api/v1/runs/{run_id}/replay")
+    click.echo(body["id"])
+
+
+if __name__ == "__main__":
+    main()

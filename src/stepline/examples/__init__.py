@@ -1,0 +1,1 @@
+"""Example apps; ``stepline dev`` loads ``stepline.examples.app:app`` when given none."""

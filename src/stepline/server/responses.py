@@ -1,0 +1,58 @@
+"""JSON responses and the mapping from Stepline errors to HTTP statuses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from stepline import errors
+
+
+class JSON(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
+
+
+def problem(status: int, message: str, **extra: Any) -> JSON:
+    return JSON({"error": message, "status": status, **extra}, status_code=status)
+
+
+def from_error(exc: Exception) -> JSON:
+    if isinstance(exc, errors.NotFoundError):
+        return problem(404, str(exc))
+    if isinstance(exc, (errors.EventError, errors.ConfigError)):
+        return problem(400, str(exc))
+    if isinstance(exc, errors.LimitError):
+        return problem(413, str(exc))
+    if isinstance(exc, errors.StoreError):
+        return problem(503, str(exc))
+    return problem(500, f"internal error: {type(exc).__name__}")
+
+
+async def read_json(request: Request, *, max_bytes: int) -> Any:
+    """The request body as JSON, or an EventError/LimitError that says what is wrong."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise errors.LimitError(
+            f"request body is {declared} bytes, over the limit of {max_bytes} bytes; "
+            "send smaller batches, or raise STEPLINE_MAX_EVENT_BYTES"
+        )
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > max_bytes:
+            raise errors.LimitError(
+                f"request body is over the limit of {max_bytes} bytes; send smaller batches, "
+                "or raise STEPLINE_MAX_EVENT_BYTES"
+            )
+    if not body.strip():
+        raise errors.EventError("the request body is empty; send a JSON event or a JSON list of events")
+    try:
+        return orjson.loads(bytes(body))
+    except orjson.JSONDecodeError as exc:
+        raise errors.EventError(f"the request body is not valid JSON: {exc}") from exc
