@@ -1,0 +1,95 @@
+"""Shared fixtures: every behavioural test runs on SQLite and on PostgreSQL.
+
+Each test gets its own database: a copy of a migrated SQLite file, or a
+PostgreSQL database cloned from a migrated template.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+import psycopg
+import pytest
+
+from stepline.app import App
+from stepline.engine import Engine
+from stepline.settings import Settings
+from stepline.store import migrate, open_store
+
+PG_ADMIN_URL = os.environ.get("STEPLINE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_BASE = PG_ADMIN_URL.rsplit("/", 1)[0]
+
+
+def pg_url(dbname: str) -> str:
+    return f"{PG_BASE}/{dbname}"
+
+
+def _pg_admin(sql: str) -> None:
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(sql)
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = str(tmp_path_factory.mktemp("template") / "template.db")
+    migrate.apply(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    name = f"stepline_tpl_{uuid.uuid4().hex[:10]}"
+    _pg_admin(f"CREATE DATABASE {name}")
+    migrate.apply(pg_url(name))
+    yield name
+    _pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def new_sqlite_db(template: str, directory: str) -> str:
+    path = os.path.join(directory, f"stepline-{uuid.uuid4().hex[:8]}.db")
+    shutil.copyfile(template, path)
+    return path
+
+
+@pytest.fixture
+def sqlite_url(sqlite_template: str, tmp_path) -> str:  # type: ignore[no-untyped-def]
+    return new_sqlite_db(sqlite_template, str(tmp_path))
+
+
+@pytest.fixture
+def postgres_url(pg_template: str) -> Iterator[str]:
+    name = f"stepline_t_{uuid.uuid4().hex[:12]}"
+    _pg_admin(f"CREATE DATABASE {name} TEMPLATE {pg_template}")
+    yield pg_url(name)
+    _pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """A fresh, migrated database on each backend."""
+    return str(request.getfixturevalue(f"{request.param}_url"))
+
+
+TEST_SETTINGS = Settings(retry_base=0.02, retry_max=0.5, lease=3.0, poll_interval=0.05)
+
+EngineFactory = Callable[..., Awaitable[Engine]]
+
+
+@pytest.fixture
+async def make_engine(db_url: str) -> AsyncIterator[EngineFactory]:
+    """``await make_engine(app, ..., **settings)``: a started engine (worker included) on ``db_url``."""
+    engines: list[Engine] = []
+
+    async def factory(*apps: App, run_worker: bool = True, **overrides: object) -> Engine:
+        settings = TEST_SETTINGS.replace(db=db_url, **overrides)
+        engine = Engine(open_store(db_url, migrate_now=False), settings, list(apps))
+        await engine.start(run_worker=run_worker)
+        engines.append(engine)
+        return engine
+
+    yield factory
+    for engine in reversed(engines):
+        await engine.stop(grace=1.0)
