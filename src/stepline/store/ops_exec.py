@@ -181,6 +181,8 @@ def checkpoint_txn(conn: db.Conn, run_id: str, worker_id: str, step: StepResult,
     """Save a finished step (completed, or failed for good). Returns whether cancel was requested."""
     held = _hold(conn, run_id, worker_id)
     _upsert_step(conn, run_id, step, seq, step.status)
+    if step.kind == "ai.infer" and step.status == "completed" and step.meta:
+        _record_llm_usage(conn, run_id, step)
     if step.status == "failed" or step.attempt > 1:
         conn.execute(
             "INSERT INTO step_attempts (run_id, step_key, attempt, error, started_at, ended_at) VALUES (?, ?, ?, ?, ?, ?) "
@@ -188,6 +190,33 @@ def checkpoint_txn(conn: db.Conn, run_id: str, worker_id: str, step: StepResult,
             (run_id, step.key, step.attempt, step.error, step.started_at, step.ended_at),
         )
     return bool(held["cancel_requested"])
+
+
+def _record_llm_usage(conn: db.Conn, run_id: str, step: StepResult) -> None:
+    """Usage of one model call, from the step's meta:
+    ``{"provider", "model", "usage": {prompt_tokens, completion_tokens, reasoning_tokens,
+    cached_tokens}, "cost_usd", "latency_ms"}``."""
+    meta = jsonutil.loads(step.meta) or {}
+    usage = meta.get("usage") or {}
+    conn.execute(
+        "INSERT INTO llm_usage (run_id, step_key, function_id, user_id, provider, model, prompt_tokens, "
+        "completion_tokens, reasoning_tokens, cached_tokens, cost_usd, latency_ms, created_at) "
+        "SELECT id, ?, function_id, user_id, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM runs WHERE id = ? "
+        "ON CONFLICT (run_id, step_key) DO NOTHING",
+        (
+            step.key,
+            meta.get("provider"),
+            meta.get("model") or "unknown",
+            int(usage.get("prompt_tokens") or 0),
+            int(usage.get("completion_tokens") or 0),
+            int(usage.get("reasoning_tokens") or 0),
+            int(usage.get("cached_tokens") or 0),
+            float(meta.get("cost_usd") or 0.0),
+            meta.get("latency_ms"),
+            step.ended_at,
+            run_id,
+        ),
+    )
 
 
 def send_events_step_txn(
