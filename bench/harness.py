@@ -1,0 +1,66 @@
+"""Stepline under a benchmark: an engine on a fresh database, and completion tracking.
+
+Completion is taken when a run's final commit returns (the store's ``finish_run``),
+not when the function body returns, so every figure counts the durable write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+import stepline
+from stepline.engine import Engine
+from stepline.settings import Settings
+from stepline.store import open_store
+
+
+class Tracker:
+    """Counts finished runs and stamps each one's finish time (``perf_counter``)."""
+
+    def __init__(self) -> None:
+        self.finished = 0
+        self.finished_at: dict[str, float] = {}
+        self.target = 0
+        self.done = asyncio.Event()
+        self.on_finish: Callable[[str], None] | None = None
+
+    def expect(self, count: int) -> None:
+        self.target = self.finished + count
+        self.done.clear()
+        if self.finished >= self.target:
+            self.done.set()
+
+    def wrap(self, finish: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+        async def finish_run(run_id: str, *args: Any, **kwargs: Any) -> None:
+            await finish(run_id, *args, **kwargs)
+            self.finished_at[run_id] = time.perf_counter()
+            self.finished += 1
+            if self.on_finish is not None:
+                self.on_finish(run_id)
+            if self.finished >= self.target:
+                self.done.set()
+
+        return finish_run
+
+
+@asynccontextmanager
+async def engine_on(url: str, *apps: stepline.App, run_worker: bool = True, **settings: Any) -> AsyncIterator[tuple[Engine, Tracker]]:
+    """A started engine on ``url`` (migrated here) with a completion tracker attached."""
+    store = open_store(url, migrate_now=True)
+    tracker = Tracker()
+    store.finish_run = tracker.wrap(store.finish_run)  # type: ignore[method-assign]
+    engine = Engine(store, Settings(db=url).replace(**settings), list(apps))
+    await engine.start(run_worker=run_worker)
+    try:
+        yield engine, tracker
+    finally:
+        await engine.stop(grace=2.0)
+
+
+async def send_chunked(engine: Engine, events: list[dict[str, Any]], chunk: int = 100) -> None:
+    for i in range(0, len(events), chunk):
+        await engine.send_many(events[i : i + chunk])
