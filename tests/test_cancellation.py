@@ -1,0 +1,124 @@
+"""Cancellation by API and by cancel_on; timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+
+import stepline
+from tests.helpers import runs_for_event, wait_run
+
+
+async def test_cancel_a_sleeping_run(make_engine) -> None:
+    app = stepline.App("t")
+    after = 0
+
+    @app.function(id="s", trigger=stepline.TriggerEvent("t/s"))
+    async def s(ctx: stepline.Context) -> None:
+        nonlocal after
+        await ctx.step.sleep("long", "1h")
+        after += 1
+
+    engine = await make_engine(app)
+    run = (await runs_for_event(engine, await engine.send({"name": "t/s"})))[0]
+    await wait_run(engine, run["id"], "sleeping")
+    assert await engine.cancel(run["id"]) == "cancelled"
+    done = await wait_run(engine, run["id"])
+    assert done["status"] == "cancelled"
+    assert after == 0
+    assert await engine.cancel(run["id"]) == "cancelled"  # idempotent
+
+
+async def test_cancel_a_running_run_cancels_its_in_flight_step(make_engine) -> None:
+    app = stepline.App("t")
+    started = asyncio.Event()
+    cancelled_inside = asyncio.Event()
+    later_steps = 0
+
+    async def long_call() -> str:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled_inside.set()
+            raise
+        return "never"
+
+    @app.function(id="r", trigger=stepline.TriggerEvent("t/r"))
+    async def r(ctx: stepline.Context) -> None:
+        nonlocal later_steps
+        await ctx.step.run("long", long_call)
+        later_steps += 1
+
+    engine = await make_engine(app)
+    run = (await runs_for_event(engine, await engine.send({"name": "t/r"})))[0]
+    await asyncio.wait_for(started.wait(), 10)
+    assert await engine.cancel(run["id"]) == "cancelling"
+    done = await wait_run(engine, run["id"])
+    assert done["status"] == "cancelled"
+    assert cancelled_inside.is_set()
+    assert later_steps == 0
+
+
+async def test_cancel_on_match_if_and_timeout(make_engine) -> None:
+    app = stepline.App("t")
+
+    @app.function(
+        id="job",
+        trigger=stepline.TriggerEvent("llm/generate.requested"),
+        cancel_on=[
+            stepline.CancelOn("llm/generate.cancel", match="data.job_id"),
+            stepline.CancelOn("user/deleted", if_="async.data.user == event.data.user"),
+            stepline.CancelOn("t/too-late", match="data.job_id", timeout="200ms"),
+        ],
+    )
+    async def job(ctx: stepline.Context) -> None:
+        await ctx.step.sleep("think", "1h")
+
+    engine = await make_engine(app)
+    first = (await runs_for_event(engine, await engine.send({"name": "llm/generate.requested", "data": {"job_id": "j1", "user": "u1"}})))[0]
+    second = (await runs_for_event(engine, await engine.send({"name": "llm/generate.requested", "data": {"job_id": "j2", "user": "u2"}})))[0]
+    third = (await runs_for_event(engine, await engine.send({"name": "llm/generate.requested", "data": {"job_id": "j3", "user": "u3"}})))[0]
+    for run in (first, second, third):
+        await wait_run(engine, run["id"], "sleeping")
+
+    await engine.send({"name": "llm/generate.cancel", "data": {"job_id": "nope"}})
+    await engine.send({"name": "llm/generate.cancel", "data": {"job_id": "j1"}})
+    assert (await wait_run(engine, first["id"]))["status"] == "cancelled"
+
+    await engine.send({"name": "user/deleted", "data": {"user": "u2"}})
+    assert (await wait_run(engine, second["id"]))["status"] == "cancelled"
+
+    await asyncio.sleep(0.3)  # past the third rule's timeout: the event no longer cancels
+    await engine.send({"name": "t/too-late", "data": {"job_id": "j3"}})
+    await asyncio.sleep(0.2)
+    assert (await engine.get_run(third["id"]))["status"] == "sleeping"
+
+
+async def test_finish_timeout_cancels_a_run_that_takes_too_long(make_engine) -> None:
+    app = stepline.App("t")
+
+    @app.function(id="slow", trigger=stepline.TriggerEvent("t/slow"), timeouts=stepline.Timeouts(finish="300ms"))
+    async def slow(ctx: stepline.Context) -> None:
+        await ctx.step.run("forever", asyncio.sleep, 30)
+
+    engine = await make_engine(app)
+    run = (await runs_for_event(engine, await engine.send({"name": "t/slow"})))[0]
+    done = await wait_run(engine, run["id"])
+    assert done["status"] == "cancelled"
+    assert done["error"]["name"] == "FinishTimeout"
+
+
+async def test_start_timeout_cancels_a_run_that_waited_too_long(make_engine) -> None:
+    app = stepline.App("t")
+
+    @app.function(id="late", trigger=stepline.TriggerEvent("t/late"), timeouts=stepline.Timeouts(start="100ms"))
+    async def late(ctx: stepline.Context) -> str:
+        return "ran"
+
+    sender = await make_engine(app, run_worker=False)
+    run = (await runs_for_event(sender, await sender.send({"name": "t/late"})))[0]
+    await asyncio.sleep(0.3)
+    worker = await make_engine(app)
+    done = await wait_run(worker, run["id"])
+    assert done["status"] == "cancelled"
+    assert done["error"]["name"] == "StartTimeout"
