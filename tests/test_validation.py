@@ -1,0 +1,91 @@
+"""Bad declarations fail at import with errors that name the field; limits are enforced."""
+
+from __future__ import annotations
+
+import pytest
+
+import stepline
+from stepline import event as event_mod
+from tests.helpers import send_and_wait
+
+
+def test_invalid_cel_is_rejected_when_declared() -> None:
+    app = stepline.App("t")
+    with pytest.raises(stepline.ExpressionError, match="TriggerEvent.if_"):
+        app.function(id="f", trigger=stepline.TriggerEvent("t/x", if_="event.data.x =="))
+
+
+@pytest.mark.parametrize(
+    ("make", "field"),
+    [
+        (lambda: stepline.Throttle(limit=0, period="1m"), "Throttle.limit"),
+        (lambda: stepline.Throttle(limit=5, period="1 fortnight"), "Throttle.period"),
+        (lambda: stepline.Concurrency(limit=3, scope="world"), "Concurrency.scope"),
+        (lambda: stepline.TriggerCron("every tuesday"), "TriggerCron.cron"),
+        (lambda: stepline.TriggerCron("* * * * *", timezone="Mars/Olympus"), "TriggerCron.timezone"),
+        (lambda: stepline.CancelOn("x", match="data.a", if_="true"), "CancelOn"),
+        (lambda: stepline.Debounce(period="0s"), "Debounce.period"),
+        (lambda: stepline.Batch(max_size=10, timeout="-1s"), "Batch.timeout"),
+        (lambda: stepline.Singleton(mode="maybe"), "Singleton.mode"),
+    ],
+)
+def test_config_objects_name_the_bad_field(make, field: str) -> None:
+    with pytest.raises(stepline.ConfigError, match=field):
+        make()
+
+
+def test_function_declaration_errors_name_the_function_and_field() -> None:
+    app = stepline.App("t")
+    with pytest.raises(stepline.ConfigError, match="retries"):
+        app.function(id="f", trigger=stepline.TriggerEvent("t/x"), retries=-1)
+    with pytest.raises(stepline.ConfigError, match="function id"):
+        app.function(id="has spaces", trigger=stepline.TriggerEvent("t/x"))
+    with pytest.raises(stepline.ConfigError, match="throttle"):
+        app.function(id="f", trigger=stepline.TriggerEvent("t/x"), throttle={"limit": 5})  # type: ignore[arg-type]
+    with pytest.raises(stepline.ConfigError, match="concurrency: at most two"):
+        app.function(id="f", trigger=stepline.TriggerEvent("t/x"), concurrency=[stepline.Concurrency(1)] * 3)
+
+    @app.function(id="dup", trigger=stepline.TriggerEvent("t/x"))
+    async def one(ctx: stepline.Context) -> None: ...
+
+    with pytest.raises(stepline.ConfigError, match="declared twice"):
+        app.function(id="dup", trigger=stepline.TriggerEvent("t/x"))(one.handler)
+
+
+def test_events_are_validated_with_clear_messages() -> None:
+    with pytest.raises(stepline.EventError, match="'name' is required"):
+        event_mod.validate({"data": {}})
+    with pytest.raises(stepline.EventError, match="'data' must be a JSON object"):
+        event_mod.validate({"name": "x", "data": [1]})
+    with pytest.raises(stepline.EventError, match="unknown field"):
+        event_mod.validate({"name": "x", "payload": {}})
+    with pytest.raises(stepline.EventError, match="over the event size limit of 1000 bytes.*STEPLINE_MAX_EVENT_BYTES"):
+        event_mod.validate({"name": "x", "data": {"blob": "a" * 2000}}, max_bytes=1000)
+
+
+async def test_over_size_step_output_fails_the_step_naming_the_limit(make_engine) -> None:
+    app = stepline.App("t")
+
+    @app.function(id="big", trigger=stepline.TriggerEvent("t/big"), retries=3)
+    async def big(ctx: stepline.Context) -> None:
+        await ctx.step.run("blob", lambda: "x" * 5000)
+
+    engine = await make_engine(app, max_step_output_bytes=4096)
+    run = await send_and_wait(engine, {"name": "t/big"})
+    assert run["status"] == "failed"
+    step = run["steps"][0]
+    assert step["attempts"] == 1
+    assert "over the step output limit of 4096 bytes" in step["error"]["message"]
+    assert "STEPLINE_MAX_STEP_OUTPUT_BYTES" in step["error"]["message"]
+
+
+async def test_app_not_running_cannot_send() -> None:
+    app = stepline.App("idle")
+    with pytest.raises(stepline.SteplineError, match="not running"):
+        await app.send({"name": "x"})
+
+
+def test_public_api_matches_all() -> None:
+    exported = {name for name in dir(stepline) if not name.startswith("_")}
+    modules = {"app", "client", "context", "errors", "event", "expressions", "function", "jsonutil", "ids", "durations", "settings", "engine", "store", "server", "llm", "testing", "cli", "examples", "inngest"}
+    assert set(stepline.__all__) == (exported - modules) | {"__version__"}
