@@ -38,6 +38,7 @@ class Worker:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._store.db.plan_capacity(self._concurrency)
         self._store.db.add_waker(self._wake_threadsafe)
         self._tasks = [
             asyncio.create_task(self._claim_loop(), name=f"stepline-claim-{self.id}"),

@@ -57,6 +57,20 @@ class Conn:
         """The row-lock clause for claims (``FOR UPDATE SKIP LOCKED`` where supported)."""
         return ""
 
+    def row_lock(self, of: str = "") -> str:
+        """The clause that locks the rows read (of table alias ``of``) until commit.
+
+        Empty where the backend already runs one write transaction at a time (SQLite).
+        """
+        return ""
+
+    def lock(self, *key: str) -> None:
+        """Serialize transactions that use the same ``key`` until they commit.
+
+        For check-then-insert on rows that may not exist yet (de-dup ids, idempotency keys).
+        A no-op where the backend already runs one write transaction at a time (SQLite).
+        """
+
 
 Op = Callable[[Conn], T]
 
@@ -117,6 +131,9 @@ class Database(abc.ABC):
 
     def _notify_other_processes(self) -> None:
         """Wake workers in other processes (after a commit that made work due)."""
+
+    def plan_capacity(self, concurrency: int) -> None:
+        """Size connection pools for a worker that runs ``concurrency`` runs at once."""
 
     # --- public ----------------------------------------------------------------
 

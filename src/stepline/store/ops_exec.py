@@ -23,7 +23,7 @@ class LeaseLost(errors.SteplineError):
 def _hold(conn: db.Conn, run_id: str, worker_id: str) -> dict[str, Any]:
     row = conn.one(
         "SELECT q.lease_owner, r.cancel_requested, r.status FROM queue q JOIN runs r ON r.id = q.run_id "
-        "WHERE q.run_id = ?",
+        f"WHERE q.run_id = ? {conn.row_lock('q')}",  # a concurrent claim of an expired lease waits
         (run_id,),
     )
     if row is None or row["lease_owner"] != worker_id:
@@ -304,8 +304,8 @@ def suspend_txn(
         "UPDATE queue SET lease_owner = NULL, lease_expires_at = NULL, due_at = ? WHERE run_id = ?",
         (due, run_id),
     )
-    if due <= now:
-        conn.wake()
+    if due < ops_runs.NEVER:
+        conn.wake()  # due now, or a timer every worker must plan for
 
 
 def _insert_pending_step(conn: db.Conn, run_id: str, step: StepResult, seq: int, status: str, wake_at: int | None) -> bool:
@@ -349,8 +349,7 @@ def retry_run_txn(conn: db.Conn, run_id: str, worker_id: str, attempt: int, due_
     conn.execute(
         "UPDATE queue SET lease_owner = NULL, lease_expires_at = NULL, due_at = ? WHERE run_id = ?", (due_at, run_id)
     )
-    if due_at <= now:
-        conn.wake()
+    conn.wake()  # due now, or a timer every worker must plan for
 
 
 def finish_run_txn(

@@ -83,6 +83,7 @@ def ingest_txn(conn: db.Conn, events: list[event_mod.Event], now: int) -> list[s
     out: list[str] = []
     for ev in events:
         if ev.id is not None:
+            conn.lock("event-id", ev.id)  # two servers receiving the same id store it once
             seen = conn.one(
                 "SELECT event_id, expires_at FROM event_ids_seen WHERE external_id = ?", (ev.id,)
             )
@@ -169,6 +170,7 @@ def create_run_txn(
     if check_idempotency and cfg.get("idempotency"):
         key = expressions.key(cfg["idempotency"], variables)
         if key:
+            conn.lock("idempotency", fn_id, key)
             used = conn.one(
                 "SELECT run_id, expires_at FROM idempotency_keys WHERE function_id = ? AND key = ?", (fn_id, key)
             )

@@ -1,0 +1,438 @@
+"""PostgreSQL backend: one writer connection per process, readers in a pool, LISTEN/NOTIFY.
+
+Any number of processes on any number of machines share one database:
+
+- Writes go through the group-commit writer of ``db.Database``: one connection, many
+  operations per transaction, each isolated by a savepoint when a batch holds several.
+- A batch whose connection died before COMMIT is retried on a new connection (nothing
+  was committed); one that died *during* COMMIT asks the server whether its
+  transaction id committed (``pg_xact_status``) and either reports the saved outcomes
+  or retries. Only when that cannot be known do callers get a ``StoreError``.
+- A transaction that made work due sends ``pg_notify`` before COMMIT (delivered only if
+  it commits); a listener thread in every process wakes that process's workers, so the
+  worker's poll is only a safety net.
+- Readers come from a psycopg pool, each read in a read-only REPEATABLE READ transaction
+  (one snapshot, as on SQLite) and retried on a fresh connection if its one was lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import logging
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import psycopg_pool
+from psycopg import errors as pg_errors
+from psycopg.rows import dict_row
+
+from stepline import errors
+from stepline.store import db, migrate
+
+log = logging.getLogger("stepline.store.postgres")
+
+CHANNEL = "stepline_wake"
+# Seconds the writer keeps trying to reconnect before failing the operations it holds.
+RECONNECT_WINDOW = 30.0
+# Errors after which re-running the whole (uncommitted) batch is expected to succeed.
+TRANSIENT = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure, pg_errors.LockNotAvailable)
+BATCH_TRIES = 5
+READ_THREADS = 32
+# Connection options: TCP keepalives notice a vanished server on an idle connection.
+CONNECT_KWARGS: dict[str, Any] = {
+    "autocommit": True,
+    "row_factory": dict_row,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "connect_timeout": 5,
+    "application_name": "stepline",
+}
+
+
+@functools.lru_cache(maxsize=2048)
+def translate(sql: str) -> str:
+    """``?`` placeholders to psycopg's ``%s``; a literal ``%`` doubled (psycopg reads it everywhere)."""
+    out: list[str] = []
+    quote = ""
+    for ch in sql:
+        if ch == "%":
+            out.append("%%")
+        elif quote:
+            out.append(ch)
+            if ch == quote:
+                quote = ""
+        elif ch in ("'", '"'):
+            quote = ch
+            out.append(ch)
+        elif ch == "?":
+            out.append("%s")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def pool_size_for(concurrency: int) -> int:
+    """Reader connections for a worker running ``concurrency`` runs at once (writes share one)."""
+    return max(4, min(20, concurrency // 25))
+
+
+class PostgresConn(db.Conn):
+    dialect = "postgres"
+
+    def __init__(self, raw: psycopg.Connection[Any]) -> None:
+        super().__init__()
+        self.raw = raw
+
+    def execute(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
+        return self.raw.execute(translate(sql), tuple(params))
+
+    def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        with self.raw.cursor() as cursor:
+            cursor.executemany(translate(sql), rows)
+
+    def all(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[db.Row]:
+        return self.raw.execute(translate(sql), tuple(params)).fetchall()
+
+    def rowcount(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> int:
+        return self.raw.execute(translate(sql), tuple(params)).rowcount
+
+    def skip_locked(self) -> str:
+        return "FOR UPDATE SKIP LOCKED"
+
+    def row_lock(self, of: str = "") -> str:
+        return f"FOR UPDATE OF {of}" if of else "FOR UPDATE"
+
+    def lock(self, *key: str) -> None:
+        # A transaction-scoped advisory lock: released at COMMIT / ROLLBACK.
+        self.raw.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ("\x1f".join(key),))
+
+
+def _lost(raw: psycopg.Connection[Any] | None) -> bool:
+    return raw is None or raw.closed or raw.broken
+
+
+class _RetryBatch(Exception):
+    """Nothing of this batch was committed and running it again is expected to work."""
+
+
+class _Link:
+    """A connection that is reopened, with backoff, after the server went away."""
+
+    def __init__(self, url: str, purpose: str, closing: threading.Event) -> None:
+        self.url = url
+        self.purpose = purpose
+        self.raw: psycopg.Connection[Any] | None = None
+        self._closing = closing
+        self._down_since: float | None = None
+
+    def get(self) -> psycopg.Connection[Any]:
+        if not _lost(self.raw):
+            return self.raw  # type: ignore[return-value]
+        self.drop()
+        started = self._down_since = self._down_since or time.monotonic()
+        delay = 0.05
+        while True:
+            try:
+                self.raw = psycopg.connect(self.url, **CONNECT_KWARGS)
+            except psycopg.OperationalError as exc:
+                if self._closing.is_set() or time.monotonic() - started > RECONNECT_WINDOW:
+                    raise errors.StoreError(
+                        f"PostgreSQL at {migrate.redact(self.url)} is unreachable ({exc}); "
+                        "check that the server is up and the URL is right"
+                    ) from exc
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            if self._down_since is not None and time.monotonic() - self._down_since > 0.5:
+                log.warning("%s connection to PostgreSQL re-established", self.purpose)
+            self._down_since = None
+            return self.raw
+
+    def drop(self) -> None:
+        if self.raw is not None:
+            try:
+                self.raw.close()
+            except Exception:  # noqa: BLE001 - it is already gone
+                pass
+            self.raw = None
+
+
+class PostgresDatabase(db.Database):
+    dialect = "postgres"
+    # LISTEN/NOTIFY wakes workers; polling only catches what a lost notification missed.
+    poll_interval = 1.0
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+        self._token = uuid.uuid4().hex[:16]  # marks this process's own notifications
+        self._closing = threading.Event()
+        self._pool_size = pool_size_for(0)
+        self._pool: psycopg_pool.ConnectionPool[Any] | None = None
+        self._read_threads = concurrent.futures.ThreadPoolExecutor(READ_THREADS, thread_name_prefix="stepline-pg-read")
+        self._listener: threading.Thread | None = None
+        self._listening = threading.Event()
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        await super().start()
+        loop = asyncio.get_running_loop()
+        if self._pool is None:
+            pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
+                self.url,
+                min_size=1,
+                max_size=self._pool_size,
+                kwargs=CONNECT_KWARGS,
+                configure=_configure_reader,
+                open=False,
+                name="stepline-read",
+                reconnect_timeout=RECONNECT_WINDOW * 10,
+            )
+            try:
+                await loop.run_in_executor(self._read_threads, functools.partial(pool.open, wait=True, timeout=10.0))
+            except psycopg_pool.PoolTimeout as exc:
+                raise errors.StoreError(
+                    f"cannot open reader connections to PostgreSQL at {migrate.redact(self.url)}; "
+                    "check that the server is up and accepts more connections (max_connections)"
+                ) from exc
+            self._pool = pool
+        if self._listener is None:
+            self._listener = threading.Thread(target=self._listen_loop, name="stepline-pg-listen", daemon=True)
+            self._listener.start()
+            # Listening before the first claim means no wake-up is lost at start.
+            await loop.run_in_executor(self._read_threads, self._listening.wait, 5.0)
+
+    def plan_capacity(self, concurrency: int) -> None:
+        size = max(self._pool_size, pool_size_for(concurrency))
+        self._pool_size = size
+        if self._pool is not None:
+            self._pool.resize(min_size=1, max_size=size)
+
+    async def close(self) -> None:
+        self._closing.set()
+        await super().close()
+
+    async def _close_readers(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._listener is not None:
+            await loop.run_in_executor(None, self._listener.join, 5.0)
+            self._listener = None
+        if self._pool is not None:
+            await loop.run_in_executor(None, functools.partial(self._pool.close, timeout=5.0))
+            self._pool = None
+        self._read_threads.shutdown(wait=False)
+
+    # --- the writer ----------------------------------------------------------------
+
+    def _open_writer(self) -> _Link:
+        link = _Link(self.url, "writer", self._closing)
+        link.get()
+        return link
+
+    def _close_writer(self, conn: _Link) -> None:
+        conn.drop()
+
+    def _notify_other_processes(self) -> None:
+        pass  # sent inside the batch's transaction, so only committed work wakes anyone
+
+    def _run_batch(self, conn: _Link, ops: list[db.Op[Any]]) -> tuple[list[tuple[bool, Any]], bool]:
+        last: BaseException | None = None
+        for attempt in range(1, BATCH_TRIES + 1):
+            raw = conn.get()
+            try:
+                return self._try_batch(conn, raw, ops, retry_transient=attempt < BATCH_TRIES)
+            except _RetryBatch as why:
+                last = why.__cause__
+                log.info("retrying a batch of %d operations (attempt %d): %s", len(ops), attempt + 1, last)
+                time.sleep(random.uniform(0.0, 0.02 * attempt))
+        # Every try lost its connection before COMMIT: nothing was saved.
+        raise errors.StoreError(
+            f"the connection to PostgreSQL failed {BATCH_TRIES} times in a row ({last}); "
+            f"{len(ops)} operation(s) were not saved"
+        ) from last
+
+    def _try_batch(
+        self, link: _Link, raw: psycopg.Connection[Any], ops: list[db.Op[Any]], *, retry_transient: bool
+    ) -> tuple[list[tuple[bool, Any]], bool]:
+        wrapped = PostgresConn(raw)
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            raw.execute("BEGIN")
+            if len(ops) == 1:
+                try:
+                    outcomes.append((True, ops[0](wrapped)))
+                except Exception as exc:  # noqa: BLE001 - the op's failure is its caller's
+                    self._reraise_if_retryable(raw, exc, retry_transient)
+                    raw.execute("ROLLBACK")
+                    return [(False, exc)], False
+            else:
+                for op in ops:
+                    raw.execute("SAVEPOINT op")
+                    try:
+                        outcomes.append((True, op(wrapped)))
+                        raw.execute("RELEASE SAVEPOINT op")
+                    except Exception as exc:  # noqa: BLE001 - this op alone rolls back
+                        self._reraise_if_retryable(raw, exc, retry_transient)
+                        raw.execute("ROLLBACK TO SAVEPOINT op")
+                        raw.execute("RELEASE SAVEPOINT op")
+                        outcomes.append((False, exc))
+            # The transaction id lets us learn whether a COMMIT cut short by a lost
+            # connection took effect; NULL means this batch wrote nothing.
+            if wrapped.woke:
+                row = raw.execute(
+                    "SELECT pg_notify(%s, %s), pg_current_xact_id_if_assigned()::text AS xid", (CHANNEL, self._token)
+                ).fetchone()
+            else:
+                row = raw.execute("SELECT pg_current_xact_id_if_assigned()::text AS xid").fetchone()
+            xid = row["xid"] if row else None
+        except TRANSIENT as exc:  # before OperationalError: these derive from it
+            if _lost(raw):
+                link.drop()
+                raise _RetryBatch() from exc
+            self._rollback(raw)
+            if not retry_transient:
+                raise
+            raise _RetryBatch() from exc
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            if not _lost(raw):
+                self._rollback(raw)
+                raise
+            link.drop()
+            raise _RetryBatch() from exc
+        except BaseException:
+            self._rollback(raw)
+            raise
+        try:
+            raw.execute("COMMIT")
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            if not _lost(raw):
+                raise
+            link.drop()
+            if xid is None or self._committed(link, xid, exc) is False:
+                raise _RetryBatch() from exc
+        return outcomes, wrapped.woke
+
+    @staticmethod
+    def _reraise_if_retryable(raw: psycopg.Connection[Any], exc: Exception, retry_transient: bool) -> None:
+        """A lost connection or a deadlock spoils the whole batch, not just this op."""
+        if _lost(raw) or (retry_transient and isinstance(exc, TRANSIENT)):
+            raise exc
+
+    @staticmethod
+    def _rollback(raw: psycopg.Connection[Any]) -> None:
+        if not _lost(raw):
+            try:
+                raw.execute("ROLLBACK")
+            except psycopg.Error:
+                pass
+
+    def _committed(self, link: _Link, xid: str, cause: BaseException) -> bool:
+        """Whether transaction ``xid`` committed, asked on a new connection after COMMIT was cut off."""
+        deadline = time.monotonic() + RECONNECT_WINDOW
+        while True:
+            try:
+                raw = link.get()
+                status = raw.execute("SELECT pg_xact_status(%s::xid8) AS status", (xid,)).fetchone()
+            except (psycopg.Error, errors.StoreError) as exc:
+                link.drop()
+                if time.monotonic() > deadline:
+                    raise errors.StoreError(
+                        "the connection to PostgreSQL was lost while committing and the outcome cannot be "
+                        f"checked ({exc}); the operations may or may not have been saved"
+                    ) from cause
+                time.sleep(0.2)
+                continue
+            state = status["status"] if status else None
+            if state == "in progress" and time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
+            log.warning("a commit was cut off by a lost connection; transaction %s %s", xid, state)
+            if state == "committed":
+                return True
+            if state == "aborted":
+                return False
+            raise errors.StoreError(
+                f"the connection to PostgreSQL was lost while committing and the transaction is {state!r}; "
+                "the operations may or may not have been saved"
+            ) from cause
+
+    # --- readers -------------------------------------------------------------------
+
+    async def read(self, op: db.Op[db.T]) -> db.T:
+        if self._pool is None:
+            await self.start()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._read_threads, self._read_sync, op)
+
+    def _read_sync(self, op: Callable[[db.Conn], Any]) -> Any:
+        pool = self._pool
+        if pool is None:
+            raise errors.StoreError("the store is closed")
+        deadline = time.monotonic() + RECONNECT_WINDOW
+        delay = 0.05
+        while True:
+            try:
+                with pool.connection(timeout=RECONNECT_WINDOW) as raw:
+                    try:
+                        with raw.transaction():
+                            return op(PostgresConn(raw))
+                    except (psycopg.OperationalError, psycopg.InterfaceError):
+                        if not _lost(raw) or time.monotonic() > deadline:
+                            raise
+            except psycopg_pool.PoolTimeout as exc:
+                raise errors.StoreError(
+                    f"no reader connection to PostgreSQL at {migrate.redact(self.url)} within "
+                    f"{RECONNECT_WINDOW:.0f} s; is the server up?"
+                ) from exc
+            # The pool drops the lost connection; the server may be restarting.
+            pool.check()
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    # --- wake-ups from other processes ---------------------------------------------
+
+    def _wake_local(self) -> None:
+        for waker in list(self._wakers):
+            try:
+                waker()
+            except Exception:  # noqa: BLE001
+                log.exception("a wake-up callback failed")
+
+    def _listen_loop(self) -> None:
+        link = _Link(self.url, "listener", self._closing)
+        reconnected = False
+        while not self._closing.is_set():
+            try:
+                raw = link.get()
+                raw.execute(f"LISTEN {CHANNEL}")
+                self._listening.set()
+                if reconnected:
+                    self._wake_local()  # notifications sent while we were away are lost
+                while not self._closing.is_set():
+                    for note in raw.notifies(timeout=0.25):
+                        if note.payload != self._token:
+                            self._wake_local()
+            except errors.StoreError:
+                reconnected = True  # still unreachable: keep trying until closed
+            except psycopg.Error as exc:
+                if not self._closing.is_set():
+                    log.warning("the LISTEN connection to PostgreSQL was lost (%s); reconnecting", exc)
+                link.drop()
+                reconnected = True
+        link.drop()
+
+
+def _configure_reader(conn: psycopg.Connection[Any]) -> None:
+    # One snapshot per read, as a SQLite read transaction has; and reads never write.
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    conn.read_only = True
