@@ -127,11 +127,14 @@ class Worker:
         lease_ms = int(settings.lease * 1000)
         while not self._stopping:
             await asyncio.sleep(settings.lease / 3)
-            if not self.executor.active:
-                continue
             try:
-                for run_id in await self._store.heartbeat(self.id, lease_ms):
-                    self.executor.cancel_local(run_id)
+                if self.executor.active:
+                    for run_id in await self._store.heartbeat(self.id, lease_ms):
+                        self.executor.cancel_local(run_id)
+                # Safety net for concurrency limits: a run parked behind a key whose slots
+                # are free (a raised limit, a lost wake-up) is made ready again.
+                if await self._store.unpark_sweep():
+                    self._wake.set()
             except Exception:  # noqa: BLE001
                 log.exception("heartbeat failed; retrying")
 

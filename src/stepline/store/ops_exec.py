@@ -12,7 +12,7 @@ from typing import Any
 from stepline import errors
 from stepline import event as event_mod
 from stepline import jsonutil
-from stepline.store import db, ops_runs
+from stepline.store import db, flow, ops_admission, ops_ingest, ops_runs
 from stepline.store.records import ClaimedRun, JournalEntry, StepResult, Suspension
 
 
@@ -49,37 +49,62 @@ def claim_txn(
         return [], None
     fns = _in(function_ids)
     lock = conn.skip_locked()
-    run_ids = [
-        r["run_id"]
-        for r in conn.all(
-            f"SELECT run_id FROM queue WHERE lease_owner IS NULL AND due_at <= ? AND function_id IN ({fns}) "
-            f"ORDER BY due_at LIMIT ? {lock}",
-            (now, *function_ids, limit),
-        )
-    ]
-    if len(run_ids) < limit:
-        run_ids += [
+    candidates = conn.all(
+        f"SELECT run_id, ck1, cl1, ck2, cl2 FROM queue WHERE lease_owner IS NULL AND due_at <= ? "
+        f"AND function_id IN ({fns}) ORDER BY (due_at - priority_ms) LIMIT ? {lock}",
+        (now, *function_ids, limit),
+    )
+    expired: list[str] = []
+    if len(candidates) < limit:
+        # A crashed worker's runs: they already hold their concurrency slots, so no check.
+        expired = [
             r["run_id"]
             for r in conn.all(
                 f"SELECT run_id FROM queue WHERE lease_owner IS NOT NULL AND lease_expires_at <= ? "
                 f"AND function_id IN ({fns}) ORDER BY lease_expires_at LIMIT ? {lock}",
-                (now, *function_ids, limit - len(run_ids)),
+                (now, *function_ids, limit - len(candidates)),
             )
         ]
+    admitted, parked = _admit_by_concurrency(conn, candidates, now)
     claimed: list[ClaimedRun] = []
-    for run_id in run_ids:
+    for run_id in admitted + expired:
         conn.execute(
-            "UPDATE queue SET lease_owner = ?, lease_expires_at = ? WHERE run_id = ?",
+            "UPDATE queue SET lease_owner = ?, lease_expires_at = ?, parked_on = NULL WHERE run_id = ?",
             (worker_id, now + lease_ms, run_id),
         )
         item = _prepare_claimed_txn(conn, run_id, now)
         if item is not None:
             claimed.append(item)
+    if parked:
+        return claimed, now  # more ready rows may sit behind the parked ones: look again at once
     next_due = conn.scalar(
         f"SELECT MIN(due_at) AS due FROM queue WHERE lease_owner IS NULL AND function_id IN ({fns})",
         tuple(function_ids),
     )
     return claimed, next_due
+
+
+def _admit_by_concurrency(conn: db.Conn, candidates: list[dict[str, Any]], now: int) -> tuple[list[str], int]:
+    """Split candidates into those with free concurrency slots and those parked until one frees."""
+    keys = sorted({r[c] for r in candidates for c in ("ck1", "ck2") if r[c] is not None})
+    in_use: dict[str, int] = {}
+    for key in keys:  # in a fixed order, so concurrent claimers cannot deadlock
+        conn.lock("concurrency", key)
+        in_use[key] = flow.slots_in_use(conn, key)
+    admitted: list[str] = []
+    parked = 0
+    for row in candidates:
+        limits = [(row["ck1"], row["cl1"]), (row["ck2"], row["cl2"])]
+        full = next((key for key, cap in limits if key is not None and in_use[key] >= cap), None)
+        if full is not None:
+            flow.park(conn, row["run_id"], full, now)
+            parked += 1
+            continue
+        for key, _ in limits:
+            if key is not None:
+                in_use[key] += 1
+        admitted.append(row["run_id"])
+    return admitted, parked
 
 
 def _prepare_claimed_txn(conn: db.Conn, run_id: str, now: int) -> ClaimedRun | None:
@@ -107,6 +132,8 @@ def _prepare_claimed_txn(conn: db.Conn, run_id: str, now: int) -> ClaimedRun | N
         if entry.status in ("sleeping", "waiting", "invoking") and entry.wake_at is not None and entry.wake_at <= now:
             entry = _resolve_timer_txn(conn, run_id, entry, now)
         journal[entry.key] = entry
+    if run["started_at"] is None:
+        ops_admission.claimed_txn(conn, run_id)
     started_at = run["started_at"] or now
     conn.execute(
         "UPDATE runs SET status = 'running', wait_reason = NULL, started_at = ?, updated_at = ? WHERE id = ?",
@@ -224,7 +251,7 @@ def send_events_step_txn(
 ) -> list[str]:
     """Send events and record the step in one transaction, so a replay never sends twice."""
     _hold(conn, run_id, worker_id)
-    sent = ops_runs.ingest_txn(conn, events, now)
+    sent = ops_ingest.ingest_txn(conn, events, now)
     output = jsonutil.dumps(sent)
     _upsert_step(
         conn,
@@ -300,6 +327,7 @@ def suspend_txn(
         "UPDATE runs SET status = ?, wait_reason = ?, updated_at = ? WHERE id = ? AND status = 'running'",
         (status, reason, now, run_id),
     )
+    flow.release_slots(conn, run_id, now)
     conn.execute(
         "UPDATE queue SET lease_owner = NULL, lease_expires_at = NULL, due_at = ? WHERE run_id = ?",
         (due, run_id),
@@ -346,6 +374,7 @@ def retry_run_txn(conn: db.Conn, run_id: str, worker_id: str, attempt: int, due_
         "UPDATE runs SET attempt = ?, status = 'queued', wait_reason = 'retry_backoff', updated_at = ? WHERE id = ?",
         (attempt, now, run_id),
     )
+    flow.release_slots(conn, run_id, now)
     conn.execute(
         "UPDATE queue SET lease_owner = NULL, lease_expires_at = NULL, due_at = ? WHERE run_id = ?", (due_at, run_id)
     )
@@ -379,7 +408,7 @@ def finish_run_txn(
         },
         ts=now,
     )
-    ops_runs.ingest_txn(conn, [failed], now)
+    ops_ingest.ingest_txn(conn, [failed], now)
 
 
 def heartbeat_txn(conn: db.Conn, worker_id: str, now: int, lease_ms: int) -> list[str]:
@@ -395,6 +424,8 @@ def heartbeat_txn(conn: db.Conn, worker_id: str, now: int, lease_ms: int) -> lis
 def release_txn(conn: db.Conn, worker_id: str, run_ids: list[str], now: int) -> None:
     """Hand runs back to the queue untouched (a worker shutting down)."""
     for run_id in run_ids:
+        if conn.one("SELECT 1 AS held FROM queue WHERE run_id = ? AND lease_owner = ?", (run_id, worker_id)):
+            flow.release_slots(conn, run_id, now)
         if conn.rowcount(
             "UPDATE queue SET lease_owner = NULL, lease_expires_at = NULL, due_at = ? WHERE run_id = ? AND lease_owner = ?",
             (now, run_id, worker_id),
@@ -433,3 +464,7 @@ def fire_cron_txn(conn: db.Conn, function_id: str, position: int, tick: int, nex
         conn, event_mod.SCHEDULED_TIMER, {"cron": row["cron"] if row else "", "tick": tick}, now
     )
     return ops_runs.create_run_txn(conn, cfg, event_id, body, now)
+
+
+def unpark_sweep_txn(conn: db.Conn, now: int) -> int:
+    return flow.unpark_sweep(conn, now)

@@ -12,13 +12,12 @@ from typing import Any
 
 from stepline import event as event_mod
 from stepline import errors, expressions, ids, jsonutil
-from stepline.store import db
+from stepline.store import db, flow
 
 log = logging.getLogger("stepline.store")
 
-DEDUP_WINDOW_MS = 24 * 3600 * 1000
 IDEMPOTENCY_WINDOW_MS = 24 * 3600 * 1000
-NEVER = 253402300799000  # 9999-12-31: "no due time" for rows that need one
+NEVER = flow.NEVER  # 9999-12-31: "no due time" for rows that need one
 
 
 # --- functions -------------------------------------------------------------------
@@ -74,41 +73,7 @@ def function_config_txn(conn: db.Conn, function_id: str) -> dict[str, Any] | Non
 # --- events ----------------------------------------------------------------------
 
 
-def ingest_txn(conn: db.Conn, events: list[event_mod.Event], now: int) -> list[str]:
-    """Store events, resolve waits and cancel rules, start the runs they trigger.
-
-    An event whose ``id`` was seen in the last 24 h is not stored again; its
-    first id is returned in its place.
-    """
-    out: list[str] = []
-    for ev in events:
-        if ev.id is not None:
-            conn.lock("event-id", ev.id)  # two servers receiving the same id store it once
-            seen = conn.one(
-                "SELECT event_id, expires_at FROM event_ids_seen WHERE external_id = ?", (ev.id,)
-            )
-            if seen is not None and seen["expires_at"] > now:
-                out.append(seen["event_id"])
-                continue
-        event_id = ids.new_id()
-        body = ev.to_dict()
-        body.setdefault("id", event_id)
-        _insert_event(conn, event_id, body, ev.id, now)
-        if ev.id is not None:
-            conn.execute(
-                "INSERT INTO event_ids_seen (external_id, event_id, expires_at) VALUES (?, ?, ?) "
-                "ON CONFLICT (external_id) DO UPDATE SET event_id = excluded.event_id, expires_at = excluded.expires_at",
-                (ev.id, event_id, now + DEDUP_WINDOW_MS),
-            )
-        resolve_waits_txn(conn, body, now)
-        skipped = start_triggered_runs_txn(conn, event_id, body, now)
-        if skipped:
-            conn.execute("UPDATE events SET outcome = ? WHERE id = ?", (jsonutil.dumps(skipped), event_id))
-        out.append(event_id)
-    return out
-
-
-def _insert_event(conn: db.Conn, event_id: str, body: dict[str, Any], external_id: str | None, now: int) -> None:
+def insert_event_txn(conn: db.Conn, event_id: str, body: dict[str, Any], external_id: str | None, now: int) -> None:
     conn.execute(
         "INSERT INTO events (id, name, body, external_id, user_id, ts, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
         (
@@ -127,29 +92,8 @@ def insert_internal_event_txn(conn: db.Conn, name: str, data: dict[str, Any], no
     """An event the engine makes for one run (invoke, cron): stored, not matched."""
     event_id = ids.new_id()
     body = {"name": name, "data": data, "id": event_id, "ts": now}
-    _insert_event(conn, event_id, body, None, now)
+    insert_event_txn(conn, event_id, body, None, now)
     return event_id, body
-
-
-def start_triggered_runs_txn(conn: db.Conn, event_id: str, body: dict[str, Any], now: int) -> dict[str, str]:
-    """Start a run of every function whose trigger matches; returns {function_id: why not} for skips."""
-    rows = conn.all(
-        "SELECT t.function_id, t.expression, f.config FROM triggers t "
-        "JOIN functions f ON f.id = t.function_id WHERE t.event_name = ? ORDER BY t.function_id, t.position",
-        (body["name"],),
-    )
-    started: set[str] = set()
-    skipped: dict[str, str] = {}
-    variables = {"event": body}
-    for row in rows:
-        fn_id = row["function_id"]
-        if fn_id in started or not expressions.matches(row["expression"], variables):
-            continue
-        started.add(fn_id)
-        run_id = create_run_txn(conn, jsonutil.loads(row["config"]), event_id, body, now)
-        if run_id is None:
-            skipped[fn_id] = "idempotent"
-    return skipped
 
 
 def create_run_txn(
@@ -162,15 +106,20 @@ def create_run_txn(
     parent: tuple[str, str] | None = None,
     replay_of: str | None = None,
     check_idempotency: bool = True,
+    due_at: int | None = None,
+    wait_reason: str = "queued",
+    batch_event_ids: list[str] | None = None,
 ) -> str | None:
-    """Create a queued run of ``cfg`` for one event; None when its idempotency key was used."""
+    """Create a queued run of ``cfg`` for one event; None when its idempotency key was used.
+
+    Throttle reserves the run's start slot here, so a throttled run is simply due later.
+    """
     fn_id = cfg["id"]
     run_id = ids.new_id()
     variables = {"event": body}
     if check_idempotency and cfg.get("idempotency"):
         key = expressions.key(cfg["idempotency"], variables)
         if key:
-            conn.lock("idempotency", fn_id, key)
             used = conn.one(
                 "SELECT run_id, expires_at FROM idempotency_keys WHERE function_id = ? AND key = ?", (fn_id, key)
             )
@@ -181,17 +130,32 @@ def create_run_txn(
                 "ON CONFLICT (function_id, key) DO UPDATE SET run_id = excluded.run_id, expires_at = excluded.expires_at",
                 (fn_id, key, run_id, now + IDEMPOTENCY_WINDOW_MS),
             )
+    due = now if due_at is None else due_at
+    throttle = cfg.get("throttle")
+    if throttle:
+        start = flow.gcra_schedule(
+            conn,
+            flow.scoped_key(cfg, "t", throttle.get("key"), body),
+            limit=int(throttle["limit"]),
+            period_s=float(throttle["period"]),
+            burst=int(throttle.get("burst") or 0),
+            now=now,
+        )
+        if start > due:
+            due, wait_reason = start, "throttled"
     timeouts = cfg.get("timeouts") or {}
     start_deadline = None if timeouts.get("start") is None else now + int(timeouts["start"] * 1000)
     finish_ms = None if timeouts.get("finish") is None else int(timeouts["finish"] * 1000)
     conn.execute(
-        "INSERT INTO runs (id, function_id, event_id, status, wait_reason, attempt, user_id, created_at, "
-        "updated_at, start_deadline_at, finish_timeout_ms, parent_run_id, parent_step_key, replay_of) "
-        "VALUES (?, ?, ?, 'queued', 'queued', 0, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO runs (id, function_id, event_id, batch_event_ids, status, wait_reason, attempt, user_id, "
+        "created_at, updated_at, start_deadline_at, finish_timeout_ms, parent_run_id, parent_step_key, replay_of) "
+        "VALUES (?, ?, ?, ?, 'queued', ?, 0, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             run_id,
             fn_id,
             event_id,
+            None if batch_event_ids is None else jsonutil.dumps(batch_event_ids),
+            wait_reason,
             event_mod.user_id_of(body),
             now,
             now,
@@ -202,15 +166,33 @@ def create_run_txn(
             replay_of,
         ),
     )
-    conn.execute("INSERT INTO queue (run_id, function_id, due_at) VALUES (?, ?, ?)", (run_id, fn_id, now))
+    keys = flow.concurrency_keys(cfg, body) + [(None, None), (None, None)]  # type: ignore[list-item]
+    conn.execute(
+        "INSERT INTO queue (run_id, function_id, due_at, priority_ms, ck1, cl1, ck2, cl2) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (run_id, fn_id, due, flow.priority_ms(cfg, body), keys[0][0], keys[0][1], keys[1][0], keys[1][1]),
+    )
     for rule in cfg.get("cancel_on") or ():
         expires = None if rule.get("timeout") is None else now + int(rule["timeout"] * 1000)
         conn.execute(
             "INSERT INTO waits (id, run_id, step_key, event_name, expression, expires_at) VALUES (?, ?, NULL, ?, ?, ?)",
             (ids.new_id(), run_id, rule["event"], rule.get("expression"), expires),
         )
-    conn.wake()
+    if due <= now:
+        conn.wake()
     return run_id
+
+
+def set_run_event_txn(conn: db.Conn, run_id: str, cfg: dict[str, Any], event_id: str, body: dict[str, Any], now: int) -> None:
+    """Point a run that has not started at another event (debounce keeps the last one)."""
+    keys = flow.concurrency_keys(cfg, body) + [(None, None), (None, None)]  # type: ignore[list-item]
+    conn.execute(
+        "UPDATE runs SET event_id = ?, user_id = ?, updated_at = ? WHERE id = ?",
+        (event_id, event_mod.user_id_of(body), now, run_id),
+    )
+    conn.execute(
+        "UPDATE queue SET priority_ms = ?, ck1 = ?, cl1 = ?, ck2 = ?, cl2 = ? WHERE run_id = ?",
+        (flow.priority_ms(cfg, body), keys[0][0], keys[0][1], keys[1][0], keys[1][1], run_id),
+    )
 
 
 # --- waits -----------------------------------------------------------------------
@@ -273,8 +255,11 @@ def end_run_txn(
         "updated_at = ?, cancel_requested = 0 WHERE id = ?",
         (status, output, error, now, now, run_id),
     )
+    flow.release_slots(conn, run_id, now)
     conn.execute("DELETE FROM queue WHERE run_id = ?", (run_id,))
     conn.execute("DELETE FROM waits WHERE run_id = ?", (run_id,))
+    for table in ("debounces", "batches", "singletons"):
+        conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
     if run["parent_run_id"] is not None:
         if status == "completed":
             updated = conn.rowcount(

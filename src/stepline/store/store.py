@@ -12,7 +12,7 @@ from functools import partial
 from typing import Any
 
 from stepline import event as event_mod
-from stepline.store import db, migrate, ops_exec, ops_read, ops_runs
+from stepline.store import db, migrate, ops_exec, ops_ingest, ops_read, ops_runs
 from stepline.store.records import ClaimedRun, StepResult, Suspension
 
 
@@ -41,7 +41,7 @@ class Store:
         await self.db.write(partial(ops_runs.register_functions_txn, configs=configs, cron_next=cron_next, now=now_ms()))
 
     async def ingest(self, events: list[event_mod.Event]) -> list[str]:
-        return await self.db.write(partial(ops_runs.ingest_txn, events=events, now=now_ms()))
+        return await self.db.write(partial(ops_ingest.ingest_txn, events=events, now=now_ms()))
 
     async def claim(self, worker_id: str, function_ids: list[str], limit: int, lease_ms: int) -> tuple[list[ClaimedRun], int | None]:
         return await self.db.write(
@@ -89,6 +89,9 @@ class Store:
     async def replay_run(self, run_id: str) -> str:
         return await self.db.write(partial(ops_runs.replay_run_txn, run_id=run_id, now=now_ms()))
 
+    async def unpark_sweep(self) -> int:
+        return await self.db.write(partial(ops_exec.unpark_sweep_txn, now=now_ms()))
+
     async def cron_schedules(self, function_ids: list[str]) -> list[dict[str, Any]]:
         return await self.db.read(partial(ops_exec.cron_schedules_txn, function_ids=function_ids))
 
@@ -116,6 +119,63 @@ class Store:
 
     async def run_messages(self, run_id: str, after_seq: int = 0) -> list[dict[str, Any]]:
         return await self.db.read(partial(ops_read.run_messages_txn, run_id=run_id, after_seq=after_seq))
+
+    # --- server queries
+    # (reads and operator actions behind the HTTP API and dashboard: ops_query,
+    # ops_metrics, ops_admin)
+
+    async def functions_overview(self) -> list[dict[str, Any]]:
+        from stepline.store import ops_query
+
+        return await self.db.read(partial(ops_query.functions_overview_txn, now=now_ms()))
+
+    async def event_detail(self, event_id: str) -> dict[str, Any]:
+        from stepline.store import ops_query
+
+        return await self.db.read(partial(ops_query.event_detail_txn, event_id=event_id))
+
+    async def list_events_page(self, **filters: Any) -> list[dict[str, Any]]:
+        from stepline.store import ops_query
+
+        return await self.db.read(partial(ops_query.list_events_txn, **filters))
+
+    async def run_live(self, run_id: str, after_seq: int = 0) -> dict[str, Any] | None:
+        from stepline.store import ops_query
+
+        return await self.db.read(partial(ops_query.run_live_txn, run_id=run_id, after_seq=after_seq))
+
+    async def metrics_overview(self, since_ms: int, usage_since_ms: int) -> dict[str, Any]:
+        from stepline.store import ops_metrics
+
+        return await self.db.read(
+            partial(ops_metrics.overview_txn, now=now_ms(), since_ms=since_ms, usage_since_ms=usage_since_ms)
+        )
+
+    async def metrics_query(self, name: str, **params: Any) -> Any:
+        """One ``ops_metrics.<name>_txn`` query (queue_depth, status_counts, usage_by_model, ...)."""
+        from stepline.store import ops_metrics
+
+        op = getattr(ops_metrics, f"{name}_txn")
+        if name == "queue_depth":
+            params.setdefault("now", now_ms())
+        return await self.db.read(partial(op, **params))
+
+    async def rerun_from_failed_step(self, run_id: str) -> dict[str, Any]:
+        from stepline.store import ops_admin
+
+        return await self.db.write(partial(ops_admin.rerun_from_failed_step_txn, run_id=run_id, now=now_ms()))
+
+    async def bulk_cancel(
+        self, function_id: str, since_ms: int | None, until_ms: int | None, reason: str, limit: int
+    ) -> list[dict[str, str]]:
+        from stepline.store import ops_admin
+
+        return await self.db.write(
+            partial(
+                ops_admin.bulk_cancel_txn, function_id=function_id, since_ms=since_ms, until_ms=until_ms,
+                now=now_ms(), reason=reason, limit=limit,
+            )
+        )
 
 
 def is_postgres_url(url: str) -> bool:

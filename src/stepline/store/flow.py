@@ -1,0 +1,144 @@
+"""Flow-control state shared by run creation and claims: keys, GCRA, concurrency slots.
+
+Each piece runs inside the caller's transaction. Rows are locked through an
+``INSERT .. ON CONFLICT DO UPDATE .. RETURNING`` upsert, which takes a row lock on
+PostgreSQL and is serialised by the single writer on SQLite, so no read-modify-write
+crosses processes unguarded.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from stepline import expressions
+from stepline.store import db
+
+
+def _variables(body: dict[str, Any]) -> dict[str, Any]:
+    return {"event": body}
+
+
+def scoped_key(cfg: dict[str, Any], kind: str, key_expr: str | None, body: dict[str, Any]) -> str:
+    """The state key for one function's limit: ``kind:function[:value]``."""
+    if key_expr is None:
+        return f"{kind}:{cfg['id']}"
+    return f"{kind}:{cfg['id']}:{expressions.key(key_expr, _variables(body))}"
+
+
+def concurrency_keys(cfg: dict[str, Any], body: dict[str, Any]) -> list[tuple[str, int]]:
+    """(key, limit) for each concurrency limit; ``scope="env"`` keys are shared across functions."""
+    out: list[tuple[str, int]] = []
+    for limit in cfg.get("concurrency") or ():
+        if limit.get("scope") == "env":
+            key = f"env:{expressions.key(limit['key'], _variables(body))}"
+        else:
+            key = scoped_key(cfg, "c", limit.get("key"), body)
+        out.append((key, int(limit["limit"])))
+    return out
+
+
+def priority_ms(cfg: dict[str, Any], body: dict[str, Any]) -> int:
+    priority = cfg.get("priority")
+    if not priority:
+        return 0
+    value = expressions.evaluate(priority["run"], _variables(body))
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        return 0
+    return int(max(-600, min(600, value)) * 1000)
+
+
+def lock_state(conn: db.Conn, key: str) -> int:
+    """Lock the state row for ``key`` (creating it) and return its value."""
+    row = conn.one(
+        "INSERT INTO flow_state (key, tat) VALUES (?, 0) ON CONFLICT (key) DO UPDATE SET tat = flow_state.tat "
+        "RETURNING tat",
+        (key,),
+    )
+    assert row is not None
+    return int(row["tat"])
+
+
+def gcra_schedule(conn: db.Conn, key: str, *, limit: int, period_s: float, burst: int, now: int) -> int:
+    """Throttle: reserve the next start slot for ``key``; returns when the run may start.
+
+    GCRA: one start per period/limit, with ``limit + burst`` allowed at once. Slots are
+    reserved in order, so waiting runs start first-in, first-out and none is dropped.
+    """
+    interval = period_s * 1000 / limit
+    tolerance = (limit + burst - 1) * interval
+    tat = max(lock_state(conn, key), now)
+    start = max(now, int(tat - tolerance))
+    conn.execute("UPDATE flow_state SET tat = ? WHERE key = ?", (int(tat + interval), key))
+    return start
+
+
+def gcra_admit(conn: db.Conn, key: str, *, limit: int, period_s: float, now: int) -> bool:
+    """Rate limit: admit now or refuse (nothing is reserved for a refused event)."""
+    interval = period_s * 1000 / limit
+    tolerance = (limit - 1) * interval
+    tat = max(lock_state(conn, key), now)
+    if now < tat - tolerance:
+        return False
+    conn.execute("UPDATE flow_state SET tat = ? WHERE key = ?", (int(tat + interval), key))
+    return True
+
+
+# --- concurrency slots -----------------------------------------------------------
+
+
+def slots_in_use(conn: db.Conn, key: str) -> int:
+    """Runs holding a lease with this concurrency key (sleeping and waiting runs hold none)."""
+    return int(
+        conn.scalar("SELECT COUNT(*) AS n FROM queue WHERE ck1 = ? AND lease_owner IS NOT NULL", (key,)) or 0
+    ) + int(conn.scalar("SELECT COUNT(*) AS n FROM queue WHERE ck2 = ? AND lease_owner IS NOT NULL", (key,)) or 0)
+
+
+def park(conn: db.Conn, run_id: str, key: str, now: int) -> None:
+    """Take a run out of the ready index until a slot of ``key`` frees up."""
+    conn.execute(
+        "UPDATE queue SET parked_on = ?, due_at = ?, lease_owner = NULL, lease_expires_at = NULL WHERE run_id = ?",
+        (key, NEVER, run_id),
+    )
+    conn.execute(
+        "UPDATE runs SET status = 'queued', wait_reason = 'concurrency_limited', updated_at = ? WHERE id = ?",
+        (now, run_id),
+    )
+
+
+def unpark(conn: db.Conn, key: str, count: int, now: int) -> int:
+    """Make the oldest ``count`` runs parked on ``key`` ready again."""
+    if count <= 0:
+        return 0
+    ids = [r["run_id"] for r in conn.all("SELECT run_id FROM queue WHERE parked_on = ? ORDER BY run_id LIMIT ?", (key, count))]
+    for run_id in ids:
+        conn.execute("UPDATE queue SET parked_on = NULL, due_at = ? WHERE run_id = ?", (now, run_id))
+    if ids:
+        conn.wake()
+    return len(ids)
+
+
+def release_slots(conn: db.Conn, run_id: str, now: int) -> None:
+    """The run stops holding its slots (it suspends, ends or is released): wake the next in line."""
+    row = conn.one("SELECT ck1, ck2 FROM queue WHERE run_id = ? AND lease_owner IS NOT NULL", (run_id,))
+    if row is None:
+        return
+    for key in (row["ck1"], row["ck2"]):
+        if key is not None:
+            unpark(conn, key, 1, now)
+
+
+def unpark_sweep(conn: db.Conn, now: int, max_keys: int = 200) -> int:
+    """Safety net: unpark runs whose key has free slots (e.g. after a limit was raised)."""
+    woken = 0
+    for row in conn.all(
+        "SELECT parked_on, MIN(CASE WHEN ck1 = parked_on THEN cl1 ELSE cl2 END) AS lim FROM queue "
+        "WHERE parked_on IS NOT NULL GROUP BY parked_on LIMIT ?",
+        (max_keys,),
+    ):
+        free = int(row["lim"] or 0) - slots_in_use(conn, row["parked_on"])
+        woken += unpark(conn, row["parked_on"], free, now)
+    return woken
+
+
+NEVER = 253402300799000

@@ -1,0 +1,159 @@
+"""Admission of a triggering event into a function: rate limit, singleton, debounce, batching.
+
+``admit_txn`` decides what one matched event does for one function: start a run,
+join or reshape a pending run, or start nothing (and say why).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stepline import expressions, jsonutil
+from stepline.store import db, flow, ops_runs
+
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+def admit_txn(conn: db.Conn, cfg: dict[str, Any], event_id: str, body: dict[str, Any], now: int) -> str | None:
+    """Route one event into one function; returns why no new run was started, or None."""
+    rate = cfg.get("rate_limit")
+    if rate and not flow.gcra_admit(
+        conn, flow.scoped_key(cfg, "r", rate.get("key"), body), limit=int(rate["limit"]), period_s=float(rate["period"]), now=now
+    ):
+        return "rate_limited"
+    if cfg.get("singleton"):
+        blocked = _singleton_txn(conn, cfg, body, now)
+        if blocked:
+            return blocked
+    if cfg.get("debounce"):
+        run_id = _debounce_txn(conn, cfg, event_id, body, now)
+        return _remember_singleton(conn, cfg, body, run_id)
+    if cfg.get("batch_events"):
+        return _batch_txn(conn, cfg, event_id, body, now)
+    run_id = ops_runs.create_run_txn(conn, cfg, event_id, body, now)
+    if run_id is None:
+        return "idempotent"
+    return _remember_singleton(conn, cfg, body, run_id)
+
+
+def _key(expr: str | None, body: dict[str, Any]) -> str:
+    return expressions.key(expr, {"event": body}) if expr else ""
+
+
+def _lock_row(conn: db.Conn, table: str, function_id: str, key: str, columns: str) -> dict[str, Any] | None:
+    """Lock an existing (function_id, key) row and return it (a no-op update takes the lock)."""
+    return conn.one(
+        f"UPDATE {table} SET key = key WHERE function_id = ? AND key = ? RETURNING {columns}", (function_id, key)
+    )
+
+
+# --- singleton -------------------------------------------------------------------
+
+
+def _singleton_txn(conn: db.Conn, cfg: dict[str, Any], body: dict[str, Any], now: int) -> str | None:
+    rule = cfg["singleton"]
+    key = _key(rule.get("key"), body)
+    row = _lock_row(conn, "singletons", cfg["id"], key, "run_id")
+    if row is None:
+        return None
+    status = conn.scalar("SELECT status FROM runs WHERE id = ?", (row["run_id"],))
+    if status is None or status in TERMINAL:
+        return None
+    if rule.get("mode") == "cancel":
+        ops_runs.cancel_run_txn(conn, row["run_id"], now, "replaced by a newer run (singleton mode 'cancel')")
+        return None
+    return "singleton"
+
+
+def _remember_singleton(conn: db.Conn, cfg: dict[str, Any], body: dict[str, Any], run_id: str | None) -> str | None:
+    if run_id is None:
+        return "idempotent"
+    rule = cfg.get("singleton")
+    if rule:
+        conn.execute(
+            "INSERT INTO singletons (function_id, key, run_id) VALUES (?, ?, ?) "
+            "ON CONFLICT (function_id, key) DO UPDATE SET run_id = excluded.run_id",
+            (cfg["id"], _key(rule.get("key"), body), run_id),
+        )
+    return None
+
+
+# --- debounce --------------------------------------------------------------------
+
+
+def _debounce_txn(conn: db.Conn, cfg: dict[str, Any], event_id: str, body: dict[str, Any], now: int) -> str | None:
+    """The run starts ``period`` after the last event, with that event (``timeout`` caps the wait)."""
+    rule = cfg["debounce"]
+    key = _key(rule.get("key"), body)
+    period_ms = int(float(rule["period"]) * 1000)
+    row = _lock_row(conn, "debounces", cfg["id"], key, "run_id, first_at")
+    if row is None:
+        run_id = ops_runs.create_run_txn(conn, cfg, event_id, body, now, due_at=now + period_ms, wait_reason="debouncing")
+        if run_id is not None:
+            conn.execute(
+                "INSERT INTO debounces (function_id, key, run_id, first_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (function_id, key) DO UPDATE SET run_id = excluded.run_id, first_at = excluded.first_at",
+                (cfg["id"], key, run_id, now),
+            )
+        return run_id
+    run_id = str(row["run_id"])
+    due = now + period_ms
+    if rule.get("timeout") is not None:
+        due = min(due, int(row["first_at"]) + int(float(rule["timeout"]) * 1000))
+    previous = conn.scalar("SELECT event_id FROM runs WHERE id = ?", (run_id,))
+    ops_runs.set_run_event_txn(conn, run_id, cfg, event_id, body, now)
+    conn.execute("UPDATE queue SET due_at = ? WHERE run_id = ? AND lease_owner IS NULL", (due, run_id))
+    if previous:
+        note_skip_txn(conn, previous, cfg["id"], "debounced")
+    if due <= now:
+        conn.wake()
+    return run_id
+
+
+# --- batching --------------------------------------------------------------------
+
+
+def _batch_txn(conn: db.Conn, cfg: dict[str, Any], event_id: str, body: dict[str, Any], now: int) -> str | None:
+    """Events gather into one pending run until ``max_size`` or ``timeout`` after the first."""
+    rule = cfg["batch_events"]
+    key = _key(rule.get("key"), body)
+    max_size = int(rule["max_size"])
+    row = _lock_row(conn, "batches", cfg["id"], key, "run_id, size")
+    if row is None:
+        full = max_size <= 1
+        due = now if full else now + int(float(rule["timeout"]) * 1000)
+        run_id = ops_runs.create_run_txn(
+            conn, cfg, event_id, body, now, due_at=due, wait_reason="queued" if full else "batching",
+            batch_event_ids=[event_id],
+        )
+        if run_id is not None and not full:
+            conn.execute(
+                "INSERT INTO batches (function_id, key, run_id, size) VALUES (?, ?, ?, 1) "
+                "ON CONFLICT (function_id, key) DO UPDATE SET run_id = excluded.run_id, size = 1",
+                (cfg["id"], key, run_id),
+            )
+        return None if run_id is not None else "idempotent"
+    run_id, size = str(row["run_id"]), int(row["size"]) + 1
+    batch = jsonutil.loads(conn.scalar("SELECT batch_event_ids FROM runs WHERE id = ?", (run_id,))) or []
+    batch.append(event_id)
+    conn.execute("UPDATE runs SET batch_event_ids = ?, updated_at = ? WHERE id = ?", (jsonutil.dumps(batch), now, run_id))
+    note_skip_txn(conn, event_id, cfg["id"], f"batched into run {run_id}")
+    if size >= max_size:
+        conn.execute("DELETE FROM batches WHERE run_id = ?", (run_id,))
+        ops_runs.make_due_txn(conn, run_id, now)
+    else:
+        conn.execute("UPDATE batches SET size = ? WHERE run_id = ?", (size, run_id))
+    return "batched"
+
+
+def note_skip_txn(conn: db.Conn, event_id: str, function_id: str, reason: str) -> None:
+    """Record on an event why it started no run of ``function_id``."""
+    current = jsonutil.loads(conn.scalar("SELECT outcome FROM events WHERE id = ?", (event_id,))) or {}
+    current[function_id] = reason
+    conn.execute("UPDATE events SET outcome = ? WHERE id = ?", (jsonutil.dumps(current), event_id))
+
+
+def claimed_txn(conn: db.Conn, run_id: str) -> None:
+    """A run starts: its debounce window and batch close, so new events start anew."""
+    conn.execute("DELETE FROM debounces WHERE run_id = ?", (run_id,))
+    conn.execute("DELETE FROM batches WHERE run_id = ?", (run_id,))

@@ -1,0 +1,65 @@
+"""Ingest: store events, de-duplicate them, resolve waits, start the runs they trigger."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stepline import event as event_mod
+from stepline import expressions, ids, jsonutil
+from stepline.store import db, ops_admission, ops_runs
+
+DEDUP_WINDOW_MS = 24 * 3600 * 1000
+
+
+def ingest_txn(conn: db.Conn, events: list[event_mod.Event], now: int) -> list[str]:
+    """Store events, resolve waits and cancel rules, start the runs they trigger.
+
+    An event whose ``id`` was seen in the last 24 h is not stored again; its
+    first id is returned in its place.
+    """
+    out: list[str] = []
+    for ev in events:
+        if ev.id is not None:
+            conn.lock("event-id", ev.id)  # two servers receiving the same id store it once
+            seen = conn.one(
+                "SELECT event_id, expires_at FROM event_ids_seen WHERE external_id = ?", (ev.id,)
+            )
+            if seen is not None and seen["expires_at"] > now:
+                out.append(seen["event_id"])
+                continue
+        event_id = ids.new_id()
+        body = ev.to_dict()
+        body.setdefault("id", event_id)
+        ops_runs.insert_event_txn(conn, event_id, body, ev.id, now)
+        if ev.id is not None:
+            conn.execute(
+                "INSERT INTO event_ids_seen (external_id, event_id, expires_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (external_id) DO UPDATE SET event_id = excluded.event_id, expires_at = excluded.expires_at",
+                (ev.id, event_id, now + DEDUP_WINDOW_MS),
+            )
+        ops_runs.resolve_waits_txn(conn, body, now)
+        start_triggered_runs_txn(conn, event_id, body, now)
+        out.append(event_id)
+    return out
+
+
+def start_triggered_runs_txn(conn: db.Conn, event_id: str, body: dict[str, Any], now: int) -> None:
+    """Admit the event into every function whose trigger matches; record why any started no run."""
+    rows = conn.all(
+        "SELECT t.function_id, t.expression, f.config FROM triggers t "
+        "JOIN functions f ON f.id = t.function_id WHERE t.event_name = ? ORDER BY t.function_id, t.position",
+        (body["name"],),
+    )
+    admitted: set[str] = set()
+    skipped: dict[str, str] = {}
+    variables = {"event": body}
+    for row in rows:
+        fn_id = row["function_id"]
+        if fn_id in admitted or not expressions.matches(row["expression"], variables):
+            continue
+        admitted.add(fn_id)
+        reason = ops_admission.admit_txn(conn, jsonutil.loads(row["config"]), event_id, body, now)
+        if reason is not None and not reason.startswith("batched"):
+            skipped[fn_id] = reason
+    for fn_id, reason in skipped.items():
+        ops_admission.note_skip_txn(conn, event_id, fn_id, reason)
