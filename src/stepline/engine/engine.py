@@ -144,3 +144,30 @@ class Engine:
     def _published(self, run_id: str) -> None:
         for callback in list(self._publish_listeners):
             callback(run_id)
+
+    # --- server operations (the HTTP API and dashboard) ---------------------------------
+
+    async def rerun_from_failed_step(self, run_id: str) -> dict[str, Any]:
+        """A new run that reuses the committed steps of a failed or cancelled run."""
+        return await self.store.rerun_from_failed_step(run_id)
+
+    async def bulk_cancel(
+        self,
+        function_id: str,
+        *,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        reason: str = "cancelled in bulk",
+        limit: int = 1000,
+    ) -> list[dict[str, str]]:
+        """Cancel the unfinished runs of one function created in [since, until)."""
+        results = await self.store.bulk_cancel(function_id, since_ms, until_ms, reason, limit)
+        if self.worker is not None:
+            for item in results:
+                if item["status"] == "cancelling":
+                    self.worker.executor.cancel_local(item["id"])
+        return results
+
+    def remove_publish_listener(self, callback: Callable[[str], None]) -> None:
+        if callback in self._publish_listeners:
+            self._publish_listeners.remove(callback)

@@ -1,32 +1,19 @@
-"""``/api/v1/runs``: list, read, cancel, replay."""
+"""``/api/v1/runs``: list, read, cancel, replay, rerun from the failed step, bulk
+cancel, per-run browser tokens."""
 
 from __future__ import annotations
 
-import datetime as dt
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from stepline import errors
-from stepline.server import common
+from stepline.server import common, responses, stream, tokens
 from stepline.server.responses import JSON, problem
 
-_STATUSES = {"queued", "running", "sleeping", "waiting", "completed", "failed", "cancelled"}
-
-
-def _time_ms(value: str | None, name: str) -> int | None:
-    if value is None or value == "":
-        return None
-    try:
-        if value.isdigit():
-            return int(value)
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise errors.ConfigError(f"{name}: expected ISO 8601 time or epoch milliseconds, got {value!r}") from exc
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.timezone.utc)
-    return int(parsed.timestamp() * 1000)
+STATUSES = ("queued", "running", "sleeping", "waiting", "completed", "failed", "cancelled")
+MAX_TOKEN_TTL = 24 * 3600
 
 
 @common.guard
@@ -36,31 +23,45 @@ async def list_runs(request: Request) -> Response:
         return denied
     q = request.query_params
     status = q.get("status")
-    if status is not None and status not in _STATUSES:
-        return problem(400, f"status: expected one of {sorted(_STATUSES)}, got {status!r}")
-    limit_text = q.get("limit", "50")
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= 500:
-        return problem(400, f"limit: expected a whole number 1..500, got {limit_text!r}")
-    limit = int(limit_text)
+    if status is not None and status not in STATUSES:
+        return problem(400, f"status: expected one of {list(STATUSES)}, got {status!r}")
+    limit = common.parse_limit(q.get("limit"))
     runs = await common.engine(request).list_runs(
-        function_id=q.get("function_id"),
+        function_id=q.get("function_id") or None,
         status=status,
-        user_id=q.get("user_id"),
-        since_ms=_time_ms(q.get("since"), "since"),
-        until_ms=_time_ms(q.get("until"), "until"),
-        before_id=q.get("cursor"),
+        user_id=q.get("user_id") or None,
+        since_ms=common.parse_time(q.get("since"), "since"),
+        until_ms=common.parse_time(q.get("until"), "until"),
+        before_id=q.get("cursor") or None,
         limit=limit,
     )
     cursor = runs[-1]["id"] if len(runs) == limit else None
     return JSON({"data": runs, "next_cursor": cursor})
 
 
+def _cors(response: Response, by_run_token: bool) -> Response:
+    # A run token travels in the URL, never in a cookie, so any origin may read with it.
+    if by_run_token:
+        response.headers["access-control-allow-origin"] = "*"
+    return response
+
+
 @common.guard
 async def get_run(request: Request) -> Response:
-    denied = common.check_api_token(request)
+    run_id = request.path_params["run_id"]
+    denied, by_token = common.check_run_access(request, run_id)
     if denied is not None:
         return denied
-    return JSON(await common.engine(request).get_run(request.path_params["run_id"]))
+    return _cors(JSON(await common.engine(request).get_run(run_id)), by_token)
+
+
+@common.guard
+async def stream_run(request: Request) -> Response:
+    run_id = request.path_params["run_id"]
+    denied, by_token = common.check_run_access(request, run_id)
+    if denied is not None:
+        return denied
+    return _cors(await stream.run_events(request, run_id), by_token)
 
 
 @common.guard
@@ -82,10 +83,73 @@ async def replay_run(request: Request) -> Response:
     return JSON({"id": new_id, "replay_of": request.path_params["run_id"]})
 
 
+@common.guard
+async def rerun_from_failed_step(request: Request) -> Response:
+    denied = common.check_api_token(request)
+    if denied is not None:
+        return denied
+    return JSON(await common.engine(request).rerun_from_failed_step(request.path_params["run_id"]))
+
+
+async def _optional_object(request: Request) -> dict[str, Any]:
+    return await responses.read_object(request, max_bytes=common.options(request).max_body_bytes)
+
+
+@common.guard
+async def bulk_cancel(request: Request) -> Response:
+    """Body: ``{"function_id": ..., "since": ..., "until": ..., "reason": ..., "limit": ...}``."""
+    denied = common.check_api_token(request)
+    if denied is not None:
+        return denied
+    body = await _optional_object(request)
+    function_id = body.get("function_id")
+    if not isinstance(function_id, str) or not function_id or "\x00" in function_id:
+        return problem(400, "function_id: required, the id of the function whose runs to cancel")
+    since, until = body.get("since"), body.get("until")
+    for name, value in (("since", since), ("until", until)):
+        if value is not None and (not isinstance(value, (str, int)) or isinstance(value, bool)):
+            return problem(400, f"{name}: expected an ISO 8601 time or epoch milliseconds")
+    reason = body.get("reason", "cancelled in bulk through the API")
+    if not isinstance(reason, str) or len(reason) > 1000 or "\x00" in reason:
+        return problem(400, "reason: expected a string of at most 1000 characters")
+    limit = body.get("limit", 1000)
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 10_000:
+        return problem(400, "limit: expected a whole number 1..10000")
+    results = await common.engine(request).bulk_cancel(
+        function_id,
+        since_ms=common.parse_time(None if since is None else str(since), "since"),
+        until_ms=common.parse_time(None if until is None else str(until), "until"),
+        reason=reason,
+        limit=limit,
+    )
+    return JSON({"cancelled": len(results), "runs": results})
+
+
+@common.guard
+async def mint_token(request: Request) -> Response:
+    """A run token for a browser (the API token itself never leaves the app's backend)."""
+    denied = common.check_api_token(request)
+    if denied is not None:
+        return denied
+    run_id = request.path_params["run_id"]
+    body = await _optional_object(request)
+    ttl = body.get("ttl_seconds", tokens.DEFAULT_TTL)
+    if not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or not 1 <= ttl <= MAX_TOKEN_TTL:
+        return problem(400, f"ttl_seconds: expected a number 1..{MAX_TOKEN_TTL}")
+    await common.engine(request).get_run(run_id)  # 404 for an unknown run
+    token = tokens.mint_run_token(run_id, common.signing_key(request), ttl=float(ttl))
+    expires = tokens.token_expiry(token)
+    return JSON({"run_id": run_id, "token": token, "expires_at": responses.iso_seconds(expires)})
+
+
 def routes() -> list[Route]:
     return [
         Route("/api/v1/runs", list_runs, methods=["GET"]),
+        Route("/api/v1/runs/bulk-cancel", bulk_cancel, methods=["POST"]),
         Route("/api/v1/runs/{run_id}", get_run, methods=["GET"]),
+        Route("/api/v1/runs/{run_id}/stream", stream_run, methods=["GET"]),
         Route("/api/v1/runs/{run_id}/cancel", cancel_run, methods=["POST"]),
         Route("/api/v1/runs/{run_id}/replay", replay_run, methods=["POST"]),
+        Route("/api/v1/runs/{run_id}/rerun-from-failed-step", rerun_from_failed_step, methods=["POST"]),
+        Route("/api/v1/runs/{run_id}/token", mint_token, methods=["POST"]),
     ]

@@ -8,62 +8,44 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from stepline.engine import Engine
-from stepline.server import api_runs, common, responses
-from stepline.server.common import ServerOptions, guard
-from stepline.server.responses import JSON
-
-async def _ingest(request: Request, payload: Any) -> Response:
-    items = payload if isinstance(payload, list) else [payload]
-    ids = await common.engine(request).send_many(items)
-    return JSON({"ids": ids, "status": 200})
+from stepline.server import api_events, api_metrics, api_runs, dashboard, openapi
+from stepline.server.common import ServerOptions
+from stepline.server.responses import problem
 
 
-@guard
-async def post_event_with_key(request: Request) -> Response:
-    denied = common.check_event_key(request, request.path_params["event_key"])
-    if denied is not None:
-        return denied
-    payload = await responses.read_json(request, max_bytes=common.options(request).max_body_bytes)
-    return await _ingest(request, payload)
-
-
-@guard
-async def post_events(request: Request) -> Response:
-    denied = common.check_api_token(request)
-    if denied is not None:
-        return denied
-    payload = await responses.read_json(request, max_bytes=common.options(request).max_body_bytes)
-    return await _ingest(request, payload)
-
-
-@guard
-async def health(request: Request) -> Response:
-    engine = common.engine(request)
-    worker = engine.worker
-    return JSON(
-        {
-            "status": "ok",
-            "database": engine.store.dialect,
-            "worker": None if worker is None else {"id": worker.id, "in_flight": worker.in_flight},
-        }
-    )
-
-
-def core_routes() -> list[Route]:
+def core_routes() -> list[Any]:
     return [
-        Route("/health", health, methods=["GET"]),
-        Route("/e/{event_key}", post_event_with_key, methods=["POST"]),
-        Route("/api/v1/events", post_events, methods=["POST"]),
+        *api_metrics.routes(),
+        *api_events.routes(),
         *api_runs.routes(),
+        *openapi.routes(),
+        *dashboard.routes(),
     ]
 
 
-def create_app(engine: Engine, options: ServerOptions | None = None, *, extra_routes: list[Any] | None = None, middleware: list[Middleware] | None = None) -> Starlette:
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return problem(404, f"no route {request.url.path}; the API is described at /api/v1/openapi.json")
+
+
+async def _method_not_allowed(request: Request, exc: Exception) -> Response:
+    return problem(405, f"{request.method} is not allowed on {request.url.path}")
+
+
+def create_app(
+    engine: Engine,
+    options: ServerOptions | None = None,
+    *,
+    extra_routes: list[Any] | None = None,
+    middleware: list[Middleware] | None = None,
+) -> Starlette:
     """The ASGI app. It does not start the engine: the CLI (or a test) does."""
-    app = Starlette(routes=[*core_routes(), *(extra_routes or [])], middleware=middleware or [])
+    app = Starlette(
+        routes=[*core_routes(), *(extra_routes or [])],
+        middleware=middleware or [],
+        exception_handlers={404: _not_found, 405: _method_not_allowed},
+    )
     app.state.engine = engine
     app.state.options = options or ServerOptions()
     return app

@@ -1,20 +1,29 @@
-"""What every route shares: options, auth checks, error mapping."""
+"""What every route shares: options, auth checks, error mapping, query parsing."""
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hmac
+import logging
+import secrets
 from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from stepline import errors
+from stepline import durations, errors
 from stepline.engine import Engine
-from stepline.server import responses
+from stepline.server import responses, tokens
 from stepline.server.responses import problem
 
 Handler = Callable[[Request], Awaitable[Response]]
+log = logging.getLogger("stepline.server")
+
+SESSION_COOKIE = "stepline_session"
+# Sent by the dashboard's own scripts; a cross-site form cannot set it (CSRF guard for cookie auth).
+DASHBOARD_HEADER = "x-stepline-dashboard"
+_DEV_KEY = secrets.token_urlsafe(32)  # signs run tokens in dev mode when no key is set
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,19 +33,33 @@ class ServerOptions:
     dev: bool = True
     event_key: str = ""
     api_token: str = ""
+    # HMAC key for run tokens and dashboard sessions; empty: the engine's
+    # STEPLINE_SIGNING_KEY, else the API token.
+    signing_key: str = ""
     max_body_bytes: int = 1024 * 1024 * 8
+    # Seconds between store reads of a streamed run when nothing in-process woke it.
+    stream_poll: float = 0.25
 
 
 def guard(handler: Handler) -> Handler:
+    """Map errors to 4xx with a message; only a real fault is a 500 (and is logged)."""
+
     async def wrapped(request: Request) -> Response:
+        for value in (*request.query_params.values(), *request.path_params.values()):
+            if isinstance(value, str) and "\x00" in value:
+                return problem(400, "NUL characters are not allowed in the URL")
         try:
             return await handler(request)
         except errors.SteplineError as exc:
             return responses.from_error(exc)
-        except (ValueError, KeyError) as exc:
+        except (ValueError, KeyError, TypeError, OverflowError) as exc:
             return problem(400, f"bad request: {exc}")
+        except Exception:
+            log.exception("unhandled error in %s %s", request.method, request.url.path)
+            return problem(500, "internal error; the server log has the details")
 
     wrapped.__name__ = handler.__name__
+    wrapped.__doc__ = handler.__doc__
     return wrapped
 
 
@@ -48,6 +71,12 @@ def options(request: Request) -> ServerOptions:
     return request.app.state.options  # type: ignore[no-any-return]
 
 
+def signing_key(request: Request) -> str:
+    opts = options(request)
+    key = opts.signing_key or engine(request).settings.signing_key or opts.api_token
+    return key or _DEV_KEY
+
+
 def check_event_key(request: Request, key: str) -> Response | None:
     opts = options(request)
     if opts.dev:
@@ -57,12 +86,74 @@ def check_event_key(request: Request, key: str) -> Response | None:
     return None
 
 
+def _bearer(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    return header[7:].strip() if header.lower().startswith("bearer ") else ""
+
+
+def has_session(request: Request) -> bool:
+    cookie = request.cookies.get(SESSION_COOKIE, "")
+    return bool(cookie) and tokens.verify_session(cookie, signing_key(request))
+
+
 def check_api_token(request: Request) -> Response | None:
+    """The API token as a bearer header, or the dashboard's session cookie."""
     opts = options(request)
     if opts.dev:
         return None
-    header = request.headers.get("authorization", "")
-    token = header[7:] if header.lower().startswith("bearer ") else ""
-    if not opts.api_token or not hmac.compare_digest(token.encode(), opts.api_token.encode()):
-        return problem(401, "missing or wrong API token: send 'Authorization: Bearer <STEPLINE_API_TOKEN>'")
-    return None
+    token = _bearer(request)
+    if opts.api_token and token and hmac.compare_digest(token.encode(), opts.api_token.encode()):
+        return None
+    if not token and has_session(request):
+        if request.method in ("GET", "HEAD") or request.headers.get(DASHBOARD_HEADER) == "1":
+            return None
+        return problem(403, f"dashboard sessions must send the {DASHBOARD_HEADER!r} header on changes")
+    return problem(401, "missing or wrong API token: send 'Authorization: Bearer <STEPLINE_API_TOKEN>'")
+
+
+def check_run_access(request: Request, run_id: str) -> tuple[Response | None, bool]:
+    """API token, session, or a run token for this run (``?token=`` or bearer).
+
+    Returns (denial, by_run_token); a run token reads only the run it names.
+    """
+    supplied = request.query_params.get("token") or _bearer(request)
+    if supplied.startswith(tokens.PREFIX + "."):
+        if tokens.verify_run_token(supplied, run_id, signing_key(request)):
+            return None, True
+        return problem(401, "the run token is wrong, expired, or for another run: mint a new one"), False
+    return check_api_token(request), False
+
+
+def parse_time(value: str | None, name: str) -> int | None:
+    """ISO 8601 time or epoch milliseconds → epoch milliseconds."""
+    if value is None or value == "":
+        return None
+    try:
+        if value.isdigit():
+            ms = int(value)
+            if ms > 253402300799999:
+                raise ValueError("too large")
+            return ms
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except (ValueError, OverflowError) as exc:
+        raise errors.ConfigError(f"{name}: expected an ISO 8601 time or epoch milliseconds, got {value!r}") from exc
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.timezone.utc)
+    return int(parsed.timestamp() * 1000)
+
+
+def parse_limit(value: str | None, default: int = 50, maximum: int = 500) -> int:
+    text = default if value is None else value
+    if isinstance(text, int):
+        return text
+    if not text.isdigit() or not 1 <= int(text) <= maximum:
+        raise errors.ConfigError(f"limit: expected a whole number 1..{maximum}, got {value!r}")
+    return int(text)
+
+
+def parse_window(value: str | None, default: str, name: str = "window", maximum_days: int = 366) -> float:
+    """A duration like '1h' or '7d', in seconds, at most ``maximum_days``."""
+    seconds = durations.parse(value or default, field=name)
+    if not 0 < seconds <= maximum_days * 86400:
+        raise errors.ConfigError(f"{name}: expected a duration from 1ms to {maximum_days}d, got {value!r}")
+    return seconds

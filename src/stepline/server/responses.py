@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import orjson
@@ -23,6 +24,9 @@ def problem(status: int, message: str, **extra: Any) -> JSON:
 
 
 def from_error(exc: Exception) -> JSON:
+    status = getattr(exc, "http_status", None)
+    if isinstance(status, int):
+        return problem(status, str(exc))
     if isinstance(exc, errors.NotFoundError):
         return problem(404, str(exc))
     if isinstance(exc, (errors.EventError, errors.ConfigError)):
@@ -34,7 +38,7 @@ def from_error(exc: Exception) -> JSON:
     return problem(500, f"internal error: {type(exc).__name__}")
 
 
-async def read_json(request: Request, *, max_bytes: int) -> Any:
+async def read_json(request: Request, *, max_bytes: int, allow_empty: bool = False) -> Any:
     """The request body as JSON, or an EventError/LimitError that says what is wrong."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
@@ -51,8 +55,26 @@ async def read_json(request: Request, *, max_bytes: int) -> Any:
                 "or raise STEPLINE_MAX_EVENT_BYTES"
             )
     if not body.strip():
+        if allow_empty:
+            return None
         raise errors.EventError("the request body is empty; send a JSON event or a JSON list of events")
     try:
         return orjson.loads(bytes(body))
     except orjson.JSONDecodeError as exc:
         raise errors.EventError(f"the request body is not valid JSON: {exc}") from exc
+
+
+async def read_object(request: Request, *, max_bytes: int) -> dict[str, Any]:
+    """An optional JSON object body: {} when empty, else an object or a 400."""
+    value = await read_json(request, max_bytes=max_bytes, allow_empty=True)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise errors.ConfigError("the request body must be a JSON object")
+    return value
+
+
+def iso_seconds(epoch_seconds: int | None) -> str | None:
+    if epoch_seconds is None:
+        return None
+    return dt.datetime.fromtimestamp(epoch_seconds, dt.timezone.utc).isoformat().replace("+00:00", "Z")

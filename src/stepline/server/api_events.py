@@ -1,0 +1,94 @@
+"""Events in: ``POST /e/{key}`` and ``POST /api/v1/events``; events out: list and one
+event with the runs it started, or why it started none."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from stepline import errors
+from stepline.server import common, responses
+from stepline.server.responses import JSON
+
+MAX_TS = 253402300799999  # 9999-12-31 in epoch ms; fits every backend's BIGINT
+
+
+def _precheck(items: list[Any]) -> None:
+    """What the stores cannot hold, refused as bad input rather than failing in SQL."""
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            continue
+        for field in ("name", "id"):
+            value = item.get(field)
+            if isinstance(value, str) and "\x00" in value:
+                raise errors.EventError(f"event[{i}]: '{field}' must not contain NUL characters")
+        ts = item.get("ts")
+        if isinstance(ts, (int, float)) and not isinstance(ts, bool) and not 0 <= ts <= MAX_TS:
+            raise errors.EventError(f"event[{i}]: 'ts' must be milliseconds since the epoch, 0..{MAX_TS}")
+        for holder in (item.get("data"), item.get("user")):
+            if isinstance(holder, dict):
+                for key in ("user_id", "userId", "id"):
+                    value = holder.get(key)
+                    if isinstance(value, str) and "\x00" in value:
+                        raise errors.EventError(f"event[{i}]: user ids must not contain NUL characters")
+
+
+async def ingest(request: Request) -> Response:
+    payload = await responses.read_json(request, max_bytes=common.options(request).max_body_bytes)
+    items = payload if isinstance(payload, list) else [payload]
+    _precheck(items)
+    ids = await common.engine(request).send_many(items)
+    return JSON({"ids": ids, "status": 200})
+
+
+@common.guard
+async def post_event_with_key(request: Request) -> Response:
+    denied = common.check_event_key(request, request.path_params["event_key"])
+    if denied is not None:
+        return denied
+    return await ingest(request)
+
+
+@common.guard
+async def post_events(request: Request) -> Response:
+    denied = common.check_api_token(request)
+    if denied is not None:
+        return denied
+    return await ingest(request)
+
+
+@common.guard
+async def list_events(request: Request) -> Response:
+    denied = common.check_api_token(request)
+    if denied is not None:
+        return denied
+    q = request.query_params
+    limit = common.parse_limit(q.get("limit"))
+    events = await common.engine(request).store.list_events_page(
+        name=q.get("name") or None,
+        since_ms=common.parse_time(q.get("since"), "since"),
+        until_ms=common.parse_time(q.get("until"), "until"),
+        before_id=q.get("cursor") or None,
+        limit=limit,
+    )
+    return JSON({"data": events, "next_cursor": events[-1]["id"] if len(events) == limit else None})
+
+
+@common.guard
+async def get_event(request: Request) -> Response:
+    denied = common.check_api_token(request)
+    if denied is not None:
+        return denied
+    return JSON(await common.engine(request).store.event_detail(request.path_params["event_id"]))
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/e/{event_key}", post_event_with_key, methods=["POST"]),
+        Route("/api/v1/events", post_events, methods=["POST"]),
+        Route("/api/v1/events", list_events, methods=["GET"]),
+        Route("/api/v1/events/{event_id}", get_event, methods=["GET"]),
+    ]

@@ -1,0 +1,147 @@
+"""Functions with live counts, metrics as JSON, ``/metrics`` in Prometheus text, ``/health``."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from stepline import errors
+from stepline.server import common
+from stepline.server.responses import JSON
+
+PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@common.guard
+async def list_functions(request: Request) -> Response:
+    denied = common.check_api_token(request)
+    if denied is not None:
+        return denied
+    return JSON({"data": await common.engine(request).store.functions_overview()})
+
+
+@common.guard
+async def get_function(request: Request) -> Response:
+    denied = common.check_api_token(request)
+    if denied is not None:
+        return denied
+    function_id = request.path_params["function_id"]
+    for fn in await common.engine(request).store.functions_overview():
+        if fn["id"] == function_id:
+            return JSON(fn)
+    raise errors.NotFoundError(f"no function with id {function_id!r}")
+
+
+@common.guard
+async def metrics_json(request: Request) -> Response:
+    """``?window=1h`` for run stats (default 1h), ``?days=14`` for tokens and cost."""
+    denied = common.check_api_token(request)
+    if denied is not None:
+        return denied
+    window = common.parse_window(request.query_params.get("window"), "1h")
+    days_text = request.query_params.get("days", "14")
+    if not days_text.isdigit() or not 1 <= int(days_text) <= 366:
+        raise errors.ConfigError(f"days: expected a whole number 1..366, got {days_text!r}")
+    now = int(time.time() * 1000)
+    day_ms = 86_400_000
+    usage_since = (now // day_ms - int(days_text) + 1) * day_ms  # whole UTC days, today included
+    body = await common.engine(request).store.metrics_overview(now - int(window * 1000), usage_since)
+    body["window_seconds"] = window
+    body["days"] = int(days_text)
+    return JSON(body)
+
+
+def _label(value: Any) -> str:
+    text = "" if value is None else str(value)
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _line(name: str, labels: dict[str, Any], value: float | int | None) -> str:
+    inner = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
+    shown = "NaN" if value is None else (repr(float(value)) if isinstance(value, float) else str(value))
+    return f"{name}{{{inner}}} {shown}" if inner else f"{name} {shown}"
+
+
+async def prometheus_text(request: Request) -> str:
+    store = common.engine(request).store
+    now = int(time.time() * 1000)
+    depth = await store.metrics_query("queue_depth")
+    counts = await store.metrics_query("status_counts")
+    stats = await store.metrics_query("function_stats", since_ms=now - 3600_000)
+    usage = await store.metrics_query("usage_by_model")
+    out = [
+        "# HELP stepline_queue_depth Runs in the queue per function: ready now, scheduled for later, leased by a worker.",
+        "# TYPE stepline_queue_depth gauge",
+    ]
+    for d in depth:
+        for state in ("ready", "scheduled", "leased"):
+            out.append(_line("stepline_queue_depth", {"function": d["function_id"], "state": state}, d[state]))
+    out += ["# HELP stepline_runs Runs per function and status (all time).", "# TYPE stepline_runs gauge"]
+    for c in counts:
+        out.append(_line("stepline_runs", {"function": c["function_id"], "status": c["status"]}, c["count"]))
+    out += [
+        "# HELP stepline_run_success_ratio Completed / (completed + failed) over the last hour.",
+        "# TYPE stepline_run_success_ratio gauge",
+    ]
+    for s in stats:
+        if s["success_rate"] is not None:
+            out.append(_line("stepline_run_success_ratio", {"function": s["function_id"]}, float(s["success_rate"])))
+    out += [
+        "# HELP stepline_run_duration_seconds Run duration quantiles over the last hour.",
+        "# TYPE stepline_run_duration_seconds gauge",
+    ]
+    for s in stats:
+        for quantile, key in (("0.5", "p50_ms"), ("0.95", "p95_ms")):
+            if s[key] is not None:
+                labels = {"function": s["function_id"], "quantile": quantile}
+                out.append(_line("stepline_run_duration_seconds", labels, s[key] / 1000.0))
+    out += ["# HELP stepline_llm_tokens_total Model tokens by kind.", "# TYPE stepline_llm_tokens_total counter"]
+    for u in usage:
+        for kind in ("prompt", "completion", "reasoning", "cached"):
+            labels = {"provider": u["provider"], "model": u["model"], "kind": kind}
+            out.append(_line("stepline_llm_tokens_total", labels, u[f"{kind}_tokens"]))
+    out += ["# HELP stepline_llm_cost_usd_total Model cost in US dollars.", "# TYPE stepline_llm_cost_usd_total counter"]
+    for u in usage:
+        out.append(_line("stepline_llm_cost_usd_total", {"provider": u["provider"], "model": u["model"]}, float(u["cost_usd"])))
+    out += ["# HELP stepline_up 1 while the server can read its database.", "# TYPE stepline_up gauge", "stepline_up 1"]
+    return "\n".join(out) + "\n"
+
+
+@common.guard
+async def metrics_prometheus(request: Request) -> Response:
+    denied = common.check_api_token(request)
+    if denied is not None:
+        return denied
+    return PlainTextResponse(await prometheus_text(request), media_type=PROMETHEUS_TYPE)
+
+
+@common.guard
+async def health(request: Request) -> Response:
+    """200 while the database answers; 503 (with the reason) when it does not."""
+    engine = common.engine(request)
+    worker = engine.worker
+    try:
+        await engine.store.metrics_query("queue_depth")
+    except Exception as exc:  # noqa: BLE001 - health reports, it does not raise
+        return JSON({"status": "unavailable", "database": engine.store.dialect, "error": str(exc)}, status_code=503)
+    return JSON(
+        {
+            "status": "ok",
+            "database": engine.store.dialect,
+            "worker": None if worker is None else {"id": worker.id, "in_flight": worker.in_flight},
+        }
+    )
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics_prometheus, methods=["GET"]),
+        Route("/api/v1/metrics", metrics_json, methods=["GET"]),
+        Route("/api/v1/functions", list_functions, methods=["GET"]),
+        Route("/api/v1/functions/{function_id}", get_function, methods=["GET"]),
+    ]

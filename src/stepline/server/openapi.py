@@ -1,0 +1,308 @@
+"""The OpenAPI 3.0 document served at ``/api/v1/openapi.json``.
+
+Written by hand beside the routes (Starlette has no schema inference); a test runs
+schemathesis against it, so a route that drifts from it fails the suite.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from stepline.server.responses import JSON
+
+STATUSES = ["queued", "running", "sleeping", "waiting", "completed", "failed", "cancelled"]
+_TIME_PATTERN = r"^(\d{1,13}|\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})?)?)$"
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {**schema, "nullable": True}
+
+
+STR = {"type": "string"}
+NSTR = _nullable(STR)
+NINT = {"type": "integer", "nullable": True}
+NNUM = {"type": "number", "nullable": True}
+ANY: dict[str, Any] = {}
+TIME = _nullable({"type": "string", "format": "date-time"})
+ERROR_OBJ = _nullable({"type": "object", "additionalProperties": True})
+
+
+def ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    return {"type": "object", "properties": props, "required": required if required is not None else list(props)}
+
+
+RUN = _obj(
+    {
+        "id": STR, "function_id": STR, "status": {"type": "string", "enum": STATUSES}, "wait_reason": NSTR,
+        "attempt": {"type": "integer"}, "user_id": NSTR, "progress": NNUM, "progress_message": NSTR,
+        "output": ANY, "error": ERROR_OBJ, "event_id": STR, "parent_run_id": NSTR, "replay_of": NSTR,
+        "created_at": TIME, "started_at": TIME, "ended_at": TIME, "updated_at": TIME, "duration_ms": NINT,
+    }
+)
+ATTEMPT = _obj({"attempt": {"type": "integer"}, "error": ERROR_OBJ, "started_at": TIME, "ended_at": TIME})
+STEP = _obj(
+    {
+        "id": STR, "name": STR, "kind": STR, "status": STR, "attempts": {"type": "integer"}, "output": ANY,
+        "error": ERROR_OBJ, "started_at": TIME, "ended_at": TIME, "wake_at": TIME, "duration_ms": NINT,
+        "meta": ANY, "attempt_history": {"type": "array", "items": ref("Attempt")},
+    }
+)
+RUN_DETAIL = {
+    "allOf": [
+        ref("Run"),
+        _obj(
+            {
+                "event": _nullable({"type": "object"}),
+                "steps": {"type": "array", "items": ref("Step")},
+                "function_attempts": {"type": "array", "items": {"type": "object"}},
+            }
+        ),
+    ]
+}
+EVENT = _obj(
+    {
+        "id": STR, "name": STR, "body": ANY, "user_id": NSTR, "received_at": TIME,
+        "skipped": {"type": "object", "additionalProperties": True},
+    }
+)
+EVENT_SUMMARY = {"allOf": [ref("Event"), _obj({"run_ids": {"type": "array", "items": STR}})]}
+EVENT_DETAIL = {
+    "allOf": [
+        ref("Event"),
+        _obj(
+            {
+                "runs": {"type": "array", "items": ref("Run")},
+                "skipped_functions": {
+                    "type": "array",
+                    "items": _obj({"function_id": STR, "reason": STR, "detail": _nullable({"type": "object"})}),
+                },
+                "why_no_runs": NSTR,
+            }
+        ),
+    ]
+}
+COUNTS = _obj({k: {"type": "integer"} for k in (
+    "queued", "running", "sleeping", "waiting", "failed_last_hour", "completed_last_hour", "cancelled_last_hour")})
+FUNCTION = _obj(
+    {
+        "id": STR, "app_id": STR, "triggers": {"type": "array", "items": {"type": "object"}},
+        "config": {"type": "object"}, "updated_at": TIME, "counts": COUNTS,
+    }
+)
+USAGE = {
+    "calls": {"type": "integer"}, "prompt_tokens": {"type": "integer"}, "completion_tokens": {"type": "integer"},
+    "reasoning_tokens": {"type": "integer"}, "cached_tokens": {"type": "integer"},
+    "total_tokens": {"type": "integer"}, "cost_usd": {"type": "number"},
+}
+INT = {"type": "integer"}
+METRICS = _obj(
+    {
+        "queue": {"type": "array", "items": _obj({"function_id": STR, "ready": INT, "scheduled": INT, "leased": INT})},
+        "queue_total": _obj({"ready": INT, "scheduled": INT, "leased": INT}),
+        "running": INT,
+        "functions": {
+            "type": "array",
+            "items": _obj(
+                {
+                    "function_id": STR, "running": INT, "completed": INT, "failed": INT, "cancelled": INT,
+                    "success_rate": NNUM, "p50_ms": NINT, "p95_ms": NINT,
+                }
+            ),
+        },
+        "usage_by_day": {"type": "array", "items": _obj({"day": {"type": "string", "format": "date"}, **USAGE})},
+        "usage_by_user": {"type": "array", "items": _obj({"user_id": NSTR, **USAGE})},
+        "window_seconds": {"type": "number"},
+        "days": INT,
+    }
+)
+PROBLEM = _obj({"error": STR, "status": INT})
+EVENT_IN = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "example": "llm/generate.requested"},
+        "data": {"type": "object"},
+        "user": {"type": "object"},
+        "id": {"type": "string", "minLength": 1},
+        "ts": {"type": "integer", "minimum": 0, "maximum": 253402300799999},
+        "v": {"type": "string"},
+    },
+    "additionalProperties": False,
+}
+
+SCHEMAS = {
+    "Run": RUN, "RunDetail": RUN_DETAIL, "Step": STEP, "Attempt": ATTEMPT, "Event": EVENT,
+    "EventSummary": EVENT_SUMMARY, "EventDetail": EVENT_DETAIL, "Function": FUNCTION, "Metrics": METRICS,
+    "Problem": PROBLEM, "EventIn": EVENT_IN,
+}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _problems(*codes: int) -> dict[str, Any]:
+    words = {400: "bad input", 401: "missing or wrong credentials", 403: "not allowed", 404: "not found",
+             409: "not allowed in the run's state", 413: "body over the size limit", 503: "database unavailable"}
+    return {str(c): {"description": words[c], "content": _json(ref("Problem"))} for c in codes}
+
+
+def _q(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+def _path(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+
+
+TIME_Q = {"type": "string", "pattern": _TIME_PATTERN}
+LIMIT_Q = {"type": "integer", "minimum": 1, "maximum": 500}
+API = [{"bearer": []}, {"session": []}]
+RUN_READ = [{"bearer": []}, {"session": []}, {"runToken": []}]
+
+
+def _op(summary: str, responses: dict[str, Any], *, params: list[dict[str, Any]] | None = None,
+        body: dict[str, Any] | None = None, security: list[Any] | None = None, tag: str = "runs") -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": responses, "security": API if security is None else security}
+    if params:
+        op["parameters"] = params
+    if body is not None:
+        op["requestBody"] = body
+    return op
+
+
+def _ok(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"200": {"description": description, "content": _json(schema)}}
+
+
+def _page(item: str) -> dict[str, Any]:
+    return _obj({"data": {"type": "array", "items": ref(item)}, "next_cursor": NSTR})
+
+
+EVENTS_BODY = {
+    "required": True,
+    "content": _json({"oneOf": [ref("EventIn"), {"type": "array", "items": ref("EventIn")}]}),
+}
+SENT = _obj({"ids": {"type": "array", "items": STR}, "status": INT})
+OPTIONAL_OBJ = {"required": False, "content": _json({"type": "object"})}
+
+
+def document() -> dict[str, Any]:
+    run_id = _path("run_id")
+    paths: dict[str, Any] = {
+        "/e/{event_key}": {"post": _op(
+            "Send one event or a list (the event key is in the path)", {**_ok(SENT), **_problems(400, 401, 413)},
+            params=[_path("event_key")], body=EVENTS_BODY, security=[], tag="events")},
+        "/api/v1/events": {
+            "post": _op("Send one event or a list", {**_ok(SENT), **_problems(400, 401, 413)}, body=EVENTS_BODY, tag="events"),
+            "get": _op("Events, newest first", {**_ok(_page("EventSummary")), **_problems(400, 401)}, tag="events", params=[
+                _q("name", STR, "event name"), _q("since", TIME_Q, "received at or after (ISO 8601 or epoch ms)"),
+                _q("until", TIME_Q, "received before"), _q("cursor", STR, "next_cursor of the previous page"),
+                _q("limit", LIMIT_Q, "page size (default 50)")]),
+        },
+        "/api/v1/events/{event_id}": {"get": _op(
+            "One event, the runs it started, and why functions skipped it",
+            {**_ok(ref("EventDetail")), **_problems(400, 401, 404)}, params=[_path("event_id")], tag="events")},
+        "/api/v1/runs": {"get": _op("Runs, newest first", {**_ok(_page("Run")), **_problems(400, 401)}, params=[
+            _q("function_id", STR, "function id"), _q("status", {"type": "string", "enum": STATUSES}, "run status"),
+            _q("user_id", STR, "user id taken from the event (data.user_id, data.userId or user.id)"),
+            _q("since", TIME_Q, "created at or after (ISO 8601 or epoch ms)"), _q("until", TIME_Q, "created before"),
+            _q("cursor", STR, "next_cursor of the previous page"), _q("limit", LIMIT_Q, "page size (default 50)")])},
+        "/api/v1/runs/bulk-cancel": {"post": _op(
+            "Cancel the unfinished runs of one function created in a time range",
+            {**_ok(_obj({"cancelled": INT, "runs": {"type": "array", "items": _obj({"id": STR, "status": STR})}})),
+             **_problems(400, 401, 403, 413)},
+            body={"required": True, "content": _json({
+                "type": "object", "required": ["function_id"],
+                "properties": {"function_id": {"type": "string", "minLength": 1},
+                               "since": {"oneOf": [TIME_Q, {"type": "integer", "minimum": 0}]},
+                               "until": {"oneOf": [TIME_Q, {"type": "integer", "minimum": 0}]},
+                               "reason": {"type": "string", "maxLength": 1000},
+                               "limit": {"type": "integer", "minimum": 1, "maximum": 10000}}})})},
+        "/api/v1/runs/{run_id}": {"get": _op(
+            "One run with its steps, attempts, output or error, and wait reason",
+            {**_ok(ref("RunDetail")), **_problems(400, 401, 404)}, params=[run_id, _q("token", STR, "a run token")],
+            security=RUN_READ)},
+        "/api/v1/runs/{run_id}/stream": {"get": _op(
+            "Server-Sent Events: status, message and end, until the run ends (resume with Last-Event-ID)",
+            {"200": {"description": "an event stream", "content": {"text/event-stream": {"schema": STR}}},
+             **_problems(400, 401, 404)},
+            params=[run_id, _q("token", STR, "a run token"),
+                    _q("after", {"type": "string", "pattern": r"^\d{1,15}$"}, "resume after this message sequence number")],
+            security=RUN_READ)},
+        "/api/v1/runs/{run_id}/cancel": {"post": _op(
+            "Cancel a run (a running one stops at its next step boundary)",
+            {**_ok(_obj({"id": STR, "status": STR})), **_problems(400, 401, 403, 404)}, params=[run_id])},
+        "/api/v1/runs/{run_id}/replay": {"post": _op(
+            "A new run of the same function with the same event, from the start",
+            {**_ok(_obj({"id": STR, "replay_of": STR})), **_problems(400, 401, 403, 404)}, params=[run_id])},
+        "/api/v1/runs/{run_id}/rerun-from-failed-step": {"post": _op(
+            "A new run that reuses the completed steps of a failed or cancelled run",
+            {**_ok(_obj({"id": STR, "rerun_of": STR, "reused_steps": {"type": "array", "items": STR}})),
+             **_problems(400, 401, 403, 404, 409)}, params=[run_id])},
+        "/api/v1/runs/{run_id}/token": {"post": _op(
+            "Mint a short-lived token that reads only this run (for a browser)",
+            {**_ok(_obj({"run_id": STR, "token": STR, "expires_at": TIME})), **_problems(400, 401, 403, 404, 413)},
+            params=[run_id],
+            body={"required": False, "content": _json({"type": "object", "properties": {
+                "ttl_seconds": {"type": "number", "minimum": 1, "maximum": 86400}}})})},
+        "/api/v1/functions": {"get": _op(
+            "Registered functions with config and live counts", {**_ok(_page_plain("Function")), **_problems(401)},
+            tag="functions")},
+        "/api/v1/functions/{function_id}": {"get": _op(
+            "One function", {**_ok(ref("Function")), **_problems(400, 401, 404)}, params=[_path("function_id")],
+            tag="functions")},
+        "/api/v1/metrics": {"get": _op(
+            "Queue depth, running, success rate, p50/p95 durations, tokens and cost",
+            {**_ok(ref("Metrics")), **_problems(400, 401)}, tag="metrics", params=[
+                _q("window", {"type": "string", "enum": ["5m", "15m", "1h", "6h", "24h", "7d", "30d"]},
+                   "run stats window (any duration like 90m works; default 1h)"),
+                _q("days", {"type": "integer", "minimum": 1, "maximum": 366}, "days of token and cost history")])},
+        "/metrics": {"get": _op(
+            "Prometheus text exposition", {"200": {"description": "metrics", "content": {"text/plain": {"schema": STR}}},
+                                           **_problems(401)}, tag="metrics")},
+        "/health": {"get": _op(
+            "Liveness and database reachability",
+            {**_ok(_obj({"status": STR, "database": STR, "worker": _nullable({"type": "object"})})),
+             "503": {"description": "database unavailable", "content": _json({"type": "object"})}},
+            security=[], tag="metrics")},
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Stepline API",
+            "version": "1",
+            "description": "Events in, runs out: job status, live streams, operator actions and metrics. "
+            "Dev mode needs no credentials; production takes 'Authorization: Bearer <STEPLINE_API_TOKEN>', "
+            "the dashboard's session cookie, or (for one run's status) a run token.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "STEPLINE_API_TOKEN"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "stepline_session"},
+                "runToken": {"type": "apiKey", "in": "query", "name": "token"},
+            },
+        },
+    }
+
+
+def _page_plain(item: str) -> dict[str, Any]:
+    return _obj({"data": {"type": "array", "items": ref(item)}})
+
+
+async def openapi_json(request: Request) -> Response:
+    return JSON(document())
+
+
+def routes() -> list[Route]:
+    return [Route("/api/v1/openapi.json", openapi_json, methods=["GET"])]

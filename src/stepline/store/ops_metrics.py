@@ -1,0 +1,182 @@
+"""Metrics queries: queue depth, run outcomes and durations, LLM tokens and cost.
+
+Written once for both backends: integer division of epoch milliseconds buckets days
+the same way on SQLite and PostgreSQL, and percentiles are computed here rather
+than with a dialect's percentile function.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from stepline.store import db
+
+DAY_MS = 86_400_000
+# Durations read for percentiles per call; beyond this the newest runs are used.
+MAX_DURATION_ROWS = 200_000
+
+
+def percentile(sorted_values: list[int], fraction: float) -> int | None:
+    """Nearest-rank percentile of an ascending list (None when empty)."""
+    if not sorted_values:
+        return None
+    rank = max(1, int(-(-fraction * len(sorted_values) // 1)))  # ceil without floats drifting
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def queue_depth_txn(conn: db.Conn, now: int) -> list[dict[str, Any]]:
+    """Per function: runs ready to execute now, scheduled for later (sleeps, retries,
+    waits with a timeout), and leased by a worker."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in conn.all(
+        "SELECT function_id, "
+        "SUM(CASE WHEN lease_owner IS NULL AND due_at <= ? THEN 1 ELSE 0 END) AS ready, "
+        "SUM(CASE WHEN lease_owner IS NULL AND due_at > ? THEN 1 ELSE 0 END) AS scheduled, "
+        "SUM(CASE WHEN lease_owner IS NOT NULL THEN 1 ELSE 0 END) AS leased "
+        "FROM queue GROUP BY function_id",
+        (now, now),
+    ):
+        out[r["function_id"]] = {
+            "function_id": r["function_id"],
+            "ready": int(r["ready"] or 0),
+            "scheduled": int(r["scheduled"] or 0),
+            "leased": int(r["leased"] or 0),
+        }
+    return [out[k] for k in sorted(out)]
+
+
+def status_counts_txn(conn: db.Conn) -> list[dict[str, Any]]:
+    """Runs per function and status, over all time (Prometheus gauges and totals)."""
+    return [
+        {"function_id": r["function_id"], "status": r["status"], "count": int(r["n"])}
+        for r in conn.all(
+            "SELECT function_id, status, COUNT(*) AS n FROM runs GROUP BY function_id, status "
+            "ORDER BY function_id, status"
+        )
+    ]
+
+
+def function_stats_txn(conn: db.Conn, since_ms: int) -> list[dict[str, Any]]:
+    """Per function, runs that ended since ``since_ms``: counts by outcome, success rate
+    (completed / (completed + failed); cancelled runs are left out), p50/p95 duration
+    of finished runs (started to ended)."""
+    stats: dict[str, dict[str, Any]] = {}
+    for r in conn.all(
+        "SELECT function_id, status, COUNT(*) AS n FROM runs "
+        "WHERE status IN ('completed', 'failed', 'cancelled') AND ended_at >= ? GROUP BY function_id, status",
+        (since_ms,),
+    ):
+        entry = stats.setdefault(r["function_id"], {"completed": 0, "failed": 0, "cancelled": 0})
+        entry[r["status"]] = int(r["n"])
+    durations: dict[str, list[int]] = {}
+    for r in conn.all(
+        "SELECT function_id, ended_at - started_at AS d FROM runs "
+        "WHERE status IN ('completed', 'failed') AND ended_at >= ? AND started_at IS NOT NULL "
+        "ORDER BY ended_at DESC LIMIT ?",
+        (since_ms, MAX_DURATION_ROWS),
+    ):
+        durations.setdefault(r["function_id"], []).append(int(r["d"]))
+    running = {
+        r["function_id"]: int(r["n"])
+        for r in conn.all("SELECT function_id, COUNT(*) AS n FROM runs WHERE status = 'running' GROUP BY function_id")
+    }
+    out = []
+    for fn_id in sorted(set(stats) | set(running)):
+        entry = stats.get(fn_id, {"completed": 0, "failed": 0, "cancelled": 0})
+        decided = entry["completed"] + entry["failed"]
+        values = sorted(durations.get(fn_id, []))
+        out.append(
+            {
+                "function_id": fn_id,
+                "running": running.get(fn_id, 0),
+                **entry,
+                "success_rate": None if decided == 0 else round(entry["completed"] / decided, 4),
+                "p50_ms": percentile(values, 0.50),
+                "p95_ms": percentile(values, 0.95),
+            }
+        )
+    return out
+
+
+def _day(bucket: int) -> str:
+    return dt.datetime.fromtimestamp(bucket * DAY_MS / 1000, dt.timezone.utc).date().isoformat()
+
+
+_USAGE_SUMS = (
+    "COUNT(*) AS calls, SUM(prompt_tokens) AS prompt_tokens, SUM(completion_tokens) AS completion_tokens, "
+    "SUM(reasoning_tokens) AS reasoning_tokens, SUM(cached_tokens) AS cached_tokens, SUM(cost_usd) AS cost_usd"
+)
+
+
+def _usage(row: dict[str, Any]) -> dict[str, Any]:
+    prompt, completion = int(row["prompt_tokens"] or 0), int(row["completion_tokens"] or 0)
+    return {
+        "calls": int(row["calls"] or 0),
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "reasoning_tokens": int(row["reasoning_tokens"] or 0),
+        "cached_tokens": int(row["cached_tokens"] or 0),
+        "total_tokens": prompt + completion,
+        "cost_usd": round(float(row["cost_usd"] or 0.0), 6),
+    }
+
+
+def usage_by_day_txn(conn: db.Conn, since_ms: int, function_id: str | None = None) -> list[dict[str, Any]]:
+    """Tokens and cost of model calls per UTC day since ``since_ms``, oldest first."""
+    where, params = "created_at >= ?", [since_ms]
+    if function_id is not None:
+        where += " AND function_id = ?"
+        params.append(function_id)  # type: ignore[arg-type]
+    return [
+        {"day": _day(int(r["bucket"])), **_usage(r)}
+        for r in conn.all(
+            f"SELECT created_at / {DAY_MS} AS bucket, {_USAGE_SUMS} FROM llm_usage WHERE {where} "
+            "GROUP BY created_at / 86400000 ORDER BY bucket",
+            params,
+        )
+    ]
+
+
+def usage_by_user_txn(conn: db.Conn, since_ms: int, limit: int = 100) -> list[dict[str, Any]]:
+    """Tokens and cost per user since ``since_ms``, the most expensive first."""
+    return [
+        {"user_id": r["user_id"], **_usage(r)}
+        for r in conn.all(
+            f"SELECT user_id, {_USAGE_SUMS} FROM llm_usage WHERE created_at >= ? "
+            "GROUP BY user_id ORDER BY SUM(cost_usd) DESC, user_id LIMIT ?",
+            (since_ms, limit),
+        )
+    ]
+
+
+def usage_by_model_txn(conn: db.Conn, since_ms: int | None = None) -> list[dict[str, Any]]:
+    """Tokens and cost per provider and model (all time when ``since_ms`` is None)."""
+    where, params = ("WHERE created_at >= ?", (since_ms,)) if since_ms is not None else ("", ())
+    return [
+        {"provider": r["provider"], "model": r["model"], **_usage(r)}
+        for r in conn.all(
+            f"SELECT provider, model, {_USAGE_SUMS} FROM llm_usage {where} GROUP BY provider, model "
+            "ORDER BY provider, model",
+            params,
+        )
+    ]
+
+
+def overview_txn(conn: db.Conn, *, now: int, since_ms: int, usage_since_ms: int) -> dict[str, Any]:
+    """Everything the metrics page shows, in one read: run stats since ``since_ms``,
+    usage since ``usage_since_ms`` (usually a number of whole days)."""
+    depth = queue_depth_txn(conn, now)
+    functions = function_stats_txn(conn, since_ms)
+    return {
+        "queue": depth,
+        "queue_total": {
+            "ready": sum(d["ready"] for d in depth),
+            "scheduled": sum(d["scheduled"] for d in depth),
+            "leased": sum(d["leased"] for d in depth),
+        },
+        "running": int(conn.scalar("SELECT COUNT(*) AS n FROM runs WHERE status = 'running'") or 0),
+        "functions": functions,
+        "usage_by_day": usage_by_day_txn(conn, usage_since_ms),
+        "usage_by_user": usage_by_user_txn(conn, usage_since_ms),
+    }

@@ -1,0 +1,177 @@
+"""Read queries behind the server's API and dashboard: functions with live counts,
+events with the runs they started (or why none), and a run's live state for streams."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stepline import expressions, jsonutil
+from stepline.store import db, ops_read
+
+HOUR_MS = 3600 * 1000
+_LIVE = ("queued", "running", "sleeping", "waiting")
+
+
+def functions_overview_txn(conn: db.Conn, now: int) -> list[dict[str, Any]]:
+    """Every registered function with its config, triggers and live run counts."""
+    counts: dict[str, dict[str, int]] = {}
+    for r in conn.all(
+        f"SELECT function_id, status, COUNT(*) AS n FROM runs WHERE status IN ({', '.join('?' for _ in _LIVE)}) "
+        "GROUP BY function_id, status",
+        _LIVE,
+    ):
+        counts.setdefault(r["function_id"], {})[r["status"]] = int(r["n"])
+    recent: dict[str, dict[str, int]] = {}
+    for r in conn.all(
+        "SELECT function_id, status, COUNT(*) AS n FROM runs WHERE status IN ('completed', 'failed', 'cancelled') "
+        "AND ended_at >= ? GROUP BY function_id, status",
+        (now - HOUR_MS,),
+    ):
+        recent.setdefault(r["function_id"], {})[r["status"]] = int(r["n"])
+    out = []
+    for row in conn.all("SELECT * FROM functions ORDER BY id"):
+        fn_id = row["id"]
+        live, last_hour = counts.get(fn_id, {}), recent.get(fn_id, {})
+        config = jsonutil.loads(row["config"])
+        out.append(
+            {
+                "id": fn_id,
+                "app_id": row["app_id"],
+                "triggers": config.get("triggers", []) if isinstance(config, dict) else [],
+                "config": config,
+                "updated_at": ops_read.iso(row["updated_at"]),
+                "counts": {
+                    "queued": live.get("queued", 0),
+                    "running": live.get("running", 0),
+                    "sleeping": live.get("sleeping", 0),
+                    "waiting": live.get("waiting", 0),
+                    "failed_last_hour": last_hour.get("failed", 0),
+                    "completed_last_hour": last_hour.get("completed", 0),
+                    "cancelled_last_hour": last_hour.get("cancelled", 0),
+                },
+            }
+        )
+    return out
+
+
+def get_function_txn(conn: db.Conn, function_id: str, now: int) -> dict[str, Any] | None:
+    for fn in functions_overview_txn(conn, now):
+        if fn["id"] == function_id:
+            return fn
+    return None
+
+
+def _reason_text(function_id: str, reason: Any) -> dict[str, Any]:
+    """One skipped function as ``{function_id, reason, detail}``; reasons may be a word
+    (``idempotent``, ``rate_limited``, ``debounced``, ...) or an object with more detail."""
+    if isinstance(reason, dict):
+        return {"function_id": function_id, "reason": str(reason.get("reason", "skipped")), "detail": reason}
+    return {"function_id": function_id, "reason": str(reason), "detail": None}
+
+
+def event_detail_txn(conn: db.Conn, event_id: str) -> dict[str, Any]:
+    """An event, the runs it started, and for every trigger that did not start a run, why."""
+    event = ops_read.get_event_txn(conn, event_id)
+    skipped = event.get("skipped") or {}
+    started = {r["function_id"] for r in event["runs"]}
+    outcomes = [_reason_text(fn_id, reason) for fn_id, reason in sorted(skipped.items())]
+    known = started | set(skipped)
+    # Triggers on this name that neither started a run nor recorded a skip: their `if` was false.
+    body = event["body"] if isinstance(event["body"], dict) else {}
+    for t in conn.all(
+        "SELECT function_id, expression FROM triggers WHERE event_name = ? ORDER BY function_id, position",
+        (event["name"],),
+    ):
+        if t["function_id"] in known:
+            continue
+        known.add(t["function_id"])
+        matched = t["expression"] is None or _safe_match(t["expression"], body)
+        outcomes.append(
+            {
+                "function_id": t["function_id"],
+                "reason": "condition_false" if not matched else "not_started",
+                "detail": {"if": t["expression"]},
+            }
+        )
+    event["skipped_functions"] = outcomes
+    if event["runs"]:
+        event["why_no_runs"] = None
+    elif outcomes:
+        event["why_no_runs"] = "; ".join(f"{o['function_id']}: {o['reason']}" for o in outcomes)
+    elif event["name"].startswith("stepline/") or event["name"].startswith("inngest/"):
+        event["why_no_runs"] = "an internal event (invoke, cron or failure hook); it starts runs directly"
+    else:
+        event["why_no_runs"] = f"no registered function has a trigger on {event['name']!r}"
+    return event
+
+
+def _safe_match(expression: str, body: dict[str, Any]) -> bool:
+    try:
+        return bool(expressions.matches(expression, {"event": body}))
+    except Exception:  # noqa: BLE001 - an explanation must never fail the read
+        return False
+
+
+def list_events_txn(
+    conn: db.Conn,
+    *,
+    name: str | None = None,
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+    before_id: str | None = None,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    """Newest first, each with how many runs it started and how many functions skipped it."""
+    where, params = [], []
+    if name is not None:
+        where.append("name = ?")
+        params.append(name)
+    if since_ms is not None:
+        where.append("received_at >= ?")
+        params.append(since_ms)
+    if until_ms is not None:
+        where.append("received_at < ?")
+        params.append(until_ms)
+    if before_id is not None:
+        where.append("id < ?")
+        params.append(before_id)
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    rows = conn.all(f"SELECT * FROM events {clause} ORDER BY id DESC LIMIT ?", (*params, limit))
+    events = [ops_read._event_dict(r) for r in rows]
+    if events:
+        marks = ", ".join("?" for _ in events)
+        run_ids: dict[str, list[str]] = {}
+        for r in conn.all(
+            f"SELECT event_id, id FROM runs WHERE event_id IN ({marks}) ORDER BY id", [e["id"] for e in events]
+        ):
+            run_ids.setdefault(r["event_id"], []).append(r["id"])
+        for e in events:
+            e["run_ids"] = run_ids.get(e["id"], [])
+    return events
+
+
+def run_live_txn(conn: db.Conn, run_id: str, after_seq: int) -> dict[str, Any] | None:
+    """What a stream sends: the run's status and progress, and messages after ``after_seq``."""
+    row = conn.one(
+        "SELECT id, function_id, status, wait_reason, attempt, progress, progress_message, output, error, "
+        "started_at, ended_at, updated_at FROM runs WHERE id = ?",
+        (run_id,),
+    )
+    if row is None:
+        return None
+    messages = ops_read.run_messages_txn(conn, run_id, after_seq)
+    return {
+        "id": row["id"],
+        "function_id": row["function_id"],
+        "status": row["status"],
+        "wait_reason": row["wait_reason"],
+        "attempt": row["attempt"],
+        "progress": row["progress"],
+        "progress_message": row["progress_message"],
+        "output": jsonutil.loads(row["output"]),
+        "error": jsonutil.loads(row["error"]),
+        "started_at": ops_read.iso(row["started_at"]),
+        "ended_at": ops_read.iso(row["ended_at"]),
+        "updated_at": ops_read.iso(row["updated_at"]),
+        "messages": messages,
+    }
