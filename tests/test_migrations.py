@@ -1,0 +1,203 @@
+"""Migrations: a fresh schema equals one upgraded release by release, on both backends.
+
+"Upgraded" applies the numbered files one at a time, each in its own session (as a
+deployment that followed every release would), with data in the tables between
+steps; "fresh" applies them all at once. The catalogs (tables, columns with their
+types, nullability and defaults, indexes, constraints) must be identical.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from yoyo import get_backend, read_migrations
+
+from stepline.store import migrate
+from tests.conftest import _pg_admin, pg_url
+
+# Tables yoyo keeps for itself; they are not part of Stepline's schema.
+BOOKKEEPING = re.compile(r"^(_yoyo|yoyo|stepline_migrations)")
+
+
+def _migrations() -> Any:
+    return read_migrations(str(migrate.MIGRATIONS_DIR))
+
+
+def apply_first(url: str, count: int) -> list[str]:
+    """Apply the first ``count`` migrations in one session; returns the ids applied."""
+    backend = get_backend(migrate.yoyo_uri(url), migration_table=migrate._TABLE)
+    try:
+        with backend.lock():
+            todo = backend.to_apply(_migrations()[:count])
+            backend.apply_migrations(todo)
+            return [m.id for m in todo]
+    finally:
+        backend.connection.close()
+
+
+@pytest.fixture
+def postgres_pair() -> Iterator[tuple[str, str]]:
+    names = [f"stepline_mig_{uuid.uuid4().hex[:10]}" for _ in range(2)]
+    for name in names:
+        _pg_admin(f"CREATE DATABASE {name}")
+    yield pg_url(names[0]), pg_url(names[1])
+    for name in names:
+        _pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def sqlite_pair(tmp_path) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    return str(tmp_path / "fresh.db"), str(tmp_path / "upgraded.db")
+
+
+# --- catalogs ----------------------------------------------------------------------
+
+
+def pg_catalog(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    with psycopg.connect(url) as conn:
+        columns = conn.execute(
+            "SELECT table_name, column_name, ordinal_position, data_type, is_nullable, column_default "
+            "FROM information_schema.columns WHERE table_schema = 'public' ORDER BY table_name, ordinal_position"
+        ).fetchall()
+        indexes = conn.execute(
+            "SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY indexname"
+        ).fetchall()
+        constraints = conn.execute(
+            "SELECT t.relname, c.conname, c.contype, pg_get_constraintdef(c.oid) FROM pg_constraint c "
+            "JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace "
+            "WHERE n.nspname = 'public' ORDER BY t.relname, c.conname"
+        ).fetchall()
+    return {
+        "columns": [c for c in columns if not BOOKKEEPING.match(c[0])],
+        "indexes": [i for i in indexes if not BOOKKEEPING.match(i[0])],
+        "constraints": [c for c in constraints if not BOOKKEEPING.match(c[0])],
+    }
+
+
+def _normal_sql(sql: str | None) -> str | None:
+    # SQLite keeps each statement's text as written; ALTER TABLE rewrites the table's.
+    return None if sql is None else re.sub(r"\s+", " ", sql).replace("( ", "(").replace(" )", ")").strip()
+
+
+def sqlite_catalog(path: str) -> dict[str, list[tuple[Any, ...]]]:
+    conn = sqlite3.connect(path)
+    try:
+        objects = conn.execute("SELECT type, name, tbl_name FROM sqlite_master ORDER BY type, name").fetchall()
+        objects = [o for o in objects if not BOOKKEEPING.match(o[2]) and not o[1].startswith("sqlite_")]
+        tables = [o[1] for o in objects if o[0] == "table"]
+        columns = [
+            (table, *col) for table in tables for col in conn.execute(f"PRAGMA table_info({table})").fetchall()
+        ]
+        indexes = []
+        for table in tables:
+            for idx in conn.execute(f"PRAGMA index_list({table})").fetchall():
+                name, unique, origin, partial = idx[1], idx[2], idx[3], idx[4]
+                sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = ?", (name,)).fetchone()
+                cols = [c[2] for c in conn.execute(f"PRAGMA index_xinfo({name})").fetchall() if c[5]]
+                indexes.append((table, name, unique, origin, partial, tuple(cols), _normal_sql(sql[0] if sql else None)))
+    finally:
+        conn.close()
+    return {"objects": objects, "columns": columns, "indexes": sorted(indexes, key=lambda i: (i[0], i[1]))}
+
+
+# --- seeds: rows an older release would have written -------------------------------
+
+
+def seed(url: str) -> None:
+    """A function, an event and a queued run, written with the oldest schema's columns."""
+    rows = [
+        ("INSERT INTO functions (id, app_id, config, updated_at) VALUES ('f', 'a', '{}', 1)", ()),
+        ("INSERT INTO events (id, name, body, ts, received_at) VALUES ('e1', 'x', '{}', 1, 1)", ()),
+        (
+            "INSERT INTO runs (id, function_id, event_id, status, created_at, updated_at) "
+            "VALUES ('r1', 'f', 'e1', 'queued', 1, 1)",
+            (),
+        ),
+        ("INSERT INTO queue (run_id, function_id, due_at) VALUES ('r1', 'f', 1)", ()),
+    ]
+    if url.startswith("postgresql://"):
+        with psycopg.connect(url) as conn:
+            for sql, params in rows:
+                conn.execute(sql, params)
+    else:
+        conn = sqlite3.connect(url)
+        with conn:
+            for sql, params in rows:
+                conn.execute(sql, params)
+        conn.close()
+
+
+def seeded_run_survived(url: str) -> bool:
+    sql = "SELECT q.run_id FROM queue q JOIN runs r ON r.id = q.run_id WHERE r.id = 'r1'"
+    if url.startswith("postgresql://"):
+        with psycopg.connect(url) as conn:
+            return conn.execute(sql).fetchone() is not None
+    conn = sqlite3.connect(url)
+    try:
+        return conn.execute(sql).fetchone() is not None
+    finally:
+        conn.close()
+
+
+# --- tests -------------------------------------------------------------------------
+
+
+def test_migration_files_are_numbered_in_order_and_chained() -> None:
+    ids = [m.id for m in _migrations()]
+    assert ids, "no migrations found"
+    numbers = [int(i.split("_", 1)[0]) for i in ids]
+    assert numbers == list(range(1, len(ids) + 1)), f"migrations must be numbered 0001, 0002, ... without gaps: {ids}"
+    for m in list(_migrations())[1:]:
+        assert m.depends, f"{m.id} must declare `-- depends: <an earlier migration>`"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_fresh_schema_equals_upgraded_schema(backend: str, request: pytest.FixtureRequest) -> None:
+    fresh, upgraded = request.getfixturevalue(f"{backend}_pair")
+    catalog = pg_catalog if backend == "postgres" else sqlite_catalog
+    total = len(_migrations())
+
+    assert len(apply_first(fresh, total)) == total
+
+    for count in range(1, total + 1):
+        assert len(apply_first(upgraded, count)) == 1
+        if count == 1:
+            seed(upgraded)
+
+    assert migrate.pending(fresh) == [] and migrate.pending(upgraded) == []
+    fresh_catalog, upgraded_catalog = catalog(fresh), catalog(upgraded)
+    assert fresh_catalog["columns"], "the fresh schema has no tables"
+    for part in fresh_catalog:
+        assert fresh_catalog[part] == upgraded_catalog[part], f"{backend}: {part} differ between fresh and upgraded"
+    assert seeded_run_survived(upgraded), "rows written before the upgrade must survive it"
+
+
+def test_check_refuses_a_database_that_is_behind(postgres_pair: tuple[str, str]) -> None:
+    url, _ = postgres_pair
+    apply_first(url, 1)
+    with pytest.raises(Exception, match="stepline migrate"):
+        migrate.check(url, auto_apply=False)
+    migrate.check(url, auto_apply=True)
+    assert migrate.pending(url) == []
+
+
+def test_both_backends_have_the_same_tables_columns_and_indexes(
+    sqlite_pair: tuple[str, str], postgres_pair: tuple[str, str]
+) -> None:
+    """The domain queries are written once, so both schemas must name the same things."""
+    total = len(_migrations())
+    apply_first(sqlite_pair[0], total)
+    apply_first(postgres_pair[0], total)
+    lite, pg = sqlite_catalog(sqlite_pair[0]), pg_catalog(postgres_pair[0])
+    lite_columns = sorted((c[0], c[2]) for c in lite["columns"])
+    pg_columns = sorted((c[0], c[1]) for c in pg["columns"])
+    assert lite_columns == pg_columns
+    lite_indexes = {i[1] for i in lite["indexes"] if i[3] == "c"}  # created by CREATE INDEX
+    pg_indexes = {i[1] for i in pg["indexes"] if not i[1].endswith("_pkey")}
+    assert lite_indexes == pg_indexes
