@@ -1,5 +1,6 @@
 """Stepline: durable background functions for Python web apps."""
 
+from stepline import llm  # noqa: F401  registers ctx.step.ai
 from stepline.app import App
 from stepline.client import AsyncClient, Client
 from stepline.context import Context, Step, SyncContext
@@ -37,9 +38,9 @@ __version__ = "0.1.0"
 __all__ = [
     "App",
     "AsyncClient",
-    "Client",
     "Batch",
     "CancelOn",
+    "Client",
     "Concurrency",
     "ConfigError",
     "Context",
