@@ -126,3 +126,36 @@ class Clock:
 
     def stop(self) -> tuple[float, float]:
         return time.perf_counter() - self.t0, cpu_seconds() - self.c0
+
+
+# --- the fake model ----------------------------------------------------------------
+
+
+@contextmanager
+def fake_model(delay: float = 1.0) -> Iterator[str]:
+    """Start ``bench.fake_model`` in its own process; yields its base URL."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.fake_model", "--delay", str(delay)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.startswith("PORT "):
+            raise RuntimeError(f"the fake model did not start: {line!r}")
+        yield f"http://127.0.0.1:{int(line.split()[1])}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def model_stats(base_url: str, reset: bool = False) -> dict[str, int]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"{base_url}/{'reset' if reset else 'stats'}", timeout=10) as reply:
+        return dict(json.loads(reply.read()))

@@ -1,0 +1,79 @@
+"""W2 slow I/O fan-in (the LLM case): N runs, each one HTTP call that answers after 1.0 s.
+
+    python -m bench.w2_fanin --backend sqlite|postgres [--runs 500 5000]
+
+One worker process; its concurrency is set to N so every call can be in flight at
+once (the default, 500, covers the 500-run case). The call is a POST (``bench.http_call``)
+from an async step to ``bench.fake_model`` on loopback (its own process). Makespan runs
+from the first ``send`` to the last run's final commit; the ideal is the model's
+1.0 s plus the time it took to enqueue. The worker's peak RSS is the memory figure
+for a worker holding N in-flight runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import stepline
+from bench import common, http_call
+from bench.harness import engine_on, send_chunked
+
+DELAY = 1.0
+
+
+def make_app(url: str) -> stepline.App:
+    app = stepline.App("bench-w2")
+
+    async def call_model(i: int) -> str:
+        reply = await http_call.post_json(url, {"model": "fake", "messages": [{"role": "user", "content": str(i)}]})
+        return str(reply["choices"][0]["message"]["content"])
+
+    @app.function(id="w2", trigger=stepline.TriggerEvent("bench/w2"), retries=0)
+    async def w2(ctx: stepline.Context) -> str:
+        return await ctx.step.run("call-model", call_model, ctx.event.data["i"])
+
+    return app
+
+
+async def trial(backend: str, runs: int, model_url: str) -> dict[str, float]:
+    common.model_stats(model_url, reset=True)
+    peak_rss = 0.0
+    with common.fresh_db(backend, "w2") as url:
+        async with engine_on(url, make_app(f"{model_url}/v1/chat/completions"), concurrency=max(500, runs)) as (engine, tracker):
+            tracker.expect(runs)
+            t0 = time.perf_counter()
+            await send_chunked(engine, [{"name": "bench/w2", "data": {"i": i}} for i in range(runs)], chunk=500)
+            enqueued = time.perf_counter() - t0
+            while not tracker.done.is_set():
+                peak_rss = max(peak_rss, common.rss_mib())
+                try:
+                    await asyncio.wait_for(tracker.done.wait(), 0.1)
+                except TimeoutError:
+                    pass
+            makespan = time.perf_counter() - t0
+    stats = common.model_stats(model_url)
+    ideal = DELAY + enqueued
+    return {
+        "runs": runs,
+        "makespan_s": round(makespan, 3),
+        "ideal_s": round(ideal, 3),
+        "vs_ideal": round(makespan / ideal, 3),
+        "over_ideal_s": round(makespan - ideal, 3),
+        "peak_in_flight": stats["peak"],
+        "peak_rss_mib": round(peak_rss, 1),
+    }
+
+
+def main() -> None:
+    p = common.parser(__doc__ or "")
+    p.add_argument("--runs", type=int, nargs="+", default=[500, 5000])
+    args = p.parse_args()
+    with common.fake_model(DELAY) as model_url:
+        for runs in args.runs:
+            record = asyncio.run(trial(args.backend, runs, model_url))
+            common.emit(f"W2-{runs}", "stepline", args.backend, **record)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""W4 backlog: what one claim costs with 100,000 queued runs against 10 queued.
+
+    python -m bench.w4_backlog --backend sqlite|postgres [--backlog 100000] [--keys 1000]
+
+The runs belong to a function with a keyed concurrency limit (``event.data.k``, over
+``--keys`` distinct keys), so claims also pass through concurrency admission. The
+engine runs without its worker; the benchmark calls the store's claim directly: take
+10 runs, time it, hand them back (release), 50 times, and reports the median. Flat
+means the 100,000-run figure stays within 2× the 10-run one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import stepline
+from bench import common
+from bench.harness import engine_on
+
+BATCH = 10
+CLAIMS = 50
+
+
+def make_app() -> stepline.App:
+    app = stepline.App("bench-w4")
+
+    @app.function(
+        id="w4",
+        trigger=stepline.TriggerEvent("bench/w4"),
+        retries=0,
+        concurrency=[stepline.Concurrency(limit=10, key="event.data.k")],
+    )
+    async def w4(ctx: stepline.Context) -> None:
+        return None
+
+    return app
+
+
+async def claim_cost(backend: str, backlog: int, keys: int) -> tuple[float, float, int]:
+    """(median ms per claim of BATCH runs, seconds it took to enqueue, runs claimed per call)."""
+    with common.fresh_db(backend, "w4") as url:
+        async with engine_on(url, make_app(), run_worker=False) as (engine, _):
+            t0 = time.perf_counter()
+            events = [{"name": "bench/w4", "data": {"k": f"key-{i % keys}"}} for i in range(backlog)]
+            for i in range(0, backlog, 1000):
+                await engine.send_many(events[i : i + 1000])
+            enqueue = time.perf_counter() - t0
+            store = engine.store
+            worker = "w-bench"
+            times: list[float] = []
+            got = 0
+            for _ in range(CLAIMS + 5):
+                t = time.perf_counter()
+                claimed, _next = await store.claim(worker, ["w4"], BATCH, 30_000)
+                times.append((time.perf_counter() - t) * 1000)
+                got = len(claimed)
+                await store.release(worker, [c.run_id for c in claimed])
+            return common.median(times[5:]), enqueue, got
+
+
+async def measure(backend: str, backlog: int, keys: int) -> dict[str, float]:
+    small, _, got_small = await claim_cost(backend, 10, min(keys, 10))
+    large, enqueue, got_large = await claim_cost(backend, backlog, keys)
+    return {
+        "backlog": backlog,
+        "keys": keys,
+        "claim_ms_10_queued": round(small, 3),
+        "claim_ms_backlog": round(large, 3),
+        "backlog_vs_10": round(large / small, 2),
+        "claimed_per_call": min(got_small, got_large),
+        "enqueue_s": round(enqueue, 1),
+    }
+
+
+def main() -> None:
+    p = common.parser(__doc__ or "")
+    p.add_argument("--backlog", type=int, default=100_000)
+    p.add_argument("--keys", type=int, default=1000)
+    args = p.parse_args()
+    common.emit("W4", "stepline", args.backend, **asyncio.run(measure(args.backend, args.backlog, args.keys)))
+
+
+if __name__ == "__main__":
+    main()

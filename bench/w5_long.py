@@ -1,0 +1,67 @@
+"""W5 long runs: one run of 1,000 sequential steps.
+
+    python -m bench.w5_long --backend sqlite|postgres [--steps 1000]
+
+Reports the total, and the mean time per step over the first and the last 100
+steps: with continuous execution (no replay between steps) the two are equal and
+the total grows linearly with the number of steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import stepline
+from bench import common
+from bench.harness import engine_on
+
+WINDOW = 100
+
+
+def make_app(stamps: list[float], steps: int) -> stepline.App:
+    app = stepline.App("bench-w5")
+
+    async def tick(i: int) -> int:
+        stamps.append(time.perf_counter())
+        return i
+
+    @app.function(id="w5", trigger=stepline.TriggerEvent("bench/w5"), retries=0)
+    async def w5(ctx: stepline.Context) -> int:
+        total = 0
+        for i in range(steps):
+            total += await ctx.step.run("step", tick, i)
+        return total
+
+    return app
+
+
+async def measure(backend: str, steps: int) -> dict[str, float]:
+    stamps: list[float] = []
+    with common.fresh_db(backend, "w5") as url:
+        async with engine_on(url, make_app(stamps, steps)) as (engine, tracker):
+            tracker.expect(1)
+            t0 = time.perf_counter()
+            await engine.send({"name": "bench/w5"})
+            await tracker.done.wait()
+            total = time.perf_counter() - t0
+    first = (stamps[WINDOW] - stamps[0]) / WINDOW
+    last = (stamps[-1] - stamps[-1 - WINDOW]) / WINDOW
+    return {
+        "steps": steps,
+        "total_s": round(total, 3),
+        "first_ms_per_step": round(first * 1000, 3),
+        "last_ms_per_step": round(last * 1000, 3),
+        "last_vs_first": round(last / first, 2),
+    }
+
+
+def main() -> None:
+    p = common.parser(__doc__ or "")
+    p.add_argument("--steps", type=int, default=1000)
+    args = p.parse_args()
+    common.emit("W5", "stepline", args.backend, **asyncio.run(measure(args.backend, args.steps)))
+
+
+if __name__ == "__main__":
+    main()
