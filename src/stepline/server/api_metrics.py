@@ -131,6 +131,7 @@ async def health(request: Request) -> Response:
     return JSON(
         {
             "status": "ok",
+            "mode": "dev" if common.options(request).dev else "production",
             "database": engine.store.dialect,
             "worker": None if worker is None else {"id": worker.id, "in_flight": worker.in_flight},
         }

@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from stepline.engine import Engine
 from stepline.server import api_events, api_metrics, api_runs, dashboard, openapi
+from stepline.server import inngest
 from stepline.server.common import ServerOptions
 from stepline.server.responses import problem
 
@@ -48,4 +49,5 @@ def create_app(
     )
     app.state.engine = engine
     app.state.options = options or ServerOptions()
+    inngest.mount(app)  # SDK apps: /fn/register, SDK-shaped /e/{key}, /v0/runs/...
     return app

@@ -271,7 +271,8 @@ def document() -> dict[str, Any]:
                                            **_problems(401)}, tag="metrics")},
         "/health": {"get": _op(
             "Liveness and database reachability",
-            {**_ok(_obj({"status": STR, "database": STR, "worker": _nullable({"type": "object"})})),
+            {**_ok(_obj({"status": STR, "mode": {"type": "string", "enum": ["dev", "production"]}, "database": STR,
+                         "worker": _nullable({"type": "object"})})),
              "503": {"description": "database unavailable", "content": _json({"type": "object"})}},
             security=[], tag="metrics")},
     }

@@ -1,0 +1,151 @@
+"""HTTP routes for apps written with the official Inngest SDKs.
+
+``POST /fn/register`` (app sync), ``POST /e/{key}`` accepting the SDKs' event
+shapes, ``GET /v0/runs/{id}/batch|actions`` (large run state), and
+``/api/v1/inngest/apps`` to list, add and re-sync apps. ``mount(app)`` puts
+these routes first, so the SDK-tolerant ``/e/{key}`` answers SDK senders.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from stepline import errors
+from stepline.inngest import (
+    InngestOptions,
+    InngestRuntime,
+    RegistrationError,
+    attach,
+    events,
+    memos,
+    store_ops,
+)
+from stepline.server import common, responses
+from stepline.server.responses import JSON, problem
+
+
+def runtime(request: Request) -> InngestRuntime:
+    engine = common.engine(request)
+    return attach(engine, InngestOptions(dev=common.options(request).dev))
+
+
+def _sdk_json(body: Any, status: int, rt: InngestRuntime) -> JSON:
+    return JSON(body, status_code=status, headers={"x-inngest-server-kind": rt.options.server_kind})
+
+
+async def register(request: Request) -> Response:
+    rt = runtime(request)
+    try:
+        rt.check_auth(request.headers.get("authorization"))
+        payload = await responses.read_json(request, max_bytes=common.options(request).max_body_bytes)
+        reply = await rt.register(payload, expected_kind=request.headers.get("x-inngest-expected-server-kind"))
+    except RegistrationError as exc:
+        return _sdk_json({"error": exc.message, "status": exc.status}, exc.status, rt)
+    except errors.SteplineError as exc:
+        err = responses.from_error(exc)
+        return _sdk_json({"error": str(exc), "status": err.status_code}, err.status_code, rt)
+    return _sdk_json(reply, 200, rt)
+
+
+async def post_event(request: Request) -> Response:
+    """``/e/{key}``: SDK senders (``X-Inngest-SDK``) get their shapes accepted; others the native route."""
+    if "x-inngest-sdk" not in request.headers:
+        from stepline.server import api_events
+
+        return await api_events.post_event_with_key(request)
+    denied = common.check_event_key(request, request.path_params["event_key"])
+    if denied is not None:
+        return JSON({"ids": [], "status": 401, "error": "Event key not found"}, status_code=401)
+    try:
+        payload = await responses.read_json(request, max_bytes=common.options(request).max_body_bytes)
+        items = payload if isinstance(payload, list) else [payload]
+        ids = await common.engine(request).send_many([events.from_sdk(item) for item in items])
+    except errors.SteplineError as exc:
+        status = responses.from_error(exc).status_code
+        return JSON({"ids": [], "status": status, "error": str(exc)}, status_code=status)
+    return JSON({"ids": ids, "status": 200})
+
+
+def _check_bearer(request: Request, rt: InngestRuntime) -> Response | None:
+    try:
+        rt.check_auth(request.headers.get("authorization"))
+    except RegistrationError as exc:
+        return problem(exc.status, exc.message)
+    return None
+
+
+async def run_batch(request: Request) -> Response:
+    rt = runtime(request)
+    denied = _check_bearer(request, rt)
+    if denied is not None:
+        return denied
+    found = await common.engine(request).store.db.read(partial(store_ops.run_events_txn, run_id=request.path_params["run_id"]))
+    if found is None:
+        return problem(404, f"no run with id {request.path_params['run_id']!r}")
+    return JSON([events.to_sdk(e) for e in found])
+
+
+async def run_actions(request: Request) -> Response:
+    rt = runtime(request)
+    denied = _check_bearer(request, rt)
+    if denied is not None:
+        return denied
+    rows = await rt.journal(request.path_params["run_id"])
+    return JSON({r["key"]: memos.memo_of(r) for r in rows if memos.finished(r)})
+
+
+@common.guard
+async def list_apps(request: Request) -> Response:
+    denied = common.check_api_token(request)
+    if denied is not None:
+        return denied
+    return JSON({"data": runtime(request).list_apps()})
+
+
+@common.guard
+async def add_app(request: Request) -> Response:
+    """``{"url": "http://127.0.0.1:3000/api/inngest"}``: remember the app and sync it now."""
+    denied = common.check_api_token(request)
+    if denied is not None:
+        return denied
+    body = await responses.read_json(request, max_bytes=64 * 1024)
+    url = body.get("url") if isinstance(body, dict) else None
+    if not isinstance(url, str) or not url.strip():
+        return problem(400, 'send {"url": "<the app\'s serve URL, e.g. http://127.0.0.1:3000/api/inngest>"}')
+    status = await runtime(request).sync(url)
+    return JSON(status.to_dict(), status_code=200 if status.error is None else 502)
+
+
+@common.guard
+async def sync_apps(request: Request) -> Response:
+    """Re-sync every known app (or the one named by ``?url=``)."""
+    denied = common.check_api_token(request)
+    if denied is not None:
+        return denied
+    rt = runtime(request)
+    url = request.query_params.get("url")
+    statuses = [await rt.sync(url)] if url else await rt.sync_all()
+    return JSON({"data": [s.to_dict() for s in statuses]})
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/fn/register", register, methods=["POST"]),
+        Route("/e/{event_key}", post_event, methods=["POST"]),
+        Route("/v0/runs/{run_id}/batch", run_batch, methods=["GET"]),
+        Route("/v0/runs/{run_id}/actions", run_actions, methods=["GET"]),
+        Route("/api/v1/inngest/apps", list_apps, methods=["GET"]),
+        Route("/api/v1/inngest/apps", add_app, methods=["POST"]),
+        Route("/api/v1/inngest/apps/sync", sync_apps, methods=["POST"]),
+    ]
+
+
+def mount(app: Starlette) -> None:
+    """Put the SDK routes ahead of the core ones (``/e/{key}`` stays native for non-SDK senders)."""
+    app.router.routes[0:0] = routes()

@@ -1,0 +1,489 @@
+// Stepline dashboard: a small front end over /api/v1 (no build step, no dependencies).
+// Every value from the API is put in the page as text, never as HTML.
+"use strict";
+
+const main = document.getElementById("main");
+const TERMINAL = ["completed", "failed", "cancelled"];
+const STATUSES = ["queued", "running", "sleeping", "waiting", "completed", "failed", "cancelled"];
+let cleanup = [];  // timers and streams of the page being shown
+
+// --- helpers -------------------------------------------------------------------------
+
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "class") el.className = v;
+    else el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+const svgNS = "http://www.w3.org/2000/svg";
+function s(tag, attrs, ...children) {
+  const el = document.createElementNS(svgNS, tag);
+  for (const [k, v] of Object.entries(attrs || {})) el.setAttribute(k, v);
+  for (const c of children) el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return el;
+}
+
+async function api(path, opts = {}) {
+  const res = await fetch(path, {
+    ...opts,
+    credentials: "same-origin",
+    headers: { "content-type": "application/json", "x-stepline-dashboard": "1", ...(opts.headers || {}) },
+  });
+  if (res.status === 401) { location.href = "/login"; throw new Error("log in first"); }
+  const body = await res.json().catch(() => ({ error: res.statusText }));
+  if (!res.ok) throw new Error(body.error || `HTTP ${res.status}`);
+  return body;
+}
+
+function toast(text, bad) {
+  const t = document.getElementById("toast");
+  t.textContent = text;
+  t.className = bad ? "show bad" : "show";
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => { t.className = ""; }, 4000);
+}
+
+function when(iso) {
+  if (!iso) return "—";
+  const d = new Date(iso);
+  const secs = (Date.now() - d.getTime()) / 1000;
+  let ago;
+  if (secs < 60) ago = `${Math.max(0, Math.round(secs))}s ago`;
+  else if (secs < 3600) ago = `${Math.round(secs / 60)}m ago`;
+  else if (secs < 86400) ago = `${Math.round(secs / 3600)}h ago`;
+  else ago = d.toISOString().slice(0, 10);
+  return h("time", { datetime: iso, title: d.toISOString() }, ago);
+}
+
+function ms(v) {
+  if (v === null || v === undefined) return "—";
+  if (v < 1000) return `${v} ms`;
+  if (v < 60000) return `${(v / 1000).toFixed(v < 10000 ? 2 : 1)} s`;
+  if (v < 3600000) return `${(v / 60000).toFixed(1)} min`;
+  return `${(v / 3600000).toFixed(1)} h`;
+}
+
+const badge = (status) => h("span", { class: `badge ${status}`, "data-status": status }, status);
+const short = (id) => id ? id.slice(-8) : "—";
+const json = (v) => h("pre", { class: "json" }, JSON.stringify(v, null, 2));
+
+function progress(run) {
+  if (run.progress === null || run.progress === undefined) return h("span", { class: "muted" }, "—");
+  const pct = Math.max(0, Math.min(100, run.progress));
+  return h("div", { class: "progress", title: run.progress_message || "" },
+    h("div", { class: "bar", style: `width:${pct}%` }), h("span", {}, `${Math.round(pct)}%`));
+}
+
+function every(seconds, fn) {
+  const id = setInterval(fn, seconds * 1000);
+  cleanup.push(() => clearInterval(id));
+}
+
+function setPage(title, ...children) {
+  main.replaceChildren(h("h1", {}, title), ...children);
+}
+
+function errorBox(err) {
+  return h("div", { class: "card error" }, String(err.message || err));
+}
+
+// --- functions -----------------------------------------------------------------------
+
+function configSummary(cfg) {
+  const parts = [];
+  if (cfg.retries !== undefined) parts.push(`retries ${cfg.retries}`);
+  for (const c of cfg.concurrency || []) parts.push(`concurrency ${c.limit}${c.key ? " per key" : ""}`);
+  for (const key of ["throttle", "rate_limit", "debounce", "priority", "batch_events", "singleton", "idempotency"]) {
+    if (cfg[key]) parts.push(key.replace("_", " "));
+  }
+  if ((cfg.cancel_on || []).length) parts.push(`cancel on ${cfg.cancel_on.map((c) => c.event).join(", ")}`);
+  if (cfg.timeouts) parts.push("timeouts");
+  return parts.join(" · ");
+}
+
+async function functionsPage() {
+  setPage("Functions", h("p", { class: "muted" }, "Loading…"));
+  const table = h("table", { class: "grid", "data-testid": "functions" });
+  async function load() {
+    const { data } = await api("/api/v1/functions");
+    table.replaceChildren(
+      h("thead", {}, h("tr", {}, ["Function", "Triggers", "Config", "Queued", "Running", "Sleeping", "Waiting", "Failed (1 h)", "Done (1 h)"].map((t) => h("th", {}, t)))),
+      h("tbody", {}, data.length ? data.map((f) => h("tr", {},
+        h("td", {}, h("a", { href: `#/runs?function_id=${encodeURIComponent(f.id)}` }, f.id), h("div", { class: "muted small" }, f.app_id)),
+        h("td", {}, f.triggers.map((t) => h("div", { class: "mono small" }, t.event ? t.event + (t.expression ? ` if ${t.expression}` : "") : `cron ${t.cron}`))),
+        h("td", { class: "small" }, configSummary(f.config)),
+        ...["queued", "running", "sleeping", "waiting"].map((k) => h("td", { class: "num" }, f.counts[k] || "·")),
+        h("td", { class: "num" + (f.counts.failed_last_hour ? " bad" : "") }, f.counts.failed_last_hour || "·"),
+        h("td", { class: "num" }, f.counts.completed_last_hour || "·"),
+      )) : h("tr", {}, h("td", { colspan: 9, class: "muted" }, "No functions registered. Start a worker with your app: stepline dev myapp:app"))),
+    );
+  }
+  try { await load(); } catch (e) { return setPage("Functions", errorBox(e)); }
+  setPage("Functions", table);
+  every(3, () => load().catch(() => {}));
+}
+
+// --- runs ----------------------------------------------------------------------------
+
+async function runsPage(params) {
+  const filters = {
+    function_id: params.get("function_id") || "", status: params.get("status") || "",
+    user_id: params.get("user_id") || "", since: params.get("since") || "", until: params.get("until") || "",
+  };
+  const cursor = params.get("cursor") || "";
+  let functions = [];
+  try { functions = (await api("/api/v1/functions")).data; } catch (e) { return setPage("Runs", errorBox(e)); }
+
+  const field = (name, el) => h("label", {}, name, el);
+  const form = h("form", { class: "filters", "data-testid": "run-filters", onsubmit: (ev) => {
+    ev.preventDefault();
+    const q = new URLSearchParams();
+    for (const [k, v] of new FormData(form)) if (v) q.set(k, v);
+    location.hash = `#/runs?${q}`;
+  } },
+    field("Function", h("select", { name: "function_id" }, h("option", { value: "" }, "any"),
+      functions.map((f) => h("option", { value: f.id, selected: f.id === filters.function_id }, f.id)))),
+    field("Status", h("select", { name: "status" }, h("option", { value: "" }, "any"),
+      STATUSES.map((st) => h("option", { value: st, selected: st === filters.status }, st)))),
+    field("User", h("input", { name: "user_id", value: filters.user_id, placeholder: "user id", size: 12 })),
+    field("Since", h("input", { name: "since", value: filters.since, placeholder: "2026-01-31T00:00Z", size: 18 })),
+    field("Until", h("input", { name: "until", value: filters.until, placeholder: "ISO time or epoch ms", size: 18 })),
+    h("button", { type: "submit", class: "primary" }, "Filter"),
+    h("a", { href: "#/runs", class: "button" }, "Clear"),
+  );
+  const live = h("span", { class: "live", title: "refreshes every 2 s" }, cursor ? "" : "● live");
+  const table = h("table", { class: "grid", "data-testid": "runs" });
+  const pager = h("div", { class: "pager" });
+  const tools = h("div", { class: "tools" });
+  if (filters.function_id) {
+    tools.append(h("button", { class: "danger", "data-testid": "bulk-cancel", onclick: async () => {
+      const scope = `${filters.function_id}${filters.since ? " since " + filters.since : ""}${filters.until ? " until " + filters.until : ""}`;
+      if (!confirm(`Cancel every unfinished run of ${scope}?`)) return;
+      try {
+        const body = { function_id: filters.function_id };
+        if (filters.since) body.since = filters.since;
+        if (filters.until) body.until = filters.until;
+        const r = await api("/api/v1/runs/bulk-cancel", { method: "POST", body: JSON.stringify(body) });
+        toast(`Cancelled ${r.cancelled} run(s)`);
+        load();
+      } catch (e) { toast(e.message, true); }
+    } }, "Cancel matching unfinished runs"));
+  }
+
+  async function load() {
+    const q = new URLSearchParams();
+    for (const [k, v] of Object.entries(filters)) if (v) q.set(k, v);
+    if (cursor) q.set("cursor", cursor);
+    const { data, next_cursor } = await api(`/api/v1/runs?${q}`);
+    table.replaceChildren(
+      h("thead", {}, h("tr", {}, ["Run", "Function", "Status", "Progress", "User", "Created", "Duration"].map((t) => h("th", {}, t)))),
+      h("tbody", {}, data.length ? data.map((r) => h("tr", { "data-run": r.id },
+        h("td", { class: "mono" }, h("a", { href: `#/runs/${r.id}` }, short(r.id)), r.replay_of ? h("span", { class: "muted small", title: `replay of ${r.replay_of}` }, " ↻") : ""),
+        h("td", {}, r.function_id),
+        h("td", {}, badge(r.status), r.wait_reason && !TERMINAL.includes(r.status) ? h("span", { class: "muted small" }, ` ${r.wait_reason}`) : ""),
+        h("td", {}, progress(r)),
+        h("td", { class: "mono small" }, r.user_id || "—"),
+        h("td", {}, when(r.created_at)),
+        h("td", { class: "num" }, ms(r.duration_ms)),
+      )) : h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No runs match. Send an event from the Events page.")))
+    );
+    q.delete("cursor");
+    pager.replaceChildren(
+      cursor ? h("a", { href: `#/runs?${q}`, class: "button" }, "← Newest") : "",
+      next_cursor ? h("a", { href: `#/runs?${q}&cursor=${encodeURIComponent(next_cursor)}`, class: "button" }, "Older →") : "",
+    );
+  }
+  try { await load(); } catch (e) { return setPage("Runs", form, errorBox(e)); }
+  setPage("Runs", form, h("div", { class: "row" }, live, tools), table, pager);
+  if (!cursor) every(2, () => load().catch(() => {}));
+}
+
+// --- one run -------------------------------------------------------------------------
+
+function timeline(run) {
+  const start = Date.parse(run.started_at || run.created_at);
+  const stepsEnd = run.steps.map((st) => Date.parse(st.ended_at || st.started_at || 0));
+  const end = Math.max(Date.parse(run.ended_at || 0) || 0, ...stepsEnd, start + 1);
+  const span = Math.max(1, end - start);
+  const rows = run.steps.map((st) => {
+    // A step reused from an earlier run ran before this one started: pin it to the start.
+    const a = Math.max(start, Date.parse(st.started_at || run.started_at || run.created_at));
+    const b = Math.max(a, Date.parse(st.ended_at || st.started_at || run.created_at));
+    const left = Math.max(0, ((a - start) / span) * 100);
+    const width = Math.max(0.6, ((b - a) / span) * 100);
+    const reused = st.meta && st.meta.reused_from;
+    const details = h("details", { class: "step" },
+      h("summary", {},
+        h("span", { class: "step-name mono" }, st.id,
+          reused ? h("span", { class: "tag", title: `result reused from run ${st.meta.reused_from}` }, "reused") : ""),
+        h("span", { class: "muted small" }, st.kind),
+        h("span", { class: "track" }, h("span", { class: `seg ${st.status}`, style: `left:${left}%;width:${Math.min(width, 100 - left)}%` })),
+        badge(st.status),
+        h("span", { class: "num small" }, `${st.attempts} att.`),
+        h("span", { class: "num small" }, ms(st.duration_ms)),
+      ),
+      st.wake_at && !["completed", "failed"].includes(st.status) ? h("p", { class: "small" }, `Wakes at ${new Date(st.wake_at).toISOString()}`) : "",
+      st.error ? h("div", { class: "errbox" }, h("strong", {}, `${st.error.name || "Error"}: `), st.error.message || "", st.error.stack ? h("pre", { class: "stack" }, st.error.stack) : "") : "",
+      st.output !== null && st.output !== undefined ? h("div", {}, h("div", { class: "label" }, "Output"), json(st.output)) : "",
+      st.attempt_history.length ? h("table", { class: "grid small" },
+        h("thead", {}, h("tr", {}, ["Attempt", "Started", "Took", "Error"].map((t) => h("th", {}, t)))),
+        h("tbody", {}, st.attempt_history.map((at) => h("tr", {},
+          h("td", { class: "num" }, at.attempt), h("td", {}, when(at.started_at)),
+          h("td", { class: "num" }, ms(Date.parse(at.ended_at) - Date.parse(at.started_at))),
+          h("td", {}, at.error ? `${at.error.name}: ${at.error.message}` : "—"))))) : "",
+    );
+    return details;
+  });
+  return h("div", { class: "timeline", "data-testid": "timeline" },
+    rows.length ? rows : h("p", { class: "muted" }, "No steps yet."));
+}
+
+async function runPage(runId) {
+  let run;
+  try { run = await api(`/api/v1/runs/${encodeURIComponent(runId)}`); } catch (e) { return setPage("Run", errorBox(e)); }
+  const head = h("div", { class: "card runhead" });
+  const actions = h("div", { class: "actions" });
+  const body = h("div", {});
+  const messages = h("ol", { class: "messages", "data-testid": "messages", "data-empty": "Nothing published yet (ctx.publish)." });
+
+  async function act(path, label) {
+    try {
+      const r = await api(`/api/v1/runs/${run.id}/${path}`, { method: "POST" });
+      if (r.id && r.id !== run.id) { toast(`${label}: new run ${short(r.id)}`); location.hash = `#/runs/${r.id}`; }
+      else { toast(`${label}: ${r.status}`); refresh(); }
+    } catch (e) { toast(e.message, true); }
+  }
+
+  function render() {
+    const ended = TERMINAL.includes(run.status);
+    head.replaceChildren(
+      h("div", { class: "row" },
+        h("div", {}, h("div", { class: "label" }, "Status"), h("div", { "data-testid": "run-status" }, badge(run.status))),
+        h("div", {}, h("div", { class: "label" }, "Function"), h("a", { href: `#/runs?function_id=${encodeURIComponent(run.function_id)}` }, run.function_id)),
+        h("div", {}, h("div", { class: "label" }, "Event"), run.event ? h("a", { href: `#/events/${run.event_id}` }, run.event.name) : run.event_id),
+        h("div", {}, h("div", { class: "label" }, "Created"), when(run.created_at)),
+        h("div", {}, h("div", { class: "label" }, "Duration"), ms(run.duration_ms)),
+        h("div", {}, h("div", { class: "label" }, "User"), run.user_id || "—"),
+        run.replay_of ? h("div", {}, h("div", { class: "label" }, "Replay of"), h("a", { href: `#/runs/${run.replay_of}` }, short(run.replay_of))) : "",
+      ),
+      !ended && run.wait_reason ? h("p", { class: "wait", "data-testid": "wait-reason" }, `Not running now: ${run.wait_reason.replaceAll("_", " ")}`) : "",
+      run.progress !== null ? h("div", { class: "progress-line" }, progress(run), h("span", { class: "muted" }, run.progress_message || "")) : "",
+    );
+    actions.replaceChildren(
+      !ended ? h("button", { class: "danger", "data-testid": "cancel", onclick: () => act("cancel", "Cancel") }, "Cancel") : "",
+      h("button", { "data-testid": "replay", onclick: () => act("replay", "Replay") }, "Replay"),
+      ["failed", "cancelled"].includes(run.status) ? h("button", { "data-testid": "rerun", title: "a new run that reuses the completed steps", onclick: () => act("rerun-from-failed-step", "Rerun") }, "Rerun from failed step") : "",
+    );
+    body.replaceChildren(
+      h("h2", {}, "Steps"), timeline(run),
+      run.error ? h("div", {}, h("h2", {}, "Error"), h("div", { class: "errbox", "data-testid": "run-error" }, h("strong", {}, `${run.error.name || "Error"}: `), run.error.message || "", run.error.stack ? h("pre", { class: "stack" }, run.error.stack) : "")) : "",
+      run.output !== null && run.output !== undefined ? h("div", {}, h("h2", {}, "Output"), h("div", { "data-testid": "run-output" }, json(run.output))) : "",
+      h("h2", {}, "Published messages"), messages,
+      run.function_attempts && run.function_attempts.length ? h("div", {}, h("h2", {}, "Function retries"), json(run.function_attempts)) : "",
+      h("h2", {}, "Event"), json(run.event),
+    );
+  }
+
+  async function refresh() {
+    try { run = await api(`/api/v1/runs/${run.id}`); render(); } catch (e) { /* keep the last view */ }
+  }
+
+  setPage(`Run ${short(run.id)}`, h("div", { class: "row between" }, h("span", { class: "mono muted" }, run.id), actions), head, body);
+  render();
+
+  // Live: the run's stream (status, progress, messages) drives refreshes of the detail.
+  const es = new EventSource(`/api/v1/runs/${run.id}/stream`);
+  let pending = null;
+  const soon = () => { if (!pending) pending = setTimeout(() => { pending = null; refresh(); }, 150); };
+  es.addEventListener("message", (ev) => {
+    const m = JSON.parse(ev.data);
+    messages.append(h("li", {}, h("span", { class: "mono small muted" }, `#${m.seq} ${m.topic} `), JSON.stringify(m.data)));
+  });
+  es.addEventListener("status", soon);
+  es.addEventListener("end", () => { es.close(); refresh(); });
+  cleanup.push(() => es.close(), () => clearTimeout(pending));
+  every(5, refresh);  // steps can change without a status change (a retry's attempt)
+}
+
+// --- events --------------------------------------------------------------------------
+
+function outcome(e) {
+  if (e.run_ids.length) return e.run_ids.map((id) => h("a", { class: "mono", href: `#/runs/${id}` }, short(id), " "));
+  const skipped = Object.entries(e.skipped || {});
+  if (skipped.length) return h("span", { class: "muted" }, skipped.map(([f, why]) => `${f}: ${typeof why === "string" ? why : why.reason || "skipped"}`).join(", "));
+  return h("span", { class: "muted" }, "no runs");
+}
+
+async function eventsPage() {
+  const form = h("form", { class: "card send", "data-testid": "send-event", onsubmit: async (ev) => {
+    ev.preventDefault();
+    let data;
+    const fields = form.elements;
+    try { data = JSON.parse(fields.namedItem("data").value || "{}"); } catch (e) { return toast(`data is not valid JSON: ${e.message}`, true); }
+    try {
+      const r = await api("/api/v1/events", { method: "POST", body: JSON.stringify({ name: fields.namedItem("name").value, data }) });
+      const id = r.ids[0];
+      result.replaceChildren("Sent ", h("a", { href: `#/events/${id}`, "data-testid": "sent-event" }, id), ".");
+      toast("Event sent");
+      load();
+    } catch (e) { toast(e.message, true); }
+  } },
+    h("h2", {}, "Send a test event"),
+    h("label", {}, "Name", h("input", { name: "name", required: true, placeholder: "llm/generate.requested", size: 34, list: "event-names" })),
+    h("datalist", { id: "event-names" }),
+    h("label", { class: "grow" }, "Data (JSON)", h("textarea", { name: "data", rows: 3 }, '{"user_id": "u1", "prompt": "hello"}')),
+    h("button", { type: "submit", class: "primary" }, "Send event"),
+  );
+  const result = h("p", { class: "result" });
+  const table = h("table", { class: "grid", "data-testid": "events" });
+  try {
+    const fns = (await api("/api/v1/functions")).data;
+    form.querySelector("datalist").append(...fns.flatMap((f) => f.triggers.filter((t) => t.event).map((t) => h("option", { value: t.event }))));
+  } catch (e) { return setPage("Events", errorBox(e)); }
+  async function load() {
+    const { data } = await api("/api/v1/events?limit=50");
+    table.replaceChildren(
+      h("thead", {}, h("tr", {}, ["Event", "Name", "User", "Received", "Runs"].map((t) => h("th", {}, t)))),
+      h("tbody", {}, data.length ? data.map((e) => h("tr", {},
+        h("td", { class: "mono" }, h("a", { href: `#/events/${e.id}` }, short(e.id))),
+        h("td", { class: "mono" }, e.name), h("td", { class: "mono small" }, e.user_id || "—"),
+        h("td", {}, when(e.received_at)), h("td", {}, outcome(e)),
+      )) : h("tr", {}, h("td", { colspan: 5, class: "muted" }, "No events yet."))),
+    );
+  }
+  await load().catch(() => {});
+  setPage("Events", form, result, table);
+  every(3, () => load().catch(() => {}));
+}
+
+async function eventPage(eventId) {
+  let e;
+  try { e = await api(`/api/v1/events/${encodeURIComponent(eventId)}`); } catch (err) { return setPage("Event", errorBox(err)); }
+  const runs = h("table", { class: "grid", "data-testid": "event-runs" },
+    h("thead", {}, h("tr", {}, ["Run", "Function", "Status", "Progress"].map((t) => h("th", {}, t)))),
+    h("tbody", {}, e.runs.map((r) => h("tr", {},
+      h("td", { class: "mono" }, h("a", { href: `#/runs/${r.id}` }, short(r.id))), h("td", {}, r.function_id),
+      h("td", {}, badge(r.status)), h("td", {}, progress(r))))));
+  setPage(`Event ${e.name}`,
+    h("p", { class: "mono muted" }, e.id, " · received ", when(e.received_at)),
+    h("h2", {}, "Runs started"), e.runs.length ? runs : h("p", { class: "wait", "data-testid": "why-no-runs" }, `No runs: ${e.why_no_runs}`),
+    e.skipped_functions.length ? h("div", {}, h("h2", {}, "Skipped"), h("ul", {}, e.skipped_functions.map((o) => h("li", {}, h("strong", {}, o.function_id), `: ${o.reason}`)))) : "",
+    h("h2", {}, "Body"), json(e.body));
+  if (e.runs.some((r) => !TERMINAL.includes(r.status))) every(2, () => { if (location.hash === `#/events/${eventId}`) route(); });
+}
+
+// --- metrics -------------------------------------------------------------------------
+
+function barChart(rows, { label, value, format = (v) => v, color = "var(--accent)", testid, max }) {
+  if (!rows.length) return h("p", { class: "muted" }, "No data in this window.");
+  const width = 560, rowH = 26, left = 150, pad = 70;
+  const top = max || Math.max(...rows.map(value), 1e-9);
+  const svg = s("svg", { viewBox: `0 0 ${width} ${rows.length * rowH + 6}`, class: "chart", role: "img", "data-testid": testid || "" });
+  rows.forEach((r, i) => {
+    const v = value(r) || 0;
+    const w = Math.max(1, ((width - left - pad) * v) / top);
+    const y = i * rowH + 4;
+    svg.append(
+      s("text", { x: left - 8, y: y + 15, "text-anchor": "end", class: "axis" }, label(r)),
+      s("rect", { x: left, y, width: w, height: rowH - 8, rx: 3, fill: color }),
+      s("text", { x: left + w + 6, y: y + 15, class: "val" }, format(v)),
+    );
+  });
+  return svg;
+}
+
+function columnChart(rows, { label, value, format, color = "var(--accent)", testid }) {
+  if (!rows.length) return h("p", { class: "muted" }, "No model calls recorded in this period.");
+  const width = 560, height = 180, bottom = 26, top = 18;
+  const peak = Math.max(...rows.map(value), 1e-9);
+  const step = width / rows.length;
+  const svg = s("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img", "data-testid": testid || "" });
+  rows.forEach((r, i) => {
+    const v = value(r) || 0;
+    const bh = ((height - bottom - top) * v) / peak;
+    const x = i * step + step * 0.15;
+    svg.append(
+      s("rect", { x, y: height - bottom - bh, width: step * 0.7, height: Math.max(1, bh), rx: 2, fill: color }, s("title", {}, `${label(r)}: ${format(v)}`)),
+      s("text", { x: x + step * 0.35, y: height - 8, "text-anchor": "middle", class: "axis" }, label(r)),
+      s("text", { x: x + step * 0.35, y: height - bottom - bh - 4, "text-anchor": "middle", class: "val" }, format(v)),
+    );
+  });
+  return svg;
+}
+
+async function metricsPage(params) {
+  const windowValue = params.get("window") || "1h";
+  const picker = h("select", { onchange: (ev) => { location.hash = `#/metrics?window=${ev.target.value}`; } },
+    ["15m", "1h", "6h", "24h", "7d", "30d"].map((w) => h("option", { value: w, selected: w === windowValue }, `last ${w}`)));
+  const body = h("div", {});
+  async function load() {
+    const m = await api(`/api/v1/metrics?window=${encodeURIComponent(windowValue)}&days=14`);
+    const usd = (v) => `$${v.toFixed(v < 1 ? 4 : 2)}`;
+    const card = (title, value, testid) => h("div", { class: "card stat" }, h("div", { class: "label" }, title), h("div", { class: "big", "data-testid": testid }, value));
+    const totalCost = m.usage_by_day.reduce((a, d) => a + d.cost_usd, 0);
+    body.replaceChildren(
+      h("div", { class: "stats" },
+        card("Ready in queue", m.queue_total.ready, "queue-ready"), card("Scheduled", m.queue_total.scheduled, "queue-scheduled"),
+        card("Running", m.running, "running"), card(`Cost, ${m.days} days`, usd(totalCost), "cost-total")),
+      h("div", { class: "charts" },
+        h("section", { class: "card" }, h("h2", {}, "Queue depth per function"),
+          barChart(m.queue, { label: (r) => r.function_id, value: (r) => r.ready + r.scheduled + r.leased, testid: "chart-queue",
+            format: (v) => String(v) })),
+        h("section", { class: "card" }, h("h2", {}, `Success rate, last ${windowValue}`),
+          barChart(m.functions.filter((f) => f.success_rate !== null), { label: (r) => r.function_id, value: (r) => r.success_rate, max: 1,
+            format: (v) => `${(v * 100).toFixed(1)}%`, color: "var(--ok)", testid: "chart-success" })),
+        h("section", { class: "card" }, h("h2", {}, `Duration p50 / p95, last ${windowValue}`),
+          barChart(m.functions.filter((f) => f.p95_ms !== null).flatMap((f) => [
+            { name: `${f.function_id} p50`, v: f.p50_ms }, { name: `${f.function_id} p95`, v: f.p95_ms }]),
+            { label: (r) => r.name, value: (r) => r.v, format: ms, color: "var(--accent2)", testid: "chart-durations" })),
+        h("section", { class: "card" }, h("h2", {}, "Model cost per day (UTC)"),
+          columnChart(m.usage_by_day, { label: (r) => r.day.slice(5), value: (r) => r.cost_usd, format: usd, color: "var(--warn)", testid: "chart-cost" })),
+        h("section", { class: "card" }, h("h2", {}, "Tokens per day"),
+          columnChart(m.usage_by_day, { label: (r) => r.day.slice(5), value: (r) => r.total_tokens, format: (v) => v >= 1000 ? `${(v / 1000).toFixed(1)}k` : String(v), testid: "chart-tokens" })),
+        h("section", { class: "card" }, h("h2", {}, "Cost per user"),
+          m.usage_by_user.length ? h("table", { class: "grid small" },
+            h("thead", {}, h("tr", {}, ["User", "Calls", "Tokens", "Cost"].map((t) => h("th", {}, t)))),
+            h("tbody", {}, m.usage_by_user.slice(0, 12).map((u) => h("tr", {}, h("td", { class: "mono" }, u.user_id || "—"),
+              h("td", { class: "num" }, u.calls), h("td", { class: "num" }, u.total_tokens), h("td", { class: "num" }, usd(u.cost_usd))))))
+            : h("p", { class: "muted" }, "No model calls recorded in this period.")),
+      ),
+    );
+  }
+  try { await load(); } catch (e) { return setPage("Metrics", errorBox(e)); }
+  setPage("Metrics", h("div", { class: "row" }, picker, h("span", { class: "live" }, "● live")), body);
+  every(5, () => load().catch(() => {}));
+}
+
+// --- routing -------------------------------------------------------------------------
+
+async function route() {
+  for (const fn of cleanup) fn();
+  cleanup = [];
+  const hash = location.hash.replace(/^#/, "") || "/runs";
+  const [path, query] = hash.split("?");
+  const params = new URLSearchParams(query || "");
+  const parts = path.split("/").filter(Boolean);
+  for (const a of document.querySelectorAll("[data-nav]")) a.classList.toggle("active", a.dataset.nav === parts[0]);
+  if (parts[0] === "functions") return functionsPage();
+  if (parts[0] === "events" && parts[1]) return eventPage(decodeURIComponent(parts[1]));
+  if (parts[0] === "events") return eventsPage();
+  if (parts[0] === "metrics") return metricsPage(params);
+  if (parts[0] === "runs" && parts[1]) return runPage(decodeURIComponent(parts[1]));
+  return runsPage(params);
+}
+
+window.addEventListener("hashchange", route);
+fetch("/health").then((r) => r.json()).then((hl) => {
+  document.getElementById("db").textContent = `${hl.database}${hl.mode === "dev" ? " · dev mode" : ""}`;
+  if (hl.mode === "dev") document.getElementById("logout").hidden = true;
+}).catch(() => {});
+route();
