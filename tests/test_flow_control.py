@@ -1,0 +1,219 @@
+"""Throttle, rate limit, debounce, batching, priority and singleton."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import stepline
+from tests.helpers import eventually, runs_for_event, wait_run
+
+
+def started(run: dict) -> float:
+    return dt.datetime.fromisoformat(run["started_at"].replace("Z", "+00:00")).timestamp()
+
+
+async def finished_runs(engine, function_id: str, n: int, timeout: float = 30) -> list[dict]:  # type: ignore[no-untyped-def]
+    async def check() -> list[dict]:
+        runs = [r for r in await engine.list_runs(function_id=function_id, limit=500) if r["status"] == "completed"]
+        return runs if len(runs) >= n else []
+
+    return await eventually(check, timeout=timeout, what=f"{n} completed runs of {function_id}")
+
+
+async def test_throttle_paces_starts_per_key_and_leaves_other_keys_alone(make_engine) -> None:
+    app = stepline.App("t")
+
+    @app.function(
+        id="llm",
+        trigger=stepline.TriggerEvent("t/llm"),
+        throttle=stepline.Throttle(limit=5, period="2s", key="event.data.user_id"),
+    )
+    async def llm(ctx: stepline.Context) -> None:
+        return None
+
+    engine = await make_engine(app)
+    ids = await engine.send_many([{"name": "t/llm", "data": {"user_id": "u1"}}] * 20)
+    other = await engine.send({"name": "t/llm", "data": {"user_id": "u2"}})
+    first_wait = (await runs_for_event(engine, ids[-1]))[0]
+    assert first_wait["wait_reason"] == "throttled"
+    runs = await finished_runs(engine, "llm", 21)
+    u1 = sorted(started(r) for r in runs if r["user_id"] == "u1")
+    u2 = [started(r) for r in runs if r["user_id"] == "u2"]
+    interval = 2.0 / 5
+    for i, at in enumerate(u1):
+        # five start at once, then one per period/limit; never earlier than the slot
+        assert at - u1[0] >= max(0, i - 4) * interval - 0.05, (i, at - u1[0])
+    assert u1[-1] - u1[0] >= 15 * interval - 0.05
+    assert u2[0] < u1[6]  # u2's only run did not wait behind u1's backlog
+    assert (await runs_for_event(engine, other))[0]["status"] == "completed"
+
+
+async def test_rate_limit_drops_and_records_the_reason(make_engine) -> None:
+    app = stepline.App("t")
+
+    @app.function(
+        id="sync-company",
+        trigger=stepline.TriggerEvent("t/company.updated"),
+        rate_limit=stepline.RateLimit(limit=2, period="1h", key="event.data.company"),
+    )
+    async def sync_company(ctx: stepline.Context) -> None:
+        return None
+
+    engine = await make_engine(app)
+    ids = await engine.send_many([{"name": "t/company.updated", "data": {"company": "acme"}}] * 5)
+    other = await engine.send({"name": "t/company.updated", "data": {"company": "globex"}})
+    await finished_runs(engine, "sync-company", 3)
+    outcomes = [await engine.store.get_event(i) for i in ids]
+    assert [len(e["runs"]) for e in outcomes] == [1, 1, 0, 0, 0]
+    assert [e["skipped"].get("sync-company") for e in outcomes[2:]] == ["rate_limited"] * 3
+    assert len((await engine.store.get_event(other))["runs"]) == 1
+
+
+async def test_debounce_collapses_a_burst_into_one_run_with_the_last_event(make_engine) -> None:
+    app = stepline.App("t")
+
+    @app.function(
+        id="reindex",
+        trigger=stepline.TriggerEvent("t/doc.edited"),
+        debounce=stepline.Debounce(period="300ms", key="event.data.doc"),
+    )
+    async def reindex(ctx: stepline.Context) -> int:
+        return int(ctx.event.data["rev"])
+
+    engine = await make_engine(app)
+    for rev in range(1, 6):
+        await engine.send({"name": "t/doc.edited", "data": {"doc": "d1", "rev": rev}})
+    await engine.send({"name": "t/doc.edited", "data": {"doc": "d2", "rev": 99}})
+    pending = await engine.list_runs(function_id="reindex")
+    assert {r["wait_reason"] for r in pending} == {"debouncing"}
+    runs = await finished_runs(engine, "reindex", 2)
+    await asyncio.sleep(0.5)
+    runs = await engine.list_runs(function_id="reindex")
+    assert sorted(r["output"] for r in runs) == [5, 99]
+
+
+async def test_debounce_timeout_forces_a_start(make_engine) -> None:
+    app = stepline.App("t")
+
+    @app.function(
+        id="digest",
+        trigger=stepline.TriggerEvent("t/tick"),
+        debounce=stepline.Debounce(period="400ms", timeout="1s"),
+    )
+    async def digest(ctx: stepline.Context) -> int:
+        return int(ctx.event.data["n"])
+
+    engine = await make_engine(app)
+    sent_at: list[float] = []
+    for n in range(25):  # one event every 100 ms for 2.5 s: never a 400 ms pause
+        await engine.send({"name": "t/tick", "data": {"n": n}})
+        sent_at.append(asyncio.get_running_loop().time())
+        await asyncio.sleep(0.1)
+    runs = await finished_runs(engine, "digest", 1, timeout=10)
+    first = min(runs, key=started)
+    # it started while the burst went on, which only the 1 s timeout allows
+    assert first["output"] < 20
+    assert len(await engine.list_runs(function_id="digest")) >= 2
+
+
+async def test_batching_delivers_groups_by_size_timeout_and_key(make_engine) -> None:
+    app = stepline.App("t")
+
+    @app.function(
+        id="bulk",
+        trigger=stepline.TriggerEvent("t/item"),
+        batch_events=stepline.Batch(max_size=3, timeout="500ms", key="event.data.tenant"),
+    )
+    async def bulk(ctx: stepline.Context) -> dict:
+        return {"tenant": ctx.event.data["tenant"], "items": [e.data["i"] for e in ctx.events]}
+
+    engine = await make_engine(app)
+    for i in range(7):
+        await engine.send({"name": "t/item", "data": {"tenant": "a", "i": i}})
+    await engine.send({"name": "t/item", "data": {"tenant": "b", "i": 100}})
+    runs = await finished_runs(engine, "bulk", 4)
+    groups = sorted((r["output"]["tenant"], r["output"]["items"]) for r in runs)
+    assert groups == [("a", [0, 1, 2]), ("a", [3, 4, 5]), ("a", [6]), ("b", [100])]
+
+
+async def test_batching_reports_batching_while_it_waits(make_engine) -> None:
+    app = stepline.App("t")
+
+    @app.function(id="slowbatch", trigger=stepline.TriggerEvent("t/sb"), batch_events=stepline.Batch(max_size=10, timeout="1h"))
+    async def slowbatch(ctx: stepline.Context) -> int:
+        return len(ctx.events)
+
+    engine = await make_engine(app)
+    event_id = await engine.send({"name": "t/sb"})
+    run = (await runs_for_event(engine, event_id))[0]
+    assert run["status"] == "queued" and run["wait_reason"] == "batching"
+
+
+async def test_priority_reorders_a_backlog(make_engine) -> None:
+    app = stepline.App("t")
+    order: list[str] = []
+
+    @app.function(id="jobs", trigger=stepline.TriggerEvent("t/job"), priority=stepline.Priority(run="event.data.prio"))
+    async def jobs(ctx: stepline.Context) -> None:
+        order.append(ctx.event.data["name"])
+
+    sender = await make_engine(app, run_worker=False)
+    for i in range(5):
+        await sender.send({"name": "t/job", "data": {"name": f"normal-{i}", "prio": 0}})
+    await sender.send({"name": "t/job", "data": {"name": "late", "prio": -120}})
+    await sender.send({"name": "t/job", "data": {"name": "urgent", "prio": 600}})
+    await make_engine(app, concurrency=1)
+    await finished_runs(sender, "jobs", 7)
+    # +600 s sorts ahead of the backlog, -120 s behind it (it is not delayed on an idle queue)
+    assert order == ["urgent", *[f"normal-{i}" for i in range(5)], "late"]
+
+
+async def test_singleton_skip_and_cancel(make_engine) -> None:
+    app = stepline.App("t")
+    gate = asyncio.Event()
+
+    @app.function(id="skip", trigger=stepline.TriggerEvent("t/skip"), singleton=stepline.Singleton(key="event.data.user"))
+    async def skip(ctx: stepline.Context) -> None:
+        await ctx.step.run("hold", gate.wait)
+
+    @app.function(id="replace", trigger=stepline.TriggerEvent("t/replace"), singleton=stepline.Singleton(mode="cancel"))
+    async def replace(ctx: stepline.Context) -> str:
+        await ctx.step.sleep("think", "1h" if ctx.event.data["n"] == 1 else "10ms")
+        return "second"
+
+    engine = await make_engine(app)
+    first = (await runs_for_event(engine, await engine.send({"name": "t/skip", "data": {"user": "u1"}})))[0]
+    await wait_run(engine, first["id"], "running")
+    skipped = await engine.send({"name": "t/skip", "data": {"user": "u1"}})
+    other_user = await engine.send({"name": "t/skip", "data": {"user": "u2"}})
+    assert (await engine.store.get_event(skipped))["skipped"] == {"skip": "singleton"}
+    assert len((await engine.store.get_event(other_user))["runs"]) == 1
+    gate.set()
+    await wait_run(engine, first["id"])
+    after = await engine.send({"name": "t/skip", "data": {"user": "u1"}})  # the first ended: allowed again
+    assert len((await runs_for_event(engine, after))) == 1
+
+    old = (await runs_for_event(engine, await engine.send({"name": "t/replace", "data": {"n": 1}})))[0]
+    await wait_run(engine, old["id"], "sleeping")
+    new = (await runs_for_event(engine, await engine.send({"name": "t/replace", "data": {"n": 2}})))[0]
+    assert (await wait_run(engine, old["id"]))["status"] == "cancelled"
+    assert (await wait_run(engine, new["id"]))["output"] == "second"
+
+
+async def test_throttle_state_survives_a_restart(make_engine) -> None:
+    app = stepline.App("t")
+
+    @app.function(id="thr", trigger=stepline.TriggerEvent("t/thr"), throttle=stepline.Throttle(limit=1, period="1h"))
+    async def thr(ctx: stepline.Context) -> None:
+        return None
+
+    first = await make_engine(app)
+    await first.send({"name": "t/thr"})
+    await finished_runs(first, "thr", 1)
+    await first.stop()
+    second = await make_engine(app)
+    late = (await runs_for_event(second, await second.send({"name": "t/thr"})))[0]
+    assert late["wait_reason"] == "throttled"  # the slot used before the restart still counts
+    await asyncio.sleep(0.3)
+    assert (await second.get_run(late["id"]))["status"] == "queued"
