@@ -33,6 +33,7 @@ class Engine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._threads: list[concurrent.futures.ThreadPoolExecutor] = []
         self._publish_listeners: list[Callable[[str], None]] = []
+        self._function_sources: list[Callable[[], dict[str, Function]]] = []
         self._started = False
 
     # --- lifecycle -------------------------------------------------------------------
@@ -61,7 +62,7 @@ class Engine:
             await self.register(list(functions.values()))
         for app in self.apps:
             app.attach(self)
-        if run_worker and functions:
+        if run_worker and (functions or self._function_sources):
             settings = self.settings
             step_threads = concurrent.futures.ThreadPoolExecutor(settings.sync_threads, thread_name_prefix="stepline-step")
             handler_threads = concurrent.futures.ThreadPoolExecutor(settings.sync_threads, thread_name_prefix="stepline-fn")
@@ -75,7 +76,7 @@ class Engine:
                 validate_event=self._validate,
                 on_publish=self._published,
             )
-            self.worker = Worker(services, functions, concurrency=concurrency or settings.concurrency)
+            self.worker = Worker(services, self.served_functions(), concurrency=concurrency or settings.concurrency)
             await self.worker.start()
         self._started = True
 
@@ -89,6 +90,25 @@ class Engine:
             pool.shutdown(wait=False, cancel_futures=True)
         await self.store.close()
         self._started = False
+
+    # --- functions defined outside this process's apps (e.g. SDK apps in the store) ---
+
+    def add_function_source(self, source: Callable[[], dict[str, Function]]) -> None:
+        """Also serve the functions ``source()`` returns; call ``refresh_functions`` when they change."""
+        self._function_sources.append(source)
+        self.refresh_functions()
+
+    def served_functions(self) -> dict[str, Function]:
+        """The functions this process's worker executes: its apps' and its sources'."""
+        out = dict(self.functions)
+        for source in self._function_sources:
+            for function_id, function in source().items():
+                out.setdefault(function_id, function)
+        return out
+
+    def refresh_functions(self) -> None:
+        if self.worker is not None:
+            self.worker.set_functions(self.served_functions())
 
     async def register(self, functions: list[Function]) -> None:
         now = now_ms()

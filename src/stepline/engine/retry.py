@@ -28,6 +28,10 @@ def is_final(exc: BaseException) -> bool:
 def error_dict(exc: BaseException) -> dict[str, str | None]:
     import traceback
 
+    own = getattr(exc, "error_dict", None)
+    if callable(own):  # errors reported by another process (an SDK app) keep their own record
+        return own()  # type: ignore[no-any-return]
+
     return {
         "name": type(exc).__name__,
         "message": str(exc),

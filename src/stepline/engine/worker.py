@@ -70,6 +70,19 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
+    def set_functions(self, functions: dict[str, Function]) -> None:
+        """Serve this set of functions from now on (the executor shares the dict)."""
+        self._functions.clear()
+        self._functions.update(functions)
+        self._function_ids = sorted(functions)
+        if self._loop is not None and not self._stopping:
+            for task in [t for t in self._tasks if t.get_name().startswith("stepline-cron-")]:
+                task.cancel()
+                self._tasks.remove(task)
+            if any(any(hasattr(t, "cron") for t in fn.config.triggers) for fn in functions.values()):
+                self._tasks.append(asyncio.create_task(self._cron_loop(), name=f"stepline-cron-{self.id}"))
+        self._wake.set()
+
     def _wake_threadsafe(self) -> None:
         loop = self._loop
         if loop is not None and not loop.is_closed():

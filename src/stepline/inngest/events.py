@@ -1,0 +1,66 @@
+"""Events between Stepline and the SDKs: the names the engine uses for its own
+events, and the shapes each side expects."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from stepline import event as event_mod
+
+# Inngest's names for the events the engine makes itself, and Stepline's.
+TO_STEPLINE = {
+    "inngest/function.failed": event_mod.FUNCTION_FAILED,
+    "inngest/function.invoked": event_mod.FUNCTION_INVOKED,
+    "inngest/scheduled.timer": event_mod.SCHEDULED_TIMER,
+}
+TO_INNGEST = {v: k for k, v in TO_STEPLINE.items()}
+RESERVED_PREFIX = "inngest/"
+_FIELDS = ("name", "data", "id", "user", "ts", "v")
+
+
+def trigger_name(name: str) -> str:
+    """The event name a trigger registered by an SDK listens to inside Stepline."""
+    return TO_STEPLINE.get(name, name)
+
+
+def to_sdk(body: Mapping[str, Any]) -> dict[str, Any]:
+    """An event as the SDKs need it: string id, int ``ts``, object ``data`` and ``user``."""
+    out: dict[str, Any] = {
+        "name": TO_INNGEST.get(str(body.get("name")), str(body.get("name"))),
+        "data": dict(body.get("data") or {}),
+        "id": str(body.get("id") or ""),
+        "ts": int(body.get("ts") or time.time() * 1000),
+        "user": dict(body.get("user") or {}),
+    }
+    if body.get("v") is not None:
+        out["v"] = body["v"]
+    return out
+
+
+def from_sdk(raw: Any) -> Any:
+    """An event sent by an SDK, made acceptable to the engine's validation.
+
+    The SDKs send ``id: ""`` and ``ts: 0`` for "not set", and TS adds ``meta``;
+    ``data._inngest`` is the server's own and is dropped, as Inngest does.
+    Anything that is not an object is passed through for validation to reject.
+    """
+    if not isinstance(raw, Mapping):
+        return raw
+    name = raw.get("name")
+    if isinstance(name, str) and name.startswith(RESERVED_PREFIX):
+        from stepline import errors
+
+        raise errors.EventError(f"event name {name!r}: names starting with 'inngest/' are reserved for the server")
+    out = {k: raw[k] for k in _FIELDS if k in raw and raw[k] is not None}
+    if out.get("id") == "":
+        del out["id"]
+    if out.get("ts") in (0, 0.0):
+        del out["ts"]
+    if out.get("user") == {}:
+        del out["user"]
+    data = out.get("data")
+    if isinstance(data, Mapping) and "_inngest" in data:
+        out["data"] = {k: v for k, v in data.items() if k != "_inngest"}
+    return out

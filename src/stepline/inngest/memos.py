@@ -1,0 +1,39 @@
+"""What the SDK sees for each finished step (its "memo"), from the run's journal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stepline import jsonutil
+from stepline.inngest import events
+from stepline.inngest.protocol import normalize_error
+
+INVOKE_TIMEOUT = {
+    "name": "InngestInvokeTimeoutError",
+    "message": "Timed out waiting for invoked function to complete",
+    "error": "InngestInvokeTimeoutError: Timed out waiting for invoked function to complete",
+    "stack": None,
+}
+
+
+def error_memo(error: Any, kind: str) -> dict[str, Any]:
+    if kind == "invoke" and isinstance(error, dict) and error.get("name") == "InvokeTimeout":
+        return {"error": dict(INVOKE_TIMEOUT)}
+    return {"error": normalize_error(error)}
+
+
+def memo_of(row: dict[str, Any]) -> Any:
+    """A finished journal row as the SDK expects it: ``{data}``, ``{error}``, an event or null."""
+    kind = row["kind"]
+    if row["status"] == "failed":
+        return error_memo(jsonutil.loads(row["error"]) or {}, kind)
+    output = jsonutil.loads(row["output"])
+    if kind == "sleep":
+        return None
+    if kind == "wait":
+        return None if output is None else events.to_sdk(output)
+    return {"data": output}
+
+
+def finished(row: dict[str, Any]) -> bool:
+    return row["status"] in ("completed", "failed")

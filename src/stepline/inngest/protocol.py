@@ -1,0 +1,203 @@
+"""One call to an SDK app's serve URL, and what its reply means.
+
+``call`` posts the request body the SDKs expect (canonical JSON, signed when
+the server has a signing key) and turns the reply into a ``Reply``: the
+function's return value (200), a list of opcodes (206), or an error carrying
+the SDK's retry signals (``X-Inngest-No-Retry``, ``Retry-After``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import email.utils
+import uuid
+from typing import Any
+
+import httpx
+import orjson
+
+from stepline import errors
+from stepline.inngest import signing
+
+MAX_REQUEST_BYTES = 4 * 1024 * 1024  # above this the SDK fetches events and steps itself (use_api)
+SDK_HEADER = "x-inngest-sdk"
+
+
+class _SDKError:
+    """An error reported by an SDK app; stored as the app reported it."""
+
+    error: dict[str, Any]
+
+    def error_dict(self) -> dict[str, Any]:
+        return dict(self.error)
+
+
+class SDKRetriableError(_SDKError, errors.SteplineError):
+    """The app reported an error that may pass on a retry."""
+
+    retryable = True
+
+    def __init__(self, error: dict[str, Any]) -> None:
+        self.error = normalize_error(error)
+        super().__init__(f"{self.error['name']}: {self.error['message']}")
+
+
+class SDKNonRetriableError(_SDKError, errors.NonRetriableError):
+    """The app said not to retry (``X-Inngest-No-Retry: true`` or a final step failure)."""
+
+    def __init__(self, error: dict[str, Any]) -> None:
+        self.error = normalize_error(error)
+        super().__init__(f"{self.error['name']}: {self.error['message']}")
+
+
+class SDKRetryAfterError(_SDKError, errors.RetryAfterError):
+    """The app asked to retry after a given time (``Retry-After``)."""
+
+    def __init__(self, error: dict[str, Any], delay: float) -> None:
+        self.error = normalize_error(error)
+        super().__init__(f"{self.error['name']}: {self.error['message']}", delay)
+
+
+def normalize_error(error: Any) -> dict[str, Any]:
+    """An error memo the SDKs accept: string ``name`` and ``message``, ``stack`` text or null."""
+    if not isinstance(error, dict):
+        error = {"name": "Error", "message": str(error)}
+    out = dict(error)
+    out["name"] = str(out.get("name") or "Error")
+    message = out.get("message")
+    if message is None:
+        message = out.get("error") or ""
+    out["message"] = message if isinstance(message, str) else orjson.dumps(message).decode()
+    if not isinstance(out.get("stack"), str):
+        out["stack"] = None
+    return out
+
+
+def make_error(error: Any, *, final: bool, retry_after: float | None = None) -> Exception:
+    if final:
+        return SDKNonRetriableError(error)
+    if retry_after is not None:
+        return SDKRetryAfterError(error, retry_after)
+    return SDKRetriableError(error)
+
+
+@dataclasses.dataclass(frozen=True)
+class Reply:
+    """What the app answered: ``done`` with ``value``, or ``ops`` to carry out."""
+
+    done: bool
+    value: Any = None
+    ops: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    no_retry: bool = False
+    retry_after: float | None = None
+    version: int | None = None
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait: integer seconds (TS) or a date (PY, ISO; or HTTP date), clamped to 1 s..24 h."""
+    if not value:
+        return None
+    text = value.strip()
+    seconds: float | None = None
+    if len(text) <= 7 and text.isdigit():
+        seconds = float(text)
+    else:
+        try:
+            moment = dt.datetime.fromisoformat(text)
+        except ValueError:
+            try:
+                moment = email.utils.parsedate_to_datetime(text)
+            except (TypeError, ValueError):
+                return None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=dt.UTC)
+        seconds = (moment - dt.datetime.now(dt.UTC)).total_seconds()
+    return min(86400.0, max(1.0, seconds))
+
+
+def strip_sync_params(url: str) -> str:
+    """Drop ``deployId`` and ``probe``, which the TS SDK leaves in the URLs it reports."""
+    parsed = httpx.URL(url)
+    params = [(k, v) for k, v in parsed.params.multi_items() if k not in ("deployId", "probe")]
+    return str(parsed.copy_with(params=httpx.QueryParams(params) if params else None))
+
+
+def _loads(content: bytes) -> Any:
+    text = content.strip()
+    return None if not text else orjson.loads(text)
+
+
+def _unstream(content: bytes) -> tuple[int, dict[str, str], bytes]:
+    """A 201 keep-alive stream ends with ``{status, headers, body}``; the body may be JSON text."""
+    final = orjson.loads(content.strip())
+    body = final.get("body")
+    raw = body.encode() if isinstance(body, str) else orjson.dumps(body)
+    headers = {str(k).lower(): str(v) for k, v in (final.get("headers") or {}).items()}
+    return int(final.get("status") or 500), headers, raw
+
+
+async def call(
+    client: httpx.AsyncClient,
+    url: str,
+    step_id: str,
+    body: dict[str, Any],
+    *,
+    run_id: str,
+    server_kind: str,
+    signing_key: str,
+    timeout: float,
+) -> Reply:
+    """POST one call request; a transport failure or a non-SDK answer is a retriable error."""
+    target = httpx.URL(strip_sync_params(url)).copy_set_param("stepId", step_id)
+    content = signing.canonical_bytes(body)
+    if len(content) > MAX_REQUEST_BYTES:
+        slim = {**body, "events": [], "steps": {}, "use_api": True, "ctx": {**body["ctx"], "use_api": True}}
+        content = signing.canonical_bytes(slim)
+    headers = {
+        "content-type": "application/json",
+        "x-inngest-server-kind": server_kind,
+        "x-inngest-req-version": str(body.get("version", -1)),
+        "x-run-id": run_id,
+        "x-inngest-step-id": step_id,
+        "x-request-id": uuid.uuid4().hex,
+    }
+    if signing_key:
+        headers["x-inngest-signature"] = signing.sign(content, signing_key)
+    try:
+        response = await client.post(target, content=content, headers=headers, timeout=httpx.Timeout(timeout, connect=10.0))
+    except httpx.HTTPError as exc:
+        raise SDKRetriableError(
+            {"name": "AppUnreachable", "message": f"could not call the app at {target}: {exc!r}; is it running?"}
+        ) from exc
+    status, resp_headers, raw = response.status_code, {k.lower(): v for k, v in response.headers.items()}, response.content
+    if status == 201:
+        try:
+            status, streamed, raw = _unstream(raw)
+        except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError) as exc:
+            raise SDKRetriableError({"name": "BadStream", "message": f"the app's streamed reply could not be read: {exc}"}) from exc
+        resp_headers = {**resp_headers, **streamed}
+    version_text = resp_headers.get("x-inngest-req-version", "")
+    version = int(version_text) if version_text.lstrip("-").isdigit() else None
+    no_retry = resp_headers.get("x-inngest-no-retry", "").lower() == "true"
+    retry_after = parse_retry_after(resp_headers.get("retry-after"))
+    if 200 <= status < 300 and SDK_HEADER not in resp_headers:
+        raise SDKRetriableError(
+            {"name": "NotAnSDK", "message": f"{target} answered {status} without an X-Inngest-SDK header: it is not an Inngest SDK endpoint"}
+        )
+    try:
+        payload = _loads(raw)
+    except orjson.JSONDecodeError:
+        payload = raw.decode(errors="replace")
+    if status == 200:
+        return Reply(done=True, value=payload, version=version)
+    if status == 206:
+        ops = payload if isinstance(payload, list) else [payload] if isinstance(payload, dict) else []
+        return Reply(done=False, ops=[op for op in ops if isinstance(op, dict)], no_retry=no_retry, retry_after=retry_after, version=version)
+    error = payload if isinstance(payload, dict) else {"name": f"HTTP{status}", "message": str(payload)[:2000]}
+    if "name" not in error and "message" not in error:
+        error = {"name": f"HTTP{status}", "message": orjson.dumps(error).decode()[:2000]}
+    if status == 401:
+        error = {**error, "message": f"{error.get('message') or 'Unauthorized'} (the app refused our signature: "
+                 "check that STEPLINE_INNGEST_SIGNING_KEY equals the app's INNGEST_SIGNING_KEY)"}
+    raise make_error(error, final=no_retry, retry_after=retry_after)

@@ -1,0 +1,76 @@
+"""Store operations for SDK apps, over the engine's own tables.
+
+An SDK function is a row of ``functions`` whose config has an ``inngest``
+section (the app, its URL, the registration it came from). Each ``*_txn``
+runs inside the caller's transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from stepline import errors, jsonutil
+from stepline.store import db, ops_runs
+
+
+def sdk_functions_txn(conn: db.Conn) -> list[dict[str, Any]]:
+    """Stored configs of the SDK functions that are live (not archived)."""
+    out = []
+    for row in conn.all("SELECT config FROM functions ORDER BY id"):
+        cfg = jsonutil.loads(row["config"])
+        meta = cfg.get("inngest")
+        if isinstance(meta, dict) and not meta.get("archived"):
+            out.append(cfg)
+    return out
+
+
+def register_app_txn(
+    conn: db.Conn, app: str, configs: list[dict[str, Any]], cron_next: Mapping[tuple[str, int], int], now: int
+) -> list[str]:
+    """Upsert an app's functions and archive the ones its new registration dropped.
+
+    Archiving removes triggers and schedules (no new runs) and keeps the row, so
+    runs already made still show their function. Returns the archived ids.
+    """
+    existing = {r["id"]: jsonutil.loads(r["config"]) for r in conn.all("SELECT id, config FROM functions WHERE app_id = ?", (app,))}
+    native = sorted(fid for fid, cfg in existing.items() if "inngest" not in cfg)
+    if native:
+        raise errors.ConfigError(
+            f"app {app!r} is already the id of a native Stepline app (functions {native}); give the SDK app another id"
+        )
+    taken = [c["id"] for c in configs if conn.one("SELECT app_id FROM functions WHERE id = ? AND app_id <> ?", (c["id"], app))]
+    if taken:
+        raise errors.ConfigError(f"function id(s) {taken} already belong to another app; function ids must be unique")
+    ops_runs.register_functions_txn(conn, configs, cron_next, now)
+    keep = {c["id"] for c in configs}
+    archived = []
+    for fid, cfg in existing.items():
+        if fid in keep or cfg["inngest"].get("archived"):
+            continue
+        cfg["inngest"]["archived"] = True
+        conn.execute("UPDATE functions SET config = ?, updated_at = ? WHERE id = ?", (jsonutil.dumps(cfg), now, fid))
+        conn.execute("DELETE FROM triggers WHERE function_id = ?", (fid,))
+        conn.execute("DELETE FROM cron_schedules WHERE function_id = ?", (fid,))
+        archived.append(fid)
+    return archived
+
+
+def journal_txn(conn: db.Conn, run_id: str) -> list[dict[str, Any]]:
+    """A run's steps in the order they were recorded."""
+    return conn.all(
+        "SELECT key, kind, status, output, error, attempts FROM steps WHERE run_id = ? ORDER BY seq, started_at",
+        (run_id,),
+    )
+
+
+def run_events_txn(conn: db.Conn, run_id: str) -> list[dict[str, Any]] | None:
+    """The events a run received (its batch, or its one event); None for an unknown run."""
+    run = conn.one("SELECT event_id, batch_event_ids FROM runs WHERE id = ?", (run_id,))
+    if run is None:
+        return None
+    ids = jsonutil.loads(run["batch_event_ids"]) if run["batch_event_ids"] else [run["event_id"]]
+    bodies = {r["id"]: jsonutil.loads(r["body"]) for r in conn.all(
+        f"SELECT id, body FROM events WHERE id IN ({', '.join('?' for _ in ids)})", tuple(ids)
+    )}
+    return [bodies[i] for i in ids if i in bodies]

@@ -1,0 +1,126 @@
+"""A Stepline server on loopback with the SDK-app runtime attached, and helpers
+to run SDK apps beside it (a uvicorn thread for Python, a Node process for TS)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Self
+
+import httpx
+import uvicorn
+
+from stepline.engine import Engine
+from stepline.inngest import InngestOptions, InngestRuntime, attach
+from stepline.server import create_app
+from stepline.server.common import ServerOptions
+from stepline.store import open_store
+from tests.conftest import TEST_SETTINGS
+from tests.helpers import eventually
+
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclasses.dataclass
+class Server:
+    engine: Engine
+    runtime: InngestRuntime
+    url: str
+    options: ServerOptions
+
+    async def send(self, name: str, data: dict[str, Any] | None = None, key: str = "dev", **extra: Any) -> str:
+        async with httpx.AsyncClient() as client:
+            reply = await client.post(f"{self.url}/e/{key}", json={"name": name, "data": data or {}, **extra})
+        assert reply.status_code == 200, reply.text
+        return str(reply.json()["ids"][0])
+
+    async def runs_of(self, function_id: str) -> list[dict[str, Any]]:
+        return await self.engine.list_runs(function_id=function_id, limit=100)
+
+    async def run_for(self, event_id: str, function_id: str, timeout: float = 20.0) -> dict[str, Any]:
+        async def check() -> dict[str, Any] | None:
+            runs = (await self.engine.store.get_event(event_id))["runs"]
+            return next((r for r in runs if r["function_id"] == function_id), None)
+
+        return await eventually(check, timeout=timeout, what=f"a run of {function_id} for event {event_id}")
+
+    async def finished(self, run_id: str, timeout: float = 30.0) -> dict[str, Any]:
+        async def check() -> dict[str, Any] | None:
+            run = await self.engine.get_run(run_id)
+            return run if run["status"] in TERMINAL else None
+
+        return await eventually(check, timeout=timeout, what=f"run {run_id} to finish")
+
+    async def status(self, run_id: str, *statuses: str, timeout: float = 20.0) -> dict[str, Any]:
+        async def check() -> dict[str, Any] | None:
+            run = await self.engine.get_run(run_id)
+            return run if run["status"] in statuses else None
+
+        return await eventually(check, timeout=timeout, what=f"run {run_id} to be {statuses}")
+
+    async def sync(self, app_url: str) -> None:
+        status = await self.runtime.sync(app_url)
+        assert status.error is None, status.error
+        await eventually(lambda: _done(self.runtime.apps.get(status.url)), timeout=10, what=f"{app_url} to register")
+
+
+async def _done(status: Any) -> bool:
+    return bool(status and status.synced_at and not status.error)
+
+
+@contextlib.asynccontextmanager
+async def stepline_server(db_url: str, *, dev: bool = True, signing_key: str = "", event_key: str = "") -> AsyncIterator[Server]:
+    port = free_port()
+    settings = TEST_SETTINGS.replace(db=db_url, port=port)
+    engine = Engine(open_store(db_url, migrate_now=False), settings, [])
+    options = ServerOptions(dev=dev, event_key=event_key, api_token="token" if not dev else "")
+    runtime = attach(engine, InngestOptions(dev=dev, signing_key=signing_key, reload_interval=0.5))
+    await engine.start()
+    await runtime.start()
+    server = uvicorn.Server(uvicorn.Config(create_app(engine, options), host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    await eventually(lambda: _up(server), timeout=10, what="the Stepline server to listen")
+    try:
+        yield Server(engine, runtime, f"http://127.0.0.1:{port}", options)
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 5)
+        await runtime.stop()
+        await engine.stop(grace=1.0)
+
+
+async def _up(server: uvicorn.Server) -> bool:
+    return bool(server.started)
+
+
+class ThreadServer:
+    """An ASGI app served by uvicorn in its own thread and event loop (like a separate app)."""
+
+    def __init__(self, app: Any, port: int) -> None:
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the SDK app did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(5)

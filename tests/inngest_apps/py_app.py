@@ -1,0 +1,152 @@
+"""A FastAPI app written only against the official Python SDK (no Stepline import).
+
+Every function records what it did in ``Recorder`` so tests can count executions.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections import Counter
+from typing import Any
+
+import fastapi
+import inngest
+import inngest.fast_api
+
+APP_ID = "py-app"
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counts: Counter[str] = Counter()
+        self.seen: dict[str, Any] = {}
+
+    def hit(self, name: str, value: Any = None) -> int:
+        with self._lock:
+            self.counts[name] += 1
+            if value is not None:
+                self.seen[name] = value
+            return self.counts[name]
+
+
+def build(rec: Recorder) -> fastapi.FastAPI:
+    client = inngest.Inngest(app_id=APP_ID)  # mode and server URLs come from INNGEST_* env vars
+
+    @client.create_function(fn_id="steps", trigger=inngest.TriggerEvent(event="py/steps"))
+    async def steps(ctx: inngest.Context) -> dict[str, Any]:
+        async def first() -> str:
+            rec.hit("steps.first")
+            return str(ctx.event.data["name"]).upper()
+
+        async def second(name: str) -> str:
+            rec.hit("steps.second")
+            return f"hello {name}"
+
+        name = await ctx.step.run("first", first)
+        greeting = await ctx.step.run("second", second, name)
+        return {"greeting": greeting, "attempt": ctx.attempt}
+
+    @client.create_function(fn_id="sleeper", trigger=inngest.TriggerEvent(event="py/sleep"))
+    async def sleeper(ctx: inngest.Context) -> str:
+        before = await ctx.step.run("before", lambda: _hit(rec, "sleep.before"))
+        await ctx.step.sleep("nap", dt.timedelta(seconds=1))
+        after = await ctx.step.run("after", lambda: _hit(rec, "sleep.after"))
+        return f"{before}-{after}"
+
+    @client.create_function(fn_id="waiter", trigger=inngest.TriggerEvent(event="py/wait"))
+    async def waiter(ctx: inngest.Context) -> Any:
+        got = await ctx.step.wait_for_event(
+            "approval", event="py/approve", if_exp="async.data.id == event.data.id", timeout=dt.timedelta(seconds=2)
+        )
+        return None if got is None else {"approved_by": got.data["by"], "name": got.name}
+
+    @client.create_function(fn_id="child", trigger=inngest.TriggerEvent(event="py/child"))
+    async def child(ctx: inngest.Context) -> dict[str, Any]:
+        doubled = await ctx.step.run("double", lambda: int(ctx.event.data["n"]) * 2)
+        return {"doubled": doubled, "event": ctx.event.name}
+
+    @client.create_function(fn_id="parent", trigger=inngest.TriggerEvent(event="py/parent"))
+    async def parent(ctx: inngest.Context) -> Any:
+        result = await ctx.step.invoke("call-child", function=child, data={"n": ctx.event.data["n"]})
+        return {"child": result}
+
+    @client.create_function(fn_id="sender", trigger=inngest.TriggerEvent(event="py/send"))
+    async def sender(ctx: inngest.Context) -> list[str]:
+        return await ctx.step.send_event("emit", inngest.Event(name="py/sent", data={"k": ctx.event.data["k"]}))
+
+    @client.create_function(fn_id="on-sent", trigger=inngest.TriggerEvent(event="py/sent"))
+    async def on_sent(ctx: inngest.Context) -> Any:
+        rec.hit("on-sent", ctx.event.data)
+        return ctx.event.data
+
+    @client.create_function(fn_id="parallel", trigger=inngest.TriggerEvent(event="py/parallel"))
+    async def parallel(ctx: inngest.Context) -> list[int]:
+        def part(n: int) -> Any:
+            async def run() -> int:
+                rec.hit(f"parallel.{n}")
+                return n * 10
+
+            return lambda: ctx.step.run(f"part-{n}", run)
+
+        results = await ctx.group.parallel(tuple(part(n) for n in (1, 2, 3)))
+        total = await ctx.step.run("sum", lambda: sum(results))
+        return [*results, total]
+
+    @client.create_function(fn_id="flaky", trigger=inngest.TriggerEvent(event="py/flaky"), retries=3)
+    async def flaky(ctx: inngest.Context) -> str:
+        async def attempt() -> str:
+            n = rec.hit("flaky")
+            if n < 3:
+                raise ValueError(f"transient failure {n}")
+            return f"ok after {n}"
+
+        return await ctx.step.run("unstable", attempt)
+
+    async def nonretry_failed(ctx: inngest.Context) -> None:
+        rec.hit("nonretry.on_failure", {"error": ctx.event.data.get("error"), "name": ctx.event.name})
+
+    @client.create_function(
+        fn_id="nonretry", trigger=inngest.TriggerEvent(event="py/nonretry"), retries=3, on_failure=nonretry_failed
+    )
+    async def nonretry(ctx: inngest.Context) -> None:
+        async def boom() -> None:
+            rec.hit("nonretry")
+            raise inngest.NonRetriableError("permanent failure")
+
+        await ctx.step.run("boom", boom)
+
+    @client.create_function(fn_id="retry-after", trigger=inngest.TriggerEvent(event="py/retry-after"), retries=2)
+    async def retry_after(ctx: inngest.Context) -> str:
+        async def slow_api() -> str:
+            n = rec.hit("retry-after")
+            rec.seen.setdefault("retry-after.times", []).append(dt.datetime.now(dt.UTC).timestamp())
+            if n == 1:
+                raise inngest.RetryAfterError("rate limited", dt.timedelta(seconds=2))
+            return "done"
+
+        return await ctx.step.run("call", slow_api)
+
+    @client.create_function(
+        fn_id="cancellable",
+        trigger=inngest.TriggerEvent(event="py/long"),
+        cancel=[inngest.Cancel(event="py/stop", if_exp="event.data.id == async.data.id")],
+    )
+    async def cancellable(ctx: inngest.Context) -> str:
+        await ctx.step.run("start", lambda: _hit(rec, "cancellable.start"))
+        await ctx.step.sleep("long-nap", dt.timedelta(seconds=30))
+        await ctx.step.run("end", lambda: _hit(rec, "cancellable.end"))
+        return "not cancelled"
+
+    app = fastapi.FastAPI()
+    inngest.fast_api.serve(
+        app,
+        client,
+        [steps, sleeper, waiter, child, parent, sender, on_sent, parallel, flaky, nonretry, retry_after, cancellable],
+    )
+    return app
+
+
+def _hit(rec: Recorder, name: str) -> int:
+    return rec.hit(name)

@@ -1,0 +1,147 @@
+"""The official Python SDK (FastAPI) against a Stepline server, over real HTTP on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from tests.helpers import eventually
+from tests.inngest_apps import py_app
+from tests.inngest_apps.harness import Server, ThreadServer, free_port, stepline_server
+
+FN = py_app.APP_ID + "-"
+
+
+@pytest.fixture
+async def env(db_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Server, py_app.Recorder]]:
+    async with stepline_server(db_url) as server:
+        monkeypatch.setenv("INNGEST_DEV", server.url)  # the one setting an app needs to move
+        rec = py_app.Recorder()
+        port = free_port()
+        with ThreadServer(py_app.build(rec), port):
+            await server.sync(f"http://127.0.0.1:{port}/api/inngest")
+            yield server, rec
+
+
+async def test_sync_registers_functions_with_config(env: tuple[Server, py_app.Recorder]) -> None:
+    server, _ = env
+    functions = {f["id"]: f for f in await server.engine.store.list_functions()}
+    assert FN + "steps" in functions and FN + "nonretry-failure" in functions
+    flaky = functions[FN + "flaky"]["config"]
+    assert flaky["retries"] == 3 and flaky["app_id"] == "py-app"
+    cancel = functions[FN + "cancellable"]["config"]["cancel_on"]
+    assert cancel[0]["event"] == "py/stop"
+    apps = server.runtime.list_apps()
+    assert apps[0]["name"] == "py-app" and apps[0]["sdk"].startswith("py:") and apps[0]["error"] is None
+
+
+async def test_step_run_memoized_and_output(env: tuple[Server, py_app.Recorder]) -> None:
+    server, rec = env
+    event_id = await server.send("py/steps", {"name": "ada"})
+    run = await server.finished((await server.run_for(event_id, FN + "steps"))["id"])
+    assert run["status"] == "completed", run
+    assert run["output"] == {"greeting": "hello ADA", "attempt": 0}
+    assert rec.counts["steps.first"] == 1 and rec.counts["steps.second"] == 1
+    assert [s["meta"]["inngest"]["name"] for s in run["steps"]] == ["first", "second"]
+    assert [s["output"] for s in run["steps"]] == ["ADA", "hello ADA"]
+
+
+async def test_sleep_suspends_and_resumes(env: tuple[Server, py_app.Recorder]) -> None:
+    server, rec = env
+    event_id = await server.send("py/sleep")
+    run_id = (await server.run_for(event_id, FN + "sleeper"))["id"]
+    await server.status(run_id, "sleeping")
+    run = await server.finished(run_id)
+    assert run["status"] == "completed" and run["output"] == "1-1"
+    assert rec.counts["sleep.before"] == 1 and rec.counts["sleep.after"] == 1
+    kinds = [s["kind"] for s in run["steps"]]
+    assert kinds == ["run", "sleep", "run"]
+
+
+async def test_wait_for_event_match_and_timeout(env: tuple[Server, py_app.Recorder]) -> None:
+    server, _ = env
+    matched = (await server.run_for(await server.send("py/wait", {"id": "a"}), FN + "waiter"))["id"]
+    timed_out = (await server.run_for(await server.send("py/wait", {"id": "b"}), FN + "waiter"))["id"]
+    await server.status(matched, "waiting")
+    await server.send("py/approve", {"id": "other", "by": "nobody"})
+    await server.send("py/approve", {"id": "a", "by": "grace"})
+    run = await server.finished(matched)
+    assert run["output"] == {"approved_by": "grace", "name": "py/approve"}
+    run = await server.finished(timed_out)
+    assert run["status"] == "completed" and run["output"] is None
+
+
+async def test_invoke_returns_child_result(env: tuple[Server, py_app.Recorder]) -> None:
+    server, _ = env
+    run_id = (await server.run_for(await server.send("py/parent", {"n": 21}), FN + "parent"))["id"]
+    run = await server.finished(run_id)
+    assert run["status"] == "completed", run
+    assert run["output"] == {"child": {"doubled": 42, "event": "inngest/function.invoked"}}
+
+
+async def test_send_event_starts_other_function(env: tuple[Server, py_app.Recorder]) -> None:
+    server, rec = env
+    run = await server.finished((await server.run_for(await server.send("py/send", {"k": 7}), FN + "sender"))["id"])
+    assert run["status"] == "completed" and len(run["output"]) == 1
+    await eventually(lambda: _async(rec.counts["on-sent"] == 1), what="the sent event's function")
+    assert rec.seen["on-sent"] == {"k": 7}
+
+
+async def test_parallel_steps_fan_in(env: tuple[Server, py_app.Recorder]) -> None:
+    server, rec = env
+    run = await server.finished((await server.run_for(await server.send("py/parallel"), FN + "parallel"))["id"])
+    assert run["status"] == "completed", run
+    assert run["output"] == [10, 20, 30, 60]
+    assert [rec.counts[f"parallel.{n}"] for n in (1, 2, 3)] == [1, 1, 1]
+
+
+async def test_step_retries_until_success(env: tuple[Server, py_app.Recorder]) -> None:
+    server, rec = env
+    run = await server.finished((await server.run_for(await server.send("py/flaky"), FN + "flaky"))["id"])
+    assert run["status"] == "completed" and run["output"] == "ok after 3"
+    assert rec.counts["flaky"] == 3
+    step = run["steps"][0]
+    assert step["attempts"] == 3 and [a["error"]["message"] for a in step["attempt_history"][:2]] == [
+        "transient failure 1",
+        "transient failure 2",
+    ]
+
+
+async def test_non_retriable_error_fails_at_once_and_runs_on_failure(env: tuple[Server, py_app.Recorder]) -> None:
+    server, rec = env
+    run = await server.finished((await server.run_for(await server.send("py/nonretry"), FN + "nonretry"))["id"])
+    assert run["status"] == "failed"
+    assert rec.counts["nonretry"] == 1
+    assert run["error"]["message"] == "permanent failure"
+    await eventually(lambda: _async(rec.counts["nonretry.on_failure"] == 1), what="the on_failure handler")
+    seen = rec.seen["nonretry.on_failure"]
+    assert seen["name"] == "inngest/function.failed"
+    assert seen["error"]["message"] == "permanent failure"
+
+
+async def test_retry_after_waits_as_told(env: tuple[Server, py_app.Recorder]) -> None:
+    server, rec = env
+    run = await server.finished((await server.run_for(await server.send("py/retry-after"), FN + "retry-after"))["id"])
+    assert run["status"] == "completed" and run["output"] == "done"
+    first, second = rec.seen["retry-after.times"]
+    assert second - first >= 1.5  # asked for 2 s; the test base backoff is 20 ms
+
+
+async def test_cancel_on_event_cancels_sleeping_run(env: tuple[Server, py_app.Recorder]) -> None:
+    server, rec = env
+    run_id = (await server.run_for(await server.send("py/long", {"id": "x"}), FN + "cancellable"))["id"]
+    await server.status(run_id, "sleeping")
+    await server.send("py/stop", {"id": "y"})
+    await asyncio.sleep(0.3)
+    assert (await server.engine.get_run(run_id))["status"] == "sleeping"
+    await server.send("py/stop", {"id": "x"})
+    run = await server.finished(run_id)
+    assert run["status"] == "cancelled"
+    assert rec.counts["cancellable.start"] == 1 and rec.counts["cancellable.end"] == 0
+
+
+async def _async(value: Any) -> Any:
+    return value
