@@ -116,6 +116,10 @@ class PostgresConn(db.Conn):
         self.raw.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ("\x1f".join(key),))
 
 
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
 def _lost(raw: psycopg.Connection[Any] | None) -> bool:
     return raw is None or raw.closed or raw.broken
 
@@ -307,6 +311,7 @@ class PostgresDatabase(db.Database):
             if not _lost(raw):
                 self._rollback(raw)
                 raise
+            log.warning("the writer's connection to PostgreSQL was lost (%s); retrying the batch", _first_line(exc))
             link.drop()
             raise _RetryBatch() from exc
         except BaseException:
@@ -317,6 +322,7 @@ class PostgresDatabase(db.Database):
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             if not _lost(raw):
                 raise
+            log.warning("the writer's connection to PostgreSQL was lost while committing (%s)", _first_line(exc))
             link.drop()
             if xid is None or self._committed(link, xid, exc) is False:
                 raise _RetryBatch() from exc
@@ -426,7 +432,7 @@ class PostgresDatabase(db.Database):
                 reconnected = True  # still unreachable: keep trying until closed
             except psycopg.Error as exc:
                 if not self._closing.is_set():
-                    log.warning("the LISTEN connection to PostgreSQL was lost (%s); reconnecting", exc)
+                    log.warning("the LISTEN connection to PostgreSQL was lost (%s); reconnecting", _first_line(exc))
                 link.drop()
                 reconnected = True
         link.drop()
