@@ -1,0 +1,180 @@
+"""The PostgreSQL backend's own promises: placeholders, isolated ops in a shared commit,
+batches that survive a lost connection without running twice, wake-ups across
+processes, and readers that reconnect by themselves."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from stepline.store import db, postgres
+
+
+def test_placeholders_are_translated_and_percent_signs_kept() -> None:
+    assert postgres.translate("SELECT a FROM t WHERE b = ? AND c LIKE 'x%' AND d = '?'") == (
+        "SELECT a FROM t WHERE b = %s AND c LIKE 'x%%' AND d = '?'"
+    )
+    assert postgres.translate("SELECT 1") is postgres.translate("SELECT 1")  # cached
+
+
+@pytest.fixture
+async def pg(postgres_url: str) -> AsyncIterator[postgres.PostgresDatabase]:
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE scratch (id TEXT PRIMARY KEY, note TEXT)")
+    database = postgres.PostgresDatabase(postgres_url)
+    await database.start()
+    yield database
+    await database.close()
+
+
+def scratch_rows(url: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT id, note FROM scratch ORDER BY id").fetchall()
+
+
+def kill_connections(url: str) -> int:
+    """Terminate every Stepline connection to this database, as a server restart would."""
+    dbname = url.rsplit("/", 1)[1]
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND application_name = 'stepline' AND pid <> pg_backend_pid()",
+            (dbname,),
+        ).fetchall()
+    return len(rows)
+
+
+async def test_ops_sharing_a_commit_fail_alone_and_rows_are_dicts(pg: postgres.PostgresDatabase, postgres_url: str) -> None:
+    def insert(name: str) -> db.Op[str]:
+        def op(conn: db.Conn) -> str:
+            conn.execute("INSERT INTO scratch (id, note) VALUES (?, ?)", (name, "50%"))
+            return name
+
+        return op
+
+    results = await asyncio.gather(
+        pg.write(insert("a")), pg.write(insert("a")), pg.write(insert("b")), return_exceptions=True
+    )
+    assert results[0] == "a" and results[2] == "b"
+    assert isinstance(results[1], psycopg.errors.UniqueViolation)
+    assert scratch_rows(postgres_url) == [("a", "50%"), ("b", "50%")]
+    row = await pg.read(lambda conn: conn.one("SELECT id, note FROM scratch WHERE id = ?", ("a",)))
+    assert row == {"id": "a", "note": "50%"}
+    assert await pg.write(lambda conn: conn.rowcount("UPDATE scratch SET note = ?", ("x",))) == 2
+
+
+async def test_reads_are_read_only(pg: postgres.PostgresDatabase) -> None:
+    with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+        await pg.read(lambda conn: conn.execute("INSERT INTO scratch (id) VALUES ('r')"))
+
+
+async def test_a_batch_whose_connection_dies_before_commit_runs_again_once(
+    pg: postgres.PostgresDatabase, postgres_url: str
+) -> None:
+    calls = []
+
+    def op(conn: db.Conn) -> str:
+        calls.append(1)
+        conn.execute("INSERT INTO scratch (id) VALUES (?)", (f"try-{len(calls)}",))
+        if len(calls) == 1:
+            conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        return "saved"
+
+    assert await pg.write(op) == "saved"
+    assert len(calls) == 2
+    assert scratch_rows(postgres_url) == [("try-2", None)], "the first try's insert never committed"
+
+
+class _CutOnCommit:
+    """A connection whose next COMMIT is cut off by a lost connection, after it took effect or not."""
+
+    def __init__(self, raw: psycopg.Connection[Any], owner: CutCommitDatabase) -> None:
+        self._raw = raw
+        self._owner = owner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+    def execute(self, sql: str, *args: Any, **kwargs: Any) -> Any:
+        if sql == "COMMIT" and self._owner.cuts:
+            self._owner.cuts -= 1
+            self._raw.execute("COMMIT" if self._owner.commit_took_effect else "ROLLBACK")
+            self._raw.close()
+            raise psycopg.OperationalError("simulated: the connection was lost during COMMIT")
+        return self._raw.execute(sql, *args, **kwargs)
+
+
+class CutCommitDatabase(postgres.PostgresDatabase):
+    def __init__(self, url: str, *, commit_took_effect: bool) -> None:
+        super().__init__(url)
+        self.commit_took_effect = commit_took_effect
+        self.cuts = 1
+
+    def _open_writer(self) -> postgres._Link:
+        link = super()._open_writer()
+        plain_get = link.get
+        link.get = lambda: _CutOnCommit(plain_get(), self) if self.cuts else plain_get()  # type: ignore[method-assign]
+        return link
+
+
+@pytest.mark.parametrize("took_effect", [True, False], ids=["committed", "rolled-back"])
+async def test_a_commit_cut_off_is_settled_by_asking_the_server(postgres_url: str, took_effect: bool) -> None:
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE scratch (id TEXT PRIMARY KEY, note TEXT)")
+    database = CutCommitDatabase(postgres_url, commit_took_effect=took_effect)
+    await database.start()
+    calls = []
+
+    def op(conn: db.Conn) -> str:
+        calls.append(1)
+        conn.execute("INSERT INTO scratch (id) VALUES ('once')")
+        return "saved"
+
+    try:
+        assert await database.write(op) == "saved"
+    finally:
+        await database.close()
+    assert len(calls) == (1 if took_effect else 2), "run again only when the first COMMIT did not take effect"
+    assert scratch_rows(postgres_url) == [("once", None)]
+
+
+async def test_a_commit_that_woke_workers_wakes_other_processes(pg: postgres.PostgresDatabase, postgres_url: str) -> None:
+    other = postgres.PostgresDatabase(postgres_url)
+    await other.start()
+    woken = threading.Event()
+    other.add_waker(woken.set)
+    try:
+        await pg.write(lambda conn: conn.execute("INSERT INTO scratch (id) VALUES ('quiet')"))
+        await asyncio.sleep(0.3)
+        assert not woken.is_set(), "a commit that made no work due wakes nobody"
+
+        def due(conn: db.Conn) -> None:
+            conn.execute("INSERT INTO scratch (id) VALUES ('due')")
+            conn.wake()
+
+        await pg.write(due)
+        assert await asyncio.get_running_loop().run_in_executor(None, woken.wait, 10)
+    finally:
+        await other.close()
+
+
+async def test_writer_readers_and_listener_reconnect_after_their_connections_die(
+    pg: postgres.PostgresDatabase, postgres_url: str
+) -> None:
+    woken = threading.Event()
+    pg.add_waker(woken.set)
+    await pg.write(lambda conn: conn.execute("INSERT INTO scratch (id) VALUES ('before')"))
+    assert await pg.read(lambda conn: conn.scalar("SELECT count(*) AS n FROM scratch")) == 1
+
+    assert kill_connections(postgres_url) >= 3  # writer, listener, at least one reader
+
+    await pg.write(lambda conn: conn.execute("INSERT INTO scratch (id) VALUES ('after')"))
+    for _ in range(3):  # more reads than idle readers: each lost one is replaced
+        assert await pg.read(lambda conn: conn.scalar("SELECT count(*) AS n FROM scratch")) == 2
+    # The listener may have missed notifications while away, so it wakes its workers once back.
+    assert await asyncio.get_running_loop().run_in_executor(None, woken.wait, 10)
