@@ -6,7 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
+import pathlib
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -124,3 +128,56 @@ class ThreadServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(5)
+
+
+TS_DIR = pathlib.Path(__file__).with_name("ts")
+_install_lock = threading.Lock()
+
+
+def ensure_ts_sdk() -> None:
+    """Install the pinned TypeScript SDK with the machine's npm (once; node_modules is not in git)."""
+    with _install_lock:
+        if (TS_DIR / "node_modules" / "inngest" / "package.json").exists():
+            return
+        npm = shutil.which("npm")
+        if npm is None:
+            raise RuntimeError("the TypeScript SDK tests need Node.js and npm on PATH (apt-get install nodejs npm)")
+        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=TS_DIR, check=True, timeout=600)
+
+
+class NodeApp:
+    """The TS test app in its own Node process, configured only by environment variables."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/api/inngest"
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("INNGEST_")}
+        self.env = {**clean, **env, "PORT": str(self.port)}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Self:
+        ensure_ts_sdk()
+        node = shutil.which("node") or "node"
+        self.proc = subprocess.Popen([node, "app.mjs"], cwd=TS_DIR, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    out = self.proc.stdout.read().decode() if self.proc.stdout else ""
+                    raise RuntimeError(f"the Node test app did not start: {out}") from None
+                time.sleep(0.05)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    async def counts(self) -> dict[str, Any]:
+        async with httpx.AsyncClient() as client:
+            return (await client.get(f"http://127.0.0.1:{self.port}/counts")).json()  # type: ignore[no-any-return]

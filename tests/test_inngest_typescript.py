@@ -1,0 +1,129 @@
+"""The official TypeScript SDK (a plain Node HTTP app) against a Stepline server, over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from tests.helpers import eventually
+from tests.inngest_apps.harness import NodeApp, Server, stepline_server
+
+FN = "ts-app-"
+
+
+@pytest.fixture
+async def env(db_url: str) -> AsyncIterator[tuple[Server, NodeApp]]:
+    async with stepline_server(db_url) as server:
+        with NodeApp({"INNGEST_DEV": server.url}) as node:  # the one setting an app needs to move
+            await server.sync(node.url)
+            yield server, node
+
+
+async def _run(server: Server, name: str, function: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
+    event_id = await server.send(name, data or {})
+    return await server.finished((await server.run_for(event_id, FN + function))["id"])
+
+
+async def test_sync_registers_functions(env: tuple[Server, NodeApp]) -> None:
+    server, _ = env
+    functions = {f["id"]: f["config"] for f in await server.engine.store.list_functions()}
+    assert FN + "steps" in functions and FN + "nonretry-failure" in functions
+    assert functions[FN + "flaky"]["retries"] == 3
+    assert functions[FN + "throttled"]["throttle"]["limit"] == 1
+    assert functions[FN + "limited"]["concurrency"][0]["limit"] == 1
+    assert functions[FN + "debounced"]["debounce"]["period"] == 1.0
+    assert server.runtime.list_apps()[0]["sdk"].startswith("js:")
+
+
+async def test_step_run_and_output(env: tuple[Server, NodeApp]) -> None:
+    server, node = env
+    run = await _run(server, "ts/steps", "steps", {"name": "ada"})
+    assert run["status"] == "completed", run
+    assert run["output"] == {"greeting": "hello ADA", "attempt": 0}
+    counts = (await node.counts())["counts"]
+    assert counts["steps.first"] == 1 and counts["steps.second"] == 1
+
+
+async def test_sleep(env: tuple[Server, NodeApp]) -> None:
+    server, _ = env
+    run = await _run(server, "ts/sleep", "sleeper")
+    assert run["status"] == "completed" and run["output"] == "1-1"
+    assert [s["kind"] for s in run["steps"]] == ["run", "sleep", "run"]
+
+
+async def test_wait_for_event_match_and_timeout(env: tuple[Server, NodeApp]) -> None:
+    server, _ = env
+    matched = (await server.run_for(await server.send("ts/wait", {"id": "a"}), FN + "waiter"))["id"]
+    timed_out = (await server.run_for(await server.send("ts/wait", {"id": "b"}), FN + "waiter"))["id"]
+    await server.status(matched, "waiting")
+    await server.send("ts/approve", {"id": "a", "by": "grace"})
+    assert (await server.finished(matched))["output"] == {"approvedBy": "grace", "name": "ts/approve"}
+    run = await server.finished(timed_out)
+    assert run["status"] == "completed" and run["output"] is None
+
+
+async def test_invoke(env: tuple[Server, NodeApp]) -> None:
+    server, _ = env
+    run = await _run(server, "ts/parent", "parent", {"n": 21})
+    assert run["status"] == "completed", run
+    assert run["output"] == {"child": {"doubled": 42, "event": "inngest/function.invoked"}}
+
+
+async def test_send_event(env: tuple[Server, NodeApp]) -> None:
+    server, node = env
+    run = await _run(server, "ts/send", "sender", {"k": 7})
+    assert run["status"] == "completed" and len(run["output"]["ids"]) == 1
+    seen = await eventually(lambda: _seen(node, "on-sent"), what="the sent event's function")
+    assert seen == {"k": 7}
+
+
+async def test_parallel_fan_in(env: tuple[Server, NodeApp]) -> None:
+    server, node = env
+    run = await _run(server, "ts/parallel", "parallel")
+    assert run["status"] == "completed", run
+    assert run["output"] == [10, 20, 30, 60]
+    counts = (await node.counts())["counts"]
+    assert [counts[f"parallel.{n}"] for n in (1, 2, 3)] == [1, 1, 1]
+
+
+async def test_retries_until_success(env: tuple[Server, NodeApp]) -> None:
+    server, node = env
+    run = await _run(server, "ts/flaky", "flaky")
+    assert run["status"] == "completed" and run["output"] == "ok after 3"
+    assert (await node.counts())["counts"]["flaky"] == 3
+
+
+async def test_non_retriable_and_on_failure(env: tuple[Server, NodeApp]) -> None:
+    server, node = env
+    run = await _run(server, "ts/nonretry", "nonretry")
+    assert run["status"] == "failed" and run["error"]["message"] == "permanent failure"
+    assert (await node.counts())["counts"]["nonretry"] == 1
+    seen = await eventually(lambda: _seen(node, "nonretry.onFailure"), what="onFailure")
+    assert seen == {"name": "inngest/function.failed", "message": "permanent failure"}
+
+
+async def test_retry_after(env: tuple[Server, NodeApp]) -> None:
+    server, node = env
+    run = await _run(server, "ts/retry-after", "retry-after")
+    assert run["status"] == "completed" and run["output"] == "done"
+    first, second = (await node.counts())["seen"]["retry-after.times"]
+    assert second - first >= 1.5
+
+
+async def test_cancel_on(env: tuple[Server, NodeApp]) -> None:
+    server, node = env
+    run_id = (await server.run_for(await server.send("ts/long", {"id": "x"}), FN + "cancellable"))["id"]
+    await server.status(run_id, "sleeping")
+    await server.send("ts/stop", {"id": "y"})
+    await asyncio.sleep(0.3)
+    assert (await server.engine.get_run(run_id))["status"] == "sleeping"
+    await server.send("ts/stop", {"id": "x"})
+    assert (await server.finished(run_id))["status"] == "cancelled"
+    assert "cancellable.end" not in (await node.counts())["counts"]
+
+
+async def _seen(node: NodeApp, name: str) -> Any:
+    return (await node.counts())["seen"].get(name)
