@@ -183,7 +183,7 @@ def _upsert_step(conn: db.Conn, run_id: str, step: StepResult, seq: int, status:
     conn.execute(
         "INSERT INTO steps (run_id, key, name, kind, status, seq, output, error, attempts, started_at, ended_at, "
         "wake_at, meta) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT (run_id, key) DO UPDATE SET status = excluded.status, output = excluded.output, "
+        "ON CONFLICT (run_id, key) DO UPDATE SET kind = excluded.kind, status = excluded.status, output = excluded.output, "
         "error = excluded.error, attempts = excluded.attempts, ended_at = excluded.ended_at, "
         "wake_at = excluded.wake_at, meta = excluded.meta",
         (
