@@ -7,7 +7,7 @@ examples' steps make real requests and meet real failures:
 - ``GET /repos/{owner}/{repo}/commits/{sha}``: one commit with its files
 - ``GET /queries/{query_id}?page=&pages=``: ``{"items", "has_more", "total_pages"}``
 
-``rate_limit(prefix, times=, reset_in=)`` makes the next matching requests answer
+``rate_limit(prefix, times=, reset_in=, after=)`` makes the next matching requests answer
 like GitHub's limit (403, ``X-RateLimit-Remaining: 0``, ``X-RateLimit-Reset`` in
 epoch seconds) or, under ``/queries``, 429 with ``Retry-After``; ``delay(...)`` slows
 them. ``hits`` counts requests per path.
@@ -39,9 +39,10 @@ class FakeAPI(LoopbackServer):
         self._faults: list[dict[str, Any]] = []
         self.hits: collections.Counter[str] = collections.Counter()
 
-    def rate_limit(self, prefix: str, *, times: int = 1, reset_in: float = 1.0) -> None:
+    def rate_limit(self, prefix: str, *, times: int = 1, reset_in: float = 1.0, after: int = 0) -> None:
+        """The next ``times`` requests under ``prefix`` (after ``after`` good ones) are rate-limited."""
         with self._lock:
-            self._faults.append({"prefix": prefix, "times": times, "kind": "limit", "seconds": reset_in})
+            self._faults.append({"prefix": prefix, "times": times, "kind": "limit", "seconds": reset_in, "after": after})
 
     def delay(self, prefix: str, seconds: float, *, times: int = 1) -> None:
         with self._lock:
@@ -50,6 +51,9 @@ class FakeAPI(LoopbackServer):
     def _fault(self, path: str) -> dict[str, Any] | None:
         with self._lock:
             for fault in self._faults:
+                if path.startswith(fault["prefix"]) and fault.get("after", 0) > 0:
+                    fault["after"] -= 1
+                    continue
                 if path.startswith(fault["prefix"]) and fault["times"] > 0:
                     fault["times"] -= 1
                     return dict(fault)
