@@ -6,6 +6,7 @@ const main = document.getElementById("main");
 const TERMINAL = ["completed", "failed", "cancelled"];
 const STATUSES = ["queued", "running", "sleeping", "waiting", "completed", "failed", "cancelled"];
 let cleanup = [];  // timers and streams of the page being shown
+let generation = 0;  // bumped on every navigation: a page whose fetch returns late stays away
 
 // --- helpers -------------------------------------------------------------------------
 
@@ -127,7 +128,9 @@ async function functionsPage() {
       )) : h("tr", {}, h("td", { colspan: 9, class: "muted" }, "No functions registered. Start a worker with your app: stepline dev myapp:app"))),
     );
   }
+  const gen = generation;
   try { await load(); } catch (e) { return setPage("Functions", errorBox(e)); }
+  if (gen !== generation) return;
   setPage("Functions", table);
   every(3, () => load().catch(() => {}));
 }
@@ -141,6 +144,7 @@ async function runsPage(params) {
   };
   const cursor = params.get("cursor") || "";
   let functions = [];
+  const gen = generation;
   try { functions = (await api("/api/v1/functions")).data; } catch (e) { return setPage("Runs", errorBox(e)); }
 
   const field = (name, el) => h("label", {}, name, el);
@@ -203,6 +207,7 @@ async function runsPage(params) {
     );
   }
   try { await load(); } catch (e) { return setPage("Runs", form, errorBox(e)); }
+  if (gen !== generation) return;
   setPage("Runs", form, h("div", { class: "row" }, live, tools), table, pager);
   if (!cursor) every(2, () => load().catch(() => {}));
 }
@@ -249,7 +254,9 @@ function timeline(run) {
 
 async function runPage(runId) {
   let run;
+  const gen = generation;
   try { run = await api(`/api/v1/runs/${encodeURIComponent(runId)}`); } catch (e) { return setPage("Run", errorBox(e)); }
+  if (gen !== generation) return;
   const head = h("div", { class: "card runhead" });
   const actions = h("div", { class: "actions" });
   const body = h("div", {});
@@ -278,11 +285,17 @@ async function runPage(runId) {
       !ended && run.wait_reason ? h("p", { class: "wait", "data-testid": "wait-reason" }, `Not running now: ${run.wait_reason.replaceAll("_", " ")}`) : "",
       run.progress !== null ? h("div", { class: "progress-line" }, progress(run), h("span", { class: "muted" }, run.progress_message || "")) : "",
     );
+    if (actions.dataset.status === run.status) return renderBody();
+    actions.dataset.status = run.status;
     actions.replaceChildren(
       !ended ? h("button", { class: "danger", "data-testid": "cancel", onclick: () => act("cancel", "Cancel") }, "Cancel") : "",
       h("button", { "data-testid": "replay", onclick: () => act("replay", "Replay") }, "Replay"),
       ["failed", "cancelled"].includes(run.status) ? h("button", { "data-testid": "rerun", title: "a new run that reuses the completed steps", onclick: () => act("rerun-from-failed-step", "Rerun") }, "Rerun from failed step") : "",
     );
+    renderBody();
+  }
+
+  function renderBody() {
     body.replaceChildren(
       h("h2", {}, "Steps"), timeline(run),
       run.error ? h("div", {}, h("h2", {}, "Error"), h("div", { class: "errbox", "data-testid": "run-error" }, h("strong", {}, `${run.error.name || "Error"}: `), run.error.message || "", run.error.stack ? h("pre", { class: "stack" }, run.error.stack) : "")) : "",
@@ -293,8 +306,14 @@ async function runPage(runId) {
     );
   }
 
+  let shown = JSON.stringify(run);
   async function refresh() {
-    try { run = await api(`/api/v1/runs/${run.id}`); render(); } catch (e) { /* keep the last view */ }
+    try {
+      const next = await api(`/api/v1/runs/${run.id}`);
+      const text = JSON.stringify(next);
+      if (text === shown) return;  // unchanged: keep the DOM (and any open step details) as it is
+      run = next; shown = text; render();
+    } catch (e) { /* keep the last view */ }
   }
 
   setPage(`Run ${short(run.id)}`, h("div", { class: "row between" }, h("span", { class: "mono muted" }, run.id), actions), head, body);
@@ -345,6 +364,7 @@ async function eventsPage() {
   );
   const result = h("p", { class: "result" });
   const table = h("table", { class: "grid", "data-testid": "events" });
+  const gen = generation;
   try {
     const fns = (await api("/api/v1/functions")).data;
     form.querySelector("datalist").append(...fns.flatMap((f) => f.triggers.filter((t) => t.event).map((t) => h("option", { value: t.event }))));
@@ -361,13 +381,16 @@ async function eventsPage() {
     );
   }
   await load().catch(() => {});
+  if (gen !== generation) return;
   setPage("Events", form, result, table);
   every(3, () => load().catch(() => {}));
 }
 
 async function eventPage(eventId) {
   let e;
+  const gen = generation;
   try { e = await api(`/api/v1/events/${encodeURIComponent(eventId)}`); } catch (err) { return setPage("Event", errorBox(err)); }
+  if (gen !== generation) return;
   const runs = h("table", { class: "grid", "data-testid": "event-runs" },
     h("thead", {}, h("tr", {}, ["Run", "Function", "Status", "Progress"].map((t) => h("th", {}, t)))),
     h("tbody", {}, e.runs.map((r) => h("tr", {},
@@ -458,7 +481,9 @@ async function metricsPage(params) {
       ),
     );
   }
+  const gen = generation;
   try { await load(); } catch (e) { return setPage("Metrics", errorBox(e)); }
+  if (gen !== generation) return;
   setPage("Metrics", h("div", { class: "row" }, picker, h("span", { class: "live" }, "● live")), body);
   every(5, () => load().catch(() => {}));
 }
@@ -468,6 +493,7 @@ async function metricsPage(params) {
 async function route() {
   for (const fn of cleanup) fn();
   cleanup = [];
+  generation += 1;
   const hash = location.hash.replace(/^#/, "") || "/runs";
   const [path, query] = hash.split("?");
   const params = new URLSearchParams(query || "");
