@@ -99,7 +99,7 @@ def percentile(values: Sequence[float], pct: float) -> float:
     ordered = sorted(values)
     if not ordered:
         return float("nan")
-    rank = max(1, min(len(ordered), int(round(pct / 100 * len(ordered) + 0.5))))
+    rank = max(1, min(len(ordered), round(pct / 100 * len(ordered) + 0.5)))
     return ordered[rank - 1]
 
 
