@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import itertools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -125,5 +127,41 @@ async def test_cancel_on(env: tuple[Server, NodeApp]) -> None:
     assert "cancellable.end" not in (await node.counts())["counts"]
 
 
+def _seconds(iso: str) -> float:
+    return dt.datetime.fromisoformat(iso).timestamp()
+
+
 async def _seen(node: NodeApp, name: str) -> Any:
     return (await node.counts())["seen"].get(name)
+
+
+async def test_throttle_spaces_run_starts_per_key(env: tuple[Server, NodeApp]) -> None:
+    server, _ = env
+    ids = [await server.send("ts/throttled", {"user": "u1", "n": n}) for n in range(3)]
+    other = await server.send("ts/throttled", {"user": "u2"})
+    runs = [await server.finished((await server.run_for(i, FN + "throttled"))["id"]) for i in [*ids, other]]
+    assert all(r["status"] == "completed" for r in runs), runs
+    starts = sorted(_seconds(r["started_at"]) for r in runs[:3])
+    assert starts[1] - starts[0] >= 0.9 and starts[2] - starts[1] >= 0.9, starts  # 1 per second for u1
+    assert _seconds(runs[3]["started_at"]) - starts[0] < 0.9  # u2 has its own budget
+
+
+async def test_concurrency_limit_serializes_steps(env: tuple[Server, NodeApp]) -> None:
+    server, _ = env
+    ids = [await server.send("ts/limited", {"n": n}) for n in range(3)]
+    runs = [await server.finished((await server.run_for(i, FN + "limited"))["id"]) for i in ids]
+    spans = sorted((r["output"]["start"], r["output"]["end"]) for r in runs)
+    for (_, end), (start, _) in itertools.pairwise(spans):
+        assert start >= end - 0.01, spans  # never two at once
+
+
+async def test_debounce_runs_once_with_last_event(env: tuple[Server, NodeApp]) -> None:
+    server, node = env
+    for n in range(3):
+        await server.send("ts/debounced", {"user": "u1", "n": n})
+    seen = await eventually(lambda: _seen(node, "debounced"), timeout=10, what="the debounced run")
+    assert seen == {"user": "u1", "n": 2}
+    await asyncio.sleep(1.5)
+    assert (await node.counts())["counts"]["debounced"] == 1
+    runs = await server.runs_of(FN + "debounced")
+    assert len(runs) == 1 and runs[0]["status"] == "completed"
