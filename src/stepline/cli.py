@@ -106,6 +106,11 @@ def dev(apps: tuple[str, ...], db: str | None, port: int | None, host: str | Non
     """Server and worker in one process, SQLite by default, no keys (loopback only)."""
     settings = _settings(db=db, port=port, host=host)
     _setup_logging(settings.log_level)
+    from stepline.testing import start_dev_provider
+
+    notice = start_dev_provider()  # SIMULATED models when no provider key is set
+    if notice:
+        click.echo(notice)
     loaded = load_apps(apps or [DEFAULT_APP])
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(loaded, settings, dev=True, run_server=True, run_worker=True))

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
+import os
 import socket
 import struct
 import threading
@@ -38,6 +39,7 @@ from typing import Any
 
 import orjson
 
+from stepline.llm import providers as providers_mod
 from stepline.llm import tokens
 from stepline.llm.client import LLM
 from stepline.llm.pricing import Price
@@ -598,6 +600,32 @@ def _pieces(text: str) -> list[str]:
     return [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words) if w or i < len(words) - 1] or [""]
 
 
+_dev_provider: FakeProvider | None = None
+
+
+def start_dev_provider() -> str | None:
+    """For ``stepline dev``: with no provider configured, serve SIMULATED models and say so.
+
+    Starts a ``FakeProvider`` (``fake-quick`` answers in ~0.3 s, ``fake-slow`` in
+    ~2 s plus a slow stream; both report a made-up cost) and points
+    ``stepline.llm`` at it through the environment. Returns the line to print, or
+    None when a real provider is configured.
+    """
+    global _dev_provider
+    configured, _ = providers_mod.from_env()
+    if configured or _dev_provider is not None:
+        return None
+    fake = FakeProvider(latency=0.3, chunk_delay=0.02, cost_per_mtok=1.0)
+    fake.on_model("fake-slow", Reply(delay=2.0, chunk_delay=0.05))
+    fake.start()
+    os.environ.update(fake.env())
+    _dev_provider = fake
+    return (
+        f"stepline dev: no LLM provider is configured, so models are SIMULATED by the fake provider at "
+        f"{fake.openai_base_url} (set OPENROUTER_API_KEY, OPENAI_API_KEY, ANTHROPIC_API_KEY or STEPLINE_LLM_BASE_URL for real ones)"
+    )
+
+
 __all__ = [
     "SCENARIOS",
     "Behaviour",
@@ -615,4 +643,5 @@ __all__ = [
     "overloaded",
     "rate_limited",
     "server_error",
+    "start_dev_provider",
 ]
