@@ -1,0 +1,122 @@
+"""The pure parts of SDK compatibility, checked against the official Python SDK's own helpers."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import orjson
+import pytest
+from inngest._internal import transforms
+
+from stepline import errors
+from stepline.inngest import config, durations, events, protocol, signing
+
+KEY = "signkey-test-" + "0f1e" * 16
+
+
+def test_canonical_json_matches_the_sdk() -> None:
+    value = {"b": [1, 2.0, 0.5, "é", None, True], "a": {"z": 1, "é": 2, "A": {}}, "ts": 1700000000000}
+    ours = signing.canonical_bytes(value)
+    assert ours == transforms.canonicalize(orjson.dumps(value))
+
+
+def test_signature_and_hashed_key_match_the_sdk() -> None:
+    body = signing.canonical_bytes({"event": {"name": "a/b"}, "steps": {}})
+    header = signing.sign(body, KEY, at=1700000000)
+    assert signing.verify(body, header, [KEY], now=1700000100)
+    assert not signing.verify(body, header, [KEY], now=1700000000 + 301)  # replayed too late
+    assert not signing.verify(body + b" ", header, [KEY], now=1700000000)
+    assert signing.hashed_key(KEY) == transforms.hash_signing_key(KEY)
+    assert signing.bearer_matches(f"Bearer {transforms.hash_signing_key(KEY)}", [KEY])
+    assert signing.bearer_matches(f"Bearer signkey-test-{transforms.hash_signing_key(KEY)}", [KEY])  # TS re-adds the prefix
+    assert not signing.bearer_matches("Bearer undefined", [KEY])
+
+
+def test_go_durations_and_times() -> None:
+    assert durations.parse_duration("1h30m", field="x") == 5400
+    assert durations.parse_duration("1.5s", field="x") == 1.5
+    assert durations.parse_duration("2d", field="x") == 172800
+    assert durations.parse_duration("250ms", field="x") == 0.25
+    with pytest.raises(errors.ConfigError, match="not a duration"):
+        durations.parse_duration("soon", field="x")
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    assert durations.until("2026-01-01T00:00:05.000Z", field="x", now=now) == now + dt.timedelta(seconds=5)
+    assert durations.until("5s", field="x", now=now) == now + dt.timedelta(seconds=5)
+    assert durations.until("2020-01-01T00:00:00Z", field="x", now=now) == now  # the past means now
+
+
+def test_retry_after_header() -> None:
+    assert protocol.parse_retry_after("30") == 30
+    soon = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=10)).isoformat()
+    assert 8 < (protocol.parse_retry_after(soon) or 0) <= 10
+    assert protocol.parse_retry_after("0") == 1  # clamped to at least a second
+
+
+def test_sdk_events_are_made_acceptable_and_inngest_names_reserved() -> None:
+    assert events.from_sdk({"name": "a/b", "data": {"x": 1, "_inngest": {}}, "id": "", "ts": 0, "user": {}, "meta": {}}) == {
+        "name": "a/b",
+        "data": {"x": 1},
+    }
+    with pytest.raises(errors.EventError, match="reserved"):
+        events.from_sdk({"name": "inngest/function.failed"})
+    out = events.to_sdk({"name": "stepline/function.invoked", "data": {}, "id": "01", "ts": 5.0})
+    assert out == {"name": "inngest/function.invoked", "data": {}, "id": "01", "ts": 5, "user": {}}
+
+
+CAPTURED_PY = {  # a registration captured from inngest-py, every option set
+    "batchEvents": {"maxSize": 10, "timeout": "5s", "key": "event.data.k"},
+    "cancel": [{"event": "app/cancel", "if": "event.data.id == async.data.id", "timeout": "1h"}],
+    "concurrency": [{"key": "event.data.user", "limit": 2, "scope": "fn"}],
+    "debounce": {"key": "event.data.k", "period": "10s", "timeout": "1m"},
+    "id": "my-app-full",
+    "idempotency": "event.data.id",
+    "name": "Full Config",
+    "priority": {"run": "event.data.prio"},
+    "rateLimit": {"key": "event.data.k", "limit": 5, "period": "1m"},
+    "steps": {"step": {"id": "step", "name": "step", "retries": {"attempts": 2},
+                       "runtime": {"type": "http", "url": "http://localhost:8000/api/inngest?fnId=my-app-full&stepId=step"}}},
+    "throttle": {"key": "event.data.k", "limit": 3, "period": "30s", "burst": 2},
+    "timeouts": {"start": "30s", "finish": "5m"},
+    "singleton": {"key": "event.data.k", "mode": "skip"},
+    "triggers": [{"event": "app/test", "expression": "event.data.x > 1"}, {"cron": "TZ=Europe/Paris 0 * * * *"}],
+}
+
+
+def test_every_config_option_maps_onto_flow_control() -> None:
+    no_batch = {k: v for k, v in CAPTURED_PY.items() if k != "batchEvents"}
+    stored = config.to_stored(no_batch, app="my-app", meta={}, notes=[])
+    assert stored["triggers"] == [
+        {"event": "app/test", "expression": "event.data.x > 1"},
+        {"cron": "0 * * * *", "timezone": "Europe/Paris"},
+    ]
+    event_only = {**CAPTURED_PY, "triggers": CAPTURED_PY["triggers"][:1]}  # batching needs event triggers
+    stored = config.to_stored(event_only, app="my-app", meta={}, notes=[])
+    assert stored["retries"] == 2
+    assert stored["concurrency"] == [{"limit": 2, "key": "event.data.user", "scope": "fn"}]
+    assert stored["throttle"] == {"limit": 3, "period": 30.0, "burst": 2, "key": "event.data.k"}
+    assert stored["rate_limit"] == {"limit": 5, "period": 60.0, "key": "event.data.k"}
+    assert stored["debounce"] == {"period": 10.0, "key": "event.data.k", "timeout": 60.0}
+    assert stored["priority"] == {"run": "event.data.prio"}
+    assert stored["batch_events"]["max_size"] == 10 and stored["batch_events"]["timeout"] == 5.0
+    assert stored["cancel_on"][0]["event"] == "app/cancel" and stored["cancel_on"][0]["timeout"] == 3600
+    assert stored["idempotency"] == "event.data.id"
+    assert stored["timeouts"] == {"start": 30.0, "finish": 300.0}
+    assert stored["singleton"] == {"key": "event.data.k", "mode": "skip"}
+    assert stored["inngest"]["url"].endswith("fnId=my-app-full&stepId=step")
+
+
+def test_failure_function_listens_to_the_engine_failure_event() -> None:
+    raw = {
+        "id": "app-f-failure",
+        "triggers": [{"event": "inngest/function.failed", "expression": "event.data.function_id == 'app-f'"}],
+        "steps": {"step": {"runtime": {"url": "http://127.0.0.1:1/api/inngest?fnId=app-f-failure&stepId=step"}, "retries": {"attempts": 0}}},
+    }
+    built = config.build(raw, app="app", notes=[])
+    assert built.triggers[0].event == "stepline/function.failed"
+    assert built.failure_handler_for == "app-f" and built.retries == 0
+
+
+def test_bad_config_names_the_field() -> None:
+    raw = {**CAPTURED_PY, "throttle": {"limit": 3, "period": "often"}}
+    with pytest.raises(errors.ConfigError, match=r"throttle\.period"):
+        config.build(raw, app="my-app", notes=[])
