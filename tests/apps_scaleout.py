@@ -31,6 +31,16 @@ def record(run_id: str, step: str, value: int) -> int:
     return value
 
 
+def timed(run_id: str, step: str, value: int) -> int:
+    """Record when the step began and ended (in the file), to measure overlap across processes."""
+    began = time.time()
+    time.sleep(0.03)
+    name = f"{run_id}.{step}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    with open(os.path.join(_directory(), name), "w") as fh:
+        fh.write(f"{began} {time.time()}")
+    return value
+
+
 def hold(run_id: str, step: str, value: int) -> int:
     """Record, then block until the test drops a ``release`` file (the test kills us meanwhile)."""
     record(run_id, step, value)
@@ -60,3 +70,15 @@ def held(ctx: stepline.SyncContext) -> list:
         ctx.step.run("held", hold, ctx.run_id, "held", 2),
         ctx.step.run("after", record, ctx.run_id, "after", 3),
     ]
+
+
+CAP = 3
+
+
+@app.function(
+    id="scale-capped", trigger=stepline.TriggerEvent("scale/capped"), concurrency=stepline.Concurrency(limit=CAP)
+)
+async def capped(ctx: stepline.Context) -> int:
+    """At most ``CAP`` of these execute steps at once, however many workers there are."""
+    first = await ctx.step.run("work-0", timed, ctx.run_id, "work-0", 1)
+    return await ctx.step.run("work-1", timed, ctx.run_id, "work-1", first + 1)

@@ -31,10 +31,12 @@ import stepline
 from stepline import errors
 from stepline.engine import Engine
 from stepline.store import open_store
+from tests.apps_scaleout import CAP
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 APP = "tests.apps_scaleout:app"
 PIPELINE_STEPS = ("fetch", "transform", "store")
+CAPPED_RUNS = 60
 EVENT_KEY = "scale-key"
 API_TOKEN = "scale-token"
 
@@ -146,6 +148,21 @@ def executions(steps_dir: Path) -> dict[tuple[str, str], list[int]]:
     return found
 
 
+def peak_overlap(steps_dir: Path, keys: set[tuple[str, str]]) -> int:
+    """The most step executions among ``keys`` that were in progress at one instant."""
+    edges: list[tuple[float, int]] = []
+    for path in steps_dir.iterdir():
+        parts = path.name.split(".")
+        if len(parts) == 4 and (parts[0], parts[1]) in keys:
+            began, ended = map(float, path.read_text().split())
+            edges += [(began, 1), (ended, -1)]
+    peak = current = 0
+    for _, delta in sorted(edges):  # an end sorts before a start at the same instant
+        current += delta
+        peak = max(peak, current)
+    return peak
+
+
 def committed_steps(url: str, function_id: str) -> set[tuple[str, str]]:
     rows = query(
         url,
@@ -189,12 +206,14 @@ async def test_four_workers_run_2000_multistep_runs_each_committed_step_once(clu
     workers = [cluster.worker() for _ in range(4)]
     engine = await sender(cluster.db_url)
     try:
+        await engine.send_many([{"name": "scale/capped", "data": {}} for _ in range(CAPPED_RUNS)])
         for start in range(0, total, 100):
             await engine.send_many([{"name": "scale/job", "data": {"n": n}} for n in range(start, start + 100)])
     finally:
         await engine.stop()
 
     wait_until(lambda: all_completed(cluster.db_url, "scale-pipeline", total), timeout=240, what="2,000 runs", cluster=cluster)
+    wait_until(lambda: all_completed(cluster.db_url, "scale-capped", CAPPED_RUNS), timeout=120, what="capped runs", cluster=cluster)
 
     outputs = query(cluster.db_url, "SELECT output FROM runs WHERE function_id = 'scale-pipeline'")
     results = sorted(json.loads(out)["result"] for (out,) in outputs)
@@ -205,8 +224,14 @@ async def test_four_workers_run_2000_multistep_runs_each_committed_step_once(clu
     assert len(committed) == total * len(PIPELINE_STEPS)
     twice = {key: pids for key, pids in ran.items() if len(pids) != 1}
     assert not twice, f"steps that ran more than once: {list(twice.items())[:5]}"
-    assert set(ran) == committed, "every execution belongs to a committed step, and every committed step ran"
+    capped = {key for key in ran if key[1].startswith("work-")}
+    assert set(ran) - capped == committed, "every execution belongs to a committed step, and every committed step ran"
     assert {pid for pids in ran.values() for pid in pids} == {w.pid for w in workers}, "all four workers took part"
+
+    # The concurrency cap held across the four processes, and more than one of them ran capped runs.
+    assert capped == committed_steps(cluster.db_url, "scale-capped")
+    assert len({ran[key][0] for key in capped}) > 1
+    assert 1 <= peak_overlap(cluster.steps_dir, capped) <= CAP
 
     # Sleeps resumed wherever a slot was free: runs moved between processes.
     by_run: dict[str, set[int]] = collections.defaultdict(set)
