@@ -255,6 +255,8 @@ class RunExecution:
             await self._store.set_progress(self.run_id, percent, message)
 
     async def publish(self, topic: str, data: Any) -> None:
+        if self.replaying:  # stored when first published; a replay must not repeat it on the stream
+            return
         await self._store.publish(self.run_id, topic, jsonutil.dumps_checked(data, what="published data"))
         self._services.on_publish(self.run_id)
 
