@@ -83,7 +83,7 @@ ENV_VARS: tuple[tuple[str, str], ...] = (
     ("STEPLINE_LLM_PRICING", "price it like this price-table provider (e.g. openai); unset: self-hosted, cost 0"),
     ("STEPLINE_LLM_PRICES", "path to a JSON file of price overrides (see docs/llm.md)"),
     ("STEPLINE_LLM_READ_TIMEOUT", "seconds of silence before a call fails as retryable (default 300)"),
-) + tuple((k.key_var, f"{k.name} key") for k in KNOWN if not k.self_hosted) + tuple(
+) + tuple((k.key_var, f"{k.name} key" + (" (if the server wants one)" if k.self_hosted else "")) for k in KNOWN) + tuple(
     (k.url_var, f"{k.name} base URL" + (" (enables it)" if k.default_url is None else "")) for k in KNOWN
 )
 
