@@ -55,9 +55,12 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-async def _serve(apps: list[App], settings: settings_mod.Settings, *, dev: bool, run_server: bool, run_worker: bool) -> None:
+async def _serve(
+    apps: list[App], settings: settings_mod.Settings, *, dev: bool, run_server: bool, run_worker: bool, sdk: dict[str, Any] | None = None
+) -> None:
     import uvicorn
 
+    from stepline import inngest
     from stepline.engine import Engine
     from stepline.server import create_app
     from stepline.server.common import ServerOptions
@@ -65,7 +68,11 @@ async def _serve(apps: list[App], settings: settings_mod.Settings, *, dev: bool,
 
     store = open_store(settings.db, migrate_now=dev)
     engine = Engine(store, settings, apps)
+    sdk_apps = inngest.attach(engine, inngest.InngestOptions(
+        dev=dev, signing_key=settings.inngest_signing_key, signing_key_fallback=settings.inngest_signing_key_fallback, **(sdk or {})
+    ))  # functions of Inngest SDK apps, kept in the store
     await engine.start(run_worker=run_worker)
+    await sdk_apps.start()
     try:
         if run_server:
             options = ServerOptions(dev=dev, event_key=settings.event_key, api_token=settings.api_token)
@@ -83,6 +90,7 @@ async def _serve(apps: list[App], settings: settings_mod.Settings, *, dev: bool,
             click.echo(f"stepline worker {engine.worker.id if engine.worker else ''}: db={settings.db}")
             await stop.wait()
     finally:
+        await sdk_apps.stop()
         await engine.stop()
 
 
@@ -102,7 +110,10 @@ def _common_server_options(fn: Any) -> Any:
 @main.command(epilog="\b\n" + settings_mod.help_text())
 @click.argument("apps", nargs=-1)
 @_common_server_options
-def dev(apps: tuple[str, ...], db: str | None, port: int | None, host: str | None) -> None:
+@click.option("-u", "--sdk-url", multiple=True, help="URL of an Inngest SDK app to sync (repeatable).")
+@click.option("--no-discovery", is_flag=True, help="Do not look for Inngest SDK apps on the usual local ports.")
+@click.option("--no-poll", is_flag=True, help="Do not re-sync known Inngest SDK apps every few seconds.")
+def dev(apps: tuple[str, ...], db: str | None, port: int | None, host: str | None, sdk_url: tuple[str, ...], no_discovery: bool, no_poll: bool) -> None:
     """Server and worker in one process, SQLite by default, no keys (loopback only)."""
     settings = _settings(db=db, port=port, host=host)
     _setup_logging(settings.log_level)
@@ -113,7 +124,8 @@ def dev(apps: tuple[str, ...], db: str | None, port: int | None, host: str | Non
         click.echo(notice)
     loaded = load_apps(apps or [DEFAULT_APP])
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(loaded, settings, dev=True, run_server=True, run_worker=True))
+        sdk = {"sdk_urls": sdk_url, "discovery": not no_discovery, "poll": not no_poll}
+        asyncio.run(_serve(loaded, settings, dev=True, run_server=True, run_worker=True, sdk=sdk))
 
 
 @main.command(epilog="\b\n" + settings_mod.help_text())
@@ -132,15 +144,15 @@ def start(apps: tuple[str, ...], db: str | None, port: int | None, host: str | N
         )
     loaded = load_apps(apps)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(loaded, settings, dev=False, run_server=True, run_worker=bool(loaded) and not no_worker))
+        asyncio.run(_serve(loaded, settings, dev=False, run_server=True, run_worker=not no_worker))  # SDK apps need a worker too
 
 
 @main.command(epilog="\b\n" + settings_mod.help_text())
-@click.argument("apps", nargs=-1, required=True)
+@click.argument("apps", nargs=-1)
 @click.option("--db", default=None, help="SQLite path or postgresql:// URL (STEPLINE_DB).")
 @click.option("--concurrency", type=int, default=None, help="Runs executed at once (STEPLINE_CONCURRENCY).")
 def worker(apps: tuple[str, ...], db: str | None, concurrency: int | None) -> None:
-    """A worker process: executes the APPs' functions; no HTTP server."""
+    """A worker process: executes the APPs' functions (and synced Inngest SDK apps'); no HTTP server."""
     settings = _settings(db=db, concurrency=concurrency)
     _setup_logging(settings.log_level)
     loaded = load_apps(apps)
@@ -277,6 +289,9 @@ def runs_replay(run_id: str, url: str | None) -> None:
     """Start a new run of the same function with the same event."""
     body = _api("POST", url, f"/api/v1/runs/{run_id}/replay")
     click.echo(body["id"])
+
+
+main.add_command(importlib.import_module("stepline.inngest.cli").apps)  # `stepline apps`: Inngest SDK apps
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ VARS: tuple[Var, ...] = (
     Var("STEPLINE_EVENT_KEY", "event_key", str, "", "key required on POST /e/{key} (production)"),
     Var("STEPLINE_API_TOKEN", "api_token", str, "", "bearer token for /api/v1 and the dashboard (production)"),
     Var("STEPLINE_SIGNING_KEY", "signing_key", str, "", "HMAC key for per-run browser tokens (defaults to the API token)"),
+    Var("STEPLINE_INNGEST_SIGNING_KEY", "inngest_signing_key", str, "", "production: the INNGEST_SIGNING_KEY of the Inngest SDK apps this server runs"),
+    Var("STEPLINE_INNGEST_SIGNING_KEY_FALLBACK", "inngest_signing_key_fallback", str, "", "production: the previous SDK signing key while rotating"),
     Var("STEPLINE_CONCURRENCY", "concurrency", int, 500, "runs one worker process executes at once"),
     Var("STEPLINE_SYNC_THREADS", "sync_threads", int, 32, "threads for sync handlers and sync step bodies"),
     Var("STEPLINE_LEASE", "lease", float, 30.0, "seconds a worker's claim lasts without a heartbeat"),
@@ -47,6 +49,8 @@ class Settings:
     event_key: str = ""
     api_token: str = ""
     signing_key: str = ""
+    inngest_signing_key: str = ""
+    inngest_signing_key_fallback: str = ""
     concurrency: int = 500
     sync_threads: int = 32
     lease: float = 30.0
