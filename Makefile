@@ -12,10 +12,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The dashboard tests drive Debian's Chromium through Playwright; never a downloaded browser build.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq chromium
+
 dev: $(STAMP)
 	$(VENV)/bin/stepline dev
 
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest
 
 lint: $(STAMP)
