@@ -115,8 +115,10 @@ def seed(url: str) -> None:
         ("INSERT INTO functions (id, app_id, config, updated_at) VALUES ('f', 'a', '{}', 1)", ()),
         ("INSERT INTO events (id, name, body, ts, received_at) VALUES ('e1', 'x', '{}', 1, 1)", ()),
         (
-            "INSERT INTO runs (id, function_id, event_id, status, created_at, updated_at) "
-            "VALUES ('r1', 'f', 'e1', 'queued', 1, 1)",
+            (
+                "INSERT INTO runs (id, function_id, event_id, status, created_at, updated_at) "
+                "VALUES ('r1', 'f', 'e1', 'queued', 1, 1)"
+            ),
             (),
         ),
         ("INSERT INTO queue (run_id, function_id, due_at) VALUES ('r1', 'f', 1)", ()),

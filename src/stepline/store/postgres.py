@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import logging
 import random
@@ -163,10 +164,8 @@ class _Link:
 
     def drop(self) -> None:
         if self.raw is not None:
-            try:
+            with contextlib.suppress(Exception):  # it is already gone
                 self.raw.close()
-            except Exception:  # noqa: BLE001 - it is already gone
-                pass
             self.raw = None
 
 
@@ -411,7 +410,7 @@ class PostgresDatabase(db.Database):
         for waker in list(self._wakers):
             try:
                 waker()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("a wake-up callback failed")
 
     def _listen_loop(self) -> None:
@@ -429,7 +428,8 @@ class PostgresDatabase(db.Database):
                         if note.payload != self._token:
                             self._wake_local()
             except errors.StoreError:
-                reconnected = True  # still unreachable: keep trying until closed
+                reconnected = True  # still unreachable: keep trying, calmly, until closed
+                self._closing.wait(1.0)
             except psycopg.Error as exc:
                 if not self._closing.is_set():
                     log.warning("the LISTEN connection to PostgreSQL was lost (%s); reconnecting", _first_line(exc))
