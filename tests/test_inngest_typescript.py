@@ -8,6 +8,7 @@ import itertools
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.helpers import eventually
@@ -165,3 +166,21 @@ async def test_debounce_runs_once_with_last_event(env: tuple[Server, NodeApp]) -
     assert (await node.counts())["counts"]["debounced"] == 1
     runs = await server.runs_of(FN + "debounced")
     assert len(runs) == 1 and runs[0]["status"] == "completed"
+
+
+async def test_streamed_replies_and_large_state_endpoints(db_url: str) -> None:
+    """INNGEST_STREAMING makes the app answer 201 and stream the real reply; the run's state
+    is also readable the way an SDK reads it when the request would be too large."""
+    async with stepline_server(db_url) as server:
+        with NodeApp({"INNGEST_DEV": server.url, "INNGEST_STREAMING": "true"}) as node:
+            await server.sync(node.url)
+            run = await _run(server, "ts/steps", "steps", {"name": "ada"})
+            assert run["status"] == "completed" and run["output"]["greeting"] == "hello ADA", run
+            async with httpx.AsyncClient() as client:
+                batch = (await client.get(f"{server.url}/v0/runs/{run['id']}/batch")).json()
+                actions = (await client.get(f"{server.url}/v0/runs/{run['id']}/actions")).json()
+                missing = await client.get(f"{server.url}/v0/runs/nope/batch")
+            assert [e["name"] for e in batch] == ["ts/steps"] and batch[0]["data"] == {"name": "ada"}
+            assert sorted(v["data"] for v in actions.values()) == ["ADA", "hello ADA"]
+            assert all(len(k) == 40 for k in actions)  # the SDK's hashed step ids
+            assert missing.status_code == 404
