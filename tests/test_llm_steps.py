@@ -242,3 +242,25 @@ async def test_default_llm_comes_from_the_environment(make_engine, fake: FakePro
     assert run["output"]["provider"] == "fake" and run["output"]["model"] == "llama3:8b"
     assert run["output"]["cost_source"] == "self-hosted"
     assert fake.requests[0].body["max_tokens"] == 5  # self-hosted servers get max_tokens
+
+
+async def test_sync_handler_gets_a_clear_error(make_engine, fake: FakeProvider) -> None:
+    app = stepline.App("sync-ai")
+    llm = fake.llm()
+
+    @app.function(id="sync-ai", trigger=stepline.TriggerEvent("llm/sync"), retries=0)
+    def sync_ai(ctx: stepline.Context) -> Any:
+        return ctx.step.ai.infer("call", model="m", messages="x", llm=llm)
+
+    engine = await make_engine(app)
+    run = await send_and_wait(engine, {"name": "llm/sync"})
+    assert run["status"] == "failed"
+    assert "needs an async def handler" in run["error"]["message"]
+    assert fake.requests == []
+
+
+async def test_unknown_provider_prefix_fails_before_any_call(make_engine, fake: FakeProvider) -> None:
+    engine = await make_engine(infer_app(LLM([], prices={})))
+    run = await send_and_wait(engine, {"name": "llm/ask", "data": {"prompt": "hi"}})
+    assert run["status"] == "failed" and "no LLM provider is configured" in run["error"]["message"]
+    assert run["steps"] == []

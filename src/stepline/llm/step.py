@@ -10,7 +10,9 @@ holds the final result.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from stepline import errors
@@ -73,7 +75,7 @@ class AI:
     def __init__(self, step: Step) -> None:
         self._step = step
 
-    async def infer(
+    def infer(
         self,
         step_id: str,
         *,
@@ -84,14 +86,35 @@ class AI:
         provider: str | None = None,
         llm: LLM | None = None,
         **params: Any,
-    ) -> dict[str, Any]:
-        """Call ``model`` once per attempt and save the result; replays return it.
+    ) -> Awaitable[dict[str, Any]]:
+        """Call ``model`` once per attempt and save the result; replays return it (await it).
 
         Returns ``{"text", "model", "provider", "finish_reason", "usage", "cost_usd",
         "cost_source", "latency_ms"}`` (plus ``reasoning`` / ``tool_calls`` when present).
         Retryable provider failures retry the step (429 waits as told); a stream that
         ends without its finish marker is a failed attempt.
         """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            raise errors.ConfigError(
+                f"step.ai.infer({step_id!r}) needs an async def handler; in a def handler, call "
+                "stepline.llm.default_llm().complete(...) inside an async body given to ctx.step.run"
+            ) from None
+        return self._infer(step_id, model=model, messages=messages, stream=stream, topic=topic, provider=provider, llm=llm, **params)
+
+    async def _infer(
+        self,
+        step_id: str,
+        *,
+        model: str,
+        messages: Any,
+        stream: bool,
+        topic: str,
+        provider: str | None,
+        llm: LLM | None,
+        **params: Any,
+    ) -> dict[str, Any]:
         if not isinstance(step_id, str) or not step_id:
             raise errors.ConfigError(f"step.ai.infer: step id must be a non-empty string, got {step_id!r}")
         client = llm or default_llm()
