@@ -35,7 +35,7 @@ async def test_the_fastapi_job_status_example(serve) -> None:  # noqa: F811
     async with httpx.AsyncClient(timeout=30) as browser:  # holds nothing but the job's URLs
         async with browser.stream("GET", job["stream_url"]) as stream:
             text = (await stream.aread()).decode().replace("\r\n", "\n")
-        end = [block for block in text.split("\n\n") if block.startswith("id:") and "event: end" in block][0]
+        end = next(block for block in text.split("\n\n") if block.startswith("id:") and "event: end" in block)
         final = json.loads(end.split("data: ", 1)[1])
         assert final["status"] == "completed" and final["output"] == {"greeting": "Hello, world"}
         polled = await browser.get(job["status_url"])

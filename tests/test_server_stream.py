@@ -32,7 +32,7 @@ def sse(response: httpx.Response) -> Iterator[dict[str, Any]]:
             continue
         else:
             field, _, value = line.partition(":")
-            event[field] = value[1:] if value.startswith(" ") else value
+            event[field] = value.removeprefix(" ")
 
 
 def read_until(events: Iterator[dict[str, Any]], predicate: Any) -> list[dict[str, Any]]:

@@ -60,7 +60,7 @@ def _label(value: Any) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def _line(name: str, labels: dict[str, Any], value: float | int | None) -> str:
+def _line(name: str, labels: dict[str, Any], value: float | None) -> str:
     inner = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
     shown = "NaN" if value is None else (repr(float(value)) if isinstance(value, float) else str(value))
     return f"{name}{{{inner}}} {shown}" if inner else f"{name} {shown}"

@@ -10,8 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from stepline.engine import Engine
-from stepline.server import api_events, api_metrics, api_runs, dashboard, openapi
-from stepline.server import inngest
+from stepline.server import api_events, api_metrics, api_runs, dashboard, inngest, openapi
 from stepline.server.common import ServerOptions
 from stepline.server.responses import problem
 

@@ -136,11 +136,11 @@ def parse_time(value: str | None, name: str) -> int | None:
             if ms > 253402300799999:
                 raise ValueError("too large")
             return ms
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        parsed = dt.datetime.fromisoformat(value)
     except (ValueError, OverflowError) as exc:
         raise errors.ConfigError(f"{name}: expected an ISO 8601 time or epoch milliseconds, got {value!r}") from exc
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.timezone.utc)
+        parsed = parsed.replace(tzinfo=dt.UTC)
     return int(parsed.timestamp() * 1000)
 
 

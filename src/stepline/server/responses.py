@@ -77,4 +77,4 @@ async def read_object(request: Request, *, max_bytes: int) -> dict[str, Any]:
 def iso_seconds(epoch_seconds: int | None) -> str | None:
     if epoch_seconds is None:
         return None
-    return dt.datetime.fromtimestamp(epoch_seconds, dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    return dt.datetime.fromtimestamp(epoch_seconds, dt.UTC).isoformat().replace("+00:00", "Z")
