@@ -145,3 +145,36 @@ async def test_cancel_on_event_cancels_sleeping_run(env: tuple[Server, py_app.Re
 
 async def _async(value: Any) -> Any:
     return value
+
+
+async def test_function_level_error_retries_the_run(env: tuple[Server, py_app.Recorder]) -> None:
+    server, rec = env
+    run = await server.finished((await server.run_for(await server.send("py/fn-retry"), FN + "fn-retry"))["id"])
+    assert run["status"] == "completed", run
+    assert run["output"] == {"attempt": 1, "before": 1}
+    assert rec.counts["fn-retry.before"] == 1  # the memoized step did not run again
+    assert [a["error"]["message"] for a in run["function_attempts"]] == ["flaky function body"]
+
+
+async def test_step_error_caught_in_user_code(env: tuple[Server, py_app.Recorder]) -> None:
+    server, rec = env
+    run = await server.finished((await server.run_for(await server.send("py/recover"), FN + "recover"))["id"])
+    assert run["status"] == "completed", run
+    assert run["output"] == "recovered from ValueError: no luck"
+    assert rec.counts["recover.fails"] == 1
+    assert [s["status"] for s in run["steps"]] == ["failed", "completed"]
+
+
+async def test_invoked_child_failure_reaches_the_parent(env: tuple[Server, py_app.Recorder]) -> None:
+    server, _ = env
+    run = await server.finished((await server.run_for(await server.send("py/careful-parent"), FN + "careful-parent"))["id"])
+    assert run["status"] == "completed", run
+    assert "child says no" in run["output"]["child_error"]
+
+
+async def test_batch_delivers_events_together(env: tuple[Server, py_app.Recorder]) -> None:
+    server, _ = env
+    ids = [await server.send("py/batched", {"n": n}) for n in range(3)]
+    run = await server.finished((await server.run_for(ids[0], FN + "batched"))["id"])
+    assert run["status"] == "completed", run
+    assert run["output"] == [0, 1, 2]

@@ -139,11 +139,54 @@ def build(rec: Recorder) -> fastapi.FastAPI:
         await ctx.step.run("end", lambda: _hit(rec, "cancellable.end"))
         return "not cancelled"
 
+    @client.create_function(fn_id="fn-retry", trigger=inngest.TriggerEvent(event="py/fn-retry"), retries=2)
+    async def fn_retry(ctx: inngest.Context) -> dict[str, Any]:
+        before = await ctx.step.run("before", lambda: _hit(rec, "fn-retry.before"))
+        if ctx.attempt == 0:
+            raise ValueError("flaky function body")
+        return {"attempt": ctx.attempt, "before": before}
+
+    @client.create_function(fn_id="recover", trigger=inngest.TriggerEvent(event="py/recover"), retries=0)
+    async def recover(ctx: inngest.Context) -> str:
+        async def fails() -> None:
+            rec.hit("recover.fails")
+            raise ValueError("no luck")
+
+        try:
+            await ctx.step.run("fails", fails)
+        except inngest.StepError as err:
+            text = f"recovered from {err.name}: {err.message}"
+            return await ctx.step.run("fallback", lambda: text)
+        return "unreachable"
+
+    @client.create_function(fn_id="failing-child", trigger=inngest.TriggerEvent(event="py/failing-child"), retries=0)
+    async def failing_child(ctx: inngest.Context) -> None:
+        raise inngest.NonRetriableError("child says no")
+
+    @client.create_function(fn_id="careful-parent", trigger=inngest.TriggerEvent(event="py/careful-parent"))
+    async def careful_parent(ctx: inngest.Context) -> dict[str, Any]:
+        try:
+            await ctx.step.invoke("call", function=failing_child, data={})
+        except inngest.StepError as err:
+            return {"child_error": err.message}
+        return {"child_error": None}
+
+    @client.create_function(
+        fn_id="batched",
+        trigger=inngest.TriggerEvent(event="py/batched"),
+        batch_events=inngest.Batch(max_size=3, timeout=dt.timedelta(seconds=5)),
+    )
+    async def batched(ctx: inngest.Context) -> list[int]:
+        return [int(e.data["n"]) for e in ctx.events]
+
     app = fastapi.FastAPI()
     inngest.fast_api.serve(
         app,
         client,
-        [steps, sleeper, waiter, child, parent, sender, on_sent, parallel, flaky, nonretry, retry_after, cancellable],
+        [
+            steps, sleeper, waiter, child, parent, sender, on_sent, parallel, flaky, nonretry, retry_after, cancellable,
+            fn_retry, recover, failing_child, careful_parent, batched,
+        ],
     )
     return app
 
