@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from stepline import errors
 from stepline.store import db, postgres
 
 
@@ -178,3 +179,10 @@ async def test_writer_readers_and_listener_reconnect_after_their_connections_die
         assert await pg.read(lambda conn: conn.scalar("SELECT count(*) AS n FROM scratch")) == 2
     # The listener may have missed notifications while away, so it wakes its workers once back.
     assert await asyncio.get_running_loop().run_in_executor(None, woken.wait, 10)
+
+
+async def test_an_unreachable_server_is_a_store_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(postgres, "RECONNECT_WINDOW", 0.3)
+    database = postgres.PostgresDatabase("postgresql://stepline:secret@127.0.0.1:1/nowhere")
+    with pytest.raises(errors.StoreError, match=r"stepline:\*\*\*@127\.0\.0\.1:1/nowhere is unreachable"):
+        await database.start()

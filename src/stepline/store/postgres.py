@@ -151,7 +151,7 @@ class _Link:
             except psycopg.OperationalError as exc:
                 if self._closing.is_set() or time.monotonic() - started > RECONNECT_WINDOW:
                     raise errors.StoreError(
-                        f"PostgreSQL at {migrate.redact(self.url)} is unreachable ({exc}); "
+                        f"PostgreSQL at {migrate.redact(self.url)} is unreachable ({_first_line(exc)}); "
                         "check that the server is up and the URL is right"
                     ) from exc
                 time.sleep(delay)
@@ -391,9 +391,14 @@ class PostgresDatabase(db.Database):
                     try:
                         with raw.transaction():
                             return op(PostgresConn(raw))
-                    except (psycopg.OperationalError, psycopg.InterfaceError):
-                        if not _lost(raw) or time.monotonic() > deadline:
+                    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                        if not _lost(raw):
                             raise
+                        if time.monotonic() > deadline:
+                            raise errors.StoreError(
+                                f"reading from PostgreSQL at {migrate.redact(self.url)} kept failing on lost "
+                                f"connections for {RECONNECT_WINDOW:.0f} s ({_first_line(exc)}); is the server up?"
+                            ) from exc
             except psycopg_pool.PoolTimeout as exc:
                 raise errors.StoreError(
                     f"no reader connection to PostgreSQL at {migrate.redact(self.url)} within "
