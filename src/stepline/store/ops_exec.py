@@ -179,35 +179,46 @@ def _resolve_timer_txn(conn: db.Conn, run_id: str, entry: JournalEntry, now: int
 # --- while running ---------------------------------------------------------------
 
 
-def _upsert_step(conn: db.Conn, run_id: str, step: StepResult, seq: int, status: str, wake_at: int | None = None) -> None:
-    conn.execute(
-        "INSERT INTO steps (run_id, key, name, kind, status, seq, output, error, attempts, started_at, ended_at, "
-        "wake_at, meta) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT (run_id, key) DO UPDATE SET kind = excluded.kind, status = excluded.status, output = excluded.output, "
-        "error = excluded.error, attempts = excluded.attempts, ended_at = excluded.ended_at, "
-        "wake_at = excluded.wake_at, meta = excluded.meta",
-        (
-            run_id,
-            step.key,
-            step.name,
-            step.kind,
-            status,
-            seq,
-            step.output,
-            step.error,
-            step.attempt,
-            step.started_at,
-            step.ended_at,
-            wake_at,
-            step.meta,
-        ),
+_UPSERT_STEP = (
+    "INSERT INTO steps (run_id, key, name, kind, status, seq, output, error, attempts, started_at, ended_at, "
+    "wake_at, meta) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (run_id, key) DO UPDATE SET kind = excluded.kind, status = excluded.status, output = excluded.output, "
+    "error = excluded.error, attempts = excluded.attempts, ended_at = excluded.ended_at, "
+    "wake_at = excluded.wake_at, meta = excluded.meta"
+)
+
+
+def _step_row(run_id: str, step: StepResult, seq: int, status: str, wake_at: int | None = None) -> tuple[Any, ...]:
+    return (
+        run_id,
+        step.key,
+        step.name,
+        step.kind,
+        status,
+        seq,
+        step.output,
+        step.error,
+        step.attempt,
+        step.started_at,
+        step.ended_at,
+        wake_at,
+        step.meta,
     )
+
+
+def _upsert_step(conn: db.Conn, run_id: str, step: StepResult, seq: int, status: str, wake_at: int | None = None) -> None:
+    conn.execute(_UPSERT_STEP, _step_row(run_id, step, seq, status, wake_at))
 
 
 def checkpoint_txn(conn: db.Conn, run_id: str, worker_id: str, step: StepResult, seq: int) -> bool:
     """Save a finished step (completed, or failed for good). Returns whether cancel was requested."""
     held = _hold(conn, run_id, worker_id)
     _upsert_step(conn, run_id, step, seq, step.status)
+    _checkpoint_extras(conn, run_id, step)
+    return bool(held["cancel_requested"])
+
+
+def _checkpoint_extras(conn: db.Conn, run_id: str, step: StepResult) -> None:
     if step.kind == "ai.infer" and step.status == "completed" and step.meta:
         _record_llm_usage(conn, run_id, step)
     if step.status == "failed" or step.attempt > 1:
@@ -216,7 +227,48 @@ def checkpoint_txn(conn: db.Conn, run_id: str, worker_id: str, step: StepResult,
             "ON CONFLICT (run_id, step_key, attempt) DO NOTHING",
             (run_id, step.key, step.attempt, step.error, step.started_at, step.ended_at),
         )
-    return bool(held["cancel_requested"])
+
+
+def _padded(values: list[str]) -> list[str]:
+    """``values`` padded to a power of two by repeating the last, so an ``IN (...)`` list
+    has few distinct shapes and its prepared statement is reused."""
+    size = 1
+    while size < len(values):
+        size *= 2
+    return values + [values[-1]] * (size - len(values))
+
+
+def checkpoint_many_txn(conn: db.Conn, items: list[tuple[str, str, StepResult, int]]) -> list[bool | LeaseLost]:
+    """``checkpoint_txn`` for many runs at once: one lease check, one multi-row write.
+
+    ``items`` are ``(run_id, worker_id, step, seq)``; each gets whether cancel was
+    requested, or a ``LeaseLost`` for itself alone.
+    """
+    run_ids = _padded(list(dict.fromkeys(item[0] for item in items)))
+    held = {
+        r["run_id"]: r
+        for r in conn.all(
+            "SELECT q.run_id, q.lease_owner, r.cancel_requested FROM queue q JOIN runs r ON r.id = q.run_id "
+            f"WHERE q.run_id IN ({_in(run_ids)})",
+            tuple(run_ids),
+        )
+    }
+    out: list[bool | LeaseLost] = []
+    rows: list[tuple[Any, ...]] = []
+    saved: list[tuple[str, StepResult]] = []
+    for run_id, worker_id, step, seq in items:
+        row = held.get(run_id)
+        if row is None or row["lease_owner"] != worker_id:
+            out.append(LeaseLost(f"worker {worker_id} no longer holds run {run_id}"))
+            continue
+        rows.append(_step_row(run_id, step, seq, step.status))
+        saved.append((run_id, step))
+        out.append(bool(row["cancel_requested"]))
+    if rows:
+        conn.executemany(_UPSERT_STEP, rows)
+    for run_id, step in saved:
+        _checkpoint_extras(conn, run_id, step)
+    return out
 
 
 def _record_llm_usage(conn: db.Conn, run_id: str, step: StepResult) -> None:

@@ -16,6 +16,10 @@ from stepline.store import db, migrate, ops_exec, ops_ingest, ops_read, ops_runs
 from stepline.store.records import ClaimedRun, StepResult, Suspension
 
 
+# Concurrent runs' checkpoints share one lease check and one multi-row write per commit.
+CHECKPOINTS = db.Batched("checkpoint", ops_exec.checkpoint_many_txn)
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -49,7 +53,7 @@ class Store:
         )
 
     async def checkpoint(self, run_id: str, worker_id: str, step: StepResult, seq: int) -> bool:
-        return await self.db.write(partial(ops_exec.checkpoint_txn, run_id=run_id, worker_id=worker_id, step=step, seq=seq))
+        return bool(await self.db.write_item(CHECKPOINTS, (run_id, worker_id, step, seq)))
 
     async def send_events_step(self, run_id: str, worker_id: str, step: StepResult, seq: int, events: list[event_mod.Event]) -> list[str]:
         return await self.db.write(
