@@ -144,7 +144,7 @@ class LoopbackServer:
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)  # type: ignore[arg-type]
+        self._tasks.add(task)
         try:
             request = await asyncio.wait_for(self._read_request(reader), 30)
             if request is not None:
@@ -152,7 +152,7 @@ class LoopbackServer:
         except (ClientGone, ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             pass
         finally:
-            self._tasks.discard(task)  # type: ignore[arg-type]
+            self._tasks.discard(task)
             with contextlib.suppress(Exception):
                 writer.close()
 
@@ -576,7 +576,7 @@ class FakeProvider(LoopbackServer):
             return f"event: {name}\ndata: {orjson.dumps({'type': name, **data}).decode()}\n\n"
 
         usage = self._anthropic_usage(answer)
-        start = {"id": f"msg_fake{answer['id']}", "type": "message", "role": "assistant", "model": body.get("model"), "content": [],
+        start: dict[str, Any] = {"id": f"msg_fake{answer['id']}", "type": "message", "role": "assistant", "model": body.get("model"), "content": [],
                  "stop_reason": None, "stop_sequence": None, "usage": {**usage, "output_tokens": 1}}
         events = [event("message_start", {"message": start}), event("ping", {})]
         index = 0

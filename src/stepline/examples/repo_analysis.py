@@ -110,7 +110,7 @@ async def analyze_repo(ctx: stepline.Context) -> dict[str, Any]:
     await ctx.set_progress(30, f"{len(commits)} commits listed")
     details = await ctx.step.run("fetch-commit-details", fetch_commit_details, job, commits)
     await ctx.set_progress(70, "details fetched")
-    analysis = await ctx.step.run("compute-analysis", compute_analysis, details)
+    analysis: dict[str, Any] = await ctx.step.run("compute-analysis", compute_analysis, details)
     await ctx.step.run("save-results", save_results, job["job_id"], analysis)
     await ctx.set_progress(100, "done")
     return analysis

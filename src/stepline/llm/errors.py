@@ -18,7 +18,7 @@ import datetime as dt
 import email.utils
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -59,8 +59,11 @@ class ProviderRejected(errors.NonRetriableError):
     code: str | None = None
 
 
-def _tag(exc: Any, provider: str, status: int | None, code: str | None) -> Any:
-    exc.provider, exc.status, exc.code = provider, status, code
+E = TypeVar("E", bound=BaseException)
+
+
+def _tag(exc: E, provider: str, status: int | None, code: str | None) -> E:
+    exc.provider, exc.status, exc.code = provider, status, code  # type: ignore[attr-defined]
     return exc
 
 
@@ -166,8 +169,8 @@ def from_status(
 def connection_failed(provider: str, base_url: str, exc: BaseException) -> ProviderError:
     error = ProviderError(f"cannot talk to {provider} at {base_url}: {type(exc).__name__}: {exc}; retrying with backoff")
     error.__cause__ = exc
-    return _tag(error, provider, None, None)  # type: ignore[no-any-return]
+    return _tag(error, provider, None, None)
 
 
 def truncated(provider: str, what: str) -> TruncatedResponse:
-    return _tag(TruncatedResponse(f"{provider}: {what}; the attempt failed and will be retried"), provider, None, "truncated")  # type: ignore[no-any-return]
+    return _tag(TruncatedResponse(f"{provider}: {what}; the attempt failed and will be retried"), provider, None, "truncated")
