@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from stepline.testing import FakeProvider
 from tests.helpers import eventually
 from tests.inngest_apps.harness import NodeApp, Server, stepline_server
 
@@ -184,3 +185,16 @@ async def test_streamed_replies_and_large_state_endpoints(db_url: str) -> None:
             assert sorted(v["data"] for v in actions.values()) == ["ADA", "hello ADA"]
             assert all(len(k) == 40 for k in actions)  # the SDK's hashed step ids
             assert missing.status_code == 404
+
+
+async def test_ai_infer_and_fetch_are_made_by_the_server(env: tuple[Server, NodeApp]) -> None:
+    server, _ = env
+    with FakeProvider() as provider:
+        data = {"q": "ping", "baseUrl": provider.openai_base_url, "fetchUrl": f"{server.url}/health"}
+        run = await _run(server, "ts/ask", "asker", data)
+        assert run["status"] == "completed", run
+        assert "ping" in run["output"]["answer"]
+        assert run["output"]["fetched"] == 200 and '"status"' in run["output"]["body"]
+        assert len(provider.requests) == 1  # memoized: the replayed steps did not call it again
+    ask = next(s for s in run["steps"] if s["kind"] == "ai.infer")
+    assert ask["meta"]["model"] and ask["meta"]["usage"]["prompt_tokens"] > 0

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from stepline import context, errors, jsonutil
-from stepline.inngest import durations, events, memos, protocol
+from stepline.inngest import durations, events, gateway, memos, protocol
 
 if TYPE_CHECKING:
     from stepline.inngest.runtime import InngestRuntime
@@ -166,15 +166,32 @@ class Driver:
             self.done(sid, None if found is None else events.to_sdk(found.to_dict()))
         elif kind == "InvokeFunction":
             await self.invoke(sid, opts)
+        elif kind == "Gateway":
+            await self.record(sid, op, lambda: gateway.fetch(self.rt.http, opts))
+        elif kind == "AIGateway":
+            call = gateway.Inference(self.rt.http, opts)
+            await self.record(sid, op, call, kind="ai.infer", meta=call.meta)
         else:
             error = {"name": "UnsupportedStep", "message": f"Stepline does not support the {kind} step yet (step {op.get('displayName') or sid})"}
             await self.record(sid, op, _raiser(protocol.make_error(error, final=True)))
 
-    async def record(self, sid: str, op: dict[str, Any], compute: Callable[[], Awaitable[Any]]) -> None:
+    async def record(
+        self,
+        sid: str,
+        op: dict[str, Any],
+        compute: Callable[[], Awaitable[Any]],
+        *,
+        kind: str = "run",
+        meta: Callable[[Any], dict[str, Any]] | None = None,
+    ) -> None:
         """Save a run-type step through the engine; a final failure becomes an error memo."""
         name = op.get("displayName") or (op.get("userland") or {}).get("id") or op.get("name")
+
+        def describe(result: Any) -> dict[str, Any]:
+            return {**(meta(result) if meta else {}), "inngest": {"name": name, "op": op.get("op")}}
+
         try:
-            value = await self.step.record_step(sid, "run", compute, lambda _: {"inngest": {"name": name, "op": op.get("op")}})
+            value = await self.step.record_step(sid, kind, compute, describe)
         except errors.StepError as exc:
             error = op.get("error") if op.get("op") in ("StepError", "StepFailed") and op.get("error") else exc.to_dict()
             self.done(sid, memos.error_memo(error, "run"))

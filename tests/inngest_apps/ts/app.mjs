@@ -135,9 +135,19 @@ const debounced = inngest.createFunction(
   async ({ event }) => { hit("debounced", event.data); return event.data; },
 );
 
+const asker = inngest.createFunction(
+  { id: "asker", triggers: [{ event: "ts/ask" }] },
+  async ({ event, step }) => {
+    const model = step.ai.models.openai({ model: "fake-model", baseUrl: event.data.baseUrl, apiKey: "test-key" });
+    const reply = await step.ai.infer("ask-model", { model, body: { messages: [{ role: "user", content: event.data.q }] } });
+    const page = await step.fetch(event.data.fetchUrl);
+    return { answer: reply.choices[0].message.content, fetched: page.status, body: await page.text() };
+  },
+);
+
 const handler = serve({
   client: inngest,
-  functions: [steps, sleeper, waiter, child, parent, sender, onSent, parallel, flaky, nonretry, retryAfter, cancellable, throttled, limited, debounced],
+  functions: [steps, sleeper, waiter, child, parent, sender, onSent, parallel, flaky, nonretry, retryAfter, cancellable, throttled, limited, debounced, asker],
 });
 
 const server = http.createServer((req, res) => {
