@@ -198,3 +198,10 @@ async def test_ai_infer_and_fetch_are_made_by_the_server(env: tuple[Server, Node
         assert len(provider.requests) == 1  # memoized: the replayed steps did not call it again
     ask = next(s for s in run["steps"] if s["kind"] == "ai.infer")
     assert ask["meta"]["model"] and ask["meta"]["usage"]["prompt_tokens"] > 0
+
+
+async def test_promise_race_takes_the_first_to_finish(env: tuple[Server, NodeApp]) -> None:
+    server, _ = env
+    run = await _run(server, "ts/race", "racer")
+    assert run["status"] == "completed", run
+    assert run["output"] == "winner: fast"

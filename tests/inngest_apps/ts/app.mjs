@@ -145,9 +145,20 @@ const asker = inngest.createFunction(
   },
 );
 
+const racer = inngest.createFunction(
+  { id: "racer", triggers: [{ event: "ts/race" }] },
+  async ({ step }) => {
+    const winner = await Promise.race([
+      step.run("slow", async () => { await new Promise((r) => setTimeout(r, 1000)); return "slow"; }),
+      step.run("fast", () => "fast"),
+    ]);
+    return step.run("after", () => `winner: ${winner}`);
+  },
+);
+
 const handler = serve({
   client: inngest,
-  functions: [steps, sleeper, waiter, child, parent, sender, onSent, parallel, flaky, nonretry, retryAfter, cancellable, throttled, limited, debounced, asker],
+  functions: [steps, sleeper, waiter, child, parent, sender, onSent, parallel, flaky, nonretry, retryAfter, cancellable, throttled, limited, debounced, asker, racer],
 });
 
 const server = http.createServer((req, res) => {
