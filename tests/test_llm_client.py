@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import httpx
 import openai
+import orjson
 import pytest
 
 from stepline import errors
@@ -213,3 +214,30 @@ def test_token_estimate_is_script_aware() -> None:
     assert tokens.estimate_text(japanese) == pytest.approx(len(japanese) / 1.5, rel=0.01)
     assert tokens.estimate_text(japanese) > 2 * len(japanese) / 4  # plain chars/4 would undercount
     assert tokens.estimate_messages([{"role": "user", "content": "abcd"}]) == 1 + tokens.PER_MESSAGE
+
+
+TOOL = (("get_weather", '{"city": "Paris", "unit": "celsius"}'),)
+
+
+def test_openai_client_reads_tool_calls_and_skips_keepalive_comments(fake: FakeProvider) -> None:
+    client = openai.OpenAI(base_url=fake.openai_base_url, api_key="k", max_retries=0)
+    fake.script(Reply(text="", tool_calls=TOOL))
+    message = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "weather?"}]).choices[0].message
+    assert message.tool_calls[0].function.name == "get_weather"
+    assert message.tool_calls[0].function.arguments == TOOL[0][1]
+    fake.script(Reply(text="still here", keepalive_comments=3))
+    chunks = list(client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}], stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "still here"
+
+
+@pytest.mark.parametrize("model", ["m", "fake-anthropic:claude"])
+async def test_client_assembles_streamed_tool_call_fragments(fake: FakeProvider, model: str) -> None:
+    fake.script(Reply(text="let me check", tool_calls=TOOL, keepalive_comments=2))
+    done = await fake.llm().complete(model=model, messages="weather in Paris?", stream=True)
+    assert done.text == "let me check"
+    assert done.finish_reason in ("tool_calls", "tool_use")
+    assert done.tool_calls == [{"id": "call_0", "type": "function", "function": {"name": "get_weather", "arguments": TOOL[0][1]}}]
+    fake.script(Reply(text="", tool_calls=TOOL))
+    plain = await fake.llm().complete(model=model, messages="again")
+    assert plain.tool_calls[0]["function"]["name"] == "get_weather"
+    assert orjson.loads(plain.tool_calls[0]["function"]["arguments"]) == orjson.loads(TOOL[0][1])

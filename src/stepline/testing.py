@@ -237,6 +237,8 @@ class Reply:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cached_tokens: int = 0
+    tool_calls: tuple[tuple[str, str], ...] = ()  # (name, JSON arguments), streamed in fragments
+    keepalive_comments: int = 0  # ": OPENROUTER PROCESSING" lines before the first chunk
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -451,6 +453,7 @@ class FakeProvider(LoopbackServer):
             await self.send(writer, 200, raw)
             return
         events = self._openai_events(body, answer) if wire == "openai" else self._anthropic_events(body, answer)
+        events[:0] = [": OPENROUTER PROCESSING\n\n"] * answer["comments"]
         chunked = not (isinstance(behaviour, Reset) and not behaviour.chunked)
         head = {"content-type": "text/event-stream", "cache-control": "no-cache", "connection": "close"}
         if chunked:
@@ -516,8 +519,11 @@ class FakeProvider(LoopbackServer):
         cost = reply.cost
         if cost is None and self.cost_per_mtok is not None:
             cost = round((prompt + completion) * self.cost_per_mtok / 1_000_000, 10)
-        return {"text": text, "reasoning": reply.reasoning, "finish": reply.finish_reason, "prompt": prompt, "completion": completion,
-                "reasoning_tokens": reasoning_tokens, "cached": reply.cached_tokens, "cost": cost, "id": next(self._ids)}
+        finish = "tool_calls" if reply.tool_calls and reply.finish_reason == "stop" else reply.finish_reason
+        return {"text": text, "reasoning": reply.reasoning, "finish": finish, "prompt": prompt, "completion": completion,
+                "reasoning_tokens": reasoning_tokens, "cached": reply.cached_tokens, "cost": cost, "id": next(self._ids),
+                "tools": [(f"call_{i}", name, args) for i, (name, args) in enumerate(reply.tool_calls)],
+                "comments": reply.keepalive_comments}
 
     def _openai_usage(self, answer: dict[str, Any]) -> dict[str, Any]:
         usage: dict[str, Any] = {
@@ -533,6 +539,8 @@ class FakeProvider(LoopbackServer):
 
     def _openai_body(self, body: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": answer["text"]}
+        if answer["tools"]:
+            message["tool_calls"] = [{"id": i, "type": "function", "function": {"name": n, "arguments": a}} for i, n, a in answer["tools"]]
         if answer["reasoning"]:
             message["reasoning_content"] = answer["reasoning"]
         return {
@@ -552,6 +560,9 @@ class FakeProvider(LoopbackServer):
         if answer["reasoning"]:
             events += [chunk({"reasoning_content": piece}) for piece in _pieces(answer["reasoning"])]
         events += [chunk({"content": piece}) for piece in _pieces(answer["text"])]
+        for index, (call_id, name, args) in enumerate(answer["tools"]):
+            events.append(chunk({"tool_calls": [{"index": index, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}]}))
+            events += [chunk({"tool_calls": [{"index": index, "function": {"arguments": args[i:i + 8]}}]}) for i in range(0, len(args), 8)]
         events.append(chunk({}, answer["finish"]))
         include = bool((body.get("stream_options") or {}).get("include_usage")) or answer["cost"] is not None
         if include:
@@ -568,6 +579,7 @@ class FakeProvider(LoopbackServer):
         if answer["reasoning"]:
             content.append({"type": "thinking", "thinking": answer["reasoning"], "signature": "fake"})
         content.append({"type": "text", "text": answer["text"]})
+        content += [{"type": "tool_use", "id": i, "name": n, "input": orjson.loads(a or "{}")} for i, n, a in answer["tools"]]
         return {"id": f"msg_fake{answer['id']}", "type": "message", "role": "assistant", "model": body.get("model"), "content": content,
                 "stop_reason": _STOP.get(answer["finish"], answer["finish"]), "stop_sequence": None, "usage": self._anthropic_usage(answer)}
 
@@ -588,6 +600,10 @@ class FakeProvider(LoopbackServer):
         events.append(event("content_block_start", {"index": index, "content_block": {"type": "text", "text": ""}}))
         events += [event("content_block_delta", {"index": index, "delta": {"type": "text_delta", "text": p}}) for p in _pieces(answer["text"])]
         events.append(event("content_block_stop", {"index": index}))
+        for offset, (call_id, name, args) in enumerate(answer["tools"], start=index + 1):
+            events.append(event("content_block_start", {"index": offset, "content_block": {"type": "tool_use", "id": call_id, "name": name, "input": {}}}))
+            events += [event("content_block_delta", {"index": offset, "delta": {"type": "input_json_delta", "partial_json": args[i:i + 8]}}) for i in range(0, len(args), 8)]
+            events.append(event("content_block_stop", {"index": offset}))
         events.append(event("message_delta", {"delta": {"stop_reason": _STOP.get(answer["finish"], answer["finish"]), "stop_sequence": None},
                                               "usage": {"output_tokens": answer["completion"]}}))
         events.append(event("message_stop", {}))
