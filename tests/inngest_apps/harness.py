@@ -84,13 +84,15 @@ async def _done(status: Any) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def stepline_server(db_url: str, *, dev: bool = True, signing_key: str = "", event_key: str = "") -> AsyncIterator[Server]:
+async def stepline_server(
+    db_url: str, *, dev: bool = True, signing_key: str = "", event_key: str = "", run_worker: bool = True
+) -> AsyncIterator[Server]:
     port = free_port()
     settings = TEST_SETTINGS.replace(db=db_url, port=port)
     engine = Engine(open_store(db_url, migrate_now=False), settings, [])
     options = ServerOptions(dev=dev, event_key=event_key, api_token="token" if not dev else "")
     runtime = attach(engine, InngestOptions(dev=dev, signing_key=signing_key, reload_interval=0.5))
-    await engine.start()
+    await engine.start(run_worker=run_worker)
     await runtime.start()
     server = uvicorn.Server(uvicorn.Config(create_app(engine, options), host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
     task = asyncio.create_task(server.serve())
