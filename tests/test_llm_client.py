@@ -241,3 +241,12 @@ async def test_client_assembles_streamed_tool_call_fragments(fake: FakeProvider,
     plain = await fake.llm().complete(model=model, messages="again")
     assert plain.tool_calls[0]["function"]["name"] == "get_weather"
     assert orjson.loads(plain.tool_calls[0]["function"]["arguments"]) == orjson.loads(TOOL[0][1])
+
+
+async def test_a_silent_provider_times_out_as_retryable(fake: FakeProvider) -> None:
+    fake.script(Reply(text="too late", delay=5))
+    with pytest.raises(ProviderError, match="ReadTimeout"):
+        await fake.llm(read_timeout=0.2).complete(model="m", messages="x")
+    fake.script(Reply(text="slow but steady " * 5, chunk_delay=0.05))  # gaps under the limit are fine
+    done = await fake.llm(read_timeout=0.5).complete(model="m", messages="x", stream=True)
+    assert done.text.startswith("slow but steady")
