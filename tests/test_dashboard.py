@@ -107,9 +107,10 @@ def test_replay_a_failed_run_and_rerun_from_the_failed_step(serve, page: Page) -
         # Replay: a new run from the start; it fails again the same way.
         page.get_by_test_id("replay").click()
         page.wait_for_url(re.compile(r"#/runs/(?!" + failed["id"] + ")"))
-        expect(page.get_by_test_id("run-status")).to_have_text("failed")
         replay_id = page.url.rsplit("/", 1)[1]
-        assert client.get(f"/api/v1/runs/{replay_id}").json()["replay_of"] == failed["id"]
+        expect(page.get_by_text("Replay of")).to_be_visible()  # the new run's page, not the old one's
+        expect(page.get_by_test_id("run-status")).to_have_text("failed")
+        assert run_status(client, replay_id, "failed")["replay_of"] == failed["id"]
 
         # Fix the bug, rerun from the failed step: the first step is reused, not run again.
         server_apps.FIXED["flaky"] = True
