@@ -1,0 +1,69 @@
+"""App sync: discovery, the apps API, re-registration (unchanged, changed, removed functions)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from stepline.inngest import runtime as runtime_mod
+from tests.inngest_apps import py_app
+from tests.inngest_apps.harness import Server, ThreadServer, free_port, stepline_server
+
+
+@pytest.fixture
+async def server(db_url: str) -> AsyncIterator[Server]:
+    async with stepline_server(db_url) as server:
+        yield server
+
+
+def _function(app: str, fid: str, event: str) -> dict[str, Any]:
+    url = f"http://127.0.0.1:9/api/inngest?fnId={app}-{fid}&stepId=step"
+    return {"id": f"{app}-{fid}", "name": fid, "triggers": [{"event": event}],
+            "steps": {"step": {"id": "step", "name": "step", "runtime": {"type": "http", "url": url}}}}
+
+
+async def test_discovery_finds_an_app_on_a_usual_port(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INNGEST_DEV", server.url)
+    port = free_port()
+    monkeypatch.setattr(runtime_mod, "DISCOVERY_PORTS", (port,))
+    with ThreadServer(py_app.build(py_app.Recorder()), port):
+        found = await server.runtime.discover()
+        assert found == [f"http://127.0.0.1:{port}/api/inngest"]
+        assert "py-app-steps" in server.runtime.functions()
+
+
+async def test_apps_api_adds_lists_and_resyncs(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INNGEST_DEV", server.url)
+    port = free_port()
+    with ThreadServer(py_app.build(py_app.Recorder()), port):
+        app_url = f"http://127.0.0.1:{port}/api/inngest"
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            added = await client.post("/api/v1/inngest/apps", json={"url": app_url})
+            assert added.status_code == 200 and added.json()["error"] is None, added.text
+            listed = (await client.get("/api/v1/inngest/apps")).json()["data"]
+            assert listed[0]["name"] == "py-app" and "py-app-steps" in listed[0]["functions"]
+            synced = (await client.post("/api/v1/inngest/apps/sync")).json()["data"]
+            assert [s["error"] for s in synced] == [None]
+            unreachable = await client.post("/api/v1/inngest/apps", json={"url": "http://127.0.0.1:9/api/inngest"})
+            assert unreachable.status_code == 502 and "unreachable" in unreachable.json()["error"]
+
+
+async def test_reregistration_is_idempotent_and_archives_removed_functions(server: Server) -> None:
+    body = {"appName": "reg", "url": "http://127.0.0.1:9/api/inngest", "sdk": "py:v0.5.19",
+            "functions": [_function("reg", "a", "reg/a"), _function("reg", "b", "reg/b")]}
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        first = (await client.post("/fn/register", json=body)).json()
+        again = (await client.post("/fn/register", json=body)).json()
+        body["functions"] = body["functions"][:1]
+        fewer = (await client.post("/fn/register", json=body)).json()
+        native_clash = await client.post("/fn/register", json={**body, "appName": "other", "functions": [_function("reg", "a", "x/y")]})
+        invalid = await client.post("/fn/register", json={**body, "functions": [{**_function("reg", "bad", "x"), "triggers": []}]})
+    assert first["modified"] is True and again["modified"] is False and fewer["modified"] is True
+    assert set(server.runtime.functions()) == {"reg-a"}
+    event_id = await server.send("reg/b")
+    assert (await server.engine.store.get_event(event_id))["runs"] == []  # the removed function starts nothing
+    assert native_clash.status_code == 400 and "another app" in native_clash.json()["error"]
+    assert invalid.status_code == 400 and "triggers" in invalid.json()["error"]
