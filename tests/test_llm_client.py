@@ -145,12 +145,9 @@ async def test_client_collects_reasoning_and_reports_cost(fake: FakeProvider) ->
         (Fail(status=404), ProviderRejected),
         (Fail(status=502, raw_body=b"<html>Bad gateway</html>"), ProviderError),
         (Truncate(), TruncatedResponse),
-        (Reset(), ProviderError),
     ],
 )
 async def test_errors_are_mapped_at_the_boundary(fake: FakeProvider, behaviour: object, expected: type, stream: bool) -> None:
-    if isinstance(behaviour, Reset) and not stream:
-        return  # a reset needs a stream to cut
     fake.script(behaviour)  # type: ignore[arg-type]
     with pytest.raises(expected) as caught:
         await fake.llm().complete(model="m", messages="x", stream=stream)
@@ -161,6 +158,13 @@ async def test_errors_are_mapped_at_the_boundary(fake: FakeProvider, behaviour: 
     if isinstance(error, ProviderRejected):
         assert isinstance(error, errors.NonRetriableError)
         assert error.status in (400, 401, 402, 403, 404, 429)
+
+
+@pytest.mark.parametrize("chunked", [True, False])
+async def test_a_reset_mid_stream_is_retryable(fake: FakeProvider, chunked: bool) -> None:
+    fake.script(Reset(after=3, chunked=chunked))
+    with pytest.raises(ProviderError):  # chunked: a read error; close-delimited: no finish marker
+        await fake.llm().complete(model="m", messages="x", stream=True)
 
 
 def test_rejection_messages_say_what_to_fix() -> None:
