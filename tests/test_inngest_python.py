@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.helpers import eventually
@@ -178,3 +179,13 @@ async def test_batch_delivers_events_together(env: tuple[Server, py_app.Recorder
     run = await server.finished((await server.run_for(ids[0], FN + "batched"))["id"])
     assert run["status"] == "completed", run
     assert run["output"] == [0, 1, 2]
+
+
+async def test_invoke_endpoint_starts_a_function_directly(env: tuple[Server, py_app.Recorder]) -> None:
+    server, _ = env
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        reply = (await client.post(f"/invoke/{FN}child", json={"data": {"n": 5}})).json()
+        unknown = await client.post("/invoke/py-app-nope", json={"data": {}})
+    run = await server.finished(reply["run_id"])
+    assert run["status"] == "completed" and run["output"] == {"doubled": 10, "event": "inngest/function.invoked"}
+    assert unknown.status_code == 404 and "could not find function" in unknown.json()["error"]

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from stepline import errors, jsonutil
+from stepline import event as event_mod
 from stepline.store import db, ops_runs
 
 
@@ -74,3 +75,13 @@ def run_events_txn(conn: db.Conn, run_id: str) -> list[dict[str, Any]] | None:
         f"SELECT id, body FROM events WHERE id IN ({', '.join('?' for _ in ids)})", tuple(ids)
     )}
     return [bodies[i] for i in ids if i in bodies]
+
+
+def invoke_txn(conn: db.Conn, function_id: str, data: dict[str, Any], now: int) -> tuple[str, str | None]:
+    """Start a run of one function directly (Inngest's ``POST /invoke/{slug}``), bypassing
+    its triggers, with an ``inngest/function.invoked`` event. Returns (event id, run id)."""
+    cfg = ops_runs.function_config_txn(conn, function_id)
+    if cfg is None or (cfg.get("inngest") or {}).get("archived"):
+        raise errors.NotFoundError(f"could not find function with ID: {function_id}; sync its app, or check the id (<app id>-<function id>)")
+    event_id, body = ops_runs.insert_internal_event_txn(conn, event_mod.FUNCTION_INVOKED, data, now)
+    return event_id, ops_runs.create_run_txn(conn, cfg, event_id, body, now, check_idempotency=False)

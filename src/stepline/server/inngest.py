@@ -28,6 +28,7 @@ from stepline.inngest import (
 )
 from stepline.server import common, responses
 from stepline.server.responses import JSON, problem
+from stepline.store import now_ms
 
 
 def runtime(request: Request) -> InngestRuntime:
@@ -101,6 +102,23 @@ async def run_actions(request: Request) -> Response:
 
 
 @common.guard
+async def invoke(request: Request) -> Response:
+    """``POST /invoke/{slug}`` with ``{"data": {...}}``: start one function now, whatever its triggers."""
+    denied = common.check_api_token(request)
+    if denied is not None:
+        return denied
+    body = await responses.read_json(request, max_bytes=common.options(request).max_body_bytes)
+    data = body.get("data") if isinstance(body, dict) else None
+    if data is not None and not isinstance(data, dict):
+        return problem(400, "'data' must be a JSON object")
+    engine = common.engine(request)
+    event_id, run_id = await engine.store.db.write(
+        partial(store_ops.invoke_txn, function_id=request.path_params["slug"], data=dict(data or {}), now=now_ms())
+    )
+    return JSON({"id": event_id, "run_id": run_id, "status": 200})
+
+
+@common.guard
 async def list_apps(request: Request) -> Response:
     denied = common.check_api_token(request)
     if denied is not None:
@@ -140,6 +158,7 @@ def routes() -> list[Route]:
         Route("/e/{event_key}", post_event, methods=["POST"]),
         Route("/v0/runs/{run_id}/batch", run_batch, methods=["GET"]),
         Route("/v0/runs/{run_id}/actions", run_actions, methods=["GET"]),
+        Route("/invoke/{slug}", invoke, methods=["POST"]),
         Route("/api/v1/inngest/apps", list_apps, methods=["GET"]),
         Route("/api/v1/inngest/apps", add_app, methods=["POST"]),
         Route("/api/v1/inngest/apps/sync", sync_apps, methods=["POST"]),
