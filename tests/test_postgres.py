@@ -186,3 +186,33 @@ async def test_an_unreachable_server_is_a_store_error_naming_it(monkeypatch: pyt
     database = postgres.PostgresDatabase("postgresql://stepline:secret@127.0.0.1:1/nowhere")
     with pytest.raises(errors.StoreError, match=r"stepline:\*\*\*@127\.0\.0\.1:1/nowhere is unreachable"):
         await database.start()
+
+
+async def test_a_deadlock_between_processes_is_retried_and_both_batches_commit(
+    pg: postgres.PostgresDatabase, postgres_url: str
+) -> None:
+    await pg.write(lambda conn: conn.executemany("INSERT INTO scratch (id) VALUES (?)", [("x",), ("y",)]))
+    other = postgres.PostgresDatabase(postgres_url)
+    await other.start()
+    calls: list[str] = []
+
+    def cross(first: str, second: str) -> db.Op[str]:
+        """Lock ``first``, give the other process time to lock ``second``, then lock it too."""
+
+        def op(conn: db.Conn) -> str:
+            calls.append(first)
+            conn.execute("UPDATE scratch SET note = ? WHERE id = ?", (f"by {first}", first))
+            conn.execute("SELECT pg_sleep(0.3)")
+            conn.execute("UPDATE scratch SET note = ? WHERE id = ?", (f"by {first}", second))
+            return first
+
+        return op
+
+    try:
+        results = await asyncio.gather(pg.write(cross("x", "y")), other.write(cross("y", "x")))
+    finally:
+        await other.close()
+    assert results == ["x", "y"]
+    assert len(calls) == 3, "the transaction PostgreSQL chose as the deadlock victim ran again, once"
+    notes = {note for _, note in scratch_rows(postgres_url)}
+    assert len(notes) == 1, "the batch that ran last wrote both rows"

@@ -347,3 +347,43 @@ def test_postgres_restart_mid_load_loses_no_acknowledged_event_and_strands_no_ru
         assert http.get(f"{url}/health").status_code == 200
     cluster.stop()
     assert_nothing_stuck(cluster.db_url)
+
+
+@pytest.mark.timeout(180)
+async def test_sigterm_releases_the_run_in_flight_to_another_worker_without_waiting_for_the_lease(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    steps_dir, logs = tmp_path / "steps", tmp_path / "logs"
+    steps_dir.mkdir()
+    logs.mkdir()
+    # A lease far longer than this test may take: only a release can move the run on.
+    cluster = Cluster(postgres_url, steps_dir, logs, STEPLINE_LEASE="600")
+    try:
+        workers = [cluster.worker(), cluster.worker()]
+        engine = await sender(postgres_url)
+        try:
+            await engine.send({"name": "scale/held", "data": {}})
+        finally:
+            await engine.stop()
+
+        def held_by() -> list[int]:
+            return next((pids for (_, step), pids in executions(steps_dir).items() if step == "held"), [])
+
+        (victim_pid,) = wait_until(held_by, timeout=60, what="the held step to start", cluster=cluster)
+        victim = next(w for w in workers if w.pid == victim_pid)
+        victim.send_signal(signal.SIGTERM)  # the step outlasts the 10 s grace: the run is released
+
+        pids = wait_until(lambda: len(held_by()) == 2 and held_by(), timeout=90, what="the released run to resume", cluster=cluster)
+        (survivor,) = {w.pid for w in workers} - {victim_pid}
+        assert sorted(pids) == sorted([victim_pid, survivor]), "the step cut off at the grace ran again elsewhere"
+        (steps_dir / "release").touch()
+        wait_until(lambda: all_completed(postgres_url, "scale-held", 1), timeout=60, what="the held run", cluster=cluster)
+        assert victim.wait(30) == 0, cluster.log_tails()
+
+        ran = executions(steps_dir)
+        (run_id,) = {run for run, _ in ran}
+        assert ran[(run_id, "before")] == [victim_pid]
+        assert ran[(run_id, "after")] == [survivor]
+    finally:
+        cluster.stop()
+    assert_nothing_stuck(postgres_url)
