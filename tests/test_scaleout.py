@@ -1,7 +1,9 @@
 """Scale-out on PostgreSQL: real worker processes (and an API server) sharing one database.
 
-- 4 workers run 2,000 multi-step runs; every committed step ran exactly once.
+- 4 workers run 2,000 multi-step runs; every committed step ran exactly once, and a
+  concurrency cap holds across the processes.
 - A worker SIGKILLed mid-step: a surviving worker finishes its run once the lease expires.
+- A worker SIGTERMed mid-step: it releases the run, which another worker resumes at once.
 - PostgreSQL restarted mid-load: workers and the API server reconnect by themselves,
   every acknowledged event gets its run, and no run is left stuck.
 
