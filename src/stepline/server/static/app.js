@@ -81,7 +81,7 @@ function progress(run) {
   if (run.progress === null || run.progress === undefined) return h("span", { class: "muted" }, "—");
   const pct = Math.max(0, Math.min(100, run.progress));
   return h("div", { class: "progress", title: run.progress_message || "" },
-    h("div", { class: "bar", style: `width:${pct}%` }), h("span", {}, `${Math.round(pct)}%`));
+    h("div", { class: "bar", style: `width:${pct}%` }), h("span", { class: pct >= 55 ? "on-bar" : null }, `${Math.round(pct)}%`));
 }
 
 function every(seconds, fn) {
@@ -117,7 +117,7 @@ async function functionsPage() {
   async function load() {
     const { data } = await api("/api/v1/functions");
     table.replaceChildren(
-      h("thead", {}, h("tr", {}, ["Function", "Triggers", "Config", "Queued", "Running", "Sleeping", "Waiting", "Failed (1 h)", "Done (1 h)"].map((t) => h("th", {}, t)))),
+      h("thead", {}, h("tr", {}, ["Function", "Triggers", "Config", "Queued", "Running", "Sleeping", "Waiting", "Failed (1 h)", "Done (1 h)"].map((t, i) => h("th", { class: i > 2 ? "num" : null }, t)))),
       h("tbody", {}, data.length ? data.map((f) => h("tr", {},
         h("td", {}, h("a", { href: `#/runs?function_id=${encodeURIComponent(f.id)}` }, f.id), h("div", { class: "muted small" }, f.app_id)),
         h("td", {}, f.triggers.map((t) => h("div", { class: "mono small" }, t.event ? t.event + (t.expression ? ` if ${t.expression}` : "") : `cron ${t.cron}`))),
@@ -189,7 +189,7 @@ async function runsPage(params) {
     if (cursor) q.set("cursor", cursor);
     const { data, next_cursor } = await api(`/api/v1/runs?${q}`);
     table.replaceChildren(
-      h("thead", {}, h("tr", {}, ["Run", "Function", "Status", "Progress", "User", "Created", "Duration"].map((t) => h("th", {}, t)))),
+      h("thead", {}, h("tr", {}, ["Run", "Function", "Status", "Progress", "User", "Created", "Duration"].map((t) => h("th", { class: t === "Duration" ? "num" : null }, t)))),
       h("tbody", {}, data.length ? data.map((r) => h("tr", { "data-run": r.id },
         h("td", { class: "mono" }, h("a", { href: `#/runs/${r.id}` }, short(r.id)), r.replay_of ? h("span", { class: "muted small", title: `replay of ${r.replay_of}` }, " ↻") : ""),
         h("td", {}, r.function_id),
