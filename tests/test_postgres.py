@@ -12,8 +12,12 @@ from typing import Any
 import psycopg
 import pytest
 
+import stepline
 from stepline import errors
-from stepline.store import db, postgres
+from stepline.engine import Engine
+from stepline.store import db, open_store, postgres
+from tests.conftest import TEST_SETTINGS
+from tests.helpers import runs_for_event, wait_run
 
 
 def test_placeholders_are_translated_and_percent_signs_kept() -> None:
@@ -216,3 +220,70 @@ async def test_a_deadlock_between_processes_is_retried_and_both_batches_commit(
     assert len(calls) == 3, "the transaction PostgreSQL chose as the deadlock victim ran again, once"
     notes = {note for _, note in scratch_rows(postgres_url)}
     assert len(notes) == 1, "the batch that ran last wrote both rows"
+
+
+async def test_signals_reach_other_processes_only_when_committed(
+    pg: postgres.PostgresDatabase, postgres_url: str
+) -> None:
+    other = postgres.PostgresDatabase(postgres_url)
+    await other.start()
+    heard: list[str] = []
+    got = threading.Event()
+
+    def on_cancel(payload: str) -> None:
+        heard.append(payload)
+        got.set()
+
+    other.add_listener("cancel", on_cancel)
+
+    def signal_then_fail(conn: db.Conn) -> None:
+        conn.signal("cancel", "rolled-back")
+        raise RuntimeError("this op rolls back, and its signal with it")
+
+    def signal(conn: db.Conn) -> None:
+        conn.signal("cancel", "run-1")
+
+    try:
+        results = await asyncio.gather(pg.write(signal_then_fail), pg.write(signal), return_exceptions=True)
+        assert isinstance(results[0], RuntimeError) and results[1] is None
+        assert await asyncio.get_running_loop().run_in_executor(None, got.wait, 10)
+        await asyncio.sleep(0.3)
+    finally:
+        await other.close()
+    assert heard == ["run-1"]
+
+
+async def test_a_cancel_from_an_api_server_stops_a_step_in_flight_on_another_process(postgres_url: str) -> None:
+    app = stepline.App("remote-cancel")
+    started, stopped = asyncio.Event(), asyncio.Event()
+
+    async def long_call() -> str:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            stopped.set()
+            raise
+        return "too late"
+
+    @app.function(id="long", trigger=stepline.TriggerEvent("remote/long"))
+    async def long(ctx: stepline.Context) -> str:
+        return await ctx.step.run("call", long_call)
+
+    # Heartbeats every 200 s: only the signal can stop the step within this test.
+    settings = TEST_SETTINGS.replace(db=postgres_url, lease=600.0)
+    worker = Engine(open_store(postgres_url, migrate_now=False), settings, [app])
+    api = Engine(open_store(postgres_url, migrate_now=False), settings)
+    await worker.start()
+    await api.start(run_worker=False)
+    try:
+        event_id = await api.send({"name": "remote/long", "data": {}})
+        run = (await runs_for_event(api, event_id))[0]
+        await asyncio.wait_for(started.wait(), 15)
+        assert await api.cancel(run["id"]) == "cancelling"
+        await asyncio.wait_for(stopped.wait(), 30)
+        done = await wait_run(api, run["id"])
+        assert done["status"] == "cancelled"
+    finally:
+        await api.stop(grace=1.0)
+        await worker.stop(grace=1.0)

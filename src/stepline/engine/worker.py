@@ -40,6 +40,7 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         self._store.db.plan_capacity(self._concurrency)
         self._store.db.add_waker(self._wake_threadsafe)
+        self._store.db.add_listener("cancel", self._cancel_threadsafe)
         self._tasks = [
             asyncio.create_task(self._claim_loop(), name=f"stepline-claim-{self.id}"),
             asyncio.create_task(self._heartbeat_loop(), name=f"stepline-heartbeat-{self.id}"),
@@ -52,6 +53,7 @@ class Worker:
         self._stopping = True
         self._wake.set()
         self._store.db.remove_waker(self._wake_threadsafe)
+        self._store.db.remove_listener("cancel", self._cancel_threadsafe)
         if self._running:
             await asyncio.wait(set(self._running), timeout=grace)
         unfinished = list(self.executor.active)
@@ -87,6 +89,12 @@ class Worker:
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._wake.set)
+
+    def _cancel_threadsafe(self, run_id: str) -> None:
+        """A run was cancelled from another process: stop it here if this worker holds it."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.executor.cancel_local, run_id)
 
     def wake(self) -> None:
         self._wake.set()

@@ -32,6 +32,12 @@ class Conn:
         """Mark that this transaction made queue items due: workers are woken after commit."""
         self.woke = True
 
+    def signal(self, topic: str, payload: str) -> None:
+        """Tell other processes' ``topic`` listeners ``payload`` if (and once) this transaction commits.
+
+        A no-op where processes cannot be told (SQLite): they learn it by their next heartbeat.
+        """
+
     @abc.abstractmethod
     def execute(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any: ...
 
@@ -157,6 +163,7 @@ class Database(abc.ABC):
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._wakers: list[Callable[[], None]] = []
+        self._listeners: dict[str, list[Callable[[str], None]]] = {}
         self._closed = False
 
     # --- for backends ----------------------------------------------------------
@@ -228,6 +235,14 @@ class Database(abc.ABC):
     def remove_waker(self, callback: Callable[[], None]) -> None:
         if callback in self._wakers:
             self._wakers.remove(callback)
+
+    def add_listener(self, topic: str, callback: Callable[[str], None]) -> None:
+        """``callback(payload)`` runs (on a backend thread) for each committed ``Conn.signal(topic, ...)``."""
+        self._listeners.setdefault(topic, []).append(callback)
+
+    def remove_listener(self, topic: str, callback: Callable[[str], None]) -> None:
+        if callback in self._listeners.get(topic, []):
+            self._listeners[topic].remove(callback)
 
     async def close(self) -> None:
         if self._closed:

@@ -310,6 +310,7 @@ def cancel_run_txn(conn: db.Conn, run_id: str, now: int, reason: str) -> str:
         conn.execute(
             "UPDATE runs SET cancel_requested = 1, error = ?, updated_at = ? WHERE id = ?", (error, now, run_id)
         )
+        conn.signal("cancel", run_id)  # the holder, in whichever process, stops its step now
         return "cancelling"
     end_run_txn(conn, run_id, "cancelled", None, error, now)
     return "cancelled"

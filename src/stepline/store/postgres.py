@@ -39,7 +39,8 @@ from stepline.store import db, migrate
 
 log = logging.getLogger("stepline.store.postgres")
 
-CHANNEL = "stepline_wake"
+CHANNEL = "stepline_wake"  # payload: the sending process's token
+SIGNALS = "stepline_signal"  # payload: "<topic>:<payload>" (Conn.signal)
 # Seconds the writer keeps trying to reconnect before failing the operations it holds.
 RECONNECT_WINDOW = 30.0
 # Errors after which re-running the whole (uncommitted) batch is expected to succeed.
@@ -111,6 +112,10 @@ class PostgresConn(db.Conn):
 
     def row_lock(self, of: str = "") -> str:
         return f"FOR UPDATE OF {of}" if of else "FOR UPDATE"
+
+    def signal(self, topic: str, payload: str) -> None:
+        # Sent now, delivered at COMMIT; dropped with its savepoint if this op rolls back.
+        self.raw.execute("SELECT pg_notify(%s, %s)", (SIGNALS, f"{topic}:{payload}"))
 
     def lock(self, *key: str) -> None:
         # A transaction-scoped advisory lock: released at COMMIT / ROLLBACK.
@@ -418,6 +423,14 @@ class PostgresDatabase(db.Database):
             except Exception:
                 log.exception("a wake-up callback failed")
 
+    def _dispatch(self, message: str) -> None:
+        topic, _, payload = message.partition(":")
+        for callback in list(self._listeners.get(topic, ())):
+            try:
+                callback(payload)
+            except Exception:
+                log.exception("a %r listener failed", topic)
+
     def _listen_loop(self) -> None:
         link = _Link(self.url, "listener", self._closing)
         reconnected = False
@@ -425,12 +438,15 @@ class PostgresDatabase(db.Database):
             try:
                 raw = link.get()
                 raw.execute(f"LISTEN {CHANNEL}")
+                raw.execute(f"LISTEN {SIGNALS}")
                 self._listening.set()
                 if reconnected:
                     self._wake_local()  # notifications sent while we were away are lost
                 while not self._closing.is_set():
                     for note in raw.notifies(timeout=0.25):
-                        if note.payload != self._token:
+                        if note.channel == SIGNALS:
+                            self._dispatch(note.payload)
+                        elif note.payload != self._token:
                             self._wake_local()
             except errors.StoreError:
                 reconnected = True  # still unreachable: keep trying, calmly, until closed
