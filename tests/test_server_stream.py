@@ -89,6 +89,8 @@ def test_a_stream_of_a_finished_run_replays_its_messages_and_ends(serve) -> None
         with client.stream("GET", f"/api/v1/runs/{run['id']}/stream", headers={"last-event-id": "1"}) as response:
             resumed = list(sse(response))
         assert [e["data"]["seq"] for e in resumed if e["event"] == "message"] == [2]
+        with client.stream("GET", f"/api/v1/runs/{run['id']}/stream", params={"after": 2}) as response:
+            assert [e["event"] for e in sse(response)] == ["status", "end"]
         assert client.get("/api/v1/runs/nope/stream").status_code == 404
 
 

@@ -37,7 +37,7 @@ def _precheck(items: list[Any]) -> None:
 
 
 async def ingest(request: Request) -> Response:
-    payload = await responses.read_json(request, max_bytes=common.options(request).max_body_bytes)
+    payload = await responses.read_json(request, max_bytes=common.body_limit(request))
     items = payload if isinstance(payload, list) else [payload]
     _precheck(items)
     ids = await common.engine(request).send_many(items)

@@ -92,7 +92,7 @@ async def rerun_from_failed_step(request: Request) -> Response:
 
 
 async def _optional_object(request: Request) -> dict[str, Any]:
-    return await responses.read_object(request, max_bytes=common.options(request).max_body_bytes)
+    return await responses.read_object(request, max_bytes=common.body_limit(request))
 
 
 @common.guard

@@ -36,7 +36,7 @@ class ServerOptions:
     # HMAC key for run tokens and dashboard sessions; empty: the engine's
     # STEPLINE_SIGNING_KEY, else the API token.
     signing_key: str = ""
-    max_body_bytes: int = 1024 * 1024 * 8
+    max_body_bytes: int = 1024 * 1024 * 8  # raised to fit one event when STEPLINE_MAX_EVENT_BYTES is larger
     # Seconds between store reads of a streamed run when nothing in-process woke it.
     stream_poll: float = 0.25
 
@@ -69,6 +69,11 @@ def engine(request: Request) -> Engine:
 
 def options(request: Request) -> ServerOptions:
     return request.app.state.options  # type: ignore[no-any-return]
+
+
+def body_limit(request: Request) -> int:
+    """The largest request body: the server's limit, or more when events may be larger."""
+    return max(options(request).max_body_bytes, engine(request).settings.max_event_bytes + 64 * 1024)
 
 
 def signing_key(request: Request) -> str:

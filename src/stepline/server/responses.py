@@ -44,15 +44,15 @@ async def read_json(request: Request, *, max_bytes: int, allow_empty: bool = Fal
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise errors.LimitError(
             f"request body is {declared} bytes, over the limit of {max_bytes} bytes; "
-            "send smaller batches, or raise STEPLINE_MAX_EVENT_BYTES"
+            "send smaller batches of events (the limit grows with STEPLINE_MAX_EVENT_BYTES)"
         )
     body = bytearray()
     async for chunk in request.stream():
         body.extend(chunk)
         if len(body) > max_bytes:
             raise errors.LimitError(
-                f"request body is over the limit of {max_bytes} bytes; send smaller batches, "
-                "or raise STEPLINE_MAX_EVENT_BYTES"
+                f"request body is over the limit of {max_bytes} bytes; send smaller batches of events "
+                "(the limit grows with STEPLINE_MAX_EVENT_BYTES)"
             )
     if not body.strip():
         if allow_empty:
