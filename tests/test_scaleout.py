@@ -291,7 +291,8 @@ async def test_sigkilled_worker_mid_step_its_run_is_finished_by_another_after_th
 def test_postgres_restart_mid_load_loses_no_acknowledged_event_and_strands_no_run(
     cluster: Cluster, unused_tcp_port: int
 ) -> None:
-    cluster.env.update(STEPLINE_EVENT_KEY=EVENT_KEY, STEPLINE_API_TOKEN=API_TOKEN)
+    # Leases outlast the restart: this test is about reconnecting, not about lease expiry.
+    cluster.env.update(STEPLINE_EVENT_KEY=EVENT_KEY, STEPLINE_API_TOKEN=API_TOKEN, STEPLINE_LEASE="30")
     workers = [cluster.worker() for _ in range(4)]
     url = cluster.api(unused_tcp_port)
     total, batch = 600, 20
