@@ -78,3 +78,18 @@ async def boom(ctx: stepline.Context) -> None:
 
 def _explode() -> None:
     raise stepline.NonRetriableError("boom (simulated failure)")
+
+
+@app.function(id="limited", trigger=stepline.TriggerEvent("srv/limited"), rate_limit=stepline.RateLimit(limit=1, period="1h"))
+async def limited(ctx: stepline.Context) -> str:
+    return "ran"
+
+
+@app.function(id="settle", trigger=stepline.TriggerEvent("srv/settle"), debounce=stepline.Debounce(period="1h"))
+async def settle(ctx: stepline.Context) -> str:
+    return "settled"
+
+
+@app.function(id="gather", trigger=stepline.TriggerEvent("srv/gather"), batch_events=stepline.Batch(max_size=2, timeout="1h"))
+async def gather(ctx: stepline.Context) -> int:
+    return len(ctx.events)

@@ -144,6 +144,26 @@ def test_events_list_and_one_event_with_its_runs_or_why_none(api: httpx.Client) 
     assert api.get("/api/v1/events/missing").status_code == 404
 
 
+def test_events_say_which_flow_control_kept_them_from_starting_a_run(api: httpx.Client) -> None:
+    first, second = send(api, "srv/limited"), send(api, "srv/limited")
+    assert len(api.get(f"/api/v1/events/{first}").json()["runs"]) == 1
+    limited = conforms(api.get(f"/api/v1/events/{second}"), "/api/v1/events/{event_id}")
+    assert limited["runs"] == [] and limited["skipped_functions"][0]["reason"] == "rate_limited"
+    assert limited["why_no_runs"] == "limited: rate_limited"
+
+    early, late = send(api, "srv/settle"), send(api, "srv/settle")
+    debounced = api.get(f"/api/v1/events/{early}").json()
+    assert debounced["runs"] == [] and debounced["skipped_functions"][0]["reason"] == "debounced"
+    pending = api.get(f"/api/v1/events/{late}").json()["runs"]
+    assert len(pending) == 1 and pending[0]["wait_reason"] == "debouncing"
+
+    one, two = send(api, "srv/gather"), send(api, "srv/gather")
+    batch_run = run_status(api, api.get(f"/api/v1/events/{one}").json()["runs"][0]["id"], "completed")
+    assert batch_run["output"] == 2
+    joined = conforms(api.get(f"/api/v1/events/{two}"), "/api/v1/events/{event_id}")
+    assert [r["id"] for r in joined["runs"]] == [batch_run["id"]] and joined["why_no_runs"] is None
+
+
 def test_functions_with_config_and_live_counts(api: httpx.Client) -> None:
     run_status(api, run_of_event(api, send(api, "srv/nap"))["id"], "sleeping")
     run_status(api, run_of_event(api, send(api, "srv/boom"))["id"], "failed")

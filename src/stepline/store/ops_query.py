@@ -9,6 +9,7 @@ from stepline import expressions, jsonutil
 from stepline.store import db, ops_read
 
 HOUR_MS = 3600 * 1000
+BATCHED = "batched into run "  # the skip reason ops_admission records for a batch's later events
 _LIVE = ("queued", "running", "sleeping", "waiting")
 
 
@@ -72,7 +73,14 @@ def _reason_text(function_id: str, reason: Any) -> dict[str, Any]:
 def event_detail_txn(conn: db.Conn, event_id: str) -> dict[str, Any]:
     """An event, the runs it started, and for every trigger that did not start a run, why."""
     event = ops_read.get_event_txn(conn, event_id)
-    skipped = event.get("skipped") or {}
+    skipped = dict(event.get("skipped") or {})
+    # An event that joined a batch is in that batch's run: show the run, not a skip.
+    for fn_id, reason in list(skipped.items()):
+        if isinstance(reason, str) and reason.startswith(BATCHED):
+            row = conn.one("SELECT * FROM runs WHERE id = ?", (reason[len(BATCHED):].strip(),))
+            if row is not None:
+                event["runs"].append(ops_read._run_dict(row))
+                del skipped[fn_id]
     started = {r["function_id"] for r in event["runs"]}
     outcomes = [_reason_text(fn_id, reason) for fn_id, reason in sorted(skipped.items())]
     known = started | set(skipped)
