@@ -15,7 +15,7 @@ import pytest
 import stepline
 from stepline import errors
 from stepline.engine import Engine
-from stepline.store import db, open_store, postgres
+from stepline.store import StepResult, db, open_store, ops_exec, postgres
 from tests.conftest import TEST_SETTINGS
 from tests.helpers import runs_for_event, wait_run
 
@@ -287,3 +287,42 @@ async def test_a_cancel_from_an_api_server_stops_a_step_in_flight_on_another_pro
     finally:
         await api.stop(grace=1.0)
         await worker.stop(grace=1.0)
+
+
+async def test_a_claim_never_misses_a_checkpoint_committing_under_an_expired_lease(postgres_url: str) -> None:
+    """Worker A stalled past its lease and is saving a step while worker B claims the run:
+    B must either skip the run until A commits, or see A's step; never run it again."""
+    app = stepline.App("lease-race")
+
+    @app.function(id="racy", trigger=stepline.TriggerEvent("race/go"))
+    async def racy(ctx: stepline.Context) -> None:
+        return None
+
+    engine = Engine(open_store(postgres_url, migrate_now=False), TEST_SETTINGS.replace(db=postgres_url), [app])
+    await engine.start(run_worker=False)
+    other = Engine(open_store(postgres_url, migrate_now=False), TEST_SETTINGS.replace(db=postgres_url))
+    await other.start(run_worker=False)
+    try:
+        await engine.send({"name": "race/go", "data": {}})
+        (claimed,), _ = await engine.store.claim("worker-a", ["racy"], 1, 60_000)
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute("UPDATE queue SET lease_expires_at = 0")  # A's lease ran out while it worked
+        step = StepResult("s1", "s1", "run", "completed", '"done"', None, 1, 1, 2)
+
+        def slow_checkpoint(conn: db.Conn) -> list[Any]:
+            saved = ops_exec.checkpoint_many_txn(conn, [(claimed.run_id, "worker-a", step, 1)])
+            conn.execute("SELECT pg_sleep(1.0)")  # still committing when B claims
+            return saved
+
+        saving = asyncio.ensure_future(engine.store.db.write(slow_checkpoint))
+        await asyncio.sleep(0.3)
+        taken, _ = await other.store.claim("worker-b", ["racy"], 1, 60_000)
+        assert await saving == [False], "A still held the run when it saved the step"
+        for item in taken:
+            assert "s1" in item.journal, "B claimed the run but cannot see A's committed step"
+        if not taken:  # B skipped the locked run; once A committed, B gets it with the step
+            (item,), _ = await other.store.claim("worker-b", ["racy"], 1, 60_000)
+            assert item.journal["s1"].status == "completed"
+    finally:
+        await other.stop(grace=1.0)
+        await engine.stop(grace=1.0)

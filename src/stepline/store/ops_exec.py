@@ -249,7 +249,7 @@ def checkpoint_many_txn(conn: db.Conn, items: list[tuple[str, str, StepResult, i
         r["run_id"]: r
         for r in conn.all(
             "SELECT q.run_id, q.lease_owner, r.cancel_requested FROM queue q JOIN runs r ON r.id = q.run_id "
-            f"WHERE q.run_id IN ({_in(run_ids)})",
+            f"WHERE q.run_id IN ({_in(run_ids)}) {conn.row_lock('q')}",  # as in _hold
             tuple(run_ids),
         )
     }
