@@ -189,3 +189,22 @@ async def test_invoke_endpoint_starts_a_function_directly(env: tuple[Server, py_
     run = await server.finished(reply["run_id"])
     assert run["status"] == "completed" and run["output"] == {"doubled": 10, "event": "inngest/function.invoked"}
     assert unknown.status_code == 404 and "could not find function" in unknown.json()["error"]
+
+
+async def test_idempotency_and_rate_limit_skip_runs(env: tuple[Server, py_app.Recorder]) -> None:
+    server, _ = env
+    orders = [await server.send("py/order", {"order": o}) for o in ("o1", "o1", "o2")]
+    searches = [await server.send("py/search", {"q": q, "user": u}) for q, u in (("a", "u1"), ("b", "u1"), ("c", "u1"), ("d", "u2"))]
+    await eventually(lambda: _finished_count(server, FN + "once-per-order", 2), what="two order runs")
+    await eventually(lambda: _finished_count(server, FN + "rate-limited", 3), what="three search runs")
+    assert sorted(r["output"] for r in await server.runs_of(FN + "once-per-order")) == ["o1", "o2"]
+    assert sorted(r["output"] for r in await server.runs_of(FN + "rate-limited")) == ["a", "b", "d"]
+    skipped = [(await server.engine.store.get_event(e))["skipped"] for e in [*orders, *searches]]
+    assert skipped[1] == {FN + "once-per-order": "idempotent"}
+    assert skipped[5] == {FN + "rate-limited": "rate_limited"}
+    assert [s for i, s in enumerate(skipped) if i not in (1, 5)] == [{}] * 5
+
+
+async def _finished_count(server: Server, function_id: str, count: int) -> bool:
+    runs = await server.runs_of(function_id)
+    return len([r for r in runs if r["status"] == "completed"]) >= count

@@ -179,13 +179,29 @@ def build(rec: Recorder) -> fastapi.FastAPI:
     async def batched(ctx: inngest.Context) -> list[int]:
         return [int(e.data["n"]) for e in ctx.events]
 
+    @client.create_function(
+        fn_id="once-per-order",
+        trigger=inngest.TriggerEvent(event="py/order"),
+        idempotency="event.data.order",
+    )
+    async def once_per_order(ctx: inngest.Context) -> str:
+        return str(ctx.event.data["order"])
+
+    @client.create_function(
+        fn_id="rate-limited",
+        trigger=inngest.TriggerEvent(event="py/search"),
+        rate_limit=inngest.RateLimit(limit=2, period=dt.timedelta(minutes=1), key="event.data.user"),
+    )
+    async def rate_limited(ctx: inngest.Context) -> str:
+        return str(ctx.event.data["q"])
+
     app = fastapi.FastAPI()
     inngest.fast_api.serve(
         app,
         client,
         [
             steps, sleeper, waiter, child, parent, sender, on_sent, parallel, flaky, nonretry, retry_after, cancellable,
-            fn_retry, recover, failing_child, careful_parent, batched,
+            fn_retry, recover, failing_child, careful_parent, batched, once_per_order, rate_limited,
         ],
     )
     return app

@@ -106,6 +106,9 @@ def build(raw: Mapping[str, Any], *, app: str, notes: list[str]) -> fn.FunctionC
     batch = raw.get("batchEvents")
     timeouts = raw.get("timeouts")
     singleton = raw.get("singleton")
+    if raw.get("idempotency") and rate:
+        notes.append(f"{slug}: idempotency overrides rateLimit, as in Inngest; the rate limit is not applied")
+        rate = None
     if batch and batch.get("if"):
         notes.append(f"{slug}: batchEvents.if is not supported yet; every event is batched")
     cancel = []
