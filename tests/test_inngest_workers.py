@@ -26,3 +26,19 @@ async def test_worker_process_runs_functions_synced_through_the_server(db_url: s
             finally:
                 worker.terminate()
                 worker.wait(10)
+
+
+async def test_run_survives_a_server_restart_mid_sleep(db_url: str) -> None:
+    """The SDK functions and the run's memoized steps come back from the store after a restart."""
+    async with stepline_server(db_url) as first:
+        with NodeApp({"INNGEST_DEV": first.url}) as node:
+            await first.sync(node.url)
+            event_id = await first.send("ts/sleep")
+            run_id = (await first.run_for(event_id, "ts-app-sleeper"))["id"]
+            await first.status(run_id, "sleeping")
+            async with stepline_server(db_url) as second:  # another process would do the same
+                await first.engine.stop(grace=1.0)
+                run = await second.finished(run_id)
+                assert run["status"] == "completed" and run["output"] == "1-1", run
+            counts = (await node.counts())["counts"]
+            assert counts["sleep.before"] == 1 and counts["sleep.after"] == 1
