@@ -205,3 +205,12 @@ async def test_promise_race_takes_the_first_to_finish(env: tuple[Server, NodeApp
     run = await _run(server, "ts/race", "racer")
     assert run["status"] == "completed", run
     assert run["output"] == "winner: fast"
+
+
+async def test_failed_parallel_step_is_raised_in_user_code(env: tuple[Server, NodeApp]) -> None:
+    server, _ = env
+    run = await _run(server, "ts/parallel-fail", "parallel-fail")
+    assert run["status"] == "completed", run
+    assert run["output"] == "caught Error: bad branch"
+    bad = next(s for s in run["steps"] if s["status"] == "failed")
+    assert bad["error"]["message"] == "bad branch" and bad["error"].get("__serialized") is True

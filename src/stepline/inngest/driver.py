@@ -47,6 +47,7 @@ class Driver:
         self.memos: dict[str, Any] = {}
         self.stack: list[str] = []
         self.attempts: dict[str, int] = {}
+        self.errors: dict[str, Any] = {}  # the app's own error per failed step, sent back as reported
         self.version = -1
         bodies = [e.to_dict() for e in (ctx.events or [ctx.event])]
         self.events = [events.to_sdk(b) for b in bodies]
@@ -193,7 +194,7 @@ class Driver:
         try:
             value = await self.step.record_step(sid, kind, compute, describe)
         except errors.StepError as exc:
-            error = op.get("error") if op.get("op") in ("StepError", "StepFailed") and op.get("error") else exc.to_dict()
+            error = self.errors.get(sid) or op.get("error") or exc.to_dict()
             self.done(sid, memos.error_memo(error, "run"))
             return
         self.done(sid, {"data": value})
@@ -215,6 +216,7 @@ class Driver:
                     data = data.get("data")
                 return data
             if kind in ("StepError", "StepFailed"):
+                self.errors[sid] = op.get("error")
                 raise protocol.make_error(op.get("error"), final=kind == "StepFailed" or reply.no_retry, retry_after=reply.retry_after)
         raise protocol.make_error({"name": "StepNotFound", "message": f"the app did not run the planned step {sid}"}, final=False)
 

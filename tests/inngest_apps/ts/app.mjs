@@ -156,9 +156,21 @@ const racer = inngest.createFunction(
   },
 );
 
+const parallelFail = inngest.createFunction(
+  { id: "parallel-fail", retries: 0, triggers: [{ event: "ts/parallel-fail" }] },
+  async ({ step }) => {
+    try {
+      await Promise.all([step.run("ok", () => 1), step.run("bad", () => { throw new Error("bad branch"); })]);
+      return "no error";
+    } catch (err) {
+      return `caught ${err.name}: ${err.message}`;
+    }
+  },
+);
+
 const handler = serve({
   client: inngest,
-  functions: [steps, sleeper, waiter, child, parent, sender, onSent, parallel, flaky, nonretry, retryAfter, cancellable, throttled, limited, debounced, asker, racer],
+  functions: [steps, sleeper, waiter, child, parent, sender, onSent, parallel, flaky, nonretry, retryAfter, cancellable, throttled, limited, debounced, asker, racer, parallelFail],
 });
 
 const server = http.createServer((req, res) => {
