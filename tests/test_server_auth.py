@@ -109,7 +109,7 @@ def test_stepline_start_refuses_to_run_without_keys(tmp_path) -> None:  # type: 
     env = {k: v for k, v in os.environ.items() if k not in ("STEPLINE_EVENT_KEY", "STEPLINE_API_TOKEN")}
     result = subprocess.run(
         [sys.executable, "-m", "stepline.cli", "start", "--db", str(tmp_path / "x.db")],
-        cwd=REPO, env={**env, "PYTHONPATH": REPO}, capture_output=True, text=True, timeout=60,
+        check=False, cwd=REPO, env={**env, "PYTHONPATH": REPO}, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode != 0
     assert "STEPLINE_EVENT_KEY" in result.stderr and "STEPLINE_API_TOKEN" in result.stderr

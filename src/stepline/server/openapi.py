@@ -165,8 +165,8 @@ def _path(name: str) -> dict[str, Any]:
 
 TIME_Q = {"type": "string", "pattern": _TIME_PATTERN}
 LIMIT_Q = {"type": "integer", "minimum": 1, "maximum": 500}
-API = [{"bearer": []}, {"session": []}]
-RUN_READ = [{"bearer": []}, {"session": []}, {"runToken": []}]
+API: list[dict[str, list[str]]] = [{"bearer": []}, {"session": []}]
+RUN_READ: list[dict[str, list[str]]] = [{"bearer": []}, {"session": []}, {"runToken": []}]
 
 
 def _op(summary: str, responses: dict[str, Any], *, params: list[dict[str, Any]] | None = None,

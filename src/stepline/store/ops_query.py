@@ -129,8 +129,9 @@ def list_events_txn(
     before_id: str | None = None,
     limit: int = 50,
 ) -> list[dict[str, Any]]:
-    """Newest first, each with how many runs it started and how many functions skipped it."""
-    where, params = [], []
+    """Newest first, each with the ids of the runs it started."""
+    where: list[str] = []
+    params: list[Any] = []
     if name is not None:
         where.append("name = ?")
         params.append(name)
