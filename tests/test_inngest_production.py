@@ -8,7 +8,8 @@ import httpx
 import pytest
 
 from stepline.inngest import protocol, signing
-from tests.inngest_apps.harness import NodeApp, Server, stepline_server
+from tests.inngest_apps import py_app
+from tests.inngest_apps.harness import NodeApp, Server, ThreadServer, free_port, stepline_server
 
 KEY = "signkey-prod-" + "ab12" * 16
 WRONG = "signkey-prod-" + "cd34" * 16
@@ -74,3 +75,19 @@ async def test_register_needs_the_signing_key(server: Server) -> None:
     assert right.status_code == 200 and right.json()["ok"] is True
     assert dev_app.status_code == 400 and "server kind" in dev_app.json()["error"]
     assert bad_event_key.status_code == 401
+
+
+async def test_python_sdk_in_production_mode(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in cloud_env(server, KEY).items():
+        monkeypatch.setenv(name, value)
+    port = free_port()
+    with ThreadServer(py_app.build(py_app.Recorder()), port):
+        async with httpx.AsyncClient() as client:
+            unsigned = await client.get(f"http://127.0.0.1:{port}/api/inngest")
+        assert unsigned.json()["mode"] == "cloud"  # so it checks every signature
+        await server.sync(f"http://127.0.0.1:{port}/api/inngest")
+        event_id = await server.send("py/send", {"k": 3}, key=EVENT_KEY)  # the step sends with INNGEST_EVENT_KEY
+        run = await server.finished((await server.run_for(event_id, "py-app-sender"))["id"])
+        assert run["status"] == "completed", run
+        sent = (await server.engine.store.get_event(run["output"][0]))
+        assert sent["name"] == "py/sent"
