@@ -10,9 +10,14 @@ Any number of processes on any number of machines share one database:
   or retries. Only when that cannot be known do callers get a ``StoreError``.
 - A transaction that made work due sends ``pg_notify`` before COMMIT (delivered only if
   it commits); a listener thread in every process wakes that process's workers, so the
-  worker's poll is only a safety net.
-- Readers come from a psycopg pool, each read in a read-only REPEATABLE READ transaction
-  (one snapshot, as on SQLite) and retried on a fresh connection if its one was lost.
+  worker's poll is only a safety net. ``Conn.signal`` (a run cancelled elsewhere) rides
+  a second channel to the listeners registered for its topic.
+- Readers come from a psycopg pool sized from the worker's concurrency, each read in a
+  read-only REPEATABLE READ transaction (one snapshot, as on SQLite) and retried on a
+  fresh connection if its one was lost.
+- Concurrent writers in other processes are ordered by row locks (``FOR UPDATE``, and
+  ``SKIP LOCKED`` for claims) and transaction-scoped advisory locks (``Conn.lock``); a
+  deadlock or serialization failure re-runs the whole uncommitted batch.
 """
 
 from __future__ import annotations
