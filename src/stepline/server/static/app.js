@@ -252,6 +252,16 @@ function timeline(run) {
     rows.length ? rows : h("p", { class: "muted" }, "No steps yet."));
 }
 
+function waitText(run) {
+  // Why a run that has not ended is not executing, with the step and time it waits on.
+  const reason = run.wait_reason.replaceAll("_", " ");
+  const held = run.steps.find((st) => ["sleeping", "waiting", "invoking", "retrying"].includes(st.status));
+  if (!held) return `Not running now: ${reason}`;
+  const until = held.wake_at ? ` until ${new Date(held.wake_at).toLocaleTimeString()}` : "";
+  const verb = { sleeping: "sleeping in", waiting: "waiting for an event in", invoking: "waiting for an invoked run in", retrying: "waiting to retry" }[held.status];
+  return `Not running now: ${reason} (${verb} step ${held.id}${until})`;
+}
+
 async function runPage(runId) {
   let run;
   const gen = generation;
@@ -282,7 +292,7 @@ async function runPage(runId) {
         h("div", {}, h("div", { class: "label" }, "User"), run.user_id || "—"),
         run.replay_of ? h("div", {}, h("div", { class: "label" }, "Replay of"), h("a", { href: `#/runs/${run.replay_of}` }, short(run.replay_of))) : "",
       ),
-      !ended && run.wait_reason ? h("p", { class: "wait", "data-testid": "wait-reason" }, `Not running now: ${run.wait_reason.replaceAll("_", " ")}`) : "",
+      !ended && run.wait_reason ? h("p", { class: "wait", "data-testid": "wait-reason" }, waitText(run)) : "",
       run.progress !== null ? h("div", { class: "progress-line" }, progress(run), h("span", { class: "muted" }, run.progress_message || "")) : "",
     );
     if (actions.dataset.status === run.status) return renderBody();
