@@ -73,7 +73,10 @@ EVENT = _obj(
         "skipped": {"type": "object", "additionalProperties": True},
     }
 )
-EVENT_SUMMARY = {"allOf": [ref("Event"), _obj({"run_ids": {"type": "array", "items": STR}})]}
+EVENT_SUMMARY = {"allOf": [ref("Event"), _obj({
+    "run_ids": {"type": "array", "items": STR},
+    "runs": {"type": "array", "items": _obj({"id": STR, "function_id": STR, "status": {"type": "string", "enum": STATUSES}})},
+})]}
 EVENT_DETAIL = {
     "allOf": [
         ref("Event"),

@@ -129,7 +129,7 @@ def list_events_txn(
     before_id: str | None = None,
     limit: int = 50,
 ) -> list[dict[str, Any]]:
-    """Newest first, each with the ids of the runs it started."""
+    """Newest first, each with the runs it started (id, function, status)."""
     where: list[str] = []
     params: list[Any] = []
     if name is not None:
@@ -149,13 +149,17 @@ def list_events_txn(
     events = [ops_read._event_dict(r) for r in rows]
     if events:
         marks = ", ".join("?" for _ in events)
-        run_ids: dict[str, list[str]] = {}
+        started: dict[str, list[dict[str, str]]] = {}
         for r in conn.all(
-            f"SELECT event_id, id FROM runs WHERE event_id IN ({marks}) ORDER BY id", [e["id"] for e in events]
+            f"SELECT event_id, id, function_id, status FROM runs WHERE event_id IN ({marks}) ORDER BY id",
+            [e["id"] for e in events],
         ):
-            run_ids.setdefault(r["event_id"], []).append(r["id"])
+            started.setdefault(r["event_id"], []).append(
+                {"id": r["id"], "function_id": r["function_id"], "status": r["status"]}
+            )
         for e in events:
-            e["run_ids"] = run_ids.get(e["id"], [])
+            e["runs"] = started.get(e["id"], [])
+            e["run_ids"] = [r["id"] for r in e["runs"]]
     return events
 
 

@@ -346,7 +346,8 @@ async function runPage(runId) {
 // --- events --------------------------------------------------------------------------
 
 function outcome(e) {
-  if (e.run_ids.length) return e.run_ids.map((id) => h("a", { class: "mono", href: `#/runs/${id}` }, short(id), " "));
+  if (e.runs.length) return e.runs.map((r) => h("div", { class: "started" },
+    h("a", { href: `#/runs/${r.id}` }, r.function_id), " ", badge(r.status)));
   const skipped = Object.entries(e.skipped || {});
   if (skipped.length) return h("span", { class: "muted" }, skipped.map(([f, why]) => `${f}: ${typeof why === "string" ? why : why.reason || "skipped"}`).join(", "));
   return h("span", { class: "muted" }, "no runs");
