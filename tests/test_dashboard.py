@@ -222,3 +222,18 @@ def test_production_dashboard_needs_a_login(serve, page: Page) -> None:  # noqa:
         assert client.post("/api/v1/events", json={"name": "srv/greet"}).status_code == 403
     page.get_by_role("button", name="Log out").click()
     expect(page).to_have_url(re.compile(r"/login$"))
+
+
+def test_bulk_cancel_from_the_runs_page(serve, page: Page) -> None:  # noqa: F811
+    server = serve(server_apps.app)
+    with httpx.Client(base_url=server.url) as client:
+        naps = [run_of_event(client, send_id) for send_id in
+                client.post("/e/dev", json=[{"name": "srv/nap"}] * 3).json()["ids"]]
+        for run in naps:
+            run_status(client, run["id"], "sleeping")
+        page.goto(f"{server.url}/#/runs?function_id=nap")
+        expect(page.get_by_test_id("runs").locator("[data-status=sleeping]")).to_have_count(3)
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.get_by_test_id("bulk-cancel").click()
+        expect(page.get_by_test_id("runs").locator("[data-status=cancelled]")).to_have_count(3)
+        assert {client.get(f"/api/v1/runs/{r['id']}").json()["status"] for r in naps} == {"cancelled"}
