@@ -13,12 +13,13 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Self
 
 import httpx
 import uvicorn
 
+from stepline.app import App
 from stepline.engine import Engine
 from stepline.inngest import InngestOptions, InngestRuntime, attach
 from stepline.server import create_app
@@ -85,11 +86,17 @@ async def _done(status: Any) -> bool:
 
 @contextlib.asynccontextmanager
 async def stepline_server(
-    db_url: str, *, dev: bool = True, signing_key: str = "", event_key: str = "", run_worker: bool = True
+    db_url: str,
+    *,
+    dev: bool = True,
+    signing_key: str = "",
+    event_key: str = "",
+    run_worker: bool = True,
+    apps: Sequence[App] = (),
 ) -> AsyncIterator[Server]:
     port = free_port()
     settings = TEST_SETTINGS.replace(db=db_url, port=port)
-    engine = Engine(open_store(db_url, migrate_now=False), settings, [])
+    engine = Engine(open_store(db_url, migrate_now=False), settings, list(apps))
     options = ServerOptions(dev=dev, event_key=event_key, api_token="token" if not dev else "")
     runtime = attach(engine, InngestOptions(dev=dev, signing_key=signing_key, reload_interval=0.5))
     await engine.start(run_worker=run_worker)

@@ -195,13 +195,18 @@ def build(rec: Recorder) -> fastapi.FastAPI:
     async def rate_limited(ctx: inngest.Context) -> str:
         return str(ctx.event.data["q"])
 
+    @client.create_function(fn_id="mixed", trigger=inngest.TriggerEvent(event="py/mixed"))
+    async def mixed(ctx: inngest.Context) -> Any:
+        # A native Stepline function of app "native", called the way SDK apps call each other.
+        return await ctx.step.invoke_by_id("call-native", app_id="native", function_id="shout", data={"text": "hi"})
+
     app = fastapi.FastAPI()
     inngest.fast_api.serve(
         app,
         client,
         [
             steps, sleeper, waiter, child, parent, sender, on_sent, parallel, flaky, nonretry, retry_after, cancellable,
-            fn_retry, recover, failing_child, careful_parent, batched, once_per_order, rate_limited,
+            fn_retry, recover, failing_child, careful_parent, batched, once_per_order, rate_limited, mixed,
         ],
     )
     return app

@@ -221,7 +221,7 @@ class Driver:
         raise protocol.make_error({"name": "StepNotFound", "message": f"the app did not run the planned step {sid}"}, final=False)
 
     async def invoke(self, sid: str, opts: dict[str, Any]) -> None:
-        function_id = str(opts.get("function_id") or "")
+        function_id = await self.rt.resolve_function_id(str(opts.get("function_id") or ""))
         payload = opts.get("payload") or {}
         data = dict(payload.get("data") or {})
         data["_inngest"] = {"fn_id": function_id, "correlation_id": f"{self.ctx.run_id}.{sid}"}

@@ -185,6 +185,12 @@ class InngestRuntime:
         run_sdk_function.__qualname__ = f"sdk:{slug}"
         return run_sdk_function
 
+    async def resolve_function_id(self, slug: str) -> str:
+        """SDK apps invoke ``<app id>-<function id>``; native functions answer to that too."""
+        if slug in self._functions:
+            return slug
+        return await self.engine.store.db.read(partial(store_ops.resolve_function_id_txn, slug=slug))
+
     async def journal(self, run_id: str) -> list[dict[str, Any]]:
         return await self.engine.store.db.read(partial(store_ops.journal_txn, run_id=run_id))
 

@@ -85,3 +85,14 @@ def invoke_txn(conn: db.Conn, function_id: str, data: dict[str, Any], now: int) 
         raise errors.NotFoundError(f"could not find function with ID: {function_id}; sync its app, or check the id (<app id>-<function id>)")
     event_id, body = ops_runs.insert_internal_event_txn(conn, event_mod.FUNCTION_INVOKED, data, now)
     return event_id, ops_runs.create_run_txn(conn, cfg, event_id, body, now, check_idempotency=False)
+
+
+def resolve_function_id_txn(conn: db.Conn, slug: str) -> str:
+    """The Stepline function an SDK means by ``slug``: itself, or a native function named
+    the way SDKs name functions (``<app id>-<function id>``)."""
+    if conn.one("SELECT id FROM functions WHERE id = ?", (slug,)):
+        return slug
+    for row in conn.all("SELECT id, app_id FROM functions ORDER BY id"):
+        if slug == f"{row['app_id']}-{row['id']}":
+            return str(row["id"])
+    return slug
