@@ -214,3 +214,15 @@ async def test_failed_parallel_step_is_raised_in_user_code(env: tuple[Server, No
     assert run["output"] == "caught Error: bad branch"
     bad = next(s for s in run["steps"] if s["status"] == "failed")
     assert bad["error"]["message"] == "bad branch" and bad["error"].get("__serialized") is True
+
+
+async def test_cron_function_gets_the_scheduled_timer_event(env: tuple[Server, NodeApp]) -> None:
+    server, _ = env
+    store = server.engine.store
+    (schedule,) = await store.cron_schedules([FN + "nightly"])
+    assert schedule["cron"] == "0 3 * * *" and schedule["timezone"] == "Europe/Paris"
+    run_id = await store.fire_cron(FN + "nightly", schedule["position"], schedule["next_tick"], schedule["next_tick"] + 86_400_000)
+    assert run_id is not None  # the tick the worker's cron loop would fire at 03:00 Paris time
+    run = await server.finished(run_id)
+    assert run["status"] == "completed", run
+    assert run["output"] == {"event": "inngest/scheduled.timer", "cron": "0 3 * * *"}

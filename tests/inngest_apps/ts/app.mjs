@@ -168,9 +168,14 @@ const parallelFail = inngest.createFunction(
   },
 );
 
+const nightly = inngest.createFunction(
+  { id: "nightly", triggers: [{ cron: "TZ=Europe/Paris 0 3 * * *" }] },
+  async ({ event, step }) => step.run("report", () => ({ event: event.name, cron: event.data.cron })),
+);
+
 const handler = serve({
   client: inngest,
-  functions: [steps, sleeper, waiter, child, parent, sender, onSent, parallel, flaky, nonretry, retryAfter, cancellable, throttled, limited, debounced, asker, racer, parallelFail],
+  functions: [steps, sleeper, waiter, child, parent, sender, onSent, parallel, flaky, nonretry, retryAfter, cancellable, throttled, limited, debounced, asker, racer, parallelFail, nightly],
 });
 
 const server = http.createServer((req, res) => {
