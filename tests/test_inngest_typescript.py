@@ -226,3 +226,11 @@ async def test_cron_function_gets_the_scheduled_timer_event(env: tuple[Server, N
     run = await server.finished(run_id)
     assert run["status"] == "completed", run
     assert run["output"] == {"event": "inngest/scheduled.timer", "cron": "0 3 * * *"}
+
+
+async def test_parallel_branch_retries_alone(env: tuple[Server, NodeApp]) -> None:
+    server, node = env
+    run = await _run(server, "ts/parallel-retry", "parallel-retry")
+    assert run["status"] == "completed" and run["output"] == "ab", run
+    counts = (await node.counts())["counts"]
+    assert counts["pr.steady"] == 1 and counts["pr.wobbly"] == 2

@@ -173,9 +173,23 @@ const nightly = inngest.createFunction(
   async ({ event, step }) => step.run("report", () => ({ event: event.name, cron: event.data.cron })),
 );
 
+const parallelRetry = inngest.createFunction(
+  { id: "parallel-retry", retries: 2, triggers: [{ event: "ts/parallel-retry" }] },
+  async ({ step }) => {
+    const [a, b] = await Promise.all([
+      step.run("steady", () => { hit("pr.steady"); return "a"; }),
+      step.run("wobbly", () => {
+        if (hit("pr.wobbly") === 1) throw new Error("first try fails");
+        return "b";
+      }),
+    ]);
+    return step.run("join", () => a + b);
+  },
+);
+
 const handler = serve({
   client: inngest,
-  functions: [steps, sleeper, waiter, child, parent, sender, onSent, parallel, flaky, nonretry, retryAfter, cancellable, throttled, limited, debounced, asker, racer, parallelFail, nightly],
+  functions: [steps, sleeper, waiter, child, parent, sender, onSent, parallel, flaky, nonretry, retryAfter, cancellable, throttled, limited, debounced, asker, racer, parallelFail, nightly, parallelRetry],
 });
 
 const server = http.createServer((req, res) => {
