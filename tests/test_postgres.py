@@ -326,3 +326,18 @@ async def test_a_claim_never_misses_a_checkpoint_committing_under_an_expired_lea
     finally:
         await other.stop(grace=1.0)
         await engine.stop(grace=1.0)
+
+
+async def test_statements_prepared_before_a_migration_keep_working_after_it(
+    pg: postgres.PostgresDatabase, postgres_url: str
+) -> None:
+    """A rolling upgrade: `stepline migrate` adds a column while processes keep running."""
+    await pg.write(lambda conn: conn.execute("INSERT INTO scratch (id) VALUES ('a')"))
+    for _ in range(8):  # past psycopg's threshold, the statements are prepared on the server
+        await pg.write(lambda conn: conn.all("SELECT * FROM scratch"))
+        await pg.read(lambda conn: conn.all("SELECT * FROM scratch"))
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE scratch ADD COLUMN added TEXT")
+    expected = [{"id": "a", "note": None, "added": None}]
+    assert await pg.write(lambda conn: conn.all("SELECT * FROM scratch")) == expected
+    assert await pg.read(lambda conn: conn.all("SELECT * FROM scratch")) == expected

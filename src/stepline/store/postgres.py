@@ -131,6 +131,11 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
+def _stale_plan(exc: BaseException) -> bool:
+    """A statement psycopg prepared before a migration changed the table's columns."""
+    return isinstance(exc, pg_errors.FeatureNotSupported) and "cached plan" in str(exc)
+
+
 def _lost(raw: psycopg.Connection[Any] | None) -> bool:
     return raw is None or raw.closed or raw.broken
 
@@ -316,6 +321,13 @@ class PostgresDatabase(db.Database):
             if not retry_transient:
                 raise
             raise _RetryBatch() from exc
+        except pg_errors.FeatureNotSupported as exc:
+            if not (retry_transient and _stale_plan(exc)):
+                self._rollback(raw)
+                raise
+            # Its prepared statements predate a schema change: a new connection has none.
+            link.drop()
+            raise _RetryBatch() from exc
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             if not _lost(raw):
                 self._rollback(raw)
@@ -340,7 +352,7 @@ class PostgresDatabase(db.Database):
     @staticmethod
     def _reraise_if_retryable(raw: psycopg.Connection[Any], exc: Exception, retry_transient: bool) -> None:
         """A lost connection or a deadlock spoils the whole batch, not just this op."""
-        if _lost(raw) or (retry_transient and isinstance(exc, TRANSIENT)):
+        if _lost(raw) or (retry_transient and (isinstance(exc, TRANSIENT) or _stale_plan(exc))):
             raise exc
 
     @staticmethod
@@ -401,6 +413,10 @@ class PostgresDatabase(db.Database):
                     try:
                         with raw.transaction():
                             return op(PostgresConn(raw))
+                    except pg_errors.FeatureNotSupported as exc:
+                        if not _stale_plan(exc) or time.monotonic() > deadline:
+                            raise
+                        raw.close()  # prepared before a schema change; the pool replaces it
                     except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                         if not _lost(raw):
                             raise
