@@ -119,7 +119,9 @@ def parse_retry_after(value: str | None) -> float | None:
 def strip_sync_params(url: str) -> str:
     """Drop ``deployId`` and ``probe``, which the TS SDK leaves in the URLs it reports."""
     parsed = httpx.URL(url)
-    params = [(k, v) for k, v in parsed.params.multi_items() if k not in ("deployId", "probe")]
+    params: list[tuple[str, str | int | float | bool | None]] = [
+        (k, v) for k, v in parsed.params.multi_items() if k not in ("deployId", "probe")
+    ]
     return str(parsed.copy_with(params=httpx.QueryParams(params) if params else None))
 
 

@@ -287,7 +287,7 @@ class InngestRuntime:
     def _status(self, url: str, app: str, body: dict[str, Any], *, error: str | None = None, notes: list[str] | None = None) -> None:
         status = self.apps.get(url) or AppStatus(url=url)
         status.name, status.sdk, status.framework = app, body.get("sdk"), body.get("framework")
-        status.functions = [f.get("id") for f in body.get("functions") or [] if isinstance(f, dict)]
+        status.functions = [str(f.get("id")) for f in body.get("functions") or [] if isinstance(f, dict)]
         status.synced_at, status.error, status.notes = now_ms(), error, notes or []
         self.apps[url] = status
 
