@@ -4,8 +4,9 @@
   concurrency cap holds across the processes.
 - A worker SIGKILLed mid-step: a surviving worker finishes its run once the lease expires.
 - A worker SIGTERMed mid-step: it releases the run, which another worker resumes at once.
-- PostgreSQL restarted mid-load: workers and the API server reconnect by themselves,
-  every acknowledged event gets its run, and no run is left stuck.
+- PostgreSQL restarted mid-load: workers and two API replicas reconnect by themselves,
+  every acknowledged event gets its run (once, though each was sent to both replicas),
+  and no run is left stuck.
 
 Step executions are counted with one file each (see ``tests/apps_scaleout.py``).
 """
@@ -13,6 +14,7 @@ Step executions are counted with one file each (see ``tests/apps_scaleout.py``).
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -289,35 +291,45 @@ async def test_sigkilled_worker_mid_step_its_run_is_finished_by_another_after_th
 
 @pytest.mark.timeout(300)
 def test_postgres_restart_mid_load_loses_no_acknowledged_event_and_strands_no_run(
-    cluster: Cluster, unused_tcp_port: int
+    cluster: Cluster, unused_tcp_port_factory: Any
 ) -> None:
     # Leases outlast the restart: this test is about reconnecting, not about lease expiry.
     cluster.env.update(STEPLINE_EVENT_KEY=EVENT_KEY, STEPLINE_API_TOKEN=API_TOKEN, STEPLINE_LEASE="30")
     workers = [cluster.worker() for _ in range(4)]
-    url = cluster.api(unused_tcp_port)
+    urls = [cluster.api(unused_tcp_port_factory()) for _ in range(2)]
     total, batch = 600, 20
     acknowledged: dict[str, str] = {}
     failures: list[str] = []
+    disagreements: list[tuple[list[str], list[str]]] = []
     sent_enough = threading.Event()
 
+    def send_batch(client: stepline.Client, jobs: list[dict[str, Any]]) -> list[str]:
+        """Send until acknowledged: the stable ids make a repeat harmless."""
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                return client.send(jobs)
+            except errors.SteplineError as exc:
+                failures.append(str(exc))
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
     def send_all() -> None:
-        """Send batches with stable ids; a batch that was not acknowledged is sent again."""
-        with stepline.Client(url, EVENT_KEY, timeout=60) as client:
+        """Each batch goes to both API replicas at once, as a client retrying through a
+        load balancer might: de-duplication must keep one event and one run per id."""
+        clients = [stepline.Client(url, EVENT_KEY, timeout=60) for url in urls]
+        with concurrent.futures.ThreadPoolExecutor(len(clients)) as pool:
             for start in range(0, total, batch):
                 jobs = [{"name": "scale/job", "id": f"job-{n}", "data": {"n": n}} for n in range(start, start + batch)]
-                deadline = time.monotonic() + 90
-                while True:
-                    try:
-                        ids = client.send(jobs)
-                        break
-                    except errors.SteplineError as exc:
-                        failures.append(str(exc))
-                        if time.monotonic() > deadline:
-                            raise
-                        time.sleep(0.2)
-                acknowledged.update({job["id"]: event_id for job, event_id in zip(jobs, ids)})
+                first, second = [f.result() for f in [pool.submit(send_batch, c, jobs) for c in clients]]
+                if first != second:
+                    disagreements.append((first, second))
+                acknowledged.update({job["id"]: event_id for job, event_id in zip(jobs, first)})
                 if len(acknowledged) >= total // 3:
                     sent_enough.set()
+        for client in clients:
+            client.close()
         sent_enough.set()
 
     thread = threading.Thread(target=send_all)
@@ -327,6 +339,7 @@ def test_postgres_restart_mid_load_loses_no_acknowledged_event_and_strands_no_ru
     thread.join(200)
     assert not thread.is_alive()
     assert len(acknowledged) == total, f"{len(acknowledged)} of {total} acknowledged; errors: {failures[:3]}"
+    assert not disagreements, f"two replicas acknowledged one event id with different ids: {disagreements[:1]}"
 
     wait_until(lambda: all_completed(cluster.db_url, "scale-pipeline", total), timeout=200, what="every run", cluster=cluster)
 
@@ -347,7 +360,8 @@ def test_postgres_restart_mid_load_loses_no_acknowledged_event_and_strands_no_ru
     for _, log in cluster.procs:
         assert "writer's connection to PostgreSQL was lost" in log.read_text(errors="replace"), cluster.log_tails()
     with contextlib.closing(httpx.Client(timeout=10)) as http:
-        assert http.get(f"{url}/health").status_code == 200
+        for url in urls:
+            assert http.get(f"{url}/health").status_code == 200
     cluster.stop()
     assert_nothing_stuck(cluster.db_url)
 
