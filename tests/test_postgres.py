@@ -341,3 +341,33 @@ async def test_statements_prepared_before_a_migration_keep_working_after_it(
     expected = [{"id": "a", "note": None, "added": None}]
     assert await pg.write(lambda conn: conn.all("SELECT * FROM scratch")) == expected
     assert await pg.read(lambda conn: conn.all("SELECT * FROM scratch")) == expected
+
+
+async def test_the_same_event_ids_and_idempotency_keys_sent_to_two_processes_at_once_count_once(
+    postgres_url: str,
+) -> None:
+    app = stepline.App("dedup-race")
+
+    @app.function(id="once-per-order", trigger=stepline.TriggerEvent("order/paid"), idempotency="event.data.order")
+    async def once(ctx: stepline.Context) -> None:
+        return None
+
+    settings = TEST_SETTINGS.replace(db=postgres_url)
+    first = Engine(open_store(postgres_url, migrate_now=False), settings, [app])
+    second = Engine(open_store(postgres_url, migrate_now=False), settings)
+    await first.start(run_worker=False)
+    await second.start(run_worker=False)
+    try:
+        for start in range(0, 200, 20):
+            same_ids = [{"name": "dup/x", "id": f"e-{n}", "data": {}} for n in range(start, start + 20)]
+            a, b = await asyncio.gather(first.send_many(same_ids), second.send_many(same_ids))
+            assert a == b, "both processes answer with the one stored event's id"
+            orders = [{"name": "order/paid", "data": {"order": n}} for n in range(start, start + 20)]
+            await asyncio.gather(first.send_many(orders), second.send_many(orders))
+    finally:
+        await second.stop(grace=1.0)
+        await first.stop(grace=1.0)
+    with psycopg.connect(postgres_url) as conn:
+        assert conn.execute("SELECT count(*) FROM events WHERE name = 'dup/x'").fetchone() == (200,)
+        assert conn.execute("SELECT count(*) FROM events WHERE name = 'order/paid'").fetchone() == (400,)
+        assert conn.execute("SELECT count(*) FROM runs WHERE function_id = 'once-per-order'").fetchone() == (200,)

@@ -120,6 +120,7 @@ def create_run_txn(
     if check_idempotency and cfg.get("idempotency"):
         key = expressions.key(cfg["idempotency"], variables)
         if key:
+            conn.lock("idempotency", fn_id, key)  # two servers taking the same key start one run
             used = conn.one(
                 "SELECT run_id, expires_at FROM idempotency_keys WHERE function_id = ? AND key = ?", (fn_id, key)
             )
