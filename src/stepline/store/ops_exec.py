@@ -438,14 +438,15 @@ def finish_run_txn(
 ) -> None:
     """End a run the worker holds; a final failure sends ``stepline/function.failed``."""
     _hold(conn, run_id, worker_id)
+    if not ops_runs.end_run_txn(conn, run_id, status, output, error, now) or status != "failed":
+        return
+    # Only a failure needs the event and config (ending the run changes neither).
     row = conn.one(
         "SELECT r.function_id, e.body, f.config FROM runs r JOIN events e ON e.id = r.event_id "
         "LEFT JOIN functions f ON f.id = r.function_id WHERE r.id = ?",
         (run_id,),
     )
-    if not ops_runs.end_run_txn(conn, run_id, status, output, error, now) or row is None:
-        return
-    if status != "failed":
+    if row is None:
         return
     cfg = jsonutil.loads(row["config"]) if row["config"] else {}
     if cfg.get("failure_handler_for"):
