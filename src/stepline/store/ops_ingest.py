@@ -18,6 +18,7 @@ def ingest_txn(conn: db.Conn, events: list[event_mod.Event], now: int) -> list[s
     first id is returned in its place.
     """
     out: list[str] = []
+    triggers: dict[str, list[tuple[str, str | None, dict[str, Any]]]] = {}
     for ev in events:
         if ev.id is not None:
             conn.lock("event-id", ev.id)  # two servers receiving the same id store it once
@@ -38,27 +39,42 @@ def ingest_txn(conn: db.Conn, events: list[event_mod.Event], now: int) -> list[s
                 (ev.id, event_id, now + DEDUP_WINDOW_MS),
             )
         ops_runs.resolve_waits_txn(conn, body, now)
-        start_triggered_runs_txn(conn, event_id, body, now)
+        start_triggered_runs_txn(conn, event_id, body, now, triggers)
         out.append(event_id)
     return out
 
 
-def start_triggered_runs_txn(conn: db.Conn, event_id: str, body: dict[str, Any], now: int) -> None:
-    """Admit the event into every function whose trigger matches; record why any started no run."""
-    rows = conn.all(
-        "SELECT t.function_id, t.expression, f.config FROM triggers t "
-        "JOIN functions f ON f.id = t.function_id WHERE t.event_name = ? ORDER BY t.function_id, t.position",
-        (body["name"],),
-    )
+def start_triggered_runs_txn(
+    conn: db.Conn,
+    event_id: str,
+    body: dict[str, Any],
+    now: int,
+    triggers: dict[str, list[tuple[str, str | None, dict[str, Any]]]] | None = None,
+) -> None:
+    """Admit the event into every function whose trigger matches; record why any started no run.
+
+    ``triggers`` caches the matching functions per event name within one transaction,
+    so a batch of same-named events reads and parses each config once.
+    """
+    name = body["name"]
+    matching = None if triggers is None else triggers.get(name)
+    if matching is None:
+        rows = conn.all(
+            "SELECT t.function_id, t.expression, f.config FROM triggers t "
+            "JOIN functions f ON f.id = t.function_id WHERE t.event_name = ? ORDER BY t.function_id, t.position",
+            (name,),
+        )
+        matching = [(r["function_id"], r["expression"], jsonutil.loads(r["config"])) for r in rows]
+        if triggers is not None:
+            triggers[name] = matching
     admitted: set[str] = set()
     skipped: dict[str, str] = {}
     variables = {"event": body}
-    for row in rows:
-        fn_id = row["function_id"]
-        if fn_id in admitted or not expressions.matches(row["expression"], variables):
+    for fn_id, expression, cfg in matching:
+        if fn_id in admitted or not expressions.matches(expression, variables):
             continue
         admitted.add(fn_id)
-        reason = ops_admission.admit_txn(conn, jsonutil.loads(row["config"]), event_id, body, now)
+        reason = ops_admission.admit_txn(conn, cfg, event_id, body, now)
         if reason is not None and not reason.startswith("batched"):
             skipped[fn_id] = reason
     for fn_id, reason in skipped.items():
