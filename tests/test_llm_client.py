@@ -254,3 +254,27 @@ async def test_a_silent_provider_times_out_as_retryable(fake: FakeProvider) -> N
     fake.script(Reply(text="slow but steady " * 5, chunk_delay=0.05))  # gaps under the limit are fine
     done = await fake.llm(read_timeout=0.5).complete(model="m", messages="x", stream=True)
     assert done.text.startswith("slow but steady")
+
+
+async def test_repeated_cancellation_still_closes_the_stream(fake: FakeProvider) -> None:
+    import asyncio
+
+    fake.script(Reply(text="tick " * 400, chunk_delay=0.05))
+    started = asyncio.Event()
+
+    async def on_delta(text: str) -> None:
+        started.set()
+        await asyncio.sleep(0.01)  # a publish in progress when the run is cancelled
+
+    call = asyncio.ensure_future(fake.llm().complete(model="m", messages="x", stream=True, on_delta=on_delta))
+    await started.wait()
+    for _ in range(3):  # a cancelled run can be cancelled by more than one path
+        call.cancel()
+        await asyncio.sleep(0)
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    for _ in range(200):
+        if fake.disconnects:
+            break
+        await asyncio.sleep(0.02)
+    assert fake.disconnects == 1

@@ -8,6 +8,7 @@ the classes in ``stepline.llm.errors``, which the engine already knows how to re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 import weakref
@@ -134,14 +135,33 @@ class LLM:
         **params: Any,
     ) -> Completion:
         """One call. With ``stream=True``, ``on_delta(text)`` gets each piece as it arrives."""
+        # The call runs in its own task and is cancelled exactly once, however often the
+        # caller is: a second cancellation landing inside the HTTP library's cleanup leaves
+        # the connection open, and the provider keeps generating (and billing).
+        call = asyncio.ensure_future(self._complete(model, messages, stream, on_delta, provider, params))
+        try:
+            return await asyncio.shield(call)
+        except asyncio.CancelledError:
+            call.cancel()
+            while not call.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait({call})
+            raise
+
+    async def _complete(
+        self, model: str, messages: Any, stream: bool, on_delta: OnDelta | None, provider: str | None, params: dict[str, Any]
+    ) -> Completion:
         target, model_name = self.resolve(model, provider)
         chat = normalise_messages(messages)
         wire = wire_anthropic if target.wire == "anthropic" else wire_openai
         url, headers, body = wire.request(target, model_name, chat, stream, params)
         timeout = httpx.Timeout(connect=target.connect_timeout, read=target.read_timeout, write=30.0, pool=target.connect_timeout)
         started = time.monotonic()
+        client = self._client()
+        request = client.build_request("POST", url, headers=headers, content=orjson.dumps(body), timeout=timeout)
         try:
-            async with self._client().stream("POST", url, headers=headers, content=orjson.dumps(body), timeout=timeout) as response:
+            response = await client.send(request, stream=True)
+            try:
                 if response.status_code >= 400:
                     raise self._status_error(target, model_name, response.status_code, response.headers, await response.aread())
                 content_type = response.headers.get("content-type", "")
@@ -151,6 +171,8 @@ class LLM:
                     acc = self._read_body(target, model_name, await response.aread())
                     if stream and on_delta is not None and "".join(acc.text):
                         await on_delta("".join(acc.text))  # the server ignored stream=True
+            finally:
+                await response.aclose()
         except httpx.TransportError as exc:
             raise llm_errors.connection_failed(target.name, target.base_url, exc) from exc
         return self._completion(target, model_name, acc, int((time.monotonic() - started) * 1000))
