@@ -5,6 +5,7 @@ processes, and readers that reconnect by themselves."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -371,3 +372,40 @@ async def test_the_same_event_ids_and_idempotency_keys_sent_to_two_processes_at_
         assert conn.execute("SELECT count(*) FROM events WHERE name = 'dup/x'").fetchone() == (200,)
         assert conn.execute("SELECT count(*) FROM events WHERE name = 'order/paid'").fetchone() == (400,)
         assert conn.execute("SELECT count(*) FROM runs WHERE function_id = 'once-per-order'").fetchone() == (200,)
+
+
+async def test_singleton_debounce_and_batch_keys_first_seen_by_two_processes_at_once_start_one_run(
+    postgres_url: str,
+) -> None:
+    app = stepline.App("first-key-race")
+
+    @app.function(id="single", trigger=stepline.TriggerEvent("k/single"), singleton=stepline.Singleton(key="event.data.k"))
+    async def single(ctx: stepline.Context) -> None:
+        return None
+
+    @app.function(id="debounced", trigger=stepline.TriggerEvent("k/debounced"), debounce=stepline.Debounce(period=60, key="event.data.k"))
+    async def debounced(ctx: stepline.Context) -> None:
+        return None
+
+    @app.function(id="batched", trigger=stepline.TriggerEvent("k/batched"), batch_events=stepline.Batch(max_size=10, timeout=60, key="event.data.k"))
+    async def batched(ctx: stepline.Context) -> None:
+        return None
+
+    settings = TEST_SETTINGS.replace(db=postgres_url)
+    first = Engine(open_store(postgres_url, migrate_now=False), settings, [app])
+    second = Engine(open_store(postgres_url, migrate_now=False), settings)
+    await first.start(run_worker=False)
+    await second.start(run_worker=False)
+    keys = 20
+    try:
+        for name in ("k/single", "k/debounced", "k/batched"):
+            events = [{"name": name, "data": {"k": k}} for k in range(keys)]
+            await asyncio.gather(first.send_many(events), second.send_many(events))
+    finally:
+        await second.stop(grace=1.0)
+        await first.stop(grace=1.0)
+    with psycopg.connect(postgres_url) as conn:
+        counts = dict(conn.execute("SELECT function_id, count(*) FROM runs GROUP BY function_id").fetchall())
+        sizes = {len(json.loads(b)) for (b,) in conn.execute("SELECT batch_event_ids FROM runs WHERE function_id = 'batched'")}
+    assert counts == {"single": keys, "debounced": keys, "batched": keys}, "one run per key and function"
+    assert sizes == {2}, "both processes' events joined the key's one batch"

@@ -42,6 +42,7 @@ def _key(expr: str | None, body: dict[str, Any]) -> str:
 
 def _lock_row(conn: db.Conn, table: str, function_id: str, key: str, columns: str) -> dict[str, Any] | None:
     """Lock an existing (function_id, key) row and return it (a no-op update takes the lock)."""
+    conn.lock(table, function_id, key)  # the row may not exist yet: two servers must not both create it
     return conn.one(
         f"UPDATE {table} SET key = key WHERE function_id = ? AND key = ? RETURNING {columns}", (function_id, key)
     )
