@@ -125,12 +125,12 @@ def test_replay_a_failed_run_and_rerun_from_the_failed_step(serve, page: Page) -
         shot(page, "run-detail")
 
 
-def _seed_usage(server: LiveServer) -> None:
+def _seed_usage(server: LiveServer, first_run_id: str = "r1") -> None:
     """Model-call rows as the LLM layer writes them, over the last few days."""
     day = 86_400_000
     now = now_ms()
     rows = [
-        ("r1", "call-model", "greet", "u1", "openrouter", "deepseek/deepseek-r1", 1200, 900, 400, 0, 0.0121, 31000, now - 3 * day),
+        (first_run_id, "call-model", "greet", "u1", "openrouter", "deepseek/deepseek-r1", 1200, 900, 400, 0, 0.0121, 31000, now - 3 * day),
         ("r2", "call-model", "greet", "u2", "openrouter", "deepseek/deepseek-r1", 800, 1400, 700, 0, 0.0164, 42000, now - 2 * day),
         ("r3", "call-model", "greet", "u1", "openai", "gpt-4o-mini", 300, 120, 0, 100, 0.0003, 1800, now - day),
         ("r4", "call-model", "greet", "u3", "openrouter", "deepseek/deepseek-r1", 2100, 1600, 800, 0, 0.0233, 51000, now),

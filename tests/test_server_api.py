@@ -183,7 +183,11 @@ def test_metrics_json_prometheus_and_health(api: httpx.Client) -> None:
     run_status(api, run_of_event(api, send(api, "srv/nap"))["id"], "sleeping")
     from tests.test_dashboard import _seed_usage
 
-    _seed_usage(api.server)  # type: ignore[attr-defined]
+    greet = api.get("/api/v1/runs", params={"function_id": "greet", "limit": 1}).json()["data"][0]
+    assert api.get(f"/api/v1/runs/{greet['id']}").json()["usage"]["calls"] == 0
+    _seed_usage(api.server, first_run_id=greet["id"])  # type: ignore[attr-defined]
+    usage = conforms(api.get(f"/api/v1/runs/{greet['id']}"), "/api/v1/runs/{run_id}")["usage"]
+    assert usage["calls"] == 1 and usage["total_tokens"] == 2100 and usage["cost_usd"] == pytest.approx(0.0121)
     m = conforms(api.get("/api/v1/metrics", params={"window": "1h", "days": 7}), "/api/v1/metrics")
     fns = {f["function_id"]: f for f in m["functions"]}
     assert fns["greet"]["completed"] == 4 and fns["greet"]["success_rate"] == 1.0

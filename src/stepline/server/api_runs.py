@@ -52,7 +52,10 @@ async def get_run(request: Request) -> Response:
     denied, by_token = common.check_run_access(request, run_id)
     if denied is not None:
         return denied
-    return _cors(JSON(await common.engine(request).get_run(run_id)), by_token)
+    engine = common.engine(request)
+    run = await engine.get_run(run_id)
+    run["usage"] = await engine.store.metrics_query("run_usage", run_id=run_id)  # tokens and cost, as the seeds show
+    return _cors(JSON(run), by_token)
 
 
 @common.guard

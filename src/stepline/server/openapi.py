@@ -55,6 +55,11 @@ STEP = _obj(
         "meta": ANY, "attempt_history": {"type": "array", "items": ref("Attempt")},
     }
 )
+USAGE = {
+    "calls": {"type": "integer"}, "prompt_tokens": {"type": "integer"}, "completion_tokens": {"type": "integer"},
+    "reasoning_tokens": {"type": "integer"}, "cached_tokens": {"type": "integer"},
+    "total_tokens": {"type": "integer"}, "cost_usd": {"type": "number"},
+}
 RUN_DETAIL = {
     "allOf": [
         ref("Run"),
@@ -63,6 +68,7 @@ RUN_DETAIL = {
                 "event": _nullable({"type": "object"}),
                 "steps": {"type": "array", "items": ref("Step")},
                 "function_attempts": {"type": "array", "items": {"type": "object"}},
+                "usage": _obj(USAGE),
             }
         ),
     ]
@@ -100,11 +106,6 @@ FUNCTION = _obj(
         "config": {"type": "object"}, "updated_at": TIME, "counts": COUNTS,
     }
 )
-USAGE = {
-    "calls": {"type": "integer"}, "prompt_tokens": {"type": "integer"}, "completion_tokens": {"type": "integer"},
-    "reasoning_tokens": {"type": "integer"}, "cached_tokens": {"type": "integer"},
-    "total_tokens": {"type": "integer"}, "cost_usd": {"type": "number"},
-}
 INT = {"type": "integer"}
 METRICS = _obj(
     {

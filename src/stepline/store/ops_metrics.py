@@ -100,7 +100,7 @@ def function_stats_txn(conn: db.Conn, since_ms: int) -> list[dict[str, Any]]:
 
 
 def _day(bucket: int) -> str:
-    return dt.datetime.fromtimestamp(bucket * DAY_MS / 1000, dt.timezone.utc).date().isoformat()
+    return dt.datetime.fromtimestamp(bucket * DAY_MS / 1000, dt.UTC).date().isoformat()
 
 
 _USAGE_SUMS = (
@@ -110,15 +110,15 @@ _USAGE_SUMS = (
 
 
 def _usage(row: dict[str, Any]) -> dict[str, Any]:
-    prompt, completion = int(row["prompt_tokens"] or 0), int(row["completion_tokens"] or 0)
+    prompt, completion = int(row.get("prompt_tokens") or 0), int(row.get("completion_tokens") or 0)
     return {
-        "calls": int(row["calls"] or 0),
+        "calls": int(row.get("calls") or 0),
         "prompt_tokens": prompt,
         "completion_tokens": completion,
-        "reasoning_tokens": int(row["reasoning_tokens"] or 0),
-        "cached_tokens": int(row["cached_tokens"] or 0),
+        "reasoning_tokens": int(row.get("reasoning_tokens") or 0),
+        "cached_tokens": int(row.get("cached_tokens") or 0),
         "total_tokens": prompt + completion,
-        "cost_usd": round(float(row["cost_usd"] or 0.0), 6),
+        "cost_usd": round(float(row.get("cost_usd") or 0.0), 6),
     }
 
 
@@ -148,6 +148,12 @@ def usage_by_user_txn(conn: db.Conn, since_ms: int, limit: int = 100) -> list[di
             (since_ms, limit),
         )
     ]
+
+
+def run_usage_txn(conn: db.Conn, run_id: str) -> dict[str, Any]:
+    """Tokens and cost of one run's model calls (zeros when it made none)."""
+    row = conn.one(f"SELECT {_USAGE_SUMS} FROM llm_usage WHERE run_id = ?", (run_id,))
+    return _usage(row or {})
 
 
 def usage_by_model_txn(conn: db.Conn, since_ms: int | None = None) -> list[dict[str, Any]]:

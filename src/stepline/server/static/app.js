@@ -290,6 +290,8 @@ async function runPage(runId) {
         h("div", {}, h("div", { class: "label" }, "Created"), when(run.created_at)),
         h("div", {}, h("div", { class: "label" }, "Duration"), ms(run.duration_ms)),
         h("div", {}, h("div", { class: "label" }, "User"), run.user_id || "—"),
+        run.usage && run.usage.calls ? h("div", {}, h("div", { class: "label" }, "Model calls"),
+          h("span", { "data-testid": "run-usage" }, `${run.usage.calls} · ${run.usage.total_tokens} tokens · $${run.usage.cost_usd.toFixed(6)}`)) : "",
         run.replay_of ? h("div", {}, h("div", { class: "label" }, "Replay of"), h("a", { href: `#/runs/${run.replay_of}` }, short(run.replay_of))) : "",
       ),
       !ended && run.wait_reason ? h("p", { class: "wait", "data-testid": "wait-reason" }, waitText(run)) : "",
