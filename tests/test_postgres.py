@@ -5,7 +5,9 @@ processes, and readers that reconnect by themselves."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,7 +20,7 @@ from stepline import errors
 from stepline.engine import Engine
 from stepline.store import StepResult, db, open_store, ops_exec, postgres
 from tests.conftest import TEST_SETTINGS
-from tests.helpers import runs_for_event, wait_run
+from tests.helpers import eventually, runs_for_event, wait_run
 
 
 def test_placeholders_are_translated_and_percent_signs_kept() -> None:
@@ -409,3 +411,101 @@ async def test_singleton_debounce_and_batch_keys_first_seen_by_two_processes_at_
         sizes = {len(json.loads(b)) for (b,) in conn.execute("SELECT batch_event_ids FROM runs WHERE function_id = 'batched'")}
     assert counts == {"single": keys, "debounced": keys, "batched": keys}, "one run per key and function"
     assert sizes == {2}, "both processes' events joined the key's one batch"
+
+
+class Proxy:
+    """A TCP relay to PostgreSQL that a test can cut (every connection dropped, new ones
+    refused) and restore, to play an outage without stopping the shared server."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = 0
+        self._links: list[socket.socket] = []
+        self._server: socket.socket | None = None
+        self.restore()
+
+    def restore(self) -> None:
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", self.port))
+        server.listen(64)
+        self.port = server.getsockname()[1]
+        self._server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def cut(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for sock in self._links:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        self._links.clear()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self._links += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+async def test_an_outage_longer_than_the_reconnect_window_fails_fast_then_heals_by_itself(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(postgres, "RECONNECT_WINDOW", 1.0)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE scratch (id TEXT PRIMARY KEY, note TEXT)")
+    proxy = Proxy(("127.0.0.1", 5432))
+    proxied = postgres_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    database = postgres.PostgresDatabase(proxied)
+    await database.start()
+    woken = threading.Event()
+    database.add_waker(woken.set)
+
+    def insert(name: str) -> db.Op[None]:
+        return lambda conn: conn.execute("INSERT INTO scratch (id) VALUES (?)", (name,))
+
+    def count(conn: db.Conn) -> int:
+        return int(conn.scalar("SELECT count(*) AS n FROM scratch"))
+
+    try:
+        await database.write(insert("before"))
+        proxy.cut()
+        with pytest.raises(errors.StoreError):
+            await database.write(insert("during"))
+        with pytest.raises(errors.StoreError):
+            await database.read(count)
+        proxy.restore()
+
+        await eventually(lambda: _succeeds(database.write(insert("after"))), timeout=30, what="writes to heal")
+        await eventually(lambda: _succeeds(database.read(count)), timeout=30, what="reads to heal")
+        assert await database.read(count) == 2, "the write refused during the outage was not saved"
+        assert await asyncio.get_running_loop().run_in_executor(None, woken.wait, 30), "the listener came back"
+    finally:
+        await database.close()
+        proxy.cut()
+
+
+async def _succeeds(attempt: Any) -> bool:
+    try:
+        await attempt
+    except errors.StoreError:
+        return False
+    return True
