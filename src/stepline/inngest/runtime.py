@@ -279,6 +279,8 @@ class InngestRuntime:
                     self._status(url, app, body, error=str(exc))
                     raise RegistrationError(400, str(exc)) from exc
                 await self.reload()
+        if not unchanged:
+            log.info("synced app %s from %s (%s): %d function(s)", app, url, body.get("sdk"), len(stored))
         for note in notes:
             log.warning("app %s: %s", app, note)
         self._status(url, app, body, notes=notes)
