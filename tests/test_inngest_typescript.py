@@ -234,3 +234,16 @@ async def test_parallel_branch_retries_alone(env: tuple[Server, NodeApp]) -> Non
     assert run["status"] == "completed" and run["output"] == "ab", run
     counts = (await node.counts())["counts"]
     assert counts["pr.steady"] == 1 and counts["pr.wobbly"] == 2
+
+
+async def test_wait_for_signal_resumed_by_send_signal(env: tuple[Server, NodeApp]) -> None:
+    server, _ = env
+    run_id = (await server.run_for(await server.send("ts/await-signal", {"id": "7"}), FN + "signal-waiter"))["id"]
+    await server.status(run_id, "waiting")
+    sender = await _run(server, "ts/send-signal", "signal-sender", {"id": "7", "by": "grace"})
+    assert sender["status"] == "completed" and sender["output"] == {"runId": run_id}, sender
+    run = await server.finished(run_id)
+    assert run["status"] == "completed" and run["output"] == {"signal": "approve-7", "data": {"by": "grace"}}, run
+    async with httpx.AsyncClient() as client:
+        nobody = await client.post(f"{server.url}/v1/signals", json={"signal": "approve-8", "data": {}})
+    assert nobody.status_code == 404

@@ -32,7 +32,7 @@ log = logging.getLogger("stepline.inngest")
 LAZY_OPS = {"DeferAdd", "DeferAbort"}
 RUN_OPS = {"StepRun", "Step", "StepError", "StepFailed", "StepPlanned"}
 # Suspending ops last: once one suspends, the run takes no new step in this pass.
-_ORDER = {"InvokeFunction": 1, "WaitForEvent": 2, "Sleep": 3}
+_ORDER = {"InvokeFunction": 1, "WaitForEvent": 2, "WaitForSignal": 2, "Sleep": 3}
 MAX_EMPTY_REPLIES = 3
 
 
@@ -164,7 +164,13 @@ class Driver:
             timeout = durations.seconds_until(opts.get("timeout") or "0s", field="waitForEvent timeout")
             name = events.trigger_name(str(opts.get("event") or op.get("name")))
             found = await self.ctx.step.wait_for_event(sid, event=name, timeout=timeout, if_=opts.get("if") or None)
-            self.done(sid, None if found is None else events.to_sdk(found.to_dict()))
+            self.done(sid, memos.wait_memo(None if found is None else found.to_dict()))
+        elif kind == "WaitForSignal":
+            signal = str(opts.get("signal") or op.get("name"))
+            timeout = durations.seconds_until(opts.get("timeout") or "0s", field="waitForSignal timeout")
+            expression = events.signal_expression(signal)
+            found = await self.ctx.step.wait_for_event(sid, event=events.SIGNAL_EVENT, timeout=timeout, if_=expression)
+            self.done(sid, memos.wait_memo(None if found is None else found.to_dict()))
         elif kind == "InvokeFunction":
             await self.invoke(sid, opts)
         elif kind == "Gateway":

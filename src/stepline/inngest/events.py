@@ -3,6 +3,7 @@ events, and the shapes each side expects."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -17,6 +18,13 @@ TO_STEPLINE = {
 }
 TO_INNGEST = {v: k for k, v in TO_STEPLINE.items()}
 RESERVED_PREFIX = "inngest/"
+# step.waitForSignal waits for this event; POST /v1/signals sends it.
+SIGNAL_EVENT = "stepline/signal.received"
+
+
+def signal_expression(signal: str) -> str:
+    """The CEL that a signal's wait matches with (a JSON string is a valid CEL string)."""
+    return "async.data.signal == " + json.dumps(signal)
 _FIELDS = ("name", "data", "id", "user", "ts", "v")
 
 

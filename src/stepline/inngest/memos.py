@@ -31,8 +31,18 @@ def memo_of(row: dict[str, Any]) -> Any:
     if kind == "sleep":
         return None
     if kind == "wait":
-        return None if output is None else events.to_sdk(output)
+        return wait_memo(output)
     return {"data": output}
+
+
+def wait_memo(body: Any) -> Any:
+    """A matched event as the SDK expects it; for a signal, ``{"data": {signal, data}}``."""
+    if body is None:
+        return None
+    if body.get("name") == events.SIGNAL_EVENT:
+        data = body.get("data") or {}
+        return {"data": {"signal": data.get("signal"), "data": data.get("data")}}
+    return events.to_sdk(body)
 
 
 def finished(row: dict[str, Any]) -> bool:

@@ -96,3 +96,19 @@ def resolve_function_id_txn(conn: db.Conn, slug: str) -> str:
         if slug == f"{row['app_id']}-{row['id']}":
             return str(row["id"])
     return slug
+
+
+def send_signal_txn(conn: db.Conn, signal: str, data: Any, now: int) -> str | None:
+    """Resume the run waiting for ``signal`` (``step.waitForSignal``); None if no run waits."""
+    from stepline.inngest import events
+    from stepline.store import ops_ingest
+
+    row = conn.one(
+        "SELECT run_id FROM waits WHERE event_name = ? AND expression = ? AND step_key IS NOT NULL "
+        "AND (expires_at IS NULL OR expires_at > ?) ORDER BY id LIMIT 1",
+        (events.SIGNAL_EVENT, events.signal_expression(signal), now),
+    )
+    if row is None:
+        return None
+    ops_ingest.ingest_txn(conn, [event_mod.Event(name=events.SIGNAL_EVENT, data={"signal": signal, "data": data}, ts=now)], now)
+    return str(row["run_id"])

@@ -118,6 +118,27 @@ async def invoke(request: Request) -> Response:
     return JSON({"id": event_id, "run_id": run_id, "status": 200})
 
 
+async def send_signal(request: Request) -> Response:
+    """``POST /v1/signals`` with ``{"signal", "data"}``: resume the run in ``step.waitForSignal``."""
+    rt = runtime(request)
+    denied = _check_bearer(request, rt)
+    if denied is not None and common.check_api_token(request) is not None:
+        return denied
+    try:
+        body = await responses.read_json(request, max_bytes=common.options(request).max_body_bytes)
+    except errors.SteplineError as exc:
+        return responses.from_error(exc)
+    signal = body.get("signal") if isinstance(body, dict) else None
+    if not isinstance(signal, str) or not signal:
+        return problem(400, 'send {"signal": "<name>", "data": <any JSON>}')
+    run_id = await common.engine(request).store.db.write(
+        partial(store_ops.send_signal_txn, signal=signal, data=body.get("data"), now=now_ms())
+    )
+    if run_id is None:
+        return problem(404, f"no run is waiting for signal {signal!r}")
+    return JSON({"data": {"run_id": run_id}})
+
+
 @common.guard
 async def list_apps(request: Request) -> Response:
     denied = common.check_api_token(request)
@@ -159,6 +180,7 @@ def routes() -> list[Route]:
         Route("/v0/runs/{run_id}/batch", run_batch, methods=["GET"]),
         Route("/v0/runs/{run_id}/actions", run_actions, methods=["GET"]),
         Route("/invoke/{slug}", invoke, methods=["POST"]),
+        Route("/v1/signals", send_signal, methods=["POST"]),
         Route("/api/v1/inngest/apps", list_apps, methods=["GET"]),
         Route("/api/v1/inngest/apps", add_app, methods=["POST"]),
         Route("/api/v1/inngest/apps/sync", sync_apps, methods=["POST"]),

@@ -187,9 +187,19 @@ const parallelRetry = inngest.createFunction(
   },
 );
 
+const signalWaiter = inngest.createFunction(
+  { id: "signal-waiter", triggers: [{ event: "ts/await-signal" }] },
+  async ({ event, step }) => step.waitForSignal("approval", { signal: `approve-${event.data.id}`, timeout: "10s" }),
+);
+
+const signalSender = inngest.createFunction(
+  { id: "signal-sender", triggers: [{ event: "ts/send-signal" }] },
+  async ({ event, step }) => step.sendSignal("approve", { signal: `approve-${event.data.id}`, data: { by: event.data.by } }),
+);
+
 const handler = serve({
   client: inngest,
-  functions: [steps, sleeper, waiter, child, parent, sender, onSent, parallel, flaky, nonretry, retryAfter, cancellable, throttled, limited, debounced, asker, racer, parallelFail, nightly, parallelRetry],
+  functions: [steps, sleeper, waiter, child, parent, sender, onSent, parallel, flaky, nonretry, retryAfter, cancellable, throttled, limited, debounced, asker, racer, parallelFail, nightly, parallelRetry, signalWaiter, signalSender],
 });
 
 const server = http.createServer((req, res) => {
