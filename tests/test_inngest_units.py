@@ -93,7 +93,7 @@ def test_every_config_option_maps_onto_flow_control() -> None:
     stored = config.to_stored(event_only, app="my-app", meta={}, notes=[])
     assert stored["retries"] == 2
     assert stored["concurrency"] == [{"limit": 2, "key": "event.data.user", "scope": "fn"}]
-    assert stored["throttle"] == {"limit": 3, "period": 30.0, "burst": 2, "key": "event.data.k"}
+    assert stored["throttle"] == {"limit": 3, "period": 30.0, "burst": 1, "key": "event.data.k"}
     assert stored["rate_limit"] is None  # idempotency overrides rateLimit, as in Inngest
     alone = config.to_stored({k: v for k, v in event_only.items() if k != "idempotency"}, app="my-app", meta={}, notes=[])
     assert alone["rate_limit"] == {"limit": 5, "period": 60.0, "key": "event.data.k"}

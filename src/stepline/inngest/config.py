@@ -139,7 +139,8 @@ def build(raw: Mapping[str, Any], *, app: str, notes: list[str]) -> fn.FunctionC
         else fn.Throttle(
             limit=int(throttle["limit"]),
             period=_dur(throttle.get("period"), "throttle.period") or 0,
-            burst=int(throttle["burst"]) if throttle.get("burst") else None,
+            # Inngest's burst counts the first run (1, PY's default, means no bursting).
+            burst=int(throttle["burst"]) - 1 if int(throttle.get("burst") or 0) > 1 else None,
             key=throttle.get("key") or None,
         ),
         rate_limit=None
