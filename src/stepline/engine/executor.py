@@ -62,6 +62,7 @@ class RunExecution:
         self.suspensions: list[Suspension] = []
         self._halted = False
         self.cancel_requested = False
+        self.task_cancelled = False
         self._busy = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -190,7 +191,10 @@ class RunExecution:
         delay = retry.delay_for(exc, attempt, base=settings.retry_base, maximum=settings.retry_max)
         log.info("run %s step %r attempt %d failed (%s); retrying in %.2fs", self.run_id, step_id, attempt, exc, delay)
         self._suspend(
-            Suspension("retry", key, step_id, now_ms() + int(delay * 1000), attempt=attempt, error=error_json, started_at=started)
+            Suspension(
+                "retry", key, step_id, now_ms() + int(delay * 1000), attempt=attempt, error=error_json,
+                started_at=started, step_kind=kind,
+            )
         )
 
     async def sleep_until(self, step_id: str, wake_at: float) -> None:
@@ -277,7 +281,9 @@ class Executor:
             return False
         task, execution = held
         execution.cancel_requested = True
-        task.cancel()
+        if not execution.task_cancelled:  # a second cancel would interrupt the first one's clean-up
+            execution.task_cancelled = True
+            task.cancel()
         return True
 
     async def execute(self, claimed: ClaimedRun) -> None:

@@ -105,3 +105,4 @@ class Suspension:
     attempt: int = 0
     error: str | None = None
     started_at: int = 0
+    step_kind: str = "run"  # for a retry: the kind of the step being retried
