@@ -208,3 +208,26 @@ async def test_idempotency_and_rate_limit_skip_runs(env: tuple[Server, py_app.Re
 async def _finished_count(server: Server, function_id: str, count: int) -> bool:
     runs = await server.runs_of(function_id)
     return len([r for r in runs if r["status"] == "completed"]) >= count
+
+
+async def test_inngest_rest_api_for_polling_results(env: tuple[Server, py_app.Recorder]) -> None:
+    """Apps often send an event, then poll Inngest's REST API for the run's output."""
+    server, _ = env
+    event_id = await server.send("py/steps", {"name": "rest"})
+    async with httpx.AsyncClient(base_url=server.url) as client:
+
+        async def completed() -> list[dict[str, Any]] | None:
+            runs = (await client.get(f"/v1/events/{event_id}/runs")).json()["data"]
+            return runs if runs and runs[0]["status"] == "Completed" else None
+
+        runs = await eventually(completed, what="the REST API to report the run completed")
+        assert runs[0]["output"] == {"greeting": "hello REST", "attempt": 0}
+        assert runs[0]["function_id"] == FN + "steps" and runs[0]["event_id"] == event_id
+        one = (await client.get(f"/v1/runs/{runs[0]['run_id']}")).json()["data"]
+        assert one["status"] == "Completed"
+        sleeping = (await server.run_for(await server.send("py/long", {"id": "z"}), FN + "cancellable"))["id"]
+        await server.status(sleeping, "sleeping")
+        assert (await client.delete(f"/v1/runs/{sleeping}")).status_code == 200
+        assert (await server.finished(sleeping))["status"] == "cancelled"
+        assert (await client.delete(f"/v1/runs/{runs[0]['run_id']}")).status_code == 409
+        assert (await client.get("/v1/runs/nope")).status_code == 404

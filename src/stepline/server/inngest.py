@@ -29,6 +29,11 @@ from stepline.inngest import (
 from stepline.server import common, responses
 from stepline.server.responses import JSON, problem
 from stepline.store import now_ms
+from stepline.store.ops_read import iso
+
+
+def now_iso() -> str:
+    return str(iso(now_ms()))
 
 
 def runtime(request: Request) -> InngestRuntime:
@@ -139,6 +144,68 @@ async def send_signal(request: Request) -> Response:
     return JSON({"data": {"run_id": run_id}})
 
 
+_STATUS = {"completed": "Completed", "failed": "Failed", "cancelled": "Cancelled"}
+
+
+def _v1_run(run: dict[str, Any]) -> dict[str, Any]:
+    """A run as Inngest's REST API shows it."""
+    return {
+        "run_id": run["id"],
+        "run_started_at": run["started_at"] or run["created_at"],
+        "function_id": run["function_id"],
+        "function_version": 1,
+        "environment_id": "",
+        "event_id": run["event_id"],
+        "original_run_id": run.get("replay_of"),
+        "status": _STATUS.get(run["status"], "Running"),
+        "ended_at": run["ended_at"],
+        "output": run["output"] if run["status"] == "completed" else run["error"],
+    }
+
+
+def _v1(data: Any) -> JSON:
+    return JSON({"data": data, "metadata": {"fetched_at": now_iso(), "cached_until": None}})
+
+
+def _rest_auth(request: Request) -> Response | None:
+    """Inngest's REST API takes the signing key as bearer; Stepline's API token works too."""
+    rt = runtime(request)
+    denied = _check_bearer(request, rt)
+    if denied is not None and common.check_api_token(request) is not None:
+        return denied
+    return None
+
+
+@common.guard
+async def v1_event_runs(request: Request) -> Response:
+    """``GET /v1/events/{id}/runs``: the runs an event started (what apps poll for results)."""
+    denied = _rest_auth(request)
+    if denied is not None:
+        return denied
+    event = await common.engine(request).store.get_event(request.path_params["event_id"])
+    return _v1([_v1_run(r) for r in event["runs"]])
+
+
+@common.guard
+async def v1_run(request: Request) -> Response:
+    denied = _rest_auth(request)
+    if denied is not None:
+        return denied
+    return _v1(_v1_run(await common.engine(request).get_run(request.path_params["run_id"])))
+
+
+@common.guard
+async def v1_cancel_run(request: Request) -> Response:
+    denied = _rest_auth(request)
+    if denied is not None:
+        return denied
+    run_id = request.path_params["run_id"]
+    status = await common.engine(request).cancel(run_id, "cancelled through the REST API")
+    if status in ("completed", "failed"):
+        return problem(409, f"run {run_id} already ended ({status})")
+    return _v1({"run_id": run_id, "status": status})
+
+
 @common.guard
 async def list_apps(request: Request) -> Response:
     denied = common.check_api_token(request)
@@ -181,6 +248,9 @@ def routes() -> list[Route]:
         Route("/v0/runs/{run_id}/actions", run_actions, methods=["GET"]),
         Route("/invoke/{slug}", invoke, methods=["POST"]),
         Route("/v1/signals", send_signal, methods=["POST"]),
+        Route("/v1/events/{event_id}/runs", v1_event_runs, methods=["GET"]),
+        Route("/v1/runs/{run_id}", v1_run, methods=["GET"]),
+        Route("/v1/runs/{run_id}", v1_cancel_run, methods=["DELETE"]),
         Route("/api/v1/inngest/apps", list_apps, methods=["GET"]),
         Route("/api/v1/inngest/apps", add_app, methods=["POST"]),
         Route("/api/v1/inngest/apps/sync", sync_apps, methods=["POST"]),
