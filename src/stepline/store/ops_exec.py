@@ -238,21 +238,26 @@ def _padded(values: list[str]) -> list[str]:
     return values + [values[-1]] * (size - len(values))
 
 
+def _held_many(conn: db.Conn, run_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Lease holder and cancel flag of each run (absent: the run has no queue row)."""
+    padded = _padded(list(dict.fromkeys(run_ids)))
+    return {
+        r["run_id"]: r
+        for r in conn.all(
+            "SELECT q.run_id, q.lease_owner, r.cancel_requested FROM queue q JOIN runs r ON r.id = q.run_id "
+            f"WHERE q.run_id IN ({_in(padded)}) {conn.row_lock('q')}",  # as in _hold
+            tuple(padded),
+        )
+    }
+
+
 def checkpoint_many_txn(conn: db.Conn, items: list[tuple[str, str, StepResult, int]]) -> list[bool | LeaseLost]:
     """``checkpoint_txn`` for many runs at once: one lease check, one multi-row write.
 
     ``items`` are ``(run_id, worker_id, step, seq)``; each gets whether cancel was
     requested, or a ``LeaseLost`` for itself alone.
     """
-    run_ids = _padded(list(dict.fromkeys(item[0] for item in items)))
-    held = {
-        r["run_id"]: r
-        for r in conn.all(
-            "SELECT q.run_id, q.lease_owner, r.cancel_requested FROM queue q JOIN runs r ON r.id = q.run_id "
-            f"WHERE q.run_id IN ({_in(run_ids)}) {conn.row_lock('q')}",  # as in _hold
-            tuple(run_ids),
-        )
-    }
+    held = _held_many(conn, [item[0] for item in items])
     out: list[bool | LeaseLost] = []
     rows: list[tuple[Any, ...]] = []
     saved: list[tuple[str, StepResult]] = []
@@ -347,7 +352,7 @@ def suspend_txn(
             due = item.due_at if due is None else min(due, item.due_at)
         step = StepResult(item.key, item.name, item.kind, "", None, item.error, item.attempt, item.started_at or now, now)
         if item.kind == "retry":
-            _upsert_step(conn, run_id, StepResult(item.key, item.name, "run", "", None, item.error, item.attempt, item.started_at or now, now), seq, "retrying")
+            _upsert_step(conn, run_id, StepResult(item.key, item.name, item.step_kind, "", None, item.error, item.attempt, item.started_at or now, now), seq, "retrying")
             conn.execute(
                 "INSERT INTO step_attempts (run_id, step_key, attempt, error, started_at, ended_at) VALUES (?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (run_id, step_key, attempt) DO NOTHING",
@@ -438,6 +443,28 @@ def finish_run_txn(
 ) -> None:
     """End a run the worker holds; a final failure sends ``stepline/function.failed``."""
     _hold(conn, run_id, worker_id)
+    _end_held_run_txn(conn, run_id, status, output, error, now)
+
+
+def finish_many_txn(conn: db.Conn, items: list[tuple[str, str, str, str | None, str | None, int]]) -> list[None | LeaseLost]:
+    """``finish_run_txn`` for many runs at once: one lease check for all of them.
+
+    ``items`` are ``(run_id, worker_id, status, output, error, now)``; a run whose lease
+    was lost gets a ``LeaseLost`` of its own, found before anything is written.
+    """
+    held = _held_many(conn, [item[0] for item in items])
+    out: list[None | LeaseLost] = []
+    for run_id, worker_id, status, output, error, now in items:
+        row = held.get(run_id)
+        if row is None or row["lease_owner"] != worker_id:
+            out.append(LeaseLost(f"worker {worker_id} no longer holds run {run_id}"))
+            continue
+        _end_held_run_txn(conn, run_id, status, output, error, now)
+        out.append(None)
+    return out
+
+
+def _end_held_run_txn(conn: db.Conn, run_id: str, status: str, output: str | None, error: str | None, now: int) -> None:
     if not ops_runs.end_run_txn(conn, run_id, status, output, error, now) or status != "failed":
         return
     # Only a failure needs the event and config (ending the run changes neither).

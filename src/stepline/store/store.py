@@ -18,6 +18,7 @@ from stepline.store.records import ClaimedRun, StepResult, Suspension
 
 # Concurrent runs' checkpoints share one lease check and one multi-row write per commit.
 CHECKPOINTS = db.Batched("checkpoint", ops_exec.checkpoint_many_txn)
+FINISHES = db.Batched("finish", ops_exec.finish_many_txn)
 
 
 def now_ms() -> int:
@@ -71,9 +72,7 @@ class Store:
         )
 
     async def finish_run(self, run_id: str, worker_id: str, status: str, output: str | None, error: str | None) -> None:
-        await self.db.write(
-            partial(ops_exec.finish_run_txn, run_id=run_id, worker_id=worker_id, status=status, output=output, error=error, now=now_ms())
-        )
+        await self.db.write_item(FINISHES, (run_id, worker_id, status, output, error, now_ms()))
 
     async def heartbeat(self, worker_id: str, lease_ms: int) -> list[str]:
         return await self.db.write(partial(ops_exec.heartbeat_txn, worker_id=worker_id, now=now_ms(), lease_ms=lease_ms))
