@@ -54,9 +54,9 @@ def jobs(quick: bool) -> list[Job]:
     for backend in ("sqlite", "postgres"):
         b = ["--backend", backend]
         out += [
-            Job("W1", "bench.peers.dbos_bench", b + ["--workload", "w1", "--runs", "500" if quick else "2000"], peer=True),
+            Job("W1", "bench.peers.dbos_bench", b + ["--workload", "w1", "--runs", "500" if quick else "1000"], peer=True),
             Job("W2", "bench.peers.dbos_bench", b + ["--workload", "w2", "--runs", "500"], peer=True),
-            Job("W3", "bench.peers.dbos_bench", b + ["--workload", "w3", "--runs", "30" if quick else "50"], peer=True),
+            Job("W3", "bench.peers.dbos_bench", b + ["--workload", "w3", "--runs", "20" if quick else "30"], peer=True),
         ]
     out += [
         Job("W1", "bench.peers.procrastinate_bench", ["--workload", "w1"], peer=True),
