@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import itertools
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -247,3 +248,11 @@ async def test_wait_for_signal_resumed_by_send_signal(env: tuple[Server, NodeApp
     async with httpx.AsyncClient() as client:
         nobody = await client.post(f"{server.url}/v1/signals", json={"signal": "approve-8", "data": {}})
     assert nobody.status_code == 404
+
+
+async def test_wait_beside_the_send_that_causes_the_reply(env: tuple[Server, NodeApp]) -> None:
+    server, _ = env
+    started = time.monotonic()
+    run = await _run(server, "ts/start-ping", "pinger", {"id": "p1"})
+    assert run["status"] == "completed" and run["output"] == {"id": "p1", "pong": True}, run
+    assert time.monotonic() - started < 15  # the reply was caught, not the 20 s timeout

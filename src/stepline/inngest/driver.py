@@ -21,7 +21,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from stepline import context, errors, jsonutil
+from stepline import context, errors, expressions, jsonutil
 from stepline.inngest import durations, events, gateway, memos, protocol
 
 if TYPE_CHECKING:
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("stepline.inngest")
 
 LAZY_OPS = {"DeferAdd", "DeferAbort"}
+WAIT_OPS = {"WaitForEvent", "WaitForSignal"}
 RUN_OPS = {"StepRun", "Step", "StepError", "StepFailed", "StepPlanned"}
 # Suspending ops last: once one suspends, the run takes no new step in this pass.
 _ORDER = {"InvokeFunction": 1, "WaitForEvent": 2, "WaitForSignal": 2, "Sleep": 3}
@@ -48,6 +49,7 @@ class Driver:
         self.stack: list[str] = []
         self.attempts: dict[str, int] = {}
         self.errors: dict[str, Any] = {}  # the app's own error per failed step, sent back as reported
+        self.prepared: set[str] = set()  # waits registered ahead of the steps beside them
         self.version = -1
         bodies = [e.to_dict() for e in (ctx.events or [ctx.event])]
         self.events = [events.to_sdk(b) for b in bodies]
@@ -128,13 +130,29 @@ class Driver:
 
     async def block(self, ops: list[dict[str, Any]], reply: protocol.Reply) -> None:
         ordered = sorted(ops, key=lambda op: _ORDER.get(str(op.get("op")), 0))
-        results = await asyncio.gather(*(self.op(op, reply) for op in ordered), return_exceptions=True)
+        waits = [op for op in ordered if op.get("op") in WAIT_OPS]
+        if waits and len(ordered) > len(waits):
+            # Steps beside a wait may cause the awaited event (send, then wait for the reply):
+            # register the waits first, run the steps, then take the waits.
+            for op in waits:
+                await self.prepare_wait(op)
+            results = await asyncio.gather(*(self.op(op, reply) for op in ordered if op not in waits), return_exceptions=True)
+            results += await asyncio.gather(*(self.op(op, reply) for op in waits), return_exceptions=True)
+        else:
+            results = await asyncio.gather(*(self.op(op, reply) for op in ordered), return_exceptions=True)
         for result in results:  # control flow (suspend, halt, cancel) first
             if isinstance(result, BaseException) and not isinstance(result, Exception):
                 raise result
         for result in results:
             if isinstance(result, Exception):
                 raise result
+
+    async def prepare_wait(self, op: dict[str, Any]) -> None:
+        name, expression, timeout = _wait_of(op)
+        if expression is not None:
+            expressions.check(expression, field=f"waitForEvent {op.get('displayName') or op['id']}")
+        await self.rt.prepare_wait(self.ctx.run_id, str(op["id"]), name, expression, timeout)
+        self.prepared.add(str(op["id"]))
 
     def done(self, step_id: str, memo: Any) -> None:
         self.memos[step_id] = memo
@@ -160,16 +178,17 @@ class Driver:
             when = durations.until(opts.get("duration") or op.get("name") or "0s", field=f"sleep {op.get('displayName') or sid}")
             await self.ctx.step.sleep_until(sid, when)
             self.done(sid, None)
-        elif kind == "WaitForEvent":
-            timeout = durations.seconds_until(opts.get("timeout") or "0s", field="waitForEvent timeout")
-            name = events.trigger_name(str(opts.get("event") or op.get("name")))
-            found = await self.ctx.step.wait_for_event(sid, event=name, timeout=timeout, if_=opts.get("if") or None)
-            self.done(sid, memos.wait_memo(None if found is None else found.to_dict()))
-        elif kind == "WaitForSignal":
-            signal = str(opts.get("signal") or op.get("name"))
-            timeout = durations.seconds_until(opts.get("timeout") or "0s", field="waitForSignal timeout")
-            expression = events.signal_expression(signal)
-            found = await self.ctx.step.wait_for_event(sid, event=events.SIGNAL_EVENT, timeout=timeout, if_=expression)
+        elif kind in WAIT_OPS:
+            name, expression, timeout = _wait_of(op)
+            if sid in self.prepared:
+                row = await self.rt.step_row(self.ctx.run_id, sid)
+                if row is not None and row["status"] == "completed":  # it arrived while the block ran
+                    body = jsonutil.loads(row["output"])
+                    await self.step.record_step(sid, "wait", _value(body), None)
+                    self.done(sid, memos.wait_memo(body))
+                    return
+                self.rt.watch_prepared_wait(self.ctx.run_id, sid)
+            found = await self.ctx.step.wait_for_event(sid, event=name, timeout=timeout, if_=expression)
             self.done(sid, memos.wait_memo(None if found is None else found.to_dict()))
         elif kind == "InvokeFunction":
             await self.invoke(sid, opts)
@@ -239,6 +258,15 @@ class Driver:
             self.done(sid, memos.error_memo(exc.to_dict(), "invoke"))
             return
         self.done(sid, {"data": value})
+
+
+def _wait_of(op: dict[str, Any]) -> tuple[str, str | None, float]:
+    """(event name, CEL ``if``, timeout seconds) of a WaitForEvent or WaitForSignal op."""
+    opts = op.get("opts") or {}
+    timeout = durations.seconds_until(opts.get("timeout") or "0s", field=f"{op.get('op')} timeout")
+    if op.get("op") == "WaitForSignal":
+        return events.SIGNAL_EVENT, events.signal_expression(str(opts.get("signal") or op.get("name"))), timeout
+    return events.trigger_name(str(opts.get("event") or op.get("name"))), opts.get("if") or None, timeout
 
 
 def _value(data: Any) -> Callable[[], Awaitable[Any]]:

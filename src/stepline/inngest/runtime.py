@@ -112,6 +112,7 @@ class InngestRuntime:
         self.apps: dict[str, AppStatus] = {url: AppStatus(url=_normalize_url(url)) for url in options.sdk_urls}
         self._http: httpx.AsyncClient | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._watchers: set[asyncio.Task[None]] = set()
         self._register_lock = asyncio.Lock()
         engine.add_function_source(self.functions)
 
@@ -131,9 +132,9 @@ class InngestRuntime:
             self._tasks.append(asyncio.create_task(self._sync_loop(), name="stepline-inngest-sync"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        for task in [*self._tasks, *self._watchers]:
             task.cancel()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._watchers]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks = []
@@ -190,6 +191,36 @@ class InngestRuntime:
         if slug in self._functions:
             return slug
         return await self.engine.store.db.read(partial(store_ops.resolve_function_id_txn, slug=slug))
+
+    async def prepare_wait(self, run_id: str, key: str, event_name: str, expression: str | None, timeout: float) -> None:
+        now = now_ms()
+        await self.engine.store.db.write(
+            partial(store_ops.prepare_wait_txn, run_id=run_id, key=key, event_name=event_name, expression=expression,
+                    expires_at=now + int(timeout * 1000), now=now)
+        )
+
+    def watch_prepared_wait(self, run_id: str, key: str) -> None:
+        """After the run suspends on a wait registered early, wake it if the event came in the
+        moment between the driver's last look and the suspension (nothing else would)."""
+
+        async def watch() -> None:
+            for delay in (0.05, 0.2, 0.5, 1.0, 2.0, 5.0):
+                await asyncio.sleep(delay)
+                try:
+                    if await self.engine.store.db.write(
+                        partial(store_ops.wake_if_wait_done_txn, run_id=run_id, key=key, now=now_ms())
+                    ):
+                        return
+                except Exception:  # best effort: the wait's timeout still resumes the run
+                    log.exception("checking the wait %s of run %s failed", key, run_id)
+                    return
+
+        task = asyncio.create_task(watch(), name=f"stepline-inngest-wait-{run_id}")
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+
+    async def step_row(self, run_id: str, key: str) -> dict[str, Any] | None:
+        return await self.engine.store.db.read(partial(store_ops.step_row_txn, run_id=run_id, key=key))
 
     async def journal(self, run_id: str) -> list[dict[str, Any]]:
         return await self.engine.store.db.read(partial(store_ops.journal_txn, run_id=run_id))

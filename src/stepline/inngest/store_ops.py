@@ -112,3 +112,41 @@ def send_signal_txn(conn: db.Conn, signal: str, data: Any, now: int) -> str | No
         return None
     ops_ingest.ingest_txn(conn, [event_mod.Event(name=events.SIGNAL_EVENT, data={"signal": signal, "data": data}, ts=now)], now)
     return str(row["run_id"])
+
+
+def prepare_wait_txn(
+    conn: db.Conn, run_id: str, key: str, event_name: str, expression: str | None, expires_at: int, now: int
+) -> None:
+    """Register a ``waitForEvent`` before the steps beside it in a parallel block run, so an
+    event one of them causes is not missed. The rows are the ones the engine writes when a
+    run suspends on a wait (same wait id), so it finds them there and keeps them."""
+    seq = (conn.scalar("SELECT MAX(seq) AS seq FROM steps WHERE run_id = ?", (run_id,)) or 0) + 1
+    conn.execute(
+        "INSERT INTO steps (run_id, key, name, kind, status, seq, attempts, started_at, wake_at) "
+        "VALUES (?, ?, ?, 'wait', 'waiting', ?, 1, ?, ?) ON CONFLICT (run_id, key) DO NOTHING",
+        (run_id, key, key, seq, now, expires_at),
+    )
+    conn.execute(
+        "INSERT INTO waits (id, run_id, step_key, event_name, expression, expires_at) VALUES (?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (id) DO NOTHING",
+        (f"{run_id}:{key}", run_id, key, event_name, expression, expires_at),
+    )
+
+
+def step_row_txn(conn: db.Conn, run_id: str, key: str) -> dict[str, Any] | None:
+    return conn.one("SELECT status, output FROM steps WHERE run_id = ? AND key = ?", (run_id, key))
+
+
+def wake_if_wait_done_txn(conn: db.Conn, run_id: str, key: str, now: int) -> bool:
+    """A prepared wait matched while its run still held its lease (so nothing woke it):
+    make the suspended run due now. False while the run is still held or the wait open."""
+    row = conn.one("SELECT status FROM steps WHERE run_id = ? AND key = ?", (run_id, key))
+    if row is None or row["status"] != "completed":
+        return False
+    held = conn.one("SELECT lease_owner FROM queue WHERE run_id = ?", (run_id,))
+    if held is None:
+        return True  # the run is done or gone
+    if held["lease_owner"] is not None:
+        return False
+    ops_runs.make_due_txn(conn, run_id, now)
+    return True

@@ -197,9 +197,29 @@ const signalSender = inngest.createFunction(
   async ({ event, step }) => step.sendSignal("approve", { signal: `approve-${event.data.id}`, data: { by: event.data.by } }),
 );
 
+const pinger = inngest.createFunction(
+  { id: "pinger", triggers: [{ event: "ts/start-ping" }] },
+  async ({ event, step }) => {
+    // Send a request and wait for its reply in one parallel block, as Inngest's docs suggest.
+    const [, reply] = await Promise.all([
+      step.sendEvent("ping", { name: "ts/ping", data: { id: event.data.id } }),
+      step.waitForEvent("pong", { event: "ts/pong", timeout: "20s", match: "data.id" }),
+    ]);
+    return reply === null ? null : reply.data;
+  },
+);
+
+const ponger = inngest.createFunction(
+  { id: "ponger", triggers: [{ event: "ts/ping" }] },
+  async ({ event }) => {
+    await inngest.send({ name: "ts/pong", data: { id: event.data.id, pong: true } });
+    return "sent";
+  },
+);
+
 const handler = serve({
   client: inngest,
-  functions: [steps, sleeper, waiter, child, parent, sender, onSent, parallel, flaky, nonretry, retryAfter, cancellable, throttled, limited, debounced, asker, racer, parallelFail, nightly, parallelRetry, signalWaiter, signalSender],
+  functions: [steps, sleeper, waiter, child, parent, sender, onSent, parallel, flaky, nonretry, retryAfter, cancellable, throttled, limited, debounced, asker, racer, parallelFail, nightly, parallelRetry, signalWaiter, signalSender, pinger, ponger],
 });
 
 const server = http.createServer((req, res) => {
