@@ -123,6 +123,8 @@ def test_cli_send_list_show_cancel_replay(dev_server: str) -> None:
     shown = cli(dev_server, "runs", "show", run["id"])
     assert "upper" in shown and '"text": "CLI"' in shown
     replayed = cli(dev_server, "runs", "replay", run["id"]).strip()
+    refused = subprocess.run([*CLI, "runs", "rerun", run["id"], "--url", dev_server], cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert refused.returncode != 0 and "failed or cancelled" in refused.stderr  # a completed run has no failed step
     assert wait_status(dev_server, replayed, "completed")["output"] == {"text": "CLI"}
 
     cli(dev_server, "send", "http/nap")
@@ -133,7 +135,10 @@ def test_cli_send_list_show_cancel_replay(dev_server: str) -> None:
 
 def test_help_lists_every_environment_variable() -> None:
     out = subprocess.run([*CLI, "dev", "--help"], capture_output=True, text=True, timeout=30).stdout
+    from stepline.llm.providers import ENV_VARS
     from stepline.settings import VARS
 
     for var in VARS:
         assert var.name in out
+    for name, _ in ENV_VARS:
+        assert name in out

@@ -23,6 +23,17 @@ DEFAULT_APP = "stepline.examples.app:app"
 log = logging.getLogger("stepline.cli")
 
 
+def _env_help() -> str:
+    from stepline.llm import providers
+
+    llm = ["LLM providers (stepline.llm):"] + [f"  {name:<32} {text}" for name, text in providers.ENV_VARS]
+    # "\b" keeps click from re-wrapping each paragraph
+    return "\b\n" + settings_mod.help_text() + "\n\n\b\n" + "\n".join(llm)
+
+
+ENV_HELP = _env_help()
+
+
 def load_apps(specs: Sequence[str]) -> list[App]:
     """``module:attribute`` → App (the attribute may also be a list of Apps)."""
     if os.getcwd() not in sys.path:
@@ -94,10 +105,18 @@ async def _serve(
         await engine.stop()
 
 
-@click.group(epilog="\b\n" + settings_mod.help_text())
+@click.group(epilog=ENV_HELP)
 @click.version_option(package_name="stepline")
 def main() -> None:
     """Stepline: durable background functions for Python web apps."""
+
+
+def _run(main_coro: Any) -> None:
+    """Run a long-lived command; a Stepline error becomes a one-line message, not a traceback."""
+    try:
+        asyncio.run(main_coro)
+    except errors.SteplineError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def _common_server_options(fn: Any) -> Any:
@@ -107,7 +126,7 @@ def _common_server_options(fn: Any) -> Any:
     return fn
 
 
-@main.command(epilog="\b\n" + settings_mod.help_text())
+@main.command(epilog=ENV_HELP)
 @click.argument("apps", nargs=-1)
 @_common_server_options
 @click.option("-u", "--sdk-url", multiple=True, help="URL of an Inngest SDK app to sync (repeatable).")
@@ -125,10 +144,10 @@ def dev(apps: tuple[str, ...], db: str | None, port: int | None, host: str | Non
     loaded = load_apps(apps or [DEFAULT_APP])
     with contextlib.suppress(KeyboardInterrupt):
         sdk = {"sdk_urls": sdk_url, "discovery": not no_discovery, "poll": not no_poll}
-        asyncio.run(_serve(loaded, settings, dev=True, run_server=True, run_worker=True, sdk=sdk))
+        _run(_serve(loaded, settings, dev=True, run_server=True, run_worker=True, sdk=sdk))
 
 
-@main.command(epilog="\b\n" + settings_mod.help_text())
+@main.command(epilog=ENV_HELP)
 @click.argument("apps", nargs=-1)
 @_common_server_options
 @click.option("--no-worker", is_flag=True, help="Serve the API only (workers run elsewhere).")
@@ -144,10 +163,10 @@ def start(apps: tuple[str, ...], db: str | None, port: int | None, host: str | N
         )
     loaded = load_apps(apps)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(loaded, settings, dev=False, run_server=True, run_worker=not no_worker))  # SDK apps need a worker too
+        _run(_serve(loaded, settings, dev=False, run_server=True, run_worker=not no_worker))  # SDK apps need a worker too
 
 
-@main.command(epilog="\b\n" + settings_mod.help_text())
+@main.command(epilog=ENV_HELP)
 @click.argument("apps", nargs=-1)
 @click.option("--db", default=None, help="SQLite path or postgresql:// URL (STEPLINE_DB).")
 @click.option("--concurrency", type=int, default=None, help="Runs executed at once (STEPLINE_CONCURRENCY).")
@@ -157,7 +176,7 @@ def worker(apps: tuple[str, ...], db: str | None, concurrency: int | None) -> No
     _setup_logging(settings.log_level)
     loaded = load_apps(apps)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(loaded, settings, dev=False, run_server=False, run_worker=True))
+        _run(_serve(loaded, settings, dev=False, run_server=False, run_worker=True))
 
 
 @main.command()
@@ -280,6 +299,15 @@ def runs_cancel(run_id: str, url: str | None) -> None:
     """Cancel a run (it stops at its next step)."""
     body = _api("POST", url, f"/api/v1/runs/{run_id}/cancel")
     click.echo(f"{body['id']}: {body['status']}")
+
+
+@runs.command("rerun")
+@click.argument("run_id")
+@_url_option
+def runs_rerun(run_id: str, url: str | None) -> None:
+    """Start a new run that reuses the committed steps of a failed or cancelled run."""
+    body = _api("POST", url, f"/api/v1/runs/{run_id}/rerun-from-failed-step")
+    click.echo(body["id"])
 
 
 @runs.command("replay")
