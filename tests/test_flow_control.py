@@ -192,7 +192,7 @@ async def test_singleton_skip_and_cancel(make_engine) -> None:
     gate.set()
     await wait_run(engine, first["id"])
     after = await engine.send({"name": "t/skip", "data": {"user": "u1"}})  # the first ended: allowed again
-    assert len((await runs_for_event(engine, after))) == 1
+    assert len(await runs_for_event(engine, after)) == 1
 
     old = (await runs_for_event(engine, await engine.send({"name": "t/replace", "data": {"n": 1}})))[0]
     await wait_run(engine, old["id"], "sleeping")

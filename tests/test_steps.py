@@ -7,7 +7,7 @@ import collections
 import threading
 
 import stepline
-from tests.helpers import send_and_wait, wait_run, runs_for_event
+from tests.helpers import runs_for_event, send_and_wait, wait_run
 
 
 async def test_committed_steps_run_once_across_a_suspension(make_engine) -> None:

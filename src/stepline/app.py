@@ -6,7 +6,8 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from stepline import errors, event as events_mod
+from stepline import errors
+from stepline import event as events_mod
 from stepline import function as fn
 from stepline.event import Event
 

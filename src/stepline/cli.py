@@ -16,7 +16,8 @@ from typing import Any
 import click
 import httpx
 
-from stepline import errors, settings as settings_mod
+from stepline import errors
+from stepline import settings as settings_mod
 from stepline.app import App
 
 DEFAULT_APP = "stepline.examples.app:app"

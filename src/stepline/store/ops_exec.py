@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from stepline import errors
+from stepline import errors, jsonutil
 from stepline import event as event_mod
-from stepline import jsonutil
 from stepline.store import db, flow, ops_admission, ops_ingest, ops_runs
 from stepline.store.records import ClaimedRun, JournalEntry, StepResult, Suspension
 

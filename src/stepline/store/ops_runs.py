@@ -10,8 +10,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from stepline import event as event_mod
 from stepline import errors, expressions, ids, jsonutil
+from stepline import event as event_mod
 from stepline.store import db, flow
 
 log = logging.getLogger("stepline.store")

@@ -15,7 +15,6 @@ from stepline import event as event_mod
 from stepline.store import db, migrate, ops_exec, ops_ingest, ops_read, ops_runs
 from stepline.store.records import ClaimedRun, StepResult, Suspension
 
-
 # Concurrent runs' checkpoints share one lease check and one multi-row write per commit.
 CHECKPOINTS = db.Batched("checkpoint", ops_exec.checkpoint_many_txn)
 FINISHES = db.Batched("finish", ops_exec.finish_many_txn)
