@@ -3,6 +3,10 @@
 Processes that share the file coordinate through SQLite's write lock
 (``BEGIN IMMEDIATE`` with a busy timeout); they find each other's new work by a
 short poll, while work made due in this process wakes its workers at once.
+
+WAL checkpoints run on a thread of their own, never inside a commit: SQLite's
+automatic checkpoint (every 1,000 pages) would otherwise stall whichever commit
+crosses the threshold by several milliseconds, every thirty-odd runs.
 """
 
 from __future__ import annotations
@@ -51,6 +55,44 @@ def connect(path: str) -> sqlite3.Connection:
     return raw
 
 
+class _Checkpointer:
+    """Copies the WAL back into the database file off the commit path (PASSIVE: it never
+    waits for, or blocks, the writer or readers)."""
+
+    INTERVAL = 0.2  # seconds between checkpoints while commits keep coming
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._dirty = threading.Event()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="stepline-sqlite-checkpoint", daemon=True)
+        self._thread.start()
+
+    def committed(self) -> None:
+        self._dirty.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._dirty.set()
+        self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        conn = connect(self._path)
+        try:
+            while not self._stopping.is_set():
+                self._dirty.wait()
+                if self._stopping.wait(self.INTERVAL):
+                    break
+                self._dirty.clear()
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error:
+                    pass  # busy or locked: the next round catches up
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            conn.close()
+
+
 class SQLiteDatabase(db.Database):
     dialect = "sqlite"
     poll_interval = 0.1
@@ -65,11 +107,19 @@ class SQLiteDatabase(db.Database):
         self._readers: list[sqlite3.Connection] = []
         self._reader_lock = threading.Lock()
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="stepline-sqlite-read")
+        self._checkpointer: _Checkpointer | None = None
 
     def _open_writer(self) -> sqlite3.Connection:
-        return connect(self.path)
+        conn = connect(self.path)
+        if self.path != ":memory:":
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            self._checkpointer = _Checkpointer(self.path)
+        return conn
 
     def _close_writer(self, conn: sqlite3.Connection) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         conn.close()
 
     def _run_batch(self, conn: sqlite3.Connection, ops: list[db.Op[Any]]) -> tuple[list[tuple[bool, Any]], bool]:
@@ -90,6 +140,8 @@ class SQLiteDatabase(db.Database):
                         conn.execute("RELEASE op")
                         outcomes.append((False, exc))
             conn.execute("COMMIT")
+            if self._checkpointer is not None:
+                self._checkpointer.committed()
         except Exception as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
