@@ -90,7 +90,7 @@ def details(results: list[Result]) -> list[str]:
         w5 = _find(results, "W5", "stepline", backend)
         if w5:
             out.append(f"- **W5 {b}**: {w5['steps']:,} sequential steps in {w5['total_s']:.2f} s; "
-                       f"{w5['first_ms_per_step']:.3f} ms per step over the first 100, {w5['last_ms_per_step']:.3f} ms over the last 100 "
+                       f"median {w5['first_ms_per_step']:.3f} ms per step over the first 100, {w5['last_ms_per_step']:.3f} ms over the last 100 "
                        f"({w5['last_vs_first']:.2f}×)")
     scale = [r for r in results if r["workload"].startswith("SCALE-") and r["workload"] != "SCALE-latency"]
     if scale:
@@ -109,7 +109,8 @@ def targets(results: list[Result]) -> list[str]:
             return f"| {name} | not measured | – |"
         return f"| {name} | {shown} | {'met' if ok else '**not met**'} |"
 
-    s = lambda w, b: _find(results, w, "stepline", b)
+    def s(workload: str, backend: str) -> Result | None:
+        return _find(results, workload, "stepline", backend)
     rows = ["| target | measured | |", "| --- | --- | --- |"]
     for backend, floor in (("sqlite", 10_000), ("postgres", 5_000)):
         v = _get(s("W1", backend), "steps_per_s")

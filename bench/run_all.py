@@ -44,7 +44,7 @@ def jobs(quick: bool) -> list[Job]:
     for backend in ("sqlite", "postgres"):
         b = ["--backend", backend]
         out += [
-            Job("W1", "bench.w1_throughput", b + ["--trials", trials]),
+            Job("W1", "bench.w1_throughput", b + ["--trials", trials if backend == "postgres" or quick else "5"]),
             Job("W2", "bench.w2_fanin", b + ["--runs", "500", "5000"]),
             Job("W3", "bench.w3_latency", b),
             Job("W4", "bench.w4_backlog", b + (["--backlog", "20000"] if quick else [])),
