@@ -67,7 +67,7 @@ async def list_events(request: Request) -> Response:
         return denied
     q = request.query_params
     limit = common.parse_limit(q.get("limit"))
-    events = await common.engine(request).store.list_events_page(
+    events = await common.engine(request).store.list_events(
         name=q.get("name") or None,
         since_ms=common.parse_time(q.get("since"), "since"),
         until_ms=common.parse_time(q.get("until"), "until"),

@@ -130,21 +130,7 @@ def list_events_txn(
     limit: int = 50,
 ) -> list[dict[str, Any]]:
     """Newest first, each with the runs it started (id, function, status)."""
-    where: list[str] = []
-    params: list[Any] = []
-    if name is not None:
-        where.append("name = ?")
-        params.append(name)
-    if since_ms is not None:
-        where.append("received_at >= ?")
-        params.append(since_ms)
-    if until_ms is not None:
-        where.append("received_at < ?")
-        params.append(until_ms)
-    if before_id is not None:
-        where.append("id < ?")
-        params.append(before_id)
-    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    clause, params = ops_read.page_filters({"name": name}, "received_at", since_ms, until_ms, before_id)
     rows = conn.all(f"SELECT * FROM events {clause} ORDER BY id DESC LIMIT ?", (*params, limit))
     events = [ops_read._event_dict(r) for r in rows]
     if events:

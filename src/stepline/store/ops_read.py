@@ -89,6 +89,19 @@ def get_run_txn(conn: db.Conn, run_id: str) -> dict[str, Any]:
     return run
 
 
+def page_filters(
+    equal: dict[str, Any], time_column: str, since_ms: int | None, until_ms: int | None, before_id: str | None
+) -> tuple[str, list[Any]]:
+    """The WHERE clause of a newest-first page: equal columns, a time range, the id cursor."""
+    where = [f"{column} = ?" for column, value in equal.items() if value is not None]
+    params: list[Any] = [value for value in equal.values() if value is not None]
+    for condition, value in ((f"{time_column} >= ?", since_ms), (f"{time_column} < ?", until_ms), ("id < ?", before_id)):
+        if value is not None:
+            where.append(condition)
+            params.append(value)
+    return (f"WHERE {' AND '.join(where)}" if where else ""), params
+
+
 def list_runs_txn(
     conn: db.Conn,
     *,
@@ -101,21 +114,9 @@ def list_runs_txn(
     limit: int = 50,
 ) -> list[dict[str, Any]]:
     """Newest first; ``before_id`` is the cursor (the last id of the previous page)."""
-    where, params = [], []
-    for column, value in (("function_id", function_id), ("status", status), ("user_id", user_id)):
-        if value is not None:
-            where.append(f"{column} = ?")
-            params.append(value)
-    if since_ms is not None:
-        where.append("created_at >= ?")
-        params.append(since_ms)
-    if until_ms is not None:
-        where.append("created_at < ?")
-        params.append(until_ms)
-    if before_id is not None:
-        where.append("id < ?")
-        params.append(before_id)
-    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    clause, params = page_filters(
+        {"function_id": function_id, "status": status, "user_id": user_id}, "created_at", since_ms, until_ms, before_id
+    )
     rows = conn.all(f"SELECT * FROM runs {clause} ORDER BY id DESC LIMIT ?", (*params, limit))
     return [_run_dict(r) for r in rows]
 
@@ -140,21 +141,6 @@ def get_event_txn(conn: db.Conn, event_id: str) -> dict[str, Any]:
         _run_dict(r) for r in conn.all("SELECT * FROM runs WHERE event_id = ? ORDER BY id", (event_id,))
     ]
     return event
-
-
-def list_events_txn(
-    conn: db.Conn, *, name: str | None = None, before_id: str | None = None, limit: int = 50
-) -> list[dict[str, Any]]:
-    where, params = [], []
-    if name is not None:
-        where.append("name = ?")
-        params.append(name)
-    if before_id is not None:
-        where.append("id < ?")
-        params.append(before_id)
-    clause = f"WHERE {' AND '.join(where)}" if where else ""
-    rows = conn.all(f"SELECT * FROM events {clause} ORDER BY id DESC LIMIT ?", (*params, limit))
-    return [_event_dict(r) for r in rows]
 
 
 def list_functions_txn(conn: db.Conn) -> list[dict[str, Any]]:

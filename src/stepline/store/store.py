@@ -113,8 +113,6 @@ class Store:
     async def get_event(self, event_id: str) -> dict[str, Any]:
         return await self.db.read(partial(ops_read.get_event_txn, event_id=event_id))
 
-    async def list_events(self, **filters: Any) -> list[dict[str, Any]]:
-        return await self.db.read(partial(ops_read.list_events_txn, **filters))
 
     async def list_functions(self) -> list[dict[str, Any]]:
         return await self.db.read(ops_read.list_functions_txn)
@@ -136,7 +134,8 @@ class Store:
 
         return await self.db.read(partial(ops_query.event_detail_txn, event_id=event_id))
 
-    async def list_events_page(self, **filters: Any) -> list[dict[str, Any]]:
+    async def list_events(self, **filters: Any) -> list[dict[str, Any]]:
+        """Newest first, each with the runs it started."""
         from stepline.store import ops_query
 
         return await self.db.read(partial(ops_query.list_events_txn, **filters))
