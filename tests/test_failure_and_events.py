@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import pytest
+
 import stepline
 from tests.helpers import eventually, runs_for_event, send_and_wait, wait_run
 
@@ -124,3 +126,25 @@ async def test_events_list_in_one_request_are_all_or_nothing(make_engine) -> Non
     else:
         raise AssertionError("a list with a bad event must be refused")
     assert await engine.store.list_events() == []
+
+
+async def test_wildcard_triggers_match_by_prefix(make_engine) -> None:
+    app = stepline.App("t")
+
+    @app.function(id="audit", trigger=stepline.TriggerEvent("app/user.*"))
+    async def audit(ctx: stepline.Context) -> str:
+        return ctx.event.name
+
+    @app.function(id="everything", trigger=stepline.TriggerEvent("app/*"))
+    async def everything(ctx: stepline.Context) -> str:
+        return ctx.event.name
+
+    engine = await make_engine(app)
+    created = await engine.send({"name": "app/user.created"})
+    billed = await engine.send({"name": "app/billing.paid"})
+    other = await engine.send({"name": "other/user.created"})
+    assert sorted(r["function_id"] for r in await runs_for_event(engine, created, 2)) == ["audit", "everything"]
+    assert [r["function_id"] for r in await runs_for_event(engine, billed)] == ["everything"]
+    assert (await engine.store.get_event(other))["runs"] == []
+    with pytest.raises(stepline.ConfigError, match="wildcard"):
+        stepline.TriggerEvent("app/*/created")

@@ -33,7 +33,10 @@ def _optional_expr(value: str | None, field: str) -> str | None:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TriggerEvent:
-    """Start a run for each event named ``event`` (``if_`` filters with CEL)."""
+    """Start a run for each event named ``event`` (``if_`` filters with CEL).
+
+    ``app/*`` or ``app/user.*`` match every event whose name starts with that prefix.
+    """
 
     event: str
     if_: str | None = None
@@ -41,6 +44,11 @@ class TriggerEvent:
     def __init__(self, event: str, *, if_: str | None = None) -> None:
         if not isinstance(event, str) or not event.strip():
             raise errors.ConfigError(f"TriggerEvent.event: expected an event name, got {event!r}")
+        if "*" in event and (event.count("*") > 1 or not event.endswith(("/*", ".*"))):
+            raise errors.ConfigError(
+                f"TriggerEvent.event: {event!r}: a wildcard stands alone at the end, after '/' or '.', "
+                "like 'app/*' or 'app/user.*'"
+            )
         object.__setattr__(self, "event", event)
         object.__setattr__(self, "if_", _optional_expr(if_, "TriggerEvent.if_"))
 

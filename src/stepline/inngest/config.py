@@ -36,8 +36,6 @@ def _triggers(raw: Any, slug: str, notes: list[str]) -> list[fn.Trigger]:
             raise errors.ConfigError(f"function {slug!r}: triggers[{i}]: expected an object, got {trig!r}")
         if trig.get("event"):
             name = str(trig["event"])
-            if "*" in name:
-                notes.append(f"{slug}: wildcard trigger {name!r} is not supported yet; it matches only that exact name")
             out.append(fn.TriggerEvent(events.trigger_name(name), if_=trig.get("expression") or None))
         elif trig.get("cron"):
             spec, timezone = str(trig["cron"]).strip(), "UTC"

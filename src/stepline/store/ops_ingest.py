@@ -44,6 +44,15 @@ def ingest_txn(conn: db.Conn, events: list[event_mod.Event], now: int) -> list[s
     return out
 
 
+def trigger_names(name: str) -> list[str]:
+    """The trigger names an event matches: its own, and each wildcard over a prefix of it.
+
+    ``app/user.created`` matches ``app/user.created``, ``app/user.*`` and ``app/*``, so
+    wildcard triggers are found through the same index as exact ones.
+    """
+    return [name] + [name[: i + 1] + "*" for i, char in enumerate(name) if char in "/." and i + 1 < len(name)]
+
+
 def start_triggered_runs_txn(
     conn: db.Conn,
     event_id: str,
@@ -59,10 +68,11 @@ def start_triggered_runs_txn(
     name = body["name"]
     matching = None if triggers is None else triggers.get(name)
     if matching is None:
+        names = trigger_names(name)
         rows = conn.all(
-            "SELECT t.function_id, t.expression, f.config FROM triggers t "
-            "JOIN functions f ON f.id = t.function_id WHERE t.event_name = ? ORDER BY t.function_id, t.position",
-            (name,),
+            "SELECT t.function_id, t.expression, f.config FROM triggers t JOIN functions f ON f.id = t.function_id "
+            f"WHERE t.event_name IN ({', '.join('?' for _ in names)}) ORDER BY t.function_id, t.position",
+            tuple(names),
         )
         matching = [(r["function_id"], r["expression"], jsonutil.loads(r["config"])) for r in rows]
         if triggers is not None:
