@@ -154,7 +154,7 @@ def note_skip_txn(conn: db.Conn, event_id: str, function_id: str, reason: str) -
     conn.execute("UPDATE events SET outcome = ? WHERE id = ?", (jsonutil.dumps(current), event_id))
 
 
-def claimed_txn(conn: db.Conn, run_id: str) -> None:
-    """A run starts: its debounce window and batch close, so new events start anew."""
-    conn.execute("DELETE FROM debounces WHERE run_id = ?", (run_id,))
-    conn.execute("DELETE FROM batches WHERE run_id = ?", (run_id,))
+def claimed_many_txn(conn: db.Conn, run_ids: list[tuple[str]]) -> None:
+    """Runs start: their debounce windows and batches close, so new events start anew."""
+    conn.executemany("DELETE FROM debounces WHERE run_id = ?", run_ids)
+    conn.executemany("DELETE FROM batches WHERE run_id = ?", run_ids)

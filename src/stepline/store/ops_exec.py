@@ -65,15 +65,7 @@ def claim_txn(
             )
         ]
     admitted, parked = _admit_by_concurrency(conn, candidates, now)
-    claimed: list[ClaimedRun] = []
-    for run_id in admitted + expired:
-        conn.execute(
-            "UPDATE queue SET lease_owner = ?, lease_expires_at = ?, parked_on = NULL WHERE run_id = ?",
-            (worker_id, now + lease_ms, run_id),
-        )
-        item = _prepare_claimed_txn(conn, run_id, now)
-        if item is not None:
-            claimed.append(item)
+    claimed = _lease_and_load_txn(conn, admitted + expired, worker_id, now, lease_ms)
     if parked:
         return claimed, now  # more ready rows may sit behind the parked ones: look again at once
     next_due = conn.scalar(
@@ -106,13 +98,56 @@ def _admit_by_concurrency(conn: db.Conn, candidates: list[dict[str, Any]], now: 
     return admitted, parked
 
 
-def _prepare_claimed_txn(conn: db.Conn, run_id: str, now: int) -> ClaimedRun | None:
-    run = conn.one(
-        "SELECT r.function_id, r.status, r.attempt, r.started_at, r.start_deadline_at, r.finish_timeout_ms, "
-        "r.cancel_requested, r.error, r.batch_event_ids, e.body FROM runs r JOIN events e ON e.id = r.event_id "
-        "WHERE r.id = ?",
-        (run_id,),
+_CLAIM_COLUMNS = (
+    "r.id, r.function_id, r.status, r.attempt, r.started_at, r.start_deadline_at, r.finish_timeout_ms, "
+    "r.cancel_requested, r.error, r.batch_event_ids, e.body"
+)
+
+
+def _lease_and_load_txn(conn: db.Conn, run_ids: list[str], worker_id: str, now: int, lease_ms: int) -> list[ClaimedRun]:
+    """Lease the runs and load each with its event and journal, in a few statements for the batch."""
+    if not run_ids:
+        return []
+    conn.executemany(
+        "UPDATE queue SET lease_owner = ?, lease_expires_at = ?, parked_on = NULL WHERE run_id = ?",
+        [(worker_id, now + lease_ms, run_id) for run_id in run_ids],
     )
+    padded = _padded(run_ids)
+    marks = _in(padded)
+    runs = {
+        r["id"]: r
+        for r in conn.all(f"SELECT {_CLAIM_COLUMNS} FROM runs r JOIN events e ON e.id = r.event_id WHERE r.id IN ({marks})", tuple(padded))
+    }
+    journals: dict[str, list[dict[str, Any]]] = {}
+    for row in conn.all(
+        f"SELECT run_id, key, kind, status, output, error, attempts, wake_at FROM steps WHERE run_id IN ({marks})",
+        tuple(padded),
+    ):
+        journals.setdefault(row.pop("run_id"), []).append(row)
+    claimed: list[ClaimedRun] = []
+    starts: list[tuple[int, int, str]] = []
+    first_starts: list[tuple[str]] = []
+    for run_id in run_ids:
+        item = _prepare_claimed_txn(conn, run_id, runs.get(run_id), journals.get(run_id, []), now)
+        if item is None:
+            continue
+        claimed.append(item)
+        starts.append((item.started_at, now, run_id))
+        if runs[run_id]["started_at"] is None:
+            first_starts.append((run_id,))
+    if starts:
+        conn.executemany(
+            "UPDATE runs SET status = 'running', wait_reason = NULL, started_at = ?, updated_at = ? WHERE id = ?", starts
+        )
+    if first_starts:
+        ops_admission.claimed_many_txn(conn, first_starts)
+    return claimed
+
+
+def _prepare_claimed_txn(
+    conn: db.Conn, run_id: str, run: dict[str, Any] | None, steps: list[dict[str, Any]], now: int
+) -> ClaimedRun | None:
+    """A leased run ready to execute, or None when it ended instead (cancelled, timed out, gone)."""
     if run is None or run["status"] in ("completed", "failed", "cancelled"):
         conn.execute("DELETE FROM queue WHERE run_id = ?", (run_id,))
         return None
@@ -124,20 +159,12 @@ def _prepare_claimed_txn(conn: db.Conn, run_id: str, now: int) -> ClaimedRun | N
         ops_runs.end_run_txn(conn, run_id, "cancelled", None, jsonutil.dumps(error), now)
         return None
     journal: dict[str, JournalEntry] = {}
-    for row in conn.all(
-        "SELECT key, kind, status, output, error, attempts, wake_at FROM steps WHERE run_id = ?", (run_id,)
-    ):
+    for row in steps:
         entry = JournalEntry(**row)
         if entry.status in ("sleeping", "waiting", "invoking") and entry.wake_at is not None and entry.wake_at <= now:
             entry = _resolve_timer_txn(conn, run_id, entry, now)
         journal[entry.key] = entry
-    if run["started_at"] is None:
-        ops_admission.claimed_txn(conn, run_id)
     started_at = run["started_at"] or now
-    conn.execute(
-        "UPDATE runs SET status = 'running', wait_reason = NULL, started_at = ?, updated_at = ? WHERE id = ?",
-        (started_at, now, run_id),
-    )
     body = jsonutil.loads(run["body"])
     events = [body]
     if run["batch_event_ids"]:
