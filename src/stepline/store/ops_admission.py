@@ -76,6 +76,7 @@ def _remember_singleton(conn: db.Conn, cfg: dict[str, Any], body: dict[str, Any]
             "ON CONFLICT (function_id, key) DO UPDATE SET run_id = excluded.run_id",
             (cfg["id"], _key(rule.get("key"), body), run_id),
         )
+        conn.execute("UPDATE runs SET cleanup = cleanup | ? WHERE id = ?", (ops_runs.CLEANUP_SINGLETON, run_id))
     return None
 
 

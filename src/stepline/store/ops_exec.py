@@ -392,6 +392,7 @@ def suspend_txn(
                     "INSERT INTO waits (id, run_id, step_key, event_name, expression, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
                     (f"{run_id}:{item.key}", run_id, item.key, item.event_name, item.expression, item.due_at),
                 )
+                conn.execute("UPDATE runs SET cleanup = cleanup | ? WHERE id = ?", (ops_runs.CLEANUP_WAITS, run_id))
         elif item.kind == "invoke":
             if _insert_pending_step(conn, run_id, step, seq, "invoking", item.due_at):
                 _start_invoked_run_txn(conn, run_id, item, now)

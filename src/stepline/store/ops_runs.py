@@ -17,6 +17,8 @@ from stepline.store import db, flow
 log = logging.getLogger("stepline.store")
 
 IDEMPOTENCY_WINDOW_MS = 24 * 3600 * 1000
+CLEANUP_WAITS = 1  # runs.cleanup: waits rows may exist
+CLEANUP_SINGLETON = 2  # runs.cleanup: a singletons row may exist
 NEVER = flow.NEVER  # 9999-12-31: "no due time" for rows that need one
 
 
@@ -149,8 +151,8 @@ def create_run_txn(
     finish_ms = None if timeouts.get("finish") is None else int(timeouts["finish"] * 1000)
     conn.execute(
         "INSERT INTO runs (id, function_id, event_id, batch_event_ids, status, wait_reason, attempt, user_id, "
-        "created_at, updated_at, start_deadline_at, finish_timeout_ms, parent_run_id, parent_step_key, replay_of) "
-        "VALUES (?, ?, ?, ?, 'queued', ?, 0, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "created_at, updated_at, start_deadline_at, finish_timeout_ms, parent_run_id, parent_step_key, replay_of, "
+        "cleanup) VALUES (?, ?, ?, ?, 'queued', ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             run_id,
             fn_id,
@@ -165,6 +167,7 @@ def create_run_txn(
             parent[0] if parent else None,
             parent[1] if parent else None,
             replay_of,
+            CLEANUP_WAITS if cfg.get("cancel_on") else 0,
         ),
     )
     keys = flow.concurrency_keys(cfg, body) + [(None, None), (None, None)]  # type: ignore[list-item]
@@ -247,7 +250,7 @@ def end_run_txn(
 ) -> bool:
     """Move a run to a terminal status and tell its parent (invoke); False if already ended."""
     run = conn.one(
-        "SELECT status, parent_run_id, parent_step_key FROM runs WHERE id = ?", (run_id,)
+        "SELECT status, parent_run_id, parent_step_key, started_at, cleanup FROM runs WHERE id = ?", (run_id,)
     )
     if run is None or run["status"] in ("completed", "failed", "cancelled"):
         return False
@@ -256,11 +259,19 @@ def end_run_txn(
         "updated_at = ?, cancel_requested = 0 WHERE id = ?",
         (status, output, error, now, now, run_id),
     )
-    flow.release_slots(conn, run_id, now)
-    conn.execute("DELETE FROM queue WHERE run_id = ?", (run_id,))
-    conn.execute("DELETE FROM waits WHERE run_id = ?", (run_id,))
-    for table in ("debounces", "batches", "singletons"):
-        conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+    queued = conn.one("DELETE FROM queue WHERE run_id = ? RETURNING ck1, ck2, lease_owner", (run_id,))
+    if queued is not None and queued["lease_owner"] is not None:
+        for key in (queued["ck1"], queued["ck2"]):  # its concurrency slots free up
+            if key is not None:
+                flow.unpark(conn, key, 1, now)
+    # Only what the run may have left behind (see migration 0005):
+    if run["cleanup"] & CLEANUP_WAITS:
+        conn.execute("DELETE FROM waits WHERE run_id = ?", (run_id,))
+    if run["cleanup"] & CLEANUP_SINGLETON:
+        conn.execute("DELETE FROM singletons WHERE run_id = ?", (run_id,))
+    if run["started_at"] is None:  # a debounce window or batch still open (a start closes them)
+        conn.execute("DELETE FROM debounces WHERE run_id = ?", (run_id,))
+        conn.execute("DELETE FROM batches WHERE run_id = ?", (run_id,))
     if run["parent_run_id"] is not None:
         if status == "completed":
             updated = conn.rowcount(
