@@ -93,3 +93,12 @@ def test_migrate_command_and_the_check_at_start(tmp_path) -> None:
     again = subprocess.run([sys.executable, "-m", "stepline.cli", "migrate", "--db", db], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert "none pending" in again.stdout
     open_store(db, migrate_now=False)  # now accepted
+
+
+async def test_dev_creates_the_database_folder_on_a_fresh_checkout(tmp_path) -> None:
+    path = tmp_path / "not-yet" / ".stepline" / "stepline.db"
+    store = open_store(str(path))  # dev mode: migrations applied, folders made
+    await store.start()
+    assert await store.list_runs() == []
+    await store.close()
+    assert path.exists()

@@ -6,6 +6,7 @@ through the backend's group commit, so many runs' checkpoints share a commit.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping
 from functools import partial
@@ -189,6 +190,9 @@ def open_store(url: str, *, migrate_now: bool = True) -> Store:
     ``migrate_now`` applies pending migrations (dev); otherwise pending ones are an error
     that names ``stepline migrate``.
     """
+    if not is_postgres_url(url):
+        directory = os.path.dirname(os.path.abspath(sqlite_path(url)))
+        os.makedirs(directory, exist_ok=True)  # `stepline dev` on a fresh checkout: ./.stepline/
     migrate.check(url, auto_apply=migrate_now)
     if is_postgres_url(url):
         from stepline.store import postgres
@@ -196,5 +200,9 @@ def open_store(url: str, *, migrate_now: bool = True) -> Store:
         return Store(postgres.PostgresDatabase(url), url)
     from stepline.store import sqlite
 
-    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else url
-    return Store(sqlite.SQLiteDatabase(path), url)
+    return Store(sqlite.SQLiteDatabase(sqlite_path(url)), url)
+
+
+def sqlite_path(url: str) -> str:
+    """The file path in a SQLite URL (``sqlite:///path``) or a bare path."""
+    return url[len("sqlite:///"):] if url.startswith("sqlite:///") else url
