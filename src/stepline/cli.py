@@ -65,6 +65,7 @@ def _settings(**overrides: Any) -> settings_mod.Settings:
 
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the engine's own
 
 
 async def _serve(
