@@ -79,7 +79,7 @@ def event_detail_txn(conn: db.Conn, event_id: str) -> dict[str, Any]:
         if isinstance(reason, str) and reason.startswith(BATCHED):
             row = conn.one("SELECT * FROM runs WHERE id = ?", (reason[len(BATCHED):].strip(),))
             if row is not None:
-                event["runs"].append(ops_read._run_dict(row))
+                event["runs"].append(ops_read.run_dict(row))
                 del skipped[fn_id]
     started = {r["function_id"] for r in event["runs"]}
     outcomes = [_reason_text(fn_id, reason) for fn_id, reason in sorted(skipped.items())]
@@ -132,7 +132,7 @@ def list_events_txn(
     """Newest first, each with the runs it started (id, function, status)."""
     clause, params = ops_read.page_filters({"name": name}, "received_at", since_ms, until_ms, before_id)
     rows = conn.all(f"SELECT * FROM events {clause} ORDER BY id DESC LIMIT ?", (*params, limit))
-    events = [ops_read._event_dict(r) for r in rows]
+    events = [ops_read.event_dict(r) for r in rows]
     if events:
         marks = ", ".join("?" for _ in events)
         started: dict[str, list[dict[str, str]]] = {}
@@ -151,26 +151,7 @@ def list_events_txn(
 
 def run_live_txn(conn: db.Conn, run_id: str, after_seq: int) -> dict[str, Any] | None:
     """What a stream sends: the run's status and progress, and messages after ``after_seq``."""
-    row = conn.one(
-        "SELECT id, function_id, status, wait_reason, attempt, progress, progress_message, output, error, "
-        "started_at, ended_at, updated_at FROM runs WHERE id = ?",
-        (run_id,),
-    )
+    row = conn.one("SELECT * FROM runs WHERE id = ?", (run_id,))
     if row is None:
         return None
-    messages = ops_read.run_messages_txn(conn, run_id, after_seq)
-    return {
-        "id": row["id"],
-        "function_id": row["function_id"],
-        "status": row["status"],
-        "wait_reason": row["wait_reason"],
-        "attempt": row["attempt"],
-        "progress": row["progress"],
-        "progress_message": row["progress_message"],
-        "output": jsonutil.loads(row["output"]),
-        "error": jsonutil.loads(row["error"]),
-        "started_at": ops_read.iso(row["started_at"]),
-        "ended_at": ops_read.iso(row["ended_at"]),
-        "updated_at": ops_read.iso(row["updated_at"]),
-        "messages": messages,
-    }
+    return {**ops_read.run_dict(row), "messages": ops_read.run_messages_txn(conn, run_id, after_seq)}

@@ -15,7 +15,7 @@ def iso(ms: int | None) -> str | None:
     return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _run_dict(row: dict[str, Any]) -> dict[str, Any]:
+def run_dict(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": row["id"],
         "function_id": row["function_id"],
@@ -72,7 +72,7 @@ def get_run_txn(conn: db.Conn, run_id: str) -> dict[str, Any]:
     row = conn.one("SELECT * FROM runs WHERE id = ?", (run_id,))
     if row is None:
         raise errors.NotFoundError(f"no run with id {run_id!r}")
-    run = _run_dict(row)
+    run = run_dict(row)
     event = conn.one("SELECT body FROM events WHERE id = ?", (row["event_id"],))
     run["event"] = jsonutil.loads(event["body"]) if event else None
     attempts: dict[str, list[dict[str, Any]]] = {}
@@ -118,10 +118,10 @@ def list_runs_txn(
         {"function_id": function_id, "status": status, "user_id": user_id}, "created_at", since_ms, until_ms, before_id
     )
     rows = conn.all(f"SELECT * FROM runs {clause} ORDER BY id DESC LIMIT ?", (*params, limit))
-    return [_run_dict(r) for r in rows]
+    return [run_dict(r) for r in rows]
 
 
-def _event_dict(row: dict[str, Any]) -> dict[str, Any]:
+def event_dict(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": row["id"],
         "name": row["name"],
@@ -136,9 +136,9 @@ def get_event_txn(conn: db.Conn, event_id: str) -> dict[str, Any]:
     row = conn.one("SELECT * FROM events WHERE id = ?", (event_id,))
     if row is None:
         raise errors.NotFoundError(f"no event with id {event_id!r}")
-    event = _event_dict(row)
+    event = event_dict(row)
     event["runs"] = [
-        _run_dict(r) for r in conn.all("SELECT * FROM runs WHERE event_id = ? ORDER BY id", (event_id,))
+        run_dict(r) for r in conn.all("SELECT * FROM runs WHERE event_id = ? ORDER BY id", (event_id,))
     ]
     return event
 
