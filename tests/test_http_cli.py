@@ -142,3 +142,8 @@ def test_help_lists_every_environment_variable() -> None:
         assert var.name in out
     for name, _ in ENV_VARS:
         assert name in out
+
+
+def test_dev_refuses_a_non_loopback_address() -> None:
+    out = subprocess.run([*CLI, "dev", "--host", "0.0.0.0", "--port", str(free_port())], capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0 and "loopback only" in out.stderr and "stepline start" in out.stderr

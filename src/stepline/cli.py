@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import ipaddress
 import json
 import logging
 import os
@@ -113,6 +114,15 @@ def main() -> None:
     """Stepline: durable background functions for Python web apps."""
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _run(main_coro: Any) -> None:
     """Run a long-lived command; a Stepline error becomes a one-line message, not a traceback."""
     try:
@@ -137,6 +147,11 @@ def _common_server_options(fn: Any) -> Any:
 def dev(apps: tuple[str, ...], db: str | None, port: int | None, host: str | None, sdk_url: tuple[str, ...], no_discovery: bool, no_poll: bool) -> None:
     """Server and worker in one process, SQLite by default, no keys (loopback only)."""
     settings = _settings(db=db, port=port, host=host)
+    if not _is_loopback(settings.host):
+        raise click.UsageError(
+            f"`stepline dev` has no authentication, so it binds loopback only, not {settings.host!r}; "
+            "to serve other machines use `stepline start` with STEPLINE_EVENT_KEY and STEPLINE_API_TOKEN"
+        )
     _setup_logging(settings.log_level)
     from stepline.testing import start_dev_provider
 
