@@ -81,6 +81,22 @@ class Conn:
 Op = Callable[[Conn], T]
 
 
+def relaxed(op: Op[T]) -> Op[T]:
+    """Mark an operation whose commit need not wait for the disk flush.
+
+    For claims: if the database crashes before a relaxed commit is flushed, the lease is
+    simply lost and the run is claimed again (at least once, as for any in-flight step).
+    A later durable commit (a checkpoint) flushes it first, since the log is written in
+    order. A batch is relaxed only when every operation in it is.
+    """
+    op.relaxed_durability = True  # type: ignore[attr-defined]
+    return op
+
+
+def is_relaxed(ops: list[Op[Any]]) -> bool:
+    return all(getattr(op, "relaxed_durability", False) for op in ops)
+
+
 class Batched:
     """An operation many callers share: once per group commit, over all their items.
 

@@ -286,6 +286,8 @@ class PostgresDatabase(db.Database):
         outcomes: list[tuple[bool, Any]] = []
         try:
             raw.execute("BEGIN")
+            if db.is_relaxed(ops):
+                raw.execute("SET LOCAL synchronous_commit TO off")  # see db.relaxed
             if len(ops) == 1:
                 try:
                     outcomes.append((True, ops[0](wrapped)))

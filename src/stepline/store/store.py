@@ -49,9 +49,8 @@ class Store:
         return await self.db.write(partial(ops_ingest.ingest_txn, events=events, now=now_ms()))
 
     async def claim(self, worker_id: str, function_ids: list[str], limit: int, lease_ms: int) -> tuple[list[ClaimedRun], int | None]:
-        return await self.db.write(
-            partial(ops_exec.claim_txn, worker_id=worker_id, function_ids=function_ids, limit=limit, now=now_ms(), lease_ms=lease_ms)
-        )
+        claim = partial(ops_exec.claim_txn, worker_id=worker_id, function_ids=function_ids, limit=limit, now=now_ms(), lease_ms=lease_ms)
+        return await self.db.write(db.relaxed(claim))
 
     async def checkpoint(self, run_id: str, worker_id: str, step: StepResult, seq: int) -> bool:
         return bool(await self.db.write_item(CHECKPOINTS, (run_id, worker_id, step, seq)))
