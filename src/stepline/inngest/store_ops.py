@@ -52,6 +52,7 @@ def register_app_txn(
         cfg["inngest"]["archived"] = True
         conn.execute("UPDATE functions SET config = ?, updated_at = ? WHERE id = ?", (jsonutil.dumps(cfg), now, fid))
         conn.execute("DELETE FROM triggers WHERE function_id = ?", (fid,))
+        ops_runs.forget_triggers(conn)
         conn.execute("DELETE FROM cron_schedules WHERE function_id = ?", (fid,))
         archived.append(fid)
     return archived
@@ -126,6 +127,7 @@ def prepare_wait_txn(
         "VALUES (?, ?, ?, 'wait', 'waiting', ?, 1, ?, ?) ON CONFLICT (run_id, key) DO NOTHING",
         (run_id, key, key, seq, now, expires_at),
     )
+    ops_runs.note_new_wait(conn, event_name)
     conn.execute(
         "INSERT INTO waits (id, run_id, step_key, event_name, expression, expires_at) VALUES (?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (id) DO NOTHING",

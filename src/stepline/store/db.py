@@ -21,12 +21,21 @@ log = logging.getLogger("stepline.store")
 
 
 class Conn:
-    """A connection inside one transaction. SQL uses ``?`` placeholders on every backend."""
+    """A connection inside one transaction. SQL uses ``?`` placeholders on every backend.
+
+    Writes queued with ``defer`` run before the next statement of any kind (and before
+    the operation ends), grouped into one ``executemany`` per statement: a batch of
+    events then costs a few round trips in all, not a few per event, and no statement
+    can read around a deferred write.
+    """
 
     dialect: str = ""
 
     def __init__(self) -> None:
         self.woke = False
+        # Caches that hold for this transaction (trigger lookups, event names nobody waits for).
+        self.memo: dict[str, Any] = {}
+        self._deferred: dict[str, list[tuple[Any, ...]]] = {}
 
     def wake(self) -> None:
         """Mark that this transaction made queue items due: workers are woken after commit."""
@@ -38,14 +47,39 @@ class Conn:
         A no-op where processes cannot be told (SQLite): they learn it by their next heartbeat.
         """
 
-    @abc.abstractmethod
-    def execute(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any: ...
+    def defer(self, sql: str, params: tuple[Any, ...]) -> None:
+        """Queue a write to run with the others of the same ``sql`` before the next statement.
 
-    @abc.abstractmethod
-    def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None: ...
+        For inserts of new rows. Statements run in the order they were first deferred,
+        so a row that another deferred row points at must be deferred first (runs
+        before their queue rows).
+        """
+        self._deferred.setdefault(sql, []).append(params)
 
-    @abc.abstractmethod
-    def all(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[Row]: ...
+    def flush(self) -> None:
+        """Run the deferred writes now (every statement, and the end of an operation, does)."""
+        if self._deferred:
+            pending, self._deferred = self._deferred, {}
+            for sql, rows in pending.items():
+                self._executemany(sql, rows)
+
+    def rolled_back(self) -> None:
+        """The current operation rolled back: drop its deferred writes, and caches it may have filled."""
+        self._deferred.clear()
+        self.memo.clear()
+
+    def execute(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
+        self.flush()
+        return self._execute(sql, params)
+
+    def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        self.flush()
+        if rows:
+            self._executemany(sql, rows)
+
+    def all(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[Row]:
+        self.flush()
+        return self._all(sql, params)
 
     def one(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Row | None:
         rows = self.all(sql, params)
@@ -55,9 +89,24 @@ class Conn:
         row = self.one(sql, params)
         return None if row is None else next(iter(row.values()))
 
-    @abc.abstractmethod
     def rowcount(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> int:
         """Run a write and return how many rows it touched."""
+        self.flush()
+        return self._rowcount(sql, params)
+
+    # --- for backends: the statements themselves ---------------------------------
+
+    @abc.abstractmethod
+    def _execute(self, sql: str, params: tuple[Any, ...] | list[Any]) -> Any: ...
+
+    @abc.abstractmethod
+    def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None: ...
+
+    @abc.abstractmethod
+    def _all(self, sql: str, params: tuple[Any, ...] | list[Any]) -> list[Row]: ...
+
+    @abc.abstractmethod
+    def _rowcount(self, sql: str, params: tuple[Any, ...] | list[Any]) -> int: ...
 
     def skip_locked(self) -> str:
         """The row-lock clause for claims (``FOR UPDATE SKIP LOCKED`` where supported)."""
@@ -79,6 +128,26 @@ class Conn:
 
 
 Op = Callable[[Conn], T]
+
+
+def in_list(values: list[Any]) -> tuple[str, tuple[Any, ...]]:
+    """Placeholders and parameters for ``IN (...)`` over ``values`` (at least one).
+
+    The list is padded to a power of two by repeating its last value, so the statement
+    has few distinct shapes and its prepared form is reused.
+    """
+    size = 1
+    while size < len(values):
+        size *= 2
+    padded = list(values) + [values[-1]] * (size - len(values))
+    return ", ".join("?" * size), tuple(padded)
+
+
+def run_op(op: Op[T], conn: Conn) -> T:
+    """Run one operation of a batch, its deferred writes included (their errors are its own)."""
+    result = op(conn)
+    conn.flush()
+    return result
 
 
 def relaxed(op: Op[T]) -> Op[T]:

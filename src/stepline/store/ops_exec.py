@@ -100,7 +100,7 @@ def _admit_by_concurrency(conn: db.Conn, candidates: list[dict[str, Any]], now: 
 
 _CLAIM_COLUMNS = (
     "r.id, r.function_id, r.status, r.attempt, r.started_at, r.start_deadline_at, r.finish_timeout_ms, "
-    "r.cancel_requested, r.error, r.batch_event_ids, e.body"
+    "r.cancel_requested, r.error, r.batch_event_ids, r.cleanup, e.body"
 )
 
 
@@ -112,16 +112,15 @@ def _lease_and_load_txn(conn: db.Conn, run_ids: list[str], worker_id: str, now: 
         "UPDATE queue SET lease_owner = ?, lease_expires_at = ?, parked_on = NULL WHERE run_id = ?",
         [(worker_id, now + lease_ms, run_id) for run_id in run_ids],
     )
-    padded = _padded(run_ids)
-    marks = _in(padded)
+    marks, padded = db.in_list(run_ids)
     runs = {
         r["id"]: r
-        for r in conn.all(f"SELECT {_CLAIM_COLUMNS} FROM runs r JOIN events e ON e.id = r.event_id WHERE r.id IN ({marks})", tuple(padded))
+        for r in conn.all(f"SELECT {_CLAIM_COLUMNS} FROM runs r JOIN events e ON e.id = r.event_id WHERE r.id IN ({marks})", padded)
     }
     journals: dict[str, list[dict[str, Any]]] = {}
     for row in conn.all(
         f"SELECT run_id, key, kind, status, output, error, attempts, wake_at FROM steps WHERE run_id IN ({marks})",
-        tuple(padded),
+        padded,
     ):
         journals.setdefault(row.pop("run_id"), []).append(row)
     claimed: list[ClaimedRun] = []
@@ -133,7 +132,7 @@ def _lease_and_load_txn(conn: db.Conn, run_ids: list[str], worker_id: str, now: 
             continue
         claimed.append(item)
         starts.append((item.started_at, now, run_id))
-        if runs[run_id]["started_at"] is None:
+        if runs[run_id]["started_at"] is None and runs[run_id]["cleanup"] & ops_runs.CLEANUP_WINDOW:
             first_starts.append((run_id,))
     if starts:
         conn.executemany(
@@ -255,24 +254,15 @@ def _checkpoint_extras(conn: db.Conn, run_id: str, step: StepResult) -> None:
         )
 
 
-def _padded(values: list[str]) -> list[str]:
-    """``values`` padded to a power of two by repeating the last, so an ``IN (...)`` list
-    has few distinct shapes and its prepared statement is reused."""
-    size = 1
-    while size < len(values):
-        size *= 2
-    return values + [values[-1]] * (size - len(values))
-
-
 def _held_many(conn: db.Conn, run_ids: list[str]) -> dict[str, dict[str, Any]]:
     """Lease holder and cancel flag of each run (absent: the run has no queue row)."""
-    padded = _padded(list(dict.fromkeys(run_ids)))
+    marks, padded = db.in_list(list(dict.fromkeys(run_ids)))
     return {
         r["run_id"]: r
         for r in conn.all(
             "SELECT q.run_id, q.lease_owner, r.cancel_requested FROM queue q JOIN runs r ON r.id = q.run_id "
-            f"WHERE q.run_id IN ({_in(padded)}) {conn.row_lock('q')}",  # as in _hold
-            tuple(padded),
+            f"WHERE q.run_id IN ({marks}) {conn.row_lock('q')}",  # as in _hold
+            padded,
         )
     }
 
@@ -388,6 +378,7 @@ def suspend_txn(
             _insert_pending_step(conn, run_id, step, seq, "sleeping", item.due_at)
         elif item.kind == "wait":
             if _insert_pending_step(conn, run_id, step, seq, "waiting", item.due_at):
+                ops_runs.note_new_wait(conn, item.event_name or "")
                 conn.execute(
                     "INSERT INTO waits (id, run_id, step_key, event_name, expression, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
                     (f"{run_id}:{item.key}", run_id, item.key, item.event_name, item.expression, item.due_at),
@@ -470,30 +461,38 @@ def finish_run_txn(
 ) -> None:
     """End a run the worker holds; a final failure sends ``stepline/function.failed``."""
     _hold(conn, run_id, worker_id)
-    _end_held_run_txn(conn, run_id, status, output, error, now)
+    _end_held_runs_txn(conn, [(run_id, status, output, error, now)])
 
 
 def finish_many_txn(conn: db.Conn, items: list[tuple[str, str, str, str | None, str | None, int]]) -> list[None | LeaseLost]:
-    """``finish_run_txn`` for many runs at once: one lease check for all of them.
+    """``finish_run_txn`` for many runs at once: one lease check and one ending for all of them.
 
     ``items`` are ``(run_id, worker_id, status, output, error, now)``; a run whose lease
     was lost gets a ``LeaseLost`` of its own, found before anything is written.
     """
     held = _held_many(conn, [item[0] for item in items])
     out: list[None | LeaseLost] = []
+    ending: list[tuple[str, str, str | None, str | None, int]] = []
     for run_id, worker_id, status, output, error, now in items:
         row = held.get(run_id)
         if row is None or row["lease_owner"] != worker_id:
             out.append(LeaseLost(f"worker {worker_id} no longer holds run {run_id}"))
             continue
-        _end_held_run_txn(conn, run_id, status, output, error, now)
+        ending.append((run_id, status, output, error, now))
         out.append(None)
+    if ending:
+        _end_held_runs_txn(conn, ending)
     return out
 
 
-def _end_held_run_txn(conn: db.Conn, run_id: str, status: str, output: str | None, error: str | None, now: int) -> None:
-    if not ops_runs.end_run_txn(conn, run_id, status, output, error, now) or status != "failed":
-        return
+def _end_held_runs_txn(conn: db.Conn, items: list[tuple[str, str, str | None, str | None, int]]) -> None:
+    ended = ops_runs.end_runs_txn(conn, items)
+    for (run_id, status, _, error, now), did_end in zip(items, ended):
+        if did_end and status == "failed":
+            _send_failed_event_txn(conn, run_id, error, now)
+
+
+def _send_failed_event_txn(conn: db.Conn, run_id: str, error: str | None, now: int) -> None:
     # Only a failure needs the event and config (ending the run changes neither).
     row = conn.one(
         "SELECT r.function_id, e.body, f.config FROM runs r JOIN events e ON e.id = r.event_id "

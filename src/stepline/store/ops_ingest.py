@@ -18,7 +18,7 @@ def ingest_txn(conn: db.Conn, events: list[event_mod.Event], now: int) -> list[s
     first id is returned in its place.
     """
     out: list[str] = []
-    triggers: dict[str, list[tuple[str, str | None, dict[str, Any]]]] = {}
+    ops_runs.note_names_without_waits_txn(conn, {ev.name for ev in events})
     for ev in events:
         if ev.id is not None:
             conn.lock("event-id", ev.id)  # two servers receiving the same id store it once
@@ -33,13 +33,13 @@ def ingest_txn(conn: db.Conn, events: list[event_mod.Event], now: int) -> list[s
         body.setdefault("id", event_id)
         ops_runs.insert_event_txn(conn, event_id, body, ev.id, now)
         if ev.id is not None:
-            conn.execute(
+            conn.defer(
                 "INSERT INTO event_ids_seen (external_id, event_id, expires_at) VALUES (?, ?, ?) "
                 "ON CONFLICT (external_id) DO UPDATE SET event_id = excluded.event_id, expires_at = excluded.expires_at",
                 (ev.id, event_id, now + DEDUP_WINDOW_MS),
             )
         ops_runs.resolve_waits_txn(conn, body, now)
-        start_triggered_runs_txn(conn, event_id, body, now, triggers)
+        start_triggered_runs_txn(conn, event_id, body, now)
         out.append(event_id)
     return out
 
@@ -53,20 +53,15 @@ def trigger_names(name: str) -> list[str]:
     return [name] + [name[: i + 1] + "*" for i, char in enumerate(name) if char in "/." and i + 1 < len(name)]
 
 
-def start_triggered_runs_txn(
-    conn: db.Conn,
-    event_id: str,
-    body: dict[str, Any],
-    now: int,
-    triggers: dict[str, list[tuple[str, str | None, dict[str, Any]]]] | None = None,
-) -> None:
+def start_triggered_runs_txn(conn: db.Conn, event_id: str, body: dict[str, Any], now: int) -> None:
     """Admit the event into every function whose trigger matches; record why any started no run.
 
-    ``triggers`` caches the matching functions per event name within one transaction,
-    so a batch of same-named events reads and parses each config once.
+    The matching functions are cached per event name for the transaction, so a batch of
+    same-named events reads and parses each config once.
     """
     name = body["name"]
-    matching = None if triggers is None else triggers.get(name)
+    triggers = conn.memo.setdefault(ops_runs.TRIGGERS, {})
+    matching = triggers.get(name)
     if matching is None:
         names = trigger_names(name)
         rows = conn.all(
@@ -74,9 +69,7 @@ def start_triggered_runs_txn(
             f"WHERE t.event_name IN ({', '.join('?' for _ in names)}) ORDER BY t.function_id, t.position",
             tuple(names),
         )
-        matching = [(r["function_id"], r["expression"], jsonutil.loads(r["config"])) for r in rows]
-        if triggers is not None:
-            triggers[name] = matching
+        matching = triggers[name] = [(r["function_id"], r["expression"], jsonutil.loads(r["config"])) for r in rows]
     admitted: set[str] = set()
     skipped: dict[str, str] = {}
     variables = {"event": body}

@@ -19,6 +19,10 @@ log = logging.getLogger("stepline.store")
 IDEMPOTENCY_WINDOW_MS = 24 * 3600 * 1000
 CLEANUP_WAITS = 1  # runs.cleanup: waits rows may exist
 CLEANUP_SINGLETON = 2  # runs.cleanup: a singletons row may exist
+CLEANUP_WINDOW = 4  # runs.cleanup: a debounces or batches row may exist until the run starts
+TERMINAL = ("completed", "failed", "cancelled")
+_NO_WAITS = "event names nobody waits for"  # Conn.memo key
+TRIGGERS = "functions by trigger name"  # Conn.memo key (ops_ingest)
 NEVER = flow.NEVER  # 9999-12-31: "no due time" for rows that need one
 
 
@@ -29,6 +33,7 @@ def register_functions_txn(
     conn: db.Conn, configs: list[dict[str, Any]], cron_next: Mapping[tuple[str, int], int], now: int
 ) -> None:
     """Store each function's config and triggers; keep cron positions that did not change."""
+    forget_triggers(conn)
     for cfg in configs:
         fn_id = cfg["id"]
         conn.execute(
@@ -67,6 +72,11 @@ def register_functions_txn(
                 )
 
 
+def forget_triggers(conn: db.Conn) -> None:
+    """Triggers change in this transaction: ingest must read them again."""
+    conn.memo.pop(TRIGGERS, None)
+
+
 def function_config_txn(conn: db.Conn, function_id: str) -> dict[str, Any] | None:
     row = conn.one("SELECT config FROM functions WHERE id = ?", (function_id,))
     return None if row is None else jsonutil.loads(row["config"])
@@ -76,7 +86,7 @@ def function_config_txn(conn: db.Conn, function_id: str) -> dict[str, Any] | Non
 
 
 def insert_event_txn(conn: db.Conn, event_id: str, body: dict[str, Any], external_id: str | None, now: int) -> None:
-    conn.execute(
+    conn.defer(
         "INSERT INTO events (id, name, body, external_id, user_id, ts, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
         (
             event_id,
@@ -149,7 +159,10 @@ def create_run_txn(
     timeouts = cfg.get("timeouts") or {}
     start_deadline = None if timeouts.get("start") is None else now + int(timeouts["start"] * 1000)
     finish_ms = None if timeouts.get("finish") is None else int(timeouts["finish"] * 1000)
-    conn.execute(
+    cleanup = (CLEANUP_WAITS if cfg.get("cancel_on") else 0) | (
+        CLEANUP_WINDOW if cfg.get("debounce") or cfg.get("batch_events") else 0
+    )
+    conn.defer(
         "INSERT INTO runs (id, function_id, event_id, batch_event_ids, status, wait_reason, attempt, user_id, "
         "created_at, updated_at, start_deadline_at, finish_timeout_ms, parent_run_id, parent_step_key, replay_of, "
         "cleanup) VALUES (?, ?, ?, ?, 'queued', ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -167,17 +180,18 @@ def create_run_txn(
             parent[0] if parent else None,
             parent[1] if parent else None,
             replay_of,
-            CLEANUP_WAITS if cfg.get("cancel_on") else 0,
+            cleanup,
         ),
     )
     keys = flow.concurrency_keys(cfg, body) + [(None, None), (None, None)]  # type: ignore[list-item]
-    conn.execute(
+    conn.defer(
         "INSERT INTO queue (run_id, function_id, due_at, priority_ms, ck1, cl1, ck2, cl2) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (run_id, fn_id, due, flow.priority_ms(cfg, body), keys[0][0], keys[0][1], keys[1][0], keys[1][1]),
     )
     for rule in cfg.get("cancel_on") or ():
         expires = None if rule.get("timeout") is None else now + int(rule["timeout"] * 1000)
-        conn.execute(
+        note_new_wait(conn, rule["event"])
+        conn.defer(
             "INSERT INTO waits (id, run_id, step_key, event_name, expression, expires_at) VALUES (?, ?, NULL, ?, ?, ?)",
             (ids.new_id(), run_id, rule["event"], rule.get("expression"), expires),
         )
@@ -202,8 +216,38 @@ def set_run_event_txn(conn: db.Conn, run_id: str, cfg: dict[str, Any], event_id:
 # --- waits -----------------------------------------------------------------------
 
 
+def note_names_without_waits_txn(conn: db.Conn, names: set[str]) -> None:
+    """Learn, in one query, which of these event names no wait or cancel rule listens for.
+
+    Ingest then skips the wait lookup for those events. Only absence is remembered, and
+    every new wait in this transaction forgets its name (``note_new_wait``); rows that
+    other processes add meanwhile count as arriving after these events.
+    """
+    absent: set[str] = conn.memo.setdefault(_NO_WAITS, set())
+    unknown = sorted(names - absent)
+    if not unknown:
+        return
+    found = {
+        r["event_name"]
+        for r in conn.all(
+            f"SELECT DISTINCT event_name FROM waits WHERE event_name IN ({', '.join('?' for _ in unknown)})",
+            tuple(unknown),
+        )
+    }
+    absent.update(name for name in unknown if name not in found)
+
+
+def note_new_wait(conn: db.Conn, event_name: str) -> None:
+    """A wait for ``event_name`` is being added in this transaction: look it up again."""
+    absent: set[str] | None = conn.memo.get(_NO_WAITS)
+    if absent is not None:
+        absent.discard(event_name)
+
+
 def resolve_waits_txn(conn: db.Conn, body: dict[str, Any], now: int) -> None:
     """Hand an incoming event to the runs waiting for it (a step) or cancelled by it."""
+    if body["name"] in conn.memo.get(_NO_WAITS, ()):
+        return
     rows = conn.all(
         "SELECT w.id, w.run_id, w.step_key, w.expression, w.expires_at, e.body AS trigger_body "
         "FROM waits w JOIN runs r ON r.id = w.run_id JOIN events e ON e.id = r.event_id "
@@ -249,57 +293,89 @@ def end_run_txn(
     conn: db.Conn, run_id: str, status: str, output: str | None, error: str | None, now: int
 ) -> bool:
     """Move a run to a terminal status and tell its parent (invoke); False if already ended."""
-    run = conn.one(
-        "SELECT status, parent_run_id, parent_step_key, started_at, cleanup FROM runs WHERE id = ?", (run_id,)
-    )
-    if run is None or run["status"] in ("completed", "failed", "cancelled"):
-        return False
-    conn.execute(
+    return end_runs_txn(conn, [(run_id, status, output, error, now)])[0]
+
+
+def end_runs_txn(conn: db.Conn, items: list[tuple[str, str, str | None, str | None, int]]) -> list[bool]:
+    """``end_run_txn`` for many runs: ``(run_id, status, output, error, now)`` each, in a
+    few statements for all of them (one read, one update, one delete) plus what each
+    run may have left behind."""
+    marks, params = db.in_list([item[0] for item in items])
+    runs = {
+        r["id"]: r
+        for r in conn.all(
+            f"SELECT id, status, parent_run_id, parent_step_key, started_at, cleanup FROM runs WHERE id IN ({marks})",
+            params,
+        )
+    }
+    ending: list[tuple[dict[str, Any], tuple[str, str, str | None, str | None, int]]] = []
+    for item in items:
+        run = runs.pop(item[0], None)  # popped: a run listed twice ends once
+        if run is not None and run["status"] not in TERMINAL:
+            ending.append((run, item))
+    if not ending:
+        return [False] * len(items)
+    conn.executemany(
         "UPDATE runs SET status = ?, output = ?, error = ?, wait_reason = NULL, ended_at = ?, "
         "updated_at = ?, cancel_requested = 0 WHERE id = ?",
-        (status, output, error, now, now, run_id),
+        [(status, output, error, now, now, run_id) for _, (run_id, status, output, error, now) in ending],
     )
-    queued = conn.one("DELETE FROM queue WHERE run_id = ? RETURNING ck1, ck2, lease_owner", (run_id,))
-    if queued is not None and queued["lease_owner"] is not None:
-        for key in (queued["ck1"], queued["ck2"]):  # its concurrency slots free up
-            if key is not None:
-                flow.unpark(conn, key, 1, now)
-    # Only what the run may have left behind (see migration 0005):
+    marks, params = db.in_list([item[0] for _, item in ending])
+    freed = {
+        r["run_id"]: r
+        for r in conn.all(f"DELETE FROM queue WHERE run_id IN ({marks}) RETURNING run_id, ck1, ck2, lease_owner", params)
+    }
+    for run, item in ending:
+        queued = freed.get(item[0])
+        if queued is not None and queued["lease_owner"] is not None:
+            for key in (queued["ck1"], queued["ck2"]):  # its concurrency slots free up
+                if key is not None:
+                    flow.unpark(conn, key, 1, item[4])
+        _end_side_rows_txn(conn, run, item)
+    done = {item[0] for _, item in ending}
+    return [item[0] in done for item in items]
+
+
+def _end_side_rows_txn(
+    conn: db.Conn, run: dict[str, Any], item: tuple[str, str, str | None, str | None, int]
+) -> None:
+    """Delete what an ended run may have left behind (see migrations 0005, 0006) and tell its parent."""
+    run_id, status, output, error, now = item
     if run["cleanup"] & CLEANUP_WAITS:
         conn.execute("DELETE FROM waits WHERE run_id = ?", (run_id,))
     if run["cleanup"] & CLEANUP_SINGLETON:
         conn.execute("DELETE FROM singletons WHERE run_id = ?", (run_id,))
-    if run["started_at"] is None:  # a debounce window or batch still open (a start closes them)
+    if run["started_at"] is None and run["cleanup"] & CLEANUP_WINDOW:  # a start closes them
         conn.execute("DELETE FROM debounces WHERE run_id = ?", (run_id,))
         conn.execute("DELETE FROM batches WHERE run_id = ?", (run_id,))
-    if run["parent_run_id"] is not None:
-        if status == "completed":
-            updated = conn.rowcount(
-                "UPDATE steps SET status = 'completed', output = ?, ended_at = ? "
-                "WHERE run_id = ? AND key = ? AND status = 'invoking'",
-                (output if output is not None else "null", now, run["parent_run_id"], run["parent_step_key"]),
-            )
-        else:
-            failure = jsonutil.loads(error) if error else {}
-            updated = conn.rowcount(
-                "UPDATE steps SET status = 'failed', error = ?, ended_at = ? "
-                "WHERE run_id = ? AND key = ? AND status = 'invoking'",
-                (
-                    jsonutil.dumps(
-                        {
-                            "name": failure.get("name", "InvokedRunFailed"),
-                            "message": f"invoked run {run_id} {status}: {failure.get('message', '')}".strip(),
-                            "stack": failure.get("stack"),
-                        }
-                    ),
-                    now,
-                    run["parent_run_id"],
-                    run["parent_step_key"],
+    if run["parent_run_id"] is None:
+        return
+    if status == "completed":
+        updated = conn.rowcount(
+            "UPDATE steps SET status = 'completed', output = ?, ended_at = ? "
+            "WHERE run_id = ? AND key = ? AND status = 'invoking'",
+            (output if output is not None else "null", now, run["parent_run_id"], run["parent_step_key"]),
+        )
+    else:
+        failure = jsonutil.loads(error) if error else {}
+        updated = conn.rowcount(
+            "UPDATE steps SET status = 'failed', error = ?, ended_at = ? "
+            "WHERE run_id = ? AND key = ? AND status = 'invoking'",
+            (
+                jsonutil.dumps(
+                    {
+                        "name": failure.get("name", "InvokedRunFailed"),
+                        "message": f"invoked run {run_id} {status}: {failure.get('message', '')}".strip(),
+                        "stack": failure.get("stack"),
+                    }
                 ),
-            )
-        if updated:
-            make_due_txn(conn, run["parent_run_id"], now)
-    return True
+                now,
+                run["parent_run_id"],
+                run["parent_step_key"],
+            ),
+        )
+    if updated:
+        make_due_txn(conn, run["parent_run_id"], now)
 
 
 def cancel_run_txn(conn: db.Conn, run_id: str, now: int, reason: str) -> str:

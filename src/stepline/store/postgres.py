@@ -99,17 +99,17 @@ class PostgresConn(db.Conn):
         super().__init__()
         self.raw = raw
 
-    def execute(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
+    def _execute(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
         return self.raw.execute(translate(sql), tuple(params))
 
-    def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         with self.raw.cursor() as cursor:
             cursor.executemany(translate(sql), rows)
 
-    def all(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[db.Row]:
+    def _all(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[db.Row]:
         return self.raw.execute(translate(sql), tuple(params)).fetchall()
 
-    def rowcount(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> int:
+    def _rowcount(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> int:
         return self.raw.execute(translate(sql), tuple(params)).rowcount
 
     def skip_locked(self) -> str:
@@ -290,7 +290,7 @@ class PostgresDatabase(db.Database):
                 raw.execute("SET LOCAL synchronous_commit TO off")  # see db.relaxed
             if len(ops) == 1:
                 try:
-                    outcomes.append((True, ops[0](wrapped)))
+                    outcomes.append((True, db.run_op(ops[0], wrapped)))
                 except Exception as exc:  # noqa: BLE001 - the op's failure is its caller's
                     self._reraise_if_retryable(raw, exc, retry_transient)
                     raw.execute("ROLLBACK")
@@ -299,11 +299,12 @@ class PostgresDatabase(db.Database):
                 for op in ops:
                     raw.execute("SAVEPOINT op")
                     try:
-                        outcomes.append((True, op(wrapped)))
+                        outcomes.append((True, db.run_op(op, wrapped)))
                         raw.execute("RELEASE SAVEPOINT op")
                     except Exception as exc:  # noqa: BLE001 - this op alone rolls back
                         self._reraise_if_retryable(raw, exc, retry_transient)
                         raw.execute("ROLLBACK TO SAVEPOINT op")
+                        wrapped.rolled_back()
                         raw.execute("RELEASE SAVEPOINT op")
                         outcomes.append((False, exc))
             # The transaction id lets us learn whether a COMMIT cut short by a lost
@@ -414,7 +415,7 @@ class PostgresDatabase(db.Database):
                 with pool.connection(timeout=RECONNECT_WINDOW) as raw:
                     try:
                         with raw.transaction():
-                            return op(PostgresConn(raw))
+                            return db.run_op(op, PostgresConn(raw))
                     except pg_errors.FeatureNotSupported as exc:
                         if not _stale_plan(exc) or time.monotonic() > deadline:
                             raise

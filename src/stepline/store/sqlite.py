@@ -32,16 +32,16 @@ class SQLiteConn(db.Conn):
         super().__init__()
         self.raw = raw
 
-    def execute(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
+    def _execute(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
         return self.raw.execute(sql, params)
 
-    def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         self.raw.executemany(sql, rows)
 
-    def all(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[db.Row]:
+    def _all(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[db.Row]:
         return self.raw.execute(sql, params).fetchall()
 
-    def rowcount(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> int:
+    def _rowcount(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> int:
         return self.raw.execute(sql, params).rowcount
 
 
@@ -128,15 +128,16 @@ class SQLiteDatabase(db.Database):
         conn.execute("BEGIN IMMEDIATE")
         try:
             if len(ops) == 1:
-                outcomes.append((True, ops[0](wrapped)))
+                outcomes.append((True, db.run_op(ops[0], wrapped)))
             else:
                 for op in ops:
                     conn.execute("SAVEPOINT op")
                     try:
-                        outcomes.append((True, op(wrapped)))
+                        outcomes.append((True, db.run_op(op, wrapped)))
                         conn.execute("RELEASE op")
                     except Exception as exc:  # noqa: BLE001 - this op alone rolls back
                         conn.execute("ROLLBACK TO op")
+                        wrapped.rolled_back()
                         conn.execute("RELEASE op")
                         outcomes.append((False, exc))
             conn.execute("COMMIT")
@@ -163,7 +164,7 @@ class SQLiteDatabase(db.Database):
         conn = self._reader()
         conn.raw.execute("BEGIN")
         try:
-            return op(conn)
+            return db.run_op(op, conn)
         finally:
             conn.raw.execute("COMMIT")
 
