@@ -134,7 +134,17 @@ class Engine:
         validated = self.validate_events(list(events))
         if not validated:
             return []
-        return await self.store.ingest(validated)
+        worker = self.worker
+        offer = worker.offer() if worker is not None else None
+        if worker is None or offer is None:
+            return await self.store.ingest(validated)
+        committed = False
+        try:
+            ids = await self.store.ingest(validated, offer)
+            committed = True
+            return ids
+        finally:
+            worker.adopt(offer, committed)
 
     async def send(self, event: dict[str, Any] | event_mod.Event) -> str:
         return (await self.send_many([event]))[0]

@@ -11,10 +11,14 @@ from stepline.engine import cron
 from stepline.engine.executor import Executor, Services
 from stepline.function import Function
 from stepline.store import Store, now_ms
+from stepline.store.records import ClaimedRun, HandOff
 
 log = logging.getLogger("stepline.worker")
 
 CLAIM_BATCH = 100
+# Seconds between looks for runs whose lease expired (a crashed worker's), at most; a
+# quarter of the lease when that is shorter. Not every claim: it costs a round trip.
+RECLAIM_EVERY = 1.0
 
 
 class Worker:
@@ -30,6 +34,8 @@ class Worker:
         self._wake = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._stopping = False
+        self._idle = False  # waiting for a wake-up after a claim that found no more ready runs
+        self._reserved = 0  # slots promised to offers whose ingest has not committed yet
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self.poll_interval = services.settings.poll_interval or services.store.db.poll_interval
@@ -99,6 +105,30 @@ class Worker:
     def wake(self) -> None:
         self._wake.set()
 
+    # --- runs handed over by an ingest in this process -----------------------------
+
+    def offer(self) -> HandOff | None:
+        """An offer to take new runs straight from an ingest, or None when this worker is
+        busy or may have ready runs waiting in the queue (they go first)."""
+        if self._stopping or not self._idle or self._wake.is_set():
+            return None
+        free = self._concurrency - len(self._running) - self._reserved
+        if free <= 0:
+            return None
+        limit = min(free, CLAIM_BATCH * 5)
+        self._reserved += limit
+        lease_ms = int(self._services.settings.lease * 1000)
+        return HandOff(self.id, frozenset(self._function_ids), limit, lease_ms)
+
+    def adopt(self, offer: HandOff, committed: bool) -> None:
+        """Execute the runs ``offer`` took, once their ingest ``committed``; give back its slots."""
+        self._reserved -= offer.limit
+        if committed:
+            for item in offer.taken:
+                self._start(item)
+        offer.taken.clear()
+        self._slot_freed.set()
+
     @property
     def in_flight(self) -> int:
         return len(self._running)
@@ -107,32 +137,47 @@ class Worker:
 
     async def _claim_loop(self) -> None:
         lease_ms = int(self._services.settings.lease * 1000)
+        reclaim_every = min(RECLAIM_EVERY, self._services.settings.lease / 4)
+        reclaimed_at = float("-inf")
+        loop = asyncio.get_running_loop()
         while not self._stopping:
-            free = self._concurrency - len(self._running)
+            free = self._concurrency - len(self._running) - self._reserved
             if free <= 0:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
             self._wake.clear()
             want = min(free, CLAIM_BATCH)
+            reclaim = loop.time() - reclaimed_at >= reclaim_every
+            if reclaim:
+                reclaimed_at = loop.time()
             try:
-                claimed, next_due = await self._store.claim(self.id, self._function_ids, want, lease_ms)
+                claimed, next_due = await self._store.claim(
+                    self.id, self._function_ids, want, lease_ms, reclaim_expired=reclaim
+                )
             except Exception:  # noqa: BLE001 - the database may be restarting; try again shortly
                 log.exception("claiming runs failed; retrying")
                 await asyncio.sleep(min(1.0, self.poll_interval * 5))
                 continue
             for item in claimed:
-                task = asyncio.create_task(self._execute(item), name=f"stepline-run-{item.run_id}")
-                self._running.add(task)
+                self._start(item)
             if len(claimed) == want:
                 continue
             timeout = self.poll_interval
             if next_due is not None:
                 timeout = min(timeout, max(0.0, (next_due - now_ms()) / 1000))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            self._idle = True  # the queue held no more ready runs for us: offers are fair now
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+            finally:
+                self._idle = False
 
-    async def _execute(self, item) -> None:  # type: ignore[no-untyped-def]
+    def _start(self, item: ClaimedRun) -> None:
+        task = asyncio.create_task(self._execute(item), name=f"stepline-run-{item.run_id}")
+        self._running.add(task)
+
+    async def _execute(self, item: ClaimedRun) -> None:
         try:
             await self.executor.execute(item)
         except asyncio.CancelledError:
@@ -150,7 +195,7 @@ class Worker:
             await asyncio.sleep(settings.lease / 3)
             try:
                 if self.executor.active:
-                    for run_id in await self._store.heartbeat(self.id, lease_ms):
+                    for run_id in await self._store.heartbeat(self.id, list(self.executor.active), lease_ms):
                         self.executor.cancel_local(run_id)
                 # Safety net for concurrency limits: a run parked behind a key whose slots
                 # are free (a raised limit, a lost wake-up) is made ready again.

@@ -61,7 +61,10 @@ class Conn:
         if self._deferred:
             pending, self._deferred = self._deferred, {}
             for sql, rows in pending.items():
-                self._executemany(sql, rows)
+                if len(rows) == 1:
+                    self._execute(sql, rows[0])  # cheaper than a batch of one
+                else:
+                    self._executemany(sql, rows)
 
     def rolled_back(self) -> None:
         """The current operation rolled back: drop its deferred writes, and caches it may have filled."""

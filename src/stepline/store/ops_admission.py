@@ -10,11 +10,14 @@ from typing import Any
 
 from stepline import expressions, jsonutil
 from stepline.store import db, flow, ops_runs
+from stepline.store.records import HandOff
 
 TERMINAL = ("completed", "failed", "cancelled")
 
 
-def admit_txn(conn: db.Conn, cfg: dict[str, Any], event_id: str, body: dict[str, Any], now: int) -> str | None:
+def admit_txn(
+    conn: db.Conn, cfg: dict[str, Any], event_id: str, body: dict[str, Any], now: int, handoff: HandOff | None = None
+) -> str | None:
     """Route one event into one function; returns why no new run was started, or None."""
     rate = cfg.get("rate_limit")
     if rate and not flow.gcra_admit(
@@ -30,7 +33,7 @@ def admit_txn(conn: db.Conn, cfg: dict[str, Any], event_id: str, body: dict[str,
         return _remember_singleton(conn, cfg, body, run_id)
     if cfg.get("batch_events"):
         return _batch_txn(conn, cfg, event_id, body, now)
-    run_id = ops_runs.create_run_txn(conn, cfg, event_id, body, now)
+    run_id = ops_runs.create_run_txn(conn, cfg, event_id, body, now, handoff=handoff)
     if run_id is None:
         return "idempotent"
     return _remember_singleton(conn, cfg, body, run_id)

@@ -38,9 +38,16 @@ def _in(values: list[str]) -> str:
 
 
 def claim_txn(
-    conn: db.Conn, worker_id: str, function_ids: list[str], limit: int, now: int, lease_ms: int
+    conn: db.Conn,
+    worker_id: str,
+    function_ids: list[str],
+    limit: int,
+    now: int,
+    lease_ms: int,
+    reclaim_expired: bool = True,
 ) -> tuple[list[ClaimedRun], int | None]:
-    """Lease up to ``limit`` due runs (and runs whose lease expired) of these functions.
+    """Lease up to ``limit`` due runs (and, with ``reclaim_expired``, runs whose lease
+    expired) of these functions.
 
     Returns the runs with their journals, and when the next unleased run falls due.
     """
@@ -54,7 +61,7 @@ def claim_txn(
         (now, *function_ids, limit),
     )
     expired: list[str] = []
-    if len(candidates) < limit:
+    if reclaim_expired and len(candidates) < limit:
         # A crashed worker's runs: they already hold their concurrency slots, so no check.
         expired = [
             r["run_id"]
@@ -517,9 +524,20 @@ def _send_failed_event_txn(conn: db.Conn, run_id: str, error: str | None, now: i
     ops_ingest.ingest_txn(conn, [failed], now)
 
 
-def heartbeat_txn(conn: db.Conn, worker_id: str, now: int, lease_ms: int) -> list[str]:
-    """Extend this worker's leases; returns the runs it holds that were asked to cancel."""
-    conn.execute("UPDATE queue SET lease_expires_at = ? WHERE lease_owner = ?", (now + lease_ms, worker_id))
+def heartbeat_txn(conn: db.Conn, worker_id: str, run_ids: list[str], now: int, lease_ms: int) -> list[str]:
+    """Extend this worker's leases on the runs it is executing; returns those of its runs
+    that were asked to cancel.
+
+    Only ``run_ids``: a lease the worker does not know it has (its claim or hand-off
+    committed, but the answer was lost with the connection) runs out and the run is
+    claimed again, rather than being kept alive by a worker that will never run it.
+    """
+    if run_ids:
+        marks, params = db.in_list(run_ids)
+        conn.execute(
+            f"UPDATE queue SET lease_expires_at = ? WHERE lease_owner = ? AND run_id IN ({marks})",
+            (now + lease_ms, worker_id, *params),
+        )
     rows = conn.all(
         "SELECT q.run_id FROM queue q JOIN runs r ON r.id = q.run_id WHERE q.lease_owner = ? AND r.cancel_requested = 1",
         (worker_id,),

@@ -7,18 +7,26 @@ from typing import Any
 from stepline import event as event_mod
 from stepline import expressions, ids, jsonutil
 from stepline.store import db, ops_admission, ops_runs
+from stepline.store.records import HandOff
 
 DEDUP_WINDOW_MS = 24 * 3600 * 1000
 
 
-def ingest_txn(conn: db.Conn, events: list[event_mod.Event], now: int) -> list[str]:
+def ingest_txn(
+    conn: db.Conn, events: list[event_mod.Event], now: int, handoff: HandOff | None = None
+) -> list[str]:
     """Store events, resolve waits and cancel rules, start the runs they trigger.
 
     An event whose ``id`` was seen in the last 24 h is not stored again; its
-    first id is returned in its place.
+    first id is returned in its place. Runs that ``handoff`` can take go to its worker.
     """
+    if handoff is not None:
+        handoff.taken.clear()  # a batch that is run again starts over
     out: list[str] = []
-    ops_runs.note_names_without_waits_txn(conn, {ev.name for ev in events})
+    names = {ev.name for ev in events}
+    ops_runs.note_names_without_waits_txn(conn, names)
+    for name in sorted(names):  # read before any event is written, so the writes go out together
+        _matching_functions(conn, name)
     for ev in events:
         if ev.id is not None:
             conn.lock("event-id", ev.id)  # two servers receiving the same id store it once
@@ -39,7 +47,7 @@ def ingest_txn(conn: db.Conn, events: list[event_mod.Event], now: int) -> list[s
                 (ev.id, event_id, now + DEDUP_WINDOW_MS),
             )
         ops_runs.resolve_waits_txn(conn, body, now)
-        start_triggered_runs_txn(conn, event_id, body, now)
+        start_triggered_runs_txn(conn, event_id, body, now, handoff)
         out.append(event_id)
     return out
 
@@ -53,13 +61,8 @@ def trigger_names(name: str) -> list[str]:
     return [name] + [name[: i + 1] + "*" for i, char in enumerate(name) if char in "/." and i + 1 < len(name)]
 
 
-def start_triggered_runs_txn(conn: db.Conn, event_id: str, body: dict[str, Any], now: int) -> None:
-    """Admit the event into every function whose trigger matches; record why any started no run.
-
-    The matching functions are cached per event name for the transaction, so a batch of
-    same-named events reads and parses each config once.
-    """
-    name = body["name"]
+def _matching_functions(conn: db.Conn, name: str) -> list[tuple[str, str | None, dict[str, Any]]]:
+    """(function id, trigger ``if``, config) of each function an event called ``name`` triggers."""
     triggers = conn.memo.setdefault(ops_runs.TRIGGERS, {})
     matching = triggers.get(name)
     if matching is None:
@@ -70,6 +73,18 @@ def start_triggered_runs_txn(conn: db.Conn, event_id: str, body: dict[str, Any],
             tuple(names),
         )
         matching = triggers[name] = [(r["function_id"], r["expression"], jsonutil.loads(r["config"])) for r in rows]
+    return matching  # type: ignore[no-any-return]
+
+
+def start_triggered_runs_txn(
+    conn: db.Conn, event_id: str, body: dict[str, Any], now: int, handoff: HandOff | None = None
+) -> None:
+    """Admit the event into every function whose trigger matches; record why any started no run.
+
+    The matching functions are cached per event name for the transaction, so a batch of
+    same-named events reads and parses each config once.
+    """
+    matching = _matching_functions(conn, body["name"])
     admitted: set[str] = set()
     skipped: dict[str, str] = {}
     variables = {"event": body}
@@ -77,7 +92,7 @@ def start_triggered_runs_txn(conn: db.Conn, event_id: str, body: dict[str, Any],
         if fn_id in admitted or not expressions.matches(expression, variables):
             continue
         admitted.add(fn_id)
-        reason = ops_admission.admit_txn(conn, cfg, event_id, body, now)
+        reason = ops_admission.admit_txn(conn, cfg, event_id, body, now, handoff)
         if reason is not None and not reason.startswith("batched"):
             skipped[fn_id] = reason
     for fn_id, reason in skipped.items():

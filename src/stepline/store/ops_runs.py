@@ -13,6 +13,7 @@ from typing import Any
 from stepline import errors, expressions, ids, jsonutil
 from stepline import event as event_mod
 from stepline.store import db, flow
+from stepline.store.records import ClaimedRun, HandOff
 
 log = logging.getLogger("stepline.store")
 
@@ -121,10 +122,12 @@ def create_run_txn(
     due_at: int | None = None,
     wait_reason: str = "queued",
     batch_event_ids: list[str] | None = None,
+    handoff: HandOff | None = None,
 ) -> str | None:
     """Create a queued run of ``cfg`` for one event; None when its idempotency key was used.
 
     Throttle reserves the run's start slot here, so a throttled run is simply due later.
+    A run that ``handoff`` can take is created running, leased to its worker.
     """
     fn_id = cfg["id"]
     run_id = ids.new_id()
@@ -162,19 +165,22 @@ def create_run_txn(
     cleanup = (CLEANUP_WAITS if cfg.get("cancel_on") else 0) | (
         CLEANUP_WINDOW if cfg.get("debounce") or cfg.get("batch_events") else 0
     )
+    leased = handoff is not None and due <= now and batch_event_ids is None and _can_hand_off(handoff, cfg)
     conn.defer(
         "INSERT INTO runs (id, function_id, event_id, batch_event_ids, status, wait_reason, attempt, user_id, "
-        "created_at, updated_at, start_deadline_at, finish_timeout_ms, parent_run_id, parent_step_key, replay_of, "
-        "cleanup) VALUES (?, ?, ?, ?, 'queued', ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "created_at, updated_at, started_at, start_deadline_at, finish_timeout_ms, parent_run_id, parent_step_key, "
+        "replay_of, cleanup) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             run_id,
             fn_id,
             event_id,
             None if batch_event_ids is None else jsonutil.dumps(batch_event_ids),
-            wait_reason,
+            "running" if leased else "queued",
+            None if leased else wait_reason,
             event_mod.user_id_of(body),
             now,
             now,
+            now if leased else None,
             start_deadline,
             finish_ms,
             parent[0] if parent else None,
@@ -185,8 +191,13 @@ def create_run_txn(
     )
     keys = flow.concurrency_keys(cfg, body) + [(None, None), (None, None)]  # type: ignore[list-item]
     conn.defer(
-        "INSERT INTO queue (run_id, function_id, due_at, priority_ms, ck1, cl1, ck2, cl2) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (run_id, fn_id, due, flow.priority_ms(cfg, body), keys[0][0], keys[0][1], keys[1][0], keys[1][1]),
+        "INSERT INTO queue (run_id, function_id, due_at, priority_ms, ck1, cl1, ck2, cl2, lease_owner, lease_expires_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            run_id, fn_id, due, flow.priority_ms(cfg, body), keys[0][0], keys[0][1], keys[1][0], keys[1][1],
+            handoff.worker_id if leased else None,  # type: ignore[union-attr]
+            now + handoff.lease_ms if leased else None,  # type: ignore[union-attr]
+        ),
     )
     for rule in cfg.get("cancel_on") or ():
         expires = None if rule.get("timeout") is None else now + int(rule["timeout"] * 1000)
@@ -195,9 +206,27 @@ def create_run_txn(
             "INSERT INTO waits (id, run_id, step_key, event_name, expression, expires_at) VALUES (?, ?, NULL, ?, ?, ?)",
             (ids.new_id(), run_id, rule["event"], rule.get("expression"), expires),
         )
-    if due <= now:
+    if leased:
+        copy = jsonutil.loads(jsonutil.dumps(body))  # the run's own, as a claim would load it
+        handoff.taken.append(  # type: ignore[union-attr]
+            ClaimedRun(run_id, fn_id, 0, copy, [copy], {}, now, None if finish_ms is None else now + finish_ms)
+        )
+    elif due <= now:
         conn.wake()
     return run_id
+
+
+def _can_hand_off(handoff: HandOff, cfg: dict[str, Any]) -> bool:
+    """Whether a new run of ``cfg`` due now may skip the queue to ``handoff``'s worker:
+    one the worker serves, with room left, and no slot to take (concurrency) or window
+    to keep open (debounce, batch)."""
+    return (
+        len(handoff.taken) < handoff.limit
+        and cfg["id"] in handoff.function_ids
+        and not cfg.get("concurrency")
+        and not cfg.get("debounce")
+        and not cfg.get("batch_events")
+    )
 
 
 def set_run_event_txn(conn: db.Conn, run_id: str, cfg: dict[str, Any], event_id: str, body: dict[str, Any], now: int) -> None:

@@ -285,9 +285,8 @@ class PostgresDatabase(db.Database):
         wrapped = PostgresConn(raw)
         outcomes: list[tuple[bool, Any]] = []
         try:
-            raw.execute("BEGIN")
-            if db.is_relaxed(ops):
-                raw.execute("SET LOCAL synchronous_commit TO off")  # see db.relaxed
+            # One round trip either way (no parameters: a simple query may hold two statements).
+            raw.execute("BEGIN; SET LOCAL synchronous_commit TO off" if db.is_relaxed(ops) else "BEGIN")  # see db.relaxed
             if len(ops) == 1:
                 try:
                     outcomes.append((True, db.run_op(ops[0], wrapped)))

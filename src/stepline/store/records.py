@@ -74,6 +74,24 @@ class ClaimedRun:
     finish_deadline: int | None
 
 
+@dataclasses.dataclass(slots=True)
+class HandOff:
+    """An idle worker of this process offering to take new runs straight from ingest.
+
+    Runs of ``function_ids`` that may start at once and need no concurrency slot are
+    created already leased to ``worker_id``, up to ``limit``; once the ingest commits,
+    ``taken`` holds them ready to execute. That saves a claim (a transaction, and two
+    hops between threads) between an event and its first step. The worker offers only
+    while it knows of no other ready run, so no queued run is passed over.
+    """
+
+    worker_id: str
+    function_ids: frozenset[str]
+    limit: int
+    lease_ms: int
+    taken: list[ClaimedRun] = dataclasses.field(default_factory=list)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class StepResult:
     """A step's outcome to checkpoint."""

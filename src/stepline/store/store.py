@@ -14,7 +14,7 @@ from typing import Any
 
 from stepline import event as event_mod
 from stepline.store import db, migrate, ops_exec, ops_ingest, ops_read, ops_runs
-from stepline.store.records import ClaimedRun, StepResult, Suspension
+from stepline.store.records import ClaimedRun, HandOff, StepResult, Suspension
 
 # Concurrent runs' checkpoints share one lease check and one multi-row write per commit.
 CHECKPOINTS = db.Batched("checkpoint", ops_exec.checkpoint_many_txn)
@@ -45,11 +45,16 @@ class Store:
     async def register_functions(self, configs: list[dict[str, Any]], cron_next: Mapping[tuple[str, int], int]) -> None:
         await self.db.write(partial(ops_runs.register_functions_txn, configs=configs, cron_next=cron_next, now=now_ms()))
 
-    async def ingest(self, events: list[event_mod.Event]) -> list[str]:
-        return await self.db.write(partial(ops_ingest.ingest_txn, events=events, now=now_ms()))
+    async def ingest(self, events: list[event_mod.Event], handoff: HandOff | None = None) -> list[str]:
+        return await self.db.write(partial(ops_ingest.ingest_txn, events=events, now=now_ms(), handoff=handoff))
 
-    async def claim(self, worker_id: str, function_ids: list[str], limit: int, lease_ms: int) -> tuple[list[ClaimedRun], int | None]:
-        claim = partial(ops_exec.claim_txn, worker_id=worker_id, function_ids=function_ids, limit=limit, now=now_ms(), lease_ms=lease_ms)
+    async def claim(
+        self, worker_id: str, function_ids: list[str], limit: int, lease_ms: int, *, reclaim_expired: bool = True
+    ) -> tuple[list[ClaimedRun], int | None]:
+        claim = partial(
+            ops_exec.claim_txn, worker_id=worker_id, function_ids=function_ids, limit=limit, now=now_ms(),
+            lease_ms=lease_ms, reclaim_expired=reclaim_expired,
+        )
         return await self.db.write(db.relaxed(claim))
 
     async def checkpoint(self, run_id: str, worker_id: str, step: StepResult, seq: int) -> bool:
@@ -73,8 +78,10 @@ class Store:
     async def finish_run(self, run_id: str, worker_id: str, status: str, output: str | None, error: str | None) -> None:
         await self.db.write_item(FINISHES, (run_id, worker_id, status, output, error, now_ms()))
 
-    async def heartbeat(self, worker_id: str, lease_ms: int) -> list[str]:
-        return await self.db.write(partial(ops_exec.heartbeat_txn, worker_id=worker_id, now=now_ms(), lease_ms=lease_ms))
+    async def heartbeat(self, worker_id: str, run_ids: list[str], lease_ms: int) -> list[str]:
+        return await self.db.write(
+            partial(ops_exec.heartbeat_txn, worker_id=worker_id, run_ids=run_ids, now=now_ms(), lease_ms=lease_ms)
+        )
 
     async def release(self, worker_id: str, run_ids: list[str]) -> None:
         await self.db.write(partial(ops_exec.release_txn, worker_id=worker_id, run_ids=run_ids, now=now_ms()))

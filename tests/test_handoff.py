@@ -1,0 +1,226 @@
+"""Runs handed straight from an ingest to an idle worker in the same process.
+
+The ingest transaction creates such a run already leased to the worker, which then
+executes it without a claim. These tests read the database synchronously right after
+``send`` returns: the worker cannot have claimed anything by then (its claim loop has
+not had the event loop back), so a lease seen there was taken by the hand-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+import stepline
+from tests.helpers import eventually, runs_for_event, wait_run
+from tests.test_crash import REPO, start_worker
+from tests.test_http_cli import free_port
+
+
+def query(db_url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Run one read on the test database outside the engine (placeholders: ``?``)."""
+    if db_url.startswith("postgresql://"):
+        with psycopg.connect(db_url) as conn:
+            return conn.execute(sql.replace("?", "%s"), params).fetchall()
+    conn = sqlite3.connect(db_url)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def queue_row(db_url: str, run_id: str) -> tuple[Any, ...]:
+    rows = query(
+        db_url,
+        "SELECT q.lease_owner, r.status, r.started_at FROM queue q JOIN runs r ON r.id = q.run_id WHERE q.run_id = ?",
+        (run_id,),
+    )
+    assert rows, f"run {run_id} has no queue row"
+    return rows[0]
+
+
+def run_ids_of(db_url: str, event_id: str) -> list[str]:
+    return [r[0] for r in query(db_url, "SELECT id FROM runs WHERE event_id = ? ORDER BY id", (event_id,))]
+
+
+async def settle(engine: Any) -> None:
+    """Let the worker finish its start-up claim, so that it is idle and offers."""
+
+    async def idle() -> bool:
+        return bool(engine.worker._idle)
+
+    await eventually(idle, what="the worker to be idle")
+
+
+async def test_an_idle_worker_takes_a_new_run_at_ingest(make_engine, db_url) -> None:
+    app = stepline.App("handoff")
+    calls: list[str] = []
+
+    @app.function(id="plain", trigger=stepline.TriggerEvent("handoff/go"), retries=0)
+    async def plain(ctx: stepline.Context) -> str:
+        return await ctx.step.run("only", lambda: calls.append(ctx.run_id) or "done")
+
+    engine = await make_engine(app)
+    await settle(engine)
+    event_id = await engine.send({"name": "handoff/go", "data": {}})
+    (run_id,) = run_ids_of(db_url, event_id)
+    owner, status, started_at = queue_row(db_url, run_id)
+    assert (owner, status) == (engine.worker.id, "running")
+    assert started_at is not None
+    done = await wait_run(engine, run_id)
+    assert done["status"] == "completed" and done["output"] == "done"
+    assert calls == [run_id]  # executed once, by the worker it was handed to
+
+
+async def test_runs_that_need_a_concurrency_slot_or_a_window_are_queued(make_engine, db_url) -> None:
+    app = stepline.App("handoff-flow")
+
+    @app.function(
+        id="capped",
+        trigger=stepline.TriggerEvent("handoff/flow"),
+        concurrency=[stepline.Concurrency(limit=1)],
+        retries=0,
+    )
+    async def capped(ctx: stepline.Context) -> str:
+        return "capped"
+
+    @app.function(
+        id="debounced", trigger=stepline.TriggerEvent("handoff/flow"), debounce=stepline.Debounce(period="0.2s"), retries=0
+    )
+    async def debounced(ctx: stepline.Context) -> str:
+        return "debounced"
+
+    engine = await make_engine(app)
+    await settle(engine)
+    event_id = await engine.send({"name": "handoff/flow", "data": {}})
+    run_ids = run_ids_of(db_url, event_id)
+    assert len(run_ids) == 2
+    for run_id in run_ids:
+        owner, status, _ = queue_row(db_url, run_id)
+        assert owner is None and status == "queued"
+    for run_id in run_ids:
+        assert (await wait_run(engine, run_id))["status"] == "completed"
+
+
+async def test_a_worker_with_no_free_slot_offers_nothing(make_engine, db_url) -> None:
+    app = stepline.App("handoff-busy")
+    release = asyncio.Event()
+
+    @app.function(id="hold", trigger=stepline.TriggerEvent("handoff/hold"), retries=0)
+    async def hold(ctx: stepline.Context) -> str:
+        await ctx.step.run("wait", release.wait)
+        return "held"
+
+    engine = await make_engine(app, concurrency=1)
+    await settle(engine)
+    first = (await runs_for_event(engine, await engine.send({"name": "handoff/hold", "data": {}})))[0]["id"]
+    await wait_run(engine, first, "running")
+    second_event = await engine.send({"name": "handoff/hold", "data": {}})
+    (second,) = run_ids_of(db_url, second_event)
+    owner, status, _ = queue_row(db_url, second)
+    assert owner is None and status == "queued"  # left in the queue for the next claim
+    release.set()
+    for run_id in (first, second):
+        assert (await wait_run(engine, run_id))["status"] == "completed"
+
+
+async def test_a_batch_of_events_is_handed_off_in_one_commit(make_engine, db_url) -> None:
+    app = stepline.App("handoff-batch")
+
+    @app.function(id="each", trigger=stepline.TriggerEvent("handoff/each"), retries=0)
+    async def each(ctx: stepline.Context) -> int:
+        return int(ctx.event.data["i"])
+
+    engine = await make_engine(app, concurrency=5)
+    await settle(engine)
+    ids = await engine.send_many([{"name": "handoff/each", "data": {"i": i}} for i in range(8)])
+    owners = collections.Counter(queue_row(db_url, run_ids_of(db_url, e)[0])[0] for e in ids)
+    assert owners == {engine.worker.id: 5, None: 3}  # as many as it has slots; the rest queue
+    for i, event_id in enumerate(ids):
+        run = (await runs_for_event(engine, event_id))[0]
+        done = await wait_run(engine, run["id"])
+        assert done["status"] == "completed" and done["output"] == i
+
+
+async def test_heartbeats_extend_only_the_leases_of_runs_being_executed(make_engine, db_url) -> None:
+    """A lease the worker does not know it holds (its answer was lost) must run out."""
+    app = stepline.App("handoff-hb")
+
+    @app.function(id="hb", trigger=stepline.TriggerEvent("handoff/hb"), retries=0)
+    async def hb(ctx: stepline.Context) -> None:
+        return None
+
+    engine = await make_engine(app, run_worker=False)
+    await engine.send({"name": "handoff/hb", "data": {}})
+    (claimed,), _ = await engine.store.claim("w-lost", ["hb"], 1, 60_000)
+
+    def expiry() -> int:
+        return int(query(db_url, "SELECT lease_expires_at FROM queue WHERE run_id = ?", (claimed.run_id,))[0][0])
+
+    before = expiry()
+    await engine.store.heartbeat("w-lost", [], 600_000)
+    assert expiry() == before
+    await engine.store.heartbeat("w-lost", [claimed.run_id], 600_000)
+    assert expiry() > before + 500_000
+
+
+@pytest.mark.timeout(90)
+def test_a_handed_off_run_survives_a_crash_of_its_process(db_url, tmp_path) -> None:
+    """`stepline dev` receives the event and runs it at once; SIGKILL mid-step; a worker
+    elsewhere finishes it from its journal once the lease runs out."""
+    log, marker = str(tmp_path / "steps.log"), str(tmp_path / "marker")
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": REPO, "STEPLINE_LEASE": "1.5", "STEPLINE_LOG_LEVEL": "WARNING"}
+    dev = subprocess.Popen(
+        [sys.executable, "-m", "stepline.cli", "dev", "tests.apps_crash:app", "--db", db_url, "--port", str(port)],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    second = None
+    try:
+        asyncio.run(_until(lambda: _healthy(url), "stepline dev to answer"))
+        reply = httpx.post(f"{url}/e/dev", json={"name": "crash/go", "data": {"log": log, "marker": marker}}, timeout=10)
+        (event_id,) = reply.json()["ids"]
+        (run_id,) = run_ids_of(db_url, event_id)
+        asyncio.run(_until(lambda: os.path.exists(log) and "s3" in open(log).read(), "step s3 to start"))
+        dev.send_signal(signal.SIGKILL)
+        dev.wait(10)
+        second = start_worker(db_url)
+
+        def finished() -> bool:
+            return query(db_url, "SELECT status FROM runs WHERE id = ?", (run_id,))[0][0] == "completed"
+
+        asyncio.run(_until(finished, "the second worker to finish the run", timeout=45))
+    finally:
+        for proc in (dev, second):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(10)
+    lines = [line.split() for line in open(log).read().splitlines()]
+    assert collections.Counter(name for name, _ in lines) == {"s1": 1, "s2": 1, "s3": 2, "s4": 1, "s5": 1}
+    pids = {name: pid for name, pid in lines}
+    assert pids["s1"] == str(dev.pid) and pids["s5"] == str(second.pid)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+async def _until(check: Any, what: str, timeout: float = 30.0) -> None:
+    async def probe() -> bool:
+        return bool(check())
+
+    await eventually(probe, timeout=timeout, interval=0.05, what=what)
