@@ -509,3 +509,40 @@ async def _succeeds(attempt: Any) -> bool:
     except errors.StoreError:
         return False
     return True
+
+
+async def test_a_burst_of_runs_refreshes_the_queue_statistics_at_once(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The planner must not keep planning claims for an empty queue until autovacuum's next round."""
+    monkeypatch.setattr(postgres, "ANALYZE_AFTER_RUNS", 50)
+    app = stepline.App("burst")
+
+    @app.function(id="burst", trigger=stepline.TriggerEvent("burst/go"))
+    async def burst(ctx: stepline.Context) -> None:
+        return None
+
+    engine = Engine(open_store(postgres_url, migrate_now=False), TEST_SETTINGS.replace(db=postgres_url), [app])
+    await engine.start(run_worker=False)
+
+    def statistics() -> tuple[Any, float]:
+        with psycopg.connect(postgres_url) as conn:
+            row = conn.execute(
+                "SELECT s.last_analyze, c.reltuples FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid "
+                "WHERE s.relname = 'queue'"
+            ).fetchone()
+            assert row is not None
+            return row[0], float(row[1])
+
+    try:
+        await engine.send_many([{"name": "burst/go", "data": {"i": i}} for i in range(40)])
+        assert statistics()[0] is None  # under the threshold: left to autovacuum
+        await engine.send_many([{"name": "burst/go", "data": {"i": i}} for i in range(40)])
+
+        async def analyzed() -> bool:
+            last, rows = statistics()
+            return last is not None and rows >= 80
+
+        await eventually(analyzed, timeout=10, what="ANALYZE of the queue after 80 new runs")
+    finally:
+        await engine.stop(grace=1.0)

@@ -129,6 +129,11 @@ class Conn:
         A no-op where the backend already runs one write transaction at a time (SQLite).
         """
 
+    def lock_many(self, keys: list[tuple[str, ...]]) -> None:
+        """``lock`` each of ``keys``, in the order given (sort them to avoid deadlocks)."""
+        for key in keys:
+            self.lock(*key)
+
 
 Op = Callable[[Conn], T]
 
@@ -279,6 +284,9 @@ class Database(abc.ABC):
 
     def plan_capacity(self, concurrency: int) -> None:
         """Size connection pools for a worker that runs ``concurrency`` runs at once."""
+
+    def note_new_runs(self, count: int) -> None:
+        """``count`` runs were just queued; a backend whose planner needs fresh statistics refreshes them."""
 
     # --- public ----------------------------------------------------------------
 

@@ -89,9 +89,23 @@ def gcra_admit(conn: db.Conn, key: str, *, limit: int, period_s: float, now: int
 
 def slots_in_use(conn: db.Conn, key: str) -> int:
     """Runs holding a lease with this concurrency key (sleeping and waiting runs hold none)."""
-    return int(
-        conn.scalar("SELECT COUNT(*) AS n FROM queue WHERE ck1 = ? AND lease_owner IS NOT NULL", (key,)) or 0
-    ) + int(conn.scalar("SELECT COUNT(*) AS n FROM queue WHERE ck2 = ? AND lease_owner IS NOT NULL", (key,)) or 0)
+    return slots_in_use_many(conn, [key])[key]
+
+
+def slots_in_use_many(conn: db.Conn, keys: list[str]) -> dict[str, int]:
+    """``slots_in_use`` for each of ``keys``, in one query."""
+    in_use = dict.fromkeys(keys, 0)
+    if not keys:
+        return in_use
+    marks, params = db.in_list(keys)
+    for row in conn.all(
+        f"SELECT ck1 AS k, COUNT(*) AS n FROM queue WHERE ck1 IN ({marks}) AND lease_owner IS NOT NULL GROUP BY ck1 "
+        f"UNION ALL SELECT ck2 AS k, COUNT(*) AS n FROM queue WHERE ck2 IN ({marks}) AND lease_owner IS NOT NULL "
+        "GROUP BY ck2",
+        params + params,
+    ):
+        in_use[row["k"]] += int(row["n"])
+    return in_use
 
 
 def park(conn: db.Conn, run_id: str, key: str, now: int) -> None:

@@ -85,10 +85,8 @@ def claim_txn(
 def _admit_by_concurrency(conn: db.Conn, candidates: list[dict[str, Any]], now: int) -> tuple[list[str], int]:
     """Split candidates into those with free concurrency slots and those parked until one frees."""
     keys = sorted({r[c] for r in candidates for c in ("ck1", "ck2") if r[c] is not None})
-    in_use: dict[str, int] = {}
-    for key in keys:  # in a fixed order, so concurrent claimers cannot deadlock
-        conn.lock("concurrency", key)
-        in_use[key] = flow.slots_in_use(conn, key)
+    conn.lock_many([("concurrency", key) for key in keys])  # sorted: concurrent claimers cannot deadlock
+    in_use = flow.slots_in_use_many(conn, keys)
     admitted: list[str] = []
     parked = 0
     for row in candidates:

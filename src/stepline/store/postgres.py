@@ -52,6 +52,9 @@ RECONNECT_WINDOW = 30.0
 TRANSIENT = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure, pg_errors.LockNotAvailable)
 BATCH_TRIES = 5
 READ_THREADS = 32
+# Statistics of the queue table are refreshed once this many runs (and at least as many
+# as it held at the last refresh) were added since: see PostgresDatabase.note_new_runs.
+ANALYZE_AFTER_RUNS = 5000
 # Connection options: TCP keepalives notice a vanished server on an idle connection.
 CONNECT_KWARGS: dict[str, Any] = {
     "autocommit": True,
@@ -126,6 +129,16 @@ class PostgresConn(db.Conn):
         # A transaction-scoped advisory lock: released at COMMIT / ROLLBACK.
         self.raw.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ("\x1f".join(key),))
 
+    def lock_many(self, keys: list[tuple[str, ...]]) -> None:
+        # One statement; a function scan calls the lock in array order.
+        if len(keys) == 1:
+            self.lock(*keys[0])
+        elif keys:
+            self.raw.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest(%s::text[]) AS k",
+                (["\x1f".join(key) for key in keys],),
+            )
+
 
 def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -199,6 +212,9 @@ class PostgresDatabase(db.Database):
         self._read_threads = concurrent.futures.ThreadPoolExecutor(READ_THREADS, thread_name_prefix="stepline-pg-read")
         self._listener: threading.Thread | None = None
         self._listening = threading.Event()
+        self._new_runs = 0
+        self._runs_at_analyze = 0.0
+        self._analyzing = False
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -394,6 +410,30 @@ class PostgresDatabase(db.Database):
                 f"the connection to PostgreSQL was lost while committing and the transaction is {state!r}; "
                 "the operations may or may not have been saved"
             ) from cause
+
+    # --- planner statistics --------------------------------------------------------
+
+    def note_new_runs(self, count: int) -> None:
+        # Autovacuum refreshes statistics only on its next round (up to a minute away);
+        # until then a claim after a burst is planned for the queue as it was (often
+        # empty) and sorts every ready row instead of reading the first few in order.
+        self._new_runs += count
+        if self._analyzing or self._closing.is_set() or self._new_runs < max(ANALYZE_AFTER_RUNS, self._runs_at_analyze):
+            return
+        self._analyzing = True
+        self._new_runs = 0
+        self._read_threads.submit(self._analyze_queue)
+
+    def _analyze_queue(self) -> None:
+        try:
+            with psycopg.connect(self.url, **CONNECT_KWARGS) as raw:
+                raw.execute("ANALYZE queue")
+                row = raw.execute("SELECT reltuples FROM pg_class WHERE oid = 'queue'::regclass").fetchone()
+                self._runs_at_analyze = float(row["reltuples"]) if row else 0.0
+        except psycopg.Error as exc:
+            log.info("refreshing the queue's statistics failed (%s); autovacuum will", _first_line(exc))
+        finally:
+            self._analyzing = False
 
     # --- readers -------------------------------------------------------------------
 

@@ -46,7 +46,9 @@ class Store:
         await self.db.write(partial(ops_runs.register_functions_txn, configs=configs, cron_next=cron_next, now=now_ms()))
 
     async def ingest(self, events: list[event_mod.Event], handoff: HandOff | None = None) -> list[str]:
-        return await self.db.write(partial(ops_ingest.ingest_txn, events=events, now=now_ms(), handoff=handoff))
+        ids = await self.db.write(partial(ops_ingest.ingest_txn, events=events, now=now_ms(), handoff=handoff))
+        self.db.note_new_runs(len(events))  # about one run an event
+        return ids
 
     async def claim(
         self, worker_id: str, function_ids: list[str], limit: int, lease_ms: int, *, reclaim_expired: bool = True
