@@ -76,10 +76,16 @@ def details(results: list[Result]) -> list[str]:
                 out.append(f"- **W2 {b}, {n} calls**: makespan {w2['makespan_s']:.2f} s against an ideal of {w2['ideal_s']:.2f} s "
                            f"({w2['vs_ideal']:.3f}×, +{w2['over_ideal_s']:.2f} s); peak {w2['peak_in_flight']:,} calls in flight; "
                            f"worker peak RSS {w2['peak_rss_mib']:.0f} MiB")
-        w3 = _find(results, "W3", "stepline", backend)
-        if w3:
-            out.append(f"- **W3 {b}**: event→start p50 {w3['start_p50_ms']:.2f} ms, p99 {w3['start_p99_ms']:.2f} ms; "
-                       f"event→complete p50 {w3['complete_p50_ms']:.2f} ms, p99 {w3['complete_p99_ms']:.2f} ms")
+        for n in (500, 5000):
+            w2 = _find(results, f"W2-{n}-engine", "stepline", backend)
+            if w2:
+                out.append(f"- **W2 {b}, {n} runs, a 1 s sleep in place of the call** (the engine alone): makespan "
+                           f"{w2['makespan_s']:.2f} s against {w2['ideal_s']:.2f} s ({w2['vs_ideal']:.3f}×, +{w2['over_ideal_s']:.2f} s)")
+        for workload, how in (("W3", "taken at ingest by the idle worker"), ("W3-queue", "through the queue and a claim")):
+            w3 = _find(results, workload, "stepline", backend)
+            if w3:
+                out.append(f"- **{workload} {b}** ({how}): event→start p50 {w3['start_p50_ms']:.2f} ms, p99 {w3['start_p99_ms']:.2f} ms; "
+                           f"event→complete p50 {w3['complete_p50_ms']:.2f} ms, p99 {w3['complete_p99_ms']:.2f} ms")
         w4 = _find(results, "W4", "stepline", backend)
         if w4:
             out.append(f"- **W4 {b}**: a claim of {w4['claimed_per_call']} runs takes {w4['claim_ms_10_queued']:.2f} ms with 10 queued, "

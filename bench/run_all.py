@@ -46,7 +46,9 @@ def jobs(quick: bool) -> list[Job]:
         out += [
             Job("W1", "bench.w1_throughput", b + ["--trials", trials if backend == "postgres" or quick else "5"]),
             Job("W2", "bench.w2_fanin", b + ["--runs", "500", "5000"]),
+            Job("W2", "bench.w2_fanin", b + ["--runs", "500", "5000", "--call", "sleep"]),
             Job("W3", "bench.w3_latency", b),
+            Job("W3", "bench.w3_latency", b + ["--no-handoff"]),
             Job("W4", "bench.w4_backlog", b + (["--backlog", "20000"] if quick else [])),
             Job("W5", "bench.w5_long", b),
         ]

@@ -1,13 +1,15 @@
 """W2 slow I/O fan-in (the LLM case): N runs, each one HTTP call that answers after 1.0 s.
 
-    python -m bench.w2_fanin --backend sqlite|postgres [--runs 500 5000]
+    python -m bench.w2_fanin --backend sqlite|postgres [--runs 500 5000] [--call http|sleep]
 
 One worker process; its concurrency is set to N so every call can be in flight at
 once (the default, 500, covers the 500-run case). The call is a POST (``bench.http_call``)
 from an async step to ``bench.fake_model`` on loopback (its own process). Makespan runs
 from the first ``send`` to the last run's final commit; the ideal is the model's
 1.0 s plus the time it took to enqueue. The worker's peak RSS is the memory figure
-for a worker holding N in-flight runs.
+for a worker holding N in-flight runs. ``--call sleep`` replaces the HTTP call with a
+1.0 s ``asyncio.sleep`` (``W2-N-engine``): what the engine alone adds to the makespan,
+without the cost of opening and serving N connections on the same two cores.
 """
 
 from __future__ import annotations
@@ -22,10 +24,14 @@ from bench.harness import engine_on, send_chunked
 DELAY = 1.0
 
 
-def make_app(url: str) -> stepline.App:
+def make_app(url: str | None) -> stepline.App:
+    """The W2 function; with no ``url`` its step sleeps for the model's delay instead of calling it."""
     app = stepline.App("bench-w2")
 
     async def call_model(i: int) -> str:
+        if url is None:
+            await asyncio.sleep(DELAY)
+            return "ok"
         reply = await http_call.post_json(url, {"model": "fake", "messages": [{"role": "user", "content": str(i)}]})
         return str(reply["choices"][0]["message"]["content"])
 
@@ -36,11 +42,13 @@ def make_app(url: str) -> stepline.App:
     return app
 
 
-async def trial(backend: str, runs: int, model_url: str) -> dict[str, float]:
-    common.model_stats(model_url, reset=True)
+async def trial(backend: str, runs: int, model_url: str | None) -> dict[str, float]:
+    if model_url is not None:
+        common.model_stats(model_url, reset=True)
     peak_rss = 0.0
+    app = make_app(None if model_url is None else f"{model_url}/v1/chat/completions")
     with common.fresh_db(backend, "w2") as url:
-        async with engine_on(url, make_app(f"{model_url}/v1/chat/completions"), concurrency=max(500, runs)) as (engine, tracker):
+        async with engine_on(url, app, concurrency=max(500, runs)) as (engine, tracker):
             tracker.expect(runs)
             t0 = time.perf_counter()
             await send_chunked(engine, [{"name": "bench/w2", "data": {"i": i}} for i in range(runs)], chunk=500)
@@ -52,7 +60,7 @@ async def trial(backend: str, runs: int, model_url: str) -> dict[str, float]:
                 except TimeoutError:
                     pass
             makespan = time.perf_counter() - t0
-    stats = common.model_stats(model_url)
+    stats = common.model_stats(model_url) if model_url is not None else {"peak": runs}
     ideal = DELAY + enqueued
     return {
         "runs": runs,
@@ -68,7 +76,13 @@ async def trial(backend: str, runs: int, model_url: str) -> dict[str, float]:
 def main() -> None:
     p = common.parser(__doc__ or "")
     p.add_argument("--runs", type=int, nargs="+", default=[500, 5000])
+    p.add_argument("--call", choices=["http", "sleep"], default="http")
     args = p.parse_args()
+    if args.call == "sleep":
+        for runs in args.runs:
+            record = asyncio.run(trial(args.backend, runs, None))
+            common.emit(f"W2-{runs}-engine", "stepline", args.backend, **record)
+        return
     with common.fake_model(DELAY) as model_url:
         for runs in args.runs:
             record = asyncio.run(trial(args.backend, runs, model_url))

@@ -1,10 +1,12 @@
 """W3 latency: 200 single-step runs, one at a time, on an idle engine.
 
-    python -m bench.w3_latency --backend sqlite|postgres [--runs 200]
+    python -m bench.w3_latency --backend sqlite|postgres [--runs 200] [--no-handoff]
 
 event→start: from just before ``send`` to the first line of the step body.
 event→complete: from just before ``send`` to the return of the run's final commit.
-The engine sits idle for 20 ms between runs, so every run finds it waiting.
+The engine sits idle for 20 ms between runs, so every run finds it waiting, and takes
+each new run straight from the ingest (hand-off). ``--no-handoff`` measures the path
+through the queue instead (``W3-queue``): the commit wakes the worker, which claims.
 """
 
 from __future__ import annotations
@@ -32,12 +34,12 @@ def make_app(started: dict[int, float]) -> stepline.App:
     return app
 
 
-async def measure(backend: str, runs: int) -> dict[str, float]:
+async def measure(backend: str, runs: int, handoff: bool = True) -> dict[str, float]:
     started: dict[int, float] = {}
     to_start: list[float] = []
     to_complete: list[float] = []
     with common.fresh_db(backend, "w3") as url:
-        async with engine_on(url, make_app(started)) as (engine, tracker):
+        async with engine_on(url, make_app(started), handoff=handoff) as (engine, tracker):
             await asyncio.sleep(0.3)  # let start-up settle
             for i in range(runs + 10):
                 tracker.expect(1)
@@ -61,8 +63,10 @@ async def measure(backend: str, runs: int) -> dict[str, float]:
 def main() -> None:
     p = common.parser(__doc__ or "")
     p.add_argument("--runs", type=int, default=200)
+    p.add_argument("--no-handoff", action="store_true", help="every run through the queue and a claim")
     args = p.parse_args()
-    common.emit("W3", "stepline", args.backend, **asyncio.run(measure(args.backend, args.runs)))
+    figures = asyncio.run(measure(args.backend, args.runs, handoff=not args.no_handoff))
+    common.emit("W3-queue" if args.no_handoff else "W3", "stepline", args.backend, **figures)
 
 
 if __name__ == "__main__":

@@ -224,3 +224,28 @@ async def _until(check: Any, what: str, timeout: float = 30.0) -> None:
         return bool(check())
 
     await eventually(probe, timeout=timeout, interval=0.05, what=what)
+
+
+async def test_handoff_can_be_switched_off(make_engine, db_url) -> None:
+    app = stepline.App("handoff-off")
+
+    @app.function(id="queued", trigger=stepline.TriggerEvent("handoff/off"), retries=0)
+    async def queued(ctx: stepline.Context) -> str:
+        return "via the queue"
+
+    engine = await make_engine(app, handoff=False)
+    await settle(engine)
+    event_id = await engine.send({"name": "handoff/off", "data": {}})
+    (run_id,) = run_ids_of(db_url, event_id)
+    owner, status, _ = queue_row(db_url, run_id)
+    assert owner is None and status == "queued"
+    assert (await wait_run(engine, run_id))["output"] == "via the queue"
+
+
+def test_the_handoff_variable_takes_yes_or_no_and_names_them_otherwise() -> None:
+    from stepline import errors, settings
+
+    assert settings.from_env({"STEPLINE_HANDOFF": "off"}).handoff is False
+    assert settings.from_env({"STEPLINE_HANDOFF": "1"}).handoff is True
+    with pytest.raises(errors.ConfigError, match=r"STEPLINE_HANDOFF='maybe': expected one of 1, true, yes, on, 0"):
+        settings.from_env({"STEPLINE_HANDOFF": "maybe"})

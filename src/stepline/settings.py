@@ -31,6 +31,7 @@ VARS: tuple[Var, ...] = (
     Var("STEPLINE_CONCURRENCY", "concurrency", int, 500, "runs one worker process executes at once"),
     Var("STEPLINE_SYNC_THREADS", "sync_threads", int, 32, "threads for sync handlers and sync step bodies"),
     Var("STEPLINE_LEASE", "lease", float, 30.0, "seconds a worker's claim lasts without a heartbeat"),
+    Var("STEPLINE_HANDOFF", "handoff", bool, True, "an idle worker takes new runs from its own process's ingests without a claim (0: always through the queue)"),
     Var("STEPLINE_RETRY_BASE", "retry_base", float, 1.0, "first retry backoff in seconds (doubles each attempt)"),
     Var("STEPLINE_RETRY_MAX", "retry_max", float, 600.0, "longest retry backoff in seconds"),
     Var("STEPLINE_POLL_INTERVAL", "poll_interval", float, 0.0, "seconds between looks for work from other processes (0: backend default)"),
@@ -54,6 +55,7 @@ class Settings:
     concurrency: int = 500
     sync_threads: int = 32
     lease: float = 30.0
+    handoff: bool = True
     retry_base: float = 1.0
     retry_max: float = 600.0
     poll_interval: float = 0.0
@@ -75,15 +77,30 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         if raw is None or raw == "":
             continue
         try:
-            if var.kind is int:
+            if var.kind is bool:
+                values[var.field] = _flag(raw)
+            elif var.kind is int:
                 values[var.field] = int(raw)
             elif var.kind is float:
                 values[var.field] = durations.parse(raw if not raw.replace(".", "", 1).isdigit() else float(raw), field=var.name)
             else:
                 values[var.field] = raw
         except (ValueError, errors.ConfigError) as exc:
-            raise errors.ConfigError(f"{var.name}={raw!r}: expected {var.kind.__name__} ({var.help})") from exc
+            expected = "one of " + ", ".join(_TRUE + _FALSE) if var.kind is bool else var.kind.__name__
+            raise errors.ConfigError(f"{var.name}={raw!r}: expected {expected} ({var.help})") from exc
     return Settings(**values)
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _flag(raw: str) -> bool:
+    if raw.strip().lower() in _TRUE:
+        return True
+    if raw.strip().lower() in _FALSE:
+        return False
+    raise ValueError(raw)
 
 
 def help_text() -> str:

@@ -110,7 +110,7 @@ class Worker:
     def offer(self) -> HandOff | None:
         """An offer to take new runs straight from an ingest, or None when this worker is
         busy or may have ready runs waiting in the queue (they go first)."""
-        if self._stopping or not self._idle or self._wake.is_set():
+        if self._stopping or not self._idle or self._wake.is_set() or not self._services.settings.handoff:
             return None
         free = self._concurrency - len(self._running) - self._reserved
         if free <= 0:

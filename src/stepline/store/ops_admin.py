@@ -50,6 +50,7 @@ def rerun_from_failed_step_txn(conn: db.Conn, run_id: str, now: int) -> dict[str
         "FROM steps WHERE run_id = ? AND status = 'completed' ORDER BY seq",
         (run_id,),
     )
+    # replay_of tells the first claim to load this journal (it skips the read for runs never started).
     for seq, step in enumerate(steps, start=1):  # renumbered: the executor continues from len(journal)
         meta = jsonutil.loads(step["meta"]) if step["meta"] else {}
         if not isinstance(meta, dict):

@@ -105,7 +105,7 @@ def _admit_by_concurrency(conn: db.Conn, candidates: list[dict[str, Any]], now: 
 
 _CLAIM_COLUMNS = (
     "r.id, r.function_id, r.status, r.attempt, r.started_at, r.start_deadline_at, r.finish_timeout_ms, "
-    "r.cancel_requested, r.error, r.batch_event_ids, r.cleanup, e.body"
+    "r.cancel_requested, r.error, r.batch_event_ids, r.cleanup, r.replay_of, e.body"
 )
 
 
@@ -123,11 +123,15 @@ def _lease_and_load_txn(conn: db.Conn, run_ids: list[str], worker_id: str, now: 
         for r in conn.all(f"SELECT {_CLAIM_COLUMNS} FROM runs r JOIN events e ON e.id = r.event_id WHERE r.id IN ({marks})", padded)
     }
     journals: dict[str, list[dict[str, Any]]] = {}
-    for row in conn.all(
-        f"SELECT run_id, key, kind, status, output, error, attempts, wake_at FROM steps WHERE run_id IN ({marks})",
-        padded,
-    ):
-        journals.setdefault(row.pop("run_id"), []).append(row)
+    # A run that never started has no steps, unless it reruns another run (its steps were copied in).
+    resumed = [r["id"] for r in runs.values() if r["started_at"] is not None or r["replay_of"] is not None]
+    if resumed:
+        marks, params = db.in_list(resumed)
+        for row in conn.all(
+            f"SELECT run_id, key, kind, status, output, error, attempts, wake_at FROM steps WHERE run_id IN ({marks})",
+            params,
+        ):
+            journals.setdefault(row.pop("run_id"), []).append(row)
     claimed: list[ClaimedRun] = []
     starts: list[tuple[int, int, str]] = []
     first_starts: list[tuple[str]] = []
