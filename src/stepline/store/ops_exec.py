@@ -55,10 +55,12 @@ def claim_txn(
         return [], None
     fns = _in(function_ids)
     lock = conn.skip_locked()
+    # Each row also says when the next run after these falls due, saving a query.
     candidates = conn.all(
-        f"SELECT run_id, ck1, cl1, ck2, cl2 FROM queue WHERE lease_owner IS NULL AND due_at <= ? "
+        f"SELECT run_id, ck1, cl1, ck2, cl2, (SELECT MIN(due_at) FROM queue WHERE lease_owner IS NULL AND due_at > ? "
+        f"AND function_id IN ({fns})) AS next_due FROM queue WHERE lease_owner IS NULL AND due_at <= ? "
         f"AND function_id IN ({fns}) ORDER BY (due_at - priority_ms) LIMIT ? {lock}",
-        (now, *function_ids, limit),
+        (now, *function_ids, now, *function_ids, limit),
     )
     expired: list[str] = []
     if reclaim_expired and len(candidates) < limit:
@@ -75,6 +77,8 @@ def claim_txn(
     claimed = _lease_and_load_txn(conn, admitted + expired, worker_id, now, lease_ms)
     if parked:
         return claimed, now  # more ready rows may sit behind the parked ones: look again at once
+    if candidates:
+        return claimed, candidates[0]["next_due"]
     next_due = conn.scalar(
         f"SELECT MIN(due_at) AS due FROM queue WHERE lease_owner IS NULL AND function_id IN ({fns})",
         tuple(function_ids),
