@@ -97,7 +97,7 @@ def details(results: list[Result]) -> list[str]:
         if w5:
             out.append(f"- **W5 {b}**: {w5['steps']:,} sequential steps in {w5['total_s']:.2f} s; "
                        f"median {w5['first_ms_per_step']:.3f} ms per step over steps 100–199, {w5['last_ms_per_step']:.3f} ms over the last 100 "
-                       f"({w5['last_vs_first']:.2f}×)")
+                       f"({w5['last_vs_first']:.2f}×; median of {w5.get('trials', 1)} runs)")
     scale = [r for r in results if r["workload"].startswith("SCALE-") and r["workload"] != "SCALE-latency"]
     if scale:
         parts = [f"{r['workers']} → {_num(r['runs_per_s'], 0)} jobs/s, {_num(r['steps_per_s'], 0)} steps/s" for r in scale]

@@ -123,11 +123,18 @@ class Worker:
     def adopt(self, offer: HandOff, committed: bool) -> None:
         """Execute the runs ``offer`` took, once their ingest ``committed``; give back its slots."""
         self._reserved -= offer.limit
-        if committed:
+        if committed and self._stopping:  # stopped meanwhile: hand them back to the queue
+            asyncio.ensure_future(self._hand_back([item.run_id for item in offer.taken]))
+        elif committed:
             for item in offer.taken:
                 self._start(item)
         offer.taken.clear()
         self._slot_freed.set()
+
+    async def _hand_back(self, run_ids: list[str]) -> None:
+        if run_ids:
+            with contextlib.suppress(Exception):  # the store may be closing: the leases then run out
+                await self._store.release(self.id, run_ids)
 
     @property
     def in_flight(self) -> int:
