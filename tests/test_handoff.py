@@ -249,3 +249,40 @@ def test_the_handoff_variable_takes_yes_or_no_and_names_them_otherwise() -> None
     assert settings.from_env({"STEPLINE_HANDOFF": "1"}).handoff is True
     with pytest.raises(errors.ConfigError, match=r"STEPLINE_HANDOFF='maybe': expected one of 1, true, yes, on, 0"):
         settings.from_env({"STEPLINE_HANDOFF": "maybe"})
+
+
+async def test_a_send_from_another_event_loop_goes_through_the_queue(make_engine, db_url) -> None:
+    """An app may send from its own loop in another thread; the runs must still execute
+    on the engine's loop, so the worker offers nothing there."""
+    app = stepline.App("handoff-thread")
+    loops: list[object] = []
+
+    @app.function(id="where", trigger=stepline.TriggerEvent("handoff/thread"), retries=0)
+    async def where(ctx: stepline.Context) -> str:
+        loops.append(asyncio.get_running_loop())
+        return "ran"
+
+    engine = await make_engine(app)
+    await settle(engine)
+    worker = engine.worker
+    offers: list[Any] = []
+    original_offer = worker.offer
+
+    def recording_offer() -> Any:
+        offer = original_offer()
+        offers.append(offer)
+        return offer
+
+    worker.offer = recording_offer  # type: ignore[method-assign]
+
+    def send_from_a_thread() -> str:
+        return asyncio.run(engine.send({"name": "handoff/thread", "data": {}}))
+
+    event_id = await asyncio.get_running_loop().run_in_executor(None, send_from_a_thread)
+    assert offers == [None]  # idle, with free slots, but asked from another loop
+    (run_id,) = run_ids_of(db_url, event_id)
+    assert (await wait_run(engine, run_id))["output"] == "ran"
+    assert loops == [asyncio.get_running_loop()]
+    await settle(engine)
+    assert recording_offer() is not None  # the same worker offers on its own loop
+    worker.adopt(offers[-1], committed=False)

@@ -112,6 +112,8 @@ class Worker:
         busy or may have ready runs waiting in the queue (they go first)."""
         if self._stopping or not self._idle or self._wake.is_set() or not self._services.settings.handoff:
             return None
+        if asyncio.get_running_loop() is not self._loop:
+            return None  # sent from another event loop (a thread of the app): runs start on ours only
         free = self._concurrency - len(self._running) - self._reserved
         if free <= 0:
             return None
