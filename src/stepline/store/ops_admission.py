@@ -10,9 +10,7 @@ from typing import Any
 
 from stepline import expressions, jsonutil
 from stepline.store import db, flow, ops_runs
-from stepline.store.records import HandOff
-
-TERMINAL = ("completed", "failed", "cancelled")
+from stepline.store.records import TERMINAL, HandOff
 
 
 def admit_txn(

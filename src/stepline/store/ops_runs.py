@@ -13,7 +13,7 @@ from typing import Any
 from stepline import errors, expressions, ids, jsonutil
 from stepline import event as event_mod
 from stepline.store import db, flow
-from stepline.store.records import ClaimedRun, HandOff
+from stepline.store.records import TERMINAL, ClaimedRun, HandOff
 
 log = logging.getLogger("stepline.store")
 
@@ -21,7 +21,6 @@ IDEMPOTENCY_WINDOW_MS = 24 * 3600 * 1000
 CLEANUP_WAITS = 1  # runs.cleanup: waits rows may exist
 CLEANUP_SINGLETON = 2  # runs.cleanup: a singletons row may exist
 CLEANUP_WINDOW = 4  # runs.cleanup: a debounces or batches row may exist until the run starts
-TERMINAL = ("completed", "failed", "cancelled")
 _NO_WAITS = "event names nobody waits for"  # Conn.memo key
 TRIGGERS = "functions by trigger name"  # Conn.memo key (ops_ingest)
 NEVER = flow.NEVER  # 9999-12-31: "no due time" for rows that need one
@@ -165,7 +164,7 @@ def create_run_txn(
     cleanup = (CLEANUP_WAITS if cfg.get("cancel_on") else 0) | (
         CLEANUP_WINDOW if cfg.get("debounce") or cfg.get("batch_events") else 0
     )
-    leased = handoff is not None and due <= now and batch_event_ids is None and _can_hand_off(handoff, cfg)
+    leased = handoff is not None and due <= now and _can_hand_off(handoff, cfg)
     conn.defer(
         "INSERT INTO runs (id, function_id, event_id, batch_event_ids, status, wait_reason, attempt, user_id, "
         "created_at, updated_at, started_at, start_deadline_at, finish_timeout_ms, parent_run_id, parent_step_key, "
@@ -256,13 +255,8 @@ def note_names_without_waits_txn(conn: db.Conn, names: set[str]) -> None:
     unknown = sorted(names - absent)
     if not unknown:
         return
-    found = {
-        r["event_name"]
-        for r in conn.all(
-            f"SELECT DISTINCT event_name FROM waits WHERE event_name IN ({', '.join('?' for _ in unknown)})",
-            tuple(unknown),
-        )
-    }
+    marks, params = db.in_list(unknown)
+    found = {r["event_name"] for r in conn.all(f"SELECT DISTINCT event_name FROM waits WHERE event_name IN ({marks})", params)}
     absent.update(name for name in unknown if name not in found)
 
 
