@@ -235,11 +235,20 @@ async def test_handoff_can_be_switched_off(make_engine, db_url) -> None:
 
     engine = await make_engine(app, handoff=False)
     await settle(engine)
+    claimed: list[str] = []
+    original_claim = engine.store.claim
+
+    async def recording_claim(*args: Any, **kwargs: Any) -> Any:
+        runs, next_due = await original_claim(*args, **kwargs)
+        claimed.extend(run.run_id for run in runs)
+        return runs, next_due
+
+    engine.store.claim = recording_claim  # type: ignore[method-assign]
+    assert engine.worker.offer() is None
     event_id = await engine.send({"name": "handoff/off", "data": {}})
     (run_id,) = run_ids_of(db_url, event_id)
-    owner, status, _ = queue_row(db_url, run_id)
-    assert owner is None and status == "queued"
     assert (await wait_run(engine, run_id))["output"] == "via the queue"
+    assert claimed == [run_id]  # it went through the queue and a claim, not straight from the ingest
 
 
 def test_the_handoff_variable_takes_yes_or_no_and_names_them_otherwise() -> None:
@@ -286,3 +295,118 @@ async def test_a_send_from_another_event_loop_goes_through_the_queue(make_engine
     await settle(engine)
     assert recording_offer() is not None  # the same worker offers on its own loop
     worker.adopt(offers[-1], committed=False)
+
+
+class HeldClaims:
+    """Makes the worker's next claim wait until ``release()``: a worker busy claiming, on cue."""
+
+    def __init__(self, engine: Any) -> None:
+        self.entered = asyncio.Event()
+        self._release = asyncio.Event()
+        self.claimed: list[str] = []
+        original = engine.store.claim
+
+        async def held_claim(*args: Any, **kwargs: Any) -> Any:
+            self.entered.set()
+            await self._release.wait()
+            runs, next_due = await original(*args, **kwargs)
+            self.claimed.extend(run.run_id for run in runs)
+            return runs, next_due
+
+        engine.store.claim = held_claim  # type: ignore[method-assign]
+
+    def release(self) -> None:
+        self._release.set()
+
+
+async def test_a_worker_busy_claiming_takes_new_runs_when_the_queue_has_none_waiting(make_engine, db_url) -> None:
+    app = stepline.App("handoff-busy-claim")
+
+    @app.function(id="quick", trigger=stepline.TriggerEvent("handoff/busy"), retries=0)
+    async def quick(ctx: stepline.Context) -> str:
+        return "quick"
+
+    engine = await make_engine(app)
+    await settle(engine)
+    held = HeldClaims(engine)
+    engine.worker.wake()
+    await asyncio.wait_for(held.entered.wait(), 10)
+    offer = engine.worker.offer()
+    assert offer is not None and offer.check_queue  # not idle: the ingest must look at the queue itself
+    engine.worker.adopt(offer, committed=False)
+    event_id = await engine.send({"name": "handoff/busy", "data": {}})
+    (run_id,) = run_ids_of(db_url, event_id)
+    owner, status, _ = queue_row(db_url, run_id)
+    assert (owner, status) == (engine.worker.id, "running")  # taken at ingest while the claim waits
+    assert (await wait_run(engine, run_id))["output"] == "quick"
+    held.release()
+    await asyncio.sleep(0.1)
+    assert run_id not in held.claimed
+
+
+async def test_a_busy_worker_leaves_new_runs_behind_a_ready_one_in_the_queue(make_engine, db_url) -> None:
+    app = stepline.App("handoff-fair")
+
+    @app.function(id="fair", trigger=stepline.TriggerEvent("handoff/fair"), retries=0)
+    async def fair(ctx: stepline.Context) -> int:
+        return int(ctx.event.data["n"])
+
+    engine = await make_engine(app)
+    await settle(engine)
+    held = HeldClaims(engine)
+    engine.worker.wake()
+    await asyncio.wait_for(held.entered.wait(), 10)
+    sender = await make_engine(app, run_worker=False)  # another process's ingest: its run waits in the queue
+    (older,) = run_ids_of(db_url, await sender.send({"name": "handoff/fair", "data": {"n": 1}}))
+    (newer,) = run_ids_of(db_url, await engine.send({"name": "handoff/fair", "data": {"n": 2}}))
+    assert queue_row(db_url, newer)[:2] == (None, "queued")  # not taken past the older one
+    held.release()
+    assert (await wait_run(engine, older))["output"] == 1
+    assert (await wait_run(engine, newer))["output"] == 2
+    assert held.claimed[:2] == [older, newer]
+
+
+async def test_a_claim_in_flight_keeps_the_slots_it_may_fill(make_engine, db_url) -> None:
+    app = stepline.App("handoff-claiming")
+
+    @app.function(id="slot", trigger=stepline.TriggerEvent("handoff/slot"), retries=0)
+    async def slot(ctx: stepline.Context) -> str:
+        return "slot"
+
+    engine = await make_engine(app, concurrency=2)
+    await settle(engine)
+    held = HeldClaims(engine)
+    engine.worker.wake()
+    await asyncio.wait_for(held.entered.wait(), 10)
+    assert engine.worker.offer() is None  # both slots belong to the claim that is under way
+    (run_id,) = run_ids_of(db_url, await engine.send({"name": "handoff/slot", "data": {}}))
+    assert queue_row(db_url, run_id)[:2] == (None, "queued")
+    held.release()
+    assert (await wait_run(engine, run_id))["output"] == "slot"
+
+
+async def test_a_run_cancelled_by_a_later_event_of_its_own_batch_never_starts(make_engine, db_url) -> None:
+    app = stepline.App("handoff-cancel")
+    started: list[str] = []
+
+    @app.function(
+        id="doomed",
+        trigger=stepline.TriggerEvent("handoff/start"),
+        cancel_on=[stepline.CancelOn("handoff/stop", match="data.job")],
+        retries=0,
+    )
+    async def doomed(ctx: stepline.Context) -> str:
+        started.append(ctx.run_id)
+        return "ran"
+
+    engine = await make_engine(app)
+    await settle(engine)  # idle: the hand-off takes the run in the same transaction that cancels it
+    start_id, _ = await engine.send_many(
+        [{"name": "handoff/start", "data": {"job": "j"}}, {"name": "handoff/stop", "data": {"job": "j"}}]
+    )
+    (run_id,) = run_ids_of(db_url, start_id)
+    done = await wait_run(engine, run_id)
+    assert done["status"] == "cancelled"
+    assert "cancel_on" in done["error"]["message"]
+    await asyncio.sleep(0.1)
+    assert started == []

@@ -36,6 +36,7 @@ class Worker:
         self._stopping = False
         self._idle = False  # waiting for a wake-up after a claim that found no more ready runs
         self._reserved = 0  # slots promised to offers whose ingest has not committed yet
+        self._claiming = 0  # slots the claim in flight may fill
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self.poll_interval = services.settings.poll_interval or services.store.db.poll_interval
@@ -108,19 +109,22 @@ class Worker:
     # --- runs handed over by an ingest in this process -----------------------------
 
     def offer(self) -> HandOff | None:
-        """An offer to take new runs straight from an ingest, or None when this worker is
-        busy or may have ready runs waiting in the queue (they go first)."""
-        if self._stopping or not self._idle or self._wake.is_set() or not self._services.settings.handoff:
+        """An offer to take new runs straight from an ingest, or None when this worker has
+        no free slot. Unless the worker is idle (its last claim drained the queue and
+        nothing woke it since), the ingest first checks that no ready run waits in the
+        queue: those go first."""
+        if self._stopping or not self._services.settings.handoff:
             return None
         if asyncio.get_running_loop() is not self._loop:
             return None  # sent from another event loop (a thread of the app): runs start on ours only
-        free = self._concurrency - len(self._running) - self._reserved
+        free = self._concurrency - len(self._running) - self._reserved - self._claiming
         if free <= 0:
             return None
         limit = min(free, CLAIM_BATCH * 5)
         self._reserved += limit
         lease_ms = int(self._services.settings.lease * 1000)
-        return HandOff(self.id, frozenset(self._function_ids), limit, lease_ms)
+        check_queue = not self._idle or self._wake.is_set()
+        return HandOff(self.id, frozenset(self._function_ids), limit, lease_ms, check_queue)
 
     def adopt(self, offer: HandOff, committed: bool) -> None:
         """Execute the runs ``offer`` took, once their ingest ``committed``; give back its slots."""
@@ -160,6 +164,7 @@ class Worker:
             reclaim = loop.time() - reclaimed_at >= reclaim_every
             if reclaim:
                 reclaimed_at = loop.time()
+            self._claiming = want
             try:
                 claimed, next_due = await self._store.claim(
                     self.id, self._function_ids, want, lease_ms, reclaim_expired=reclaim
@@ -168,6 +173,8 @@ class Worker:
                 log.exception("claiming runs failed; retrying")
                 await asyncio.sleep(min(1.0, self.poll_interval * 5))
                 continue
+            finally:
+                self._claiming = 0
             for item in claimed:
                 self._start(item)
             if len(claimed) == want:

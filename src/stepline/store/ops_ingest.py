@@ -22,6 +22,8 @@ def ingest_txn(
     """
     if handoff is not None:
         handoff.taken.clear()  # a batch that is run again starts over
+        if handoff.check_queue and ops_runs.ready_run_waiting_txn(conn, handoff.function_ids, now):
+            handoff = None  # older ready runs go first, through the queue
     out: list[str] = []
     names = {ev.name for ev in events}
     ops_runs.note_names_without_waits_txn(conn, names)
@@ -49,7 +51,24 @@ def ingest_txn(
         ops_runs.resolve_waits_txn(conn, body, now)
         start_triggered_runs_txn(conn, event_id, body, now, handoff)
         out.append(event_id)
+    if handoff is not None and handoff.taken:
+        _drop_cancelled_handoffs_txn(conn, handoff, now)
     return out
+
+
+def _drop_cancelled_handoffs_txn(conn: db.Conn, handoff: HandOff, now: int) -> None:
+    """A run taken by the hand-off and cancelled by a later event of the same batch (its
+    ``cancel_on``) ends here: its worker does not have it yet, so would miss the signal."""
+    cancelled = conn.memo.get(ops_runs.CANCELLED_HELD)
+    if not cancelled:
+        return
+    kept = []
+    for item in handoff.taken:
+        if item.run_id in cancelled:
+            ops_runs.end_run_txn(conn, item.run_id, "cancelled", None, cancelled[item.run_id], now)
+        else:
+            kept.append(item)
+    handoff.taken[:] = kept
 
 
 def trigger_names(name: str) -> list[str]:

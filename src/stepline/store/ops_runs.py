@@ -23,6 +23,7 @@ CLEANUP_SINGLETON = 2  # runs.cleanup: a singletons row may exist
 CLEANUP_WINDOW = 4  # runs.cleanup: a debounces or batches row may exist until the run starts
 _NO_WAITS = "event names nobody waits for"  # Conn.memo key
 TRIGGERS = "functions by trigger name"  # Conn.memo key (ops_ingest)
+CANCELLED_HELD = "held runs asked to cancel"  # Conn.memo key: run id -> error (ops_ingest's hand-off)
 NEVER = flow.NEVER  # 9999-12-31: "no due time" for rows that need one
 
 
@@ -213,6 +214,18 @@ def create_run_txn(
     elif due <= now:
         conn.wake()
     return run_id
+
+
+def ready_run_waiting_txn(conn: db.Conn, function_ids: frozenset[str], now: int) -> bool:
+    """Whether a run of these functions is due and waiting in the queue, unleased."""
+    if not function_ids:
+        return False
+    marks, params = db.in_list(sorted(function_ids))
+    row = conn.one(
+        f"SELECT 1 AS waiting FROM queue WHERE lease_owner IS NULL AND due_at <= ? AND function_id IN ({marks}) LIMIT 1",
+        (now, *params),
+    )
+    return row is not None
 
 
 def _can_hand_off(handoff: HandOff, cfg: dict[str, Any]) -> bool:
@@ -422,6 +435,7 @@ def cancel_run_txn(conn: db.Conn, run_id: str, now: int, reason: str) -> str:
             "UPDATE runs SET cancel_requested = 1, error = ?, updated_at = ? WHERE id = ?", (error, now, run_id)
         )
         conn.signal("cancel", run_id)  # the holder, in whichever process, stops its step now
+        conn.memo.setdefault(CANCELLED_HELD, {})[run_id] = error  # it may be a hand-off of this very transaction
         return "cancelling"
     end_run_txn(conn, run_id, "cancelled", None, error, now)
     return "cancelled"

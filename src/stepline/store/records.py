@@ -76,19 +76,21 @@ class ClaimedRun:
 
 @dataclasses.dataclass(slots=True)
 class HandOff:
-    """An idle worker of this process offering to take new runs straight from ingest.
+    """A worker of this process offering to take new runs straight from ingest.
 
     Runs of ``function_ids`` that may start at once and need no concurrency slot are
     created already leased to ``worker_id``, up to ``limit``; once the ingest commits,
     ``taken`` holds them ready to execute. That saves a claim (a transaction, and two
-    hops between threads) between an event and its first step. The worker offers only
-    while it knows of no other ready run, so no queued run is passed over.
+    hops between threads) between an event and its first step. No queued run is passed
+    over: an idle worker knows the queue holds no ready run of its functions; a busy one
+    sets ``check_queue`` and the ingest looks, in its own transaction, before it takes any.
     """
 
     worker_id: str
     function_ids: frozenset[str]
     limit: int
     lease_ms: int
+    check_queue: bool = False
     taken: list[ClaimedRun] = dataclasses.field(default_factory=list)
 
 
