@@ -3,6 +3,11 @@
 While a worker holds a run its coroutine simply continues from step to step, each
 result committed before the next step begins. Replay (feeding the journal's saved
 results back) only happens when a run resumes on a worker that did not hold it.
+
+A completed step's result goes back to the function at once; its checkpoint is
+submitted on the next turn of the event loop and awaited before the run's next step,
+suspension or other write. When the function returns before that turn (its last step),
+the checkpoint rides with the finish instead: one commit for both.
 """
 
 from __future__ import annotations
@@ -66,6 +71,11 @@ class RunExecution:
         self._busy = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        # The function's task (set by the executor): once it is done, unsaved steps go with the finish.
+        self.handler: asyncio.Future[Any] | None = None
+        self._unsaved: list[tuple[StepResult, int]] = []  # completed, checkpoint not yet submitted
+        self._saving: list[asyncio.Future[Any]] = []  # checkpoints submitted, not yet awaited
+        self._flush_scheduled = False
 
     # --- bookkeeping ---------------------------------------------------------------
 
@@ -96,6 +106,52 @@ class RunExecution:
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
+
+    # --- checkpoints ---------------------------------------------------------------
+
+    def _save_soon(self, step: StepResult) -> None:
+        self._unsaved.append((step, self._next_seq()))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_unless_returned)
+
+    def _flush_unless_returned(self) -> None:
+        self._flush_scheduled = False
+        if self.handler is not None and self.handler.done():
+            return  # the function returned right after: the finish carries these steps
+        self._submit()
+
+    def _submit(self) -> None:
+        worker_id = self._services.worker_id
+        for step, seq in self._unsaved:
+            future = self._store.checkpoint_soon(self.run_id, worker_id, step, seq)
+            future.add_done_callback(_observe)
+            self._saving.append(future)
+        self._unsaved.clear()
+
+    async def sync(self) -> None:
+        """Wait until every completed step of this run is committed; raises ``LeaseLost``."""
+        self._submit()
+        await self._await_saving()
+
+    async def take_unsaved(self) -> list[tuple[StepResult, int]]:
+        """For the finish: wait for submitted checkpoints and hand over the rest, to be
+        written in the finish's own transaction."""
+        await self._await_saving()
+        unsaved, self._unsaved = self._unsaved, []
+        return unsaved
+
+    async def _await_saving(self) -> None:
+        saving, self._saving = self._saving, []
+        first_error: BaseException | None = None
+        for future in saving:
+            try:
+                if await future:
+                    self.cancel_requested = True
+            except Exception as exc:  # noqa: BLE001 - every future awaited, the first error raised
+                first_error = first_error or exc
+        if first_error is not None:
+            raise first_error
 
     def _step_error(self, step_id: str, error_json: str | None) -> errors.StepError:
         error = jsonutil.loads(error_json) or {}
@@ -148,6 +204,10 @@ class RunExecution:
         meta: Callable[[Any], dict[str, Any]] | None,
         attempt: int,
     ) -> Any:
+        if self._unsaved or self._saving:
+            await self.sync()  # the previous step's result is durable before this one begins
+            if self.cancel_requested:
+                raise Halt()
         started = now_ms()
         try:
             result = await compute()
@@ -159,8 +219,7 @@ class RunExecution:
         except Exception as exc:  # noqa: BLE001 - user code; classified by the retry policy
             return await self._step_failed(key, step_id, kind, exc, attempt, started)
         step = StepResult(key, step_id, kind, "completed", output, None, attempt, started, now_ms(), meta_json)
-        if await self._store.checkpoint(self.run_id, self._services.worker_id, step, self._next_seq()):
-            self.cancel_requested = True
+        self._save_soon(step)
         self._state_bytes += len(output)
         return jsonutil.loads(output)
 
@@ -184,6 +243,7 @@ class RunExecution:
         error_json = jsonutil.dumps(error)
         if retry.is_final(exc) or attempt > self.function.config.retries:
             step = StepResult(key, step_id, kind, "failed", None, error_json, attempt, started, now_ms())
+            await self.sync()
             if await self._store.checkpoint(self.run_id, self._services.worker_id, step, self._next_seq()):
                 self.cancel_requested = True
             raise errors.StepError(step_id, error["name"] or "Error", error["message"] or "", error["stack"]) from exc
@@ -207,6 +267,7 @@ class RunExecution:
         wake_ms = int(wake_at * 1000)
         if wake_ms <= now:
             step = StepResult(key, step_id, "sleep", "completed", "null", None, 1, now, now)
+            await self.sync()
             await self._store.checkpoint(self.run_id, self._services.worker_id, step, self._next_seq())
             return
         self._suspend(Suspension("sleep", key, step_id, wake_ms, started_at=now))
@@ -252,17 +313,26 @@ class RunExecution:
         validated = [self._services.validate_event(raw, i) for i, raw in enumerate(events)]
         now = now_ms()
         step = StepResult(key, step_id, "send_event", "completed", None, None, 1, now, now)
+        await self.sync()
         return await self._store.send_events_step(self.run_id, self._services.worker_id, step, self._next_seq(), validated)
 
     async def set_progress(self, percent: float, message: str | None) -> None:
         if not self.replaying:
+            await self.sync()  # progress never runs ahead of the saved steps
             await self._store.set_progress(self.run_id, percent, message)
 
     async def publish(self, topic: str, data: Any) -> None:
         if self.replaying:  # stored when first published; a replay must not repeat it on the stream
             return
+        await self.sync()  # a message is never published for a step that may run again
         await self._store.publish(self.run_id, topic, jsonutil.dumps_checked(data, what="published data"))
         self._services.on_publish(self.run_id)
+
+
+def _observe(future: asyncio.Future[Any]) -> None:
+    """Mark a checkpoint's error as seen: the run may end (cancelled, stopped) without awaiting it."""
+    if not future.cancelled():
+        future.exception()
 
 
 class Executor:
@@ -298,6 +368,7 @@ class Executor:
         else:
             ctx = SyncContext(execution, event, events, loop)
             task = loop.run_in_executor(self._services.handler_threads, function.handler, ctx)
+        execution.handler = task
         self.active[claimed.run_id] = (task, execution)
         try:
             await self._settle(claimed, execution, task)
@@ -315,6 +386,7 @@ class Executor:
             result = await asyncio.wait_for(task, timeout) if timeout is not None else await task
         except (Suspend, Halt):
             await execution.wait_idle()
+            await execution.sync()
             if execution.cancel_requested:
                 await self._finish_cancelled(claimed.run_id)
             elif execution.suspensions:
@@ -324,19 +396,23 @@ class Executor:
             if not execution.cancel_requested:
                 raise  # the worker is stopping; it releases the lease
             await execution.wait_idle()
+            await execution.sync()
             await self._finish_cancelled(claimed.run_id)
             return
         except TimeoutError:
             error = {"name": "FinishTimeout", "message": "the run did not finish within timeouts.finish"}
+            await execution.sync()
             await self._store.finish_run(claimed.run_id, worker_id, "cancelled", None, jsonutil.dumps(error))
             return
         except Exception as exc:  # noqa: BLE001 - the function raised; classify it
             await self._function_failed(claimed, execution, exc)
             return
+        steps = await execution.take_unsaved()
         try:
             output = jsonutil.dumps_checked(result, what=f"function {claimed.function_id!r}'s return value")
         except errors.NonRetriableError as exc:
-            await self._store.finish_run(claimed.run_id, worker_id, "failed", None, jsonutil.dumps(retry.error_dict(exc)))
+            error_json = jsonutil.dumps(retry.error_dict(exc))
+            await self._store.finish_run(claimed.run_id, worker_id, "failed", None, error_json, steps)
             return
         if execution.unreached_steps():
             log.warning(
@@ -344,7 +420,7 @@ class Executor:
                 claimed.run_id,
                 execution.unreached_steps(),
             )
-        await self._store.finish_run(claimed.run_id, worker_id, "completed", output, None)
+        await self._store.finish_run(claimed.run_id, worker_id, "completed", output, None, steps)
 
     async def _finish_cancelled(self, run_id: str) -> None:
         error = {"name": "Cancelled", "message": "the run was cancelled"}
@@ -352,6 +428,7 @@ class Executor:
 
     async def _function_failed(self, claimed: ClaimedRun, execution: RunExecution, exc: Exception) -> None:
         await execution.wait_idle()
+        await execution.sync()
         error_json = jsonutil.dumps(retry.error_dict(exc))
         attempt = claimed.attempt + 1
         config = execution.function.config

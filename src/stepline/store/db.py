@@ -309,12 +309,16 @@ class Database(abc.ABC):
 
     async def write_item(self, kind: Batched, item: Any) -> Any:
         """Add ``item`` to the next group commit's shared ``kind`` operation; returns its result."""
+        return await self.submit_item(kind, item)
+
+    def submit_item(self, kind: Batched, item: Any) -> asyncio.Future[Any]:
+        """``write_item`` without waiting: the future resolves once the item is committed."""
         if self._closed:
             raise RuntimeError("the store is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._jobs.put(_Job(None, future, loop, kind, item))
-        return await future
+        return future
 
     def write_blocking(self, op: Op[T]) -> T:
         """``write`` for code outside any event loop (CLI commands, tests)."""

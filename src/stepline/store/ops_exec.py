@@ -477,22 +477,36 @@ def finish_run_txn(
     _end_held_runs_txn(conn, [(run_id, status, output, error, now)])
 
 
-def finish_many_txn(conn: db.Conn, items: list[tuple[str, str, str, str | None, str | None, int]]) -> list[None | LeaseLost]:
+FinishItem = tuple[str, str, str, str | None, str | None, int, tuple[tuple[StepResult, int], ...]]
+
+
+def finish_many_txn(conn: db.Conn, items: list[FinishItem]) -> list[None | LeaseLost]:
     """``finish_run_txn`` for many runs at once: one lease check and one ending for all of them.
 
-    ``items`` are ``(run_id, worker_id, status, output, error, now)``; a run whose lease
-    was lost gets a ``LeaseLost`` of its own, found before anything is written.
+    ``items`` are ``(run_id, worker_id, status, output, error, now, steps)``: ``steps``
+    are the run's last step outcomes with their sequence numbers, not yet saved (the
+    function returned right after them), written here before the run ends. A run whose
+    lease was lost gets a ``LeaseLost`` of its own, found before anything is written.
     """
     held = _held_many(conn, [item[0] for item in items])
     out: list[None | LeaseLost] = []
     ending: list[tuple[str, str, str | None, str | None, int]] = []
-    for run_id, worker_id, status, output, error, now in items:
+    step_rows: list[tuple[Any, ...]] = []
+    saved: list[tuple[str, StepResult]] = []
+    for run_id, worker_id, status, output, error, now, steps in items:
         row = held.get(run_id)
         if row is None or row["lease_owner"] != worker_id:
             out.append(LeaseLost(f"worker {worker_id} no longer holds run {run_id}"))
             continue
+        for step, seq in steps:
+            step_rows.append(_step_row(run_id, step, seq, step.status))
+            saved.append((run_id, step))
         ending.append((run_id, status, output, error, now))
         out.append(None)
+    if step_rows:
+        conn.executemany(_UPSERT_STEP, step_rows)
+    for run_id, step in saved:
+        _checkpoint_extras(conn, run_id, step)
     if ending:
         _end_held_runs_txn(conn, ending)
     return out

@@ -6,9 +6,10 @@ through the backend's group commit, so many runs' checkpoints share a commit.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -60,7 +61,12 @@ class Store:
         return await self.db.write(db.relaxed(claim))
 
     async def checkpoint(self, run_id: str, worker_id: str, step: StepResult, seq: int) -> bool:
+        """Save a step's outcome; returns whether the run was asked to cancel."""
         return bool(await self.db.write_item(CHECKPOINTS, (run_id, worker_id, step, seq)))
+
+    def checkpoint_soon(self, run_id: str, worker_id: str, step: StepResult, seq: int) -> asyncio.Future[Any]:
+        """``checkpoint`` without waiting: the future resolves (to the cancel flag) once committed."""
+        return self.db.submit_item(CHECKPOINTS, (run_id, worker_id, step, seq))
 
     async def send_events_step(self, run_id: str, worker_id: str, step: StepResult, seq: int, events: list[event_mod.Event]) -> list[str]:
         return await self.db.write(
@@ -77,8 +83,17 @@ class Store:
             partial(ops_exec.retry_run_txn, run_id=run_id, worker_id=worker_id, attempt=attempt, due_at=due_at, error=error, now=now_ms())
         )
 
-    async def finish_run(self, run_id: str, worker_id: str, status: str, output: str | None, error: str | None) -> None:
-        await self.db.write_item(FINISHES, (run_id, worker_id, status, output, error, now_ms()))
+    async def finish_run(
+        self,
+        run_id: str,
+        worker_id: str,
+        status: str,
+        output: str | None,
+        error: str | None,
+        steps: Sequence[tuple[StepResult, int]] = (),
+    ) -> None:
+        """End a run; ``steps`` (each with its sequence number) are saved in the same transaction first."""
+        await self.db.write_item(FINISHES, (run_id, worker_id, status, output, error, now_ms(), tuple(steps)))
 
     async def heartbeat(self, worker_id: str, run_ids: list[str], lease_ms: int) -> list[str]:
         return await self.db.write(
