@@ -17,7 +17,7 @@ from typing import Any
 import click
 import httpx
 
-from stepline import errors
+from stepline import errors, eventloop
 from stepline import settings as settings_mod
 from stepline.app import App
 
@@ -94,14 +94,17 @@ async def _serve(
             config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", lifespan="off")
             server = uvicorn.Server(config)
             names = ", ".join(f.id for a in apps for f in a.functions) or "none"
-            click.echo(f"stepline {'dev' if dev else 'start'}: http://{settings.host}:{settings.port}  db={settings.db}  functions: {names}")
+            click.echo(
+                f"stepline {'dev' if dev else 'start'}: http://{settings.host}:{settings.port}  db={settings.db}  "
+                f"functions: {names}  loop: {eventloop.kind()}"
+            )
             await server.serve()
         else:
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
-            click.echo(f"stepline worker {engine.worker.id if engine.worker else ''}: db={settings.db}")
+            click.echo(f"stepline worker {engine.worker.id if engine.worker else ''}: db={settings.db}  loop: {eventloop.kind()}")
             await stop.wait()
     finally:
         await sdk_apps.stop()
@@ -123,10 +126,10 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _run(main_coro: Any) -> None:
-    """Run a long-lived command; a Stepline error becomes a one-line message, not a traceback."""
+def _run(main_coro: Any, settings: settings_mod.Settings) -> None:
+    """Run a long-lived command on the configured loop; a Stepline error becomes a one-line message."""
     try:
-        asyncio.run(main_coro)
+        eventloop.run(main_coro, settings.loop)
     except errors.SteplineError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -161,7 +164,7 @@ def dev(apps: tuple[str, ...], db: str | None, port: int | None, host: str | Non
     loaded = load_apps(apps or [DEFAULT_APP])
     with contextlib.suppress(KeyboardInterrupt):
         sdk = {"sdk_urls": sdk_url, "discovery": not no_discovery, "poll": not no_poll}
-        _run(_serve(loaded, settings, dev=True, run_server=True, run_worker=True, sdk=sdk))
+        _run(_serve(loaded, settings, dev=True, run_server=True, run_worker=True, sdk=sdk), settings)
 
 
 @main.command(epilog=ENV_HELP)
@@ -180,7 +183,7 @@ def start(apps: tuple[str, ...], db: str | None, port: int | None, host: str | N
         )
     loaded = load_apps(apps)
     with contextlib.suppress(KeyboardInterrupt):
-        _run(_serve(loaded, settings, dev=False, run_server=True, run_worker=not no_worker))  # SDK apps need a worker too
+        _run(_serve(loaded, settings, dev=False, run_server=True, run_worker=not no_worker), settings)  # SDK apps need a worker too
 
 
 @main.command(epilog=ENV_HELP)
@@ -193,7 +196,7 @@ def worker(apps: tuple[str, ...], db: str | None, concurrency: int | None) -> No
     _setup_logging(settings.log_level)
     loaded = load_apps(apps)
     with contextlib.suppress(KeyboardInterrupt):
-        _run(_serve(loaded, settings, dev=False, run_server=False, run_worker=True))
+        _run(_serve(loaded, settings, dev=False, run_server=False, run_worker=True), settings)
 
 
 @main.command()

@@ -39,6 +39,7 @@ VARS: tuple[Var, ...] = (
     Var("STEPLINE_MAX_STEP_OUTPUT_BYTES", "max_step_output_bytes", int, 4 * 1024 * 1024, "largest step result saved"),
     Var("STEPLINE_MAX_RUN_STATE_BYTES", "max_run_state_bytes", int, 32 * 1024 * 1024, "largest total of a run's step results"),
     Var("STEPLINE_LOG_LEVEL", "log_level", str, "INFO", "logging level: DEBUG, INFO, WARNING, ERROR"),
+    Var("STEPLINE_LOOP", "loop", str, "auto", "event loop of stepline dev/start/worker: auto (uvloop where installed), uvloop, asyncio"),
 )
 
 
@@ -63,6 +64,7 @@ class Settings:
     max_step_output_bytes: int = 4 * 1024 * 1024
     max_run_state_bytes: int = 32 * 1024 * 1024
     log_level: str = "INFO"
+    loop: str = "auto"
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
