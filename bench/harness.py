@@ -8,14 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import stepline
+from stepline import eventloop
+from stepline import settings as settings_mod
 from stepline.engine import Engine
 from stepline.settings import Settings
 from stepline.store import open_store
+
+T = TypeVar("T")
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """Run a benchmark on the loop Stepline's own commands run on (``STEPLINE_LOOP``; uvloop by default)."""
+    return eventloop.run(main, settings_mod.from_env().loop)
 
 
 class Tracker:

@@ -72,10 +72,13 @@ def details(results: list[Result]) -> list[str]:
                        f"{_num(w1['cpu_ms_per_run'], 3)} CPU ms per run (median of {w1.get('trials', 1)})")
         for n in (500, 5000):
             w2 = _find(results, f"W2-{n}", "stepline", backend)
+            bare = _find(results, f"W2-{n}-floor", "harness", backend)
             if w2:
+                floor = (f"; the same calls with no engine take {bare['makespan_s']:.2f} s, so the engine's share is "
+                         f"{w2['makespan_s'] - bare['makespan_s']:.2f} s" if bare else "")
                 out.append(f"- **W2 {b}, {n} calls**: makespan {w2['makespan_s']:.2f} s against an ideal of {w2['ideal_s']:.2f} s "
-                           f"({w2['vs_ideal']:.3f}×, +{w2['over_ideal_s']:.2f} s); peak {w2['peak_in_flight']:,} calls in flight; "
-                           f"worker peak RSS {w2['peak_rss_mib']:.0f} MiB")
+                           f"({w2['vs_ideal']:.3f}×, +{w2['over_ideal_s']:.2f} s){floor}; peak {w2['peak_in_flight']:,} calls in flight; "
+                           f"worker peak RSS {w2['peak_rss_mib']:.0f} MiB, {w2.get('worker_cpu_s', 0):.2f} s of worker CPU")
         for n in (500, 5000):
             w2 = _find(results, f"W2-{n}-engine", "stepline", backend)
             if w2:

@@ -19,7 +19,7 @@ import time
 import psycopg
 
 import stepline
-from bench import common
+from bench import common, harness
 from bench.harness import engine_on, send_chunked
 
 STEPS = 3
@@ -133,11 +133,11 @@ def main() -> None:
     p.add_argument("--serve", default="")
     args = p.parse_args()
     if args.serve:
-        asyncio.run(serve(args.serve))
+        harness.run(serve(args.serve))
         return
     for count in args.workers:
-        common.emit(f"SCALE-{count}", "stepline", "postgres", **asyncio.run(throughput(count, args.runs)))
-    common.emit("SCALE-latency", "stepline", "postgres", **asyncio.run(latency(args.latency_runs)))
+        common.emit(f"SCALE-{count}", "stepline", "postgres", **harness.run(throughput(count, args.runs)))
+    common.emit("SCALE-latency", "stepline", "postgres", **harness.run(latency(args.latency_runs)))
 
 
 if __name__ == "__main__":

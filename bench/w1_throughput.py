@@ -9,10 +9,8 @@ is checkpointed before the next starts. One worker process, default settings
 
 from __future__ import annotations
 
-import asyncio
-
 import stepline
-from bench import common
+from bench import common, harness
 from bench.harness import engine_on, send_chunked
 
 STEPS = 3
@@ -55,7 +53,7 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=2000)
     p.add_argument("--trials", type=int, default=3)
     args = p.parse_args()
-    records = [asyncio.run(trial(args.backend, args.runs)) for _ in range(args.trials)]
+    records = [harness.run(trial(args.backend, args.runs)) for _ in range(args.trials)]
     common.emit("W1", "stepline", args.backend, **common.median_record(records))
 
 

@@ -3,13 +3,18 @@
     python -m bench.w2_fanin --backend sqlite|postgres [--runs 500 5000] [--call http|sleep]
 
 One worker process; its concurrency is set to N so every call can be in flight at
-once (the default, 500, covers the 500-run case). The call is a POST (``bench.http_call``)
+once (the default, 500, covers the 500-run case). Events are sent in batches of 100,
+as the Procrastinate benchmark defers its jobs. The call is a POST (``bench.http_call``)
 from an async step to ``bench.fake_model`` on loopback (its own process). Makespan runs
 from the first ``send`` to the last run's final commit; the ideal is the model's
 1.0 s plus the time it took to enqueue. The worker's peak RSS is the memory figure
-for a worker holding N in-flight runs. ``--call sleep`` replaces the HTTP call with a
-1.0 s ``asyncio.sleep`` (``W2-N-engine``): what the engine alone adds to the makespan,
-without the cost of opening and serving N connections on the same two cores.
+for a worker holding N in-flight runs.
+
+Before each trial the same N calls are made with no engine at all (``W2-N-floor``):
+what the client and the model alone take on these two cores, so the engine's own
+share is the makespan less that floor. ``--call sleep`` replaces the HTTP call with a
+1.0 s ``asyncio.sleep`` (``W2-N-engine``): the engine without the cost of opening and
+serving N connections on the same two cores.
 """
 
 from __future__ import annotations
@@ -18,10 +23,15 @@ import asyncio
 import time
 
 import stepline
-from bench import common, http_call
+from bench import common, harness, http_call
 from bench.harness import engine_on, send_chunked
 
 DELAY = 1.0
+BATCH = 100  # events per send, as the peers' benchmarks defer theirs
+
+
+def request(i: int) -> dict[str, object]:
+    return {"model": "fake", "messages": [{"role": "user", "content": str(i)}]}
 
 
 def make_app(url: str | None) -> stepline.App:
@@ -32,7 +42,7 @@ def make_app(url: str | None) -> stepline.App:
         if url is None:
             await asyncio.sleep(DELAY)
             return "ok"
-        reply = await http_call.post_json(url, {"model": "fake", "messages": [{"role": "user", "content": str(i)}]})
+        reply = await http_call.post_json(url, request(i))
         return str(reply["choices"][0]["message"]["content"])
 
     @app.function(id="w2", trigger=stepline.TriggerEvent("bench/w2"), retries=0)
@@ -51,7 +61,8 @@ async def trial(backend: str, runs: int, model_url: str | None) -> dict[str, flo
         async with engine_on(url, app, concurrency=max(500, runs)) as (engine, tracker):
             tracker.expect(runs)
             t0 = time.perf_counter()
-            await send_chunked(engine, [{"name": "bench/w2", "data": {"i": i}} for i in range(runs)], chunk=500)
+            c0 = common.cpu_seconds()
+            await send_chunked(engine, [{"name": "bench/w2", "data": {"i": i}} for i in range(runs)], chunk=BATCH)
             enqueued = time.perf_counter() - t0
             while not tracker.done.is_set():
                 peak_rss = max(peak_rss, common.rss_mib())
@@ -60,6 +71,7 @@ async def trial(backend: str, runs: int, model_url: str | None) -> dict[str, flo
                 except TimeoutError:
                     pass
             makespan = time.perf_counter() - t0
+            cpu = common.cpu_seconds() - c0
     stats = common.model_stats(model_url) if model_url is not None else {"peak": runs}
     ideal = DELAY + enqueued
     return {
@@ -70,6 +82,25 @@ async def trial(backend: str, runs: int, model_url: str | None) -> dict[str, flo
         "over_ideal_s": round(makespan - ideal, 3),
         "peak_in_flight": stats["peak"],
         "peak_rss_mib": round(peak_rss, 1),
+        "worker_cpu_s": round(cpu, 3),
+    }
+
+
+async def floor(runs: int, model_url: str) -> dict[str, float]:
+    """The same ``runs`` calls at once with no engine: the client's and the model's own time."""
+    common.model_stats(model_url, reset=True)
+    url = f"{model_url}/v1/chat/completions"
+    t0 = time.perf_counter()
+    c0 = common.cpu_seconds()
+    await asyncio.gather(*(http_call.post_json(url, request(i)) for i in range(runs)))
+    makespan = time.perf_counter() - t0
+    cpu = common.cpu_seconds() - c0
+    return {
+        "runs": runs,
+        "makespan_s": round(makespan, 3),
+        "over_delay_s": round(makespan - DELAY, 3),
+        "peak_in_flight": common.model_stats(model_url)["peak"],
+        "client_cpu_s": round(cpu, 3),
     }
 
 
@@ -80,12 +111,13 @@ def main() -> None:
     args = p.parse_args()
     if args.call == "sleep":
         for runs in args.runs:
-            record = asyncio.run(trial(args.backend, runs, None))
+            record = harness.run(trial(args.backend, runs, None))
             common.emit(f"W2-{runs}-engine", "stepline", args.backend, **record)
         return
     with common.fake_model(DELAY) as model_url:
         for runs in args.runs:
-            record = asyncio.run(trial(args.backend, runs, model_url))
+            common.emit(f"W2-{runs}-floor", "harness", args.backend, **harness.run(floor(runs, model_url)))
+            record = harness.run(trial(args.backend, runs, model_url))
             common.emit(f"W2-{runs}", "stepline", args.backend, **record)
 
 

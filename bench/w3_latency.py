@@ -15,7 +15,7 @@ import asyncio
 import time
 
 import stepline
-from bench import common
+from bench import common, harness
 from bench.harness import engine_on
 
 IDLE_GAP = 0.02
@@ -65,7 +65,7 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=200)
     p.add_argument("--no-handoff", action="store_true", help="every run through the queue and a claim")
     args = p.parse_args()
-    figures = asyncio.run(measure(args.backend, args.runs, handoff=not args.no_handoff))
+    figures = harness.run(measure(args.backend, args.runs, handoff=not args.no_handoff))
     common.emit("W3-queue" if args.no_handoff else "W3", "stepline", args.backend, **figures)
 
 

@@ -13,11 +13,10 @@ backlog is measured twice: straight after the burst of inserts, and again after
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import stepline
-from bench import common
+from bench import common, harness
 from bench.harness import engine_on
 
 BATCH = 10
@@ -99,7 +98,7 @@ def main() -> None:
     p.add_argument("--backlog", type=int, default=100_000)
     p.add_argument("--keys", type=int, default=1000)
     args = p.parse_args()
-    common.emit("W4", "stepline", args.backend, **asyncio.run(measure(args.backend, args.backlog, args.keys)))
+    common.emit("W4", "stepline", args.backend, **harness.run(measure(args.backend, args.backlog, args.keys)))
 
 
 if __name__ == "__main__":

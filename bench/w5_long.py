@@ -13,11 +13,10 @@ with a slow one; each figure is the median over ``--trials`` runs.
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import stepline
-from bench import common
+from bench import common, harness
 from bench.harness import engine_on
 
 WINDOW = 100
@@ -68,7 +67,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--trials", type=int, default=3)
     args = p.parse_args()
-    records = [asyncio.run(measure(args.backend, args.steps)) for _ in range(args.trials)]
+    records = [harness.run(measure(args.backend, args.steps)) for _ in range(args.trials)]
     common.emit("W5", "stepline", args.backend, **common.median_record(records))
 
 
