@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import stepline
-from stepline import eventloop
+from stepline import eventloop, gctuning
 from stepline import settings as settings_mod
 from stepline.engine import Engine
 from stepline.settings import Settings
@@ -23,7 +23,9 @@ T = TypeVar("T")
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
-    """Run a benchmark on the loop Stepline's own commands run on (``STEPLINE_LOOP``; uvloop by default)."""
+    """Run a benchmark as Stepline's own commands run: the collector tuned, on their loop
+    (``STEPLINE_LOOP``; uvloop by default)."""
+    gctuning.tune_for_worker()
     return eventloop.run(main, settings_mod.from_env().loop)
 
 

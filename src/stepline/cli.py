@@ -17,7 +17,7 @@ from typing import Any
 import click
 import httpx
 
-from stepline import errors, eventloop
+from stepline import errors, eventloop, gctuning
 from stepline import settings as settings_mod
 from stepline.app import App
 
@@ -128,6 +128,7 @@ def _is_loopback(host: str) -> bool:
 
 def _run(main_coro: Any, settings: settings_mod.Settings) -> None:
     """Run a long-lived command on the configured loop; a Stepline error becomes a one-line message."""
+    gctuning.tune_for_worker()  # the apps are loaded: what exists now lives as long as the process
     try:
         eventloop.run(main_coro, settings.loop)
     except errors.SteplineError as exc:
