@@ -187,6 +187,9 @@ class ReplayAwareLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         return f"[{self._driver.function_id} {self._driver.run_id}] {msg}", kwargs
 
 
+FUNCTION_LOG = logging.getLogger("stepline.function")  # looked up once: getLogger takes a lock
+
+
 class Context:
     """A run's view of itself, handed to ``async def`` handlers."""
 
@@ -198,7 +201,7 @@ class Context:
         self.function_id = driver.function_id
         self.attempt = driver.attempt
         self.step = Step(driver)
-        self.logger = ReplayAwareLogger(logging.getLogger("stepline.function"), driver)
+        self.logger = ReplayAwareLogger(FUNCTION_LOG, driver)
 
     async def set_progress(self, percent: float, message: str | None = None) -> None:
         """Record progress (0-100) and a message; read by the job-status API."""

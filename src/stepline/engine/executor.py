@@ -360,7 +360,10 @@ class Executor:
         function = self._functions[claimed.function_id]
         execution = RunExecution(self._services, claimed, function)
         event = event_mod.Event.from_dict(claimed.event)
-        events = [event_mod.Event.from_dict(e) for e in claimed.events]
+        if len(claimed.events) == 1 and claimed.events[0] is claimed.event:
+            events = [event]  # the usual run of one event: the same object, parsed once
+        else:
+            events = [event_mod.Event.from_dict(e) for e in claimed.events]
         loop = asyncio.get_running_loop()
         task: asyncio.Future[Any]
         if function.is_async:
