@@ -226,6 +226,31 @@ async def _until(check: Any, what: str, timeout: float = 30.0) -> None:
     await eventually(probe, timeout=timeout, interval=0.05, what=what)
 
 
+class HeldClaims:
+    """Records the runs the worker's claims return; ``held`` makes its next claim wait until
+    ``release()``: a worker busy claiming, on cue."""
+
+    def __init__(self, engine: Any, held: bool = True) -> None:
+        self.entered = asyncio.Event()
+        self._release = asyncio.Event()
+        if not held:
+            self._release.set()
+        self.claimed: list[str] = []
+        original = engine.store.claim
+
+        async def held_claim(*args: Any, **kwargs: Any) -> Any:
+            self.entered.set()
+            await self._release.wait()
+            runs, next_due = await original(*args, **kwargs)
+            self.claimed.extend(run.run_id for run in runs)
+            return runs, next_due
+
+        engine.store.claim = held_claim  # type: ignore[method-assign]
+
+    def release(self) -> None:
+        self._release.set()
+
+
 async def test_handoff_can_be_switched_off(make_engine, db_url) -> None:
     app = stepline.App("handoff-off")
 
@@ -235,20 +260,12 @@ async def test_handoff_can_be_switched_off(make_engine, db_url) -> None:
 
     engine = await make_engine(app, handoff=False)
     await settle(engine)
-    claimed: list[str] = []
-    original_claim = engine.store.claim
-
-    async def recording_claim(*args: Any, **kwargs: Any) -> Any:
-        runs, next_due = await original_claim(*args, **kwargs)
-        claimed.extend(run.run_id for run in runs)
-        return runs, next_due
-
-    engine.store.claim = recording_claim  # type: ignore[method-assign]
+    claims = HeldClaims(engine, held=False)
     assert engine.worker.offer() is None
     event_id = await engine.send({"name": "handoff/off", "data": {}})
     (run_id,) = run_ids_of(db_url, event_id)
     assert (await wait_run(engine, run_id))["output"] == "via the queue"
-    assert claimed == [run_id]  # it went through the queue and a claim, not straight from the ingest
+    assert claims.claimed == [run_id]  # it went through the queue and a claim, not straight from the ingest
 
 
 def test_the_handoff_variable_takes_yes_or_no_and_names_them_otherwise() -> None:
@@ -295,28 +312,6 @@ async def test_a_send_from_another_event_loop_goes_through_the_queue(make_engine
     await settle(engine)
     assert recording_offer() is not None  # the same worker offers on its own loop
     worker.adopt(offers[-1], committed=False)
-
-
-class HeldClaims:
-    """Makes the worker's next claim wait until ``release()``: a worker busy claiming, on cue."""
-
-    def __init__(self, engine: Any) -> None:
-        self.entered = asyncio.Event()
-        self._release = asyncio.Event()
-        self.claimed: list[str] = []
-        original = engine.store.claim
-
-        async def held_claim(*args: Any, **kwargs: Any) -> Any:
-            self.entered.set()
-            await self._release.wait()
-            runs, next_due = await original(*args, **kwargs)
-            self.claimed.extend(run.run_id for run in runs)
-            return runs, next_due
-
-        engine.store.claim = held_claim  # type: ignore[method-assign]
-
-    def release(self) -> None:
-        self._release.set()
 
 
 async def test_a_worker_busy_claiming_takes_new_runs_when_the_queue_has_none_waiting(make_engine, db_url) -> None:
