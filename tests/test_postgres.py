@@ -76,6 +76,50 @@ async def test_ops_sharing_a_commit_fail_alone_and_rows_are_dicts(pg: postgres.P
     assert await pg.write(lambda conn: conn.rowcount("UPDATE scratch SET note = ?", ("x",))) == 2
 
 
+async def test_a_write_whose_error_arrives_later_still_fails_only_its_own_operation(
+    pg: postgres.PostgresDatabase, postgres_url: str
+) -> None:
+    # The writer sends writes without waiting for their answers: an error reaches the
+    # writer only at the next read or sync, and must still be charged to the op that made it.
+    await pg.write(lambda conn: conn.execute("INSERT INTO scratch (id, note) VALUES ('a', 'first')"))
+
+    def duplicate_then_bug(conn: db.Conn) -> None:
+        conn.execute("INSERT INTO scratch (id, note) VALUES ('a', 'again')")  # refused, but not yet heard
+        raise ValueError("the operation's own bug")
+
+    def count_updated(conn: db.Conn) -> int:
+        return conn.rowcount("UPDATE scratch SET note = ? WHERE id = 'a'", ("updated",))
+
+    def insert_b(conn: db.Conn) -> str:
+        conn.execute("INSERT INTO scratch (id, note) VALUES ('b', 'kept')")
+        return "b"
+
+    started = threading.Event()
+
+    def hold(conn: db.Conn) -> None:  # keeps the writer busy so the next three share one batch
+        started.set()
+        threading.Event().wait(0.3)
+
+    holding = asyncio.ensure_future(pg.write(hold))
+    await asyncio.get_running_loop().run_in_executor(None, started.wait, 5.0)
+    results = await asyncio.gather(
+        pg.write(duplicate_then_bug), pg.write(count_updated), pg.write(insert_b), return_exceptions=True
+    )
+    await holding
+    assert isinstance(results[0], (ValueError, psycopg.errors.UniqueViolation))  # whichever it met first
+    assert results[1:] == [1, "b"]
+    assert scratch_rows(postgres_url) == [("a", "updated"), ("b", "kept")]
+
+    # A batch of one operation: the refusal arrives with the transaction id's read and is the op's.
+    alone = await asyncio.gather(
+        pg.write(lambda conn: conn.execute("INSERT INTO scratch (id, note) VALUES ('b', 'again')")),
+        return_exceptions=True,
+    )
+    assert isinstance(alone[0], psycopg.errors.UniqueViolation)
+    assert await pg.write(lambda conn: conn.rowcount("DELETE FROM scratch WHERE id = 'b'")) == 1
+    assert scratch_rows(postgres_url) == [("a", "updated")]
+
+
 async def test_reads_are_read_only(pg: postgres.PostgresDatabase) -> None:
     with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
         await pg.read(lambda conn: conn.execute("INSERT INTO scratch (id) VALUES ('r')"))

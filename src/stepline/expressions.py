@@ -9,13 +9,15 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import cel
-
 from stepline import errors
 
 
 @functools.lru_cache(maxsize=4096)
 def compile_expression(source: str) -> Any:
+    # Imported on first use: the CEL package's own import also loads its command-line
+    # front end (prompt_toolkit), a tenth of a second an app without expressions need not pay.
+    import cel
+
     try:
         return cel.compile(source)
     except (ValueError, RuntimeError) as exc:

@@ -98,9 +98,12 @@ def pool_size_for(concurrency: int) -> int:
 class PostgresConn(db.Conn):
     dialect = "postgres"
 
-    def __init__(self, raw: psycopg.Connection[Any]) -> None:
+    def __init__(self, raw: psycopg.Connection[Any], pipe: psycopg.Pipeline | None = None) -> None:
         super().__init__()
         self.raw = raw
+        # The writer's transactions run in pipeline mode: a write is sent without waiting
+        # for its answer, which comes (with any error) at the next read or sync.
+        self.pipe = pipe
 
     def _execute(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
         return self.raw.execute(translate(sql), tuple(params))
@@ -113,7 +116,15 @@ class PostgresConn(db.Conn):
         return self.raw.execute(translate(sql), tuple(params)).fetchall()
 
     def _rowcount(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> int:
-        return self.raw.execute(translate(sql), tuple(params)).rowcount
+        cursor = self.raw.execute(translate(sql), tuple(params))
+        if self.pipe is not None:
+            self.pipe.sync()  # the count is known only once the answer is in
+        return cursor.rowcount
+
+    def sync(self) -> None:
+        """Wait for the answers to every statement sent so far; raises the first error among them."""
+        if self.pipe is not None:
+            self.pipe.sync()
 
     def skip_locked(self) -> str:
         return "FOR UPDATE SKIP LOCKED"
@@ -298,39 +309,10 @@ class PostgresDatabase(db.Database):
     def _try_batch(
         self, link: _Link, raw: psycopg.Connection[Any], ops: list[db.Op[Any]], *, retry_transient: bool
     ) -> tuple[list[tuple[bool, Any]], bool]:
-        wrapped = PostgresConn(raw)
-        outcomes: list[tuple[bool, Any]] = []
+        conn = PostgresConn(raw)
         try:
-            # One round trip either way (no parameters: a simple query may hold two statements).
-            raw.execute("BEGIN; SET LOCAL synchronous_commit TO off" if db.is_relaxed(ops) else "BEGIN")  # see db.relaxed
-            if len(ops) == 1:
-                try:
-                    outcomes.append((True, db.run_op(ops[0], wrapped)))
-                except Exception as exc:  # noqa: BLE001 - the op's failure is its caller's
-                    self._reraise_if_retryable(raw, exc, retry_transient)
-                    raw.execute("ROLLBACK")
-                    return [(False, exc)], False
-            else:
-                for op in ops:
-                    raw.execute("SAVEPOINT op")
-                    try:
-                        outcomes.append((True, db.run_op(op, wrapped)))
-                        raw.execute("RELEASE SAVEPOINT op")
-                    except Exception as exc:  # noqa: BLE001 - this op alone rolls back
-                        self._reraise_if_retryable(raw, exc, retry_transient)
-                        raw.execute("ROLLBACK TO SAVEPOINT op")
-                        wrapped.rolled_back()
-                        raw.execute("RELEASE SAVEPOINT op")
-                        outcomes.append((False, exc))
-            # The transaction id lets us learn whether a COMMIT cut short by a lost
-            # connection took effect; NULL means this batch wrote nothing.
-            if wrapped.woke:
-                row = raw.execute(
-                    "SELECT pg_notify(%s, %s), pg_current_xact_id_if_assigned()::text AS xid", (CHANNEL, self._token)
-                ).fetchone()
-            else:
-                row = raw.execute("SELECT pg_current_xact_id_if_assigned()::text AS xid").fetchone()
-            xid = row["xid"] if row else None
+            with raw.pipeline() as conn.pipe:
+                outcomes, xid, rolled_back = self._run_ops(raw, conn, ops, retry_transient)
         except TRANSIENT as exc:  # before OperationalError: these derive from it
             if _lost(raw):
                 link.drop()
@@ -356,6 +338,8 @@ class PostgresDatabase(db.Database):
         except BaseException:
             self._rollback(raw)
             raise
+        if rolled_back:
+            return outcomes, False
         try:
             raw.execute("COMMIT")
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
@@ -365,7 +349,68 @@ class PostgresDatabase(db.Database):
             link.drop()
             if xid is None or self._committed(link, xid, exc) is False:
                 raise _RetryBatch() from exc
-        return outcomes, wrapped.woke
+        return outcomes, conn.woke
+
+    def _run_ops(
+        self, raw: psycopg.Connection[Any], conn: PostgresConn, ops: list[db.Op[Any]], retry_transient: bool
+    ) -> tuple[list[tuple[bool, Any]], str | None, bool]:
+        """Run the batch's operations after BEGIN, in pipeline mode: (outcomes, the transaction
+        id, whether the transaction was rolled back because its one operation failed).
+
+        Writes are sent without waiting for their answers; each operation's end is a sync
+        point (the id's read, for a lone operation), so its errors stay its own.
+        """
+        raw.execute("BEGIN")
+        if db.is_relaxed(ops):
+            raw.execute("SET LOCAL synchronous_commit TO off")  # see db.relaxed
+        if len(ops) == 1:
+            try:
+                result = db.run_op(ops[0], conn)
+                xid = self._transaction_id(raw, conn.woke)  # waits for the op's writes: their errors land here
+            except Exception as exc:  # noqa: BLE001 - the op's failure is its caller's
+                self._reraise_if_retryable(raw, exc, retry_transient)
+                self._settle(raw, conn)
+                raw.execute("ROLLBACK")
+                return [(False, exc)], None, True
+            return [(True, result)], xid, False
+        outcomes: list[tuple[bool, Any]] = []
+        for op in ops:
+            raw.execute("SAVEPOINT op")
+            try:
+                result = db.run_op(op, conn)
+                raw.execute("RELEASE SAVEPOINT op")
+                conn.sync()
+                outcomes.append((True, result))
+            except Exception as exc:  # noqa: BLE001 - this op alone rolls back
+                self._reraise_if_retryable(raw, exc, retry_transient)
+                self._settle(raw, conn)
+                raw.execute("ROLLBACK TO SAVEPOINT op")
+                conn.rolled_back()
+                raw.execute("RELEASE SAVEPOINT op")
+                conn.sync()
+                outcomes.append((False, exc))
+        return outcomes, self._transaction_id(raw, conn.woke), False
+
+    def _transaction_id(self, raw: psycopg.Connection[Any], woke: bool) -> str | None:
+        """This transaction's id, to learn whether a COMMIT cut short by a lost connection
+        took effect (None: it wrote nothing); sends the wake-up first if it made work due."""
+        if woke:
+            row = raw.execute(
+                "SELECT pg_notify(%s, %s), pg_current_xact_id_if_assigned()::text AS xid", (CHANNEL, self._token)
+            ).fetchone()
+        else:
+            row = raw.execute("SELECT pg_current_xact_id_if_assigned()::text AS xid").fetchone()
+        return row["xid"] if row else None
+
+    @staticmethod
+    def _settle(raw: psycopg.Connection[Any], conn: PostgresConn) -> None:
+        """After an operation failed: take in the answers still owed, so the rollback that
+        follows is not skipped behind an error among them."""
+        try:
+            conn.sync()
+        except psycopg.Error:
+            if _lost(raw):
+                raise
 
     @staticmethod
     def _reraise_if_retryable(raw: psycopg.Connection[Any], exc: Exception, retry_transient: bool) -> None:
