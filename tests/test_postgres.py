@@ -120,6 +120,66 @@ async def test_a_write_whose_error_arrives_later_still_fails_only_its_own_operat
     assert scratch_rows(postgres_url) == [("a", "updated")]
 
 
+def test_plain_inserts_become_one_statement_over_json_and_anything_else_is_left_alone() -> None:
+    statement, columns = postgres.bulk_insert("INSERT INTO runs (id, attempt, note) VALUES (?, 0, ?)")  # type: ignore[misc]
+    assert statement == (
+        "INSERT INTO runs (id, attempt, note) SELECT x.id, 0, x.note FROM json_populate_recordset(NULL::runs, %s::json) AS x"
+    )
+    assert columns == ("id", "note")
+    assert postgres.bulk_insert("INSERT INTO t (a) VALUES (?) ON CONFLICT (a) DO NOTHING") is None
+    assert postgres.bulk_insert("INSERT INTO t (a, b) VALUES (?, 'x, y')") is None
+    assert postgres.bulk_insert("INSERT INTO t (a, b) VALUES (?, lower(?))") is None
+    assert postgres.bulk_insert("UPDATE t SET a = ? WHERE b = ?") is None
+    assert postgres.rows_as_json(("a", "b"), [(1, "x"), (None, 2.5)]) == '[{"a":1,"b":"x"},{"a":null,"b":2.5}]'
+    for unsafe in (True, float("nan"), b"raw", {"nested": 1}):
+        assert postgres.rows_as_json(("a",), [(unsafe,)]) is None  # these go through executemany
+
+
+async def test_a_deferred_batch_of_inserts_stores_every_value_as_given(pg: postgres.PostgresDatabase, postgres_url: str) -> None:
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE typed (id TEXT PRIMARY KEY, n BIGINT, f DOUBLE PRECISION, t TEXT, flag BOOLEAN, fixed INTEGER)")
+    sql = "INSERT INTO typed (id, n, f, t, flag, fixed) VALUES (?, ?, ?, ?, ?, 7)"
+    rows = [
+        ("r1", 2**62, 0.1, 'quote " backslash \\ and ünïcode ✓', None, ),
+        ("r2", -1, None, None, True),  # a bool: this batch takes the executemany path
+        ("r3", None, 1e300, "", None),
+        ("r4", 0, -0.5, "{\"looks\": \"like json\"}", None),
+    ]
+
+    json_batch = [rows[0], rows[2], rows[3], ("r5", 5, 5.5, "five", None)]
+    bulk = postgres.bulk_insert(sql)
+    assert bulk is not None and len(json_batch) >= postgres.BULK_ROWS
+    assert postgres.rows_as_json(bulk[1], json_batch) is not None  # this batch does go as JSON
+
+    def write_json_path(conn: db.Conn) -> None:
+        for row in json_batch:
+            conn.defer(sql, row)
+
+    def write_fallback(conn: db.Conn) -> None:
+        for row in [rows[1], ("r6", 6, 6.0, "six", None), ("r7", 7, 7.0, "seven", None), ("r8", 8, 8.0, "eight", None)]:
+            conn.defer(sql, row)
+
+    await pg.write(write_json_path)
+    await pg.write(write_fallback)
+    with psycopg.connect(postgres_url) as conn:
+        stored = {r[0]: r[1:] for r in conn.execute("SELECT id, n, f, t, flag, fixed FROM typed").fetchall()}
+    assert stored["r1"] == (2**62, 0.1, 'quote " backslash \\ and ünïcode ✓', None, 7)
+    assert stored["r2"] == (-1, None, None, True, 7)
+    assert stored["r3"] == (None, 1e300, "", None, 7)
+    assert stored["r4"] == (0, -0.5, '{"looks": "like json"}', None, 7)
+    assert len(stored) == 8
+
+    def duplicate(conn: db.Conn) -> None:
+        for i in range(5):
+            conn.defer(sql, (f"d{i}", i, 0.0, "x", None))
+        conn.defer(sql, ("r1", 1, 0.0, "again", None))
+
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        await pg.write(duplicate)
+    with psycopg.connect(postgres_url) as conn:
+        assert conn.execute("SELECT count(*) FROM typed").fetchone() == (8,)  # none of the failed batch's rows
+
+
 async def test_reads_are_read_only(pg: postgres.PostgresDatabase) -> None:
     with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
         await pg.read(lambda conn: conn.execute("INSERT INTO scratch (id) VALUES ('r')"))

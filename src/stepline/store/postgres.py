@@ -27,13 +27,16 @@ import concurrent.futures
 import contextlib
 import functools
 import logging
+import math
 import random
+import re
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import psycopg
 import psycopg_pool
 from psycopg import errors as pg_errors
@@ -90,6 +93,46 @@ def translate(sql: str) -> str:
     return "".join(out)
 
 
+# A deferred plain INSERT of at least this many rows goes as one statement that reads
+# its rows from a JSON parameter: psycopg's executemany costs about 12 µs of client CPU
+# per row (a message and a poll each), the JSON form a tenth of that.
+BULK_ROWS = 4
+_PLAIN_INSERT = re.compile(r"INSERT INTO (\w+) \(([\w\s,]+)\) VALUES \(([^()']+)\)", re.S)
+_LITERAL = re.compile(r"\?|NULL|-?\d+")
+_JSON_SCALARS = (str, int, type(None))
+
+
+@functools.lru_cache(maxsize=256)
+def bulk_insert(sql: str) -> tuple[str, tuple[str, ...]] | None:
+    """``INSERT INTO t (a, b, c) VALUES (?, ?, 0)`` as one statement over a JSON array of
+    rows, and the columns each row object carries; None for any other statement (an
+    upsert, an expression among the values)."""
+    match = _PLAIN_INSERT.fullmatch(sql.strip())
+    if match is None:
+        return None
+    table, columns = match.group(1), [c.strip() for c in match.group(2).split(",")]
+    values = [v.strip() for v in match.group(3).split(",")]
+    if len(columns) != len(values) or not all(_LITERAL.fullmatch(v) for v in values):
+        return None
+    select = ", ".join(f"x.{c}" if v == "?" else v for c, v in zip(columns, values))
+    statement = (
+        f"INSERT INTO {table} ({', '.join(columns)}) SELECT {select} "
+        f"FROM json_populate_recordset(NULL::{table}, %s::json) AS x"
+    )
+    return statement, tuple(c for c, v in zip(columns, values) if v == "?")
+
+
+def rows_as_json(columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str | None:
+    """The rows as a JSON array of objects, or None when a value would not survive the
+    trip unchanged (bytes, a bool, a float that is not finite, a nested object)."""
+    for row in rows:
+        for value in row:
+            if not isinstance(value, _JSON_SCALARS) or isinstance(value, bool):
+                if not (isinstance(value, float) and math.isfinite(value)):
+                    return None
+    return orjson.dumps([dict(zip(columns, row)) for row in rows]).decode()
+
+
 def pool_size_for(concurrency: int) -> int:
     """Reader connections for a worker running ``concurrency`` runs at once (writes share one)."""
     return max(4, min(20, concurrency // 25))
@@ -109,6 +152,11 @@ class PostgresConn(db.Conn):
         return self.raw.execute(translate(sql), tuple(params))
 
     def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        bulk = bulk_insert(sql) if len(rows) >= BULK_ROWS else None
+        payload = None if bulk is None else rows_as_json(bulk[1], rows)
+        if bulk is not None and payload is not None:
+            self.raw.execute(bulk[0], (payload,))
+            return
         with self.raw.cursor() as cursor:
             cursor.executemany(translate(sql), rows)
 
