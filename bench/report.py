@@ -95,7 +95,8 @@ def details(results: list[Result]) -> list[str]:
                        f"{w4['claim_ms_backlog']:.2f} ms with {w4['backlog']:,} queued over {w4['keys']:,} concurrency keys "
                        f"({w4['backlog_vs_10']:.2f}×)"
                        + (f"; {w4['claim_ms_backlog_analyzed']:.2f} ms ({w4['analyzed_vs_10']:.2f}×) once the planner's "
-                          "statistics are fresh (ANALYZE)" if "claim_ms_backlog_analyzed" in w4 else ""))
+                          "statistics are fresh (ANALYZE)" if "claim_ms_backlog_analyzed" in w4 else "")
+                       + f" (median of {w4.get('trials', 1)} pairs of databases)")
         w5 = _find(results, "W5", "stepline", backend)
         if w5:
             out.append(f"- **W5 {b}**: {w5['steps']:,} sequential steps in {w5['total_s']:.2f} s; "

@@ -49,7 +49,7 @@ def jobs(quick: bool) -> list[Job]:
             Job("W2", "bench.w2_fanin", b + ["--runs", "500", "5000", "--call", "sleep"]),
             Job("W3", "bench.w3_latency", b),
             Job("W3", "bench.w3_latency", b + ["--no-handoff"]),
-            Job("W4", "bench.w4_backlog", b + (["--backlog", "20000"] if quick else [])),
+            Job("W4", "bench.w4_backlog", b + ["--trials", trials] + (["--backlog", "20000"] if quick else [])),
             Job("W5", "bench.w5_long", b),
         ]
     out.append(Job("SCALE", "bench.scaleout", ["--runs", "1000" if quick else "2000"], timeout=600))
