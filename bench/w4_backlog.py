@@ -54,8 +54,8 @@ async def _claim_once(store, worker: str) -> tuple[float, int]:  # type: ignore[
 async def _alternating_claims(small, large) -> tuple[float, float, int]:  # type: ignore[no-untyped-def]
     """Median ms per claim on each store, claims taken in turn (small, large, small, …)
     so that both medians come from the same seconds: a claim is a fraction of a
-    millisecond, mostly thread hand-overs whose cost drifts with how the two cores are
-    shared, and two phases measured one after the other drifted apart by up to 2×."""
+    millisecond whose cost drifts with how the two cores are shared, and two phases
+    measured one after the other drifted apart by up to 2×."""
     times: dict[str, list[float]] = {"small": [], "large": []}
     got = BATCH
     for i in range(CLAIMS + 5):
