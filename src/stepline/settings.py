@@ -31,6 +31,7 @@ VARS: tuple[Var, ...] = (
     Var("STEPLINE_CONCURRENCY", "concurrency", int, 500, "runs one worker process executes at once"),
     Var("STEPLINE_SYNC_THREADS", "sync_threads", int, 32, "threads for sync handlers and sync step bodies"),
     Var("STEPLINE_LEASE", "lease", float, 30.0, "seconds a worker's claim lasts without a heartbeat"),
+    Var("STEPLINE_FENCING", "fencing", bool, True, "leases carry an epoch checked at every commit, and workers stop runs whose lease they cannot renew (0 only to see what that prevents: never in production)"),
     Var("STEPLINE_HANDOFF", "handoff", bool, True, "an idle worker takes new runs from its own process's ingests without a claim (0: always through the queue)"),
     Var("STEPLINE_RETRY_BASE", "retry_base", float, 1.0, "first retry backoff in seconds (doubles each attempt)"),
     Var("STEPLINE_RETRY_MAX", "retry_max", float, 600.0, "longest retry backoff in seconds"),
@@ -69,6 +70,7 @@ class Settings:
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
+    fencing: bool = True
 
 def from_env(environ: Mapping[str, str] | None = None) -> Settings:
     """Settings from ``STEPLINE_*`` variables; a bad value names the variable and what it takes."""

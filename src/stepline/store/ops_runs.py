@@ -191,12 +191,13 @@ def create_run_txn(
     )
     keys = flow.concurrency_keys(cfg, body) + [(None, None), (None, None)]  # type: ignore[list-item]
     conn.defer(
-        "INSERT INTO queue (run_id, function_id, due_at, priority_ms, ck1, cl1, ck2, cl2, lease_owner, lease_expires_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO queue (run_id, function_id, due_at, priority_ms, ck1, cl1, ck2, cl2, lease_owner, lease_expires_at, "
+        "lease_epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             run_id, fn_id, due, flow.priority_ms(cfg, body), keys[0][0], keys[0][1], keys[1][0], keys[1][1],
             handoff.worker_id if leased else None,  # type: ignore[union-attr]
-            now + handoff.lease_ms if leased else None,  # type: ignore[union-attr]
+            now + handoff.lease_ms if leased else None,  # type: ignore[union-attr]  # set on the clock by stamp_handoff_leases_txn
+            1 if leased else 0,
         ),
     )
     for rule in cfg.get("cancel_on") or ():
@@ -209,11 +210,25 @@ def create_run_txn(
     if leased:
         copy = jsonutil.loads(jsonutil.dumps(body))  # the run's own, as a claim would load it
         handoff.taken.append(  # type: ignore[union-attr]
-            ClaimedRun(run_id, fn_id, 0, copy, [copy], {}, now, None if finish_ms is None else now + finish_ms)
+            ClaimedRun(
+                run_id, fn_id, 0, copy, [copy], {}, now, None if finish_ms is None else now + finish_ms,
+                epoch=1, leased_at=handoff.leased_at,  # type: ignore[union-attr]
+            )
         )
     elif due <= now:
         conn.wake()
     return run_id
+
+
+def stamp_handoff_leases_txn(conn: db.Conn, handoff: HandOff) -> None:
+    """Set the expiry of the leases an ingest's hand-off took on the database's clock, as
+    every other lease is (their rows were inserted with the ingest's own time)."""
+    if handoff.taken:
+        marks, params = db.in_list([item.run_id for item in handoff.taken])
+        conn.execute(
+            f"UPDATE queue SET lease_expires_at = {conn.clock_ms} + ? WHERE run_id IN ({marks})",
+            (handoff.lease_ms, *params),
+        )
 
 
 def ready_run_waiting_txn(conn: db.Conn, function_ids: frozenset[str], now: int) -> bool:
@@ -427,8 +442,8 @@ def cancel_run_txn(conn: db.Conn, run_id: str, now: int, reason: str) -> str:
         return str(run["status"])
     error = jsonutil.dumps({"name": "Cancelled", "message": reason})
     held = conn.one(
-        "SELECT 1 AS held FROM queue WHERE run_id = ? AND lease_owner IS NOT NULL AND lease_expires_at > ?",
-        (run_id, now),
+        f"SELECT 1 AS held FROM queue WHERE run_id = ? AND lease_owner IS NOT NULL AND lease_expires_at > {conn.clock_ms}",
+        (run_id,),
     )
     if held is not None:
         conn.execute(
