@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test bench lint install
+.PHONY: dev test bench lint install chaos
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -29,3 +29,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.run_all
+
+# The chaos suite at length (docs/chaos.md): STEPLINE_CHAOS_SECONDS of faults per backend
+# (default here 300; `make test` runs it for 40 s). STEPLINE_CHAOS_SEED repeats a run's sequence of faults.
+STEPLINE_CHAOS_SECONDS ?= 300
+chaos: $(STAMP)
+	STEPLINE_CHAOS_SECONDS=$(STEPLINE_CHAOS_SECONDS) $(PY) -m pytest tests/chaos -s

@@ -1,0 +1,90 @@
+"""A TCP proxy between Stepline's processes and PostgreSQL that can cut every connection.
+
+It runs its own asyncio loop in a thread. ``cut_mid_write`` waits for the next bytes a
+client sends (a query or a pipeline in flight), forwards them, and then aborts every
+connection at once, both sides, before any answer can come back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+
+
+class CuttingProxy:
+    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self.port = 0
+        self.cuts = 0
+        self._loop = asyncio.new_event_loop()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._armed: asyncio.Future[float] | None = None
+        self._thread = threading.Thread(target=self._loop.run_forever, name="chaos-proxy", daemon=True)
+
+    def start(self) -> CuttingProxy:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(10)
+        return self
+
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        try:
+            server_reader, server_writer = await asyncio.open_connection(*self.upstream)
+        except OSError:
+            client_writer.transport.abort()
+            return
+        self._writers |= {client_writer, server_writer}
+        await asyncio.gather(
+            self._pump(client_reader, server_writer, from_client=True),
+            self._pump(server_reader, client_writer, from_client=False),
+        )
+        self._writers -= {client_writer, server_writer}
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, from_client: bool) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+                if from_client and self._armed is not None and not self._armed.done():
+                    self._armed.set_result(self._abort_all())
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.transport.abort()
+
+    def _abort_all(self) -> float:
+        for writer in list(self._writers):
+            writer.transport.abort()  # RST: the peer sees the connection die, not a clean close
+        self._writers.clear()
+        self.cuts += 1
+        return time.time()
+
+    async def _cut_mid_write(self, wait: float) -> float:
+        self._armed = self._loop.create_future()
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._armed), wait)
+        except TimeoutError:  # nothing was being written: cut what is open anyway
+            return self._abort_all()
+        finally:
+            self._armed = None
+
+    def cut_mid_write(self, wait: float = 2.0) -> float:
+        """Cut every connection right after the next client write; returns the time of the cut."""
+        return asyncio.run_coroutine_threadsafe(self._cut_mid_write(wait), self._loop).result(wait + 10)
+
+    def stop(self) -> None:
+        async def close() -> None:
+            if self._server is not None:
+                self._server.close()
+            self._abort_all()
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
