@@ -76,7 +76,7 @@ async def _serve(
 
     from stepline import inngest
     from stepline.engine import Engine
-    from stepline.server import create_app
+    from stepline.server import create_app, serving
     from stepline.server.common import ServerOptions
     from stepline.store import open_store
 
@@ -91,8 +91,7 @@ async def _serve(
         if run_server:
             options = ServerOptions(dev=dev, event_key=settings.event_key, api_token=settings.api_token)
             app = create_app(engine, options)
-            config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", lifespan="off")
-            server = uvicorn.Server(config)
+            server = uvicorn.Server(serving.uvicorn_config(app, settings))
             names = ", ".join(f.id for a in apps for f in a.functions) or "none"
             click.echo(
                 f"stepline {'dev' if dev else 'start'}: http://{settings.host}:{settings.port}  db={settings.db}  "
@@ -176,11 +175,11 @@ def start(apps: tuple[str, ...], db: str | None, port: int | None, host: str | N
     """Production server (and worker, if APPs are given). Needs an event key and an API token."""
     settings = _settings(db=db, port=port, host=host)
     _setup_logging(settings.log_level)
-    if not settings.event_key or not settings.api_token:
-        missing = [n for n, v in (("STEPLINE_EVENT_KEY", settings.event_key), ("STEPLINE_API_TOKEN", settings.api_token)) if not v]
-        raise click.UsageError(
-            f"`stepline start` is the production server and needs {' and '.join(missing)}; set them, "
-            "or use `stepline dev` on your own machine"
+    missing = [n for n, v in (("STEPLINE_EVENT_KEY", settings.event_key), ("STEPLINE_API_TOKEN", settings.api_token)) if not v.strip()]
+    if missing:
+        raise click.ClickException(
+            f"`stepline start` is the production server and needs {' and '.join(missing)} (blank or "
+            "whitespace-only values do not count); set them, or use `stepline dev` on your own machine"
         )
     loaded = load_apps(apps)
     with contextlib.suppress(KeyboardInterrupt):

@@ -40,6 +40,15 @@ VARS: tuple[Var, ...] = (
     Var("STEPLINE_MAX_STEP_OUTPUT_BYTES", "max_step_output_bytes", int, 4 * 1024 * 1024, "largest step result saved"),
     Var("STEPLINE_MAX_RUN_STATE_BYTES", "max_run_state_bytes", int, 32 * 1024 * 1024, "largest total of a run's step results"),
     Var("STEPLINE_LOG_LEVEL", "log_level", str, "INFO", "logging level: DEBUG, INFO, WARNING, ERROR"),
+    Var("STEPLINE_ALLOWED_HOSTS", "allowed_hosts", str, "", "stepline dev: Host names it answers besides loopback addresses, localhost and *.localhost (comma-separated; '.example.test' takes its subdomains too)"),
+    Var("STEPLINE_MAX_HEADER_BYTES", "max_header_bytes", int, 16 * 1024, "largest request head, request line and headers (431 past it)"),
+    Var("STEPLINE_HEADER_TIMEOUT", "header_timeout", float, 10.0, "seconds a client has to send a request's head (408 and the connection closes)"),
+    Var("STEPLINE_BODY_IDLE_TIMEOUT", "body_idle_timeout", float, 10.0, "seconds a request body may pause between chunks (408)"),
+    Var("STEPLINE_BODY_TIMEOUT", "body_timeout", float, 60.0, "seconds a whole request body may take (408)"),
+    Var("STEPLINE_MAX_API_BODY_BYTES", "max_api_body_bytes", int, 64 * 1024, "largest body of an API call other than event ingest (413 past it)"),
+    Var("STEPLINE_MAX_CONNECTIONS", "max_connections", int, 1000, "open connections the server keeps, at most the open-file limit less 100 (past it the longest-idle one closes)"),
+    Var("STEPLINE_AUTH_FAILURES", "auth_failures", int, 5, "wrong keys or tokens one client may send before backing off 1 s, doubling to 15 min (429)"),
+    Var("STEPLINE_AUTH_GLOBAL_FAILURES", "auth_global_failures", int, 100, "wrong keys or tokens all clients together may send a minute (429 past it)"),
     Var("STEPLINE_LOOP", "loop", str, "auto", "event loop of stepline dev/start/worker: auto (uvloop where installed), uvloop, asyncio"),
 )
 
@@ -66,6 +75,15 @@ class Settings:
     max_run_state_bytes: int = 32 * 1024 * 1024
     log_level: str = "INFO"
     loop: str = "auto"
+    allowed_hosts: str = ""
+    max_header_bytes: int = 16 * 1024
+    header_timeout: float = 10.0
+    body_idle_timeout: float = 10.0
+    body_timeout: float = 60.0
+    max_api_body_bytes: int = 64 * 1024
+    max_connections: int = 1000
+    auth_failures: int = 5
+    auth_global_failures: int = 100
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})

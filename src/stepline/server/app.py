@@ -10,8 +10,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from stepline.engine import Engine
-from stepline.server import api_events, api_metrics, api_runs, dashboard, inngest, openapi
+from stepline.server import (
+    api_events,
+    api_metrics,
+    api_runs,
+    common,
+    dashboard,
+    inngest,
+    openapi,
+    sessions,
+)
+from stepline.server.auth_limits import AuthLimiter
 from stepline.server.common import ServerOptions
+from stepline.server.guard import HttpGuard, HttpLimits
 from stepline.server.responses import problem
 
 
@@ -33,6 +44,13 @@ async def _method_not_allowed(request: Request, exc: Exception) -> Response:
     return problem(405, f"{request.method} is not allowed on {request.url.path}")
 
 
+class _GuardedStarlette(Starlette):
+    """Starlette with the HTTP guard outside its error middleware (else timeouts become 500s)."""
+
+    def build_middleware_stack(self) -> Any:
+        return HttpGuard(super().build_middleware_stack(), self.state.http_limits)
+
+
 def create_app(
     engine: Engine,
     options: ServerOptions | None = None,
@@ -41,12 +59,16 @@ def create_app(
     middleware: list[Middleware] | None = None,
 ) -> Starlette:
     """The ASGI app. It does not start the engine: the CLI (or a test) does."""
-    app = Starlette(
+    app = _GuardedStarlette(
         routes=[*core_routes(), *(extra_routes or [])],
-        middleware=middleware or [],
+        middleware=[Middleware(sessions.SessionLookup), *(middleware or [])],
         exception_handlers={404: _not_found, 405: _method_not_allowed},
     )
     app.state.engine = engine
-    app.state.options = options or ServerOptions()
+    app.state.options = options = options or ServerOptions()
+    app.state.http_limits = HttpLimits.from_settings(
+        engine.settings, dev=options.dev, ingest_body_bytes=common.ingest_body_limit(options, engine.settings)
+    )
+    app.state.auth_limiter = AuthLimiter(engine.settings.auth_failures, engine.settings.auth_global_failures)
     inngest.mount(app)  # SDK apps: /fn/register, SDK-shaped /e/{key}, /v0/runs/...
     return app

@@ -6,21 +6,29 @@ import dataclasses
 import datetime as dt
 import hmac
 import logging
+import math
 import secrets
 from collections.abc import Awaitable, Callable
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from stepline import durations, errors
 from stepline.engine import Engine
 from stepline.server import responses, tokens
+from stepline.server.auth_limits import AuthLimiter
 from stepline.server.responses import problem
+from stepline.settings import Settings
 
 Handler = Callable[[Request], Awaitable[Response]]
 log = logging.getLogger("stepline.server")
 
 SESSION_COOKIE = "stepline_session"
+SESSION_SCOPE_KEY = "stepline.session"  # set by sessions.SessionLookup: does the request carry a live session?
+# The secrets behind the back-off for wrong values (auth_limits), each with its own counts.
+EVENT_KEY = "event key"
+API_TOKEN = "API token"
+_NO_TOKEN = "missing or wrong API token: send 'Authorization: Bearer <STEPLINE_API_TOKEN>'"
 # Sent by the dashboard's own scripts; a cross-site form cannot set it (CSRF guard for cookie auth).
 DASHBOARD_HEADER = "x-stepline-dashboard"
 _DEV_KEY = secrets.token_urlsafe(32)  # signs run tokens in dev mode when no key is set
@@ -52,6 +60,8 @@ def guard(handler: Handler) -> Handler:
             return await handler(request)
         except errors.SteplineError as exc:
             return responses.from_error(exc)
+        except ClientDisconnect:
+            raise  # the client left or the HTTP guard ended the body: there is no one to answer
         except (ValueError, KeyError, TypeError, OverflowError) as exc:
             return problem(400, f"bad request: {exc}")
         except Exception:
@@ -71,9 +81,14 @@ def options(request: Request) -> ServerOptions:
     return request.app.state.options  # type: ignore[no-any-return]
 
 
+def ingest_body_limit(opts: ServerOptions, settings: Settings) -> int:
+    """The largest body of event ingest: the server's limit, or more when events may be larger."""
+    return max(opts.max_body_bytes, settings.max_event_bytes + 64 * 1024)
+
+
 def body_limit(request: Request) -> int:
-    """The largest request body: the server's limit, or more when events may be larger."""
-    return max(options(request).max_body_bytes, engine(request).settings.max_event_bytes + 64 * 1024)
+    """The largest request body a route reads (the HTTP guard stops other routes' bodies sooner)."""
+    return ingest_body_limit(options(request), engine(request).settings)
 
 
 def signing_key(request: Request) -> str:
@@ -82,13 +97,33 @@ def signing_key(request: Request) -> str:
     return key or _DEV_KEY
 
 
+def auth_limiter(request: Request) -> AuthLimiter:
+    return request.app.state.auth_limiter  # type: ignore[no-any-return]
+
+
+def check_secret(request: Request, secret: str, supplied: str, expected: str, denial: str) -> Response | None:
+    """``supplied`` against ``expected`` in constant time, behind the back-off for wrong
+    values (429 with Retry-After); None when it is right. A blank ``expected`` matches nothing."""
+    limiter = auth_limiter(request)
+    client = request.client.host if request.client else "unknown"
+    wait = limiter.wait(secret, client)
+    if wait is not None:
+        seconds = max(1, math.ceil(wait.seconds))
+        refused = problem(429, f"{wait.why}; try again in {seconds} s")
+        refused.headers["retry-after"] = str(seconds)
+        return refused
+    if expected.strip() and hmac.compare_digest(supplied.encode(), expected.encode()):
+        limiter.succeeded(secret, client)
+        return None
+    limiter.failed(secret, client)
+    return problem(401, denial)
+
+
 def check_event_key(request: Request, key: str) -> Response | None:
     opts = options(request)
     if opts.dev:
         return None
-    if not opts.event_key or not hmac.compare_digest(key.encode(), opts.event_key.encode()):
-        return problem(401, "wrong event key: POST to /e/{STEPLINE_EVENT_KEY}")
-    return None
+    return check_secret(request, EVENT_KEY, key, opts.event_key, "wrong event key: POST to /e/{STEPLINE_EVENT_KEY}")
 
 
 def _bearer(request: Request) -> str:
@@ -97,8 +132,8 @@ def _bearer(request: Request) -> str:
 
 
 def has_session(request: Request) -> bool:
-    cookie = request.cookies.get(SESSION_COOKIE, "")
-    return bool(cookie) and tokens.verify_session(cookie, signing_key(request))
+    """A live dashboard session cookie (looked up before routing by ``sessions.SessionLookup``)."""
+    return request.scope.get(SESSION_SCOPE_KEY) is True
 
 
 def check_api_token(request: Request) -> Response | None:
@@ -107,13 +142,13 @@ def check_api_token(request: Request) -> Response | None:
     if opts.dev:
         return None
     token = _bearer(request)
-    if opts.api_token and token and hmac.compare_digest(token.encode(), opts.api_token.encode()):
-        return None
-    if not token and has_session(request):
+    if token:
+        return check_secret(request, API_TOKEN, token, opts.api_token, _NO_TOKEN)
+    if has_session(request):
         if request.method in ("GET", "HEAD") or request.headers.get(DASHBOARD_HEADER) == "1":
             return None
         return problem(403, f"dashboard sessions must send the {DASHBOARD_HEADER!r} header on changes")
-    return problem(401, "missing or wrong API token: send 'Authorization: Bearer <STEPLINE_API_TOKEN>'")
+    return problem(401, _NO_TOKEN)
 
 
 def check_run_access(request: Request, run_id: str) -> tuple[Response | None, bool]:

@@ -3,7 +3,6 @@ and the login form that turns the API token into a session cookie."""
 
 from __future__ import annotations
 
-import hmac
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -12,11 +11,10 @@ from starlette.responses import FileResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from stepline.server import common, tokens
+from stepline.server import common, guard, sessions, tokens
 from stepline.server.responses import problem
 
 STATIC = Path(__file__).parent / "static"
-MAX_LOGIN_BYTES = 4096
 
 
 def _page(name: str) -> FileResponse:
@@ -36,21 +34,23 @@ async def login_page(request: Request) -> Response:
 
 
 async def login(request: Request) -> Response:
-    """Form field ``token`` (the API token). A right one sets an HttpOnly, SameSite=Strict
-    session cookie signed with the server's key; the token itself is never stored."""
+    """Form field ``token`` (the API token). A right one starts a server-side session and
+    sets its id as an HttpOnly, SameSite=Strict cookie; the token itself is never stored.
+    Wrong ones count towards the back-off (429 with Retry-After)."""
     opts = common.options(request)
-    body = await request.body()
-    if len(body) > MAX_LOGIN_BYTES:
-        return problem(413, f"the login form is over {MAX_LOGIN_BYTES} bytes")
+    body = await request.body()  # the HTTP guard ends the body at its limit
+    if len(body) > guard.LOGIN_BODY_BYTES:
+        return problem(413, f"the login form is over the limit of {guard.LOGIN_BODY_BYTES} bytes")
     token = (parse_qs(body.decode("utf-8", "replace")).get("token") or [""])[0].strip()
     if opts.dev:
         return RedirectResponse("/", status_code=303)
-    if not opts.api_token or not hmac.compare_digest(token.encode(), opts.api_token.encode()):
-        return RedirectResponse("/login?error=1", status_code=303)
+    denied = common.check_secret(request, common.API_TOKEN, token, opts.api_token, "wrong API token")
+    if denied is not None:
+        return denied if denied.status_code == 429 else RedirectResponse("/login?error=1", status_code=303)
     response = RedirectResponse("/", status_code=303)
     response.set_cookie(
         common.SESSION_COOKIE,
-        tokens.mint_session(common.signing_key(request)),
+        await sessions.start(request),
         max_age=int(tokens.SESSION_TTL),
         httponly=True,
         samesite="strict",
@@ -61,6 +61,8 @@ async def login(request: Request) -> Response:
 
 
 async def logout(request: Request) -> Response:
+    """Ends the session on the server (every copy of the cookie stops working) and in the browser."""
+    await sessions.end(request)
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(common.SESSION_COOKIE, path="/")
     return response

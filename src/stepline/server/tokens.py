@@ -1,4 +1,4 @@
-"""Short-lived HMAC-signed tokens: one run's status for a browser, and the dashboard session.
+"""Short-lived HMAC-signed tokens for one run's status in a browser, and dashboard session ids.
 
 A run token lets a web page read one run (``GET /api/v1/runs/{id}`` and its
 ``/stream``) without ever seeing the API token. The app's backend mints it right
@@ -10,8 +10,8 @@ after sending the event and hands it to the page with the job id::
 
 The server checks it with the same key (``STEPLINE_SIGNING_KEY``, else the API token).
 Tokens are ``slr1.<run id>.<expiry, epoch seconds>.<signature>``; the signed text
-names what the token is for, so a dashboard session is never a run token and the
-reverse.
+names what the token is for. A dashboard session is not signed but stored: its cookie
+holds a random id whose hash the database keeps until logout or expiry.
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import secrets
 import time
 
 PREFIX = "slr1"
 DEFAULT_TTL = 900.0  # seconds: long enough for a slow LLM job, short enough to leak little
 SESSION_TTL = 12 * 3600.0
+SESSION_PREFIX = "sls2"
 
 
 def _sign(key: str, text: str) -> str:
@@ -62,17 +64,15 @@ def verify_run_token(token: str, run_id: str, key: str, *, now: float | None = N
     return int(expires) > (time.time() if now is None else now)
 
 
-def mint_session(key: str, *, ttl: float = SESSION_TTL, now: float | None = None) -> str:
-    """The dashboard's login cookie: proof the API token was typed, without storing it."""
-    expires = int((time.time() if now is None else now) + ttl)
-    return f"sls1.{expires}.{_sign(key, f'session:{expires}')}"
+def new_session_id() -> str:
+    """The dashboard's login cookie: a random id (256 bits) the server keeps only a hash of."""
+    return f"{SESSION_PREFIX}.{secrets.token_urlsafe(32)}"
 
 
-def verify_session(value: str, key: str, *, now: float | None = None) -> bool:
-    parts = value.split(".")
-    if not key or len(parts) != 3 or parts[0] != "sls1" or not parts[1].isdigit():
-        return False
-    expected = _sign(key, f"session:{parts[1]}")
-    if not hmac.compare_digest(parts[2].encode(), expected.encode()):
-        return False
-    return int(parts[1]) > (time.time() if now is None else now)
+def session_hash(cookie: str, key: str) -> str | None:
+    """What the server stores for a session cookie, keyed so that a new API token or
+    signing key ends every session; None for a value that is not a session cookie."""
+    prefix, _, secret = cookie.partition(".")
+    if prefix != SESSION_PREFIX or not 40 <= len(secret) <= 64:
+        return None
+    return hmac.new(key.encode(), f"session:{secret}".encode(), hashlib.sha256).hexdigest()

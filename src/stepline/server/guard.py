@@ -1,0 +1,218 @@
+"""The outer ASGI guard: what every request passes before Starlette sees it.
+
+It sits outside Starlette's error middleware, so its refusals are never turned into
+500s, and it answers them itself:
+
+- 431 when the request head is over ``STEPLINE_MAX_HEADER_BYTES`` (a head that arrives
+  whole in one read is parsed before anyone can count it; ``serving`` refuses the rest);
+- in ``stepline dev``, 403 for a ``Host`` that is not a local name and for writes from
+  pages on other hosts (``hosts``);
+- 413 when the body is over its route's limit, declared (``Content-Length``) or counted
+  as it streams (chunked), before more of it is read;
+- 408 when the body pauses longer than ``STEPLINE_BODY_IDLE_TIMEOUT`` or takes longer
+  than ``STEPLINE_BODY_TIMEOUT`` in all.
+
+Every refusal carries ``Connection: close``, so the server stops reading the request.
+Routes then see the end of the body as a client disconnect, and whatever they send
+afterwards is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import re
+from collections.abc import Callable
+
+import orjson
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from stepline import errors
+from stepline.server.hosts import LocalHosts
+from stepline.settings import Settings
+
+LOGIN_BODY_BYTES = 4096
+_INGEST = re.compile(r"/(e/[^/]+|api/v1/events|fn/register|invoke/[^/]+|v1/signals)/?")
+_LOGIN = re.compile(r"/log(in|out)/?")
+_DISCONNECT: Message = {"type": "http.disconnect"}
+
+
+@dataclasses.dataclass(frozen=True)
+class HttpLimits:
+    """The guard's limits; ``local_hosts`` is set in dev mode only."""
+
+    max_header_bytes: int = 16 * 1024
+    body_idle_timeout: float = 10.0
+    body_timeout: float = 60.0
+    ingest_body_bytes: int = 8 * 1024 * 1024
+    api_body_bytes: int = 64 * 1024
+    login_body_bytes: int = LOGIN_BODY_BYTES
+    local_hosts: LocalHosts | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, dev: bool, ingest_body_bytes: int) -> HttpLimits:
+        for name, value in (
+            ("STEPLINE_MAX_HEADER_BYTES", settings.max_header_bytes),
+            ("STEPLINE_BODY_IDLE_TIMEOUT", settings.body_idle_timeout),
+            ("STEPLINE_BODY_TIMEOUT", settings.body_timeout),
+            ("STEPLINE_MAX_API_BODY_BYTES", settings.max_api_body_bytes),
+        ):
+            if value <= 0:
+                raise errors.ConfigError(f"{name}={value!r}: expected a positive number")
+        return cls(
+            max_header_bytes=settings.max_header_bytes,
+            body_idle_timeout=settings.body_idle_timeout,
+            body_timeout=settings.body_timeout,
+            ingest_body_bytes=ingest_body_bytes,
+            api_body_bytes=settings.max_api_body_bytes,
+            local_hosts=LocalHosts.parse(settings.host, settings.allowed_hosts) if dev else None,
+        )
+
+    def body_rule(self, path: str) -> tuple[int, Callable[[int | None], str]]:
+        """The body limit of the route at ``path``, and the 413 message (given the declared size)."""
+
+        def size(declared: int | None) -> str:
+            return f"is {declared} bytes, over" if declared is not None else "is over"
+
+        if _INGEST.fullmatch(path):
+            limit = self.ingest_body_bytes
+            return limit, lambda d: (
+                f"request body {size(d)} the limit of {limit} bytes; send smaller batches of events "
+                "(the limit grows with STEPLINE_MAX_EVENT_BYTES)"
+            )
+        if _LOGIN.fullmatch(path):
+            limit = self.login_body_bytes
+            return limit, lambda d: f"the login form {size(d)} the limit of {limit} bytes"
+        limit = self.api_body_bytes
+        return limit, lambda d: f"request body {size(d)} the limit of {limit} bytes for {path} (STEPLINE_MAX_API_BODY_BYTES)"
+
+
+def head_bytes(scope: Scope) -> int:
+    """The request head's size as sent: request line, and each header with ': ' and CRLF."""
+    line = len(scope["method"]) + len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + 12
+    return line + sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+async def send_problem(send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """A JSON error answer that also closes the connection."""
+    body = orjson.dumps({"error": message, "status": status})
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+            *(headers or []),
+        ],
+    })
+    await send({"type": "http.response.body", "body": body})
+
+
+class HttpGuard:
+    def __init__(self, app: ASGIApp, limits: HttpLimits) -> None:
+        self.app = app
+        self.limits = limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        refusal = self._refuse_head(scope)
+        if refusal is not None:
+            await send_problem(send, *refusal)
+            return
+        limit, too_large = self.limits.body_rule(scope["path"])
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await send_problem(send, 413, too_large(int(declared)))
+            return
+        body = _GuardedBody(receive, send, limit, too_large, self.limits)
+        try:
+            await self.app(scope, body.receive, body.send)
+        except ClientDisconnect:
+            return  # the client left, or the guard ended the request: nobody to answer
+        except Exception:
+            if not body.refused:
+                raise
+            # The route failed on the end the guard gave it; the client has its answer.
+
+    def _refuse_head(self, scope: Scope) -> tuple[int, str] | None:
+        size = head_bytes(scope)
+        if size > self.limits.max_header_bytes:
+            return 431, (
+                f"the request head is {size} bytes, over the limit of {self.limits.max_header_bytes} "
+                "bytes; send fewer or smaller headers (STEPLINE_MAX_HEADER_BYTES)"
+            )
+        hosts = self.limits.local_hosts
+        if hosts is not None:
+            why = hosts.host_refusal(_header(scope, b"host")) or hosts.origin_refusal(
+                scope["method"], _header(scope, b"origin"), _header(scope, b"sec-fetch-site")
+            )
+            if why is not None:
+                return 403, why
+        return None
+
+
+class _GuardedBody:
+    """``receive`` and ``send`` of one request, with the body's size and time limits."""
+
+    def __init__(self, receive: Receive, send: Send, limit: int, too_large: Callable[[int | None], str], limits: HttpLimits) -> None:
+        self._receive = receive
+        self._send = send
+        self.limit = limit
+        self.too_large = too_large
+        self.idle = limits.body_idle_timeout
+        self.total = limits.body_timeout
+        self.deadline = asyncio.get_running_loop().time() + limits.body_timeout
+        self.received = 0
+        self.done = False  # the last chunk came: later receives only wait for a disconnect
+        self.refused = False
+        self.started = False
+
+    async def receive(self) -> Message:
+        if self.refused:
+            return _DISCONNECT
+        if self.done:
+            return await self._receive()
+        left = self.deadline - asyncio.get_running_loop().time()
+        try:
+            async with asyncio.timeout(max(0.0, min(self.idle, left))):
+                message = await self._receive()
+        except TimeoutError:
+            why = (
+                f"paused for more than {self.idle:g} s (STEPLINE_BODY_IDLE_TIMEOUT)" if self.idle < left
+                else f"took more than {self.total:g} s in all (STEPLINE_BODY_TIMEOUT)"
+            )
+            await self._refuse(408, f"the request body {why}; send the body without pauses")
+            return _DISCONNECT
+        if message["type"] != "http.request":
+            self.done = True
+            return message
+        self.received += len(message.get("body", b""))
+        if self.received > self.limit:
+            await self._refuse(413, self.too_large(None))
+            return _DISCONNECT
+        if not message.get("more_body", False):
+            self.done = True
+        return message
+
+    async def send(self, message: Message) -> None:
+        if self.refused:
+            return  # the guard has answered; the route's late reply has nowhere to go
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self._send(message)
+
+    async def _refuse(self, status: int, message: str) -> None:
+        self.refused = True
+        if not self.started:
+            await send_problem(self._send, status, message)

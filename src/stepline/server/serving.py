@@ -1,0 +1,283 @@
+"""How Stepline serves HTTP: uvicorn (h11), plus the connection limits uvicorn lacks.
+
+uvicorn times nothing while a request head arrives (its keep-alive timer restarts on
+every byte, so a client sending one byte every few seconds stays forever), answers a
+head too large to buffer with a 400 or a reset, closes a refused connection while the
+client is still sending (the client sees a reset, not the answer), and has no bound on
+open connections but the process's open-file limit. ``StepHttpProtocol`` adds:
+
+- a head deadline (``STEPLINE_HEADER_TIMEOUT``), armed when a connection opens and after
+  each response, cleared when a whole head has arrived: a partial head gets 408, an
+  idle connection is closed;
+- 431 for a head that outgrows ``STEPLINE_MAX_HEADER_BYTES`` before it is complete (the
+  HTTP guard refuses a complete one);
+- a graceful close: after a refusal the server sends its answer, stops writing, and
+  reads and drops what the client still sends for up to ``LINGER_MAX`` seconds (less if
+  the client pauses ``LINGER_IDLE``), so the client reads the answer;
+- a connection cap (``STEPLINE_MAX_CONNECTIONS``, and never past the open-file limit
+  less ``FD_RESERVE`` for the database and the engine): a new connection past the cap
+  closes the one that has been idle longest (waiting for a head, between requests, or
+  closing), so idle sockets can never lock out a real request; only when every
+  connection is busy with a request does the newcomer get 503.
+
+Request bodies (size, pauses, deadline) are the HTTP guard's (``guard``), which sees
+them per route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import http
+import logging
+import resource
+from collections import OrderedDict
+from typing import Any, ClassVar
+
+import h11
+import orjson
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from stepline import errors
+from stepline.settings import Settings
+
+LINGER_IDLE = 2.0
+LINGER_MAX = 10.0
+FD_RESERVE = 100
+log = logging.getLogger("stepline.server")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConnectionLimits:
+    header_timeout: float = 10.0
+    max_header_bytes: int = 16 * 1024
+    max_connections: int = 1000
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ConnectionLimits:
+        if settings.header_timeout <= 0:
+            raise errors.ConfigError(f"STEPLINE_HEADER_TIMEOUT={settings.header_timeout!r}: expected a positive number of seconds")
+        if settings.max_header_bytes < 1024:
+            raise errors.ConfigError(f"STEPLINE_MAX_HEADER_BYTES={settings.max_header_bytes!r}: expected at least 1024")
+        if settings.max_connections < 1:
+            raise errors.ConfigError(f"STEPLINE_MAX_CONNECTIONS={settings.max_connections!r}: expected a positive number")
+        cap = settings.max_connections
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY:
+            if soft - FD_RESERVE < 10:
+                raise errors.ConfigError(
+                    f"the open-file limit is {soft}, too low to serve HTTP; raise it (ulimit -n) to at least {FD_RESERVE + 100}"
+                )
+            cap = min(cap, soft - FD_RESERVE)
+        return cls(settings.header_timeout, settings.max_header_bytes, cap)
+
+
+def raw_response(status: int, message: str, headers: dict[str, str] | None = None) -> bytes:
+    """A whole JSON error answer, written before (or instead of) any request."""
+    body = orjson.dumps({"error": message, "status": status})
+    lines = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}", "content-type: application/json",
+             f"content-length: {len(body)}", "connection: close", *(f"{k}: {v}" for k, v in (headers or {}).items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+class ConnectionBook:
+    """The open connections of one server; the idle ones in the order they fell idle."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._open: set[StepHttpProtocol] = set()
+        self._idle: OrderedDict[StepHttpProtocol, None] = OrderedDict()
+
+    def opened(self, conn: StepHttpProtocol) -> bool:
+        """Count a new connection (idle until its head arrives), closing the longest-idle
+        other one past the cap. False when there is no room: every other one is busy."""
+        self._open.add(conn)
+        room = True
+        if len(self._open) > self.cap:
+            victim = next(iter(self._idle), None)
+            if victim is None:
+                room = False
+            else:
+                self.closed(victim)
+                victim.evict()
+        self._idle[conn] = None
+        return room
+
+    def busy(self, conn: StepHttpProtocol) -> None:
+        self._idle.pop(conn, None)
+
+    def idle(self, conn: StepHttpProtocol) -> None:
+        if conn in self._open:
+            self._idle.pop(conn, None)
+            self._idle[conn] = None
+
+    def closed(self, conn: StepHttpProtocol) -> None:
+        self._open.discard(conn)
+        self._idle.pop(conn, None)
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+
+class _GracefulTransport:
+    """The connection's transport as uvicorn sees it: ``close`` lets the client read the answer first."""
+
+    def __init__(self, inner: asyncio.Transport, protocol: StepHttpProtocol) -> None:
+        self.inner = inner
+        self._protocol = protocol
+
+    def close(self) -> None:
+        self._protocol.close_gracefully()
+
+    def is_closing(self) -> bool:
+        return self._protocol.closing or self.inner.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class StepHttpProtocol(H11Protocol):
+    """uvicorn's h11 protocol with a head deadline, 431, graceful close and the connection cap."""
+
+    limits: ClassVar[ConnectionLimits]
+    book: ClassVar[ConnectionBook]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.closing = False  # a close began: what the client still sends is dropped
+        self._lost = False
+        self._deadline: asyncio.TimerHandle | None = None
+        self._linger: asyncio.TimerHandle | None = None
+        self._linger_end = 0.0
+        self._seen_cycle: object = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(_GracefulTransport(transport, self))  # type: ignore[arg-type]
+        if not self.book.opened(self):
+            log.warning("all %d connections are busy with requests (STEPLINE_MAX_CONNECTIONS): refused one", self.book.cap)
+            transport.write(raw_response(
+                503, f"the server is busy with {self.book.cap} open requests (STEPLINE_MAX_CONNECTIONS); try again shortly",
+                {"retry-after": "1"},
+            ))
+            self.close_gracefully(linger=True)
+            return
+        self._arm_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = self.closing = True
+        self.book.closed(self)
+        self._cancel(self._deadline)
+        self._cancel(self._linger)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            self._linger_again()  # dropped: the answer is sent, the client is finishing its upload
+            return
+        super().data_received(data)
+        self._track_cycle()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._track_cycle()
+
+    def send_400_response(self, msg: str) -> None:
+        buffered = len(self.conn.trailing_data[0])
+        if buffered <= self.limits.max_header_bytes:
+            super().send_400_response(msg)
+            return
+        self.transport.write(raw_response(
+            431, f"the request head is over the limit of {self.limits.max_header_bytes} bytes; "
+                 "send fewer or smaller headers (STEPLINE_MAX_HEADER_BYTES)",
+        ))
+        self.close_gracefully()
+
+    # --- the head deadline ---------------------------------------------------------
+
+    def _track_cycle(self) -> None:
+        """After h11 has moved: a new request clears the deadline, a finished one arms it."""
+        if self.closing:
+            return
+        if self.cycle is not None and self.cycle is not self._seen_cycle:
+            self._seen_cycle = self.cycle
+            self._cancel(self._deadline)
+            self._deadline = None
+            self.book.busy(self)
+        if (self.cycle is None or self.cycle.response_complete) and self._deadline is None:
+            self.book.idle(self)
+            self._arm_deadline()
+
+    def _arm_deadline(self) -> None:
+        self._deadline = self.loop.call_later(self.limits.header_timeout, self._deadline_passed)
+
+    def _deadline_passed(self) -> None:
+        self._deadline = None
+        if self.closing or (self.cycle is not None and not self.cycle.response_complete):
+            return
+        if self.conn.their_state is h11.IDLE and self.conn.trailing_data[0]:
+            self.transport.write(raw_response(
+                408, f"the request head did not arrive within {self.limits.header_timeout:g} s (STEPLINE_HEADER_TIMEOUT)"
+            ))
+        self.close_gracefully()
+
+    # --- closing ---------------------------------------------------------------------
+
+    def close_gracefully(self, linger: bool | None = None) -> None:
+        """Close; first, if the client may still be sending, half-close and drop its data a while."""
+        inner = self.transport.inner  # type: ignore[attr-defined]
+        if self._lost:
+            inner.close()
+            return
+        if self.closing:
+            return
+        self.closing = True
+        self._cancel(self._deadline)
+        self._unset_keepalive_if_required()
+        self.book.idle(self)  # a closing connection is the first to make room for a new one
+        if linger is None:
+            linger = self.conn.their_state in (h11.SEND_BODY, h11.ERROR) or bool(self.conn.trailing_data[0])
+        if not linger or not inner.can_write_eof():
+            inner.close()
+            return
+        inner.resume_reading()
+        inner.write_eof()  # after the buffered answer
+        self._linger_end = self.loop.time() + LINGER_MAX
+        self._linger_again()
+
+    def _linger_again(self) -> None:
+        self._cancel(self._linger)
+        delay = max(0.0, min(LINGER_IDLE, self._linger_end - self.loop.time()))
+        self._linger = self.loop.call_later(delay, self.transport.inner.close)  # type: ignore[attr-defined]
+
+    def evict(self) -> None:
+        """Closed at once to make room for a new connection."""
+        self.closing = True
+        self._cancel(self._deadline)
+        self._cancel(self._linger)
+        self.transport.inner.close()  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _cancel(timer: asyncio.TimerHandle | None) -> None:
+        if timer is not None:
+            timer.cancel()
+
+
+def protocol_class(limits: ConnectionLimits) -> type[StepHttpProtocol]:
+    """The protocol for one server: its limits, and one book of its connections."""
+    attrs = {"limits": limits, "book": ConnectionBook(limits.max_connections)}
+    return type("StepHttpProtocol", (StepHttpProtocol,), attrs)
+
+
+def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
+    limits = ConnectionLimits.from_settings(settings)
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        lifespan="off",
+        http=protocol_class(limits),
+        ws="none",  # no WebSocket routes: an upgrade request is plain HTTP
+        h11_max_incomplete_event_size=limits.max_header_bytes,
+    )

@@ -1,0 +1,204 @@
+"""Hostile HTTP clients against a real `stepline start` / `stepline dev` process: huge and
+slow bodies, slow and huge heads, floods of idle connections, foreign hosts and pages.
+Each gets a clear 4xx (or is served), the server's memory stays bounded, and what was
+accepted before stays accepted."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import httpx
+
+from tests.cli_server import API_TOKEN, EVENT_KEY, CliServer, cli_server, read_until_closed  # noqa: F401 - fixture
+from tests.server_live import wait_for
+
+BEARER = {"authorization": f"Bearer {API_TOKEN}"}
+MIB = 1024 * 1024
+
+
+def chunks(total: int, size: int = 256 * 1024) -> Iterator[bytes]:
+    """A chunked request body of ``total`` bytes (no Content-Length)."""
+    block = b"x" * size
+    for _ in range(total // size):
+        yield block
+
+
+def send_event(server: CliServer, name: str = "srv/greet") -> str:
+    reply = httpx.post(f"{server.url}/e/{EVENT_KEY}", json={"name": name, "data": {"name": "kept"}}, timeout=30)
+    assert reply.status_code == 200, reply.text
+    return str(reply.json()["ids"][0])
+
+
+def assert_kept(server: CliServer, event_id: str) -> None:
+    reply = httpx.get(f"{server.url}/api/v1/events/{event_id}", headers=BEARER, timeout=30)
+    assert reply.status_code == 200 and reply.json()["name"] == "srv/greet"
+
+
+# --- 1. bodies over their route's limit -----------------------------------------------
+
+
+def test_bodies_over_their_routes_limit_get_413_and_close_chunked_or_not(cli_server) -> None:  # noqa: F811
+    server = cli_server("start")
+    before = send_event(server)
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        login = client.post("/login", content=chunks(64 * MIB))
+        assert login.status_code == 413 and login.headers["connection"] == "close"
+        assert "login form is over the limit of 4096 bytes" in login.json()["error"]
+        declared = client.post("/login", content=b"token=" + b"x" * 10_000,
+                               headers={"content-type": "application/x-www-form-urlencoded"})
+        assert declared.status_code == 413 and "is 10006 bytes" in declared.json()["error"]
+
+        ingest = client.post(f"/e/{EVENT_KEY}", content=chunks(64 * MIB), headers={"content-type": "application/json"})
+        assert ingest.status_code == 413 and ingest.headers["connection"] == "close"
+        assert "STEPLINE_MAX_EVENT_BYTES" in ingest.json()["error"]
+
+        api = client.post("/api/v1/runs/bulk-cancel", content=chunks(4 * MIB), headers=BEARER)
+        assert api.status_code == 413 and "STEPLINE_MAX_API_BODY_BYTES" in api.json()["error"]
+
+        # Bodies within their limits are served as before, and nothing accepted was lost.
+        assert client.post("/login", data={"token": API_TOKEN}).status_code == 303
+        assert client.post(f"/e/{EVENT_KEY}", json=[{"name": "srv/greet"}] * 100).status_code == 200
+    assert_kept(server, before)
+
+
+def test_memory_stays_bounded_under_huge_bodies_and_heads(cli_server) -> None:  # noqa: F811
+    server = cli_server("start")
+    statuses: list[int] = []
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        assert client.get("/health").status_code == 200
+        peak_before = server.rss_peak_kib()
+        for _ in range(2):
+            statuses.append(client.post("/login", content=chunks(128 * MIB)).status_code)
+            statuses.append(client.post(f"/e/{EVENT_KEY}", content=chunks(128 * MIB)).status_code)
+            statuses.append(client.post("/api/v1/events", content=chunks(128 * MIB), headers=BEARER).status_code)
+        for _ in range(20):
+            try:
+                statuses.append(client.get("/health", headers={"x-filler": "a" * 1_000_000}).status_code)
+            except httpx.HTTPError:
+                statuses.append(0)  # no answer at all
+    grown_mib = (server.rss_peak_kib() - peak_before) / 1024
+    # 768 MiB of bodies and 20 MB of headers were sent; the server may hold at most a
+    # route's limit (8 MiB here) of any of them.
+    assert grown_mib < 48, f"the server's peak memory grew by {grown_mib:.0f} MiB"
+    assert statuses == [413] * 6 + [431] * 20
+
+
+# --- 2. slow clients --------------------------------------------------------------------
+
+
+def test_a_trickled_head_is_answered_408_and_closed_by_the_header_timeout(cli_server) -> None:  # noqa: F811
+    server = cli_server("start", env={"STEPLINE_HEADER_TIMEOUT": "1"})
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\n")
+        # A byte every 0.2 s: uvicorn's keep-alive timer alone would never fire.
+        answer = read_until_closed(sock, trickle=b"X-Slow: " + b"a" * 600)
+    assert answer.startswith(b"HTTP/1.1 408 ") and b"STEPLINE_HEADER_TIMEOUT" in answer
+    with socket.create_connection(("127.0.0.1", server.port)) as idle:
+        assert read_until_closed(idle) == b""  # a silent connection is closed without an answer
+
+
+def test_a_slow_body_gets_408_for_pauses_and_for_its_whole_time(cli_server) -> None:  # noqa: F811
+    server = cli_server("start", env={"STEPLINE_BODY_IDLE_TIMEOUT": "1", "STEPLINE_BODY_TIMEOUT": "3"})
+    head = (f"POST /e/{EVENT_KEY} HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+            "content-length: 100000\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", server.port)) as paused:
+        paused.sendall(head + b'[{"name": "srv/greet"}')
+        answer = read_until_closed(paused)
+    assert answer.startswith(b"HTTP/1.1 408 ") and b"STEPLINE_BODY_IDLE_TIMEOUT" in answer
+    assert b"connection: close" in answer.lower()
+    with socket.create_connection(("127.0.0.1", server.port)) as trickled:
+        trickled.sendall(head)
+        answer = read_until_closed(trickled, trickle=b" " * 5000)  # never pausing a whole second
+    assert answer.startswith(b"HTTP/1.1 408 ") and b"STEPLINE_BODY_TIMEOUT" in answer
+    send_event(server)  # the server still ingests
+
+
+def test_hundreds_of_slow_clients_cannot_lock_out_real_requests(cli_server) -> None:  # noqa: F811
+    # 200 open files: the server keeps at most 100 connections (the rest are reserved).
+    # Its head timeout is long, so only the connection cap stands between them and /health.
+    server = cli_server("start", env={"STEPLINE_HEADER_TIMEOUT": "600"}, open_files=200)
+    before = send_event(server)
+    slow: list[socket.socket] = []
+    try:
+        for i in range(400):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            slow.append(sock)
+            if i % 2:
+                sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")  # half a head
+        for sock in slow[1::2]:
+            try:
+                sock.sendall(b"a")
+            except OSError:
+                pass  # closed to make room: that is the point
+        for _ in range(5):
+            health = httpx.get(f"{server.url}/health", timeout=10)
+            assert health.status_code == 200
+        assert server.open_fds() < 200
+        assert_kept(server, before)
+        send_event(server)
+    finally:
+        for sock in slow:
+            sock.close()
+
+
+# --- 3. huge heads ------------------------------------------------------------------------
+
+
+def test_a_huge_head_gets_431_whether_it_arrives_at_once_or_in_pieces(cli_server) -> None:  # noqa: F811
+    server = cli_server("start")
+    at_once = httpx.get(f"{server.url}/health", headers={"x-big": "a" * 100_000}, timeout=30)
+    assert at_once.status_code == 431 and at_once.headers["connection"] == "close"
+    assert "STEPLINE_MAX_HEADER_BYTES" in at_once.json()["error"]
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        for i in range(20):
+            sock.sendall(f"x-part-{i}: {'a' * 5000}\r\n".encode())
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 431 ") and b"STEPLINE_MAX_HEADER_BYTES" in answer
+    assert httpx.get(f"{server.url}/health", headers={"x-ok": "a" * 8000}, timeout=30).status_code == 200
+
+
+# --- 4. stepline dev: foreign hosts and pages --------------------------------------------
+
+
+def test_dev_answers_local_host_names_only(cli_server) -> None:  # noqa: F811
+    server = cli_server("dev", env={"STEPLINE_ALLOWED_HOSTS": "box.test,.team.test"}, extra_args=("--no-discovery",))
+    port = server.port
+    for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.evil.example", "box.test.evil.example"):
+        refused = httpx.get(f"{server.url}/api/v1/runs", headers={"host": host}, timeout=30)
+        assert refused.status_code == 403 and "STEPLINE_ALLOWED_HOSTS" in refused.json()["error"], host
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "app.localhost", "127.0.0.2",
+                 "box.test", f"db.team.test:{port}", "team.test"):
+        assert httpx.get(f"{server.url}/api/v1/runs", headers={"host": host}, timeout=30).status_code == 200, host
+
+
+def test_dev_refuses_writes_from_foreign_pages_and_serves_programs(cli_server) -> None:  # noqa: F811
+    server = cli_server("dev", extra_args=("--no-discovery",))
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        napping = client.post("/e/dev", json={"name": "srv/nap"}).json()["ids"][0]
+        run_id = wait_for(lambda: (client.get(f"/api/v1/events/{napping}").json().get("runs") or [None])[0])["id"]
+        evil = {"origin": "https://evil.example", "content-type": "text/plain"}
+        sent = client.post("/e/dev", content=b'{"name": "srv/greet"}', headers=evil)
+        assert sent.status_code == 403 and "evil.example" in sent.json()["error"]
+        cancel = client.post("/api/v1/runs/bulk-cancel", content=b'{"function_id": "nap"}', headers=evil)
+        assert cancel.status_code == 403
+        blind = client.post("/e/dev", json={"name": "srv/greet"}, headers={"sec-fetch-site": "cross-site"})
+        assert blind.status_code == 403
+        assert client.post("/e/dev", json={"name": "srv/greet"}, headers={"origin": "null"}).status_code == 403
+        # Nothing of it happened: no greet event, the run still sleeps.
+        assert client.get("/api/v1/events", params={"name": "srv/greet"}).json()["data"] == []
+        assert client.get(f"/api/v1/runs/{run_id}").json()["status"] in ("queued", "running", "sleeping")
+        # Reads are not writes; local pages and programs (no Origin) write as before.
+        assert client.get("/api/v1/runs", headers={"origin": "https://evil.example"}).status_code == 200
+        assert client.post("/e/dev", json={"name": "srv/greet"}, headers={"origin": f"http://localhost:{server.port}"}).status_code == 200
+        assert client.post("/e/dev", json={"name": "srv/greet"}, headers={"origin": "http://127.0.0.1:5173",
+                                                                          "sec-fetch-site": "cross-site"}).status_code == 200
+        assert client.post("/e/dev", json={"name": "srv/greet"}).status_code == 200
+        assert len(client.get("/api/v1/events", params={"name": "srv/greet"}).json()["data"]) == 3
+
+
+def test_production_serves_any_host(cli_server) -> None:  # noqa: F811
+    # Production answers by its credentials; Host names are the proxy's business there.
+    server = cli_server("start")
+    assert httpx.get(f"{server.url}/api/v1/runs", headers={**BEARER, "host": "jobs.example.com"}, timeout=30).status_code == 200
