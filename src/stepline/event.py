@@ -1,20 +1,59 @@
-"""Events: ``{id, name, data, user, ts, v}`` as in Inngest, validated where they enter."""
+"""Events: ``{id, name, data, user, ts, v}`` as in Inngest, validated where they enter.
+
+Every way in (``POST /e/{key}`` native or SDK-shaped, ``POST /api/v1/events``,
+``app.send``, ``step.send_event``, the HTTP ``Client``) calls ``validate``, so an
+event is held to one set of limits on every backend: what the store cannot keep
+and give back unchanged is refused with an ``EventError`` naming the limit.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import time
 from collections.abc import Mapping
 from typing import Any
 
-from stepline import errors, jsonutil
+from stepline import errors, jsonutil, settings
 
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
+# 9999-12-31T23:59:59.999Z in epoch ms: the last instant an ISO date (and every reader) can show.
+MAX_TS = 253402300799999
 
 # Names the engine itself sends.
 FUNCTION_FAILED = "stepline/function.failed"
 FUNCTION_INVOKED = "stepline/function.invoked"
 SCHEDULED_TIMER = "stepline/scheduled.timer"
+
+_FIELDS = frozenset({"name", "data", "user", "id", "ts", "v"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What one event may hold; each bound has its ``STEPLINE_*`` variable."""
+
+    max_bytes: int = DEFAULT_MAX_EVENT_BYTES
+    max_name_bytes: int = 256
+    max_id_bytes: int = 256
+    max_user_id_bytes: int = 256
+    max_json_depth: int = 64
+
+    @classmethod
+    def of(cls, config: settings.Settings) -> Limits:
+        return cls(
+            max_bytes=config.max_event_bytes,
+            max_name_bytes=config.max_name_bytes,
+            max_id_bytes=config.max_id_bytes,
+            max_user_id_bytes=config.max_user_id_bytes,
+            max_json_depth=config.max_json_depth,
+        )
+
+
+@functools.cache
+def current_limits() -> Limits:
+    """The limits this process enforces, read once from the ``STEPLINE_*`` variables."""
+    return Limits.of(settings.from_env())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +87,14 @@ class Event:
         )
 
 
-def validate(raw: Any, *, index: int = 0, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Event:
-    """An Event from user input, or an EventError that says what to fix."""
+def validate(raw: Any, *, index: int = 0, max_bytes: int | None = None, limits: Limits | None = None) -> Event:
+    """An Event from user input, or an EventError that says what to fix.
+
+    ``limits`` defaults to this process's (``current_limits()``); ``max_bytes`` overrides its size bound.
+    """
+    bounds = limits or current_limits()
+    if max_bytes is not None:
+        bounds = dataclasses.replace(bounds, max_bytes=max_bytes)
     where = f"event[{index}]"
     if isinstance(raw, Event):
         raw = raw.to_dict()
@@ -58,42 +103,100 @@ def validate(raw: Any, *, index: int = 0, max_bytes: int = DEFAULT_MAX_EVENT_BYT
     name = raw.get("name")
     if not isinstance(name, str) or not name.strip():
         raise errors.EventError(f"{where}: 'name' is required and must be a non-empty string, like 'app/user.created'")
+    _check_text(name, "name", where, bounds.max_name_bytes, "STEPLINE_MAX_NAME_BYTES",
+                "use a short name like 'app/user.created' and put the details in 'data'")
+    where = f"{where} ({_shown(name)})"
+    unknown = set(raw) - _FIELDS
+    if unknown:
+        raise errors.EventError(f"{where}: unknown field(s) {sorted(map(str, unknown))}; an event has name, data, user, id, ts, v")
     data = raw.get("data", {})
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
-        raise errors.EventError(f"{where} ({name}): 'data' must be a JSON object, got {type(data).__name__}")
+        raise errors.EventError(f"{where}: 'data' must be a JSON object, got {type(data).__name__}")
     user = raw.get("user")
     if user is not None and not isinstance(user, Mapping):
-        raise errors.EventError(f"{where} ({name}): 'user' must be a JSON object when given")
+        raise errors.EventError(f"{where}: 'user' must be a JSON object when given")
     event_id = raw.get("id")
-    if event_id is not None and (not isinstance(event_id, str) or not event_id):
-        raise errors.EventError(f"{where} ({name}): 'id' must be a non-empty string when given (it de-duplicates for 24 h)")
-    ts = raw.get("ts")
-    if ts is None:
-        ts = int(time.time() * 1000)
-    elif isinstance(ts, bool) or not isinstance(ts, (int, float)):
-        raise errors.EventError(f"{where} ({name}): 'ts' must be milliseconds since the epoch")
-    unknown = set(raw) - {"name", "data", "user", "id", "ts", "v"}
-    if unknown:
+    if event_id is not None:
+        if not isinstance(event_id, str) or not event_id:
+            raise errors.EventError(f"{where}: 'id' must be a non-empty string when given (it de-duplicates for 24 h)")
+        _check_text(event_id, "id", where, bounds.max_id_bytes, "STEPLINE_MAX_ID_BYTES",
+                    "use a short unique id, such as a UUID or a hash of what makes the event unique")
+    version = raw.get("v")
+    if version is not None and not isinstance(version, str):
+        raise errors.EventError(f"{where}: 'v' must be a string when given (the event's schema version, like '2024-01-01.1')")
+    ts = _timestamp(raw.get("ts"), where)
+    for field, value in (("data", data), ("user", user), ("v", version)):
+        problem = jsonutil.storable_problem(value, max_depth=bounds.max_json_depth, path=field)
+        if problem is not None:
+            raise errors.EventError(f"{where}: {problem}")
+    event = Event(name=name, data=dict(data), id=event_id, user=dict(user) if user else None, ts=ts, v=version)
+    _check_user_id(event, where, bounds.max_user_id_bytes)
+    try:
+        size = len(jsonutil.dumps(event.to_dict()).encode())
+    except TypeError as exc:  # a Python value JSON has no form for (only app code can send one)
         raise errors.EventError(
-            f"{where} ({name}): unknown field(s) {sorted(unknown)}; an event has name, data, user, id, ts, v"
-        )
-    event = Event(name=name, data=dict(data), id=event_id, user=dict(user) if user else None, ts=int(ts), v=raw.get("v"))
-    size = len(jsonutil.dumps_checked(event.to_dict(), what=f"{where} ({name})"))
-    if size > max_bytes:
+            f"{where}: the event is not JSON-serialisable: {exc}; send plain data (dict, list, str, number, bool, None)"
+        ) from exc
+    if size > bounds.max_bytes:
         raise errors.EventError(
-            f"{where} ({name}) is {size} bytes, over the event size limit of {max_bytes} bytes; "
+            f"{where} is {size} bytes, over the event size limit of {bounds.max_bytes} bytes; "
             "send a reference (an id or URL) instead of the payload, or raise STEPLINE_MAX_EVENT_BYTES"
         )
     return event
 
 
-def user_id_of(body: Mapping[str, Any]) -> str | None:
-    """The user an event is for: ``data.user_id`` (or ``userId``), else ``user.id``."""
+def _shown(text: str, limit: int = 60) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _check_text(value: str, field: str, where: str, max_bytes: int, variable: str, fix: str) -> None:
+    """A name or id goes into an indexed column: bounded, and free of what a backend cannot hold."""
+    problem = jsonutil.text_problem(value)
+    if problem is not None:
+        raise errors.EventError(f"{where}: '{field}' {problem}")
+    size = len(value.encode())
+    if size > max_bytes:
+        raise errors.EventError(
+            f"{where}: '{field}' is {size:,} bytes, over the limit of {max_bytes:,} bytes ({variable}); {fix}"
+        )
+
+
+def _timestamp(ts: Any, where: str) -> int:
+    """``ts`` in epoch ms (now when absent); negative or past year 9999 is refused."""
+    if ts is None:
+        return int(time.time() * 1000)
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)) or (isinstance(ts, float) and not math.isfinite(ts)):
+        raise errors.EventError(f"{where}: 'ts' must be a number of milliseconds since the epoch, got {ts!r}")
+    if not 0 <= ts <= MAX_TS:
+        raise errors.EventError(
+            f"{where}: 'ts' is {ts!r}, outside 0..{MAX_TS} (milliseconds since the epoch, up to 9999-12-31); "
+            "send milliseconds, not seconds or microseconds, or leave 'ts' out for the time of receipt"
+        )
+    return int(ts)
+
+
+def _check_user_id(event: Event, where: str, max_bytes: int) -> None:
+    """The user id goes into indexed columns of events and runs: bounded like a name."""
+    found = _user_id_field(event.to_dict())
+    if found is not None and len(found[1].encode()) > max_bytes:
+        raise errors.EventError(
+            f"{where}: '{found[0]}' is {len(found[1].encode()):,} bytes, over the user id limit of {max_bytes:,} bytes "
+            "(STEPLINE_MAX_USER_ID_BYTES); send the user's id, not a description of the user"
+        )
+
+
+def _user_id_field(body: Mapping[str, Any]) -> tuple[str, str] | None:
     data = body.get("data") or {}
     user = body.get("user") or {}
-    for value in (data.get("user_id"), data.get("userId"), user.get("id")):
+    for field, value in (("data.user_id", data.get("user_id")), ("data.userId", data.get("userId")), ("user.id", user.get("id"))):
         if isinstance(value, (str, int)) and not isinstance(value, bool):
-            return str(value)
+            return field, str(value)
     return None
+
+
+def user_id_of(body: Mapping[str, Any]) -> str | None:
+    """The user an event is for: ``data.user_id`` (or ``userId``), else ``user.id``."""
+    found = _user_id_field(body)
+    return None if found is None else found[1]

@@ -39,6 +39,10 @@ VARS: tuple[Var, ...] = (
     Var("STEPLINE_MAX_EVENT_BYTES", "max_event_bytes", int, 1024 * 1024, "largest event accepted"),
     Var("STEPLINE_MAX_STEP_OUTPUT_BYTES", "max_step_output_bytes", int, 4 * 1024 * 1024, "largest step result saved"),
     Var("STEPLINE_MAX_RUN_STATE_BYTES", "max_run_state_bytes", int, 32 * 1024 * 1024, "largest total of a run's step results"),
+    Var("STEPLINE_MAX_JSON_DEPTH", "max_json_depth", int, 64, "deepest nesting of an event's data or user (and of any request body, plus its envelope)"),
+    Var("STEPLINE_MAX_NAME_BYTES", "max_name_bytes", int, 256, "longest event name (and SDK trigger name or function id), in UTF-8 bytes"),
+    Var("STEPLINE_MAX_ID_BYTES", "max_id_bytes", int, 256, "longest event id (the sender's de-duplication id), in UTF-8 bytes"),
+    Var("STEPLINE_MAX_USER_ID_BYTES", "max_user_id_bytes", int, 256, "longest user id (data.user_id, data.userId or user.id), in UTF-8 bytes"),
     Var("STEPLINE_LOG_LEVEL", "log_level", str, "INFO", "logging level: DEBUG, INFO, WARNING, ERROR"),
     Var("STEPLINE_ALLOWED_HOSTS", "allowed_hosts", str, "", "stepline dev: Host names it answers besides loopback addresses, localhost and *.localhost (comma-separated; '.example.test' takes its subdomains too)"),
     Var("STEPLINE_MAX_HEADER_BYTES", "max_header_bytes", int, 16 * 1024, "largest request head, request line and headers (431 past it)"),
@@ -74,6 +78,10 @@ class Settings:
     max_step_output_bytes: int = 4 * 1024 * 1024
     max_run_state_bytes: int = 32 * 1024 * 1024
     log_level: str = "INFO"
+    max_json_depth: int = 64
+    max_name_bytes: int = 256
+    max_id_bytes: int = 256
+    max_user_id_bytes: int = 256
     loop: str = "auto"
     allowed_hosts: str = ""
     max_header_bytes: int = 16 * 1024

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from stepline import errors
+from stepline import event as event_mod
 from stepline import function as fn
 from stepline.inngest import durations, events
 
@@ -27,6 +28,17 @@ def _dur(value: Any, field: str) -> float | None:
     return durations.parse_duration(value, field=field)
 
 
+def _bounded(text: str, field: str) -> str:
+    """Names stored in indexed columns (function ids, trigger names) have the event names' bound."""
+    limit = event_mod.current_limits().max_name_bytes
+    size = len(text.encode(errors="surrogatepass"))
+    if size > limit:
+        raise errors.ConfigError(
+            f"{field} is {size:,} bytes, over the limit of {limit:,} bytes (STEPLINE_MAX_NAME_BYTES); use a shorter one"
+        )
+    return text
+
+
 def _triggers(raw: Any, slug: str, notes: list[str]) -> list[fn.Trigger]:
     if not isinstance(raw, list) or not raw:
         raise errors.ConfigError(f"function {slug!r}: triggers: expected a list with at least one trigger")
@@ -35,7 +47,7 @@ def _triggers(raw: Any, slug: str, notes: list[str]) -> list[fn.Trigger]:
         if not isinstance(trig, Mapping):
             raise errors.ConfigError(f"function {slug!r}: triggers[{i}]: expected an object, got {trig!r}")
         if trig.get("event"):
-            name = str(trig["event"])
+            name = _bounded(str(trig["event"]), f"function {slug!r}: triggers[{i}].event")
             out.append(fn.TriggerEvent(events.trigger_name(name), if_=trig.get("expression") or None))
         elif trig.get("cron"):
             spec, timezone = str(trig["cron"]).strip(), "UTC"
@@ -87,9 +99,11 @@ def step_url(raw: Mapping[str, Any], slug: str) -> str:
 
 def build(raw: Mapping[str, Any], *, app: str, notes: list[str]) -> fn.FunctionConfig:
     """The Stepline config of one SDK function; ConfigError says which field is wrong."""
+    _bounded(app, "the app name")
     slug = raw.get("id")
     if not isinstance(slug, str) or not slug:
         raise errors.ConfigError(f"a function of app {app!r} has no id")
+    _bounded(slug, f"the function id {slug[:60]!r}{'...' if len(slug) > 60 else ''}")
     step = (raw.get("steps") or {}).get("step") or {}
     step_url(raw, slug)  # validated here, read again when stored
     triggers = _triggers(raw.get("triggers"), slug, notes)
@@ -114,7 +128,7 @@ def build(raw: Mapping[str, Any], *, app: str, notes: list[str]) -> fn.FunctionC
         timeout = rule.get("timeout")
         cancel.append(
             fn.CancelOn(
-                events.trigger_name(str(rule.get("event"))),
+                _bounded(events.trigger_name(str(rule.get("event"))), f"function {slug!r}: cancel[{i}].event"),
                 if_=rule.get("if") or None,
                 timeout=None if not timeout else durations.seconds_until(timeout, field=f"{slug}: cancel[{i}].timeout"),
             )

@@ -60,7 +60,7 @@ def from_sdk(raw: Any) -> Any:
     if isinstance(name, str) and name.startswith(RESERVED_PREFIX):
         from stepline import errors
 
-        raise errors.EventError(f"event name {name!r}: names starting with 'inngest/' are reserved for the server")
+        raise errors.EventError(f"event name {name[:60]!r}: names starting with 'inngest/' are reserved for the server")
     out = {k: raw[k] for k in _FIELDS if k in raw and raw[k] is not None}
     if out.get("id") == "":
         del out["id"]

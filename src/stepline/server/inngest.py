@@ -16,7 +16,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from stepline import errors
+from stepline import errors, jsonutil
+from stepline import event as event_mod
 from stepline.inngest import (
     InngestOptions,
     InngestRuntime,
@@ -45,11 +46,25 @@ def _sdk_json(body: Any, status: int, rt: InngestRuntime) -> JSON:
     return JSON(body, status_code=status, headers={"x-inngest-server-kind": rt.options.server_kind})
 
 
+def _check_registration(payload: Any) -> None:
+    """A registration is stored whole (each function keeps its raw config): what the store
+    cannot keep is refused as for events (NUL characters, integers past 64 bits)."""
+    problem = jsonutil.storable_problem(payload, max_depth=event_mod.current_limits().max_json_depth + 2, path="body")
+    if problem is not None:
+        raise RegistrationError(400, f"the registration cannot be stored: {problem}")
+
+
+def _check_event(name: str, data: Any) -> None:
+    """Data that enters as an event's (signals, invokes) meets the events' limits."""
+    event_mod.validate({"name": name, "data": data})
+
+
 async def register(request: Request) -> Response:
     rt = runtime(request)
     try:
         rt.check_auth(request.headers.get("authorization"))
         payload = await responses.read_json(request, max_bytes=common.options(request).max_body_bytes)
+        _check_registration(payload)
         reply = await rt.register(payload, expected_kind=request.headers.get("x-inngest-expected-server-kind"))
     except RegistrationError as exc:
         return _sdk_json({"error": exc.message, "status": exc.status}, exc.status, rt)
@@ -116,6 +131,7 @@ async def invoke(request: Request) -> Response:
     data = body.get("data") if isinstance(body, dict) else None
     if data is not None and not isinstance(data, dict):
         return problem(400, "'data' must be a JSON object")
+    _check_event(event_mod.FUNCTION_INVOKED, dict(data or {}))
     engine = common.engine(request)
     event_id, run_id = await engine.store.db.write(
         partial(store_ops.invoke_txn, function_id=request.path_params["slug"], data=dict(data or {}), now=now_ms())
@@ -136,6 +152,10 @@ async def send_signal(request: Request) -> Response:
     signal = body.get("signal") if isinstance(body, dict) else None
     if not isinstance(signal, str) or not signal:
         return problem(400, 'send {"signal": "<name>", "data": <any JSON>}')
+    try:
+        _check_event(events.SIGNAL_EVENT, {"signal": signal, "data": body.get("data")})
+    except errors.EventError as exc:
+        return problem(400, f"the signal cannot be sent: {exc}")
     run_id = await common.engine(request).store.db.write(
         partial(store_ops.send_signal_txn, signal=signal, data=body.get("data"), now=now_ms())
     )

@@ -5,18 +5,17 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from stepline import errors
+from stepline import errors, event, jsonutil
 
 
 class JSON(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
+        return jsonutil.dumps_readable(content)  # a stored value too deep to encode never fails a read
 
 
 def problem(status: int, message: str, **extra: Any) -> JSON:
@@ -58,10 +57,8 @@ async def read_json(request: Request, *, max_bytes: int, allow_empty: bool = Fal
         if allow_empty:
             return None
         raise errors.EventError("the request body is empty; send a JSON event or a JSON list of events")
-    try:
-        return orjson.loads(bytes(body))
-    except orjson.JSONDecodeError as exc:
-        raise errors.EventError(f"the request body is not valid JSON: {exc}") from exc
+    # Nesting, and integers a parser would round, are refused here for every route.
+    return jsonutil.loads_request(bytes(body), max_depth=event.current_limits().max_json_depth + 2)
 
 
 async def read_object(request: Request, *, max_bytes: int) -> dict[str, Any]:
