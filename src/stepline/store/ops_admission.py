@@ -149,8 +149,9 @@ def _batch_txn(conn: db.Conn, cfg: dict[str, Any], event_id: str, body: dict[str
     return "batched"
 
 
-def note_skip_txn(conn: db.Conn, event_id: str, function_id: str, reason: str) -> None:
-    """Record on an event why it started no run of ``function_id``."""
+def note_skip_txn(conn: db.Conn, event_id: str, function_id: str, reason: str | dict[str, Any]) -> None:
+    """Record on an event why it started no run of ``function_id``: a word (``idempotent``), or
+    an object with ``reason`` and its detail (an expression that failed on the event)."""
     current = jsonutil.loads(conn.scalar("SELECT outcome FROM events WHERE id = ?", (event_id,))) or {}
     current[function_id] = reason
     conn.execute("UPDATE events SET outcome = ? WHERE id = ?", (jsonutil.dumps(current), event_id))

@@ -28,7 +28,7 @@ def ingest_txn(
     names = {ev.name for ev in events}
     ops_runs.note_names_without_waits_txn(conn, names)
     for name in sorted(names):  # read before any event is written, so the writes go out together
-        _matching_functions(conn, name)
+        matching_functions(conn, name)
     for ev in events:
         if ev.id is not None:
             conn.lock("event-id", ev.id)  # two servers receiving the same id store it once
@@ -48,12 +48,21 @@ def ingest_txn(
                 "ON CONFLICT (external_id) DO UPDATE SET event_id = excluded.event_id, expires_at = excluded.expires_at",
                 (ev.id, event_id, now + DEDUP_WINDOW_MS),
             )
-        ops_runs.resolve_waits_txn(conn, body, now)
+        _note_failures_txn(conn, event_id, ops_runs.resolve_waits_txn(conn, body, now))
         start_triggered_runs_txn(conn, event_id, body, now, handoff)
         out.append(event_id)
     if handoff is not None and handoff.taken:
         _drop_cancelled_handoffs_txn(conn, handoff, now)
     return out
+
+
+def _note_failures_txn(conn: db.Conn, event_id: str, failures: list[tuple[str, dict[str, Any]]]) -> None:
+    """Say on the event which waits or cancel rules failed on it (the first per function)."""
+    noted: set[str] = set()
+    for fn_id, reason in failures:
+        if fn_id not in noted:
+            noted.add(fn_id)
+            ops_admission.note_skip_txn(conn, event_id, fn_id, reason)
 
 
 def _drop_cancelled_handoffs_txn(conn: db.Conn, handoff: HandOff, now: int) -> None:
@@ -71,27 +80,36 @@ def _drop_cancelled_handoffs_txn(conn: db.Conn, handoff: HandOff, now: int) -> N
     handoff.taken[:] = kept
 
 
-def trigger_names(name: str) -> list[str]:
-    """The trigger names an event matches: its own, and each wildcard over a prefix of it.
+def wildcard_covers(pattern: str, name: str) -> bool:
+    """Whether a trigger like ``app/user.*`` covers the event name ``name``.
 
-    ``app/user.created`` matches ``app/user.created``, ``app/user.*`` and ``app/*``, so
-    wildcard triggers are found through the same index as exact ones.
+    ``app/user.created`` is covered by ``app/user.*`` and ``app/*``: the part before
+    the ``*`` ends at a ``/`` or ``.`` and the name goes on past it. One comparison per
+    wildcard trigger, so the cost grows with the name, never with its square.
     """
-    return [name] + [name[: i + 1] + "*" for i, char in enumerate(name) if char in "/." and i + 1 < len(name)]
+    prefix = pattern[:-1]
+    return pattern.endswith("*") and prefix[-1:] in ("/", ".") and len(name) > len(prefix) and name.startswith(prefix)
 
 
-def _matching_functions(conn: db.Conn, name: str) -> list[tuple[str, str | None, dict[str, Any]]]:
-    """(function id, trigger ``if``, config) of each function an event called ``name`` triggers."""
+def matching_functions(conn: db.Conn, name: str) -> list[tuple[str, str | None, dict[str, Any]]]:
+    """(function id, trigger ``if``, config) of each function an event called ``name`` triggers.
+
+    Triggers on the name itself and every wildcard trigger come in one query (wildcards
+    are few: one per declared trigger), and the wildcards are matched here.
+    """
     triggers = conn.memo.setdefault(ops_runs.TRIGGERS, {})
     matching = triggers.get(name)
     if matching is None:
-        names = trigger_names(name)
         rows = conn.all(
-            "SELECT t.function_id, t.expression, f.config FROM triggers t JOIN functions f ON f.id = t.function_id "
-            f"WHERE t.event_name IN ({', '.join('?' for _ in names)}) ORDER BY t.function_id, t.position",
-            tuple(names),
+            "SELECT t.function_id, t.event_name, t.expression, f.config FROM triggers t JOIN functions f ON f.id = t.function_id "
+            "WHERE t.event_name = ? OR t.event_name LIKE '%*' ORDER BY t.function_id, t.position",
+            (name,),
         )
-        matching = triggers[name] = [(r["function_id"], r["expression"], jsonutil.loads(r["config"])) for r in rows]
+        matching = triggers[name] = [
+            (r["function_id"], r["expression"], jsonutil.loads(r["config"]))
+            for r in rows
+            if r["event_name"] == name or wildcard_covers(r["event_name"], name)
+        ]
     return matching  # type: ignore[no-any-return]
 
 
@@ -103,14 +121,20 @@ def start_triggered_runs_txn(
     The matching functions are cached per event name for the transaction, so a batch of
     same-named events reads and parses each config once.
     """
-    matching = _matching_functions(conn, body["name"])
+    matching = matching_functions(conn, body["name"])
     admitted: set[str] = set()
-    skipped: dict[str, str] = {}
+    skipped: dict[str, Any] = {}
     variables = {"event": body}
     for fn_id, expression, cfg in matching:
-        if fn_id in admitted or not expressions.matches(expression, variables):
+        if fn_id in admitted:
+            continue
+        matched, failure = expressions.match_checked(expression, variables)
+        if not matched:
+            if failure is not None:  # the `if` failed on this event's data: no match, said on the event
+                skipped.setdefault(fn_id, failure.reason("expression_error"))
             continue
         admitted.add(fn_id)
+        skipped.pop(fn_id, None)
         reason = ops_admission.admit_txn(conn, cfg, event_id, body, now, handoff)
         if reason is not None and not reason.startswith("batched"):
             skipped[fn_id] = reason

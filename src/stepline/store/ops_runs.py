@@ -295,12 +295,17 @@ def note_new_wait(conn: db.Conn, event_name: str) -> None:
         absent.discard(event_name)
 
 
-def resolve_waits_txn(conn: db.Conn, body: dict[str, Any], now: int) -> None:
-    """Hand an incoming event to the runs waiting for it (a step) or cancelled by it."""
+def resolve_waits_txn(conn: db.Conn, body: dict[str, Any], now: int) -> list[tuple[str, dict[str, Any]]]:
+    """Hand an incoming event to the runs waiting for it (a step) or cancelled by it.
+
+    Returns (function id, why) for each wait or cancel rule whose expression failed on
+    this event: for the event that is no match.
+    """
+    failures: list[tuple[str, dict[str, Any]]] = []
     if body["name"] in conn.memo.get(_NO_WAITS, ()):
-        return
+        return failures
     rows = conn.all(
-        "SELECT w.id, w.run_id, w.step_key, w.expression, w.expires_at, e.body AS trigger_body "
+        "SELECT w.id, w.run_id, w.step_key, w.expression, w.expires_at, e.body AS trigger_body, r.function_id "
         "FROM waits w JOIN runs r ON r.id = w.run_id JOIN events e ON e.id = r.event_id "
         "WHERE w.event_name = ?",
         (body["name"],),
@@ -309,7 +314,11 @@ def resolve_waits_txn(conn: db.Conn, body: dict[str, Any], now: int) -> None:
         if row["expires_at"] is not None and row["expires_at"] <= now:
             continue
         variables = {"event": jsonutil.loads(row["trigger_body"]), "async": body}
-        if not expressions.matches(row["expression"], variables):
+        matched, failure = expressions.match_checked(row["expression"], variables)
+        if failure is not None:
+            kind = "cancel_expression_error" if row["step_key"] is None else "wait_expression_error"
+            failures.append((row["function_id"], failure.reason(kind, run_id=row["run_id"])))
+        if not matched:
             continue
         if row["step_key"] is None:
             cancel_run_txn(conn, row["run_id"], now, f"cancelled by event {body['name']!r} (cancel_on)")
@@ -322,6 +331,7 @@ def resolve_waits_txn(conn: db.Conn, body: dict[str, Any], now: int) -> None:
         )
         if updated:
             make_due_txn(conn, row["run_id"], now)
+    return failures
 
 
 def make_due_txn(conn: db.Conn, run_id: str, now: int) -> None:
