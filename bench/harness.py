@@ -17,7 +17,7 @@ from stepline import eventloop, gctuning
 from stepline import settings as settings_mod
 from stepline.engine import Engine
 from stepline.settings import Settings
-from stepline.store import open_store
+from stepline.store import Lease, open_store
 
 T = TypeVar("T")
 
@@ -46,8 +46,9 @@ class Tracker:
             self.done.set()
 
     def wrap(self, finish: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
-        async def finish_run(run_id: str, *args: Any, **kwargs: Any) -> None:
-            await finish(run_id, *args, **kwargs)
+        async def finish_run(lease: Lease, *args: Any, **kwargs: Any) -> None:
+            await finish(lease, *args, **kwargs)
+            run_id = lease.run_id
             self.finished_at[run_id] = time.perf_counter()
             self.finished += 1
             if self.on_finish is not None:

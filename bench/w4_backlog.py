@@ -22,6 +22,7 @@ import time
 import stepline
 from bench import common, harness
 from bench.harness import engine_on
+from stepline.store import Lease
 
 BATCH = 10
 CLAIMS = 50
@@ -47,7 +48,7 @@ async def _claim_once(store, worker: str) -> tuple[float, int]:  # type: ignore[
     t = time.perf_counter()
     claimed, _next = await store.claim(worker, ["w4"], BATCH, 30_000)
     ms = (time.perf_counter() - t) * 1000
-    await store.release(worker, [c.run_id for c in claimed])
+    await store.release([Lease(c.run_id, worker, c.epoch) for c in claimed])
     return ms, len(claimed)
 
 

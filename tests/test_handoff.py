@@ -22,6 +22,7 @@ import psycopg
 import pytest
 
 import stepline
+from stepline.store import Lease
 from tests.helpers import eventually, runs_for_event, wait_run
 from tests.test_crash import REPO, start_worker
 from tests.test_http_cli import free_port
@@ -170,8 +171,9 @@ async def test_heartbeats_extend_only_the_leases_of_runs_being_executed(make_eng
     before = expiry()
     await engine.store.heartbeat("w-lost", [], 600_000)
     assert expiry() == before
-    await engine.store.heartbeat("w-lost", [claimed.run_id], 600_000)
+    renewal = await engine.store.heartbeat("w-lost", [Lease(claimed.run_id, "w-lost", claimed.epoch)], 600_000)
     assert expiry() > before + 500_000
+    assert renewal.held == {claimed.run_id: claimed.epoch}
 
 
 @pytest.mark.timeout(90)
@@ -232,6 +234,7 @@ class HeldClaims:
 
     def __init__(self, engine: Any, held: bool = True) -> None:
         self.entered = asyncio.Event()
+        self.answered = asyncio.Event()  # a held claim came back
         self._release = asyncio.Event()
         if not held:
             self._release.set()
@@ -243,6 +246,7 @@ class HeldClaims:
             await self._release.wait()
             runs, next_due = await original(*args, **kwargs)
             self.claimed.extend(run.run_id for run in runs)
+            self.answered.set()
             return runs, next_due
 
         engine.store.claim = held_claim  # type: ignore[method-assign]
@@ -335,7 +339,7 @@ async def test_a_worker_busy_claiming_takes_new_runs_when_the_queue_has_none_wai
     assert (owner, status) == (engine.worker.id, "running")  # taken at ingest while the claim waits
     assert (await wait_run(engine, run_id))["output"] == "quick"
     held.release()
-    await asyncio.sleep(0.1)
+    await asyncio.wait_for(held.answered.wait(), 10)
     assert run_id not in held.claimed
 
 
@@ -403,5 +407,5 @@ async def test_a_run_cancelled_by_a_later_event_of_its_own_batch_never_starts(ma
     done = await wait_run(engine, run_id)
     assert done["status"] == "cancelled"
     assert "cancel_on" in done["error"]["message"]
-    await asyncio.sleep(0.1)
+    assert run_id not in engine.worker.executor.active  # ended at ingest: never adopted
     assert started == []

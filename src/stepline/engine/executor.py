@@ -8,16 +8,26 @@ A completed step's result goes back to the function at once; its checkpoint is
 submitted on the next turn of the event loop and awaited before the run's next step,
 suspension or other write. When the function returns before that turn (its last step),
 the checkpoint rides with the finish instead: one commit for both.
+
+Every write names the run's lease (owner and epoch). A run whose lease is lost stops
+at once and writes nothing more: when a write finds the run leased again
+(``LeaseLost``), when the database cannot take the write (``StoreError``: the outcome
+of its in-flight step is then unknown, and the run is left to be claimed again), or
+when the lease could not be renewed in time (the worker's own deadline, a little
+short of the lease's expiry in the database, so it stops before another worker may
+start). None of these is a failed attempt of a step.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -28,10 +38,17 @@ from stepline.engine import retry
 from stepline.engine.signals import Halt, Suspend
 from stepline.function import Function
 from stepline.settings import Settings
-from stepline.store import ClaimedRun, StepResult, Store, Suspension, now_ms
+from stepline.store import ClaimedRun, Lease, StepResult, Store, Suspension, now_ms
 from stepline.store.ops_exec import LeaseLost
 
 log = logging.getLogger("stepline.executor")
+
+# A worker stops a run once this share of the lease has passed since its last renewal
+# began without another one committing: before the lease can expire in the database.
+FENCE_AT = 0.75
+# Errors of a write that mean the run is no longer this worker's to write, or that
+# nothing can be known of the write: the run stops, nothing is counted against it.
+LOST = (LeaseLost, errors.StoreError)
 
 
 @dataclasses.dataclass
@@ -76,6 +93,41 @@ class RunExecution:
         self._unsaved: list[tuple[StepResult, int]] = []  # completed, checkpoint not yet submitted
         self._saving: list[asyncio.Future[Any]] = []  # checkpoints submitted, not yet awaited
         self._flush_scheduled = False
+        settings = services.settings
+        self.lease = Lease(claimed.run_id, services.worker_id, claimed.epoch if settings.fencing else None)
+        self._fence_span = settings.lease * FENCE_AT
+        # time.monotonic() past which this worker must not be running the run (fencing off: never).
+        self.deadline = claimed.leased_at + self._fence_span if settings.fencing else float("inf")
+        self.lost: str | None = None  # why the run stopped here without an outcome
+        self.ending = False  # its last write (finish, suspend, retry) is under way
+
+    # --- the lease -----------------------------------------------------------------
+
+    def renewed(self, since: float) -> None:
+        """A heartbeat that began at ``since`` extended the lease."""
+        if self.lease.epoch is not None:
+            self.deadline = max(self.deadline, since + self._fence_span)
+
+    def lose(self, reason: str) -> None:
+        """The run is no longer this worker's to execute: no step may start, nothing more is written."""
+        if self.lost is None:
+            self.lost = reason
+            self._halted = True
+
+    def _check_lease(self) -> None:
+        if self.lost is None and time.monotonic() > self.deadline:
+            self.lose("its lease could not be renewed in time (the database is stalled or unreachable)")
+        if self.lost is not None:
+            raise Halt()
+
+    async def write(self, write: Awaitable[Any]) -> Any:
+        """A write of this run from inside its execution: a lost lease, or a database that
+        cannot take it, stops the run (``Halt``, which user code cannot swallow)."""
+        try:
+            return await write
+        except LOST as exc:
+            self.lose(str(exc))
+            raise Halt() from exc
 
     # --- bookkeeping ---------------------------------------------------------------
 
@@ -84,6 +136,7 @@ class RunExecution:
         return bool(self._unvisited)
 
     def _enter(self, step_id: str) -> tuple[str, Any]:
+        self._check_lease()
         if self._halted or self.cancel_requested:
             raise Halt()
         n = self._counts.get(step_id, 0)
@@ -122,22 +175,22 @@ class RunExecution:
         self._submit()
 
     def _submit(self) -> None:
-        worker_id = self._services.worker_id
         for step, seq in self._unsaved:
-            future = self._store.checkpoint_soon(self.run_id, worker_id, step, seq)
+            future = self._store.checkpoint_soon(self.lease, step, seq)
             future.add_done_callback(_observe)
             self._saving.append(future)
         self._unsaved.clear()
 
     async def sync(self) -> None:
-        """Wait until every completed step of this run is committed; raises ``LeaseLost``."""
+        """Wait until every completed step of this run is committed; raises ``Halt`` when
+        they cannot be (the lease is lost, or the database cannot take them)."""
         self._submit()
-        await self._await_saving()
+        await self.write(self._await_saving())
 
     async def take_unsaved(self) -> list[tuple[StepResult, int]]:
         """For the finish: wait for submitted checkpoints and hand over the rest, to be
         written in the finish's own transaction."""
-        await self._await_saving()
+        await self.write(self._await_saving())
         unsaved, self._unsaved = self._unsaved, []
         return unsaved
 
@@ -190,7 +243,16 @@ class RunExecution:
         if inspect.iscoroutinefunction(fn):
             return await fn(*args, **kwargs)
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(self._services.step_threads, functools.partial(fn, *args, **kwargs))
+        body = loop.run_in_executor(self._services.step_threads, functools.partial(fn, *args, **kwargs))
+        try:
+            result = await asyncio.shield(body)
+        except asyncio.CancelledError:
+            # A thread cannot be stopped: the run's task ends only once its step body has,
+            # so the run is never handed on (released, or claimed again here) while it runs.
+            while not body.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait({body})
+            raise
         if inspect.isawaitable(result):
             result = await result
         return result
@@ -208,6 +270,7 @@ class RunExecution:
             await self.sync()  # the previous step's result is durable before this one begins
             if self.cancel_requested:
                 raise Halt()
+        self._check_lease()  # no step starts once the lease may have run out
         started = now_ms()
         try:
             result = await compute()
@@ -244,7 +307,7 @@ class RunExecution:
         if retry.is_final(exc) or attempt > self.function.config.retries:
             step = StepResult(key, step_id, kind, "failed", None, error_json, attempt, started, now_ms())
             await self.sync()
-            if await self._store.checkpoint(self.run_id, self._services.worker_id, step, self._next_seq()):
+            if await self.write(self._store.checkpoint(self.lease, step, self._next_seq())):
                 self.cancel_requested = True
             raise errors.StepError(step_id, error["name"] or "Error", error["message"] or "", error["stack"]) from exc
         settings = self._services.settings
@@ -268,7 +331,7 @@ class RunExecution:
         if wake_ms <= now:
             step = StepResult(key, step_id, "sleep", "completed", "null", None, 1, now, now)
             await self.sync()
-            await self._store.checkpoint(self.run_id, self._services.worker_id, step, self._next_seq())
+            await self.write(self._store.checkpoint(self.lease, step, self._next_seq()))
             return
         self._suspend(Suspension("sleep", key, step_id, wake_ms, started_at=now))
 
@@ -314,18 +377,19 @@ class RunExecution:
         now = now_ms()
         step = StepResult(key, step_id, "send_event", "completed", None, None, 1, now, now)
         await self.sync()
-        return await self._store.send_events_step(self.run_id, self._services.worker_id, step, self._next_seq(), validated)
+        self._check_lease()
+        return await self.write(self._store.send_events_step(self.lease, step, self._next_seq(), validated))  # type: ignore[no-any-return]
 
     async def set_progress(self, percent: float, message: str | None) -> None:
         if not self.replaying:
             await self.sync()  # progress never runs ahead of the saved steps
-            await self._store.set_progress(self.run_id, percent, message)
+            await self.write(self._store.set_progress(self.lease, percent, message))
 
     async def publish(self, topic: str, data: Any) -> None:
         if self.replaying:  # stored when first published; a replay must not repeat it on the stream
             return
         await self.sync()  # a message is never published for a step that may run again
-        await self._store.publish(self.run_id, topic, jsonutil.dumps_checked(data, what="published data"))
+        await self.write(self._store.publish(self.lease, topic, jsonutil.dumps_checked(data, what="published data")))
         self._services.on_publish(self.run_id)
 
 
@@ -336,7 +400,8 @@ def _observe(future: asyncio.Future[Any]) -> None:
 
 
 class Executor:
-    """Runs claimed runs to their next resting point: done, failed, suspended or cancelled."""
+    """Runs claimed runs to their next resting point: done, failed, suspended, cancelled,
+    or stopped here because this worker lost the run."""
 
     def __init__(self, services: Services, functions: dict[str, Function]) -> None:
         self._services = services
@@ -351,10 +416,35 @@ class Executor:
             return False
         task, execution = held
         execution.cancel_requested = True
+        self._interrupt(task, execution)
+        return True
+
+    def lose(self, run_id: str, reason: str) -> None:
+        """This worker no longer holds the run (or cannot know it does): stop it at once,
+        its in-flight step included, writing nothing more for it."""
+        held = self.active.get(run_id)
+        if held is None or held[1].ending:
+            return
+        task, execution = held
+        if execution.lost is None:
+            log.warning("run %s stops on this worker: %s", run_id, reason)
+        execution.lose(reason)
+        self._interrupt(task, execution)
+
+    def overdue(self) -> list[str]:
+        """Runs whose lease may have run out without a renewal committed in time."""
+        now = time.monotonic()
+        return [run_id for run_id, (_, ex) in self.active.items() if ex.lost is None and not ex.ending and now > ex.deadline]
+
+    def leases(self) -> list[Lease]:
+        """The leases of the runs this worker is executing, for the heartbeat."""
+        return [ex.lease for _, ex in self.active.values() if ex.lost is None]
+
+    @staticmethod
+    def _interrupt(task: asyncio.Future[Any], execution: RunExecution) -> None:
         if not execution.task_cancelled:  # a second cancel would interrupt the first one's clean-up
             execution.task_cancelled = True
             task.cancel()
-        return True
 
     async def execute(self, claimed: ClaimedRun) -> None:
         function = self._functions[claimed.function_id]
@@ -375,37 +465,38 @@ class Executor:
         self.active[claimed.run_id] = (task, execution)
         try:
             await self._settle(claimed, execution, task)
-        except LeaseLost as exc:
-            log.warning("%s; leaving the run to its new holder", exc)
+        except LOST as exc:
+            execution.lose(str(exc))
         finally:
             self.active.pop(claimed.run_id, None)
+        if execution.lost is not None:
+            await self._abandon(execution)
+
+    async def _abandon(self, execution: RunExecution) -> None:
+        """After a run stopped without an outcome: unless another worker holds it now, hand it
+        back to the queue at once (it would otherwise wait for its lease to expire)."""
+        log.info("run %s left without an outcome (%s); its in-flight step will run again", execution.run_id, execution.lost)
+        with contextlib.suppress(Exception):  # the database may still be unusable: the lease then runs out
+            await self._store.release([execution.lease])
 
     async def _settle(self, claimed: ClaimedRun, execution: RunExecution, task: asyncio.Future[Any]) -> None:
-        worker_id = self._services.worker_id
         timeout = None
         if claimed.finish_deadline is not None:
             timeout = max(0.0, (claimed.finish_deadline - now_ms()) / 1000)
         try:
             result = await asyncio.wait_for(task, timeout) if timeout is not None else await task
         except (Suspend, Halt):
-            await execution.wait_idle()
-            await execution.sync()
-            if execution.cancel_requested:
-                await self._finish_cancelled(claimed.run_id)
-            elif execution.suspensions:
-                await self._store.suspend(claimed.run_id, worker_id, execution.suspensions, execution._seq)
+            await self._rest(execution)
             return
         except asyncio.CancelledError:
-            if not execution.cancel_requested:
+            if not (execution.cancel_requested or execution.lost):
                 raise  # the worker is stopping; it releases the lease
-            await execution.wait_idle()
-            await execution.sync()
-            await self._finish_cancelled(claimed.run_id)
+            await self._rest(execution)
             return
         except TimeoutError:
             error = {"name": "FinishTimeout", "message": "the run did not finish within timeouts.finish"}
             await execution.sync()
-            await self._store.finish_run(claimed.run_id, worker_id, "cancelled", None, jsonutil.dumps(error))
+            await self._end(execution, "cancelled", None, jsonutil.dumps(error))
             return
         except Exception as exc:  # noqa: BLE001 - the function raised; classify it
             await self._function_failed(claimed, execution, exc)
@@ -415,7 +506,7 @@ class Executor:
             output = jsonutil.dumps_checked(result, what=f"function {claimed.function_id!r}'s return value")
         except errors.NonRetriableError as exc:
             error_json = jsonutil.dumps(retry.error_dict(exc))
-            await self._store.finish_run(claimed.run_id, worker_id, "failed", None, error_json, steps)
+            await self._end(execution, "failed", None, error_json, steps)
             return
         if execution.unreached_steps():
             log.warning(
@@ -423,23 +514,49 @@ class Executor:
                 claimed.run_id,
                 execution.unreached_steps(),
             )
-        await self._store.finish_run(claimed.run_id, worker_id, "completed", output, None, steps)
+        await self._end(execution, "completed", output, None, steps)
 
-    async def _finish_cancelled(self, run_id: str) -> None:
-        error = {"name": "Cancelled", "message": "the run was cancelled"}
-        await self._store.finish_run(run_id, self._services.worker_id, "cancelled", None, jsonutil.dumps(error))
+    async def _rest(self, execution: RunExecution) -> None:
+        """The function stopped short of an outcome (suspended, halted, cancelled): save what
+        it reached and record why it stopped, unless the run is no longer this worker's."""
+        await execution.wait_idle()
+        if execution.lost is None:
+            with contextlib.suppress(Halt):  # a lost lease found here: nothing more is written
+                await execution.sync()
+        if execution.lost is not None:
+            return
+        if execution.cancel_requested:
+            error = {"name": "Cancelled", "message": "the run was cancelled"}
+            await self._end(execution, "cancelled", None, jsonutil.dumps(error))
+        elif execution.suspensions:
+            execution.ending = True
+            await self._store.suspend(execution.lease, execution.suspensions, execution._seq)
+
+    async def _end(
+        self, execution: RunExecution, status: str, output: str | None, error: str | None,
+        steps: list[tuple[StepResult, int]] | None = None,
+    ) -> None:
+        execution.ending = True
+        await self._store.finish_run(execution.lease, status, output, error, steps or ())
 
     async def _function_failed(self, claimed: ClaimedRun, execution: RunExecution, exc: Exception) -> None:
         await execution.wait_idle()
-        await execution.sync()
+        with contextlib.suppress(Halt):
+            await execution.sync()
+        if execution.lost is not None:
+            return
         error_json = jsonutil.dumps(retry.error_dict(exc))
         attempt = claimed.attempt + 1
         config = execution.function.config
+        if config.failure_handler_for:
+            # on_failure runs once per failed run, whatever its own outcome: never retried as a whole.
+            log.error("on_failure handler %s failed (it is not retried): %s", config.id, exc)
+            await self._end(execution, "failed", None, error_json)
+            return
         if retry.is_final(exc) or attempt > config.retries:
-            if config.failure_handler_for:
-                log.error("on_failure handler %s failed for good (not retried further): %s", config.id, exc)
-            await self._store.finish_run(claimed.run_id, self._services.worker_id, "failed", None, error_json)
+            await self._end(execution, "failed", None, error_json)
             return
         settings = self._services.settings
         delay = retry.delay_for(exc, attempt, base=settings.retry_base, maximum=settings.retry_max)
-        await self._store.retry_run(claimed.run_id, self._services.worker_id, attempt, now_ms() + int(delay * 1000), error_json)
+        execution.ending = True
+        await self._store.retry_run(execution.lease, attempt, now_ms() + int(delay * 1000), error_json)

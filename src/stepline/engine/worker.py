@@ -1,4 +1,10 @@
-"""The worker: claims due runs, executes them, keeps leases alive, fires cron ticks."""
+"""The worker: claims due runs, executes them, keeps leases alive, fires cron ticks.
+
+A worker never executes two copies of one run: its claims leave out the runs it is
+still executing or winding down, and a run whose lease it could not renew in time (a
+stalled or unreachable database) is stopped here before the lease can expire for
+other workers (see ``executor``).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ from stepline.engine import cron
 from stepline.engine.executor import Executor, Services
 from stepline.function import Function
 from stepline.store import Store, now_ms
-from stepline.store.records import ClaimedRun, HandOff
+from stepline.store.records import ClaimedRun, HandOff, Lease
 
 log = logging.getLogger("stepline.worker")
 
@@ -19,6 +25,9 @@ CLAIM_BATCH = 100
 # Seconds between looks for runs whose lease expired (a crashed worker's), at most; a
 # quarter of the lease when that is shorter. Not every claim: it costs a round trip.
 RECLAIM_EVERY = 1.0
+# Seconds between looks for cancellations where the backend cannot push them to this
+# process (SQLite shared by several processes), while runs execute here.
+CANCEL_POLL = 0.2
 
 
 class Worker:
@@ -52,6 +61,10 @@ class Worker:
             asyncio.create_task(self._claim_loop(), name=f"stepline-claim-{self.id}"),
             asyncio.create_task(self._heartbeat_loop(), name=f"stepline-heartbeat-{self.id}"),
         ]
+        if self._services.settings.fencing:
+            self._tasks.append(asyncio.create_task(self._fence_loop(), name=f"stepline-fence-{self.id}"))
+        if not self._store.db.signals_reach_processes:
+            self._tasks.append(asyncio.create_task(self._cancel_poll_loop(), name=f"stepline-cancels-{self.id}"))
         if any(fn.config.triggers and any(hasattr(t, "cron") for t in fn.config.triggers) for fn in self._functions.values()):
             self._tasks.append(asyncio.create_task(self._cron_loop(), name=f"stepline-cron-{self.id}"))
 
@@ -63,7 +76,7 @@ class Worker:
         self._store.db.remove_listener("cancel", self._cancel_threadsafe)
         if self._running:
             await asyncio.wait(set(self._running), timeout=grace)
-        unfinished = list(self.executor.active)
+        unfinished = self.executor.leases()
         for task in list(self._running):
             task.cancel()
         for held in list(self.executor.active.values()):
@@ -72,7 +85,7 @@ class Worker:
             await asyncio.wait(set(self._running), timeout=5)
         if unfinished:
             with contextlib.suppress(Exception):
-                await self._store.release(self.id, unfinished)
+                await self._store.release(unfinished)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -130,17 +143,20 @@ class Worker:
         """Execute the runs ``offer`` took, once their ingest ``committed``; give back its slots."""
         self._reserved -= offer.limit
         if committed and self._stopping:  # stopped meanwhile: hand them back to the queue
-            asyncio.ensure_future(self._hand_back([item.run_id for item in offer.taken]))
+            asyncio.ensure_future(self._hand_back([self._lease_of(item) for item in offer.taken]))
         elif committed:
             for item in offer.taken:
                 self._start(item)
         offer.taken.clear()
         self._slot_freed.set()
 
-    async def _hand_back(self, run_ids: list[str]) -> None:
-        if run_ids:
+    def _lease_of(self, item: ClaimedRun) -> Lease:
+        return Lease(item.run_id, self.id, item.epoch if self._services.settings.fencing else None)
+
+    async def _hand_back(self, leases: list[Lease]) -> None:
+        if leases:
             with contextlib.suppress(Exception):  # the store may be closing: the leases then run out
-                await self._store.release(self.id, run_ids)
+                await self._store.release(leases)
 
     @property
     def in_flight(self) -> int:
@@ -165,9 +181,11 @@ class Worker:
             if reclaim:
                 reclaimed_at = loop.time()
             self._claiming = want
+            # Never a run still executing or winding down here: one copy of a run per worker.
+            exclude = frozenset(self.executor.active) if self._services.settings.fencing else frozenset()
             try:
                 claimed, next_due = await self._store.claim(
-                    self.id, self._function_ids, want, lease_ms, reclaim_expired=reclaim
+                    self.id, self._function_ids, want, lease_ms, reclaim_expired=reclaim, exclude=exclude
                 )
             except Exception:  # noqa: BLE001 - the database may be restarting; try again shortly
                 log.exception("claiming runs failed; retrying")
@@ -190,6 +208,10 @@ class Worker:
                 self._idle = False
 
     def _start(self, item: ClaimedRun) -> None:
+        if item.run_id in self.executor.active and self._services.settings.fencing:
+            log.error("run %s was leased again while it still executes here; handing the new lease back", item.run_id)
+            asyncio.ensure_future(self._hand_back([self._lease_of(item)]))
+            return
         task = asyncio.create_task(self._execute(item), name=f"stepline-run-{item.run_id}")
         self._running.add(task)
 
@@ -208,10 +230,20 @@ class Worker:
         settings = self._services.settings
         lease_ms = int(settings.lease * 1000)
         while not self._stopping:
-            await asyncio.sleep(settings.lease / 3)
+            await asyncio.sleep(settings.lease / 4)
             try:
-                if self.executor.active:
-                    for run_id in await self._store.heartbeat(self.id, list(self.executor.active), lease_ms):
+                leases = self.executor.leases()
+                if leases:
+                    renewal = await self._store.heartbeat(self.id, leases, lease_ms)
+                    for lease in leases:
+                        held = self.executor.active.get(lease.run_id)
+                        if held is None:
+                            continue  # it ended meanwhile
+                        if lease.run_id in renewal.held:
+                            held[1].renewed(renewal.since)
+                        elif settings.fencing:
+                            self.executor.lose(lease.run_id, "its lease was taken over (the run was leased again) or it ended elsewhere")
+                    for run_id in renewal.cancelled:
                         self.executor.cancel_local(run_id)
                 # Safety net for concurrency limits: a run parked behind a key whose slots
                 # are free (a raised limit, a lost wake-up) is made ready again.
@@ -219,6 +251,28 @@ class Worker:
                     self._wake.set()
             except Exception:  # noqa: BLE001
                 log.exception("heartbeat failed; retrying")
+
+    async def _fence_loop(self) -> None:
+        """Stop runs whose lease may run out before a renewal commits (the heartbeat's write
+        is stuck behind a stalled database): before any other worker may take them."""
+        interval = min(0.25, self._services.settings.lease / 8)
+        while not self._stopping:
+            await asyncio.sleep(interval)
+            for run_id in self.executor.overdue():
+                self.executor.lose(run_id, "its lease could not be renewed in time (the database is stalled or unreachable)")
+
+    async def _cancel_poll_loop(self) -> None:
+        """Where a cancellation made in another process cannot be pushed here (SQLite), look
+        for one while runs execute, so their in-flight steps stop within a fraction of a second."""
+        while not self._stopping:
+            await asyncio.sleep(CANCEL_POLL)
+            if not self.executor.active:
+                continue
+            try:
+                for run_id in await self._store.cancel_requested(self.id):
+                    self.executor.cancel_local(run_id)
+            except Exception:  # noqa: BLE001 - the next look catches up
+                log.debug("looking for cancelled runs failed", exc_info=True)
 
     async def _cron_loop(self) -> None:
         cron_ids = [fid for fid, fn in self._functions.items() if any(hasattr(t, "cron") for t in fn.config.triggers)]

@@ -3,6 +3,8 @@
 from stepline.store.records import (
     ClaimedRun,
     JournalEntry,
+    Lease,
+    Renewal,
     RunStatus,
     StepResult,
     StepStatus,
@@ -11,4 +13,4 @@ from stepline.store.records import (
 )
 from stepline.store.store import Store, now_ms, open_store
 
-__all__ = ["ClaimedRun", "JournalEntry", "RunStatus", "StepResult", "StepStatus", "Store", "Suspension", "WaitReason", "now_ms", "open_store"]
+__all__ = ["ClaimedRun", "JournalEntry", "Lease", "Renewal", "RunStatus", "StepResult", "StepStatus", "Store", "Suspension", "WaitReason", "now_ms", "open_store"]

@@ -15,6 +15,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from stepline import errors
+
 T = TypeVar("T")
 Row = dict[str, Any]
 log = logging.getLogger("stepline.store")
@@ -30,6 +32,9 @@ class Conn:
     """
 
     dialect: str = ""
+    # SQL for the database's clock in epoch milliseconds, read when the statement runs (after
+    # any lock it waited for): leases are set and compared on this one clock.
+    clock_ms: str = ""
 
     def __init__(self) -> None:
         self.woke = False
@@ -42,10 +47,9 @@ class Conn:
         self.woke = True
 
     def signal(self, topic: str, payload: str) -> None:
-        """Tell other processes' ``topic`` listeners ``payload`` if (and once) this transaction commits.
-
-        A no-op where processes cannot be told (SQLite): they learn it by their next heartbeat.
-        """
+        """Tell ``topic`` listeners ``payload`` if (and once) this transaction commits: in
+        every process where the backend can push (``Database.signals_reach_processes``),
+        else in this one, the others polling for what they need."""
 
     def defer(self, sql: str, params: tuple[Any, ...]) -> None:
         """Queue a write to run with the others of the same ``sql`` before the next statement.
@@ -233,6 +237,16 @@ def _plan(batch: list[_Job]) -> tuple[list[Op[Any]], list[list[_Job]]]:
     return ops, owners
 
 
+def _store_error(exc: BaseException) -> BaseException:
+    """A failure of the database itself as a ``StoreError`` (the driver's error kept as its
+    cause), so callers tell "not saved, or not known to be" from an operation's own error."""
+    if isinstance(exc, errors.StoreError):
+        return exc
+    wrapped = errors.StoreError(f"the database could not be written ({type(exc).__name__}: {exc})")
+    wrapped.__cause__ = exc
+    return wrapped
+
+
 def _settle(results: list[tuple[_Job, bool, Any]]) -> None:
     for job, ok, value in results:
         if job.future.done():
@@ -251,6 +265,9 @@ class Database(abc.ABC):
     # where the backend has push wake-ups, the main path where it has none).
     poll_interval: float = 0.5
     max_batch = 256
+    # Whether a committed ``Conn.signal`` reaches listeners in other processes (else only
+    # this process's; workers elsewhere then poll for cancellations).
+    signals_reach_processes = False
 
     def __init__(self) -> None:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
@@ -281,6 +298,11 @@ class Database(abc.ABC):
 
     def _notify_other_processes(self) -> None:
         """Wake workers in other processes (after a commit that made work due)."""
+
+    def _unavailable(self, exc: BaseException) -> bool:
+        """Whether an operation's error means the database could not be used (locked, lost,
+        read-only, full), as opposed to an error of the operation itself."""
+        return False
 
     def plan_capacity(self, concurrency: int) -> None:
         """Size connection pools for a worker that runs ``concurrency`` runs at once."""
@@ -344,6 +366,14 @@ class Database(abc.ABC):
         if callback in self._listeners.get(topic, []):
             self._listeners[topic].remove(callback)
 
+    def _dispatch(self, topic: str, payload: str) -> None:
+        """Tell this process's ``topic`` listeners ``payload`` (a committed ``Conn.signal``)."""
+        for callback in list(self._listeners.get(topic, ())):
+            try:
+                callback(payload)
+            except Exception:
+                log.exception("a %r listener failed", topic)
+
     async def close(self) -> None:
         if self._closed:
             return
@@ -394,7 +424,9 @@ class Database(abc.ABC):
             grouped, woke = self._run_batch(conn, ops)
         except BaseException as exc:  # noqa: BLE001 - the whole commit failed; every op learns it
             log.warning("a group commit of %d operations failed: %s", len(batch), exc)
-            grouped, woke = [(False, exc)] * len(ops), False
+            grouped, woke = [(False, _store_error(exc))] * len(ops), False
+        else:
+            grouped = [(ok, _store_error(value) if not ok and self._unavailable(value) else value) for ok, value in grouped]
         batch, outcomes = [], []
         for jobs, (ok, value) in zip(owners, grouped):
             if jobs[0].kind is None:

@@ -1,33 +1,51 @@
 """Domain operations of execution: claim, checkpoint, suspend, finish, leases.
 
-A worker holds a run through a lease on its queue row; every write here checks
-the lease first, so a worker that lost its lease (it stalled past expiry and
-another took over) cannot overwrite the new holder's work.
+A worker holds a run through a lease on its queue row: an owner, an expiry, and an
+epoch that every lease of the run increments. Every write here names the lease it
+holds (``records.Lease``) and is checked against the row, locked, in its own
+transaction: a worker whose lease was taken over (it stalled past expiry and another
+worker, or itself, claimed the run again) commits nothing more. Expiries are set and
+compared on the database's clock (``Conn.clock_ms``) when the statement runs, so a
+write that waited for a lock cannot create a lease that has already run out.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from stepline import errors, jsonutil
 from stepline import event as event_mod
 from stepline.store import db, flow, ops_admission, ops_ingest, ops_runs
-from stepline.store.records import ClaimedRun, JournalEntry, StepResult, Suspension
+from stepline.store.records import ClaimedRun, JournalEntry, Lease, Renewal, StepResult, Suspension
 
 
 class LeaseLost(errors.SteplineError):
-    """This worker no longer holds the run (its lease expired and another worker took it)."""
+    """This worker no longer holds the run (its lease expired and the run was leased again)."""
 
 
-def _hold(conn: db.Conn, run_id: str, worker_id: str) -> dict[str, Any]:
-    row = conn.one(
-        "SELECT q.lease_owner, r.cancel_requested, r.status FROM queue q JOIN runs r ON r.id = q.run_id "
-        f"WHERE q.run_id = ? {conn.row_lock('q')}",  # a concurrent claim of an expired lease waits
-        (run_id,),
+def _lost(lease: Lease) -> LeaseLost:
+    return LeaseLost(f"worker {lease.owner} no longer holds run {lease.run_id} (lease epoch {lease.epoch})")
+
+
+def holds(row: dict[str, Any] | None, lease: Lease) -> bool:
+    """Whether a queue row (``lease_owner``, ``lease_epoch``) is still held by ``lease``."""
+    return (
+        row is not None
+        and row["lease_owner"] == lease.owner
+        and (lease.epoch is None or row["lease_epoch"] == lease.epoch)
     )
-    if row is None or row["lease_owner"] != worker_id:
-        raise LeaseLost(f"worker {worker_id} no longer holds run {run_id}")
-    return row
+
+
+def _hold(conn: db.Conn, lease: Lease) -> dict[str, Any]:
+    row = conn.one(
+        "SELECT q.lease_owner, q.lease_epoch, r.cancel_requested, r.status FROM queue q JOIN runs r ON r.id = q.run_id "
+        f"WHERE q.run_id = ? {conn.row_lock('q')}",  # a concurrent claim of an expired lease waits
+        (lease.run_id,),
+    )
+    if not holds(row, lease):
+        raise _lost(lease)
+    return row  # type: ignore[return-value]
 
 
 def _in(values: list[str]) -> str:
@@ -45,14 +63,17 @@ def claim_txn(
     now: int,
     lease_ms: int,
     reclaim_expired: bool = True,
+    exclude: frozenset[str] = frozenset(),
 ) -> tuple[list[ClaimedRun], int | None]:
     """Lease up to ``limit`` due runs (and, with ``reclaim_expired``, runs whose lease
-    expired) of these functions.
+    expired) of these functions; never a run in ``exclude`` (those the worker is still
+    executing or winding down: it must not hold two copies of one run).
 
     Returns the runs with their journals, and when the next unleased run falls due.
     """
     if not function_ids or limit <= 0:
         return [], None
+    leased_at = time.monotonic()
     fns = _in(function_ids)
     lock = conn.skip_locked()
     # Each row also says when the next run after these falls due, saving a query.
@@ -62,19 +83,21 @@ def claim_txn(
         f"AND function_id IN ({fns}) ORDER BY (due_at - priority_ms) LIMIT ? {lock}",
         (now, *function_ids, now, *function_ids, limit),
     )
+    candidates = [r for r in candidates if r["run_id"] not in exclude]
     expired: list[str] = []
     if reclaim_expired and len(candidates) < limit:
-        # A crashed worker's runs: they already hold their concurrency slots, so no check.
+        # A crashed or stalled worker's runs: they already hold their concurrency slots, so no check.
         expired = [
             r["run_id"]
             for r in conn.all(
-                f"SELECT run_id FROM queue WHERE lease_owner IS NOT NULL AND lease_expires_at <= ? "
+                f"SELECT run_id FROM queue WHERE lease_owner IS NOT NULL AND lease_expires_at <= {conn.clock_ms} "
                 f"AND function_id IN ({fns}) ORDER BY lease_expires_at LIMIT ? {lock}",
-                (now, *function_ids, limit - len(candidates)),
+                (*function_ids, limit - len(candidates) + len(exclude)),
             )
-        ]
+            if r["run_id"] not in exclude
+        ][: limit - len(candidates)]
     admitted, parked = _admit_by_concurrency(conn, candidates, now)
-    claimed = _lease_and_load_txn(conn, admitted + expired, worker_id, now, lease_ms)
+    claimed = _lease_and_load_txn(conn, admitted + expired, worker_id, now, lease_ms, leased_at)
     if parked:
         return claimed, now  # more ready rows may sit behind the parked ones: look again at once
     if candidates:
@@ -109,22 +132,30 @@ def _admit_by_concurrency(conn: db.Conn, candidates: list[dict[str, Any]], now: 
 
 _CLAIM_COLUMNS = (
     "r.id, r.function_id, r.status, r.attempt, r.started_at, r.start_deadline_at, r.finish_timeout_ms, "
-    "r.cancel_requested, r.error, r.batch_event_ids, r.cleanup, r.replay_of, e.body"
+    "r.cancel_requested, r.error, r.batch_event_ids, r.cleanup, r.replay_of, e.body, q.lease_epoch"
 )
 
 
-def _lease_and_load_txn(conn: db.Conn, run_ids: list[str], worker_id: str, now: int, lease_ms: int) -> list[ClaimedRun]:
-    """Lease the runs and load each with its event and journal, in a few statements for the batch."""
+def _lease_and_load_txn(
+    conn: db.Conn, run_ids: list[str], worker_id: str, now: int, lease_ms: int, leased_at: float
+) -> list[ClaimedRun]:
+    """Lease the runs (each its next epoch) and load each with its event and journal, in a
+    few statements for the batch."""
     if not run_ids:
         return []
-    conn.executemany(
-        "UPDATE queue SET lease_owner = ?, lease_expires_at = ?, parked_on = NULL WHERE run_id = ?",
-        [(worker_id, now + lease_ms, run_id) for run_id in run_ids],
-    )
     marks, padded = db.in_list(run_ids)
+    conn.execute(
+        f"UPDATE queue SET lease_owner = ?, lease_epoch = lease_epoch + 1, lease_expires_at = {conn.clock_ms} + ?, "
+        f"parked_on = NULL WHERE run_id IN ({marks})",
+        (worker_id, lease_ms, *padded),
+    )
     runs = {
         r["id"]: r
-        for r in conn.all(f"SELECT {_CLAIM_COLUMNS} FROM runs r JOIN events e ON e.id = r.event_id WHERE r.id IN ({marks})", padded)
+        for r in conn.all(
+            f"SELECT {_CLAIM_COLUMNS} FROM runs r JOIN events e ON e.id = r.event_id JOIN queue q ON q.run_id = r.id "
+            f"WHERE r.id IN ({marks})",
+            padded,
+        )
     }
     journals: dict[str, list[dict[str, Any]]] = {}
     # A run that never started has no steps, unless it reruns another run (its steps were copied in).
@@ -140,7 +171,7 @@ def _lease_and_load_txn(conn: db.Conn, run_ids: list[str], worker_id: str, now: 
     starts: list[tuple[int, int, str]] = []
     first_starts: list[tuple[str]] = []
     for run_id in run_ids:
-        item = _prepare_claimed_txn(conn, run_id, runs.get(run_id), journals.get(run_id, []), now)
+        item = _prepare_claimed_txn(conn, run_id, runs.get(run_id), journals.get(run_id, []), now, leased_at)
         if item is None:
             continue
         claimed.append(item)
@@ -157,7 +188,7 @@ def _lease_and_load_txn(conn: db.Conn, run_ids: list[str], worker_id: str, now: 
 
 
 def _prepare_claimed_txn(
-    conn: db.Conn, run_id: str, run: dict[str, Any] | None, steps: list[dict[str, Any]], now: int
+    conn: db.Conn, run_id: str, run: dict[str, Any] | None, steps: list[dict[str, Any]], now: int, leased_at: float
 ) -> ClaimedRun | None:
     """A leased run ready to execute, or None when it ended instead (cancelled, timed out, gone)."""
     if run is None or run["status"] in ("completed", "failed", "cancelled"):
@@ -193,6 +224,8 @@ def _prepare_claimed_txn(
         journal=journal,
         started_at=started_at,
         finish_deadline=None if finish_ms is None else started_at + finish_ms,
+        epoch=run["lease_epoch"],
+        leased_at=leased_at,
     )
 
 
@@ -222,7 +255,7 @@ _UPSERT_STEP = (
     "wake_at, meta) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (run_id, key) DO UPDATE SET kind = excluded.kind, status = excluded.status, output = excluded.output, "
     "error = excluded.error, attempts = excluded.attempts, ended_at = excluded.ended_at, "
-    "wake_at = excluded.wake_at, meta = excluded.meta"
+    "wake_at = excluded.wake_at, meta = excluded.meta WHERE steps.status <> 'completed'"  # a committed step is written once
 )
 
 
@@ -248,14 +281,6 @@ def _upsert_step(conn: db.Conn, run_id: str, step: StepResult, seq: int, status:
     conn.execute(_UPSERT_STEP, _step_row(run_id, step, seq, status, wake_at))
 
 
-def checkpoint_txn(conn: db.Conn, run_id: str, worker_id: str, step: StepResult, seq: int) -> bool:
-    """Save a finished step (completed, or failed for good). Returns whether cancel was requested."""
-    held = _hold(conn, run_id, worker_id)
-    _upsert_step(conn, run_id, step, seq, step.status)
-    _checkpoint_extras(conn, run_id, step)
-    return bool(held["cancel_requested"])
-
-
 def _checkpoint_extras(conn: db.Conn, run_id: str, step: StepResult) -> None:
     if step.kind == "ai.infer" and step.status == "completed" and step.meta:
         _record_llm_usage(conn, run_id, step)
@@ -268,36 +293,37 @@ def _checkpoint_extras(conn: db.Conn, run_id: str, step: StepResult) -> None:
 
 
 def _held_many(conn: db.Conn, run_ids: list[str]) -> dict[str, dict[str, Any]]:
-    """Lease holder and cancel flag of each run (absent: the run has no queue row)."""
+    """Lease owner, epoch and cancel flag of each run (absent: the run has no queue row)."""
     marks, padded = db.in_list(list(dict.fromkeys(run_ids)))
     return {
         r["run_id"]: r
         for r in conn.all(
-            "SELECT q.run_id, q.lease_owner, r.cancel_requested FROM queue q JOIN runs r ON r.id = q.run_id "
+            "SELECT q.run_id, q.lease_owner, q.lease_epoch, r.cancel_requested FROM queue q JOIN runs r ON r.id = q.run_id "
             f"WHERE q.run_id IN ({marks}) {conn.row_lock('q')}",  # as in _hold
             padded,
         )
     }
 
 
-def checkpoint_many_txn(conn: db.Conn, items: list[tuple[str, str, StepResult, int]]) -> list[bool | LeaseLost]:
-    """``checkpoint_txn`` for many runs at once: one lease check, one multi-row write.
+def checkpoint_many_txn(conn: db.Conn, items: list[tuple[Lease, StepResult, int]]) -> list[bool | LeaseLost]:
+    """Save finished steps (completed, or failed for good) of many runs at once: one lease
+    check, one multi-row write.
 
-    ``items`` are ``(run_id, worker_id, step, seq)``; each gets whether cancel was
-    requested, or a ``LeaseLost`` for itself alone.
+    ``items`` are ``(lease, step, seq)``; each gets whether cancel was requested, or a
+    ``LeaseLost`` for itself alone.
     """
-    held = _held_many(conn, [item[0] for item in items])
+    held = _held_many(conn, [item[0].run_id for item in items])
     out: list[bool | LeaseLost] = []
     rows: list[tuple[Any, ...]] = []
     saved: list[tuple[str, StepResult]] = []
-    for run_id, worker_id, step, seq in items:
-        row = held.get(run_id)
-        if row is None or row["lease_owner"] != worker_id:
-            out.append(LeaseLost(f"worker {worker_id} no longer holds run {run_id}"))
+    for lease, step, seq in items:
+        row = held.get(lease.run_id)
+        if not holds(row, lease):
+            out.append(_lost(lease))
             continue
-        rows.append(_step_row(run_id, step, seq, step.status))
-        saved.append((run_id, step))
-        out.append(bool(row["cancel_requested"]))
+        rows.append(_step_row(lease.run_id, step, seq, step.status))
+        saved.append((lease.run_id, step))
+        out.append(bool(row["cancel_requested"]))  # type: ignore[index]
     if rows:
         conn.executemany(_UPSERT_STEP, rows)
     for run_id, step in saved:
@@ -333,15 +359,15 @@ def _record_llm_usage(conn: db.Conn, run_id: str, step: StepResult) -> None:
 
 
 def send_events_step_txn(
-    conn: db.Conn, run_id: str, worker_id: str, step: StepResult, seq: int, events: list[event_mod.Event], now: int
+    conn: db.Conn, lease: Lease, step: StepResult, seq: int, events: list[event_mod.Event], now: int
 ) -> list[str]:
     """Send events and record the step in one transaction, so a replay never sends twice."""
-    _hold(conn, run_id, worker_id)
+    _hold(conn, lease)
     sent = ops_ingest.ingest_txn(conn, events, now)
     output = jsonutil.dumps(sent)
     _upsert_step(
         conn,
-        run_id,
+        lease.run_id,
         StepResult(step.key, step.name, step.kind, "completed", output, None, step.attempt, step.started_at, now),
         seq,
         "completed",
@@ -349,18 +375,20 @@ def send_events_step_txn(
     return sent
 
 
-def set_progress_txn(conn: db.Conn, run_id: str, percent: float, message: str | None, now: int) -> None:
+def set_progress_txn(conn: db.Conn, lease: Lease, percent: float, message: str | None, now: int) -> None:
+    _hold(conn, lease)
     conn.execute(
         "UPDATE runs SET progress = ?, progress_message = ?, updated_at = ? WHERE id = ?",
-        (percent, message, now, run_id),
+        (percent, message, now, lease.run_id),
     )
 
 
-def publish_txn(conn: db.Conn, run_id: str, topic: str, data: str, now: int) -> int:
-    seq = (conn.scalar("SELECT MAX(seq) AS seq FROM run_messages WHERE run_id = ?", (run_id,)) or 0) + 1
+def publish_txn(conn: db.Conn, lease: Lease, topic: str, data: str, now: int) -> int:
+    _hold(conn, lease)  # a worker that lost the run must not stream for it
+    seq = (conn.scalar("SELECT MAX(seq) AS seq FROM run_messages WHERE run_id = ?", (lease.run_id,)) or 0) + 1
     conn.execute(
         "INSERT INTO run_messages (run_id, seq, topic, data, created_at) VALUES (?, ?, ?, ?, ?)",
-        (run_id, seq, topic, data, now),
+        (lease.run_id, seq, topic, data, now),
     )
     return int(seq)
 
@@ -368,11 +396,10 @@ def publish_txn(conn: db.Conn, run_id: str, topic: str, data: str, now: int) -> 
 # --- leaving the worker ----------------------------------------------------------
 
 
-def suspend_txn(
-    conn: db.Conn, run_id: str, worker_id: str, suspensions: list[Suspension], seq: int, now: int
-) -> None:
+def suspend_txn(conn: db.Conn, lease: Lease, suspensions: list[Suspension], seq: int, now: int) -> None:
     """Record sleeps, waits, invokes and step retries, and release the run until the earliest is due."""
-    _hold(conn, run_id, worker_id)
+    _hold(conn, lease)
+    run_id = lease.run_id
     due: int | None = None
     kinds = set()
     for item in suspensions:
@@ -450,9 +477,10 @@ def _start_invoked_run_txn(conn: db.Conn, parent_run_id: str, item: Suspension, 
     ops_runs.create_run_txn(conn, cfg, event_id, body, now, parent=(parent_run_id, item.key), check_idempotency=False)
 
 
-def retry_run_txn(conn: db.Conn, run_id: str, worker_id: str, attempt: int, due_at: int, error: str, now: int) -> None:
+def retry_run_txn(conn: db.Conn, lease: Lease, attempt: int, due_at: int, error: str, now: int) -> None:
     """The function body (outside any step) failed: try the whole run again later."""
-    _hold(conn, run_id, worker_id)
+    _hold(conn, lease)
+    run_id = lease.run_id
     conn.execute(
         "INSERT INTO step_attempts (run_id, step_key, attempt, error, started_at, ended_at) VALUES (?, '', ?, ?, ?, ?) "
         "ON CONFLICT (run_id, step_key, attempt) DO NOTHING",
@@ -469,39 +497,31 @@ def retry_run_txn(conn: db.Conn, run_id: str, worker_id: str, attempt: int, due_
     conn.wake()  # due now, or a timer every worker must plan for
 
 
-def finish_run_txn(
-    conn: db.Conn, run_id: str, worker_id: str, status: str, output: str | None, error: str | None, now: int
-) -> None:
-    """End a run the worker holds; a final failure sends ``stepline/function.failed``."""
-    _hold(conn, run_id, worker_id)
-    _end_held_runs_txn(conn, [(run_id, status, output, error, now)])
-
-
-FinishItem = tuple[str, str, str, str | None, str | None, int, tuple[tuple[StepResult, int], ...]]
+FinishItem = tuple[Lease, str, str | None, str | None, int, tuple[tuple[StepResult, int], ...]]
 
 
 def finish_many_txn(conn: db.Conn, items: list[FinishItem]) -> list[None | LeaseLost]:
-    """``finish_run_txn`` for many runs at once: one lease check and one ending for all of them.
+    """End runs the worker holds, many at once: one lease check and one ending for all of
+    them; a final failure sends ``stepline/function.failed``.
 
-    ``items`` are ``(run_id, worker_id, status, output, error, now, steps)``: ``steps``
-    are the run's last step outcomes with their sequence numbers, not yet saved (the
-    function returned right after them), written here before the run ends. A run whose
-    lease was lost gets a ``LeaseLost`` of its own, found before anything is written.
+    ``items`` are ``(lease, status, output, error, now, steps)``: ``steps`` are the run's
+    last step outcomes with their sequence numbers, not yet saved (the function returned
+    right after them), written here before the run ends. A run whose lease was lost gets
+    a ``LeaseLost`` of its own, found before anything is written.
     """
-    held = _held_many(conn, [item[0] for item in items])
+    held = _held_many(conn, [item[0].run_id for item in items])
     out: list[None | LeaseLost] = []
     ending: list[tuple[str, str, str | None, str | None, int]] = []
     step_rows: list[tuple[Any, ...]] = []
     saved: list[tuple[str, StepResult]] = []
-    for run_id, worker_id, status, output, error, now, steps in items:
-        row = held.get(run_id)
-        if row is None or row["lease_owner"] != worker_id:
-            out.append(LeaseLost(f"worker {worker_id} no longer holds run {run_id}"))
+    for lease, status, output, error, now, steps in items:
+        if not holds(held.get(lease.run_id), lease):
+            out.append(_lost(lease))
             continue
         for step, seq in steps:
-            step_rows.append(_step_row(run_id, step, seq, step.status))
-            saved.append((run_id, step))
-        ending.append((run_id, status, output, error, now))
+            step_rows.append(_step_row(lease.run_id, step, seq, step.status))
+            saved.append((lease.run_id, step))
+        ending.append((lease.run_id, status, output, error, now))
         out.append(None)
     if step_rows:
         conn.executemany(_UPSERT_STEP, step_rows)
@@ -544,20 +564,39 @@ def _send_failed_event_txn(conn: db.Conn, run_id: str, error: str | None, now: i
     ops_ingest.ingest_txn(conn, [failed], now)
 
 
-def heartbeat_txn(conn: db.Conn, worker_id: str, run_ids: list[str], now: int, lease_ms: int) -> list[str]:
-    """Extend this worker's leases on the runs it is executing; returns those of its runs
-    that were asked to cancel.
+def heartbeat_txn(conn: db.Conn, worker_id: str, leases: list[Lease], lease_ms: int) -> Renewal:
+    """Extend this worker's leases on the runs it is executing, from the database's clock now.
 
-    Only ``run_ids``: a lease the worker does not know it has (its claim or hand-off
-    committed, but the answer was lost with the connection) runs out and the run is
-    claimed again, rather than being kept alive by a worker that will never run it.
+    Returns the leases extended (a run missing from them was leased again, or ended) and
+    those of the worker's runs that were asked to cancel. Only ``leases``: a lease the
+    worker does not know it has (its claim or hand-off committed, but the answer was lost
+    with the connection) runs out and the run is claimed again, rather than being kept
+    alive by a worker that will never run it.
     """
-    if run_ids:
-        marks, params = db.in_list(run_ids)
-        conn.execute(
-            f"UPDATE queue SET lease_expires_at = ? WHERE lease_owner = ? AND run_id IN ({marks})",
-            (now + lease_ms, worker_id, *params),
-        )
+    since = time.monotonic()
+    held: dict[str, int] = {}
+    if leases:
+        epochs = {lease.run_id: lease.epoch for lease in leases}
+        marks, params = db.in_list(list(epochs))
+        # Rows of this owner with another epoch are its own later leases (a worker never
+        # holds two of one run): extending them is harmless, and they are not reported held.
+        for row in conn.all(
+            f"UPDATE queue SET lease_expires_at = {conn.clock_ms} + ? WHERE lease_owner = ? AND run_id IN ({marks}) "
+            "RETURNING run_id, lease_epoch",
+            (lease_ms, worker_id, *params),
+        ):
+            if epochs[row["run_id"]] in (None, row["lease_epoch"]):
+                held[row["run_id"]] = row["lease_epoch"]
+    rows = conn.all(
+        "SELECT q.run_id FROM queue q JOIN runs r ON r.id = q.run_id WHERE q.lease_owner = ? AND r.cancel_requested = 1",
+        (worker_id,),
+    )
+    return Renewal(held, [r["run_id"] for r in rows], since)
+
+
+def cancel_requested_txn(conn: db.Conn, worker_id: str) -> list[str]:
+    """The runs leased to this worker that were asked to cancel (a read, for backends whose
+    cancel signal does not reach other processes)."""
     rows = conn.all(
         "SELECT q.run_id FROM queue q JOIN runs r ON r.id = q.run_id WHERE q.lease_owner = ? AND r.cancel_requested = 1",
         (worker_id,),
@@ -565,19 +604,24 @@ def heartbeat_txn(conn: db.Conn, worker_id: str, run_ids: list[str], now: int, l
     return [r["run_id"] for r in rows]
 
 
-def release_txn(conn: db.Conn, worker_id: str, run_ids: list[str], now: int) -> None:
-    """Hand runs back to the queue untouched (a worker shutting down)."""
-    for run_id in run_ids:
-        if conn.one("SELECT 1 AS held FROM queue WHERE run_id = ? AND lease_owner = ?", (run_id, worker_id)):
-            flow.release_slots(conn, run_id, now)
-        if conn.rowcount(
-            "UPDATE queue SET lease_owner = NULL, lease_expires_at = NULL, due_at = ? WHERE run_id = ? AND lease_owner = ?",
-            (now, run_id, worker_id),
-        ):
-            conn.execute(
-                "UPDATE runs SET status = 'queued', wait_reason = 'queued', updated_at = ? WHERE id = ? AND status = 'running'",
-                (now, run_id),
-            )
+def release_txn(conn: db.Conn, leases: list[Lease], now: int) -> None:
+    """Hand runs back to the queue untouched (a worker shutting down, or one whose hold on
+    them lapsed): only those the leases still hold."""
+    if not leases:
+        return
+    held = _held_many(conn, [lease.run_id for lease in leases])
+    for lease in leases:
+        if not holds(held.get(lease.run_id), lease):
+            continue
+        flow.release_slots(conn, lease.run_id, now)
+        conn.execute(
+            "UPDATE queue SET lease_owner = NULL, lease_expires_at = NULL, due_at = ? WHERE run_id = ?",
+            (now, lease.run_id),
+        )
+        conn.execute(
+            "UPDATE runs SET status = 'queued', wait_reason = 'queued', updated_at = ? WHERE id = ? AND status = 'running'",
+            (now, lease.run_id),
+        )
     conn.wake()
 
 

@@ -140,6 +140,7 @@ def pool_size_for(concurrency: int) -> int:
 
 class PostgresConn(db.Conn):
     dialect = "postgres"
+    clock_ms = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)"  # not now(): that is the transaction's start
 
     def __init__(self, raw: psycopg.Connection[Any], pipe: psycopg.Pipeline | None = None) -> None:
         super().__init__()
@@ -212,6 +213,17 @@ def _lost(raw: psycopg.Connection[Any] | None) -> bool:
     return raw is None or raw.closed or raw.broken
 
 
+# SQLSTATEs after which the server closes the session (admin or crash shutdown, cannot
+# connect now, idle timeouts): the connection is gone even if libpq has not noticed yet.
+_SESSION_ENDED = ("57P01", "57P02", "57P03", "57P05", "25P03")
+
+
+def _gone(raw: psycopg.Connection[Any] | None, exc: BaseException) -> bool:
+    """Whether ``exc`` means the connection is lost (in any form), not that a statement failed."""
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    return _lost(raw) or sqlstate.startswith("08") or sqlstate in _SESSION_ENDED
+
+
 class _RetryBatch(Exception):
     """Nothing of this batch was committed and running it again is expected to work."""
 
@@ -260,6 +272,7 @@ class PostgresDatabase(db.Database):
     dialect = "postgres"
     # LISTEN/NOTIFY wakes workers; polling only catches what a lost notification missed.
     poll_interval = 1.0
+    signals_reach_processes = True
 
     def __init__(self, url: str) -> None:
         super().__init__()
@@ -338,6 +351,12 @@ class PostgresDatabase(db.Database):
     def _notify_other_processes(self) -> None:
         pass  # sent inside the batch's transaction, so only committed work wakes anyone
 
+    def _unavailable(self, exc: BaseException) -> bool:
+        # Operational errors (locks, timeouts, the server going away) and a server that
+        # cannot take writes now (a read-only standby, a full disk, resources exhausted).
+        sqlstate = getattr(exc, "sqlstate", None) or ""
+        return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)) or sqlstate == "25006" or sqlstate[:2] in ("53", "57", "58")
+
     def _run_batch(self, conn: _Link, ops: list[db.Op[Any]]) -> tuple[list[tuple[bool, Any]], bool]:
         last: BaseException | None = None
         for attempt in range(1, BATCH_TRIES + 1):
@@ -362,7 +381,7 @@ class PostgresDatabase(db.Database):
             with raw.pipeline() as conn.pipe:
                 outcomes, xid, rolled_back = self._run_ops(raw, conn, ops, retry_transient)
         except TRANSIENT as exc:  # before OperationalError: these derive from it
-            if _lost(raw):
+            if _gone(raw, exc):
                 link.drop()
                 raise _RetryBatch() from exc
             self._rollback(raw)
@@ -377,10 +396,11 @@ class PostgresDatabase(db.Database):
             link.drop()
             raise _RetryBatch() from exc
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            if not _lost(raw):
-                self._rollback(raw)
-                raise
-            log.warning("the writer's connection to PostgreSQL was lost (%s); retrying the batch", _first_line(exc))
+            # Nothing was committed (COMMIT comes later). An error that escapes the
+            # operations is never one op's own: the connection was lost, or left in a
+            # state nobody can vouch for (pipeline mode that cannot be exited while
+            # busy), so it is closed and the batch runs again on a new one.
+            log.warning("the writer's connection to PostgreSQL failed (%s); retrying the batch on a new one", _first_line(exc))
             link.drop()
             raise _RetryBatch() from exc
         except BaseException:
@@ -391,7 +411,7 @@ class PostgresDatabase(db.Database):
         try:
             raw.execute("COMMIT")
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            if not _lost(raw):
+            if not _gone(raw, exc):
                 raise
             log.warning("the writer's connection to PostgreSQL was lost while committing (%s)", _first_line(exc))
             link.drop()
@@ -456,14 +476,14 @@ class PostgresDatabase(db.Database):
         follows is not skipped behind an error among them."""
         try:
             conn.sync()
-        except psycopg.Error:
-            if _lost(raw):
+        except psycopg.Error as exc:
+            if _gone(raw, exc):
                 raise
 
     @staticmethod
     def _reraise_if_retryable(raw: psycopg.Connection[Any], exc: Exception, retry_transient: bool) -> None:
         """A lost connection or a deadlock spoils the whole batch, not just this op."""
-        if _lost(raw) or (retry_transient and (isinstance(exc, TRANSIENT) or _stale_plan(exc))):
+        if _gone(raw, exc) or (retry_transient and (isinstance(exc, TRANSIENT) or _stale_plan(exc))):
             raise exc
 
     @staticmethod
@@ -579,14 +599,6 @@ class PostgresDatabase(db.Database):
             except Exception:
                 log.exception("a wake-up callback failed")
 
-    def _dispatch(self, message: str) -> None:
-        topic, _, payload = message.partition(":")
-        for callback in list(self._listeners.get(topic, ())):
-            try:
-                callback(payload)
-            except Exception:
-                log.exception("a %r listener failed", topic)
-
     def _listen_loop(self) -> None:
         link = _Link(self.url, "listener", self._closing)
         reconnected = False
@@ -601,7 +613,8 @@ class PostgresDatabase(db.Database):
                 while not self._closing.is_set():
                     for note in raw.notifies(timeout=0.25):
                         if note.channel == SIGNALS:
-                            self._dispatch(note.payload)
+                            topic, _, payload = note.payload.partition(":")
+                            self._dispatch(topic, payload)
                         elif note.payload != self._token:
                             self._wake_local()
             except errors.StoreError:

@@ -61,6 +61,31 @@ class JournalEntry:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Lease:
+    """A worker's right to write one run: what every write for the run names.
+
+    Each lease of a run (a claim, a reclaim of an expired lease, a hand-off) takes the
+    run's next ``epoch``; a write commits only while the queue row still holds this owner
+    and epoch, so a worker whose lease was taken over commits nothing more, even when it
+    is the same worker that took it. ``epoch`` None checks the owner alone (fencing off:
+    ``STEPLINE_FENCING=0``, which exists only to show what fencing prevents).
+    """
+
+    run_id: str
+    owner: str
+    epoch: int | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Renewal:
+    """What a heartbeat committed: the leases it extended and the runs asked to cancel."""
+
+    held: dict[str, int]  # run id -> epoch, for each lease extended
+    cancelled: list[str]
+    since: float  # time.monotonic() when the writer began it: the new leases last at least from here
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class ClaimedRun:
     """A run leased to a worker, with everything needed to execute it."""
 
@@ -72,6 +97,10 @@ class ClaimedRun:
     journal: dict[str, JournalEntry]
     started_at: int
     finish_deadline: int | None
+    epoch: int  # this lease's epoch (see Lease)
+    # time.monotonic() when the writer began the transaction that leased it: the lease in
+    # the database lasts at least ``lease`` from here, whenever that transaction commits.
+    leased_at: float
 
 
 @dataclasses.dataclass(slots=True)
@@ -92,6 +121,7 @@ class HandOff:
     lease_ms: int
     check_queue: bool = False
     taken: list[ClaimedRun] = dataclasses.field(default_factory=list)
+    leased_at: float = 0.0  # set by the ingest's transaction (see ClaimedRun.leased_at)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -2,7 +2,10 @@
 
 Processes that share the file coordinate through SQLite's write lock
 (``BEGIN IMMEDIATE`` with a busy timeout); they find each other's new work by a
-short poll, while work made due in this process wakes its workers at once.
+short poll, while work made due in this process wakes its workers at once. A write
+lock held elsewhere for longer than the busy timeout (another process's long
+transaction) is waited out, never reported as a failed write: the leases of the runs
+this process holds lapse meanwhile, and its workers stop those runs themselves.
 
 WAL checkpoints run on a thread of their own, never inside a commit: SQLite's
 automatic checkpoint (every 1,000 pages) would otherwise stall whichever commit
@@ -13,24 +16,48 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import os
 import sqlite3
 import threading
+import time
 from typing import Any
 
 from stepline.store import db
+
+log = logging.getLogger("stepline.store.sqlite")
 
 
 def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> dict[str, Any]:
     return {d[0]: v for d, v in zip(cursor.description, row)}
 
 
+# Primary result codes that mean the file cannot be written now, not that a statement is wrong.
+_UNAVAILABLE = {
+    sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR,
+    sqlite3.SQLITE_FULL, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PROTOCOL,
+}
+LOCK_WARN_EVERY = 30.0  # seconds between warnings while another connection holds the write lock
+
+
+def _busy(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and getattr(exc, "sqlite_errorcode", 0) & 0xFF in (
+        sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED
+    )
+
+
 class SQLiteConn(db.Conn):
     dialect = "sqlite"
+    clock_ms = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
 
     def __init__(self, raw: sqlite3.Connection) -> None:
         super().__init__()
         self.raw = raw
+        self.signals: list[tuple[str, str]] = []  # told to this process's listeners after COMMIT
+
+    def signal(self, topic: str, payload: str) -> None:
+        # Other processes sharing the file learn it by polling (see Worker); this one at once.
+        self.signals.append((topic, payload))
 
     def _execute(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
         return self.raw.execute(sql, params)
@@ -45,12 +72,15 @@ class SQLiteConn(db.Conn):
         return self.raw.execute(sql, params).rowcount
 
 
+BUSY_TIMEOUT_MS = 30000  # how long a statement waits for a lock before SQLite reports it busy
+
+
 def connect(path: str) -> sqlite3.Connection:
     raw = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
     raw.row_factory = _dict_row
     raw.execute("PRAGMA journal_mode=WAL")
     raw.execute("PRAGMA synchronous=NORMAL")
-    raw.execute("PRAGMA busy_timeout=30000")
+    raw.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     raw.execute("PRAGMA foreign_keys=OFF")
     return raw
 
@@ -122,22 +152,50 @@ class SQLiteDatabase(db.Database):
             self._checkpointer = None
         conn.close()
 
+    def _unavailable(self, exc: BaseException) -> bool:
+        return isinstance(exc, sqlite3.OperationalError) and getattr(exc, "sqlite_errorcode", 0) & 0xFF in _UNAVAILABLE
+
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        """Take the write lock, however long another connection holds it (see the module doc)."""
+        waited_since: float | None = None
+        warned_at = 0.0
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc) or self._closed:
+                    raise
+                now = time.monotonic()
+                waited_since = waited_since or now - BUSY_TIMEOUT_MS / 1000
+                if now - warned_at >= LOCK_WARN_EVERY:
+                    warned_at = now
+                    log.warning(
+                        "another connection has held the write lock of %s for %.0f s; waiting for it",
+                        self.path, now - waited_since,
+                    )
+                continue
+            if waited_since is not None:
+                log.warning("the write lock of %s is free again after %.0f s", self.path, time.monotonic() - waited_since)
+            return
+
     def _run_batch(self, conn: sqlite3.Connection, ops: list[db.Op[Any]]) -> tuple[list[tuple[bool, Any]], bool]:
         wrapped = SQLiteConn(conn)
         outcomes: list[tuple[bool, Any]] = []
-        conn.execute("BEGIN IMMEDIATE")
+        self._begin(conn)
         try:
             if len(ops) == 1:
                 outcomes.append((True, db.run_op(ops[0], wrapped)))
             else:
                 for op in ops:
                     conn.execute("SAVEPOINT op")
+                    told = len(wrapped.signals)
                     try:
                         outcomes.append((True, db.run_op(op, wrapped)))
                         conn.execute("RELEASE op")
                     except Exception as exc:  # noqa: BLE001 - this op alone rolls back
                         conn.execute("ROLLBACK TO op")
                         wrapped.rolled_back()
+                        del wrapped.signals[told:]
                         conn.execute("RELEASE op")
                         outcomes.append((False, exc))
             conn.execute("COMMIT")
@@ -149,6 +207,8 @@ class SQLiteDatabase(db.Database):
             if len(ops) == 1:
                 return [(False, exc)], False
             raise
+        for topic, payload in wrapped.signals:
+            self._dispatch(topic, payload)
         return outcomes, wrapped.woke
 
     def _reader(self) -> SQLiteConn:

@@ -9,13 +9,15 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from stepline import event as event_mod
 from stepline.store import db, migrate, ops_exec, ops_ingest, ops_read, ops_runs
-from stepline.store.records import ClaimedRun, HandOff, StepResult, Suspension
+from stepline.store.records import ClaimedRun, HandOff, Lease, Renewal, StepResult, Suspension
+
+T = TypeVar("T")
 
 # Concurrent runs' checkpoints share one lease check and one multi-row write per commit.
 CHECKPOINTS = db.Batched("checkpoint", ops_exec.checkpoint_many_txn)
@@ -24,6 +26,11 @@ FINISHES = db.Batched("finish", ops_exec.finish_many_txn)
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _at_commit(op: Callable[..., T], **params: Any) -> Callable[[db.Conn], T]:
+    """``op`` with ``now`` read when its transaction runs (see "writes" below)."""
+    return lambda conn: op(conn, now=now_ms(), **params)
 
 
 class Store:
@@ -42,88 +49,94 @@ class Store:
         await self.db.close()
 
     # --- writes --------------------------------------------------------------------
+    # Each write reads the time when its transaction runs, not when it was queued: after
+    # a stall, a run is not created or claimed with a time (or lease) already long past.
 
     async def register_functions(self, configs: list[dict[str, Any]], cron_next: Mapping[tuple[str, int], int]) -> None:
-        await self.db.write(partial(ops_runs.register_functions_txn, configs=configs, cron_next=cron_next, now=now_ms()))
+        await self.db.write(_at_commit(ops_runs.register_functions_txn, configs=configs, cron_next=cron_next))
 
     async def ingest(self, events: list[event_mod.Event], handoff: HandOff | None = None) -> list[str]:
-        ids = await self.db.write(partial(ops_ingest.ingest_txn, events=events, now=now_ms(), handoff=handoff))
+        def ingest(conn: db.Conn) -> list[str]:
+            if handoff is not None:
+                handoff.leased_at = time.monotonic()
+            ids = ops_ingest.ingest_txn(conn, events, now_ms(), handoff)
+            if handoff is not None:
+                ops_runs.stamp_handoff_leases_txn(conn, handoff)
+            return ids
+
+        ids = await self.db.write(ingest)
         self.db.note_new_runs(len(events))  # about one run an event
         return ids
 
     async def claim(
-        self, worker_id: str, function_ids: list[str], limit: int, lease_ms: int, *, reclaim_expired: bool = True
+        self, worker_id: str, function_ids: list[str], limit: int, lease_ms: int, *, reclaim_expired: bool = True,
+        exclude: frozenset[str] = frozenset(),
     ) -> tuple[list[ClaimedRun], int | None]:
-        claim = partial(
-            ops_exec.claim_txn, worker_id=worker_id, function_ids=function_ids, limit=limit, now=now_ms(),
-            lease_ms=lease_ms, reclaim_expired=reclaim_expired,
+        claim = _at_commit(
+            ops_exec.claim_txn, worker_id=worker_id, function_ids=function_ids, limit=limit, lease_ms=lease_ms,
+            reclaim_expired=reclaim_expired, exclude=exclude,
         )
         return await self.db.write(db.relaxed(claim))
 
-    async def checkpoint(self, run_id: str, worker_id: str, step: StepResult, seq: int) -> bool:
+    async def checkpoint(self, lease: Lease, step: StepResult, seq: int) -> bool:
         """Save a step's outcome; returns whether the run was asked to cancel."""
-        return bool(await self.db.write_item(CHECKPOINTS, (run_id, worker_id, step, seq)))
+        return bool(await self.db.write_item(CHECKPOINTS, (lease, step, seq)))
 
-    def checkpoint_soon(self, run_id: str, worker_id: str, step: StepResult, seq: int) -> asyncio.Future[Any]:
+    def checkpoint_soon(self, lease: Lease, step: StepResult, seq: int) -> asyncio.Future[Any]:
         """``checkpoint`` without waiting: the future resolves (to the cancel flag) once committed."""
-        return self.db.submit_item(CHECKPOINTS, (run_id, worker_id, step, seq))
+        return self.db.submit_item(CHECKPOINTS, (lease, step, seq))
 
-    async def send_events_step(self, run_id: str, worker_id: str, step: StepResult, seq: int, events: list[event_mod.Event]) -> list[str]:
-        return await self.db.write(
-            partial(ops_exec.send_events_step_txn, run_id=run_id, worker_id=worker_id, step=step, seq=seq, events=events, now=now_ms())
-        )
+    async def send_events_step(self, lease: Lease, step: StepResult, seq: int, events: list[event_mod.Event]) -> list[str]:
+        return await self.db.write(_at_commit(ops_exec.send_events_step_txn, lease=lease, step=step, seq=seq, events=events))
 
-    async def suspend(self, run_id: str, worker_id: str, suspensions: list[Suspension], seq: int) -> None:
-        await self.db.write(
-            partial(ops_exec.suspend_txn, run_id=run_id, worker_id=worker_id, suspensions=suspensions, seq=seq, now=now_ms())
-        )
+    async def suspend(self, lease: Lease, suspensions: list[Suspension], seq: int) -> None:
+        await self.db.write(_at_commit(ops_exec.suspend_txn, lease=lease, suspensions=suspensions, seq=seq))
 
-    async def retry_run(self, run_id: str, worker_id: str, attempt: int, due_at: int, error: str) -> None:
-        await self.db.write(
-            partial(ops_exec.retry_run_txn, run_id=run_id, worker_id=worker_id, attempt=attempt, due_at=due_at, error=error, now=now_ms())
-        )
+    async def retry_run(self, lease: Lease, attempt: int, due_at: int, error: str) -> None:
+        await self.db.write(_at_commit(ops_exec.retry_run_txn, lease=lease, attempt=attempt, due_at=due_at, error=error))
 
     async def finish_run(
         self,
-        run_id: str,
-        worker_id: str,
+        lease: Lease,
         status: str,
         output: str | None,
         error: str | None,
         steps: Sequence[tuple[StepResult, int]] = (),
     ) -> None:
         """End a run; ``steps`` (each with its sequence number) are saved in the same transaction first."""
-        await self.db.write_item(FINISHES, (run_id, worker_id, status, output, error, now_ms(), tuple(steps)))
+        await self.db.write_item(FINISHES, (lease, status, output, error, now_ms(), tuple(steps)))
 
-    async def heartbeat(self, worker_id: str, run_ids: list[str], lease_ms: int) -> list[str]:
-        return await self.db.write(
-            partial(ops_exec.heartbeat_txn, worker_id=worker_id, run_ids=run_ids, now=now_ms(), lease_ms=lease_ms)
-        )
+    async def heartbeat(self, worker_id: str, leases: list[Lease], lease_ms: int) -> Renewal:
+        return await self.db.write(partial(ops_exec.heartbeat_txn, worker_id=worker_id, leases=leases, lease_ms=lease_ms))
 
-    async def release(self, worker_id: str, run_ids: list[str]) -> None:
-        await self.db.write(partial(ops_exec.release_txn, worker_id=worker_id, run_ids=run_ids, now=now_ms()))
+    async def release(self, leases: list[Lease]) -> None:
+        await self.db.write(_at_commit(ops_exec.release_txn, leases=leases))
 
-    async def set_progress(self, run_id: str, percent: float, message: str | None) -> None:
-        await self.db.write(partial(ops_exec.set_progress_txn, run_id=run_id, percent=percent, message=message, now=now_ms()))
+    async def cancel_requested(self, worker_id: str) -> list[str]:
+        """The runs leased to ``worker_id`` that were asked to cancel."""
+        return await self.db.read(partial(ops_exec.cancel_requested_txn, worker_id=worker_id))
 
-    async def publish(self, run_id: str, topic: str, data: str) -> int:
-        return await self.db.write(partial(ops_exec.publish_txn, run_id=run_id, topic=topic, data=data, now=now_ms()))
+    async def set_progress(self, lease: Lease, percent: float, message: str | None) -> None:
+        await self.db.write(_at_commit(ops_exec.set_progress_txn, lease=lease, percent=percent, message=message))
+
+    async def publish(self, lease: Lease, topic: str, data: str) -> int:
+        return await self.db.write(_at_commit(ops_exec.publish_txn, lease=lease, topic=topic, data=data))
 
     async def cancel_run(self, run_id: str, reason: str) -> str:
-        return await self.db.write(partial(ops_runs.cancel_run_txn, run_id=run_id, now=now_ms(), reason=reason))
+        return await self.db.write(_at_commit(ops_runs.cancel_run_txn, run_id=run_id, reason=reason))
 
     async def replay_run(self, run_id: str) -> str:
-        return await self.db.write(partial(ops_runs.replay_run_txn, run_id=run_id, now=now_ms()))
+        return await self.db.write(_at_commit(ops_runs.replay_run_txn, run_id=run_id))
 
     async def unpark_sweep(self) -> int:
-        return await self.db.write(partial(ops_exec.unpark_sweep_txn, now=now_ms()))
+        return await self.db.write(_at_commit(ops_exec.unpark_sweep_txn))
 
     async def cron_schedules(self, function_ids: list[str]) -> list[dict[str, Any]]:
         return await self.db.read(partial(ops_exec.cron_schedules_txn, function_ids=function_ids))
 
     async def fire_cron(self, function_id: str, position: int, tick: int, next_tick: int) -> str | None:
         return await self.db.write(
-            partial(ops_exec.fire_cron_txn, function_id=function_id, position=position, tick=tick, next_tick=next_tick, now=now_ms())
+            _at_commit(ops_exec.fire_cron_txn, function_id=function_id, position=position, tick=tick, next_tick=next_tick)
         )
 
     # --- reads ---------------------------------------------------------------------
@@ -188,7 +201,7 @@ class Store:
     async def rerun_from_failed_step(self, run_id: str) -> dict[str, Any]:
         from stepline.store import ops_admin
 
-        return await self.db.write(partial(ops_admin.rerun_from_failed_step_txn, run_id=run_id, now=now_ms()))
+        return await self.db.write(_at_commit(ops_admin.rerun_from_failed_step_txn, run_id=run_id))
 
     async def bulk_cancel(
         self, function_id: str, since_ms: int | None, until_ms: int | None, reason: str, limit: int
@@ -196,9 +209,9 @@ class Store:
         from stepline.store import ops_admin
 
         return await self.db.write(
-            partial(
+            _at_commit(
                 ops_admin.bulk_cancel_txn, function_id=function_id, since_ms=since_ms, until_ms=until_ms,
-                now=now_ms(), reason=reason, limit=limit,
+                reason=reason, limit=limit,
             )
         )
 
