@@ -70,6 +70,7 @@ class Settings:
     concurrency: int = 500
     sync_threads: int = 32
     lease: float = 30.0
+    fencing: bool = True
     handoff: bool = True
     retry_base: float = 1.0
     retry_max: float = 600.0
@@ -77,11 +78,11 @@ class Settings:
     max_event_bytes: int = 1024 * 1024
     max_step_output_bytes: int = 4 * 1024 * 1024
     max_run_state_bytes: int = 32 * 1024 * 1024
-    log_level: str = "INFO"
     max_json_depth: int = 64
     max_name_bytes: int = 256
     max_id_bytes: int = 256
     max_user_id_bytes: int = 256
+    log_level: str = "INFO"
     loop: str = "auto"
     allowed_hosts: str = ""
     max_header_bytes: int = 16 * 1024
@@ -96,7 +97,6 @@ class Settings:
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
-    fencing: bool = True
 
 def from_env(environ: Mapping[str, str] | None = None) -> Settings:
     """Settings from ``STEPLINE_*`` variables; a bad value names the variable and what it takes."""
