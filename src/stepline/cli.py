@@ -49,6 +49,8 @@ def load_apps(specs: Sequence[str]) -> list[App]:
             module = importlib.import_module(module_name)
         except ImportError as exc:
             raise click.BadParameter(f"{spec!r}: cannot import {module_name!r}: {exc}") from exc
+        except errors.SteplineError as exc:  # a function declared wrongly, e.g. a CEL expression that does not compile
+            raise click.ClickException(f"{spec}: {_first_line(exc)}; fix it in {module_name} and start again") from exc
         value = getattr(module, attribute, None)
         found = value if isinstance(value, (list, tuple)) else [value]
         if not found or not all(isinstance(a, App) for a in found):
@@ -78,9 +80,11 @@ async def _serve(
     from stepline.engine import Engine
     from stepline.server import create_app, serving
     from stepline.server.common import ServerOptions
-    from stepline.store import open_store
+    from stepline.store import migrate, open_store
 
-    store = open_store(settings.db, migrate_now=dev)
+    # Migrating takes yoyo's lock, a write: only when there is something to apply, so a
+    # database that refuses writes is reported at once rather than after the lock's timeout.
+    store = open_store(settings.db, migrate_now=dev and bool(migrate.pending(settings.db)))
     engine = Engine(store, settings, apps)
     sdk_apps = inngest.attach(engine, inngest.InngestOptions(
         dev=dev, signing_key=settings.inngest_signing_key, signing_key_fallback=settings.inngest_signing_key_fallback, **(sdk or {})
@@ -125,13 +129,43 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _read_only_database(db: str, exc: BaseException) -> str | None:
+    """The one-line explanation when ``exc`` (or anything it was raised from) says the
+    database refuses writes; None otherwise."""
+    from stepline.store.migrate import redact
+
+    cause = None
+    seen: BaseException | None = exc
+    while seen is not None:  # the innermost one says it plainest
+        if type(seen).__name__ == "ReadOnlySqlTransaction" or "readonly database" in str(seen):
+            cause = seen
+        seen = seen.__cause__ or seen.__context__
+    if cause is None:
+        return None
+    return (
+        f"the database {redact(db)} is read-only ({_first_line(cause)}); make it writable by this user "
+        "(SQLite: the file and its directory; PostgreSQL: a role that may write, with "
+        "default_transaction_read_only off), or point --db / STEPLINE_DB at a writable one"
+    )
+
+
 def _run(main_coro: Any, settings: settings_mod.Settings) -> None:
-    """Run a long-lived command on the configured loop; a Stepline error becomes a one-line message."""
+    """Run a long-lived command on the configured loop. A Stepline error, or a database that
+    refuses writes, becomes a one-line message; other errors keep their traceback."""
     gctuning.tune_for_worker()  # the apps are loaded: what exists now lives as long as the process
     try:
         eventloop.run(main_coro, settings.loop)
     except errors.SteplineError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(_read_only_database(settings.db, exc) or _first_line(exc)) from exc
+    except Exception as exc:
+        problem = _read_only_database(settings.db, exc)
+        if problem is None:
+            raise
+        raise click.ClickException(problem) from exc
 
 
 def _common_server_options(fn: Any) -> Any:
@@ -206,7 +240,13 @@ def migrate(db: str | None) -> None:
     from stepline.store import migrate as migrate_mod
 
     settings = _settings(db=db)
-    applied = migrate_mod.apply(settings.db)
+    try:
+        applied = migrate_mod.apply(settings.db)
+    except Exception as exc:
+        problem = _read_only_database(settings.db, exc)
+        if problem is None:
+            raise
+        raise click.ClickException(problem) from exc
     click.echo(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}")
 
 
