@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, Protocol
 
@@ -27,6 +26,10 @@ class RunDriver(Protocol):
 
     @property
     def replaying(self) -> bool: ...
+
+    def now(self) -> float:
+        """Seconds since the epoch on the engine's clock, which sleeps and timeouts are measured on."""
+        ...
 
     async def run_step(self, step_id: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any: ...
 
@@ -93,7 +96,7 @@ class Step:
     async def sleep(self, step_id: str, duration: durations.Duration) -> None:
         """Suspend the run for ``duration``; the worker's slot is freed meanwhile."""
         seconds = durations.parse(duration, field=f"step.sleep({step_id!r})")
-        await self._driver.sleep_until(_step_id(step_id), _now() + seconds)
+        await self._driver.sleep_until(_step_id(step_id), self._driver.now() + seconds)
 
     async def sleep_until(self, step_id: str, until: dt.datetime) -> None:
         """Suspend the run until ``until`` (an aware datetime)."""
@@ -227,7 +230,3 @@ class SyncContext(Context):
 
     def publish(self, data: Any, *, topic: str = "default") -> None:  # type: ignore[override]
         asyncio.run_coroutine_threadsafe(Context.publish(self, data, topic=topic), self._loop).result()
-
-
-def _now() -> float:
-    return time.time()

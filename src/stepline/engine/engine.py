@@ -17,7 +17,7 @@ from stepline.engine.executor import Services
 from stepline.engine.worker import Worker, new_worker_id
 from stepline.function import Function, TriggerCron
 from stepline.settings import Settings
-from stepline.store import Store, now_ms
+from stepline.store import Store
 
 log = logging.getLogger("stepline.engine")
 
@@ -111,7 +111,7 @@ class Engine:
             self.worker.set_functions(self.served_functions())
 
     async def register(self, functions: list[Function]) -> None:
-        now = now_ms()
+        now = self.store.now_ms()
         cron_next = {
             (fn.id, pos): cron.next_tick_ms(t.cron, t.timezone, now)
             for fn in functions

@@ -38,7 +38,7 @@ from stepline.engine import retry
 from stepline.engine.signals import Halt, Suspend
 from stepline.function import Function
 from stepline.settings import Settings
-from stepline.store import ClaimedRun, Lease, StepResult, Store, Suspension, now_ms
+from stepline.store import ClaimedRun, Lease, StepResult, Store, Suspension
 from stepline.store.ops_exec import LeaseLost
 
 log = logging.getLogger("stepline.executor")
@@ -212,6 +212,9 @@ class RunExecution:
 
     # --- RunDriver -----------------------------------------------------------------
 
+    def now(self) -> float:
+        return self._store.clock.time()
+
     async def run_step(self, step_id: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         return await self.record_step(step_id, "run", functools.partial(self._call, fn, args, kwargs), None)
 
@@ -271,7 +274,7 @@ class RunExecution:
             if self.cancel_requested:
                 raise Halt()
         self._check_lease()  # no step starts once the lease may have run out
-        started = now_ms()
+        started = self._store.now_ms()
         try:
             result = await compute()
             output = jsonutil.dumps_checked(result, what=f"step {step_id!r}'s result")
@@ -281,7 +284,7 @@ class RunExecution:
             raise
         except Exception as exc:  # noqa: BLE001 - user code; classified by the retry policy
             return await self._step_failed(key, step_id, kind, exc, attempt, started)
-        step = StepResult(key, step_id, kind, "completed", output, None, attempt, started, now_ms(), meta_json)
+        step = StepResult(key, step_id, kind, "completed", output, None, attempt, started, self._store.now_ms(), meta_json)
         self._save_soon(step)
         self._state_bytes += len(output)
         return jsonutil.loads(output)
@@ -305,7 +308,7 @@ class RunExecution:
         error = retry.error_dict(exc)
         error_json = jsonutil.dumps(error)
         if retry.is_final(exc) or attempt > self.function.config.retries:
-            step = StepResult(key, step_id, kind, "failed", None, error_json, attempt, started, now_ms())
+            step = StepResult(key, step_id, kind, "failed", None, error_json, attempt, started, self._store.now_ms())
             await self.sync()
             if await self.write(self._store.checkpoint(self.lease, step, self._next_seq())):
                 self.cancel_requested = True
@@ -315,7 +318,7 @@ class RunExecution:
         log.info("run %s step %r attempt %d failed (%s); retrying in %.2fs", self.run_id, step_id, attempt, exc, delay)
         self._suspend(
             Suspension(
-                "retry", key, step_id, now_ms() + int(delay * 1000), attempt=attempt, error=error_json,
+                "retry", key, step_id, self._store.now_ms() + int(delay * 1000), attempt=attempt, error=error_json,
                 started_at=started, step_kind=kind,
             )
         )
@@ -326,7 +329,7 @@ class RunExecution:
             if entry.status == "completed":
                 return
             self._suspend(Suspension("sleep", key, step_id, entry.wake_at))
-        now = now_ms()
+        now = self._store.now_ms()
         wake_ms = int(wake_at * 1000)
         if wake_ms <= now:
             step = StepResult(key, step_id, "sleep", "completed", "null", None, 1, now, now)
@@ -342,7 +345,7 @@ class RunExecution:
                 body = jsonutil.loads(entry.output)
                 return None if body is None else event_mod.Event.from_dict(body)
             self._suspend(Suspension("wait", key, step_id, entry.wake_at))
-        now = now_ms()
+        now = self._store.now_ms()
         self._suspend(
             Suspension("wait", key, step_id, now + int(timeout * 1000), event_name=event, expression=expression, started_at=now)
         )
@@ -355,7 +358,7 @@ class RunExecution:
             if entry.status == "failed":
                 raise self._step_error(step_id, entry.error)
             self._suspend(Suspension("invoke", key, step_id, entry.wake_at))
-        now = now_ms()
+        now = self._store.now_ms()
         jsonutil.dumps_checked(data, what=f"invoke({step_id!r}) data")
         self._suspend(
             Suspension(
@@ -374,7 +377,7 @@ class RunExecution:
         if entry is not None and entry.status == "completed":
             return list(jsonutil.loads(entry.output))
         validated = [self._services.validate_event(raw, i) for i, raw in enumerate(events)]
-        now = now_ms()
+        now = self._store.now_ms()
         step = StepResult(key, step_id, "send_event", "completed", None, None, 1, now, now)
         await self.sync()
         self._check_lease()
@@ -482,7 +485,7 @@ class Executor:
     async def _settle(self, claimed: ClaimedRun, execution: RunExecution, task: asyncio.Future[Any]) -> None:
         timeout = None
         if claimed.finish_deadline is not None:
-            timeout = max(0.0, (claimed.finish_deadline - now_ms()) / 1000)
+            timeout = max(0.0, (claimed.finish_deadline - self._store.now_ms()) / 1000)
         try:
             result = await asyncio.wait_for(task, timeout) if timeout is not None else await task
         except (Suspend, Halt):
@@ -559,4 +562,4 @@ class Executor:
         settings = self._services.settings
         delay = retry.delay_for(exc, attempt, base=settings.retry_base, maximum=settings.retry_max)
         execution.ending = True
-        await self._store.retry_run(execution.lease, attempt, now_ms() + int(delay * 1000), error_json)
+        await self._store.retry_run(execution.lease, attempt, self._store.now_ms() + int(delay * 1000), error_json)

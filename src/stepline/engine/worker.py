@@ -16,7 +16,7 @@ from stepline import ids
 from stepline.engine import cron
 from stepline.engine.executor import Executor, Services
 from stepline.function import Function
-from stepline.store import Store, now_ms
+from stepline.store import Store
 from stepline.store.records import ClaimedRun, HandOff, Lease
 
 log = logging.getLogger("stepline.worker")
@@ -199,7 +199,7 @@ class Worker:
                 continue
             timeout = self.poll_interval
             if next_due is not None:
-                timeout = min(timeout, max(0.0, (next_due - now_ms()) / 1000))
+                timeout = min(timeout, max(0.0, (next_due - self._store.now_ms()) / 1000))
             self._idle = True  # the queue held no more ready runs for us: offers are fair now
             try:
                 with contextlib.suppress(TimeoutError):
@@ -279,7 +279,7 @@ class Worker:
         while not self._stopping:
             wait = 1.0
             try:
-                now = now_ms()
+                now = self._store.now_ms()
                 for row in await self._store.cron_schedules(cron_ids):
                     if row["next_tick"] <= now:
                         # Count from now, not from the missed tick: after downtime one catch-up run, no burst.

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
+from stepline import clock as clock_mod
 from stepline import event as event_mod
 from stepline.store import db, migrate, ops_exec, ops_ingest, ops_read, ops_runs
 from stepline.store.records import ClaimedRun, HandOff, Lease, Renewal, StepResult, Suspension
@@ -25,18 +26,23 @@ FINISHES = db.Batched("finish", ops_exec.finish_many_txn)
 
 
 def now_ms() -> int:
+    """Now on the system clock; the engine reads its store's (``Store.now_ms``)."""
     return int(time.time() * 1000)
 
 
-def _at_commit(op: Callable[..., T], **params: Any) -> Callable[[db.Conn], T]:
-    """``op`` with ``now`` read when its transaction runs (see "writes" below)."""
-    return lambda conn: op(conn, now=now_ms(), **params)
-
-
 class Store:
-    def __init__(self, database: db.Database, url: str) -> None:
+    def __init__(self, database: db.Database, url: str, clock: clock_mod.Clock | None = None) -> None:
         self.db = database
         self.url = url
+        # Due times, timers and recorded times are read from this clock (leases are on the
+        # database's own clock, see ops_exec); bound once, so a read costs one call.
+        self.clock = clock or clock_mod.SYSTEM
+        self.now_ms: Callable[[], int] = self.clock.now_ms
+
+    def _at_commit(self, op: Callable[..., T], **params: Any) -> Callable[[db.Conn], T]:
+        """``op`` with ``now`` read when its transaction runs (see "writes" below)."""
+        now = self.now_ms
+        return lambda conn: op(conn, now=now(), **params)
 
     @property
     def dialect(self) -> str:
@@ -53,13 +59,13 @@ class Store:
     # a stall, a run is not created or claimed with a time (or lease) already long past.
 
     async def register_functions(self, configs: list[dict[str, Any]], cron_next: Mapping[tuple[str, int], int]) -> None:
-        await self.db.write(_at_commit(ops_runs.register_functions_txn, configs=configs, cron_next=cron_next))
+        await self.db.write(self._at_commit(ops_runs.register_functions_txn, configs=configs, cron_next=cron_next))
 
     async def ingest(self, events: list[event_mod.Event], handoff: HandOff | None = None) -> list[str]:
         def ingest(conn: db.Conn) -> list[str]:
             if handoff is not None:
                 handoff.leased_at = time.monotonic()
-            ids = ops_ingest.ingest_txn(conn, events, now_ms(), handoff)
+            ids = ops_ingest.ingest_txn(conn, events, self.now_ms(), handoff)
             if handoff is not None:
                 ops_runs.stamp_handoff_leases_txn(conn, handoff)
             return ids
@@ -72,7 +78,7 @@ class Store:
         self, worker_id: str, function_ids: list[str], limit: int, lease_ms: int, *, reclaim_expired: bool = True,
         exclude: frozenset[str] = frozenset(),
     ) -> tuple[list[ClaimedRun], int | None]:
-        claim = _at_commit(
+        claim = self._at_commit(
             ops_exec.claim_txn, worker_id=worker_id, function_ids=function_ids, limit=limit, lease_ms=lease_ms,
             reclaim_expired=reclaim_expired, exclude=exclude,
         )
@@ -87,13 +93,13 @@ class Store:
         return self.db.submit_item(CHECKPOINTS, (lease, step, seq))
 
     async def send_events_step(self, lease: Lease, step: StepResult, seq: int, events: list[event_mod.Event]) -> list[str]:
-        return await self.db.write(_at_commit(ops_exec.send_events_step_txn, lease=lease, step=step, seq=seq, events=events))
+        return await self.db.write(self._at_commit(ops_exec.send_events_step_txn, lease=lease, step=step, seq=seq, events=events))
 
     async def suspend(self, lease: Lease, suspensions: list[Suspension], seq: int) -> None:
-        await self.db.write(_at_commit(ops_exec.suspend_txn, lease=lease, suspensions=suspensions, seq=seq))
+        await self.db.write(self._at_commit(ops_exec.suspend_txn, lease=lease, suspensions=suspensions, seq=seq))
 
     async def retry_run(self, lease: Lease, attempt: int, due_at: int, error: str) -> None:
-        await self.db.write(_at_commit(ops_exec.retry_run_txn, lease=lease, attempt=attempt, due_at=due_at, error=error))
+        await self.db.write(self._at_commit(ops_exec.retry_run_txn, lease=lease, attempt=attempt, due_at=due_at, error=error))
 
     async def finish_run(
         self,
@@ -104,39 +110,39 @@ class Store:
         steps: Sequence[tuple[StepResult, int]] = (),
     ) -> None:
         """End a run; ``steps`` (each with its sequence number) are saved in the same transaction first."""
-        await self.db.write_item(FINISHES, (lease, status, output, error, now_ms(), tuple(steps)))
+        await self.db.write_item(FINISHES, (lease, status, output, error, self.now_ms(), tuple(steps)))
 
     async def heartbeat(self, worker_id: str, leases: list[Lease], lease_ms: int) -> Renewal:
         return await self.db.write(partial(ops_exec.heartbeat_txn, worker_id=worker_id, leases=leases, lease_ms=lease_ms))
 
     async def release(self, leases: list[Lease]) -> None:
-        await self.db.write(_at_commit(ops_exec.release_txn, leases=leases))
+        await self.db.write(self._at_commit(ops_exec.release_txn, leases=leases))
 
     async def cancel_requested(self, worker_id: str) -> list[str]:
         """The runs leased to ``worker_id`` that were asked to cancel."""
         return await self.db.read(partial(ops_exec.cancel_requested_txn, worker_id=worker_id))
 
     async def set_progress(self, lease: Lease, percent: float, message: str | None) -> None:
-        await self.db.write(_at_commit(ops_exec.set_progress_txn, lease=lease, percent=percent, message=message))
+        await self.db.write(self._at_commit(ops_exec.set_progress_txn, lease=lease, percent=percent, message=message))
 
     async def publish(self, lease: Lease, topic: str, data: str) -> int:
-        return await self.db.write(_at_commit(ops_exec.publish_txn, lease=lease, topic=topic, data=data))
+        return await self.db.write(self._at_commit(ops_exec.publish_txn, lease=lease, topic=topic, data=data))
 
     async def cancel_run(self, run_id: str, reason: str) -> str:
-        return await self.db.write(_at_commit(ops_runs.cancel_run_txn, run_id=run_id, reason=reason))
+        return await self.db.write(self._at_commit(ops_runs.cancel_run_txn, run_id=run_id, reason=reason))
 
     async def replay_run(self, run_id: str) -> str:
-        return await self.db.write(_at_commit(ops_runs.replay_run_txn, run_id=run_id))
+        return await self.db.write(self._at_commit(ops_runs.replay_run_txn, run_id=run_id))
 
     async def unpark_sweep(self) -> int:
-        return await self.db.write(_at_commit(ops_exec.unpark_sweep_txn))
+        return await self.db.write(self._at_commit(ops_exec.unpark_sweep_txn))
 
     async def cron_schedules(self, function_ids: list[str]) -> list[dict[str, Any]]:
         return await self.db.read(partial(ops_exec.cron_schedules_txn, function_ids=function_ids))
 
     async def fire_cron(self, function_id: str, position: int, tick: int, next_tick: int) -> str | None:
         return await self.db.write(
-            _at_commit(ops_exec.fire_cron_txn, function_id=function_id, position=position, tick=tick, next_tick=next_tick)
+            self._at_commit(ops_exec.fire_cron_txn, function_id=function_id, position=position, tick=tick, next_tick=next_tick)
         )
 
     # --- reads ---------------------------------------------------------------------
@@ -164,7 +170,7 @@ class Store:
     async def functions_overview(self) -> list[dict[str, Any]]:
         from stepline.store import ops_query
 
-        return await self.db.read(partial(ops_query.functions_overview_txn, now=now_ms()))
+        return await self.db.read(partial(ops_query.functions_overview_txn, now=self.now_ms()))
 
     async def event_detail(self, event_id: str) -> dict[str, Any]:
         from stepline.store import ops_query
@@ -186,7 +192,7 @@ class Store:
         from stepline.store import ops_metrics
 
         return await self.db.read(
-            partial(ops_metrics.overview_txn, now=now_ms(), since_ms=since_ms, usage_since_ms=usage_since_ms)
+            partial(ops_metrics.overview_txn, now=self.now_ms(), since_ms=since_ms, usage_since_ms=usage_since_ms)
         )
 
     async def metrics_query(self, name: str, **params: Any) -> Any:
@@ -195,13 +201,13 @@ class Store:
 
         op = getattr(ops_metrics, f"{name}_txn")
         if name == "queue_depth":
-            params.setdefault("now", now_ms())
+            params.setdefault("now", self.now_ms())
         return await self.db.read(partial(op, **params))
 
     async def rerun_from_failed_step(self, run_id: str) -> dict[str, Any]:
         from stepline.store import ops_admin
 
-        return await self.db.write(_at_commit(ops_admin.rerun_from_failed_step_txn, run_id=run_id))
+        return await self.db.write(self._at_commit(ops_admin.rerun_from_failed_step_txn, run_id=run_id))
 
     async def bulk_cancel(
         self, function_id: str, since_ms: int | None, until_ms: int | None, reason: str, limit: int
@@ -209,7 +215,7 @@ class Store:
         from stepline.store import ops_admin
 
         return await self.db.write(
-            _at_commit(
+            self._at_commit(
                 ops_admin.bulk_cancel_txn, function_id=function_id, since_ms=since_ms, until_ms=until_ms,
                 reason=reason, limit=limit,
             )
@@ -220,11 +226,12 @@ def is_postgres_url(url: str) -> bool:
     return url.startswith(("postgresql://", "postgres://"))
 
 
-def open_store(url: str, *, migrate_now: bool = True) -> Store:
+def open_store(url: str, *, migrate_now: bool = True, clock: clock_mod.Clock | None = None) -> Store:
     """A store for ``url`` (a SQLite path, or ``postgresql://...``), its schema checked.
 
     ``migrate_now`` applies pending migrations (dev); otherwise pending ones are an error
-    that names ``stepline migrate``.
+    that names ``stepline migrate``. ``clock``: what due times are measured on (the
+    system clock unless a test skips time; see ``stepline.clock``).
     """
     if not is_postgres_url(url):
         directory = os.path.dirname(os.path.abspath(sqlite_path(url)))
@@ -233,10 +240,10 @@ def open_store(url: str, *, migrate_now: bool = True) -> Store:
     if is_postgres_url(url):
         from stepline.store import postgres
 
-        return Store(postgres.PostgresDatabase(url), url)
+        return Store(postgres.PostgresDatabase(url), url, clock)
     from stepline.store import sqlite
 
-    return Store(sqlite.SQLiteDatabase(sqlite_path(url)), url)
+    return Store(sqlite.SQLiteDatabase(sqlite_path(url)), url, clock)
 
 
 def sqlite_path(url: str) -> str:
