@@ -3,7 +3,8 @@
 Two functions start for every ``chaos/job`` event, one async and one sync, each made of
 five strictly sequential steps. Every step execution writes a start and an end line to
 the audit log (``tests/chaos/auditlog.py``) and returns its fresh execution id, so the
-committed journal says which execution committed. Step durations come from the event.
+committed journal says which execution committed. Step durations come from the event;
+``hold``, when given, makes the async function's s2 long enough to outlast a stall.
 """
 
 from __future__ import annotations
@@ -22,13 +23,19 @@ FUNCTIONS = ("chaos-async", "chaos-sync")
 
 
 async def async_step(run_id: str, step: str, seconds: float) -> str:
+    """Can be cancelled mid-way (a worker stopping a run it may no longer hold): the end
+    line then says when the cancellation reached it."""
     execution, started = auditlog.begin(run_id, step)
-    await asyncio.sleep(seconds)
+    try:
+        await asyncio.sleep(seconds)
+    except BaseException:
+        auditlog.end(run_id, step, execution, started, stopped=True)
+        raise
     return auditlog.end(run_id, step, execution, started)
 
 
 def sync_step(run_id: str, step: str, seconds: float) -> str:
-    """Runs in the worker's step thread pool."""
+    """Runs in the worker's step thread pool, where nothing can stop it before it returns."""
     execution, started = auditlog.begin(run_id, step)
     time.sleep(seconds)
     return auditlog.end(run_id, step, execution, started)
@@ -39,7 +46,7 @@ async def pipeline(ctx: stepline.Context) -> dict:
     """Short, long, a sync step in a thread, short, medium."""
     seconds = ctx.event.data["seconds"]
     done = [await ctx.step.run("s1", async_step, ctx.run_id, "s1", seconds[0])]
-    done.append(await ctx.step.run("s2", async_step, ctx.run_id, "s2", seconds[1]))
+    done.append(await ctx.step.run("s2", async_step, ctx.run_id, "s2", ctx.event.data.get("hold") or seconds[1]))
     done.append(await ctx.step.run("s3", sync_step, ctx.run_id, "s3", seconds[2]))
     done.append(await ctx.step.run("s4", async_step, ctx.run_id, "s4", seconds[3]))
     done.append(await ctx.step.run("s5", async_step, ctx.run_id, "s5", seconds[4]))

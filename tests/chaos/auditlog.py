@@ -39,8 +39,10 @@ def begin(run_id: str, step: str) -> tuple[str, float]:
     return execution, started
 
 
-def end(run_id: str, step: str, execution: str, started: float) -> str:
-    append({"ev": "end", "pid": os.getpid(), "run": run_id, "step": step, "exec": execution, "start": started, "t": time.time()})
+def end(run_id: str, step: str, execution: str, started: float, *, stopped: bool = False) -> str:
+    """Record the end of an execution: it returned, or (``stopped``) it was cancelled mid-way."""
+    record = {"ev": "end", "pid": os.getpid(), "run": run_id, "step": step, "exec": execution, "start": started, "t": time.time()}
+    append(record | {"stopped": True} if stopped else record)
     return execution
 
 
@@ -54,6 +56,7 @@ class Execution:
     pid: int
     start: float
     end: float | None
+    stopped: bool = False  # cancelled mid-way (its end is when the cancellation reached it)
 
 
 def read(path: str | Path) -> tuple[list[Execution], list[str]]:
@@ -72,6 +75,7 @@ def read(path: str | Path) -> tuple[list[Execution], list[str]]:
             else:
                 execution.start = float(record["start"])
                 execution.end = float(record["t"])
+                execution.stopped = bool(record.get("stopped"))
         except (ValueError, KeyError, TypeError):
             bad.append(line)
     return list(found.values()), bad

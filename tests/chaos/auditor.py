@@ -141,7 +141,7 @@ class _Audit:
         return self.seen.process_ends.get(execution.pid, math.inf)
 
     def describe(self, execution: Execution) -> str:
-        ending = "" if execution.end is not None else " (no end line)"
+        ending = " (no end line)" if execution.end is None else " (cancelled)" if execution.stopped else ""
         return (
             f"{execution.step} exec {execution.exec_id[:8]} pid {execution.pid} "
             f"[{_fmt(execution.start)} .. {_fmt(self.end_of(execution))}]{ending}"
@@ -190,8 +190,8 @@ class _Audit:
                 self.flag("C", run_id, f"committed {step} output {output!r} is no execution in the audit log")
             elif (execution.run_id, execution.step) != (run_id, step):
                 self.flag("C", run_id, f"committed {step} names {self.describe(execution)} of run {execution.run_id}")
-            elif execution.end is None:
-                self.flag("C", run_id, f"committed {step} has no end line: {self.describe(execution)}")
+            elif execution.end is None or execution.stopped:
+                self.flag("C", run_id, f"committed {step} never returned: {self.describe(execution)}")
 
     # --- D, E, F ---------------------------------------------------------------------
 

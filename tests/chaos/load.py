@@ -31,8 +31,12 @@ def step_seconds(rng: random.Random) -> list[float]:
 
 
 class Load:
-    def __init__(self, urls: list[str], event_key: str, *, rate: float, seed: int, give_up_after: float = 120.0) -> None:
+    def __init__(
+        self, urls: list[str], event_key: str, *, rate: float, seed: int,
+        hold: tuple[float, float] | None = None, give_up_after: float = 120.0,
+    ) -> None:
         self.urls = urls
+        self.hold = hold
         self.event_key = event_key
         self.interval = 1.0 / rate
         self.rng = random.Random(seed)
@@ -62,7 +66,10 @@ class Load:
 
     def _event(self) -> dict[str, Any]:
         n = next(self._counter)
-        return {"name": chaos_app.EVENT, "id": f"chaos-{n}", "data": {"n": n, "seconds": step_seconds(self.rng)}}
+        data: dict[str, Any] = {"n": n, "seconds": step_seconds(self.rng)}
+        if self.hold:
+            data["hold"] = round(self.rng.uniform(*self.hold), 3)
+        return {"name": chaos_app.EVENT, "id": f"chaos-{n}", "data": data}
 
     def _send(self, http: httpx.Client, servers: Any, batch: list[dict[str, Any]]) -> None:
         deadline = time.monotonic() + self.give_up_after

@@ -62,6 +62,7 @@ class Plan:
     gap: tuple[float, float] = (0.5, 3.0)  # seconds between faults
     stall_extra: tuple[float, float] = (1.0, 3.0)  # a stall outlasts the lease by this much
     fencing: bool | None = None  # None: leave STEPLINE_FENCING unset (the default)
+    hold: tuple[float, float] | None = None  # seconds of the async function's s2, to outlast a stall
     seed: int = dataclasses.field(default_factory=lambda: int(os.environ.get(SEED_VAR) or random.randrange(1 << 30)))
 
 
@@ -77,7 +78,8 @@ class Outcome:
     def text(self, limit: int = 20) -> str:
         head = (
             f"chaos {self.plan.backend}: {self.plan.seconds:.0f} s of {', '.join(self.plan.faults) or 'no faults'}, lease {self.plan.lease} s, "
-            f"fencing {'default' if self.plan.fencing is None else int(self.plan.fencing)}, seed {self.plan.seed}; "
+            f"fencing {'default' if self.plan.fencing is None else int(self.plan.fencing)}, "
+            f"{f'async s2 held {self.plan.hold[0]:g}-{self.plan.hold[1]:g} s, ' if self.plan.hold else ''}seed {self.plan.seed}; "
             f"load errors {self.load_errors}, never acknowledged {len(self.unacknowledged)}, settled {self.settled}\n"
             f"  files: {self.directory}"
         )
@@ -210,7 +212,7 @@ def run(plan: Plan, directory: Path) -> Outcome:
             cluster.add_worker()
         try:
             cluster.start_all()
-            load = Load(cluster.api_urls, EVENT_KEY, rate=plan.rate, seed=rng.randrange(1 << 30)).start()
+            load = Load(cluster.api_urls, EVENT_KEY, rate=plan.rate, seed=rng.randrange(1 << 30), hold=plan.hold).start()
             chaos = Chaos(plan, cluster, db, rng).start()
             deadline = time.monotonic() + plan.seconds
             while time.monotonic() < deadline and not chaos.failures:

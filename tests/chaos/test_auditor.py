@@ -25,12 +25,14 @@ class History:
         self.runs: dict[str, RunRow] = {}
         self.acknowledged: list[str] = []
 
-    def execute(self, run_id: str, step: str, pid: int, start: float, end: float | None, *, committed: bool = False) -> str:
+    def execute(
+        self, run_id: str, step: str, pid: int, start: float, end: float | None, *, committed: bool = False, stopped: bool = False
+    ) -> str:
         exec_id = uuid.uuid4().hex
         record = {"pid": pid, "run": run_id, "step": step, "exec": exec_id}
         auditlog.append({"ev": "start", **record, "t": start}, str(self.log))
         if end is not None:
-            auditlog.append({"ev": "end", **record, "start": start, "t": end}, str(self.log))
+            auditlog.append({"ev": "end", **record, "start": start, "t": end, "stopped": stopped}, str(self.log))
         if committed:
             self.committed[(run_id, step)] = exec_id
         return exec_id
@@ -57,16 +59,16 @@ class History:
             functions=("chaos-async", "chaos-sync"), steps=STEPS,
         ))
 
-    def replace_step(self, run_id: str, step: str, pid: int, start: float, end: float) -> None:
+    def replace_step(self, run_id: str, step: str, pid: int, start: float, end: float, *, stopped: bool = False) -> None:
         """Commit another execution of ``step`` instead (and fix the run's output to match)."""
-        self.execute(run_id, step, pid, start, end, committed=True)
+        self.execute(run_id, step, pid, start, end, committed=True, stopped=stopped)
         run = self.runs[run_id]
         output = dict(run.output)
         output["executions"] = [self.committed[(run_id, s)] for s in STEPS]
         self.runs[run_id] = RunRow(run.run_id, run.function_id, run.event_id, run.status, output, run.ended_at)
 
 
-def test_a_clean_history_with_an_execution_lost_to_a_kill_has_no_violation(tmp_path: Path) -> None:
+def test_a_clean_history_with_executions_lost_to_a_kill_and_a_stall_has_no_violation(tmp_path: Path) -> None:
     history = History(tmp_path)
     history.run("a")
     # Run b: s3 starts on pid 200, which is killed mid-step; pid 300 runs it again after the lease.
@@ -76,12 +78,18 @@ def test_a_clean_history_with_an_execution_lost_to_a_kill_has_no_violation(tmp_p
     history.faults.append(Fault("kill", "worker-2", 1999.5, 1999.5, pid=200))
     history.process_ends[200] = 1999.5
 
+    # Run b's sync twin: pid 200 stopped its own s2 (cancelled: its lease could not be
+    # renewed during a stall) before pid 300 ran it again.
+    history.execute("b-chaos-sync", "s2", 200, 1999.0, 1999.8, stopped=True)
+    history.faults.append(Fault("stall", "sqlite BEGIN EXCLUSIVE 3.5 s", 1999.2, 2000.7))
+
     report = history.audit()
 
     assert report.violations == [], report.text()
-    assert report.figures["executions"] == 4 * len(STEPS) + 1
-    assert report.figures["extra_executions"] == 1
-    assert report.figures["kills"] == 1 and report.figures["runs"] == 4 and report.figures["events"] == 2
+    assert report.figures["executions"] == 4 * len(STEPS) + 2
+    assert report.figures["extra_executions"] == 2
+    assert report.figures["kills"] == 1 and report.figures["stalls"] == 1
+    assert report.figures["runs"] == 4 and report.figures["events"] == 2
 
 
 def test_a_committed_step_that_runs_again_is_reported_as_a_duplicate(tmp_path: Path) -> None:
@@ -179,6 +187,14 @@ def test_missing_runs_stuck_runs_wrong_outputs_and_unlogged_steps_are_reported(t
     assert "is running" in next(v.detail for v in report.of("B") if v.run_id == "b-chaos-sync")
     (unlogged,) = report.of("C")
     assert unlogged.run_id == "b-chaos-async" and "s4" in unlogged.detail
+
+
+def test_a_committed_step_whose_execution_was_cancelled_is_reported(tmp_path: Path) -> None:
+    history = History(tmp_path)
+    history.run("a")
+    history.replace_step("a-chaos-async", "s5", 100, 1004.0, 1004.9, stopped=True)
+    (never_returned,) = history.audit().of("C")
+    assert "s5" in never_returned.detail and "never returned" in never_returned.detail and "(cancelled)" in never_returned.detail
 
 
 def test_a_step_overwritten_by_a_second_copy_running_at_once_is_reported(tmp_path: Path) -> None:
