@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 
 import stepline.llm
-from stepline import testing
+from stepline import cli_dev_models, testing
 from stepline.cli import DEFAULT_APP, load_apps
 from stepline.llm import providers
 from tests.helpers import send_and_wait
@@ -18,22 +19,20 @@ def dev_provider(tmp_path, monkeypatch: pytest.MonkeyPatch) -> Iterator[testing.
     monkeypatch.setenv("STEPLINE_EXAMPLES_DB", str(tmp_path / "examples.db"))
     for name, _ in providers.ENV_VARS:
         monkeypatch.setenv(name, "")  # no provider configured; restored after the test
-    monkeypatch.setattr(testing, "_dev_provider", None)
-    notice = testing.start_dev_provider()
-    assert notice is not None and "SIMULATED" in notice and "OPENROUTER_API_KEY" in notice
-    assert testing.start_dev_provider() is None  # once per process
-    fake = testing._dev_provider
-    assert fake is not None
+    dev_models = cli_dev_models.start(os.environ)
+    assert dev_models is not None
+    assert "SIMULATED" in dev_models.notice and "OPENROUTER_API_KEY" in dev_models.notice
+    assert os.environ["STEPLINE_LLM_BASE_URL"] == dev_models.provider.openai_base_url
+    assert cli_dev_models.start(os.environ) is None  # started once: the environment now names a provider
     stepline.llm.set_default(None)  # ctx.step.ai reads the environment the dev command set
-    yield fake
-    fake.stop()
+    yield dev_models.provider
+    dev_models.stop()
 
 
-def test_a_configured_provider_keeps_the_fake_away(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(testing, "_dev_provider", None)
-    monkeypatch.setenv("STEPLINE_LLM_PROVIDER", "")
-    monkeypatch.setenv("OPENROUTER_API_KEY", "sk-or-test")
-    assert testing.start_dev_provider() is None
+def test_a_configured_provider_keeps_the_fake_away() -> None:
+    env = {"OPENROUTER_API_KEY": "sk-or-test"}
+    assert cli_dev_models.start(env) is None
+    assert env == {"OPENROUTER_API_KEY": "sk-or-test"}
 
 
 async def test_readme_tour_runs_on_the_default_app(make_engine, dev_provider: testing.FakeProvider) -> None:

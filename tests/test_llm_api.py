@@ -5,6 +5,9 @@ from __future__ import annotations
 import types
 
 import stepline
+import stepline.cli_dev_models
+import stepline.fakes.loopback
+import stepline.fakes.provider
 import stepline.llm
 import stepline.testing
 
@@ -23,11 +26,20 @@ def test_llm_exports_match_all() -> None:
 
 
 def test_testing_exports_match_all() -> None:
-    exported = set(stepline.testing.__all__)
-    defined = {
+    # stepline.testing defines nothing itself: it is the face of stepline.fakes and of the test kit.
+    public = {
         name
         for name, value in vars(stepline.testing).items()
-        if not name.startswith("_") and isinstance(value, type | types.FunctionType) and value.__module__ == "stepline.testing"
+        if not name.startswith("_") and not isinstance(value, types.ModuleType) and name != "annotations"
     }
-    assert defined <= exported
-    assert {"FakeProvider", "Reply", "Fail", "Truncate", "Reset", "StreamError", "LoopbackServer", "start_dev_provider"} <= exported
+    assert public == set(stepline.testing.__all__)
+    documented = {"FakeProvider", "Reply", "Fail", "Truncate", "Reset", "StreamError", "LoopbackServer", "Request",
+                  "rate_limited", "server_error", "insufficient_quota", "overloaded"}
+    assert documented <= public
+    assert stepline.testing.FakeProvider is stepline.fakes.provider.FakeProvider
+    assert stepline.testing.LoopbackServer is stepline.fakes.loopback.LoopbackServer
+
+
+def test_the_dev_command_owns_its_simulated_models() -> None:
+    assert not hasattr(stepline.testing, "start_dev_provider")  # the CLI starts them (stepline.cli_dev_models)
+    assert callable(stepline.cli_dev_models.start)

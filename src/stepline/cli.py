@@ -190,11 +190,11 @@ def dev(apps: tuple[str, ...], db: str | None, port: int | None, host: str | Non
             "to serve other machines use `stepline start` with STEPLINE_EVENT_KEY and STEPLINE_API_TOKEN"
         )
     _setup_logging(settings.log_level)
-    from stepline.testing import start_dev_provider
+    from stepline import cli_dev_models
 
-    notice = start_dev_provider()  # SIMULATED models when no provider key is set
-    if notice:
-        click.echo(notice)
+    dev_models = cli_dev_models.start(os.environ)  # SIMULATED models when no provider key is set
+    if dev_models is not None:
+        click.echo(dev_models.notice)
     loaded = load_apps(apps or [DEFAULT_APP])
     with contextlib.suppress(KeyboardInterrupt):
         sdk = {"sdk_urls": sdk_url, "discovery": not no_discovery, "poll": not no_poll}

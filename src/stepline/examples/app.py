@@ -1,7 +1,7 @@
 """The apps ``stepline dev`` serves when given none: the four seed apps, runnable offline.
 
 With no provider key set, ``stepline dev`` starts the fake provider from
-``stepline.testing`` (SIMULATED models ``fake-quick`` and ``fake-slow``) and says
+``stepline.fakes`` (SIMULATED models ``fake-quick`` and ``fake-slow``) and says
 so; the repository and query examples call a SIMULATED API on loopback.
 
 - ``llm/generate.requested``  chat: validate → call-model (streamed) → store → notify;

@@ -1,6 +1,6 @@
 """SIMULATED external APIs for the examples: a GitHub-like repository API and a paginated query API.
 
-A real HTTP server on loopback (``stepline.testing.LoopbackServer``), so the
+A real HTTP server on loopback (``stepline.fakes.loopback.LoopbackServer``), so the
 examples' steps make real requests and meet real failures:
 
 - ``GET /repos/{owner}/{repo}/commits?page=&per_page=``: commit list, ``Link: rel="next"``
@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Any
 
-from stepline.testing import LoopbackServer, Request
+from stepline.fakes.loopback import LoopbackServer, Request
 
 COMMITS_PER_REPO = 12
 
