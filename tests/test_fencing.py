@@ -25,8 +25,8 @@ import pytest
 
 import stepline
 from stepline.engine import Engine
+from stepline.errors import LeaseLost
 from stepline.store import Lease, StepResult, open_store
-from stepline.store.ops_exec import LeaseLost
 from tests.conftest import TEST_SETTINGS
 from tests.helpers import eventually, runs_for_event, wait_run
 from tests.test_crash import REPO

@@ -9,7 +9,8 @@ the class: ``retryable`` says whether the engine retries a step or run that rais
     ├── EventError             an event is malformed or over the size limit
     ├── LimitError             a step output or run state is over its size limit
     ├── NotFoundError          no run / event / function with that id
-    ├── StoreError             the database is unreachable or not migrated
+    ├── StoreError             the database is unreachable, not migrated, or could not take a write
+    │   └── LeaseLost          the worker writing for a run no longer holds it
     ├── NonRetriableError      raise in a step or function: fail now, no retries
     ├── RetryAfterError        raise in a step or function: retry after exactly `delay`
     ├── StepError              a step failed after its retries; raised into the function
@@ -62,6 +63,13 @@ class StoreError(SteplineError):
     """The database cannot be used as it is (unreachable, or its schema is out of date)."""
 
     retryable = True
+
+
+class LeaseLost(StoreError):
+    """The worker writing for a run no longer holds it: its lease was taken over (the run
+    was leased again after this worker stalled past the lease), or the run ended."""
+
+    retryable = False
 
 
 class NonRetriableError(SteplineError):

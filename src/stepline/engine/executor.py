@@ -11,7 +11,7 @@ the checkpoint rides with the finish instead: one commit for both.
 
 Every write names the run's lease (owner and epoch). A run whose lease is lost stops
 at once and writes nothing more: when a write finds the run leased again
-(``LeaseLost``), when the database cannot take the write (``StoreError``: the outcome
+(``errors.LeaseLost``), when the database cannot take the write (``StoreError``: the outcome
 of its in-flight step is then unknown, and the run is left to be claimed again), or
 when the lease could not be renewed in time (the worker's own deadline, a little
 short of the lease's expiry in the database, so it stops before another worker may
@@ -39,16 +39,15 @@ from stepline.engine.signals import Halt, Suspend
 from stepline.function import Function
 from stepline.settings import Settings
 from stepline.store import ClaimedRun, Lease, StepResult, Store, Suspension
-from stepline.store.ops_exec import LeaseLost
 
 log = logging.getLogger("stepline.executor")
 
 # A worker stops a run once this share of the lease has passed since its last renewal
 # began without another one committing: before the lease can expire in the database.
 FENCE_AT = 0.75
-# Errors of a write that mean the run is no longer this worker's to write, or that
-# nothing can be known of the write: the run stops, nothing is counted against it.
-LOST = (LeaseLost, errors.StoreError)
+# Errors of a write that mean the run is no longer this worker's to write (LeaseLost), or
+# that nothing can be known of the write: the run stops, nothing is counted against it.
+LOST = errors.StoreError
 
 
 @dataclasses.dataclass

@@ -15,7 +15,6 @@ import hashlib
 import logging
 import os
 import weakref
-from functools import partial
 from typing import Any
 
 import httpx
@@ -24,7 +23,7 @@ from stepline import errors, jsonutil
 from stepline.context import Context
 from stepline.engine import Engine, cron
 from stepline.function import Function
-from stepline.inngest import config, driver, protocol, signing, store_ops
+from stepline.inngest import config, driver, protocol, signing
 from stepline.store import now_ms
 
 log = logging.getLogger("stepline.inngest")
@@ -155,7 +154,7 @@ class InngestRuntime:
 
     async def reload(self) -> None:
         """Re-read SDK functions from the store (another process may have synced an app)."""
-        configs = await self.engine.store.db.read(store_ops.sdk_functions_txn)
+        configs = await self.engine.store.sdk_functions()
         functions: dict[str, Function] = {}
         metas: dict[str, dict[str, Any]] = {}
         for cfg in configs:
@@ -190,14 +189,10 @@ class InngestRuntime:
         """SDK apps invoke ``<app id>-<function id>``; native functions answer to that too."""
         if slug in self._functions:
             return slug
-        return await self.engine.store.db.read(partial(store_ops.resolve_function_id_txn, slug=slug))
+        return await self.engine.store.resolve_function_id(slug)
 
     async def prepare_wait(self, run_id: str, key: str, event_name: str, expression: str | None, timeout: float) -> None:
-        now = now_ms()
-        await self.engine.store.db.write(
-            partial(store_ops.prepare_wait_txn, run_id=run_id, key=key, event_name=event_name, expression=expression,
-                    expires_at=now + int(timeout * 1000), now=now)
-        )
+        await self.engine.store.prepare_wait(run_id, key, event_name, expression, int(timeout * 1000))
 
     def watch_prepared_wait(self, run_id: str, key: str) -> None:
         """After the run suspends on a wait registered early, wake it if the event came in the
@@ -207,9 +202,7 @@ class InngestRuntime:
             for delay in (0.05, 0.2, 0.5, 1.0, 2.0, 5.0):
                 await asyncio.sleep(delay)
                 try:
-                    if await self.engine.store.db.write(
-                        partial(store_ops.wake_if_wait_done_txn, run_id=run_id, key=key, now=now_ms())
-                    ):
+                    if await self.engine.store.wake_if_wait_done(run_id, key):
                         return
                 except Exception:  # best effort: the wait's timeout still resumes the run
                     log.exception("checking the wait %s of run %s failed", key, run_id)
@@ -220,10 +213,10 @@ class InngestRuntime:
         task.add_done_callback(self._watchers.discard)
 
     async def step_row(self, run_id: str, key: str) -> dict[str, Any] | None:
-        return await self.engine.store.db.read(partial(store_ops.step_row_txn, run_id=run_id, key=key))
+        return await self.engine.store.step_row(run_id, key)
 
     async def journal(self, run_id: str) -> list[dict[str, Any]]:
-        return await self.engine.store.db.read(partial(store_ops.journal_txn, run_id=run_id))
+        return await self.engine.store.journal(run_id)
 
     async def call(self, meta: dict[str, Any], step_id: str, body: dict[str, Any], *, run_id: str) -> protocol.Reply:
         return await protocol.call(
@@ -295,7 +288,7 @@ class InngestRuntime:
             current = {s: m for s, m in self._metas.items() if m.get("app") == app}
             unchanged = set(current) == {c["id"] for c in stored} and all(m.get("checksum") == checksum for m in current.values())
             if not unchanged:
-                now = now_ms()
+                now = self.engine.store.now_ms()
                 cron_next = {
                     (c["id"], pos): cron.next_tick_ms(t["cron"], t["timezone"], now)
                     for c in stored
@@ -303,9 +296,7 @@ class InngestRuntime:
                     if "cron" in t
                 }
                 try:
-                    await self.engine.store.db.write(
-                        partial(store_ops.register_app_txn, app=app, configs=stored, cron_next=cron_next, now=now)
-                    )
+                    await self.engine.store.register_sdk_app(app, stored, cron_next)
                 except errors.ConfigError as exc:
                     self._status(url, app, body, error=str(exc))
                     raise RegistrationError(400, str(exc)) from exc

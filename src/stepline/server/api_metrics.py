@@ -69,10 +69,10 @@ def _line(name: str, labels: dict[str, Any], value: float | None) -> str:
 async def prometheus_text(request: Request) -> str:
     store = common.engine(request).store
     now = int(time.time() * 1000)
-    depth = await store.metrics_query("queue_depth")
-    counts = await store.metrics_query("status_counts")
-    stats = await store.metrics_query("function_stats", since_ms=now - 3600_000)
-    usage = await store.metrics_query("usage_by_model")
+    depth = await store.queue_depth()
+    counts = await store.status_counts()
+    stats = await store.function_stats(since_ms=now - 3600_000)
+    usage = await store.usage_by_model()
     out = [
         "# HELP stepline_queue_depth Runs in the queue per function: ready now, scheduled for later, leased by a worker.",
         "# TYPE stepline_queue_depth gauge",
@@ -125,7 +125,7 @@ async def health(request: Request) -> Response:
     engine = common.engine(request)
     worker = engine.worker
     try:
-        await engine.store.metrics_query("queue_depth")
+        await engine.store.queue_depth()
     except Exception as exc:  # noqa: BLE001 - health reports, it does not raise
         return JSON({"status": "unavailable", "database": engine.store.dialect, "error": str(exc)}, status_code=503)
     return JSON(

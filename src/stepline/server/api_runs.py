@@ -54,7 +54,7 @@ async def get_run(request: Request) -> Response:
         return denied
     engine = common.engine(request)
     run = await engine.get_run(run_id)
-    run["usage"] = await engine.store.metrics_query("run_usage", run_id=run_id)  # tokens and cost, as the seeds show
+    run["usage"] = await engine.store.run_usage(run_id)  # tokens and cost, as the seeds show
     return _cors(JSON(run), by_token)
 
 

@@ -8,7 +8,6 @@ these routes first, so the SDK-tolerant ``/e/{key}`` answers SDK senders.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 from starlette.applications import Starlette
@@ -25,7 +24,6 @@ from stepline.inngest import (
     attach,
     events,
     memos,
-    store_ops,
 )
 from stepline.server import common, responses
 from stepline.server.responses import JSON, problem
@@ -106,7 +104,7 @@ async def run_batch(request: Request) -> Response:
     denied = _check_bearer(request, rt)
     if denied is not None:
         return denied
-    found = await common.engine(request).store.db.read(partial(store_ops.run_events_txn, run_id=request.path_params["run_id"]))
+    found = await common.engine(request).store.run_events(request.path_params["run_id"])
     if found is None:
         return problem(404, f"no run with id {request.path_params['run_id']!r}")
     return JSON([events.to_sdk(e) for e in found])
@@ -133,9 +131,7 @@ async def invoke(request: Request) -> Response:
         return problem(400, "'data' must be a JSON object")
     _check_event(event_mod.FUNCTION_INVOKED, dict(data or {}))
     engine = common.engine(request)
-    event_id, run_id = await engine.store.db.write(
-        partial(store_ops.invoke_txn, function_id=request.path_params["slug"], data=dict(data or {}), now=now_ms())
-    )
+    event_id, run_id = await engine.store.invoke_function(request.path_params["slug"], dict(data or {}))
     return JSON({"id": event_id, "run_id": run_id, "status": 200})
 
 
@@ -156,9 +152,9 @@ async def send_signal(request: Request) -> Response:
         _check_event(events.SIGNAL_EVENT, {"signal": signal, "data": body.get("data")})
     except errors.EventError as exc:
         return problem(400, f"the signal cannot be sent: {exc}")
-    run_id = await common.engine(request).store.db.write(
-        partial(store_ops.send_signal_txn, signal=signal, data=body.get("data"), now=now_ms())
-    )
+    store = common.engine(request).store
+    carrier = event_mod.Event(name=events.SIGNAL_EVENT, data={"signal": signal, "data": body.get("data")}, ts=store.now_ms())
+    run_id = await store.send_signal(carrier, events.signal_expression(signal))
     if run_id is None:
         return problem(404, f"no run is waiting for signal {signal!r}")
     return JSON({"data": {"run_id": run_id}})

@@ -20,12 +20,8 @@ from stepline.store import db, flow, ops_admission, ops_ingest, ops_runs
 from stepline.store.records import ClaimedRun, JournalEntry, Lease, Renewal, StepResult, Suspension
 
 
-class LeaseLost(errors.SteplineError):
-    """This worker no longer holds the run (its lease expired and the run was leased again)."""
-
-
-def _lost(lease: Lease) -> LeaseLost:
-    return LeaseLost(f"worker {lease.owner} no longer holds run {lease.run_id} (lease epoch {lease.epoch})")
+def _lost(lease: Lease) -> errors.LeaseLost:
+    return errors.LeaseLost(f"worker {lease.owner} no longer holds run {lease.run_id} (lease epoch {lease.epoch})")
 
 
 def holds(row: dict[str, Any] | None, lease: Lease) -> bool:
@@ -305,7 +301,7 @@ def _held_many(conn: db.Conn, run_ids: list[str]) -> dict[str, dict[str, Any]]:
     }
 
 
-def checkpoint_many_txn(conn: db.Conn, items: list[tuple[Lease, StepResult, int]]) -> list[bool | LeaseLost]:
+def checkpoint_many_txn(conn: db.Conn, items: list[tuple[Lease, StepResult, int]]) -> list[bool | errors.LeaseLost]:
     """Save finished steps (completed, or failed for good) of many runs at once: one lease
     check, one multi-row write.
 
@@ -313,7 +309,7 @@ def checkpoint_many_txn(conn: db.Conn, items: list[tuple[Lease, StepResult, int]
     ``LeaseLost`` for itself alone.
     """
     held = _held_many(conn, [item[0].run_id for item in items])
-    out: list[bool | LeaseLost] = []
+    out: list[bool | errors.LeaseLost] = []
     rows: list[tuple[Any, ...]] = []
     saved: list[tuple[str, StepResult]] = []
     for lease, step, seq in items:
@@ -500,7 +496,7 @@ def retry_run_txn(conn: db.Conn, lease: Lease, attempt: int, due_at: int, error:
 FinishItem = tuple[Lease, str, str | None, str | None, int, tuple[tuple[StepResult, int], ...]]
 
 
-def finish_many_txn(conn: db.Conn, items: list[FinishItem]) -> list[None | LeaseLost]:
+def finish_many_txn(conn: db.Conn, items: list[FinishItem]) -> list[None | errors.LeaseLost]:
     """End runs the worker holds, many at once: one lease check and one ending for all of
     them; a final failure sends ``stepline/function.failed``.
 
@@ -510,7 +506,7 @@ def finish_many_txn(conn: db.Conn, items: list[FinishItem]) -> list[None | Lease
     a ``LeaseLost`` of its own, found before anything is written.
     """
     held = _held_many(conn, [item[0].run_id for item in items])
-    out: list[None | LeaseLost] = []
+    out: list[None | errors.LeaseLost] = []
     ending: list[tuple[str, str, str | None, str | None, int]] = []
     step_rows: list[tuple[Any, ...]] = []
     saved: list[tuple[str, StepResult]] = []

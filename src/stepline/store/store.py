@@ -15,7 +15,18 @@ from typing import Any, TypeVar
 
 from stepline import clock as clock_mod
 from stepline import event as event_mod
-from stepline.store import db, migrate, ops_exec, ops_ingest, ops_read, ops_runs
+from stepline.store import (
+    db,
+    migrate,
+    ops_admin,
+    ops_exec,
+    ops_ingest,
+    ops_metrics,
+    ops_query,
+    ops_read,
+    ops_runs,
+    ops_sdk,
+)
 from stepline.store.records import ClaimedRun, HandOff, Lease, Renewal, StepResult, Suspension
 
 T = TypeVar("T")
@@ -145,6 +156,51 @@ class Store:
             self._at_commit(ops_exec.fire_cron_txn, function_id=function_id, position=position, tick=tick, next_tick=next_tick)
         )
 
+    # --- apps on the Inngest SDKs (ops_sdk) -------------------------------------------
+
+    async def register_sdk_app(
+        self, app: str, configs: list[dict[str, Any]], cron_next: Mapping[tuple[str, int], int]
+    ) -> list[str]:
+        """Store an SDK app's functions; returns the ids of those its new registration dropped."""
+        return await self.db.write(self._at_commit(ops_sdk.register_app_txn, app=app, configs=configs, cron_next=cron_next))
+
+    async def invoke_function(self, function_id: str, data: dict[str, Any]) -> tuple[str, str | None]:
+        """Start a run of one function now, bypassing its triggers: (event id, run id)."""
+        return await self.db.write(self._at_commit(ops_sdk.invoke_txn, function_id=function_id, data=data))
+
+    async def send_signal(self, signal: event_mod.Event, expression: str) -> str | None:
+        return await self.db.write(self._at_commit(ops_sdk.send_signal_txn, signal=signal, expression=expression))
+
+    async def prepare_wait(self, run_id: str, key: str, event_name: str, expression: str | None, timeout_ms: int) -> None:
+        """Register a wait of a run that still executes (a parallel block), ahead of its suspension."""
+
+        def prepare(conn: db.Conn) -> None:
+            now = self.now_ms()
+            ops_sdk.prepare_wait_txn(
+                conn, run_id=run_id, key=key, event_name=event_name, expression=expression,
+                expires_at=now + timeout_ms, now=now,
+            )
+
+        await self.db.write(prepare)
+
+    async def wake_if_wait_done(self, run_id: str, key: str) -> bool:
+        return await self.db.write(self._at_commit(ops_sdk.wake_if_wait_done_txn, run_id=run_id, key=key))
+
+    async def sdk_functions(self) -> list[dict[str, Any]]:
+        return await self.db.read(ops_sdk.sdk_functions_txn)
+
+    async def resolve_function_id(self, slug: str) -> str:
+        return await self.db.read(partial(ops_sdk.resolve_function_id_txn, slug=slug))
+
+    async def step_row(self, run_id: str, key: str) -> dict[str, Any] | None:
+        return await self.db.read(partial(ops_sdk.step_row_txn, run_id=run_id, key=key))
+
+    async def journal(self, run_id: str) -> list[dict[str, Any]]:
+        return await self.db.read(partial(ops_sdk.journal_txn, run_id=run_id))
+
+    async def run_events(self, run_id: str) -> list[dict[str, Any]] | None:
+        return await self.db.read(partial(ops_sdk.run_events_txn, run_id=run_id))
+
     # --- reads ---------------------------------------------------------------------
 
     async def get_run(self, run_id: str) -> dict[str, Any]:
@@ -168,52 +224,46 @@ class Store:
     # ops_metrics, ops_admin)
 
     async def functions_overview(self) -> list[dict[str, Any]]:
-        from stepline.store import ops_query
-
         return await self.db.read(partial(ops_query.functions_overview_txn, now=self.now_ms()))
 
     async def event_detail(self, event_id: str) -> dict[str, Any]:
-        from stepline.store import ops_query
-
         return await self.db.read(partial(ops_query.event_detail_txn, event_id=event_id))
 
     async def list_events(self, **filters: Any) -> list[dict[str, Any]]:
         """Newest first, each with the runs it started."""
-        from stepline.store import ops_query
-
         return await self.db.read(partial(ops_query.list_events_txn, **filters))
 
     async def run_live(self, run_id: str, after_seq: int = 0) -> dict[str, Any] | None:
-        from stepline.store import ops_query
-
         return await self.db.read(partial(ops_query.run_live_txn, run_id=run_id, after_seq=after_seq))
 
     async def metrics_overview(self, since_ms: int, usage_since_ms: int) -> dict[str, Any]:
-        from stepline.store import ops_metrics
-
         return await self.db.read(
             partial(ops_metrics.overview_txn, now=self.now_ms(), since_ms=since_ms, usage_since_ms=usage_since_ms)
         )
 
-    async def metrics_query(self, name: str, **params: Any) -> Any:
-        """One ``ops_metrics.<name>_txn`` query (queue_depth, status_counts, usage_by_model, ...)."""
-        from stepline.store import ops_metrics
+    async def queue_depth(self) -> list[dict[str, Any]]:
+        """Queue rows per function: ready, scheduled, leased."""
+        return await self.db.read(partial(ops_metrics.queue_depth_txn, now=self.now_ms()))
 
-        op = getattr(ops_metrics, f"{name}_txn")
-        if name == "queue_depth":
-            params.setdefault("now", self.now_ms())
-        return await self.db.read(partial(op, **params))
+    async def status_counts(self) -> list[dict[str, Any]]:
+        return await self.db.read(ops_metrics.status_counts_txn)
+
+    async def function_stats(self, since_ms: int) -> list[dict[str, Any]]:
+        return await self.db.read(partial(ops_metrics.function_stats_txn, since_ms=since_ms))
+
+    async def usage_by_model(self, since_ms: int | None = None) -> list[dict[str, Any]]:
+        return await self.db.read(partial(ops_metrics.usage_by_model_txn, since_ms=since_ms))
+
+    async def run_usage(self, run_id: str) -> dict[str, Any]:
+        """Tokens and cost of one run's model calls."""
+        return await self.db.read(partial(ops_metrics.run_usage_txn, run_id=run_id))
 
     async def rerun_from_failed_step(self, run_id: str) -> dict[str, Any]:
-        from stepline.store import ops_admin
-
         return await self.db.write(self._at_commit(ops_admin.rerun_from_failed_step_txn, run_id=run_id))
 
     async def bulk_cancel(
         self, function_id: str, since_ms: int | None, until_ms: int | None, reason: str, limit: int
     ) -> list[dict[str, str]]:
-        from stepline.store import ops_admin
-
         return await self.db.write(
             self._at_commit(
                 ops_admin.bulk_cancel_txn, function_id=function_id, since_ms=since_ms, until_ms=until_ms,

@@ -1,8 +1,8 @@
-"""Store operations for SDK apps, over the engine's own tables.
+"""Domain operations for apps written on the Inngest SDKs, over the engine's own tables.
 
-An SDK function is a row of ``functions`` whose config has an ``inngest``
-section (the app, its URL, the registration it came from). Each ``*_txn``
-runs inside the caller's transaction.
+An SDK function is a row of ``functions`` whose config has an ``inngest`` section (the
+app, its URL, the registration it came from). Each ``*_txn`` runs inside the caller's
+transaction.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 from stepline import errors, jsonutil
 from stepline import event as event_mod
-from stepline.store import db, ops_runs
+from stepline.store import db, ops_ingest, ops_runs
 
 
 def sdk_functions_txn(conn: db.Conn) -> list[dict[str, Any]]:
@@ -99,19 +99,17 @@ def resolve_function_id_txn(conn: db.Conn, slug: str) -> str:
     return slug
 
 
-def send_signal_txn(conn: db.Conn, signal: str, data: Any, now: int) -> str | None:
-    """Resume the run waiting for ``signal`` (``step.waitForSignal``); None if no run waits."""
-    from stepline.inngest import events
-    from stepline.store import ops_ingest
-
+def send_signal_txn(conn: db.Conn, signal: event_mod.Event, expression: str, now: int) -> str | None:
+    """Resume the run waiting for a signal (``step.waitForSignal``): ``signal`` is the event
+    that carries it, ``expression`` the match its wait was registered with; None if no run waits."""
     row = conn.one(
         "SELECT run_id FROM waits WHERE event_name = ? AND expression = ? AND step_key IS NOT NULL "
         "AND (expires_at IS NULL OR expires_at > ?) ORDER BY id LIMIT 1",
-        (events.SIGNAL_EVENT, events.signal_expression(signal), now),
+        (signal.name, expression, now),
     )
     if row is None:
         return None
-    ops_ingest.ingest_txn(conn, [event_mod.Event(name=events.SIGNAL_EVENT, data={"signal": signal, "data": data}, ts=now)], now)
+    ops_ingest.ingest_txn(conn, [signal], now)
     return str(row["run_id"])
 
 
