@@ -48,22 +48,22 @@ class Worker:
         self._claiming = 0  # slots the claim in flight may fill
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.poll_interval = services.settings.poll_interval or services.store.db.poll_interval
+        self.poll_interval = services.settings.poll_interval or services.store.poll_interval
 
     # --- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._store.db.plan_capacity(self._concurrency)
-        self._store.db.add_waker(self._wake_threadsafe)
-        self._store.db.add_listener("cancel", self._cancel_threadsafe)
+        self._store.plan_capacity(self._concurrency)
+        self._store.add_waker(self._wake_threadsafe)
+        self._store.add_listener("cancel", self._cancel_threadsafe)
         self._tasks = [
             asyncio.create_task(self._claim_loop(), name=f"stepline-claim-{self.id}"),
             asyncio.create_task(self._heartbeat_loop(), name=f"stepline-heartbeat-{self.id}"),
         ]
         if self._services.settings.fencing:
             self._tasks.append(asyncio.create_task(self._fence_loop(), name=f"stepline-fence-{self.id}"))
-        if not self._store.db.signals_reach_processes:
+        if not self._store.signals_reach_processes:
             self._tasks.append(asyncio.create_task(self._cancel_poll_loop(), name=f"stepline-cancels-{self.id}"))
         if any(fn.config.triggers and any(hasattr(t, "cron") for t in fn.config.triggers) for fn in self._functions.values()):
             self._tasks.append(asyncio.create_task(self._cron_loop(), name=f"stepline-cron-{self.id}"))
@@ -72,8 +72,8 @@ class Worker:
         """Stop claiming; let in-flight runs reach their next rest for ``grace`` s, then release them."""
         self._stopping = True
         self._wake.set()
-        self._store.db.remove_waker(self._wake_threadsafe)
-        self._store.db.remove_listener("cancel", self._cancel_threadsafe)
+        self._store.remove_waker(self._wake_threadsafe)
+        self._store.remove_listener("cancel", self._cancel_threadsafe)
         if self._running:
             await asyncio.wait(set(self._running), timeout=grace)
         unfinished = self.executor.leases()

@@ -65,6 +65,35 @@ class Store:
     async def close(self) -> None:
         await self.db.close()
 
+    # --- what a worker needs of the backend ---------------------------------------------
+
+    @property
+    def poll_interval(self) -> float:
+        """Seconds between looks for work made due by other processes (the backend's default)."""
+        return self.db.poll_interval
+
+    @property
+    def signals_reach_processes(self) -> bool:
+        """Whether a cancellation committed elsewhere is pushed to this process (else poll)."""
+        return self.db.signals_reach_processes
+
+    def plan_capacity(self, concurrency: int) -> None:
+        self.db.plan_capacity(concurrency)
+
+    def add_waker(self, callback: Callable[[], None]) -> None:
+        """``callback`` runs (on a backend thread) after each commit that made work due."""
+        self.db.add_waker(callback)
+
+    def remove_waker(self, callback: Callable[[], None]) -> None:
+        self.db.remove_waker(callback)
+
+    def add_listener(self, topic: str, callback: Callable[[str], None]) -> None:
+        """``callback(payload)`` runs (on a backend thread) for each committed signal of ``topic``."""
+        self.db.add_listener(topic, callback)
+
+    def remove_listener(self, topic: str, callback: Callable[[str], None]) -> None:
+        self.db.remove_listener(topic, callback)
+
     # --- writes --------------------------------------------------------------------
     # Each write reads the time when its transaction runs, not when it was queued: after
     # a stall, a run is not created or claimed with a time (or lease) already long past.
