@@ -131,13 +131,6 @@ class App:
         items = [events] if isinstance(events, (dict, Event)) else list(events)
         return await self._require_runtime().send_many(items)
 
-    def send_sync(self, events: dict[str, Any] | Event | Sequence[dict[str, Any] | Event]) -> list[str]:
-        """``send`` for sync code running outside the engine's event loop (e.g. a thread)."""
-        runtime = self._require_runtime()
-        items = [events] if isinstance(events, (dict, Event)) else list(events)
-        future = asyncio.run_coroutine_threadsafe(runtime.send_many(items), runtime.loop)
-        return future.result()
-
 
 def _cel_string(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -34,7 +34,6 @@ class Engine:
         self._threads: list[concurrent.futures.ThreadPoolExecutor] = []
         self._publish_listeners: list[Callable[[str], None]] = []
         self._function_sources: list[Callable[[], dict[str, Function]]] = []
-        self._started = False
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -78,7 +77,6 @@ class Engine:
             )
             self.worker = Worker(services, self.served_functions(), concurrency=concurrency or settings.concurrency)
             await self.worker.start()
-        self._started = True
 
     async def stop(self, grace: float = 10.0) -> None:
         if self.worker is not None:
@@ -89,7 +87,6 @@ class Engine:
         for pool in self._threads:
             pool.shutdown(wait=False, cancel_futures=True)
         await self.store.close()
-        self._started = False
 
     # --- functions defined outside this process's apps (e.g. SDK apps in the store) ---
 

@@ -69,7 +69,6 @@ class RunExecution:
     def __init__(self, services: Services, claimed: ClaimedRun, function: Function) -> None:
         self._services = services
         self._store = services.store
-        self._claimed = claimed
         self.function = function
         self.run_id = claimed.run_id
         self.function_id = claimed.function_id

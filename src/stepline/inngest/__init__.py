@@ -10,7 +10,6 @@ from stepline.inngest.runtime import (
     InngestRuntime,
     RegistrationError,
     attach,
-    runtime_for,
 )
 
-__all__ = ["AppStatus", "InngestOptions", "InngestRuntime", "RegistrationError", "attach", "runtime_for"]
+__all__ = ["AppStatus", "InngestOptions", "InngestRuntime", "RegistrationError", "attach"]

@@ -31,7 +31,6 @@ log = logging.getLogger("stepline.inngest")
 
 LAZY_OPS = {"DeferAdd", "DeferAbort"}
 WAIT_OPS = {"WaitForEvent", "WaitForSignal"}
-RUN_OPS = {"StepRun", "Step", "StepError", "StepFailed", "StepPlanned"}
 # Suspending ops last: once one suspends, the run takes no new step in this pass.
 _ORDER = {"InvokeFunction": 1, "WaitForEvent": 2, "WaitForSignal": 2, "Sleep": 3}
 MAX_EMPTY_REPLIES = 3

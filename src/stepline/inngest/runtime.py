@@ -97,10 +97,6 @@ def attach(engine: Engine, options: InngestOptions | None = None) -> InngestRunt
     return runtime
 
 
-def runtime_for(engine: Engine) -> InngestRuntime | None:
-    return _RUNTIMES.get(engine)
-
-
 class InngestRuntime:
     def __init__(self, engine: Engine, options: InngestOptions) -> None:
         self.engine = engine

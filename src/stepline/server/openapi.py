@@ -155,7 +155,9 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
 
 def _problems(*codes: int) -> dict[str, Any]:
     words = {400: "bad input", 401: "missing or wrong credentials", 403: "not allowed", 404: "not found",
-             409: "not allowed in the run's state", 413: "body over the size limit", 503: "database unavailable"}
+             409: "not allowed in the run's state", 413: "body over the size limit", 503: "database unavailable",
+             429: "too many wrong credentials: try again after Retry-After seconds"}
+    codes = (*codes, 429) if 401 in codes else codes  # wrong keys and tokens back off
     return {str(c): {"description": words[c], "content": _json(ref("Problem"))} for c in codes}
 
 
@@ -196,7 +198,6 @@ EVENTS_BODY = {
     "content": _json({"oneOf": [ref("EventIn"), {"type": "array", "items": ref("EventIn")}]}),
 }
 SENT = _obj({"ids": {"type": "array", "items": STR}, "status": INT})
-OPTIONAL_OBJ = {"required": False, "content": _json({"type": "object"})}
 
 
 def document() -> dict[str, Any]:

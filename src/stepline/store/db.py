@@ -22,7 +22,7 @@ Row = dict[str, Any]
 log = logging.getLogger("stepline.store")
 
 
-class Conn:
+class Conn(abc.ABC):
     """A connection inside one transaction. SQL uses ``?`` placeholders on every backend.
 
     Writes queued with ``defer`` run before the next statement of any kind (and before
@@ -341,14 +341,6 @@ class Database(abc.ABC):
         future: asyncio.Future[Any] = loop.create_future()
         self._jobs.put(_Job(None, future, loop, kind, item))
         return future
-
-    def write_blocking(self, op: Op[T]) -> T:
-        """``write`` for code outside any event loop (CLI commands, tests)."""
-        return asyncio.run(self._write_once(op))
-
-    async def _write_once(self, op: Op[T]) -> T:
-        await self.start()
-        return await self.write(op)
 
     def add_waker(self, callback: Callable[[], None]) -> None:
         """``callback`` runs (on the writer thread) after each commit that made work due."""

@@ -55,13 +55,6 @@ def functions_overview_txn(conn: db.Conn, now: int) -> list[dict[str, Any]]:
     return out
 
 
-def get_function_txn(conn: db.Conn, function_id: str, now: int) -> dict[str, Any] | None:
-    for fn in functions_overview_txn(conn, now):
-        if fn["id"] == function_id:
-            return fn
-    return None
-
-
 def _reason_text(function_id: str, reason: Any) -> dict[str, Any]:
     """One skipped function as ``{function_id, reason, detail}``; reasons may be a word
     (``idempotent``, ``rate_limited``, ``debounced``, ...) or an object with more detail."""
