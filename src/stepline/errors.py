@@ -1,23 +1,34 @@
 """Stepline's exceptions.
 
 Every error Stepline raises derives from ``SteplineError``. Retry meaning lives on
-the class: ``retryable`` says whether the engine retries a step or run that raised it.
+the class: ``retryable`` says whether the engine retries a step or run that raised it
+(an exception from outside this tree, a ``ValueError`` say, is retried).
 
-    SteplineError
-    ├── ConfigError            a function or app was declared wrongly (raised at import)
-    ├── ExpressionError        a CEL expression does not compile
-    ├── EventError             an event is malformed or over the size limit
-    ├── LimitError             a step output or run state is over its size limit
-    ├── NotFoundError          no run / event / function with that id
-    ├── StoreError             the database is unreachable, not migrated, or could not take a write
-    │   └── LeaseLost          the worker writing for a run no longer holds it
-    ├── NonRetriableError      raise in a step or function: fail now, no retries
-    ├── RetryAfterError        raise in a step or function: retry after exactly `delay`
-    ├── StepError              a step failed after its retries; raised into the function
-    └── RunCancelledError      a step was awaited on a run that has been cancelled
+    SteplineError                         retryable
+    ├── ConfigError                       no   a function or app was declared wrongly (raised at import)
+    │   └── ExpressionError               no   a CEL expression does not compile
+    ├── EventError                        no   an event is malformed or over a limit
+    ├── LimitError                        no   a step output or run state is over its size limit
+    ├── NotFoundError                     no   no run / event / function with that id
+    ├── ConflictError                     no   the run is not in a state that allows the action
+    ├── StoreError                        yes  the database is unreachable, not migrated, or could not take a write
+    │   └── LeaseLost                     no   the worker writing for a run no longer holds it
+    ├── NonRetriableError                 no   raise in a step or function: fail now
+    │   ├── llm.ProviderRejected          no   the provider refused the call (bad key, quota, bad request)
+    │   └── inngest.SDKNonRetriableError  no   an SDK app said not to retry
+    ├── RetryAfterError                   yes  raise in a step or function: retry after exactly ``delay``
+    │   ├── llm.RateLimited               yes  the provider said when to come back
+    │   └── inngest.SDKRetryAfterError    yes  an SDK app said when to retry
+    ├── StepError                         no   a step failed after its retries; raised into the function
+    ├── llm.ProviderError                 yes  the provider failed in a way that may pass
+    │   └── llm.TruncatedResponse         yes  a stream or body that ended too early
+    ├── inngest.SDKRetriableError         yes  an SDK app reported an error that may pass
+    └── inngest.RegistrationError         no   an SDK app's registration was refused
 
-Control flow that user code must not swallow derives from ``BaseException``
-(see ``stepline.engine.signals``), never from this tree.
+``llm.*`` live in ``stepline.llm.errors``, ``inngest.*`` in ``stepline.inngest``. The
+server maps these classes to HTTP statuses (``stepline.server.responses``); no error
+carries a status of its own. Control flow that user code must not swallow derives
+from ``BaseException`` (see ``stepline.engine.signals``), never from this tree.
 """
 
 from __future__ import annotations
@@ -57,6 +68,10 @@ class LimitError(SteplineError):
 
 class NotFoundError(SteplineError, LookupError):
     """No such run, event or function."""
+
+
+class ConflictError(SteplineError):
+    """The run (or other resource) is not in a state that allows this action."""
 
 
 class StoreError(SteplineError):
@@ -120,6 +135,3 @@ class StepError(SteplineError):
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "message": self.error_message, "stack": self.stack}
 
-
-class RunCancelledError(SteplineError):
-    """The run was cancelled; it stops at its next step."""

@@ -21,8 +21,9 @@ def delay_for(exc: BaseException, attempt: int, *, base: float, maximum: float) 
 
 
 def is_final(exc: BaseException) -> bool:
-    """Errors that are never retried."""
-    return isinstance(exc, (errors.NonRetriableError, errors.StepError, errors.LimitError, errors.ConfigError))
+    """Errors that are never retried: Stepline's own that say so on their class
+    (``retryable``). Any other exception is retried."""
+    return isinstance(exc, errors.SteplineError) and not exc.retryable
 
 
 def error_dict(exc: BaseException) -> dict[str, str | None]:

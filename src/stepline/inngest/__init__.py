@@ -9,7 +9,8 @@ from stepline.inngest.runtime import (
     InngestOptions,
     InngestRuntime,
     RegistrationError,
+    RegistrationUnauthorized,
     attach,
 )
 
-__all__ = ["AppStatus", "InngestOptions", "InngestRuntime", "RegistrationError", "attach"]
+__all__ = ["AppStatus", "InngestOptions", "InngestRuntime", "RegistrationError", "RegistrationUnauthorized", "attach"]

@@ -77,11 +77,11 @@ class AppStatus:
 
 
 class RegistrationError(errors.SteplineError):
-    """A registration was refused; ``status`` is the HTTP status to answer with."""
+    """A registration was refused: it is malformed, or its app cannot be stored."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+
+class RegistrationUnauthorized(RegistrationError):
+    """A registration was refused because it did not carry this server's signing key."""
 
 
 _RUNTIMES: weakref.WeakKeyDictionary[Engine, InngestRuntime] = weakref.WeakKeyDictionary()
@@ -233,33 +233,30 @@ class InngestRuntime:
         if self.options.dev:
             return
         if not self.options.keys:
-            raise RegistrationError(
-                401, "this server has no signing key for SDK apps; set STEPLINE_INNGEST_SIGNING_KEY to the apps' INNGEST_SIGNING_KEY"
+            raise RegistrationUnauthorized("this server has no signing key for SDK apps; set STEPLINE_INNGEST_SIGNING_KEY to the apps' INNGEST_SIGNING_KEY"
             )
         if not signing.bearer_matches(authorization, self.options.keys):
-            raise RegistrationError(
-                401, "wrong or missing signing key: the app's INNGEST_SIGNING_KEY must equal this server's STEPLINE_INNGEST_SIGNING_KEY"
+            raise RegistrationUnauthorized("wrong or missing signing key: the app's INNGEST_SIGNING_KEY must equal this server's STEPLINE_INNGEST_SIGNING_KEY"
             )
 
     async def register(self, body: Any, *, expected_kind: str | None) -> dict[str, Any]:
-        """Handle ``POST /fn/register``; RegistrationError carries the HTTP status."""
+        """Handle ``POST /fn/register``; a refusal raises ``RegistrationError``."""
         if expected_kind and expected_kind != self.options.server_kind:
-            raise RegistrationError(
-                400, f"Expected server kind {expected_kind}, got {self.options.server_kind}: run the app in "
+            raise RegistrationError(f"Expected server kind {expected_kind}, got {self.options.server_kind}: run the app in "
                 f"{'dev' if self.options.dev else 'cloud'} mode (INNGEST_DEV) to match this server"
             )
         if not isinstance(body, dict):
-            raise RegistrationError(400, "the registration body must be a JSON object")
+            raise RegistrationError("the registration body must be a JSON object")
         app = body.get("appName") or body.get("appname") or body.get("app_name")
         if not isinstance(app, str) or not app:
-            raise RegistrationError(400, "the registration has no app name (appName)")
+            raise RegistrationError("the registration has no app name (appName)")
         url = body.get("url")
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise RegistrationError(400, f"app {app!r}: 'url' must be the app's http(s) serve URL, got {url!r}")
+            raise RegistrationError(f"app {app!r}: 'url' must be the app's http(s) serve URL, got {url!r}")
         url = protocol.strip_sync_params(url)
         raw_functions = body.get("functions") or []
         if not isinstance(raw_functions, list):
-            raise RegistrationError(400, f"app {app!r}: 'functions' must be a list")
+            raise RegistrationError(f"app {app!r}: 'functions' must be a list")
         checksum = hashlib.sha256(
             signing.canonical_bytes({k: v for k, v in body.items() if k not in ("featureObservations", "deployId")})
         ).hexdigest()
@@ -276,10 +273,10 @@ class InngestRuntime:
                 stored.append(config.to_stored(item, app=app, meta=meta, notes=notes))
             except errors.ConfigError as exc:
                 self._status(url, app, body, error=f"function invalid: {exc}")
-                raise RegistrationError(400, f"At least one function is invalid: {exc}") from exc
+                raise RegistrationError(f"At least one function is invalid: {exc}") from exc
             except (KeyError, TypeError, ValueError) as exc:
                 self._status(url, app, body, error=f"function invalid: {exc!r}")
-                raise RegistrationError(400, f"At least one function is invalid: {exc!r}") from exc
+                raise RegistrationError(f"At least one function is invalid: {exc!r}") from exc
         async with self._register_lock:
             current = {s: m for s, m in self._metas.items() if m.get("app") == app}
             unchanged = set(current) == {c["id"] for c in stored} and all(m.get("checksum") == checksum for m in current.values())
@@ -295,7 +292,7 @@ class InngestRuntime:
                     await self.engine.store.register_sdk_app(app, stored, cron_next)
                 except errors.ConfigError as exc:
                     self._status(url, app, body, error=str(exc))
-                    raise RegistrationError(400, str(exc)) from exc
+                    raise RegistrationError(str(exc)) from exc
                 await self.reload()
         if not unchanged:
             log.info("synced app %s from %s (%s): %d function(s)", app, url, body.get("sdk"), len(stored))

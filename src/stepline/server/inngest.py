@@ -21,6 +21,7 @@ from stepline.inngest import (
     InngestOptions,
     InngestRuntime,
     RegistrationError,
+    RegistrationUnauthorized,
     attach,
     events,
     memos,
@@ -33,6 +34,10 @@ from stepline.store.ops_read import iso
 
 def now_iso() -> str:
     return str(iso(now_ms()))
+
+
+def _registration_status(exc: RegistrationError) -> int:
+    return 401 if isinstance(exc, RegistrationUnauthorized) else 400
 
 
 def runtime(request: Request) -> InngestRuntime:
@@ -49,7 +54,7 @@ def _check_registration(payload: Any) -> None:
     cannot keep is refused as for events (NUL characters, integers past 64 bits)."""
     problem = jsonutil.storable_problem(payload, max_depth=event_mod.current_limits().max_json_depth + 2, path="body")
     if problem is not None:
-        raise RegistrationError(400, f"the registration cannot be stored: {problem}")
+        raise RegistrationError(f"the registration cannot be stored: {problem}")
 
 
 def _check_event(name: str, data: Any) -> None:
@@ -65,7 +70,8 @@ async def register(request: Request) -> Response:
         _check_registration(payload)
         reply = await rt.register(payload, expected_kind=request.headers.get("x-inngest-expected-server-kind"))
     except RegistrationError as exc:
-        return _sdk_json({"error": exc.message, "status": exc.status}, exc.status, rt)
+        status = _registration_status(exc)
+        return _sdk_json({"error": exc.message, "status": status}, status, rt)
     except errors.SteplineError as exc:
         err = responses.from_error(exc)
         return _sdk_json({"error": str(exc), "status": err.status_code}, err.status_code, rt)
@@ -95,7 +101,7 @@ def _check_bearer(request: Request, rt: InngestRuntime) -> Response | None:
     try:
         rt.check_auth(request.headers.get("authorization"))
     except RegistrationError as exc:
-        return problem(exc.status, exc.message)
+        return problem(_registration_status(exc), exc.message)
     return None
 
 

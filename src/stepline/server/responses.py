@@ -23,11 +23,10 @@ def problem(status: int, message: str, **extra: Any) -> JSON:
 
 
 def from_error(exc: Exception) -> JSON:
-    status = getattr(exc, "http_status", None)
-    if isinstance(status, int):
-        return problem(status, str(exc))
     if isinstance(exc, errors.NotFoundError):
         return problem(404, str(exc))
+    if isinstance(exc, errors.ConflictError):
+        return problem(409, str(exc))
     if isinstance(exc, (errors.EventError, errors.ConfigError)):
         return problem(400, str(exc))
     if isinstance(exc, errors.LimitError):

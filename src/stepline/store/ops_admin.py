@@ -14,12 +14,6 @@ _ENDED = ("completed", "failed", "cancelled")
 _UNFINISHED = ("queued", "running", "sleeping", "waiting")
 
 
-class RunStateError(errors.SteplineError):
-    """The run is not in a state that allows this action."""
-
-    http_status = 409
-
-
 def rerun_from_failed_step_txn(conn: db.Conn, run_id: str, now: int) -> dict[str, Any]:
     """A new run of the same function and event that starts with the old run's
     completed steps already in its journal, so only the failed step and what follows
@@ -32,7 +26,7 @@ def rerun_from_failed_step_txn(conn: db.Conn, run_id: str, now: int) -> dict[str
     if row is None:
         raise errors.NotFoundError(f"no run with id {run_id!r}")
     if row["status"] not in ("failed", "cancelled"):
-        raise RunStateError(
+        raise errors.ConflictError(
             f"run {run_id} is {row['status']}; only failed or cancelled runs can be rerun from the "
             "failed step (use replay to start any run again from the beginning)"
         )
