@@ -38,7 +38,7 @@ from stepline.engine import retry
 from stepline.engine.signals import Halt, Suspend
 from stepline.function import Function
 from stepline.settings import Settings
-from stepline.store import ClaimedRun, Lease, StepResult, Store, Suspension
+from stepline.store import ClaimedRun, Lease, RunStatus, StepResult, StepStatus, Store, Suspension
 
 log = logging.getLogger("stepline.executor")
 
@@ -73,9 +73,9 @@ class RunExecution:
         self.run_id = claimed.run_id
         self.function_id = claimed.function_id
         # The attempt a handler sees: the function's, or the retried step's when that is later.
-        self.attempt = max([claimed.attempt] + [e.attempts for e in claimed.journal.values() if e.status == "retrying"])
+        self.attempt = max([claimed.attempt] + [e.attempts for e in claimed.journal.values() if e.status == StepStatus.RETRYING])
         self._journal = claimed.journal
-        self._unvisited = {k for k, e in claimed.journal.items() if e.status in ("completed", "failed")}
+        self._unvisited = {k for k, e in claimed.journal.items() if e.status in (StepStatus.COMPLETED, StepStatus.FAILED)}
         self._counts: dict[str, int] = {}
         self._seq = len(claimed.journal)
         self._state_bytes = sum(len(e.output or "") for e in claimed.journal.values())
@@ -226,9 +226,9 @@ class RunExecution:
         key, entry = self._enter(step_id)
         attempt = 1
         if entry is not None:
-            if entry.status == "completed":
+            if entry.status == StepStatus.COMPLETED:
                 return jsonutil.loads(entry.output)
-            if entry.status == "failed":
+            if entry.status == StepStatus.FAILED:
                 raise self._step_error(step_id, entry.error)
             attempt = entry.attempts + 1
         self._busy += 1
@@ -282,7 +282,7 @@ class RunExecution:
             raise
         except Exception as exc:  # noqa: BLE001 - user code; classified by the retry policy
             return await self._step_failed(key, step_id, kind, exc, attempt, started)
-        step = StepResult(key, step_id, kind, "completed", output, None, attempt, started, self._store.now_ms(), meta_json)
+        step = StepResult(key, step_id, kind, StepStatus.COMPLETED, output, None, attempt, started, self._store.now_ms(), meta_json)
         self._save_soon(step)
         self._state_bytes += len(output)
         return jsonutil.loads(output)
@@ -306,13 +306,13 @@ class RunExecution:
         error = retry.error_dict(exc)
         error_json = jsonutil.dumps(error)
         if retry.is_final(exc) or attempt > self.function.config.retries:
-            step = StepResult(key, step_id, kind, "failed", None, error_json, attempt, started, self._store.now_ms())
+            step = StepResult(key, step_id, kind, StepStatus.FAILED, None, error_json, attempt, started, self._store.now_ms())
             await self.sync()
             if await self.write(self._store.checkpoint(self.lease, step, self._next_seq())):
                 self.cancel_requested = True
             raise errors.StepError(step_id, error["name"] or "Error", error["message"] or "", error["stack"]) from exc
         settings = self._services.settings
-        delay = retry.delay_for(exc, attempt, base=settings.retry_base, maximum=settings.retry_max)
+        delay = retry.delay_for(exc, attempt, base=settings.retry_base, maximum=settings.retry_max, now=self._store.clock.time())
         log.info("run %s step %r attempt %d failed (%s); retrying in %.2fs", self.run_id, step_id, attempt, exc, delay)
         self._suspend(
             Suspension(
@@ -324,13 +324,13 @@ class RunExecution:
     async def sleep_until(self, step_id: str, wake_at: float) -> None:
         key, entry = self._enter(step_id)
         if entry is not None:
-            if entry.status == "completed":
+            if entry.status == StepStatus.COMPLETED:
                 return
             self._suspend(Suspension("sleep", key, step_id, entry.wake_at))
         now = self._store.now_ms()
         wake_ms = int(wake_at * 1000)
         if wake_ms <= now:
-            step = StepResult(key, step_id, "sleep", "completed", "null", None, 1, now, now)
+            step = StepResult(key, step_id, "sleep", StepStatus.COMPLETED, "null", None, 1, now, now)
             await self.sync()
             await self.write(self._store.checkpoint(self.lease, step, self._next_seq()))
             return
@@ -339,7 +339,7 @@ class RunExecution:
     async def wait_for_event(self, step_id: str, event: str, expression: str | None, timeout: float) -> event_mod.Event | None:
         key, entry = self._enter(step_id)
         if entry is not None:
-            if entry.status == "completed":
+            if entry.status == StepStatus.COMPLETED:
                 body = jsonutil.loads(entry.output)
                 return None if body is None else event_mod.Event.from_dict(body)
             self._suspend(Suspension("wait", key, step_id, entry.wake_at))
@@ -351,9 +351,9 @@ class RunExecution:
     async def invoke(self, step_id: str, function_id: str, data: dict[str, Any], timeout: float | None) -> Any:
         key, entry = self._enter(step_id)
         if entry is not None:
-            if entry.status == "completed":
+            if entry.status == StepStatus.COMPLETED:
                 return jsonutil.loads(entry.output)
-            if entry.status == "failed":
+            if entry.status == StepStatus.FAILED:
                 raise self._step_error(step_id, entry.error)
             self._suspend(Suspension("invoke", key, step_id, entry.wake_at))
         now = self._store.now_ms()
@@ -372,11 +372,11 @@ class RunExecution:
 
     async def send_events(self, step_id: str, events: list[dict[str, Any]]) -> list[str]:
         key, entry = self._enter(step_id)
-        if entry is not None and entry.status == "completed":
+        if entry is not None and entry.status == StepStatus.COMPLETED:
             return list(jsonutil.loads(entry.output))
         validated = [self._services.validate_event(raw, i) for i, raw in enumerate(events)]
         now = self._store.now_ms()
-        step = StepResult(key, step_id, "send_event", "completed", None, None, 1, now, now)
+        step = StepResult(key, step_id, "send_event", StepStatus.COMPLETED, None, None, 1, now, now)
         await self.sync()
         self._check_lease()
         return await self.write(self._store.send_events_step(self.lease, step, self._next_seq(), validated))  # type: ignore[no-any-return]
@@ -497,7 +497,7 @@ class Executor:
         except TimeoutError:
             error = {"name": "FinishTimeout", "message": "the run did not finish within timeouts.finish"}
             await execution.sync()
-            await self._end(execution, "cancelled", None, jsonutil.dumps(error))
+            await self._end(execution, RunStatus.CANCELLED, None, jsonutil.dumps(error))
             return
         except Exception as exc:  # noqa: BLE001 - the function raised; classify it
             await self._function_failed(claimed, execution, exc)
@@ -507,7 +507,7 @@ class Executor:
             output = jsonutil.dumps_checked(result, what=f"function {claimed.function_id!r}'s return value")
         except errors.NonRetriableError as exc:
             error_json = jsonutil.dumps(retry.error_dict(exc))
-            await self._end(execution, "failed", None, error_json, steps)
+            await self._end(execution, RunStatus.FAILED, None, error_json, steps)
             return
         if execution.unreached_steps():
             log.warning(
@@ -515,7 +515,7 @@ class Executor:
                 claimed.run_id,
                 execution.unreached_steps(),
             )
-        await self._end(execution, "completed", output, None, steps)
+        await self._end(execution, RunStatus.COMPLETED, output, None, steps)
 
     async def _rest(self, execution: RunExecution) -> None:
         """The function stopped short of an outcome (suspended, halted, cancelled): save what
@@ -528,10 +528,10 @@ class Executor:
             return
         if execution.cancel_requested:
             error = {"name": "Cancelled", "message": "the run was cancelled"}
-            await self._end(execution, "cancelled", None, jsonutil.dumps(error))
+            await self._end(execution, RunStatus.CANCELLED, None, jsonutil.dumps(error))
         elif execution.suspensions:
             execution.ending = True
-            await self._store.suspend(execution.lease, execution.suspensions, execution._seq)
+            await self._store.suspend(execution.lease, execution.suspensions, execution._seq + 1)  # the next number: the last went to its last step
 
     async def _end(
         self, execution: RunExecution, status: str, output: str | None, error: str | None,
@@ -552,12 +552,12 @@ class Executor:
         if config.failure_handler_for:
             # on_failure runs once per failed run, whatever its own outcome: never retried as a whole.
             log.error("on_failure handler %s failed (it is not retried): %s", config.id, exc)
-            await self._end(execution, "failed", None, error_json)
+            await self._end(execution, RunStatus.FAILED, None, error_json)
             return
         if retry.is_final(exc) or attempt > config.retries:
-            await self._end(execution, "failed", None, error_json)
+            await self._end(execution, RunStatus.FAILED, None, error_json)
             return
         settings = self._services.settings
-        delay = retry.delay_for(exc, attempt, base=settings.retry_base, maximum=settings.retry_max)
+        delay = retry.delay_for(exc, attempt, base=settings.retry_base, maximum=settings.retry_max, now=self._store.clock.time())
         execution.ending = True
         await self._store.retry_run(execution.lease, attempt, self._store.now_ms() + int(delay * 1000), error_json)

@@ -9,9 +9,7 @@ from typing import Any
 
 from stepline import errors, jsonutil
 from stepline.store import db, ops_runs
-
-_ENDED = ("completed", "failed", "cancelled")
-_UNFINISHED = ("queued", "running", "sleeping", "waiting")
+from stepline.store.records import UNFINISHED, RunStatus
 
 
 def rerun_from_failed_step_txn(conn: db.Conn, run_id: str, now: int) -> dict[str, Any]:
@@ -25,7 +23,7 @@ def rerun_from_failed_step_txn(conn: db.Conn, run_id: str, now: int) -> dict[str
     )
     if row is None:
         raise errors.NotFoundError(f"no run with id {run_id!r}")
-    if row["status"] not in ("failed", "cancelled"):
+    if row["status"] not in (RunStatus.FAILED, RunStatus.CANCELLED):
         raise errors.ConflictError(
             f"run {run_id} is {row['status']}; only failed or cancelled runs can be rerun from the "
             "failed step (use replay to start any run again from the beginning)"
@@ -76,8 +74,8 @@ def bulk_cancel_txn(
     Returns each run's id and its status afterwards (``cancelled``, or ``cancelling``
     when a worker holds it and will stop it at its next step boundary).
     """
-    where = ["function_id = ?", f"status IN ({', '.join('?' for _ in _UNFINISHED)})"]
-    params: list[Any] = [function_id, *_UNFINISHED]
+    where = ["function_id = ?", f"status IN ({', '.join('?' for _ in UNFINISHED)})"]
+    params: list[Any] = [function_id, *UNFINISHED]
     if since_ms is not None:
         where.append("created_at >= ?")
         params.append(since_ms)

@@ -17,7 +17,20 @@ from typing import Any
 from stepline import errors, jsonutil
 from stepline import event as event_mod
 from stepline.store import db, flow, ops_admission, ops_ingest, ops_runs
-from stepline.store.records import ClaimedRun, JournalEntry, Lease, Renewal, StepResult, Suspension
+from stepline.store.records import (
+    TERMINAL,
+    ClaimedRun,
+    JournalEntry,
+    Lease,
+    Renewal,
+    RunStatus,
+    StepResult,
+    StepStatus,
+    Suspension,
+    WaitReason,
+)
+
+_SUSPENDED = (StepStatus.SLEEPING, StepStatus.WAITING, StepStatus.INVOKING)
 
 
 def _lost(lease: Lease) -> errors.LeaseLost:
@@ -187,20 +200,20 @@ def _prepare_claimed_txn(
     conn: db.Conn, run_id: str, run: dict[str, Any] | None, steps: list[dict[str, Any]], now: int, leased_at: float
 ) -> ClaimedRun | None:
     """A leased run ready to execute, or None when it ended instead (cancelled, timed out, gone)."""
-    if run is None or run["status"] in ("completed", "failed", "cancelled"):
+    if run is None or run["status"] in TERMINAL:
         conn.execute("DELETE FROM queue WHERE run_id = ?", (run_id,))
         return None
     if run["cancel_requested"]:
-        ops_runs.end_run_txn(conn, run_id, "cancelled", None, run["error"], now)
+        ops_runs.end_run_txn(conn, run_id, RunStatus.CANCELLED, None, run["error"], now)
         return None
     if run["started_at"] is None and run["start_deadline_at"] is not None and now > run["start_deadline_at"]:
         error = {"name": "StartTimeout", "message": "the run did not start within timeouts.start"}
-        ops_runs.end_run_txn(conn, run_id, "cancelled", None, jsonutil.dumps(error), now)
+        ops_runs.end_run_txn(conn, run_id, RunStatus.CANCELLED, None, jsonutil.dumps(error), now)
         return None
     journal: dict[str, JournalEntry] = {}
     for row in steps:
         entry = JournalEntry(**row)
-        if entry.status in ("sleeping", "waiting", "invoking") and entry.wake_at is not None and entry.wake_at <= now:
+        if entry.status in _SUSPENDED and entry.wake_at is not None and entry.wake_at <= now:
             entry = _resolve_timer_txn(conn, run_id, entry, now)
         journal[entry.key] = entry
     started_at = run["started_at"] or now
@@ -227,20 +240,20 @@ def _prepare_claimed_txn(
 
 def _resolve_timer_txn(conn: db.Conn, run_id: str, entry: JournalEntry, now: int) -> JournalEntry:
     """A sleep that is over, or a wait / invoke that timed out."""
-    if entry.status == "invoking":
+    if entry.status == StepStatus.INVOKING:
         error = jsonutil.dumps({"name": "InvokeTimeout", "message": "the invoked run did not finish within the timeout"})
         conn.execute(
             "UPDATE steps SET status = 'failed', error = ?, ended_at = ? WHERE run_id = ? AND key = ?",
             (error, now, run_id, entry.key),
         )
-        return JournalEntry(entry.key, entry.kind, "failed", None, error, entry.attempts, entry.wake_at)
+        return JournalEntry(entry.key, entry.kind, StepStatus.FAILED, None, error, entry.attempts, entry.wake_at)
     output = "null"
     conn.execute(
         "UPDATE steps SET status = 'completed', output = ?, ended_at = ? WHERE run_id = ? AND key = ?",
         (output, now, run_id, entry.key),
     )
     conn.execute("DELETE FROM waits WHERE run_id = ? AND step_key = ?", (run_id, entry.key))
-    return JournalEntry(entry.key, entry.kind, "completed", output, None, entry.attempts, entry.wake_at)
+    return JournalEntry(entry.key, entry.kind, StepStatus.COMPLETED, output, None, entry.attempts, entry.wake_at)
 
 
 # --- while running ---------------------------------------------------------------
@@ -278,9 +291,9 @@ def _upsert_step(conn: db.Conn, run_id: str, step: StepResult, seq: int, status:
 
 
 def _checkpoint_extras(conn: db.Conn, run_id: str, step: StepResult) -> None:
-    if step.kind == "ai.infer" and step.status == "completed" and step.meta:
+    if step.kind == "ai.infer" and step.status == StepStatus.COMPLETED and step.meta:
         _record_llm_usage(conn, run_id, step)
-    if step.status == "failed" or step.attempt > 1:
+    if step.status == StepStatus.FAILED or step.attempt > 1:
         conn.execute(
             "INSERT INTO step_attempts (run_id, step_key, attempt, error, started_at, ended_at) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (run_id, step_key, attempt) DO NOTHING",
@@ -364,9 +377,9 @@ def send_events_step_txn(
     _upsert_step(
         conn,
         lease.run_id,
-        StepResult(step.key, step.name, step.kind, "completed", output, None, step.attempt, step.started_at, now),
+        StepResult(step.key, step.name, step.kind, StepStatus.COMPLETED, output, None, step.attempt, step.started_at, now),
         seq,
-        "completed",
+        StepStatus.COMPLETED,
     )
     return sent
 
@@ -404,16 +417,16 @@ def suspend_txn(conn: db.Conn, lease: Lease, suspensions: list[Suspension], seq:
             due = item.due_at if due is None else min(due, item.due_at)
         step = StepResult(item.key, item.name, item.kind, "", None, item.error, item.attempt, item.started_at or now, now)
         if item.kind == "retry":
-            _upsert_step(conn, run_id, StepResult(item.key, item.name, item.step_kind, "", None, item.error, item.attempt, item.started_at or now, now), seq, "retrying")
+            _upsert_step(conn, run_id, StepResult(item.key, item.name, item.step_kind, "", None, item.error, item.attempt, item.started_at or now, now), seq, StepStatus.RETRYING)
             conn.execute(
                 "INSERT INTO step_attempts (run_id, step_key, attempt, error, started_at, ended_at) VALUES (?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (run_id, step_key, attempt) DO NOTHING",
                 (run_id, item.key, item.attempt, item.error, item.started_at or now, now),
             )
         elif item.kind == "sleep":
-            _insert_pending_step(conn, run_id, step, seq, "sleeping", item.due_at)
+            _insert_pending_step(conn, run_id, step, seq, StepStatus.SLEEPING, item.due_at)
         elif item.kind == "wait":
-            if _insert_pending_step(conn, run_id, step, seq, "waiting", item.due_at):
+            if _insert_pending_step(conn, run_id, step, seq, StepStatus.WAITING, item.due_at):
                 ops_runs.note_new_wait(conn, item.event_name or "")
                 conn.execute(
                     "INSERT INTO waits (id, run_id, step_key, event_name, expression, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -421,19 +434,19 @@ def suspend_txn(conn: db.Conn, lease: Lease, suspensions: list[Suspension], seq:
                 )
                 conn.execute("UPDATE runs SET cleanup = cleanup | ? WHERE id = ?", (ops_runs.CLEANUP_WAITS, run_id))
         elif item.kind == "invoke":
-            if _insert_pending_step(conn, run_id, step, seq, "invoking", item.due_at):
+            if _insert_pending_step(conn, run_id, step, seq, StepStatus.INVOKING, item.due_at):
                 _start_invoked_run_txn(conn, run_id, item, now)
         seq += 1
     if due is None:
         due = ops_runs.NEVER
     if "retry" in kinds:
-        status, reason = "queued", "retry_backoff"
+        status, reason = RunStatus.QUEUED, WaitReason.RETRY_BACKOFF
     elif "wait" in kinds:
-        status, reason = "waiting", "waiting_for_event"
+        status, reason = RunStatus.WAITING, WaitReason.WAITING_FOR_EVENT
     elif "invoke" in kinds:
-        status, reason = "waiting", "invoking"
+        status, reason = RunStatus.WAITING, WaitReason.INVOKING
     else:
-        status, reason = "sleeping", "scheduled"
+        status, reason = RunStatus.SLEEPING, WaitReason.SCHEDULED
     conn.execute(
         "UPDATE runs SET status = ?, wait_reason = ?, updated_at = ? WHERE id = ? AND status = 'running'",
         (status, reason, now, run_id),
@@ -531,7 +544,7 @@ def finish_many_txn(conn: db.Conn, items: list[FinishItem]) -> list[None | error
 def _end_held_runs_txn(conn: db.Conn, items: list[tuple[str, str, str | None, str | None, int]]) -> None:
     ended = ops_runs.end_runs_txn(conn, items)
     for (run_id, status, _, error, now), did_end in zip(items, ended):
-        if did_end and status == "failed":
+        if did_end and status == RunStatus.FAILED:
             _send_failed_event_txn(conn, run_id, error, now)
 
 

@@ -11,6 +11,7 @@ import datetime as dt
 from typing import Any
 
 from stepline.store import db
+from stepline.store.records import TERMINAL_SQL
 
 DAY_MS = 86_400_000
 # Durations read for percentiles per call; beyond this the newest runs are used.
@@ -64,7 +65,7 @@ def function_stats_txn(conn: db.Conn, since_ms: int) -> list[dict[str, Any]]:
     stats: dict[str, dict[str, Any]] = {}
     for r in conn.all(
         "SELECT function_id, status, COUNT(*) AS n FROM runs "
-        "WHERE status IN ('completed', 'failed', 'cancelled') AND ended_at >= ? GROUP BY function_id, status",
+        f"WHERE status IN {TERMINAL_SQL} AND ended_at >= ? GROUP BY function_id, status",
         (since_ms,),
     ):
         entry = stats.setdefault(r["function_id"], {"completed": 0, "failed": 0, "cancelled": 0})

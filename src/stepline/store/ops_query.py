@@ -7,10 +7,11 @@ from typing import Any
 
 from stepline import expressions, jsonutil
 from stepline.store import db, ops_read
+from stepline.store.records import TERMINAL_SQL, UNFINISHED
 
 HOUR_MS = 3600 * 1000
 BATCHED = "batched into run "  # the skip reason ops_admission records for a batch's later events
-_LIVE = ("queued", "running", "sleeping", "waiting")
+_LIVE = UNFINISHED
 
 
 def functions_overview_txn(conn: db.Conn, now: int) -> list[dict[str, Any]]:
@@ -24,7 +25,7 @@ def functions_overview_txn(conn: db.Conn, now: int) -> list[dict[str, Any]]:
         counts.setdefault(r["function_id"], {})[r["status"]] = int(r["n"])
     recent: dict[str, dict[str, int]] = {}
     for r in conn.all(
-        "SELECT function_id, status, COUNT(*) AS n FROM runs WHERE status IN ('completed', 'failed', 'cancelled') "
+        f"SELECT function_id, status, COUNT(*) AS n FROM runs WHERE status IN {TERMINAL_SQL} "
         "AND ended_at >= ? GROUP BY function_id, status",
         (now - HOUR_MS,),
     ):

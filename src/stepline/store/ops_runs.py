@@ -13,7 +13,7 @@ from typing import Any
 from stepline import errors, expressions, ids, jsonutil
 from stepline import event as event_mod
 from stepline.store import db, flow
-from stepline.store.records import TERMINAL, ClaimedRun, HandOff
+from stepline.store.records import TERMINAL, ClaimedRun, HandOff, RunStatus
 
 log = logging.getLogger("stepline.store")
 
@@ -175,7 +175,7 @@ def create_run_txn(
             fn_id,
             event_id,
             None if batch_event_ids is None else jsonutil.dumps(batch_event_ids),
-            "running" if leased else "queued",
+            RunStatus.RUNNING if leased else RunStatus.QUEUED,
             None if leased else wait_reason,
             event_mod.user_id_of(body),
             now,
@@ -411,7 +411,7 @@ def _end_side_rows_txn(
         conn.execute("DELETE FROM batches WHERE run_id = ?", (run_id,))
     if run["parent_run_id"] is None:
         return
-    if status == "completed":
+    if status == RunStatus.COMPLETED:
         updated = conn.rowcount(
             "UPDATE steps SET status = 'completed', output = ?, ended_at = ? "
             "WHERE run_id = ? AND key = ? AND status = 'invoking'",
@@ -448,7 +448,7 @@ def cancel_run_txn(conn: db.Conn, run_id: str, now: int, reason: str) -> str:
     run = conn.one("SELECT status FROM runs WHERE id = ?", (run_id,))
     if run is None:
         raise errors.NotFoundError(f"no run with id {run_id!r}")
-    if run["status"] in ("completed", "failed", "cancelled"):
+    if run["status"] in TERMINAL:
         return str(run["status"])
     error = jsonutil.dumps({"name": "Cancelled", "message": reason})
     held = conn.one(
@@ -462,8 +462,8 @@ def cancel_run_txn(conn: db.Conn, run_id: str, now: int, reason: str) -> str:
         conn.signal("cancel", run_id)  # the holder, in whichever process, stops its step now
         conn.memo.setdefault(CANCELLED_HELD, {})[run_id] = error  # it may be a hand-off of this very transaction
         return "cancelling"
-    end_run_txn(conn, run_id, "cancelled", None, error, now)
-    return "cancelled"
+    end_run_txn(conn, run_id, RunStatus.CANCELLED, None, error, now)
+    return RunStatus.CANCELLED
 
 
 def replay_run_txn(conn: db.Conn, run_id: str, now: int) -> str:

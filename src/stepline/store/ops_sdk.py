@@ -13,6 +13,7 @@ from typing import Any
 from stepline import errors, jsonutil
 from stepline import event as event_mod
 from stepline.store import db, ops_ingest, ops_runs
+from stepline.store.records import StepStatus
 
 
 def sdk_functions_txn(conn: db.Conn) -> list[dict[str, Any]]:
@@ -141,7 +142,7 @@ def wake_if_wait_done_txn(conn: db.Conn, run_id: str, key: str, now: int) -> boo
     """A prepared wait matched while its run still held its lease (so nothing woke it):
     make the suspended run due now. False while the run is still held or the wait open."""
     row = conn.one("SELECT status FROM steps WHERE run_id = ? AND key = ?", (run_id, key))
-    if row is None or row["status"] != "completed":
+    if row is None or row["status"] != StepStatus.COMPLETED:
         return False
     held = conn.one("SELECT lease_owner FROM queue WHERE run_id = ?", (run_id,))
     if held is None:

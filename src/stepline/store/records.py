@@ -7,7 +7,7 @@ import enum
 from typing import Any
 
 
-class RunStatus(str, enum.Enum):
+class RunStatus(enum.StrEnum):
     QUEUED = "queued"  # waiting for a worker (or for a retry's backoff)
     RUNNING = "running"  # a worker holds its lease and is executing steps
     SLEEPING = "sleeping"  # suspended in step.sleep / sleep_until
@@ -18,13 +18,16 @@ class RunStatus(str, enum.Enum):
 
     @property
     def terminal(self) -> bool:
-        return self in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
+        return self in TERMINAL
 
 
-TERMINAL = ("completed", "failed", "cancelled")
+TERMINAL = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+UNFINISHED = (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.SLEEPING, RunStatus.WAITING)
+# For SQL: ``status IN {TERMINAL_SQL}``.
+TERMINAL_SQL = "(" + ", ".join(f"'{s}'" for s in sorted(TERMINAL)) + ")"
 
 
-class StepStatus(str, enum.Enum):
+class StepStatus(enum.StrEnum):
     COMPLETED = "completed"  # result saved; never runs again
     FAILED = "failed"  # retries spent; replays raise StepError
     RETRYING = "retrying"  # an attempt failed; the next waits for its backoff
@@ -33,7 +36,7 @@ class StepStatus(str, enum.Enum):
     INVOKING = "invoking"  # waiting for an invoked run to end, or wake_at (timeout)
 
 
-class WaitReason(str, enum.Enum):
+class WaitReason(enum.StrEnum):
     """Why a run that is not finished is not executing right now."""
 
     QUEUED = "queued"
