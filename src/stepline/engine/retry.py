@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import random
 
 from stepline import errors
@@ -14,9 +15,10 @@ def backoff_seconds(attempt: int, *, base: float, maximum: float, rng: random.Ra
     return raw * (0.5 + rng.random() * 0.5)
 
 
-def delay_for(exc: BaseException, attempt: int, *, base: float, maximum: float) -> float:
+def delay_for(exc: BaseException, attempt: int, *, base: float, maximum: float, now: float | None = None) -> float:
+    """``now``: the epoch seconds a ``RetryAfterError``'s datetime is counted from (the store's clock)."""
     if isinstance(exc, errors.RetryAfterError):
-        return exc.delay_seconds()
+        return exc.delay_seconds(None if now is None else dt.datetime.fromtimestamp(now, dt.timezone.utc))
     return backoff_seconds(attempt, base=base, maximum=maximum)
 
 
