@@ -1,4 +1,8 @@
-"""The repository-analysis example: five durable steps, exact rate-limit waits, on_failure, crash resume."""
+"""The repository-analysis example: five durable steps, exact rate-limit waits, on_failure, crash resume.
+
+The rate limit and on_failure run on the test kit (the wait until the reset passes when the
+test clock is moved); the crash needs two engines and runs on them.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ import pytest
 
 from stepline.examples import jobs, repo_analysis
 from stepline.examples.fake_api import COMMITS_PER_REPO, FakeAPI
-from tests.helpers import eventually, runs_for_event, send_and_wait, wait_run
+from stepline.testing import TestEngine
+from tests.helpers import eventually, runs_for_event, wait_run
 
 STEPS = ["load-job-context", "fetch-commit-list", "fetch-commit-details", "compute-analysis", "save-results"]
 
@@ -29,32 +34,37 @@ def list_hits(api: FakeAPI) -> list[int]:
     return [count for path, count in sorted(api.hits.items()) if path.startswith("/repos/acme/web/commits?")]
 
 
-async def test_rate_limit_waits_until_the_reset_then_completes(make_engine, api: FakeAPI) -> None:
-    api.rate_limit("/repos/acme/web/commits/", times=1, reset_in=1)  # the first detail request hits the limit
-    engine = await make_engine(repo_analysis.app)
-    run = await send_and_wait(engine, event(api, "repo-1"))
-    assert run["status"] == "completed", run["error"]
-    assert [s["id"] for s in run["steps"]] == STEPS
-    details = run["steps"][2]
-    assert details["attempts"] == 2
-    error = details["attempt_history"][0]["error"]
-    assert error["name"] == "RetryAfterError" and "retrying at the reset time" in error["message"]
-    assert run["output"]["commits"] == COMMITS_PER_REPO and run["output"]["vibe"]
+async def test_rate_limit_waits_until_the_reset_then_completes(db_url: str, api: FakeAPI) -> None:
+    api.rate_limit("/repos/acme/web/commits/", times=1, reset_in=30)  # the first detail request hits the limit
+    async with TestEngine(repo_analysis.app, db=db_url) as t:
+        sent = await t.send(event(api, "repo-1"))
+        limited = await t.result(sent)
+        details = limited.steps["fetch-commit-details"]
+        assert limited.wait_reason == "retry_backoff" and details.status == "retrying"
+        await t.advance("20s")
+        assert (await t.result(sent)).steps["fetch-commit-details"].attempts == 1  # not yet: the reset is 30 s away
+        await t.advance("1m")  # past the reset (counted from the real time the API answered)
+        run = await t.wait(sent)
+    assert run.status == "completed", run.error
+    assert list(run.steps) == STEPS
+    details = run.steps["fetch-commit-details"]
+    assert details.attempts == 2
+    error = details.attempt_errors[0]
+    assert error.name == "RetryAfterError" and "retrying at the reset time" in error.message
+    assert run.output["commits"] == COMMITS_PER_REPO and run.output["vibe"]
     assert list_hits(api) == [1, 1, 1]  # three pages, each fetched once
     job = jobs.get("repo-1")
-    assert job is not None and job["status"] == "completed" and job["output"] == run["output"]
+    assert job is not None and job["status"] == "completed" and job["output"] == run.output
 
 
-async def test_on_failure_marks_the_job_errored(make_engine, api: FakeAPI) -> None:
-    engine = await make_engine(repo_analysis.app)
-    run = await send_and_wait(engine, event(api, "repo-2", repo="acme/web/oops"))
-    assert run["status"] == "failed"
-
-    async def errored() -> dict[str, Any] | None:
-        job = jobs.get("repo-2")
-        return job if job and job["status"] == "error" else None
-
-    job = await eventually(errored, what="on_failure to mark the job")
+async def test_on_failure_marks_the_job_errored(db_url: str, api: FakeAPI) -> None:
+    async with TestEngine(repo_analysis.app, db=db_url) as t:
+        run = await t.wait(await t.send(event(api, "repo-2", repo="acme/web/oops")))
+        handlers = await t.runs("analyze-repo-failure")
+    assert run.status == "failed"
+    assert [h.status for h in handlers] == ["completed"]  # it had ended when the engine settled
+    job = jobs.get("repo-2")
+    assert job is not None and job["status"] == "error"
     assert "answered 404" in job["error"] and "check the repository name" in job["error"]
 
 

@@ -26,7 +26,7 @@ def test_llm_exports_match_all() -> None:
 
 
 def test_testing_exports_match_all() -> None:
-    # stepline.testing defines nothing itself: it is the face of stepline.fakes and of the test kit.
+    # stepline.testing defines nothing itself: it is the face of stepline.fakes and of its own test-kit modules.
     public = {
         name
         for name, value in vars(stepline.testing).items()
@@ -34,7 +34,8 @@ def test_testing_exports_match_all() -> None:
     }
     assert public == set(stepline.testing.__all__)
     documented = {"FakeProvider", "Reply", "Fail", "Truncate", "Reset", "StreamError", "LoopbackServer", "Request",
-                  "rate_limited", "server_error", "insufficient_quota", "overloaded"}
+                  "rate_limited", "server_error", "insufficient_quota", "overloaded",
+                  "TestEngine", "SyncTestEngine", "TestClock", "RunResult", "StepRecord", "ErrorInfo", "SentEvent", "StepMock"}
     assert documented <= public
     assert stepline.testing.FakeProvider is stepline.fakes.provider.FakeProvider
     assert stepline.testing.LoopbackServer is stepline.fakes.loopback.LoopbackServer
