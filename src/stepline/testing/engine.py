@@ -229,7 +229,7 @@ class TestEngine:
         deadline = loop.time() + limit
         queued = 0
         while True:
-            handlers = [task for task, _ in worker.executor.active.values()]
+            handlers = [task for task, _ in worker.executor.active.values() if not task.done()]
             if handlers:  # functions executing: wait for one to return or suspend
                 await asyncio.wait(handlers, timeout=max(0.0, deadline - loop.time()), return_when=asyncio.FIRST_COMPLETED)
             elif worker.in_flight == 0:
