@@ -80,6 +80,11 @@ async def parent(ctx: stepline.Context) -> dict[str, Any]:
     return {"got": got}
 
 
+@app.function(id="fan-out", trigger=stepline.TriggerEvent("fan/go"))
+async def fan_out(ctx: stepline.Context) -> list[str]:
+    return await ctx.step.run("send-children", app.send, [{"name": "child/go", "data": {"n": n}} for n in (1, 2)])
+
+
 @app.function(id="sync-steps", trigger=stepline.TriggerEvent("sync/go"))
 def sync_steps(ctx: stepline.SyncContext) -> dict[str, Any]:
     first = ctx.step.run("first", lambda: "real first")
@@ -272,6 +277,14 @@ async def test_steps_are_listed_in_the_order_the_function_reached_them(kit_db: s
         result = await t.wait(sent)
     assert list(suspended.steps) == ["load", "summarise", "cool-down"]
     assert list(result.steps) == ["load", "summarise", "cool-down", "approval"]
+
+
+async def test_app_send_in_the_code_under_test_reaches_the_test_engine(kit_db: str | None) -> None:
+    async with TestEngine(app, db=kit_db) as t:
+        parent_run = await t.wait(await t.send({"name": "fan/go"}))
+        children = await t.runs("child")
+    assert parent_run.status == "completed" and len(parent_run.output) == 2
+    assert sorted(c.output["doubled"] for c in children) == [2, 4]  # already ended: the engine had settled
 
 
 # --- time --------------------------------------------------------------------------------------

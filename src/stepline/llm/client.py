@@ -103,7 +103,7 @@ class LLM:
             raise errors.ConfigError(
                 "no LLM provider is configured: set OPENROUTER_API_KEY, OPENAI_API_KEY or ANTHROPIC_API_KEY, "
                 "or STEPLINE_LLM_BASE_URL for a self-hosted server (vLLM, Ollama, llama.cpp); in tests use "
-                "stepline.testing.FakeProvider"
+                "stepline.testing.FakeProvider, or mock the step by id with stepline.testing.TestEngine.mock_step"
             )
         if name not in self.providers:
             raise errors.ConfigError(f"model {model!r}: provider {name!r} is not configured (configured: {sorted(self.providers)})")
