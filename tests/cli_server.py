@@ -30,10 +30,16 @@ def free_port() -> int:
 
 
 class CliServer:
-    def __init__(self, proc: subprocess.Popen[bytes], port: int) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, log_path: str) -> None:
         self.proc = proc
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+
+    def log(self) -> str:
+        """What the process wrote so far (stdout and stderr)."""
+        with open(self.log_path, errors="replace") as log:
+            return log.read()
 
     def rss_peak_kib(self) -> int:
         """The process's peak resident memory so far (VmHWM), in KiB."""
@@ -63,7 +69,7 @@ def _limit_open_files(count: int) -> Any:
 
 
 @pytest.fixture
-def cli_server(db_url: str) -> Iterator[Any]:
+def cli_server(db_url: str, tmp_path: Any) -> Iterator[Any]:
     """``cli_server(mode="start"|"dev", env={...}, open_files=N, app="module:app")`` → a healthy CliServer."""
     servers: list[CliServer] = []
 
@@ -72,16 +78,18 @@ def cli_server(db_url: str) -> Iterator[Any]:
         port = free_port()
         full_env = {**os.environ, "PYTHONPATH": REPO, "STEPLINE_LOG_LEVEL": "WARNING",
                     "STEPLINE_EVENT_KEY": EVENT_KEY, "STEPLINE_API_TOKEN": API_TOKEN, **(env or {})}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "stepline.cli", mode, app, "--db", db_url, "--port", str(port), *extra_args],
-            cwd=REPO, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            preexec_fn=_limit_open_files(open_files) if open_files else None,
-        )
-        server = CliServer(proc, port)
+        log_path = str(tmp_path / f"stepline-{mode}-{port}.log")
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "stepline.cli", mode, app, "--db", db_url, "--port", str(port), *extra_args],
+                cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+                preexec_fn=_limit_open_files(open_files) if open_files else None,
+            )
+        server = CliServer(proc, port, log_path)
         servers.append(server)
 
         def healthy() -> bool:
-            assert proc.poll() is None, f"stepline {mode} exited with {proc.returncode}"
+            assert proc.poll() is None, f"stepline {mode} exited with {proc.returncode}: {server.log()[-2000:]}"
             try:
                 return httpx.get(f"{server.url}/health", timeout=2).status_code == 200
             except httpx.HTTPError:

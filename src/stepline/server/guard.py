@@ -12,9 +12,12 @@ It sits outside Starlette's error middleware, so its refusals are never turned i
 - 408 when the body pauses longer than ``STEPLINE_BODY_IDLE_TIMEOUT`` or takes longer
   than ``STEPLINE_BODY_TIMEOUT`` in all.
 
-Every refusal carries ``Connection: close``, so the server stops reading the request.
-Routes then see the end of the body as a client disconnect, and whatever they send
-afterwards is dropped.
+Every refusal carries ``Connection: close``, so the server stops reading the request,
+when served by ``stepline dev/start`` (``serving``, which lets the client read the answer
+before it closes). A server that closes at once while the client still sends its body
+(plain uvicorn) makes the client see a reset instead of the answer, so there a 408 or 413
+keeps the connection and the server drops the rest of the body. Routes see the end of
+the body as a client disconnect, and whatever they send afterwards is dropped.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ LOGIN_BODY_BYTES = 4096
 _INGEST = re.compile(r"/(e/[^/]+|api/v1/events|fn/register|invoke/[^/]+|v1/signals)/?")
 _LOGIN = re.compile(r"/log(in|out)/?")
 _DISCONNECT: Message = {"type": "http.disconnect"}
+# Set in scope["state"] by servers whose close lets the client read a refusal (``serving``).
+GRACEFUL_CLOSE = "stepline.graceful_close"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,18 +106,18 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def send_problem(send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    """A JSON error answer that also closes the connection."""
+def closes_gracefully(scope: Scope) -> bool:
+    return bool((scope.get("state") or {}).get(GRACEFUL_CLOSE))
+
+
+async def send_problem(send: Send, status: int, message: str, *, close: bool = True) -> None:
+    """A JSON error answer that (with ``close``) also closes the connection."""
     body = orjson.dumps({"error": message, "status": status})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({
         "type": "http.response.start",
         "status": status,
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),
-            *(headers or []),
-        ],
+        "headers": [*headers, (b"connection", b"close")] if close else headers,
     })
     await send({"type": "http.response.body", "body": body})
 
@@ -126,16 +131,18 @@ class HttpGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        graceful = closes_gracefully(scope)
+        declared = _header(scope, b"content-length")
         refusal = self._refuse_head(scope)
         if refusal is not None:
-            await send_problem(send, *refusal)
+            bodiless = declared in (None, "0") and _header(scope, b"transfer-encoding") is None
+            await send_problem(send, *refusal, close=graceful or bodiless)
             return
         limit, too_large = self.limits.body_rule(scope["path"])
-        declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await send_problem(send, 413, too_large(int(declared)))
+            await send_problem(send, 413, too_large(int(declared)), close=graceful)
             return
-        body = _GuardedBody(receive, send, limit, too_large, self.limits)
+        body = _GuardedBody(receive, send, limit, too_large, self.limits, graceful)
         try:
             await self.app(scope, body.receive, body.send)
         except ClientDisconnect:
@@ -165,8 +172,10 @@ class HttpGuard:
 class _GuardedBody:
     """``receive`` and ``send`` of one request, with the body's size and time limits."""
 
-    def __init__(self, receive: Receive, send: Send, limit: int, too_large: Callable[[int | None], str], limits: HttpLimits) -> None:
+    def __init__(self, receive: Receive, send: Send, limit: int, too_large: Callable[[int | None], str],
+                 limits: HttpLimits, graceful: bool) -> None:
         self._receive = receive
+        self.graceful = graceful
         self._send = send
         self.limit = limit
         self.too_large = too_large
@@ -215,4 +224,4 @@ class _GuardedBody:
     async def _refuse(self, status: int, message: str) -> None:
         self.refused = True
         if not self.started:
-            await send_problem(self._send, status, message)
+            await send_problem(self._send, status, message, close=self.graceful)

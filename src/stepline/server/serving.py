@@ -14,8 +14,9 @@ open connections but the process's open-file limit. ``StepHttpProtocol`` adds:
 - a graceful close: after a refusal the server sends its answer, stops writing, and
   reads and drops what the client still sends for up to ``LINGER_MAX`` seconds (less if
   the client pauses ``LINGER_IDLE``), so the client reads the answer;
-- a connection cap (``STEPLINE_MAX_CONNECTIONS``, and never past the open-file limit
-  less ``FD_RESERVE`` for the database and the engine): a new connection past the cap
+- a connection cap (``STEPLINE_MAX_CONNECTIONS``, and never past the open-file limit,
+  raised to the hard limit at start, less ``FD_RESERVE`` for the database, the engine and
+  a burst of accepted connections): a new connection past the cap
   closes the one that has been idle longest (waiting for a head, between requests, or
   closing), so idle sockets can never lock out a real request; only when every
   connection is busy with a request does the newcomer get 503.
@@ -40,11 +41,13 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from stepline import errors
+from stepline.server import guard
 from stepline.settings import Settings
 
 LINGER_IDLE = 2.0
 LINGER_MAX = 10.0
 FD_RESERVE = 100
+MAX_OPEN_FILES = 65536
 log = logging.getLogger("stepline.server")
 
 
@@ -53,6 +56,10 @@ class ConnectionLimits:
     header_timeout: float = 10.0
     max_header_bytes: int = 16 * 1024
     max_connections: int = 1000
+    # Connections the kernel queues, and the most the loop accepts at once before any of
+    # them reaches the cap (asyncio accepts up to this many per wake-up): kept within the
+    # open files the cap leaves free.
+    backlog: int = 2048
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ConnectionLimits:
@@ -62,15 +69,28 @@ class ConnectionLimits:
             raise errors.ConfigError(f"STEPLINE_MAX_HEADER_BYTES={settings.max_header_bytes!r}: expected at least 1024")
         if settings.max_connections < 1:
             raise errors.ConfigError(f"STEPLINE_MAX_CONNECTIONS={settings.max_connections!r}: expected a positive number")
-        cap = settings.max_connections
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft != resource.RLIM_INFINITY:
-            if soft - FD_RESERVE < 10:
-                raise errors.ConfigError(
-                    f"the open-file limit is {soft}, too low to serve HTTP; raise it (ulimit -n) to at least {FD_RESERVE + 100}"
-                )
-            cap = min(cap, soft - FD_RESERVE)
-        return cls(settings.header_timeout, settings.max_header_bytes, cap)
+        soft = _raise_open_file_limit()
+        if soft - FD_RESERVE < 10:
+            raise errors.ConfigError(
+                f"the open-file limit is {soft}, too low to serve HTTP; raise it (ulimit -n) to at least {FD_RESERVE + 100}"
+            )
+        cap = min(settings.max_connections, soft - FD_RESERVE)
+        backlog = max(16, min(2048, (soft - cap) // 4))
+        return cls(settings.header_timeout, settings.max_header_bytes, cap, backlog)
+
+
+def _raise_open_file_limit() -> int:
+    """Raise the soft open-file limit to the hard one (at most ``MAX_OPEN_FILES``), as Go
+    programs do; returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, MAX_OPEN_FILES)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return MAX_OPEN_FILES if soft == resource.RLIM_INFINITY else soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (ValueError, OSError):
+        return soft
+    return wanted
 
 
 def raw_response(status: int, message: str, headers: dict[str, str] | None = None) -> bytes:
@@ -145,6 +165,7 @@ class StepHttpProtocol(H11Protocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.app_state = {**self.app_state, guard.GRACEFUL_CLOSE: True}  # each request's scope["state"]
         self.closing = False  # a close began: what the client still sends is dropped
         self._lost = False
         self._deadline: asyncio.TimerHandle | None = None
@@ -280,4 +301,5 @@ def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
         http=protocol_class(limits),
         ws="none",  # no WebSocket routes: an upgrade request is plain HTTP
         h11_max_incomplete_event_size=limits.max_header_bytes,
+        backlog=limits.backlog,
     )
