@@ -47,6 +47,11 @@ class RunDriver(Protocol):
 
     async def publish(self, topic: str, data: Any) -> None: ...
 
+    def journal(self) -> Sequence[Any]:
+        """The run's saved steps as its execution began, in the order they were recorded
+        (each with ``key``, ``kind``, ``status``, ``output``, ``error``, ``attempts``)."""
+        ...
+
 
 def _function_id(function: Any) -> str:
     if isinstance(function, str):

@@ -38,7 +38,16 @@ from stepline.engine import retry
 from stepline.engine.signals import Halt, Suspend
 from stepline.function import Function
 from stepline.settings import Settings
-from stepline.store import ClaimedRun, Lease, RunStatus, StepResult, StepStatus, Store, Suspension
+from stepline.store import (
+    ClaimedRun,
+    JournalEntry,
+    Lease,
+    RunStatus,
+    StepResult,
+    StepStatus,
+    Store,
+    Suspension,
+)
 
 log = logging.getLogger("stepline.executor")
 
@@ -212,6 +221,9 @@ class RunExecution:
 
     def now(self) -> float:
         return self._store.clock.time()
+
+    def journal(self) -> list[JournalEntry]:
+        return list(self._journal.values())
 
     async def run_step(self, step_id: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         return await self.record_step(step_id, "run", functools.partial(self._call, fn, args, kwargs), None)

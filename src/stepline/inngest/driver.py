@@ -17,6 +17,7 @@ hashed step id, so the run's journal *is* the memoized state sent back:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -84,13 +85,13 @@ class Driver:
     # --- the run ---------------------------------------------------------------------
 
     async def run(self) -> Any:
-        for row in await self.rt.journal(self.ctx.run_id):
+        for entry in self.step.journal():  # the journal the engine loaded with the run
+            row = dataclasses.asdict(entry)
             if memos.finished(row):
                 self.memos[row["key"]] = memos.memo_of(row)
                 self.stack.append(row["key"])
-                # Mark the step reached, so the engine knows the run still uses it. The
-                # engine answers from its own journal; the compute only runs if that
-                # journal is older than what was just read, and then saves the same thing.
+                # Mark the step reached, so the engine knows the run still uses it; the
+                # engine answers from this same journal, so the compute never runs.
                 if row["status"] == "completed":
                     again = _value(jsonutil.loads(row["output"]))
                 else:

@@ -172,7 +172,8 @@ def _lease_and_load_txn(
     if resumed:
         marks, params = db.in_list(resumed)
         for row in conn.all(
-            f"SELECT run_id, key, kind, status, output, error, attempts, wake_at FROM steps WHERE run_id IN ({marks})",
+            f"SELECT run_id, key, kind, status, output, error, attempts, wake_at FROM steps WHERE run_id IN ({marks}) "
+            "ORDER BY run_id, seq, started_at",  # each journal in the order its steps were recorded
             params,
         ):
             journals.setdefault(row.pop("run_id"), []).append(row)

@@ -97,7 +97,7 @@ class ClaimedRun:
     attempt: int
     event: dict[str, Any]
     events: list[dict[str, Any]]
-    journal: dict[str, JournalEntry]
+    journal: dict[str, JournalEntry]  # by step key, in the order the steps were recorded
     started_at: int
     finish_deadline: int | None
     epoch: int  # this lease's epoch (see Lease)
