@@ -321,3 +321,33 @@ def test_signal_and_invoke_routes(ingest: Ingest, signal: Any, data: Any, slug: 
             message = reply.json()["error"]
             assert isinstance(message, str) and message and "internal error" not in message, message
     ingest.check_reads()
+
+
+def query_value(text: str) -> str:
+    """``text`` percent-encoded as UTF-8, lone surrogates as the bytes a careless client sends."""
+    return quote(text.encode("utf-8", errors="surrogatepass"), safe="")
+
+
+@FUZZ
+@given(
+    route=st.sampled_from(["cancel", "replay", "rerun-from-failed-step", "token", "bulk-cancel"]),
+    body=st.one_of(json_values, nests, st.fixed_dictionaries({}, optional={
+        "reason": st.one_of(texts, json_values), "function_id": st.one_of(texts, json_values), "since": st.one_of(stamps, texts),
+        "until": st.one_of(stamps, texts), "limit": numbers, "ttl": numbers})),
+    query=st.fixed_dictionaries({}, optional={k: texts for k in ("name", "since", "until", "cursor", "limit", "status", "user_id", "function_id")}),
+    ascii_only=st.booleans(),
+)
+def test_api_routes(ingest: Ingest, route: str, body: Any, query: dict[str, str], ascii_only: bool) -> None:
+    run_id = ingest.client.get("/api/v1/runs", params={"limit": 1}).json()["data"][0]["id"]
+    path = "/api/v1/runs/bulk-cancel" if route == "bulk-cancel" else f"/api/v1/runs/{run_id}/{route}"
+    replies = [post(ingest, path, body, ascii_only)]
+    params = "&".join(f"{k}={query_value(v)}" for k, v in query.items())
+    for read in ("/api/v1/events", "/api/v1/runs", "/api/v1/events/" + query_value(query.get("cursor", "x")),
+                 "/api/v1/runs/" + query_value(query.get("name", "x")), "/api/v1/functions/" + query_value(query.get("user_id", "x"))):
+        replies.append(ingest.client.get(f"{read}?{params}"))
+    for reply in replies:
+        assert reply.status_code < 500, (reply.request.url, reply.text)
+        if reply.status_code >= 400:
+            message = reply.json()["error"]
+            assert isinstance(message, str) and message and "internal error" not in message, message
+    ingest.check_reads()
