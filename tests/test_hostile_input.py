@@ -21,6 +21,7 @@ from stepline import event as event_mod
 from stepline import expressions, ids
 from stepline.store import ops_ingest, ops_runs
 from tests import apps_hostile
+from tests.cli_server import API_TOKEN, EVENT_KEY, cli_server  # noqa: F401 - fixture
 from tests.server_live import LiveServer, run_of_event, run_status, serve, wait_for  # noqa: F401 - fixture
 
 SDK = {"X-Inngest-SDK": "inngest-js:v3.27.0"}
@@ -359,3 +360,23 @@ def test_integers_outside_64_bits_are_refused_naming_the_field(api: httpx.Client
 def test_in_process_integers_outside_64_bits_are_refused(api: httpx.Client) -> None:
     with pytest.raises(stepline.EventError, match=r"'data.big' is 18446744073709551616, outside the 64-bit signed"):
         server_of(api).call(lambda engine: engine.send({"name": "h/int", "data": {"big": 2**64}}))
+
+
+# --- the limits are the server's settings -----------------------------------------------------
+
+
+def test_the_limits_follow_their_variables(cli_server: Any) -> None:  # noqa: F811
+    env = {"STEPLINE_MAX_NAME_BYTES": "40", "STEPLINE_MAX_ID_BYTES": "10", "STEPLINE_MAX_USER_ID_BYTES": "5",
+           "STEPLINE_MAX_JSON_DEPTH": "8"}
+    server = cli_server(mode="start", app="tests.apps_hostile:app", env=env)
+    client = httpx.Client(base_url=server.url, timeout=60, headers={"authorization": f"Bearer {API_TOKEN}"})
+
+    def post(body: Any) -> httpx.Response:
+        return client.post(f"/e/{EVENT_KEY}", json=body)
+
+    refused(post({"name": "h/" + "n" * 39}), "41 bytes", "limit of 40 bytes (STEPLINE_MAX_NAME_BYTES)")
+    refused(post({"name": "h/x", "id": "i" * 11}), "limit of 10 bytes (STEPLINE_MAX_ID_BYTES)")
+    refused(post({"name": "h/x", "data": {"user_id": "u" * 6}}), "limit of 5 bytes (STEPLINE_MAX_USER_ID_BYTES)")
+    refused(post({"name": "h/x", "data": json.loads(nested(9))}), "deeper than 8 levels (STEPLINE_MAX_JSON_DEPTH)")
+    kept = ok_ids(post({"name": "h/" + "n" * 38, "id": "i" * 10, "data": {"user_id": "u" * 5, "deep": json.loads(nested(7))}}))[0]
+    assert client.get(f"/api/v1/events/{kept}").json()["body"]["data"]["deep"] == json.loads(nested(7))
