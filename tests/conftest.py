@@ -18,6 +18,7 @@ from stepline.app import App
 from stepline.engine import Engine
 from stepline.settings import Settings
 from stepline.store import migrate, open_store
+from stepline.testing import FakeProvider
 
 PG_ADMIN_URL = os.environ.get("STEPLINE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 PG_BASE = PG_ADMIN_URL.rsplit("/", 1)[0]
@@ -73,19 +74,24 @@ def db_url(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue(f"{request.param}_url"))
 
 
+@pytest.fixture
+def fake() -> Iterator[FakeProvider]:
+    """A simulated LLM provider on loopback (both wire formats), for tests of model calls."""
+    with FakeProvider() as server:
+        yield server
+
+
 TEST_SETTINGS = Settings(retry_base=0.02, retry_max=0.5, lease=3.0, poll_interval=0.05)
 
 EngineFactory = Callable[..., Awaitable[Engine]]
 
 
-@pytest.fixture
-async def make_engine(db_url: str) -> AsyncIterator[EngineFactory]:
-    """``await make_engine(app, ..., **settings)``: a started engine (worker included) on ``db_url``."""
+async def _engines(url: str) -> AsyncIterator[EngineFactory]:
     engines: list[Engine] = []
 
     async def factory(*apps: App, run_worker: bool = True, **overrides: object) -> Engine:
-        settings = TEST_SETTINGS.replace(db=db_url, **overrides)
-        engine = Engine(open_store(db_url, migrate_now=False), settings, list(apps))
+        settings = TEST_SETTINGS.replace(db=url, **overrides)
+        engine = Engine(open_store(url, migrate_now=False), settings, list(apps))
         await engine.start(run_worker=run_worker)
         engines.append(engine)
         return engine
@@ -93,3 +99,18 @@ async def make_engine(db_url: str) -> AsyncIterator[EngineFactory]:
     yield factory
     for engine in reversed(engines):
         await engine.stop(grace=1.0)
+
+
+@pytest.fixture
+async def make_engine(db_url: str) -> AsyncIterator[EngineFactory]:
+    """``await make_engine(app, ..., **settings)``: a started engine (worker included) on
+    ``db_url``; call it again for another process's engine on the same database."""
+    async for factory in _engines(db_url):
+        yield factory
+
+
+@pytest.fixture
+async def make_pg_engine(postgres_url: str) -> AsyncIterator[EngineFactory]:
+    """``make_engine`` on PostgreSQL alone, for what only it has (several writers, NOTIFY, its faults)."""
+    async for factory in _engines(postgres_url):
+        yield factory

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -14,16 +15,42 @@ T = TypeVar("T")
 TERMINAL = ("completed", "failed", "cancelled")
 
 
-async def eventually(check: Callable[[], Awaitable[T]], *, timeout: float = 15.0, interval: float = 0.02, what: str = "condition") -> T:
-    """Poll ``check`` until it returns a truthy value; fail with ``what`` after ``timeout``."""
+async def eventually(
+    check: Callable[[], Awaitable[T] | T], *, timeout: float = 15.0, interval: float = 0.02, what: str = "condition",
+    diagnose: Callable[[], str] | None = None,
+) -> T:
+    """Poll ``check`` (a coroutine function, or a plain one) until it returns a truthy value;
+    fail with ``what`` (and ``diagnose()``, e.g. the logs of processes) after ``timeout``."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
-        last = await check()
+        last = check()
+        if inspect.isawaitable(last):
+            last = await last
+        if last:
+            return last  # type: ignore[no-any-return]
+        await asyncio.sleep(interval)
+    raise AssertionError(_timed_out(timeout, what, last, diagnose))
+
+
+def wait_for(
+    check: Callable[[], T], *, timeout: float = 20.0, interval: float = 0.03, what: str = "condition",
+    diagnose: Callable[[], str] | None = None,
+) -> T:
+    """``eventually`` for code outside an event loop (tests that drive processes)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
         if last:
             return last
-        await asyncio.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+        time.sleep(interval)
+    raise AssertionError(_timed_out(timeout, what, last, diagnose))
+
+
+def _timed_out(timeout: float, what: str, last: Any, diagnose: Callable[[], str] | None) -> str:
+    message = f"timed out after {timeout}s waiting for {what} (last: {last!r})"
+    return f"{message}\n{diagnose()}" if diagnose is not None else message
 
 
 async def wait_run(engine: Engine, run_id: str, *statuses: str, timeout: float = 15.0) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from stepline.server import create_app
 from stepline.server.common import ServerOptions
 from stepline.store import open_store
 from tests.conftest import TEST_SETTINGS
+from tests.helpers import wait_for
 
 T = TypeVar("T")
 
@@ -104,20 +105,6 @@ def serve(db_url: str) -> Iterator[ServeFactory]:
     yield factory
     for server in reversed(servers):
         server.stop()
-
-
-def wait_for(check: Callable[[], T], *, timeout: float = 20.0, interval: float = 0.03, what: str = "condition") -> T:
-    """Poll ``check`` until truthy (never a fixed sleep)."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def run_of_event(client: httpx.Client, event_id: str) -> dict[str, Any]:

@@ -26,8 +26,7 @@ import pytest
 import stepline
 from stepline.engine import Engine
 from stepline.errors import LeaseLost
-from stepline.store import Lease, StepResult, open_store
-from tests.conftest import TEST_SETTINGS
+from stepline.store import Lease, StepResult
 from tests.helpers import eventually, runs_for_event, wait_run
 from tests.test_crash import REPO
 from tests.test_handoff import query
@@ -302,26 +301,10 @@ async def _not_active(engine: Engine, run_id: str) -> bool:
 # --- connection loss is never a failed step -----------------------------------------------
 
 
-@pytest.fixture
-async def pg_engine(postgres_url: str) -> AsyncIterator[Any]:
-    """``await pg_engine(app)``: a started engine on PostgreSQL alone (for faults only it has)."""
-    engines: list[Engine] = []
-
-    async def factory(*apps: stepline.App, **overrides: Any) -> Engine:
-        engine = Engine(open_store(postgres_url, migrate_now=False), TEST_SETTINGS.replace(db=postgres_url, **overrides), list(apps))
-        await engine.start()
-        engines.append(engine)
-        return engine
-
-    yield factory
-    for engine in engines:
-        await engine.stop(grace=1.0)
-
-
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("fault", ["pg_terminate_backend", "pg_cancel_backend"])
 async def test_a_connection_cut_mid_pipeline_is_a_lost_connection_not_a_failed_step(
-    pg_engine: Any, postgres_url: str, fault: str
+    make_pg_engine: Any, postgres_url: str, fault: str
 ) -> None:
     """The writer's backend is terminated (or its statement cancelled) while its checkpoint
     waits for a lock. Terminated: the batch runs again on a new connection and no step runs
@@ -338,7 +321,7 @@ async def test_a_connection_cut_mid_pipeline_is_a_lost_connection_not_a_failed_s
         out["s2"] = await ctx.step.run("s2", journal.step, "s2", 0.0)
         return out
 
-    engine = await pg_engine(app)
+    engine = await make_pg_engine(app)
     dbname = postgres_url.rsplit("/", 1)[1]
     with psycopg.connect(postgres_url) as locker:
         locker.execute("LOCK TABLE steps IN EXCLUSIVE MODE")  # s1's checkpoint will wait here

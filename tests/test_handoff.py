@@ -222,10 +222,7 @@ def _healthy(url: str) -> bool:
 
 
 async def _until(check: Any, what: str, timeout: float = 30.0) -> None:
-    async def probe() -> bool:
-        return bool(check())
-
-    await eventually(probe, timeout=timeout, interval=0.05, what=what)
+    await eventually(check, timeout=timeout, interval=0.05, what=what)
 
 
 class HeldClaims:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -11,12 +10,6 @@ import stepline
 from stepline.llm import Router, is_reasoning_model
 from stepline.testing import FakeProvider
 from tests.helpers import runs_for_event, wait_run
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeProvider]:
-    with FakeProvider() as server:
-        yield server
 
 
 def test_routes_follow_the_seeds_rule() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,12 +19,6 @@ from stepline.testing import (
     server_error,
 )
 from tests.helpers import eventually, send_and_wait, wait_run
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeProvider]:
-    with FakeProvider() as server:
-        yield server
 
 
 def infer_app(llm: LLM, **infer: Any) -> stepline.App:

@@ -17,9 +17,7 @@ import pytest
 
 import stepline
 from stepline import errors
-from stepline.engine import Engine
-from stepline.store import Lease, StepResult, db, open_store, ops_exec, postgres
-from tests.conftest import TEST_SETTINGS
+from stepline.store import Lease, StepResult, db, ops_exec, postgres
 from tests.helpers import eventually, runs_for_event, wait_run
 
 
@@ -367,7 +365,7 @@ async def test_signals_reach_other_processes_only_when_committed(
     assert heard == ["run-1", "end"]
 
 
-async def test_a_cancel_from_an_api_server_stops_a_step_in_flight_on_another_process(postgres_url: str) -> None:
+async def test_a_cancel_from_an_api_server_stops_a_step_in_flight_on_another_process(postgres_url: str, make_pg_engine: Any) -> None:
     app = stepline.App("remote-cancel")
     started, stopped = asyncio.Event(), asyncio.Event()
 
@@ -385,25 +383,18 @@ async def test_a_cancel_from_an_api_server_stops_a_step_in_flight_on_another_pro
         return await ctx.step.run("call", long_call)
 
     # Heartbeats every 200 s: only the signal can stop the step within this test.
-    settings = TEST_SETTINGS.replace(db=postgres_url, lease=600.0)
-    worker = Engine(open_store(postgres_url, migrate_now=False), settings, [app])
-    api = Engine(open_store(postgres_url, migrate_now=False), settings)
-    await worker.start()
-    await api.start(run_worker=False)
-    try:
-        event_id = await api.send({"name": "remote/long", "data": {}})
-        run = (await runs_for_event(api, event_id))[0]
-        await asyncio.wait_for(started.wait(), 15)
-        assert await api.cancel(run["id"]) == "cancelling"
-        await asyncio.wait_for(stopped.wait(), 30)
-        done = await wait_run(api, run["id"])
-        assert done["status"] == "cancelled"
-    finally:
-        await api.stop(grace=1.0)
-        await worker.stop(grace=1.0)
+    await make_pg_engine(app, lease=600.0)
+    api = await make_pg_engine(run_worker=False, lease=600.0)
+    event_id = await api.send({"name": "remote/long", "data": {}})
+    run = (await runs_for_event(api, event_id))[0]
+    await asyncio.wait_for(started.wait(), 15)
+    assert await api.cancel(run["id"]) == "cancelling"
+    await asyncio.wait_for(stopped.wait(), 30)
+    done = await wait_run(api, run["id"])
+    assert done["status"] == "cancelled"
 
 
-async def test_a_claim_never_misses_a_checkpoint_committing_under_an_expired_lease(postgres_url: str) -> None:
+async def test_a_claim_never_misses_a_checkpoint_committing_under_an_expired_lease(postgres_url: str, make_pg_engine: Any) -> None:
     """Worker A stalled past its lease and is saving a step while worker B claims the run:
     B must either skip the run until A commits, or see A's step; never run it again."""
     app = stepline.App("lease-race")
@@ -412,34 +403,28 @@ async def test_a_claim_never_misses_a_checkpoint_committing_under_an_expired_lea
     async def racy(ctx: stepline.Context) -> None:
         return None
 
-    engine = Engine(open_store(postgres_url, migrate_now=False), TEST_SETTINGS.replace(db=postgres_url), [app])
-    await engine.start(run_worker=False)
-    other = Engine(open_store(postgres_url, migrate_now=False), TEST_SETTINGS.replace(db=postgres_url))
-    await other.start(run_worker=False)
-    try:
-        await engine.send({"name": "race/go", "data": {}})
-        (claimed,), _ = await engine.store.claim("worker-a", ["racy"], 1, 60_000)
-        with psycopg.connect(postgres_url, autocommit=True) as conn:
-            conn.execute("UPDATE queue SET lease_expires_at = 0")  # A's lease ran out while it worked
-        step = StepResult("s1", "s1", "run", "completed", '"done"', None, 1, 1, 2)
+    engine = await make_pg_engine(app, run_worker=False)
+    other = await make_pg_engine(run_worker=False)
+    await engine.send({"name": "race/go", "data": {}})
+    (claimed,), _ = await engine.store.claim("worker-a", ["racy"], 1, 60_000)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("UPDATE queue SET lease_expires_at = 0")  # A's lease ran out while it worked
+    step = StepResult("s1", "s1", "run", "completed", '"done"', None, 1, 1, 2)
 
-        def slow_checkpoint(conn: db.Conn) -> list[Any]:
-            saved = ops_exec.checkpoint_many_txn(conn, [(Lease(claimed.run_id, "worker-a", claimed.epoch), step, 1)])
-            conn.execute("SELECT pg_sleep(1.0)")  # still committing when B claims
-            return saved
+    def slow_checkpoint(conn: db.Conn) -> list[Any]:
+        saved = ops_exec.checkpoint_many_txn(conn, [(Lease(claimed.run_id, "worker-a", claimed.epoch), step, 1)])
+        conn.execute("SELECT pg_sleep(1.0)")  # still committing when B claims
+        return saved
 
-        saving = asyncio.ensure_future(engine.store.db.write(slow_checkpoint))
-        await asyncio.sleep(0.3)
-        taken, _ = await other.store.claim("worker-b", ["racy"], 1, 60_000)
-        assert await saving == [False], "A still held the run when it saved the step"
-        for item in taken:
-            assert "s1" in item.journal, "B claimed the run but cannot see A's committed step"
-        if not taken:  # B skipped the locked run; once A committed, B gets it with the step
-            (item,), _ = await other.store.claim("worker-b", ["racy"], 1, 60_000)
-            assert item.journal["s1"].status == "completed"
-    finally:
-        await other.stop(grace=1.0)
-        await engine.stop(grace=1.0)
+    saving = asyncio.ensure_future(engine.store.db.write(slow_checkpoint))
+    await asyncio.sleep(0.3)
+    taken, _ = await other.store.claim("worker-b", ["racy"], 1, 60_000)
+    assert await saving == [False], "A still held the run when it saved the step"
+    for item in taken:
+        assert "s1" in item.journal, "B claimed the run but cannot see A's committed step"
+    if not taken:  # B skipped the locked run; once A committed, B gets it with the step
+        (item,), _ = await other.store.claim("worker-b", ["racy"], 1, 60_000)
+        assert item.journal["s1"].status == "completed"
 
 
 async def test_statements_prepared_before_a_migration_keep_working_after_it(
@@ -458,7 +443,7 @@ async def test_statements_prepared_before_a_migration_keep_working_after_it(
 
 
 async def test_the_same_event_ids_and_idempotency_keys_sent_to_two_processes_at_once_count_once(
-    postgres_url: str,
+    postgres_url: str, make_pg_engine: Any
 ) -> None:
     app = stepline.App("dedup-race")
 
@@ -466,21 +451,16 @@ async def test_the_same_event_ids_and_idempotency_keys_sent_to_two_processes_at_
     async def once(ctx: stepline.Context) -> None:
         return None
 
-    settings = TEST_SETTINGS.replace(db=postgres_url)
-    first = Engine(open_store(postgres_url, migrate_now=False), settings, [app])
-    second = Engine(open_store(postgres_url, migrate_now=False), settings)
-    await first.start(run_worker=False)
-    await second.start(run_worker=False)
-    try:
-        for start in range(0, 200, 20):
-            same_ids = [{"name": "dup/x", "id": f"e-{n}", "data": {}} for n in range(start, start + 20)]
-            a, b = await asyncio.gather(first.send_many(same_ids), second.send_many(same_ids))
-            assert a == b, "both processes answer with the one stored event's id"
-            orders = [{"name": "order/paid", "data": {"order": n}} for n in range(start, start + 20)]
-            await asyncio.gather(first.send_many(orders), second.send_many(orders))
-    finally:
-        await second.stop(grace=1.0)
-        await first.stop(grace=1.0)
+    first = await make_pg_engine(app, run_worker=False)
+    second = await make_pg_engine(run_worker=False)
+    for start in range(0, 200, 20):
+        same_ids = [{"name": "dup/x", "id": f"e-{n}", "data": {}} for n in range(start, start + 20)]
+        a, b = await asyncio.gather(first.send_many(same_ids), second.send_many(same_ids))
+        assert a == b, "both processes answer with the one stored event's id"
+        orders = [{"name": "order/paid", "data": {"order": n}} for n in range(start, start + 20)]
+        await asyncio.gather(first.send_many(orders), second.send_many(orders))
+    await second.stop(grace=1.0)
+    await first.stop(grace=1.0)
     with psycopg.connect(postgres_url) as conn:
         assert conn.execute("SELECT count(*) FROM events WHERE name = 'dup/x'").fetchone() == (200,)
         assert conn.execute("SELECT count(*) FROM events WHERE name = 'order/paid'").fetchone() == (400,)
@@ -488,7 +468,7 @@ async def test_the_same_event_ids_and_idempotency_keys_sent_to_two_processes_at_
 
 
 async def test_singleton_debounce_and_batch_keys_first_seen_by_two_processes_at_once_start_one_run(
-    postgres_url: str,
+    postgres_url: str, make_pg_engine: Any
 ) -> None:
     app = stepline.App("first-key-race")
 
@@ -504,19 +484,14 @@ async def test_singleton_debounce_and_batch_keys_first_seen_by_two_processes_at_
     async def batched(ctx: stepline.Context) -> None:
         return None
 
-    settings = TEST_SETTINGS.replace(db=postgres_url)
-    first = Engine(open_store(postgres_url, migrate_now=False), settings, [app])
-    second = Engine(open_store(postgres_url, migrate_now=False), settings)
-    await first.start(run_worker=False)
-    await second.start(run_worker=False)
+    first = await make_pg_engine(app, run_worker=False)
+    second = await make_pg_engine(run_worker=False)
     keys = 20
-    try:
-        for name in ("k/single", "k/debounced", "k/batched"):
-            events = [{"name": name, "data": {"k": k}} for k in range(keys)]
-            await asyncio.gather(first.send_many(events), second.send_many(events))
-    finally:
-        await second.stop(grace=1.0)
-        await first.stop(grace=1.0)
+    for name in ("k/single", "k/debounced", "k/batched"):
+        events = [{"name": name, "data": {"k": k}} for k in range(keys)]
+        await asyncio.gather(first.send_many(events), second.send_many(events))
+    await second.stop(grace=1.0)
+    await first.stop(grace=1.0)
     with psycopg.connect(postgres_url) as conn:
         counts = dict(conn.execute("SELECT function_id, count(*) FROM runs GROUP BY function_id").fetchall())
         sizes = {len(json.loads(b)) for (b,) in conn.execute("SELECT batch_event_ids FROM runs WHERE function_id = 'batched'")}
@@ -623,7 +598,7 @@ async def _succeeds(attempt: Any) -> bool:
 
 
 async def test_a_burst_of_runs_refreshes_the_queue_statistics_at_once(
-    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch, make_pg_engine: Any
 ) -> None:
     """The planner must not keep planning claims for an empty queue until autovacuum's next round."""
     monkeypatch.setattr(postgres, "ANALYZE_AFTER_RUNS", 50)
@@ -633,8 +608,7 @@ async def test_a_burst_of_runs_refreshes_the_queue_statistics_at_once(
     async def burst(ctx: stepline.Context) -> None:
         return None
 
-    engine = Engine(open_store(postgres_url, migrate_now=False), TEST_SETTINGS.replace(db=postgres_url), [app])
-    await engine.start(run_worker=False)
+    engine = await make_pg_engine(app, run_worker=False)
 
     def statistics() -> tuple[Any, float]:
         with psycopg.connect(postgres_url) as conn:
@@ -645,15 +619,12 @@ async def test_a_burst_of_runs_refreshes_the_queue_statistics_at_once(
             assert row is not None
             return row[0], float(row[1])
 
-    try:
-        await engine.send_many([{"name": "burst/go", "data": {"i": i}} for i in range(40)])
-        assert statistics()[0] is None  # under the threshold: left to autovacuum
-        await engine.send_many([{"name": "burst/go", "data": {"i": i}} for i in range(40)])
+    await engine.send_many([{"name": "burst/go", "data": {"i": i}} for i in range(40)])
+    assert statistics()[0] is None  # under the threshold: left to autovacuum
+    await engine.send_many([{"name": "burst/go", "data": {"i": i}} for i in range(40)])
 
-        async def analyzed() -> bool:
-            last, rows = statistics()
-            return last is not None and rows >= 80
+    async def analyzed() -> bool:
+        last, rows = statistics()
+        return last is not None and rows >= 80
 
-        await eventually(analyzed, timeout=10, what="ANALYZE of the queue after 80 new runs")
-    finally:
-        await engine.stop(grace=1.0)
+    await eventually(analyzed, timeout=10, what="ANALYZE of the queue after 80 new runs")

@@ -36,6 +36,7 @@ from stepline import errors
 from stepline.engine import Engine
 from stepline.store import open_store
 from tests.apps_scaleout import CAP
+from tests.helpers import wait_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 APP = "tests.apps_scaleout:app"
@@ -127,14 +128,7 @@ def status_counts(url: str, function_id: str) -> dict[str, int]:
 
 
 def wait_until(check: Any, *, timeout: float, what: str, cluster: Cluster) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})\n{cluster.log_tails()}")
+    return wait_for(check, timeout=timeout, interval=0.2, what=what, diagnose=cluster.log_tails)
 
 
 def all_completed(url: str, function_id: str, total: int) -> Any:
