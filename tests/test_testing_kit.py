@@ -439,6 +439,10 @@ async def test_a_step_that_never_returns_is_reported_not_waited_for_forever(kit_
 async def test_mistakes_get_errors_that_say_what_to_do(kit_db: str | None) -> None:
     with pytest.raises(stepline.ConfigError, match="give one of return_value=, raises= or side_effect=, not return_value and raises"):
         TestEngine(app).mock_step("x", return_value=1, raises=ValueError)
+    with pytest.raises(stepline.ConfigError, match="not return_value and side_effect"):
+        TestEngine(app).mock_step("x", return_value=None, side_effect=[1])
+    with pytest.raises(stepline.ConfigError, match="raises= takes an exception or exception class"):
+        TestEngine(app).mock_step("x", raises="boom")  # type: ignore[arg-type]
     with pytest.raises(stepline.ConfigError, match="TestEngine takes stepline.App objects"):
         TestEngine("not an app")  # type: ignore[arg-type]
     async with TestEngine(app, db=kit_db, settings=Settings(retry_base=0, retry_max=0)) as t:

@@ -169,7 +169,7 @@ class TestEngine:
         self,
         step_id: str,
         *,
-        return_value: Any = mocks._UNSET,
+        return_value: Any = mocks.UNSET,
         raises: BaseException | type[BaseException] | None = None,
         side_effect: Callable[..., Any] | Iterable[Any] | None = None,
     ) -> mocks.StepMock:

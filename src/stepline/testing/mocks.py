@@ -25,7 +25,7 @@ from stepline.function import Function
 from stepline.llm.step import usage_meta
 from stepline.llm.types import Completion, Usage
 
-_UNSET: Any = object()
+UNSET: Any = object()  # return_value not given (None is a result)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,10 +50,10 @@ class StepMock:
     for ``step.invoke``.
     """
 
-    def __init__(self, step_id: str, *, return_value: Any = _UNSET, raises: BaseException | type[BaseException] | None = None,
+    def __init__(self, step_id: str, *, return_value: Any = UNSET, raises: BaseException | type[BaseException] | None = None,
                  side_effect: Callable[..., Any] | Iterable[Any] | None = None) -> None:
-        given = [name for name, value in (("return_value", return_value), ("raises", raises), ("side_effect", side_effect))
-                 if value is not None and value is not _UNSET]
+        given = [name for name, value, unset in (("return_value", return_value, UNSET), ("raises", raises, None),
+                                                  ("side_effect", side_effect, None)) if value is not unset]
         if len(given) > 1:
             raise errors.ConfigError(f"mock_step({step_id!r}): give one of return_value=, raises= or side_effect=, not {' and '.join(given)}")
         if raises is not None and not _is_exception(raises):
@@ -61,7 +61,7 @@ class StepMock:
         if side_effect is not None and not callable(side_effect) and not isinstance(side_effect, Iterable):
             raise errors.ConfigError(f"mock_step({step_id!r}): side_effect= takes a callable or a list of outcomes, got {side_effect!r}")
         self.step_id = step_id
-        self._return_value = None if return_value is _UNSET else return_value
+        self._return_value = None if return_value is UNSET else return_value
         self._raises = raises
         self._callable = side_effect if callable(side_effect) else None
         self._outcomes: Iterator[Any] | None = None if side_effect is None or callable(side_effect) else iter(list(side_effect))
