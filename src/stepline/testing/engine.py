@@ -59,6 +59,7 @@ Run = str | SentEvent  # a run id, or the event that started one run
 
 SETTLE_TIMEOUT = 10.0  # real seconds a test waits for the engine to settle before it fails
 SETTLE_POLL = 0.0005  # seconds between looks while a run's last write or a claim is under way
+STOP_GRACE = 0.1  # seconds a step still in flight at the end of a test (one that hangs) gets before it is cancelled
 
 
 class NotSettled(AssertionError):
@@ -136,7 +137,7 @@ class TestEngine:
         engine, self._engine = self._engine, None
         try:
             if engine is not None:
-                await engine.stop(grace=1.0)
+                await engine.stop(grace=STOP_GRACE)
         finally:
             self._remove_directory()
 
