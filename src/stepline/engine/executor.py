@@ -188,7 +188,7 @@ class RunExecution:
             self._saving.append(future)
         self._unsaved.clear()
 
-    async def sync(self) -> None:
+    async def await_checkpoints(self) -> None:
         """Wait until every completed step of this run is committed; raises ``Halt`` when
         they cannot be (the lease is lost, or the database cannot take them)."""
         self._submit()
@@ -280,7 +280,7 @@ class RunExecution:
         attempt: int,
     ) -> Any:
         if self._unsaved or self._saving:
-            await self.sync()  # the previous step's result is durable before this one begins
+            await self.await_checkpoints()  # the previous step's result is durable before this one begins
             if self.cancel_requested:
                 raise Halt()
         self._check_lease()  # no step starts once the lease may have run out
@@ -319,7 +319,7 @@ class RunExecution:
         error_json = jsonutil.dumps(error)
         if retry.is_final(exc) or attempt > self.function.config.retries:
             step = StepResult(key, step_id, kind, StepStatus.FAILED, None, error_json, attempt, started, self._store.now_ms())
-            await self.sync()
+            await self.await_checkpoints()
             if await self.write(self._store.checkpoint(self.lease, step, self._next_seq())):
                 self.cancel_requested = True
             raise errors.StepError(step_id, error["name"] or "Error", error["message"] or "", error["stack"]) from exc
@@ -343,7 +343,7 @@ class RunExecution:
         wake_ms = int(wake_at * 1000)
         if wake_ms <= now:
             step = StepResult(key, step_id, "sleep", StepStatus.COMPLETED, "null", None, 1, now, now)
-            await self.sync()
+            await self.await_checkpoints()
             await self.write(self._store.checkpoint(self.lease, step, self._next_seq()))
             return
         self._suspend(Suspension("sleep", key, step_id, wake_ms, started_at=now))
@@ -389,19 +389,19 @@ class RunExecution:
         validated = [self._services.validate_event(raw, i) for i, raw in enumerate(events)]
         now = self._store.now_ms()
         step = StepResult(key, step_id, "send_event", StepStatus.COMPLETED, None, None, 1, now, now)
-        await self.sync()
+        await self.await_checkpoints()
         self._check_lease()
         return await self.write(self._store.send_events_step(self.lease, step, self._next_seq(), validated))  # type: ignore[no-any-return]
 
     async def set_progress(self, percent: float, message: str | None) -> None:
         if not self.replaying:
-            await self.sync()  # progress never runs ahead of the saved steps
+            await self.await_checkpoints()  # progress never runs ahead of the saved steps
             await self.write(self._store.set_progress(self.lease, percent, message))
 
     async def publish(self, topic: str, data: Any) -> None:
         if self.replaying:  # stored when first published; a replay must not repeat it on the stream
             return
-        await self.sync()  # a message is never published for a step that may run again
+        await self.await_checkpoints()  # a message is never published for a step that may run again
         await self.write(self._store.publish(self.lease, topic, jsonutil.dumps_checked(data, what="published data")))
         self._services.on_publish(self.run_id)
 
@@ -477,7 +477,7 @@ class Executor:
         execution.handler = task
         self.active[claimed.run_id] = (task, execution)
         try:
-            await self._settle(claimed, execution, task)
+            await self._await_outcome(claimed, execution, task)
         except LOST as exc:
             execution.lose(str(exc))
         finally:
@@ -492,7 +492,7 @@ class Executor:
         with contextlib.suppress(Exception):  # the database may still be unusable: the lease then runs out
             await self._store.release([execution.lease])
 
-    async def _settle(self, claimed: ClaimedRun, execution: RunExecution, task: asyncio.Future[Any]) -> None:
+    async def _await_outcome(self, claimed: ClaimedRun, execution: RunExecution, task: asyncio.Future[Any]) -> None:
         timeout = None
         if claimed.finish_deadline is not None:
             timeout = max(0.0, (claimed.finish_deadline - self._store.now_ms()) / 1000)
@@ -508,7 +508,7 @@ class Executor:
             return
         except TimeoutError:
             error = {"name": "FinishTimeout", "message": "the run did not finish within timeouts.finish"}
-            await execution.sync()
+            await execution.await_checkpoints()
             await self._end(execution, RunStatus.CANCELLED, None, jsonutil.dumps(error))
             return
         except Exception as exc:  # noqa: BLE001 - the function raised; classify it
@@ -535,7 +535,7 @@ class Executor:
         await execution.wait_idle()
         if execution.lost is None:
             with contextlib.suppress(Halt):  # a lost lease found here: nothing more is written
-                await execution.sync()
+                await execution.await_checkpoints()
         if execution.lost is not None:
             return
         if execution.cancel_requested:
@@ -555,7 +555,7 @@ class Executor:
     async def _function_failed(self, claimed: ClaimedRun, execution: RunExecution, exc: Exception) -> None:
         await execution.wait_idle()
         with contextlib.suppress(Halt):
-            await execution.sync()
+            await execution.await_checkpoints()
         if execution.lost is not None:
             return
         error_json = jsonutil.dumps(retry.error_dict(exc))

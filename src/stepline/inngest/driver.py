@@ -37,8 +37,9 @@ _ORDER = {"InvokeFunction": 1, "WaitForEvent": 2, "WaitForSignal": 2, "Sleep": 3
 MAX_EMPTY_REPLIES = 3
 
 
-class Driver:
-    """One execution (until the run ends or suspends) of an SDK function's run."""
+class SDKExecution:
+    """One execution (until the run ends or suspends) of an SDK function's run: calls to
+    the app's serve URL, each reply's steps run through the engine's ``context.RunDriver``."""
 
     def __init__(self, runtime: InngestRuntime, meta: dict[str, Any], ctx: context.Context) -> None:
         self.rt = runtime

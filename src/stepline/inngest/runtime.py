@@ -176,7 +176,7 @@ class InngestRuntime:
 
     def _handler(self, slug: str) -> Any:
         async def run_sdk_function(ctx: Context) -> Any:
-            return await driver.Driver(self, self.meta(slug), ctx).run()
+            return await driver.SDKExecution(self, self.meta(slug), ctx).run()
 
         run_sdk_function.__qualname__ = f"sdk:{slug}"
         return run_sdk_function

@@ -247,7 +247,7 @@ def _store_error(exc: BaseException) -> BaseException:
     return wrapped
 
 
-def _settle(results: list[tuple[_Job, bool, Any]]) -> None:
+def _resolve_futures(results: list[tuple[_Job, bool, Any]]) -> None:
     for job, ok, value in results:
         if job.future.done():
             continue
@@ -443,6 +443,6 @@ class Database(abc.ABC):
             by_loop.setdefault(job.loop, []).append((job, ok, value))
         for loop, results in by_loop.items():
             try:
-                loop.call_soon_threadsafe(_settle, results)
+                loop.call_soon_threadsafe(_resolve_futures, results)
             except RuntimeError:
                 pass  # that loop is closed; nobody is waiting any more

@@ -437,7 +437,7 @@ class PostgresDatabase(db.Database):
                 xid = self._transaction_id(raw, conn.woke)  # waits for the op's writes: their errors land here
             except Exception as exc:  # noqa: BLE001 - the op's failure is its caller's
                 self._reraise_if_retryable(raw, exc, retry_transient)
-                self._settle(raw, conn)
+                self._drain_pipeline(raw, conn)
                 raw.execute("ROLLBACK")
                 return [(False, exc)], None, True
             return [(True, result)], xid, False
@@ -451,7 +451,7 @@ class PostgresDatabase(db.Database):
                 outcomes.append((True, result))
             except Exception as exc:  # noqa: BLE001 - this op alone rolls back
                 self._reraise_if_retryable(raw, exc, retry_transient)
-                self._settle(raw, conn)
+                self._drain_pipeline(raw, conn)
                 raw.execute("ROLLBACK TO SAVEPOINT op")
                 conn.rolled_back()
                 raw.execute("RELEASE SAVEPOINT op")
@@ -471,7 +471,7 @@ class PostgresDatabase(db.Database):
         return row["xid"] if row else None
 
     @staticmethod
-    def _settle(raw: psycopg.Connection[Any], conn: PostgresConn) -> None:
+    def _drain_pipeline(raw: psycopg.Connection[Any], conn: PostgresConn) -> None:
         """After an operation failed: take in the answers still owed, so the rollback that
         follows is not skipped behind an error among them."""
         try:
