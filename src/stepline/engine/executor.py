@@ -29,7 +29,7 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from stepline import errors, jsonutil
 from stepline import event as event_mod
@@ -156,7 +156,7 @@ class RunExecution:
         self._seq += 1
         return self._seq
 
-    def _suspend(self, suspension: Suspension) -> None:
+    def _suspend(self, suspension: Suspension) -> NoReturn:
         self.suspensions.append(suspension)
         self._halted = True
         raise Suspend()

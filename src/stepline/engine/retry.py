@@ -10,9 +10,12 @@ from stepline import errors
 
 def backoff_seconds(attempt: int, *, base: float, maximum: float, rng: random.Random | None = None) -> float:
     """Delay before retry number ``attempt`` (1-based): base·2^(attempt-1), jittered to 50-100%."""
-    rng = rng or random
+    jitter = (rng or _RANDOM).random()
     raw = min(maximum, base * (2 ** max(0, attempt - 1)))
-    return raw * (0.5 + rng.random() * 0.5)
+    return float(raw * (0.5 + jitter * 0.5))
+
+
+_RANDOM = random.Random()
 
 
 def delay_for(exc: BaseException, attempt: int, *, base: float, maximum: float, now: float | None = None) -> float:

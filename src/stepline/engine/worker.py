@@ -223,7 +223,7 @@ class Worker:
         except Exception:  # noqa: BLE001 - never lose the worker to one run
             log.exception("run %s could not be settled; its lease will expire and it will be retried", item.run_id)
         finally:
-            self._running.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._running.discard(asyncio.current_task())  # type: ignore[arg-type,unused-ignore]
             self._slot_freed.set()
 
     async def _heartbeat_loop(self) -> None:

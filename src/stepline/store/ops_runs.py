@@ -189,7 +189,7 @@ def create_run_txn(
             cleanup,
         ),
     )
-    keys = flow.concurrency_keys(cfg, body) + [(None, None), (None, None)]  # type: ignore[list-item]
+    keys = flow.concurrency_keys(cfg, body) + [(None, None), (None, None)]
     conn.defer(
         "INSERT INTO queue (run_id, function_id, due_at, priority_ms, ck1, cl1, ck2, cl2, lease_owner, lease_expires_at, "
         "lease_epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -258,7 +258,7 @@ def _can_hand_off(handoff: HandOff, cfg: dict[str, Any]) -> bool:
 
 def set_run_event_txn(conn: db.Conn, run_id: str, cfg: dict[str, Any], event_id: str, body: dict[str, Any], now: int) -> None:
     """Point a run that has not started at another event (debounce keeps the last one)."""
-    keys = flow.concurrency_keys(cfg, body) + [(None, None), (None, None)]  # type: ignore[list-item]
+    keys = flow.concurrency_keys(cfg, body) + [(None, None), (None, None)]
     conn.execute(
         "UPDATE runs SET event_id = ?, user_id = ?, updated_at = ? WHERE id = ?",
         (event_id, event_mod.user_id_of(body), now, run_id),
