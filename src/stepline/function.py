@@ -12,7 +12,7 @@ import inspect
 import re
 import zoneinfo
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, Required, TypedDict
 
 from croniter import croniter
 
@@ -299,6 +299,29 @@ class Singleton:
 Handler = Callable[..., Any]
 
 
+class StoredConfig(TypedDict, total=False):
+    """A function's config as the store keeps it and reads it back (JSON in ``functions``):
+    ``FunctionConfig.to_dict()``, or an SDK app's function (with its ``inngest`` section)."""
+
+    id: Required[str]
+    app_id: Required[str]
+    name: str
+    triggers: list[dict[str, Any]]  # {"event", "expression"} or {"cron", "timezone"}
+    retries: int
+    cancel_on: list[dict[str, Any]]
+    idempotency: str | None
+    timeouts: dict[str, Any] | None
+    concurrency: list[dict[str, Any]]
+    throttle: dict[str, Any] | None
+    rate_limit: dict[str, Any] | None
+    debounce: dict[str, Any] | None
+    priority: dict[str, Any] | None
+    batch_events: dict[str, Any] | None
+    singleton: dict[str, Any] | None
+    failure_handler_for: str | None
+    inngest: dict[str, Any]  # SDK apps only: the app, its URL, the registration it came from
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FunctionConfig:
     """Everything about a function except its code; stored as JSON by the engine."""
@@ -320,7 +343,7 @@ class FunctionConfig:
     singleton: Singleton | None = None
     failure_handler_for: str | None = None  # set on the hidden function that runs on_failure
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> StoredConfig:
         def opt(value: Any) -> Any:
             return None if value is None else value.to_dict()
 

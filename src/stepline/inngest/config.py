@@ -176,7 +176,7 @@ def build(raw: Mapping[str, Any], *, app: str, notes: list[str]) -> fn.FunctionC
     )
 
 
-def to_stored(raw: Mapping[str, Any], *, app: str, meta: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
+def to_stored(raw: Mapping[str, Any], *, app: str, meta: Mapping[str, Any], notes: list[str]) -> fn.StoredConfig:
     """The config as the store keeps it, with the ``inngest`` section the driver reads."""
     config = build(raw, app=app, notes=notes)
     stored = config.to_dict()

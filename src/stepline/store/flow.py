@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from stepline import expressions
+from stepline.function import StoredConfig
 from stepline.store import db
 
 
@@ -19,14 +20,14 @@ def _variables(body: dict[str, Any]) -> dict[str, Any]:
     return {"event": body}
 
 
-def scoped_key(cfg: dict[str, Any], kind: str, key_expr: str | None, body: dict[str, Any]) -> str:
+def scoped_key(cfg: StoredConfig, kind: str, key_expr: str | None, body: dict[str, Any]) -> str:
     """The state key for one function's limit: ``kind:function[:value]``."""
     if key_expr is None:
         return f"{kind}:{cfg['id']}"
     return f"{kind}:{cfg['id']}:{expressions.key(key_expr, _variables(body))}"
 
 
-def concurrency_keys(cfg: dict[str, Any], body: dict[str, Any]) -> list[tuple[str, int]]:
+def concurrency_keys(cfg: StoredConfig, body: dict[str, Any]) -> list[tuple[str, int]]:
     """(key, limit) for each concurrency limit; ``scope="env"`` keys are shared across functions."""
     out: list[tuple[str, int]] = []
     for limit in cfg.get("concurrency") or ():
@@ -38,7 +39,7 @@ def concurrency_keys(cfg: dict[str, Any], body: dict[str, Any]) -> list[tuple[st
     return out
 
 
-def priority_ms(cfg: dict[str, Any], body: dict[str, Any]) -> int:
+def priority_ms(cfg: StoredConfig, body: dict[str, Any]) -> int:
     priority = cfg.get("priority")
     if not priority:
         return 0

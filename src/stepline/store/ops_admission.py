@@ -9,12 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from stepline import expressions, jsonutil
+from stepline.function import StoredConfig
 from stepline.store import db, flow, ops_runs
 from stepline.store.records import TERMINAL, HandOff
 
 
 def admit_txn(
-    conn: db.Conn, cfg: dict[str, Any], event_id: str, body: dict[str, Any], now: int, handoff: HandOff | None = None
+    conn: db.Conn, cfg: StoredConfig, event_id: str, body: dict[str, Any], now: int, handoff: HandOff | None = None
 ) -> str | None:
     """Route one event into one function; returns why no new run was started, or None."""
     rate = cfg.get("rate_limit")
@@ -22,15 +23,16 @@ def admit_txn(
         conn, flow.scoped_key(cfg, "r", rate.get("key"), body), limit=int(rate["limit"]), period_s=float(rate["period"]), now=now
     ):
         return "rate_limited"
-    if cfg.get("singleton"):
-        blocked = _singleton_txn(conn, cfg, body, now)
+    singleton, debounce, batch = cfg.get("singleton"), cfg.get("debounce"), cfg.get("batch_events")
+    if singleton:
+        blocked = _singleton_txn(conn, cfg, singleton, body, now)
         if blocked:
             return blocked
-    if cfg.get("debounce"):
-        run_id = _debounce_txn(conn, cfg, event_id, body, now)
+    if debounce:
+        run_id = _debounce_txn(conn, cfg, debounce, event_id, body, now)
         return _remember_singleton(conn, cfg, body, run_id)
-    if cfg.get("batch_events"):
-        return _batch_txn(conn, cfg, event_id, body, now)
+    if batch:
+        return _batch_txn(conn, cfg, batch, event_id, body, now)
     run_id = ops_runs.create_run_txn(conn, cfg, event_id, body, now, handoff=handoff)
     if run_id is None:
         return "idempotent"
@@ -52,8 +54,7 @@ def _lock_row(conn: db.Conn, table: str, function_id: str, key: str, columns: st
 # --- singleton -------------------------------------------------------------------
 
 
-def _singleton_txn(conn: db.Conn, cfg: dict[str, Any], body: dict[str, Any], now: int) -> str | None:
-    rule = cfg["singleton"]
+def _singleton_txn(conn: db.Conn, cfg: StoredConfig, rule: dict[str, Any], body: dict[str, Any], now: int) -> str | None:
     key = _key(rule.get("key"), body)
     row = _lock_row(conn, "singletons", cfg["id"], key, "run_id")
     if row is None:
@@ -67,7 +68,7 @@ def _singleton_txn(conn: db.Conn, cfg: dict[str, Any], body: dict[str, Any], now
     return "singleton"
 
 
-def _remember_singleton(conn: db.Conn, cfg: dict[str, Any], body: dict[str, Any], run_id: str | None) -> str | None:
+def _remember_singleton(conn: db.Conn, cfg: StoredConfig, body: dict[str, Any], run_id: str | None) -> str | None:
     if run_id is None:
         return "idempotent"
     rule = cfg.get("singleton")
@@ -84,9 +85,10 @@ def _remember_singleton(conn: db.Conn, cfg: dict[str, Any], body: dict[str, Any]
 # --- debounce --------------------------------------------------------------------
 
 
-def _debounce_txn(conn: db.Conn, cfg: dict[str, Any], event_id: str, body: dict[str, Any], now: int) -> str | None:
+def _debounce_txn(
+    conn: db.Conn, cfg: StoredConfig, rule: dict[str, Any], event_id: str, body: dict[str, Any], now: int
+) -> str | None:
     """The run starts ``period`` after the last event, with that event (``timeout`` caps the wait)."""
-    rule = cfg["debounce"]
     key = _key(rule.get("key"), body)
     period_ms = int(float(rule["period"]) * 1000)
     row = _lock_row(conn, "debounces", cfg["id"], key, "run_id, first_at")
@@ -116,9 +118,10 @@ def _debounce_txn(conn: db.Conn, cfg: dict[str, Any], event_id: str, body: dict[
 # --- batching --------------------------------------------------------------------
 
 
-def _batch_txn(conn: db.Conn, cfg: dict[str, Any], event_id: str, body: dict[str, Any], now: int) -> str | None:
+def _batch_txn(
+    conn: db.Conn, cfg: StoredConfig, rule: dict[str, Any], event_id: str, body: dict[str, Any], now: int
+) -> str | None:
     """Events gather into one pending run until ``max_size`` or ``timeout`` after the first."""
-    rule = cfg["batch_events"]
     key = _key(rule.get("key"), body)
     max_size = int(rule["max_size"])
     row = _lock_row(conn, "batches", cfg["id"], key, "run_id, size")

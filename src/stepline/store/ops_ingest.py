@@ -6,6 +6,7 @@ from typing import Any
 
 from stepline import event as event_mod
 from stepline import expressions, ids, jsonutil
+from stepline.function import StoredConfig
 from stepline.store import db, ops_admission, ops_runs
 from stepline.store.records import HandOff
 
@@ -91,7 +92,7 @@ def wildcard_covers(pattern: str, name: str) -> bool:
     return pattern.endswith("*") and prefix[-1:] in ("/", ".") and len(name) > len(prefix) and name.startswith(prefix)
 
 
-def matching_functions(conn: db.Conn, name: str) -> list[tuple[str, str | None, dict[str, Any]]]:
+def matching_functions(conn: db.Conn, name: str) -> list[tuple[str, str | None, StoredConfig]]:
     """(function id, trigger ``if``, config) of each function an event called ``name`` triggers.
 
     Triggers on the name itself and every wildcard trigger come in one query (wildcards

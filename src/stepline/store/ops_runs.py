@@ -12,6 +12,7 @@ from typing import Any
 
 from stepline import errors, expressions, ids, jsonutil
 from stepline import event as event_mod
+from stepline.function import StoredConfig
 from stepline.store import db, flow
 from stepline.store.records import TERMINAL, ClaimedRun, HandOff, RunStatus
 
@@ -31,7 +32,7 @@ NEVER = flow.NEVER  # 9999-12-31: "no due time" for rows that need one
 
 
 def register_functions_txn(
-    conn: db.Conn, configs: list[dict[str, Any]], cron_next: Mapping[tuple[str, int], int], now: int
+    conn: db.Conn, configs: list[StoredConfig], cron_next: Mapping[tuple[str, int], int], now: int
 ) -> None:
     """Store each function's config and triggers; keep cron positions that did not change."""
     forget_triggers(conn)
@@ -78,7 +79,7 @@ def forget_triggers(conn: db.Conn) -> None:
     conn.memo.pop(TRIGGERS, None)
 
 
-def function_config_txn(conn: db.Conn, function_id: str) -> dict[str, Any] | None:
+def function_config_txn(conn: db.Conn, function_id: str) -> StoredConfig | None:
     row = conn.one("SELECT config FROM functions WHERE id = ?", (function_id,))
     return None if row is None else jsonutil.loads(row["config"])
 
@@ -111,7 +112,7 @@ def insert_internal_event_txn(conn: db.Conn, name: str, data: dict[str, Any], no
 
 def create_run_txn(
     conn: db.Conn,
-    cfg: dict[str, Any],
+    cfg: StoredConfig,
     event_id: str,
     body: dict[str, Any],
     now: int,
@@ -243,7 +244,7 @@ def ready_run_waiting_txn(conn: db.Conn, function_ids: frozenset[str], now: int)
     return row is not None
 
 
-def _can_hand_off(handoff: HandOff, cfg: dict[str, Any]) -> bool:
+def _can_hand_off(handoff: HandOff, cfg: StoredConfig) -> bool:
     """Whether a new run of ``cfg`` due now may skip the queue to ``handoff``'s worker:
     one the worker serves, with room left, and no slot to take (concurrency) or window
     to keep open (debounce, batch)."""
@@ -256,7 +257,7 @@ def _can_hand_off(handoff: HandOff, cfg: dict[str, Any]) -> bool:
     )
 
 
-def set_run_event_txn(conn: db.Conn, run_id: str, cfg: dict[str, Any], event_id: str, body: dict[str, Any], now: int) -> None:
+def set_run_event_txn(conn: db.Conn, run_id: str, cfg: StoredConfig, event_id: str, body: dict[str, Any], now: int) -> None:
     """Point a run that has not started at another event (debounce keeps the last one)."""
     keys = flow.concurrency_keys(cfg, body) + [(None, None), (None, None)]
     conn.execute(

@@ -12,6 +12,7 @@ from typing import Any
 
 from stepline import errors, jsonutil
 from stepline import event as event_mod
+from stepline.function import StoredConfig
 from stepline.store import db, ops_ingest, ops_runs
 from stepline.store.records import StepStatus
 
@@ -28,7 +29,7 @@ def sdk_functions_txn(conn: db.Conn) -> list[dict[str, Any]]:
 
 
 def register_app_txn(
-    conn: db.Conn, app: str, configs: list[dict[str, Any]], cron_next: Mapping[tuple[str, int], int], now: int
+    conn: db.Conn, app: str, configs: list[StoredConfig], cron_next: Mapping[tuple[str, int], int], now: int
 ) -> list[str]:
     """Upsert an app's functions and archive the ones its new registration dropped.
 

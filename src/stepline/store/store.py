@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from stepline import clock as clock_mod
 from stepline import event as event_mod
+from stepline.function import StoredConfig
 from stepline.store import (
     db,
     migrate,
@@ -98,7 +99,7 @@ class Store:
     # Each write reads the time when its transaction runs, not when it was queued: after
     # a stall, a run is not created or claimed with a time (or lease) already long past.
 
-    async def register_functions(self, configs: list[dict[str, Any]], cron_next: Mapping[tuple[str, int], int]) -> None:
+    async def register_functions(self, configs: list[StoredConfig], cron_next: Mapping[tuple[str, int], int]) -> None:
         await self.db.write(self._at_commit(ops_runs.register_functions_txn, configs=configs, cron_next=cron_next))
 
     async def ingest(self, events: list[event_mod.Event], handoff: HandOff | None = None) -> list[str]:
@@ -188,7 +189,7 @@ class Store:
     # --- apps on the Inngest SDKs (ops_sdk) -------------------------------------------
 
     async def register_sdk_app(
-        self, app: str, configs: list[dict[str, Any]], cron_next: Mapping[tuple[str, int], int]
+        self, app: str, configs: list[StoredConfig], cron_next: Mapping[tuple[str, int], int]
     ) -> list[str]:
         """Store an SDK app's functions; returns the ids of those its new registration dropped."""
         return await self.db.write(self._at_commit(ops_sdk.register_app_txn, app=app, configs=configs, cron_next=cron_next))
