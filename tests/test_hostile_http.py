@@ -188,7 +188,8 @@ def test_dev_refuses_writes_from_foreign_pages_and_serves_programs(cli_server) -
         assert cancel.status_code == 403
         blind = client.post("/e/dev", json={"name": "srv/greet"}, headers={"sec-fetch-site": "cross-site"})
         assert blind.status_code == 403
-        assert client.post("/e/dev", json={"name": "srv/greet"}, headers={"origin": "null"}).status_code == 403
+        for origin in ("null", "http://[::1", "http://127.0.0.1.evil.example"):
+            assert client.post("/e/dev", json={"name": "srv/greet"}, headers={"origin": origin}).status_code == 403, origin
         # Nothing of it happened: no greet event, the run still sleeps.
         assert client.get("/api/v1/events", params={"name": "srv/greet"}).json()["data"] == []
         assert client.get(f"/api/v1/runs/{run_id}").json()["status"] in ("queued", "running", "sleeping")

@@ -76,7 +76,10 @@ class LocalHosts:
             if fetch_site == "cross-site":
                 return "a cross-site write (Sec-Fetch-Site: cross-site) is refused by stepline dev"
             return None
-        name = urlsplit(origin).hostname if origin != "null" else None
+        try:
+            name = urlsplit(origin).hostname if origin != "null" else None
+        except ValueError:  # not a URL (an unclosed IPv6 bracket): no page of ours
+            name = None
         if name is not None and self.allows(name.rstrip(".")):
             return None
         return (
