@@ -55,7 +55,7 @@ def load_apps(specs: Sequence[str]) -> list[App]:
         found = value if isinstance(value, (list, tuple)) else [value]
         if not found or not all(isinstance(a, App) for a in found):
             raise click.BadParameter(f"{spec!r}: {attribute!r} is not a stepline.App in {module_name}")
-        apps.extend(found)
+        apps.extend(a for a in found if isinstance(a, App))  # all are, as checked: this tells the type checker
     return apps
 
 

@@ -61,7 +61,8 @@ class AuthLimiter:
             seconds = (1 - bucket.tokens) * 60.0 / self.per_minute
             return Wait(seconds, f"too many wrong values of the {secret} from all clients "
                                  f"(over {self.per_minute} a minute, STEPLINE_AUTH_GLOBAL_FAILURES)")
-        known = self._clients.get(secret, {}).get(client)
+        clients = self._clients.get(secret)
+        known = clients.get(client) if clients is not None else None
         if known is not None and known.blocked_until > now:
             return Wait(known.blocked_until - now, f"{known.failures} wrong values of the {secret} from {client} "
                                                    f"(back-off after {self.free}, STEPLINE_AUTH_FAILURES)")

@@ -32,6 +32,7 @@ async def start(request: Request) -> str:
     """A new session; returns the cookie's value."""
     cookie = tokens.new_session_id()
     id_hash = tokens.session_hash(cookie, _key(request))
+    assert id_hash is not None  # a new id always has the cookie's shape
     now = now_ms()
     await common.engine(request).store.db.write(
         partial(sessions.create_txn, id_hash=id_hash, now=now, expires_at=now + int(tokens.SESSION_TTL * 1000))
