@@ -53,6 +53,31 @@ def _timed_out(timeout: float, what: str, last: Any, diagnose: Callable[[], str]
     return f"{message}\n{diagnose()}" if diagnose is not None else message
 
 
+class LongCall:
+    """A step body that runs for ``seconds`` unless cancelled, saying when it started and
+    whether it was interrupted (a model call cut off by a cancel, say)."""
+
+    def __init__(self, seconds: float = 60.0) -> None:
+        self.seconds = seconds
+        self.started = asyncio.Event()
+        self.interrupted = asyncio.Event()
+
+    async def __call__(self) -> str:
+        self.started.set()
+        try:
+            await asyncio.sleep(self.seconds)
+        except asyncio.CancelledError:
+            self.interrupted.set()
+            raise
+        return "finished"
+
+    async def wait_started(self, timeout: float = 10.0) -> None:
+        await asyncio.wait_for(self.started.wait(), timeout)
+
+    async def wait_interrupted(self, timeout: float = 10.0) -> None:
+        await asyncio.wait_for(self.interrupted.wait(), timeout)
+
+
 async def wait_run(engine: Engine, run_id: str, *statuses: str, timeout: float = 15.0) -> dict[str, Any]:
     """The run once its status is one of ``statuses`` (default: any terminal one)."""
     wanted = statuses or TERMINAL

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import stepline
-from tests.helpers import runs_for_event, wait_run
+from tests.helpers import LongCall, runs_for_event, wait_run
 
 
 async def test_cancel_a_sleeping_run(make_engine) -> None:
@@ -30,18 +30,8 @@ async def test_cancel_a_sleeping_run(make_engine) -> None:
 
 async def test_cancel_a_running_run_cancels_its_in_flight_step(make_engine) -> None:
     app = stepline.App("t")
-    started = asyncio.Event()
-    cancelled_inside = asyncio.Event()
+    long_call = LongCall()
     later_steps = 0
-
-    async def long_call() -> str:
-        started.set()
-        try:
-            await asyncio.sleep(60)
-        except asyncio.CancelledError:
-            cancelled_inside.set()
-            raise
-        return "never"
 
     @app.function(id="r", trigger=stepline.TriggerEvent("t/r"))
     async def r(ctx: stepline.Context) -> None:
@@ -51,11 +41,11 @@ async def test_cancel_a_running_run_cancels_its_in_flight_step(make_engine) -> N
 
     engine = await make_engine(app)
     run = (await runs_for_event(engine, await engine.send({"name": "t/r"})))[0]
-    await asyncio.wait_for(started.wait(), 10)
+    await long_call.wait_started()
     assert await engine.cancel(run["id"]) == "cancelling"
     done = await wait_run(engine, run["id"])
     assert done["status"] == "cancelled"
-    assert cancelled_inside.is_set()
+    assert long_call.interrupted.is_set()
     assert later_steps == 0
 
 

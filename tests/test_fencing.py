@@ -27,7 +27,7 @@ import stepline
 from stepline.engine import Engine
 from stepline.errors import LeaseLost
 from stepline.store import Lease, StepResult
-from tests.helpers import eventually, runs_for_event, wait_run
+from tests.helpers import LongCall, eventually, runs_for_event, wait_run
 from tests.test_crash import REPO
 from tests.test_handoff import query
 
@@ -265,17 +265,8 @@ async def test_a_write_stall_longer_than_the_lease_never_runs_a_committed_step_a
 
 @pytest.mark.timeout(60)
 async def test_a_lease_taken_over_stops_the_step_in_flight_and_writes_nothing(make_engine: Any, db_url: str) -> None:
-    started, interrupted = asyncio.Event(), asyncio.Event()
+    long_call = LongCall(30)
     app = stepline.App("fence-taken")
-
-    async def long_call() -> str:
-        started.set()
-        try:
-            await asyncio.sleep(30)
-        except asyncio.CancelledError:
-            interrupted.set()
-            raise
-        return "finished"
 
     @app.function(id="taken", trigger=stepline.TriggerEvent("fence/taken"), retries=0)
     async def taken(ctx: stepline.Context) -> str:
@@ -283,11 +274,11 @@ async def test_a_lease_taken_over_stops_the_step_in_flight_and_writes_nothing(ma
 
     engine = await make_engine(app, lease=2.0)
     event_id = await engine.send({"name": "fence/taken", "data": {}})
-    await asyncio.wait_for(started.wait(), 10)
+    await long_call.wait_started()
     (run,) = await runs_for_event(engine, event_id)
     # Another worker reclaimed it (as after this one stalled past its lease).
     execute(db_url, "UPDATE queue SET lease_owner = 'w-other', lease_epoch = lease_epoch + 1 WHERE run_id = ?", (run["id"],))
-    await asyncio.wait_for(interrupted.wait(), 10)  # the next heartbeat finds it out
+    await long_call.wait_interrupted()  # the next heartbeat finds it out
     await eventually(lambda: _not_active(engine, run["id"]), what="the run to leave the worker")
     assert query(db_url, "SELECT lease_owner FROM queue WHERE run_id = ?", (run["id"],)) == [("w-other",)]
     assert query(db_url, "SELECT COUNT(*) FROM steps WHERE run_id = ?", (run["id"],)) == [(0,)]
@@ -413,17 +404,8 @@ async def test_cancel_on_stops_the_step_in_flight(make_engine: Any, db_url: str,
     """With a long lease (so no heartbeat comes in time), a cancel event, sent here or from
     another process sharing the database, interrupts the running model call: it never
     finishes, and the run ends cancelled long before the call would have."""
-    started, interrupted = asyncio.Event(), asyncio.Event()
+    model_call = LongCall(25)
     app = stepline.App("fence-cancel")
-
-    async def model_call() -> str:
-        started.set()
-        try:
-            await asyncio.sleep(25)
-        except asyncio.CancelledError:
-            interrupted.set()
-            raise
-        return "billed"
 
     @app.function(
         id="answer", trigger=stepline.TriggerEvent("fence/answer"), retries=0,
@@ -434,14 +416,14 @@ async def test_cancel_on_stops_the_step_in_flight(make_engine: Any, db_url: str,
 
     engine = await make_engine(app, lease=120.0)
     event_id = await engine.send({"name": "fence/answer", "data": {"job": "j1"}})
-    await asyncio.wait_for(started.wait(), 10)
+    await model_call.wait_started()
     if sender == "this process":
         await engine.send({"name": "fence/stop", "data": {"job": "j1"}})
     else:
         env = {"PYTHONPATH": f"{REPO}/src:{REPO}", "PATH": "/usr/bin:/bin"}
         proc = await asyncio.create_subprocess_exec(sys.executable, "-c", _SEND_FROM_ANOTHER_PROCESS, db_url, env=env)
         assert await proc.wait() == 0
-    await asyncio.wait_for(interrupted.wait(), 10)
+    await model_call.wait_interrupted()
     (run,) = await runs_for_event(engine, event_id)
     done = await wait_run(engine, run["id"], timeout=10)
     assert done["status"] == "cancelled"

@@ -18,7 +18,7 @@ import pytest
 import stepline
 from stepline import errors
 from stepline.store import Lease, StepResult, db, ops_exec, postgres
-from tests.helpers import eventually, runs_for_event, wait_run
+from tests.helpers import LongCall, eventually, runs_for_event, wait_run
 
 
 def test_placeholders_are_translated_and_percent_signs_kept() -> None:
@@ -367,16 +367,7 @@ async def test_signals_reach_other_processes_only_when_committed(
 
 async def test_a_cancel_from_an_api_server_stops_a_step_in_flight_on_another_process(postgres_url: str, make_pg_engine: Any) -> None:
     app = stepline.App("remote-cancel")
-    started, stopped = asyncio.Event(), asyncio.Event()
-
-    async def long_call() -> str:
-        started.set()
-        try:
-            await asyncio.sleep(60)
-        except asyncio.CancelledError:
-            stopped.set()
-            raise
-        return "too late"
+    long_call = LongCall()
 
     @app.function(id="long", trigger=stepline.TriggerEvent("remote/long"))
     async def long(ctx: stepline.Context) -> str:
@@ -387,9 +378,9 @@ async def test_a_cancel_from_an_api_server_stops_a_step_in_flight_on_another_pro
     api = await make_pg_engine(run_worker=False, lease=600.0)
     event_id = await api.send({"name": "remote/long", "data": {}})
     run = (await runs_for_event(api, event_id))[0]
-    await asyncio.wait_for(started.wait(), 15)
+    await long_call.wait_started(15)
     assert await api.cancel(run["id"]) == "cancelling"
-    await asyncio.wait_for(stopped.wait(), 30)
+    await long_call.wait_interrupted(30)
     done = await wait_run(api, run["id"])
     assert done["status"] == "cancelled"
 
