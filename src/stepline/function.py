@@ -248,7 +248,7 @@ class Debounce:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Priority:
-    """``run``: CEL giving seconds (-600..600) to move a run ahead (+) or behind (-)."""
+    """``run``: CEL giving seconds (clamped to -43200..43200) to move a run ahead (+) or behind (-)."""
 
     run: str
 

@@ -39,14 +39,19 @@ def concurrency_keys(cfg: StoredConfig, body: dict[str, Any]) -> list[tuple[str,
     return out
 
 
+MAX_PRIORITY_S = 43200  # Inngest's bound on priority.run: 12 hours either way
+
+
 def priority_ms(cfg: StoredConfig, body: dict[str, Any]) -> int:
+    """``priority.run`` in ms, evaluated once when the run is created (0 if it fails or is
+    not a number), clamped to +-12 h as Inngest does."""
     priority = cfg.get("priority")
     if not priority:
         return 0
     value = expressions.evaluate(priority["run"], _variables(body))
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
         return 0
-    return int(max(-600, min(600, value)) * 1000)
+    return int(max(-MAX_PRIORITY_S, min(MAX_PRIORITY_S, value)) * 1000)
 
 
 def lock_state(conn: db.Conn, key: str) -> int:
@@ -110,9 +115,11 @@ def slots_in_use_many(conn: db.Conn, keys: list[str]) -> dict[str, int]:
 
 
 def park(conn: db.Conn, run_id: str, key: str, now: int) -> None:
-    """Take a run out of the ready index until a slot of ``key`` frees up."""
+    """Take a run out of the ready index until a slot of ``key`` frees up; it keeps its
+    place in line (its claim order: due time minus priority)."""
     conn.execute(
-        "UPDATE queue SET parked_on = ?, due_at = ?, lease_owner = NULL, lease_expires_at = NULL WHERE run_id = ?",
+        "UPDATE queue SET parked_on = ?, parked_score = due_at - priority_ms, due_at = ?, lease_owner = NULL, "
+        "lease_expires_at = NULL WHERE run_id = ?",
         (key, NEVER, run_id),
     )
     conn.execute(
@@ -122,15 +129,21 @@ def park(conn: db.Conn, run_id: str, key: str, now: int) -> None:
 
 
 def unpark(conn: db.Conn, key: str, count: int, now: int) -> int:
-    """Make the oldest ``count`` runs parked on ``key`` ready again."""
+    """Make the first ``count`` runs parked on ``key`` ready again: by priority, then by
+    arrival (the order a claim takes ready runs in), each back at its own due time."""
     if count <= 0:
         return 0
-    ids = [r["run_id"] for r in conn.all("SELECT run_id FROM queue WHERE parked_on = ? ORDER BY run_id LIMIT ?", (key, count))]
-    for run_id in ids:
-        conn.execute("UPDATE queue SET parked_on = NULL, due_at = ? WHERE run_id = ?", (now, run_id))
-    if ids:
+    rows = conn.all(
+        "SELECT run_id, parked_score, priority_ms FROM queue WHERE parked_on = ? ORDER BY parked_score, run_id LIMIT ?",
+        (key, count),
+    )
+    conn.executemany(
+        "UPDATE queue SET parked_on = NULL, parked_score = NULL, due_at = ? WHERE run_id = ?",
+        [(min(now, int(r["parked_score"]) + int(r["priority_ms"])), r["run_id"]) for r in rows],
+    )
+    if rows:
         conn.wake()
-    return len(ids)
+    return len(rows)
 
 
 def release_slots(conn: db.Conn, run_id: str, now: int) -> None:
