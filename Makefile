@@ -31,7 +31,8 @@ bench: $(STAMP)
 	$(PY) -m bench.run_all
 
 # The chaos suite at length (docs/chaos.md): STEPLINE_CHAOS_SECONDS of faults per backend
-# (default here 300; `make test` runs it for 40 s). STEPLINE_CHAOS_SEED repeats a run's sequence of faults.
+# (default here 300; `make test` runs it for 40 s). STEPLINE_CHAOS_SEED repeats a run's sequence
+# of faults. Each run's files stay under /tmp/stepline-chaos until the next `make chaos`.
 STEPLINE_CHAOS_SECONDS ?= 300
 chaos: $(STAMP)
-	STEPLINE_CHAOS_SECONDS=$(STEPLINE_CHAOS_SECONDS) $(PY) -m pytest tests/chaos -s
+	STEPLINE_CHAOS_SECONDS=$(STEPLINE_CHAOS_SECONDS) $(PY) -m pytest tests/chaos -s --basetemp=/tmp/stepline-chaos
