@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -163,10 +162,12 @@ def _check_text(value: str, field: str, where: str, max_bytes: int, variable: st
         )
 
 
-def _timestamp(ts: Any, where: str) -> int:
-    """``ts`` in epoch ms (now when absent); negative or past year 9999 is refused."""
+def _timestamp(ts: Any, where: str) -> int | None:
+    """``ts`` in epoch ms, or None when absent (the store stamps the time of receipt, on its
+    clock); negative or past year 9999 is refused. A ``ts`` in the future schedules the
+    runs the event starts."""
     if ts is None:
-        return int(time.time() * 1000)
+        return None
     if isinstance(ts, bool) or not isinstance(ts, (int, float)) or (isinstance(ts, float) and not math.isfinite(ts)):
         raise errors.EventError(f"{where}: 'ts' must be a number of milliseconds since the epoch, got {ts!r}")
     if not 0 <= ts <= MAX_TS:

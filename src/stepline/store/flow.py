@@ -79,6 +79,22 @@ def gcra_schedule(conn: db.Conn, key: str, *, limit: int, period_s: float, burst
     return start
 
 
+def throttle_start(conn: db.Conn, cfg: StoredConfig, body: dict[str, Any], now: int) -> int | None:
+    """Reserve a run's start slot under its function's throttle; when it may start (None:
+    the function has no throttle)."""
+    throttle = cfg.get("throttle")
+    if not throttle:
+        return None
+    return gcra_schedule(
+        conn,
+        scoped_key(cfg, "t", throttle.get("key"), body),
+        limit=int(throttle["limit"]),
+        period_s=float(throttle["period"]),
+        burst=int(throttle.get("burst") or 0),
+        now=now,
+    )
+
+
 def gcra_admit(conn: db.Conn, key: str, *, limit: int, period_s: float, now: int) -> bool:
     """Rate limit: admit now or refuse (nothing is reserved for a refused event)."""
     interval = period_s * 1000 / limit

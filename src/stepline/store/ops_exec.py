@@ -140,7 +140,7 @@ def _admit_by_concurrency(conn: db.Conn, candidates: list[dict[str, Any]], now: 
 
 
 _CLAIM_COLUMNS = (
-    "r.id, r.function_id, r.status, r.attempt, r.started_at, r.start_deadline_at, r.finish_timeout_ms, "
+    "r.id, r.function_id, r.status, r.wait_reason, r.attempt, r.started_at, r.start_deadline_at, r.finish_timeout_ms, "
     "r.cancel_requested, r.error, r.batch_event_ids, r.cleanup, r.replay_of, e.body, q.lease_epoch"
 )
 
@@ -211,6 +211,8 @@ def _prepare_claimed_txn(
         error = {"name": "StartTimeout", "message": "the run did not start within timeouts.start"}
         ops_runs.end_run_txn(conn, run_id, RunStatus.CANCELLED, None, jsonutil.dumps(error), now)
         return None
+    if run["started_at"] is None and run["wait_reason"] == WaitReason.SCHEDULED and _throttled_txn(conn, run, now):
+        return None
     journal: dict[str, JournalEntry] = {}
     for row in steps:
         entry = JournalEntry(**row)
@@ -237,6 +239,21 @@ def _prepare_claimed_txn(
         epoch=run["lease_epoch"],
         leased_at=leased_at,
     )
+
+
+def _throttled_txn(conn: db.Conn, run: dict[str, Any], now: int) -> bool:
+    """A run its event scheduled for later takes its throttle slot now that it is due (not
+    when the event came, which would spend today's slots on tomorrow's runs). True when the
+    slot is later: the run goes back to the queue until then."""
+    cfg = ops_runs.function_config_txn(conn, run["function_id"])
+    start = None if cfg is None else flow.throttle_start(conn, cfg, jsonutil.loads(run["body"]), now)
+    if start is None or start <= now:
+        return False
+    conn.execute(
+        "UPDATE queue SET lease_owner = NULL, lease_expires_at = NULL, due_at = ? WHERE run_id = ?", (start, run["id"])
+    )
+    conn.execute("UPDATE runs SET wait_reason = ?, updated_at = ? WHERE id = ?", (WaitReason.THROTTLED, now, run["id"]))
+    return True
 
 
 def _resolve_timer_txn(conn: db.Conn, run_id: str, entry: JournalEntry, now: int) -> JournalEntry:

@@ -42,6 +42,7 @@ def ingest_txn(
         event_id = ids.new_id()
         body = ev.to_dict()
         body.setdefault("id", event_id)
+        body.setdefault("ts", now)  # the time of receipt; a ts the sender gave may lie ahead (a scheduled start)
         ops_runs.insert_event_txn(conn, event_id, body, ev.id, now)
         if ev.id is not None:
             conn.defer(

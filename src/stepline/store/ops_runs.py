@@ -14,7 +14,7 @@ from stepline import errors, expressions, ids, jsonutil
 from stepline import event as event_mod
 from stepline.function import StoredConfig
 from stepline.store import db, flow
-from stepline.store.records import TERMINAL, ClaimedRun, HandOff, RunStatus
+from stepline.store.records import TERMINAL, ClaimedRun, HandOff, RunStatus, WaitReason
 
 log = logging.getLogger("stepline.store")
 
@@ -128,7 +128,10 @@ def create_run_txn(
     """Create a queued run of ``cfg`` for one event; None when its idempotency key was used.
 
     Throttle reserves the run's start slot here, so a throttled run is simply due later.
-    A run that ``handoff`` can take is created running, leased to its worker.
+    An event whose ``ts`` lies ahead schedules the run for then (``scheduled``) unless
+    ``due_at`` is given (debounce and batching decide their own start); its throttle slot
+    is taken when it comes due (see ``ops_exec``). A run that ``handoff`` can take is
+    created running, leased to its worker.
     """
     fn_id = cfg["id"]
     run_id = ids.new_id()
@@ -148,20 +151,15 @@ def create_run_txn(
                 (fn_id, key, run_id, now + IDEMPOTENCY_WINDOW_MS),
             )
     due = now if due_at is None else due_at
-    throttle = cfg.get("throttle")
-    if throttle:
-        start = flow.gcra_schedule(
-            conn,
-            flow.scoped_key(cfg, "t", throttle.get("key"), body),
-            limit=int(throttle["limit"]),
-            period_s=float(throttle["period"]),
-            burst=int(throttle.get("burst") or 0),
-            now=now,
-        )
-        if start > due:
-            due, wait_reason = start, "throttled"
+    scheduled = due_at is None and _scheduled_start(body, now)
+    if scheduled:
+        due, wait_reason = scheduled, WaitReason.SCHEDULED
+    start = None if scheduled else flow.throttle_start(conn, cfg, body, now)
+    if start is not None and start > due:
+        due, wait_reason = start, WaitReason.THROTTLED
     timeouts = cfg.get("timeouts") or {}
-    start_deadline = None if timeouts.get("start") is None else now + int(timeouts["start"] * 1000)
+    # timeouts.start counts from when the run may start: its scheduled time, else now.
+    start_deadline = None if timeouts.get("start") is None else (scheduled or now) + int(timeouts["start"] * 1000)
     finish_ms = None if timeouts.get("finish") is None else int(timeouts["finish"] * 1000)
     cleanup = (CLEANUP_WAITS if cfg.get("cancel_on") else 0) | (
         CLEANUP_WINDOW if cfg.get("debounce") or cfg.get("batch_events") else 0
@@ -222,6 +220,15 @@ def create_run_txn(
 
 
 def stamp_handoff_leases_txn(conn: db.Conn, handoff: HandOff) -> None:
+def _scheduled_start(body: dict[str, Any], now: int) -> int:
+    """When a run of this event may start, if its ``ts`` lies ahead (Inngest's way to
+    schedule a one-off run); 0 for now."""
+    ts = body.get("ts")
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)) or ts <= now:
+        return 0
+    return min(int(ts), NEVER)
+
+
     """Set the expiry of the leases an ingest's hand-off took on the database's clock, as
     every other lease is (their rows were inserted with the ingest's own time)."""
     if handoff.taken:
