@@ -8,6 +8,7 @@ import asyncio
 from typing import Any
 
 import stepline
+from stepline.testing import TestEngine
 from tests.helpers import eventually, runs_for_event, wait_run
 
 VIP = "event.data.vip == true ? 120 : 0"
@@ -51,3 +52,98 @@ async def test_priority_orders_runs_parked_behind_a_concurrency_limit(make_engin
 
 async def _all_parked(engine: Any, run_ids: list[str]) -> bool:
     return await _reasons(engine, run_ids) == ["concurrency_limited"] * len(run_ids)
+
+
+# --- events dated in the future --------------------------------------------------
+
+HOUR_MS = 3600 * 1000
+
+
+def _reminders() -> stepline.App:
+    app = stepline.App("t")
+
+    @app.function(id="remind", trigger=stepline.TriggerEvent("t/remind"),
+                  cancel_on=[stepline.CancelOn("t/forget", match="data.id")])
+    async def remind(ctx: stepline.Context) -> int | None:
+        return ctx.event.ts
+
+    @app.function(id="paced", trigger=stepline.TriggerEvent("t/paced"),
+                  throttle=stepline.Throttle(limit=1, period="1h"))
+    async def paced(ctx: stepline.Context) -> str:
+        return str(ctx.event.data["n"])
+
+    return app
+
+
+async def test_a_future_ts_schedules_the_run_and_a_past_one_is_taken_as_given(db_url: str) -> None:
+    async with TestEngine(_reminders(), db=db_url) as t:
+        now = t.clock.now_ms()
+        later = await t.send({"name": "t/remind", "data": {"id": "a"}, "ts": now + HOUR_MS})
+        waiting = await t.result(later)
+        assert (waiting.status, waiting.wait_reason) == ("queued", "scheduled")
+        past = await t.wait(await t.send({"name": "t/remind", "data": {"id": "b"}, "ts": now - 24 * HOUR_MS}))
+        assert past.status == "completed" and past.output == now - 24 * HOUR_MS  # not delayed, ts kept
+        await t.advance("59m")
+        assert (await t.result(later)).status == "queued"
+        await t.advance("1m")
+        done = await t.wait(later)
+        assert done.status == "completed" and done.output == now + HOUR_MS
+        forgotten = await t.send({"name": "t/remind", "data": {"id": "c"}, "ts": now + 5 * HOUR_MS})
+        await t.send({"name": "t/forget", "data": {"id": "c"}})  # cancel_on listens from receipt, before ts
+        assert (await t.result(forgotten)).status == "cancelled"
+
+
+async def test_a_scheduled_run_takes_its_throttle_slot_when_it_comes_due(db_url: str) -> None:
+    async with TestEngine(_reminders(), db=db_url) as t:
+        now = t.clock.now_ms()
+        tomorrow = [await t.send({"name": "t/paced", "data": {"n": n}, "ts": now + 2 * HOUR_MS}) for n in (1, 2)]
+        today = await t.wait(await t.send({"name": "t/paced", "data": {"n": 0}}))
+        assert today.status == "completed"  # the scheduled runs did not spend today's slot
+        await t.advance("2h")
+        results = [await t.result(s) for s in tomorrow]
+        assert [r.status for r in results] == ["completed", "queued"] and results[1].wait_reason == "throttled"
+        await t.advance("1h")
+        assert (await t.wait(tomorrow[1])).status == "completed"
+
+
+# --- sleeps and waits side by side ---------------------------------------------
+
+
+def _side_by_side() -> stepline.App:
+    app = stepline.App("t")
+
+    @app.function(id="two-naps", trigger=stepline.TriggerEvent("t/naps"))
+    async def naps(ctx: stepline.Context) -> str:
+        await asyncio.gather(ctx.step.sleep("short", "1h"), ctx.step.sleep("long", "2h"))
+        return "awake"
+
+    @app.function(id="two-waits", trigger=stepline.TriggerEvent("t/waits"))
+    async def waits(ctx: stepline.Context) -> list[Any]:
+        found = await asyncio.gather(
+            ctx.step.wait_for_event("a", event="t/a", timeout="1d"),
+            ctx.step.wait_for_event("b", event="t/b", timeout="1d"),
+        )
+        return [None if e is None else e.data["n"] for e in found]
+
+    return app
+
+
+async def test_two_sleeps_in_one_parallel_block_run_side_by_side(db_url: str) -> None:
+    async with TestEngine(_side_by_side(), db=db_url) as t:
+        sent = await t.send({"name": "t/naps"})
+        asleep = await t.result(sent)
+        assert asleep.status == "sleeping" and [s.status for s in asleep.steps.values()] == ["sleeping", "sleeping"]
+        await t.advance("1h")
+        assert (await t.result(sent)).status == "sleeping"
+        await t.advance("1h")  # both naps began together: two hours in all, not three
+        assert (await t.wait(sent)).output == "awake"
+
+
+async def test_two_waits_in_one_parallel_block_listen_together(db_url: str) -> None:
+    async with TestEngine(_side_by_side(), db=db_url) as t:
+        sent = await t.send({"name": "t/waits"})
+        assert sorted((await t.result(sent)).steps) == ["a", "b"]
+        await t.send({"name": "t/b", "data": {"n": 2}})  # the second wait's event comes first
+        assert (await t.result(sent)).status == "waiting"
+        await t.send({"name": "t/a", "data": {"n": 1}})
+        assert (await t.wait(sent)).output == [1, 2]

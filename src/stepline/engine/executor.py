@@ -92,6 +92,9 @@ class RunExecution:
         self._halted = False
         self.cancel_requested = False
         self.task_cancelled = False
+        # A step suspended the run: no other step starts, but a sleep, wait or invoke
+        # reached beside it (one parallel block) suspends with it.
+        self._suspending = False
         self._busy = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -142,9 +145,9 @@ class RunExecution:
     def replaying(self) -> bool:
         return bool(self._unvisited)
 
-    def _enter(self, step_id: str) -> tuple[str, Any]:
+    def _enter(self, step_id: str, *, suspends: bool = False) -> tuple[str, Any]:
         self._check_lease()
-        if self._halted or self.cancel_requested:
+        if self._halted or self.cancel_requested or (self._suspending and not suspends):
             raise Halt()
         n = self._counts.get(step_id, 0)
         self._counts[step_id] = n + 1
@@ -158,7 +161,7 @@ class RunExecution:
 
     def _suspend(self, suspension: Suspension) -> NoReturn:
         self.suspensions.append(suspension)
-        self._halted = True
+        self._suspending = True
         raise Suspend()
 
     def unreached_steps(self) -> list[str]:
@@ -311,6 +314,23 @@ class RunExecution:
             raise errors.LimitError(
                 f"step {step_id!r} would bring the run's saved state to {self._state_bytes + len(output)} bytes, "
                 f"over the run state limit of {state_limit} bytes; return smaller results or raise "
+    async def _reserve(self, key: str, step_id: str, attempt: int, spend: budgets.Spend) -> budget_gate.Ticket:
+        """Reserve an attempt's worst case on the function's budgets (a write fenced by the
+        lease): the ticket to settle once its cost is known. Refused, the step fails
+        (``BudgetExceeded``) or the run suspends until the budget has room, as it says."""
+        if self._budget_gate is None:
+            self._budget_gate = budget_gate.StepGate(self._store, self.run_id, self.function, self._event)
+        gate = self._budget_gate
+        ticket, hold = await self.write(gate.reserve(self.lease, key, attempt, spend))
+        if ticket is not None:
+            return ticket  # type: ignore[no-any-return]
+        refusal = hold.refusal
+        if refusal.on_exceeded == "fail":
+            raise budget_gate.exceeded(refusal, spend)
+        log.info("run %s step %r pauses: budget %r for key %r has no room", self.run_id, step_id, refusal.budget_id, refusal.key)
+        pause = budget_gate.pause(refusal, gate.checks, spend.worst)
+        self._suspend(Suspension("budget", key, step_id, refusal.period_end, started_at=self._store.now_ms(), budget=pause))
+
                 "STEPLINE_MAX_RUN_STATE_BYTES"
             )
 
@@ -349,7 +369,7 @@ class RunExecution:
         self._suspend(Suspension("sleep", key, step_id, wake_ms, started_at=now))
 
     async def wait_for_event(self, step_id: str, event: str, expression: str | None, timeout: float) -> event_mod.Event | None:
-        key, entry = self._enter(step_id)
+        key, entry = self._enter(step_id, suspends=True)
         if entry is not None:
             if entry.status == StepStatus.COMPLETED:
                 body = jsonutil.loads(entry.output)
@@ -361,7 +381,7 @@ class RunExecution:
         )
 
     async def invoke(self, step_id: str, function_id: str, data: dict[str, Any], timeout: float | None) -> Any:
-        key, entry = self._enter(step_id)
+        key, entry = self._enter(step_id, suspends=True)
         if entry is not None:
             if entry.status == StepStatus.COMPLETED:
                 return jsonutil.loads(entry.output)
@@ -383,7 +403,7 @@ class RunExecution:
         )
 
     async def send_events(self, step_id: str, events: list[dict[str, Any]]) -> list[str]:
-        key, entry = self._enter(step_id)
+        key, entry = self._enter(step_id, suspends=True)
         if entry is not None and entry.status == StepStatus.COMPLETED:
             return list(jsonutil.loads(entry.output))
         validated = [self._services.validate_event(raw, i) for i, raw in enumerate(events)]
