@@ -314,23 +314,6 @@ class RunExecution:
             raise errors.LimitError(
                 f"step {step_id!r} would bring the run's saved state to {self._state_bytes + len(output)} bytes, "
                 f"over the run state limit of {state_limit} bytes; return smaller results or raise "
-    async def _reserve(self, key: str, step_id: str, attempt: int, spend: budgets.Spend) -> budget_gate.Ticket:
-        """Reserve an attempt's worst case on the function's budgets (a write fenced by the
-        lease): the ticket to settle once its cost is known. Refused, the step fails
-        (``BudgetExceeded``) or the run suspends until the budget has room, as it says."""
-        if self._budget_gate is None:
-            self._budget_gate = budget_gate.StepGate(self._store, self.run_id, self.function, self._event)
-        gate = self._budget_gate
-        ticket, hold = await self.write(gate.reserve(self.lease, key, attempt, spend))
-        if ticket is not None:
-            return ticket  # type: ignore[no-any-return]
-        refusal = hold.refusal
-        if refusal.on_exceeded == "fail":
-            raise budget_gate.exceeded(refusal, spend)
-        log.info("run %s step %r pauses: budget %r for key %r has no room", self.run_id, step_id, refusal.budget_id, refusal.key)
-        pause = budget_gate.pause(refusal, gate.checks, spend.worst)
-        self._suspend(Suspension("budget", key, step_id, refusal.period_end, started_at=self._store.now_ms(), budget=pause))
-
                 "STEPLINE_MAX_RUN_STATE_BYTES"
             )
 
