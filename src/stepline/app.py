@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from stepline import errors
+from stepline import durations, errors
 from stepline import event as events_mod
 from stepline import function as fn
 from stepline.event import Event
@@ -53,6 +53,7 @@ class App:
         batch_events: fn.Batch | None = None,
         singleton: fn.Singleton | None = None,
         on_failure: fn.Handler | None = None,
+        retention: durations.Duration | None = None,
     ) -> Callable[[fn.Handler], fn.Function]:
         """Declare a function; every option is checked now, so a typo fails at import."""
         config = fn.build_config(
@@ -72,6 +73,7 @@ class App:
             batch_events=batch_events,
             singleton=singleton,
         )
+            retention=retention,
         if id in self._functions:
             raise errors.ConfigError(f"App {self.id!r}: function id {id!r} is declared twice")
         if on_failure is not None and not callable(on_failure):
@@ -103,6 +105,7 @@ class App:
             timeouts=None,
             concurrency=None,
             throttle=None,
+            retention=config.retention,
             rate_limit=None,
             debounce=None,
             priority=None,

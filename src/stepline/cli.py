@@ -1,4 +1,4 @@
-"""``stepline``: dev | start | worker | send | runs | migrate."""
+"""``stepline``: dev | start | worker | send | runs | migrate | admin."""
 
 from __future__ import annotations
 
@@ -235,11 +235,18 @@ def worker(apps: tuple[str, ...], db: str | None, concurrency: int | None) -> No
 
 @main.command()
 @click.option("--db", default=None, help="SQLite path or postgresql:// URL (STEPLINE_DB).")
-def migrate(db: str | None) -> None:
+@click.option("--dry-run", is_flag=True, help="List the pending migrations and what each changes; apply nothing.")
+def migrate(db: str | None, dry_run: bool) -> None:
     """Apply pending schema migrations."""
     from stepline.store import migrate as migrate_mod
 
     settings = _settings(db=db)
+    if dry_run:
+        todo = migrate_mod.describe_pending(settings.db)
+        click.echo(f"{len(todo)} migration(s) pending{':' if todo else ''}")
+        for migration_id, summary in todo:
+            click.echo(f"  {migration_id}: {summary}")
+        return
     try:
         applied = migrate_mod.apply(settings.db)
     except Exception as exc:
@@ -380,6 +387,7 @@ def runs_replay(run_id: str, url: str | None) -> None:
 
 
 main.add_command(importlib.import_module("stepline.inngest.cli").apps)  # `stepline apps`: Inngest SDK apps
+main.add_command(importlib.import_module("stepline.cli_admin").admin)  # `stepline admin`: retention, sizes, backups
 
 
 if __name__ == "__main__":

@@ -443,6 +443,7 @@ def build_config(
         raise errors.ConfigError(f"{id}: batch_events works with event triggers only")
     return FunctionConfig(
         id=id,
+    retention: float | None  # seconds a finished run is kept; None: STEPLINE_RETENTION
         app_id=app_id,
         name=name or id,
         triggers=triggers,
@@ -459,3 +460,19 @@ def build_config(
         singleton=singleton,
         failure_handler_for=failure_handler_for,
     )
+    retention: float | None = None  # seconds its finished runs are kept (None: STEPLINE_RETENTION)
+            "retention": self.retention,
+def _retention(function_id: str, value: durations.Duration | None) -> float | None:
+    if value is None:
+        return None
+    seconds = durations.parse(value, field=f"{function_id}: retention")
+    if seconds <= 0:
+        raise errors.ConfigError(
+            f"{function_id}: retention: must be longer than zero, got {value!r}; leave it out to keep "
+            "finished runs for STEPLINE_RETENTION"
+        )
+    return seconds
+
+
+    retention: durations.Duration | None = None,
+        retention=_retention(id, retention),

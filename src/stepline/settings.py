@@ -43,6 +43,9 @@ VARS: tuple[Var, ...] = (
     Var("STEPLINE_MAX_NAME_BYTES", "max_name_bytes", int, 256, "longest event name (and SDK trigger name or function id), in UTF-8 bytes"),
     Var("STEPLINE_MAX_ID_BYTES", "max_id_bytes", int, 256, "longest event id (the sender's de-duplication id), in UTF-8 bytes"),
     Var("STEPLINE_MAX_USER_ID_BYTES", "max_user_id_bytes", int, 256, "longest user id (data.user_id, data.userId or user.id), in UTF-8 bytes"),
+    Var("STEPLINE_RETENTION", "retention", float, 7 * 86400.0, "finished runs (their steps, attempts, messages and events) are deleted this long after they end, e.g. 7d, 12h (0: kept forever); a function's retention= overrides it"),
+    Var("STEPLINE_USAGE_RETENTION", "usage_retention", float, 400 * 86400.0, "LLM tokens and cost are kept this long as daily sums per function, user and model after their runs are deleted (0: forever)"),
+    Var("STEPLINE_RETENTION_INTERVAL", "retention_interval", float, 60.0, "seconds between retention sweeps, one process at a time across all of them (0: this process never sweeps; `stepline admin prune` still does)"),
     Var("STEPLINE_LOG_LEVEL", "log_level", str, "INFO", "logging level: DEBUG, INFO, WARNING, ERROR"),
     Var("STEPLINE_ALLOWED_HOSTS", "allowed_hosts", str, "", "stepline dev: Host names it answers besides loopback addresses, localhost and *.localhost (comma-separated; '.example.test' takes its subdomains too)"),
     Var("STEPLINE_MAX_HEADER_BYTES", "max_header_bytes", int, 16 * 1024, "largest request head, request line and headers (431 past it)"),
@@ -82,6 +85,9 @@ class Settings:
     max_name_bytes: int = 256
     max_id_bytes: int = 256
     max_user_id_bytes: int = 256
+    retention: float = 7 * 86400.0
+    usage_retention: float = 400 * 86400.0
+    retention_interval: float = 60.0
     log_level: str = "INFO"
     loop: str = "auto"
     allowed_hosts: str = ""

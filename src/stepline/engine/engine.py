@@ -12,7 +12,7 @@ from typing import Any
 from stepline import errors
 from stepline import event as event_mod
 from stepline.app import App
-from stepline.engine import cron
+from stepline.engine import cron, retention
 from stepline.engine.executor import Services
 from stepline.engine.worker import Worker, new_worker_id
 from stepline.function import Function, TriggerCron
@@ -31,6 +31,7 @@ class Engine:
         self.apps = list(apps)
         self.worker: Worker | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.retention = retention.Sweeper(store, self.settings)  # deletes what retention keeps no longer
         self._threads: list[concurrent.futures.ThreadPoolExecutor] = []
         self._publish_listeners: list[Callable[[str], None]] = []
         self._function_sources: list[Callable[[], dict[str, Function]]] = []
@@ -57,6 +58,7 @@ class Engine:
         self._loop = asyncio.get_running_loop()
         await self.store.start()
         functions = self.functions
+        self.retention.start()
         if functions:
             await self.register(list(functions.values()))
         for app in self.apps:
@@ -80,6 +82,7 @@ class Engine:
 
     async def stop(self, grace: float = 10.0) -> None:
         if self.worker is not None:
+        await self.retention.stop()
             await self.worker.stop(grace)
             self.worker = None
         for app in self.apps:

@@ -307,6 +307,10 @@ class Database(abc.ABC):
     def plan_capacity(self, concurrency: int) -> None:
         """Size connection pools for a worker that runs ``concurrency`` runs at once."""
 
+    def truncate_log_when_idle(self) -> None:
+        """After a sweep freed much: shrink a write-ahead log file that grew under load, once
+        no commit comes for a moment (SQLite; PostgreSQL manages its own)."""
+
     def note_new_runs(self, count: int) -> None:
         """``count`` runs were just queued; a backend whose planner needs fresh statistics refreshes them."""
 

@@ -27,6 +27,10 @@ def yoyo_uri(url: str) -> str:
 
 
 def _backend_and_migrations(url: str):  # type: ignore[no-untyped-def]
+    if not url.startswith(("postgresql://", "postgres://")):
+        from stepline.store import sqlite
+
+        sqlite.prepare_new_file(yoyo_uri(url)[len("sqlite:///"):])  # before any table exists
     try:
         backend = get_backend(yoyo_uri(url), migration_table=_TABLE)
     except Exception as exc:  # noqa: BLE001 - any driver error means the same to the user
@@ -52,6 +56,32 @@ def pending(url: str) -> list[str]:
         return [m.id for m in backend.to_apply(migrations)]
     finally:
         backend.connection.close()
+
+
+def describe_pending(url: str) -> list[tuple[str, str]]:
+    """What ``apply`` would do, changing nothing: each pending migration's id and the
+    opening comment of its file (what it changes, and whether older processes mind)."""
+    if not url.startswith(("postgresql://", "postgres://")) and not os.path.exists(yoyo_uri(url)[len("sqlite:///"):]):
+        todo = list(read_migrations(str(MIGRATIONS_DIR)))  # a new file: every one (opening it would create it)
+    else:
+        backend, migrations = _backend_and_migrations(url)
+        try:
+            todo = list(backend.to_apply(migrations))
+        finally:
+            backend.connection.close()
+    return [(m.id, _summary(pathlib.Path(m.path).read_text())) for m in todo]
+
+
+def _summary(sql: str) -> str:
+    lines = []
+    for line in sql.splitlines():
+        if not line.startswith("--"):
+            break
+        text = line[2:].strip()
+        if text.startswith("depends:"):
+            break
+        lines.append(text)
+    return " ".join(lines)
 
 
 def check(url: str, *, auto_apply: bool) -> None:

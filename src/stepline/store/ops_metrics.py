@@ -110,6 +110,43 @@ _USAGE_SUMS = (
 )
 
 
+# The same sums over ``_usage_rows``, where a row may stand for many calls of one day.
+_USAGE_TOTALS = (
+    "SUM(calls) AS calls, SUM(prompt_tokens) AS prompt_tokens, SUM(completion_tokens) AS completion_tokens, "
+    "SUM(reasoning_tokens) AS reasoning_tokens, SUM(cached_tokens) AS cached_tokens, SUM(cost_usd) AS cost_usd"
+)
+_USAGE_COLUMNS = "prompt_tokens, completion_tokens, reasoning_tokens, cached_tokens, cost_usd"
+
+
+def _usage_rows(since_ms: int | None, function_id: str | None = None) -> tuple[str, list[Any]]:
+    """Model calls still stored one by one, and the daily sums of those whose runs retention
+    deleted (``usage_daily``), as rows of one shape: ``at`` is the call's time or its day's
+    start. A day of sums counts when ``since_ms`` falls on or before its end."""
+    calls: list[str] = []
+    sums: list[str] = []
+    call_params: list[Any] = []
+    sum_params: list[Any] = []
+    if since_ms is not None:
+        calls.append("created_at >= ?")
+        call_params.append(since_ms)
+        sums.append("day_start >= ?")
+        sum_params.append(since_ms - since_ms % DAY_MS)
+    if function_id is not None:
+        calls.append("function_id = ?")
+        sums.append("function_id = ?")
+        call_params.append(function_id)
+        sum_params.append(function_id)
+    calls_where = f" WHERE {' AND '.join(calls)}" if calls else ""
+    sums_where = f" WHERE {' AND '.join(sums)}" if sums else ""
+    sql = (
+        f"SELECT created_at AS at, function_id, user_id, provider, model, 1 AS calls, {_USAGE_COLUMNS} "
+        f"FROM llm_usage{calls_where} UNION ALL "
+        "SELECT day_start AS at, function_id, NULLIF(user_id, '') AS user_id, NULLIF(provider, '') AS provider, "
+        f"model, calls, {_USAGE_COLUMNS} FROM usage_daily{sums_where}"
+    )
+    return sql, call_params + sum_params
+
+
 def _usage(row: dict[str, Any]) -> dict[str, Any]:
     prompt, completion = int(row.get("prompt_tokens") or 0), int(row.get("completion_tokens") or 0)
     return {
@@ -125,15 +162,11 @@ def _usage(row: dict[str, Any]) -> dict[str, Any]:
 
 def usage_by_day_txn(conn: db.Conn, since_ms: int, function_id: str | None = None) -> list[dict[str, Any]]:
     """Tokens and cost of model calls per UTC day since ``since_ms``, oldest first."""
-    where, params = "created_at >= ?", [since_ms]
-    if function_id is not None:
-        where += " AND function_id = ?"
-        params.append(function_id)  # type: ignore[arg-type]
+    rows, params = _usage_rows(since_ms, function_id)
     return [
         {"day": _day(int(r["bucket"])), **_usage(r)}
         for r in conn.all(
-            f"SELECT created_at / {DAY_MS} AS bucket, {_USAGE_SUMS} FROM llm_usage WHERE {where} "
-            "GROUP BY created_at / 86400000 ORDER BY bucket",
+            f"SELECT at / {DAY_MS} AS bucket, {_USAGE_TOTALS} FROM ({rows}) u GROUP BY at / {DAY_MS} ORDER BY bucket",
             params,
         )
     ]
@@ -141,12 +174,13 @@ def usage_by_day_txn(conn: db.Conn, since_ms: int, function_id: str | None = Non
 
 def usage_by_user_txn(conn: db.Conn, since_ms: int, limit: int = 100) -> list[dict[str, Any]]:
     """Tokens and cost per user since ``since_ms``, the most expensive first."""
+    rows, params = _usage_rows(since_ms)
     return [
         {"user_id": r["user_id"], **_usage(r)}
         for r in conn.all(
-            f"SELECT user_id, {_USAGE_SUMS} FROM llm_usage WHERE created_at >= ? "
+            f"SELECT user_id, {_USAGE_TOTALS} FROM ({rows}) u "
             "GROUP BY user_id ORDER BY SUM(cost_usd) DESC, user_id LIMIT ?",
-            (since_ms, limit),
+            (*params, limit),
         )
     ]
 
@@ -159,11 +193,11 @@ def run_usage_txn(conn: db.Conn, run_id: str) -> dict[str, Any]:
 
 def usage_by_model_txn(conn: db.Conn, since_ms: int | None = None) -> list[dict[str, Any]]:
     """Tokens and cost per provider and model (all time when ``since_ms`` is None)."""
-    where, params = ("WHERE created_at >= ?", (since_ms,)) if since_ms is not None else ("", ())
+    rows, params = _usage_rows(since_ms)
     return [
         {"provider": r["provider"], "model": r["model"], **_usage(r)}
         for r in conn.all(
-            f"SELECT provider, model, {_USAGE_SUMS} FROM llm_usage {where} GROUP BY provider, model "
+            f"SELECT provider, model, {_USAGE_TOTALS} FROM ({rows}) u GROUP BY provider, model "
             "ORDER BY provider, model",
             params,
         )

@@ -85,20 +85,46 @@ def connect(path: str) -> sqlite3.Connection:
     return raw
 
 
+def prepare_new_file(path: str) -> None:
+    """Give a database file that does not exist yet (or is empty) ``auto_vacuum = INCREMENTAL``.
+
+    The mode can only be chosen before the first table is created, so it is set here,
+    before the migrations (and yoyo's own tables) create any; switching WAL on writes the
+    file's header, which keeps it. Pages that retention frees can then be handed back to
+    the file system a few at a time (``incremental_vacuum``) instead of by a full VACUUM.
+    """
+    if path == ":memory:" or (os.path.exists(path) and os.path.getsize(path) > 0):
+        return
+    raw = sqlite3.connect(path, isolation_level=None)
+    try:
+        raw.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        raw.execute("PRAGMA journal_mode=WAL")
+    finally:
+        raw.close()
+
+
 class _Checkpointer:
     """Copies the WAL back into the database file off the commit path (PASSIVE: it never
     waits for, or blocks, the writer or readers)."""
 
     INTERVAL = 0.2  # seconds between checkpoints while commits keep coming
+    IDLE = 1.0  # seconds without a commit before a requested TRUNCATE checkpoint runs
+    TRUNCATE_BUSY_MS = 100  # how long that checkpoint may wait for readers (writers wait meanwhile)
 
     def __init__(self, path: str) -> None:
         self._path = path
         self._dirty = threading.Event()
         self._stopping = threading.Event()
+        self._truncate = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="stepline-sqlite-checkpoint", daemon=True)
         self._thread.start()
 
     def committed(self) -> None:
+        self._dirty.set()
+
+    def truncate_when_idle(self) -> None:
+        """Shrink the WAL file to nothing at the next moment no commit comes for ``IDLE`` s."""
+        self._truncate.set()
         self._dirty.set()
 
     def stop(self) -> None:
@@ -118,9 +144,25 @@ class _Checkpointer:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 except sqlite3.Error:
                     pass  # busy or locked: the next round catches up
+                if self._truncate.is_set() and not self._dirty.wait(self.IDLE):
+                    self._truncate_wal(conn)
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         finally:
             conn.close()
+
+    def _truncate_wal(self, conn: sqlite3.Connection) -> None:
+        """A TRUNCATE checkpoint that gives up quickly when readers hold the log: a log that
+        grew under load keeps its size until then (the WAL is reused, never shrunk)."""
+        self._truncate.clear()
+        try:
+            conn.execute(f"PRAGMA busy_timeout={self.TRUNCATE_BUSY_MS}")
+            row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if row and row["busy"]:
+                self._truncate.set()  # readers were in the way: at the next idle moment
+        except sqlite3.Error:
+            self._truncate.set()
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
 class SQLiteDatabase(db.Database):
@@ -145,6 +187,10 @@ class SQLiteDatabase(db.Database):
             conn.execute("PRAGMA wal_autocheckpoint=0")
             self._checkpointer = _Checkpointer(self.path)
         return conn
+
+    def truncate_log_when_idle(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.truncate_when_idle()
 
     def _close_writer(self, conn: sqlite3.Connection) -> None:
         if self._checkpointer is not None:

@@ -14,6 +14,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from stepline import clock as clock_mod
+from stepline import errors
 from stepline import event as event_mod
 from stepline.function import StoredConfig
 from stepline.store import (
@@ -24,9 +25,11 @@ from stepline.store import (
     ops_ingest,
     ops_metrics,
     ops_query,
+    ops_maintenance,
     ops_read,
     ops_runs,
     ops_sdk,
+    ops_retention,
 )
 from stepline.store.records import ClaimedRun, HandOff, Lease, Renewal, StepResult, Suspension
 
@@ -329,3 +332,123 @@ def open_store(url: str, *, migrate_now: bool = True, clock: clock_mod.Clock | N
 def sqlite_path(url: str) -> str:
     """The file path in a SQLite URL (``sqlite:///path``) or a bare path."""
     return url[len("sqlite:///"):] if url.startswith("sqlite:///") else url
+    # --- retention and maintenance (ops_retention, ops_maintenance) -----------------------
+    # A sweep is many short transactions; ``rehearse`` runs one and rolls it back, so a dry
+    # run counts exactly what the real one would delete.
+
+    async def _write_or_rehearse(self, op: Callable[[db.Conn], T], rehearse: bool) -> T:
+        if not rehearse:
+            return await self.db.write(op)
+
+        def rehearsal(conn: db.Conn) -> T:
+            raise _Rehearsed(op(conn))  # an operation that raises is rolled back alone
+
+        try:
+            await self.db.write(rehearsal)
+        except _Rehearsed as done:
+            return done.result  # type: ignore[no-any-return]
+        raise AssertionError("unreachable: a rehearsal always raises")
+
+    async def acquire_sweep(self, owner: str, lease_ms: int, min_gap_ms: int) -> ops_retention.SweepLease | None:
+        return await self.db.write(
+            self._at_commit(ops_retention.acquire_txn, owner=owner, lease_ms=lease_ms, min_gap_ms=min_gap_ms)
+        )
+
+    async def finish_sweep(self, lease: ops_retention.SweepLease, summary: dict[str, Any] | None) -> None:
+        """Give the sweep up; with a ``summary`` it counts as done (others wait an interval)."""
+        await self.db.write(self._at_commit(ops_retention.finish_txn, lease=lease, summary=summary))
+
+    async def sweep_status(self) -> dict[str, Any]:
+        return await self.db.read(ops_retention.status_txn)
+
+    async def retention_policies(self) -> dict[str, float]:
+        return await self.db.read(ops_retention.policies_txn)
+
+    async def finished_functions(self) -> list[str]:
+        return await self.db.read(ops_retention.finished_functions_txn)
+
+    async def prune_runs(
+        self, lease: ops_retention.SweepLease, lease_ms: int, function_id: str, cutoff: int,
+        after: tuple[int, str] | None, limit: int, *, rehearse: bool = False,
+    ) -> ops_retention.Batch:
+        op = partial(
+            ops_retention.prune_runs_txn, lease=lease, lease_ms=lease_ms, function_id=function_id, cutoff=cutoff,
+            after=after, limit=limit,
+        )
+        return await self._write_or_rehearse(op, rehearse)
+
+    async def prune_events(
+        self, lease: ops_retention.SweepLease, lease_ms: int, cutoff: int, after: tuple[int, str] | None, limit: int,
+        *, rehearse: bool = False,
+    ) -> ops_retention.Batch:
+        op = partial(ops_retention.prune_events_txn, lease=lease, lease_ms=lease_ms, cutoff=cutoff, after=after, limit=limit)
+        return await self._write_or_rehearse(op, rehearse)
+
+    async def prune_usage(
+        self, lease: ops_retention.SweepLease, lease_ms: int, cutoff: int, after: tuple[int, str] | None, limit: int,
+        *, rehearse: bool = False,
+    ) -> ops_retention.Batch:
+        op = partial(ops_retention.prune_usage_txn, lease=lease, lease_ms=lease_ms, cutoff=cutoff, after=after, limit=limit)
+        return await self._write_or_rehearse(op, rehearse)
+
+    async def prune_expired(
+        self, lease: ops_retention.SweepLease, lease_ms: int, table: str, before: int, limit: int, *, rehearse: bool = False
+    ) -> ops_retention.Batch:
+        op = partial(ops_retention.prune_expired_txn, lease=lease, lease_ms=lease_ms, table=table, before=before, limit=limit)
+        return await self._write_or_rehearse(op, rehearse)
+
+    async def prune_flow_state(
+        self, lease: ops_retention.SweepLease, lease_ms: int, after: str | None, limit: int, *, rehearse: bool = False
+    ) -> ops_retention.Batch:
+        op = self._at_commit(ops_retention.prune_flow_state_txn, lease=lease, lease_ms=lease_ms, after=after, limit=limit)
+        return await self._write_or_rehearse(op, rehearse)
+
+    async def incremental_vacuum(self, pages: int, keep: int) -> int:
+        """SQLite: hand up to ``pages`` free pages back to the file system (through the writer);
+        returns the free pages left (0 elsewhere)."""
+        return await self.db.write(partial(ops_maintenance.incremental_vacuum_txn, pages=pages, keep=keep))
+
+    def truncate_log_when_idle(self) -> None:
+        self.db.truncate_log_when_idle()
+
+    async def table_sizes(self, *, exact: bool = False) -> list[dict[str, Any]]:
+        return await self.db.read(partial(ops_maintenance.table_sizes_txn, exact=exact))
+
+    async def oldest_rows(self) -> dict[str, int | None]:
+        return await self.db.read(ops_maintenance.oldest_rows_txn)
+
+    async def file_space(self) -> dict[str, Any]:
+        """SQLite: pages, free pages, auto_vacuum mode, and the sizes of the file and its log."""
+        space = await self.db.read(ops_maintenance.file_space_txn)
+        if space and self.db.dialect == "sqlite":
+            path = sqlite_path(self.url)
+            space["file_bytes"] = os.path.getsize(path) if os.path.exists(path) else 0
+            space["wal_bytes"] = os.path.getsize(path + "-wal") if os.path.exists(path + "-wal") else 0
+        return space
+
+    async def backup(self, target: str) -> int:
+        """SQLite: a consistent copy at ``target`` while writes go on; returns its size."""
+        if is_postgres_url(self.url):
+            raise errors.ConfigError(
+                "stepline admin backup copies SQLite databases; back PostgreSQL up with its own tools, e.g. "
+                f"`pg_dump --format=custom --file=stepline.dump '{migrate.redact(self.url)}'` (consistent while "
+                "Stepline runs) and `pg_restore` to bring it back"
+            )
+        return await asyncio.get_running_loop().run_in_executor(
+            None, ops_maintenance.backup_sqlite, sqlite_path(self.url), target
+        )
+
+    async def vacuum(self, tables: Sequence[str]) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        if is_postgres_url(self.url):
+            return await loop.run_in_executor(None, ops_maintenance.vacuum_postgres, self.url, list(tables))
+        return await loop.run_in_executor(None, ops_maintenance.vacuum_sqlite, sqlite_path(self.url))
+
+
+class _Rehearsed(Exception):
+    """Carries a rehearsed operation's result out of its rolled-back transaction."""
+
+    def __init__(self, result: Any) -> None:
+        super().__init__("rehearsal")
+        self.result = result
+
