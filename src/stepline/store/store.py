@@ -23,13 +23,13 @@ from stepline.store import (
     ops_admin,
     ops_exec,
     ops_ingest,
+    ops_maintenance,
     ops_metrics,
     ops_query,
-    ops_maintenance,
     ops_read,
+    ops_retention,
     ops_runs,
     ops_sdk,
-    ops_retention,
 )
 from stepline.store.records import ClaimedRun, HandOff, Lease, Renewal, StepResult, Suspension
 
@@ -304,34 +304,6 @@ class Store:
             )
         )
 
-
-def is_postgres_url(url: str) -> bool:
-    return url.startswith(("postgresql://", "postgres://"))
-
-
-def open_store(url: str, *, migrate_now: bool = True, clock: clock_mod.Clock | None = None) -> Store:
-    """A store for ``url`` (a SQLite path, or ``postgresql://...``), its schema checked.
-
-    ``migrate_now`` applies pending migrations (dev); otherwise pending ones are an error
-    that names ``stepline migrate``. ``clock``: what due times are measured on (the
-    system clock unless a test skips time; see ``stepline.clock``).
-    """
-    if not is_postgres_url(url):
-        directory = os.path.dirname(os.path.abspath(sqlite_path(url)))
-        os.makedirs(directory, exist_ok=True)  # `stepline dev` on a fresh checkout: ./.stepline/
-    migrate.check(url, auto_apply=migrate_now)
-    if is_postgres_url(url):
-        from stepline.store import postgres
-
-        return Store(postgres.PostgresDatabase(url), url, clock)
-    from stepline.store import sqlite
-
-    return Store(sqlite.SQLiteDatabase(sqlite_path(url)), url, clock)
-
-
-def sqlite_path(url: str) -> str:
-    """The file path in a SQLite URL (``sqlite:///path``) or a bare path."""
-    return url[len("sqlite:///"):] if url.startswith("sqlite:///") else url
     # --- retention and maintenance (ops_retention, ops_maintenance) -----------------------
     # A sweep is many short transactions; ``rehearse`` runs one and rolls it back, so a dry
     # run counts exactly what the real one would delete.
@@ -452,3 +424,31 @@ class _Rehearsed(Exception):
         super().__init__("rehearsal")
         self.result = result
 
+
+def is_postgres_url(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
+
+
+def open_store(url: str, *, migrate_now: bool = True, clock: clock_mod.Clock | None = None) -> Store:
+    """A store for ``url`` (a SQLite path, or ``postgresql://...``), its schema checked.
+
+    ``migrate_now`` applies pending migrations (dev); otherwise pending ones are an error
+    that names ``stepline migrate``. ``clock``: what due times are measured on (the
+    system clock unless a test skips time; see ``stepline.clock``).
+    """
+    if not is_postgres_url(url):
+        directory = os.path.dirname(os.path.abspath(sqlite_path(url)))
+        os.makedirs(directory, exist_ok=True)  # `stepline dev` on a fresh checkout: ./.stepline/
+    migrate.check(url, auto_apply=migrate_now)
+    if is_postgres_url(url):
+        from stepline.store import postgres
+
+        return Store(postgres.PostgresDatabase(url), url, clock)
+    from stepline.store import sqlite
+
+    return Store(sqlite.SQLiteDatabase(sqlite_path(url)), url, clock)
+
+
+def sqlite_path(url: str) -> str:
+    """The file path in a SQLite URL (``sqlite:///path``) or a bare path."""
+    return url[len("sqlite:///"):] if url.startswith("sqlite:///") else url
