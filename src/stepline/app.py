@@ -51,9 +51,9 @@ class App:
         debounce: fn.Debounce | None = None,
         priority: fn.Priority | None = None,
         batch_events: fn.Batch | None = None,
+        retention: durations.Duration | None = None,
         singleton: fn.Singleton | None = None,
         on_failure: fn.Handler | None = None,
-        retention: durations.Duration | None = None,
     ) -> Callable[[fn.Handler], fn.Function]:
         """Declare a function; every option is checked now, so a typo fails at import."""
         config = fn.build_config(
@@ -70,10 +70,10 @@ class App:
             rate_limit=rate_limit,
             debounce=debounce,
             priority=priority,
+            retention=retention,
             batch_events=batch_events,
             singleton=singleton,
         )
-            retention=retention,
         if id in self._functions:
             raise errors.ConfigError(f"App {self.id!r}: function id {id!r} is declared twice")
         if on_failure is not None and not callable(on_failure):
@@ -100,12 +100,12 @@ class App:
                 events_mod.FUNCTION_FAILED, if_=f"event.data.function_id == {_cel_string(config.id)}"
             ),
             retries=config.retries,
+            retention=config.retention,
             cancel_on=None,
             idempotency=None,
             timeouts=None,
             concurrency=None,
             throttle=None,
-            retention=config.retention,
             rate_limit=None,
             debounce=None,
             priority=None,

@@ -319,6 +319,7 @@ class StoredConfig(TypedDict, total=False):
     batch_events: dict[str, Any] | None
     singleton: dict[str, Any] | None
     failure_handler_for: str | None
+    retention: float | None  # seconds a finished run is kept; None: STEPLINE_RETENTION
     inngest: dict[str, Any]  # SDK apps only: the app, its URL, the registration it came from
 
 
@@ -342,6 +343,7 @@ class FunctionConfig:
     batch_events: Batch | None = None
     singleton: Singleton | None = None
     failure_handler_for: str | None = None  # set on the hidden function that runs on_failure
+    retention: float | None = None  # seconds its finished runs are kept (None: STEPLINE_RETENTION)
 
     def to_dict(self) -> StoredConfig:
         def opt(value: Any) -> Any:
@@ -364,6 +366,7 @@ class FunctionConfig:
             "batch_events": opt(self.batch_events),
             "singleton": opt(self.singleton),
             "failure_handler_for": self.failure_handler_for,
+            "retention": self.retention,
         }
 
 
@@ -395,6 +398,18 @@ def _one_or_many(value: Any, kind: type | tuple[type, ...], field: str) -> tuple
     return items
 
 
+def _retention(function_id: str, value: durations.Duration | None) -> float | None:
+    if value is None:
+        return None
+    seconds = durations.parse(value, field=f"{function_id}: retention")
+    if seconds <= 0:
+        raise errors.ConfigError(
+            f"{function_id}: retention: must be longer than zero, got {value!r}; leave it out to keep "
+            "finished runs for STEPLINE_RETENTION"
+        )
+    return seconds
+
+
 def build_config(
     *,
     app_id: str,
@@ -412,6 +427,7 @@ def build_config(
     priority: Priority | None,
     batch_events: Batch | None,
     singleton: Singleton | None,
+    retention: durations.Duration | None = None,
     failure_handler_for: str | None = None,
 ) -> FunctionConfig:
     """Validate every field of a declaration; errors name the field and the fix."""
@@ -443,7 +459,6 @@ def build_config(
         raise errors.ConfigError(f"{id}: batch_events works with event triggers only")
     return FunctionConfig(
         id=id,
-    retention: float | None  # seconds a finished run is kept; None: STEPLINE_RETENTION
         app_id=app_id,
         name=name or id,
         triggers=triggers,
@@ -459,20 +474,5 @@ def build_config(
         batch_events=batch_events,
         singleton=singleton,
         failure_handler_for=failure_handler_for,
-    )
-    retention: float | None = None  # seconds its finished runs are kept (None: STEPLINE_RETENTION)
-            "retention": self.retention,
-def _retention(function_id: str, value: durations.Duration | None) -> float | None:
-    if value is None:
-        return None
-    seconds = durations.parse(value, field=f"{function_id}: retention")
-    if seconds <= 0:
-        raise errors.ConfigError(
-            f"{function_id}: retention: must be longer than zero, got {value!r}; leave it out to keep "
-            "finished runs for STEPLINE_RETENTION"
-        )
-    return seconds
-
-
-    retention: durations.Duration | None = None,
         retention=_retention(id, retention),
+    )

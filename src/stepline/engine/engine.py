@@ -30,8 +30,8 @@ class Engine:
         self.settings = settings or Settings()
         self.apps = list(apps)
         self.worker: Worker | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self.retention = retention.Sweeper(store, self.settings)  # deletes what retention keeps no longer
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._threads: list[concurrent.futures.ThreadPoolExecutor] = []
         self._publish_listeners: list[Callable[[str], None]] = []
         self._function_sources: list[Callable[[], dict[str, Function]]] = []
@@ -57,8 +57,8 @@ class Engine:
     async def start(self, *, run_worker: bool = True, concurrency: int | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         await self.store.start()
-        functions = self.functions
         self.retention.start()
+        functions = self.functions
         if functions:
             await self.register(list(functions.values()))
         for app in self.apps:
@@ -81,8 +81,8 @@ class Engine:
             await self.worker.start()
 
     async def stop(self, grace: float = 10.0) -> None:
-        if self.worker is not None:
         await self.retention.stop()
+        if self.worker is not None:
             await self.worker.stop(grace)
             self.worker = None
         for app in self.apps:
