@@ -93,7 +93,7 @@ def test_every_config_option_maps_onto_flow_control() -> None:
     stored = config.to_stored(event_only, app="my-app", meta={}, notes=[])
     assert stored["retries"] == 2
     assert stored["concurrency"] == [{"limit": 2, "key": "event.data.user", "scope": "fn"}]
-    assert stored["throttle"] == {"limit": 3, "period": 30.0, "burst": 1, "key": "event.data.k"}
+    assert stored["throttle"] == {"limit": 3, "period": 30.0, "burst": 2, "key": "event.data.k"}  # limit + burst at once, as Inngest
     assert stored["rate_limit"] is None  # idempotency overrides rateLimit, as in Inngest
     alone = config.to_stored({k: v for k, v in event_only.items() if k != "idempotency"}, app="my-app", meta={}, notes=[])
     assert alone["rate_limit"] == {"limit": 5, "period": 60.0, "key": "event.data.k"}
@@ -122,3 +122,52 @@ def test_bad_config_names_the_field() -> None:
     raw = {**CAPTURED_PY, "throttle": {"limit": 3, "period": "often"}}
     with pytest.raises(errors.ConfigError, match=r"throttle\.period"):
         config.build(raw, app="my-app", notes=[])
+
+
+def _fn(**options: object) -> dict[str, object]:
+    url = "http://127.0.0.1:1/api/inngest?fnId=app-f&stepId=step"
+    return {"id": "app-f", "triggers": [{"event": "app/e"}], "steps": {"step": {"runtime": {"url": url}}}, **options}
+
+
+@pytest.mark.parametrize(
+    ("sent", "stored"),
+    [
+        (5, [{"limit": 5, "key": None, "scope": "fn"}]),  # TS: a number
+        ({"limit": 1}, [{"limit": 1, "key": None, "scope": "fn"}]),  # TS: an object, the usual form
+        ({"limit": 2, "key": "event.data.user", "scope": "account"}, [{"limit": 2, "key": "event.data.user", "scope": "env"}]),
+        ([{"limit": 3.0, "key": "event.data.u", "scope": "fn"}, {"limit": 9}], [  # PY: always a list
+            {"limit": 3, "key": "event.data.u", "scope": "fn"}, {"limit": 9, "key": None, "scope": "fn"}]),
+        ({"step": [{"limit": 4}]}, [{"limit": 4, "key": None, "scope": "fn"}]),  # the {fn, step} form, step limits
+        ({"limit": 0}, []),  # 0 means no limit, as in Inngest
+    ],
+)
+def test_concurrency_in_every_shape_the_sdks_send(sent: object, stored: object) -> None:
+    assert config.to_stored(_fn(concurrency=sent), app="app", meta={}, notes=[])["concurrency"] == stored
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"concurrency": {"fn": [{"limit": 2}]}}, r"concurrency\.fn: limits on runs in progress"),
+        ({"concurrency": [{"limit": 1}, {"limit": 2}, {"limit": 3}]}, r"concurrency: at most two limits"),
+        ({"concurrency": {"limit": 2.5}}, r"concurrency\.limit: expected a whole number"),
+        ({"concurrency": {"limit": 2, "scope": "env"}}, r"concurrency: .*needs a key"),
+        ({"concurrency": {"limit": 2, "keys": "event.data.u"}}, r"concurrency: Stepline does not support 'keys'"),
+        ({"concurrency": "5"}, r"concurrency: expected a number, an object"),
+        ({"throttle": {"limit": 1, "period": "1s", "per": "user"}}, r"throttle: Stepline does not support 'per'"),
+        ({"rateLimit": {"limit": 1, "period": "2d"}}, r"rateLimit\.period: at most 24h"),
+        ({"batchEvents": {"maxSize": 5}}, r"batchEvents\.timeout: is required"),
+        ({"batchEvents": {"maxSize": 5, "timeout": "5s", "if": "event.data.x =="}}, r"batchEvents: Batch\.if_"),
+        ({"singleton": {"mode": "replace"}}, r"singleton\.mode: expected 'skip' or 'cancel'"),
+        ({"triggers": [{"cron": "* * * * *", "jitter": "10s"}]}, r"triggers\[0\]\.jitter: cron jitter is not supported"),
+        ({"optimizeParallelism": False}, r"optimizeParallelism: not supported by Stepline"),
+    ],
+)
+def test_config_stepline_cannot_honour_is_refused_at_sync_naming_the_field(options: dict[str, object], message: str) -> None:
+    with pytest.raises(errors.ConfigError, match=r"function 'app-f': " + message):
+        config.to_stored(_fn(**options), app="app", meta={}, notes=[])
+
+
+def test_batch_if_is_kept() -> None:
+    stored = config.to_stored(_fn(batchEvents={"maxSize": 3, "timeout": "60s", "if": "event.data.batch == true"}), app="app", meta={}, notes=[])
+    assert stored["batch_events"] == {"max_size": 3, "timeout": 60.0, "key": None, "if": "event.data.batch == true"}

@@ -147,3 +147,24 @@ async def test_two_waits_in_one_parallel_block_listen_together(db_url: str) -> N
         assert (await t.result(sent)).status == "waiting"
         await t.send({"name": "t/a", "data": {"n": 1}})
         assert (await t.wait(sent)).output == [1, 2]
+
+
+# --- batch_events.if -------------------------------------------------------------
+
+
+async def test_events_the_batch_if_refuses_run_alone_at_once(db_url: str) -> None:
+    app = stepline.App("t")
+
+    @app.function(id="rows", trigger=stepline.TriggerEvent("t/row"),
+                  batch_events=stepline.Batch(max_size=3, timeout="1h", if_="event.data.batch == true"))
+    async def rows(ctx: stepline.Context) -> list[int]:
+        return [e.data["n"] for e in ctx.events]
+
+    async with TestEngine(app, db=db_url) as t:
+        first = await t.send({"name": "t/row", "data": {"n": 1, "batch": True}})
+        alone = await t.send({"name": "t/row", "data": {"n": 2, "batch": False}})
+        broken = await t.send({"name": "t/row", "data": {"n": 3}})  # the `if` fails on it: not batched either
+        assert (await t.wait(alone)).output == [2] and (await t.wait(broken)).output == [3]
+        await t.send({"name": "t/row", "data": {"n": 4, "batch": True}})
+        await t.send({"name": "t/row", "data": {"n": 5, "batch": True}})
+        assert (await t.wait(first)).output == [1, 4, 5]

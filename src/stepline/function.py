@@ -261,13 +261,20 @@ class Priority:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Batch:
-    """Deliver up to ``max_size`` events (or what arrived within ``timeout``) to one run."""
+    """Deliver up to ``max_size`` events (or what arrived within ``timeout``) to one run.
+
+    ``if_``: CEL over ``event``; an event for which it is false (or fails) is not
+    batched: it starts a run of its own at once.
+    """
 
     max_size: int
     timeout: float
     key: str | None = None
 
-    def __init__(self, *, max_size: int, timeout: durations.Duration, key: str | None = None) -> None:
+    if_: str | None = None
+    def __init__(
+        self, *, max_size: int, timeout: durations.Duration, key: str | None = None, if_: str | None = None
+    ) -> None:
         object.__setattr__(self, "max_size", _positive_int(max_size, "Batch.max_size"))
         seconds = durations.parse(timeout, field="Batch.timeout")
         if seconds <= 0:
@@ -275,8 +282,9 @@ class Batch:
         object.__setattr__(self, "timeout", seconds)
         object.__setattr__(self, "key", _optional_expr(key, "Batch.key"))
 
+        object.__setattr__(self, "if_", _optional_expr(if_, "Batch.if_"))
     def to_dict(self) -> dict[str, Any]:
-        return {"max_size": self.max_size, "timeout": self.timeout, "key": self.key}
+        return {"max_size": self.max_size, "timeout": self.timeout, "key": self.key, "if": self.if_}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -121,7 +121,11 @@ def _debounce_txn(
 def _batch_txn(
     conn: db.Conn, cfg: StoredConfig, rule: dict[str, Any], event_id: str, body: dict[str, Any], now: int
 ) -> str | None:
-    """Events gather into one pending run until ``max_size`` or ``timeout`` after the first."""
+    """Events gather into one pending run until ``max_size`` or ``timeout`` after the first.
+    An event for which the batch's ``if`` is false (or fails) starts a run of its own at once."""
+    if rule.get("if") and not expressions.matches(rule["if"], {"event": body}):
+        run_id = ops_runs.create_run_txn(conn, cfg, event_id, body, now, due_at=now, batch_event_ids=[event_id])
+        return None if run_id is not None else "idempotent"
     key = _key(rule.get("key"), body)
     max_size = int(rule["max_size"])
     row = _lock_row(conn, "batches", cfg["id"], key, "run_id, size")
