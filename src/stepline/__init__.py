@@ -5,6 +5,7 @@ from stepline.app import App
 from stepline.client import AsyncClient, Client
 from stepline.context import Context, Step, SyncContext
 from stepline.errors import (
+    BudgetExceeded,
     ConfigError,
     ConflictError,
     EventError,
@@ -21,6 +22,7 @@ from stepline.errors import (
 from stepline.event import Event
 from stepline.function import (
     Batch,
+    Budget,
     CancelOn,
     Concurrency,
     Debounce,
@@ -40,6 +42,8 @@ __all__ = [
     "App",
     "AsyncClient",
     "Batch",
+    "Budget",
+    "BudgetExceeded",
     "CancelOn",
     "Client",
     "Concurrency",

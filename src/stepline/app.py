@@ -24,10 +24,12 @@ class Runtime(Protocol):
 class App:
     """A named set of functions. Declaring functions never touches a database."""
 
-    def __init__(self, id: str) -> None:
+    def __init__(self, id: str, *, budgets: fn.Budget | Sequence[fn.Budget] | None = None) -> None:
+        """``budgets``: cost budgets for every function of the app (app-scoped unless they say otherwise)."""
         if not isinstance(id, str) or not id.strip():
             raise errors.ConfigError(f"App id: expected a non-empty string, got {id!r}")
         self.id = id
+        self.budgets: tuple[fn.Budget, ...] = () if budgets is None else fn.one_or_many(budgets, fn.Budget, f"App {id!r}: budgets")
         self._functions: dict[str, fn.Function] = {}
         self._runtime: Runtime | None = None
 
@@ -53,6 +55,7 @@ class App:
         batch_events: fn.Batch | None = None,
         retention: durations.Duration | None = None,
         singleton: fn.Singleton | None = None,
+        budgets: fn.Budget | Sequence[fn.Budget] | None = None,
         on_failure: fn.Handler | None = None,
     ) -> Callable[[fn.Handler], fn.Function]:
         """Declare a function; every option is checked now, so a typo fails at import."""
@@ -73,6 +76,8 @@ class App:
             retention=retention,
             batch_events=batch_events,
             singleton=singleton,
+            budgets=budgets,
+            app_budgets=self.budgets,
         )
         if id in self._functions:
             raise errors.ConfigError(f"App {self.id!r}: function id {id!r} is declared twice")
@@ -112,6 +117,7 @@ class App:
             batch_events=None,
             singleton=None,
             failure_handler_for=config.id,
+            app_budgets=self.budgets,
         )
         self._functions[failure_id] = fn.Function(config=failure_config, handler=handler)
 

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, Protocol
 
 from stepline import durations, errors, expressions
+from stepline.budgets import Spend
 from stepline.event import Event
 
 
@@ -41,7 +42,17 @@ class RunDriver(Protocol):
 
     async def send_events(self, step_id: str, events: list[dict[str, Any]]) -> list[str]: ...
 
-    async def record_step(self, step_id: str, kind: str, compute: Callable[[], Awaitable[Any]], meta: Callable[[Any], dict[str, Any]] | None) -> Any: ...
+    async def record_step(
+        self,
+        step_id: str,
+        kind: str,
+        compute: Callable[[], Awaitable[Any]],
+        meta: Callable[[Any], dict[str, Any]] | None,
+        spend: Spend | None = None,
+    ) -> Any:
+        """Run ``compute`` once per attempt and save its result. ``spend``: what an attempt may
+        cost, reserved on the function's budgets before it starts and settled after."""
+        ...
 
     async def set_progress(self, percent: float, message: str | None) -> None: ...
 

@@ -14,6 +14,7 @@ the class: ``retryable`` says whether the engine retries a step or run that rais
     ├── StoreError                        yes  the database is unreachable, not migrated, or could not take a write
     │   └── LeaseLost                     no   the worker writing for a run no longer holds it
     ├── NonRetriableError                 no   raise in a step or function: fail now
+    │   ├── BudgetExceeded                no   a model call would pass a cost budget (on_exceeded="fail")
     │   ├── llm.ProviderRejected          no   the provider refused the call (bad key, quota, bad request)
     │   └── inngest.SDKNonRetriableError  no   an SDK app said not to retry
     ├── RetryAfterError                   yes  raise in a step or function: retry after exactly ``delay``
@@ -94,6 +95,36 @@ class NonRetriableError(SteplineError):
         super().__init__(message)
         if cause is not None:
             self.__cause__ = cause
+
+
+class BudgetExceeded(NonRetriableError):
+    """A model call would take a budget past its limit: the step fails at once.
+
+    ``budget`` and ``key`` name the budget and its key value; ``spent_usd`` /
+    ``spent_tokens`` are what the period has spent (reserved calls included) and
+    ``limit_usd`` / ``limit_tokens`` its limits (None: no limit of that kind).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        budget: str,
+        key: str,
+        spent_usd: float = 0.0,
+        spent_tokens: int = 0,
+        limit_usd: float | None = None,
+        limit_tokens: int | None = None,
+        on_exceeded: str = "fail",
+    ) -> None:
+        super().__init__(message)
+        self.budget = budget
+        self.on_exceeded = on_exceeded  # the budget's: a direct call under "pause" may be queued instead
+        self.key = key
+        self.spent_usd = spent_usd
+        self.spent_tokens = spent_tokens
+        self.limit_usd = limit_usd
+        self.limit_tokens = limit_tokens
 
 
 class RetryAfterError(SteplineError):

@@ -8,6 +8,7 @@ server) can still match triggers and apply flow control.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
 import re
 import zoneinfo
@@ -304,6 +305,120 @@ class Singleton:
         return {"key": self.key, "mode": self.mode}
 
 
+# A budget's name goes in URLs (/api/v1/budgets/{name}/{key}): no '/'.
+_BUDGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+_FIELD_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+MONTH = "month"  # Budget.period: calendar months (UTC)
+
+
+def _period_label(period: float | str) -> str:
+    if isinstance(period, str):
+        return period
+    for unit, seconds in (("d", 86400), ("h", 3600), ("m", 60)):
+        if period % seconds == 0:
+            return f"{int(period // seconds)}{unit}"
+    return f"{period:g}s"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Budget:
+    """Cap what ``ai.infer`` steps spend per ``period`` (per ``key`` value if given).
+
+    ``limit_usd`` (a number, or CEL over ``event`` giving one) and/or ``limit_tokens``
+    (prompt + completion). Each call reserves its worst case before it starts and
+    settles to its actual cost after. ``on_exceeded="pause"``: the run waits (no slot
+    held) until the period ends or the limit is raised; ``"fail"``: the step fails
+    with ``BudgetExceeded``. ``scope="app"`` shares one spend among the app's functions
+    that declare a budget of the same ``name`` (budgets given to ``App(budgets=...)``
+    are app-scoped unless they say otherwise, and apply to every function).
+    ``period``: a duration (windows of that length, days starting at 00:00 UTC) or
+    ``"month"`` (calendar months, UTC). ``name`` defaults to
+    ``<function or app id>:<period>[:<key field>]``.
+    """
+
+    limit_usd: float | str | None = None
+    limit_tokens: int | None = None
+    period: float | str
+    key: str | None = None
+    scope: Literal["fn", "app"] | None = None
+    on_exceeded: Literal["pause", "fail"] = "pause"
+    name: str | None = None
+
+    def __init__(
+        self,
+        *,
+        limit_usd: float | str | None = None,
+        limit_tokens: int | None = None,
+        period: durations.Duration,
+        key: str | None = None,
+        scope: str | None = None,
+        on_exceeded: str = "pause",
+        name: str | None = None,
+    ) -> None:
+        if limit_usd is None and limit_tokens is None:
+            raise errors.ConfigError("Budget: give limit_usd, limit_tokens, or both")
+        if isinstance(limit_usd, str):
+            expressions.check(limit_usd, field="Budget.limit_usd")
+        elif limit_usd is not None and (
+            isinstance(limit_usd, bool) or not isinstance(limit_usd, (int, float)) or not 0 <= limit_usd < float("inf")
+        ):
+            raise errors.ConfigError(
+                f"Budget.limit_usd: expected US dollars >= 0 or a CEL expression giving them, got {limit_usd!r}"
+            )
+        if limit_tokens is not None:
+            _positive_int(limit_tokens, "Budget.limit_tokens")
+        if period == MONTH:
+            seconds: float | str = MONTH
+        else:
+            seconds = durations.parse(period, field="Budget.period")
+            if seconds < 1:
+                raise errors.ConfigError(f"Budget.period: expected at least one second, or 'month', got {period!r}")
+        if scope not in (None, "fn", "app"):
+            raise errors.ConfigError(f"Budget.scope: expected 'fn' or 'app', got {scope!r}")
+        if on_exceeded not in ("pause", "fail"):
+            raise errors.ConfigError(f"Budget.on_exceeded: expected 'pause' or 'fail', got {on_exceeded!r}")
+        if name is not None and (not isinstance(name, str) or not _BUDGET_NAME.match(name)):
+            raise errors.ConfigError(
+                f"Budget.name: {name!r}: use 1-128 letters, digits, '-', '_', '.' or ':' (it appears in URLs)"
+            )
+        object.__setattr__(self, "limit_usd", float(limit_usd) if isinstance(limit_usd, (int, float)) else limit_usd)
+        object.__setattr__(self, "limit_tokens", limit_tokens)
+        object.__setattr__(self, "period", seconds)
+        object.__setattr__(self, "key", _optional_expr(key, "Budget.key"))
+        object.__setattr__(self, "scope", scope)
+        object.__setattr__(self, "on_exceeded", on_exceeded)
+        object.__setattr__(self, "name", name)
+
+    def resolved(self, *, function_id: str, app_id: str, default_scope: Literal["fn", "app"]) -> Budget:
+        """This budget with its scope and name filled in for one function."""
+        scope = self.scope or default_scope
+        if self.name is not None:
+            name = self.name
+        else:
+            owner = (app_id if scope == "app" else function_id).replace("/", ".")
+            name = f"{owner}:{_period_label(self.period)}"
+            if self.key is not None:
+                field = self.key.strip()
+                name += ":" + (field.rsplit(".", 1)[-1] if _FIELD_PATH.match(field) else "key-" + _short_hash(field))
+            name = name[:128]
+        return dataclasses.replace(self, scope=scope, name=name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "limit_usd": self.limit_usd,
+            "limit_tokens": self.limit_tokens,
+            "period": self.period,
+            "key": self.key,
+            "scope": self.scope,
+            "on_exceeded": self.on_exceeded,
+        }
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
 Handler = Callable[..., Any]
 
 
@@ -326,6 +441,7 @@ class StoredConfig(TypedDict, total=False):
     priority: dict[str, Any] | None
     batch_events: dict[str, Any] | None
     singleton: dict[str, Any] | None
+    budgets: list[dict[str, Any]]  # Budget.to_dict(), names and scopes resolved
     failure_handler_for: str | None
     retention: float | None  # seconds a finished run is kept; None: STEPLINE_RETENTION
     inngest: dict[str, Any]  # SDK apps only: the app, its URL, the registration it came from
@@ -350,6 +466,7 @@ class FunctionConfig:
     priority: Priority | None = None
     batch_events: Batch | None = None
     singleton: Singleton | None = None
+    budgets: tuple[Budget, ...] = ()  # the function's and its app's, resolved
     failure_handler_for: str | None = None  # set on the hidden function that runs on_failure
     retention: float | None = None  # seconds its finished runs are kept (None: STEPLINE_RETENTION)
 
@@ -373,6 +490,7 @@ class FunctionConfig:
             "priority": opt(self.priority),
             "batch_events": opt(self.batch_events),
             "singleton": opt(self.singleton),
+            "budgets": [b.to_dict() for b in self.budgets],
             "failure_handler_for": self.failure_handler_for,
             "retention": self.retention,
         }
@@ -397,7 +515,26 @@ class Function:
         return self.handler(*args, **kwargs)
 
 
-def _one_or_many(value: Any, kind: type | tuple[type, ...], field: str) -> tuple[Any, ...]:
+def _resolve_budgets(
+    function_id: str, app_id: str, own: Budget | Sequence[Budget] | None, app_budgets: Sequence[Budget]
+) -> tuple[Budget, ...]:
+    """The function's budgets (scope "fn" unless told) then its app's (scope "app" unless told),
+    named; two budgets of one function must not share a name."""
+    declared = () if own is None else one_or_many(own, Budget, f"{function_id}: budgets")
+    resolved = [b.resolved(function_id=function_id, app_id=app_id, default_scope="fn") for b in declared]
+    resolved += [b.resolved(function_id=function_id, app_id=app_id, default_scope="app") for b in app_budgets]
+    seen: set[str] = set()
+    for budget in resolved:
+        if budget.name in seen:
+            raise errors.ConfigError(
+                f"{function_id}: two budgets are named {budget.name!r}; give one of them another name= "
+                "(or another period or key)"
+            )
+        seen.add(budget.name or "")
+    return tuple(resolved)
+
+
+def one_or_many(value: Any, kind: type | tuple[type, ...], field: str) -> tuple[Any, ...]:
     items = tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else (value,)
     for item in items:
         if not isinstance(item, kind):
@@ -437,18 +574,20 @@ def build_config(
     singleton: Singleton | None,
     retention: durations.Duration | None = None,
     failure_handler_for: str | None = None,
+    budgets: Budget | Sequence[Budget] | None = None,
+    app_budgets: Sequence[Budget] = (),
 ) -> FunctionConfig:
     """Validate every field of a declaration; errors name the field and the fix."""
     if not isinstance(id, str) or not _ID.match(id):
         raise errors.ConfigError(
             f"function id {id!r}: use 1-128 letters, digits, '-', '_', '.', ':' or '/'"
         )
-    triggers = _one_or_many(trigger, (TriggerEvent, TriggerCron), f"{id}: trigger")
+    triggers = one_or_many(trigger, (TriggerEvent, TriggerCron), f"{id}: trigger")
     if not triggers:
         raise errors.ConfigError(f"{id}: trigger: give at least one TriggerEvent or TriggerCron")
     if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 20:
         raise errors.ConfigError(f"{id}: retries: expected a whole number 0..20, got {retries!r}")
-    concurrency_items = () if concurrency is None else _one_or_many(concurrency, Concurrency, f"{id}: concurrency")
+    concurrency_items = () if concurrency is None else one_or_many(concurrency, Concurrency, f"{id}: concurrency")
     if len(concurrency_items) > 2:
         raise errors.ConfigError(f"{id}: concurrency: at most two limits, got {len(concurrency_items)}")
     checks: list[tuple[str, Any, type]] = [
@@ -465,13 +604,14 @@ def build_config(
             raise errors.ConfigError(f"{id}: {field}: expected stepline.{kind.__name__}, got {value!r}")
     if batch_events is not None and any(isinstance(t, TriggerCron) for t in triggers):
         raise errors.ConfigError(f"{id}: batch_events works with event triggers only")
+    budget_items = _resolve_budgets(id, app_id, budgets, app_budgets)
     return FunctionConfig(
         id=id,
         app_id=app_id,
         name=name or id,
         triggers=triggers,
         retries=retries,
-        cancel_on=() if cancel_on is None else _one_or_many(cancel_on, CancelOn, f"{id}: cancel_on"),
+        cancel_on=() if cancel_on is None else one_or_many(cancel_on, CancelOn, f"{id}: cancel_on"),
         idempotency=_optional_expr(idempotency, f"{id}: idempotency"),
         timeouts=timeouts,
         concurrency=concurrency_items,
@@ -481,6 +621,7 @@ def build_config(
         priority=priority,
         batch_events=batch_events,
         singleton=singleton,
+        budgets=budget_items,
         failure_handler_for=failure_handler_for,
         retention=_retention(id, retention),
     )

@@ -31,10 +31,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
-from stepline import errors, jsonutil
+from stepline import budgets, errors, jsonutil
 from stepline import event as event_mod
 from stepline.context import Context, SyncContext
-from stepline.engine import retry
+from stepline.engine import budget_gate, retry
 from stepline.engine.signals import Halt, Suspend
 from stepline.function import Function
 from stepline.settings import Settings
@@ -84,6 +84,8 @@ class RunExecution:
         # The attempt a handler sees: the function's, or the retried step's when that is later.
         self.attempt = max([claimed.attempt] + [e.attempts for e in claimed.journal.values() if e.status == StepStatus.RETRYING])
         self._journal = claimed.journal
+        self._event = claimed.event
+        self._budget_gate: budget_gate.StepGate | None = None  # made at the first step that may spend
         self._unvisited = {k for k, e in claimed.journal.items() if e.status in (StepStatus.COMPLETED, StepStatus.FAILED)}
         self._counts: dict[str, int] = {}
         self._seq = len(claimed.journal)
@@ -237,6 +239,7 @@ class RunExecution:
         kind: str,
         compute: Callable[[], Awaitable[Any]],
         meta: Callable[[Any], dict[str, Any]] | None,
+        spend: budgets.Spend | None = None,
     ) -> Any:
         key, entry = self._enter(step_id)
         attempt = 1
@@ -249,7 +252,7 @@ class RunExecution:
         self._busy += 1
         self._idle.clear()
         try:
-            return await self._execute(key, step_id, kind, compute, meta, attempt)
+            return await self._execute(key, step_id, kind, compute, meta, attempt, spend)
         finally:
             self._busy -= 1
             if self._busy == 0:
@@ -281,6 +284,7 @@ class RunExecution:
         compute: Callable[[], Awaitable[Any]],
         meta: Callable[[Any], dict[str, Any]] | None,
         attempt: int,
+        spend: budgets.Spend | None = None,
     ) -> Any:
         if self._unsaved or self._saving:
             await self.await_checkpoints()  # the previous step's result is durable before this one begins
@@ -288,19 +292,44 @@ class RunExecution:
                 raise Halt()
         self._check_lease()  # no step starts once the lease may have run out
         started = self._store.now_ms()
+        ticket: budget_gate.Ticket | None = None
         try:
+            if spend is not None and self.function.config.budgets:
+                ticket = await self._reserve(key, step_id, attempt, spend)
             result = await compute()
+            if ticket is not None and spend is not None:
+                await self.write(ticket.settle(spend.actual(result)))
+                ticket = None
             output = jsonutil.dumps_checked(result, what=f"step {step_id!r}'s result")
             self._check_output_size(step_id, output)
             meta_json = None if meta is None else jsonutil.dumps(meta(result))
         except (Suspend, Halt, asyncio.CancelledError):
             raise
         except Exception as exc:  # noqa: BLE001 - user code; classified by the retry policy
+            if ticket is not None and spend is not None:
+                await self.write(ticket.settle(spend.billed(exc)))  # what the failed attempt was billed
             return await self._step_failed(key, step_id, kind, exc, attempt, started)
         step = StepResult(key, step_id, kind, StepStatus.COMPLETED, output, None, attempt, started, self._store.now_ms(), meta_json)
         self._save_soon(step)
         self._state_bytes += len(output)
         return jsonutil.loads(output)
+
+    async def _reserve(self, key: str, step_id: str, attempt: int, spend: budgets.Spend) -> budget_gate.Ticket:
+        """Reserve an attempt's worst case on the function's budgets (a write fenced by the
+        lease): the ticket to settle once its cost is known. Refused, the step fails
+        (``BudgetExceeded``) or the run suspends until the budget has room, as it says."""
+        if self._budget_gate is None:
+            self._budget_gate = budget_gate.StepGate(self._store, self.run_id, self.function, self._event)
+        gate = self._budget_gate
+        ticket, hold = await self.write(gate.reserve(self.lease, key, attempt, spend))
+        if ticket is not None:
+            return ticket  # type: ignore[no-any-return]
+        refusal = hold.refusal
+        if refusal.on_exceeded == "fail":
+            raise budget_gate.exceeded(refusal, spend)
+        log.info("run %s step %r pauses: budget %r for key %r has no room", self.run_id, step_id, refusal.budget_id, refusal.key)
+        pause = budget_gate.pause(refusal, gate.checks, spend.worst)
+        self._suspend(Suspension("budget", key, step_id, refusal.period_end, started_at=self._store.now_ms(), budget=pause))
 
     def _check_output_size(self, step_id: str, output: str) -> None:
         limit = self._services.settings.max_step_output_bytes

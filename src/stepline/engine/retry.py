@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+from typing import Any
 
 from stepline import errors
 
@@ -31,15 +32,19 @@ def is_final(exc: BaseException) -> bool:
     return isinstance(exc, errors.SteplineError) and not exc.retryable
 
 
-def error_dict(exc: BaseException) -> dict[str, str | None]:
+def error_dict(exc: BaseException) -> dict[str, Any]:
     import traceback
 
     own = getattr(exc, "error_dict", None)
     if callable(own):  # errors reported by another process (an SDK app) keep their own record
         return own()  # type: ignore[no-any-return]
 
-    return {
+    out: dict[str, Any] = {
         "name": type(exc).__name__,
         "message": str(exc),
         "stack": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-8000:],
     }
+    billed = getattr(exc, "billed", None)
+    if isinstance(billed, dict):  # a model call that failed after output began: its tokens were billed
+        out["billed"] = billed
+    return out

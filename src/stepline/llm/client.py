@@ -21,7 +21,7 @@ import orjson
 from stepline import errors
 from stepline.llm import errors as llm_errors
 from stepline.llm import providers as providers_mod
-from stepline.llm import sse, wire_anthropic, wire_openai
+from stepline.llm import sse, tokens, wire_anthropic, wire_openai
 from stepline.llm.pricing import Price, PriceTable
 from stepline.llm.providers import Provider
 from stepline.llm.types import Completion, Usage
@@ -159,23 +159,30 @@ class LLM:
         started = time.monotonic()
         client = self._client()
         request = client.build_request("POST", url, headers=headers, content=orjson.dumps(body), timeout=timeout)
+        acc: Any = wire_openai.Accumulator() if target.wire == "openai" else wire_anthropic.Accumulator()
         try:
-            response = await client.send(request, stream=True)
             try:
-                if response.status_code >= 400:
-                    raise self._status_error(target, model_name, response.status_code, response.headers, await response.aread())
-                content_type = response.headers.get("content-type", "")
-                if stream and "text/event-stream" in content_type:
-                    acc = await self._read_stream(target, model_name, response, on_delta)
-                else:
-                    acc = self._read_body(target, model_name, await response.aread())
-                    if stream and on_delta is not None and "".join(acc.text):
-                        await on_delta("".join(acc.text))  # the server ignored stream=True
-            finally:
-                await response.aclose()
-        except httpx.TransportError as exc:
-            raise llm_errors.connection_failed(target.name, target.base_url, exc) from exc
-        return self._completion(target, model_name, acc, int((time.monotonic() - started) * 1000))
+                response = await client.send(request, stream=True)
+                try:
+                    if response.status_code >= 400:
+                        raise self._status_error(target, model_name, response.status_code, response.headers, await response.aread())
+                    content_type = response.headers.get("content-type", "")
+                    if stream and "text/event-stream" in content_type:
+                        await self._read_stream(target, model_name, response, on_delta, acc)
+                    else:
+                        acc = self._read_body(target, model_name, await response.aread())
+                        if stream and on_delta is not None and "".join(acc.text):
+                            await on_delta("".join(acc.text))  # the server ignored stream=True
+                finally:
+                    await response.aclose()
+            except httpx.TransportError as exc:
+                raise llm_errors.connection_failed(target.name, target.base_url, exc) from exc
+            return self._completion(target, model_name, acc, int((time.monotonic() - started) * 1000))
+        except Exception as exc:
+            billed = self._billed(target, model_name, chat, acc)
+            if billed is not None:
+                exc.billed = billed  # type: ignore[attr-defined]  # read by budgets and recorded on the attempt
+            raise
 
     # --- reading ---------------------------------------------------------------------
 
@@ -207,8 +214,7 @@ class LLM:
         acc.body(data)
         return acc
 
-    async def _read_stream(self, target: Provider, model: str, response: httpx.Response, on_delta: OnDelta | None) -> Any:
-        acc: Any = wire_openai.Accumulator() if target.wire == "openai" else wire_anthropic.Accumulator()
+    async def _read_stream(self, target: Provider, model: str, response: httpx.Response, on_delta: OnDelta | None, acc: Any) -> Any:
         async for name, data in sse.events(response.aiter_lines()):
             if data.strip() == "[DONE]":
                 break
@@ -224,6 +230,28 @@ class LLM:
             if new and on_delta is not None:
                 await on_delta(new)
         return acc
+
+    def _billed(self, target: Provider, model: str, chat: list[dict[str, Any]], acc: Any) -> dict[str, Any] | None:
+        """What a failed call was billed, once output had begun (a stream cut, a body
+        without its finish marker): the usage the provider reported, else an estimate
+        from the prompt and the text received. None when no output came."""
+        text = "".join(acc.text) + "".join(acc.reasoning)
+        if target.wire == "openai":
+            usage, reported = wire_openai.usage(acc.usage_raw)
+        else:
+            usage, reported = wire_anthropic.usage(acc.usage_raw), None
+        estimated = usage.completion_tokens == 0
+        if estimated:
+            if not text:
+                return None
+            usage = Usage(
+                prompt_tokens=usage.prompt_tokens or tokens.estimate_messages(chat),
+                completion_tokens=tokens.estimate_text(text),
+                cached_tokens=usage.cached_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
+            )
+        cost, source = self.prices.cost(target, model, usage, reported)
+        return {"usage": usage.to_dict(), "cost_usd": cost, "cost_source": source, "estimated": estimated}
 
     def _completion(self, target: Provider, model: str, acc: Any, latency_ms: int) -> Completion:
         if target.wire == "openai":

@@ -17,6 +17,7 @@ from typing import Any
 
 from stepline import errors
 from stepline.context import Step
+from stepline.llm import budget
 from stepline.llm.client import LLM, default_llm
 
 # Streamed text is published in pieces of at least this many characters or this
@@ -134,7 +135,9 @@ class AI:
                 await publisher.flush(done=True, finish_reason=completion.finish_reason)
             return completion.to_dict()
 
-        result: dict[str, Any] = await self._step.driver.record_step(step_id, "ai.infer", compute, usage_meta)
+        # Before each attempt its worst case is reserved on the function's budgets (if any).
+        spend = budget.spend(client, model, messages, provider, params)
+        result: dict[str, Any] = await self._step.driver.record_step(step_id, "ai.infer", compute, usage_meta, spend)
         return result
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from stepline import errors, jsonutil
 from stepline import event as event_mod
-from stepline.store import db, flow, ops_admission, ops_ingest, ops_runs
+from stepline.store import db, flow, ops_admission, ops_budget, ops_ingest, ops_runs
 from stepline.store.records import (
     TERMINAL,
     ClaimedRun,
@@ -431,6 +431,8 @@ def suspend_txn(conn: db.Conn, lease: Lease, suspensions: list[Suspension], seq:
     kinds = set()
     for item in suspensions:
         kinds.add(item.kind)
+        if item.kind == "budget":
+            item = ops_budget.pause_txn(conn, run_id, item, now)  # due now if the budget has room again
         if item.due_at is not None:
             due = item.due_at if due is None else min(due, item.due_at)
         step = StepResult(item.key, item.name, item.kind, "", None, item.error, item.attempt, item.started_at or now, now)
@@ -454,11 +456,14 @@ def suspend_txn(conn: db.Conn, lease: Lease, suspensions: list[Suspension], seq:
         elif item.kind == "invoke":
             if _insert_pending_step(conn, run_id, step, seq, StepStatus.INVOKING, item.due_at):
                 _start_invoked_run_txn(conn, run_id, item, now)
-        seq += 1
+        if item.kind != "budget":  # a budget pause writes no step: the step has not begun
+            seq += 1
     if due is None:
         due = ops_runs.NEVER
     if "retry" in kinds:
         status, reason = RunStatus.QUEUED, WaitReason.RETRY_BACKOFF
+    elif "budget" in kinds:
+        status, reason = RunStatus.WAITING, WaitReason.BUDGET_EXCEEDED
     elif "wait" in kinds:
         status, reason = RunStatus.WAITING, WaitReason.WAITING_FOR_EVENT
     elif "invoke" in kinds:

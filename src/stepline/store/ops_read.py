@@ -6,7 +6,8 @@ import datetime as dt
 from typing import Any
 
 from stepline import errors, jsonutil
-from stepline.store import db
+from stepline.store import db, ops_budget
+from stepline.store.records import WaitReason
 
 
 def iso(ms: int | None) -> str | None:
@@ -86,6 +87,8 @@ def get_run_txn(conn: db.Conn, run_id: str) -> dict[str, Any]:
         {"attempt": a["attempt"], "error": jsonutil.loads(a["error"]), "at": iso(a["ended_at"])}
         for a in attempts.get("", [])
     ]
+    if row["wait_reason"] == WaitReason.BUDGET_EXCEEDED:
+        run["budget"] = ops_budget.pause_of_txn(conn, run_id)  # the budget, key, spend and limit it waits on
     return run
 
 

@@ -22,6 +22,7 @@ IDEMPOTENCY_WINDOW_MS = 24 * 3600 * 1000
 CLEANUP_WAITS = 1  # runs.cleanup: waits rows may exist
 CLEANUP_SINGLETON = 2  # runs.cleanup: a singletons row may exist
 CLEANUP_WINDOW = 4  # runs.cleanup: a debounces or batches row may exist until the run starts
+CLEANUP_BUDGET = 8  # runs.cleanup: a budget_pauses row may exist (ops_budget)
 _NO_WAITS = "event names nobody waits for"  # Conn.memo key
 TRIGGERS = "functions by trigger name"  # Conn.memo key (ops_ingest)
 CANCELLED_HELD = "held runs asked to cancel"  # Conn.memo key: run id -> error (ops_ingest's hand-off)
@@ -414,6 +415,8 @@ def _end_side_rows_txn(
         conn.execute("DELETE FROM waits WHERE run_id = ?", (run_id,))
     if run["cleanup"] & CLEANUP_SINGLETON:
         conn.execute("DELETE FROM singletons WHERE run_id = ?", (run_id,))
+    if run["cleanup"] & CLEANUP_BUDGET:
+        conn.execute("DELETE FROM budget_pauses WHERE run_id = ?", (run_id,))
     if run["started_at"] is None and run["cleanup"] & CLEANUP_WINDOW:  # a start closes them
         conn.execute("DELETE FROM debounces WHERE run_id = ?", (run_id,))
         conn.execute("DELETE FROM batches WHERE run_id = ?", (run_id,))

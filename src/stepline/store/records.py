@@ -48,6 +48,7 @@ class WaitReason(enum.StrEnum):
     CONCURRENCY_LIMITED = "concurrency_limited"
     DEBOUNCING = "debouncing"
     BATCHING = "batching"
+    BUDGET_EXCEEDED = "budget_exceeded"  # an ai.infer step would pass a budget: until the period ends or the limit is raised
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -144,10 +145,50 @@ class StepResult:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class BudgetPause:
+    """A budget that refused a step's reservation: what the paused run waits on (see ops_budget)."""
+
+    budget_id: str
+    key: str
+    period_start: int
+    period_end: int
+    need_usd: float  # the call's worst case, to tell when the budget has room again
+    need_tokens: int
+    limit_usd: float | None  # as declared for this run (an override in the database wins)
+    limit_tokens: int | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BudgetRefusal:
+    """The budget that refused a reservation, and where it stood."""
+
+    budget_id: str
+    key: str
+    period_start: int
+    period_end: int
+    spent_usd: float  # settled this period
+    spent_tokens: int
+    reserved_usd: float  # held by calls in flight
+    reserved_tokens: int
+    limit_usd: float | None  # in force: an override, else as declared
+    limit_tokens: int | None
+    on_exceeded: str  # pause | fail
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BudgetHold:
+    """What one reservation did: the (budget, key, period start) rows it reserved on, or
+    the budget that refused it (then nothing was reserved)."""
+
+    rows: tuple[tuple[str, str, int], ...]
+    refusal: BudgetRefusal | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Suspension:
     """Why and until when a run stops executing for now."""
 
-    kind: str  # sleep | wait | invoke | retry
+    kind: str  # sleep | wait | invoke | retry | budget
     key: str
     name: str
     due_at: int | None  # wake time, timeout, or retry time; None: no timeout
@@ -159,3 +200,4 @@ class Suspension:
     error: str | None = None
     started_at: int = 0
     step_kind: str = "run"  # for a retry: the kind of the step being retried
+    budget: BudgetPause | None = None  # for a budget pause

@@ -16,11 +16,13 @@ from typing import Any, TypeVar
 from stepline import clock as clock_mod
 from stepline import errors
 from stepline import event as event_mod
+from stepline.budgets import Charge, Check
 from stepline.function import StoredConfig
 from stepline.store import (
     db,
     migrate,
     ops_admin,
+    ops_budget,
     ops_exec,
     ops_ingest,
     ops_maintenance,
@@ -31,7 +33,15 @@ from stepline.store import (
     ops_runs,
     ops_sdk,
 )
-from stepline.store.records import ClaimedRun, HandOff, Lease, Renewal, StepResult, Suspension
+from stepline.store.records import (
+    BudgetHold,
+    ClaimedRun,
+    HandOff,
+    Lease,
+    Renewal,
+    StepResult,
+    Suspension,
+)
 
 T = TypeVar("T")
 
@@ -171,6 +181,60 @@ class Store:
 
     async def publish(self, lease: Lease, topic: str, data: str) -> int:
         return await self.db.write(self._at_commit(ops_exec.publish_txn, lease=lease, topic=topic, data=data))
+
+    # --- cost budgets (ops_budget) ------------------------------------------------------
+
+    async def reserve_budget(
+        self, lease: Lease | None, run_id: str, step_key: str, attempt: int, checks: list[Check], need: Charge,
+        about: dict[str, Any], expires_at: int | None = None,
+    ) -> BudgetHold:
+        """Reserve a call's worst case on every budget of ``checks`` (all or none); fenced by
+        ``lease`` (None: a direct call, held until ``expires_at``)."""
+        return await self.db.write(
+            self._at_commit(
+                ops_budget.reserve_txn, lease=lease, run_id=run_id, step_key=step_key, attempt=attempt, checks=checks,
+                need=need, about=about, expires_at=expires_at,
+            )
+        )
+
+    async def settle_budget(
+        self, run_id: str, step_key: str, attempt: int, owner: str | None, epoch: int | None,
+        rows: tuple[tuple[str, str, int], ...], actual: Charge,
+    ) -> None:
+        """Replace a call attempt's reservations by what it cost."""
+        await self.db.write(
+            self._at_commit(
+                ops_budget.settle_txn, run_id=run_id, step_key=step_key, attempt=attempt, owner=owner, epoch=epoch,
+                rows=list(rows), actual=actual,
+            )
+        )
+
+    async def record_direct_usage(self, call_id: str, function_id: str, user_id: str | None, usage: dict[str, Any]) -> None:
+        """File a direct (inline) model call in ``llm_usage``."""
+        await self.db.write(
+            self._at_commit(
+                ops_budget.record_direct_usage_txn, call_id=call_id, function_id=function_id, user_id=user_id, usage=usage
+            )
+        )
+
+    async def set_budget_limit(self, budget_id: str, key: str, limit_usd: float | None, limit_tokens: int | None) -> dict[str, Any]:
+        """Override one key's limits (both None: back to the declared ones); its paused runs resume."""
+        return await self.db.write(
+            self._at_commit(
+                ops_budget.set_limit_txn, budget_id=budget_id, key=key, limit_usd=limit_usd, limit_tokens=limit_tokens
+            )
+        )
+
+    async def budgets(self, budget_id: str | None = None, limit: int = 500) -> dict[str, Any]:
+        """Declared budgets and each key's spend, reservations and limit in its current period."""
+        return await self.db.read(partial(ops_budget.list_txn, now=self.now_ms(), budget_id=budget_id, limit=limit))
+
+    async def budget_key(self, budget_id: str, key: str) -> dict[str, Any]:
+        return await self.db.read(partial(ops_budget.key_state_txn, budget_id=budget_id, key=key, now=self.now_ms()))
+
+    async def run_budget_pause(self, run_id: str) -> dict[str, Any] | None:
+        """What a run paused on a budget waits for, or None."""
+        return await self.db.read(partial(ops_budget.pause_of_txn, run_id=run_id))
 
     async def cancel_run(self, run_id: str, reason: str) -> str:
         return await self.db.write(self._at_commit(ops_runs.cancel_run_txn, run_id=run_id, reason=reason))
