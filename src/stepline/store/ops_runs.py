@@ -220,7 +220,6 @@ def create_run_txn(
     return run_id
 
 
-def stamp_handoff_leases_txn(conn: db.Conn, handoff: HandOff) -> None:
 def _scheduled_start(body: dict[str, Any], now: int) -> int:
     """When a run of this event may start, if its ``ts`` lies ahead (Inngest's way to
     schedule a one-off run); 0 for now."""
@@ -230,6 +229,7 @@ def _scheduled_start(body: dict[str, Any], now: int) -> int:
     return min(int(ts), NEVER)
 
 
+def stamp_handoff_leases_txn(conn: db.Conn, handoff: HandOff) -> None:
     """Set the expiry of the leases an ingest's hand-off took on the database's clock, as
     every other lease is (their rows were inserted with the ingest's own time)."""
     if handoff.taken:
