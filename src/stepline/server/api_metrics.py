@@ -66,6 +66,30 @@ def _line(name: str, labels: dict[str, Any], value: float | None) -> str:
     return f"{name}{{{inner}}} {shown}" if inner else f"{name} {shown}"
 
 
+async def _retention_lines(engine: Any) -> list[str]:
+    """Table sizes (refreshed at most once a minute) and what the retention sweeps deleted."""
+    sizes = await engine.retention.table_sizes()
+    status = await engine.store.sweep_status()
+    space = await engine.store.file_space()
+    out = ["# HELP stepline_table_rows Rows per table (PostgreSQL: as of its last ANALYZE).", "# TYPE stepline_table_rows gauge"]
+    out += [_line("stepline_table_rows", {"table": t["table"]}, t["rows"]) for t in sizes]
+    out += ["# HELP stepline_table_bytes Bytes per table with its indexes and TOAST.", "# TYPE stepline_table_bytes gauge"]
+    out += [_line("stepline_table_bytes", {"table": t["table"]}, t["bytes"]) for t in sizes if t["bytes"] is not None]
+    if space:
+        out += ["# HELP stepline_database_bytes SQLite: size of the database file and of its WAL.", "# TYPE stepline_database_bytes gauge"]
+        out += [_line("stepline_database_bytes", {"file": "db"}, space["file_bytes"]), _line("stepline_database_bytes", {"file": "wal"}, space["wal_bytes"])]
+        out += ["# HELP stepline_database_free_bytes SQLite: free pages inside the file.", "# TYPE stepline_database_free_bytes gauge"]
+        out.append(_line("stepline_database_free_bytes", {}, space["freelist_count"] * space["page_size"]))
+    out += ["# HELP stepline_retention_deleted_rows_total Rows the retention sweeps deleted, per table.", "# TYPE stepline_retention_deleted_rows_total counter"]
+    out += [_line("stepline_retention_deleted_rows_total", {"table": t}, n) for t, n in sorted(status["deleted"].items())]
+    out += ["# HELP stepline_retention_last_sweep_timestamp_seconds When the last retention sweep finished.", "# TYPE stepline_retention_last_sweep_timestamp_seconds gauge"]
+    last = status["last_finished_at"]
+    out.append(_line("stepline_retention_last_sweep_timestamp_seconds", {}, None if last is None else last / 1000.0))
+    out += ["# HELP stepline_retention_sweeping 1 while a process holds the retention sweep.", "# TYPE stepline_retention_sweeping gauge"]
+    out.append(_line("stepline_retention_sweeping", {}, 1 if status["owner"] else 0))
+    return out
+
+
 async def prometheus_text(request: Request) -> str:
     store = common.engine(request).store
     now = int(time.time() * 1000)
@@ -107,6 +131,7 @@ async def prometheus_text(request: Request) -> str:
     out += ["# HELP stepline_llm_cost_usd_total Model cost in US dollars.", "# TYPE stepline_llm_cost_usd_total counter"]
     for u in usage:
         out.append(_line("stepline_llm_cost_usd_total", {"provider": u["provider"], "model": u["model"]}, float(u["cost_usd"])))
+    out += await _retention_lines(common.engine(request))
     out += ["# HELP stepline_up 1 while the server can read its database.", "# TYPE stepline_up gauge", "stepline_up 1"]
     return "\n".join(out) + "\n"
 
