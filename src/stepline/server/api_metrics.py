@@ -104,7 +104,7 @@ async def prometheus_text(request: Request) -> str:
     for d in depth:
         for state in ("ready", "scheduled", "leased"):
             out.append(_line("stepline_queue_depth", {"function": d["function_id"], "state": state}, d[state]))
-    out += ["# HELP stepline_runs Runs per function and status (all time).", "# TYPE stepline_runs gauge"]
+    out += ["# HELP stepline_runs Runs per function and status, of those stored (retention deletes finished ones).", "# TYPE stepline_runs gauge"]
     for c in counts:
         out.append(_line("stepline_runs", {"function": c["function_id"], "status": c["status"]}, c["count"]))
     out += [
