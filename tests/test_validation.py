@@ -89,3 +89,10 @@ def test_public_api_matches_all() -> None:
     exported = {name for name in dir(stepline) if not name.startswith("_")}
     modules = {"app", "client", "context", "errors", "event", "expressions", "function", "jsonutil", "ids", "durations", "settings", "engine", "store", "server", "llm", "testing", "cli", "examples", "inngest", "eventloop", "gctuning", "clock", "fakes", "budgets"}
     assert set(stepline.__all__) == (exported - modules) | {"__version__"}
+
+
+async def test_event_limits_given_in_code_apply_as_the_variables_do(make_engine) -> None:
+    engine = await make_engine(stepline.App("limits-in-code"), max_name_bytes=10)
+    with pytest.raises(stepline.EventError, match="STEPLINE_MAX_NAME_BYTES"):
+        await engine.send({"name": "a/very-long-name", "data": {}})
+    await engine.send({"name": "a/short", "data": {}})  # within the limit

@@ -11,6 +11,7 @@ the class: ``retryable`` says whether the engine retries a step or run that rais
     ├── LimitError                        no   a step output or run state is over its size limit
     ├── NotFoundError                     no   no run / event / function with that id
     ├── ConflictError                     no   the run is not in a state that allows the action
+    ├── RequestError                      no   a request to the server is malformed (a query value, a field)
     ├── StoreError                        yes  the database is unreachable, not migrated, or could not take a write
     │   └── LeaseLost                     no   the worker writing for a run no longer holds it
     ├── NonRetriableError                 no   raise in a step or function: fail now
@@ -73,6 +74,11 @@ class NotFoundError(SteplineError, LookupError):
 
 class ConflictError(SteplineError):
     """The run (or other resource) is not in a state that allows this action."""
+
+
+class RequestError(SteplineError):
+    """A request to the server is malformed: the message names the query value or field and
+    what it takes."""
 
 
 class StoreError(SteplineError):

@@ -28,6 +28,7 @@ class Engine:
     def __init__(self, store: Store, settings: Settings | None = None, apps: Sequence[App] = ()) -> None:
         self.store = store
         self.settings = settings or Settings()
+        self._limits = event_mod.Limits.of(self.settings)  # what one event may hold, from these settings
         self.apps = list(apps)
         self.worker: Worker | None = None
         self.retention = retention.Sweeper(store, self.settings)  # deletes what retention keeps no longer
@@ -123,7 +124,7 @@ class Engine:
     # --- events ----------------------------------------------------------------------
 
     def _validate(self, raw: Any, index: int) -> event_mod.Event:
-        return event_mod.validate(raw, index=index, max_bytes=self.settings.max_event_bytes)
+        return event_mod.validate(raw, index=index, limits=self._limits)
 
     def validate_events(self, raw: Sequence[Any]) -> list[event_mod.Event]:
         """All or nothing: one bad event rejects the request before anything is stored."""

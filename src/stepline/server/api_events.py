@@ -18,27 +18,18 @@ async def ingest(request: Request) -> Response:
     return JSON({"ids": ids, "status": 200})
 
 
-@common.guard
+@common.route(common.event_key)
 async def post_event_with_key(request: Request) -> Response:
-    denied = common.check_event_key(request, request.path_params["event_key"])
-    if denied is not None:
-        return denied
     return await ingest(request)
 
 
-@common.guard
+@common.route(common.api_token)
 async def post_events(request: Request) -> Response:
-    denied = common.check_api_token(request)
-    if denied is not None:
-        return denied
     return await ingest(request)
 
 
-@common.guard
+@common.route(common.api_token)
 async def list_events(request: Request) -> Response:
-    denied = common.check_api_token(request)
-    if denied is not None:
-        return denied
     q = request.query_params
     limit = common.parse_limit(q.get("limit"))
     events = await common.engine(request).store.list_events(
@@ -51,11 +42,8 @@ async def list_events(request: Request) -> Response:
     return JSON({"data": events, "next_cursor": events[-1]["id"] if len(events) == limit else None})
 
 
-@common.guard
+@common.route(common.api_token)
 async def get_event(request: Request) -> Response:
-    denied = common.check_api_token(request)
-    if denied is not None:
-        return denied
     return JSON(await common.engine(request).store.event_detail(request.path_params["event_id"]))
 
 

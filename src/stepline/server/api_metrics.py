@@ -16,19 +16,13 @@ from stepline.server.responses import JSON
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-@common.guard
+@common.route(common.api_token)
 async def list_functions(request: Request) -> Response:
-    denied = common.check_api_token(request)
-    if denied is not None:
-        return denied
     return JSON({"data": await common.engine(request).store.functions_overview()})
 
 
-@common.guard
+@common.route(common.api_token)
 async def get_function(request: Request) -> Response:
-    denied = common.check_api_token(request)
-    if denied is not None:
-        return denied
     function_id = request.path_params["function_id"]
     for fn in await common.engine(request).store.functions_overview():
         if fn["id"] == function_id:
@@ -36,12 +30,9 @@ async def get_function(request: Request) -> Response:
     raise errors.NotFoundError(f"no function with id {function_id!r}")
 
 
-@common.guard
+@common.route(common.api_token)
 async def metrics_json(request: Request) -> Response:
     """``?window=1h`` for run stats (default 1h), ``?days=14`` for tokens and cost."""
-    denied = common.check_api_token(request)
-    if denied is not None:
-        return denied
     window = common.parse_window(request.query_params.get("window"), "1h")
     days_text = request.query_params.get("days", "14")
     if not days_text.isdigit() or not 1 <= int(days_text) <= 366:
@@ -136,15 +127,12 @@ async def prometheus_text(request: Request) -> str:
     return "\n".join(out) + "\n"
 
 
-@common.guard
+@common.route(common.api_token)
 async def metrics_prometheus(request: Request) -> Response:
-    denied = common.check_api_token(request)
-    if denied is not None:
-        return denied
     return PlainTextResponse(await prometheus_text(request), media_type=PROMETHEUS_TYPE)
 
 
-@common.guard
+@common.route(common.open_access)
 async def health(request: Request) -> Response:
     """200 while the database answers; 503 (with the reason) when it does not."""
     engine = common.engine(request)

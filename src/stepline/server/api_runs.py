@@ -11,22 +11,20 @@ from starlette.routing import Route
 
 from stepline.server import common, responses, stream, tokens
 from stepline.server.responses import JSON, problem
+from stepline.store.records import RunStatus
 
-STATUSES = ("queued", "running", "sleeping", "waiting", "completed", "failed", "cancelled")
+STATUSES = tuple(RunStatus)
 MAX_TOKEN_TTL = 24 * 3600
 
 
-@common.guard
+@common.route(common.api_token)
 async def list_runs(request: Request) -> Response:
-    denied = common.check_api_token(request)
-    if denied is not None:
-        return denied
     q = request.query_params
     status = q.get("status")
     if status is not None and status not in STATUSES:
         return problem(400, f"status: expected one of {list(STATUSES)}, got {status!r}")
     limit = common.parse_limit(q.get("limit"))
-    runs = await common.engine(request).list_runs(
+    runs = await common.engine(request).store.list_runs(
         function_id=q.get("function_id") or None,
         status=status,
         user_id=q.get("user_id") or None,
@@ -46,51 +44,36 @@ def _cors(response: Response, by_run_token: bool) -> Response:
     return response
 
 
-@common.guard
+@common.route(common.run_access)
 async def get_run(request: Request) -> Response:
     run_id = request.path_params["run_id"]
-    denied, by_token = common.check_run_access(request, run_id)
-    if denied is not None:
-        return denied
-    engine = common.engine(request)
-    run = await engine.get_run(run_id)
-    run["usage"] = await engine.store.run_usage(run_id)  # tokens and cost, as the seeds show
-    return _cors(JSON(run), by_token)
+    store = common.engine(request).store
+    run = await store.get_run(run_id)
+    run["usage"] = await store.run_usage(run_id)  # tokens and cost, as the seeds show
+    return _cors(JSON(run), common.by_run_token(request))
 
 
-@common.guard
+@common.route(common.run_access)
 async def stream_run(request: Request) -> Response:
     run_id = request.path_params["run_id"]
-    denied, by_token = common.check_run_access(request, run_id)
-    if denied is not None:
-        return denied
-    return _cors(await stream.run_events(request, run_id), by_token)
+    return _cors(await stream.run_events(request, run_id), common.by_run_token(request))
 
 
-@common.guard
+@common.route(common.api_token)
 async def cancel_run(request: Request) -> Response:
-    denied = common.check_api_token(request)
-    if denied is not None:
-        return denied
     run_id = request.path_params["run_id"]
     status = await common.engine(request).cancel(run_id, "cancelled through the API")
     return JSON({"id": run_id, "status": status})
 
 
-@common.guard
+@common.route(common.api_token)
 async def replay_run(request: Request) -> Response:
-    denied = common.check_api_token(request)
-    if denied is not None:
-        return denied
     new_id = await common.engine(request).replay(request.path_params["run_id"])
     return JSON({"id": new_id, "replay_of": request.path_params["run_id"]})
 
 
-@common.guard
+@common.route(common.api_token)
 async def rerun_from_failed_step(request: Request) -> Response:
-    denied = common.check_api_token(request)
-    if denied is not None:
-        return denied
     return JSON(await common.engine(request).rerun_from_failed_step(request.path_params["run_id"]))
 
 
@@ -98,12 +81,9 @@ async def _optional_object(request: Request) -> dict[str, Any]:
     return await responses.read_object(request, max_bytes=common.body_limit(request))
 
 
-@common.guard
+@common.route(common.api_token)
 async def bulk_cancel(request: Request) -> Response:
     """Body: ``{"function_id": ..., "since": ..., "until": ..., "reason": ..., "limit": ...}``."""
-    denied = common.check_api_token(request)
-    if denied is not None:
-        return denied
     body = await _optional_object(request)
     function_id = body.get("function_id")
     if not isinstance(function_id, str) or not function_id or "\x00" in function_id:
@@ -128,18 +108,15 @@ async def bulk_cancel(request: Request) -> Response:
     return JSON({"cancelled": len(results), "runs": results})
 
 
-@common.guard
+@common.route(common.api_token)
 async def mint_token(request: Request) -> Response:
     """A run token for a browser (the API token itself never leaves the app's backend)."""
-    denied = common.check_api_token(request)
-    if denied is not None:
-        return denied
     run_id = request.path_params["run_id"]
     body = await _optional_object(request)
     ttl = body.get("ttl_seconds", tokens.DEFAULT_TTL)
     if not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or not 1 <= ttl <= MAX_TOKEN_TTL:
         return problem(400, f"ttl_seconds: expected a number 1..{MAX_TOKEN_TTL}")
-    await common.engine(request).get_run(run_id)  # 404 for an unknown run
+    await common.engine(request).store.get_run(run_id)  # 404 for an unknown run
     token = tokens.mint_run_token(run_id, common.signing_key(request), ttl=float(ttl))
     expires = tokens.token_expiry(token)
     return JSON({"run_id": run_id, "token": token, "expires_at": responses.iso_seconds(expires)})

@@ -49,28 +49,40 @@ class ServerOptions:
     stream_poll: float = 0.25
 
 
-def guard(handler: Handler) -> Handler:
-    """Map errors to 4xx with a message; only a real fault is a 500 (and is logged)."""
+Check = Callable[[Request], Response | None]  # a route's access rule: None lets the request in
 
-    async def wrapped(request: Request) -> Response:
-        for value in (*request.query_params.values(), *request.path_params.values()):
-            if isinstance(value, str) and "\x00" in value:
-                return problem(400, "NUL characters are not allowed in the URL")
-        try:
-            return await handler(request)
-        except errors.SteplineError as exc:
-            return responses.from_error(exc)
-        except ClientDisconnect:
-            raise  # the client left or the HTTP guard ended the body: there is no one to answer
-        except (ValueError, KeyError, TypeError, OverflowError) as exc:
-            return problem(400, f"bad request: {exc}")
-        except Exception:
-            log.exception("unhandled error in %s %s", request.method, request.url.path)
-            return problem(500, "internal error; the server log has the details")
 
-    wrapped.__name__ = handler.__name__
-    wrapped.__doc__ = handler.__doc__
-    return wrapped
+def route(check: Check) -> Callable[[Handler], Handler]:
+    """A route handler with its access rule declared once (``api_token``, ``event_key``,
+    ``run_access``, ``open_access`` or a route's own) and Stepline's errors mapped to
+    4xx/503 answers that say what is wrong. Any other exception is a fault: 500, logged."""
+
+    def decorate(handler: Handler) -> Handler:
+        async def wrapped(request: Request) -> Response:
+            for value in (*request.query_params.values(), *request.path_params.values()):
+                if isinstance(value, str) and "\x00" in value:
+                    return problem(400, "NUL characters are not allowed in the URL")
+            try:
+                denied = check(request)
+                return denied if denied is not None else await handler(request)
+            except errors.SteplineError as exc:
+                return responses.from_error(exc)
+            except ClientDisconnect:
+                raise  # the client left or the HTTP guard ended the body: there is no one to answer
+            except Exception:
+                log.exception("unhandled error in %s %s", request.method, request.url.path)
+                return problem(500, "internal error; the server log has the details")
+
+        wrapped.__name__ = handler.__name__
+        wrapped.__doc__ = handler.__doc__
+        return wrapped
+
+    return decorate
+
+
+def open_access(request: Request) -> Response | None:
+    """No credentials needed (health, the login page)."""
+    return None
 
 
 def engine(request: Request) -> Engine:
@@ -119,10 +131,12 @@ def check_secret(request: Request, secret: str, supplied: str, expected: str, de
     return problem(401, denial)
 
 
-def check_event_key(request: Request, key: str) -> Response | None:
+def event_key(request: Request) -> Response | None:
+    """The event key in the path (``/e/{event_key}``)."""
     opts = options(request)
     if opts.dev:
         return None
+    key = str(request.path_params.get("event_key", ""))
     return check_secret(request, EVENT_KEY, key, opts.event_key, "wrong event key: POST to /e/{STEPLINE_EVENT_KEY}")
 
 
@@ -136,7 +150,7 @@ def has_session(request: Request) -> bool:
     return request.scope.get(SESSION_SCOPE_KEY) is True
 
 
-def check_api_token(request: Request) -> Response | None:
+def api_token(request: Request) -> Response | None:
     """The API token as a bearer header, or the dashboard's session cookie."""
     opts = options(request)
     if opts.dev:
@@ -151,19 +165,27 @@ def check_api_token(request: Request) -> Response | None:
     return problem(401, _NO_TOKEN)
 
 
-def check_run_access(request: Request, run_id: str) -> tuple[Response | None, bool]:
-    """API token, session, or a run token for this run (``?token=`` or bearer).
+BY_RUN_TOKEN = "stepline.by_run_token"  # request.scope: the request came with a run token
 
-    Returns (denial, by_run_token); a run token reads only the run it names.
-    """
+
+def run_access(request: Request) -> Response | None:
+    """API token, session, or a run token for the run in the path (``?token=`` or bearer);
+    a run token reads only the run it names (``by_run_token`` says which was used)."""
     supplied = request.query_params.get("token") or _bearer(request)
+    run_id = str(request.path_params.get("run_id", ""))
     if options(request).dev:
-        return None, bool(supplied)  # dev mode is open; a page sending a token still gets CORS
+        request.scope[BY_RUN_TOKEN] = bool(supplied)  # dev mode is open; a page sending a token still gets CORS
+        return None
     if supplied.startswith(tokens.PREFIX + "."):
         if tokens.verify_run_token(supplied, run_id, signing_key(request)):
-            return None, True
-        return problem(401, "the run token is wrong, expired, or for another run: mint a new one"), False
-    return check_api_token(request), False
+            request.scope[BY_RUN_TOKEN] = True
+            return None
+        return problem(401, "the run token is wrong, expired, or for another run: mint a new one")
+    return api_token(request)
+
+
+def by_run_token(request: Request) -> bool:
+    return bool(request.scope.get(BY_RUN_TOKEN))
 
 
 def parse_time(value: str | None, name: str) -> int | None:
@@ -178,7 +200,7 @@ def parse_time(value: str | None, name: str) -> int | None:
             return ms
         parsed = dt.datetime.fromisoformat(value)
     except (ValueError, OverflowError) as exc:
-        raise errors.ConfigError(f"{name}: expected an ISO 8601 time or epoch milliseconds, got {value!r}") from exc
+        raise errors.RequestError(f"{name}: expected an ISO 8601 time or epoch milliseconds, got {value!r}") from exc
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.UTC)
     return int(parsed.timestamp() * 1000)
@@ -189,13 +211,16 @@ def parse_limit(value: str | None, default: int = 50, maximum: int = 500) -> int
     if isinstance(text, int):
         return text
     if not text.isdigit() or not 1 <= int(text) <= maximum:
-        raise errors.ConfigError(f"limit: expected a whole number 1..{maximum}, got {value!r}")
+        raise errors.RequestError(f"limit: expected a whole number 1..{maximum}, got {value!r}")
     return int(text)
 
 
 def parse_window(value: str | None, default: str, name: str = "window", maximum_days: int = 366) -> float:
     """A duration like '1h' or '7d', in seconds, at most ``maximum_days``."""
-    seconds = durations.parse(value or default, field=name)
+    try:
+        seconds = durations.parse(value or default, field=name)
+    except errors.ConfigError as exc:
+        raise errors.RequestError(str(exc)) from exc
     if not 0 < seconds <= maximum_days * 86400:
-        raise errors.ConfigError(f"{name}: expected a duration from 1ms to {maximum_days}d, got {value!r}")
+        raise errors.RequestError(f"{name}: expected a duration from 1ms to {maximum_days}d, got {value!r}")
     return seconds

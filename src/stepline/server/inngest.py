@@ -30,6 +30,7 @@ from stepline.server import common, responses
 from stepline.server.responses import JSON, problem
 from stepline.store import now_ms
 from stepline.store.ops_read import iso
+from stepline.store.records import RunStatus
 
 
 def now_iso() -> str:
@@ -84,9 +85,10 @@ async def post_event(request: Request) -> Response:
         from stepline.server import api_events
 
         return await api_events.post_event_with_key(request)
-    denied = common.check_event_key(request, request.path_params["event_key"])
-    if denied is not None:
-        return JSON({"ids": [], "status": 401, "error": "Event key not found"}, status_code=401)
+    denied = common.event_key(request)
+    if denied is not None:  # the SDKs' own shape; a back-off (429) keeps its status
+        status = denied.status_code
+        return JSON({"ids": [], "status": status, "error": "Event key not found" if status == 401 else "too many wrong event keys"}, status_code=status, headers=dict(denied.headers) if status == 429 else None)
     try:
         payload = await responses.read_json(request, max_bytes=common.options(request).max_body_bytes)
         items = payload if isinstance(payload, list) else [payload]
@@ -97,40 +99,40 @@ async def post_event(request: Request) -> Response:
     return JSON({"ids": ids, "status": 200})
 
 
-def _check_bearer(request: Request, rt: InngestRuntime) -> Response | None:
+def _sdk_bearer(request: Request) -> Response | None:
+    """The SDK apps' signing key (hashed) as bearer, as Inngest's server checks it."""
     try:
-        rt.check_auth(request.headers.get("authorization"))
+        runtime(request).check_auth(request.headers.get("authorization"))
     except RegistrationError as exc:
         return problem(_registration_status(exc), exc.message)
     return None
 
 
-async def run_batch(request: Request) -> Response:
-    rt = runtime(request)
-    denied = _check_bearer(request, rt)
-    if denied is not None:
+def _rest_auth(request: Request) -> Response | None:
+    """Inngest's REST API takes the signing key as bearer; Stepline's API token works too."""
+    denied = _sdk_bearer(request)
+    if denied is not None and common.api_token(request) is not None:
         return denied
+    return None
+
+
+@common.route(_sdk_bearer)
+async def run_batch(request: Request) -> Response:
     found = await common.engine(request).store.run_events(request.path_params["run_id"])
     if found is None:
         return problem(404, f"no run with id {request.path_params['run_id']!r}")
     return JSON([events.to_sdk(e) for e in found])
 
 
+@common.route(_sdk_bearer)
 async def run_actions(request: Request) -> Response:
-    rt = runtime(request)
-    denied = _check_bearer(request, rt)
-    if denied is not None:
-        return denied
-    rows = await rt.journal(request.path_params["run_id"])
+    rows = await runtime(request).journal(request.path_params["run_id"])
     return JSON({r["key"]: memos.memo_of(r) for r in rows if memos.finished(r)})
 
 
-@common.guard
+@common.route(common.api_token)
 async def invoke(request: Request) -> Response:
     """``POST /invoke/{slug}`` with ``{"data": {...}}``: start one function now, whatever its triggers."""
-    denied = common.check_api_token(request)
-    if denied is not None:
-        return denied
     body = await responses.read_json(request, max_bytes=common.options(request).max_body_bytes)
     data = body.get("data") if isinstance(body, dict) else None
     if data is not None and not isinstance(data, dict):
@@ -141,16 +143,10 @@ async def invoke(request: Request) -> Response:
     return JSON({"id": event_id, "run_id": run_id, "status": 200})
 
 
+@common.route(_rest_auth)
 async def send_signal(request: Request) -> Response:
     """``POST /v1/signals`` with ``{"signal", "data"}``: resume the run in ``step.waitForSignal``."""
-    rt = runtime(request)
-    denied = _check_bearer(request, rt)
-    if denied is not None and common.check_api_token(request) is not None:
-        return denied
-    try:
-        body = await responses.read_json(request, max_bytes=common.options(request).max_body_bytes)
-    except errors.SteplineError as exc:
-        return responses.from_error(exc)
+    body = await responses.read_json(request, max_bytes=common.options(request).max_body_bytes)
     signal = body.get("signal") if isinstance(body, dict) else None
     if not isinstance(signal, str) or not signal:
         return problem(400, 'send {"signal": "<name>", "data": <any JSON>}')
@@ -166,7 +162,7 @@ async def send_signal(request: Request) -> Response:
     return JSON({"data": {"run_id": run_id}})
 
 
-_STATUS = {"completed": "Completed", "failed": "Failed", "cancelled": "Cancelled"}
+_STATUS = {RunStatus.COMPLETED: "Completed", RunStatus.FAILED: "Failed", RunStatus.CANCELLED: "Cancelled"}  # Inngest's names
 
 
 def _v1_run(run: dict[str, Any]) -> dict[str, Any]:
@@ -181,7 +177,7 @@ def _v1_run(run: dict[str, Any]) -> dict[str, Any]:
         "original_run_id": run.get("replay_of"),
         "status": _STATUS.get(run["status"], "Running"),
         "ended_at": run["ended_at"],
-        "output": run["output"] if run["status"] == "completed" else run["error"],
+        "output": run["output"] if run["status"] == RunStatus.COMPLETED else run["error"],
     }
 
 
@@ -189,59 +185,35 @@ def _v1(data: Any) -> JSON:
     return JSON({"data": data, "metadata": {"fetched_at": now_iso(), "cached_until": None}})
 
 
-def _rest_auth(request: Request) -> Response | None:
-    """Inngest's REST API takes the signing key as bearer; Stepline's API token works too."""
-    rt = runtime(request)
-    denied = _check_bearer(request, rt)
-    if denied is not None and common.check_api_token(request) is not None:
-        return denied
-    return None
-
-
-@common.guard
+@common.route(_rest_auth)
 async def v1_event_runs(request: Request) -> Response:
     """``GET /v1/events/{id}/runs``: the runs an event started (what apps poll for results)."""
-    denied = _rest_auth(request)
-    if denied is not None:
-        return denied
     event = await common.engine(request).store.get_event(request.path_params["event_id"])
     return _v1([_v1_run(r) for r in event["runs"]])
 
 
-@common.guard
+@common.route(_rest_auth)
 async def v1_run(request: Request) -> Response:
-    denied = _rest_auth(request)
-    if denied is not None:
-        return denied
-    return _v1(_v1_run(await common.engine(request).get_run(request.path_params["run_id"])))
+    return _v1(_v1_run(await common.engine(request).store.get_run(request.path_params["run_id"])))
 
 
-@common.guard
+@common.route(_rest_auth)
 async def v1_cancel_run(request: Request) -> Response:
-    denied = _rest_auth(request)
-    if denied is not None:
-        return denied
     run_id = request.path_params["run_id"]
     status = await common.engine(request).cancel(run_id, "cancelled through the REST API")
-    if status in ("completed", "failed"):
+    if status in (RunStatus.COMPLETED, RunStatus.FAILED):
         return problem(409, f"run {run_id} already ended ({status})")
     return _v1({"run_id": run_id, "status": status})
 
 
-@common.guard
+@common.route(common.api_token)
 async def list_apps(request: Request) -> Response:
-    denied = common.check_api_token(request)
-    if denied is not None:
-        return denied
     return JSON({"data": runtime(request).list_apps()})
 
 
-@common.guard
+@common.route(common.api_token)
 async def add_app(request: Request) -> Response:
     """``{"url": "http://127.0.0.1:3000/api/inngest"}``: remember the app and sync it now."""
-    denied = common.check_api_token(request)
-    if denied is not None:
-        return denied
     body = await responses.read_json(request, max_bytes=64 * 1024)
     url = body.get("url") if isinstance(body, dict) else None
     if not isinstance(url, str) or not url.strip():
@@ -250,12 +222,9 @@ async def add_app(request: Request) -> Response:
     return JSON(status.to_dict(), status_code=200 if status.error is None else 502)
 
 
-@common.guard
+@common.route(common.api_token)
 async def sync_apps(request: Request) -> Response:
     """Re-sync every known app (or the one named by ``?url=``)."""
-    denied = common.check_api_token(request)
-    if denied is not None:
-        return denied
     rt = runtime(request)
     url = request.query_params.get("url")
     statuses = [await rt.sync(url)] if url else await rt.sync_all()

@@ -13,8 +13,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from stepline.server.responses import JSON
+from stepline.store.records import RunStatus
 
-STATUSES = ["queued", "running", "sleeping", "waiting", "completed", "failed", "cancelled"]
+STATUSES = [str(s) for s in RunStatus]
 _TIME_PATTERN = r"^(\d{1,13}|\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})?)?)$"
 
 

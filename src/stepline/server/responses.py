@@ -27,7 +27,7 @@ def from_error(exc: Exception) -> JSON:
         return problem(404, str(exc))
     if isinstance(exc, errors.ConflictError):
         return problem(409, str(exc))
-    if isinstance(exc, (errors.EventError, errors.ConfigError)):
+    if isinstance(exc, (errors.EventError, errors.ConfigError, errors.RequestError)):
         return problem(400, str(exc))
     if isinstance(exc, errors.LimitError):
         return problem(413, str(exc))

@@ -4,19 +4,16 @@ The cookie holds a random id; the database keeps its hash (keyed with the API to
 signing key, so a new token ends every session), so logging out ends the session on
 every server process at once, and a copy of the cookie is worth nothing afterwards.
 ``SessionLookup`` answers "is this request logged in?" before routing, so the routes'
-auth checks (``common.check_api_token``) stay plain functions.
+auth checks (``common.api_token``) stay plain functions.
 """
 
 from __future__ import annotations
-
-from functools import partial
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from stepline import errors
 from stepline.server import common, responses, tokens
-from stepline.store import now_ms, sessions
 
 
 def _key(request: Request) -> str:
@@ -33,17 +30,14 @@ async def start(request: Request) -> str:
     cookie = tokens.new_session_id()
     id_hash = tokens.session_hash(cookie, _key(request))
     assert id_hash is not None  # a new id always has the cookie's shape
-    now = now_ms()
-    await common.engine(request).store.db.write(
-        partial(sessions.create_txn, id_hash=id_hash, now=now, expires_at=now + int(tokens.SESSION_TTL * 1000))
-    )
+    await common.engine(request).store.create_session(id_hash, int(tokens.SESSION_TTL * 1000))
     return cookie
 
 
 async def end(request: Request) -> None:
     id_hash = _hash(request)
     if id_hash is not None:
-        await common.engine(request).store.db.write(partial(sessions.revoke_txn, id_hash=id_hash))
+        await common.engine(request).store.revoke_session(id_hash)
 
 
 class SessionLookup:
@@ -59,7 +53,7 @@ class SessionLookup:
             live = False
             if id_hash is not None:
                 try:
-                    live = await common.engine(request).store.db.read(partial(sessions.is_valid_txn, id_hash=id_hash, now=now_ms()))
+                    live = await common.engine(request).store.session_is_valid(id_hash)
                 except errors.StoreError as exc:
                     await responses.from_error(exc)(scope, receive, send)
                     return

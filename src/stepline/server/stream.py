@@ -31,8 +31,8 @@ from starlette.requests import Request
 
 from stepline import errors
 from stepline.server import common
+from stepline.store.records import TERMINAL
 
-TERMINAL = ("completed", "failed", "cancelled")
 _STATUS_FIELDS = ("id", "function_id", "status", "wait_reason", "attempt", "progress", "progress_message",
                   "started_at", "ended_at")
 

@@ -32,6 +32,7 @@ from stepline.store import (
     ops_retention,
     ops_runs,
     ops_sdk,
+    ops_sessions,
 )
 from stepline.store.records import (
     BudgetHold,
@@ -297,6 +298,21 @@ class Store:
 
     async def run_events(self, run_id: str) -> list[dict[str, Any]] | None:
         return await self.db.read(partial(ops_sdk.run_events_txn, run_id=run_id))
+
+    # --- dashboard sessions (ops_sessions) ----------------------------------------------
+
+    async def create_session(self, id_hash: str, ttl_ms: int) -> None:
+        def create(conn: db.Conn) -> None:
+            now = self.now_ms()
+            ops_sessions.create_txn(conn, id_hash=id_hash, now=now, expires_at=now + ttl_ms)
+
+        await self.db.write(create)
+
+    async def revoke_session(self, id_hash: str) -> None:
+        await self.db.write(partial(ops_sessions.revoke_txn, id_hash=id_hash))
+
+    async def session_is_valid(self, id_hash: str) -> bool:
+        return await self.db.read(partial(ops_sessions.is_valid_txn, id_hash=id_hash, now=self.now_ms()))
 
     # --- reads ---------------------------------------------------------------------
 
