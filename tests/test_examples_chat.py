@@ -85,12 +85,22 @@ async def test_cancel_stops_a_queued_generation(web, fake: FakeProvider) -> None
     reply = (await client.post("/chat", json={"user_id": "u4", "model": "fake-slow", "prompt": "long one"})).json()
     await eventually(lambda: _value(len(fake.requests) == 1), what="the model call to start")
     cancelled = (await client.post(f"/chat/jobs/{reply['job_id']}/cancel")).json()
-    assert cancelled == {"job_id": reply["job_id"], "status": "cancelled"}
+    assert cancelled == {"job_id": reply["job_id"], "status": "cancelling"}
     run = (await runs_for_event(engine, reply["event_id"]))[0]
     run = await wait_run(engine, run["id"])
     assert run["status"] == "cancelled"
-    assert (await client.get(f"/chat/jobs/{reply['job_id']}")).json()["status"] == "cancelled"
+    await poll_job(client, reply["job_id"], "cancelled")  # told by stepline/function.cancelled
     await eventually(lambda: _value(fake.disconnects == 1), what="the provider call to be abandoned")
+
+
+async def test_a_cancel_event_from_elsewhere_marks_the_job_cancelled(web, fake: FakeProvider) -> None:
+    """cancel_on, sent by any service (not the page's cancel route): the job row must not stay processing."""
+    engine, client = web
+    fake.on_model("fake-slow", Reply(text="never finished", delay=60))
+    reply = (await client.post("/chat", json={"user_id": "u6", "model": "fake-slow", "prompt": "long one"})).json()
+    await poll_job(client, reply["job_id"], "processing")
+    await engine.send({"name": "llm/generate.cancel", "data": {"job_id": reply["job_id"]}})
+    assert (await poll_job(client, reply["job_id"], "cancelled", "completed", "failed"))["status"] == "cancelled"
 
 
 async def test_use_queue_false_sends_everything_direct(make_engine, fake: FakeProvider) -> None:

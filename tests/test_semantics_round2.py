@@ -168,3 +168,76 @@ async def test_events_the_batch_if_refuses_run_alone_at_once(db_url: str) -> Non
         await t.send({"name": "t/row", "data": {"n": 4, "batch": True}})
         await t.send({"name": "t/row", "data": {"n": 5, "batch": True}})
         assert (await t.wait(first)).output == [1, 4, 5]
+
+
+# --- function.finished and function.cancelled ------------------------------------
+
+
+def _watched() -> tuple[stepline.App, list[tuple[str, dict[str, Any]]]]:
+    app = stepline.App("t")
+    heard: list[tuple[str, dict[str, Any]]] = []
+
+    @app.function(id="work", trigger=stepline.TriggerEvent("t/work"),
+                  cancel_on=[stepline.CancelOn("t/stop", match="data.id")])
+    async def work(ctx: stepline.Context) -> dict[str, Any]:
+        if ctx.event.data.get("nap"):
+            await ctx.step.sleep("nap", "1h")
+        if ctx.event.data.get("fail"):
+            raise stepline.NonRetriableError("no luck")
+        return {"done": ctx.event.data["id"]}
+
+    @app.function(id="on-finished", trigger=stepline.TriggerEvent(
+        stepline.event.FUNCTION_FINISHED, if_="event.data.function_id == 'work'"))
+    async def on_finished(ctx: stepline.Context) -> None:
+        heard.append(("finished", ctx.event.data))
+
+    @app.function(id="on-cancelled", trigger=stepline.TriggerEvent(stepline.event.FUNCTION_CANCELLED))
+    async def on_cancelled(ctx: stepline.Context) -> None:
+        heard.append(("cancelled", ctx.event.data))
+
+    return app, heard
+
+
+async def test_functions_hear_of_runs_that_finish_fail_or_are_cancelled(db_url: str) -> None:
+    app, heard = _watched()
+    async with TestEngine(app, db=db_url) as t:
+        done = await t.send({"name": "t/work", "data": {"id": "a"}})
+        await t.settle()
+        (kind, data), = heard
+        assert kind == "finished" and data["run_id"] == done.run_id and data["function_id"] == "work"
+        assert data["result"] == {"done": "a"} and data["_inngest"] == {"status": "Completed"}
+        assert data["event"]["name"] == "t/work" and data["events"] == [data["event"]] and "error" not in data
+        heard.clear()
+
+        failed = await t.send({"name": "t/work", "data": {"id": "b", "fail": True}})
+        await t.settle()
+        (kind, data), = heard
+        assert kind == "finished" and data["run_id"] == failed.run_id and data["_inngest"] == {"status": "Failed"}
+        assert data["error"]["message"] == "no luck" and "result" not in data
+        heard.clear()
+
+        sleeping = await t.send({"name": "t/work", "data": {"id": "c", "nap": True}})
+        await t.send({"name": "t/stop", "data": {"id": "c"}})  # cancel_on, while no worker holds the run
+        assert sorted(kind for kind, _ in heard) == ["cancelled", "finished"]
+        assert all(d["run_id"] == sleeping.run_id and d["_inngest"] == {"status": "Cancelled"} for _, d in heard)
+        # Runs started by function.finished tell of nothing (no loops); one started by
+        # function.cancelled does tell of its end, as in Inngest.
+        told = [e["body"] for e in await t.engine.store.list_events(limit=100) if e["name"].startswith("stepline/function.")]
+        assert sorted((e["name"], e["data"]["function_id"]) for e in told) == [
+            ("stepline/function.cancelled", "work"),
+            ("stepline/function.failed", "work"),
+            ("stepline/function.finished", "on-cancelled"),
+            *[("stepline/function.finished", "work")] * 3,
+        ]
+
+
+async def test_nothing_is_written_for_endings_nobody_listens_to(db_url: str) -> None:
+    app = stepline.App("quiet")
+
+    @app.function(id="work", trigger=stepline.TriggerEvent("t/work"))
+    async def work(ctx: stepline.Context) -> str:
+        return "ok"
+
+    async with TestEngine(app, db=db_url) as t:
+        assert (await t.wait(await t.send({"name": "t/work"}))).output == "ok"
+        assert [e["name"] for e in await t.engine.store.list_events(limit=100)] == ["t/work"]

@@ -20,7 +20,12 @@ DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
 # 9999-12-31T23:59:59.999Z in epoch ms: the last instant an ISO date (and every reader) can show.
 MAX_TS = 253402300799999
 
-# Names the engine itself sends.
+# Names the engine itself sends. A run's end sends FUNCTION_FINISHED (every ending), and
+# FUNCTION_FAILED or FUNCTION_CANCELLED with it, in Inngest's data shape: function_id,
+# run_id, event, events, result (completed) or error (failed), correlation_id (invoked
+# runs), _inngest.status.
+FUNCTION_FINISHED = "stepline/function.finished"
+FUNCTION_CANCELLED = "stepline/function.cancelled"
 FUNCTION_FAILED = "stepline/function.failed"
 FUNCTION_INVOKED = "stepline/function.invoked"
 SCHEDULED_TIMER = "stepline/scheduled.timer"

@@ -98,3 +98,12 @@ async def generate(ctx: stepline.Context) -> dict[str, Any]:
     await ctx.step.run("notify", notify)
     await ctx.set_progress(100, "done")
     return {"job_id": job_id, "text": reply["text"], "usage": reply["usage"], "cost_usd": reply["cost_usd"]}
+
+
+@app.function(
+    id="llm-generate-cancelled",
+    trigger=stepline.TriggerEvent("stepline/function.cancelled", if_="event.data.function_id == 'llm-generate'"),
+)
+def mark_cancelled(ctx: stepline.Context) -> None:
+    """A generation cancelled (``llm/generate.cancel``, the API, a timeout): the page stops polling."""
+    jobs.mark_cancelled(ctx.event.data, "job_id", kind="chat")

@@ -65,9 +65,9 @@ def create_api(router: Router, sender: Any) -> FastAPI:
             raise HTTPException(status_code=404, detail=f"no job {job_id}")
         if found["status"] in jobs.FINAL:
             return {"job_id": job_id, "status": found["status"]}
+        # The run's cancellation marks the job (chat.mark_cancelled, on stepline/function.cancelled).
         await sender.send({"name": "llm/generate.cancel", "data": {"job_id": job_id}})
-        jobs.upsert(job_id, status="cancelled")
-        return {"job_id": job_id, "status": "cancelled"}
+        return {"job_id": job_id, "status": "cancelling"}
 
     @api.get("/", response_class=HTMLResponse)
     def page() -> str:

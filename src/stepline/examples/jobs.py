@@ -97,6 +97,16 @@ def upsert(job_id: str, **fields: Any) -> dict[str, Any]:
         return _decode(conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
 
 
+def mark_cancelled(ended: dict[str, Any], id_field: str, *, kind: str) -> None:
+    """Say on the job row that its run was cancelled (a cancel event, the API, a timeout),
+    from a ``stepline/function.cancelled`` event's data: the job id is ``id_field`` of the
+    run's event, else the run id (as the functions name their jobs)."""
+    original = (ended.get("event") or {}).get("data") or {}
+    job_id = original.get(id_field) or ended.get("run_id")
+    if job_id:
+        upsert(str(job_id), kind=kind, status="cancelled")
+
+
 def get(job_id: str) -> dict[str, Any] | None:
     with connect() as conn:
         row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()

@@ -97,3 +97,12 @@ async def execute_query(ctx: stepline.Context) -> dict[str, Any]:
         page += 1
     await ctx.step.run("complete-query", update, query_id, status="completed", progress=100)
     return {"query_id": query_id, "status": "completed", "pages": page + 1, "rows": result["rows"]}
+
+
+@app.function(
+    id="execute-query-cancelled",
+    trigger=stepline.TriggerEvent("stepline/function.cancelled", if_="event.data.function_id == 'execute-query'"),
+)
+def mark_cancelled(ctx: stepline.Context) -> None:
+    """A run cancelled from the API, the CLI or the dashboard: the job row says so, not ``processing``."""
+    jobs.mark_cancelled(ctx.event.data, "query_id", kind=KIND)

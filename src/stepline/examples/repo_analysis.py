@@ -114,3 +114,12 @@ async def analyze_repo(ctx: stepline.Context) -> dict[str, Any]:
     await ctx.step.run("save-results", save_results, job["job_id"], analysis)
     await ctx.set_progress(100, "done")
     return analysis
+
+
+@app.function(
+    id="analyze-repo-cancelled",
+    trigger=stepline.TriggerEvent("stepline/function.cancelled", if_="event.data.function_id == 'analyze-repo'"),
+)
+def mark_cancelled(ctx: stepline.Context) -> None:
+    """A run cancelled from the API, the CLI or the dashboard: the job row says so, not ``processing``."""
+    jobs.mark_cancelled(ctx.event.data, "job_id", kind=KIND)

@@ -83,3 +83,12 @@ async def generate_screens(ctx: stepline.Context) -> dict[str, Any]:
                             prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"], cost_usd=cost)["status"],
     )
     return {"job_id": job_id, "screen_count": len(results), "usage": usage, "cost_usd": cost}
+
+
+@app.function(
+    id="screen-generation-cancelled",
+    trigger=stepline.TriggerEvent("stepline/function.cancelled", if_="event.data.function_id == 'screen-generation'"),
+)
+def mark_cancelled(ctx: stepline.Context) -> None:
+    """A run cancelled from the API, the CLI or the dashboard: the job row says so, not ``processing``."""
+    jobs.mark_cancelled(ctx.event.data, "job_id", kind=KIND)

@@ -12,6 +12,8 @@ from stepline import event as event_mod
 
 # Inngest's names for the events the engine makes itself, and Stepline's.
 TO_STEPLINE = {
+    "inngest/function.finished": event_mod.FUNCTION_FINISHED,
+    "inngest/function.cancelled": event_mod.FUNCTION_CANCELLED,
     "inngest/function.failed": event_mod.FUNCTION_FAILED,
     "inngest/function.invoked": event_mod.FUNCTION_INVOKED,
     "inngest/scheduled.timer": event_mod.SCHEDULED_TIMER,

@@ -565,35 +565,7 @@ def finish_many_txn(conn: db.Conn, items: list[FinishItem]) -> list[None | error
 
 
 def _end_held_runs_txn(conn: db.Conn, items: list[tuple[str, str, str | None, str | None, int]]) -> None:
-    ended = ops_runs.end_runs_txn(conn, items)
-    for (run_id, status, _, error, now), did_end in zip(items, ended):
-        if did_end and status == RunStatus.FAILED:
-            _send_failed_event_txn(conn, run_id, error, now)
-
-
-def _send_failed_event_txn(conn: db.Conn, run_id: str, error: str | None, now: int) -> None:
-    # Only a failure needs the event and config (ending the run changes neither).
-    row = conn.one(
-        "SELECT r.function_id, e.body, f.config FROM runs r JOIN events e ON e.id = r.event_id "
-        "LEFT JOIN functions f ON f.id = r.function_id WHERE r.id = ?",
-        (run_id,),
-    )
-    if row is None:
-        return
-    cfg = jsonutil.loads(row["config"]) if row["config"] else {}
-    if cfg.get("failure_handler_for"):
-        return  # a failing on_failure handler is logged by the worker, never looped
-    failed = event_mod.Event(
-        name=event_mod.FUNCTION_FAILED,
-        data={
-            "function_id": row["function_id"],
-            "run_id": run_id,
-            "error": jsonutil.loads(error) if error else {},
-            "event": jsonutil.loads(row["body"]),
-        },
-        ts=now,
-    )
-    ops_ingest.ingest_txn(conn, [failed], now)
+    ops_runs.end_runs_txn(conn, items)  # it also sends function.finished, .failed and .cancelled
 
 
 def heartbeat_txn(conn: db.Conn, worker_id: str, leases: list[Lease], lease_ms: int) -> Renewal:

@@ -402,6 +402,7 @@ def end_runs_txn(conn: db.Conn, items: list[tuple[str, str, str | None, str | No
                 if key is not None:
                     flow.unpark(conn, key, 1, item[4])
         _end_side_rows_txn(conn, run, item)
+    _send_ended_events_txn(conn, [item for _, item in ending])
     done = {item[0] for _, item in ending}
     return [item[0] in done for item in items]
 
@@ -448,6 +449,82 @@ def _end_side_rows_txn(
         )
     if updated:
         make_due_txn(conn, run["parent_run_id"], now)
+
+
+_STATUS_NAMES = {RunStatus.COMPLETED: "Completed", RunStatus.FAILED: "Failed", RunStatus.CANCELLED: "Cancelled"}
+# A run started by one of these events tells of its own end with none (no loops), as in Inngest.
+_ENDING_TRIGGERS = frozenset({event_mod.FUNCTION_FINISHED, event_mod.FUNCTION_FAILED})
+
+
+def _listened(conn: db.Conn, name: str) -> bool:
+    """Whether a function's trigger or a run's wait listens for events named ``name``."""
+    from stepline.store import ops_ingest  # ingest builds on this module
+
+    if ops_ingest.matching_functions(conn, name):
+        return True
+    note_names_without_waits_txn(conn, {name})
+    return name not in conn.memo.get(_NO_WAITS, ())
+
+
+def _send_ended_events_txn(conn: db.Conn, items: list[tuple[str, str, str | None, str | None, int]]) -> None:
+    """Tell of each run that ended, in the transaction that ends it: ``function.finished``,
+    with ``function.failed`` or ``function.cancelled`` (Inngest's names and data shape).
+
+    A failure is always told (``on_failure`` hears of it that way); finished and cancelled
+    are written only when a function or a wait listens for them, so the runs nobody
+    watches write no event.
+    """
+    from stepline.store import ops_ingest  # ingest builds on this module
+
+    wanted: dict[str, tuple[list[str], str, str | None, str | None, int]] = {}
+    for run_id, status, output, error, now in items:
+        names = [event_mod.FUNCTION_FINISHED]
+        if status == RunStatus.FAILED:
+            names.append(event_mod.FUNCTION_FAILED)
+        elif status == RunStatus.CANCELLED:
+            names.append(event_mod.FUNCTION_CANCELLED)
+        names = [name for name in names if name == event_mod.FUNCTION_FAILED or _listened(conn, name)]
+        if names:
+            wanted[run_id] = (names, status, output, error, now)
+    if not wanted:
+        return
+    marks, params = db.in_list(list(wanted))
+    rows = conn.all(
+        "SELECT r.id, r.function_id, r.batch_event_ids, r.parent_run_id, r.parent_step_key, e.name, e.body "
+        f"FROM runs r JOIN events e ON e.id = r.event_id WHERE r.id IN ({marks})",
+        params,
+    )
+    told: list[event_mod.Event] = []
+    for row in rows:
+        if row["name"] in _ENDING_TRIGGERS:
+            continue
+        names, status, output, error, now = wanted[row["id"]]
+        body = jsonutil.loads(row["body"])
+        data: dict[str, Any] = {
+            "function_id": row["function_id"],
+            "run_id": row["id"],
+            "event": body,
+            "events": _batch_bodies(conn, row["batch_event_ids"]) or [body],
+            "_inngest": {"status": _STATUS_NAMES[RunStatus(status)]},
+        }
+        if status == RunStatus.COMPLETED:
+            data["result"] = jsonutil.loads(output) if output is not None else None
+        elif status == RunStatus.FAILED:
+            data["error"] = jsonutil.loads(error) if error else {}
+        if row["parent_run_id"] is not None:
+            data["correlation_id"] = f"{row['parent_run_id']}.{row['parent_step_key']}"
+        told.extend(event_mod.Event(name=name, data=data, ts=now) for name in names)
+    if told:
+        ops_ingest.ingest_txn(conn, told, max(item[4] for item in wanted.values()))
+
+
+def _batch_bodies(conn: db.Conn, batch_event_ids: str | None) -> list[dict[str, Any]]:
+    ids_ = jsonutil.loads(batch_event_ids) if batch_event_ids else []
+    if not ids_:
+        return []
+    marks, params = db.in_list(ids_)
+    bodies = {r["id"]: jsonutil.loads(r["body"]) for r in conn.all(f"SELECT id, body FROM events WHERE id IN ({marks})", params)}
+    return [bodies[i] for i in ids_ if i in bodies]
 
 
 def cancel_run_txn(conn: db.Conn, run_id: str, now: int, reason: str) -> str:
