@@ -3,10 +3,11 @@
 
 One process sweeps at a time: a sweep starts by taking the ``maintenance`` lease, and
 only once the last sweep (by any process) finished ``STEPLINE_RETENTION_INTERVAL`` ago.
-A sweep is many small transactions through the store's writer (a couple of hundred runs
-each, with everything that is theirs alone), each followed by a pause twice as long as
-it took, so other writes of the process wait at most one small batch and the sweep takes
-at most about a third of the writer's time. The policy is read when a sweep starts: a
+A sweep is many small transactions (a hundred runs each, with everything that is theirs
+alone), each followed by a pause twice as long as it took. On SQLite they go through the
+process's writer, so other writes wait at most one small batch (about 2 ms) and the sweep
+takes at most a third of the writer's time; on PostgreSQL they run on a connection of
+their own (``write_aside``), beside the writer rather than in its way. The policy is read when a sweep starts: a
 lowered retention applies to what is already stored.
 
 On SQLite, a sweep ends by handing most of the pages it freed back to the file system
@@ -34,8 +35,8 @@ log = logging.getLogger("stepline.retention")
 T = TypeVar("T")
 
 LEASE_MS = 60_000  # a sweeper that stops extending its lease (each batch does) loses it after this
-RUNS_PER_BATCH = 200
-ROWS_PER_BATCH = 1000
+RUNS_PER_BATCH = 100
+ROWS_PER_BATCH = 500
 PAUSE_FACTOR = 2.0  # pause after a batch, in multiples of the time it took
 MIN_PAUSE = 0.01
 VACUUM_PAGES = 256  # pages handed back per transaction (1 MiB at 4 KiB pages)

@@ -333,6 +333,12 @@ class Database(abc.ABC):
         self._jobs.put(_Job(op, future, loop))
         return await future
 
+    async def write_aside(self, op: Op[T]) -> T:
+        """Run ``op`` in a transaction of its own, off the group commit where the backend lets
+        writers work side by side (PostgreSQL): for background chores such as retention, so
+        they never hold up the writer. Elsewhere the same as ``write``."""
+        return await self.write(op)
+
     async def write_item(self, kind: Batched, item: Any) -> Any:
         """Add ``item`` to the next group commit's shared ``kind`` operation; returns its result."""
         return await self.submit_item(kind, item)

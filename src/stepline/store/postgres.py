@@ -282,6 +282,9 @@ class PostgresDatabase(db.Database):
         self._pool_size = pool_size_for(0)
         self._pool: psycopg_pool.ConnectionPool[Any] | None = None
         self._read_threads = concurrent.futures.ThreadPoolExecutor(READ_THREADS, thread_name_prefix="stepline-pg-read")
+        # Background chores (retention) write on a connection of their own, one at a time.
+        self._aside_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="stepline-pg-aside")
+        self._aside: _Link | None = None
         self._listener: threading.Thread | None = None
         self._listening = threading.Event()
         self._new_runs = 0
@@ -328,8 +331,25 @@ class PostgresDatabase(db.Database):
         self._closing.set()
         await super().close()
 
+    async def write_aside(self, op: db.Op[db.T]) -> db.T:
+        if self._closed:
+            raise RuntimeError("the store is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._aside_thread, self._write_aside_sync, op)
+
+    def _write_aside_sync(self, op: db.Op[Any]) -> Any:
+        """``op`` alone in a transaction on the side connection, with the writer's handling of
+        lost connections, deadlocks and in-doubt commits (``_run_batch``)."""
+        if self._aside is None:
+            self._aside = _Link(self.url, "maintenance", self._closing)
+        ((ok, value),), _ = self._run_batch(self._aside, [op])
+        if not ok:
+            raise db._store_error(value) if self._unavailable(value) else value
+        return value
+
     async def _close_readers(self) -> None:
         loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._aside_thread, self._drop_aside)
+        self._aside_thread.shutdown(wait=False)
         if self._listener is not None:
             await loop.run_in_executor(None, self._listener.join, 5.0)
             self._listener = None
@@ -337,6 +357,11 @@ class PostgresDatabase(db.Database):
             await loop.run_in_executor(None, functools.partial(self._pool.close, timeout=5.0))
             self._pool = None
         self._read_threads.shutdown(wait=False)
+
+    def _drop_aside(self) -> None:
+        if self._aside is not None:
+            self._aside.drop()
+            self._aside = None
 
     # --- the writer ----------------------------------------------------------------
 

@@ -390,25 +390,25 @@ class Store:
 
     async def _write_or_rehearse(self, op: Callable[[db.Conn], T], rehearse: bool) -> T:
         if not rehearse:
-            return await self.db.write(op)
+            return await self.db.write_aside(op)
 
         def rehearsal(conn: db.Conn) -> T:
             raise _Rehearsed(op(conn))  # an operation that raises is rolled back alone
 
         try:
-            await self.db.write(rehearsal)
+            await self.db.write_aside(rehearsal)
         except _Rehearsed as done:
             return done.result  # type: ignore[no-any-return]
         raise AssertionError("unreachable: a rehearsal always raises")
 
     async def acquire_sweep(self, owner: str, lease_ms: int, min_gap_ms: int) -> ops_retention.SweepLease | None:
-        return await self.db.write(
+        return await self.db.write_aside(
             self._at_commit(ops_retention.acquire_txn, owner=owner, lease_ms=lease_ms, min_gap_ms=min_gap_ms)
         )
 
     async def finish_sweep(self, lease: ops_retention.SweepLease, summary: dict[str, Any] | None) -> None:
         """Give the sweep up; with a ``summary`` it counts as done (others wait an interval)."""
-        await self.db.write(self._at_commit(ops_retention.finish_txn, lease=lease, summary=summary))
+        await self.db.write_aside(self._at_commit(ops_retention.finish_txn, lease=lease, summary=summary))
 
     async def sweep_status(self) -> dict[str, Any]:
         return await self.db.read(ops_retention.status_txn)
