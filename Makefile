@@ -26,6 +26,7 @@ test: $(STAMP) $(CHROMIUM)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
 
 bench: $(STAMP)
 	$(PY) -m bench.run_all
