@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from stepline import durations, errors
 from stepline import event as events_mod
 from stepline import function as fn
+from stepline.budgets import Spend
 from stepline.event import Event
 
 
@@ -19,6 +20,10 @@ class Runtime(Protocol):
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    async def call_within_budgets(
+        self, app: App, event: Mapping[str, Any], spend: Spend, call: Callable[[], Awaitable[dict[str, Any]]], ttl_s: float
+    ) -> dict[str, Any]: ...
 
 
 class App:
@@ -139,6 +144,16 @@ class App:
         """Send one event or a list; returns the ids once they are durably stored."""
         items = [events] if isinstance(events, (dict, Event)) else list(events)
         return await self._require_runtime().send_many(items)
+
+    async def call_within_budgets(
+        self, event: Mapping[str, Any], spend: Spend, call: Callable[[], Awaitable[dict[str, Any]]], ttl_s: float = 900.0
+    ) -> dict[str, Any]:
+        """Make a model call outside any run (``Router``'s quick path) under the budgets a run
+        of ``event`` would meet (the app's, and those of the functions ``event`` triggers):
+        its worst case is reserved, its cost settled and filed in ``llm_usage`` with the
+        user. Raises ``BudgetExceeded`` when a budget has no room; ``ttl_s``: how long the
+        reservation holds if this process dies before settling it."""
+        return await self._require_runtime().call_within_budgets(self, event, spend, call, ttl_s)
 
 
 def _cel_string(text: str) -> str:

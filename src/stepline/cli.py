@@ -299,11 +299,13 @@ def runs() -> None:
     """List, show, cancel and replay runs (through the server's API)."""
 
 
-def _api(method: str, url: str | None, path: str, **params: Any) -> Any:
+def _api(method: str, url: str | None, path: str, *, json_body: Any = None, **params: Any) -> Any:
+    """One call of the server's API: ``params`` go in the query, ``json_body`` in the body."""
     token = os.environ.get("STEPLINE_API_TOKEN", "")
     headers = {"authorization": f"Bearer {token}"} if token else {}
+    query = {k: v for k, v in params.items() if v is not None}
     try:
-        response = httpx.request(method, _base_url(url) + path, params={k: v for k, v in params.items() if v is not None}, headers=headers, timeout=10)
+        response = httpx.request(method, _base_url(url) + path, params=query, json=json_body, headers=headers, timeout=10)
     except httpx.HTTPError as exc:
         raise click.ClickException(f"cannot reach the server at {_base_url(url)}: {exc}; is `stepline dev` running?") from exc
     body = response.json()
@@ -388,6 +390,7 @@ def runs_replay(run_id: str, url: str | None) -> None:
 
 main.add_command(importlib.import_module("stepline.inngest.cli").apps)  # `stepline apps`: Inngest SDK apps
 main.add_command(importlib.import_module("stepline.cli_admin").admin)  # `stepline admin`: retention, sizes, backups
+main.add_command(importlib.import_module("stepline.cli_budgets").budgets)  # `stepline budgets`: spend, limits, overrides
 
 
 if __name__ == "__main__":

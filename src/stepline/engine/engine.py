@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from stepline import errors
 from stepline import event as event_mod
 from stepline.app import App
-from stepline.engine import cron, retention
+from stepline.budgets import Spend
+from stepline.engine import budget_gate, cron, retention
 from stepline.engine.executor import Services
 from stepline.engine.worker import Worker, new_worker_id
 from stepline.function import Function, TriggerCron
@@ -149,6 +150,19 @@ class Engine:
 
     async def send(self, event: dict[str, Any] | event_mod.Event) -> str:
         return (await self.send_many([event]))[0]
+
+    async def call_within_budgets(
+        self, app: App, event: Mapping[str, Any], spend: Spend, call: Callable[[], Awaitable[dict[str, Any]]], ttl_s: float
+    ) -> dict[str, Any]:
+        """A model call outside any run, under ``app``'s budgets for ``event`` (see ``App.call_within_budgets``)."""
+        return await budget_gate.DirectGate(self.store, app).call(event, spend, call, ttl_s)
+
+    async def set_budget_limit(
+        self, budget_id: str, key: str, limit_usd: float | None, limit_tokens: int | None
+    ) -> dict[str, Any]:
+        """Override one budget key's limits (both None: the declared ones again); the runs
+        paused on it are made due at once, each reserving again."""
+        return await self.store.set_budget_limit(budget_id, key, limit_usd, limit_tokens)
 
     # --- runs ------------------------------------------------------------------------
 

@@ -12,13 +12,15 @@ import os
 import re
 import uuid
 from collections.abc import Iterable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from stepline import errors
-from stepline.llm import tokens
+from stepline.llm import budget, tokens
 from stepline.llm.client import LLM, default_llm, normalise_messages
 
 DEFAULT_EVENT = "llm/generate.requested"
+# A direct call's reservation holds at least this long if its process dies before settling it.
+DIRECT_RESERVATION_S = 900.0
 _REASONING = re.compile(r"(^o\d)|(-r1\b)|reason|think|qwq", re.IGNORECASE)
 
 
@@ -26,6 +28,15 @@ class Sender(Protocol):
     """Something that sends events: a running ``stepline.App`` or a ``stepline.AsyncClient``."""
 
     async def send(self, events: Any) -> list[str]: ...
+
+
+@runtime_checkable
+class BudgetedSender(Protocol):
+    """A sender that can also make a call under the app's budgets (a running ``stepline.App``)."""
+
+    async def send(self, events: Any) -> list[str]: ...
+
+    async def call_within_budgets(self, event: Any, spend: Any, call: Any, ttl_s: float = ...) -> dict[str, Any]: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,15 +142,37 @@ class Router:
         """
         chat = normalise_messages(messages)
         route = self.route(model, chat)
+        job_id = job_id or uuid.uuid4().hex
+        payload = {"job_id": job_id, "user_id": user_id, "model": model, "messages": chat, "params": params, **(data or {})}
+        event = {"name": self.event, "data": payload, "user": {"id": user_id}}
         if not route.queued:
-            completion = await self.llm.complete(model=model, messages=chat, **params)
-            return {"status": "completed", "job_id": None, "route": route.reason, **completion.to_dict()}
+            try:
+                result = await self._direct(event, model, chat, params)
+            except errors.BudgetExceeded as exc:
+                if exc.on_exceeded != "pause" or self.sender is None:
+                    raise
+                # Queued instead: its run waits until the budget has room, nothing is lost.
+                route = Route(True, f"budget {exc.budget!r} has no room for key {exc.key!r}", route.estimated_tokens)
+            else:
+                return {"status": "completed", "job_id": None, "route": route.reason, **result}
         if self.sender is None:
             raise errors.ConfigError(
                 "Router: this call must be queued but the router has no sender; pass sender= your running "
                 "stepline.App or a stepline.AsyncClient"
             )
-        job_id = job_id or uuid.uuid4().hex
-        payload = {"job_id": job_id, "user_id": user_id, "model": model, "messages": chat, "params": params, **(data or {})}
-        ids = await self.sender.send({"name": self.event, "data": payload, "user": {"id": user_id}})
+        ids = await self.sender.send(event)
         return {"job_id": job_id, "status": "pending", "event_id": ids[0], "model": model, "route": route.reason}
+
+    async def _direct(self, event: dict[str, Any], model: str, chat: list[dict[str, Any]], params: dict[str, Any]) -> dict[str, Any]:
+        """A quick call now; with a running App as the sender, under the budgets a run of
+        ``event`` would meet, and filed in ``llm_usage`` with the user."""
+        llm = self.llm
+
+        async def call() -> dict[str, Any]:
+            return (await llm.complete(model=model, messages=chat, **params)).to_dict()
+
+        if not isinstance(self.sender, BudgetedSender):
+            return await call()
+        target, _ = llm.resolve(model)
+        hold_s = max(DIRECT_RESERVATION_S, target.connect_timeout + target.read_timeout)
+        return await self.sender.call_within_budgets(event, budget.spend(llm, model, chat, None, params), call, hold_s)

@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from stepline.engine import Engine
 from stepline.server import (
+    api_budgets,
     api_events,
     api_metrics,
     api_runs,
@@ -29,6 +30,7 @@ from stepline.server.responses import problem
 def core_routes() -> list[Any]:
     return [
         *api_metrics.routes(),
+        *api_budgets.routes(),
         *api_events.routes(),
         *api_runs.routes(),
         *openapi.routes(),

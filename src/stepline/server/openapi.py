@@ -124,6 +124,7 @@ METRICS = _obj(
         },
         "usage_by_day": {"type": "array", "items": _obj({"day": {"type": "string", "format": "date"}, **USAGE})},
         "usage_by_user": {"type": "array", "items": _obj({"user_id": NSTR, **USAGE})},
+        "usage_by_model": {"type": "array", "items": _obj({"provider": NSTR, "model": STR, **USAGE})},
         "window_seconds": {"type": "number"},
         "days": INT,
     }
@@ -143,10 +144,30 @@ EVENT_IN = {
     "additionalProperties": False,
 }
 
+NUM = {"type": "number"}
+BUDGET_KEY = _obj(
+    {
+        "budget": STR, "key": STR, "scope": NSTR, "period": {"oneOf": [NUM, STR]}, "period_start": INT,
+        "period_end": INT, "spent_usd": NUM, "spent_tokens": INT, "reserved_usd": NUM, "reserved_tokens": INT,
+        "calls": INT, "limit_usd": NNUM, "limit_tokens": NINT,
+        "override": _nullable(_obj({"limit_usd": NNUM, "limit_tokens": NINT})), "on_exceeded": STR,
+        "exceeded": {"type": "boolean"}, "paused_runs": INT,
+    }
+)
+BUDGET_LIMITS_IN = {
+    "type": "object",
+    "properties": {
+        "limit_usd": {"type": "number", "minimum": 0, "nullable": True},
+        "limit_tokens": {"type": "integer", "minimum": 1, "nullable": True},
+    },
+    "minProperties": 1,
+    "additionalProperties": False,
+}
+
 SCHEMAS = {
     "Run": RUN, "RunDetail": RUN_DETAIL, "Step": STEP, "Attempt": ATTEMPT, "Event": EVENT,
     "EventSummary": EVENT_SUMMARY, "EventDetail": EVENT_DETAIL, "Function": FUNCTION, "Metrics": METRICS,
-    "Problem": PROBLEM, "EventIn": EVENT_IN,
+    "Problem": PROBLEM, "EventIn": EVENT_IN, "BudgetKey": BUDGET_KEY,
 }
 
 
@@ -272,6 +293,22 @@ def document() -> dict[str, Any]:
                 _q("window", {"type": "string", "enum": ["5m", "15m", "1h", "6h", "24h", "7d", "30d"]},
                    "run stats window (any duration like 90m works; default 1h)"),
                 _q("days", {"type": "integer", "minimum": 1, "maximum": 366}, "days of token and cost history")])},
+        "/api/v1/budgets": {"get": _op(
+            "Cost budgets: each key's spend, calls in flight (reserved) and limit in its current period",
+            {**_ok(_obj({"budgets": {"type": "array", "items": {"type": "object"}},
+                         "data": {"type": "array", "items": ref("BudgetKey")}})), **_problems(400, 401, 404)},
+            tag="budgets", params=[_q("budget", STR, "one budget's keys"),
+                                   _q("limit", {"type": "integer", "minimum": 1, "maximum": 5000}, "keys at most (default 500)")])},
+        "/api/v1/budgets/{budget}/{key}": {
+            "get": _op("One budget key in its current period", {**_ok(ref("BudgetKey")), **_problems(400, 401, 404)},
+                       params=[_path("budget"), _path("key")], tag="budgets"),
+            "put": _op(
+                "Override one key's limits (null removes one; both null: the declared limits); its paused runs resume",
+                {**_ok({"allOf": [ref("BudgetKey"), _obj({"resumed_runs": {"type": "array", "items": STR}})]}),
+                 **_problems(400, 401, 403, 404, 413)},
+                params=[_path("budget"), _path("key")], tag="budgets",
+                body={"required": True, "content": _json(BUDGET_LIMITS_IN)}),
+        },
         "/metrics": {"get": _op(
             "Prometheus text exposition", {"200": {"description": "metrics", "content": {"text/plain": {"schema": STR}}},
                                            **_problems(401)}, tag="metrics")},

@@ -220,4 +220,5 @@ def overview_txn(conn: db.Conn, *, now: int, since_ms: int, usage_since_ms: int)
         "functions": functions,
         "usage_by_day": usage_by_day_txn(conn, usage_since_ms),
         "usage_by_user": usage_by_user_txn(conn, usage_since_ms),
+        "usage_by_model": usage_by_model_txn(conn, usage_since_ms),
     }
