@@ -17,6 +17,7 @@ REPO = str(Path(__file__).resolve().parents[2])
 APP = "tests.chaos.app:app"
 EVENT_KEY = "chaos-event-key"
 API_TOKEN = "chaos-api-token"
+MAX_FAILED_STARTS = 3  # a slot whose processes keep dying while starting fails the run
 
 
 def free_port() -> int:
@@ -35,6 +36,7 @@ class Slot:
     port: int | None = None
     proc: subprocess.Popen[bytes] | None = None
     log: Path | None = None
+    failed_starts: int = 0  # processes in a row that exited before they finished starting
 
     @property
     def url(self) -> str | None:
@@ -82,6 +84,9 @@ class Cluster:
     # --- processes -----------------------------------------------------------------------
 
     def spawn(self, slot: Slot) -> None:
+        if slot.failed_starts >= MAX_FAILED_STARTS:
+            tail = slot.log.read_text(errors="replace")[-2000:] if slot.log else ""
+            raise AssertionError(f"{slot.name}: {slot.failed_starts} processes in a row exited while starting:\n{tail}")
         self.started += 1
         slot.log = self.logs / f"{slot.name}.{self.started}.log"
         with open(slot.log, "wb") as out:
@@ -120,6 +125,7 @@ class Cluster:
         killed_at = time.time()
         proc.wait(10)
         self.process_ends[proc.pid] = killed_at
+        slot.failed_starts = 0  # killed, not failed: a kill during start-up says nothing
         return proc.pid, killed_at
 
     def reap(self) -> list[tuple[Slot, int]]:
@@ -129,6 +135,7 @@ class Cluster:
             proc = slot.proc
             if proc is not None and proc.poll() is not None and proc.pid not in self.process_ends:
                 self.process_ends[proc.pid] = time.time()
+                slot.failed_starts = 0 if self.is_ready(slot) else slot.failed_starts + 1
                 exited.append((slot, proc.pid))
         return exited
 

@@ -145,7 +145,7 @@ class Chaos:
     def __init__(self, plan: Plan, cluster: Cluster, db: Database, rng: random.Random) -> None:
         self.plan, self.cluster, self.db, self.rng = plan, cluster, db, rng
         self.faults: list[Fault] = []
-        self.failures: list[str] = []  # an injector that raised: the run is then not what it says
+        self.failures: list[str] = []  # an injector that raised, a process that cannot start: the run stops
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._main, name="chaos-faults", daemon=True)
 
@@ -176,9 +176,13 @@ class Chaos:
         injectors = self._injectors()
         bag: list[str] = []  # each kind once per round, in a random order: none is left out
         while not self._stop.wait(self.rng.uniform(*self.plan.gap)):  # a random moment
-            for slot, pid in self.cluster.reap():  # died by itself: note it, start another
-                self.faults.append(Fault("exit", slot.name, self.cluster.process_ends[pid], self.cluster.process_ends[pid], pid=pid))
-                self.cluster.spawn(slot)
+            try:
+                for slot, pid in self.cluster.reap():  # died by itself: note it, start another
+                    self.faults.append(Fault("exit", slot.name, self.cluster.process_ends[pid], self.cluster.process_ends[pid], pid=pid))
+                    self.cluster.spawn(slot)
+            except AssertionError as exc:  # a process that cannot start: the run is over
+                self.failures.append(str(exc))
+                return
             if not self.plan.faults:
                 continue
             if not bag:
@@ -226,7 +230,7 @@ def run(plan: Plan, directory: Path) -> Outcome:
         for slot, pid in cluster.reap():
             chaos.faults.append(Fault("exit", slot.name, cluster.process_ends[pid], cluster.process_ends[pid], pid=pid))
         if chaos.failures:
-            raise AssertionError(f"a fault injector failed: {chaos.failures}\n{cluster.log_tails()}")
+            raise AssertionError(f"the chaos run stopped early: {chaos.failures}\n{cluster.log_tails()}")
         seen = _observe(db, plan, load, chaos.faults, cluster.process_ends, audit_log)
     auditor.save(seen, directory / auditor.OBSERVED_FILE)
     outcome = Outcome(plan, auditor.audit(seen), load.errors, load.unacknowledged, settled, directory)
