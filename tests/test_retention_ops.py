@@ -57,7 +57,7 @@ def metric(text: str, name: str, **labels: str) -> float | None:
     return None if found is None else float(found.group(1))
 
 
-def test_a_server_sweeps_in_the_background_and_metrics_show_it(serve: ServeFactory) -> None:
+def test_a_server_sweeps_in_the_background_and_metrics_show_it(serve: ServeFactory) -> None:  # noqa: F811
     server = serve(quick_app(), retention=0.2, retention_interval=0.2)
     client = httpx.Client(base_url=server.url, timeout=10)
     for _ in range(3):
@@ -297,12 +297,19 @@ async def test_sqlite_gives_the_space_of_a_big_prune_back_to_the_file_system(sql
         report = await engine.retention.sweep(force=True)
         assert report is not None and report.deleted["runs"] == 150
         after = await engine.store.file_space()
+        shrunk = await eventually(lambda: _wal_truncated(engine), what="the WAL truncated once the process is idle")
     finally:
         await engine.stop(grace=1.0)
     print(f"\npages before the prune {grown['page_count']}, after {after['page_count']} (free kept {after['freelist_count']})")
     assert after["page_count"] * 3 < grown["page_count"]
     assert after["freelist_count"] <= max(retention_mod.MIN_FREE_PAGES_KEPT, after["page_count"] * retention_mod.FREE_PAGES_KEPT)
     assert os.path.getsize(sqlite_url) <= grown["page_count"] * grown["page_size"]
+    assert shrunk["wal_bytes"] == 0 and grown["wal_bytes"] > 0
+
+
+async def _wal_truncated(engine: Engine) -> dict[str, Any] | None:
+    space = await engine.store.file_space()
+    return space if space["wal_bytes"] == 0 else None
 
 
 async def _count_completed(engine: Engine, count: int) -> bool:

@@ -315,9 +315,10 @@ def prune_events_txn(
     state = _hold(conn, lease, lease_ms)
     mark = after or state.get("events_after") or _FIRST
     rows = conn.all(
-        "SELECT id, received_at FROM events WHERE received_at < ? AND (received_at, id) > (?, ?) "
+        # received_at >= ? lets the index on received_at alone start at the watermark
+        "SELECT id, received_at FROM events WHERE received_at < ? AND received_at >= ? AND (received_at, id) > (?, ?) "
         "ORDER BY received_at, id LIMIT ?",
-        (cutoff, int(mark[0]), str(mark[1]), limit),
+        (cutoff, int(mark[0]), int(mark[0]), str(mark[1]), limit),
     )
     if not rows:
         return Batch({}, (int(mark[0]), str(mark[1])), True)
@@ -340,9 +341,9 @@ def prune_usage_txn(
     state = _hold(conn, lease, lease_ms)
     mark = after or state.get("usage_after") or _FIRST
     rows = conn.all(
-        "SELECT run_id, created_at FROM llm_usage WHERE created_at < ? AND (created_at, run_id) > (?, ?) "
+        "SELECT run_id, created_at FROM llm_usage WHERE created_at < ? AND created_at >= ? AND (created_at, run_id) > (?, ?) "
         "ORDER BY created_at, run_id LIMIT ?",
-        (cutoff, int(mark[0]), str(mark[1]), limit),
+        (cutoff, int(mark[0]), int(mark[0]), str(mark[1]), limit),
     )
     if not rows:
         return Batch({}, (int(mark[0]), str(mark[1])), True)

@@ -108,7 +108,7 @@ class _Checkpointer:
     waits for, or blocks, the writer or readers)."""
 
     INTERVAL = 0.2  # seconds between checkpoints while commits keep coming
-    IDLE = 1.0  # seconds without a commit before a requested TRUNCATE checkpoint runs
+    IDLE = 1.0  # seconds without a commit that wrote before a requested TRUNCATE checkpoint runs
     TRUNCATE_BUSY_MS = 100  # how long that checkpoint may wait for readers (writers wait meanwhile)
 
     def __init__(self, path: str) -> None:
@@ -116,11 +116,14 @@ class _Checkpointer:
         self._dirty = threading.Event()
         self._stopping = threading.Event()
         self._truncate = threading.Event()
+        self._wrote = threading.Event()  # a commit changed rows (a worker's empty claims do not)
         self._thread = threading.Thread(target=self._loop, name="stepline-sqlite-checkpoint", daemon=True)
         self._thread.start()
 
-    def committed(self) -> None:
+    def committed(self, wrote: bool = True) -> None:
         self._dirty.set()
+        if wrote:
+            self._wrote.set()
 
     def truncate_when_idle(self) -> None:
         """Shrink the WAL file to nothing at the next moment no commit comes for ``IDLE`` s."""
@@ -130,6 +133,7 @@ class _Checkpointer:
     def stop(self) -> None:
         self._stopping.set()
         self._dirty.set()
+        self._wrote.set()  # not waiting for an idle moment any more
         self._thread.join(timeout=10)
 
     def _loop(self) -> None:
@@ -144,8 +148,10 @@ class _Checkpointer:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 except sqlite3.Error:
                     pass  # busy or locked: the next round catches up
-                if self._truncate.is_set() and not self._dirty.wait(self.IDLE):
-                    self._truncate_wal(conn)
+                if self._truncate.is_set():
+                    self._wrote.clear()
+                    if not self._wrote.wait(self.IDLE):
+                        self._truncate_wal(conn)
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         finally:
             conn.close()
@@ -227,6 +233,7 @@ class SQLiteDatabase(db.Database):
     def _run_batch(self, conn: sqlite3.Connection, ops: list[db.Op[Any]]) -> tuple[list[tuple[bool, Any]], bool]:
         wrapped = SQLiteConn(conn)
         outcomes: list[tuple[bool, Any]] = []
+        changes = conn.total_changes
         self._begin(conn)
         try:
             if len(ops) == 1:
@@ -246,7 +253,7 @@ class SQLiteDatabase(db.Database):
                         outcomes.append((False, exc))
             conn.execute("COMMIT")
             if self._checkpointer is not None:
-                self._checkpointer.committed()
+                self._checkpointer.committed(wrote=conn.total_changes != changes)
         except Exception as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
