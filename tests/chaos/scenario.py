@@ -75,12 +75,17 @@ class Outcome:
     settled: bool  # every run reached a terminal status before the deadline
     directory: Path  # audit log, processes' logs, observed.json (to audit again), report.txt
 
+    def tracebacks(self) -> int:
+        """Errors the processes logged (not a check: the auditor judges; a lead when it fails)."""
+        return sum(log.read_text(errors="replace").count("Traceback (most recent call last)") for log in (self.directory / "logs").glob("*.log"))
+
     def text(self, limit: int = 20) -> str:
         head = (
             f"chaos {self.plan.backend}: {self.plan.seconds:.0f} s of {', '.join(self.plan.faults) or 'no faults'}, lease {self.plan.lease} s, "
             f"fencing {'default' if self.plan.fencing is None else int(self.plan.fencing)}, "
             f"{f'async s2 held {self.plan.hold[0]:g}-{self.plan.hold[1]:g} s, ' if self.plan.hold else ''}seed {self.plan.seed}; "
-            f"load errors {self.load_errors}, never acknowledged {len(self.unacknowledged)}, settled {self.settled}\n"
+            f"load errors {self.load_errors}, never acknowledged {len(self.unacknowledged)}, settled {self.settled}, "
+            f"tracebacks in the processes' logs {self.tracebacks()}\n"
             f"  files: {self.directory}"
         )
         return head + "\n" + self.report.text(limit)
