@@ -7,6 +7,7 @@ import datetime as dt
 
 import stepline
 from tests.helpers import eventually, runs_for_event, wait_run
+from tests.test_handoff import query
 
 
 def started(run: dict) -> float:
@@ -87,8 +88,9 @@ async def test_debounce_collapses_a_burst_into_one_run_with_the_last_event(make_
     await engine.send({"name": "t/doc.edited", "data": {"doc": "d2", "rev": 99}})
     pending = await engine.list_runs(function_id="reindex")
     assert {r["wait_reason"] for r in pending} == {"debouncing"}
-    runs = await finished_runs(engine, "reindex", 2)
-    await asyncio.sleep(0.5)
+    await finished_runs(engine, "reindex", 2)
+    # Both windows closed with their runs (no debounce row is left to start another).
+    assert query(engine.settings.db, "SELECT COUNT(*) FROM debounces WHERE function_id = 'reindex'") == [(0,)]
     runs = await engine.list_runs(function_id="reindex")
     assert sorted(r["output"] for r in runs) == [5, 99]
 
@@ -215,5 +217,7 @@ async def test_throttle_state_survives_a_restart(make_engine) -> None:
     second = await make_engine(app)
     late = (await runs_for_event(second, await second.send({"name": "t/thr"})))[0]
     assert late["wait_reason"] == "throttled"  # the slot used before the restart still counts
-    await asyncio.sleep(0.3)
+    # It is due only once the slot taken before the restart has passed: not now.
+    ((due_at,),) = query(second.settings.db, "SELECT due_at FROM queue WHERE run_id = ?", (late["id"],))
+    assert due_at > second.store.now_ms()
     assert (await second.get_run(late["id"]))["status"] == "queued"
