@@ -73,6 +73,7 @@ function ms(v) {
   return `${(v / 3600000).toFixed(1)} h`;
 }
 
+const money = (v) => `$${Number(v).toFixed(v !== 0 && Math.abs(v) < 0.01 ? 6 : 2)}`;
 const badge = (status) => h("span", { class: `badge ${status}`, "data-status": status }, status);
 const short = (id) => id ? id.slice(-8) : "—";
 const json = (v) => h("pre", { class: "json" }, JSON.stringify(v, null, 2));
@@ -252,8 +253,17 @@ function timeline(run) {
     rows.length ? rows : h("p", { class: "muted" }, "No steps yet."));
 }
 
+function budgetWaitText(b) {
+  // A run paused on a cost budget: which budget and key, where it stands, and until when.
+  const spent = b.limit_usd !== null ? `${money(b.spent_usd)} of ${money(b.limit_usd)}` : `${b.spent_tokens} of ${b.limit_tokens} tokens`;
+  const need = b.limit_usd !== null ? money(b.call_usd) : `${b.call_tokens} tokens`;
+  return `Not running now: budget exceeded (budget ${b.budget} for key ${b.key} has spent ${spent}; step ${b.step} may cost up to ${need}) ` +
+    `until ${new Date(b.period_end).toISOString().replace("T", " ").slice(0, 16)} UTC, or until the limit is raised`;
+}
+
 function waitText(run) {
   // Why a run that has not ended is not executing, with the step and time it waits on.
+  if (run.budget) return budgetWaitText(run.budget);
   const reason = run.wait_reason.replaceAll("_", " ");
   const held = run.steps.find((st) => ["sleeping", "waiting", "invoking", "retrying"].includes(st.status));
   if (!held) return `Not running now: ${reason}`;
@@ -485,6 +495,13 @@ async function metricsPage(params) {
           columnChart(m.usage_by_day, { label: (r) => r.day.slice(5), value: (r) => r.cost_usd, format: usd, color: "var(--warn)", testid: "chart-cost" })),
         h("section", { class: "card" }, h("h2", {}, "Tokens per day"),
           columnChart(m.usage_by_day, { label: (r) => r.day.slice(5), value: (r) => r.total_tokens, format: (v) => v >= 1000 ? `${(v / 1000).toFixed(1)}k` : String(v), testid: "chart-tokens" })),
+        h("section", { class: "card" }, h("h2", {}, "Cost per model"),
+          (m.usage_by_model || []).length ? h("table", { class: "grid small", "data-testid": "usage-by-model" },
+            h("thead", {}, h("tr", {}, ["Model", "Provider", "Calls", "Tokens", "Cost"].map((t) => h("th", {}, t)))),
+            h("tbody", {}, [...m.usage_by_model].sort((a, b) => b.cost_usd - a.cost_usd).slice(0, 12).map((u) => h("tr", {},
+              h("td", { class: "mono" }, u.model), h("td", {}, u.provider || "—"), h("td", { class: "num" }, u.calls),
+              h("td", { class: "num" }, u.total_tokens), h("td", { class: "num" }, usd(u.cost_usd))))))
+            : h("p", { class: "muted" }, "No model calls recorded in this period.")),
         h("section", { class: "card" }, h("h2", {}, "Cost per user"),
           m.usage_by_user.length ? h("table", { class: "grid small" },
             h("thead", {}, h("tr", {}, ["User", "Calls", "Tokens", "Cost"].map((t) => h("th", {}, t)))),
@@ -499,6 +516,100 @@ async function metricsPage(params) {
   if (gen !== generation) return;
   setPage("Metrics", h("div", { class: "row" }, picker, h("span", { class: "live" }, "● live")), body);
   every(5, () => load().catch(() => {}));
+}
+
+// --- budgets -------------------------------------------------------------------------
+
+function spendCell(k) {
+  // Spent (and reserved by calls in flight) against the limit, as a bar and as text.
+  const byUsd = k.limit_usd !== null;
+  const spent = byUsd ? k.spent_usd : k.spent_tokens;
+  const reserved = byUsd ? k.reserved_usd : k.reserved_tokens;
+  const limit = byUsd ? k.limit_usd : k.limit_tokens;
+  const fmt = byUsd ? money : (v) => `${v} tok`;
+  const pct = limit ? Math.min(100, ((spent + reserved) / limit) * 100) : 0;
+  return h("div", { class: "spend" },
+    h("div", { class: "progress", title: `${fmt(spent)} spent, ${fmt(reserved)} reserved` },
+      h("div", { class: `bar${pct >= 100 ? " full" : ""}`, style: `width:${pct}%` })),
+    h("span", { class: "small" }, `${fmt(spent)} of ${limit === null ? "no limit" : fmt(limit)}`,
+      reserved ? h("span", { class: "muted" }, ` (+${fmt(reserved)} in flight)`) : ""));
+}
+
+function periodLabel(p) {
+  if (typeof p !== "number") return p;  // "month"
+  for (const [unit, s] of [["d", 86400], ["h", 3600], ["m", 60]]) if (p % s === 0) return `${p / s}${unit}`;
+  return `${p}s`;
+}
+
+function limitCell(k) {
+  const parts = [];
+  if (k.limit_usd !== null) parts.push(money(k.limit_usd));
+  if (k.limit_tokens !== null) parts.push(`${k.limit_tokens} tokens`);
+  return h("span", {}, parts.join(" + ") || "none", k.override ? h("span", { class: "tag", title: "set by an operator" }, "override") : "");
+}
+
+async function budgetsPage(params) {
+  const only = params.get("budget") || "";
+  const declared = h("div", { "data-testid": "declared-budgets" });
+  const table = h("table", { class: "grid", "data-testid": "budgets" });
+  const form = h("form", { class: "card send", "data-testid": "budget-override", onsubmit: async (ev) => {
+    ev.preventDefault();
+    const f = form.elements;
+    const num = (name, parse) => f.namedItem(name).value.trim() === "" ? null : parse(f.namedItem(name).value);
+    const body = { limit_usd: num("limit_usd", Number), limit_tokens: num("limit_tokens", (v) => parseInt(v, 10)) };
+    const path = `/api/v1/budgets/${encodeURIComponent(f.namedItem("budget").value)}/${encodeURIComponent(f.namedItem("key").value)}`;
+    try {
+      const r = await api(path, { method: "PUT", body: JSON.stringify(body) });
+      toast(r.resumed_runs.length ? `Limit set; ${r.resumed_runs.length} paused run(s) resumed` : "Limit set");
+      load();
+    } catch (e) { toast(e.message, true); }
+  } },
+    h("h2", {}, "Set one key's limit"),
+    h("label", {}, "Budget", h("select", { name: "budget", required: true })),
+    h("label", {}, "Key", h("input", { name: "key", required: true, placeholder: "user id, or * without a key", size: 18 })),
+    h("label", {}, "Limit (USD)", h("input", { name: "limit_usd", type: "number", min: "0", step: "any", size: 8 })),
+    h("label", {}, "Limit (tokens)", h("input", { name: "limit_tokens", type: "number", min: "1", step: "1", size: 10 })),
+    h("button", { type: "submit", class: "primary" }, "Set limit"),
+    h("span", { class: "muted small" }, "Both empty: back to the declared limits. Paused runs of the key resume at once."),
+  );
+
+  function pick(k) {
+    form.elements.namedItem("budget").value = k.budget;
+    form.elements.namedItem("key").value = k.key;
+    form.elements.namedItem("limit_usd").value = k.limit_usd === null ? "" : k.limit_usd;
+    form.elements.namedItem("limit_tokens").value = k.limit_tokens === null ? "" : k.limit_tokens;
+    form.scrollIntoView({ behavior: "smooth" });
+  }
+
+  async function load() {
+    const b = await api(`/api/v1/budgets${only ? `?budget=${encodeURIComponent(only)}` : ""}`);
+    const select = form.elements.namedItem("budget");
+    if (!select.options.length) select.append(...b.budgets.map((d) => h("option", { value: d.name }, d.name)));
+    declared.replaceChildren(b.budgets.length ? h("ul", { class: "small" }, b.budgets.map((d) => h("li", {},
+      h("strong", { class: "mono" }, d.name), ` — ${d.scope} budget per ${d.key || "everything"}, `,
+      [d.limit_usd !== null ? (typeof d.limit_usd === "string" ? `limit_usd ${d.limit_usd}` : money(d.limit_usd)) : "",
+       d.limit_tokens !== null ? `${d.limit_tokens} tokens` : ""].filter(Boolean).join(" + "),
+      ` per ${periodLabel(d.period)}, on exceeded ${d.on_exceeded} (${d.functions.join(", ")})`)))
+      : h("p", { class: "muted" }, "No budgets declared. Give a function budgets=[stepline.Budget(limit_usd=5.0, period=\"1d\", key=\"event.data.user_id\")]."));
+    table.replaceChildren(
+      h("thead", {}, h("tr", {}, ["Budget", "Key", "Spent this period", "Limit", "Period ends (UTC)", "Paused runs", ""].map((t) => h("th", {}, t)))),
+      h("tbody", {}, b.data.length ? b.data.map((k) => h("tr", { "data-budget-key": `${k.budget}/${k.key}` },
+        h("td", { class: "mono" }, h("a", { href: `#/budgets?budget=${encodeURIComponent(k.budget)}` }, k.budget)),
+        h("td", { class: "mono" }, k.key),
+        h("td", {}, spendCell(k), k.exceeded ? h("span", { class: "tag bad", title: "refused a call this period" }, "exceeded") : ""),
+        h("td", {}, limitCell(k)),
+        h("td", { class: "small" }, new Date(k.period_end).toISOString().replace("T", " ").slice(0, 16)),
+        h("td", { class: "num" + (k.paused_runs ? " bad" : "") }, k.paused_runs || "·"),
+        h("td", {}, h("button", { class: "link", onclick: () => pick(k) }, "Set limit…")),
+      )) : h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No key has spent anything this period."))),
+    );
+  }
+  const gen = generation;
+  try { await load(); } catch (e) { return setPage("Budgets", errorBox(e)); }
+  if (gen !== generation) return;
+  setPage("Budgets", declared, h("div", { class: "row" }, h("span", { class: "live" }, "● live"),
+    only ? h("a", { href: "#/budgets", class: "button" }, "All budgets") : ""), table, form);
+  every(3, () => load().catch(() => {}));
 }
 
 // --- routing -------------------------------------------------------------------------
@@ -516,6 +627,7 @@ async function route() {
   if (parts[0] === "events" && parts[1]) return eventPage(decodeURIComponent(parts[1]));
   if (parts[0] === "events") return eventsPage();
   if (parts[0] === "metrics") return metricsPage(params);
+  if (parts[0] === "budgets") return budgetsPage(params);
   if (parts[0] === "runs" && parts[1]) return runPage(decodeURIComponent(parts[1]));
   return runsPage(params);
 }
