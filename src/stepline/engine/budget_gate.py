@@ -16,7 +16,7 @@ import dataclasses
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from stepline import budgets, errors, ids
+from stepline import budgets, errors, expressions, ids
 from stepline import event as event_mod
 from stepline.budgets import Charge, Check
 from stepline.function import Function, TriggerEvent
@@ -118,9 +118,13 @@ class DirectGate:
 
     def checks_for(self, event: Mapping[str, Any]) -> list[Check]:
         name = str(event.get("name") or "")
+        variables = {"event": dict(event)}
         triggered = [
             fn for fn in self._functions
-            if any(isinstance(t, TriggerEvent) and _matches(t.event, name) for t in fn.config.triggers)
+            if any(
+                isinstance(t, TriggerEvent) and _matches(t.event, name) and expressions.match_checked(t.if_, variables)[0]
+                for t in fn.config.triggers
+            )
         ]
         found = declared(triggered)
         names = {b["name"] for b in found}
