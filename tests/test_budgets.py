@@ -286,6 +286,8 @@ async def test_tokens_billed_to_a_failed_attempt_are_recorded_on_it_and_counted(
     state = await key_state(engine, "chat:1d:user_id", "u1")
     assert state["calls"] == 3
     assert state["spent_usd"] == pytest.approx(run["output"]["cost_usd"] + sum(b["cost_usd"] for b in billed))
+    usage = await engine.store.run_usage(run["id"])  # the cost views count them too
+    assert usage["calls"] == 3 and usage["cost_usd"] == pytest.approx(state["spent_usd"], abs=1e-6)
 
 
 # --- app budgets ---------------------------------------------------------------------

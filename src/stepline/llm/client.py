@@ -251,7 +251,10 @@ class LLM:
                 cache_write_tokens=usage.cache_write_tokens,
             )
         cost, source = self.prices.cost(target, model, usage, reported)
-        return {"usage": usage.to_dict(), "cost_usd": cost, "cost_source": source, "estimated": estimated}
+        return {
+            "provider": target.name, "model": model, "usage": usage.to_dict(), "cost_usd": cost, "cost_source": source,
+            "estimated": estimated,
+        }
 
     def _completion(self, target: Provider, model: str, acc: Any, latency_ms: int) -> Completion:
         if target.wire == "openai":

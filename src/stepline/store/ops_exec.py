@@ -317,6 +317,7 @@ def _checkpoint_extras(conn: db.Conn, run_id: str, step: StepResult) -> None:
             "ON CONFLICT (run_id, step_key, attempt) DO NOTHING",
             (run_id, step.key, step.attempt, step.error, step.started_at, step.ended_at),
         )
+        _record_billed_usage(conn, run_id, step.key, step.attempt, step.error, step.ended_at)
 
 
 def _held_many(conn: db.Conn, run_ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -356,6 +357,29 @@ def checkpoint_many_txn(conn: db.Conn, items: list[tuple[Lease, StepResult, int]
     for run_id, step in saved:
         _checkpoint_extras(conn, run_id, step)
     return out
+
+
+def _record_billed_usage(conn: db.Conn, run_id: str, key: str, attempt: int, error: str | None, at: int) -> None:
+    """A failed model call's billed tokens (``billed`` in its error: output had begun) in
+    ``llm_usage`` as step ``key@attempt``, so cost views count what the provider charged."""
+    if not error or '"billed"' not in error:
+        return
+    billed = (jsonutil.loads(error) or {}).get("billed")
+    if not isinstance(billed, dict):
+        return
+    usage = billed.get("usage") or {}
+    conn.execute(
+        "INSERT INTO llm_usage (run_id, step_key, function_id, user_id, provider, model, prompt_tokens, "
+        "completion_tokens, reasoning_tokens, cached_tokens, cost_usd, latency_ms, created_at) "
+        "SELECT id, ?, function_id, user_id, ?, ?, ?, ?, ?, ?, ?, NULL, ? FROM runs WHERE id = ? "
+        "ON CONFLICT (run_id, step_key) DO NOTHING",
+        (
+            f"{key}@{attempt}", billed.get("provider"), billed.get("model") or "unknown",
+            int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0),
+            int(usage.get("reasoning_tokens") or 0), int(usage.get("cached_tokens") or 0),
+            float(billed.get("cost_usd") or 0.0), at, run_id,
+        ),
+    )
 
 
 def _record_llm_usage(conn: db.Conn, run_id: str, step: StepResult) -> None:
@@ -443,6 +467,7 @@ def suspend_txn(conn: db.Conn, lease: Lease, suspensions: list[Suspension], seq:
                 "ON CONFLICT (run_id, step_key, attempt) DO NOTHING",
                 (run_id, item.key, item.attempt, item.error, item.started_at or now, now),
             )
+            _record_billed_usage(conn, run_id, item.key, item.attempt, item.error, now)
         elif item.kind == "sleep":
             _insert_pending_step(conn, run_id, step, seq, StepStatus.SLEEPING, item.due_at)
         elif item.kind == "wait":
