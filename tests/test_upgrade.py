@@ -23,7 +23,7 @@ import pytest
 import stepline
 from stepline import jsonutil
 from stepline.engine import Engine
-from stepline.store import migrate, open_store
+from stepline.store import Lease, migrate, open_store
 from tests.conftest import TEST_SETTINGS, _pg_admin, pg_url
 from tests.helpers import eventually, wait_run
 from tests.test_migrations import apply_first
@@ -211,3 +211,24 @@ async def test_runs_of_the_previous_release_carry_on_after_the_upgrade(empty_db:
 
 async def _no_runs(engine: Engine) -> bool:
     return await engine.list_runs() == []
+
+
+async def test_a_run_parked_by_a_worker_of_the_previous_release_is_woken_by_a_new_one(make_engine, db_url: str) -> None:
+    """In a rolling deploy, an old worker parks a run behind a concurrency limit without the
+    claim order that migration 0011 added; a new worker freeing the slot still wakes it."""
+    app = stepline.App("mixed-release")
+
+    @app.function(id="capped", trigger=stepline.TriggerEvent("mixed/go"), concurrency=[stepline.Concurrency(limit=1)])
+    async def capped(ctx: stepline.Context) -> str:
+        return "ran"
+
+    sender = await make_engine(app, run_worker=False)
+    first, second = (await sender.send_many([{"name": "mixed/go", "data": {}}] * 2))
+    run_ids = [r["id"] for e in (first, second) for r in (await sender.store.get_event(e))["runs"]]
+    (claimed,), _ = await sender.store.claim("old-worker", ["capped"], 2, 60_000)  # takes the one slot
+    parked = [r for r in run_ids if r != claimed.run_id][0]
+    # As a worker of the previous release parks it: no parked_score.
+    execute(db_url, [("UPDATE queue SET parked_on = ck1, parked_score = NULL, due_at = ? WHERE run_id = ?", (9_999_999_999_999, parked))])
+    await sender.store.finish_run(Lease(claimed.run_id, "old-worker", claimed.epoch), "completed", '"ran"', None)
+    worker = await make_engine(app)
+    assert (await wait_run(worker, parked))["status"] == "completed"

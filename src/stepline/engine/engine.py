@@ -213,6 +213,29 @@ class Engine:
                     self.worker.executor.cancel_local(item["id"])
         return results
 
+    # --- functions (the dashboard's function page, `stepline functions`) ------------------
+
+    async def pause_function(self, function_id: str, mode: str = "queue", reason: str | None = None) -> dict[str, Any]:
+        """Pause a function on every process: ``queue`` holds its runs (new ones, and those
+        that come due: a sleep's end, a retry) until it resumes; ``skip`` also starts no
+        runs for its events and cron ticks. A run executing now goes on until it suspends."""
+        return await self.store.pause_function(function_id, mode, reason)
+
+    async def resume_function(self, function_id: str) -> dict[str, Any]:
+        """Resume a paused function; the runs its pause held start in the order they came."""
+        return await self.store.resume_function(function_id)
+
+    async def invoke_function(self, function_id: str, data: dict[str, Any]) -> tuple[str, str | None]:
+        """Start a run of one function now with ``data`` (a test from the dashboard), whatever
+        its triggers: (event id, run id)."""
+        return await self.store.invoke_function(function_id, data)
+
+    async def bulk_replay(
+        self, function_id: str, *, since_ms: int | None = None, until_ms: int | None = None, limit: int = 1000
+    ) -> dict[str, Any]:
+        """Replay each run of one function that failed in [since, until) and has no replay yet."""
+        return await self.store.bulk_replay(function_id, since_ms, until_ms, limit)
+
     def remove_publish_listener(self, callback: Callable[[str], None]) -> None:
         if callback in self._publish_listeners:
             self._publish_listeners.remove(callback)

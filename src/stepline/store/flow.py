@@ -155,7 +155,7 @@ def unpark(conn: db.Conn, key: str, count: int, now: int) -> int:
     )
     conn.executemany(
         "UPDATE queue SET parked_on = NULL, parked_score = NULL, due_at = ? WHERE run_id = ?",
-        [(min(now, int(r["parked_score"]) + int(r["priority_ms"])), r["run_id"]) for r in rows],
+        [(_unparked_due(r, now), r["run_id"]) for r in rows],
     )
     if rows:
         conn.wake()
@@ -186,3 +186,12 @@ def unpark_sweep(conn: db.Conn, now: int, max_keys: int = 200) -> int:
 
 
 NEVER = 253402300799000
+
+
+def _unparked_due(row: dict[str, Any], now: int) -> int:
+    """A woken run's due time: when it was due before it parked (now at the latest). A run
+    parked by a worker of the release before migration 0011 has no score (a rolling deploy
+    runs both side by side): it is due now."""
+    if row["parked_score"] is None:
+        return now
+    return min(now, int(row["parked_score"]) + int(row["priority_ms"]))

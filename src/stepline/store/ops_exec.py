@@ -16,7 +16,7 @@ from typing import Any
 
 from stepline import errors, jsonutil
 from stepline import event as event_mod
-from stepline.store import db, flow, ops_admission, ops_budget, ops_ingest, ops_runs
+from stepline.store import db, flow, ops_admission, ops_budget, ops_functions, ops_ingest, ops_runs
 from stepline.store.records import (
     TERMINAL,
     ClaimedRun,
@@ -87,12 +87,18 @@ def claim_txn(
     lock = conn.skip_locked()
     # Each row also says when the next run after these falls due, saving a query.
     candidates = conn.all(
-        f"SELECT run_id, ck1, cl1, ck2, cl2, (SELECT MIN(due_at) FROM queue WHERE lease_owner IS NULL AND due_at > ? "
-        f"AND function_id IN ({fns})) AS next_due FROM queue WHERE lease_owner IS NULL AND due_at <= ? "
+        f"SELECT run_id, function_id, ck1, cl1, ck2, cl2, (SELECT MIN(due_at) FROM queue WHERE lease_owner IS NULL AND due_at > ? "
+        f"AND function_id IN ({fns})) AS next_due, "
+        "(SELECT mode FROM function_pauses p WHERE p.function_id = queue.function_id) AS paused "
+        f"FROM queue WHERE lease_owner IS NULL AND due_at <= ? "
         f"AND function_id IN ({fns}) ORDER BY (due_at - priority_ms) LIMIT ? {lock}",
         (now, *function_ids, now, *function_ids, limit),
     )
     candidates = [r for r in candidates if r["run_id"] not in exclude]
+    held = [r for r in candidates if r["paused"] is not None]  # their function is paused: set aside
+    if held:
+        ops_functions.hold_paused_txn(conn, held, now)
+        candidates = [r for r in candidates if r["paused"] is None]
     expired: list[str] = []
     if reclaim_expired and len(candidates) < limit:
         # A crashed or stalled worker's runs: they already hold their concurrency slots, so no check.
@@ -107,7 +113,7 @@ def claim_txn(
         ][: limit - len(candidates)]
     admitted, parked = _admit_by_concurrency(conn, candidates, now)
     claimed = _lease_and_load_txn(conn, admitted + expired, worker_id, now, lease_ms, leased_at)
-    if parked:
+    if parked or held:
         return claimed, now  # more ready rows may sit behind the parked ones: look again at once
     if candidates:
         return claimed, candidates[0]["next_due"]
@@ -674,8 +680,8 @@ def fire_cron_txn(conn: db.Conn, function_id: str, position: int, tick: int, nex
     ):
         return None
     cfg = ops_runs.function_config_txn(conn, function_id)
-    if cfg is None:
-        return None
+    if cfg is None or ops_functions.pause_mode_txn(conn, function_id) == "skip":
+        return None  # a function paused in skip mode lets its ticks pass
     row = conn.one("SELECT cron FROM cron_schedules WHERE function_id = ? AND position = ?", (function_id, position))
     event_id, body = ops_runs.insert_internal_event_txn(
         conn, event_mod.SCHEDULED_TIMER, {"cron": row["cron"] if row else "", "tick": tick}, now

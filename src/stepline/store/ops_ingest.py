@@ -11,6 +11,7 @@ from stepline.store import db, ops_admission, ops_runs
 from stepline.store.records import HandOff
 
 DEDUP_WINDOW_MS = 24 * 3600 * 1000
+FUNCTION_PAUSED = "function_paused"  # the skip reason of a function paused in skip mode
 
 
 def ingest_txn(
@@ -50,7 +51,7 @@ def ingest_txn(
                 "ON CONFLICT (external_id) DO UPDATE SET event_id = excluded.event_id, expires_at = excluded.expires_at",
                 (ev.id, event_id, now + DEDUP_WINDOW_MS),
             )
-        _note_failures_txn(conn, event_id, ops_runs.resolve_waits_txn(conn, body, now))
+        _note_failures_txn(conn, event_id, ops_runs.resolve_waits_txn(conn, body, now, event_id=event_id))
         start_triggered_runs_txn(conn, event_id, body, now, handoff)
         out.append(event_id)
     if handoff is not None and handoff.taken:
@@ -93,8 +94,9 @@ def wildcard_covers(pattern: str, name: str) -> bool:
     return pattern.endswith("*") and prefix[-1:] in ("/", ".") and len(name) > len(prefix) and name.startswith(prefix)
 
 
-def matching_functions(conn: db.Conn, name: str) -> list[tuple[str, str | None, StoredConfig]]:
-    """(function id, trigger ``if``, config) of each function an event called ``name`` triggers.
+def matching_functions(conn: db.Conn, name: str) -> list[tuple[str, str | None, StoredConfig, str | None]]:
+    """(function id, trigger ``if``, config, pause mode or None) of each function an event
+    called ``name`` triggers.
 
     Triggers on the name itself and every wildcard trigger come in one query (wildcards
     are few: one per declared trigger), and the wildcards are matched here.
@@ -103,12 +105,13 @@ def matching_functions(conn: db.Conn, name: str) -> list[tuple[str, str | None, 
     matching = triggers.get(name)
     if matching is None:
         rows = conn.all(
-            "SELECT t.function_id, t.event_name, t.expression, f.config FROM triggers t JOIN functions f ON f.id = t.function_id "
+            "SELECT t.function_id, t.event_name, t.expression, f.config, p.mode AS paused FROM triggers t "
+            "JOIN functions f ON f.id = t.function_id LEFT JOIN function_pauses p ON p.function_id = t.function_id "
             "WHERE t.event_name = ? OR t.event_name LIKE '%*' ORDER BY t.function_id, t.position",
             (name,),
         )
         matching = triggers[name] = [
-            (r["function_id"], r["expression"], jsonutil.loads(r["config"]))
+            (r["function_id"], r["expression"], jsonutil.loads(r["config"]), r["paused"])
             for r in rows
             if r["event_name"] == name or wildcard_covers(r["event_name"], name)
         ]
@@ -127,7 +130,7 @@ def start_triggered_runs_txn(
     admitted: set[str] = set()
     skipped: dict[str, Any] = {}
     variables = {"event": body}
-    for fn_id, expression, cfg in matching:
+    for fn_id, expression, cfg, paused in matching:
         if fn_id in admitted:
             continue
         matched, failure = expressions.match_checked(expression, variables)
@@ -137,7 +140,11 @@ def start_triggered_runs_txn(
             continue
         admitted.add(fn_id)
         skipped.pop(fn_id, None)
-        reason = ops_admission.admit_txn(conn, cfg, event_id, body, now, handoff)
+        if paused == "skip":
+            skipped[fn_id] = FUNCTION_PAUSED
+            continue
+        # A paused function's runs wait in the queue (a claim sets them aside), never handed off.
+        reason = ops_admission.admit_txn(conn, cfg, event_id, body, now, None if paused else handoff)
         if reason is not None and not reason.startswith("batched"):
             skipped[fn_id] = reason
     for fn_id, reason in skipped.items():

@@ -36,6 +36,7 @@ TABLES: dict[str, str | None] = {
     "triggers": None,
     "cron_schedules": None,
     "dashboard_sessions": "created_at",
+    "function_pauses": "paused_at",
     "maintenance": None,
 }
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from stepline import expressions, jsonutil
-from stepline.store import db, ops_read
+from stepline.store import db, ops_functions, ops_read
 from stepline.store.records import TERMINAL_SQL, UNFINISHED
 
 HOUR_MS = 3600 * 1000
@@ -31,6 +31,7 @@ def functions_overview_txn(conn: db.Conn, now: int) -> list[dict[str, Any]]:
     ):
         recent.setdefault(r["function_id"], {})[r["status"]] = int(r["n"])
     out = []
+    paused = ops_functions.pauses_txn(conn)
     for row in conn.all("SELECT * FROM functions ORDER BY id"):
         fn_id = row["id"]
         live, last_hour = counts.get(fn_id, {}), recent.get(fn_id, {})
@@ -42,6 +43,7 @@ def functions_overview_txn(conn: db.Conn, now: int) -> list[dict[str, Any]]:
                 "triggers": config.get("triggers", []) if isinstance(config, dict) else [],
                 "config": config,
                 "updated_at": ops_read.iso(row["updated_at"]),
+                "paused": paused.get(fn_id),  # {mode, reason, paused_at} while paused
                 "counts": {
                     "queued": live.get("queued", 0),
                     "running": live.get("running", 0),

@@ -304,8 +304,11 @@ def note_new_wait(conn: db.Conn, event_name: str) -> None:
         absent.discard(event_name)
 
 
-def resolve_waits_txn(conn: db.Conn, body: dict[str, Any], now: int) -> list[tuple[str, dict[str, Any]]]:
-    """Hand an incoming event to the runs waiting for it (a step) or cancelled by it.
+def resolve_waits_txn(
+    conn: db.Conn, body: dict[str, Any], now: int, *, event_id: str | None = None
+) -> list[tuple[str, dict[str, Any]]]:
+    """Hand an incoming event to the runs waiting for it (a step) or cancelled by it
+    (each such run records ``event_id``, the stored event's id, as what cancelled it).
 
     Returns (function id, why) for each wait or cancel rule whose expression failed on
     this event: for the event that is no match.
@@ -330,7 +333,7 @@ def resolve_waits_txn(conn: db.Conn, body: dict[str, Any], now: int) -> list[tup
         if not matched:
             continue
         if row["step_key"] is None:
-            cancel_run_txn(conn, row["run_id"], now, f"cancelled by event {body['name']!r} (cancel_on)")
+            cancel_run_txn(conn, row["run_id"], now, f"cancelled by event {body['name']!r} (cancel_on)", by_event=event_id)
             continue
         conn.execute("DELETE FROM waits WHERE id = ?", (row["id"],))
         updated = conn.rowcount(
@@ -527,8 +530,9 @@ def _batch_bodies(conn: db.Conn, batch_event_ids: str | None) -> list[dict[str, 
     return [bodies[i] for i in ids_ if i in bodies]
 
 
-def cancel_run_txn(conn: db.Conn, run_id: str, now: int, reason: str) -> str:
+def cancel_run_txn(conn: db.Conn, run_id: str, now: int, reason: str, *, by_event: str | None = None) -> str:
     """Cancel a run: at once if no worker holds it, else at its next step boundary.
+    ``by_event``: the id of the event that cancelled it (a ``cancel_on`` rule), kept on the run.
 
     Returns the run's status afterwards: ``cancelled``, ``cancelling`` (a worker will
     stop it), or the terminal status it already had.
@@ -538,6 +542,8 @@ def cancel_run_txn(conn: db.Conn, run_id: str, now: int, reason: str) -> str:
         raise errors.NotFoundError(f"no run with id {run_id!r}")
     if run["status"] in TERMINAL:
         return str(run["status"])
+    if by_event is not None:
+        conn.execute("UPDATE runs SET cancelled_by = ? WHERE id = ?", (by_event, run_id))
     error = jsonutil.dumps({"name": "Cancelled", "message": reason})
     held = conn.one(
         f"SELECT 1 AS held FROM queue WHERE run_id = ? AND lease_owner IS NOT NULL AND lease_expires_at > {conn.clock_ms}",

@@ -49,6 +49,7 @@ class WaitReason(enum.StrEnum):
     DEBOUNCING = "debouncing"
     BATCHING = "batching"
     BUDGET_EXCEEDED = "budget_exceeded"  # an ai.infer step would pass a budget: until the period ends or the limit is raised
+    FUNCTION_PAUSED = "function_paused"  # its function is paused (queue mode): until it is resumed
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

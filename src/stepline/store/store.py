@@ -24,6 +24,7 @@ from stepline.store import (
     ops_admin,
     ops_budget,
     ops_exec,
+    ops_functions,
     ops_ingest,
     ops_maintenance,
     ops_metrics,
@@ -383,6 +384,47 @@ class Store:
                 reason=reason, limit=limit,
             )
         )
+
+    # --- functions as operators see them (ops_functions) ---------------------------------
+
+    async def pause_function(self, function_id: str, mode: str, reason: str | None) -> dict[str, Any]:
+        return await self.db.write(self._at_commit(ops_functions.pause_txn, function_id=function_id, mode=mode, reason=reason))
+
+    async def resume_function(self, function_id: str) -> dict[str, Any]:
+        return await self.db.write(self._at_commit(ops_functions.resume_txn, function_id=function_id))
+
+    async def paused_functions(self) -> dict[str, dict[str, Any]]:
+        return await self.db.read(ops_functions.pauses_txn)
+
+    async def function_detail(self, function_id: str, since_ms: int) -> dict[str, Any]:
+        return await self.db.read(
+            partial(ops_functions.function_detail_txn, function_id=function_id, now=self.now_ms(), since_ms=since_ms)
+        )
+
+    async def bulk_replay(self, function_id: str, since_ms: int | None, until_ms: int | None, limit: int) -> dict[str, Any]:
+        return await self.db.write(
+            self._at_commit(
+                ops_functions.bulk_replay_txn, function_id=function_id, since_ms=since_ms, until_ms=until_ms, limit=limit
+            )
+        )
+
+    async def run_links(self, run_id: str) -> dict[str, Any]:
+        return await self.db.read(partial(ops_functions.run_links_txn, run_id=run_id))
+
+    async def step_usage(self, run_id: str) -> dict[str, dict[str, Any]]:
+        return await self.db.read(partial(ops_functions.step_usage_txn, run_id=run_id))
+
+    async def run_schedule(self, run_id: str) -> dict[str, Any]:
+        return await self.db.read(partial(ops_functions.run_schedule_txn, run_id=run_id))
+
+    async def runs_cancelled_by(self, event_id: str) -> list[dict[str, Any]]:
+        return await self.db.read(partial(ops_functions.runs_cancelled_by_txn, event_id=event_id))
+
+    async def runs_ended_since(self, after: tuple[int, str], limit: int = 200) -> list[dict[str, Any]]:
+        return await self.db.read(partial(ops_functions.runs_ended_since_txn, after=after, limit=limit))
+
+    async def search(self, query: str, limit: int = 20) -> dict[str, Any]:
+        return await self.db.read(partial(ops_functions.search_txn, query=query, limit=limit))
 
     # --- retention and maintenance (ops_retention, ops_maintenance) -----------------------
     # A sweep is many short transactions; ``rehearse`` runs one and rolls it back, so a dry
