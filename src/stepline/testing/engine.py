@@ -105,7 +105,8 @@ class TestEngine:
     ) -> None:
         self.apps = _flatten(apps)
         self.clock = TestClock(start)
-        self.settings = settings or Settings()
+        # A test's database lives for one test: no retention sweeps (a skipped month would prune it).
+        self.settings = settings or Settings(retention_interval=0)
         self.timeout = timeout
         self._db = db
         self._directory: str | None = None
