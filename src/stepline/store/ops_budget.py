@@ -9,8 +9,8 @@ any number of processes see each other and never deadlock.
 What a key has spent in a period is a row of ``budget_spend``; what calls in flight
 hold is summed from their live rows in ``budget_reservations`` when needed, never kept
 as a total. A run's reservation lives while the run's queue row holds the lease it
-was made under; once the run ends, or its lease is lost or taken over, it stops
-counting (and the next reservation of that key deletes it). A direct call's
+was made under, unexpired; once the run ends, or its lease expires, is lost or taken
+over, it stops counting (and the next reservation of that key deletes it). A direct call's
 reservation (no run) lives until its ``expires_at``.
 
 A run refused under ``on_exceeded="pause"`` suspends (``pause_txn``, inside the
@@ -51,15 +51,20 @@ def _held(conn: db.Conn, lease: Lease) -> None:
 def _live(row: dict[str, Any], now: int) -> bool:
     if row["lease_owner"] is None:
         return row["expires_at"] is not None and row["expires_at"] > now
-    return row["q_owner"] == row["lease_owner"] and (row["lease_epoch"] is None or row["q_epoch"] == row["lease_epoch"])
+    # A worker stops its run before its lease can expire (see "Leases and fencing"): once
+    # expired, the call it reserved for is no longer in flight.
+    held = row["q_owner"] == row["lease_owner"] and (row["lease_epoch"] is None or row["q_epoch"] == row["lease_epoch"])
+    return held and bool(row["q_unexpired"])
 
 
 def _reservations(conn: db.Conn, budget_id: str, key: str, period_start: int, now: int) -> tuple[Charge, list[dict[str, Any]]]:
     """What live reservations hold on one (budget, key, period), and the stale rows."""
     rows = conn.all(
         "SELECT r.run_id, r.step_key, r.attempt, r.usd, r.tokens, r.lease_owner, r.lease_epoch, r.expires_at, "
-        "q.lease_owner AS q_owner, q.lease_epoch AS q_epoch FROM budget_reservations r "
-        "LEFT JOIN queue q ON q.run_id = r.run_id WHERE r.budget_id = ? AND r.key = ? AND r.period_start = ?",
+        "q.lease_owner AS q_owner, q.lease_epoch AS q_epoch, "
+        f"CASE WHEN q.lease_expires_at > {conn.clock_ms} THEN 1 ELSE 0 END AS q_unexpired "
+        "FROM budget_reservations r LEFT JOIN queue q ON q.run_id = r.run_id "
+        "WHERE r.budget_id = ? AND r.key = ? AND r.period_start = ?",
         (budget_id, key, period_start),
     )
     live = [r for r in rows if _live(r, now)]
