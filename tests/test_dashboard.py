@@ -237,3 +237,23 @@ def test_bulk_cancel_from_the_runs_page(serve, page: Page) -> None:  # noqa: F81
         page.get_by_test_id("bulk-cancel").click()
         expect(page.get_by_test_id("runs").locator("[data-status=cancelled]")).to_have_count(3)
         assert {client.get(f"/api/v1/runs/{r['id']}").json()["status"] for r in naps} == {"cancelled"}
+
+
+def test_sdk_steps_show_their_names(serve, page: Page, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """An Inngest SDK app's steps are keyed by hashed ids; the page shows the names."""
+    from tests.inngest_apps import py_app
+    from tests.inngest_apps.harness import ThreadServer, free_port
+
+    server: LiveServer = serve(server_apps.app)  # a worker, which takes on the SDK app's functions once it syncs
+    monkeypatch.setenv("INNGEST_DEV", server.url)
+    port = free_port()
+    with ThreadServer(py_app.build(py_app.Recorder()), port), httpx.Client(base_url=server.url, timeout=30) as client:
+        client.post("/api/v1/inngest/apps", json={"url": f"http://127.0.0.1:{port}/api/inngest"}).raise_for_status()
+        event_id = client.post("/e/dev", json={"name": "py/steps", "data": {"name": "ada"}}).json()["ids"][0]
+        run = run_status(client, run_of_event(client, event_id)["id"])
+        page.goto(f"{server.url}/#/runs/{run['id']}")
+        names = page.get_by_test_id("timeline").locator(".step-name")
+        expect(names).to_have_count(2)
+        expect(names.first).to_have_text("first")
+        expect(names.nth(1)).to_have_text("second")
+        expect(names.first).to_have_attribute("title", re.compile(r"^[0-9a-f]{40}$"))  # the hashed id, on hover

@@ -76,5 +76,10 @@ def test_dev_syncs_sdk_url_and_runs_its_functions(dev_server: tuple[str, NodeApp
     run = _wait(completed, "the run to complete")
     shown = _cli("runs", "show", run["id"], "--url", url)
     assert "completed" in shown and "hello CLI" in shown
+    step_lines = [line.split()[0] for line in shown.splitlines() if line.startswith("  ") and not line.startswith("    ")]
+    assert step_lines == ["first", "second"]  # the SDK's step names, not their hashed ids
     resynced = _cli("apps", "sync", "--url", url)
     assert node.url in resynced and "error" not in resynced
+    removed = _cli("apps", "remove", "ts-app", "--url", url)
+    assert removed.startswith("removed ts-app:") and "ts-app-steps" in removed
+    assert "ts-app-steps" not in _cli("apps", "list", "--url", url)

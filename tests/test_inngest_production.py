@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 import httpx
@@ -9,7 +10,17 @@ import pytest
 
 from stepline.inngest import protocol, signing
 from tests.inngest_apps import py_app
-from tests.inngest_apps.harness import NodeApp, Server, ThreadServer, free_port, stepline_server
+from tests.inngest_apps.harness import (
+    PY_SDK_HERE,
+    PY_SDKS,
+    NodeApp,
+    PyAppProcess,
+    Server,
+    ThreadServer,
+    free_port,
+    python_with_sdk,
+    stepline_server,
+)
 
 KEY = "signkey-prod-" + "ab12" * 16
 WRONG = "signkey-prod-" + "cd34" * 16
@@ -91,3 +102,29 @@ async def test_python_sdk_in_production_mode(server: Server, monkeypatch: pytest
         assert run["status"] == "completed", run
         sent = (await server.engine.store.get_event(run["output"][0]))
         assert sent["name"] == "py/sent"
+
+
+@pytest.mark.parametrize("version", PY_SDKS)
+async def test_python_app_with_a_wrong_signing_key_is_reported_not_ok(
+    server: Server, version: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Python SDK answers the sync's PUT with 200 and our refusal in its body: the sync
+    must still be reported as failed, with the reason, as for the TypeScript SDK."""
+    env = cloud_env(server, WRONG)
+    with contextlib.ExitStack() as stack:
+        if version == PY_SDK_HERE:
+            for name, value in env.items():
+                monkeypatch.setenv(name, value)
+            port = free_port()
+            stack.enter_context(ThreadServer(py_app.build(py_app.Recorder()), port))
+            url = f"http://127.0.0.1:{port}/api/inngest"
+        else:
+            url = stack.enter_context(PyAppProcess(python_with_sdk(version), env)).url
+        status = await server.runtime.sync(url)
+        assert status.error is not None and "signing key" in status.error, status
+        async with httpx.AsyncClient(base_url=server.url, headers={"authorization": "Bearer token"}) as client:
+            listed = (await client.get("/api/v1/inngest/apps")).json()["data"]
+            resynced = (await client.post("/api/v1/inngest/apps/sync")).json()["data"]
+        assert [a["error"] for a in listed if a["url"] == url] == [status.error]
+        assert "signing key" in resynced[0]["error"]
+        assert not [f for f in await server.engine.store.list_functions() if f["app_id"] == "py-app"]

@@ -1,4 +1,6 @@
-"""The official Python SDK (FastAPI) against a Stepline server, over real HTTP on loopback."""
+"""The official Python SDK (FastAPI) against a Stepline server, over real HTTP on loopback:
+the release pinned by the dev extra in this process, and the newest release from a venv of
+its own (``.venv-sdk/``) in a process of its own."""
 
 from __future__ import annotations
 
@@ -11,14 +13,30 @@ import pytest
 
 from tests.helpers import eventually
 from tests.inngest_apps import py_app
-from tests.inngest_apps.harness import Server, ThreadServer, free_port, stepline_server
+from tests.inngest_apps.harness import (
+    PY_SDK_HERE,
+    PY_SDKS,
+    PyAppProcess,
+    Server,
+    ThreadServer,
+    free_port,
+    python_with_sdk,
+    stepline_server,
+)
 
 FN = py_app.APP_ID + "-"
 
 
-@pytest.fixture
-async def env(db_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Server, py_app.Recorder]]:
+@pytest.fixture(params=PY_SDKS)
+async def env(
+    request: pytest.FixtureRequest, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[Server, py_app.Recorder | PyAppProcess]]:
     async with stepline_server(db_url) as server:
+        if request.param != PY_SDK_HERE:
+            with PyAppProcess(python_with_sdk(request.param), {"INNGEST_DEV": server.url}) as app:
+                await server.sync(app.url)
+                yield server, app
+            return
         monkeypatch.setenv("INNGEST_DEV", server.url)  # the one setting an app needs to move
         rec = py_app.Recorder()
         port = free_port()
@@ -27,7 +45,7 @@ async def env(db_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tup
             yield server, rec
 
 
-async def test_sync_registers_functions_with_config(env: tuple[Server, py_app.Recorder]) -> None:
+async def test_sync_registers_functions_with_config(env: tuple[Server, py_app.Recorder | PyAppProcess]) -> None:
     server, _ = env
     functions = {f["id"]: f for f in await server.engine.store.list_functions()}
     assert FN + "steps" in functions and FN + "nonretry-failure" in functions
@@ -39,7 +57,7 @@ async def test_sync_registers_functions_with_config(env: tuple[Server, py_app.Re
     assert apps[0]["name"] == "py-app" and apps[0]["sdk"].startswith("py:") and apps[0]["error"] is None
 
 
-async def test_step_run_memoized_and_output(env: tuple[Server, py_app.Recorder]) -> None:
+async def test_step_run_memoized_and_output(env: tuple[Server, py_app.Recorder | PyAppProcess]) -> None:
     server, rec = env
     event_id = await server.send("py/steps", {"name": "ada"})
     run = await server.finished((await server.run_for(event_id, FN + "steps"))["id"])
@@ -47,10 +65,11 @@ async def test_step_run_memoized_and_output(env: tuple[Server, py_app.Recorder])
     assert run["output"] == {"greeting": "hello ADA", "attempt": 0}
     assert rec.counts["steps.first"] == 1 and rec.counts["steps.second"] == 1
     assert [s["meta"]["inngest"]["name"] for s in run["steps"]] == ["first", "second"]
+    assert [s["name"] for s in run["steps"]] == ["first", "second"]  # the names people read, not the hashes
     assert [s["output"] for s in run["steps"]] == ["ADA", "hello ADA"]
 
 
-async def test_sleep_suspends_and_resumes(env: tuple[Server, py_app.Recorder]) -> None:
+async def test_sleep_suspends_and_resumes(env: tuple[Server, py_app.Recorder | PyAppProcess]) -> None:
     server, rec = env
     event_id = await server.send("py/sleep")
     run_id = (await server.run_for(event_id, FN + "sleeper"))["id"]
@@ -62,7 +81,7 @@ async def test_sleep_suspends_and_resumes(env: tuple[Server, py_app.Recorder]) -
     assert kinds == ["run", "sleep", "run"]
 
 
-async def test_wait_for_event_match_and_timeout(env: tuple[Server, py_app.Recorder]) -> None:
+async def test_wait_for_event_match_and_timeout(env: tuple[Server, py_app.Recorder | PyAppProcess]) -> None:
     server, _ = env
     matched = (await server.run_for(await server.send("py/wait", {"id": "a"}), FN + "waiter"))["id"]
     timed_out = (await server.run_for(await server.send("py/wait", {"id": "b"}), FN + "waiter"))["id"]
@@ -75,7 +94,7 @@ async def test_wait_for_event_match_and_timeout(env: tuple[Server, py_app.Record
     assert run["status"] == "completed" and run["output"] is None
 
 
-async def test_invoke_returns_child_result(env: tuple[Server, py_app.Recorder]) -> None:
+async def test_invoke_returns_child_result(env: tuple[Server, py_app.Recorder | PyAppProcess]) -> None:
     server, _ = env
     run_id = (await server.run_for(await server.send("py/parent", {"n": 21}), FN + "parent"))["id"]
     run = await server.finished(run_id)
@@ -83,7 +102,7 @@ async def test_invoke_returns_child_result(env: tuple[Server, py_app.Recorder]) 
     assert run["output"] == {"child": {"doubled": 42, "event": "inngest/function.invoked"}}
 
 
-async def test_send_event_starts_other_function(env: tuple[Server, py_app.Recorder]) -> None:
+async def test_send_event_starts_other_function(env: tuple[Server, py_app.Recorder | PyAppProcess]) -> None:
     server, rec = env
     run = await server.finished((await server.run_for(await server.send("py/send", {"k": 7}), FN + "sender"))["id"])
     assert run["status"] == "completed" and len(run["output"]) == 1
@@ -91,7 +110,7 @@ async def test_send_event_starts_other_function(env: tuple[Server, py_app.Record
     assert rec.seen["on-sent"] == {"k": 7}
 
 
-async def test_parallel_steps_fan_in(env: tuple[Server, py_app.Recorder]) -> None:
+async def test_parallel_steps_fan_in(env: tuple[Server, py_app.Recorder | PyAppProcess]) -> None:
     server, rec = env
     run = await server.finished((await server.run_for(await server.send("py/parallel"), FN + "parallel"))["id"])
     assert run["status"] == "completed", run
@@ -99,7 +118,7 @@ async def test_parallel_steps_fan_in(env: tuple[Server, py_app.Recorder]) -> Non
     assert [rec.counts[f"parallel.{n}"] for n in (1, 2, 3)] == [1, 1, 1]
 
 
-async def test_step_retries_until_success(env: tuple[Server, py_app.Recorder]) -> None:
+async def test_step_retries_until_success(env: tuple[Server, py_app.Recorder | PyAppProcess]) -> None:
     server, rec = env
     run = await server.finished((await server.run_for(await server.send("py/flaky"), FN + "flaky"))["id"])
     assert run["status"] == "completed" and run["output"] == "ok after 3"
@@ -111,7 +130,7 @@ async def test_step_retries_until_success(env: tuple[Server, py_app.Recorder]) -
     ]
 
 
-async def test_non_retriable_error_fails_at_once_and_runs_on_failure(env: tuple[Server, py_app.Recorder]) -> None:
+async def test_non_retriable_error_fails_at_once_and_runs_on_failure(env: tuple[Server, py_app.Recorder | PyAppProcess]) -> None:
     server, rec = env
     run = await server.finished((await server.run_for(await server.send("py/nonretry"), FN + "nonretry"))["id"])
     assert run["status"] == "failed"
@@ -123,7 +142,7 @@ async def test_non_retriable_error_fails_at_once_and_runs_on_failure(env: tuple[
     assert seen["error"]["message"] == "permanent failure"
 
 
-async def test_retry_after_waits_as_told(env: tuple[Server, py_app.Recorder]) -> None:
+async def test_retry_after_waits_as_told(env: tuple[Server, py_app.Recorder | PyAppProcess]) -> None:
     server, rec = env
     run = await server.finished((await server.run_for(await server.send("py/retry-after"), FN + "retry-after"))["id"])
     assert run["status"] == "completed" and run["output"] == "done"
@@ -131,7 +150,7 @@ async def test_retry_after_waits_as_told(env: tuple[Server, py_app.Recorder]) ->
     assert second - first >= 1.5  # asked for 2 s; the test base backoff is 20 ms
 
 
-async def test_cancel_on_event_cancels_sleeping_run(env: tuple[Server, py_app.Recorder]) -> None:
+async def test_cancel_on_event_cancels_sleeping_run(env: tuple[Server, py_app.Recorder | PyAppProcess]) -> None:
     server, rec = env
     run_id = (await server.run_for(await server.send("py/long", {"id": "x"}), FN + "cancellable"))["id"]
     await server.status(run_id, "sleeping")
@@ -148,7 +167,7 @@ async def _async(value: Any) -> Any:
     return value
 
 
-async def test_function_level_error_retries_the_run(env: tuple[Server, py_app.Recorder]) -> None:
+async def test_function_level_error_retries_the_run(env: tuple[Server, py_app.Recorder | PyAppProcess]) -> None:
     server, rec = env
     run = await server.finished((await server.run_for(await server.send("py/fn-retry"), FN + "fn-retry"))["id"])
     assert run["status"] == "completed", run
@@ -157,7 +176,7 @@ async def test_function_level_error_retries_the_run(env: tuple[Server, py_app.Re
     assert [a["error"]["message"] for a in run["function_attempts"]] == ["flaky function body"]
 
 
-async def test_step_error_caught_in_user_code(env: tuple[Server, py_app.Recorder]) -> None:
+async def test_step_error_caught_in_user_code(env: tuple[Server, py_app.Recorder | PyAppProcess]) -> None:
     server, rec = env
     run = await server.finished((await server.run_for(await server.send("py/recover"), FN + "recover"))["id"])
     assert run["status"] == "completed", run
@@ -166,14 +185,14 @@ async def test_step_error_caught_in_user_code(env: tuple[Server, py_app.Recorder
     assert [s["status"] for s in run["steps"]] == ["failed", "completed"]
 
 
-async def test_invoked_child_failure_reaches_the_parent(env: tuple[Server, py_app.Recorder]) -> None:
+async def test_invoked_child_failure_reaches_the_parent(env: tuple[Server, py_app.Recorder | PyAppProcess]) -> None:
     server, _ = env
     run = await server.finished((await server.run_for(await server.send("py/careful-parent"), FN + "careful-parent"))["id"])
     assert run["status"] == "completed", run
     assert "child says no" in run["output"]["child_error"]
 
 
-async def test_batch_delivers_events_together(env: tuple[Server, py_app.Recorder]) -> None:
+async def test_batch_delivers_events_together(env: tuple[Server, py_app.Recorder | PyAppProcess]) -> None:
     server, _ = env
     ids = [await server.send("py/batched", {"n": n}) for n in range(3)]
     run = await server.finished((await server.run_for(ids[0], FN + "batched"))["id"])
@@ -181,7 +200,7 @@ async def test_batch_delivers_events_together(env: tuple[Server, py_app.Recorder
     assert run["output"] == [0, 1, 2]
 
 
-async def test_invoke_endpoint_starts_a_function_directly(env: tuple[Server, py_app.Recorder]) -> None:
+async def test_invoke_endpoint_starts_a_function_directly(env: tuple[Server, py_app.Recorder | PyAppProcess]) -> None:
     server, _ = env
     async with httpx.AsyncClient(base_url=server.url) as client:
         reply = (await client.post(f"/invoke/{FN}child", json={"data": {"n": 5}})).json()
@@ -191,7 +210,7 @@ async def test_invoke_endpoint_starts_a_function_directly(env: tuple[Server, py_
     assert unknown.status_code == 404 and "could not find function" in unknown.json()["error"]
 
 
-async def test_idempotency_and_rate_limit_skip_runs(env: tuple[Server, py_app.Recorder]) -> None:
+async def test_idempotency_and_rate_limit_skip_runs(env: tuple[Server, py_app.Recorder | PyAppProcess]) -> None:
     server, _ = env
     orders = [await server.send("py/order", {"order": o}) for o in ("o1", "o1", "o2")]
     searches = [await server.send("py/search", {"q": q, "user": u}) for q, u in (("a", "u1"), ("b", "u1"), ("c", "u1"), ("d", "u2"))]
@@ -210,7 +229,7 @@ async def _finished_count(server: Server, function_id: str, count: int) -> bool:
     return len([r for r in runs if r["status"] == "completed"]) >= count
 
 
-async def test_inngest_rest_api_for_polling_results(env: tuple[Server, py_app.Recorder]) -> None:
+async def test_inngest_rest_api_for_polling_results(env: tuple[Server, py_app.Recorder | PyAppProcess]) -> None:
     """Apps often send an event, then poll Inngest's REST API for the run's output."""
     server, _ = env
     event_id = await server.send("py/steps", {"name": "rest"})

@@ -67,3 +67,25 @@ async def test_reregistration_is_idempotent_and_archives_removed_functions(serve
     assert (await server.engine.store.get_event(event_id))["runs"] == []  # the removed function starts nothing
     assert native_clash.status_code == 400 and "another app" in native_clash.json()["error"]
     assert invalid.status_code == 400 and "triggers" in invalid.json()["error"]
+
+
+async def test_removing_an_app_stops_its_functions_matching_events(server: Server) -> None:
+    body = {"appName": "gone", "url": "http://127.0.0.1:9/api/inngest", "sdk": "js:v4.24.0",
+            "functions": [_function("gone", "a", "gone/a")]}
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        assert (await client.post("/fn/register", json=body)).status_code == 200
+        ran = await server.send("gone/a")
+        assert [r["function_id"] for r in (await server.engine.store.get_event(ran))["runs"]] == ["gone-a"]
+        removed = await client.delete("/api/v1/inngest/apps", params={"app": "gone"})
+        unknown = await client.delete("/api/v1/inngest/apps", params={"app": "never-synced"})
+        nameless = await client.delete("/api/v1/inngest/apps")
+        listed = (await client.get("/api/v1/inngest/apps")).json()["data"]
+    assert removed.status_code == 200, removed.text
+    assert removed.json() == {"removed": ["gone"], "urls": ["http://127.0.0.1:9/api/inngest"], "functions": ["gone-a"]}
+    assert unknown.status_code == 404 and "stepline apps list" in unknown.json()["error"]
+    assert nameless.status_code == 400
+    assert listed == [] and "gone-a" not in server.runtime.functions()
+    after = await server.send("gone/a")
+    assert (await server.engine.store.get_event(after))["runs"] == []  # no run: the function no longer matches
+    run = await server.engine.get_run((await server.engine.store.get_event(ran))["runs"][0]["id"])
+    assert run["function_id"] == "gone-a"  # the run it made before is kept

@@ -1,4 +1,5 @@
-"""The official TypeScript SDK (a plain Node HTTP app) against a Stepline server, over loopback."""
+"""The official TypeScript SDK against a Stepline server, over loopback: 4.x on node:http
+and 3.x (still most production apps) on Express, the same app written against each."""
 
 from __future__ import annotations
 
@@ -14,15 +15,20 @@ import pytest
 
 from stepline.testing import FakeProvider
 from tests.helpers import eventually
-from tests.inngest_apps.harness import NodeApp, Server, stepline_server
+from tests.inngest_apps.harness import TS_SDKS, NodeApp, Server, stepline_server
 
 FN = "ts-app-"
 
 
+@pytest.fixture(params=TS_SDKS)
+def sdk(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-async def env(db_url: str) -> AsyncIterator[tuple[Server, NodeApp]]:
+async def env(db_url: str, sdk: str) -> AsyncIterator[tuple[Server, NodeApp]]:
     async with stepline_server(db_url) as server:
-        with NodeApp({"INNGEST_DEV": server.url}) as node:  # the one setting an app needs to move
+        with NodeApp({"INNGEST_DEV": server.url}, sdk=sdk) as node:  # the one setting an app needs to move
             await server.sync(node.url)
             yield server, node
 
@@ -40,6 +46,10 @@ async def test_sync_registers_functions(env: tuple[Server, NodeApp]) -> None:
     assert functions[FN + "throttled"]["throttle"]["limit"] == 1
     assert functions[FN + "limited"]["concurrency"][0]["limit"] == 1
     assert functions[FN + "debounced"]["debounce"]["period"] == 1.0
+    # concurrency as most TS code writes it, an object (it was once stored as [] and not enforced)
+    assert functions[FN + "vip-queue"]["concurrency"] == [{"limit": 1, "key": None, "scope": "fn"}]
+    assert functions[FN + "per-user"]["concurrency"] == [{"limit": 2, "key": "event.data.user", "scope": "fn"}]
+    assert functions[FN + "batch-if"]["batch_events"]["if"] == "event.data.batch == true"
     assert server.runtime.list_apps()[0]["sdk"].startswith("js:")
 
 
@@ -201,11 +211,25 @@ async def test_ai_infer_and_fetch_are_made_by_the_server(env: tuple[Server, Node
     assert ask["meta"]["model"] and ask["meta"]["usage"]["prompt_tokens"] > 0
 
 
-async def test_promise_race_takes_the_first_to_finish(env: tuple[Server, NodeApp]) -> None:
-    server, _ = env
-    run = await _run(server, "ts/race", "racer")
-    assert run["status"] == "completed", run
-    assert run["output"] == "winner: fast"
+async def test_promise_race_continues_when_the_first_branch_settles(env: tuple[Server, NodeApp]) -> None:
+    """Inngest's early continuation (v4: group.parallel race mode; v3: its default): the step
+    after the race runs while the slow branch is still running; the slow branch's step is
+    still committed before the run ends."""
+    server, node = env
+    run_id = (await server.run_for(await server.send("ts/race"), FN + "racer"))["id"]
+    await eventually(lambda: _count(node, "race.after"), what="the step after the race, with the slow branch still running")
+    assert (await node.counts())["counts"].get("race.slow") is None
+    assert (await server.engine.get_run(run_id))["status"] == "running"  # it waits for the slow branch to end
+    await node.open_gate("race")
+    run = await server.finished(run_id)
+    assert run["status"] == "completed" and run["output"] == "winner: fast", run
+    steps = {s["name"]: s for s in run["steps"]}
+    assert steps["slow"]["status"] == "completed" and steps["slow"]["output"] == "slow"
+    assert [s["name"] for s in run["steps"]].index("fast") < [s["name"] for s in run["steps"]].index("after")
+
+
+async def _count(node: NodeApp, name: str) -> int:
+    return int((await node.counts())["counts"].get(name) or 0)
 
 
 async def test_failed_parallel_step_is_raised_in_user_code(env: tuple[Server, NodeApp]) -> None:

@@ -352,13 +352,20 @@ def runs_show(run_id: str, as_json: bool, url: str | None) -> None:
     click.echo("steps:")
     for step in run["steps"]:
         duration = "" if step["duration_ms"] is None else f"{step['duration_ms']} ms"
-        click.echo(f"  {step['id']:<30} {step['kind']:<10} {step['status']:<10} attempts={step['attempts']:<3} {duration}")
+        click.echo(f"  {_step_label(step):<30} {step['kind']:<10} {step['status']:<10} attempts={step['attempts']:<3} {duration}")
         if step["error"]:
             click.echo(f"      error: {step['error'].get('name')}: {step['error'].get('message')}")
     if run["output"] is not None:
         click.echo("output: " + json.dumps(run["output"]))
     if run["error"] is not None:
         click.echo(f"error: {run['error'].get('name')}: {run['error'].get('message')}")
+
+
+def _step_label(step: dict[str, Any]) -> str:
+    """A step as people know it: its key (``fetch-page:1``), or its name when the key is an
+    id nobody reads (an Inngest SDK step's hash)."""
+    key, name = str(step["id"]), str(step.get("name") or step["id"])
+    return key if key.split(":")[0] == name or key == name else name
 
 
 @runs.command("cancel")

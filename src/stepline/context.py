@@ -58,6 +58,11 @@ class RunDriver(Protocol):
 
     async def publish(self, topic: str, data: Any) -> None: ...
 
+    def name_step(self, step_id: str, name: str) -> None:
+        """The name people read for step ``step_id`` when it is not the id itself (an SDK
+        app's steps are keyed by hashed ids)."""
+        ...
+
     def journal(self) -> Sequence[Any]:
         """The run's saved steps as its execution began, in the order they were recorded
         (each with ``key``, ``kind``, ``status``, ``output``, ``error``, ``attempts``)."""

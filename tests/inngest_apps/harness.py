@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import importlib.metadata
 import os
 import pathlib
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Self
 
@@ -140,13 +143,16 @@ class ThreadServer:
 
 
 TS_DIR = pathlib.Path(__file__).with_name("ts")
+TS_PACKAGES = ("inngest", "inngest-v3", "express")  # as pinned in ts/package.json
+# The TypeScript SDK majors the suite runs: 4.x on node:http, 3.x (most production apps) on Express.
+TS_SDKS = ("v4", "v3")
 _install_lock = threading.Lock()
 
 
 def ensure_ts_sdk() -> None:
-    """Install the pinned TypeScript SDK with the machine's npm (once; node_modules is not in git)."""
+    """Install the pinned TypeScript SDKs with the machine's npm (once; node_modules is not in git)."""
     with _install_lock:
-        if (TS_DIR / "node_modules" / "inngest" / "package.json").exists():
+        if all((TS_DIR / "node_modules" / name / "package.json").exists() for name in TS_PACKAGES):
             return
         npm = shutil.which("npm")
         if npm is None:
@@ -155,13 +161,15 @@ def ensure_ts_sdk() -> None:
 
 
 class NodeApp:
-    """The TS test app in its own Node process, configured only by environment variables."""
+    """The TS test app in its own Node process, configured only by environment variables;
+    ``sdk`` picks the SDK major (``v4``, or ``v3`` on Express)."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], sdk: str = "v4") -> None:
         self.port = free_port()
+        self.sdk = sdk
         self.url = f"http://127.0.0.1:{self.port}/api/inngest"
         clean = {k: v for k, v in os.environ.items() if not k.startswith("INNGEST_")}
-        self.env = {**clean, **env, "PORT": str(self.port)}
+        self.env = {**clean, **env, "PORT": str(self.port), "STEPLINE_TEST_SDK": sdk}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Self:
@@ -188,5 +196,96 @@ class NodeApp:
                 self.proc.kill()
 
     async def counts(self) -> dict[str, Any]:
+        return await AppControl(self.port).counts()
+
+    async def open_gate(self, name: str) -> None:
+        await AppControl(self.port).open_gate(name)
+
+
+@dataclasses.dataclass(frozen=True)
+class AppControl:
+    """The test apps' own routes (TS and Python alike): what their functions did, and gates."""
+
+    port: int
+
+    async def counts(self) -> dict[str, Any]:
+        """``{"counts": {name: n}, "seen": {name: value}}``."""
         async with httpx.AsyncClient() as client:
             return (await client.get(f"http://127.0.0.1:{self.port}/counts")).json()  # type: ignore[no-any-return]
+
+    async def open_gate(self, name: str) -> None:
+        """Let the steps waiting on gate ``name`` finish."""
+        async with httpx.AsyncClient() as client:
+            (await client.post(f"http://127.0.0.1:{self.port}/gate/{name}")).raise_for_status()
+
+
+# --- the Python SDK, in this interpreter or in a venv of its own ----------------------
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+PY_SDK_HERE = importlib.metadata.version("inngest")  # pinned by the dev extra (pyproject.toml)
+PY_SDK_NEWEST = "0.5.20a0"  # the newest release on PyPI; it cannot share a venv with the pinned one
+PY_SDKS = (PY_SDK_HERE, PY_SDK_NEWEST)
+SDK_VENVS = REPO / ".venv-sdk"
+
+
+def python_with_sdk(version: str) -> str:
+    """An interpreter whose ``inngest`` is ``version``: a venv under .venv-sdk/, made from
+    the package registry on first use and kept (with this venv's FastAPI and uvicorn)."""
+    venv = SDK_VENVS / f"inngest-{version}"
+    python = venv / "bin" / "python"
+    with _install_lock:
+        done = venv / ".ready"
+        if done.exists():
+            return str(python)
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True, timeout=300)
+        pins = [f"inngest=={version}"] + [f"{name}=={importlib.metadata.version(name)}" for name in ("fastapi", "uvicorn")]
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *pins], check=True, timeout=900)
+        done.write_text(version)
+        return str(python)
+
+
+class PyAppProcess:
+    """The Python test app in its own process, under ``python`` (configured by ``env``);
+    ``counts`` and ``seen`` read what its functions did, like ``py_app.Recorder``."""
+
+    def __init__(self, python: str, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/api/inngest"
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("INNGEST_")}
+        self.env = {**clean, **env, "PORT": str(self.port)}
+        self.python = python
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Self:
+        script = str(pathlib.Path(__file__).with_name("py_serve.py"))
+        self.proc = subprocess.Popen([self.python, script], env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{self.port}/counts", timeout=0.5)
+                return self
+            except httpx.HTTPError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.proc.kill()
+                    out = self.proc.stdout.read().decode() if self.proc.stdout else ""
+                    raise RuntimeError(f"the Python test app did not start: {out}") from None
+                time.sleep(0.05)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def _read(self) -> dict[str, Any]:
+        return httpx.get(f"http://127.0.0.1:{self.port}/counts", timeout=5).json()  # type: ignore[no-any-return]
+
+    @property
+    def counts(self) -> Counter[str]:
+        return Counter(self._read()["counts"])
+
+    @property
+    def seen(self) -> dict[str, Any]:
+        return self._read()["seen"]  # type: ignore[no-any-return]

@@ -5,6 +5,7 @@ Every function records what it did in ``Recorder`` so tests can count executions
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import threading
 from collections import Counter
@@ -22,6 +23,7 @@ class Recorder:
         self._lock = threading.Lock()
         self.counts: Counter[str] = Counter()
         self.seen: dict[str, Any] = {}
+        self.gates: dict[str, threading.Event] = {}
 
     def hit(self, name: str, value: Any = None) -> int:
         with self._lock:
@@ -29,6 +31,18 @@ class Recorder:
             if value is not None:
                 self.seen[name] = value
             return self.counts[name]
+
+    def append(self, name: str, value: Any) -> None:
+        with self._lock:
+            self.seen.setdefault(name, []).append(value)
+
+    def gate(self, name: str) -> threading.Event:
+        with self._lock:
+            return self.gates.setdefault(name, threading.Event())
+
+    async def wait_gate(self, name: str) -> None:
+        """Block a step until the test opens gate ``name`` (``POST /gate/<name>``)."""
+        await asyncio.get_running_loop().run_in_executor(None, self.gate(name).wait, 60)
 
 
 def build(rec: Recorder) -> fastapi.FastAPI:
@@ -200,15 +214,93 @@ def build(rec: Recorder) -> fastapi.FastAPI:
         # A native Stepline function of app "native", called the way SDK apps call each other.
         return await ctx.step.invoke_by_id("call-native", app_id="native", function_id="shout", data={"text": "hi"})
 
+    @client.create_function(
+        fn_id="vip-queue",
+        trigger=inngest.TriggerEvent(event="py/vip"),
+        concurrency=[inngest.Concurrency(limit=1)],
+        priority=inngest.Priority(run="event.data.vip == true ? 120 : 0"),
+    )
+    async def vip_queue(ctx: inngest.Context) -> str:
+        async def work() -> str:
+            name = str(ctx.event.data["name"])
+            rec.append("vip.order", name)
+            if name == "first":
+                await rec.wait_gate("vip")
+            return name
+
+        return await ctx.step.run("work", work)
+
+    @client.create_function(
+        fn_id="batch-if",
+        trigger=inngest.TriggerEvent(event="py/batch-if"),
+        batch_events=inngest.Batch(max_size=3, timeout=dt.timedelta(seconds=60), if_exp="event.data.batch == true"),
+    )
+    async def batch_if(ctx: inngest.Context) -> list[int]:
+        return [int(e.data["n"]) for e in ctx.events]
+
+    @client.create_function(fn_id="two-naps", trigger=inngest.TriggerEvent(event="py/naps"))
+    async def two_naps(ctx: inngest.Context) -> str:
+        await ctx.group.parallel((
+            lambda: ctx.step.sleep("short-nap", dt.timedelta(seconds=1)),
+            lambda: ctx.step.sleep("long-nap", dt.timedelta(seconds=2)),
+        ))
+        return "awake"
+
+    @client.create_function(fn_id="chains", trigger=inngest.TriggerEvent(event="py/chains"))
+    async def chains(ctx: inngest.Context) -> list[str]:
+        # ParallelMode.RACE: each chain advances on its own (Inngest's early continuation).
+        async def quick_two(first: str) -> str:
+            rec.hit("chains.quick-2")
+            return first + "q2"
+
+        async def quick_chain() -> str:
+            first = await ctx.step.run("quick-1", lambda: "q1")
+            return await ctx.step.run("quick-2", quick_two, first)
+
+        async def slow() -> str:
+            await rec.wait_gate("chains")
+            return "slow"
+
+        results = await ctx.group.parallel(
+            (quick_chain, lambda: ctx.step.run("slow", slow)), parallel_mode=inngest.ParallelMode.RACE
+        )
+        return list(results)
+
+    @client.create_function(
+        fn_id="on-finished",
+        trigger=inngest.TriggerEvent(event="inngest/function.finished", expression="event.data.function_id == 'py-app-steps'"),
+    )
+    async def on_finished(ctx: inngest.Context) -> None:
+        data = ctx.event.data
+        rec.append("finished", {"run_id": data.get("run_id"), "result": data.get("result"),
+                                "status": (data.get("_inngest") or {}).get("status")})
+
+    @client.create_function(
+        fn_id="on-cancelled",
+        trigger=inngest.TriggerEvent(event="inngest/function.cancelled", expression="event.data.function_id == 'py-app-cancellable'"),
+    )
+    async def on_cancelled(ctx: inngest.Context) -> None:
+        rec.append("cancelled", {"run_id": ctx.event.data.get("run_id")})
+
     app = fastapi.FastAPI()
     inngest.fast_api.serve(
         app,
         client,
         [
             steps, sleeper, waiter, child, parent, sender, on_sent, parallel, flaky, nonretry, retry_after, cancellable,
-            fn_retry, recover, failing_child, careful_parent, batched, once_per_order, rate_limited, mixed,
+            fn_retry, recover, failing_child, careful_parent, batched, once_per_order, rate_limited, mixed, vip_queue,
+            batch_if, two_naps, chains, on_finished, on_cancelled,
         ],
     )
+
+    @app.get("/counts")
+    def counts() -> dict[str, Any]:
+        return {"counts": dict(rec.counts), "seen": rec.seen}
+
+    @app.post("/gate/{name}", status_code=204)
+    def open_gate(name: str) -> None:
+        rec.gate(name).set()
+
     return app
 
 

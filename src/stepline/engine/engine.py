@@ -190,6 +190,11 @@ class Engine:
         for callback in list(self._publish_listeners):
             callback(run_id)
 
+    def published(self, run_id: str) -> None:
+        """A message for ``run_id`` was stored from outside a worker (an SDK app's realtime
+        publish): wake this process's streams of that run."""
+        self._published(run_id)
+
     # --- server operations (the HTTP API and dashboard) ---------------------------------
 
     async def rerun_from_failed_step(self, run_id: str) -> dict[str, Any]:

@@ -92,11 +92,12 @@ class RunExecution:
         self._state_bytes = sum(len(e.output or "") for e in claimed.journal.values())
         self.suspensions: list[Suspension] = []
         self._halted = False
-        self.cancel_requested = False
-        self.task_cancelled = False
         # A step suspended the run: no other step starts, but a sleep, wait or invoke
         # reached beside it (one parallel block) suspends with it.
         self._suspending = False
+        self._step_names: dict[str, str] = {}  # step id -> the name shown (name_step)
+        self.cancel_requested = False
+        self.task_cancelled = False
         self._busy = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -156,6 +157,13 @@ class RunExecution:
         key = step_id if n == 0 else f"{step_id}:{n}"
         self._unvisited.discard(key)
         return key, self._journal.get(key)
+
+    def name_step(self, step_id: str, name: str) -> None:
+        """The name people read for step ``step_id`` (an SDK's hashed id); the id stays its key."""
+        self._step_names[step_id] = name
+
+    def _name(self, step_id: str) -> str:
+        return self._step_names.get(step_id, step_id)
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -309,7 +317,7 @@ class RunExecution:
             if ticket is not None and spend is not None:
                 await self.write(ticket.settle(spend.billed(exc)))  # what the failed attempt was billed
             return await self._step_failed(key, step_id, kind, exc, attempt, started)
-        step = StepResult(key, step_id, kind, StepStatus.COMPLETED, output, None, attempt, started, self._store.now_ms(), meta_json)
+        step = StepResult(key, self._name(step_id), kind, StepStatus.COMPLETED, output, None, attempt, started, self._store.now_ms(), meta_json)
         self._save_soon(step)
         self._state_bytes += len(output)
         return jsonutil.loads(output)
@@ -350,7 +358,7 @@ class RunExecution:
         error = retry.error_dict(exc)
         error_json = jsonutil.dumps(error)
         if retry.is_final(exc) or attempt > self.function.config.retries:
-            step = StepResult(key, step_id, kind, StepStatus.FAILED, None, error_json, attempt, started, self._store.now_ms())
+            step = StepResult(key, self._name(step_id), kind, StepStatus.FAILED, None, error_json, attempt, started, self._store.now_ms())
             await self.await_checkpoints()
             if await self.write(self._store.checkpoint(self.lease, step, self._next_seq())):
                 self.cancel_requested = True
@@ -360,25 +368,25 @@ class RunExecution:
         log.info("run %s step %r attempt %d failed (%s); retrying in %.2fs", self.run_id, step_id, attempt, exc, delay)
         self._suspend(
             Suspension(
-                "retry", key, step_id, self._store.now_ms() + int(delay * 1000), attempt=attempt, error=error_json,
+                "retry", key, self._name(step_id), self._store.now_ms() + int(delay * 1000), attempt=attempt, error=error_json,
                 started_at=started, step_kind=kind,
             )
         )
 
     async def sleep_until(self, step_id: str, wake_at: float) -> None:
-        key, entry = self._enter(step_id)
+        key, entry = self._enter(step_id, suspends=True)
         if entry is not None:
             if entry.status == StepStatus.COMPLETED:
                 return
-            self._suspend(Suspension("sleep", key, step_id, entry.wake_at))
+            self._suspend(Suspension("sleep", key, self._name(step_id), entry.wake_at))
         now = self._store.now_ms()
         wake_ms = int(wake_at * 1000)
         if wake_ms <= now:
-            step = StepResult(key, step_id, "sleep", StepStatus.COMPLETED, "null", None, 1, now, now)
+            step = StepResult(key, self._name(step_id), "sleep", StepStatus.COMPLETED, "null", None, 1, now, now)
             await self.await_checkpoints()
             await self.write(self._store.checkpoint(self.lease, step, self._next_seq()))
             return
-        self._suspend(Suspension("sleep", key, step_id, wake_ms, started_at=now))
+        self._suspend(Suspension("sleep", key, self._name(step_id), wake_ms, started_at=now))
 
     async def wait_for_event(self, step_id: str, event: str, expression: str | None, timeout: float) -> event_mod.Event | None:
         key, entry = self._enter(step_id, suspends=True)
@@ -386,10 +394,10 @@ class RunExecution:
             if entry.status == StepStatus.COMPLETED:
                 body = jsonutil.loads(entry.output)
                 return None if body is None else event_mod.Event.from_dict(body)
-            self._suspend(Suspension("wait", key, step_id, entry.wake_at))
+            self._suspend(Suspension("wait", key, self._name(step_id), entry.wake_at))
         now = self._store.now_ms()
         self._suspend(
-            Suspension("wait", key, step_id, now + int(timeout * 1000), event_name=event, expression=expression, started_at=now)
+            Suspension("wait", key, self._name(step_id), now + int(timeout * 1000), event_name=event, expression=expression, started_at=now)
         )
 
     async def invoke(self, step_id: str, function_id: str, data: dict[str, Any], timeout: float | None) -> Any:
@@ -399,14 +407,14 @@ class RunExecution:
                 return jsonutil.loads(entry.output)
             if entry.status == StepStatus.FAILED:
                 raise self._step_error(step_id, entry.error)
-            self._suspend(Suspension("invoke", key, step_id, entry.wake_at))
+            self._suspend(Suspension("invoke", key, self._name(step_id), entry.wake_at))
         now = self._store.now_ms()
         jsonutil.dumps_checked(data, what=f"invoke({step_id!r}) data")
         self._suspend(
             Suspension(
                 "invoke",
                 key,
-                step_id,
+                self._name(step_id),
                 None if timeout is None else now + int(timeout * 1000),
                 invoke_function_id=function_id,
                 invoke_data=data,
@@ -415,12 +423,12 @@ class RunExecution:
         )
 
     async def send_events(self, step_id: str, events: list[dict[str, Any]]) -> list[str]:
-        key, entry = self._enter(step_id, suspends=True)
+        key, entry = self._enter(step_id)
         if entry is not None and entry.status == StepStatus.COMPLETED:
             return list(jsonutil.loads(entry.output))
         validated = [self._services.validate_event(raw, i) for i, raw in enumerate(events)]
         now = self._store.now_ms()
-        step = StepResult(key, step_id, "send_event", StepStatus.COMPLETED, None, None, 1, now, now)
+        step = StepResult(key, self._name(step_id), "send_event", StepStatus.COMPLETED, None, None, 1, now, now)
         await self.await_checkpoints()
         self._check_lease()
         return await self.write(self._store.send_events_step(self.lease, step, self._next_seq(), validated))  # type: ignore[no-any-return]

@@ -1,4 +1,4 @@
-"""``stepline apps``: list, add and re-sync Inngest SDK apps (through the server's API)."""
+"""``stepline apps``: list, add, remove and re-sync Inngest SDK apps (through the server's API)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def _show(app: dict[str, Any]) -> None:
 
 @click.group()
 def apps() -> None:
-    """Inngest SDK apps served by this server: list, add, re-sync."""
+    """Inngest SDK apps served by this server: list, add, remove, re-sync."""
 
 
 @apps.command("list")
@@ -67,6 +67,17 @@ def list_apps(as_json: bool, url: str | None) -> None:
 def add_app(app_url: str, url: str | None) -> None:
     """Sync the app serving at APP_URL (e.g. http://127.0.0.1:3000/api/inngest)."""
     _show(_api("POST", url, "/api/v1/inngest/apps", body={"url": app_url}))
+
+
+@apps.command("remove")
+@click.argument("app")
+@_url_option
+def remove_app(app: str, url: str | None) -> None:
+    """Remove APP (its name or serve URL): its functions stop matching events; runs already made are kept."""
+    body = _api("DELETE", url, "/api/v1/inngest/apps", params={"app": app})
+    click.echo(f"removed {', '.join(body['removed']) or app}: {len(body['functions'])} function(s) archived")
+    for fid in body["functions"]:
+        click.echo(f"    {fid}")
 
 
 @apps.command("sync")

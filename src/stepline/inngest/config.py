@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from stepline import errors
 from stepline import event as event_mod
@@ -22,6 +22,7 @@ from stepline import function as fn
 from stepline.inngest import durations, events
 
 log = logging.getLogger("stepline.inngest")
+T = TypeVar("T")
 
 DEFAULT_RETRIES = 4  # Inngest's default: 4 retries, 5 attempts
 MAX_RETRIES = 20
@@ -95,7 +96,7 @@ class _Reader:
             raise self.error(field, "is required (a duration like '30s')")
         return seconds
 
-    def value(self, field: str, build: Any, *args: Any, **kwargs: Any) -> Any:
+    def value(self, field: str, build: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``build(*args, **kwargs)``, a Stepline value object; its ConfigError is given the SDK's field name."""
         try:
             return build(*args, **kwargs)

@@ -9,9 +9,17 @@ hashed step id, so the run's journal *is* the memoized state sent back:
 - ``StepError`` / ``StepFailed``: the same step, raising the app's error (retriable,
   or final); a final failure becomes an ``{"error"}`` memo the SDK raises in user code;
 - ``Sleep`` / ``WaitForEvent`` / ``InvokeFunction``: ``sleep_until``, ``wait_for_event``,
-  ``invoke`` (the run is suspended and resumes with the memo);
-- several ops in one reply: a parallel block, run concurrently; discovery resumes
-  once all of them are done (Inngest's coalesced fan-in).
+  ``invoke`` (the run is suspended and resumes with the memo).
+
+Several ops in one reply are a parallel block. Its steps run concurrently; the app is
+asked what comes next once all of them are done (Inngest's coalesced fan-in), or as
+soon as one is done when the app asked for early continuation (an op with
+``parallelMode: "race"``, or request version 1, TS 3's default): then the function goes
+on after ``Promise.race`` while the other branches still run, and their steps are
+committed when they finish, before the run ends. Sleeps, waits and invokes reported
+beside other work suspend the run only once nothing else is left to do, and all
+together; one still pending from an earlier pass (re-reported by the SDK) holds the
+run only when the function has nothing else to do.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from stepline import context, errors, expressions, jsonutil
+from stepline.engine.signals import Suspend
 from stepline.inngest import durations, events, gateway, memos, protocol
 
 if TYPE_CHECKING:
@@ -32,9 +41,18 @@ log = logging.getLogger("stepline.inngest")
 
 LAZY_OPS = {"DeferAdd", "DeferAbort"}
 WAIT_OPS = {"WaitForEvent", "WaitForSignal"}
-# Suspending ops last: once one suspends, the run takes no new step in this pass.
-_ORDER = {"InvokeFunction": 1, "WaitForEvent": 2, "WaitForSignal": 2, "Sleep": 3}
+SUSPENDING_OPS = {"Sleep", "InvokeFunction", *WAIT_OPS}
+_PENDING = ("sleeping", "waiting", "invoking")  # journal statuses of a suspension not yet resolved
 MAX_EMPTY_REPLIES = 3
+
+
+def display_name(op: dict[str, Any]) -> str:
+    """What people read for a step: the user's name or id (repeats as ``id:n``, as native keys)."""
+    raw = op.get("userland")
+    userland: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    name = op.get("displayName") or userland.get("id") or op.get("name") or op.get("id")
+    index = userland.get("index")
+    return f"{name}:{index}" if isinstance(index, int) and index > 0 and not op.get("displayName") else str(name)
 
 
 class SDKExecution:
@@ -51,6 +69,10 @@ class SDKExecution:
         self.attempts: dict[str, int] = {}
         self.errors: dict[str, Any] = {}  # the app's own error per failed step, sent back as reported
         self.prepared: set[str] = set()  # waits registered ahead of the steps beside them
+        self.running: dict[str, asyncio.Task[None]] = {}  # ops being carried out, by id
+        self.early: set[str] = set()  # running ops whose end asks the app at once what comes next
+        self.parked: dict[str, dict[str, Any]] = {}  # sleeps, waits, invokes reported, not yet suspended on
+        self.pending: set[str] = set()  # suspensions of an earlier pass not yet resolved
         self.version = -1
         bodies = [e.to_dict() for e in (ctx.events or [ctx.event])]
         self.events = [events.to_sdk(b) for b in bodies]
@@ -86,13 +108,59 @@ class SDKExecution:
     # --- the run ---------------------------------------------------------------------
 
     async def run(self) -> Any:
-        for entry in self.step.journal():  # the journal the engine loaded with the run
+        await self.replay_journal()
+        attempt = self.ctx.attempt
+        empty = 0
+        try:
+            while True:
+                # While steps run on, the app must only plan: a step it ran inline could be one already running.
+                reply = await self.request("step", die=bool(self.running), attempt=attempt)
+                attempt = 0
+                if reply.done:
+                    return await self.finish(reply.value)
+                ops = [op for op in reply.ops if op.get("op") not in LAZY_OPS]
+                complete = next((op for op in ops if op.get("op") == "RunComplete"), None)
+                if complete is not None:
+                    return await self.finish(complete.get("data"))
+                work, suspends, seen = self.sort(ops)
+                if not work and not self.running:
+                    if seen or suspends or self.parked:
+                        await self.suspend([*self.parked.values(), *suspends, *seen])  # nothing else to do
+                        continue  # every one of them was already resolved
+                    empty += 1
+                    if empty >= MAX_EMPTY_REPLIES:
+                        raise errors.NonRetriableError(
+                            f"the app reported no new step {empty} times in a row for run {self.ctx.run_id}; "
+                            "its function may be waiting on something Stepline does not support"
+                        )
+                    continue
+                empty = 0
+                self.parked.update((str(op["id"]), op) for op in suspends)
+                for op in suspends:  # the steps beside a wait may cause the awaited event: listen first
+                    if op.get("op") in WAIT_OPS and str(op["id"]) not in self.prepared:
+                        await self.prepare_wait(op)
+                for op in work:
+                    self.start(op, reply)
+                await self.settle_some()
+                if not self.running and self.parked and not self.early_block():
+                    await self.suspend(list(self.parked.values()))  # Inngest's fan-in: the whole block first
+        except asyncio.CancelledError:
+            for task in self.running.values():  # the run is cancelled or the worker stops: so are its steps
+                task.cancel()
+            await self.drain(quiet=True)
+            raise
+        except BaseException:
+            await self.drain(quiet=True)  # a suspension or a lost lease: the steps under way end first
+            raise
+
+    async def replay_journal(self) -> None:
+        """Memos of the steps the journal (loaded with the run) holds, marked reached: the
+        engine answers them from that same journal, so nothing runs again."""
+        for entry in self.step.journal():
             row = dataclasses.asdict(entry)
             if memos.finished(row):
                 self.memos[row["key"]] = memos.memo_of(row)
                 self.stack.append(row["key"])
-                # Mark the step reached, so the engine knows the run still uses it; the
-                # engine answers from this same journal, so the compute never runs.
                 if row["status"] == "completed":
                     again = _value(jsonutil.loads(row["output"]))
                 else:
@@ -103,44 +171,76 @@ class SDKExecution:
                     pass
             elif row["status"] == "retrying":
                 self.attempts[row["key"]] = int(row["attempts"])
-        attempt = self.ctx.attempt
-        empty = 0
-        while True:
-            reply = await self.request("step", die=False, attempt=attempt)
-            attempt = 0
-            if reply.done:
-                return reply.value
-            ops = [op for op in reply.ops if op.get("op") not in LAZY_OPS]
-            for op in ops:
-                if op.get("op") == "RunComplete":
-                    return op.get("data")
-            fresh: dict[str, dict[str, Any]] = {}
-            for op in ops:
-                if isinstance(op.get("id"), str) and op["id"] not in self.memos and op["id"] not in fresh:
-                    fresh[op["id"]] = op
-            if not fresh:
-                empty += 1
-                if empty >= MAX_EMPTY_REPLIES:
-                    raise errors.NonRetriableError(
-                        f"the app reported no new step {empty} times in a row for run {self.ctx.run_id}; "
-                        "its function may be waiting on something Stepline does not support"
-                    )
-                continue
-            empty = 0
-            await self.block(list(fresh.values()), reply)
+            elif row["status"] in _PENDING:
+                self.pending.add(row["key"])
 
-    async def block(self, ops: list[dict[str, Any]], reply: protocol.Reply) -> None:
-        ordered = sorted(ops, key=lambda op: _ORDER.get(str(op.get("op")), 0))
-        waits = [op for op in ordered if op.get("op") in WAIT_OPS]
-        if waits and len(ordered) > len(waits):
-            # Steps beside a wait may cause the awaited event (send, then wait for the reply):
-            # register the waits first, run the steps, then take the waits.
-            for op in waits:
-                await self.prepare_wait(op)
-            results = await asyncio.gather(*(self.op(op, reply) for op in ordered if op not in waits), return_exceptions=True)
-            results += await asyncio.gather(*(self.op(op, reply) for op in waits), return_exceptions=True)
-        else:
-            results = await asyncio.gather(*(self.op(op, reply) for op in ordered), return_exceptions=True)
+    def sort(self, ops: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+        """(new work to start, new sleeps/waits/invokes, suspensions reported again) of a reply."""
+        work: list[dict[str, Any]] = []
+        suspends: list[dict[str, Any]] = []
+        seen: list[dict[str, Any]] = []
+        ids: set[str] = set()
+        for op in ops:
+            sid = op.get("id")
+            if not isinstance(sid, str) or sid in self.memos or sid in self.running or sid in ids:
+                continue
+            ids.add(sid)
+            self.step.name_step(sid, display_name(op))
+            if op.get("op") not in SUSPENDING_OPS:
+                work.append(op)
+            elif sid in self.pending:
+                seen.append(op)  # suspended in an earlier pass, still pending
+            elif sid not in self.parked:
+                suspends.append(op)
+        return work, suspends, seen
+
+    def early_block(self) -> bool:
+        """Whether this app asks what comes next after each step (request version 1)."""
+        return self.version == 1
+
+    def start(self, op: dict[str, Any], reply: protocol.Reply) -> None:
+        sid = str(op["id"])
+        if self.early_block() or (op.get("opts") or {}).get("parallelMode") == "race":
+            self.early.add(sid)
+        self.running[sid] = asyncio.create_task(self.op(op, reply), name=f"stepline-inngest-{self.ctx.run_id}-{sid[:8]}")
+
+    async def settle_some(self) -> None:
+        """Wait for the running ops: all of them, or the first of those that continue early."""
+        while self.running:
+            done, _ = await asyncio.wait(self.running.values(), return_when=asyncio.FIRST_COMPLETED)
+            finished = [sid for sid, task in self.running.items() if task in done]
+            for sid in finished:
+                del self.running[sid]
+            failure = next((t.exception() for t in done if not t.cancelled() and t.exception() is not None), None)
+            if failure is not None:
+                await self.drain(quiet=True)
+                raise failure
+            if any(sid in self.early for sid in finished):
+                self.early.difference_update(finished)
+                return  # ask the app now; the others keep running
+
+    async def drain(self, *, quiet: bool) -> None:
+        """Wait for every running op (their steps are committed as they finish)."""
+        tasks = list(self.running.values())
+        self.running.clear()
+        if not tasks:
+            return
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        if not quiet:
+            for result in results:  # a lost lease or a cancel stops the run; a branch's retry does not matter now
+                if isinstance(result, BaseException) and not isinstance(result, (Exception, Suspend)):
+                    raise result
+
+    async def finish(self, value: Any) -> Any:
+        """The function returned: branches still running are awaited, so their steps are saved."""
+        await self.drain(quiet=False)
+        return value
+
+    async def suspend(self, ops: list[dict[str, Any]]) -> None:
+        """Suspend on every sleep, wait and invoke the function waits for, together; returns
+        only when all of them were already resolved (their memos are then known)."""
+        self.parked.clear()
+        results = await asyncio.gather(*(self.op(op, None) for op in ops), return_exceptions=True)
         for result in results:  # control flow (suspend, halt, cancel) first
             if isinstance(result, BaseException) and not isinstance(result, Exception):
                 raise result
@@ -151,15 +251,15 @@ class SDKExecution:
     async def prepare_wait(self, op: dict[str, Any]) -> None:
         name, expression, timeout = _wait_of(op)
         if expression is not None:
-            expressions.check(expression, field=f"waitForEvent {op.get('displayName') or op['id']}")
-        await self.rt.prepare_wait(self.ctx.run_id, str(op["id"]), name, expression, timeout)
+            expressions.check(expression, field=f"waitForEvent {display_name(op)}")
+        await self.rt.prepare_wait(self.ctx.run_id, str(op["id"]), name, expression, timeout, display_name(op))
         self.prepared.add(str(op["id"]))
 
     def done(self, step_id: str, memo: Any) -> None:
         self.memos[step_id] = memo
         self.stack.append(step_id)
 
-    async def op(self, op: dict[str, Any], reply: protocol.Reply) -> None:
+    async def op(self, op: dict[str, Any], reply: protocol.Reply | None) -> None:
         kind, sid = str(op.get("op")), str(op["id"])
         opts = op.get("opts") or {}
         if kind in ("StepRun", "Step"):
@@ -171,12 +271,13 @@ class SDKExecution:
                 data = data.get("data")
             await self.record(sid, op, _value(data))
         elif kind in ("StepError", "StepFailed"):
-            final = kind == "StepFailed" or reply.no_retry
-            await self.record(sid, op, _raiser(protocol.make_error(op.get("error"), final=final, retry_after=reply.retry_after)))
+            final = kind == "StepFailed" or (reply is not None and reply.no_retry)
+            retry_after = None if reply is None else reply.retry_after
+            await self.record(sid, op, _raiser(protocol.make_error(op.get("error"), final=final, retry_after=retry_after)))
         elif kind == "StepPlanned":
             await self.record(sid, op, lambda: self.target(sid))
         elif kind == "Sleep":
-            when = durations.until(opts.get("duration") or op.get("name") or "0s", field=f"sleep {op.get('displayName') or sid}")
+            when = durations.until(opts.get("duration") or op.get("name") or "0s", field=f"sleep {display_name(op)}")
             await self.ctx.step.sleep_until(sid, when)
             self.done(sid, None)
         elif kind in WAIT_OPS:
@@ -199,7 +300,7 @@ class SDKExecution:
             call = gateway.Inference(self.rt.http, opts)
             await self.record(sid, op, call, kind="ai.infer", meta=call.meta)
         else:
-            error = {"name": "UnsupportedStep", "message": f"Stepline does not support the {kind} step yet (step {op.get('displayName') or sid})"}
+            error = {"name": "UnsupportedStep", "message": f"Stepline does not support the {kind} step yet (step {display_name(op)})"}
             await self.record(sid, op, _raiser(protocol.make_error(error, final=True)))
 
     async def record(
@@ -212,7 +313,7 @@ class SDKExecution:
         meta: Callable[[Any], dict[str, Any]] | None = None,
     ) -> None:
         """Save a run-type step through the engine; a final failure becomes an error memo."""
-        name = op.get("displayName") or (op.get("userland") or {}).get("id") or op.get("name")
+        name = display_name(op)
 
         def describe(result: Any) -> dict[str, Any]:
             return {**(meta(result) if meta else {}), "inngest": {"name": name, "op": op.get("op")}}

@@ -109,6 +109,7 @@ class InngestRuntime:
         self._tasks: list[asyncio.Task[None]] = []
         self._watchers: set[asyncio.Task[None]] = set()
         self._register_lock = asyncio.Lock()
+        self.removed: set[str] = set()  # app URLs removed here: discovery leaves them alone until added again
         engine.add_function_source(self.functions)
 
     # --- lifecycle -------------------------------------------------------------------
@@ -187,8 +188,10 @@ class InngestRuntime:
             return slug
         return await self.engine.store.resolve_function_id(slug)
 
-    async def prepare_wait(self, run_id: str, key: str, event_name: str, expression: str | None, timeout: float) -> None:
-        await self.engine.store.prepare_wait(run_id, key, event_name, expression, int(timeout * 1000))
+    async def prepare_wait(
+        self, run_id: str, key: str, event_name: str, expression: str | None, timeout: float, name: str | None = None
+    ) -> None:
+        await self.engine.store.prepare_wait(run_id, key, event_name, expression, int(timeout * 1000), name)
 
     def watch_prepared_wait(self, run_id: str, key: str) -> None:
         """After the run suspends on a wait registered early, wake it if the event came in the
@@ -313,6 +316,7 @@ class InngestRuntime:
     async def sync(self, url: str) -> AppStatus:
         """Ask the app at ``url`` to register (the PUT); its registration comes back to /fn/register."""
         url = _normalize_url(url)
+        self.removed.discard(url)
         status = self.apps.setdefault(url, AppStatus(url=url))
         content = signing.canonical_bytes({"url": url})
         headers = {"content-type": "application/json", "x-inngest-server-kind": self.options.server_kind}
@@ -323,15 +327,7 @@ class InngestRuntime:
         except httpx.HTTPError as exc:
             status.error = f"unreachable: {exc!r}"
             return status
-        if response.status_code >= 400:
-            try:
-                detail = response.json()
-                message = detail.get("message") or detail.get("error") or response.text
-            except ValueError:
-                message = response.text
-            status.error = f"the app answered {response.status_code}: {str(message)[:500]}"
-        else:
-            status.error = None
+        status.error = _sync_refusal(response)
         return status
 
     async def sync_all(self) -> list[AppStatus]:
@@ -353,6 +349,28 @@ class InngestRuntime:
             by_url[url] = entry
         return list(by_url.values())
 
+    async def remove(self, target: str) -> dict[str, Any]:
+        """Remove an app, named by its serve URL or its name: its functions are archived (no
+        trigger, no schedule: they start no run), and it is no longer synced or discovered
+        here. Runs it already made are kept. Syncing it again brings it back."""
+        url = _normalize_url(target) if "/" in target else None
+        names = {m["app"] for m in self._metas.values() if m["app"] == target or (url and m.get("app_url") == url)}
+        names.update(s.name for u, s in self.apps.items() if s.name and (u == url or s.name == target))
+        urls = {u for u, s in self.apps.items() if u == url or (s.name and s.name in names)}
+        urls.update(m["app_url"] for m in self._metas.values() if m["app"] in names and m.get("app_url"))
+        if not names and not urls:
+            raise errors.NotFoundError(f"no app {target!r} is known here; `stepline apps list` shows the apps by name and URL")
+        archived: list[str] = []
+        async with self._register_lock:
+            for name in sorted(names):
+                archived += await self.engine.store.register_sdk_app(name, [], {})
+            await self.reload()
+        for u in urls:
+            self.apps.pop(u, None)
+            self.removed.add(u)
+        log.info("removed app(s) %s (%s): %d function(s) archived", sorted(names), sorted(urls), len(archived))
+        return {"removed": sorted(names), "urls": sorted(urls), "functions": sorted(archived)}
+
     async def discover(self) -> list[str]:
         """GET the usual local serve URLs; sync those that answer as an SDK."""
         ports = list(DISCOVERY_PORTS)
@@ -369,7 +387,8 @@ class InngestRuntime:
             if protocol.SDK_HEADER in response.headers:
                 found.append(url)
 
-        await asyncio.gather(*(probe(f"http://127.0.0.1:{p}{path}") for p in ports if p != own for path in DISCOVERY_PATHS))
+        candidates = [f"http://127.0.0.1:{p}{path}" for p in ports if p != own for path in DISCOVERY_PATHS]
+        await asyncio.gather(*(probe(url) for url in candidates if url not in self.removed))
         for url in found:
             await self.sync(url)
         return found
@@ -402,6 +421,21 @@ class InngestRuntime:
                 log.exception("syncing SDK apps failed; retrying")
             first = False
             await asyncio.sleep(self.options.poll_interval)
+
+
+def _sync_refusal(response: httpx.Response) -> str | None:
+    """Why the app's sync failed, or None. The status line is not enough: the Python SDK
+    answers 200 with our refusal of its registration in the body (``{"error", "status": 401}``)."""
+    try:
+        detail = response.json()
+    except ValueError:
+        detail = None
+    reported = detail.get("status") if isinstance(detail, dict) else None
+    code = reported if isinstance(reported, int) and not isinstance(reported, bool) and reported >= 400 else response.status_code
+    if code < 400 and not (isinstance(detail, dict) and detail.get("error") and detail.get("ok") is not True):
+        return None
+    message = (detail.get("message") or detail.get("error")) if isinstance(detail, dict) else None
+    return f"the app answered {code}: {str(message or response.text)[:500]}"
 
 
 def _normalize_url(url: str) -> str:

@@ -1,8 +1,8 @@
 """HTTP routes for apps written with the official Inngest SDKs.
 
 ``POST /fn/register`` (app sync), ``POST /e/{key}`` accepting the SDKs' event
-shapes, ``GET /v0/runs/{id}/batch|actions`` (large run state), and
-``/api/v1/inngest/apps`` to list, add and re-sync apps. ``mount(app)`` puts
+shapes, ``GET /v0/runs/{id}/batch|actions`` (large run state), realtime publishing
+(``inngest_realtime``), and ``/api/v1/inngest/apps`` to list, add, remove and re-sync apps. ``mount(app)`` puts
 these routes first, so the SDK-tolerant ``/e/{key}`` answers SDK senders.
 """
 
@@ -99,7 +99,7 @@ async def post_event(request: Request) -> Response:
     return JSON({"ids": ids, "status": 200})
 
 
-def _sdk_bearer(request: Request) -> Response | None:
+def sdk_bearer(request: Request) -> Response | None:
     """The SDK apps' signing key (hashed) as bearer, as Inngest's server checks it."""
     try:
         runtime(request).check_auth(request.headers.get("authorization"))
@@ -110,13 +110,13 @@ def _sdk_bearer(request: Request) -> Response | None:
 
 def _rest_auth(request: Request) -> Response | None:
     """Inngest's REST API takes the signing key as bearer; Stepline's API token works too."""
-    denied = _sdk_bearer(request)
+    denied = sdk_bearer(request)
     if denied is not None and common.api_token(request) is not None:
         return denied
     return None
 
 
-@common.route(_sdk_bearer)
+@common.route(sdk_bearer)
 async def run_batch(request: Request) -> Response:
     found = await common.engine(request).store.run_events(request.path_params["run_id"])
     if found is None:
@@ -124,7 +124,7 @@ async def run_batch(request: Request) -> Response:
     return JSON([events.to_sdk(e) for e in found])
 
 
-@common.route(_sdk_bearer)
+@common.route(sdk_bearer)
 async def run_actions(request: Request) -> Response:
     rows = await runtime(request).journal(request.path_params["run_id"])
     return JSON({r["key"]: memos.memo_of(r) for r in rows if memos.finished(r)})
@@ -223,6 +223,15 @@ async def add_app(request: Request) -> Response:
 
 
 @common.route(common.api_token)
+async def remove_app(request: Request) -> Response:
+    """``DELETE /api/v1/inngest/apps?app=<name or serve URL>``: its functions stop matching events."""
+    target = request.query_params.get("app") or request.query_params.get("url")
+    if not target:
+        return problem(400, "name the app: ?app=<its name or serve URL> (see GET /api/v1/inngest/apps)")
+    return JSON(await runtime(request).remove(target))
+
+
+@common.route(common.api_token)
 async def sync_apps(request: Request) -> Response:
     """Re-sync every known app (or the one named by ``?url=``)."""
     rt = runtime(request)
@@ -232,7 +241,10 @@ async def sync_apps(request: Request) -> Response:
 
 
 def routes() -> list[Route]:
+    from stepline.server import inngest_realtime  # it builds on this module's checks
+
     return [
+        *inngest_realtime.routes(),
         Route("/fn/register", register, methods=["POST"]),
         Route("/e/{event_key}", post_event, methods=["POST"]),
         Route("/v0/runs/{run_id}/batch", run_batch, methods=["GET"]),
@@ -244,6 +256,7 @@ def routes() -> list[Route]:
         Route("/v1/runs/{run_id}", v1_cancel_run, methods=["DELETE"]),
         Route("/api/v1/inngest/apps", list_apps, methods=["GET"]),
         Route("/api/v1/inngest/apps", add_app, methods=["POST"]),
+        Route("/api/v1/inngest/apps", remove_app, methods=["DELETE"]),
         Route("/api/v1/inngest/apps/sync", sync_apps, methods=["POST"]),
     ]
 

@@ -14,7 +14,7 @@ from stepline import errors, jsonutil
 from stepline import event as event_mod
 from stepline.function import StoredConfig
 from stepline.store import db, ops_ingest, ops_runs
-from stepline.store.records import StepStatus
+from stepline.store.records import TERMINAL, StepStatus
 
 
 def sdk_functions_txn(conn: db.Conn) -> list[dict[str, Any]]:
@@ -116,17 +116,20 @@ def send_signal_txn(conn: db.Conn, signal: event_mod.Event, expression: str, now
 
 
 def prepare_wait_txn(
-    conn: db.Conn, run_id: str, key: str, event_name: str, expression: str | None, expires_at: int, now: int
+    conn: db.Conn, run_id: str, key: str, event_name: str, expression: str | None, expires_at: int, now: int,
+    name: str | None = None,
 ) -> None:
     """Register a ``waitForEvent`` before the steps beside it in a parallel block run, so an
     event one of them causes is not missed. The rows are the ones the engine writes when a
-    run suspends on a wait (same wait id), so it finds them there and keeps them."""
+    run suspends on a wait (same wait id), so it finds them there and keeps them; the run's
+    end removes them if it never suspends on it (a race the wait lost)."""
     seq = (conn.scalar("SELECT MAX(seq) AS seq FROM steps WHERE run_id = ?", (run_id,)) or 0) + 1
     conn.execute(
         "INSERT INTO steps (run_id, key, name, kind, status, seq, attempts, started_at, wake_at) "
         "VALUES (?, ?, ?, 'wait', 'waiting', ?, 1, ?, ?) ON CONFLICT (run_id, key) DO NOTHING",
-        (run_id, key, key, seq, now, expires_at),
+        (run_id, key, name or key, seq, now, expires_at),
     )
+    conn.execute("UPDATE runs SET cleanup = cleanup | ? WHERE id = ?", (ops_runs.CLEANUP_WAITS, run_id))
     ops_runs.note_new_wait(conn, event_name)
     conn.execute(
         "INSERT INTO waits (id, run_id, step_key, event_name, expression, expires_at) VALUES (?, ?, ?, ?, ?, ?) "
@@ -152,3 +155,24 @@ def wake_if_wait_done_txn(conn: db.Conn, run_id: str, key: str, now: int) -> boo
         return False
     ops_runs.make_due_txn(conn, run_id, now)
     return True
+
+
+def publish_from_app_txn(conn: db.Conn, run_id: str, topic: str, data: str, now: int) -> int:
+    """A message an SDK app published for one of its runs (Inngest realtime): into the run's
+    stream, as ``ctx.publish`` does, while a worker executes the run (the app publishes from
+    inside a call for that run). Returns the message's sequence number."""
+    row = conn.one(
+        "SELECT r.status, q.lease_owner FROM runs r LEFT JOIN queue q ON q.run_id = r.id WHERE r.id = ?", (run_id,)
+    )
+    if row is None:
+        raise errors.NotFoundError(f"no run with id {run_id!r}")
+    if row["status"] in TERMINAL or row["lease_owner"] is None:
+        raise errors.ConflictError(
+            f"run {run_id} is {row['status']}: realtime messages are published while its function executes"
+        )
+    seq = (conn.scalar("SELECT MAX(seq) AS seq FROM run_messages WHERE run_id = ?", (run_id,)) or 0) + 1
+    conn.execute(
+        "INSERT INTO run_messages (run_id, seq, topic, data, created_at) VALUES (?, ?, ?, ?, ?)",
+        (run_id, seq, topic, data, now),
+    )
+    return int(seq)

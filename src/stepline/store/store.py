@@ -184,6 +184,10 @@ class Store:
     async def publish(self, lease: Lease, topic: str, data: str) -> int:
         return await self.db.write(self._at_commit(ops_exec.publish_txn, lease=lease, topic=topic, data=data))
 
+    async def publish_from_app(self, run_id: str, topic: str, data: str) -> int:
+        """A message an SDK app published for a run it is executing (Inngest realtime)."""
+        return await self.db.write(self._at_commit(ops_sdk.publish_from_app_txn, run_id=run_id, topic=topic, data=data))
+
     # --- cost budgets (ops_budget) ------------------------------------------------------
 
     async def reserve_budget(
@@ -270,14 +274,16 @@ class Store:
     async def send_signal(self, signal: event_mod.Event, expression: str) -> str | None:
         return await self.db.write(self._at_commit(ops_sdk.send_signal_txn, signal=signal, expression=expression))
 
-    async def prepare_wait(self, run_id: str, key: str, event_name: str, expression: str | None, timeout_ms: int) -> None:
+    async def prepare_wait(
+        self, run_id: str, key: str, event_name: str, expression: str | None, timeout_ms: int, name: str | None = None
+    ) -> None:
         """Register a wait of a run that still executes (a parallel block), ahead of its suspension."""
 
         def prepare(conn: db.Conn) -> None:
             now = self.now_ms()
             ops_sdk.prepare_wait_txn(
                 conn, run_id=run_id, key=key, event_name=event_name, expression=expression,
-                expires_at=now + timeout_ms, now=now,
+                expires_at=now + timeout_ms, now=now, name=name,
             )
 
         await self.db.write(prepare)

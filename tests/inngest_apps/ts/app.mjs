@@ -1,9 +1,14 @@
-// A plain Node HTTP app that uses only the official SDK (no Stepline code).
-// The server it talks to comes from INNGEST_* environment variables; PORT is where it listens.
-// GET /counts returns what the functions did, so tests can count executions.
+// A Node app that uses only the official SDK (no Stepline code), as its users write it.
+// STEPLINE_TEST_SDK picks the SDK: "v4" (inngest 4.x, served by node:http) or "v3"
+// (inngest 3.x, served by Express). The server it talks to comes from INNGEST_*
+// environment variables; PORT is where it listens.
+// GET /counts returns what the functions did, so tests can count executions;
+// POST /gate/<name> lets a step that waits on that gate finish.
 import http from "node:http";
-import { Inngest, NonRetriableError, RetryAfterError } from "inngest";
-import { serve } from "inngest/node";
+
+const major = process.env.STEPLINE_TEST_SDK === "v3" ? "v3" : "v4";
+const pkg = major === "v3" ? "inngest-v3" : "inngest";
+const { Inngest, NonRetriableError, RetryAfterError } = await import(pkg);
 
 const counts = {};
 const seen = {};
@@ -12,102 +17,92 @@ const hit = (name, value) => {
   if (value !== undefined) seen[name] = value;
   return counts[name];
 };
+const append = (name, value) => { (seen[name] ||= []).push(value); };
+
+const gates = {};
+const gateOf = (name) => {
+  if (!gates[name]) {
+    let open;
+    gates[name] = { promise: new Promise((resolve) => { open = resolve; }), open };
+  }
+  return gates[name];
+};
+const gate = (name) => gateOf(name).promise;
 
 const inngest = new Inngest({ id: "ts-app" });
 
-const steps = inngest.createFunction(
-  { id: "steps", triggers: [{ event: "ts/steps" }] },
-  async ({ event, step, attempt }) => {
-    const name = await step.run("first", () => { hit("steps.first"); return String(event.data.name).toUpperCase(); });
-    const greeting = await step.run("second", () => { hit("steps.second"); return `hello ${name}`; });
-    return { greeting, attempt };
-  },
-);
+// One way to declare a function for both SDKs: v4 takes the triggers in the options,
+// v3 as a second argument.
+const fn = (options, trigger, handler) =>
+  major === "v3"
+    ? inngest.createFunction(options, trigger, handler)
+    : inngest.createFunction({ ...options, triggers: [trigger] }, handler);
 
-const sleeper = inngest.createFunction(
-  { id: "sleeper", triggers: [{ event: "ts/sleep" }] },
-  async ({ step }) => {
-    const before = await step.run("before", () => hit("sleep.before"));
-    await step.sleep("nap", "1s");
-    const after = await step.run("after", () => hit("sleep.after"));
-    return `${before}-${after}`;
-  },
-);
+const steps = fn({ id: "steps" }, { event: "ts/steps" }, async ({ event, step, attempt }) => {
+  const name = await step.run("first", () => { hit("steps.first"); return String(event.data.name).toUpperCase(); });
+  const greeting = await step.run("second", () => { hit("steps.second"); return `hello ${name}`; });
+  return { greeting, attempt };
+});
 
-const waiter = inngest.createFunction(
-  { id: "waiter", triggers: [{ event: "ts/wait" }] },
-  async ({ step }) => {
-    const got = await step.waitForEvent("approval", { event: "ts/approve", timeout: "2s", match: "data.id" });
-    return got === null ? null : { approvedBy: got.data.by, name: got.name };
-  },
-);
+const sleeper = fn({ id: "sleeper" }, { event: "ts/sleep" }, async ({ step }) => {
+  const before = await step.run("before", () => hit("sleep.before"));
+  await step.sleep("nap", "1s");
+  const after = await step.run("after", () => hit("sleep.after"));
+  return `${before}-${after}`;
+});
 
-const child = inngest.createFunction(
-  { id: "child", triggers: [{ event: "ts/child" }] },
-  async ({ event, step }) => {
-    const doubled = await step.run("double", () => Number(event.data.n) * 2);
-    return { doubled, event: event.name };
-  },
-);
+const waiter = fn({ id: "waiter" }, { event: "ts/wait" }, async ({ step }) => {
+  const got = await step.waitForEvent("approval", { event: "ts/approve", timeout: "2s", match: "data.id" });
+  return got === null ? null : { approvedBy: got.data.by, name: got.name };
+});
 
-const parent = inngest.createFunction(
-  { id: "parent", triggers: [{ event: "ts/parent" }] },
-  async ({ event, step }) => {
-    const result = await step.invoke("call-child", { function: child, data: { n: event.data.n } });
-    return { child: result };
-  },
-);
+const child = fn({ id: "child" }, { event: "ts/child" }, async ({ event, step }) => {
+  const doubled = await step.run("double", () => Number(event.data.n) * 2);
+  return { doubled, event: event.name };
+});
 
-const sender = inngest.createFunction(
-  { id: "sender", triggers: [{ event: "ts/send" }] },
-  async ({ event, step }) => step.sendEvent("emit", { name: "ts/sent", data: { k: event.data.k } }),
-);
+const parent = fn({ id: "parent" }, { event: "ts/parent" }, async ({ event, step }) => {
+  const result = await step.invoke("call-child", { function: child, data: { n: event.data.n } });
+  return { child: result };
+});
 
-const onSent = inngest.createFunction(
-  { id: "on-sent", triggers: [{ event: "ts/sent" }] },
-  async ({ event }) => { hit("on-sent", event.data); return event.data; },
-);
+const sender = fn({ id: "sender" }, { event: "ts/send" }, async ({ event, step }) =>
+  step.sendEvent("emit", { name: "ts/sent", data: { k: event.data.k } }));
 
-const parallel = inngest.createFunction(
-  { id: "parallel", triggers: [{ event: "ts/parallel" }] },
-  async ({ step }) => {
-    const results = await Promise.all([1, 2, 3].map((n) => step.run(`part-${n}`, () => { hit(`parallel.${n}`); return n * 10; })));
-    const total = await step.run("sum", () => results.reduce((a, b) => a + b, 0));
-    return [...results, total];
-  },
-);
+const onSent = fn({ id: "on-sent" }, { event: "ts/sent" }, async ({ event }) => { hit("on-sent", event.data); return event.data; });
 
-const flaky = inngest.createFunction(
-  { id: "flaky", retries: 3, triggers: [{ event: "ts/flaky" }] },
-  async ({ step }) => step.run("unstable", () => {
-    const n = hit("flaky");
-    if (n < 3) throw new Error(`transient failure ${n}`);
-    return `ok after ${n}`;
-  }),
-);
+const parallel = fn({ id: "parallel" }, { event: "ts/parallel" }, async ({ step }) => {
+  const results = await Promise.all([1, 2, 3].map((n) => step.run(`part-${n}`, () => { hit(`parallel.${n}`); return n * 10; })));
+  const total = await step.run("sum", () => results.reduce((a, b) => a + b, 0));
+  return [...results, total];
+});
 
-const nonretry = inngest.createFunction(
+const flaky = fn({ id: "flaky", retries: 3 }, { event: "ts/flaky" }, async ({ step }) => step.run("unstable", () => {
+  const n = hit("flaky");
+  if (n < 3) throw new Error(`transient failure ${n}`);
+  return `ok after ${n}`;
+}));
+
+const nonretry = fn(
   {
     id: "nonretry",
     retries: 3,
-    triggers: [{ event: "ts/nonretry" }],
     onFailure: async ({ event, error }) => { hit("nonretry.onFailure", { name: event.name, message: error.message }); },
   },
+  { event: "ts/nonretry" },
   async ({ step }) => step.run("boom", () => { hit("nonretry"); throw new NonRetriableError("permanent failure"); }),
 );
 
-const retryAfter = inngest.createFunction(
-  { id: "retry-after", retries: 2, triggers: [{ event: "ts/retry-after" }] },
-  async ({ step }) => step.run("call", () => {
-    const n = hit("retry-after");
-    (seen["retry-after.times"] ||= []).push(Date.now() / 1000);
-    if (n === 1) throw new RetryAfterError("rate limited", "2s");
-    return "done";
-  }),
-);
+const retryAfter = fn({ id: "retry-after", retries: 2 }, { event: "ts/retry-after" }, async ({ step }) => step.run("call", () => {
+  const n = hit("retry-after");
+  (seen["retry-after.times"] ||= []).push(Date.now() / 1000);
+  if (n === 1) throw new RetryAfterError("rate limited", "2s");
+  return "done";
+}));
 
-const cancellable = inngest.createFunction(
-  { id: "cancellable", triggers: [{ event: "ts/long" }], cancelOn: [{ event: "ts/stop", match: "data.id" }] },
+const cancellable = fn(
+  { id: "cancellable", cancelOn: [{ event: "ts/stop", match: "data.id" }] },
+  { event: "ts/long" },
   async ({ step }) => {
     await step.run("start", () => hit("cancellable.start"));
     await step.sleep("long-nap", "30s");
@@ -116,118 +111,179 @@ const cancellable = inngest.createFunction(
   },
 );
 
-const throttled = inngest.createFunction(
-  { id: "throttled", triggers: [{ event: "ts/throttled" }], throttle: { limit: 1, period: "1s", key: "event.data.user" } },
+const throttled = fn(
+  { id: "throttled", throttle: { limit: 1, period: "1s", key: "event.data.user" } },
+  { event: "ts/throttled" },
   async ({ event, step }) => step.run("record", () => { hit("throttled", true); return { user: event.data.user, at: Date.now() / 1000 }; }),
 );
 
-const limited = inngest.createFunction(
-  { id: "limited", triggers: [{ event: "ts/limited" }], concurrency: [{ limit: 1 }] },
-  async ({ step }) => step.run("work", async () => {
-    const start = Date.now() / 1000;
-    await new Promise((resolve) => setTimeout(resolve, 300));
-    return { start, end: Date.now() / 1000 };
-  }),
-);
+const limited = fn({ id: "limited", concurrency: [{ limit: 1 }] }, { event: "ts/limited" }, async ({ step }) => step.run("work", async () => {
+  const start = Date.now() / 1000;
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  return { start, end: Date.now() / 1000 };
+}));
 
-const debounced = inngest.createFunction(
-  { id: "debounced", triggers: [{ event: "ts/debounced" }], debounce: { period: "1s", key: "event.data.user" } },
+const debounced = fn(
+  { id: "debounced", debounce: { period: "1s", key: "event.data.user" } },
+  { event: "ts/debounced" },
   async ({ event }) => { hit("debounced", event.data); return event.data; },
 );
 
-const asker = inngest.createFunction(
-  { id: "asker", triggers: [{ event: "ts/ask" }] },
-  async ({ event, step }) => {
-    const model = step.ai.models.openai({ model: "fake-model", baseUrl: event.data.baseUrl, apiKey: "test-key" });
-    const reply = await step.ai.infer("ask-model", { model, body: { messages: [{ role: "user", content: event.data.q }] } });
-    const page = await step.fetch(event.data.fetchUrl);
-    return { answer: reply.choices[0].message.content, fetched: page.status, body: await page.text() };
-  },
-);
-
-const racer = inngest.createFunction(
-  { id: "racer", triggers: [{ event: "ts/race" }] },
-  async ({ step }) => {
-    const winner = await Promise.race([
-      step.run("slow", async () => { await new Promise((r) => setTimeout(r, 1000)); return "slow"; }),
-      step.run("fast", () => "fast"),
-    ]);
-    return step.run("after", () => `winner: ${winner}`);
-  },
-);
-
-const parallelFail = inngest.createFunction(
-  { id: "parallel-fail", retries: 0, triggers: [{ event: "ts/parallel-fail" }] },
-  async ({ step }) => {
-    try {
-      await Promise.all([step.run("ok", () => 1), step.run("bad", () => { throw new Error("bad branch"); })]);
-      return "no error";
-    } catch (err) {
-      return `caught ${err.name}: ${err.message}`;
-    }
-  },
-);
-
-const nightly = inngest.createFunction(
-  { id: "nightly", triggers: [{ cron: "TZ=Europe/Paris 0 3 * * *" }] },
-  async ({ event, step }) => step.run("report", () => ({ event: event.name, cron: event.data.cron })),
-);
-
-const parallelRetry = inngest.createFunction(
-  { id: "parallel-retry", retries: 2, triggers: [{ event: "ts/parallel-retry" }] },
-  async ({ step }) => {
-    const [a, b] = await Promise.all([
-      step.run("steady", () => { hit("pr.steady"); return "a"; }),
-      step.run("wobbly", () => {
-        if (hit("pr.wobbly") === 1) throw new Error("first try fails");
-        return "b";
-      }),
-    ]);
-    return step.run("join", () => a + b);
-  },
-);
-
-const signalWaiter = inngest.createFunction(
-  { id: "signal-waiter", triggers: [{ event: "ts/await-signal" }] },
-  async ({ event, step }) => step.waitForSignal("approval", { signal: `approve-${event.data.id}`, timeout: "10s" }),
-);
-
-const signalSender = inngest.createFunction(
-  { id: "signal-sender", triggers: [{ event: "ts/send-signal" }] },
-  async ({ event, step }) => step.sendSignal("approve", { signal: `approve-${event.data.id}`, data: { by: event.data.by } }),
-);
-
-const pinger = inngest.createFunction(
-  { id: "pinger", triggers: [{ event: "ts/start-ping" }] },
-  async ({ event, step }) => {
-    // Send a request and wait for its reply in one parallel block, as Inngest's docs suggest.
-    const [, reply] = await Promise.all([
-      step.sendEvent("ping", { name: "ts/ping", data: { id: event.data.id } }),
-      step.waitForEvent("pong", { event: "ts/pong", timeout: "20s", match: "data.id" }),
-    ]);
-    return reply === null ? null : reply.data;
-  },
-);
-
-const ponger = inngest.createFunction(
-  { id: "ponger", triggers: [{ event: "ts/ping" }] },
-  async ({ event }) => {
-    await inngest.send({ name: "ts/pong", data: { id: event.data.id, pong: true } });
-    return "sent";
-  },
-);
-
-const handler = serve({
-  client: inngest,
-  functions: [steps, sleeper, waiter, child, parent, sender, onSent, parallel, flaky, nonretry, retryAfter, cancellable, throttled, limited, debounced, asker, racer, parallelFail, nightly, parallelRetry, signalWaiter, signalSender, pinger, ponger],
+const asker = fn({ id: "asker" }, { event: "ts/ask" }, async ({ event, step }) => {
+  const model = step.ai.models.openai({ model: "fake-model", baseUrl: event.data.baseUrl, apiKey: "test-key" });
+  const reply = await step.ai.infer("ask-model", { model, body: { messages: [{ role: "user", content: event.data.q }] } });
+  const page = await step.fetch(event.data.fetchUrl);
+  return { answer: reply.choices[0].message.content, fetched: page.status, body: await page.text() };
 });
 
-const server = http.createServer((req, res) => {
+// Promise.race with Inngest's early continuation: v4 asks for it with group.parallel's
+// race mode; v3 (one step per request, its default) has it for every parallel block.
+const racer = fn({ id: "racer" }, { event: "ts/race" }, async ({ step, group }) => {
+  const race = () => Promise.race([
+    step.run("slow", async () => { await gate("race"); hit("race.slow"); return "slow"; }),
+    step.run("fast", () => "fast"),
+  ]);
+  const winner = major === "v3" ? await race() : await group.parallel({ mode: "race" }, race);
+  return step.run("after", () => { hit("race.after"); return `winner: ${winner}`; });
+});
+
+const parallelFail = fn({ id: "parallel-fail", retries: 0 }, { event: "ts/parallel-fail" }, async ({ step }) => {
+  try {
+    await Promise.all([step.run("ok", () => 1), step.run("bad", () => { throw new Error("bad branch"); })]);
+    return "no error";
+  } catch (err) {
+    return `caught ${err.name}: ${err.message}`;
+  }
+});
+
+const nightly = fn({ id: "nightly" }, { cron: "TZ=Europe/Paris 0 3 * * *" }, async ({ event, step }) =>
+  step.run("report", () => ({ event: event.name, cron: event.data.cron })));
+
+const parallelRetry = fn({ id: "parallel-retry", retries: 2 }, { event: "ts/parallel-retry" }, async ({ step }) => {
+  const [a, b] = await Promise.all([
+    step.run("steady", () => { hit("pr.steady"); return "a"; }),
+    step.run("wobbly", () => {
+      if (hit("pr.wobbly") === 1) throw new Error("first try fails");
+      return "b";
+    }),
+  ]);
+  return step.run("join", () => a + b);
+});
+
+const signalWaiter = fn({ id: "signal-waiter" }, { event: "ts/await-signal" }, async ({ event, step }) =>
+  step.waitForSignal("approval", { signal: `approve-${event.data.id}`, timeout: "10s" }));
+
+const signalSender = fn({ id: "signal-sender" }, { event: "ts/send-signal" }, async ({ event, step }) =>
+  step.sendSignal("approve", { signal: `approve-${event.data.id}`, data: { by: event.data.by } }));
+
+const pinger = fn({ id: "pinger" }, { event: "ts/start-ping" }, async ({ event, step }) => {
+  // Send a request and wait for its reply in one parallel block, as Inngest's docs suggest.
+  const [, reply] = await Promise.all([
+    step.sendEvent("ping", { name: "ts/ping", data: { id: event.data.id } }),
+    step.waitForEvent("pong", { event: "ts/pong", timeout: "20s", match: "data.id" }),
+  ]);
+  return reply === null ? null : reply.data;
+});
+
+const ponger = fn({ id: "ponger" }, { event: "ts/ping" }, async ({ event }) => {
+  await inngest.send({ name: "ts/pong", data: { id: event.data.id, pong: true } });
+  return "sent";
+});
+
+// Flow control written the way most TS code writes it: concurrency as an object.
+const vipQueue = fn(
+  { id: "vip-queue", concurrency: { limit: 1 }, priority: { run: "event.data.vip == true ? 120 : 0" } },
+  { event: "ts/vip" },
+  async ({ event, step }) => step.run("work", async () => {
+    append("vip.order", event.data.name);
+    if (event.data.name === "first") await gate("vip");
+    return event.data.name;
+  }),
+);
+
+const perUser = fn({ id: "per-user", concurrency: { limit: 2, key: "event.data.user" } }, { event: "ts/per-user" }, async () => "ok");
+
+const batchIf = fn(
+  { id: "batch-if", batchEvents: { maxSize: 3, timeout: "60s", if: "event.data.batch == true" } },
+  { event: "ts/batch-if" },
+  async ({ events }) => events.map((e) => e.data.n),
+);
+
+const twoNaps = fn({ id: "two-naps" }, { event: "ts/naps" }, async ({ step }) => {
+  await Promise.all([step.sleep("short-nap", "1s"), step.sleep("long-nap", "2s")]);
+  return "awake";
+});
+
+const twoWaits = fn({ id: "two-waits" }, { event: "ts/waits" }, async ({ step }) => {
+  const [a, b] = await Promise.all([
+    step.waitForEvent("wait-a", { event: "ts/a", timeout: "1m", match: "data.id" }),
+    step.waitForEvent("wait-b", { event: "ts/b", timeout: "1m", match: "data.id" }),
+  ]);
+  return [a && a.data.n, b && b.data.n];
+});
+
+// Functions that hear of other functions' endings.
+const onFinished = fn(
+  { id: "on-finished" },
+  { event: "inngest/function.finished", if: "event.data.function_id == 'ts-app-steps'" },
+  async ({ event }) => {
+    append("finished", { run_id: event.data.run_id, result: event.data.result, status: event.data._inngest?.status, event: event.data.event?.name });
+  },
+);
+
+const onCancelled = fn(
+  { id: "on-cancelled" },
+  { event: "inngest/function.cancelled", if: "event.data.function_id == 'ts-app-cancellable'" },
+  async ({ event }) => { append("cancelled", { run_id: event.data.run_id, id: event.data.event?.data?.id }); },
+);
+
+const functions = [
+  steps, sleeper, waiter, child, parent, sender, onSent, parallel, flaky, nonretry, retryAfter, cancellable, throttled,
+  limited, debounced, asker, racer, parallelFail, nightly, parallelRetry, signalWaiter, signalSender, pinger, ponger,
+  vipQueue, perUser, batchIf, twoNaps, twoWaits, onFinished, onCancelled,
+];
+
+if (major === "v4") {
+  // Realtime (v4): a durable publish step and a plain publish inside a step.
+  const { channel, staticSchema } = await import("inngest/realtime");
+  const job = channel({ name: (id) => `job:${id}`, topics: { status: { schema: staticSchema() }, tokens: { schema: staticSchema() } } });
+  functions.push(fn({ id: "publisher" }, { event: "ts/publish" }, async ({ event, step }) => {
+    await step.realtime.publish("publish-status", job(event.data.id).status, { message: "started" });
+    await step.run("stream-tokens", async () => {
+      for (const token of ["Hel", "lo"]) await inngest.realtime.publish(job(event.data.id).tokens, token);
+      return "streamed";
+    });
+    return "published";
+  }));
+}
+
+const onRequest = (req, res, next) => {
   if (req.url === "/counts") {
     res.writeHead(200, { "content-type": "application/json" });
     res.end(JSON.stringify({ counts, seen }));
     return;
   }
-  return handler(req, res);
-});
-server.listen(Number(process.env.PORT), "127.0.0.1", () => console.log(`listening on ${process.env.PORT}`));
+  if (req.method === "POST" && req.url.startsWith("/gate/")) {
+    gateOf(req.url.slice("/gate/".length)).open();
+    res.writeHead(204);
+    res.end();
+    return;
+  }
+  next();
+};
+
+let server;
+if (major === "v3") {
+  const express = (await import("express")).default;
+  const { serve } = await import("inngest-v3/express");
+  const app = express();
+  app.use(express.json({ limit: "10mb" }));
+  app.use(onRequest);
+  app.use("/api/inngest", serve({ client: inngest, functions }));
+  server = http.createServer(app);
+} else {
+  const { serve } = await import("inngest/node");
+  const handler = serve({ client: inngest, functions });
+  server = http.createServer((req, res) => onRequest(req, res, () => handler(req, res)));
+}
+server.listen(Number(process.env.PORT), "127.0.0.1", () => console.log(`listening on ${process.env.PORT} (inngest ${major})`));

@@ -215,6 +215,13 @@ async function runsPage(params) {
 
 // --- one run -------------------------------------------------------------------------
 
+// A step as people know it: its key ("fetch-page:1"), or its name when the key is an id
+// nobody reads (an Inngest SDK step's hash).
+function stepLabel(st) {
+  const name = st.name || st.id;
+  return st.id === name || st.id.split(":")[0] === name ? st.id : name;
+}
+
 function timeline(run) {
   const start = Date.parse(run.started_at || run.created_at);
   const stepsEnd = run.steps.map((st) => Date.parse(st.ended_at || st.started_at || 0));
@@ -229,7 +236,7 @@ function timeline(run) {
     const reused = st.meta && st.meta.reused_from;
     const details = h("details", { class: "step" },
       h("summary", {},
-        h("span", { class: "step-name mono" }, st.id,
+        h("span", { class: "step-name mono", title: st.id }, stepLabel(st),
           reused ? h("span", { class: "tag", title: `result reused from run ${st.meta.reused_from}` }, "reused") : ""),
         h("span", { class: "muted small" }, st.kind),
         h("span", { class: "track" }, h("span", { class: `seg ${st.status}`, style: `left:${left}%;width:${Math.min(width, 100 - left)}%` })),
@@ -269,7 +276,7 @@ function waitText(run) {
   if (!held) return `Not running now: ${reason}`;
   const until = held.wake_at ? ` until ${new Date(held.wake_at).toLocaleTimeString()}` : "";
   const verb = { sleeping: "sleeping in", waiting: "waiting for an event in", invoking: "waiting for an invoked run in", retrying: "waiting to retry" }[held.status];
-  return `Not running now: ${reason} (${verb} step ${held.id}${until})`;
+  return `Not running now: ${reason} (${verb} step ${stepLabel(held)}${until})`;
 }
 
 async function runPage(runId) {
