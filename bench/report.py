@@ -102,6 +102,7 @@ def details(results: list[Result]) -> list[str]:
             out.append(f"- **W5 {b}**: {w5['steps']:,} sequential steps in {w5['total_s']:.2f} s; "
                        f"median {w5['first_ms_per_step']:.3f} ms per step over steps 100–199, {w5['last_ms_per_step']:.3f} ms over the last 100 "
                        f"({w5['last_vs_first']:.2f}×; median of {w5.get('trials', 1)} runs)")
+    out += http_details(results) + timer_wait_details(results)
     scale = [r for r in results if r["workload"].startswith("SCALE-") and r["workload"] != "SCALE-latency"]
     if scale:
         parts = [f"{r['workers']} → {_num(r['runs_per_s'], 0)} jobs/s, {_num(r['steps_per_s'], 0)} steps/s" for r in scale]
@@ -110,6 +111,69 @@ def details(results: list[Result]) -> list[str]:
     if lat:
         out.append(f"- **Idle event→start across processes, PostgreSQL** (LISTEN/NOTIFY): p50 {lat['start_p50_ms']:.2f} ms, "
                    f"p99 {lat['start_p99_ms']:.2f} ms")
+    return out
+
+
+def http_details(results: list[Result]) -> list[str]:
+    out: list[str] = []
+    for backend in ("sqlite", "postgres"):
+        b = BACKENDS[backend]
+        h = _find(results, "HTTP-ingest", "stepline", backend)
+        if h:
+            out.append(
+                f"- **HTTP ingest {b}** (one event per request, triggering nothing; wrk): 1 connection "
+                f"{_num(h['c1_per_s'], 0)} req/s against the empty endpoint's {_num(h['floor_c1_per_s'], 0)} "
+                f"({h['c1_vs_floor'] * 100:.0f} %), p50 {h['c1_p50_ms']:.2f} ms; 16 connections {_num(h['c16_per_s'], 0)} "
+                f"against {_num(h['floor_c16_per_s'], 0)} ({h['c16_vs_floor'] * 100:.0f} %), p50 {h['c16_p50_ms']:.2f} / "
+                f"p99 {h['c16_p99_ms']:.2f} ms; server CPU per request {h['c16_cpu_us']:.0f} µs (the floor's "
+                f"{h['floor_c16_cpu_us']:.0f} µs); median of {h['rounds']} rounds, load average {h['load_avg']}"
+            )
+        w = _find(results, "W1-http", "stepline", backend)
+        if w:
+            out.append(
+                f"- **W1 over HTTP {b}** (one event per request, 16 connections, a 3-step run each): "
+                f"{_num(w['steps_per_s'], 0)} durable steps/s ({_num(w['runs_per_s'], 0)} runs/s; wrk's "
+                f"{_num(w['requests_per_s'], 0)} req/s, p50 {w['p50_ms']:.2f} ms, p99 {w['p99_ms']:.2f} ms; drained "
+                f"{w['drain_s']:.2f} s after the load); server CPU per run {w['server_cpu_us_per_run']:.0f} µs "
+                f"(median of {w.get('trials', 1)})"
+            )
+        w = _find(results, "W1-http-batch", "stepline", backend)
+        if w:
+            out.append(
+                f"- **W1 over HTTP, POSTs of 100 events, {b}**: {_num(w['steps_per_s'], 0)} steps/s against "
+                f"{_num(w['in_process_steps_per_s'], 0)} in process ({w['vs_in_process']:.2f}×; median of {w.get('trials', 1)} pairs)"
+            )
+    return out
+
+
+def timer_wait_details(results: list[Result]) -> list[str]:
+    out: list[str] = []
+    for backend in ("sqlite", "postgres"):
+        b = BACKENDS[backend]
+        w = _find(results, "W6", "stepline", backend)
+        if w:
+            out.append(
+                f"- **W6 {b}**: {w['runs']:,} runs sleeping until their own instants over {w['spread_s']:.0f} s: "
+                f"late p50 {w['late_p50_ms']:.1f} ms, p99 {w['late_p99_ms']:.1f} ms, max {w['late_max_ms']:.0f} ms; "
+                f"worker peak RSS {w['peak_rss_mib']:.0f} MiB (all asleep {w['setup_s']:.1f} s after the first send, "
+                f"{w['due_before_setup']} due before that)"
+            )
+        w = _find(results, "W6-backlog", "stepline", backend)
+        if w:
+            out.append(
+                f"- **W6 backlog {b}**: W3 with {w['sleepers']:,} runs asleep in the database against an empty one: "
+                f"event→start p50 {w['handoff_start_p50_ms_sleepers']:.2f} against {w['handoff_start_p50_ms_empty']:.2f} ms "
+                f"({w['handoff_p50_vs_empty']:.2f}×); through the queue {w['queue_start_p50_ms_sleepers']:.2f} against "
+                f"{w['queue_start_p50_ms_empty']:.2f} ms ({w['queue_p50_vs_empty']:.2f}×)"
+            )
+        w = _find(results, "W7", "stepline", backend)
+        if w:
+            out.append(
+                f"- **W7 {b}**: {w['waiters']:,} runs waiting, each for its own key: a matching event resumes one in "
+                f"p50 {w['resume_p50_ms']:.2f} ms, p99 {w['resume_p99_ms']:.2f} ms; events of that name matching nothing "
+                f"ingest at {w['unmatched_us_all_waiting']:.0f} µs each against {w['unmatched_us_10_waiting']:.0f} µs with "
+                f"10 waiting ({w['unmatched_vs_10']:.2f}×)"
+            )
     return out
 
 
@@ -122,9 +186,10 @@ def targets(results: list[Result]) -> list[str]:
     def s(workload: str, backend: str) -> Result | None:
         return _find(results, workload, "stepline", backend)
     rows = ["| target | measured | |", "| --- | --- | --- |"]
-    for backend, floor in (("sqlite", 10_000), ("postgres", 5_000)):
+    for backend, floor in (("sqlite", 20_000), ("postgres", 8_000)):
         v = _get(s("W1", backend), "steps_per_s")
         rows.append(check(f"W1 ≥ {floor:,} steps/s on {BACKENDS[backend]}", v, bool(v and v >= floor), f"{_num(v, 0)} steps/s"))
+    rows += http_targets(results) + timer_wait_targets(results)
     for backend in ("sqlite", "postgres"):
         w = s("W2-500", backend)
         v = _get(w, "vs_ideal")
@@ -149,6 +214,52 @@ def targets(results: list[Result]) -> list[str]:
     rss = [r["peak_rss_mib"] for r in results if r["workload"] == "W2-5000" and r["system"] == "stepline"]
     v = max(rss) if rss else None
     rows.append(check("worker < 500 MiB RSS with 5,000 in-flight runs", v, bool(v is not None and v < 500), f"{_num(v, 0)} MiB"))
+    return rows
+
+
+def _check(name: str, value: float | None, ok: bool, shown: str) -> str:
+    if value is None:
+        return f"| {name} | not measured | – |"
+    return f"| {name} | {shown} | {'met' if ok else '**not met**'} |"
+
+
+def http_targets(results: list[Result]) -> list[str]:
+    rows: list[str] = []
+    for backend in ("sqlite", "postgres"):
+        h = _find(results, "HTTP-ingest", "stepline", backend)
+        for conns, share in ((16, 0.8), (1, 0.6)):
+            v = _get(h, f"c{conns}_vs_floor")
+            shown = f"{v * 100:.0f} % ({_num(_get(h, f'c{conns}_per_s'), 0)} of {_num(_get(h, f'floor_c{conns}_per_s'), 0)} req/s)" if v else ""
+            rows.append(_check(f"HTTP ingest, {conns} connection{'s' if conns > 1 else ''}, ≥ {share * 100:.0f} % of the empty endpoint "
+                               f"({BACKENDS[backend]})", v, bool(v and v >= share), shown))
+    for backend, floor in (("sqlite", 8_000), ("postgres", 4_000)):
+        v = _get(_find(results, "W1-http", "stepline", backend), "steps_per_s")
+        rows.append(_check(f"W1 over HTTP ≥ {floor:,} steps/s ({BACKENDS[backend]})", v, bool(v and v >= floor), f"{_num(v, 0)} steps/s"))
+    for backend in ("sqlite", "postgres"):
+        v = _get(_find(results, "W1-http-batch", "stepline", backend), "vs_in_process")
+        rows.append(_check(f"W1 over HTTP in POSTs of 100 within 20 % of in process ({BACKENDS[backend]})", v,
+                           bool(v and v >= 0.8), f"{_num(v, 2)}×"))
+    return rows
+
+
+def timer_wait_targets(results: list[Result]) -> list[str]:
+    rows: list[str] = []
+    for backend in ("sqlite", "postgres"):
+        w = _find(results, "W6", "stepline", backend)
+        a, b, rss = _get(w, "late_p50_ms"), _get(w, "late_p99_ms"), _get(w, "peak_rss_mib")
+        rows.append(_check(f"W6 wake lateness p50 ≤ 20 ms, p99 ≤ 100 ms, RSS ≤ 500 MiB ({BACKENDS[backend]})", a,
+                           bool(a is not None and a <= 20 and b <= 100 and rss <= 500),
+                           f"{_num(a, 1)} / {_num(b, 1)} ms, {_num(rss, 0)} MiB"))
+        w = _find(results, "W6-backlog", "stepline", backend)
+        x, y = _get(w, "handoff_p50_vs_empty"), _get(w, "queue_p50_vs_empty")
+        rows.append(_check(f"W3 with {_num(_get(w, 'sleepers'), 0)} runs asleep ≤ 1.5× W3 on an empty database ({BACKENDS[backend]})", x,
+                           bool(x is not None and x <= 1.5 and y <= 1.5), f"{_num(x, 2)}× (through the queue {_num(y, 2)}×)"))
+    for backend, p50 in (("sqlite", 5.0), ("postgres", 10.0)):
+        w = _find(results, "W7", "stepline", backend)
+        v, ratio = _get(w, "resume_p50_ms"), _get(w, "unmatched_vs_10")
+        rows.append(_check(f"W7 resume p50 ≤ {p50:g} ms ({BACKENDS[backend]})", v, bool(v is not None and v <= p50), f"{_num(v, 2)} ms"))
+        rows.append(_check(f"W7 unmatched ingest ≤ 1.5× with 10 waiting ({BACKENDS[backend]})", ratio,
+                           bool(ratio is not None and ratio <= 1.5), f"{_num(ratio, 2)}×"))
     return rows
 
 

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from bench import common
+from bench import common, http_load
 from bench.report import render
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,6 +55,17 @@ def jobs(quick: bool) -> list[Job]:
     out.append(Job("SCALE", "bench.scaleout", ["--runs", "1000" if quick else "2000"], timeout=600))
     for backend in ("sqlite", "postgres"):
         b = ["--backend", backend]
+        http = ["--seconds", "2", "--rounds", "1"] if quick else []
+        out += [
+            Job("HTTP", "bench.http_ingest", b + http),
+            Job("HTTP", "bench.w1_http", b + http),
+            Job("HTTP", "bench.w1_http", b + ["--batch"] + (["--trials", "1"] if quick else [])),
+            Job("W6", "bench.w6_timers", b + (["--runs", "10000", "--spread", "10", "--lead", "10"] if quick else []), timeout=900),
+            Job("W6", "bench.w6_timers", b + ["--backlog"] + (["--sleepers", "50000", "--w3-runs", "100"] if quick else []), timeout=3600),
+            Job("W7", "bench.w7_waits", b + (["--waiters", "2000", "--samples", "100"] if quick else []), timeout=900),
+        ]
+    for backend in ("sqlite", "postgres"):
+        b = ["--backend", backend]
         out += [
             Job("W1", "bench.peers.dbos_bench", b + ["--workload", "w1", "--runs", "500" if quick else "1000"], peer=True),
             Job("W2", "bench.peers.dbos_bench", b + ["--workload", "w2", "--runs", "500"], peer=True),
@@ -86,7 +97,7 @@ def run_job(job: Job) -> list[dict[str, Any]]:
     cmd = [python, "-m", job.module, *job.args]
     print(f"$ {' '.join(cmd[1:])}", flush=True)
     started = time.perf_counter()
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "src"), ROOT]))  # this tree's code, also from a worktree
     try:
         proc = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True, timeout=job.timeout, env=env)
     except subprocess.TimeoutExpired:
@@ -130,14 +141,38 @@ def versions(peers: bool) -> dict[str, str]:
     return out
 
 
+DOCS = os.path.join(ROOT, "docs", "performance.md")
+DOCS_BEGIN = "<!-- bench:latest (written by make bench) -->"
+DOCS_END = "<!-- /bench:latest -->"
+
+
+def write_docs(table: str) -> bool:
+    """Put the latest full run's figures between the markers in docs/performance.md."""
+    try:
+        with open(DOCS) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return False
+    start, end = text.find(DOCS_BEGIN), text.find(DOCS_END)
+    if start < 0 or end < start:
+        return False
+    with open(DOCS, "w") as f:
+        f.write(text[: start + len(DOCS_BEGIN)] + "\n\n" + table.strip() + "\n\n" + text[end:])
+    return True
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true", help="fewer trials and smaller sizes (about 5 minutes)")
-    p.add_argument("--only", nargs="+", default=[], help="workload groups to run: W1 W2 W3 W4 W5 SCALE")
+    p.add_argument("--only", nargs="+", default=[], help="workload groups to run: W1 W2 W3 W4 W5 SCALE HTTP W6 W7")
     p.add_argument("--no-peers", action="store_true")
+    p.add_argument("--docs", action=argparse.BooleanOptionalAction, default=None,
+                   help="write the figures into docs/performance.md (default: only after a full run)")
     args = p.parse_args()
     selected = [j for j in jobs(args.quick) if not args.only or j.tag in args.only]
     peers = not args.no_peers and any(j.peer for j in selected) and ensure_peers_env()
+    if any(j.tag == "HTTP" for j in selected):
+        http_load.ensure_wrk()
     meta = versions(peers)
     started = time.perf_counter()
     results: list[dict[str, Any]] = []
@@ -155,6 +190,9 @@ def main() -> None:
         f.write(table)
     print()
     print(table)
+    full = not (args.quick or args.only or args.no_peers)
+    if (args.docs if args.docs is not None else full) and write_docs(table):
+        print(f"figures written to {os.path.relpath(DOCS, ROOT)}")
 
 
 if __name__ == "__main__":

@@ -34,23 +34,21 @@ def make_app(started: dict[int, float]) -> stepline.App:
     return app
 
 
-async def measure(backend: str, runs: int, handoff: bool = True) -> dict[str, float]:
-    started: dict[int, float] = {}
+async def measure_on(engine, tracker, started: dict[int, float], runs: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """W3 on a started engine whose app is ``make_app(started)``."""
     to_start: list[float] = []
     to_complete: list[float] = []
-    with common.fresh_db(backend, "w3") as url:
-        async with engine_on(url, make_app(started), handoff=handoff) as (engine, tracker):
-            await asyncio.sleep(0.3)  # let start-up settle
-            for i in range(runs + 10):
-                tracker.expect(1)
-                t0 = time.perf_counter()
-                await engine.send({"name": "bench/w3", "data": {"i": i}})
-                await tracker.done.wait()
-                t1 = time.perf_counter()
-                if i >= 10:  # the first few warm caches and statements
-                    to_start.append((started[i] - t0) * 1000)
-                    to_complete.append((t1 - t0) * 1000)
-                await asyncio.sleep(IDLE_GAP)
+    await asyncio.sleep(0.3)  # let start-up settle
+    for i in range(runs + 10):
+        tracker.expect(1)
+        t0 = time.perf_counter()
+        await engine.send({"name": "bench/w3", "data": {"i": i}})
+        await tracker.done.wait()
+        t1 = time.perf_counter()
+        if i >= 10:  # the first few warm caches and statements
+            to_start.append((started[i] - t0) * 1000)
+            to_complete.append((t1 - t0) * 1000)
+        await asyncio.sleep(IDLE_GAP)
     return {
         "runs": runs,
         "start_p50_ms": round(common.percentile(to_start, 50), 3),
@@ -58,6 +56,13 @@ async def measure(backend: str, runs: int, handoff: bool = True) -> dict[str, fl
         "complete_p50_ms": round(common.percentile(to_complete, 50), 3),
         "complete_p99_ms": round(common.percentile(to_complete, 99), 3),
     }
+
+
+async def measure(backend: str, runs: int, handoff: bool = True) -> dict[str, float]:
+    started: dict[int, float] = {}
+    with common.fresh_db(backend, "w3") as url:
+        async with engine_on(url, make_app(started), handoff=handoff) as (engine, tracker):
+            return await measure_on(engine, tracker, started, runs)
 
 
 def main() -> None:
