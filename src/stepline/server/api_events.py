@@ -44,7 +44,12 @@ async def list_events(request: Request) -> Response:
 
 @common.route(common.api_token)
 async def get_event(request: Request) -> Response:
-    return JSON(await common.engine(request).store.event_detail(request.path_params["event_id"]))
+    store = common.engine(request).store
+    detail = await store.event_detail(request.path_params["event_id"])
+    detail["cancelled_runs"] = await store.runs_cancelled_by(detail["id"])  # by its cancel_on rules
+    if detail["cancelled_runs"] and not detail["runs"] and not detail["skipped_functions"]:
+        detail["why_no_runs"] = f"it cancelled {len(detail['cancelled_runs'])} run(s) (cancel_on) and started none"
+    return JSON(detail)
 
 
 def routes() -> list[Route]:

@@ -13,6 +13,7 @@ from stepline.engine import Engine
 from stepline.server import (
     api_budgets,
     api_events,
+    api_functions,
     api_metrics,
     api_runs,
     common,
@@ -29,6 +30,7 @@ from stepline.server.responses import problem
 
 def core_routes() -> list[Any]:
     return [
+        *api_functions.routes(),
         *api_metrics.routes(),
         *api_budgets.routes(),
         *api_events.routes(),

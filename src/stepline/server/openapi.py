@@ -61,6 +61,10 @@ USAGE = {
     "reasoning_tokens": {"type": "integer"}, "cached_tokens": {"type": "integer"},
     "total_tokens": {"type": "integer"}, "cost_usd": {"type": "number"},
 }
+PAUSE = _obj({"mode": {"type": "string", "enum": ["queue", "skip"]}, "reason": NSTR, "paused_at": TIME})
+RUN_BRIEF = {"type": "object", "required": ["id", "function_id", "status"], "properties": {
+    "id": STR, "function_id": STR, "status": {"type": "string", "enum": STATUSES}, "created_at": TIME,
+    "kind": {"type": "string", "enum": ["replay", "rerun"]}, "step": NSTR}}
 RUN_DETAIL = {
     "allOf": [
         ref("Run"),
@@ -70,7 +74,18 @@ RUN_DETAIL = {
                 "steps": {"type": "array", "items": ref("Step")},
                 "function_attempts": {"type": "array", "items": {"type": "object"}},
                 "usage": _obj(USAGE),
-            }
+                "step_usage": {"type": "object", "additionalProperties": {"type": "object"},
+                               "description": "each model call's provider, model, tokens, cost and latency, by step key"},
+                "schedule": _obj({"due_at": TIME, "held_by_worker": {"type": "boolean"}, "set_aside_on": NSTR}),
+                "links": _obj({
+                    "cancelled_by_event": NSTR, "parent": _nullable(RUN_BRIEF),
+                    "children": {"type": "array", "items": ref("RunBrief")},
+                    "replays": {"type": "array", "items": ref("RunBrief")},
+                    "failure_handler_runs": {"type": "array", "items": ref("RunBrief")},
+                    "handles_failure_of": _nullable(RUN_BRIEF),
+                }),
+            },
+            ["event", "steps", "function_attempts", "usage"],
         ),
     ]
 }
@@ -95,6 +110,7 @@ EVENT_DETAIL = {
                     "items": _obj({"function_id": STR, "reason": STR, "detail": _nullable({"type": "object"})}),
                 },
                 "why_no_runs": NSTR,
+                "cancelled_runs": {"type": "array", "items": ref("Run")},
             }
         ),
     ]
@@ -104,9 +120,16 @@ COUNTS = _obj({k: {"type": "integer"} for k in (
 FUNCTION = _obj(
     {
         "id": STR, "app_id": STR, "triggers": {"type": "array", "items": {"type": "object"}},
-        "config": {"type": "object"}, "updated_at": TIME, "counts": COUNTS,
+        "config": {"type": "object"}, "updated_at": TIME, "counts": COUNTS, "paused": _nullable(PAUSE),
     }
 )
+FUNCTION_SUMMARY = _obj({
+    "id": STR, "app_id": STR, "triggers": {"type": "array", "items": {"type": "object"}}, "config": {"type": "object"},
+    "updated_at": TIME, "paused": _nullable(PAUSE), "since": TIME,
+    "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+    "success_rate": NNUM, "p50_ms": NINT, "p95_ms": NINT, "usage": _obj(USAGE),
+    "recent_runs": {"type": "array", "items": ref("Run")}, "window_seconds": {"type": "number"},
+})
 INT = {"type": "integer"}
 METRICS = _obj(
     {
@@ -168,6 +191,7 @@ SCHEMAS = {
     "Run": RUN, "RunDetail": RUN_DETAIL, "Step": STEP, "Attempt": ATTEMPT, "Event": EVENT,
     "EventSummary": EVENT_SUMMARY, "EventDetail": EVENT_DETAIL, "Function": FUNCTION, "Metrics": METRICS,
     "Problem": PROBLEM, "EventIn": EVENT_IN, "BudgetKey": BUDGET_KEY,
+    "Pause": PAUSE, "RunBrief": RUN_BRIEF, "FunctionSummary": FUNCTION_SUMMARY,
 }
 
 
@@ -287,6 +311,45 @@ def document() -> dict[str, Any]:
         "/api/v1/functions/{function_id}": {"get": _op(
             "One function", {**_ok(ref("Function")), **_problems(400, 401, 404)}, params=[_path("function_id")],
             tag="functions")},
+        "/api/v1/functions/{function_id}/summary": {"get": _op(
+            "A function's page: config, pause, live counts, outcomes, p50/p95 and cost over a window, newest runs",
+            {**_ok(ref("FunctionSummary")), **_problems(400, 401, 404)}, tag="functions",
+            params=[_path("function_id"), _q("window", {"type": "string", "enum": ["1h", "6h", "24h", "7d", "30d"]},
+                                             "window of outcomes, durations and cost (any duration works; default 24h)")])},
+        "/api/v1/functions/{function_id}/pause": {"post": _op(
+            "Pause a function on every process: queue (its runs wait) or skip (its events start no runs)",
+            {**_ok(_obj({"function_id": STR, "paused": ref("Pause")})), **_problems(400, 401, 403, 404, 413)},
+            params=[_path("function_id")], tag="functions",
+            body={"required": False, "content": _json({"type": "object", "properties": {
+                "mode": {"type": "string", "enum": ["queue", "skip"]}, "reason": {"type": "string", "maxLength": 1000}}})})},
+        "/api/v1/functions/{function_id}/resume": {"post": _op(
+            "Resume a paused function; the runs its pause held start in the order they came",
+            {**_ok(_obj({"function_id": STR, "was_paused": {"type": "boolean"}, "resumed_runs": INT})),
+             **_problems(400, 401, 403, 404)}, params=[_path("function_id")], tag="functions")},
+        "/api/v1/functions/{function_id}/invoke": {"post": _op(
+            "Start a run of this function now with the given data, whatever its triggers",
+            {**_ok(_obj({"event_id": STR, "run_id": NSTR})), **_problems(400, 401, 403, 404, 413)},
+            params=[_path("function_id")], tag="functions",
+            body={"required": False, "content": _json({"type": "object", "properties": {"data": {"type": "object"}}})})},
+        "/api/v1/functions/{function_id}/replay-failed": {"post": _op(
+            "Replay each run of this function that failed in a time range and was not replayed before",
+            {**_ok(_obj({"matched": INT, "replayed": INT, "already_replayed": INT,
+                         "runs": {"type": "array", "items": _obj({"id": STR, "replay_of": STR})}})),
+             **_problems(400, 401, 403, 404, 413)},
+            params=[_path("function_id")], tag="functions",
+            body={"required": False, "content": _json({"type": "object", "properties": {
+                "since": {"oneOf": [TIME_Q, {"type": "integer", "minimum": 0}]},
+                "until": {"oneOf": [TIME_Q, {"type": "integer", "minimum": 0}]},
+                "limit": {"type": "integer", "minimum": 1, "maximum": 10000}}})})},
+        "/api/v1/search": {"get": _op(
+            "Find a run or event by id (whole or its last characters), a sender's event id, a function, a user or an event name",
+            {**_ok(_obj({"query": STR, "runs": {"type": "array", "items": ref("Run")},
+                         "events": {"type": "array", "items": ref("Event")},
+                         "functions": {"type": "array", "items": _obj({"id": STR, "app_id": STR})},
+                         "users": {"type": "array", "items": _obj({"user_id": STR, "runs": INT})}})),
+             **_problems(400, 401)}, tag="runs",
+            params=[{"name": "q", "in": "query", "required": True, "schema": {"type": "string", "minLength": 1, "maxLength": 256},
+                     "description": "what to look for"}, _q("limit", {"type": "integer", "minimum": 1, "maximum": 100}, "at most per kind (default 20)")])},
         "/api/v1/metrics": {"get": _op(
             "Queue depth, running, success rate, p50/p95 durations, tokens and cost",
             {**_ok(ref("Metrics")), **_problems(400, 401)}, tag="metrics", params=[

@@ -225,13 +225,20 @@ def _failed_run_handled(conn: db.Conn, run: dict[str, Any]) -> dict[str, Any] | 
 
 
 def step_usage_txn(conn: db.Conn, run_id: str) -> dict[str, dict[str, Any]]:
-    """Each model-call step's provider, model, tokens, cost and latency, by step key."""
+    """Each model-call step's provider, model, calls, tokens, cost and latency, by step key
+    (the tokens that failed attempts were billed, filed as ``key@attempt``, count on the step)."""
+    sums: dict[str, dict[str, Any]] = {}
+    for r in conn.all("SELECT * FROM llm_usage WHERE run_id = ? ORDER BY created_at", (run_id,)):
+        key = str(r["step_key"]).split("@", 1)[0]
+        entry = sums.setdefault(key, {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "reasoning_tokens": 0,
+                                      "cached_tokens": 0, "cost_usd": 0.0})
+        entry["calls"] += 1
+        for column in ("prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens", "cost_usd"):
+            entry[column] += r[column] or 0
+        entry.update(provider=r["provider"], model=r["model"], latency_ms=r["latency_ms"])  # the last call's
     return {
-        r["step_key"]: {
-            "provider": r["provider"], "model": r["model"], **ops_metrics._usage({**r, "calls": 1}),
-            "latency_ms": r["latency_ms"],
-        }
-        for r in conn.all("SELECT * FROM llm_usage WHERE run_id = ?", (run_id,))
+        key: {"provider": e["provider"], "model": e["model"], **ops_metrics._usage(e), "latency_ms": e["latency_ms"]}
+        for key, e in sums.items()
     }
 
 
