@@ -368,21 +368,57 @@ def set_limit_txn(
 # --- reads ---------------------------------------------------------------------------
 
 
-def _state(conn: db.Conn, budget: dict[str, Any], key: str, spend: dict[str, Any] | None, now: int) -> dict[str, Any]:
+@dataclasses.dataclass
+class _Facts:
+    """One budget's current period, by key: what live reservations hold, overrides, paused runs."""
+
+    reserved: dict[str, Charge]
+    overrides: dict[str, dict[str, Any]]
+    paused: dict[str, int]
+
+
+def _facts(conn: db.Conn, budget_id: str, period_start: int, now: int, key: str | None = None) -> _Facts:
+    """Three reads for all keys of a budget (or for one ``key``), however many keys there are."""
+    only, params = ("", ()) if key is None else (" AND r.key = ?", (key,))
+    reserved: dict[str, Charge] = {}
+    for row in conn.all(
+        "SELECT r.key, r.usd, r.tokens, r.lease_owner, r.lease_epoch, r.expires_at, q.lease_owner AS q_owner, "
+        f"q.lease_epoch AS q_epoch, CASE WHEN q.lease_expires_at > {conn.clock_ms} THEN 1 ELSE 0 END AS q_unexpired "
+        "FROM budget_reservations r LEFT JOIN queue q ON q.run_id = r.run_id "
+        f"WHERE r.budget_id = ? AND r.period_start = ?{only}",
+        (budget_id, period_start, *params),
+    ):
+        if _live(row, now):
+            held = reserved.get(row["key"], budgets.NOTHING)
+            reserved[row["key"]] = Charge(held.usd + float(row["usd"]), held.tokens + int(row["tokens"]))
+    overrides = {
+        r["key"]: r
+        for r in conn.all(
+            f"SELECT r.key, r.limit_usd, r.limit_tokens FROM budget_overrides r WHERE r.budget_id = ?{only}",
+            (budget_id, *params),
+        )
+    }
+    paused = {
+        r["key"]: int(r["n"])
+        for r in conn.all(
+            "SELECT r.key, COUNT(*) AS n FROM budget_pauses r JOIN runs x ON x.id = r.run_id "
+            f"WHERE r.budget_id = ? AND x.wait_reason = ?{only} GROUP BY r.key",
+            (budget_id, WaitReason.BUDGET_EXCEEDED, *params),
+        )
+    }
+    return _Facts(reserved, overrides, paused)
+
+
+def _state(budget: dict[str, Any], key: str, spend: dict[str, Any] | None, facts: _Facts, now: int) -> dict[str, Any]:
     start, end = budgets.period_bounds(budget["period"], now)
     if spend is not None and spend["period_start"] != start:
         spend = None  # an earlier period's row: this period has spent nothing yet
-    reserved, _ = _reservations(conn, budget["name"], key, start, now)
-    override = _overrides(conn, [(budget["name"], key)]).get((budget["name"], key))
+    reserved = facts.reserved.get(key, budgets.NOTHING)
+    override = facts.overrides.get(key)
     declared_usd = spend["limit_usd"] if spend else (budget["limit_usd"] if not isinstance(budget["limit_usd"], str) else None)
     declared_tokens = spend["limit_tokens"] if spend else budget.get("limit_tokens")
     limit_usd, limit_tokens = _in_force(declared_usd, declared_tokens, override)
     spent = Charge(float(spend["spent_usd"]), int(spend["spent_tokens"])) if spend else budgets.NOTHING
-    paused = conn.scalar(
-        "SELECT COUNT(*) AS n FROM budget_pauses p JOIN runs r ON r.id = p.run_id "
-        "WHERE p.budget_id = ? AND p.key = ? AND r.wait_reason = ?",
-        (budget["name"], key, WaitReason.BUDGET_EXCEEDED),
-    )
     return {
         "budget": budget["name"],
         "key": key,
@@ -400,7 +436,7 @@ def _state(conn: db.Conn, budget: dict[str, Any], key: str, spend: dict[str, Any
         "override": None if override is None else {"limit_usd": override["limit_usd"], "limit_tokens": override["limit_tokens"]},
         "on_exceeded": budget.get("on_exceeded", "pause"),
         "exceeded": bool(spend["exceeded_sent"]) if spend else False,
-        "paused_runs": int(paused or 0),
+        "paused_runs": facts.paused.get(key, 0),
     }
 
 
@@ -412,10 +448,9 @@ def key_state_txn(
     budget = declared.get(budget_id)
     if budget is None:
         raise errors.NotFoundError(f"no budget named {budget_id!r} is declared by a registered function")
-    spend = conn.one(
-        "SELECT * FROM budget_spend WHERE budget_id = ? AND key = ? ORDER BY period_start DESC LIMIT 1", (budget_id, key)
-    )
-    return _state(conn, budget, key, spend, now)
+    start, _ = budgets.period_bounds(budget["period"], now)
+    spend = conn.one("SELECT * FROM budget_spend WHERE budget_id = ? AND key = ? AND period_start = ?", (budget_id, key, start))
+    return _state(budget, key, spend, _facts(conn, budget_id, start, now, key), now)
 
 
 def list_txn(conn: db.Conn, *, now: int, budget_id: str | None = None, limit: int = 500) -> dict[str, Any]:
@@ -429,16 +464,17 @@ def list_txn(conn: db.Conn, *, now: int, budget_id: str | None = None, limit: in
     for name in names:
         budget = declared[name]
         start, _ = budgets.period_bounds(budget["period"], now)
-        spends = {
+        spends: dict[str, dict[str, Any] | None] = {
             r["key"]: r
             for r in conn.all(
                 "SELECT * FROM budget_spend WHERE budget_id = ? AND period_start = ? ORDER BY spent_usd DESC LIMIT ?",
                 (name, start, limit),
             )
         }
-        for row in conn.all("SELECT key FROM budget_overrides WHERE budget_id = ? LIMIT ?", (name, limit)):
-            spends.setdefault(row["key"], None)  # type: ignore[arg-type]
-        keys.extend(_state(conn, budget, key, spend, now) for key, spend in spends.items())
+        facts = _facts(conn, name, start, now)
+        for key in facts.overrides:
+            spends.setdefault(key, None)
+        keys.extend(_state(budget, key, spend, facts, now) for key, spend in spends.items())
     keys.sort(key=lambda k: (-k["spent_usd"], -k["spent_tokens"], k["budget"], k["key"]))
     return {"budgets": [declared[name] for name in names], "data": keys[:limit]}
 
