@@ -120,7 +120,7 @@ async function functionsPage() {
     table.replaceChildren(
       h("thead", {}, h("tr", {}, ["Function", "Triggers", "Config", "Queued", "Running", "Sleeping", "Waiting", "Failed (1 h)", "Done (1 h)"].map((t, i) => h("th", { class: i > 2 ? "num" : null }, t)))),
       h("tbody", {}, data.length ? data.map((f) => h("tr", {},
-        h("td", {}, h("a", { href: `#/runs?function_id=${encodeURIComponent(f.id)}` }, f.id), h("div", { class: "muted small" }, f.app_id)),
+        h("td", {}, h("a", { href: `#/functions/${encodeURIComponent(f.id)}` }, f.id), pausedTag(f.paused), h("div", { class: "muted small" }, f.app_id)),
         h("td", {}, f.triggers.map((t) => h("div", { class: "mono small" }, t.event ? t.event + (t.expression ? ` if ${t.expression}` : "") : `cron ${t.cron}`))),
         h("td", { class: "small" }, configSummary(f.config)),
         ...["queued", "running", "sleeping", "waiting"].map((k) => h("td", { class: "num" }, f.counts[k] || "·")),
@@ -192,7 +192,7 @@ async function runsPage(params) {
     table.replaceChildren(
       h("thead", {}, h("tr", {}, ["Run", "Function", "Status", "Progress", "User", "Created", "Duration"].map((t) => h("th", { class: t === "Duration" ? "num" : null }, t)))),
       h("tbody", {}, data.length ? data.map((r) => h("tr", { "data-run": r.id },
-        h("td", { class: "mono" }, h("a", { href: `#/runs/${r.id}` }, short(r.id)), r.replay_of ? h("span", { class: "muted small", title: `replay of ${r.replay_of}` }, " ↻") : ""),
+        h("td", { class: "mono" }, h("a", { href: `#/runs/${r.id}`, title: r.id }, short(r.id)), r.replay_of ? h("span", { class: "muted small", title: `replay of ${r.replay_of}` }, " ↻") : ""),
         h("td", {}, r.function_id),
         h("td", {}, badge(r.status), r.wait_reason && !TERMINAL.includes(r.status) ? h("span", { class: "muted small" }, ` ${r.wait_reason}`) : ""),
         h("td", {}, progress(r)),
@@ -227,18 +227,19 @@ function timeline(run) {
   const stepsEnd = run.steps.map((st) => Date.parse(st.ended_at || st.started_at || 0));
   const end = Math.max(Date.parse(run.ended_at || 0) || 0, ...stepsEnd, start + 1);
   const span = Math.max(1, end - start);
-  const rows = run.steps.map((st) => {
+  const render = (st) => {
     // A step reused from an earlier run ran before this one started: pin it to the start.
     const a = Math.max(start, Date.parse(st.started_at || run.started_at || run.created_at));
     const b = Math.max(a, Date.parse(st.ended_at || st.started_at || run.created_at));
     const left = Math.max(0, ((a - start) / span) * 100);
     const width = Math.max(0.6, ((b - a) / span) * 100);
     const reused = st.meta && st.meta.reused_from;
-    const details = h("details", { class: "step" },
+    const usage = stepUsage(run, st);
+    const details = h("details", { class: "step", "data-key": st.id },
       h("summary", {},
         h("span", { class: "step-name mono", title: st.id }, stepLabel(st),
           reused ? h("span", { class: "tag", title: `result reused from run ${st.meta.reused_from}` }, "reused") : ""),
-        h("span", { class: "muted small" }, st.kind),
+        h("span", { class: "muted small" }, st.kind, usage ? h("span", { class: "tag", "data-testid": "step-usage", title: usageLine(usage) }, `${tokens(usage.total_tokens)} tok · ${usd(usage.cost_usd)}`) : ""),
         h("span", { class: "track" }, h("span", { class: `seg ${st.status}`, style: `left:${left}%;width:${Math.min(width, 100 - left)}%` })),
         badge(st.status),
         h("span", { class: "num small" }, `${st.attempts} att.`),
@@ -246,16 +247,14 @@ function timeline(run) {
       ),
       st.wake_at && !["completed", "failed"].includes(st.status) ? h("p", { class: "small" }, `Wakes at ${new Date(st.wake_at).toISOString()}`) : "",
       st.error ? h("div", { class: "errbox" }, h("strong", {}, `${st.error.name || "Error"}: `), st.error.message || "", st.error.stack ? h("pre", { class: "stack" }, st.error.stack) : "") : "",
+      usage ? h("p", { class: "small" }, h("span", { class: "label" }, "Model call "), usageLine(usage), usage.latency_ms !== null ? ` · ${ms(usage.latency_ms)}` : "") : "",
       st.output !== null && st.output !== undefined ? h("div", {}, h("div", { class: "label" }, "Output"), json(st.output)) : "",
-      st.attempt_history.length ? h("table", { class: "grid small" },
-        h("thead", {}, h("tr", {}, ["Attempt", "Started", "Took", "Error"].map((t) => h("th", {}, t)))),
-        h("tbody", {}, st.attempt_history.map((at) => h("tr", {},
-          h("td", { class: "num" }, at.attempt), h("td", {}, when(at.started_at)),
-          h("td", { class: "num" }, ms(Date.parse(at.ended_at) - Date.parse(at.started_at))),
-          h("td", {}, at.error ? `${at.error.name}: ${at.error.message}` : "—"))))) : "",
+      st.attempt_history.length ? attemptsTable(st.attempt_history) : "",
     );
     return details;
-  });
+  };
+  // A step used many times (a loop) is one collapsible group of its occurrences.
+  const rows = stepGroups(run.steps).map(({ base, members }) => members.length > 1 ? groupSummary(base, members, span, start, render) : render(members[0]));
   return h("div", { class: "timeline", "data-testid": "timeline" },
     rows.length ? rows : h("p", { class: "muted" }, "No steps yet."));
 }
@@ -302,16 +301,18 @@ async function runPage(runId) {
     head.replaceChildren(
       h("div", { class: "row" },
         h("div", {}, h("div", { class: "label" }, "Status"), h("div", { "data-testid": "run-status" }, badge(run.status))),
-        h("div", {}, h("div", { class: "label" }, "Function"), h("a", { href: `#/runs?function_id=${encodeURIComponent(run.function_id)}` }, run.function_id)),
+        h("div", {}, h("div", { class: "label" }, "Function"), h("a", { href: `#/functions/${encodeURIComponent(run.function_id)}` }, run.function_id)),
         h("div", {}, h("div", { class: "label" }, "Event"), run.event ? h("a", { href: `#/events/${run.event_id}` }, run.event.name) : run.event_id),
         h("div", {}, h("div", { class: "label" }, "Created"), when(run.created_at)),
         h("div", {}, h("div", { class: "label" }, "Duration"), ms(run.duration_ms)),
         h("div", {}, h("div", { class: "label" }, "User"), run.user_id || "—"),
         run.usage && run.usage.calls ? h("div", {}, h("div", { class: "label" }, "Model calls"),
-          h("span", { "data-testid": "run-usage" }, `${run.usage.calls} · ${run.usage.total_tokens} tokens · $${run.usage.cost_usd.toFixed(6)}`)) : "",
+          h("span", { "data-testid": "run-usage" }, `${run.usage.calls} · ${run.usage.total_tokens} tokens · ${usd(run.usage.cost_usd)}`)) : "",
         run.replay_of ? h("div", {}, h("div", { class: "label" }, "Replay of"), h("a", { href: `#/runs/${run.replay_of}` }, short(run.replay_of))) : "",
       ),
       !ended && run.wait_reason ? h("p", { class: "wait", "data-testid": "wait-reason" }, waitText(run)) : "",
+      !ended && run.schedule && run.schedule.due_at && Date.parse(run.schedule.due_at) > Date.now() ? h("p", { class: "small", "data-testid": "starts-at" }, "Due to start ", clock(run.schedule.due_at), " (", when(run.schedule.due_at), ")") : "",
+      runLinks(run),
       run.progress !== null ? h("div", { class: "progress-line" }, progress(run), h("span", { class: "muted" }, run.progress_message || "")) : "",
     );
     if (actions.dataset.status === run.status) return renderBody();
@@ -325,6 +326,8 @@ async function runPage(runId) {
   }
 
   function renderBody() {
+    const open = new Set([...body.querySelectorAll("details[open][data-key]")].map((d) => d.dataset.key));
+    const closed = new Set([...body.querySelectorAll("details[data-key]:not([open])")].map((d) => d.dataset.key));
     body.replaceChildren(
       h("h2", {}, "Steps"), timeline(run),
       run.error ? h("div", {}, h("h2", {}, "Error"), h("div", { class: "errbox", "data-testid": "run-error" }, h("strong", {}, `${run.error.name || "Error"}: `), run.error.message || "", run.error.stack ? h("pre", { class: "stack" }, run.error.stack) : "")) : "",
@@ -333,6 +336,10 @@ async function runPage(runId) {
       run.function_attempts && run.function_attempts.length ? h("div", {}, h("h2", {}, "Function retries"), json(run.function_attempts)) : "",
       h("h2", {}, "Event"), json(run.event),
     );
+    for (const d of body.querySelectorAll("details[data-key]")) {
+      if (open.has(d.dataset.key)) d.open = true;
+      else if (closed.has(d.dataset.key)) d.open = false;
+    }
   }
 
   let shown = JSON.stringify(run);
@@ -426,12 +433,17 @@ async function eventPage(eventId) {
     h("tbody", {}, e.runs.map((r) => h("tr", {},
       h("td", { class: "mono" }, h("a", { href: `#/runs/${r.id}` }, short(r.id))), h("td", {}, r.function_id),
       h("td", {}, badge(r.status)), h("td", {}, progress(r))))));
+  const cancelled = (e.cancelled_runs || []).length ? h("div", {}, h("h2", {}, "Runs it cancelled"), h("table", { class: "grid", "data-testid": "cancelled-runs" },
+    h("tbody", {}, e.cancelled_runs.map((r) => h("tr", {}, h("td", {}, runLink(r)), h("td", {}, r.function_id), h("td", {}, badge(r.status)), h("td", {}, when(r.ended_at))))))) : "";
+  const [resend, resendBox] = resendForm(e);
   setPage(`Event ${e.name}`,
-    h("p", { class: "mono muted" }, e.id, " · received ", when(e.received_at)),
+    h("div", { class: "row between" }, h("p", { class: "mono muted" }, e.id, " · received ", when(e.received_at)), resend),
+    resendBox,
     h("h2", {}, "Runs started"), e.runs.length ? runs : h("p", { class: "wait", "data-testid": "why-no-runs" }, `No runs: ${e.why_no_runs}`),
+    cancelled,
     e.skipped_functions.length ? h("div", {}, h("h2", {}, "Skipped"), h("ul", {}, e.skipped_functions.map((o) => h("li", {}, h("strong", {}, o.function_id), `: ${o.reason}`)))) : "",
     h("h2", {}, "Body"), json(e.body));
-  if (e.runs.some((r) => !TERMINAL.includes(r.status))) every(2, () => { if (location.hash === `#/events/${eventId}`) route(); });
+  if (e.runs.some((r) => !TERMINAL.includes(r.status))) every(2, () => { if (location.hash === `#/events/${eventId}` && resendBox.hidden) route(); });
 }
 
 // --- metrics -------------------------------------------------------------------------
@@ -480,7 +492,6 @@ async function metricsPage(params) {
   const body = h("div", {});
   async function load() {
     const m = await api(`/api/v1/metrics?window=${encodeURIComponent(windowValue)}&days=14`);
-    const usd = (v) => `$${v.toFixed(v < 1 ? 4 : 2)}`;
     const card = (title, value, testid) => h("div", { class: "card stat" }, h("div", { class: "label" }, title), h("div", { class: "big", "data-testid": testid }, value));
     const totalCost = m.usage_by_day.reduce((a, d) => a + d.cost_usd, 0);
     body.replaceChildren(
@@ -494,6 +505,13 @@ async function metricsPage(params) {
         h("section", { class: "card" }, h("h2", {}, `Success rate, last ${windowValue}`),
           barChart(m.functions.filter((f) => f.success_rate !== null), { label: (r) => r.function_id, value: (r) => r.success_rate, max: 1,
             format: (v) => `${(v * 100).toFixed(1)}%`, color: "var(--ok)", testid: "chart-success" })),
+        h("section", { class: "card" }, h("h2", {}, `Runs by outcome, last ${windowValue}`),
+          m.functions.length ? h("table", { class: "grid small", "data-testid": "outcomes" },
+            h("thead", {}, h("tr", {}, ["Function", "Completed", "Failed", "Cancelled", "Running"].map((t, i) => h("th", { class: i ? "num" : null }, t)))),
+            h("tbody", {}, m.functions.map((f) => h("tr", {}, h("td", {}, h("a", { href: `#/functions/${encodeURIComponent(f.function_id)}` }, f.function_id)),
+              h("td", { class: "num" }, f.completed), h("td", { class: "num" + (f.failed ? " bad" : "") }, f.failed),
+              h("td", { class: "num" }, f.cancelled), h("td", { class: "num" }, f.running)))))
+            : h("p", { class: "muted" }, "No runs ended in this window.")),
         h("section", { class: "card" }, h("h2", {}, `Duration p50 / p95, last ${windowValue}`),
           barChart(m.functions.filter((f) => f.p95_ms !== null).flatMap((f) => [
             { name: `${f.function_id} p50`, v: f.p50_ms }, { name: `${f.function_id} p95`, v: f.p95_ms }]),
@@ -630,7 +648,9 @@ async function route() {
   const params = new URLSearchParams(query || "");
   const parts = path.split("/").filter(Boolean);
   for (const a of document.querySelectorAll("[data-nav]")) a.classList.toggle("active", a.dataset.nav === parts[0]);
+  if (parts[0] === "functions" && parts[1]) return functionPage(decodeURIComponent(parts[1]), params);
   if (parts[0] === "functions") return functionsPage();
+  if (parts[0] === "search") return searchPage(params);
   if (parts[0] === "events" && parts[1]) return eventPage(decodeURIComponent(parts[1]));
   if (parts[0] === "events") return eventsPage();
   if (parts[0] === "metrics") return metricsPage(params);
@@ -640,6 +660,7 @@ async function route() {
 }
 
 window.addEventListener("hashchange", route);
+document.getElementById("search-slot").replaceWith(searchForm());
 fetch("/health").then((r) => r.json()).then((hl) => {
   document.getElementById("db").textContent = `${hl.database}${hl.mode === "dev" ? " · dev mode" : ""}`;
   if (hl.mode === "dev") document.getElementById("logout").hidden = true;
