@@ -127,6 +127,21 @@ async def test_two_sleeps_in_one_parallel_block_suspend_together(env: tuple[Serv
     assert run["status"] == "completed" and run["output"] == "awake", run
 
 
+async def _both_waiting(server: Server, run_id: str) -> bool:
+    run = await server.engine.get_run(run_id)
+    return sorted(s["name"] for s in run["steps"] if s["status"] == "waiting") == ["wait-a", "wait-b"]
+
+
+async def test_two_waits_in_one_parallel_block_listen_together(env: tuple[Server, App]) -> None:
+    server, app = env
+    run_id = (await server.run_for(await server.send(app.event("waits"), {"id": "w1"}), app.fn("two-waits")))["id"]
+    await eventually(lambda: _both_waiting(server, run_id), what="both waits registered at once")
+    await server.send(app.event("b"), {"id": "w1", "n": 2})  # the second wait's event comes first
+    await server.send(app.event("a"), {"id": "w1", "n": 1})
+    run = await server.finished(run_id)
+    assert run["status"] == "completed" and run["output"] == [1, 2], run
+
+
 async def test_function_finished_and_cancelled_reach_sdk_functions(env: tuple[Server, App]) -> None:
     server, app = env
     event_id = await server.send(app.event("steps"), {"name": "ada"})

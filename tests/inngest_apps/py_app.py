@@ -246,6 +246,14 @@ def build(rec: Recorder) -> fastapi.FastAPI:
         ))
         return "awake"
 
+    @client.create_function(fn_id="two-waits", trigger=inngest.TriggerEvent(event="py/waits"))
+    async def two_waits(ctx: inngest.Context) -> list[Any]:
+        found = await ctx.group.parallel((
+            lambda: ctx.step.wait_for_event("wait-a", event="py/a", if_exp="async.data.id == event.data.id", timeout=dt.timedelta(minutes=1)),
+            lambda: ctx.step.wait_for_event("wait-b", event="py/b", if_exp="async.data.id == event.data.id", timeout=dt.timedelta(minutes=1)),
+        ))
+        return [None if e is None else e.data["n"] for e in found]
+
     @client.create_function(fn_id="chains", trigger=inngest.TriggerEvent(event="py/chains"))
     async def chains(ctx: inngest.Context) -> list[str]:
         # ParallelMode.RACE: each chain advances on its own (Inngest's early continuation).
@@ -289,7 +297,7 @@ def build(rec: Recorder) -> fastapi.FastAPI:
         [
             steps, sleeper, waiter, child, parent, sender, on_sent, parallel, flaky, nonretry, retry_after, cancellable,
             fn_retry, recover, failing_child, careful_parent, batched, once_per_order, rate_limited, mixed, vip_queue,
-            batch_if, two_naps, chains, on_finished, on_cancelled,
+            batch_if, two_naps, two_waits, chains, on_finished, on_cancelled,
         ],
     )
 

@@ -491,6 +491,8 @@ def suspend_txn(conn: db.Conn, lease: Lease, suspensions: list[Suspension], seq:
             seq += 1
     if due is None:
         due = ops_runs.NEVER
+    if _resolved_while_held(conn, run_id, suspensions):
+        due = now  # nothing woke it then: the run was still held (it suspended beside another wait or invoke)
     if "retry" in kinds:
         status, reason = RunStatus.QUEUED, WaitReason.RETRY_BACKOFF
     elif "budget" in kinds:
@@ -512,6 +514,19 @@ def suspend_txn(conn: db.Conn, lease: Lease, suspensions: list[Suspension], seq:
     )
     if due < ops_runs.NEVER:
         conn.wake()  # due now, or a timer every worker must plan for
+
+
+def _resolved_while_held(conn: db.Conn, run_id: str, suspensions: list[Suspension]) -> bool:
+    """Whether a wait or invoke the run suspends on again was resolved since its claim (an
+    event, or the invoked run's end, came while a worker held the run)."""
+    keys = [item.key for item in suspensions if item.kind in ("wait", "invoke")]
+    if not keys:
+        return False
+    marks, params = db.in_list(keys)
+    return conn.one(
+        f"SELECT 1 AS done FROM steps WHERE run_id = ? AND key IN ({marks}) AND status IN ('completed', 'failed') LIMIT 1",
+        (run_id, *params),
+    ) is not None
 
 
 def _insert_pending_step(conn: db.Conn, run_id: str, step: StepResult, seq: int, status: str, wake_at: int | None) -> bool:
