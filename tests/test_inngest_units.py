@@ -9,7 +9,7 @@ import pytest
 from inngest._internal import transforms
 
 from stepline import errors
-from stepline.inngest import config, durations, events, protocol, signing
+from stepline.inngest import config, driver, durations, events, protocol, signing
 
 KEY = "signkey-test-" + "0f1e" * 16
 
@@ -171,3 +171,16 @@ def test_config_stepline_cannot_honour_is_refused_at_sync_naming_the_field(optio
 def test_batch_if_is_kept() -> None:
     stored = config.to_stored(_fn(batchEvents={"maxSize": 3, "timeout": "60s", "if": "event.data.batch == true"}), app="app", meta={}, notes=[])
     assert stored["batch_events"] == {"max_size": 3, "timeout": 60.0, "key": None, "if": "event.data.batch == true"}
+
+
+@pytest.mark.parametrize(
+    ("op", "shown"),
+    [
+        ({"id": "h1", "displayName": "fetch", "userland": {"id": "fetch", "index": None}}, "fetch"),  # PY, first use
+        ({"id": "h2", "displayName": "fetch", "userland": {"id": "fetch", "index": 2}}, "fetch:2"),  # PY, a repeat
+        ({"id": "h3", "displayName": "Fetch page", "userland": {"id": "fetch", "index": 1}}, "Fetch page"),  # TS name given
+        ({"id": "h4", "name": "2026-01-01T00:00:00Z"}, "2026-01-01T00:00:00Z"),  # nothing better
+    ],
+)
+def test_steps_are_named_as_people_know_them(op: dict[str, object], shown: str) -> None:
+    assert driver.display_name(op) == shown

@@ -50,9 +50,10 @@ def display_name(op: dict[str, Any]) -> str:
     """What people read for a step: the user's name or id (repeats as ``id:n``, as native keys)."""
     raw = op.get("userland")
     userland: dict[str, Any] = raw if isinstance(raw, dict) else {}
-    name = op.get("displayName") or userland.get("id") or op.get("name") or op.get("id")
+    name = str(op.get("displayName") or userland.get("id") or op.get("name") or op.get("id"))
     index = userland.get("index")
-    return f"{name}:{index}" if isinstance(index, int) and index > 0 and not op.get("displayName") else str(name)
+    repeated = isinstance(index, int) and not isinstance(index, bool) and index > 0 and name == userland.get("id")
+    return f"{name}:{index}" if repeated else name  # a name the user gave is shown as given
 
 
 class SDKExecution:
