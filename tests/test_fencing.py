@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import subprocess
 import sys
@@ -428,3 +429,38 @@ async def test_cancel_on_stops_the_step_in_flight(make_engine: Any, db_url: str,
     done = await wait_run(engine, run["id"], timeout=10)
     assert done["status"] == "cancelled"
     assert query(db_url, "SELECT COUNT(*) FROM steps WHERE run_id = ? AND status = 'completed'", (run["id"],)) == [(0,)]
+
+
+@pytest.mark.timeout(60)
+async def test_a_lease_lost_at_the_last_checkpoint_ends_the_execution_quietly(make_pg_engine: Any, postgres_url: str) -> None:
+    """The function returned while its last step's checkpoint waits; the lease is taken over
+    before that checkpoint commits: the execution ends there, with nothing escaping its task."""
+    go = asyncio.Event()
+    app = stepline.App("fence-last")
+
+    @app.function(id="last", trigger=stepline.TriggerEvent("fence/last"), retries=0)
+    async def last(ctx: stepline.Context) -> str:
+        await ctx.step.run("s1", lambda: "one")
+        await go.wait()
+        await ctx.step.run("s2", lambda: "two")
+        await asyncio.sleep(0.05)  # s2's checkpoint goes out meanwhile, and waits for the lock below
+        return "done"
+
+    escaped: list[BaseException] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, context: escaped.append(context.get("exception")))
+    engine = await make_pg_engine(app)
+    event_id = await engine.send({"name": "fence/last", "data": {}})
+    (run,) = await runs_for_event(engine, event_id)
+    await eventually(lambda: query(postgres_url, "SELECT COUNT(*) FROM steps WHERE run_id = ?", (run["id"],)) == [(1,)], what="s1 saved")
+    with psycopg.connect(postgres_url) as locker:
+        locker.execute("LOCK TABLE queue IN EXCLUSIVE MODE")  # s2's checkpoint will wait for its lease check
+        locker.execute("UPDATE queue SET lease_owner = 'w-other', lease_epoch = lease_epoch + 1 WHERE run_id = %s", (run["id"],))
+        go.set()
+        await eventually(lambda: engine.worker.executor.active[run["id"]][0].done(), what="the function to return")  # type: ignore[union-attr]
+        locker.commit()  # the checkpoint now finds the lease taken over
+    await eventually(lambda: _not_active(engine, run["id"]), what="the execution to end")
+    await eventually(lambda: not engine.worker._running, what="the run's task to end")  # type: ignore[union-attr]
+    gc.collect()
+    assert not [e for e in escaped if e is not None], f"escaped the run's task: {escaped}"
+    assert query(postgres_url, "SELECT key FROM steps WHERE run_id = ?", (run["id"],)) == [("s1",)]
+    assert (await engine.get_run(run["id"]))["status"] == "running"  # the new holder's, untouched

@@ -520,6 +520,8 @@ class Executor:
             await self._await_outcome(claimed, execution, task)
         except LOST as exc:
             execution.lose(str(exc))
+        except Halt:
+            pass  # a write for the run's end found it lost (``execution.lost`` says why)
         finally:
             self.active.pop(claimed.run_id, None)
         if execution.lost is not None:
