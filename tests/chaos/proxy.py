@@ -2,7 +2,9 @@
 
 It runs its own asyncio loop in a thread. ``cut_mid_write`` waits for the next bytes a
 client sends (a query or a pipeline in flight), forwards them, and then aborts every
-connection at once, both sides, before any answer can come back.
+connection at once, both sides, before any answer can come back. ``outage`` plays a
+server restart: every connection dies and new ones are refused for a while, without
+touching the real server (which other tests share).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class CuttingProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._armed: asyncio.Future[float] | None = None
+        self._down_until = 0.0  # time.monotonic() before which new connections are refused
         self._thread = threading.Thread(target=self._loop.run_forever, name="chaos-proxy", daemon=True)
 
     def start(self) -> CuttingProxy:
@@ -34,6 +37,9 @@ class CuttingProxy:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        if time.monotonic() < self._down_until:
+            client_writer.transport.abort()  # the "server" is down
+            return
         try:
             server_reader, server_writer = await asyncio.open_connection(*self.upstream)
         except OSError:
@@ -77,6 +83,16 @@ class CuttingProxy:
     def cut_mid_write(self, wait: float = 2.0) -> float:
         """Cut every connection right after the next client write; returns the time of the cut."""
         return asyncio.run_coroutine_threadsafe(self._cut_mid_write(wait), self._loop).result(wait + 10)
+
+    def outage(self, seconds: float) -> float:
+        """Drop every connection and refuse new ones for ``seconds`` (a server restart, seen
+        from the clients); returns the time it began."""
+
+        async def begin() -> float:
+            self._down_until = time.monotonic() + seconds
+            return self._abort_all()
+
+        return asyncio.run_coroutine_threadsafe(begin(), self._loop).result(10)
 
     def stop(self) -> None:
         async def close() -> None:
