@@ -4,6 +4,7 @@ failure handler."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import stepline
@@ -63,7 +64,24 @@ def make_app(llm: LLM | None = None) -> stepline.App:
     async def doomed(ctx: stepline.Context) -> None:
         await ctx.step.run("explode", _explode)
 
+    @app.function(id="solo", trigger=stepline.TriggerEvent("dash/solo"), concurrency=[stepline.Concurrency(limit=1)])
+    async def solo(ctx: stepline.Context) -> str:
+        await ctx.step.run("hold", _hold, float(ctx.event.data.get("hold", 0)))
+        return "done"
+
+    @app.function(id="wobbly", trigger=stepline.TriggerEvent("dash/wobbly"), retries=2)
+    async def wobbly(ctx: stepline.Context) -> str:
+        CALLS["wobbly"] = CALLS.get("wobbly", 0) + 1
+        if CALLS["wobbly"] == 1:
+            raise RuntimeError("the function body broke (outside any step)")
+        return "steady"
+
     return app
+
+
+async def _hold(seconds: float) -> str:
+    await asyncio.sleep(seconds)
+    return "held"
 
 
 def _flaky_call() -> str:

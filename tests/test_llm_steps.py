@@ -108,7 +108,7 @@ async def test_rate_limit_waits_exactly_as_told(make_engine, fake: FakeProvider)
     run = await send_and_wait(engine, {"name": "llm/ask", "data": {"prompt": "hi"}})
     error = run["steps"][0]["attempt_history"][0]["error"]
     assert error["name"] == "RateLimited"
-    assert "retrying in 0.04s as the provider asked" in error["message"]
+    assert "the provider asked for a 0.04s wait (retry-after)" in error["message"]
 
 
 async def test_5xx_burst_then_success(make_engine, fake: FakeProvider) -> None:

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -72,7 +73,8 @@ def _setup_logging(level: str) -> None:
 
 
 async def _serve(
-    apps: list[App], settings: settings_mod.Settings, *, dev: bool, run_server: bool, run_worker: bool, sdk: dict[str, Any] | None = None
+    apps: list[App], settings: settings_mod.Settings, *, dev: bool, run_server: bool, run_worker: bool, sdk: dict[str, Any] | None = None,
+    extra_routes: list[Any] | None = None,
 ) -> None:
     import uvicorn
 
@@ -91,10 +93,15 @@ async def _serve(
     ))  # functions of Inngest SDK apps, kept in the store
     await engine.start(run_worker=run_worker)
     await sdk_apps.start()
+    run_ends = None
+    if dev:  # a line for each run's end, as it happens
+        from stepline import cli_run_log
+
+        run_ends = asyncio.create_task(cli_run_log.follow_run_ends(store))
     try:
         if run_server:
             options = ServerOptions(dev=dev, event_key=settings.event_key, api_token=settings.api_token)
-            app = create_app(engine, options)
+            app = create_app(engine, options, extra_routes=extra_routes)
             server = uvicorn.Server(serving.uvicorn_config(app, settings))
             names = ", ".join(f.id for a in apps for f in a.functions) or "none"
             click.echo(
@@ -110,6 +117,8 @@ async def _serve(
             click.echo(f"stepline worker {engine.worker.id if engine.worker else ''}: db={settings.db}  loop: {eventloop.kind()}")
             await stop.wait()
     finally:
+        if run_ends is not None:
+            run_ends.cancel()
         await sdk_apps.stop()
         await engine.stop()
 
@@ -198,7 +207,8 @@ def dev(apps: tuple[str, ...], db: str | None, port: int | None, host: str | Non
     loaded = load_apps(apps or [DEFAULT_APP])
     with contextlib.suppress(KeyboardInterrupt):
         sdk = {"sdk_urls": sdk_url, "discovery": not no_discovery, "poll": not no_poll}
-        _run(_serve(loaded, settings, dev=True, run_server=True, run_worker=True, sdk=sdk), settings)
+        shared = [dev_models.route()] if dev_models is not None else []  # other processes find the SIMULATED models there
+        _run(_serve(loaded, settings, dev=True, run_server=True, run_worker=True, sdk=sdk, extra_routes=shared), settings)
 
 
 @main.command(epilog=ENV_HELP)
@@ -273,9 +283,16 @@ def _base_url(url: str | None) -> str:
 @click.option("--data", default="{}", help="The event's data as a JSON object.")
 @click.option("--id", "event_id", default=None, help="De-duplication id (24 h).")
 @click.option("--event-key", default=None, help="Event key (STEPLINE_EVENT_KEY; 'dev' in dev mode).")
+@click.option("--wait", is_flag=True, help="Wait for the runs it started; print their status and outputs (exit 1 if one did not complete).")
+@click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds --wait waits at most.")
+@click.option("--json", "as_json", is_flag=True, help="Print the event id and its runs as JSON.")
 @_url_option
-def send(name: str, data: str, event_id: str | None, event_key: str | None, url: str | None) -> None:
-    """Send one event; prints its id."""
+def send(
+    name: str, data: str, event_id: str | None, event_key: str | None, wait: bool, timeout: float, as_json: bool,
+    url: str | None,
+) -> None:
+    """Send one event; prints its id (stdout) and the runs it started (stderr)."""
+    from stepline import cli_show
     from stepline.client import Client
 
     try:
@@ -291,7 +308,47 @@ def send(name: str, data: str, event_id: str | None, event_key: str | None, url:
             ids = client.send(event)
     except errors.SteplineError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(ids[0])
+    # The runs an event starts commit with it, so they are there at once (reading them needs
+    # the API token in production: STEPLINE_API_TOKEN).
+    try:
+        detail = _api("GET", url, f"/api/v1/events/{ids[0]}")
+    except click.ClickException as exc:
+        if wait or as_json:
+            raise
+        click.echo(ids[0])
+        click.echo(f"(the runs it started are not shown: {exc.message})", err=True)
+        return
+    runs_ = detail["runs"]
+    if wait:
+        runs_ = [_wait_for_run(url, r["id"], timeout) for r in runs_]
+    if as_json:
+        click.echo(json.dumps({"event_id": ids[0], "runs": runs_, "why_no_runs": detail.get("why_no_runs")}, indent=2))
+    else:
+        click.echo(ids[0])
+        if wait:
+            for run in runs_:
+                click.echo("\n".join(cli_show.outcome_lines(run)))
+            if not runs_:
+                click.echo(cli_show.started_lines(detail)[0], err=True)
+        else:
+            for line in cli_show.started_lines(detail):
+                click.echo(line, err=True)
+    if wait and (not runs_ or any(r["status"] != "completed" for r in runs_)):
+        sys.exit(1)
+
+
+def _wait_for_run(url: str | None, run_id: str, timeout: float) -> dict[str, Any]:
+    """The run once it has ended; a ClickException after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while True:
+        run: dict[str, Any] = _api("GET", url, f"/api/v1/runs/{run_id}")
+        if run["status"] in ("completed", "failed", "cancelled"):
+            return run
+        if time.monotonic() >= deadline:
+            raise click.ClickException(f"run {run_id} is still {run['status']} after {timeout:g} s; `stepline runs show {run_id}` follows it")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
 
 
 @main.group()
@@ -310,8 +367,16 @@ def _api(method: str, url: str | None, path: str, *, json_body: Any = None, **pa
         raise click.ClickException(f"cannot reach the server at {_base_url(url)}: {exc}; is `stepline dev` running?") from exc
     body = response.json()
     if response.status_code >= 400:
-        raise click.ClickException(body.get("error", response.text))
+        raise ApiError(response.status_code, body.get("error", response.text))
     return body
+
+
+class ApiError(click.ClickException):
+    """The server refused a call; ``status`` is its HTTP status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @runs.command("list")
@@ -326,11 +391,12 @@ def runs_list(function_id: str | None, status: str | None, limit: int, as_json: 
     if as_json:
         click.echo(json.dumps(body["data"], indent=2))
         return
-    click.echo(f"{'RUN ID':<28} {'FUNCTION':<24} {'STATUS':<10} {'WHY':<18} {'PROGRESS':>8}  CREATED")
+    click.echo(f"{'RUN ID':<28} {'FUNCTION':<24} {'STATUS':<10} {'WHY':<20} {'PROGRESS':>8}  CREATED")
     for run in body["data"]:
         progress = "" if run["progress"] is None else f"{run['progress']:.0f}%"
+        why = "" if run["status"] in ("completed", "failed", "cancelled") else run["wait_reason"] or ""
         click.echo(
-            f"{run['id']:<28} {run['function_id'][:24]:<24} {run['status']:<10} {(run['wait_reason'] or '')[:18]:<18} {progress:>8}  {run['created_at']}"
+            f"{run['id']:<28} {run['function_id'][:24]:<24} {run['status']:<10} {why:<20} {progress:>8}  {run['created_at']}"
         )
 
 
@@ -339,33 +405,34 @@ def runs_list(function_id: str | None, status: str | None, limit: int, as_json: 
 @click.option("--json", "as_json", is_flag=True)
 @_url_option
 def runs_show(run_id: str, as_json: bool, url: str | None) -> None:
-    """One run with its steps, attempts and output."""
-    run = _api("GET", url, f"/api/v1/runs/{run_id}")
+    """One run with its steps, attempts, model calls and output (given an event id: the runs it started)."""
+    from stepline import cli_show
+
+    try:
+        run = _api("GET", url, f"/api/v1/runs/{run_id}")
+    except ApiError as exc:
+        event = _get_if_found(url, f"/api/v1/events/{run_id}") if exc.status == 404 else None
+        if event is None:
+            raise
+        if as_json:
+            click.echo(json.dumps(event, indent=2))
+        else:
+            click.echo("\n".join(cli_show.event_lines(event)))
+        return
     if as_json:
         click.echo(json.dumps(run, indent=2))
         return
-    click.echo(f"run {run['id']}  function {run['function_id']}  status {run['status']}"
-               + (f" ({run['wait_reason']})" if run["wait_reason"] else ""))
-    click.echo(f"event {run['event']['name'] if run.get('event') else run['event_id']}  created {run['created_at']}  started {run['started_at']}  ended {run['ended_at']}")
-    if run["progress"] is not None:
-        click.echo(f"progress {run['progress']:.0f}% {run['progress_message'] or ''}")
-    click.echo("steps:")
-    for step in run["steps"]:
-        duration = "" if step["duration_ms"] is None else f"{step['duration_ms']} ms"
-        click.echo(f"  {_step_label(step):<30} {step['kind']:<10} {step['status']:<10} attempts={step['attempts']:<3} {duration}")
-        if step["error"]:
-            click.echo(f"      error: {step['error'].get('name')}: {step['error'].get('message')}")
-    if run["output"] is not None:
-        click.echo("output: " + json.dumps(run["output"]))
-    if run["error"] is not None:
-        click.echo(f"error: {run['error'].get('name')}: {run['error'].get('message')}")
+    click.echo("\n".join(cli_show.run_lines(run)))
 
 
-def _step_label(step: dict[str, Any]) -> str:
-    """A step as people know it: its key (``fetch-page:1``), or its name when the key is an
-    id nobody reads (an Inngest SDK step's hash)."""
-    key, name = str(step["id"]), str(step.get("name") or step["id"])
-    return key if key.split(":")[0] == name or key == name else name
+def _get_if_found(url: str | None, path: str) -> Any:
+    """``GET path``, or None when the server answers 404."""
+    try:
+        return _api("GET", url, path)
+    except ApiError as exc:
+        if exc.status == 404:
+            return None
+        raise
 
 
 @runs.command("cancel")
@@ -398,6 +465,7 @@ def runs_replay(run_id: str, url: str | None) -> None:
 main.add_command(importlib.import_module("stepline.inngest.cli").apps)  # `stepline apps`: Inngest SDK apps
 main.add_command(importlib.import_module("stepline.cli_admin").admin)  # `stepline admin`: retention, sizes, backups
 main.add_command(importlib.import_module("stepline.cli_budgets").budgets)  # `stepline budgets`: spend, limits, overrides
+main.add_command(importlib.import_module("stepline.cli_functions").functions)  # `stepline functions`: pause, invoke, replay
 
 
 if __name__ == "__main__":

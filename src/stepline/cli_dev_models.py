@@ -5,9 +5,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import MutableMapping
 
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
 from stepline.fakes.behaviours import Reply
 from stepline.fakes.provider import FakeProvider
 from stepline.llm import providers
+
+DEV_MODELS_PATH = "/api/v1/dev/models"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,6 +25,16 @@ class DevModels:
 
     def stop(self) -> None:
         self.provider.stop()
+
+    def route(self) -> Route:
+        """``GET /api/v1/dev/models``: where the SIMULATED models are, so that another process
+        on this machine (``uvicorn stepline.examples.chat_api:api``) can call them too: the
+        ``STEPLINE_LLM_*`` variables to set. Served by ``stepline dev`` alone."""
+
+        async def dev_models(request: Request) -> Response:
+            return JSONResponse({"simulated": True, "openai_base_url": self.provider.openai_base_url, "env": self.provider.env()})
+
+        return Route(DEV_MODELS_PATH, dev_models, methods=["GET"])
 
 
 def start(environ: MutableMapping[str, str]) -> DevModels | None:
@@ -38,6 +54,7 @@ def start(environ: MutableMapping[str, str]) -> DevModels | None:
     environ.update(fake.env())
     notice = (
         f"stepline dev: no LLM provider is configured, so models are SIMULATED by the fake provider at "
-        f"{fake.openai_base_url} (set OPENROUTER_API_KEY, OPENAI_API_KEY, ANTHROPIC_API_KEY or STEPLINE_LLM_BASE_URL for real ones)"
+        f"{fake.openai_base_url} (set OPENROUTER_API_KEY, OPENAI_API_KEY, ANTHROPIC_API_KEY or STEPLINE_LLM_BASE_URL for real ones); "
+        f"other processes find it at {DEV_MODELS_PATH}"
     )
     return DevModels(fake, notice)

@@ -2,6 +2,11 @@
 
     uvicorn stepline.examples.chat_api:api --port 8000      # next to `stepline dev`
 
+With no LLM provider configured in its own environment, it calls the SIMULATED models of
+the `stepline dev` at STEPLINE_URL (default http://127.0.0.1:8288), which shares their
+address at ``/api/v1/dev/models``; with a provider key set (OPENROUTER_API_KEY, ...), set
+the same one here, since quick models are answered in this process.
+
 ``POST /chat`` answers quick models inline and returns ``{"job_id", "status":
 "pending"}`` for queued ones; ``GET /chat/jobs/{job_id}`` is what the page polls;
 ``POST /chat/jobs/{job_id}/cancel`` sends ``llm/generate.cancel``. Live tokens are
@@ -12,15 +17,17 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import httpx
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 
 import stepline
 from stepline.examples import chat, jobs
-from stepline.llm import Router
+from stepline.llm import Router, providers
 
 
 class Ask(BaseModel):
@@ -30,12 +37,15 @@ class Ask(BaseModel):
     messages: list[dict[str, Any]] | None = None
 
 
-def create_api(router: Router, sender: Any) -> FastAPI:
-    """The routes, over a ``Router`` and an event sender (a running App or a stepline.AsyncClient)."""
+def create_api(router: Router, sender: Any, prepare: Callable[[], Awaitable[None]] | None = None) -> FastAPI:
+    """The routes, over a ``Router`` and an event sender (a running App or a stepline.AsyncClient);
+    ``prepare`` runs before each ask (finding the dev server's models)."""
     api = FastAPI(title="Stepline chat example")
 
     @api.post("/chat")
     async def ask(body: Ask) -> dict[str, Any]:
+        if prepare is not None:
+            await prepare()
         messages = body.messages or [{"role": "user", "content": body.prompt or ""}]
         job_id = uuid.uuid4().hex
         jobs.upsert(job_id, kind="chat", user_id=body.user_id, status="pending", input={"model": body.model, "messages": messages})
@@ -76,9 +86,29 @@ def create_api(router: Router, sender: Any) -> FastAPI:
     return api
 
 
+def dev_models_finder(stepline_url: str) -> Callable[[], Awaitable[None]]:
+    """With no provider configured in this process, point ``stepline.llm`` at the SIMULATED
+    models that the `stepline dev` at ``stepline_url`` serves (once it answers)."""
+
+    async def find() -> None:
+        configured, _ = providers.from_env(os.environ)
+        if configured:
+            return
+        try:
+            async with httpx.AsyncClient(timeout=5) as http:
+                answer = await http.get(f"{stepline_url}/api/v1/dev/models")
+        except httpx.HTTPError:
+            return  # not up (yet): the call reports that no provider is configured
+        if answer.status_code == 200 and answer.json().get("simulated"):
+            os.environ.update(answer.json()["env"])  # stepline.llm reads it (as `stepline dev` does its own)
+
+    return find
+
+
 def _default_api() -> FastAPI:
-    client = stepline.AsyncClient(os.environ.get("STEPLINE_URL", "http://127.0.0.1:8288"), os.environ.get("STEPLINE_EVENT_KEY", "dev"))
-    return create_api(chat.make_router(client), client)
+    url = os.environ.get("STEPLINE_URL", "http://127.0.0.1:8288")
+    client = stepline.AsyncClient(url, os.environ.get("STEPLINE_EVENT_KEY", "dev"))
+    return create_api(chat.make_router(client), client, prepare=dev_models_finder(url))
 
 
 PAGE = """<!doctype html><meta charset=utf-8><title>Stepline chat</title>

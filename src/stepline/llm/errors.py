@@ -138,10 +138,12 @@ def from_status(
     def rejected(fix: str) -> Exception:
         return _tag(ProviderRejected(f"{where}. {fix}"), provider, status, code)
 
+    # The message says what happened, never what comes next: the same error is a step's
+    # final one once its retries are spent (the engine logs each retry and its delay).
     def retry(what: str) -> Exception:
         if wait is not None:
-            return _tag(RateLimited(f"{where}. {what}; retrying in {wait:.3g}s as the provider asked", wait), provider, status, code)
-        return _tag(ProviderError(f"{where}. {what}; retrying with backoff"), provider, status, code)
+            return _tag(RateLimited(f"{where}. {what}; the provider asked for a {wait:.3g}s wait (retry-after)", wait), provider, status, code)
+        return _tag(ProviderError(f"{where}. {what}; a later attempt may succeed"), provider, status, code)
 
     if code in QUOTA_CODES or (status == 429 and code and code.endswith(("_spend_limit_exceeded", "_usage_limit_exceeded"))):
         return rejected("The account is out of quota or over its spending limit: add credits or raise the limit, then rerun; retrying will not help")
@@ -167,7 +169,7 @@ def from_status(
 
 
 def connection_failed(provider: str, base_url: str, exc: BaseException) -> ProviderError:
-    error = ProviderError(f"cannot talk to {provider} at {base_url}: {type(exc).__name__}: {exc}; retrying with backoff")
+    error = ProviderError(f"cannot talk to {provider} at {base_url}: {type(exc).__name__}: {exc}; a later attempt may succeed")
     error.__cause__ = exc
     return _tag(error, provider, None, None)
 

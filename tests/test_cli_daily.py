@@ -1,0 +1,161 @@
+"""The CLI a person uses all day, as a real process against a real server on both backends:
+`stepline send` (the runs it started, --wait), `runs show` (an event id, model calls,
+function retries, full wait reasons, when a queued run starts, no None dates),
+`stepline functions`, and `stepline dev` logging each run's end."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import httpx
+
+from stepline.testing import FakeProvider, rate_limited
+from tests import dashboard_apps
+from tests.cli_server import cli_server  # noqa: F401 - fixture
+from tests.helpers import wait_for
+from tests.server_live import run_of_event, run_status, serve  # noqa: F401 - fixture
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def stepline(url: str, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": REPO}
+    env.pop("STEPLINE_API_TOKEN", None)
+    result = subprocess.run([sys.executable, "-m", "stepline.cli", *args, "--url", url], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=60)
+    if ok:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_send_prints_the_runs_it_started_and_waits_for_their_outcomes(serve) -> None:  # noqa: F811
+    dashboard_apps.CALLS.clear()
+    server = serve(dashboard_apps.make_app())
+    sent = stepline(server.url, "send", "dash/child", "--data", '{"x": 4}')
+    event_id = sent.stdout.strip()  # stdout is the event id alone, for scripts
+    assert re.fullmatch(r"[0-9A-Z]{26}", event_id)
+    with httpx.Client(base_url=server.url) as client:
+        run = run_of_event(client, event_id)
+    assert f"run {run['id']} child" in sent.stderr
+
+    waited = stepline(server.url, "send", "dash/child", "--data", '{"x": 21}', "--wait")
+    lines = waited.stdout.splitlines()
+    assert re.fullmatch(r"[0-9A-Z]{26}", lines[0])
+    assert re.match(r"run \w{26} child completed in ", lines[1])
+    assert lines[2] == "  output: 42"
+
+    failed = stepline(server.url, "send", "dash/doomed", "--wait", ok=False)
+    assert failed.returncode == 1
+    assert "doomed failed in " in failed.stdout
+    assert "error: StepError: step 'explode' failed: NonRetriableError: doomed (simulated failure)" in failed.stdout
+
+    nothing = stepline(server.url, "send", "dash/nobody-listens", "--wait", ok=False)
+    assert nothing.returncode == 1
+    assert "started no runs: no registered function has a trigger on 'dash/nobody-listens'" in nothing.stderr
+
+    as_json = json.loads(stepline(server.url, "send", "dash/child", "--json", "--wait").stdout)
+    assert [(r["function_id"], r["status"], r["output"]) for r in as_json["runs"]] == [("child", "completed", 2)]
+
+
+def test_runs_show_given_an_event_id_lists_its_runs(serve) -> None:  # noqa: F811
+    server = serve(dashboard_apps.make_app())
+    event_id = stepline(server.url, "send", "dash/parent").stdout.strip()
+    with httpx.Client(base_url=server.url) as client:
+        run = run_status(client, run_of_event(client, event_id)["id"])
+    shown = stepline(server.url, "runs", "show", event_id).stdout
+    assert f"{event_id} is an event id (dash/parent" in shown
+    assert "It started 1 run(s):" in shown and f"  {run['id']}  parent" in shown
+    assert f"Show one with: stepline runs show {run['id']}" in shown
+    missing = stepline(server.url, "runs", "show", "01NOTHINGHERE0000000000000", ok=False)
+    assert missing.returncode == 1 and "no run with id" in missing.stderr
+
+
+def test_runs_show_tells_model_calls_function_retries_wait_reasons_and_start_times(serve, fake: FakeProvider) -> None:  # noqa: F811
+    dashboard_apps.CALLS.clear()
+    server = serve(dashboard_apps.make_app(fake.llm()))
+    with httpx.Client(base_url=server.url) as client:
+        fake.script(*[rate_limited(retry_after_ms=5)] * 10)  # every attempt of the model call is refused
+        ask = run_status(client, run_of_event(client, stepline(server.url, "send", "dash/ask").stdout.strip())["id"])
+        wobbly = run_status(client, run_of_event(client, stepline(server.url, "send", "dash/wobbly").stdout.strip())["id"])
+        run_status(client, run_of_event(client, stepline(server.url, "send", "dash/paced").stdout.strip())["id"])
+        paced = run_of_event(client, stepline(server.url, "send", "dash/paced").stdout.strip())
+        first_solo = run_of_event(client, stepline(server.url, "send", "dash/solo", "--data", '{"hold": 60}').stdout.strip())
+        run_status(client, first_solo["id"], "running")
+        second_solo = run_of_event(client, stepline(server.url, "send", "dash/solo").stdout.strip())
+        wait_for(lambda: client.get(f"/api/v1/runs/{second_solo['id']}").json()["wait_reason"] == "concurrency_limited",
+                 what="the second run to wait for the concurrency slot")
+
+    shown = stepline(server.url, "runs", "show", ask["id"]).stdout
+    assert ask["status"] == "failed"
+    assert "None" not in shown
+    assert re.search(r"model fake-quick \(fake\): \d+ in / \d+ out tokens", shown) is None  # a refused call bills nothing
+    final = [line for line in shown.splitlines() if line.startswith("error: ")]
+    assert final and "the provider asked for a 0.005s wait (retry-after)" in final[0]
+    assert "retrying in" not in shown
+
+    shown = stepline(server.url, "runs", "show", wobbly["id"]).stdout
+    assert "function retries (the whole function ran again):" in shown
+    assert "attempt 1 failed at 20" in shown and "RuntimeError: the function body broke (outside any step)" in shown
+    assert "output: \"steady\"" in shown
+
+    shown = stepline(server.url, "runs", "show", paced["id"]).stdout
+    assert "status queued (throttled: waiting for its throttle slot)" in shown
+    assert re.search(r"starts at \d{4}-\d\d-\d\dT[\d:.]+Z \(in 59m \d+s\)", shown)
+    assert "started —  ended —" in shown and "None" not in shown
+
+    listed = stepline(server.url, "runs", "list", "--function", "solo").stdout
+    assert re.search(rf"{second_solo['id']}\s+solo\s+queued\s+concurrency_limited\s", listed)
+    shown = stepline(server.url, "runs", "show", second_solo["id"]).stdout
+    assert "(concurrency_limited: waiting for a concurrency slot)" in shown
+
+
+def test_runs_show_gives_each_model_call_its_tokens_and_cost(serve, fake: FakeProvider) -> None:  # noqa: F811
+    from stepline.testing import Reply
+
+    fake.script(Reply(text="hi", prompt_tokens=40, completion_tokens=9, cost=0.000031))
+    server = serve(dashboard_apps.make_app(fake.llm()))
+    with httpx.Client(base_url=server.url) as client:
+        ask = run_status(client, run_of_event(client, stepline(server.url, "send", "dash/ask").stdout.strip())["id"])
+    shown = stepline(server.url, "runs", "show", ask["id"]).stdout
+    assert "model fake-quick (fake): 40 in / 9 out tokens, $0.000031" in shown
+    assert "usage 1 model call(s), 49 tokens, $0.000031" in shown
+
+
+def test_functions_commands_pause_resume_invoke_and_replay(serve) -> None:  # noqa: F811
+    server = serve(dashboard_apps.make_app())
+    paused = stepline(server.url, "functions", "pause", "child", "--mode", "skip", "--reason", "maintenance").stdout
+    assert paused.startswith("child: paused (skip: maintenance) since ")
+    assert re.search(r"child\s+0\s+0\s+0\s+paused \(skip: maintenance\)", stepline(server.url, "functions", "list").stdout)
+    skipped = stepline(server.url, "send", "dash/child")
+    assert "started no runs: child: function_paused" in skipped.stderr
+    assert stepline(server.url, "functions", "resume", "child").stdout.strip() == "child: resumed; 0 held run(s) go on"
+    run_id = stepline(server.url, "functions", "invoke", "child", "--data", '{"x": 8}').stdout.strip()
+    with httpx.Client(base_url=server.url) as client:
+        assert run_status(client, run_id)["output"] == 16
+        failed = run_status(client, run_of_event(client, stepline(server.url, "send", "dash/doomed").stdout.strip())["id"])
+    replayed = stepline(server.url, "functions", "replay-failed", "doomed").stdout
+    assert replayed.startswith("replayed 1 of 1 failed run(s); 0 had a replay already")
+    assert f"(replays {failed['id']})" in replayed
+    shown = stepline(server.url, "functions", "show", "child", "--window", "1h").stdout
+    assert "last 1h: 1 completed, 0 failed, 0 cancelled" in shown
+    bad = stepline(server.url, "functions", "pause", "nope", ok=False)
+    assert bad.returncode == 1 and "no function with id 'nope'" in bad.stderr
+
+
+def test_dev_logs_each_run_end_as_it_happens(cli_server) -> None:  # noqa: F811
+    server = cli_server(mode="dev", app="tests.dashboard_apps:app", env={"STEPLINE_LOG_LEVEL": "INFO"})
+    done = stepline(server.url, "send", "dash/child", "--data", '{"x": 2}', "--wait").stdout.splitlines()[1].split()[1]
+    wait_for(lambda: re.search(rf"stepline.runs: run {done} child completed in [\d.]+ m?s", server.log()), what="the completed line")
+    failed = stepline(server.url, "send", "dash/doomed", "--wait", ok=False).stdout.splitlines()[1].split()[1]
+    wait_for(lambda: f"stepline.runs: run {failed} doomed failed in" in server.log(), what="the failed line")
+    assert re.search(rf"run {failed} doomed failed in [\d.]+ m?s: StepError: step .explode. failed: NonRetriableError: doomed \(simulated failure\)", server.log())
+    event_id = stepline(server.url, "send", "dash/watch", "--data", '{"job": "j1"}').stdout.strip()
+    with httpx.Client(base_url=server.url) as client:
+        sleeper = run_status(client, run_of_event(client, event_id)["id"], "sleeping")
+        stepline(server.url, "runs", "cancel", sleeper["id"])
+    wait_for(lambda: re.search(rf"run {sleeper['id']} watch cancelled in [\d.]+ m?s: Cancelled: cancelled through the API",
+                               server.log()), what="the cancelled line")
