@@ -478,10 +478,8 @@ def suspend_txn(conn: db.Conn, lease: Lease, suspensions: list[Suspension], seq:
             _insert_pending_step(conn, run_id, step, seq, StepStatus.SLEEPING, item.due_at)
         elif item.kind == "wait":
             if _insert_pending_step(conn, run_id, step, seq, StepStatus.WAITING, item.due_at):
-                ops_runs.note_new_wait(conn, item.event_name or "")
-                conn.execute(
-                    "INSERT INTO waits (id, run_id, step_key, event_name, expression, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    (f"{run_id}:{item.key}", run_id, item.key, item.event_name, item.expression, item.due_at),
+                ops_runs.insert_wait_txn(
+                    conn, f"{run_id}:{item.key}", run_id, item.key, item.event_name or "", item.expression, item.due_at, None
                 )
                 conn.execute("UPDATE runs SET cleanup = cleanup | ? WHERE id = ?", (ops_runs.CLEANUP_WAITS, run_id))
         elif item.kind == "invoke":

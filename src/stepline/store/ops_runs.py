@@ -13,7 +13,7 @@ from typing import Any
 from stepline import errors, expressions, ids, jsonutil
 from stepline import event as event_mod
 from stepline.function import StoredConfig
-from stepline.store import db, flow
+from stepline.store import db, flow, wait_keys
 from stepline.store.records import TERMINAL, ClaimedRun, HandOff, RunStatus, WaitReason
 
 log = logging.getLogger("stepline.store")
@@ -202,10 +202,8 @@ def create_run_txn(
     )
     for rule in cfg.get("cancel_on") or ():
         expires = None if rule.get("timeout") is None else now + int(rule["timeout"] * 1000)
-        note_new_wait(conn, rule["event"])
-        conn.defer(
-            "INSERT INTO waits (id, run_id, step_key, event_name, expression, expires_at) VALUES (?, ?, NULL, ?, ?, ?)",
-            (ids.new_id(), run_id, rule["event"], rule.get("expression"), expires),
+        insert_wait_txn(
+            conn, ids.new_id(), run_id, None, rule["event"], rule.get("expression"), expires, body, deferred=True
         )
     if leased:
         copy = jsonutil.loads(jsonutil.dumps(body))  # the run's own, as a claim would load it
@@ -286,14 +284,22 @@ def note_names_without_waits_txn(conn: db.Conn, names: set[str]) -> None:
 
     Ingest then skips the wait lookup for those events. Only absence is remembered, and
     every new wait in this transaction forgets its name (``note_new_wait``); rows that
-    other processes add meanwhile count as arriving after these events.
+    other processes add meanwhile count as arriving after these events. One probe of the
+    index per name, however many waits a name has.
     """
     absent: set[str] = conn.memo.setdefault(_NO_WAITS, set())
     unknown = sorted(names - absent)
     if not unknown:
         return
-    marks, params = db.in_list(unknown)
-    found = {r["event_name"] for r in conn.all(f"SELECT DISTINCT event_name FROM waits WHERE event_name IN ({marks})", params)}
+    values = ", ".join("(?)" for _ in unknown)
+    found = {
+        r["name"]
+        for r in conn.all(
+            f"WITH asked (name) AS (VALUES {values}) SELECT name FROM asked "
+            "WHERE EXISTS (SELECT 1 FROM waits WHERE event_name = asked.name)",
+            tuple(unknown),
+        )
+    }
     absent.update(name for name in unknown if name not in found)
 
 
@@ -302,6 +308,79 @@ def note_new_wait(conn: db.Conn, event_name: str) -> None:
     absent: set[str] | None = conn.memo.get(_NO_WAITS)
     if absent is not None:
         absent.discard(event_name)
+    paths: dict[str, Any] | None = conn.memo.get(_WAIT_PATHS)
+    if paths is not None:
+        paths.pop(event_name, None)
+
+
+def insert_wait_txn(
+    conn: db.Conn, wait_id: str, run_id: str, step_key: str | None, event_name: str, expression: str | None,
+    expires_at: int | None, trigger: dict[str, Any] | None, *, deferred: bool = False,
+) -> None:
+    """Store a wait (``step_key``) or a cancel rule (None), keyed by the value its expression
+    needs of an incoming event when it has one (``wait_keys``); ``trigger`` is the body of
+    the run's own event (read here when the key needs it and it is not given)."""
+    note_new_wait(conn, event_name)
+    key = wait_keys.key_of(expression)
+    if key is not None and key.event_path is not None and trigger is None:
+        row = conn.one("SELECT e.body FROM runs r JOIN events e ON e.id = r.event_id WHERE r.id = ?", (run_id,))
+        trigger = jsonutil.loads(row["body"]) if row else {}
+    match = None if key is None else wait_keys.wait_key(expression, trigger)
+    params = (wait_id, run_id, step_key, event_name, expression, expires_at, *(match or (None, None)))
+    sql = (
+        "INSERT INTO waits (id, run_id, step_key, event_name, expression, expires_at, match_path, match_value) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    )
+    if deferred:
+        conn.defer(sql, params)
+    else:
+        conn.execute(sql, params)
+
+
+_WAIT_PATHS = "keyed wait paths by event name"  # Conn.memo key: name -> (match paths, any unkeyed waits?)
+_WAIT_COLUMNS = (
+    "SELECT w.id, w.run_id, w.step_key, w.expression, w.expires_at, e.body AS trigger_body, r.function_id "
+    "FROM waits w JOIN runs r ON r.id = w.run_id JOIN events e ON e.id = r.event_id WHERE w.event_name = ? "
+)
+
+
+def _wait_paths(conn: db.Conn, name: str) -> tuple[list[str], bool]:
+    """The match paths of the keyed waits for ``name`` (one index probe each: they are few),
+    and whether any wait for it has no key; remembered for the transaction."""
+    memo: dict[str, tuple[list[str], bool]] = conn.memo.setdefault(_WAIT_PATHS, {})
+    found = memo.get(name)
+    if found is None:
+        paths: list[str] = []
+        while True:
+            row = conn.one(
+                "SELECT match_path FROM waits WHERE event_name = ? AND match_path > ? ORDER BY match_path LIMIT 1",
+                (name, paths[-1] if paths else ""),
+            )
+            if row is None:
+                break
+            paths.append(row["match_path"])
+        unkeyed = conn.one("SELECT 1 AS one FROM waits WHERE event_name = ? AND match_path IS NULL LIMIT 1", (name,))
+        found = memo[name] = (paths, unkeyed is not None)
+    return found
+
+
+def _candidate_waits(conn: db.Conn, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The waits an incoming event may resolve: for each match path, those keyed by the
+    event's value there (all of that path when the event lacks it, so each is evaluated
+    as before), and every wait without a key."""
+    name = body["name"]
+    paths, unkeyed = _wait_paths(conn, name)
+    rows: list[dict[str, Any]] = []
+    for path in paths:
+        value = wait_keys.value_at(body, path)
+        code = None if value is wait_keys.MISSING else wait_keys.encode(value)
+        if code is None:
+            rows += conn.all(_WAIT_COLUMNS + "AND w.match_path = ?", (name, path))
+        else:
+            rows += conn.all(_WAIT_COLUMNS + "AND w.match_path = ? AND w.match_value = ?", (name, path, code))
+    if unkeyed:
+        rows += conn.all(_WAIT_COLUMNS + "AND w.match_path IS NULL", (name,))
+    return rows
 
 
 def resolve_waits_txn(
@@ -311,18 +390,13 @@ def resolve_waits_txn(
     (each such run records ``event_id``, the stored event's id, as what cancelled it).
 
     Returns (function id, why) for each wait or cancel rule whose expression failed on
-    this event: for the event that is no match.
+    this event: for the event that is no match. Only the waits its keys can match are
+    read and evaluated (``_candidate_waits``).
     """
     failures: list[tuple[str, dict[str, Any]]] = []
     if body["name"] in conn.memo.get(_NO_WAITS, ()):
         return failures
-    rows = conn.all(
-        "SELECT w.id, w.run_id, w.step_key, w.expression, w.expires_at, e.body AS trigger_body, r.function_id "
-        "FROM waits w JOIN runs r ON r.id = w.run_id JOIN events e ON e.id = r.event_id "
-        "WHERE w.event_name = ?",
-        (body["name"],),
-    )
-    for row in rows:
+    for row in _candidate_waits(conn, body):
         if row["expires_at"] is not None and row["expires_at"] <= now:
             continue
         variables = {"event": jsonutil.loads(row["trigger_body"]), "async": body}

@@ -1,0 +1,202 @@
+"""Match keys of waits: which incoming events can possibly satisfy a wait, as an index lookup.
+
+A wait (``step.wait_for_event``, a ``cancel_on`` rule) is a CEL expression over the run's
+own event (``event``) and the incoming one (``async``). Most say "this field of the
+incoming event equals that field of mine": ``match="data.order_id"`` becomes
+``event.data.order_id == async.data.order_id``, and signals ``async.data.signal ==
+"name"``. When the expression is such an equality, alone or as one of the terms joined by
+``&&`` at its top level, the value it needs is known when the wait is registered: the
+wait is stored with the incoming path (``match_path``) and that value, encoded
+(``match_value``), and an event finds its candidates by one index lookup instead of
+evaluating every wait of its name. The whole expression is still evaluated on each
+candidate, so a key only ever narrows the search.
+
+The encoding keeps every pair of values CEL calls equal on one code (it may give two
+unequal values one code, which the evaluation then tells apart): numbers as doubles (CEL's
+``1 == 1.0``), maps with their keys sorted, and long values as their SHA-256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from typing import Any
+
+import orjson
+
+MAX_VALUE_BYTES = 200  # longer codes are stored as their SHA-256 (an indexed column)
+_PATH = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
+_FIELDS = re.compile(rf"^(event|async)\.({_PATH})\s*==\s*(event|async)\.({_PATH})$")
+_LITERAL_RIGHT = re.compile(rf"^async\.({_PATH})\s*==\s*(.+)$", re.S)
+_LITERAL_LEFT = re.compile(rf"^(.+?)\s*==\s*async\.({_PATH})$", re.S)
+_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+_MISSING = object()
+
+
+class Key:
+    """What a wait's expression needs of an incoming event: the value at ``path`` equal to
+    the trigger event's value at ``event_path``, or to ``literal`` when that is None."""
+
+    __slots__ = ("path", "event_path", "literal")
+
+    def __init__(self, path: str, event_path: str | None, literal: Any = None) -> None:
+        self.path = path
+        self.event_path = event_path
+        self.literal = literal
+
+
+def key_of(expression: str | None) -> Key | None:
+    """The first top-level ``&&`` term of ``expression`` that is an equality a key can
+    stand for, or None (no expression, a ``||`` or a ternary at the top, no such term)."""
+    if not expression:
+        return None
+    terms = _conjuncts(expression)
+    if terms is None:
+        return None
+    for term in terms:
+        found = _FIELDS.match(term)
+        if found is not None:
+            sides = {found.group(1): found.group(2), found.group(3): found.group(4)}
+            if set(sides) == {"event", "async"}:
+                return Key(sides["async"], sides["event"])
+            continue
+        for pattern, path_group, literal_group in ((_LITERAL_RIGHT, 1, 2), (_LITERAL_LEFT, 2, 1)):
+            found = pattern.match(term)
+            if found is not None:
+                literal = _literal(found.group(literal_group).strip())
+                if literal is not _MISSING:
+                    return Key(found.group(path_group), None, literal)
+    return None
+
+
+def wait_key(expression: str | None, trigger: dict[str, Any] | None) -> tuple[str, str] | None:
+    """``(match_path, match_value)`` for a wait with this expression, registered by a run of
+    the ``trigger`` event; None when the wait cannot be keyed (then every event of its name
+    evaluates it)."""
+    key = key_of(expression)
+    if key is None:
+        return None
+    if key.event_path is None:
+        value = key.literal
+    else:
+        value = value_at(trigger or {}, key.event_path)
+        if value is _MISSING:
+            return None  # the expression reads a field the run's event lacks: it matches nothing, as before
+    code = encode(value)
+    return None if code is None else (key.path, code)
+
+
+def value_at(body: dict[str, Any], path: str) -> Any:
+    """The value at a dotted path of an event, or ``MISSING``."""
+    value: Any = body
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+MISSING = _MISSING
+
+
+def encode(value: Any) -> str | None:
+    """The code of a value (see the module doc); None for a value no code stands for."""
+    canonical = _canonical(value)
+    if canonical is _MISSING:
+        return None
+    try:
+        text = orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        return None
+    if len(text) > MAX_VALUE_BYTES:
+        return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+    return text
+
+
+def _canonical(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, float)):
+        number = float(value)
+        return _MISSING if not math.isfinite(number) else number + 0.0  # -0.0 == 0.0
+    if isinstance(value, list):
+        items = [_canonical(v) for v in value]
+        return _MISSING if any(v is _MISSING for v in items) else items
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            return _MISSING
+        entries = {k: _canonical(v) for k, v in value.items()}
+        return _MISSING if any(v is _MISSING for v in entries.values()) else entries
+    return _MISSING
+
+
+def _literal(text: str) -> Any:
+    """A CEL literal whose value is plain: a double-quoted string, a number, true, false, null."""
+    if text in ("true", "false", "null"):
+        return {"true": True, "false": False, "null": None}[text]
+    if _NUMBER.fullmatch(text):
+        return float(text)
+    if len(text) >= 2 and text[0] == text[-1] == '"' and "\\/" not in text:
+        try:
+            value = json.loads(text)  # JSON's escapes mean in CEL what they mean in JSON (but \/)
+        except ValueError:
+            return _MISSING
+        return value if isinstance(value, str) else _MISSING
+    return _MISSING
+
+
+def _conjuncts(expression: str) -> list[str] | None:
+    """The terms joined by ``&&`` at the top level, each without enclosing parentheses;
+    None if the top level holds ``||`` or ``?`` (a term need not hold for the whole to)."""
+    text = _strip_parens(expression.strip())
+    terms: list[str] = []
+    depth = 0
+    start = 0
+    i = 0
+    quote = ""
+    while i < len(text):
+        ch = text[i]
+        if quote:
+            if ch == "\\":
+                i += 2
+                continue
+            if text.startswith(quote, i):
+                i += len(quote)
+                quote = ""
+                continue
+        elif ch in "\"'":
+            quote = text[i : i + 3] if text[i : i + 3] in ('"""', "'''") else ch
+            i += len(quote)
+            continue
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif depth == 0:
+            if text.startswith("||", i) or ch == "?":
+                return None
+            if text.startswith("&&", i):
+                terms.append(_strip_parens(text[start:i].strip()))
+                start = i + 2
+                i += 2
+                continue
+        i += 1
+    if quote or depth != 0:
+        return None
+    terms.append(_strip_parens(text[start:].strip()))
+    return terms
+
+
+def _strip_parens(text: str) -> str:
+    """``(a == b)`` as ``a == b``, when the parentheses enclose the whole term."""
+    while text.startswith("(") and text.endswith(")"):
+        depth = 0
+        for i, ch in enumerate(text):
+            depth += ch == "("
+            depth -= ch == ")"
+            if depth == 0 and i < len(text) - 1:
+                return text  # "(a) == (b)": the first one closes early
+        text = text[1:-1].strip()
+    return text

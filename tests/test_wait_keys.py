@@ -1,0 +1,175 @@
+"""Waits keyed by the value they need: an event reads and evaluates only the waits its
+value can match, and resolves exactly what evaluating every wait would."""
+
+from __future__ import annotations
+
+import itertools
+
+import cel
+import pytest
+
+import stepline
+from stepline.store import ops_runs, wait_keys
+from tests.helpers import runs_for_event, wait_run
+
+# --- which expressions have a key ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("expression", "path", "event_path", "literal"),
+    [
+        ("event.data.order_id == async.data.order_id", "data.order_id", "data.order_id", None),
+        ("async.data.ref == event.data.id", "data.ref", "data.id", None),
+        ("event.data.k == async.data.k && async.data.amount > 10", "data.k", "data.k", None),
+        ("async.data.amount > 10 && (event.data.k == async.data.k)", "data.k", "data.k", None),
+        ('async.data.signal == "approve \\"this\\""', "data.signal", None, 'approve "this"'),
+        ('"ready" == async.data.state', "data.state", None, "ready"),
+        ("async.data.n == 3", "data.n", None, 3.0),
+        ('async.data.note == "a && b || c" && event.data.k == async.data.k', "data.note", None, "a && b || c"),
+    ],
+)
+def test_an_equality_at_the_top_level_gives_a_key(expression: str, path: str, event_path: str | None, literal: object) -> None:
+    key = wait_keys.key_of(expression)
+    assert key is not None
+    assert (key.path, key.event_path, key.literal) == (path, event_path, literal)
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        None,
+        "async.data.amount > event.data.min",
+        "event.data.k == async.data.k || async.data.any == true",  # the equality need not hold
+        "event.data.k == async.data.k ? true : false",
+        "!(event.data.k == async.data.k)",
+        "event.data.a == event.data.b",
+        "async.data.a == async.data.b",
+        "async.data.k == 'single quoted'",  # not read: evaluated as before
+        "size(async.data.items) == 2",
+    ],
+)
+def test_other_expressions_have_no_key(expression: str | None) -> None:
+    assert wait_keys.key_of(expression) is None
+
+
+VALUES = [
+    0, 1, -1, 1.0, -0.0, 0.5, 2**53, 2**53 + 1, float(2**53), 2**63 - 1, float(2**63 - 1), True, False, None, "", "1", "é",
+    [], [1, 2], [1.0, 2], [2, 1], {}, {"a": 1, "b": [1, {"c": None}]}, {"b": [1.0, {"c": None}], "a": 1.0}, {"a": "1"},
+    "x" * 300, "x" * 299 + "y",
+]
+
+
+def test_values_cel_calls_equal_share_a_code() -> None:
+    """No miss: whenever the expression's equality holds, the lookup finds the wait."""
+    program = cel.compile("event.data.k == async.data.k")
+    for mine, theirs in itertools.product(VALUES, VALUES):
+        if program.execute({"event": {"data": {"k": mine}}, "async": {"data": {"k": theirs}}}) is True:
+            assert wait_keys.encode(mine) == wait_keys.encode(theirs), (mine, theirs)
+    assert wait_keys.encode("x" * 300).startswith("sha256:")  # an indexed column stays narrow
+
+
+def test_a_wait_on_a_field_its_own_event_lacks_has_no_key() -> None:
+    assert wait_keys.wait_key("event.data.k == async.data.k", {"name": "t", "data": {}}) is None
+    assert wait_keys.wait_key("event.data.k == async.data.k", {"name": "t", "data": {"k": 7}}) == ("data.k", "7.0")
+
+
+# --- on both backends -------------------------------------------------------------------------
+
+
+def waiting_app() -> stepline.App:
+    app = stepline.App("keys")
+
+    @app.function(id="waiter", trigger=stepline.TriggerEvent("order/placed"))
+    async def waiter(ctx: stepline.Context) -> dict:
+        got = await ctx.step.wait_for_event("paid", event="order/paid", match="data.order", timeout="1h")
+        return {"got": got.data if got else None}
+
+    @app.function(id="guarded", trigger=stepline.TriggerEvent("order/held"))
+    async def guarded(ctx: stepline.Context) -> dict:
+        got = await ctx.step.wait_for_event(
+            "released", event="order/released", if_="event.data.order == async.data.order && 10 / async.data.d > 1", timeout="1h"
+        )
+        return {"got": got.data if got else None}
+
+    @app.function(id="loose", trigger=stepline.TriggerEvent("order/watched"))
+    async def loose(ctx: stepline.Context) -> dict:
+        got = await ctx.step.wait_for_event("any", event="order/paid", if_="async.data.amount > event.data.over", timeout="1h")
+        return {"got": got.data if got else None}
+
+    @app.function(id="cancellable", trigger=stepline.TriggerEvent("order/shipping"),
+                  cancel_on=[stepline.CancelOn(event="order/cancelled", match="data.order")])
+    async def cancellable(ctx: stepline.Context) -> str:
+        await ctx.step.sleep("wait", "1h")
+        return "shipped"
+
+    return app
+
+
+async def test_an_event_evaluates_only_the_waits_its_key_can_match(make_engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = await make_engine(waiting_app())
+    orders = [f"o-{i}" for i in range(40)]
+    started = await engine.send_many([{"name": "order/placed", "data": {"order": o}} for o in orders])
+    runs = [(await runs_for_event(engine, e))[0]["id"] for e in started]
+    for run_id in runs:
+        await wait_run(engine, run_id, "waiting")
+    evaluated: list[str] = []
+    real = ops_runs.expressions.match_checked
+
+    def counting(source: str | None, variables: dict) -> tuple[bool, object]:
+        evaluated.append(variables["async"]["data"].get("order", "?"))
+        return real(source, variables)  # type: ignore[return-value]
+
+    monkeypatch.setattr(ops_runs.expressions, "match_checked", counting)
+    await engine.send({"name": "order/paid", "data": {"order": "o-17", "amount": 5}})
+    assert (await wait_run(engine, runs[17]))["output"] == {"got": {"order": "o-17", "amount": 5}}
+    assert evaluated == ["o-17"]  # one candidate read, not forty
+    evaluated.clear()
+    await engine.send({"name": "order/paid", "data": {"order": "nobody", "amount": 5}})
+    assert evaluated == []
+    assert [(await engine.get_run(r))["status"] for r in runs].count("waiting") == len(runs) - 1
+
+
+async def test_keyed_and_unkeyed_waits_of_one_name_both_resolve(make_engine) -> None:
+    engine = await make_engine(waiting_app())
+    keyed = (await runs_for_event(engine, await engine.send({"name": "order/placed", "data": {"order": 7}})))[0]["id"]
+    loose = (await runs_for_event(engine, await engine.send({"name": "order/watched", "data": {"over": 100}})))[0]["id"]
+    await wait_run(engine, keyed, "waiting")
+    await wait_run(engine, loose, "waiting")
+    await engine.send({"name": "order/paid", "data": {"order": 7.0, "amount": 500}})  # CEL: 7 == 7.0
+    assert (await wait_run(engine, keyed))["output"] == {"got": {"order": 7.0, "amount": 500}}
+    assert (await wait_run(engine, loose))["output"] == {"got": {"order": 7.0, "amount": 500}}
+
+
+async def test_an_event_without_the_keyed_field_is_no_match_as_before(make_engine) -> None:
+    engine = await make_engine(waiting_app())
+    run_id = (await runs_for_event(engine, await engine.send({"name": "order/placed", "data": {"order": "a"}})))[0]["id"]
+    await wait_run(engine, run_id, "waiting")
+    unrelated = await engine.send({"name": "order/paid", "data": {"amount": 3}})
+    assert (await engine.store.event_detail(unrelated))["skipped_functions"] == []
+    await engine.send({"name": "order/paid", "data": {"order": "a"}})
+    assert (await wait_run(engine, run_id))["output"] == {"got": {"order": "a"}}
+
+
+async def test_the_rest_of_a_keyed_expression_still_decides_and_its_failure_is_told(make_engine) -> None:
+    engine = await make_engine(waiting_app())
+    run_id = (await runs_for_event(engine, await engine.send({"name": "order/held", "data": {"order": "h"}})))[0]["id"]
+    await wait_run(engine, run_id, "waiting")
+    failing = await engine.send({"name": "order/released", "data": {"order": "h", "d": 0}})  # 10 / 0
+    (skip,) = (await engine.store.event_detail(failing))["skipped_functions"]
+    assert skip["reason"] == "wait_expression_error" and skip["detail"]["run_id"] == run_id
+    await engine.send({"name": "order/released", "data": {"order": "h", "d": 20}})  # 10 / 20 > 1 is false
+    await engine.send({"name": "order/released", "data": {"order": "other", "d": 0}})  # another key: not evaluated
+    assert (await engine.get_run(run_id))["status"] == "waiting"
+    await engine.send({"name": "order/released", "data": {"order": "h", "d": 2}})
+    assert (await wait_run(engine, run_id))["output"] == {"got": {"order": "h", "d": 2}}
+
+
+async def test_cancel_on_with_match_cancels_only_its_own_run(make_engine) -> None:
+    engine = await make_engine(waiting_app())
+    ids = await engine.send_many([{"name": "order/shipping", "data": {"order": o}} for o in ("s1", "s2")])
+    first, second = [(await runs_for_event(engine, e))[0]["id"] for e in ids]
+    await wait_run(engine, first, "sleeping")
+    await wait_run(engine, second, "sleeping")
+    await engine.send({"name": "order/cancelled", "data": {"order": "s2"}})
+    assert (await wait_run(engine, second))["status"] == "cancelled"
+    assert (await engine.get_run(first))["status"] == "sleeping"  # decided in the same transaction as the other
