@@ -280,3 +280,30 @@ async def test_wait_beside_the_send_that_causes_the_reply(env: tuple[Server, Nod
     run = await _run(server, "ts/start-ping", "pinger", {"id": "p1"})
     assert run["status"] == "completed" and run["output"] == {"id": "p1", "pong": True}, run
     assert time.monotonic() - started < 15  # the reply was caught, not the 20 s timeout
+
+
+async def _step_output(server: Server, run_id: str, name: str) -> Any:
+    run = await server.engine.get_run(run_id)
+    step = next((s for s in run["steps"] if s["name"] == name and s["status"] == "completed"), None)
+    return None if step is None else step["output"]
+
+
+async def test_the_function_goes_on_past_a_race_a_wait_lost(env: tuple[Server, NodeApp]) -> None:
+    """The step after the race runs at once, not when the losing wait times out (in an hour).
+    The run itself ends when the SDK says so: TS 3 at once; TS 4, as on Inngest, only once the
+    losing wait is resolved too (it reports it until then)."""
+    server, node = env
+    run_id = (await server.run_for(await server.send("ts/race-wait"), FN + "race-wait"))["id"]
+    after = await eventually(lambda: _step_output(server, run_id, "after-wait"), what="the step after the race")
+    assert after == "winner: quick"
+    if node.sdk == "v3":
+        assert (await server.finished(run_id))["output"] == "winner: quick"
+
+
+async def test_a_wait_raced_against_a_sleep_goes_on_when_the_event_comes(env: tuple[Server, NodeApp]) -> None:
+    server, _ = env
+    run_id = (await server.run_for(await server.send("ts/approval", {"id": "r1"}), FN + "approval"))["id"]
+    await server.status(run_id, "waiting")
+    await server.send("ts/approved", {"id": "r1", "by": "grace"})
+    decided = await eventually(lambda: _step_output(server, run_id, "decide"), what="the decision, not after the hour-long sleep")
+    assert decided == "approved by grace"

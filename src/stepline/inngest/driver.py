@@ -143,8 +143,9 @@ class SDKExecution:
                 for op in work:
                     self.start(op, reply)
                 await self.settle_some()
-                if not self.running and self.parked and not self.early_block():
-                    await self.suspend(list(self.parked.values()))  # Inngest's fan-in: the whole block first
+                if not self.running and self.parked and not self.early_block() and not any(map(_races, self.parked.values())):
+                    # Inngest's fan-in: the block is done once its sleeps and waits are (a race may have been won: ask)
+                    await self.suspend(list(self.parked.values()))
         except asyncio.CancelledError:
             for task in self.running.values():  # the run is cancelled or the worker stops: so are its steps
                 task.cancel()
@@ -201,7 +202,7 @@ class SDKExecution:
 
     def start(self, op: dict[str, Any], reply: protocol.Reply) -> None:
         sid = str(op["id"])
-        if self.early_block() or (op.get("opts") or {}).get("parallelMode") == "race":
+        if self.early_block() or _races(op):
             self.early.add(sid)
         self.running[sid] = asyncio.create_task(self.op(op, reply), name=f"stepline-inngest-{self.ctx.run_id}-{sid[:8]}")
 
@@ -361,6 +362,11 @@ class SDKExecution:
             self.done(sid, memos.error_memo(exc.to_dict(), "invoke"))
             return
         self.done(sid, {"data": value})
+
+
+def _races(op: dict[str, Any]) -> bool:
+    """Whether the op belongs to a race (``parallelMode: "race"``): its end may settle the block."""
+    return (op.get("opts") or {}).get("parallelMode") == "race"
 
 
 def _wait_of(op: dict[str, Any]) -> tuple[str, str | None, float]:

@@ -222,6 +222,25 @@ const twoWaits = fn({ id: "two-waits" }, { event: "ts/waits" }, async ({ step })
   return [a && a.data.n, b && b.data.n];
 });
 
+// A wait raced against a step, and a wait raced against a sleep (a timeout written by hand):
+// the function goes on with the winner, the loser does not hold it up.
+const raceWait = fn({ id: "race-wait" }, { event: "ts/race-wait" }, async ({ step, group }) => {
+  const race = () => Promise.race([
+    step.run("quick", () => "quick"),
+    step.waitForEvent("never", { event: "ts/never", timeout: "1h" }),
+  ]);
+  const winner = major === "v3" ? await race() : await group.parallel({ mode: "race" }, race);
+  return step.run("after-wait", () => `winner: ${winner}`);
+});
+
+const approval = fn({ id: "approval" }, { event: "ts/approval" }, async ({ step }) => {
+  const got = await Promise.race([
+    step.waitForEvent("approved", { event: "ts/approved", timeout: "1h", match: "data.id" }),
+    step.sleep("give-up", "1h"),
+  ]);
+  return step.run("decide", () => (got ? `approved by ${got.data.by}` : "timed out"));
+});
+
 // Functions that hear of other functions' endings.
 const onFinished = fn(
   { id: "on-finished" },
@@ -240,7 +259,7 @@ const onCancelled = fn(
 const functions = [
   steps, sleeper, waiter, child, parent, sender, onSent, parallel, flaky, nonretry, retryAfter, cancellable, throttled,
   limited, debounced, asker, racer, parallelFail, nightly, parallelRetry, signalWaiter, signalSender, pinger, ponger,
-  vipQueue, perUser, batchIf, twoNaps, twoWaits, onFinished, onCancelled,
+  vipQueue, perUser, batchIf, twoNaps, twoWaits, onFinished, onCancelled, raceWait, approval,
 ];
 
 if (major === "v4") {
