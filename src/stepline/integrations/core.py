@@ -12,6 +12,7 @@ pattern (``jobs``) and each framework's glue are written once.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -57,6 +58,15 @@ class Options:
             raise errors.ConfigError(f"STEPLINE settings: unknown key(s) {unknown}; the keys are {sorted(known)}")
         fields = {attr: values[key] for key, attr in known.items() if attr is not None and key in values}
         return cls(apps=tuple(apps), **fields)
+
+
+def load_app(spec: str) -> App:
+    """``module:attribute`` -> the App it names."""
+    module_name, _, attribute = spec.partition(":")
+    app = getattr(importlib.import_module(module_name), attribute, None) if module_name and attribute else None
+    if not isinstance(app, App):
+        raise errors.ConfigError(f"STEPLINE APPS: {spec!r} is not a stepline.App; write module:attribute, e.g. myproject.jobs:app")
+    return app
 
 
 class Connection(Protocol):

@@ -29,29 +29,18 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import importlib
 import threading
 from collections.abc import Coroutine, Iterable, Iterator
 from typing import Any, TypeVar
 
 from stepline import errors
-from stepline.app import App
 from stepline.integrations import jobs as jobs_mod
 from stepline.integrations.blocking import BlockingConnection
-from stepline.integrations.core import Events, Options, connect
+from stepline.integrations.core import Events, Options, connect, load_app
 
 T = TypeVar("T")
 _lock = threading.Lock()
 _open: list[tuple[BlockingConnection, jobs_mod.Jobs]] = []
-
-
-def load_app(spec: str) -> App:
-    """``module:attribute`` -> the App it names."""
-    module_name, _, attribute = spec.partition(":")
-    app = getattr(importlib.import_module(module_name), attribute, None) if module_name and attribute else None
-    if not isinstance(app, App):
-        raise errors.ConfigError(f"STEPLINE['APPS']: {spec!r} is not a stepline.App; write module:attribute, e.g. myproject.jobs:app")
-    return app
 
 
 def options(overrides: dict[str, Any] | None = None) -> Options:
