@@ -103,12 +103,15 @@ def main() -> None:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
             page = browser.new_page(viewport={"width": 1360, "height": 860})
+            # A function paused for the pictures: the functions list and its page say so.
+            httpx.post(f"{url}/api/v1/functions/analyze-repo/pause", json={"mode": "queue", "reason": "provider maintenance"})
             for name, path, wait in [
                 ("runs", "#/runs", "[data-testid=runs] tbody tr"),
                 ("run-detail", f"#/runs/{detail}", "[data-testid=timeline] details"),
                 ("run-waiting", f"#/runs/{crawl}", "[data-testid=timeline] details"),
                 ("events", "#/events", "[data-testid=events] tbody tr"),
                 ("functions", "#/functions", "[data-testid=functions] tbody tr"),
+                ("function", "#/functions/execute-query", "[data-testid=recent-runs] tbody tr"),
                 ("metrics", "#/metrics?window=1h", "[data-testid=chart-success]"),
             ]:
                 page.goto(f"{url}/{path}")

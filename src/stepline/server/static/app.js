@@ -120,7 +120,7 @@ async function functionsPage() {
     table.replaceChildren(
       h("thead", {}, h("tr", {}, ["Function", "Triggers", "Config", "Queued", "Running", "Sleeping", "Waiting", "Failed (1 h)", "Done (1 h)"].map((t, i) => h("th", { class: i > 2 ? "num" : null }, t)))),
       h("tbody", {}, data.length ? data.map((f) => h("tr", {},
-        h("td", {}, h("a", { href: `#/functions/${encodeURIComponent(f.id)}` }, f.id), pausedTag(f.paused), h("div", { class: "muted small" }, f.app_id)),
+        h("td", {}, h("a", { href: `#/functions/${encodeURIComponent(f.id)}` }, f.id), pausedTag(f.paused, true), h("div", { class: "muted small" }, f.app_id)),
         h("td", {}, f.triggers.map((t) => h("div", { class: "mono small" }, t.event ? t.event + (t.expression ? ` if ${t.expression}` : "") : `cron ${t.cron}`))),
         h("td", { class: "small" }, configSummary(f.config)),
         ...["queued", "running", "sleeping", "waiting"].map((k) => h("td", { class: "num" }, f.counts[k] || "·")),
@@ -311,7 +311,7 @@ async function runPage(runId) {
         run.replay_of ? h("div", {}, h("div", { class: "label" }, "Replay of"), h("a", { href: `#/runs/${run.replay_of}` }, short(run.replay_of))) : "",
       ),
       !ended && run.wait_reason ? h("p", { class: "wait", "data-testid": "wait-reason" }, waitText(run)) : "",
-      !ended && run.schedule && run.schedule.due_at && Date.parse(run.schedule.due_at) > Date.now() ? h("p", { class: "small", "data-testid": "starts-at" }, "Due to start ", clock(run.schedule.due_at), " (", when(run.schedule.due_at), ")") : "",
+      run.status === "queued" && run.schedule && run.schedule.due_at && Date.parse(run.schedule.due_at) > Date.now() ? h("p", { class: "small", "data-testid": "starts-at" }, "Due to start ", clock(run.schedule.due_at), " (", when(run.schedule.due_at), ")") : "",
       runLinks(run),
       run.progress !== null ? h("div", { class: "progress-line" }, progress(run), h("span", { class: "muted" }, run.progress_message || "")) : "",
     );

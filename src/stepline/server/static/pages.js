@@ -64,9 +64,10 @@ async function searchPage(params) {
 
 // --- one function ----------------------------------------------------------------------
 
-function pausedTag(p) {
-  return p ? h("span", { class: "tag bad", "data-testid": "paused", title: `${p.reason || ""} since ${p.paused_at}` },
-    p.mode === "skip" ? "paused · skipping events" : "paused · queueing runs") : "";
+function pausedTag(p, compact) {
+  const mode = p && (p.mode === "skip" ? "paused · skipping events" : "paused · queueing runs");
+  return p ? h("span", { class: "tag bad nowrap", "data-testid": "paused", title: `${compact ? mode + ": " : ""}${p.reason || ""} since ${p.paused_at}` },
+    compact ? "paused" : mode) : "";
 }
 
 function flowControl(cfg) {
