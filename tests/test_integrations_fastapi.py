@@ -64,3 +64,27 @@ def test_an_app_that_talks_to_a_stepline_server(serve) -> None:  # noqa: F811
     server = serve(example.jobs)  # the functions run in the server's worker
     with running(example.create_app(url=server.url, run_worker=False)) as url:
         check_job_routes(url)
+
+
+def test_a_plain_starlette_app_with_the_lifespan_and_job_routes(db_url: str) -> None:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from stepline.integrations.fastapi import get_stepline, job_routes, stepline_lifespan
+
+    async def summarise(request: Request) -> JSONResponse:
+        body = await request.json()
+        return JSONResponse(await get_stepline(request).start_job({"name": "doc/summarise", "data": {"text": body["text"]}}))
+
+    app = Starlette(
+        routes=[Route("/summarise", summarise, methods=["POST"]), job_routes("/jobs", events=["doc/summarise"])],
+        lifespan=stepline_lifespan(apps=[example.jobs], db=db_url),
+    )
+    with running(app) as url:
+        job = httpx.post(f"{url}/summarise", json={"text": "plain starlette works"}).json()
+        kind, final = follow(url, job["stream_url"])[-1]
+        assert kind == "end" and final["output"]["words"] == 3
+        assert httpx.post(f"{url}/jobs/", json={"name": "doc/summarise", "data": {"text": "a"}}).status_code == 200
+        assert httpx.get(f"{url}/jobs/{job['job_id']}?token=wrong").status_code == 401
