@@ -19,5 +19,5 @@ CREATE TABLE function_pauses (
 );
 
 ALTER TABLE runs ADD COLUMN cancelled_by TEXT;
-CREATE INDEX runs_by_canceller ON runs (cancelled_by) WHERE cancelled_by IS NOT NULL;
-CREATE INDEX runs_by_replay_of ON runs (replay_of) WHERE replay_of IS NOT NULL;
+CREATE INDEX IF NOT EXISTS runs_by_canceller ON runs (cancelled_by) WHERE cancelled_by IS NOT NULL;
+CREATE INDEX IF NOT EXISTS runs_by_replay_of ON runs (replay_of) WHERE replay_of IS NOT NULL;
