@@ -261,7 +261,8 @@ def runs_cancelled_by_txn(conn: db.Conn, event_id: str) -> list[dict[str, Any]]:
 def runs_ended_since_txn(conn: db.Conn, after: tuple[int, str], limit: int) -> list[dict[str, Any]]:
     """Runs that ended after ``after`` (ended_at, id), in the order they ended."""
     rows = conn.all(
-        f"SELECT * FROM runs WHERE status IN {TERMINAL_SQL} AND (ended_at > ? OR (ended_at = ? AND id > ?)) "
+        # A range of runs_by_status_end per status; the cursor's own millisecond is filtered after.
+        f"SELECT * FROM runs WHERE status IN {TERMINAL_SQL} AND ended_at >= ? AND NOT (ended_at = ? AND id <= ?) "
         "ORDER BY ended_at, id LIMIT ?",
         (after[0], after[0], after[1], limit),
     )
