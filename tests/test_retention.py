@@ -22,6 +22,7 @@ from tests.conftest import TEST_SETTINGS
 from tests.helpers import eventually, runs_for_event, send_and_wait, wait_run
 
 DAY = 86400.0
+DAY_MS = int(DAY * 1000)
 Factory = Callable[..., Awaitable[Engine]]
 
 
@@ -378,3 +379,32 @@ async def test_expired_dedup_ids_idempotency_keys_and_idle_throttle_state_go(clo
     again = await engine.send({"name": "t/once", "data": {"key": "k"}, "id": "ext-1"})
     assert again != first  # the id's window ended: a new event, and a new run for the key
     assert (await wait_run(engine, (await runs_for_event(engine, again))[0]["id"]))["output"] == "ran"
+
+
+async def test_budget_history_goes_with_usage_and_unsettled_direct_reservations_expire(clocked) -> None:
+    """A budget's spend per period is kept as long as the daily usage sums; a direct call's
+    reservation left unsettled (its caller died) is deleted once it has expired."""
+    clock, make = clocked
+    engine = await make(retention=DAY, usage_retention=30 * DAY)
+    now = engine.store.now_ms()
+
+    def seed(conn: Any) -> None:
+        conn.execute(
+            "INSERT INTO budget_spend (budget_id, key, period_start, period_end, spent_usd, updated_at) VALUES "
+            "('chat:1d:user', 'u1', ?, ?, 0.5, ?)",
+            (now - DAY_MS, now, now),
+        )
+        conn.execute(
+            "INSERT INTO budget_reservations (run_id, step_key, attempt, budget_id, key, period_start, usd, tokens, "
+            "expires_at, created_at) VALUES ('direct:1', 'call', 1, 'chat:1d:user', 'u1', ?, 0.1, 10, ?, ?)",
+            (now - DAY_MS, now + 60_000, now),
+        )
+
+    await engine.store.db.write(seed)
+    clock.advance(2 * DAY)  # the reservation expired; the spend is recent history
+    report = await sweep(engine)
+    assert report.deleted.get("budget_reservations") == 1
+    assert await count(engine, "SELECT COUNT(*) FROM budget_spend") == 1
+    clock.advance(40 * DAY)  # past the usage retention
+    report = await sweep(engine)
+    assert report.deleted.get("budget_spend") == 1

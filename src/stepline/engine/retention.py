@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 from stepline import errors, ids
 from stepline.settings import Settings
 from stepline.store import Store
-from stepline.store.ops_retention import EXPIRING, Batch, SweepLease
+from stepline.store.ops_retention import EXPIRING, KEPT_AS_USAGE, Batch, SweepLease
 
 log = logging.getLogger("stepline.retention")
 T = TypeVar("T")
@@ -202,7 +202,7 @@ class Sweeper:
                         break
                     after = batch.after
         for table in EXPIRING:
-            if table == "usage_daily":
+            if table in KEPT_AS_USAGE:
                 if policy.usage_ms is None:
                     continue
                 before = now - policy.usage_ms

@@ -227,7 +227,8 @@ def _delete_runs(conn: db.Conn, runs: list[dict[str, Any]]) -> dict[str, int]:
         table: conn.rowcount(f"DELETE FROM {table} WHERE run_id IN ({marks})", params)
         for table in ("llm_usage", "steps", "step_attempts", "run_messages")
     }
-    for table in ("singletons", "queue"):  # none unless an ending left them behind
+    # None unless an ending (or a crash between a model call's reservation and its settling) left them behind.
+    for table in ("singletons", "queue", "budget_reservations", "budget_pauses"):
         conn.execute(f"DELETE FROM {table} WHERE run_id IN ({marks})", params)
     deleted["runs"] = conn.rowcount(f"DELETE FROM runs WHERE id IN ({marks}) AND ended_at IS NOT NULL", params)
     events: set[str] = set()
@@ -376,8 +377,20 @@ _EXPIRED: dict[str, tuple[str, str]] = {
         "ORDER BY day_start LIMIT ?",
         "(day_start, function_id, user_id, provider, model)",
     ),
+    # A budget's spend per period is cost history: kept as long as the daily usage sums.
+    "budget_spend": (
+        "SELECT budget_id, key, period_start FROM budget_spend WHERE period_end < ? ORDER BY period_end LIMIT ?",
+        "(budget_id, key, period_start)",
+    ),
+    # A direct call's reservation (no run) that was never settled stops counting at expires_at.
+    "budget_reservations": (
+        "SELECT run_id, step_key, attempt, budget_id FROM budget_reservations WHERE lease_owner IS NULL "
+        "AND expires_at <= ? ORDER BY expires_at LIMIT ?",
+        "(run_id, step_key, attempt, budget_id)",
+    ),
 }
 EXPIRING = tuple(_EXPIRED)
+KEPT_AS_USAGE = ("usage_daily", "budget_spend")  # tables kept for STEPLINE_USAGE_RETENTION
 
 
 def prune_expired_txn(
