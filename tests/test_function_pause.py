@@ -240,3 +240,32 @@ async def test_pause_holds_runs_handed_off_in_the_same_process(make_engine) -> N
     run = await _run_of(engine, event_id, "work")
     await eventually(lambda: _has_reason(engine, run["id"], "function_paused"), what="the run held")
     assert counts.get("work", 0) == 0
+
+
+async def test_cron_ticks_pass_in_skip_mode_and_wait_in_queue_mode(db_url: str) -> None:
+    from stepline.testing import TestEngine
+
+    app = stepline.App("c")
+    ticks: list[str] = []
+
+    @app.function(id="tick", trigger=stepline.TriggerCron("* * * * *"))
+    async def tick(ctx: stepline.Context) -> None:
+        ticks.append(ctx.run_id)
+
+    async def next_tick_after(t: TestEngine, moment: int) -> bool:
+        schedules = await t.engine.store.cron_schedules(["tick"])
+        return bool(schedules) and schedules[0]["next_tick"] > moment
+
+    async with TestEngine(app, db=db_url, start=1_800_000_000) as t:
+        await t.engine.pause_function("tick", "skip")
+        await t.advance("3m")
+        # The cron loop (about once a second, on its own) takes the due tick and moves on.
+        await eventually(lambda: next_tick_after(t, t.engine.store.now_ms()), what="the skipped tick to pass")
+        assert await t.runs("tick") == []
+        await t.engine.pause_function("tick", "queue")
+        await t.advance("2m")
+        held = await eventually(lambda: t.runs("tick"), what="the queued tick's run")
+        await eventually(lambda: _has_reason(t.engine, held[0].id, "function_paused"), what="the tick's run held")
+        assert ticks == []
+        await t.engine.resume_function("tick")
+        assert (await t.wait(held[0].id)).status == "completed" and ticks == [held[0].id]
