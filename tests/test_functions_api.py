@@ -26,6 +26,7 @@ def test_pause_resume_and_invoke_over_http(serve) -> None:  # noqa: F811
         assert paused["paused"]["mode"] == "queue"
         listed = {f["id"]: f for f in client.get("/api/v1/functions").json()["data"]}
         assert listed["child"]["paused"]["reason"] == "deploy" and listed["parent"]["paused"] is None
+        assert 'stepline_function_paused{function="child",mode="queue"} 1' in client.get("/metrics").text
 
         invoked = client.post("/api/v1/functions/child/invoke", json={"data": {"x": 5}}).json()
         wait_for(lambda: client.get(f"/api/v1/runs/{invoked['run_id']}").json()["wait_reason"] == "function_paused",
@@ -33,6 +34,7 @@ def test_pause_resume_and_invoke_over_http(serve) -> None:  # noqa: F811
         assert client.post("/api/v1/functions/child/invoke", json={"data": [1]}).status_code == 400
         resumed = client.post("/api/v1/functions/child/resume").json()
         assert resumed == {"function_id": "child", "was_paused": True, "resumed_runs": 1}
+        assert "stepline_function_paused{" not in client.get("/metrics").text
         assert run_status(client, invoked["run_id"])["output"] == 10
 
         summary = client.get("/api/v1/functions/child/summary?window=1h").json()

@@ -122,6 +122,10 @@ async def prometheus_text(request: Request) -> str:
     out += ["# HELP stepline_llm_cost_usd_total Model cost in US dollars.", "# TYPE stepline_llm_cost_usd_total counter"]
     for u in usage:
         out.append(_line("stepline_llm_cost_usd_total", {"provider": u["provider"], "model": u["model"]}, float(u["cost_usd"])))
+    out += ["# HELP stepline_function_paused 1 for each paused function (mode queue: its runs wait; skip: its events start none).",
+            "# TYPE stepline_function_paused gauge"]
+    for function_id, pause in sorted((await store.paused_functions()).items()):
+        out.append(_line("stepline_function_paused", {"function": function_id, "mode": pause["mode"]}, 1))
     out += await _retention_lines(common.engine(request))
     out += ["# HELP stepline_up 1 while the server can read its database.", "# TYPE stepline_up gauge", "stepline_up 1"]
     return "\n".join(out) + "\n"
