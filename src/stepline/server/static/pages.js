@@ -213,7 +213,7 @@ function runLinks(run) {
 function stepGroups(steps) {
   const groups = new Map();
   for (const st of steps) {
-    const base = stepLabel(st).split(":")[0];
+    const base = stepLabel(st).replace(/:\d+$/, "");  // the n-th use of an id is saved as id:n
     if (!groups.has(base)) groups.set(base, []);
     groups.get(base).push(st);
   }
