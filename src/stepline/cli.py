@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import click
-import httpx
 
 from stepline import errors, eventloop, gctuning
 from stepline import settings as settings_mod
 from stepline.app import App
+from stepline.cli_api import ApiError, base_url, call, url_option
 
 DEFAULT_APP = "stepline.examples.app:app"
 log = logging.getLogger("stepline.cli")
@@ -267,17 +267,6 @@ def migrate(db: str | None, dry_run: bool) -> None:
     click.echo(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}")
 
 
-def _url_option(fn: Any) -> Any:
-    return click.option("--url", default=None, envvar="STEPLINE_URL", help="Server URL (default http://127.0.0.1:8288).")(fn)
-
-
-def _base_url(url: str | None) -> str:
-    if url:
-        return url.rstrip("/")
-    settings = _settings()
-    return f"http://{settings.host}:{settings.port}"
-
-
 @main.command()
 @click.argument("name")
 @click.option("--data", default="{}", help="The event's data as a JSON object.")
@@ -286,7 +275,7 @@ def _base_url(url: str | None) -> str:
 @click.option("--wait", is_flag=True, help="Wait for the runs it started; print their status and outputs (exit 1 if one did not complete).")
 @click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds --wait waits at most.")
 @click.option("--json", "as_json", is_flag=True, help="Print the event id and its runs as JSON.")
-@_url_option
+@url_option
 def send(
     name: str, data: str, event_id: str | None, event_key: str | None, wait: bool, timeout: float, as_json: bool,
     url: str | None,
@@ -304,14 +293,14 @@ def send(
         event["id"] = event_id
     key = event_key or _settings().event_key or "dev"
     try:
-        with Client(_base_url(url), key) as client:
+        with Client(base_url(url), key) as client:
             ids = client.send(event)
     except errors.SteplineError as exc:
         raise click.ClickException(str(exc)) from exc
     # The runs an event starts commit with it, so they are there at once (reading them needs
     # the API token in production: STEPLINE_API_TOKEN).
     try:
-        detail = _api("GET", url, f"/api/v1/events/{ids[0]}")
+        detail = call("GET", url, f"/api/v1/events/{ids[0]}")
     except click.ClickException as exc:
         if wait or as_json:
             raise
@@ -342,7 +331,7 @@ def _wait_for_run(url: str | None, run_id: str, timeout: float) -> dict[str, Any
     deadline = time.monotonic() + timeout
     delay = 0.05
     while True:
-        run: dict[str, Any] = _api("GET", url, f"/api/v1/runs/{run_id}")
+        run: dict[str, Any] = call("GET", url, f"/api/v1/runs/{run_id}")
         if run["status"] in ("completed", "failed", "cancelled"):
             return run
         if time.monotonic() >= deadline:
@@ -356,38 +345,15 @@ def runs() -> None:
     """List, show, cancel and replay runs (through the server's API)."""
 
 
-def _api(method: str, url: str | None, path: str, *, json_body: Any = None, **params: Any) -> Any:
-    """One call of the server's API: ``params`` go in the query, ``json_body`` in the body."""
-    token = os.environ.get("STEPLINE_API_TOKEN", "")
-    headers = {"authorization": f"Bearer {token}"} if token else {}
-    query = {k: v for k, v in params.items() if v is not None}
-    try:
-        response = httpx.request(method, _base_url(url) + path, params=query, json=json_body, headers=headers, timeout=10)
-    except httpx.HTTPError as exc:
-        raise click.ClickException(f"cannot reach the server at {_base_url(url)}: {exc}; is `stepline dev` running?") from exc
-    body = response.json()
-    if response.status_code >= 400:
-        raise ApiError(response.status_code, body.get("error", response.text))
-    return body
-
-
-class ApiError(click.ClickException):
-    """The server refused a call; ``status`` is its HTTP status."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 @runs.command("list")
 @click.option("--function", "function_id", default=None)
 @click.option("--status", default=None)
 @click.option("--limit", type=int, default=20)
 @click.option("--json", "as_json", is_flag=True)
-@_url_option
+@url_option
 def runs_list(function_id: str | None, status: str | None, limit: int, as_json: bool, url: str | None) -> None:
     """Newest runs first."""
-    body = _api("GET", url, "/api/v1/runs", function_id=function_id, status=status, limit=limit)
+    body = call("GET", url, "/api/v1/runs", function_id=function_id, status=status, limit=limit)
     if as_json:
         click.echo(json.dumps(body["data"], indent=2))
         return
@@ -403,13 +369,13 @@ def runs_list(function_id: str | None, status: str | None, limit: int, as_json: 
 @runs.command("show")
 @click.argument("run_id")
 @click.option("--json", "as_json", is_flag=True)
-@_url_option
+@url_option
 def runs_show(run_id: str, as_json: bool, url: str | None) -> None:
     """One run with its steps, attempts, model calls and output (given an event id: the runs it started)."""
     from stepline import cli_show
 
     try:
-        run = _api("GET", url, f"/api/v1/runs/{run_id}")
+        run = call("GET", url, f"/api/v1/runs/{run_id}")
     except ApiError as exc:
         event = _get_if_found(url, f"/api/v1/events/{run_id}") if exc.status == 404 else None
         if event is None:
@@ -428,7 +394,7 @@ def runs_show(run_id: str, as_json: bool, url: str | None) -> None:
 def _get_if_found(url: str | None, path: str) -> Any:
     """``GET path``, or None when the server answers 404."""
     try:
-        return _api("GET", url, path)
+        return call("GET", url, path)
     except ApiError as exc:
         if exc.status == 404:
             return None
@@ -437,28 +403,28 @@ def _get_if_found(url: str | None, path: str) -> Any:
 
 @runs.command("cancel")
 @click.argument("run_id")
-@_url_option
+@url_option
 def runs_cancel(run_id: str, url: str | None) -> None:
     """Cancel a run (it stops at its next step)."""
-    body = _api("POST", url, f"/api/v1/runs/{run_id}/cancel")
+    body = call("POST", url, f"/api/v1/runs/{run_id}/cancel")
     click.echo(f"{body['id']}: {body['status']}")
 
 
 @runs.command("rerun")
 @click.argument("run_id")
-@_url_option
+@url_option
 def runs_rerun(run_id: str, url: str | None) -> None:
     """Start a new run that reuses the committed steps of a failed or cancelled run."""
-    body = _api("POST", url, f"/api/v1/runs/{run_id}/rerun-from-failed-step")
+    body = call("POST", url, f"/api/v1/runs/{run_id}/rerun-from-failed-step")
     click.echo(body["id"])
 
 
 @runs.command("replay")
 @click.argument("run_id")
-@_url_option
+@url_option
 def runs_replay(run_id: str, url: str | None) -> None:
     """Start a new run of the same function with the same event."""
-    body = _api("POST", url, f"/api/v1/runs/{run_id}/replay")
+    body = call("POST", url, f"/api/v1/runs/{run_id}/replay")
     click.echo(body["id"])
 
 

@@ -10,16 +10,7 @@ from urllib.parse import quote
 import click
 
 from stepline.budgets import usd
-
-
-def _api(method: str, url: str | None, path: str, **options: Any) -> Any:
-    from stepline import cli  # imported here: cli registers this group when it loads
-
-    return cli._api(method, url, path, **options)
-
-
-def _url_option(fn: Any) -> Any:
-    return click.option("--url", default=None, envvar="STEPLINE_URL", help="Server URL (default http://127.0.0.1:8288).")(fn)
+from stepline.cli_api import call, url_option
 
 
 def _key_path(budget: str, key: str) -> str:
@@ -60,10 +51,10 @@ def budgets() -> None:
 @budgets.command("list")
 @click.option("--budget", default=None, help="Only this budget's keys.")
 @click.option("--json", "as_json", is_flag=True)
-@_url_option
+@url_option
 def list_budgets(budget: str | None, as_json: bool, url: str | None) -> None:
     """Declared budgets, and each key that spent this period or has an override, the most spent first."""
-    body = _api("GET", url, "/api/v1/budgets", budget=budget)
+    body = call("GET", url, "/api/v1/budgets", budget=budget)
     if as_json:
         click.echo(json.dumps(body, indent=2))
         return
@@ -82,10 +73,10 @@ def list_budgets(budget: str | None, as_json: bool, url: str | None) -> None:
 @click.argument("budget")
 @click.argument("key")
 @click.option("--json", "as_json", is_flag=True)
-@_url_option
+@url_option
 def show(budget: str, key: str, as_json: bool, url: str | None) -> None:
     """One key of one budget in its current period (KEY is * for a budget without a key)."""
-    state = _api("GET", url, _key_path(budget, key))
+    state = call("GET", url, _key_path(budget, key))
     if as_json:
         click.echo(json.dumps(state, indent=2))
         return
@@ -99,13 +90,13 @@ def show(budget: str, key: str, as_json: bool, url: str | None) -> None:
 @click.option("--usd", "limit_usd", type=float, default=None, help="The key's limit in US dollars.")
 @click.option("--tokens", "limit_tokens", type=int, default=None, help="The key's limit in tokens.")
 @click.option("--clear", is_flag=True, help="Remove the override: the declared limits apply again.")
-@_url_option
+@url_option
 def set_limit(budget: str, key: str, limit_usd: float | None, limit_tokens: int | None, clear: bool, url: str | None) -> None:
     """Override one key's limits (e.g. a premium user); its paused runs resume at once."""
     if clear == (limit_usd is not None or limit_tokens is not None):
         raise click.UsageError("give --usd and/or --tokens, or --clear")
     body = {"limit_usd": limit_usd, "limit_tokens": limit_tokens}
-    state = _api("PUT", url, _key_path(budget, key), json_body=body)
+    state = call("PUT", url, _key_path(budget, key), json_body=body)
     click.echo(HEADER)
     click.echo(_row(state))
     if state["resumed_runs"]:

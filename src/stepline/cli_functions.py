@@ -10,16 +10,7 @@ from urllib.parse import quote
 import click
 
 from stepline.budgets import usd
-
-
-def _api(method: str, url: str | None, path: str, **options: Any) -> Any:
-    from stepline import cli  # imported here: cli registers this group when it loads
-
-    return cli._api(method, url, path, **options)
-
-
-def _url_option(fn: Any) -> Any:
-    return click.option("--url", default=None, envvar="STEPLINE_URL", help="Server URL (default http://127.0.0.1:8288).")(fn)
+from stepline.cli_api import call, url_option
 
 
 def _path(function_id: str, action: str = "") -> str:
@@ -39,10 +30,10 @@ def functions() -> None:
 
 @functions.command("list")
 @click.option("--json", "as_json", is_flag=True)
-@_url_option
+@url_option
 def list_functions(as_json: bool, url: str | None) -> None:
     """Every function with its live counts and whether it is paused."""
-    data = _api("GET", url, "/api/v1/functions")["data"]
+    data = call("GET", url, "/api/v1/functions")["data"]
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -56,10 +47,10 @@ def list_functions(as_json: bool, url: str | None) -> None:
 @click.argument("function_id")
 @click.option("--window", default="24h", show_default=True, help="Window of outcomes, durations and cost.")
 @click.option("--json", "as_json", is_flag=True)
-@_url_option
+@url_option
 def show(function_id: str, window: str, as_json: bool, url: str | None) -> None:
     """One function: triggers, pause, counts, p50/p95, cost, newest runs."""
-    f = _api("GET", url, _path(function_id, "summary"), window=window)
+    f = call("GET", url, _path(function_id, "summary"), window=window)
     if as_json:
         click.echo(json.dumps(f, indent=2))
         return
@@ -83,19 +74,19 @@ def show(function_id: str, window: str, as_json: bool, url: str | None) -> None:
 @click.option("--mode", type=click.Choice(["queue", "skip"]), default="queue", show_default=True,
               help="queue: its runs wait until resumed; skip: its events and cron ticks start no runs.")
 @click.option("--reason", default=None, help="Why (shown beside the pause).")
-@_url_option
+@url_option
 def pause(function_id: str, mode: str, reason: str | None, url: str | None) -> None:
     """Pause a function on every process (it stays paused across restarts)."""
-    body = _api("POST", url, _path(function_id, "pause"), json_body={"mode": mode, "reason": reason})
+    body = call("POST", url, _path(function_id, "pause"), json_body={"mode": mode, "reason": reason})
     click.echo(f"{function_id}: {_paused(body['paused'])}")
 
 
 @functions.command("resume")
 @click.argument("function_id")
-@_url_option
+@url_option
 def resume(function_id: str, url: str | None) -> None:
     """Resume a paused function; the runs it held start in the order they came."""
-    body = _api("POST", url, _path(function_id, "resume"))
+    body = call("POST", url, _path(function_id, "resume"))
     state = "resumed" if body["was_paused"] else "was not paused"
     click.echo(f"{function_id}: {state}; {body['resumed_runs']} held run(s) go on")
 
@@ -103,14 +94,14 @@ def resume(function_id: str, url: str | None) -> None:
 @functions.command("invoke")
 @click.argument("function_id")
 @click.option("--data", default="{}", help="The data the run gets (ctx.event.data), a JSON object.")
-@_url_option
+@url_option
 def invoke(function_id: str, data: str, url: str | None) -> None:
     """Start a run of this function now, whatever its triggers; prints the run id."""
     try:
         payload = json.loads(data)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"--data is not valid JSON: {exc}") from exc
-    body = _api("POST", url, _path(function_id, "invoke"), json_body={"data": payload})
+    body = call("POST", url, _path(function_id, "invoke"), json_body={"data": payload})
     click.echo(body["run_id"])
 
 
@@ -119,14 +110,14 @@ def invoke(function_id: str, data: str, url: str | None) -> None:
 @click.option("--since", default=None, help="Runs that failed at or after (ISO 8601 or epoch ms).")
 @click.option("--until", default=None, help="Runs that failed before.")
 @click.option("--limit", type=int, default=1000, show_default=True)
-@_url_option
+@url_option
 def replay_failed(function_id: str, since: str | None, until: str | None, limit: int, url: str | None) -> None:
     """Replay each run that failed in the window and has no replay yet; prints the new run ids."""
     body: dict[str, Any] = {"limit": limit}
     for name, value in (("since", since), ("until", until)):
         if value:
             body[name] = value
-    result = _api("POST", url, _path(function_id, "replay-failed"), json_body=body)
+    result = call("POST", url, _path(function_id, "replay-failed"), json_body=body)
     click.echo(f"replayed {result['replayed']} of {result['matched']} failed run(s); {result['already_replayed']} had a replay already")
     for item in result["runs"]:
         click.echo(f"  {item['id']}  (replays {item['replay_of']})")

@@ -7,31 +7,16 @@ from typing import Any
 
 import click
 
+from stepline import cli_api
+
 
 def _api(method: str, url: str | None, path: str, *, params: dict[str, Any] | None = None, body: Any = None) -> Any:
-    import os
-
-    import httpx
-
-    from stepline import cli
-
-    base = cli._base_url(url)
-    token = os.environ.get("STEPLINE_API_TOKEN", "")
-    headers = {"authorization": f"Bearer {token}"} if token else {}
-    try:
-        response = httpx.request(
-            method, base + path, params={k: v for k, v in (params or {}).items() if v}, json=body, headers=headers, timeout=60
-        )
-    except httpx.HTTPError as exc:
-        raise click.ClickException(f"cannot reach the server at {base}: {exc}; is `stepline dev` running?") from exc
-    reply = response.json()
-    if response.status_code >= 400 and "url" not in reply:
-        raise click.ClickException(reply.get("error", response.text))
-    return reply
-
-
-def _url_option(fn: Any) -> Any:
-    return click.option("--url", default=None, envvar="STEPLINE_URL", help="Server URL (default http://127.0.0.1:8288).")(fn)
+    """An apps call (syncing waits on the app: up to a minute); a refused sync comes back as
+    the app's status, which names its URL, and is shown rather than raised."""
+    return cli_api.call(
+        method, url, path, json_body=body, timeout=60, accept=lambda reply: isinstance(reply, dict) and "url" in reply,
+        **(params or {}),
+    )
 
 
 def _show(app: dict[str, Any]) -> None:
@@ -50,7 +35,7 @@ def apps() -> None:
 
 @apps.command("list")
 @click.option("--json", "as_json", is_flag=True)
-@_url_option
+@cli_api.url_option
 def list_apps(as_json: bool, url: str | None) -> None:
     """Known apps, their functions and their last sync's outcome."""
     body = _api("GET", url, "/api/v1/inngest/apps")
@@ -63,7 +48,7 @@ def list_apps(as_json: bool, url: str | None) -> None:
 
 @apps.command("add")
 @click.argument("app_url")
-@_url_option
+@cli_api.url_option
 def add_app(app_url: str, url: str | None) -> None:
     """Sync the app serving at APP_URL (e.g. http://127.0.0.1:3000/api/inngest)."""
     _show(_api("POST", url, "/api/v1/inngest/apps", body={"url": app_url}))
@@ -71,7 +56,7 @@ def add_app(app_url: str, url: str | None) -> None:
 
 @apps.command("remove")
 @click.argument("app")
-@_url_option
+@cli_api.url_option
 def remove_app(app: str, url: str | None) -> None:
     """Remove APP (its name or serve URL): its functions stop matching events; runs already made are kept."""
     body = _api("DELETE", url, "/api/v1/inngest/apps", params={"app": app})
@@ -82,7 +67,7 @@ def remove_app(app: str, url: str | None) -> None:
 
 @apps.command("sync")
 @click.argument("app_url", required=False)
-@_url_option
+@cli_api.url_option
 def sync_apps(app_url: str | None, url: str | None) -> None:
     """Ask every known app (or APP_URL) to register again, e.g. after a deploy."""
     for app in _api("POST", url, "/api/v1/inngest/apps/sync", params={"url": app_url})["data"]:
