@@ -18,7 +18,7 @@ from stepline.engine.executor import Services
 from stepline.engine.worker import Worker, new_worker_id
 from stepline.function import Function, TriggerCron
 from stepline.settings import Settings
-from stepline.store import Store
+from stepline.store import RunView, Store
 
 log = logging.getLogger("stepline.engine")
 
@@ -175,10 +175,10 @@ class Engine:
     async def replay(self, run_id: str) -> str:
         return await self.store.replay_run(run_id)
 
-    async def get_run(self, run_id: str) -> dict[str, Any]:
+    async def get_run(self, run_id: str) -> RunView:
         return await self.store.get_run(run_id)
 
-    async def list_runs(self, **filters: Any) -> list[dict[str, Any]]:
+    async def list_runs(self, **filters: Any) -> list[RunView]:
         return await self.store.list_runs(**filters)
 
     # --- live messages ---------------------------------------------------------------

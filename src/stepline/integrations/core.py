@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import httpx
@@ -23,6 +23,7 @@ from stepline import settings as settings_mod
 from stepline.app import App
 from stepline.client import AsyncClient
 from stepline.event import Event
+from stepline.store import RunView
 
 Events = dict[str, Any] | Event | Sequence[dict[str, Any] | Event]
 
@@ -80,9 +81,9 @@ class Connection(Protocol):
 
     async def send(self, events: Events) -> list[str]: ...
 
-    async def runs_of(self, event_id: str) -> list[dict[str, Any]]: ...
+    async def runs_of(self, event_id: str) -> Sequence[Mapping[str, Any]]: ...
 
-    async def run(self, run_id: str) -> dict[str, Any]: ...
+    async def run(self, run_id: str) -> Mapping[str, Any]: ...
 
 
 def connect(options: Options) -> Connection:
@@ -117,10 +118,10 @@ class EmbeddedConnection:
         items = [events] if isinstance(events, (dict, Event)) else list(events)
         return await self.engine.send_many(items)
 
-    async def runs_of(self, event_id: str) -> list[dict[str, Any]]:
+    async def runs_of(self, event_id: str) -> list[RunView]:
         return list((await self.engine.store.get_event(event_id))["runs"])
 
-    async def run(self, run_id: str) -> dict[str, Any]:
+    async def run(self, run_id: str) -> RunView:
         run = await self.engine.store.get_run(run_id)
         run["usage"] = await self.engine.store.run_usage(run_id)
         return run

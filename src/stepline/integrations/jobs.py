@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from stepline import errors
@@ -40,7 +40,7 @@ class JobError(errors.SteplineError):
         self.status = status
 
 
-def job_view(run: dict[str, Any]) -> dict[str, Any]:
+def job_view(run: Mapping[str, Any]) -> dict[str, Any]:
     """A run as the seeds' job rows show it."""
     usage = run.get("usage") or {}
     error = run.get("error")

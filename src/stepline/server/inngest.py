@@ -8,6 +8,7 @@ these routes first, so the SDK-tolerant ``/e/{key}`` answers SDK senders.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.applications import Starlette
@@ -165,7 +166,7 @@ async def send_signal(request: Request) -> Response:
 _STATUS = {RunStatus.COMPLETED: "Completed", RunStatus.FAILED: "Failed", RunStatus.CANCELLED: "Cancelled"}  # Inngest's names
 
 
-def _v1_run(run: dict[str, Any]) -> dict[str, Any]:
+def _v1_run(run: Mapping[str, Any]) -> dict[str, Any]:
     """A run as Inngest's REST API shows it."""
     return {
         "run_id": run["id"],

@@ -2,15 +2,18 @@
 
 from stepline.store.records import (
     ClaimedRun,
+    EventView,
     JournalEntry,
     Lease,
     Renewal,
     RunStatus,
+    RunView,
     StepResult,
     StepStatus,
+    StepView,
     Suspension,
     WaitReason,
 )
 from stepline.store.store import Store, now_ms, open_store
 
-__all__ = ["ClaimedRun", "JournalEntry", "Lease", "Renewal", "RunStatus", "StepResult", "StepStatus", "Store", "Suspension", "WaitReason", "now_ms", "open_store"]
+__all__ = ["ClaimedRun", "EventView", "JournalEntry", "Lease", "Renewal", "RunStatus", "RunView", "StepResult", "StepStatus", "StepView", "Store", "Suspension", "WaitReason", "now_ms", "open_store"]

@@ -12,7 +12,7 @@ from typing import Any
 from stepline import errors, jsonutil
 from stepline import event as event_mod
 from stepline.store import db, ops_metrics, ops_read, ops_runs
-from stepline.store.records import TERMINAL_SQL, UNFINISHED, RunStatus, WaitReason
+from stepline.store.records import TERMINAL_SQL, UNFINISHED, RunStatus, RunView, WaitReason
 
 PAUSE_MODES = ("queue", "skip")
 PAUSED_ON = "pause:"  # queue.parked_on of a run set aside because its function is paused
@@ -254,7 +254,7 @@ def run_schedule_txn(conn: db.Conn, run_id: str) -> dict[str, Any]:
     return {"due_at": ops_read.iso(due), "held_by_worker": row["lease_owner"] is not None, "set_aside_on": parked}
 
 
-def runs_cancelled_by_txn(conn: db.Conn, event_id: str) -> list[dict[str, Any]]:
+def runs_cancelled_by_txn(conn: db.Conn, event_id: str) -> list[RunView]:
     return [ops_read.run_dict(r) for r in conn.all("SELECT * FROM runs WHERE cancelled_by = ? ORDER BY id", (event_id,))]
 
 

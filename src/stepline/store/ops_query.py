@@ -7,7 +7,7 @@ from typing import Any
 
 from stepline import expressions, jsonutil
 from stepline.store import db, ops_functions, ops_read
-from stepline.store.records import TERMINAL_SQL, UNFINISHED
+from stepline.store.records import TERMINAL_SQL, UNFINISHED, EventListItem, EventView, RunSummary
 
 HOUR_MS = 3600 * 1000
 BATCHED = "batched into run "  # the skip reason ops_admission records for a batch's later events
@@ -66,7 +66,7 @@ def _reason_text(function_id: str, reason: Any) -> dict[str, Any]:
     return {"function_id": function_id, "reason": str(reason), "detail": None}
 
 
-def event_detail_txn(conn: db.Conn, event_id: str) -> dict[str, Any]:
+def event_detail_txn(conn: db.Conn, event_id: str) -> EventView:
     """An event, the runs it started, and for every trigger that did not start a run, why."""
     event = ops_read.get_event_txn(conn, event_id)
     skipped = dict(event.get("skipped") or {})
@@ -124,14 +124,14 @@ def list_events_txn(
     until_ms: int | None = None,
     before_id: str | None = None,
     limit: int = 50,
-) -> list[dict[str, Any]]:
+) -> list[EventListItem]:
     """Newest first, each with the runs it started (id, function, status)."""
     clause, params = ops_read.page_filters({"name": name}, "received_at", since_ms, until_ms, before_id)
     rows = conn.all(f"SELECT * FROM events {clause} ORDER BY id DESC LIMIT ?", (*params, limit))
-    events = [ops_read.event_dict(r) for r in rows]
+    events: list[EventListItem] = [{**ops_read.event_dict(r), "runs": [], "run_ids": []} for r in rows]
     if events:
         marks = ", ".join("?" for _ in events)
-        started: dict[str, list[dict[str, str]]] = {}
+        started: dict[str, list[RunSummary]] = {}
         for r in conn.all(
             f"SELECT event_id, id, function_id, status FROM runs WHERE event_id IN ({marks}) ORDER BY id",
             [e["id"] for e in events],

@@ -7,7 +7,7 @@ from typing import Any
 
 from stepline import errors, jsonutil
 from stepline.store import db, ops_budget
-from stepline.store.records import WaitReason
+from stepline.store.records import EventFields, EventView, RunView, StepView, WaitReason
 
 
 def iso(ms: int | None) -> str | None:
@@ -16,7 +16,7 @@ def iso(ms: int | None) -> str | None:
     return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def run_dict(row: dict[str, Any]) -> dict[str, Any]:
+def run_dict(row: dict[str, Any]) -> RunView:
     return {
         "id": row["id"],
         "function_id": row["function_id"],
@@ -41,7 +41,7 @@ def run_dict(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _step_dict(row: dict[str, Any], attempts: list[dict[str, Any]]) -> dict[str, Any]:
+def _step_dict(row: dict[str, Any], attempts: list[dict[str, Any]]) -> StepView:
     return {
         "id": row["key"],
         "name": row["name"],
@@ -69,7 +69,7 @@ def _step_dict(row: dict[str, Any], attempts: list[dict[str, Any]]) -> dict[str,
     }
 
 
-def get_run_txn(conn: db.Conn, run_id: str) -> dict[str, Any]:
+def get_run_txn(conn: db.Conn, run_id: str) -> RunView:
     row = conn.one("SELECT * FROM runs WHERE id = ?", (run_id,))
     if row is None:
         raise errors.NotFoundError(f"no run with id {run_id!r}")
@@ -115,7 +115,7 @@ def list_runs_txn(
     until_ms: int | None = None,
     before_id: str | None = None,
     limit: int = 50,
-) -> list[dict[str, Any]]:
+) -> list[RunView]:
     """Newest first; ``before_id`` is the cursor (the last id of the previous page)."""
     clause, params = page_filters(
         {"function_id": function_id, "status": status, "user_id": user_id}, "created_at", since_ms, until_ms, before_id
@@ -124,7 +124,7 @@ def list_runs_txn(
     return [run_dict(r) for r in rows]
 
 
-def event_dict(row: dict[str, Any]) -> dict[str, Any]:
+def event_dict(row: dict[str, Any]) -> EventFields:
     return {
         "id": row["id"],
         "name": row["name"],
@@ -135,15 +135,16 @@ def event_dict(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def get_event_txn(conn: db.Conn, event_id: str) -> dict[str, Any]:
+def get_event_txn(conn: db.Conn, event_id: str) -> EventView:
     row = conn.one("SELECT * FROM events WHERE id = ?", (event_id,))
     if row is None:
         raise errors.NotFoundError(f"no event with id {event_id!r}")
-    event = event_dict(row)
-    event["runs"] = [
-        run_dict(r) for r in conn.all("SELECT * FROM runs WHERE event_id = ? ORDER BY id", (event_id,))
-    ]
-    return event
+    runs = [run_dict(r) for r in conn.all("SELECT * FROM runs WHERE event_id = ? ORDER BY id", (event_id,))]
+    base = event_dict(row)
+    return {
+        "id": base["id"], "name": base["name"], "body": base["body"], "user_id": base["user_id"],
+        "received_at": base["received_at"], "skipped": base["skipped"], "runs": runs,
+    }
 
 
 def list_functions_txn(conn: db.Conn) -> list[dict[str, Any]]:

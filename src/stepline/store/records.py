@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import Any
+from typing import Any, Required, TypedDict
 
 
 class RunStatus(enum.StrEnum):
@@ -50,6 +50,98 @@ class WaitReason(enum.StrEnum):
     BATCHING = "batching"
     BUDGET_EXCEEDED = "budget_exceeded"  # an ai.infer step would pass a budget: until the period ends or the limit is raised
     FUNCTION_PAUSED = "function_paused"  # its function is paused (queue mode): until it is resumed
+
+
+# --- what the store reads out (the API's JSON, the CLI, the test kit) -----------------
+# Times are ISO 8601 strings (UTC, milliseconds); outputs, errors and bodies are the
+# stored JSON, parsed.
+
+
+class AttemptView(TypedDict):
+    attempt: int
+    error: Any
+    started_at: str | None
+    ended_at: str | None
+
+
+class StepView(TypedDict):
+    id: str  # the step key (``fetch:2`` for a third use of ``fetch``)
+    name: str
+    kind: str
+    status: str  # StepStatus
+    attempts: int
+    output: Any
+    error: Any
+    started_at: str | None
+    ended_at: str | None
+    wake_at: str | None
+    duration_ms: int | None
+    meta: Any
+    attempt_history: list[AttemptView]
+
+
+class RunView(TypedDict, total=False):
+    """A run as read out; the keys after ``duration_ms`` come with a single run's read."""
+
+    id: Required[str]
+    function_id: Required[str]
+    status: Required[str]  # RunStatus
+    wait_reason: Required[str | None]  # WaitReason
+    attempt: Required[int]
+    user_id: Required[str | None]
+    progress: Required[float | None]
+    progress_message: Required[str | None]
+    output: Required[Any]
+    error: Required[Any]
+    event_id: Required[str]
+    parent_run_id: Required[str | None]
+    replay_of: Required[str | None]
+    created_at: Required[str | None]
+    started_at: Required[str | None]
+    ended_at: Required[str | None]
+    updated_at: Required[str | None]
+    duration_ms: Required[int | None]
+    event: Any  # the triggering event's body
+    steps: list[StepView]
+    function_attempts: list[dict[str, Any]]  # the function's own failed attempts: attempt, error, at
+    budget: dict[str, Any] | None  # a run paused on a budget: which, key, spend, limit
+    usage: dict[str, Any]  # the API adds tokens and cost,
+    step_usage: dict[str, Any]  # each model call's, by step key,
+    schedule: dict[str, Any] | None  # when a queued run is due,
+    links: dict[str, Any]  # and its related runs and events
+
+
+class RunSummary(TypedDict):
+    """A run as a list of an event's runs shows it (a full ``RunView`` is one too)."""
+
+    id: str
+    function_id: str
+    status: str
+
+
+class EventFields(TypedDict):
+    id: str
+    name: str
+    body: Any
+    user_id: str | None
+    received_at: str | None
+    skipped: dict[str, Any]  # function id -> why it started no run
+
+
+class EventView(EventFields, total=False):
+    """An event as read on its own, with the runs it started."""
+
+    runs: Required[list[RunView]]
+    skipped_functions: list[dict[str, Any]]  # with the event's detail: each trigger that started nothing, and why
+    why_no_runs: str | None
+    cancelled_runs: list[RunView]
+
+
+class EventListItem(EventFields):
+    """An event in a listing, with a summary of each run it started."""
+
+    runs: list[RunSummary]
+    run_ids: list[str]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -38,9 +38,12 @@ from stepline.store import (
 from stepline.store.records import (
     BudgetHold,
     ClaimedRun,
+    EventListItem,
+    EventView,
     HandOff,
     Lease,
     Renewal,
+    RunView,
     StepResult,
     Suspension,
 )
@@ -323,13 +326,13 @@ class Store:
 
     # --- reads ---------------------------------------------------------------------
 
-    async def get_run(self, run_id: str) -> dict[str, Any]:
+    async def get_run(self, run_id: str) -> RunView:
         return await self.db.read(partial(ops_read.get_run_txn, run_id=run_id))
 
-    async def list_runs(self, **filters: Any) -> list[dict[str, Any]]:
+    async def list_runs(self, **filters: Any) -> list[RunView]:
         return await self.db.read(partial(ops_read.list_runs_txn, **filters))
 
-    async def get_event(self, event_id: str) -> dict[str, Any]:
+    async def get_event(self, event_id: str) -> EventView:
         return await self.db.read(partial(ops_read.get_event_txn, event_id=event_id))
 
 
@@ -346,10 +349,10 @@ class Store:
     async def functions_overview(self) -> list[dict[str, Any]]:
         return await self.db.read(partial(ops_query.functions_overview_txn, now=self.now_ms()))
 
-    async def event_detail(self, event_id: str) -> dict[str, Any]:
+    async def event_detail(self, event_id: str) -> EventView:
         return await self.db.read(partial(ops_query.event_detail_txn, event_id=event_id))
 
-    async def list_events(self, **filters: Any) -> list[dict[str, Any]]:
+    async def list_events(self, **filters: Any) -> list[EventListItem]:
         """Newest first, each with the runs it started."""
         return await self.db.read(partial(ops_query.list_events_txn, **filters))
 
@@ -423,7 +426,7 @@ class Store:
     async def run_schedule(self, run_id: str) -> dict[str, Any]:
         return await self.db.read(partial(ops_functions.run_schedule_txn, run_id=run_id))
 
-    async def runs_cancelled_by(self, event_id: str) -> list[dict[str, Any]]:
+    async def runs_cancelled_by(self, event_id: str) -> list[RunView]:
         return await self.db.read(partial(ops_functions.runs_cancelled_by_txn, event_id=event_id))
 
     async def runs_ended_since(self, after: tuple[int, str], limit: int = 200) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import Mapping
 from typing import Any
 
 from stepline import errors
@@ -41,7 +42,7 @@ class StepRecord:
     meta: Any  # ai.infer: provider, model, usage, cost, latency
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> StepRecord:
+    def from_dict(cls, data: Mapping[str, Any]) -> StepRecord:
         return cls(
             id=data["id"],
             name=data["name"],
@@ -85,7 +86,7 @@ class RunResult:
             raise errors.NotFoundError(f"run {self.id} has no step {step_id!r}; its steps are {list(self.steps)}") from None
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RunResult:
+    def from_dict(cls, data: Mapping[str, Any]) -> RunResult:
         return cls(
             id=data["id"],
             function_id=data["function_id"],

@@ -17,7 +17,7 @@ Starlette apps use ``stepline_lifespan`` the same way and ``job_routes(...)`` (a
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from starlette.requests import Request
@@ -45,7 +45,7 @@ class Stepline:
     async def start_job(self, event: dict[str, Any], *, function_id: str | None = None) -> dict[str, Any]:
         return await self.jobs.start(event, function_id=function_id)
 
-    async def run(self, run_id: str) -> dict[str, Any]:
+    async def run(self, run_id: str) -> Mapping[str, Any]:
         return await self.connection.run(run_id)
 
 
