@@ -3,7 +3,6 @@ and 3.x (still most production apps) on Express, the same app written against ea
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import itertools
 import time
@@ -132,8 +131,7 @@ async def test_cancel_on(env: tuple[Server, NodeApp]) -> None:
     server, node = env
     run_id = (await server.run_for(await server.send("ts/long", {"id": "x"}), FN + "cancellable"))["id"]
     await server.status(run_id, "sleeping")
-    await server.send("ts/stop", {"id": "y"})
-    await asyncio.sleep(0.3)
+    await server.send("ts/stop", {"id": "y"})  # a cancel would commit with this event
     assert (await server.engine.get_run(run_id))["status"] == "sleeping"
     await server.send("ts/stop", {"id": "x"})
     assert (await server.finished(run_id))["status"] == "cancelled"
@@ -174,10 +172,16 @@ async def test_debounce_runs_once_with_last_event(env: tuple[Server, NodeApp]) -
         await server.send("ts/debounced", {"user": "u1", "n": n})
     seen = await eventually(lambda: _seen(node, "debounced"), timeout=10, what="the debounced run")
     assert seen == {"user": "u1", "n": 2}
-    await asyncio.sleep(1.5)
+
+    async def completed() -> list[dict[str, Any]]:
+        runs = await server.runs_of(FN + "debounced")
+        return runs if runs and all(r["status"] == "completed" for r in runs) else []
+
+    runs = await eventually(completed, timeout=10, what="the debounced run to complete")
+    # Its window closed with it: no debounce is left to start another run.
+    assert await server.engine.store.db.read(lambda conn: conn.scalar("SELECT COUNT(*) AS n FROM debounces")) == 0
+    assert len(runs) == 1
     assert (await node.counts())["counts"]["debounced"] == 1
-    runs = await server.runs_of(FN + "debounced")
-    assert len(runs) == 1 and runs[0]["status"] == "completed"
 
 
 async def test_streamed_replies_and_large_state_endpoints(db_url: str) -> None:
