@@ -11,6 +11,7 @@ from stepline import event as events_mod
 from stepline import function as fn
 from stepline.budgets import Spend
 from stepline.event import Event
+from stepline.observability import tracing
 
 
 class Runtime(Protocol):
@@ -141,9 +142,11 @@ class App:
         return self._runtime
 
     async def send(self, events: dict[str, Any] | Event | Sequence[dict[str, Any] | Event]) -> list[str]:
-        """Send one event or a list; returns the ids once they are durably stored."""
+        """Send one event or a list; returns the ids once they are durably stored. Sent
+        inside a traced request (OpenTelemetry), each event without a ``trace`` of its own
+        carries that request's trace context, so the runs it starts join its trace."""
         items = [events] if isinstance(events, (dict, Event)) else list(events)
-        return await self._require_runtime().send_many(items)
+        return await self._require_runtime().send_many(tracing.stamp(items, tracing.current_carrier()))
 
     async def call_within_budgets(
         self, event: Mapping[str, Any], spend: Spend, call: Callable[[], Awaitable[dict[str, Any]]], ttl_s: float = 900.0

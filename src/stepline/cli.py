@@ -68,7 +68,13 @@ def _settings(**overrides: Any) -> settings_mod.Settings:
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Text or JSON lines (STEPLINE_LOG_FORMAT); inside a run each carries its run, function, step and attempt."""
+    from stepline.observability import logs
+
+    try:
+        logs.configure(level, settings_mod.from_env().log_format)
+    except errors.ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the engine's own
 
 

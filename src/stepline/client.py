@@ -1,7 +1,9 @@
 """Send events to a Stepline server over HTTP: ``Client`` (sync) and ``AsyncClient``.
 
 Both share one pure core that builds the request and reads the reply; only the
-transport differs.
+transport differs. Sent from inside a traced request (OpenTelemetry), the request carries
+its W3C trace context (``traceparent`` / ``tracestate`` headers), which the server stores
+with each event so the runs they start join the sender's trace.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import httpx
 from stepline import errors
 from stepline import event as event_mod
 from stepline.event import Event
+from stepline.observability import tracing
 
 DEFAULT_URL = "http://127.0.0.1:8288"
 
@@ -53,7 +56,7 @@ class Client:
 
     def send(self, events: dict[str, Any] | Event | Sequence[dict[str, Any] | Event]) -> list[str]:
         try:
-            response = self._http.post(self._endpoint, json=_payload(events))
+            response = self._http.post(self._endpoint, json=_payload(events), headers=tracing.current_carrier())
         except httpx.HTTPError as exc:
             raise _translate(exc, self.url) from exc
         return _read_reply(response)
@@ -78,7 +81,7 @@ class AsyncClient:
 
     async def send(self, events: dict[str, Any] | Event | Sequence[dict[str, Any] | Event]) -> list[str]:
         try:
-            response = await self._http.post(self._endpoint, json=_payload(events))
+            response = await self._http.post(self._endpoint, json=_payload(events), headers=tracing.current_carrier())
         except httpx.HTTPError as exc:
             raise _translate(exc, self.url) from exc
         return _read_reply(response)

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from stepline import errors, jsonutil, settings
+from stepline.observability import carrier
 
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
 # 9999-12-31T23:59:59.999Z in epoch ms: the last instant an ISO date (and every reader) can show.
@@ -30,7 +31,7 @@ FUNCTION_FAILED = "stepline/function.failed"
 FUNCTION_INVOKED = "stepline/function.invoked"
 SCHEDULED_TIMER = "stepline/scheduled.timer"
 
-_FIELDS = frozenset({"name", "data", "user", "id", "ts", "v"})
+_FIELDS = frozenset({"name", "data", "user", "id", "ts", "v", "trace"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,10 +71,13 @@ class Event:
     user: dict[str, Any] | None = None
     ts: int | None = None  # milliseconds since the epoch
     v: str | None = None
+    # The sender's W3C trace context ({"traceparent", "tracestate"}), so the runs it starts
+    # join the sender's trace (see stepline.observability); set by the senders themselves.
+    trace: dict[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "data": self.data}
-        for field in ("id", "user", "ts", "v"):
+        for field in ("id", "user", "ts", "v", "trace"):
             value = getattr(self, field)
             if value is not None:
                 out[field] = value
@@ -88,6 +92,7 @@ class Event:
             user=value.get("user"),
             ts=value.get("ts"),
             v=value.get("v"),
+            trace=value.get("trace"),
         )
 
 
@@ -112,7 +117,7 @@ def validate(raw: Any, *, index: int = 0, max_bytes: int | None = None, limits: 
     where = f"{where} ({_shown(name)})"
     unknown = set(raw) - _FIELDS
     if unknown:
-        raise errors.EventError(f"{where}: unknown field(s) {sorted(map(str, unknown))}; an event has name, data, user, id, ts, v")
+        raise errors.EventError(f"{where}: unknown field(s) {sorted(map(str, unknown))}; an event has name, data, user, id, ts, v, trace")
     data = raw.get("data", {})
     if data is None:
         data = {}
@@ -131,11 +136,12 @@ def validate(raw: Any, *, index: int = 0, max_bytes: int | None = None, limits: 
     if version is not None and not isinstance(version, str):
         raise errors.EventError(f"{where}: 'v' must be a string when given (the event's schema version, like '2024-01-01.1')")
     ts = _timestamp(raw.get("ts"), where)
+    trace = carrier.check(raw.get("trace"), where)
     for field, value in (("data", data), ("user", user), ("v", version)):
         problem = jsonutil.storable_problem(value, max_depth=bounds.max_json_depth, path=field)
         if problem is not None:
             raise errors.EventError(f"{where}: {problem}")
-    event = Event(name=name, data=dict(data), id=event_id, user=dict(user) if user else None, ts=ts, v=version)
+    event = Event(name=name, data=dict(data), id=event_id, user=dict(user) if user else None, ts=ts, v=version, trace=trace)
     _check_user_id(event, where, bounds.max_user_id_bytes)
     try:
         size = len(jsonutil.dumps(event.to_dict()).encode())

@@ -47,6 +47,7 @@ VARS: tuple[Var, ...] = (
     Var("STEPLINE_USAGE_RETENTION", "usage_retention", float, 400 * 86400.0, "LLM tokens and cost are kept this long as daily sums per function, user and model after their runs are deleted (0: forever)"),
     Var("STEPLINE_RETENTION_INTERVAL", "retention_interval", float, 60.0, "seconds between retention sweeps, one process at a time across all of them (0: this process never sweeps; `stepline admin prune` still does)"),
     Var("STEPLINE_LOG_LEVEL", "log_level", str, "INFO", "logging level: DEBUG, INFO, WARNING, ERROR"),
+    Var("STEPLINE_LOG_FORMAT", "log_format", str, "text", "log lines: text, or json (one object per line; inside a run with its run_id, function_id, step and attempt)"),
     Var("STEPLINE_ALLOWED_HOSTS", "allowed_hosts", str, "", "stepline dev: Host names it answers besides loopback addresses, localhost and *.localhost (comma-separated; '.example.test' takes its subdomains too)"),
     Var("STEPLINE_MAX_HEADER_BYTES", "max_header_bytes", int, 16 * 1024, "largest request head, request line and headers (431 past it)"),
     Var("STEPLINE_HEADER_TIMEOUT", "header_timeout", float, 10.0, "seconds a client has to send a request's head (408 and the connection closes)"),
@@ -89,6 +90,7 @@ class Settings:
     usage_retention: float = 400 * 86400.0
     retention_interval: float = 60.0
     log_level: str = "INFO"
+    log_format: str = "text"
     loop: str = "auto"
     allowed_hosts: str = ""
     max_header_bytes: int = 16 * 1024

@@ -16,6 +16,11 @@ of its in-flight step is then unknown, and the run is left to be claimed again),
 when the lease could not be renewed in time (the worker's own deadline, a little
 short of the lease's expiry in the database, so it stops before another worker may
 start). None of these is a failed attempt of a step.
+
+What operators see of it (``stepline.observability``): each execution is a
+``process <function id>`` span and each step attempt a ``step <step id>`` span under it
+(when OpenTelemetry has a tracer provider here); every log line inside a run carries its
+run, function, step and attempt; lease losses and retries are counted per function.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import dataclasses
 import functools
 import inspect
@@ -37,6 +43,7 @@ from stepline.context import Context, SyncContext
 from stepline.engine import budget_gate, retry
 from stepline.engine.signals import Halt, Suspend
 from stepline.function import Function
+from stepline.observability import counters, logs, tracing
 from stepline.settings import Settings
 from stepline.store import (
     ClaimedRun,
@@ -58,6 +65,11 @@ FENCE_AT = 0.75
 # that nothing can be known of the write: the run stops, nothing is counted against it.
 LOST = errors.StoreError
 
+# Why a run stopped on a worker without an outcome (the ``cause`` of a lease loss in /metrics).
+TAKEN_OVER = "taken_over"  # the run was leased again (or ended) elsewhere
+NOT_RENEWED = "not_renewed"  # the lease could not be extended in time
+STORE_ERROR = "store_error"  # the database could not take one of the run's writes
+
 
 @dataclasses.dataclass
 class Services:
@@ -70,6 +82,8 @@ class Services:
     handler_threads: concurrent.futures.ThreadPoolExecutor
     validate_event: Callable[[Any, int], event_mod.Event]
     on_publish: Callable[[str], None]
+    # Lease losses and retries counted here, added to the database's totals by the worker.
+    counters: counters.Counters = dataclasses.field(default_factory=counters.Counters)
 
 
 class RunExecution:
@@ -113,6 +127,9 @@ class RunExecution:
         self.deadline = claimed.leased_at + self._fence_span if settings.fencing else float("inf")
         self.lost: str | None = None  # why the run stopped here without an outcome
         self.ending = False  # its last write (finish, suspend, retry) is under way
+        self.outcome: str | None = None  # how this execution ended, for its span
+        self.tracer: Any | None = None  # set with ``segment`` when this execution is traced
+        self.segment: Any | None = None  # the span of this execution (``process <function id>``)
 
     # --- the lease -----------------------------------------------------------------
 
@@ -121,15 +138,16 @@ class RunExecution:
         if self.lease.epoch is not None:
             self.deadline = max(self.deadline, since + self._fence_span)
 
-    def lose(self, reason: str) -> None:
+    def lose(self, reason: str, cause: str) -> None:
         """The run is no longer this worker's to execute: no step may start, nothing more is written."""
         if self.lost is None:
             self.lost = reason
             self._halted = True
+            self._services.counters.add(counters.LEASE_LOSSES, self.function_id, cause)
 
     def _check_lease(self) -> None:
         if self.lost is None and time.monotonic() > self.deadline:
-            self.lose("its lease could not be renewed in time (the database is stalled or unreachable)")
+            self.lose("its lease could not be renewed in time (the database is stalled or unreachable)", NOT_RENEWED)
         if self.lost is not None:
             raise Halt()
 
@@ -139,7 +157,7 @@ class RunExecution:
         try:
             return await write
         except LOST as exc:
-            self.lose(str(exc))
+            self.lose(str(exc), lost_cause(exc))
             raise Halt() from exc
 
     # --- bookkeeping ---------------------------------------------------------------
@@ -270,7 +288,8 @@ class RunExecution:
         if inspect.iscoroutinefunction(fn):
             return await fn(*args, **kwargs)
         loop = asyncio.get_running_loop()
-        body = loop.run_in_executor(self._services.step_threads, functools.partial(fn, *args, **kwargs))
+        # The body's thread sees this context: the step's span and log fields.
+        body = loop.run_in_executor(self._services.step_threads, contextvars.copy_context().run, functools.partial(fn, *args, **kwargs))
         try:
             result = await asyncio.shield(body)
         except asyncio.CancelledError:
@@ -301,10 +320,13 @@ class RunExecution:
         self._check_lease()  # no step starts once the lease may have run out
         started = self._store.now_ms()
         ticket: budget_gate.Ticket | None = None
+        span = None if self.tracer is None else self._step_span(key, step_id, attempt)
+        in_step = logs.enter_step(key, attempt)
         try:
-            if spend is not None and self.function.config.budgets:
-                ticket = await self._reserve(key, step_id, attempt, spend)
-            result = await compute()
+            with contextlib.nullcontext() if span is None else tracing.current(span):
+                if spend is not None and self.function.config.budgets:
+                    ticket = await self._reserve(key, step_id, attempt, spend)
+                result = await compute()
             if ticket is not None and spend is not None:
                 await self.write(ticket.settle(spend.actual(result)))
                 ticket = None
@@ -314,13 +336,27 @@ class RunExecution:
         except (Suspend, Halt, asyncio.CancelledError):
             raise
         except Exception as exc:  # noqa: BLE001 - user code; classified by the retry policy
+            if span is not None:
+                tracing.failed(span, exc)
             if ticket is not None and spend is not None:
                 await self.write(ticket.settle(spend.billed(exc)))  # what the failed attempt was billed
             return await self._step_failed(key, step_id, kind, exc, attempt, started)
+        finally:
+            logs.leave_step(in_step)
+            if span is not None:
+                span.end()
         step = StepResult(key, self._name(step_id), kind, StepStatus.COMPLETED, output, None, attempt, started, self._store.now_ms(), meta_json)
         self._save_soon(step)
         self._state_bytes += len(output)
         return jsonutil.loads(output)
+
+    def _step_span(self, key: str, step_id: str, attempt: int) -> Any:
+        attributes = {
+            tracing.RUN_ID: self.run_id, tracing.FUNCTION_ID: self.function_id, tracing.STEP_KEY: key, tracing.STEP_ATTEMPT: attempt,
+        }
+        if self.lease.epoch is not None:
+            attributes[tracing.LEASE_EPOCH] = self.lease.epoch
+        return tracing.start_step(self.tracer, self.segment, self._name(step_id), attributes)
 
     async def _reserve(self, key: str, step_id: str, attempt: int, spend: budgets.Spend) -> budget_gate.Ticket:
         """Reserve an attempt's worst case on the function's budgets (a write fenced by the
@@ -426,6 +462,8 @@ class RunExecution:
         key, entry = self._enter(step_id)
         if entry is not None and entry.status == StepStatus.COMPLETED:
             return list(jsonutil.loads(entry.output))
+        # The events join this run's trace unless they carry a trace of their own.
+        events = tracing.stamp(events, None if self.tracer is None else tracing.current_carrier())
         validated = [self._services.validate_event(raw, i) for i, raw in enumerate(events)]
         now = self._store.now_ms()
         step = StepResult(key, self._name(step_id), "send_event", StepStatus.COMPLETED, None, None, 1, now, now)
@@ -444,6 +482,11 @@ class RunExecution:
         await self.await_checkpoints()  # a message is never published for a step that may run again
         await self.write(self._store.publish(self.lease, topic, jsonutil.dumps_checked(data, what="published data")))
         self._services.on_publish(self.run_id)
+
+
+def lost_cause(exc: BaseException) -> str:
+    """The cause of a lease loss that a write's error revealed."""
+    return TAKEN_OVER if isinstance(exc, errors.LeaseLost) else STORE_ERROR
 
 
 def _observe(future: asyncio.Future[Any]) -> None:
@@ -472,16 +515,17 @@ class Executor:
         self._interrupt(task, execution)
         return True
 
-    def lose(self, run_id: str, reason: str) -> None:
+    def lose(self, run_id: str, reason: str, cause: str) -> None:
         """This worker no longer holds the run (or cannot know it does): stop it at once,
-        its in-flight step included, writing nothing more for it."""
+        its in-flight step included, writing nothing more for it. ``cause``: TAKEN_OVER,
+        NOT_RENEWED or STORE_ERROR, counted per function for /metrics."""
         held = self.active.get(run_id)
         if held is None or held[1].ending:
             return
         task, execution = held
         if execution.lost is None:
             log.warning("run %s stops on this worker: %s", run_id, reason)
-        execution.lose(reason)
+        execution.lose(reason, cause)
         self._interrupt(task, execution)
 
     def overdue(self) -> list[str]:
@@ -507,25 +551,57 @@ class Executor:
             events = [event]  # the usual run of one event: the same object, parsed once
         else:
             events = [event_mod.Event.from_dict(e) for e in claimed.events]
+        # The function's task (and its threads) inherit this context: the run's log fields
+        # and, when traced, this execution's span as the current one.
+        in_run = logs.enter_run(claimed.run_id, claimed.function_id, execution.attempt)
+        traced = self._trace(claimed, execution, function)
         loop = asyncio.get_running_loop()
         task: asyncio.Future[Any]
-        if function.is_async:
-            task = asyncio.ensure_future(function.handler(Context(execution, event, events)))
-        else:
-            ctx = SyncContext(execution, event, events, loop)
-            task = loop.run_in_executor(self._services.handler_threads, function.handler, ctx)
-        execution.handler = task
-        self.active[claimed.run_id] = (task, execution)
         try:
-            await self._await_outcome(claimed, execution, task)
-        except LOST as exc:
-            execution.lose(str(exc))
-        except Halt:
-            pass  # a write for the run's end found it lost (``execution.lost`` says why)
+            with contextlib.nullcontext() if execution.segment is None else tracing.current(execution.segment):
+                if function.is_async:
+                    task = asyncio.ensure_future(function.handler(Context(execution, event, events)))
+                else:
+                    ctx = SyncContext(execution, event, events, loop)
+                    task = loop.run_in_executor(self._services.handler_threads, contextvars.copy_context().run, function.handler, ctx)
+            execution.handler = task
+            self.active[claimed.run_id] = (task, execution)
+            try:
+                await self._await_outcome(claimed, execution, task)
+            except LOST as exc:
+                execution.lose(str(exc), lost_cause(exc))
+            except Halt:
+                pass  # a write for the run's end found it lost (``execution.lost`` says why)
+            finally:
+                self.active.pop(claimed.run_id, None)
+            if execution.lost is not None:
+                execution.outcome = "lost"
+                await self._abandon(execution)
+        except Exception as exc:
+            if traced:
+                tracing.failed(execution.segment, exc)
+            raise
         finally:
-            self.active.pop(claimed.run_id, None)
-        if execution.lost is not None:
-            await self._abandon(execution)
+            logs.leave_run(in_run)
+            if traced:
+                tracing.end_segment(execution.segment, execution.outcome or "stopped", failed=execution.outcome == RunStatus.FAILED)
+
+    def _trace(self, claimed: ClaimedRun, execution: RunExecution, function: Function) -> bool:
+        """Start this execution's span, when a tracer provider would record it."""
+        tracer = tracing.tracer()
+        if tracer is None:
+            return False
+        execution.tracer = tracer
+        execution.segment = tracing.start_segment(
+            tracer,
+            function_id=claimed.function_id,
+            run_id=claimed.run_id,
+            epoch=execution.lease.epoch,
+            attempt=claimed.attempt,
+            events=claimed.events or [claimed.event],
+            link_only=function.config.debounce is not None,
+        )
+        return True
 
     async def _abandon(self, execution: RunExecution) -> None:
         """After a run stopped without an outcome: unless another worker holds it now, hand it
@@ -586,6 +662,10 @@ class Executor:
         elif execution.suspensions:
             execution.ending = True
             await self._store.suspend(execution.lease, execution.suspensions, execution._seq + 1)  # the next number: the last went to its last step
+            execution.outcome = "suspended"
+            for suspension in execution.suspensions:
+                if suspension.kind == "retry":
+                    self._services.counters.add(counters.RETRIES, execution.function_id, "step")
 
     async def _end(
         self, execution: RunExecution, status: str, output: str | None, error: str | None,
@@ -593,6 +673,7 @@ class Executor:
     ) -> None:
         execution.ending = True
         await self._store.finish_run(execution.lease, status, output, error, steps or ())
+        execution.outcome = status
 
     async def _function_failed(self, claimed: ClaimedRun, execution: RunExecution, exc: Exception) -> None:
         await execution.wait_idle()
@@ -615,3 +696,5 @@ class Executor:
         delay = retry.delay_for(exc, attempt, base=settings.retry_base, maximum=settings.retry_max, now=self._store.clock.time())
         execution.ending = True
         await self._store.retry_run(execution.lease, attempt, self._store.now_ms() + int(delay * 1000), error_json)
+        execution.outcome = "retrying"
+        self._services.counters.add(counters.RETRIES, execution.function_id, "function")

@@ -14,6 +14,7 @@ import logging
 
 from stepline import ids
 from stepline.engine import cron
+from stepline.engine import executor as executor_mod
 from stepline.engine.executor import Executor, Services
 from stepline.function import Function
 from stepline.store import Store
@@ -86,6 +87,7 @@ class Worker:
         if unfinished:
             with contextlib.suppress(Exception):
                 await self._store.release(unfinished)
+        await self._flush_counters()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -242,7 +244,9 @@ class Worker:
                         if lease.run_id in renewal.held:
                             held[1].renewed(renewal.since)
                         elif settings.fencing:
-                            self.executor.lose(lease.run_id, "its lease was taken over (the run was leased again) or it ended elsewhere")
+                            self.executor.lose(
+                                lease.run_id, "its lease was taken over (the run was leased again) or it ended elsewhere", executor_mod.TAKEN_OVER
+                            )
                     for run_id in renewal.cancelled:
                         self.executor.cancel_local(run_id)
                 # Safety net for concurrency limits: a run parked behind a key whose slots
@@ -251,6 +255,19 @@ class Worker:
                     self._wake.set()
             except Exception:  # noqa: BLE001
                 log.exception("heartbeat failed; retrying")
+            await self._flush_counters()
+
+    async def _flush_counters(self) -> None:
+        """Add the lease losses and retries counted here to the totals /metrics reports
+        (kept for the next flush when the database cannot take them now)."""
+        counted = self._services.counters.take()
+        if not counted:
+            return
+        try:
+            await self._store.add_counters(counted)
+        except Exception:  # noqa: BLE001 - counts wait for the next heartbeat
+            self._services.counters.give_back(counted)
+            log.debug("saving counters failed; kept for the next heartbeat", exc_info=True)
 
     async def _fence_loop(self) -> None:
         """Stop runs whose lease may run out before a renewal commits (the heartbeat's write
@@ -259,7 +276,9 @@ class Worker:
         while not self._stopping:
             await asyncio.sleep(interval)
             for run_id in self.executor.overdue():
-                self.executor.lose(run_id, "its lease could not be renewed in time (the database is stalled or unreachable)")
+                self.executor.lose(
+                    run_id, "its lease could not be renewed in time (the database is stalled or unreachable)", executor_mod.NOT_RENEWED
+                )
 
     async def _cancel_poll_loop(self) -> None:
         """Where a cancellation made in another process cannot be pushed here (SQLite), look

@@ -7,6 +7,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from stepline.observability import carrier, tracing
 from stepline.server import common, responses
 from stepline.server.responses import JSON
 
@@ -14,6 +15,8 @@ from stepline.server.responses import JSON
 async def ingest(request: Request) -> Response:
     payload = await responses.read_json(request, max_bytes=common.body_limit(request))
     items = payload if isinstance(payload, list) else [payload]
+    # An event without a trace of its own carries the request's (traceparent / tracestate).
+    items = tracing.stamp(items, carrier.from_headers(request.headers))
     ids = await common.engine(request).send_many(items)  # validated there, as every way in is
     return JSON({"ids": ids, "status": 200})
 

@@ -81,6 +81,31 @@ async def _retention_lines(engine: Any) -> list[str]:
     return out
 
 
+# The totals workers count (stepline.observability.counters), as /metrics shows them.
+_COUNTERS = (
+    (
+        "lease_losses", "cause",
+        "Runs stopped on a worker without an outcome: their lease was taken over (taken_over), could not be "
+        "renewed in time (not_renewed), or the database could not take one of their writes (store_error).",
+    ),
+    ("retries", "kind", "Retries: a step attempt that failed and runs again (kind=step), or the whole function (kind=function)."),
+)
+
+
+async def _counter_lines(store: Any) -> list[str]:
+    """Lease losses and retries per function, as every worker counted them."""
+    totals = await store.counters()
+    out: list[str] = []
+    for name, detail, help_text in _COUNTERS:
+        out += [f"# HELP stepline_{name}_total {help_text}", f"# TYPE stepline_{name}_total counter"]
+        out += [
+            _line(f"stepline_{name}_total", {"function": function_id, detail: value}, n)
+            for (counter, function_id, value), n in sorted(totals.items())
+            if counter == name
+        ]
+    return out
+
+
 async def prometheus_text(request: Request) -> str:
     store = common.engine(request).store
     now = int(time.time() * 1000)
@@ -126,6 +151,7 @@ async def prometheus_text(request: Request) -> str:
             "# TYPE stepline_function_paused gauge"]
     for function_id, pause in sorted((await store.paused_functions()).items()):
         out.append(_line("stepline_function_paused", {"function": function_id, "mode": pause["mode"]}, 1))
+    out += await _counter_lines(store)
     out += await _retention_lines(common.engine(request))
     out += ["# HELP stepline_up 1 while the server can read its database.", "# TYPE stepline_up gauge", "stepline_up 1"]
     return "\n".join(out) + "\n"

@@ -163,6 +163,15 @@ EVENT_IN = {
         "id": {"type": "string", "minLength": 1},
         "ts": {"type": "integer", "minimum": 0, "maximum": 253402300799999},
         "v": {"type": "string"},
+        "trace": {  # the sender's W3C trace context (docs/deployment.md, "Tracing and logs")
+            "type": "object",
+            "required": ["traceparent"],
+            "properties": {
+                "traceparent": {"type": "string", "pattern": "^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"},
+                "tracestate": {"type": "string"},
+            },
+            "additionalProperties": False,
+        },
     },
     "additionalProperties": False,
 }

@@ -23,6 +23,7 @@ from stepline.store import (
     migrate,
     ops_admin,
     ops_budget,
+    ops_counters,
     ops_exec,
     ops_functions,
     ops_ingest,
@@ -463,6 +464,14 @@ class Store:
 
     async def sweep_status(self) -> dict[str, Any]:
         return await self.db.read(ops_retention.status_txn)
+
+    async def add_counters(self, deltas: dict[ops_counters.Key, int]) -> None:
+        """Add a worker's counts (lease losses, retries) to the totals ``/metrics`` reports."""
+        await self.db.write(self._at_commit(ops_counters.add_txn, deltas=deltas))
+
+    async def counters(self) -> dict[ops_counters.Key, int]:
+        """The totals of every process: (counter, function id, detail) -> count."""
+        return await self.db.read(ops_counters.totals_txn)
 
     async def retention_policies(self) -> dict[str, float]:
         return await self.db.read(ops_retention.policies_txn)
