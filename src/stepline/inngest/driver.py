@@ -28,14 +28,33 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
+
+import httpx
 
 from stepline import context, errors, expressions, jsonutil
 from stepline.engine.signals import Suspend
 from stepline.inngest import durations, events, gateway, memos, protocol
 
-if TYPE_CHECKING:
-    from stepline.inngest.runtime import InngestRuntime
+
+class Runtime(Protocol):
+    """What an execution needs of the SDK apps' runtime (``runtime.InngestRuntime``), which
+    imports this module: the app's serve URL, early waits, and the function ids it knows."""
+
+    @property
+    def http(self) -> httpx.AsyncClient: ...
+
+    async def call(self, meta: dict[str, Any], step_id: str, body: dict[str, Any], *, run_id: str) -> protocol.Reply: ...
+
+    async def prepare_wait(
+        self, run_id: str, key: str, event_name: str, expression: str | None, timeout: float, name: str | None = None
+    ) -> None: ...
+
+    def watch_prepared_wait(self, run_id: str, key: str) -> None: ...
+
+    async def step_row(self, run_id: str, key: str) -> dict[str, Any] | None: ...
+
+    async def resolve_function_id(self, slug: str) -> str: ...
 
 log = logging.getLogger("stepline.inngest")
 
@@ -60,7 +79,7 @@ class SDKExecution:
     """One execution (until the run ends or suspends) of an SDK function's run: calls to
     the app's serve URL, each reply's steps run through the engine's ``context.RunDriver``."""
 
-    def __init__(self, runtime: InngestRuntime, meta: dict[str, Any], ctx: context.Context) -> None:
+    def __init__(self, runtime: Runtime, meta: dict[str, Any], ctx: context.Context) -> None:
         self.rt = runtime
         self.meta = meta
         self.ctx = ctx
