@@ -16,6 +16,7 @@ from typing import Any
 from stepline import errors
 from stepline.integrations.core import Connection
 from stepline.server import tokens
+from stepline.store.records import TERMINAL
 
 # Run statuses as the seeds' job tables name them.
 JOB_STATUS = {
@@ -27,7 +28,7 @@ JOB_STATUS = {
     "failed": "failed",
     "cancelled": "cancelled",
 }
-FINAL = ("completed", "failed", "cancelled")
+FINAL = TERMINAL
 DEFAULT_TTL = tokens.DEFAULT_TTL
 
 
@@ -38,6 +39,21 @@ class JobError(errors.SteplineError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+def job_event(body: Any, allowed: frozenset[str] | None, user_id: str | None) -> dict[str, Any]:
+    """The event a request to start a job asks for (``{"name", "data"}``), or a ``JobError``
+    (400) saying what is wrong: only the names the app allows, and the user id the app
+    gives (the signed-in user), never the client's word for it."""
+    name = body.get("name") if isinstance(body, dict) else None
+    data = body.get("data", {}) if isinstance(body, dict) else None
+    if not isinstance(name, str) or not isinstance(data, dict):
+        raise JobError(400, "expected {\"name\": <event name>, \"data\": {...}}")
+    if allowed is not None and name not in allowed:
+        raise JobError(400, f"{name!r} is not a job this app starts; one of {sorted(allowed)}")
+    if user_id is not None:
+        data = {**data, "user_id": user_id}
+    return {"name": name, "data": data}
 
 
 def job_view(run: Mapping[str, Any]) -> dict[str, Any]:

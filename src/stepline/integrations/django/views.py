@@ -36,16 +36,9 @@ def patterns(
             body = json.loads(request.body or b"{}")
         except ValueError:
             return _problem(400, "the body must be JSON: {\"name\": ..., \"data\": {...}}")
-        name = body.get("name") if isinstance(body, dict) else None
-        data = body.get("data", {}) if isinstance(body, dict) else None
-        if not isinstance(name, str) or not isinstance(data, dict):
-            return _problem(400, "expected {\"name\": <event name>, \"data\": {...}}")
-        if allowed is not None and name not in allowed:
-            return _problem(400, f"{name!r} is not a job this app starts; one of {sorted(allowed)}")
-        if user_id is not None:
-            data = {**data, "user_id": user_id(request)}
         try:
-            return JsonResponse(stepline_django.start_job({"name": name, "data": data}))
+            event = jobs_mod.job_event(body, allowed, None if user_id is None else user_id(request))
+            return JsonResponse(stepline_django.start_job(event))
         except jobs_mod.JobError as exc:
             return _problem(exc.status, str(exc))
 

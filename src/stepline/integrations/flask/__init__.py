@@ -113,16 +113,9 @@ class Stepline:
         @blueprint.post("")
         def start() -> Any:
             body = request.get_json(silent=True)
-            name = body.get("name") if isinstance(body, dict) else None
-            data = body.get("data", {}) if isinstance(body, dict) else None
-            if not isinstance(name, str) or not isinstance(data, dict):
-                return problem(400, "expected {\"name\": <event name>, \"data\": {...}}")
-            if allowed is not None and name not in allowed:
-                return problem(400, f"{name!r} is not a job this app starts; one of {sorted(allowed)}")
-            if user_id is not None:
-                data = {**data, "user_id": user_id()}
             try:
-                return jsonify(self.start_job({"name": name, "data": data}))
+                event = jobs_mod.job_event(body, allowed, None if user_id is None else user_id())
+                return jsonify(self.start_job(event))
             except jobs_mod.JobError as exc:
                 return problem(exc.status, str(exc))
 
