@@ -321,12 +321,12 @@ class RunExecution:
         started = self._store.now_ms()
         ticket: budget_gate.Ticket | None = None
         span = None if self.tracer is None else self._step_span(key, step_id, attempt)
+        current = None if span is None else tracing.attach(span)  # what the body traces hangs under it
         in_step = logs.enter_step(key, attempt)
         try:
-            with contextlib.nullcontext() if span is None else tracing.current(span):
-                if spend is not None and self.function.config.budgets:
-                    ticket = await self._reserve(key, step_id, attempt, spend)
-                result = await compute()
+            if spend is not None and self.function.config.budgets:
+                ticket = await self._reserve(key, step_id, attempt, spend)
+            result = await compute()
             if ticket is not None and spend is not None:
                 await self.write(ticket.settle(spend.actual(result)))
                 ticket = None
@@ -344,6 +344,7 @@ class RunExecution:
         finally:
             logs.leave_step(in_step)
             if span is not None:
+                tracing.detach(current)
                 span.end()
         step = StepResult(key, self._name(step_id), kind, StepStatus.COMPLETED, output, None, attempt, started, self._store.now_ms(), meta_json)
         self._save_soon(step)

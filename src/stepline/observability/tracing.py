@@ -146,14 +146,24 @@ def start_step(tracer: Any, segment: Any, name: str, attributes: dict[str, Any])
     return tracer.start_span(f"step {name}", context=parent, kind=otel_trace.SpanKind.INTERNAL, attributes=attributes)
 
 
+def attach(span: Any) -> Any:
+    """Make ``span`` the current span here (and in what this context starts); returns the
+    token that ``detach`` takes to undo it."""
+    return otel_context.attach(otel_trace.set_span_in_context(span))
+
+
+def detach(token: Any) -> None:
+    otel_context.detach(token)
+
+
 @contextlib.contextmanager
 def current(span: Any) -> Iterator[None]:
     """``span`` is the current span here (and in what this context starts) until the block ends."""
-    token = otel_context.attach(otel_trace.set_span_in_context(span))
+    token = attach(span)
     try:
         yield
     finally:
-        otel_context.detach(token)
+        detach(token)
 
 
 def end_segment(span: Any, outcome: str, *, failed: bool) -> None:
