@@ -87,7 +87,7 @@ async def test_app_not_running_cannot_send() -> None:
 
 def test_public_api_matches_all() -> None:
     exported = {name for name in dir(stepline) if not name.startswith("_")}
-    modules = {"app", "client", "context", "errors", "event", "expressions", "function", "jsonutil", "ids", "durations", "settings", "engine", "store", "server", "llm", "testing", "cli", "examples", "inngest", "eventloop", "gctuning", "clock", "fakes", "budgets", "cli_admin", "cli_budgets"}
+    modules = {"app", "client", "context", "errors", "event", "expressions", "function", "jsonutil", "ids", "durations", "settings", "engine", "store", "server", "llm", "testing", "cli", "examples", "inngest", "eventloop", "gctuning", "clock", "fakes", "budgets", "cli_admin", "cli_budgets", "observability"}
     assert set(stepline.__all__) == (exported - modules) | {"__version__"}
 
 
