@@ -88,7 +88,7 @@ def test_wildcard_matching_costs_memory_in_proportion_to_the_name(api: httpx.Cli
 
     def match() -> list[str]:
         found = server.call(lambda engine: engine.store.db.read(partial(ops_ingest.matching_functions, name=name)))
-        return [fn_id for fn_id, _, _ in found]
+        return [row[0] for row in found]  # (function id, if, config, pause mode)
 
     match()  # connections and caches warm
     tracemalloc.start()
