@@ -238,6 +238,8 @@ async def soak_run(args: Any, url: str) -> dict[str, Any]:
                 now_ms = int(time.time() * 1000)
                 row: dict[str, Any] = {"minute": round((time.perf_counter() - t0) / 60, 1), "sent": sender.sent}
                 row["db_mib"] = round(database_mib(url), 2)
+                if not url.startswith("postgresql"):  # of which the WAL (truncated only when the writer idles)
+                    row["wal_mib"] = round(os.path.getsize(url + "-wal") / 2**20 if os.path.exists(url + "-wal") else 0.0, 2)
                 for name, proc in procs.items():
                     row[f"rss_{name}_mib"] = round(common.rss_mib(proc.pid), 1)
                 row["rss_sender_mib"] = round(common.rss_mib(), 1)
@@ -264,7 +266,7 @@ async def soak_run(args: Any, url: str) -> dict[str, Any]:
 
 # --- showing ----------------------------------------------------------------------------
 
-COLUMNS = ("minute", "sent", "runs_stored", "runs_deleted", "db_mib", "start_p50_ms", "start_p99_ms", "complete_p50_ms", "complete_p99_ms", "load")
+COLUMNS = ("minute", "sent", "runs_stored", "runs_deleted", "db_mib", "wal_mib", "start_p50_ms", "start_p99_ms", "complete_p50_ms", "complete_p99_ms", "load")
 
 
 def _columns(row: dict[str, Any]) -> list[str]:
