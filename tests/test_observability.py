@@ -255,6 +255,22 @@ async def test_a_batch_run_is_a_new_trace_linked_to_each_event(make_engine: Any,
     assert linked == {(s.trace_id, s.span_id) for s in senders}  # ... linked to both senders
 
 
+@chain.function(id="debounced", trigger=stepline.TriggerEvent("obs/typing"), retries=0, debounce=stepline.Debounce(period="0.2s"))
+async def debounced(ctx: stepline.Context) -> str:
+    return str(ctx.event.data["text"])
+
+
+async def test_a_debounced_run_is_a_new_trace_linked_to_its_event(make_engine: Any, spans: InMemorySpanExporter) -> None:
+    engine = await make_engine(chain)
+    with web_tracer().start_as_current_span("keystroke") as span:
+        await chain.send({"name": "obs/typing", "data": {"text": "hello"}})
+    sender = span.get_span_context()
+    runs = await eventually(lambda: _finished(engine, "debounced"), what="the debounced run")
+    segment = await eventually(lambda: [s for s in of_run(spans, runs[0]["id"]) if s.name == "process debounced"], what="its span")
+    assert segment[0].parent is None and ids(segment[0])[0] != sender.trace_id
+    assert [(link.context.trace_id, link.context.span_id) for link in segment[0].links] == [(sender.trace_id, sender.span_id)]
+
+
 async def _finished(engine: Any, function_id: str) -> list[dict[str, Any]]:
     return [r for r in await engine.list_runs(function_id=function_id) if r["status"] == "completed"]
 
