@@ -171,20 +171,19 @@ async def latencies(http: httpx.AsyncClient, base: str, since_ms: int, until_ms:
     }
 
 
-_METRIC = re.compile(r'^(stepline_table_rows|stepline_retention_deleted_rows_total)\{table="(\w+)"\} (\S+)$')
+_STORED = re.compile(r'^stepline_runs\{function="soak",status="\w+"\} (\S+)$')
+_DELETED = re.compile(r'^stepline_retention_deleted_rows_total\{table="runs"\} (\S+)$')
 
 
 async def stored_and_deleted(http: httpx.AsyncClient, base: str) -> tuple[int, int]:
-    """Runs stored now, and runs retention has deleted so far (from ``/metrics``)."""
+    """Runs stored now (every status), and runs retention has deleted so far (from ``/metrics``)."""
     text = (await http.get(f"{base}/metrics")).text
     stored = deleted = 0
     for line in text.splitlines():
-        found = _METRIC.match(line)
-        if found and found.group(2) == "runs":
-            if found.group(1) == "stepline_table_rows":
-                stored = int(float(found.group(3)))
-            else:
-                deleted = int(float(found.group(3)))
+        if found := _STORED.match(line):
+            stored += int(float(found.group(1)))
+        elif found := _DELETED.match(line):
+            deleted = int(float(found.group(1)))
     return stored, deleted
 
 
