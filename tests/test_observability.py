@@ -293,6 +293,7 @@ async def hello() -> str:
 
 @app.function(id="plain", trigger=stepline.TriggerEvent("plain/go"), retries=0)
 async def plain(ctx):
+    await ctx.step.send_event("pass-on", {"name": "plain/next"})
     return await ctx.step.run("hello", hello)
 
 async def main() -> None:
@@ -305,7 +306,9 @@ async def main() -> None:
         for _ in range(500):
             runs = (await engine.store.get_event(event_id[0]))["runs"]
             if runs and runs[0]["status"] == "completed":
-                print("OUTPUT", runs[0]["output"], (await engine.store.get_event(event_id[0]))["body"]["trace"] == trace)
+                (sent,) = await engine.store.list_events(name="plain/next")
+                print("OUTPUT", runs[0]["output"], (await engine.store.get_event(event_id[0]))["body"]["trace"] == trace,
+                      sent["body"].get("trace") == trace)
                 return
             await asyncio.sleep(0.02)
         raise SystemExit("the run did not complete")
@@ -316,9 +319,9 @@ asyncio.run(main())
 """
 
 
-def test_without_opentelemetry_runs_go_on_and_the_trace_is_still_stored(db_url: str) -> None:
+def test_without_opentelemetry_runs_go_on_and_the_trace_is_stored_and_passed_on(db_url: str) -> None:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(REPO, "src"), REPO]))
     done = subprocess.run([sys.executable, "-c", _WITHOUT_OTEL, db_url], capture_output=True, text=True, timeout=60, env=env, cwd=REPO)
     assert done.returncode == 0, done.stderr
-    assert "OUTPUT hello True" in done.stdout
+    assert "OUTPUT hello True True" in done.stdout  # stored, and passed on by step.send_event
 

@@ -463,8 +463,9 @@ class RunExecution:
         key, entry = self._enter(step_id)
         if entry is not None and entry.status == StepStatus.COMPLETED:
             return list(jsonutil.loads(entry.output))
-        # The events join this run's trace unless they carry a trace of their own.
-        events = tracing.stamp(events, None if self.tracer is None else tracing.current_carrier())
+        # The events join this run's trace unless they carry a trace of their own (untraced
+        # here: the trace this run's event came with, so the chain goes on past this worker).
+        events = tracing.stamp(events, tracing.current_carrier() if self.tracer is not None else self._event.get("trace"))
         validated = [self._services.validate_event(raw, i) for i, raw in enumerate(events)]
         now = self._store.now_ms()
         step = StepResult(key, self._name(step_id), "send_event", StepStatus.COMPLETED, None, None, 1, now, now)
