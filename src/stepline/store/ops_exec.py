@@ -85,13 +85,14 @@ def claim_txn(
     leased_at = time.monotonic()
     fns = _in(function_ids)
     lock = conn.skip_locked()
+    order = _claim_order(conn, now)
     # Each row also says when the next run after these falls due, saving a query.
     candidates = conn.all(
         f"SELECT run_id, function_id, ck1, cl1, ck2, cl2, (SELECT MIN(due_at) FROM queue WHERE lease_owner IS NULL AND due_at > ? "
         f"AND function_id IN ({fns})) AS next_due, "
         "(SELECT mode FROM function_pauses p WHERE p.function_id = queue.function_id) AS paused "
         f"FROM queue WHERE lease_owner IS NULL AND due_at <= ? "
-        f"AND function_id IN ({fns}) ORDER BY (due_at - priority_ms) LIMIT ? {lock}",
+        f"AND function_id IN ({fns}) ORDER BY {order} LIMIT ? {lock}",
         (now, *function_ids, now, *function_ids, limit),
     )
     candidates = [r for r in candidates if r["run_id"] not in exclude]
@@ -122,6 +123,26 @@ def claim_txn(
         tuple(function_ids),
     )
     return claimed, next_due
+
+
+# Up to this many ready rows, a claim reads them by due time and sorts them; past it, it
+# reads the claim-order index until it has its batch (see _claim_order).
+FEW_READY = 256
+
+
+def _claim_order(conn: db.Conn, now: int) -> str:
+    """How a claim orders its candidates, which decides the plan. The claim order (due time
+    less priority) has an index, and reading it stops at the batch, however many runs are
+    ready; but when fewer are ready than a batch, that read goes on through every row
+    still to come, runs asleep for hours among them. So when few rows are ready (a bounded
+    probe of the due-time index counts them) the order is written so that no index has it
+    (``+``): the ready rows are then read by due time and sorted, which costs what they
+    are, not what sleeps."""
+    ready = conn.scalar(
+        f"SELECT COUNT(*) AS n FROM (SELECT 1 FROM queue WHERE lease_owner IS NULL AND due_at <= ? LIMIT {FEW_READY + 1}) AS ready",
+        (now,),
+    )
+    return "+(due_at - priority_ms)" if ready <= FEW_READY else "(due_at - priority_ms)"
 
 
 def _admit_by_concurrency(conn: db.Conn, candidates: list[dict[str, Any]], now: int) -> tuple[list[str], int]:
