@@ -57,7 +57,10 @@ BATCH_TRIES = 5
 READ_THREADS = 32
 # Statistics of the queue table are refreshed once this many runs (and at least as many
 # as it held at the last refresh) were added since: see PostgresDatabase.note_new_runs.
+# The tables that grow with every run (runs, events, steps) are refreshed when the runs
+# table has grown by this many and by half its size at the last refresh.
 ANALYZE_AFTER_RUNS = 5000
+GROWING_TABLES = "runs, events, steps"
 # Connection options: TCP keepalives notice a vanished server on an idle connection.
 CONNECT_KWARGS: dict[str, Any] = {
     "autocommit": True,
@@ -289,6 +292,8 @@ class PostgresDatabase(db.Database):
         self._listening = threading.Event()
         self._new_runs = 0
         self._runs_at_analyze = 0.0
+        self._new_rows = 0  # runs added since the growing tables' last refresh
+        self._rows_at_analyze = 0.0
         self._analyzing = False
 
     # --- lifecycle -----------------------------------------------------------------
@@ -552,24 +557,34 @@ class PostgresDatabase(db.Database):
     # --- planner statistics --------------------------------------------------------
 
     def note_new_runs(self, count: int) -> None:
-        # Autovacuum refreshes statistics only on its next round (up to a minute away);
-        # until then a claim after a burst is planned for the queue as it was (often
-        # empty) and sorts every ready row instead of reading the first few in order.
+        # Autovacuum refreshes statistics only on its next round (up to a minute away, and
+        # never where it is off); until then a claim after a burst is planned for the queue
+        # as it was (often empty) and sorts every ready row instead of reading the first few
+        # in order. Statements prepared while a table was small keep plans made for its size
+        # (a scan of all of steps to read one run's journal) until its statistics change.
         self._new_runs += count
+        self._new_rows += count
         if self._analyzing or self._closing.is_set() or self._new_runs < max(ANALYZE_AFTER_RUNS, self._runs_at_analyze):
             return
         self._analyzing = True
         self._new_runs = 0
-        self._read_threads.submit(self._analyze_queue)
+        growing = self._new_rows >= max(ANALYZE_AFTER_RUNS, self._rows_at_analyze / 2)
+        if growing:
+            self._new_rows = 0
+        self._read_threads.submit(self._analyze, growing)
 
-    def _analyze_queue(self) -> None:
+    def _analyze(self, growing: bool) -> None:
         try:
             with psycopg.connect(self.url, **CONNECT_KWARGS) as raw:
                 raw.execute("ANALYZE queue")
                 row = raw.execute("SELECT reltuples FROM pg_class WHERE oid = 'queue'::regclass").fetchone()
                 self._runs_at_analyze = float(row["reltuples"]) if row else 0.0
+                if growing:
+                    raw.execute(f"ANALYZE {GROWING_TABLES}")
+                    row = raw.execute("SELECT reltuples FROM pg_class WHERE oid = 'runs'::regclass").fetchone()
+                    self._rows_at_analyze = max(0.0, float(row["reltuples"])) if row else 0.0
         except psycopg.Error as exc:
-            log.info("refreshing the queue's statistics failed (%s); autovacuum will", _first_line(exc))
+            log.info("refreshing the planner's statistics failed (%s); autovacuum will", _first_line(exc))
         finally:
             self._analyzing = False
 
