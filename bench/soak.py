@@ -143,6 +143,25 @@ def database_mib(url: str) -> float:
     return sum(os.path.getsize(url + suffix) for suffix in ("", "-wal") if os.path.exists(url + suffix)) / 2**20
 
 
+def autovacuum(url: str) -> str | None:
+    """PostgreSQL: whether the server's autovacuum runs (``on`` / ``off``)."""
+    if not url.startswith("postgresql"):
+        return None
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SHOW autovacuum").fetchone()
+        return str(row[0]) if row else None
+
+
+def vacuum(url: str) -> None:
+    """``VACUUM (ANALYZE)`` of the soak's database: what autovacuum would do, where it is off."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM (ANALYZE)")
+
+
 def _ms(iso: str) -> float:
     return dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000
 
@@ -234,6 +253,8 @@ async def soak_run(args: Any, url: str) -> dict[str, Any]:
             while not load.done():
                 await asyncio.wait({load}, timeout=max(0.0, t0 + (minute + 1) * args.sample - time.perf_counter()))
                 minute += 1
+                if args.vacuum:
+                    await asyncio.to_thread(vacuum, url)
                 now_ms = int(time.time() * 1000)
                 row: dict[str, Any] = {"minute": round((time.perf_counter() - t0) / 60, 1), "sent": sender.sent}
                 row["db_mib"] = round(database_mib(url), 2)
@@ -337,19 +358,27 @@ def main() -> None:
     p.add_argument("--retention", default="5m", help="STEPLINE_RETENTION")
     p.add_argument("--retention-interval", default="30s", help="STEPLINE_RETENTION_INTERVAL")
     p.add_argument("--sample", type=float, default=60.0, help="seconds between samples")
+    p.add_argument(
+        "--vacuum", action="store_true",
+        help="PostgreSQL: VACUUM (ANALYZE) the database at every sample, standing in for autovacuum where the server has it off",
+    )
     p.add_argument("--split", action="store_true", help="an API server and a worker process instead of one of both")
     args = p.parse_args()
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     with common.fresh_db(args.backend, "soak") as url:
+        vacuuming = autovacuum(url)
         result = asyncio.run(soak_run(args, url))
     rows = result["rows"]
     print()
     print(markdown_table(rows))
-    name = f"soak-{args.backend}{'-split' if args.split else ''}"
+    name = f"soak-{args.backend}{'-split' if args.split else ''}{'-vacuum' if args.vacuum else ''}"
     title = f"Stepline soak, {args.backend}, {args.rate:g} events/s, retention {args.retention}, {'split' if args.split else 'one process'}"
     with open(os.path.join(RESULTS, f"{name}.svg"), "w") as f:
         f.write(svg_plot(rows, title))
-    meta = {"rate": args.rate, "retention": args.retention, "retention_interval": args.retention_interval, "split": args.split, "load_before": load_before}
+    meta = {
+        "rate": args.rate, "retention": args.retention, "retention_interval": args.retention_interval, "split": args.split,
+        "load_before": load_before, "autovacuum": vacuuming, "vacuum_every_sample": args.vacuum,
+    }
     with open(os.path.join(RESULTS, f"{name}.json"), "w") as f:
         json.dump({"meta": meta, **result}, f, indent=1)
     common.emit("SOAK", "stepline", args.backend, **meta, **summary(rows))
