@@ -293,11 +293,14 @@ def _resolve_timer_txn(conn: db.Conn, run_id: str, entry: JournalEntry, now: int
         )
         return JournalEntry(entry.key, entry.kind, StepStatus.FAILED, None, error, entry.attempts, entry.wake_at)
     output = "null"
-    conn.execute(
+    # Deferred: a claim that wakes many sleepers writes them in one batch (nothing in the
+    # claim reads these rows back).
+    conn.defer(
         "UPDATE steps SET status = 'completed', output = ?, ended_at = ? WHERE run_id = ? AND key = ?",
         (output, now, run_id, entry.key),
     )
-    conn.execute("DELETE FROM waits WHERE run_id = ? AND step_key = ?", (run_id, entry.key))
+    if entry.kind != "sleep":  # a wait's row goes with its timeout; a sleep never had one
+        conn.execute("DELETE FROM waits WHERE run_id = ? AND step_key = ?", (run_id, entry.key))
     return JournalEntry(entry.key, entry.kind, StepStatus.COMPLETED, output, None, entry.attempts, entry.wake_at)
 
 
@@ -548,13 +551,17 @@ def _resolved_while_held(conn: db.Conn, run_id: str, suspensions: list[Suspensio
     ) is not None
 
 
+_INSERT_PENDING_STEP = (
+    "INSERT INTO steps (run_id, key, name, kind, status, seq, output, error, attempts, started_at, ended_at, "
+    "wake_at, meta) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, key) DO NOTHING"
+)
+
+
 def _insert_pending_step(conn: db.Conn, run_id: str, step: StepResult, seq: int, status: str, wake_at: int | None) -> bool:
-    """Record a sleep / wait / invoke the first time it is reached; False if already recorded."""
-    exists = conn.one("SELECT status FROM steps WHERE run_id = ? AND key = ?", (run_id, step.key))
-    if exists is not None:
-        return False
-    _upsert_step(conn, run_id, StepResult(step.key, step.name, step.kind, status, None, None, 1, step.started_at, None), seq, status, wake_at)  # type: ignore[arg-type]
-    return True
+    """Record a sleep / wait / invoke the first time it is reached; False if already recorded
+    (one statement: the insert that finds the row says so)."""
+    pending = StepResult(step.key, step.name, step.kind, status, None, None, 1, step.started_at, None)  # type: ignore[arg-type]
+    return conn.rowcount(_INSERT_PENDING_STEP, _step_row(run_id, pending, seq, status, wake_at)) > 0
 
 
 def _start_invoked_run_txn(conn: db.Conn, parent_run_id: str, item: Suspension, now: int) -> None:
