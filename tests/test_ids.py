@@ -1,0 +1,40 @@
+"""Ids: ULIDs in python-ulid's text form, increasing within a millisecond, from any thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from ulid import ULID
+
+from stepline import ids
+
+
+def test_an_id_is_a_ulid_of_now() -> None:
+    before = time.time_ns() // 1_000_000
+    text = ids.new_id()
+    after = time.time_ns() // 1_000_000
+    parsed = ULID.from_str(text)
+    assert str(parsed) == text and len(text) == 26
+    assert before <= parsed.milliseconds <= after
+
+
+def test_ids_made_one_after_another_sort_in_that_order() -> None:
+    made = [ids.new_id() for _ in range(20_000)]  # many share a millisecond
+    assert made == sorted(made) and len(set(made)) == len(made)
+
+
+def test_ids_from_several_threads_never_collide() -> None:
+    made: list[list[str]] = [[] for _ in range(4)]
+
+    def make(out: list[str]) -> None:
+        out.extend(ids.new_id() for _ in range(5_000))
+
+    threads = [threading.Thread(target=make, args=(out,)) for out in made]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    everything = [i for out in made for i in out]
+    assert len(set(everything)) == len(everything)
+    assert all(out == sorted(out) for out in made)
