@@ -190,23 +190,26 @@ def loads_request(raw: bytes, *, max_depth: int) -> Any:
     checked after (the parser itself stops at 1,024). An integer literal outside
     64 bits, which the parser would turn into a float, is refused with its path.
     """
-    too_deep = errors.EventError(
-        f"the request body nests JSON more than {max_depth} levels deep; an event's data may nest "
-        f"{max_depth - 2} levels (STEPLINE_MAX_JSON_DEPTH): flatten it, or send a reference (an id or URL) instead"
-    )
     if _opens_in_a_row(raw, max_depth + 1):
-        raise too_deep
+        raise _too_deep(max_depth)
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         if "depth" in str(exc):  # past the parser's own limit, 1,024
-            raise too_deep from exc
+            raise _too_deep(max_depth) from exc
         raise errors.EventError(f"the request body is not valid JSON: {exc}") from exc
     if _depth_over(value, max_depth):
-        raise too_deep
+        raise _too_deep(max_depth)
     if _LONG_DIGITS.search(raw):
         _refuse_wide_integers(raw)
     return value
+
+
+def _too_deep(max_depth: int) -> errors.EventError:
+    return errors.EventError(
+        f"the request body nests JSON more than {max_depth} levels deep; an event's data may nest "
+        f"{max_depth - 2} levels (STEPLINE_MAX_JSON_DEPTH): flatten it, or send a reference (an id or URL) instead"
+    )
 
 
 def _opens_in_a_row(raw: bytes, count: int) -> bool:

@@ -3,9 +3,11 @@ event with the runs it started, or why it started none."""
 
 from __future__ import annotations
 
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from stepline.observability import carrier, tracing
 from stepline.server import common, responses
@@ -24,6 +26,41 @@ async def ingest(request: Request) -> Response:
 @common.route(common.event_key)
 async def post_event_with_key(request: Request) -> Response:
     return await ingest(request)
+
+
+class DirectEvents:
+    """``POST /e/{key}`` from senders other than the Inngest SDKs, handed straight to its
+    handler (``post_event_with_key``, with its access rule, checks and answers) before
+    Starlette's middleware, router and exception layers, which cost more than the rest of
+    the request. Everything else goes on to Starlette; the HTTP guard sits in front of both.
+    Used only when the app has no middleware of the user's, which must see every request."""
+
+    def __init__(self, app: ASGIApp, starlette: Starlette) -> None:
+        self.app = app
+        self.starlette = starlette
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        key = _event_key_path(scope)
+        if key is None:
+            await self.app(scope, receive, send)
+            return
+        scope["app"] = self.starlette
+        scope["path_params"] = {"event_key": key}
+        response = await post_event_with_key(Request(scope, receive, send))
+        await response(scope, receive, send)
+
+
+def _event_key_path(scope: Scope) -> str | None:
+    """The key of a ``POST /e/{key}`` that the route itself would answer (not an SDK's, whose
+    shapes the Inngest route takes), else None."""
+    if scope["type"] != "http" or scope["method"] != "POST" or scope.get("root_path"):
+        return None
+    path: str = scope["path"]
+    if not path.startswith("/e/") or len(path) == 3 or "/" in path[3:]:
+        return None
+    if any(name == b"x-inngest-sdk" for name, _ in scope["headers"]):
+        return None
+    return path[3:]
 
 
 @common.route(common.api_token)

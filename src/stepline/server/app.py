@@ -52,7 +52,10 @@ class _GuardedStarlette(Starlette):
     """Starlette with the HTTP guard outside its error middleware (else timeouts become 500s)."""
 
     def build_middleware_stack(self) -> Any:
-        return HttpGuard(super().build_middleware_stack(), self.state.http_limits)
+        stack = super().build_middleware_stack()
+        if self.state.direct_events:
+            stack = api_events.DirectEvents(stack, self)
+        return HttpGuard(stack, self.state.http_limits)
 
 
 def create_app(
@@ -69,6 +72,7 @@ def create_app(
         exception_handlers={404: _not_found, 405: _method_not_allowed},
     )
     app.state.engine = engine
+    app.state.direct_events = not middleware  # a user's middleware must see every request
     app.state.options = options = options or ServerOptions()
     app.state.http_limits = HttpLimits.from_settings(
         engine.settings, dev=options.dev, ingest_body_bytes=common.ingest_body_limit(options, engine.settings)
