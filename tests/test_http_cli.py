@@ -147,3 +147,26 @@ def test_help_lists_every_environment_variable() -> None:
 def test_dev_refuses_a_non_loopback_address() -> None:
     out = subprocess.run([*CLI, "dev", "--host", "0.0.0.0", "--port", str(free_port())], capture_output=True, text=True, timeout=30)
     assert out.returncode != 0 and "loopback only" in out.stderr and "stepline start" in out.stderr
+
+
+def test_dev_on_a_fresh_checkout_makes_its_database_and_answers(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The README's first command: no --db, no ./.stepline/ yet, the bundled example app."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": REPO, "STEPLINE_LOG_LEVEL": "WARNING"}
+    env.pop("STEPLINE_DB", None)
+    proc = subprocess.Popen([*CLI, "dev", "--port", str(port)], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        else:
+            out = proc.stdout.read().decode() if proc.stdout and proc.poll() is not None else ""
+            raise AssertionError(f"stepline dev did not come up on a fresh checkout: {out[-2000:]}")
+        assert (tmp_path / ".stepline" / "stepline.db").exists()
+    finally:
+        proc.terminate()
+        proc.wait(15)

@@ -95,6 +95,7 @@ def prepare_new_file(path: str) -> None:
     """
     if path == ":memory:" or (os.path.exists(path) and os.path.getsize(path) > 0):
         return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # `stepline dev` on a fresh checkout: ./.stepline/
     raw = sqlite3.connect(path, isolation_level=None)
     try:
         raw.execute("PRAGMA auto_vacuum = INCREMENTAL")
