@@ -112,9 +112,9 @@ def stepline_server(app_spec: str, db_url: str, **env: str) -> Iterator[Server]:
 
 
 @contextlib.contextmanager
-def floor_server() -> Iterator[Server]:
-    """The empty endpoint (``bench.http_floor``) in its own process."""
-    proc = subprocess.Popen([sys.executable, "-m", "bench.http_floor"], cwd=ROOT, stdout=subprocess.PIPE)
+def floor_server(http: str = "auto") -> Iterator[Server]:
+    """The empty endpoint (``bench.http_floor``) in its own process, on uvicorn's ``http`` implementation."""
+    proc = subprocess.Popen([sys.executable, "-m", "bench.http_floor", "--http", http], cwd=ROOT, stdout=subprocess.PIPE)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().decode()
