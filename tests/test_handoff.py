@@ -295,8 +295,8 @@ async def test_a_send_from_another_event_loop_goes_through_the_queue(make_engine
     offers: list[Any] = []
     original_offer = worker.offer
 
-    def recording_offer() -> Any:
-        offer = original_offer()
+    def recording_offer(*events: int) -> Any:
+        offer = original_offer(*events)
         offers.append(offer)
         return offer
 

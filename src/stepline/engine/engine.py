@@ -137,7 +137,7 @@ class Engine:
         if not validated:
             return []
         worker = self.worker
-        offer = worker.offer() if worker is not None else None
+        offer = worker.offer(len(validated)) if worker is not None else None
         if worker is None or offer is None:
             return await self.store.ingest(validated)
         committed = False

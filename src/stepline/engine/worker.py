@@ -123,11 +123,13 @@ class Worker:
 
     # --- runs handed over by an ingest in this process -----------------------------
 
-    def offer(self) -> HandOff | None:
+    def offer(self, events: int | None = None) -> HandOff | None:
         """An offer to take new runs straight from an ingest, or None when this worker has
         no free slot. Unless the worker is idle (its last claim drained the queue and
         nothing woke it since), the ingest first checks that no ready run waits in the
-        queue: those go first."""
+        queue: those go first. An ingest of ``events`` events can start at most one run of
+        each function per event, so it holds no more slots than that while it commits:
+        concurrent small ingests then each get theirs."""
         if self._stopping or not self._services.settings.handoff:
             return None
         if asyncio.get_running_loop() is not self._loop:
@@ -136,6 +138,8 @@ class Worker:
         if free <= 0:
             return None
         limit = min(free, CLAIM_BATCH * 5)
+        if events is not None:
+            limit = min(limit, events * max(1, len(self._function_ids)))
         self._reserved += limit
         lease_ms = int(self._services.settings.lease * 1000)
         check_queue = not self._idle or self._wake.is_set()
