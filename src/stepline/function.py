@@ -271,8 +271,8 @@ class Batch:
     max_size: int
     timeout: float
     key: str | None = None
-
     if_: str | None = None
+
     def __init__(
         self, *, max_size: int, timeout: durations.Duration, key: str | None = None, if_: str | None = None
     ) -> None:
@@ -282,8 +282,8 @@ class Batch:
             raise errors.ConfigError("Batch.timeout: must be longer than zero")
         object.__setattr__(self, "timeout", seconds)
         object.__setattr__(self, "key", _optional_expr(key, "Batch.key"))
-
         object.__setattr__(self, "if_", _optional_expr(if_, "Batch.if_"))
+
     def to_dict(self) -> dict[str, Any]:
         return {"max_size": self.max_size, "timeout": self.timeout, "key": self.key, "if": self.if_}
 

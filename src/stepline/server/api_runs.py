@@ -54,10 +54,6 @@ async def get_run(request: Request) -> Response:
     run["schedule"] = await store.run_schedule(run_id)  # when a queued run is due (throttled, scheduled, retrying)
     if not common.by_run_token(request):  # a run token reads its own run, not the runs around it
         run["links"] = await store.run_links(run_id)
-    run["step_usage"] = await store.step_usage(run_id)  # each model call's tokens and cost, by step key
-    run["schedule"] = await store.run_schedule(run_id)  # when a queued run is due (throttled, scheduled, retrying)
-    if not common.by_run_token(request):  # a run token reads its own run, not the runs around it
-        run["links"] = await store.run_links(run_id)
     for step in run["steps"]:  # SDK steps stored before their names were: the name the SDK reported
         sdk_name = ((step.get("meta") or {}).get("inngest") or {}).get("name")
         if sdk_name and step["name"] == step["id"]:
