@@ -107,3 +107,39 @@ async def test_runs_end_together_with_their_own_outcomes(make_engine, count: int
             assert done["status"] == "failed" and f"run {i} fails" in done["error"]["message"]
         else:
             assert done["status"] == "completed" and done["output"] == i
+
+
+async def test_a_shared_operation_that_fails_is_run_again_for_each_item_alone(make_engine, db_url) -> None:
+    """Concurrent ingests share one operation per commit; when it raises, its writes roll
+    back with it and each item is run again alone, so only the failing item's caller sees
+    the error and the others' rows are committed."""
+    engine = await make_engine(run_worker=False)
+    insert = "INSERT INTO events (id, name, body, external_id, user_id, ts, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    calls: list[list[str]] = []
+
+    def insert_all(conn: db.Conn, items: list[str]) -> list[str]:
+        calls.append(list(items))
+        for item in items:
+            conn.execute(insert, (f"ev-{item}", "x/y", "{}", None, None, 1, 1))
+            if item == "bad":
+                raise ValueError("the bad item fails the whole shared operation")
+        return [f"ok-{item}" for item in items]
+
+    kind = db.Batched("insert", insert_all, alone_on_error=True)
+    database = engine.store.db
+    started = threading.Event()
+
+    def hold(conn: db.Conn) -> None:
+        started.set()
+        time.sleep(0.3)
+
+    holding = asyncio.ensure_future(database.write(hold))
+    await asyncio.get_running_loop().run_in_executor(None, started.wait, 5.0)
+    results = await asyncio.gather(*(database.write_item(kind, item) for item in ("a", "bad", "c")), return_exceptions=True)
+    await holding
+
+    assert calls[0] == ["a", "bad", "c"]  # first together ...
+    assert sorted(map(tuple, calls[1:])) == [("a",), ("bad",), ("c",)]  # ... then each alone
+    assert results[0] == "ok-a" and results[2] == "ok-c"
+    assert isinstance(results[1], ValueError)
+    assert sorted(query(db_url, "SELECT id FROM events WHERE id IN ('ev-a', 'ev-bad', 'ev-c')")) == [("ev-a",), ("ev-c",)]

@@ -38,6 +38,7 @@ class Conn(abc.ABC):
 
     def __init__(self) -> None:
         self.woke = False
+        self.wakes = 0  # how many times this transaction made queue items due (caches of readiness key on it)
         # Caches that hold for this transaction (trigger lookups, event names nobody waits for).
         self.memo: dict[str, Any] = {}
         self._deferred: dict[str, list[tuple[Any, ...]]] = {}
@@ -45,6 +46,7 @@ class Conn(abc.ABC):
     def wake(self) -> None:
         """Mark that this transaction made queue items due: workers are woken after commit."""
         self.woke = True
+        self.wakes += 1
 
     def signal(self, topic: str, payload: str) -> None:
         """Tell ``topic`` listeners ``payload`` if (and once) this transaction commits: in
@@ -184,13 +186,19 @@ class Batched:
     ``fn(conn, items)`` returns one result per item, in order; an exception instance
     in that list fails that item's caller alone. Many runs' checkpoints then cost one
     lease check and one multi-row write instead of a few statements each.
+
+    With ``alone_on_error``, a shared operation that raises (its writes are rolled back
+    with it) is run again for each of its items alone, in the next commit, so that one
+    item's error is its caller's only: for operations that cannot tell in advance which
+    item would fail (an ingest).
     """
 
-    __slots__ = ("name", "fn")
+    __slots__ = ("name", "fn", "alone_on_error")
 
-    def __init__(self, name: str, fn: Callable[[Conn, list[Any]], list[Any]]) -> None:
+    def __init__(self, name: str, fn: Callable[[Conn, list[Any]], list[Any]], *, alone_on_error: bool = False) -> None:
         self.name = name
         self.fn = fn
+        self.alone_on_error = alone_on_error
 
 
 class _Job:
@@ -213,6 +221,18 @@ class _Job:
 
 def _group_op(kind: Batched, items: list[Any]) -> Op[list[Any]]:
     return lambda conn: kind.fn(conn, items)
+
+
+def _alone(kind: Batched, item: Any) -> Op[Any]:
+    """``kind`` for one item as a plain operation: its result, or its own error raised."""
+
+    def op(conn: Conn) -> Any:
+        (result,) = kind.fn(conn, [item])
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    return op
 
 
 def _plan(batch: list[_Job]) -> tuple[list[Op[Any]], list[list[_Job]]]:
@@ -434,6 +454,11 @@ class Database(abc.ABC):
             if jobs[0].kind is None:
                 batch.append(jobs[0])
                 outcomes.append((ok, value))
+                continue
+            kind = jobs[0].kind
+            if not ok and kind.alone_on_error and len(jobs) > 1 and not self._closed and not isinstance(value, errors.StoreError):
+                for job in jobs:  # rolled back together: each item again, alone, in the next commit
+                    self._jobs.put(_Job(_alone(kind, job.item), job.future, job.loop))
                 continue
             for i, job in enumerate(jobs):  # a shared operation: each item's own result
                 batch.append(job)

@@ -227,26 +227,41 @@ def _scheduled_start(body: dict[str, Any], now: int) -> int:
     return min(int(ts), NEVER)
 
 
-def stamp_handoff_leases_txn(conn: db.Conn, handoff: HandOff) -> None:
-    """Set the expiry of the leases an ingest's hand-off took on the database's clock, as
-    every other lease is (their rows were inserted with the ingest's own time)."""
-    if handoff.taken:
-        marks, params = db.in_list([item.run_id for item in handoff.taken])
-        conn.execute(
-            f"UPDATE queue SET lease_expires_at = {conn.clock_ms} + ? WHERE run_id IN ({marks})",
-            (handoff.lease_ms, *params),
-        )
+def stamp_handoff_leases_txn(conn: db.Conn, handoffs: list[HandOff]) -> None:
+    """Set the expiry of the leases ingests' hand-offs took on the database's clock, as
+    every other lease is (their rows were inserted with the ingest's own time): one
+    statement per lease length, for all the ingests of a commit."""
+    by_length: dict[int, list[str]] = {}
+    for handoff in handoffs:
+        by_length.setdefault(handoff.lease_ms, []).extend(item.run_id for item in handoff.taken)
+    for lease_ms, run_ids in by_length.items():
+        if run_ids:
+            marks, params = db.in_list(run_ids)
+            conn.execute(
+                f"UPDATE queue SET lease_expires_at = {conn.clock_ms} + ? WHERE run_id IN ({marks})",
+                (lease_ms, *params),
+            )
+
+
+_READY_WAITING = "ready runs waiting, by function ids"  # Conn.memo key: ids -> (conn.wakes then, answer)
 
 
 def ready_run_waiting_txn(conn: db.Conn, function_ids: frozenset[str], now: int) -> bool:
-    """Whether a run of these functions is due and waiting in the queue, unleased."""
+    """Whether a run of these functions is due and waiting in the queue, unleased. Asked
+    once per transaction (the ingests of a commit share it) until the transaction makes
+    a run due (``Conn.wake``); runs it leases meanwhile only make the answer cautious."""
     if not function_ids:
         return False
+    known: dict[frozenset[str], tuple[int, bool]] = conn.memo.setdefault(_READY_WAITING, {})
+    cached = known.get(function_ids)
+    if cached is not None and cached[0] == conn.wakes:
+        return cached[1]
     marks, params = db.in_list(sorted(function_ids))
     row = conn.one(
         f"SELECT 1 AS waiting FROM queue WHERE lease_owner IS NULL AND due_at <= ? AND function_id IN ({marks}) LIMIT 1",
         (now, *params),
     )
+    known[function_ids] = (conn.wakes, row is not None)
     return row is not None
 
 

@@ -69,6 +69,8 @@ class Store:
         # database's own clock, see ops_exec); bound once, so a read costs one call.
         self.clock = clock or clock_mod.SYSTEM
         self.now_ms: Callable[[], int] = self.clock.now_ms
+        # Concurrent ingests share one operation per commit; one that fails is run again alone.
+        self._ingests = db.Batched("ingest", self._ingest_many, alone_on_error=True)
 
     def _at_commit(self, op: Callable[..., T], **params: Any) -> Callable[[db.Conn], T]:
         """``op`` with ``now`` read when its transaction runs (see "writes" below)."""
@@ -122,17 +124,21 @@ class Store:
         await self.db.write(self._at_commit(ops_runs.register_functions_txn, configs=configs, cron_next=cron_next))
 
     async def ingest(self, events: list[event_mod.Event], handoff: HandOff | None = None) -> list[str]:
-        def ingest(conn: db.Conn) -> list[str]:
-            if handoff is not None:
-                handoff.leased_at = time.monotonic()
-            ids = ops_ingest.ingest_txn(conn, events, self.now_ms(), handoff)
-            if handoff is not None:
-                ops_runs.stamp_handoff_leases_txn(conn, handoff)
-            return ids
-
-        ids = await self.db.write(ingest)
+        ids: list[str] = await self.db.write_item(self._ingests, (events, handoff))
         self.db.note_new_runs(len(events))  # about one run an event
         return ids
+
+    def _ingest_many(self, conn: db.Conn, items: list[tuple[list[event_mod.Event], HandOff | None]]) -> list[list[str]]:
+        """The ingests of one commit (a server's concurrent requests) as one operation: each
+        its own events and hand-off, in the order they came; their leases stamped together."""
+        now = self.now_ms()
+        out = []
+        for events, handoff in items:
+            if handoff is not None:
+                handoff.leased_at = time.monotonic()
+            out.append(ops_ingest.ingest_txn(conn, events, now, handoff))
+        ops_runs.stamp_handoff_leases_txn(conn, [handoff for _, handoff in items if handoff is not None])
+        return out
 
     async def claim(
         self, worker_id: str, function_ids: list[str], limit: int, lease_ms: int, *, reclaim_expired: bool = True,
