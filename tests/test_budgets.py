@@ -141,6 +141,22 @@ async def test_fail_fails_the_step_at_once_without_calling_the_provider(make_eng
     assert data["limit_usd"] == pytest.approx(tiny) and data["call_usd"] == pytest.approx(worst_case(llm).usd)
 
 
+async def test_a_refusal_that_finds_several_budgets_exceeded_tells_of_each(make_engine, fake: FakeProvider) -> None:
+    llm = priced(fake)
+    per_user = stepline.Budget(limit_usd=0.0, period="1d", key="event.data.user_id", on_exceeded="fail")
+    everyone = stepline.Budget(limit_tokens=1, period="1d", on_exceeded="fail")
+    engine = await make_engine(chat_app(llm, per_user, everyone, retries=0))
+    for _ in range(2):
+        assert (await send_and_wait(engine, asked("u1")))["status"] == "failed"
+    events = await exceeded_events(engine)
+    # One event per budget, key and period: both budgets were over on the first call; none more on the second.
+    assert sorted((e["body"]["data"]["budget"], e["body"]["data"]["key"]) for e in events) == [
+        ("chat:1d", "*"), ("chat:1d:user_id", "u1"),
+    ]
+    assert all(e["body"]["data"]["run_id"] is not None for e in events)
+    assert fake.requests == []
+
+
 async def test_a_limit_can_depend_on_the_event(make_engine, fake: FakeProvider) -> None:
     llm = priced(fake)
     tiny = worst_case(llm).usd / 2

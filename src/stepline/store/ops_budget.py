@@ -147,6 +147,9 @@ def reserve_txn(
     )
     overrides = _overrides(conn, pairs)
     rows: list[tuple[str, str, int]] = []
+    refusals: list[BudgetRefusal] = []
+    # Every budget is looked at, even past a refusal: each one over its limit sends its
+    # own exceeded event (once per budget, key and period); the first refusal is answered.
     for check in checks:
         start, end = budgets.period_bounds(check.period, now)
         spend = _spend_row(conn, check, start, end, now)
@@ -161,8 +164,11 @@ def reserve_txn(
             )
             if not spend["exceeded_sent"]:
                 _send_exceeded(conn, refusal, need, about, now)
-            return BudgetHold((), refusal)
+            refusals.append(refusal)
+            continue
         rows.append((check.budget_id, check.key, start))
+    if refusals:
+        return BudgetHold((), refusals[0])
     conn.executemany(
         "INSERT INTO budget_reservations (run_id, step_key, attempt, budget_id, key, period_start, usd, tokens, "
         "lease_owner, lease_epoch, expires_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
