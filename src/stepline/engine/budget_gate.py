@@ -6,7 +6,9 @@ worst case on every budget of the function, fenced by the run's lease; a refusal
 fails the step (``BudgetExceeded``) or pauses the run (a ``budget`` suspension) as
 the budget says. ``DirectGate`` does the same for model calls made outside any run
 (``Router``'s quick path), under the budgets of the functions the call's event would
-trigger. Spend is settled by ``Ticket.settle`` whatever became of the lease: the money
+trigger; ``stored_checks``, ``reserve_direct`` and ``settle_direct`` do it for a server
+whose clients make the calls (``AsyncClient.call_within_budgets``), from the stored
+configs. Spend is settled by ``Ticket.settle`` whatever became of the lease: the money
 is spent either way.
 """
 
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
     from stepline.app import App
 
 DIRECT_FUNCTION = "direct"  # llm_usage.function_id of a call made outside any run
+DIRECT_PREFIX = "direct:"  # the ids of direct calls (llm_usage.run_id, budget_reservations.run_id)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +43,7 @@ class Ticket:
     owner: str | None
     epoch: int | None
     rows: tuple[tuple[str, str, int], ...]
+    expires_at: int | None = None  # a direct call's: its reservation stops counting then
 
     async def settle(self, actual: Charge) -> None:
         await self.store.settle_budget(self.run_id, self.step_key, self.attempt, self.owner, self.epoch, self.rows, actual)
@@ -135,28 +139,48 @@ class DirectGate:
         self, event: Mapping[str, Any], spend: budgets.Spend, call: Callable[[], Awaitable[dict[str, Any]]], ttl_s: float
     ) -> dict[str, Any]:
         """Reserve, make the call, settle, and file its usage (``llm_usage``, with the user id)."""
-        checks = self.checks_for(event)
-        call_id = f"direct:{ids.new_id()}"
         user_id = event_mod.user_id_of(event)
-        rows: tuple[tuple[str, str, int], ...] = ()
-        if checks:
-            about = {"function_id": DIRECT_FUNCTION, "run_id": None, "user_id": user_id}
-            expires = self._store.now_ms() + int(ttl_s * 1000)
-            hold = await self._store.reserve_budget(None, call_id, DIRECT_FUNCTION, 1, checks, spend.worst, about, expires)
-            if hold.refusal is not None:
-                raise exceeded(hold.refusal, spend)
-            rows = hold.rows
-        ticket = Ticket(self._store, call_id, DIRECT_FUNCTION, 1, None, None, rows)
+        ticket = await reserve_direct(self._store, self.checks_for(event), spend, user_id, ttl_s)
         try:
             result = await call()
         except Exception as exc:
-            if rows:
-                await ticket.settle(spend.billed(exc))
+            await settle_direct(ticket, spend.billed(exc), user_id, None)
             raise
-        if rows:
-            await ticket.settle(spend.actual(result))
-        await self._store.record_direct_usage(call_id, DIRECT_FUNCTION, user_id, result)
+        await settle_direct(ticket, spend.actual(result), user_id, result)
         return result
+
+
+async def stored_checks(store: Store, event: Mapping[str, Any]) -> list[Check]:
+    """The budgets a run of ``event`` would meet, read from the registered functions' stored
+    configs: for a server that serves the API of apps whose code it does not hold."""
+    return budgets.checks(await store.event_budgets(dict(event)), event)
+
+
+async def reserve_direct(
+    store: Store, checks: Sequence[Check], spend: budgets.Spend, user_id: str | None, ttl_s: float
+) -> Ticket:
+    """Reserve a direct call's worst case on ``checks`` (all or none), held ``ttl_s`` at most
+    if it is never settled; raises ``BudgetExceeded`` when one has no room. Without
+    checks nothing is reserved, and the ticket only names the call (to file its usage)."""
+    call_id = f"{DIRECT_PREFIX}{ids.new_id()}"
+    rows: tuple[tuple[str, str, int], ...] = ()
+    expires = store.now_ms() + int(ttl_s * 1000)
+    if checks:
+        about = {"function_id": DIRECT_FUNCTION, "run_id": None, "user_id": user_id}
+        hold = await store.reserve_budget(None, call_id, DIRECT_FUNCTION, 1, list(checks), spend.worst, about, expires)
+        if hold.refusal is not None:
+            raise exceeded(hold.refusal, spend)
+        rows = hold.rows
+    return Ticket(store, call_id, DIRECT_FUNCTION, 1, None, None, rows, expires)
+
+
+async def settle_direct(ticket: Ticket, actual: Charge, user_id: str | None, usage: Mapping[str, Any] | None) -> None:
+    """Settle a direct call's reservation to ``actual``, and file its ``usage`` (a completed
+    call's result) in ``llm_usage`` with the user; a failed call has none to file."""
+    if ticket.rows:
+        await ticket.settle(actual)
+    if usage is not None:
+        await ticket.store.record_direct_usage(ticket.run_id, DIRECT_FUNCTION, user_id, dict(usage))
 
 
 def _matches(trigger: str, name: str) -> bool:

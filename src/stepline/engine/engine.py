@@ -12,7 +12,7 @@ from typing import Any
 from stepline import errors
 from stepline import event as event_mod
 from stepline.app import App
-from stepline.budgets import Spend
+from stepline.budgets import Charge, Spend
 from stepline.engine import budget_gate, cron, retention
 from stepline.engine.executor import Services
 from stepline.engine.worker import Worker, new_worker_id
@@ -156,6 +156,23 @@ class Engine:
     ) -> dict[str, Any]:
         """A model call outside any run, under ``app``'s budgets for ``event`` (see ``App.call_within_budgets``)."""
         return await budget_gate.DirectGate(self.store, app).call(event, spend, call, ttl_s)
+
+    async def reserve_direct_call(self, event: Mapping[str, Any], spend: Spend, ttl_s: float) -> budget_gate.Ticket:
+        """Reserve a model call that a client makes outside any run (a web process's
+        ``Router`` with an ``AsyncClient``) under the budgets a run of ``event`` would meet,
+        as the registered functions' stored configs declare them; held ``ttl_s`` at most
+        unless settled. Raises ``BudgetExceeded`` when a budget has no room."""
+        checks = await budget_gate.stored_checks(self.store, event)
+        return await budget_gate.reserve_direct(self.store, checks, spend, event_mod.user_id_of(event), ttl_s)
+
+    async def settle_direct_call(
+        self, call_id: str, rows: Sequence[tuple[str, str, int]], actual: Charge, user_id: str | None,
+        usage: Mapping[str, Any] | None,
+    ) -> None:
+        """Settle a client's direct call (``reserve_direct_call``) to what it cost, and file
+        its ``usage`` in ``llm_usage`` with the user (a failed call: ``usage`` None)."""
+        ticket = budget_gate.Ticket(self.store, call_id, budget_gate.DIRECT_FUNCTION, 1, None, None, tuple(rows))
+        await budget_gate.settle_direct(ticket, actual, user_id, usage)
 
     async def set_budget_limit(
         self, budget_id: str, key: str, limit_usd: float | None, limit_tokens: int | None

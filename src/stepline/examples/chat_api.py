@@ -107,7 +107,10 @@ def dev_models_finder(stepline_url: str) -> Callable[[], Awaitable[None]]:
 
 def _default_api() -> FastAPI:
     url = os.environ.get("STEPLINE_URL", "http://127.0.0.1:8288")
-    client = stepline.AsyncClient(url, os.environ.get("STEPLINE_EVENT_KEY", "dev"))
+    # The API token lets the Router's quick calls be held to the server's budgets (not needed by `stepline dev`).
+    client = stepline.AsyncClient(
+        url, os.environ.get("STEPLINE_EVENT_KEY", "dev"), api_token=os.environ.get("STEPLINE_API_TOKEN") or None
+    )
     return create_api(chat.make_router(client), client, prepare=dev_models_finder(url))
 
 

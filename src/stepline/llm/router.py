@@ -32,7 +32,8 @@ class Sender(Protocol):
 
 @runtime_checkable
 class BudgetedSender(Protocol):
-    """A sender that can also make a call under the app's budgets (a running ``stepline.App``)."""
+    """A sender that can also make a call under the app's budgets: a running ``stepline.App``,
+    or a ``stepline.AsyncClient`` (under the budgets its server's registered functions declare)."""
 
     async def send(self, events: Any) -> list[str]: ...
 
@@ -164,8 +165,8 @@ class Router:
         return {"job_id": job_id, "status": "pending", "event_id": ids[0], "model": model, "route": route.reason}
 
     async def _direct(self, event: dict[str, Any], model: str, chat: list[dict[str, Any]], params: dict[str, Any]) -> dict[str, Any]:
-        """A quick call now; with a running App as the sender, under the budgets a run of
-        ``event`` would meet, and filed in ``llm_usage`` with the user."""
+        """A quick call now; with a running App or an AsyncClient as the sender, under the
+        budgets a run of ``event`` would meet, and filed in ``llm_usage`` with the user."""
         llm = self.llm
 
         async def call() -> dict[str, Any]:

@@ -1,16 +1,24 @@
-"""Cost budgets: spend against limits per key (``GET /api/v1/budgets``), one key, and an
-operator's override of one key's limit (``PUT``), which resumes its paused runs at once."""
+"""Cost budgets: spend against limits per key (``GET /api/v1/budgets``), one key, an
+operator's override of one key's limit (``PUT``), which resumes its paused runs at once,
+and the reservations of model calls that clients make outside any run
+(``/api/v1/budget-reservations``: ``AsyncClient.call_within_budgets``, a web process's
+``Router``). All of them take the API token: their answers show a key's spend and limit,
+and a settle adds spend to any key until its period ends."""
 
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from stepline import errors
+from stepline import budgets, errors
+from stepline import event as event_mod
+from stepline.budgets import Charge
+from stepline.engine import budget_gate
 from stepline.server import common
 from stepline.server.responses import JSON, read_object
 
@@ -59,8 +67,141 @@ async def put_budget_key(request: Request) -> Response:
     return JSON(await common.engine(request).set_budget_limit(budget, key, limit_usd, limit_tokens))
 
 
+# --- direct calls: reserve, then settle -----------------------------------------------
+
+RESERVE_FIELDS = ("event", "usd", "tokens", "describe", "ttl_s")
+SETTLE_FIELDS = ("holds", "usd", "tokens", "user_id", "usage")
+USAGE_FIELDS = ("provider", "model", "usage", "cost_usd", "latency_ms")
+TOKEN_FIELDS = ("prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens", "cache_write_tokens", "total_tokens")
+DEFAULT_TTL_S = 900.0
+MAX_TTL_S = 86_400.0  # a reservation never settled stops counting after this at most
+MAX_HOLDS = 64
+MAX_TEXT = 4096  # bytes of a hold's budget or key, a usage's provider or model
+_CALL_ID = re.compile(re.escape(budget_gate.DIRECT_PREFIX) + r"[0-9A-Za-z]{1,64}")
+
+
+def _fields(body: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        raise errors.RequestError(f"{where}: unknown field(s) {unknown}; it takes {', '.join(allowed)}")
+
+
+def _usd(body: dict[str, Any], name: str, where: str) -> float:
+    value = body.get(name, 0.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= 1e9:
+        raise errors.RequestError(f"{where}.{name}: expected US dollars from 0 to 1e9, got {value!r}")
+    return float(value)
+
+
+def _count(body: dict[str, Any], name: str, where: str) -> int:
+    value = body.get(name, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**62:
+        raise errors.RequestError(f"{where}.{name}: expected a whole number of tokens >= 0, got {value!r}")
+    return value
+
+
+def _text(value: Any, where: str, *, optional: bool = True, max_bytes: int = MAX_TEXT) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value or len(value.encode()) > max_bytes or "\x00" in value:
+        raise errors.RequestError(
+            f"{where}: expected 1-{max_bytes} bytes of text without NUL{' or null' if optional else ''}, got {value!r:.120}"
+        )
+    return value
+
+
+@common.route(common.api_token)
+async def reserve_direct_call(request: Request) -> Response:
+    """Body ``{"event": {...}, "usd": 0.0006, "tokens": 1300, "describe"?, "ttl_s"?: 900}``:
+    reserve a model call's worst case (``usd``, ``tokens``) under the budgets a run of
+    ``event`` would meet. 200 ``{"id", "holds", "user_id", "expires_at"}``: make the call,
+    then settle ``id`` with ``holds``; 402 with ``budget_exceeded`` when a budget has no room."""
+    engine = common.engine(request)
+    body = await read_object(request, max_bytes=common.body_limit(request))  # it carries an event
+    _fields(body, RESERVE_FIELDS, "reservation")
+    if not isinstance(body.get("event"), dict):
+        raise errors.RequestError('reservation.event: send the event the call is for, {"name": ..., "data": {...}}')
+    event = engine.validate_events([body["event"]])[0].to_dict()
+    worst = Charge(_usd(body, "usd", "reservation"), _count(body, "tokens", "reservation"))
+    describe = body.get("describe") or ""
+    if not isinstance(describe, str) or len(describe) > 1000:
+        raise errors.RequestError(f"reservation.describe: expected text of 1000 characters at most, got {describe!r:.80}")
+    ttl_s = body.get("ttl_s", DEFAULT_TTL_S)
+    if isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float)) or not 1 <= ttl_s <= MAX_TTL_S:
+        raise errors.RequestError(f"reservation.ttl_s: expected seconds from 1 to {MAX_TTL_S:.0f}, got {ttl_s!r}")
+    spend = budgets.Spend(
+        estimate=lambda: (worst, describe), actual=lambda _: budgets.NOTHING, billed=lambda _: budgets.NOTHING
+    )
+    ticket = await engine.reserve_direct_call(event, spend, float(ttl_s))
+    return JSON({
+        "id": ticket.run_id,
+        "holds": [{"budget": budget, "key": key, "period_start": start} for budget, key, start in ticket.rows],
+        "user_id": event_mod.user_id_of(event),
+        "expires_at": ticket.expires_at,
+    })
+
+
+def _holds(raw: Any) -> list[tuple[str, str, int]]:
+    if not isinstance(raw, list) or len(raw) > MAX_HOLDS:
+        raise errors.RequestError(f"settle.holds: send the reservation's holds as it gave them (a list of {MAX_HOLDS} at most)")
+    out = []
+    for i, hold in enumerate(raw):
+        if not isinstance(hold, dict) or sorted(hold) != ["budget", "key", "period_start"]:
+            raise errors.RequestError(f'settle.holds[{i}]: expected {{"budget", "key", "period_start"}}, got {hold!r:.120}')
+        start = hold["period_start"]
+        if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start < 2**53:
+            raise errors.RequestError(f"settle.holds[{i}].period_start: expected epoch milliseconds, got {start!r}")
+        out.append((str(_text(hold["budget"], f"settle.holds[{i}].budget", optional=False)),
+                    str(_text(hold["key"], f"settle.holds[{i}].key", optional=False)), start))
+    return out
+
+
+def _usage(raw: Any) -> dict[str, Any] | None:
+    """A completed call's record for ``llm_usage``: provider, model, tokens, cost, latency."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise errors.RequestError("settle.usage: expected the call's {provider, model, usage, cost_usd, latency_ms} or null")
+    _fields(raw, USAGE_FIELDS, "settle.usage")
+    tokens = raw.get("usage") or {}
+    if not isinstance(tokens, dict):
+        raise errors.RequestError("settle.usage.usage: expected {prompt_tokens, completion_tokens, ...}")
+    _fields(tokens, TOKEN_FIELDS, "settle.usage.usage")
+    latency = raw.get("latency_ms")
+    if latency is not None and (isinstance(latency, bool) or not isinstance(latency, (int, float)) or not 0 <= latency < 2**53):
+        raise errors.RequestError(f"settle.usage.latency_ms: expected milliseconds >= 0 or null, got {latency!r}")
+    return {
+        "provider": _text(raw.get("provider"), "settle.usage.provider"),
+        "model": _text(raw.get("model"), "settle.usage.model", optional=False),
+        "usage": {name: _count(tokens, name, "settle.usage.usage") for name in TOKEN_FIELDS if name in tokens},
+        "cost_usd": _usd(raw, "cost_usd", "settle.usage"),
+        "latency_ms": None if latency is None else int(latency),
+    }
+
+
+@common.route(common.api_token)
+async def settle_direct_call(request: Request) -> Response:
+    """Body ``{"holds": [...], "usd", "tokens", "user_id", "usage"}``: the reservation's holds
+    (as reserving gave them) are replaced by what the call cost (``usd``, ``tokens``; a call
+    that failed: what it was billed, 0 when nothing), and a completed call's ``usage`` is
+    filed in ``llm_usage`` with ``user_id`` (function ``direct``)."""
+    call_id = request.path_params["call_id"]
+    if not _CALL_ID.fullmatch(call_id):
+        raise errors.RequestError(f"{call_id!r:.80} is not a reservation id: settle the id that reserving gave ('direct:...')")
+    engine = common.engine(request)
+    body = await read_object(request, max_bytes=engine.settings.max_api_body_bytes)
+    _fields(body, SETTLE_FIELDS, "settle")
+    rows = _holds(body.get("holds", []))
+    actual = Charge(_usd(body, "usd", "settle"), _count(body, "tokens", "settle"))
+    user_id = _text(body.get("user_id"), "settle.user_id", max_bytes=engine.settings.max_user_id_bytes)
+    await engine.settle_direct_call(call_id, rows, actual, user_id, _usage(body.get("usage")))
+    return JSON({"id": call_id, "settled": len(rows)})
+
+
 def routes() -> list[Route]:
     return [
+        Route("/api/v1/budget-reservations", reserve_direct_call, methods=["POST"]),
+        Route("/api/v1/budget-reservations/{call_id}/settle", settle_direct_call, methods=["POST"]),
         Route("/api/v1/budgets", list_budgets, methods=["GET"]),
         Route("/api/v1/budgets/{budget}/{key:path}", get_budget_key, methods=["GET"]),
         Route("/api/v1/budgets/{budget}/{key:path}", put_budget_key, methods=["PUT"]),

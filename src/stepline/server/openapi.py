@@ -196,6 +196,48 @@ BUDGET_LIMITS_IN = {
     "additionalProperties": False,
 }
 
+HOLD = {
+    "type": "object", "required": ["budget", "key", "period_start"], "additionalProperties": False,
+    "properties": {"budget": {"type": "string", "minLength": 1}, "key": {"type": "string", "minLength": 1},
+                   "period_start": {"type": "integer", "minimum": 0, "maximum": 2**53 - 1}},
+}
+USD_IN = {"type": "number", "minimum": 0, "maximum": 1e9}
+TOKENS_IN = {"type": "integer", "minimum": 0, "maximum": 2**62 - 1}
+RESERVATION_IN = {
+    "type": "object",
+    "required": ["event"],
+    "properties": {
+        "event": ref("EventIn"), "usd": USD_IN, "tokens": TOKENS_IN,
+        "describe": {"type": "string", "maxLength": 1000, "description": "the worst case in words, for the refusal's message"},
+        "ttl_s": {"type": "number", "minimum": 1, "maximum": 86400,
+                  "description": "how long the reservation holds if it is never settled (default 900)"},
+    },
+    "additionalProperties": False,
+}
+RESERVATION = _obj({"id": STR, "holds": {"type": "array", "items": HOLD}, "user_id": NSTR, "expires_at": INT})
+SETTLE_IN = {
+    "type": "object",
+    "properties": {
+        "holds": {"type": "array", "maxItems": 64, "items": HOLD}, "usd": USD_IN, "tokens": TOKENS_IN, "user_id": NSTR,
+        "usage": _nullable({
+            "type": "object", "required": ["model"], "additionalProperties": False,
+            "properties": {
+                "provider": NSTR, "model": {"type": "string", "minLength": 1}, "cost_usd": USD_IN,
+                "latency_ms": {"type": "integer", "minimum": 0, "nullable": True},
+                "usage": {"type": "object", "additionalProperties": False, "properties": {name: TOKENS_IN for name in (
+                    "prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens", "cache_write_tokens",
+                    "total_tokens")}},
+            },
+        }),
+    },
+    "additionalProperties": False,
+}
+BUDGET_REFUSAL = _obj({
+    "error": STR, "status": INT,
+    "budget_exceeded": _obj({"budget": STR, "key": STR, "spent_usd": NUM, "spent_tokens": INT, "limit_usd": NNUM,
+                             "limit_tokens": NINT, "on_exceeded": {"type": "string", "enum": ["pause", "fail"]}}),
+})
+
 SCHEMAS = {
     "Run": RUN, "RunDetail": RUN_DETAIL, "Step": STEP, "Attempt": ATTEMPT, "Event": EVENT,
     "EventSummary": EVENT_SUMMARY, "EventDetail": EVENT_DETAIL, "Function": FUNCTION, "Metrics": METRICS,
@@ -381,6 +423,17 @@ def document() -> dict[str, Any]:
                 params=[_path("budget"), _path("key")], tag="budgets",
                 body={"required": True, "content": _json(BUDGET_LIMITS_IN)}),
         },
+        "/api/v1/budget-reservations": {"post": _op(
+            "Reserve a model call made outside any run (a Router's quick call) under the budgets a run of its event "
+            "would meet; settle it after the call",
+            {**_ok(RESERVATION),
+             "402": {"description": "a budget has no room for the call", "content": _json(BUDGET_REFUSAL)},
+             **_problems(400, 401, 403, 413)},
+            tag="budgets", body={"required": True, "content": _json(RESERVATION_IN)})},
+        "/api/v1/budget-reservations/{call_id}/settle": {"post": _op(
+            "Replace a reservation's holds by what the call cost, and file a completed call in the usage",
+            {**_ok(_obj({"id": STR, "settled": INT})), **_problems(400, 401, 403, 404, 413)},
+            params=[_path("call_id")], tag="budgets", body={"required": True, "content": _json(SETTLE_IN)})},
         "/metrics": {"get": _op(
             "Prometheus text exposition", {"200": {"description": "metrics", "content": {"text/plain": {"schema": STR}}},
                                            **_problems(401)}, tag="metrics")},

@@ -23,6 +23,8 @@ def problem(status: int, message: str, **extra: Any) -> JSON:
 
 
 def from_error(exc: Exception) -> JSON:
+    if isinstance(exc, errors.BudgetExceeded):  # a reservation refused: what it ran into, as the error's fields
+        return problem(402, str(exc), budget_exceeded=budget_exceeded(exc))
     if isinstance(exc, errors.NotFoundError):
         return problem(404, str(exc))
     if isinstance(exc, errors.ConflictError):
@@ -34,6 +36,14 @@ def from_error(exc: Exception) -> JSON:
     if isinstance(exc, errors.StoreError):
         return problem(503, str(exc))
     return problem(500, f"internal error: {type(exc).__name__}")
+
+
+def budget_exceeded(exc: errors.BudgetExceeded) -> dict[str, Any]:
+    """The fields of a refusal, as ``errors.BudgetExceeded`` carries them."""
+    return {
+        "budget": exc.budget, "key": exc.key, "spent_usd": round(exc.spent_usd, 10), "spent_tokens": exc.spent_tokens,
+        "limit_usd": exc.limit_usd, "limit_tokens": exc.limit_tokens, "on_exceeded": exc.on_exceeded,
+    }
 
 
 async def read_json(request: Request, *, max_bytes: int, allow_empty: bool = False) -> Any:

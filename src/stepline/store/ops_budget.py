@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from stepline import budgets, errors, jsonutil
+from stepline import budgets, errors, expressions, jsonutil
 from stepline import event as event_mod
 from stepline.budgets import Charge, Check
 from stepline.store import db, ops_ingest, ops_runs
@@ -513,6 +513,20 @@ def pause_of_txn(conn: db.Conn, run_id: str) -> dict[str, Any] | None:
 
 
 # --- direct calls (no run) -------------------------------------------------------------
+
+
+def event_budgets_txn(conn: db.Conn, *, event: dict[str, Any]) -> list[dict[str, Any]]:
+    """The budgets a run of ``event`` would meet, as the registered functions' stored
+    configs declare them: those of every function the event triggers (its trigger's
+    ``if`` evaluated on the event), their app's included, each once by name."""
+    found: dict[str, dict[str, Any]] = {}
+    variables = {"event": event}
+    for _, expression, cfg, _ in ops_ingest.matching_functions(conn, str(event.get("name") or "")):
+        declared = cfg.get("budgets") or ()
+        if declared and expressions.match_checked(expression, variables)[0]:
+            for budget in declared:
+                found.setdefault(str(budget["name"]), dict(budget))
+    return list(found.values())
 
 
 def record_direct_usage_txn(conn: db.Conn, *, call_id: str, function_id: str, user_id: str | None, usage: dict[str, Any], now: int) -> None:

@@ -225,6 +225,10 @@ class Store:
             )
         )
 
+    async def event_budgets(self, event: dict[str, Any]) -> list[dict[str, Any]]:
+        """The stored budgets a run of ``event`` would meet (those of the registered functions it triggers)."""
+        return await self.db.read(partial(ops_budget.event_budgets_txn, event=event))
+
     async def record_direct_usage(self, call_id: str, function_id: str, user_id: str | None, usage: dict[str, Any]) -> None:
         """File a direct (inline) model call in ``llm_usage``."""
         await self.db.write(
