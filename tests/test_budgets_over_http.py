@@ -194,6 +194,12 @@ async def test_the_event_key_alone_cannot_reserve_read_spend_or_change_limits(de
     async with httpx.AsyncClient(base_url=server.url, headers=with_key) as attacker:
         event = {"name": GENERATE, "data": {"user_id": "u1"}}
         assert (await attacker.post(RESERVATIONS, json={"event": event, "usd": 1e9, "tokens": 1})).status_code == 401
+        as_header = {"x-stepline-event-key": EVENT_KEY, "authorization": ""}
+        refused = await attacker.post(RESERVATIONS, json={"event": event, "usd": 1e9, "tokens": 1}, headers=as_header)
+        assert refused.status_code == 403 and "API token" in refused.json()["error"]  # budgets apply: no hold, no spend shown
+        assert "spent" not in refused.text
+        wrong = await attacker.post(RESERVATIONS, json={"event": event, "usd": 1.0}, headers={**as_header, "x-stepline-event-key": "guess"})
+        assert wrong.status_code == 401
         assert (await attacker.get("/api/v1/budgets")).status_code == 401
         assert (await attacker.put(f"/api/v1/budgets/{BUDGET}/u1", json={"limit_usd": 1e6})).status_code == 401
     assert (await web.key("u1"))["limit_usd"] == 5.0 and (await web.key("u1"))["reserved_usd"] == 0
@@ -235,3 +241,33 @@ async def test_reservation_requests_are_checked_and_an_event_without_budgets_onl
     assert settled.json() == {"id": reserved["id"], "settled": 0}
     metrics = (await web.api.get("/api/v1/metrics", params={"window": "1h"})).json()
     assert [(u["user_id"], u["calls"], u["cost_usd"]) for u in metrics["usage_by_user"]] == [("u9", 1, 0.25)]
+
+
+async def test_without_the_api_token_quick_calls_of_events_no_budget_applies_to_go_through(
+    make_engine, serve, fake: FakeProvider  # noqa: F811
+) -> None:
+    """An app that declares no budgets needs no API token for its quick calls: the server
+    tells an event-key client that nothing applies, and the call is made (not filed)."""
+    llm = priced(fake)
+    app = stepline.App("web")
+
+    @app.function(id="generate", trigger=stepline.TriggerEvent(GENERATE), retries=0)
+    async def generate(ctx: stepline.Context) -> str:
+        return "queued"
+
+    await make_engine(app)
+    server = serve(options=PRODUCTION, run_worker=False)
+    web = Web(server, llm, api_token=None)
+    try:
+        reply = await web.ask("u1")
+        assert reply["status"] == "completed" and reply["route"] == "quick model"
+        assert len(fake.requests) == 1
+        metrics = (await web.api.get("/api/v1/metrics", params={"window": "1h"})).json()
+        assert metrics["usage_by_user"] == []  # nothing filed without the token
+        async with httpx.AsyncClient(base_url=server.url, headers={"x-stepline-event-key": EVENT_KEY}) as client:
+            answer = await client.post(RESERVATIONS, json={"event": {"name": GENERATE, "data": {"user_id": "u1"}}, "usd": 1.0})
+            assert answer.status_code == 200 and answer.json()["id"] is None and answer.json()["holds"] == []
+            settle = await client.post(f"{RESERVATIONS}/direct:01ABC/settle", json={"usd": 5.0})
+            assert settle.status_code == 401  # settling (adding spend) always needs the token
+    finally:
+        await web.close()

@@ -8,8 +8,10 @@ with each event so the runs they start join the sender's trace.
 ``AsyncClient.call_within_budgets`` also makes a model call under the server's cost
 budgets (a web process's ``Router`` quick path): reserve its worst case
 (``POST /api/v1/budget-reservations``), call, settle what it cost
-(``POST /api/v1/budget-reservations/{id}/settle``). Those routes take the API token.
-The ``Router`` is async, so the sync ``Client`` only sends.
+(``POST /api/v1/budget-reservations/{id}/settle``). Those routes take the API token;
+without it, the event key lets quick calls through for events that no budget applies
+to (not filed in ``llm_usage``), and a call that budgets apply to raises ``ConfigError``
+naming the token. The ``Router`` is async, so the sync ``Client`` only sends.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from stepline.observability import tracing
 
 DEFAULT_URL = "http://127.0.0.1:8288"
 RESERVATIONS = "/api/v1/budget-reservations"
+EVENT_KEY_HEADER = "x-stepline-event-key"  # reservations by a client without the API token
 USAGE_FIELDS = ("provider", "model", "usage", "cost_usd", "latency_ms")  # what llm_usage files of a call
 MAX_HOLD_S = 86_400.0  # the longest hold a server grants a reservation (ttl_s)
 TOKEN_FIELDS = ("prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens", "cache_write_tokens", "total_tokens")
@@ -130,7 +133,9 @@ class AsyncClient:
     """Async client: ``await AsyncClient(url, event_key).send({...})``.
 
     ``api_token``: the server's API token, which ``call_within_budgets`` (a ``Router``'s
-    quick calls under the budgets) needs on a production server.
+    quick calls under the budgets) needs on a production server for events that budgets
+    apply to, and to file quick calls' usage; without it such calls raise ``ConfigError``
+    before the model is called, and calls that no budget applies to go through unfiled.
     """
 
     def __init__(
@@ -138,7 +143,9 @@ class AsyncClient:
     ) -> None:
         self.url = url.rstrip("/")
         self._endpoint = f"{self.url}/e/{event_key}"
-        self._api_headers = {"authorization": f"Bearer {api_token}"} if api_token else {}
+        # Without the API token, reservations carry the event key, which is enough for
+        # events that no budget applies to (the server says so; nothing is held or filed).
+        self._api_headers = {"authorization": f"Bearer {api_token}"} if api_token else {EVENT_KEY_HEADER: event_key}
         self._http = httpx.AsyncClient(timeout=timeout)
 
     async def send(self, events: dict[str, Any] | Event | Sequence[dict[str, Any] | Event]) -> list[str]:
@@ -159,6 +166,8 @@ class AsyncClient:
         spend, limit and ``on_exceeded``) when a budget has no room, before calling;
         ``ttl_s``: how long the reservation holds if this process never settles it."""
         reserved = await self._budget_call(RESERVATIONS, _reservation(event, spend, ttl_s), "reserving a model call's budget")
+        if reserved.get("id") is None:  # no budget applies and no API token: nothing to hold or settle
+            return await call()
         settle = f"{RESERVATIONS}/{reserved['id']}/settle"
         try:
             result = await call()

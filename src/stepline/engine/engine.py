@@ -165,6 +165,10 @@ class Engine:
         checks = await budget_gate.stored_checks(self.store, event)
         return await budget_gate.reserve_direct(self.store, checks, spend, event_mod.user_id_of(event), ttl_s)
 
+    async def budgets_apply(self, event: Mapping[str, Any]) -> bool:
+        """Whether any budget applies to a model call made for ``event`` outside any run."""
+        return bool(await budget_gate.stored_checks(self.store, event))
+
     async def settle_direct_call(
         self, call_id: str, rows: Sequence[tuple[str, str, int]], actual: Charge, user_id: str | None,
         usage: Mapping[str, Any] | None,

@@ -3,7 +3,10 @@ operator's override of one key's limit (``PUT``), which resumes its paused runs 
 and the reservations of model calls that clients make outside any run
 (``/api/v1/budget-reservations``: ``AsyncClient.call_within_budgets``, a web process's
 ``Router``). All of them take the API token: their answers show a key's spend and limit,
-and a settle adds spend to any key until its period ends."""
+and a settle adds spend to any key until its period ends. One exception: a client that
+holds only the event key may ask to reserve for an event that no budget applies to, and is
+told so (nothing is held, nothing is filed), so an app without budgets needs no token for
+its quick calls; for an event that budgets apply to, it is told to send the API token."""
 
 from __future__ import annotations
 
@@ -20,9 +23,24 @@ from stepline import event as event_mod
 from stepline.budgets import Charge
 from stepline.engine import budget_gate
 from stepline.server import common
-from stepline.server.responses import JSON, read_object
+from stepline.server.responses import JSON, problem, read_object
 
 LIMIT_FIELDS = ("limit_usd", "limit_tokens")
+EVENT_KEY_HEADER = "x-stepline-event-key"  # a client without the API token (AsyncClient(api_token=None))
+_BY_EVENT_KEY = "stepline.budgets.by_event_key"  # request.scope: the reservation came with the event key alone
+
+
+def token_or_event_key(request: Request) -> Response | None:
+    """The API token (or a session), or else the event key in ``X-Stepline-Event-Key``, which
+    only learns whether budgets apply to an event (see ``reserve_direct_call``)."""
+    supplied = request.headers.get(EVENT_KEY_HEADER)
+    if supplied is None or common.options(request).dev or request.headers.get("authorization") or common.has_session(request):
+        return common.api_token(request)
+    denied = common.check_secret(request, common.EVENT_KEY, supplied, common.options(request).event_key,
+                                 f"wrong event key in {EVENT_KEY_HEADER}")
+    if denied is None:
+        request.scope[_BY_EVENT_KEY] = True
+    return denied
 
 
 @common.route(common.api_token)
@@ -110,12 +128,14 @@ def _text(value: Any, where: str, *, optional: bool = True, max_bytes: int = MAX
     return value
 
 
-@common.route(common.api_token)
+@common.route(token_or_event_key)
 async def reserve_direct_call(request: Request) -> Response:
     """Body ``{"event": {...}, "usd": 0.0006, "tokens": 1300, "describe"?, "ttl_s"?: 900}``:
     reserve a model call's worst case (``usd``, ``tokens``) under the budgets a run of
     ``event`` would meet. 200 ``{"id", "holds", "user_id", "expires_at"}``: make the call,
-    then settle ``id`` with ``holds``; 402 with ``budget_exceeded`` when a budget has no room."""
+    then settle ``id`` with ``holds``; 402 with ``budget_exceeded`` when a budget has no room.
+    With the event key alone: 200 with ``"id": null`` when no budget applies to the event
+    (make the call; there is nothing to settle), 403 when one does."""
     engine = common.engine(request)
     body = await read_object(request, max_bytes=common.body_limit(request))  # it carries an event
     _fields(body, RESERVE_FIELDS, "reservation")
@@ -129,6 +149,13 @@ async def reserve_direct_call(request: Request) -> Response:
     ttl_s = body.get("ttl_s", DEFAULT_TTL_S)
     if isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float)) or not 1 <= ttl_s <= MAX_TTL_S:
         raise errors.RequestError(f"reservation.ttl_s: expected seconds from 1 to {MAX_TTL_S:.0f}, got {ttl_s!r}")
+    if request.scope.get(_BY_EVENT_KEY):
+        if await engine.budgets_apply(event):
+            return problem(
+                403, "budgets apply to this event: a model call under them needs the API token "
+                     "(AsyncClient(url, event_key, api_token=<STEPLINE_API_TOKEN>))",
+            )
+        return JSON({"id": None, "holds": [], "user_id": event_mod.user_id_of(event), "expires_at": None})
     spend = budgets.Spend(
         estimate=lambda: (worst, describe), actual=lambda _: budgets.NOTHING, billed=lambda _: budgets.NOTHING
     )
