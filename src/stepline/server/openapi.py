@@ -214,7 +214,7 @@ RESERVATION_IN = {
     },
     "additionalProperties": False,
 }
-RESERVATION = _obj({"id": STR, "holds": {"type": "array", "items": HOLD}, "user_id": NSTR, "expires_at": INT})
+RESERVATION = _obj({"id": NSTR, "holds": {"type": "array", "items": HOLD}, "user_id": NSTR, "expires_at": _nullable(INT)})
 SETTLE_IN = {
     "type": "object",
     "properties": {
@@ -425,11 +425,13 @@ def document() -> dict[str, Any]:
         },
         "/api/v1/budget-reservations": {"post": _op(
             "Reserve a model call made outside any run (a Router's quick call) under the budgets a run of its event "
-            "would meet; settle it after the call",
+            "would meet; settle it after the call. With the event key alone (X-Stepline-Event-Key): id null when no "
+            "budget applies to the event (make the call, nothing to settle), 403 when one does",
             {**_ok(RESERVATION),
              "402": {"description": "a budget has no room for the call", "content": _json(BUDGET_REFUSAL)},
              **_problems(400, 401, 403, 413)},
-            tag="budgets", body={"required": True, "content": _json(RESERVATION_IN)})},
+            tag="budgets", body={"required": True, "content": _json(RESERVATION_IN)},
+            security=[*API, {"eventKeyHeader": []}])},
         "/api/v1/budget-reservations/{call_id}/settle": {"post": _op(
             "Replace a reservation's holds by what the call cost, and file a completed call in the usage",
             {**_ok(_obj({"id": STR, "settled": INT})), **_problems(400, 401, 403, 404, 413)},
@@ -460,6 +462,8 @@ def document() -> dict[str, Any]:
                 "bearer": {"type": "http", "scheme": "bearer", "description": "STEPLINE_API_TOKEN"},
                 "session": {"type": "apiKey", "in": "cookie", "name": "stepline_session"},
                 "runToken": {"type": "apiKey", "in": "query", "name": "token"},
+                "eventKeyHeader": {"type": "apiKey", "in": "header", "name": "X-Stepline-Event-Key",
+                                   "description": "STEPLINE_EVENT_KEY: reservations for events that no budget applies to"},
             },
         },
     }
