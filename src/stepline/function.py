@@ -444,7 +444,28 @@ class StoredConfig(TypedDict, total=False):
     budgets: list[dict[str, Any]]  # Budget.to_dict(), names and scopes resolved
     failure_handler_for: str | None
     retention: float | None  # seconds a finished run is kept; None: STEPLINE_RETENTION
-    inngest: dict[str, Any]  # SDK apps only: the app, its URL, the registration it came from
+    inngest: InngestMeta  # SDK apps only: the app, its URL, the registration it came from
+
+
+class AppRegistration(TypedDict, total=False):
+    """What an SDK app's registration says of the app, kept with each of its functions."""
+
+    app_url: str
+    sdk: Any
+    framework: Any
+    checksum: str  # of the registration, to tell an unchanged one
+
+
+class InngestMeta(AppRegistration, total=False):
+    """The ``inngest`` section of an SDK app's stored function: what the driver calls."""
+
+    app: Required[str]
+    slug: Required[str]
+    url: Required[str]  # the serve URL the driver calls for this function
+    retries: Required[int]
+    failure_for: Required[str | None]
+    raw: Required[dict[str, Any]]  # the function as the SDK registered it
+    archived: bool  # dropped by its app's latest registration: no triggers, no schedules
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -332,12 +332,11 @@ def build(raw: Mapping[str, Any], *, app: str, notes: list[str]) -> fn.FunctionC
     )
 
 
-def to_stored(raw: Mapping[str, Any], *, app: str, meta: Mapping[str, Any], notes: list[str]) -> fn.StoredConfig:
+def to_stored(raw: Mapping[str, Any], *, app: str, meta: fn.AppRegistration, notes: list[str]) -> fn.StoredConfig:
     """The config as the store keeps it, with the ``inngest`` section the driver reads."""
     config = build(raw, app=app, notes=notes)
     stored = config.to_dict()
-    stored["inngest"] = {
-        **meta,
+    section: fn.InngestMeta = {
         "app": app,
         "slug": config.id,
         "url": step_url(raw, config.id),
@@ -345,4 +344,5 @@ def to_stored(raw: Mapping[str, Any], *, app: str, meta: Mapping[str, Any], note
         "failure_for": config.failure_handler_for,
         "raw": dict(raw),
     }
+    stored["inngest"] = {**meta, **section}  # the registration's keys first
     return stored

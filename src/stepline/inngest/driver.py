@@ -25,7 +25,6 @@ run only when the function has nothing else to do.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -34,7 +33,9 @@ import httpx
 
 from stepline import context, errors, expressions, jsonutil
 from stepline.engine.signals import Suspend
+from stepline.function import InngestMeta
 from stepline.inngest import durations, events, gateway, memos, protocol
+from stepline.store.records import JournalRow, StepState
 
 
 class Runtime(Protocol):
@@ -44,7 +45,7 @@ class Runtime(Protocol):
     @property
     def http(self) -> httpx.AsyncClient: ...
 
-    async def call(self, meta: dict[str, Any], step_id: str, body: dict[str, Any], *, run_id: str) -> protocol.Reply: ...
+    async def call(self, meta: InngestMeta, step_id: str, body: dict[str, Any], *, run_id: str) -> protocol.Reply: ...
 
     async def prepare_wait(
         self, run_id: str, key: str, event_name: str, expression: str | None, timeout: float, name: str | None = None
@@ -52,7 +53,7 @@ class Runtime(Protocol):
 
     def watch_prepared_wait(self, run_id: str, key: str) -> None: ...
 
-    async def step_row(self, run_id: str, key: str) -> dict[str, Any] | None: ...
+    async def step_row(self, run_id: str, key: str) -> StepState | None: ...
 
     async def resolve_function_id(self, slug: str) -> str: ...
 
@@ -79,7 +80,7 @@ class SDKExecution:
     """One execution (until the run ends or suspends) of an SDK function's run: calls to
     the app's serve URL, each reply's steps run through the engine's ``context.RunDriver``."""
 
-    def __init__(self, runtime: Runtime, meta: dict[str, Any], ctx: context.Context) -> None:
+    def __init__(self, runtime: Runtime, meta: InngestMeta, ctx: context.Context) -> None:
         self.rt = runtime
         self.meta = meta
         self.ctx = ctx
@@ -178,7 +179,10 @@ class SDKExecution:
         """Memos of the steps the journal (loaded with the run) holds, marked reached: the
         engine answers them from that same journal, so nothing runs again."""
         for entry in self.step.journal():
-            row = dataclasses.asdict(entry)
+            row: JournalRow = {
+                "key": entry.key, "kind": entry.kind, "status": entry.status, "output": entry.output,
+                "error": entry.error, "attempts": entry.attempts,
+            }
             if memos.finished(row):
                 self.memos[row["key"]] = memos.memo_of(row)
                 self.stack.append(row["key"])

@@ -7,6 +7,7 @@ from typing import Any
 from stepline import jsonutil
 from stepline.inngest import events
 from stepline.inngest.protocol import normalize_error
+from stepline.store.records import JournalRow
 
 INVOKE_TIMEOUT = {
     "name": "InngestInvokeTimeoutError",
@@ -22,7 +23,7 @@ def error_memo(error: Any, kind: str) -> dict[str, Any]:
     return {"error": normalize_error(error)}
 
 
-def memo_of(row: dict[str, Any]) -> Any:
+def memo_of(row: JournalRow) -> Any:
     """A finished journal row as the SDK expects it: ``{data}``, ``{error}``, an event or null."""
     kind = row["kind"]
     if row["status"] == "failed":
@@ -45,5 +46,5 @@ def wait_memo(body: Any) -> Any:
     return events.to_sdk(body)
 
 
-def finished(row: dict[str, Any]) -> bool:
+def finished(row: JournalRow) -> bool:
     return row["status"] in ("completed", "failed")

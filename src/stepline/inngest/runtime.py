@@ -22,9 +22,10 @@ import httpx
 from stepline import errors, jsonutil
 from stepline.context import Context
 from stepline.engine import Engine, cron
-from stepline.function import Function
+from stepline.function import AppRegistration, Function, InngestMeta
 from stepline.inngest import config, driver, protocol, signing
 from stepline.store import now_ms
+from stepline.store.records import JournalRow, StepState
 
 log = logging.getLogger("stepline.inngest")
 
@@ -102,7 +103,7 @@ class InngestRuntime:
         self.engine = engine
         self.options = options
         self._functions: dict[str, Function] = {}
-        self._metas: dict[str, dict[str, Any]] = {}
+        self._metas: dict[str, InngestMeta] = {}
         self._raw_versions: dict[str, str] = {}
         self.apps: dict[str, AppStatus] = {url: AppStatus(url=_normalize_url(url)) for url in options.sdk_urls}
         self._http: httpx.AsyncClient | None = None
@@ -143,7 +144,7 @@ class InngestRuntime:
     def functions(self) -> dict[str, Function]:
         return dict(self._functions)
 
-    def meta(self, slug: str) -> dict[str, Any]:
+    def meta(self, slug: str) -> InngestMeta:
         meta = self._metas.get(slug)
         if meta is None:
             raise errors.NotFoundError(f"SDK function {slug!r} is not registered (or was removed from its app); sync the app again")
@@ -153,7 +154,7 @@ class InngestRuntime:
         """Re-read SDK functions from the store (another process may have synced an app)."""
         configs = await self.engine.store.sdk_functions()
         functions: dict[str, Function] = {}
-        metas: dict[str, dict[str, Any]] = {}
+        metas: dict[str, InngestMeta] = {}
         for cfg in configs:
             meta = cfg["inngest"]
             slug = cfg["id"]
@@ -211,13 +212,13 @@ class InngestRuntime:
         self._watchers.add(task)
         task.add_done_callback(self._watchers.discard)
 
-    async def step_row(self, run_id: str, key: str) -> dict[str, Any] | None:
+    async def step_row(self, run_id: str, key: str) -> StepState | None:
         return await self.engine.store.step_row(run_id, key)
 
-    async def journal(self, run_id: str) -> list[dict[str, Any]]:
+    async def journal(self, run_id: str) -> list[JournalRow]:
         return await self.engine.store.journal(run_id)
 
-    async def call(self, meta: dict[str, Any], step_id: str, body: dict[str, Any], *, run_id: str) -> protocol.Reply:
+    async def call(self, meta: InngestMeta, step_id: str, body: dict[str, Any], *, run_id: str) -> protocol.Reply:
         return await protocol.call(
             self.http,
             meta["url"],
@@ -263,7 +264,7 @@ class InngestRuntime:
         checksum = hashlib.sha256(
             signing.canonical_bytes({k: v for k, v in body.items() if k not in ("featureObservations", "deployId")})
         ).hexdigest()
-        meta = {
+        meta: AppRegistration = {
             "app_url": url,
             "sdk": body.get("sdk"),
             "framework": body.get("framework"),

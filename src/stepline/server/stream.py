@@ -31,10 +31,16 @@ from starlette.requests import Request
 
 from stepline import errors
 from stepline.server import common
-from stepline.store.records import TERMINAL
+from stepline.store.records import TERMINAL, RunLive
 
-_STATUS_FIELDS = ("id", "function_id", "status", "wait_reason", "attempt", "progress", "progress_message",
-                  "started_at", "ended_at")
+
+def _status(live: RunLive) -> dict[str, Any]:
+    """What a ``status`` event says of the run."""
+    return {
+        "id": live["id"], "function_id": live["function_id"], "status": live["status"],
+        "wait_reason": live["wait_reason"], "attempt": live["attempt"], "progress": live["progress"],
+        "progress_message": live["progress_message"], "started_at": live["started_at"], "ended_at": live["ended_at"],
+    }
 
 
 def _resume_point(request: Request) -> int:
@@ -66,7 +72,7 @@ async def run_events(request: Request, run_id: str) -> EventSourceResponse:
     async def events() -> AsyncIterator[dict[str, Any]]:
         engine.add_publish_listener(on_publish)
         seq, last_status = after, None
-        live: dict[str, Any] | None = first
+        live: RunLive | None = first
         try:
             while True:
                 if live is None:
@@ -77,7 +83,7 @@ async def run_events(request: Request, run_id: str) -> EventSourceResponse:
                 for message in live["messages"]:
                     seq = message["seq"]
                     yield {"event": "message", "id": str(seq), "data": _dumps(message)}
-                status = {k: live[k] for k in _STATUS_FIELDS}
+                status = _status(live)
                 if status != last_status:
                     last_status = status
                     yield {"event": "status", "id": str(seq), "data": _dumps(status)}

@@ -12,7 +12,7 @@ write that waited for a lock cannot create a lease that has already run out.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, cast
 
 from stepline import errors, jsonutil
 from stepline import event as event_mod
@@ -20,6 +20,7 @@ from stepline.store import db, flow, ops_admission, ops_budget, ops_functions, o
 from stepline.store.records import (
     TERMINAL,
     ClaimedRun,
+    CronSchedule,
     JournalEntry,
     Lease,
     Renewal,
@@ -704,13 +705,13 @@ def release_txn(conn: db.Conn, leases: list[Lease], now: int) -> None:
 # --- cron ------------------------------------------------------------------------
 
 
-def cron_schedules_txn(conn: db.Conn, function_ids: list[str]) -> list[dict[str, Any]]:
+def cron_schedules_txn(conn: db.Conn, function_ids: list[str]) -> list[CronSchedule]:
     if not function_ids:
         return []
-    return conn.all(
+    return cast(list[CronSchedule], conn.all(
         f"SELECT function_id, position, cron, timezone, next_tick FROM cron_schedules WHERE function_id IN ({_in(function_ids)})",
         tuple(function_ids),
-    )
+    ))
 
 
 def fire_cron_txn(conn: db.Conn, function_id: str, position: int, tick: int, next_tick: int, now: int) -> str | None:

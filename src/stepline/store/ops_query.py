@@ -7,7 +7,14 @@ from typing import Any
 
 from stepline import expressions, jsonutil
 from stepline.store import db, ops_functions, ops_read
-from stepline.store.records import TERMINAL_SQL, UNFINISHED, EventListItem, EventView, RunSummary
+from stepline.store.records import (
+    TERMINAL_SQL,
+    UNFINISHED,
+    EventListItem,
+    EventView,
+    RunLive,
+    RunSummary,
+)
 
 HOUR_MS = 3600 * 1000
 BATCHED = "batched into run "  # the skip reason ops_admission records for a batch's later events
@@ -145,7 +152,7 @@ def list_events_txn(
     return events
 
 
-def run_live_txn(conn: db.Conn, run_id: str, after_seq: int) -> dict[str, Any] | None:
+def run_live_txn(conn: db.Conn, run_id: str, after_seq: int) -> RunLive | None:
     """What a stream sends: the run's status and progress, and messages after ``after_seq``."""
     row = conn.one("SELECT * FROM runs WHERE id = ?", (run_id,))
     if row is None:

@@ -7,7 +7,15 @@ from typing import Any
 
 from stepline import errors, jsonutil
 from stepline.store import db, ops_budget
-from stepline.store.records import EventFields, EventView, RunView, StepView, WaitReason
+from stepline.store.records import (
+    EventFields,
+    EventView,
+    FunctionRow,
+    RunMessage,
+    RunView,
+    StepView,
+    WaitReason,
+)
 
 
 def iso(ms: int | None) -> str | None:
@@ -147,14 +155,14 @@ def get_event_txn(conn: db.Conn, event_id: str) -> EventView:
     }
 
 
-def list_functions_txn(conn: db.Conn) -> list[dict[str, Any]]:
+def list_functions_txn(conn: db.Conn) -> list[FunctionRow]:
     return [
         {"id": r["id"], "app_id": r["app_id"], "config": jsonutil.loads(r["config"]), "updated_at": iso(r["updated_at"])}
         for r in conn.all("SELECT * FROM functions ORDER BY id")
     ]
 
 
-def run_messages_txn(conn: db.Conn, run_id: str, after_seq: int = 0) -> list[dict[str, Any]]:
+def run_messages_txn(conn: db.Conn, run_id: str, after_seq: int = 0) -> list[RunMessage]:
     return [
         {"seq": r["seq"], "topic": r["topic"], "data": jsonutil.loads(r["data"]), "at": iso(r["created_at"])}
         for r in conn.all(

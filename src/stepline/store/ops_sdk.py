@@ -8,20 +8,20 @@ transaction.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from stepline import errors, jsonutil
 from stepline import event as event_mod
 from stepline.function import StoredConfig
 from stepline.store import db, ops_ingest, ops_runs
-from stepline.store.records import TERMINAL, StepStatus
+from stepline.store.records import TERMINAL, JournalRow, StepState, StepStatus
 
 
-def sdk_functions_txn(conn: db.Conn) -> list[dict[str, Any]]:
+def sdk_functions_txn(conn: db.Conn) -> list[StoredConfig]:
     """Stored configs of the SDK functions that are live (not archived)."""
     out = []
     for row in conn.all("SELECT config FROM functions ORDER BY id"):
-        cfg = jsonutil.loads(row["config"])
+        cfg: StoredConfig = jsonutil.loads(row["config"])
         meta = cfg.get("inngest")
         if isinstance(meta, dict) and not meta.get("archived"):
             out.append(cfg)
@@ -60,12 +60,12 @@ def register_app_txn(
     return archived
 
 
-def journal_txn(conn: db.Conn, run_id: str) -> list[dict[str, Any]]:
+def journal_txn(conn: db.Conn, run_id: str) -> list[JournalRow]:
     """A run's steps in the order they were recorded."""
-    return conn.all(
+    return cast(list[JournalRow], conn.all(
         "SELECT key, kind, status, output, error, attempts FROM steps WHERE run_id = ? ORDER BY seq, started_at",
         (run_id,),
-    )
+    ))
 
 
 def run_events_txn(conn: db.Conn, run_id: str) -> list[dict[str, Any]] | None:
@@ -84,7 +84,8 @@ def invoke_txn(conn: db.Conn, function_id: str, data: dict[str, Any], now: int) 
     """Start a run of one function directly (Inngest's ``POST /invoke/{slug}``), bypassing
     its triggers, with an ``inngest/function.invoked`` event. Returns (event id, run id)."""
     cfg = ops_runs.function_config_txn(conn, function_id)
-    if cfg is None or (cfg.get("inngest") or {}).get("archived"):
+    meta = None if cfg is None else cfg.get("inngest")
+    if cfg is None or (meta and meta.get("archived")):
         raise errors.NotFoundError(f"could not find function with ID: {function_id}; sync its app, or check the id (<app id>-<function id>)")
     event_id, body = ops_runs.insert_internal_event_txn(conn, event_mod.FUNCTION_INVOKED, data, now)
     return event_id, ops_runs.create_run_txn(conn, cfg, event_id, body, now, check_idempotency=False)
@@ -138,8 +139,8 @@ def prepare_wait_txn(
     )
 
 
-def step_row_txn(conn: db.Conn, run_id: str, key: str) -> dict[str, Any] | None:
-    return conn.one("SELECT status, output FROM steps WHERE run_id = ? AND key = ?", (run_id, key))
+def step_row_txn(conn: db.Conn, run_id: str, key: str) -> StepState | None:
+    return cast(StepState | None, conn.one("SELECT status, output FROM steps WHERE run_id = ? AND key = ?", (run_id, key)))
 
 
 def wake_if_wait_done_txn(conn: db.Conn, run_id: str, key: str, now: int) -> bool:

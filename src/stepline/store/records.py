@@ -6,6 +6,8 @@ import dataclasses
 import enum
 from typing import Any, Required, TypedDict
 
+from stepline.function import StoredConfig
+
 
 class RunStatus(enum.StrEnum):
     QUEUED = "queued"  # waiting for a worker (or for a retry's backoff)
@@ -142,6 +144,62 @@ class EventListItem(EventFields):
 
     runs: list[RunSummary]
     run_ids: list[str]
+
+
+class RunMessage(TypedDict):
+    """A message a run published (``ctx.publish``), ``data`` parsed."""
+
+    seq: int
+    topic: str
+    data: Any
+    at: str | None
+
+
+class RunLive(RunView, total=False):
+    """What a run's stream sends: the run, and its messages after a sequence number."""
+
+    messages: Required[list[RunMessage]]
+
+
+class FunctionRow(TypedDict):
+    """A registered function as listed: its stored config, parsed."""
+
+    id: str
+    app_id: str
+    config: StoredConfig
+    updated_at: str | None
+
+
+# --- rows the engine and the Inngest driver read as stored ------------------------------
+# Columns of their tables, unconverted: times in ms, outputs and errors JSON text.
+
+
+class JournalRow(TypedDict):
+    """A step of a run's journal as the SDK driver reads it (``steps`` columns)."""
+
+    key: str
+    kind: str
+    status: str  # StepStatus
+    output: str | None
+    error: str | None
+    attempts: int
+
+
+class StepState(TypedDict):
+    """Where one step stands (``steps`` columns)."""
+
+    status: str  # StepStatus
+    output: str | None
+
+
+class CronSchedule(TypedDict):
+    """One cron trigger of a function and its next tick (a ``cron_schedules`` row)."""
+
+    function_id: str
+    position: int
+    cron: str
+    timezone: str
+    next_tick: int
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -39,13 +39,19 @@ from stepline.store import (
 from stepline.store.records import (
     BudgetHold,
     ClaimedRun,
+    CronSchedule,
     EventListItem,
     EventView,
+    FunctionRow,
     HandOff,
+    JournalRow,
     Lease,
     Renewal,
+    RunLive,
+    RunMessage,
     RunView,
     StepResult,
+    StepState,
     Suspension,
 )
 
@@ -265,7 +271,7 @@ class Store:
     async def unpark_sweep(self) -> int:
         return await self.db.write(self._at_commit(ops_exec.unpark_sweep_txn))
 
-    async def cron_schedules(self, function_ids: list[str]) -> list[dict[str, Any]]:
+    async def cron_schedules(self, function_ids: list[str]) -> list[CronSchedule]:
         return await self.db.read(partial(ops_exec.cron_schedules_txn, function_ids=function_ids))
 
     async def fire_cron(self, function_id: str, position: int, tick: int, next_tick: int) -> str | None:
@@ -305,16 +311,16 @@ class Store:
     async def wake_if_wait_done(self, run_id: str, key: str) -> bool:
         return await self.db.write(self._at_commit(ops_sdk.wake_if_wait_done_txn, run_id=run_id, key=key))
 
-    async def sdk_functions(self) -> list[dict[str, Any]]:
+    async def sdk_functions(self) -> list[StoredConfig]:
         return await self.db.read(ops_sdk.sdk_functions_txn)
 
     async def resolve_function_id(self, slug: str) -> str:
         return await self.db.read(partial(ops_sdk.resolve_function_id_txn, slug=slug))
 
-    async def step_row(self, run_id: str, key: str) -> dict[str, Any] | None:
+    async def step_row(self, run_id: str, key: str) -> StepState | None:
         return await self.db.read(partial(ops_sdk.step_row_txn, run_id=run_id, key=key))
 
-    async def journal(self, run_id: str) -> list[dict[str, Any]]:
+    async def journal(self, run_id: str) -> list[JournalRow]:
         return await self.db.read(partial(ops_sdk.journal_txn, run_id=run_id))
 
     async def run_events(self, run_id: str) -> list[dict[str, Any]] | None:
@@ -347,10 +353,10 @@ class Store:
         return await self.db.read(partial(ops_read.get_event_txn, event_id=event_id))
 
 
-    async def list_functions(self) -> list[dict[str, Any]]:
+    async def list_functions(self) -> list[FunctionRow]:
         return await self.db.read(ops_read.list_functions_txn)
 
-    async def run_messages(self, run_id: str, after_seq: int = 0) -> list[dict[str, Any]]:
+    async def run_messages(self, run_id: str, after_seq: int = 0) -> list[RunMessage]:
         return await self.db.read(partial(ops_read.run_messages_txn, run_id=run_id, after_seq=after_seq))
 
     # --- server queries
@@ -367,7 +373,7 @@ class Store:
         """Newest first, each with the runs it started."""
         return await self.db.read(partial(ops_query.list_events_txn, **filters))
 
-    async def run_live(self, run_id: str, after_seq: int = 0) -> dict[str, Any] | None:
+    async def run_live(self, run_id: str, after_seq: int = 0) -> RunLive | None:
         return await self.db.read(partial(ops_query.run_live_txn, run_id=run_id, after_seq=after_seq))
 
     async def metrics_overview(self, since_ms: int, usage_since_ms: int) -> dict[str, Any]:
