@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 from stepline import cli_show
-from stepline.store import Store
+from stepline.store import RunView, Store
 
 log = logging.getLogger("stepline.runs")
 
 
-def end_line(run: dict[str, Any]) -> str:
+def end_line(run: RunView) -> str:
     took = f" in {cli_show.duration(run['duration_ms'])}" if run.get("duration_ms") is not None else ""
     line = f"run {run['id']} {run['function_id']} {run['status']}{took}"
     if run["status"] != "completed" and run.get("error"):

@@ -403,7 +403,9 @@ class Budget:
             name = name[:128]
         return dataclasses.replace(self, scope=scope, name=name)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> StoredBudget:
+        """The budget as stored, once ``resolved`` has named it."""
+        assert self.name is not None, "Budget.to_dict: resolve the budget first (Budget.resolved names it)"
         return {
             "name": self.name,
             "limit_usd": self.limit_usd,
@@ -420,6 +422,18 @@ def _short_hash(text: str) -> str:
 
 
 Handler = Callable[..., Any]
+
+
+class StoredBudget(TypedDict):
+    """A ``Budget`` as its function's stored config keeps it (``Budget.to_dict()``)."""
+
+    name: str
+    limit_usd: float | str | None  # US dollars, or CEL over ``event``
+    limit_tokens: int | None
+    period: float | str  # seconds, or "month"
+    key: str | None
+    scope: str | None  # fn | app
+    on_exceeded: str  # pause | fail
 
 
 class StoredConfig(TypedDict, total=False):
@@ -441,7 +455,7 @@ class StoredConfig(TypedDict, total=False):
     priority: dict[str, Any] | None
     batch_events: dict[str, Any] | None
     singleton: dict[str, Any] | None
-    budgets: list[dict[str, Any]]  # Budget.to_dict(), names and scopes resolved
+    budgets: list[StoredBudget]  # names and scopes resolved
     failure_handler_for: str | None
     retention: float | None  # seconds a finished run is kept; None: STEPLINE_RETENTION
     inngest: InngestMeta  # SDK apps only: the app, its URL, the registration it came from

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from stepline import budgets, errors, expressions, ids
 from stepline import event as event_mod
 from stepline.budgets import Charge, Check
-from stepline.function import Function, TriggerEvent
+from stepline.function import Function, StoredBudget, TriggerEvent
 from stepline.store import Store
 from stepline.store.records import BudgetHold, BudgetPause, BudgetRefusal, Lease
 
@@ -49,9 +49,9 @@ class Ticket:
         await self.store.settle_budget(self.run_id, self.step_key, self.attempt, self.owner, self.epoch, self.rows, actual)
 
 
-def declared(functions: Iterable[Function]) -> list[dict[str, Any]]:
+def declared(functions: Iterable[Function]) -> list[StoredBudget]:
     """The budgets of these functions, each once (by name), in their stored form."""
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, StoredBudget] = {}
     for function in functions:
         for budget in function.config.budgets:
             out.setdefault(budget.name or "", budget.to_dict())

@@ -18,7 +18,7 @@ from stepline.engine.executor import Services
 from stepline.engine.worker import Worker, new_worker_id
 from stepline.function import Function, TriggerCron
 from stepline.settings import Settings
-from stepline.store import RunView, Store
+from stepline.store import RunView, Store, records
 
 log = logging.getLogger("stepline.engine")
 
@@ -180,7 +180,7 @@ class Engine:
 
     async def set_budget_limit(
         self, budget_id: str, key: str, limit_usd: float | None, limit_tokens: int | None
-    ) -> dict[str, Any]:
+    ) -> records.BudgetKeyState:
         """Override one budget key's limits (both None: the declared ones again); the runs
         paused on it are made due at once, each reserving again."""
         return await self.store.set_budget_limit(budget_id, key, limit_usd, limit_tokens)
@@ -241,13 +241,13 @@ class Engine:
 
     # --- functions (the dashboard's function page, `stepline functions`) ------------------
 
-    async def pause_function(self, function_id: str, mode: str = "queue", reason: str | None = None) -> dict[str, Any]:
+    async def pause_function(self, function_id: str, mode: str = "queue", reason: str | None = None) -> records.PauseResult:
         """Pause a function on every process: ``queue`` holds its runs (new ones, and those
         that come due: a sleep's end, a retry) until it resumes; ``skip`` also starts no
         runs for its events and cron ticks. A run executing now goes on until it suspends."""
         return await self.store.pause_function(function_id, mode, reason)
 
-    async def resume_function(self, function_id: str) -> dict[str, Any]:
+    async def resume_function(self, function_id: str) -> records.ResumeResult:
         """Resume a paused function; the runs its pause held start in the order they came."""
         return await self.store.resume_function(function_id)
 
@@ -258,7 +258,7 @@ class Engine:
 
     async def bulk_replay(
         self, function_id: str, *, since_ms: int | None = None, until_ms: int | None = None, limit: int = 1000
-    ) -> dict[str, Any]:
+    ) -> records.BulkReplay:
         """Replay each run of one function that failed in [since, until) and has no replay yet."""
         return await self.store.bulk_replay(function_id, since_ms, until_ms, limit)
 

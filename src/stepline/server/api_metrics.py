@@ -135,15 +135,16 @@ async def prometheus_text(request: Request) -> str:
         "# TYPE stepline_run_duration_seconds gauge",
     ]
     for s in stats:
-        for quantile, key in (("0.5", "p50_ms"), ("0.95", "p95_ms")):
-            if s[key] is not None:
+        for quantile, ms in (("0.5", s["p50_ms"]), ("0.95", s["p95_ms"])):
+            if ms is not None:
                 labels = {"function": s["function_id"], "quantile": quantile}
-                out.append(_line("stepline_run_duration_seconds", labels, s[key] / 1000.0))
+                out.append(_line("stepline_run_duration_seconds", labels, ms / 1000.0))
     out += ["# HELP stepline_llm_tokens_total Model tokens by kind.", "# TYPE stepline_llm_tokens_total counter"]
     for u in usage:
-        for kind in ("prompt", "completion", "reasoning", "cached"):
-            labels = {"provider": u["provider"], "model": u["model"], "kind": kind}
-            out.append(_line("stepline_llm_tokens_total", labels, u[f"{kind}_tokens"]))
+        tokens = (("prompt", u["prompt_tokens"]), ("completion", u["completion_tokens"]),
+                  ("reasoning", u["reasoning_tokens"]), ("cached", u["cached_tokens"]))
+        for kind, n in tokens:
+            out.append(_line("stepline_llm_tokens_total", {"provider": u["provider"], "model": u["model"], "kind": kind}, n))
     out += ["# HELP stepline_llm_cost_usd_total Model cost in US dollars.", "# TYPE stepline_llm_cost_usd_total counter"]
     for u in usage:
         out.append(_line("stepline_llm_cost_usd_total", {"provider": u["provider"], "model": u["model"]}, float(u["cost_usd"])))

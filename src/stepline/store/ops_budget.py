@@ -26,8 +26,19 @@ from typing import Any
 from stepline import budgets, errors, expressions, jsonutil
 from stepline import event as event_mod
 from stepline.budgets import Charge, Check
+from stepline.function import StoredBudget
 from stepline.store import db, ops_ingest, ops_runs
-from stepline.store.records import BudgetHold, BudgetRefusal, Lease, Suspension, WaitReason
+from stepline.store.records import (
+    BudgetHold,
+    BudgetKeyState,
+    BudgetListing,
+    BudgetPauseView,
+    BudgetRefusal,
+    DeclaredBudget,
+    Lease,
+    Suspension,
+    WaitReason,
+)
 
 CLEANUP_BUDGET = ops_runs.CLEANUP_BUDGET
 WAKE_BATCH = 100  # paused runs looked at per settle or override
@@ -327,12 +338,13 @@ def _fits(conn: db.Conn, budget_id: str, key: str, period_start: int, pause: Any
 # --- operators: overrides ------------------------------------------------------------
 
 
-def declared_txn(conn: db.Conn) -> dict[str, dict[str, Any]]:
+def declared_txn(conn: db.Conn) -> dict[str, DeclaredBudget]:
     """Every budget the registered functions declare, by name, with the functions using it."""
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, DeclaredBudget] = {}
     for row in conn.all("SELECT id, config FROM functions ORDER BY id"):
         cfg = jsonutil.loads(row["config"]) or {}
-        for budget in cfg.get("budgets") or ():
+        stored: list[StoredBudget] = cfg.get("budgets") or []
+        for budget in stored:
             entry = out.setdefault(budget["name"], {**budget, "functions": []})
             entry["functions"].append(row["id"])
     return out
@@ -340,7 +352,7 @@ def declared_txn(conn: db.Conn) -> dict[str, dict[str, Any]]:
 
 def set_limit_txn(
     conn: db.Conn, *, budget_id: str, key: str, limit_usd: float | None, limit_tokens: int | None, now: int
-) -> dict[str, Any]:
+) -> BudgetKeyState:
     """Set (or, with both limits None, remove) one key's limit override, and make its
     paused runs due at once: each reserves again and pauses again if it still does not fit."""
     declared = declared_txn(conn)
@@ -415,7 +427,7 @@ def _facts(conn: db.Conn, budget_id: str, period_start: int, now: int, key: str 
     return _Facts(reserved, overrides, paused)
 
 
-def _state(budget: dict[str, Any], key: str, spend: dict[str, Any] | None, facts: _Facts, now: int) -> dict[str, Any]:
+def _state(budget: DeclaredBudget, key: str, spend: db.Row | None, facts: _Facts, now: int) -> BudgetKeyState:
     start, end = budgets.period_bounds(budget["period"], now)
     if spend is not None and spend["period_start"] != start:
         spend = None  # an earlier period's row: this period has spent nothing yet
@@ -447,8 +459,8 @@ def _state(budget: dict[str, Any], key: str, spend: dict[str, Any] | None, facts
 
 
 def key_state_txn(
-    conn: db.Conn, *, budget_id: str, key: str, now: int, declared: dict[str, dict[str, Any]] | None = None
-) -> dict[str, Any]:
+    conn: db.Conn, *, budget_id: str, key: str, now: int, declared: dict[str, DeclaredBudget] | None = None
+) -> BudgetKeyState:
     """One key of one budget in its current period: spent, reserved now, limit, paused runs."""
     declared = declared_txn(conn) if declared is None else declared
     budget = declared.get(budget_id)
@@ -459,14 +471,14 @@ def key_state_txn(
     return _state(budget, key, spend, _facts(conn, budget_id, start, now, key), now)
 
 
-def list_txn(conn: db.Conn, *, now: int, budget_id: str | None = None, limit: int = 500) -> dict[str, Any]:
+def list_txn(conn: db.Conn, *, now: int, budget_id: str | None = None, limit: int = 500) -> BudgetListing:
     """The declared budgets, and each key's state in its current period (keys that spent
     this period or have an override), the most spent first."""
     declared = declared_txn(conn)
     names = [budget_id] if budget_id is not None else sorted(declared)
     if budget_id is not None and budget_id not in declared:
         raise errors.NotFoundError(f"no budget named {budget_id!r} is declared by a registered function")
-    keys: list[dict[str, Any]] = []
+    keys: list[BudgetKeyState] = []
     for name in names:
         budget = declared[name]
         start, _ = budgets.period_bounds(budget["period"], now)
@@ -485,7 +497,7 @@ def list_txn(conn: db.Conn, *, now: int, budget_id: str | None = None, limit: in
     return {"budgets": [declared[name] for name in names], "data": keys[:limit]}
 
 
-def pause_of_txn(conn: db.Conn, run_id: str) -> dict[str, Any] | None:
+def pause_of_txn(conn: db.Conn, run_id: str) -> BudgetPauseView | None:
     """What a run paused on a budget waits for (for its detail), or None."""
     row = conn.one("SELECT * FROM budget_pauses WHERE run_id = ?", (run_id,))
     if row is None:

@@ -12,7 +12,28 @@ from typing import Any
 from stepline import errors, jsonutil
 from stepline import event as event_mod
 from stepline.store import db, ops_metrics, ops_read, ops_runs
-from stepline.store.records import TERMINAL_SQL, UNFINISHED, RunStatus, RunView, WaitReason
+from stepline.store.records import (
+    TERMINAL_SQL,
+    UNFINISHED,
+    BulkReplay,
+    ChildRun,
+    EndedRun,
+    FunctionDetail,
+    FunctionPause,
+    FunctionRef,
+    PauseResult,
+    Replayed,
+    ReplayRun,
+    ResumeResult,
+    RunBrief,
+    RunLinks,
+    RunSchedule,
+    RunStatus,
+    RunView,
+    SearchResult,
+    StepUsage,
+    WaitReason,
+)
 
 PAUSE_MODES = ("queue", "skip")
 PAUSED_ON = "pause:"  # queue.parked_on of a run set aside because its function is paused
@@ -28,11 +49,11 @@ def _require_function(conn: db.Conn, function_id: str) -> None:
         raise errors.NotFoundError(f"no function with id {function_id!r}; `stepline functions list` shows them")
 
 
-def _pause_dict(row: dict[str, Any]) -> dict[str, Any]:
+def _pause_dict(row: db.Row) -> FunctionPause:
     return {"mode": row["mode"], "reason": row["reason"], "paused_at": ops_read.iso(row["paused_at"])}
 
 
-def pause_txn(conn: db.Conn, function_id: str, mode: str, reason: str | None, now: int) -> dict[str, Any]:
+def pause_txn(conn: db.Conn, function_id: str, mode: str, reason: str | None, now: int) -> PauseResult:
     """Pause a function: ``queue`` holds its runs until it resumes, ``skip`` also starts
     none for new events and cron ticks. Pausing again changes the mode, keeping the time."""
     if mode not in PAUSE_MODES:
@@ -48,7 +69,7 @@ def pause_txn(conn: db.Conn, function_id: str, mode: str, reason: str | None, no
     return {"function_id": function_id, "paused": _pause_dict(row)}
 
 
-def resume_txn(conn: db.Conn, function_id: str, now: int) -> dict[str, Any]:
+def resume_txn(conn: db.Conn, function_id: str, now: int) -> ResumeResult:
     """Resume a paused function: the runs its pause set aside go back in line at the due
     time they had, so they start in the order they would have."""
     _require_function(conn, function_id)
@@ -70,7 +91,7 @@ def resume_txn(conn: db.Conn, function_id: str, now: int) -> dict[str, Any]:
     return {"function_id": function_id, "was_paused": bool(was), "resumed_runs": len(held)}
 
 
-def pauses_txn(conn: db.Conn) -> dict[str, dict[str, Any]]:
+def pauses_txn(conn: db.Conn) -> dict[str, FunctionPause]:
     """Every paused function: id -> {mode, reason, paused_at}."""
     return {r["function_id"]: _pause_dict(r) for r in conn.all("SELECT * FROM function_pauses")}
 
@@ -96,7 +117,7 @@ def hold_paused_txn(conn: db.Conn, rows: list[dict[str, Any]], now: int) -> None
 # --- a function's page -----------------------------------------------------------
 
 
-def function_detail_txn(conn: db.Conn, function_id: str, now: int, since_ms: int) -> dict[str, Any]:
+def function_detail_txn(conn: db.Conn, function_id: str, now: int, since_ms: int) -> FunctionDetail:
     """Config, triggers, pause, run counts (live, and by outcome since ``since_ms``),
     p50/p95 duration, tokens and cost since ``since_ms``, and the newest runs."""
     row = conn.one("SELECT * FROM functions WHERE id = ?", (function_id,))
@@ -121,7 +142,10 @@ def function_detail_txn(conn: db.Conn, function_id: str, now: int, since_ms: int
         "paused": None if pause is None else _pause_dict(pause),
         "since": ops_read.iso(since_ms),
         "counts": {
-            **{str(k): v for k, v in live.items()},
+            "queued": live[RunStatus.QUEUED],
+            "running": live[RunStatus.RUNNING],
+            "sleeping": live[RunStatus.SLEEPING],
+            "waiting": live[RunStatus.WAITING],
             "completed": stats["completed"] if stats else 0,
             "failed": stats["failed"] if stats else 0,
             "cancelled": stats["cancelled"] if stats else 0,
@@ -152,7 +176,7 @@ def failed_runs_txn(
 
 def bulk_replay_txn(
     conn: db.Conn, function_id: str, since_ms: int | None, until_ms: int | None, limit: int, now: int
-) -> dict[str, Any]:
+) -> BulkReplay:
     """Replay (from the start) each run of the function that failed in [since, until) and
     was not replayed before, so asking twice starts each replay once."""
     _require_function(conn, function_id)
@@ -161,7 +185,7 @@ def bulk_replay_txn(
     if failed:
         marks, params = db.in_list(failed)
         replayed = {r["replay_of"] for r in conn.all(f"SELECT replay_of FROM runs WHERE replay_of IN ({marks})", params)}
-    started = []
+    started: list[Replayed] = []
     for run_id in failed:
         if run_id not in replayed:
             started.append({"replay_of": run_id, "id": ops_runs.replay_run_txn(conn, run_id, now)})
@@ -171,22 +195,22 @@ def bulk_replay_txn(
 # --- what ties a run to others -----------------------------------------------------
 
 
-def _brief(row: dict[str, Any]) -> dict[str, Any]:
+def _brief(row: db.Row) -> RunBrief:
     return {"id": row["id"], "function_id": row["function_id"], "status": row["status"], "created_at": ops_read.iso(row["created_at"])}
 
 
-def run_links_txn(conn: db.Conn, run_id: str) -> dict[str, Any]:
+def run_links_txn(conn: db.Conn, run_id: str) -> RunLinks:
     """The runs and events around one run: the event that cancelled it, its parent and
     the runs it invoked, its replays and reruns, its ``on_failure`` run (or, for a
     failure handler's run, the run whose failure it handles)."""
     run = conn.one("SELECT * FROM runs WHERE id = ?", (run_id,))
     if run is None:
         raise errors.NotFoundError(f"no run with id {run_id!r}")
-    children = [
+    children: list[ChildRun] = [
         {**_brief(r), "step": r["parent_step_key"]}
         for r in conn.all("SELECT * FROM runs WHERE parent_run_id = ? ORDER BY id", (run_id,))
     ]
-    replays = []
+    replays: list[ReplayRun] = []
     for r in conn.all("SELECT * FROM runs WHERE replay_of = ? ORDER BY id", (run_id,)):
         reused = conn.one("SELECT 1 AS x FROM steps WHERE run_id = ? AND meta LIKE ? LIMIT 1", (r["id"], '%"reused_from"%'))
         replays.append({**_brief(r), "kind": "rerun" if reused else "replay"})
@@ -201,7 +225,7 @@ def run_links_txn(conn: db.Conn, run_id: str) -> dict[str, Any]:
     }
 
 
-def _failure_handler_runs(conn: db.Conn, run: dict[str, Any]) -> list[dict[str, Any]]:
+def _failure_handler_runs(conn: db.Conn, run: db.Row) -> list[RunBrief]:
     """Runs started by the ``function.failed`` event that this run's end sent (written in
     the transaction that ended it, so received at its end time)."""
     events = [
@@ -215,7 +239,7 @@ def _failure_handler_runs(conn: db.Conn, run: dict[str, Any]) -> list[dict[str, 
     return [_brief(r) for r in conn.all(f"SELECT * FROM runs WHERE event_id IN ({marks}) ORDER BY id", params)]
 
 
-def _failed_run_handled(conn: db.Conn, run: dict[str, Any]) -> dict[str, Any] | None:
+def _failed_run_handled(conn: db.Conn, run: db.Row) -> RunBrief | None:
     event = conn.one("SELECT name, body FROM events WHERE id = ?", (run["event_id"],))
     if event is None or event["name"] != event_mod.FUNCTION_FAILED:
         return None
@@ -224,7 +248,7 @@ def _failed_run_handled(conn: db.Conn, run: dict[str, Any]) -> dict[str, Any] | 
     return None if failed is None else _brief(failed)
 
 
-def step_usage_txn(conn: db.Conn, run_id: str) -> dict[str, dict[str, Any]]:
+def step_usage_txn(conn: db.Conn, run_id: str) -> dict[str, StepUsage]:
     """Each model-call step's provider, model, calls, tokens, cost and latency, by step key
     (the tokens that failed attempts were billed, filed as ``key@attempt``, count on the step)."""
     sums: dict[str, dict[str, Any]] = {}
@@ -242,7 +266,7 @@ def step_usage_txn(conn: db.Conn, run_id: str) -> dict[str, dict[str, Any]]:
     }
 
 
-def run_schedule_txn(conn: db.Conn, run_id: str) -> dict[str, Any]:
+def run_schedule_txn(conn: db.Conn, run_id: str) -> RunSchedule:
     """When an unfinished run is due next (a throttled, scheduled, sleeping or retrying
     run's start), and whether a worker holds it or it is set aside (a paused function,
     a concurrency limit)."""
@@ -258,7 +282,7 @@ def runs_cancelled_by_txn(conn: db.Conn, event_id: str) -> list[RunView]:
     return [ops_read.run_dict(r) for r in conn.all("SELECT * FROM runs WHERE cancelled_by = ? ORDER BY id", (event_id,))]
 
 
-def runs_ended_since_txn(conn: db.Conn, after: tuple[int, str], limit: int) -> list[dict[str, Any]]:
+def runs_ended_since_txn(conn: db.Conn, after: tuple[int, str], limit: int) -> list[EndedRun]:
     """Runs that ended after ``after`` (ended_at, id), in the order they ended."""
     rows = conn.all(
         # A range of runs_by_status_end per status; the cursor's own millisecond is filtered after.
@@ -266,13 +290,13 @@ def runs_ended_since_txn(conn: db.Conn, after: tuple[int, str], limit: int) -> l
         "ORDER BY ended_at, id LIMIT ?",
         (after[0], after[0], after[1], limit),
     )
-    return [ops_read.run_dict(r) | {"ended_ms": r["ended_at"]} for r in rows]
+    return [{**ops_read.run_dict(r), "ended_ms": r["ended_at"]} for r in rows]
 
 
 # --- search ------------------------------------------------------------------------
 
 
-def search_txn(conn: db.Conn, query: str, limit: int) -> dict[str, Any]:
+def search_txn(conn: db.Conn, query: str, limit: int) -> SearchResult:
     """What ``query`` names: a run or event by id (whole, or the end shown in lists), a
     function by part of its id, a user by id, events by name."""
     text = query.strip()
@@ -289,16 +313,16 @@ def search_txn(conn: db.Conn, query: str, limit: int) -> dict[str, Any]:
             events = conn.all("SELECT * FROM events WHERE id = ?", (seen["event_id"],))
     named = conn.all("SELECT * FROM events WHERE name = ? ORDER BY received_at DESC LIMIT ?", (text, limit))
     needle = text.lower()
-    functions = [
+    functions: list[FunctionRef] = [
         {"id": r["id"], "app_id": r["app_id"]}
         for r in conn.all("SELECT id, app_id FROM functions ORDER BY id")
         if needle and needle in r["id"].lower()
-    ][:limit]
+    ]
     user_runs = int(conn.scalar("SELECT COUNT(*) AS n FROM runs WHERE user_id = ?", (text,)) or 0)
     return {
         "query": text,
         "runs": [ops_read.run_dict(r) for r in runs],
         "events": [ops_read.event_dict(r) for r in [*events, *(e for e in named if e["id"] not in {x["id"] for x in events})]][:limit],
-        "functions": functions,
+        "functions": functions[:limit],
         "users": [{"user_id": text, "runs": user_runs}] if user_runs else [],
     }

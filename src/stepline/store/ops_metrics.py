@@ -8,10 +8,21 @@ than with a dialect's percentile function.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from typing import Any
 
 from stepline.store import db
-from stepline.store.records import TERMINAL_SQL
+from stepline.store.records import (
+    TERMINAL_SQL,
+    DayUsage,
+    FunctionStats,
+    MetricsOverview,
+    ModelUsage,
+    QueueDepth,
+    StatusCount,
+    Usage,
+    UserUsage,
+)
 
 DAY_MS = 86_400_000
 # Durations read for percentiles per call; beyond this the newest runs are used.
@@ -26,10 +37,10 @@ def percentile(sorted_values: list[int], fraction: float) -> int | None:
     return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
-def queue_depth_txn(conn: db.Conn, now: int) -> list[dict[str, Any]]:
+def queue_depth_txn(conn: db.Conn, now: int) -> list[QueueDepth]:
     """Per function: runs ready to execute now, scheduled for later (sleeps, retries,
     waits with a timeout), and leased by a worker."""
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, QueueDepth] = {}
     for r in conn.all(
         "SELECT function_id, "
         "SUM(CASE WHEN lease_owner IS NULL AND due_at <= ? THEN 1 ELSE 0 END) AS ready, "
@@ -47,7 +58,7 @@ def queue_depth_txn(conn: db.Conn, now: int) -> list[dict[str, Any]]:
     return [out[k] for k in sorted(out)]
 
 
-def status_counts_txn(conn: db.Conn) -> list[dict[str, Any]]:
+def status_counts_txn(conn: db.Conn) -> list[StatusCount]:
     """Runs per function and status, over all time (Prometheus gauges and totals)."""
     return [
         {"function_id": r["function_id"], "status": r["status"], "count": int(r["n"])}
@@ -58,11 +69,11 @@ def status_counts_txn(conn: db.Conn) -> list[dict[str, Any]]:
     ]
 
 
-def function_stats_txn(conn: db.Conn, since_ms: int) -> list[dict[str, Any]]:
+def function_stats_txn(conn: db.Conn, since_ms: int) -> list[FunctionStats]:
     """Per function, runs that ended since ``since_ms``: counts by outcome, success rate
     (completed / (completed + failed); cancelled runs are left out), p50/p95 duration
     of finished runs (started to ended)."""
-    stats: dict[str, dict[str, Any]] = {}
+    stats: dict[str, dict[str, int]] = {}
     for r in conn.all(
         "SELECT function_id, status, COUNT(*) AS n FROM runs "
         f"WHERE status IN {TERMINAL_SQL} AND ended_at >= ? GROUP BY function_id, status",
@@ -82,7 +93,7 @@ def function_stats_txn(conn: db.Conn, since_ms: int) -> list[dict[str, Any]]:
         r["function_id"]: int(r["n"])
         for r in conn.all("SELECT function_id, COUNT(*) AS n FROM runs WHERE status = 'running' GROUP BY function_id")
     }
-    out = []
+    out: list[FunctionStats] = []
     for fn_id in sorted(set(stats) | set(running)):
         entry = stats.get(fn_id, {"completed": 0, "failed": 0, "cancelled": 0})
         decided = entry["completed"] + entry["failed"]
@@ -91,7 +102,9 @@ def function_stats_txn(conn: db.Conn, since_ms: int) -> list[dict[str, Any]]:
             {
                 "function_id": fn_id,
                 "running": running.get(fn_id, 0),
-                **entry,
+                "completed": entry["completed"],
+                "failed": entry["failed"],
+                "cancelled": entry["cancelled"],
                 "success_rate": None if decided == 0 else round(entry["completed"] / decided, 4),
                 "p50_ms": percentile(values, 0.50),
                 "p95_ms": percentile(values, 0.95),
@@ -147,7 +160,7 @@ def _usage_rows(since_ms: int | None, function_id: str | None = None) -> tuple[s
     return sql, call_params + sum_params
 
 
-def _usage(row: dict[str, Any]) -> dict[str, Any]:
+def _usage(row: Mapping[str, Any]) -> Usage:
     prompt, completion = int(row.get("prompt_tokens") or 0), int(row.get("completion_tokens") or 0)
     return {
         "calls": int(row.get("calls") or 0),
@@ -160,7 +173,7 @@ def _usage(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def usage_by_day_txn(conn: db.Conn, since_ms: int, function_id: str | None = None) -> list[dict[str, Any]]:
+def usage_by_day_txn(conn: db.Conn, since_ms: int, function_id: str | None = None) -> list[DayUsage]:
     """Tokens and cost of model calls per UTC day since ``since_ms``, oldest first."""
     rows, params = _usage_rows(since_ms, function_id)
     return [
@@ -172,7 +185,7 @@ def usage_by_day_txn(conn: db.Conn, since_ms: int, function_id: str | None = Non
     ]
 
 
-def usage_by_user_txn(conn: db.Conn, since_ms: int, limit: int = 100) -> list[dict[str, Any]]:
+def usage_by_user_txn(conn: db.Conn, since_ms: int, limit: int = 100) -> list[UserUsage]:
     """Tokens and cost per user since ``since_ms``, the most expensive first."""
     rows, params = _usage_rows(since_ms)
     return [
@@ -185,13 +198,13 @@ def usage_by_user_txn(conn: db.Conn, since_ms: int, limit: int = 100) -> list[di
     ]
 
 
-def run_usage_txn(conn: db.Conn, run_id: str) -> dict[str, Any]:
+def run_usage_txn(conn: db.Conn, run_id: str) -> Usage:
     """Tokens and cost of one run's model calls (zeros when it made none)."""
     row = conn.one(f"SELECT {_USAGE_SUMS} FROM llm_usage WHERE run_id = ?", (run_id,))
     return _usage(row or {})
 
 
-def usage_by_model_txn(conn: db.Conn, since_ms: int | None = None) -> list[dict[str, Any]]:
+def usage_by_model_txn(conn: db.Conn, since_ms: int | None = None) -> list[ModelUsage]:
     """Tokens and cost per provider and model (all time when ``since_ms`` is None)."""
     rows, params = _usage_rows(since_ms)
     return [
@@ -204,7 +217,7 @@ def usage_by_model_txn(conn: db.Conn, since_ms: int | None = None) -> list[dict[
     ]
 
 
-def overview_txn(conn: db.Conn, *, now: int, since_ms: int, usage_since_ms: int) -> dict[str, Any]:
+def overview_txn(conn: db.Conn, *, now: int, since_ms: int, usage_since_ms: int) -> MetricsOverview:
     """Everything the metrics page shows, in one read: run stats since ``since_ms``,
     usage since ``usage_since_ms`` (usually a number of whole days)."""
     depth = queue_depth_txn(conn, now)

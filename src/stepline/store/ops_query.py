@@ -12,6 +12,7 @@ from stepline.store.records import (
     UNFINISHED,
     EventListItem,
     EventView,
+    FunctionOverview,
     RunLive,
     RunSummary,
 )
@@ -21,7 +22,7 @@ BATCHED = "batched into run "  # the skip reason ops_admission records for a bat
 _LIVE = UNFINISHED
 
 
-def functions_overview_txn(conn: db.Conn, now: int) -> list[dict[str, Any]]:
+def functions_overview_txn(conn: db.Conn, now: int) -> list[FunctionOverview]:
     """Every registered function with its config, triggers and live run counts."""
     counts: dict[str, dict[str, int]] = {}
     for r in conn.all(
@@ -37,7 +38,7 @@ def functions_overview_txn(conn: db.Conn, now: int) -> list[dict[str, Any]]:
         (now - HOUR_MS,),
     ):
         recent.setdefault(r["function_id"], {})[r["status"]] = int(r["n"])
-    out = []
+    out: list[FunctionOverview] = []
     paused = ops_functions.pauses_txn(conn)
     for row in conn.all("SELECT * FROM functions ORDER BY id"):
         fn_id = row["id"]

@@ -6,7 +6,7 @@ import dataclasses
 import enum
 from typing import Any, Required, TypedDict
 
-from stepline.function import StoredConfig
+from stepline.function import StoredBudget, StoredConfig
 
 
 class RunStatus(enum.StrEnum):
@@ -105,12 +105,12 @@ class RunView(TypedDict, total=False):
     duration_ms: Required[int | None]
     event: Any  # the triggering event's body
     steps: list[StepView]
-    function_attempts: list[dict[str, Any]]  # the function's own failed attempts: attempt, error, at
-    budget: dict[str, Any] | None  # a run paused on a budget: which, key, spend, limit
-    usage: dict[str, Any]  # the API adds tokens and cost,
-    step_usage: dict[str, Any]  # each model call's, by step key,
-    schedule: dict[str, Any] | None  # when a queued run is due,
-    links: dict[str, Any]  # and its related runs and events
+    function_attempts: list[FunctionAttempt]  # the function's own failed attempts
+    budget: BudgetPauseView | None  # a run paused on a budget: which, key, spend, limit
+    usage: Usage  # the API adds tokens and cost,
+    step_usage: dict[str, StepUsage]  # each model call's, by step key,
+    schedule: RunSchedule | None  # when a queued run is due,
+    links: RunLinks  # and its related runs and events
 
 
 class RunSummary(TypedDict):
@@ -168,6 +168,307 @@ class FunctionRow(TypedDict):
     app_id: str
     config: StoredConfig
     updated_at: str | None
+
+
+class FunctionPause(TypedDict):
+    """A paused function's pause."""
+
+    mode: str  # queue | skip
+    reason: str | None
+    paused_at: str | None
+
+
+class FunctionCounts(TypedDict):
+    """A function's live runs by status, and those that ended in the last hour."""
+
+    queued: int
+    running: int
+    sleeping: int
+    waiting: int
+    failed_last_hour: int
+    completed_last_hour: int
+    cancelled_last_hour: int
+
+
+class FunctionOverview(TypedDict):
+    """A registered function with its pause and live counts (``GET /api/v1/functions``)."""
+
+    id: str
+    app_id: str
+    triggers: list[dict[str, Any]]
+    config: StoredConfig
+    updated_at: str | None
+    paused: FunctionPause | None
+    counts: FunctionCounts
+
+
+# --- metrics ------------------------------------------------------------------------
+
+
+class QueueTotal(TypedDict):
+    ready: int  # due now, no worker holds it
+    scheduled: int  # due later: sleeps, retries, waits with a timeout
+    leased: int  # held by a worker
+
+
+class QueueDepth(QueueTotal):
+    """One function's queue rows."""
+
+    function_id: str
+
+
+class StatusCount(TypedDict):
+    function_id: str
+    status: str  # RunStatus
+    count: int
+
+
+class FunctionStats(TypedDict):
+    """One function's runs that ended in a window, and those running now."""
+
+    function_id: str
+    running: int
+    completed: int
+    failed: int
+    cancelled: int
+    success_rate: float | None  # completed / (completed + failed)
+    p50_ms: int | None
+    p95_ms: int | None
+
+
+class Usage(TypedDict):
+    """Tokens and cost of model calls."""
+
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    reasoning_tokens: int
+    cached_tokens: int
+    total_tokens: int
+    cost_usd: float
+
+
+class DayUsage(Usage):
+    day: str  # the UTC day, ISO 8601
+
+
+class UserUsage(Usage):
+    user_id: str | None
+
+
+class ModelUsage(Usage):
+    provider: str | None
+    model: str
+
+
+class StepUsage(Usage):
+    """One model-call step's calls (its last call's provider, model and latency)."""
+
+    provider: str | None
+    model: str
+    latency_ms: int | None
+
+
+class MetricsOverview(TypedDict, total=False):
+    """What the metrics page shows (``GET /api/v1/metrics``)."""
+
+    queue: Required[list[QueueDepth]]
+    queue_total: Required[QueueTotal]
+    running: Required[int]
+    functions: Required[list[FunctionStats]]
+    usage_by_day: Required[list[DayUsage]]
+    usage_by_user: Required[list[UserUsage]]
+    usage_by_model: Required[list[ModelUsage]]
+    window_seconds: float  # the API adds the window of the run stats
+    days: int  # and the days of usage
+
+
+# --- functions as operators see them -----------------------------------------------
+
+
+class PauseResult(TypedDict):
+    function_id: str
+    paused: FunctionPause
+
+
+class ResumeResult(TypedDict):
+    function_id: str
+    was_paused: bool
+    resumed_runs: int
+
+
+class DetailCounts(TypedDict):
+    """A function's live runs by status, and those that ended in the window by outcome."""
+
+    queued: int
+    running: int
+    sleeping: int
+    waiting: int
+    completed: int
+    failed: int
+    cancelled: int
+
+
+class FunctionDetail(TypedDict, total=False):
+    """A function's page (``GET /api/v1/functions/{id}/summary``)."""
+
+    id: Required[str]
+    app_id: Required[str]
+    triggers: Required[list[dict[str, Any]]]
+    config: Required[StoredConfig]
+    updated_at: Required[str | None]
+    paused: Required[FunctionPause | None]
+    since: Required[str | None]
+    counts: Required[DetailCounts]
+    success_rate: Required[float | None]
+    p50_ms: Required[int | None]
+    p95_ms: Required[int | None]
+    usage: Required[Usage]
+    recent_runs: Required[list[RunView]]
+    window_seconds: float  # the API adds the window
+
+
+class Replayed(TypedDict):
+    replay_of: str
+    id: str  # the new run
+
+
+class BulkReplay(TypedDict):
+    matched: int  # failed runs in the window
+    replayed: int
+    already_replayed: int
+    runs: list[Replayed]
+
+
+class RunBrief(TypedDict):
+    """A run as another run's links show it."""
+
+    id: str
+    function_id: str
+    status: str  # RunStatus
+    created_at: str | None
+
+
+class ChildRun(RunBrief):
+    step: str | None  # the parent's step that invoked it
+
+
+class ReplayRun(RunBrief):
+    kind: str  # replay | rerun
+
+
+class RunLinks(TypedDict):
+    """The runs and events around a run."""
+
+    cancelled_by_event: str | None
+    parent: RunBrief | None
+    children: list[ChildRun]
+    replays: list[ReplayRun]
+    failure_handler_runs: list[RunBrief]
+    handles_failure_of: RunBrief | None
+
+
+class RunSchedule(TypedDict):
+    """When an unfinished run is due, and whether it is held or set aside."""
+
+    due_at: str | None
+    held_by_worker: bool
+    set_aside_on: str | None  # queue.parked_on: a paused function, a concurrency limit
+
+
+class EndedRun(RunView, total=False):
+    """A run in the log of ended runs, with its end in ms (the next page's cursor)."""
+
+    ended_ms: Required[int]
+
+
+class FunctionRef(TypedDict):
+    id: str
+    app_id: str
+
+
+class UserRuns(TypedDict):
+    user_id: str
+    runs: int
+
+
+class SearchResult(TypedDict):
+    """What a search names (``GET /api/v1/search``)."""
+
+    query: str
+    runs: list[RunView]
+    events: list[EventFields]
+    functions: list[FunctionRef]
+    users: list[UserRuns]
+
+
+class FunctionAttempt(TypedDict):
+    """A failed attempt of a function as a whole."""
+
+    attempt: int
+    error: Any
+    at: str | None
+
+
+# --- cost budgets ----------------------------------------------------------------------
+
+
+class DeclaredBudget(StoredBudget):
+    """A budget as the registered functions declare it, with the functions that do."""
+
+    functions: list[str]
+
+
+class BudgetOverride(TypedDict):
+    limit_usd: float | None
+    limit_tokens: int | None
+
+
+class BudgetKeyState(TypedDict, total=False):
+    """One key of a budget in its current period (``GET /api/v1/budgets/{budget}/{key}``)."""
+
+    budget: Required[str]
+    key: Required[str]
+    scope: Required[str | None]
+    period: Required[float | str]
+    period_start: Required[int]  # ms
+    period_end: Required[int]
+    spent_usd: Required[float]  # settled this period
+    spent_tokens: Required[int]
+    reserved_usd: Required[float]  # held by calls in flight
+    reserved_tokens: Required[int]
+    calls: Required[int]
+    limit_usd: Required[float | None]  # in force: an override, else as declared
+    limit_tokens: Required[int | None]
+    override: Required[BudgetOverride | None]
+    on_exceeded: Required[str]  # pause | fail
+    exceeded: Required[bool]  # its budget.exceeded event was sent this period
+    paused_runs: Required[int]
+    resumed_runs: list[str]  # an override adds the paused runs it made due
+
+
+class BudgetListing(TypedDict):
+    """The declared budgets and their keys' states (``GET /api/v1/budgets``)."""
+
+    budgets: list[DeclaredBudget]
+    data: list[BudgetKeyState]
+
+
+class BudgetPauseView(TypedDict):
+    """What a run paused on a budget waits for."""
+
+    budget: str
+    key: str
+    step: str
+    period_start: int  # ms
+    period_end: int
+    spent_usd: float
+    spent_tokens: int
+    call_usd: float  # the paused call's worst case
+    call_tokens: int
+    limit_usd: float | None  # in force
+    limit_tokens: int | None
+    paused_at: int  # ms
 
 
 # --- rows the engine and the Inngest driver read as stored ------------------------------

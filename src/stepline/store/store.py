@@ -38,21 +38,41 @@ from stepline.store import (
 )
 from stepline.store.records import (
     BudgetHold,
+    BudgetKeyState,
+    BudgetListing,
+    BudgetPauseView,
+    BulkReplay,
     ClaimedRun,
     CronSchedule,
+    EndedRun,
     EventListItem,
     EventView,
+    FunctionDetail,
+    FunctionOverview,
+    FunctionPause,
     FunctionRow,
+    FunctionStats,
     HandOff,
     JournalRow,
     Lease,
+    MetricsOverview,
+    ModelUsage,
+    PauseResult,
+    QueueDepth,
     Renewal,
+    ResumeResult,
+    RunLinks,
     RunLive,
     RunMessage,
+    RunSchedule,
     RunView,
+    SearchResult,
+    StatusCount,
     StepResult,
     StepState,
+    StepUsage,
     Suspension,
+    Usage,
 )
 
 T = TypeVar("T")
@@ -243,7 +263,7 @@ class Store:
             )
         )
 
-    async def set_budget_limit(self, budget_id: str, key: str, limit_usd: float | None, limit_tokens: int | None) -> dict[str, Any]:
+    async def set_budget_limit(self, budget_id: str, key: str, limit_usd: float | None, limit_tokens: int | None) -> BudgetKeyState:
         """Override one key's limits (both None: back to the declared ones); its paused runs resume."""
         return await self.db.write(
             self._at_commit(
@@ -251,14 +271,14 @@ class Store:
             )
         )
 
-    async def budgets(self, budget_id: str | None = None, limit: int = 500) -> dict[str, Any]:
+    async def budgets(self, budget_id: str | None = None, limit: int = 500) -> BudgetListing:
         """Declared budgets and each key's spend, reservations and limit in its current period."""
         return await self.db.read(partial(ops_budget.list_txn, now=self.now_ms(), budget_id=budget_id, limit=limit))
 
-    async def budget_key(self, budget_id: str, key: str) -> dict[str, Any]:
+    async def budget_key(self, budget_id: str, key: str) -> BudgetKeyState:
         return await self.db.read(partial(ops_budget.key_state_txn, budget_id=budget_id, key=key, now=self.now_ms()))
 
-    async def run_budget_pause(self, run_id: str) -> dict[str, Any] | None:
+    async def run_budget_pause(self, run_id: str) -> BudgetPauseView | None:
         """What a run paused on a budget waits for, or None."""
         return await self.db.read(partial(ops_budget.pause_of_txn, run_id=run_id))
 
@@ -363,7 +383,7 @@ class Store:
     # (reads and operator actions behind the HTTP API and dashboard: ops_query,
     # ops_metrics, ops_admin)
 
-    async def functions_overview(self) -> list[dict[str, Any]]:
+    async def functions_overview(self) -> list[FunctionOverview]:
         return await self.db.read(partial(ops_query.functions_overview_txn, now=self.now_ms()))
 
     async def event_detail(self, event_id: str) -> EventView:
@@ -376,25 +396,25 @@ class Store:
     async def run_live(self, run_id: str, after_seq: int = 0) -> RunLive | None:
         return await self.db.read(partial(ops_query.run_live_txn, run_id=run_id, after_seq=after_seq))
 
-    async def metrics_overview(self, since_ms: int, usage_since_ms: int) -> dict[str, Any]:
+    async def metrics_overview(self, since_ms: int, usage_since_ms: int) -> MetricsOverview:
         return await self.db.read(
             partial(ops_metrics.overview_txn, now=self.now_ms(), since_ms=since_ms, usage_since_ms=usage_since_ms)
         )
 
-    async def queue_depth(self) -> list[dict[str, Any]]:
+    async def queue_depth(self) -> list[QueueDepth]:
         """Queue rows per function: ready, scheduled, leased."""
         return await self.db.read(partial(ops_metrics.queue_depth_txn, now=self.now_ms()))
 
-    async def status_counts(self) -> list[dict[str, Any]]:
+    async def status_counts(self) -> list[StatusCount]:
         return await self.db.read(ops_metrics.status_counts_txn)
 
-    async def function_stats(self, since_ms: int) -> list[dict[str, Any]]:
+    async def function_stats(self, since_ms: int) -> list[FunctionStats]:
         return await self.db.read(partial(ops_metrics.function_stats_txn, since_ms=since_ms))
 
-    async def usage_by_model(self, since_ms: int | None = None) -> list[dict[str, Any]]:
+    async def usage_by_model(self, since_ms: int | None = None) -> list[ModelUsage]:
         return await self.db.read(partial(ops_metrics.usage_by_model_txn, since_ms=since_ms))
 
-    async def run_usage(self, run_id: str) -> dict[str, Any]:
+    async def run_usage(self, run_id: str) -> Usage:
         """Tokens and cost of one run's model calls."""
         return await self.db.read(partial(ops_metrics.run_usage_txn, run_id=run_id))
 
@@ -413,43 +433,43 @@ class Store:
 
     # --- functions as operators see them (ops_functions) ---------------------------------
 
-    async def pause_function(self, function_id: str, mode: str, reason: str | None) -> dict[str, Any]:
+    async def pause_function(self, function_id: str, mode: str, reason: str | None) -> PauseResult:
         return await self.db.write(self._at_commit(ops_functions.pause_txn, function_id=function_id, mode=mode, reason=reason))
 
-    async def resume_function(self, function_id: str) -> dict[str, Any]:
+    async def resume_function(self, function_id: str) -> ResumeResult:
         return await self.db.write(self._at_commit(ops_functions.resume_txn, function_id=function_id))
 
-    async def paused_functions(self) -> dict[str, dict[str, Any]]:
+    async def paused_functions(self) -> dict[str, FunctionPause]:
         return await self.db.read(ops_functions.pauses_txn)
 
-    async def function_detail(self, function_id: str, since_ms: int) -> dict[str, Any]:
+    async def function_detail(self, function_id: str, since_ms: int) -> FunctionDetail:
         return await self.db.read(
             partial(ops_functions.function_detail_txn, function_id=function_id, now=self.now_ms(), since_ms=since_ms)
         )
 
-    async def bulk_replay(self, function_id: str, since_ms: int | None, until_ms: int | None, limit: int) -> dict[str, Any]:
+    async def bulk_replay(self, function_id: str, since_ms: int | None, until_ms: int | None, limit: int) -> BulkReplay:
         return await self.db.write(
             self._at_commit(
                 ops_functions.bulk_replay_txn, function_id=function_id, since_ms=since_ms, until_ms=until_ms, limit=limit
             )
         )
 
-    async def run_links(self, run_id: str) -> dict[str, Any]:
+    async def run_links(self, run_id: str) -> RunLinks:
         return await self.db.read(partial(ops_functions.run_links_txn, run_id=run_id))
 
-    async def step_usage(self, run_id: str) -> dict[str, dict[str, Any]]:
+    async def step_usage(self, run_id: str) -> dict[str, StepUsage]:
         return await self.db.read(partial(ops_functions.step_usage_txn, run_id=run_id))
 
-    async def run_schedule(self, run_id: str) -> dict[str, Any]:
+    async def run_schedule(self, run_id: str) -> RunSchedule:
         return await self.db.read(partial(ops_functions.run_schedule_txn, run_id=run_id))
 
     async def runs_cancelled_by(self, event_id: str) -> list[RunView]:
         return await self.db.read(partial(ops_functions.runs_cancelled_by_txn, event_id=event_id))
 
-    async def runs_ended_since(self, after: tuple[int, str], limit: int = 200) -> list[dict[str, Any]]:
+    async def runs_ended_since(self, after: tuple[int, str], limit: int = 200) -> list[EndedRun]:
         return await self.db.read(partial(ops_functions.runs_ended_since_txn, after=after, limit=limit))
 
-    async def search(self, query: str, limit: int = 20) -> dict[str, Any]:
+    async def search(self, query: str, limit: int = 20) -> SearchResult:
         return await self.db.read(partial(ops_functions.search_txn, query=query, limit=limit))
 
     # --- retention and maintenance (ops_retention, ops_maintenance) -----------------------
