@@ -11,12 +11,15 @@ import asyncio
 import datetime as dt
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from stepline import durations, errors, ids
 from stepline import settings as settings_mod
+
+if TYPE_CHECKING:
+    from stepline.store import Store
 
 T = TypeVar("T")
 
@@ -28,7 +31,7 @@ def _settings(db: str | None) -> settings_mod.Settings:
         raise click.UsageError(str(exc)) from exc
 
 
-def _with_store(settings: settings_mod.Settings, work: Callable[[Any], Awaitable[T]]) -> T:
+def _with_store(settings: settings_mod.Settings, work: Callable[[Store], Awaitable[T]]) -> T:
     """Run ``work(store)`` on the database, which must be migrated (``stepline migrate``)."""
     from stepline.store import open_store
 
@@ -97,7 +100,7 @@ def prune(db: str | None, older_than: str | None, dry_run: bool, as_json: bool) 
     if seconds is not None and seconds <= 0:
         raise click.BadParameter("--older-than: must be longer than zero, e.g. 30d")
 
-    async def work(store: Any) -> retention.SweepReport:
+    async def work(store: Store) -> retention.SweepReport:
         sweeper = retention.Sweeper(store, settings, owner=f"admin-{ids.new_id()}")
         report = await sweeper.sweep(force=True, older_than=seconds, rehearse=dry_run)
         assert report is not None  # forced: a report, or SweepBusy
@@ -132,7 +135,7 @@ def stats(db: str | None, as_json: bool) -> None:
     """Rows, bytes and oldest row per table, queue depth, file space, the last sweeps."""
     settings = _settings(db)
 
-    async def work(store: Any) -> dict[str, Any]:
+    async def work(store: Store) -> dict[str, Any]:
         depth = await store.queue_depth()
         return {
             "database": store.dialect,

@@ -218,7 +218,7 @@ class Engine:
 
     # --- server operations (the HTTP API and dashboard) ---------------------------------
 
-    async def rerun_from_failed_step(self, run_id: str) -> dict[str, Any]:
+    async def rerun_from_failed_step(self, run_id: str) -> records.Rerun:
         """A new run that reuses the committed steps of a failed or cancelled run."""
         return await self.store.rerun_from_failed_step(run_id)
 

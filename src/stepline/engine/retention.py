@@ -24,11 +24,11 @@ import logging
 import random
 import time
 from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from stepline import errors, ids
 from stepline.settings import Settings
-from stepline.store import Store
+from stepline.store import Store, records
 from stepline.store.ops_retention import EXPIRING, KEPT_AS_USAGE, Batch, SweepLease
 
 log = logging.getLogger("stepline.retention")
@@ -76,7 +76,7 @@ class SweepReport:
             self.runs_by_function[function_id] = self.runs_by_function.get(function_id, 0) + batch.deleted["runs"]
         self.kept_referenced += batch.kept
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> records.SweepSummary:
         return {
             "started_at": self.started_at,
             "finished_at": self.finished_at,
@@ -99,7 +99,7 @@ class Sweeper:
         self.last_report: SweepReport | None = None
         self._task: asyncio.Task[None] | None = None
         self._lease: SweepLease | None = None
-        self._sizes: tuple[float, list[dict[str, Any]]] | None = None
+        self._sizes: tuple[float, list[records.TableSize]] | None = None
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -246,7 +246,7 @@ class Sweeper:
 
     # --- for /metrics -------------------------------------------------------------------
 
-    async def table_sizes(self) -> list[dict[str, Any]]:
+    async def table_sizes(self) -> list[records.TableSize]:
         """Rows and bytes per table, read at most once a minute (counting rows costs on SQLite)."""
         now = time.monotonic()
         if self._sizes is None or now - self._sizes[0] > SIZES_TTL:

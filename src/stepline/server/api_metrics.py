@@ -10,8 +10,10 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from stepline import errors
+from stepline.engine import Engine
 from stepline.server import common
 from stepline.server.responses import JSON
+from stepline.store import Store
 
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -57,7 +59,7 @@ def _line(name: str, labels: dict[str, Any], value: float | None) -> str:
     return f"{name}{{{inner}}} {shown}" if inner else f"{name} {shown}"
 
 
-async def _retention_lines(engine: Any) -> list[str]:
+async def _retention_lines(engine: Engine) -> list[str]:
     """Table sizes (refreshed at most once a minute) and what the retention sweeps deleted."""
     sizes = await engine.retention.table_sizes()
     status = await engine.store.sweep_status()
@@ -92,7 +94,7 @@ _COUNTERS = (
 )
 
 
-async def _counter_lines(store: Any) -> list[str]:
+async def _counter_lines(store: Store) -> list[str]:
     """Lease losses and retries per function, as every worker counted them."""
     totals = await store.counters()
     out: list[str] = []

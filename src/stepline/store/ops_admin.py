@@ -9,10 +9,10 @@ from typing import Any
 
 from stepline import errors, jsonutil
 from stepline.store import db, ops_runs
-from stepline.store.records import UNFINISHED, RunStatus
+from stepline.store.records import UNFINISHED, Rerun, RunStatus
 
 
-def rerun_from_failed_step_txn(conn: db.Conn, run_id: str, now: int) -> dict[str, Any]:
+def rerun_from_failed_step_txn(conn: db.Conn, run_id: str, now: int) -> Rerun:
     """A new run of the same function and event that starts with the old run's
     completed steps already in its journal, so only the failed step and what follows
     it execute again. Failed, retrying and suspended steps are left out."""

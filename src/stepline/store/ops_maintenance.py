@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any
 
 from stepline import errors
 from stepline.store import db, migrate
+from stepline.store.records import FileSpace, TableSize, VacuumResult
 
 # Stepline's tables, and the column that says how old a row is (None: no such column).
 TABLES: dict[str, str | None] = {
@@ -44,7 +44,7 @@ TABLES: dict[str, str | None] = {
 # --- sizes -----------------------------------------------------------------------
 
 
-def table_sizes_txn(conn: db.Conn, *, exact: bool) -> list[dict[str, Any]]:
+def table_sizes_txn(conn: db.Conn, *, exact: bool) -> list[TableSize]:
     """Rows and bytes per table. ``exact``: counted rows, and on SQLite bytes from the
     page map (reads the whole file); otherwise what is cheap: PostgreSQL's statistics
     (rows as of the last ANALYZE, sizes from the catalog), SQLite's counted rows only."""
@@ -68,7 +68,7 @@ def table_sizes_txn(conn: db.Conn, *, exact: bool) -> list[dict[str, Any]]:
         }
     else:
         sizes = {}
-    out = []
+    out: list[TableSize] = []
     for table in _ordered(present):
         known = sizes.get(table) or {}
         rows = int(conn.scalar(f"SELECT COUNT(*) AS n FROM {table}") or 0) if exact or conn.dialect != "postgres" else int(known.get("rows") or 0)
@@ -93,7 +93,7 @@ def oldest_rows_txn(conn: db.Conn) -> dict[str, int | None]:
     }
 
 
-def file_space_txn(conn: db.Conn) -> dict[str, Any]:
+def file_space_txn(conn: db.Conn) -> FileSpace:
     """SQLite: the page size, pages in the file, free pages and the auto_vacuum mode."""
     if conn.dialect != "sqlite":
         return {}
@@ -161,7 +161,7 @@ def backup_sqlite(path: str, target: str) -> int:
     return os.path.getsize(target)
 
 
-def vacuum_sqlite(path: str) -> dict[str, Any]:
+def vacuum_sqlite(path: str) -> VacuumResult:
     """Give free pages back to the file system. A database made before incremental vacuum
     (auto_vacuum none) is rebuilt once by a full VACUUM, which holds the write lock for its
     whole length (other processes wait); afterwards free pages go back a few at a time."""
@@ -184,7 +184,7 @@ def vacuum_sqlite(path: str) -> dict[str, Any]:
         raw.close()
 
 
-def vacuum_postgres(url: str, tables: list[str]) -> dict[str, Any]:
+def vacuum_postgres(url: str, tables: list[str]) -> VacuumResult:
     """``VACUUM (ANALYZE)`` of the tables retention prunes: dead rows become free space inside
     them for new rows (PostgreSQL gives it back to the OS only with VACUUM FULL, which
     locks each table while it rewrites it)."""

@@ -30,6 +30,7 @@ from typing import Any
 
 from stepline import errors, jsonutil
 from stepline.store import db
+from stepline.store.records import SweepStatus, SweepSummary
 
 TASK = "retention"
 DAY_MS = 86_400_000
@@ -100,7 +101,7 @@ def _save(conn: db.Conn, state: dict[str, Any], deleted: dict[str, int]) -> None
     conn.execute("UPDATE maintenance SET state = ? WHERE task = ?", (jsonutil.dumps(state), TASK))
 
 
-def finish_txn(conn: db.Conn, *, lease: SweepLease, now: int, summary: dict[str, Any] | None) -> None:
+def finish_txn(conn: db.Conn, *, lease: SweepLease, now: int, summary: SweepSummary | None) -> None:
     """Give the sweep up. With a ``summary`` it counts as done: it is recorded, and the next
     background sweep waits its interval from now (a lost lease records nothing)."""
     row = conn.one(
@@ -120,7 +121,7 @@ def finish_txn(conn: db.Conn, *, lease: SweepLease, now: int, summary: dict[str,
     )
 
 
-def status_txn(conn: db.Conn) -> dict[str, Any]:
+def status_txn(conn: db.Conn) -> SweepStatus:
     """The sweep's lease holder, when the last one started and finished, and its totals."""
     row = conn.one(
         "SELECT owner, epoch, expires_at, last_started_at, last_finished_at, state FROM maintenance WHERE task = ?",

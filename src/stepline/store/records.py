@@ -410,6 +410,59 @@ class FunctionAttempt(TypedDict):
     at: str | None
 
 
+# --- operator actions, retention and maintenance ----------------------------------------
+
+
+class Rerun(TypedDict):
+    id: str  # the new run
+    rerun_of: str
+    reused_steps: list[str]  # keys of the committed steps it starts with
+
+
+class SweepSummary(TypedDict):
+    """What the last sweep that finished deleted."""
+
+    started_at: int  # ms
+    finished_at: int | None
+    deleted: dict[str, int]  # table -> rows
+    kept_referenced: int  # finished runs past their age that something unfinished points at
+
+
+class SweepStatus(TypedDict):
+    """Who holds the retention sweep, when the last one ran, and the totals it deleted."""
+
+    owner: str | None
+    expires_at: int | None  # ms
+    last_started_at: int | None
+    last_finished_at: int | None
+    deleted: dict[str, int]  # table -> rows, over every sweep
+    last: SweepSummary | None
+
+
+class TableSize(TypedDict):
+    table: str
+    rows: int
+    bytes: int | None  # None where it is not known cheaply
+
+
+class FileSpace(TypedDict, total=False):
+    """SQLite: the file's pages and sizes (empty on PostgreSQL)."""
+
+    page_size: int
+    page_count: int
+    freelist_count: int
+    auto_vacuum: str  # none | full | incremental
+    file_bytes: int
+    wal_bytes: int
+
+
+class VacuumResult(TypedDict, total=False):
+    how: Required[str]
+    bytes_before: int  # SQLite
+    bytes_after: int
+    database: str  # PostgreSQL: the URL, password hidden
+
+
 # --- cost budgets ----------------------------------------------------------------------
 
 

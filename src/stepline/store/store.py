@@ -47,6 +47,7 @@ from stepline.store.records import (
     EndedRun,
     EventListItem,
     EventView,
+    FileSpace,
     FunctionDetail,
     FunctionOverview,
     FunctionPause,
@@ -60,6 +61,7 @@ from stepline.store.records import (
     PauseResult,
     QueueDepth,
     Renewal,
+    Rerun,
     ResumeResult,
     RunLinks,
     RunLive,
@@ -72,7 +74,11 @@ from stepline.store.records import (
     StepState,
     StepUsage,
     Suspension,
+    SweepStatus,
+    SweepSummary,
+    TableSize,
     Usage,
+    VacuumResult,
 )
 
 T = TypeVar("T")
@@ -418,7 +424,7 @@ class Store:
         """Tokens and cost of one run's model calls."""
         return await self.db.read(partial(ops_metrics.run_usage_txn, run_id=run_id))
 
-    async def rerun_from_failed_step(self, run_id: str) -> dict[str, Any]:
+    async def rerun_from_failed_step(self, run_id: str) -> Rerun:
         return await self.db.write(self._at_commit(ops_admin.rerun_from_failed_step_txn, run_id=run_id))
 
     async def bulk_cancel(
@@ -494,11 +500,11 @@ class Store:
             self._at_commit(ops_retention.acquire_txn, owner=owner, lease_ms=lease_ms, min_gap_ms=min_gap_ms)
         )
 
-    async def finish_sweep(self, lease: ops_retention.SweepLease, summary: dict[str, Any] | None) -> None:
+    async def finish_sweep(self, lease: ops_retention.SweepLease, summary: SweepSummary | None) -> None:
         """Give the sweep up; with a ``summary`` it counts as done (others wait an interval)."""
         await self.db.write_aside(self._at_commit(ops_retention.finish_txn, lease=lease, summary=summary))
 
-    async def sweep_status(self) -> dict[str, Any]:
+    async def sweep_status(self) -> SweepStatus:
         return await self.db.read(ops_retention.status_txn)
 
     async def add_counters(self, deltas: dict[ops_counters.Key, int]) -> None:
@@ -559,13 +565,13 @@ class Store:
     def truncate_log_when_idle(self) -> None:
         self.db.truncate_log_when_idle()
 
-    async def table_sizes(self, *, exact: bool = False) -> list[dict[str, Any]]:
+    async def table_sizes(self, *, exact: bool = False) -> list[TableSize]:
         return await self.db.read(partial(ops_maintenance.table_sizes_txn, exact=exact))
 
     async def oldest_rows(self) -> dict[str, int | None]:
         return await self.db.read(ops_maintenance.oldest_rows_txn)
 
-    async def file_space(self) -> dict[str, Any]:
+    async def file_space(self) -> FileSpace:
         """SQLite: pages, free pages, auto_vacuum mode, and the sizes of the file and its log."""
         space = await self.db.read(ops_maintenance.file_space_txn)
         if space and self.db.dialect == "sqlite":
@@ -586,7 +592,7 @@ class Store:
             None, ops_maintenance.backup_sqlite, sqlite_path(self.url), target
         )
 
-    async def vacuum(self, tables: Sequence[str]) -> dict[str, Any]:
+    async def vacuum(self, tables: Sequence[str]) -> VacuumResult:
         loop = asyncio.get_running_loop()
         if is_postgres_url(self.url):
             return await loop.run_in_executor(None, ops_maintenance.vacuum_postgres, self.url, list(tables))
