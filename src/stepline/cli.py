@@ -21,6 +21,7 @@ from stepline import errors, eventloop, gctuning
 from stepline import settings as settings_mod
 from stepline.app import App
 from stepline.cli_api import ApiError, base_url, call, url_option
+from stepline.store.records import TERMINAL, RunStatus
 
 DEFAULT_APP = "stepline.examples.app:app"
 log = logging.getLogger("stepline.cli")
@@ -328,7 +329,7 @@ def send(
         else:
             for line in cli_show.started_lines(detail):
                 click.echo(line, err=True)
-    if wait and (not runs_ or any(r["status"] != "completed" for r in runs_)):
+    if wait and (not runs_ or any(r["status"] != RunStatus.COMPLETED for r in runs_)):
         sys.exit(1)
 
 
@@ -338,7 +339,7 @@ def _wait_for_run(url: str | None, run_id: str, timeout: float) -> dict[str, Any
     delay = 0.05
     while True:
         run: dict[str, Any] = call("GET", url, f"/api/v1/runs/{run_id}")
-        if run["status"] in ("completed", "failed", "cancelled"):
+        if run["status"] in TERMINAL:
             return run
         if time.monotonic() >= deadline:
             raise click.ClickException(f"run {run_id} is still {run['status']} after {timeout:g} s; `stepline runs show {run_id}` follows it")
@@ -366,7 +367,7 @@ def runs_list(function_id: str | None, status: str | None, limit: int, as_json: 
     click.echo(f"{'RUN ID':<28} {'FUNCTION':<24} {'STATUS':<10} {'WHY':<20} {'PROGRESS':>8}  CREATED")
     for run in body["data"]:
         progress = "" if run["progress"] is None else f"{run['progress']:.0f}%"
-        why = "" if run["status"] in ("completed", "failed", "cancelled") else run["wait_reason"] or ""
+        why = "" if run["status"] in TERMINAL else run["wait_reason"] or ""
         click.echo(
             f"{run['id']:<28} {run['function_id'][:24]:<24} {run['status']:<10} {why:<20} {progress:>8}  {run['created_at']}"
         )

@@ -9,6 +9,7 @@ import logging
 
 from stepline import cli_show
 from stepline.store import RunView, Store
+from stepline.store.records import RunStatus
 
 log = logging.getLogger("stepline.runs")
 
@@ -16,7 +17,7 @@ log = logging.getLogger("stepline.runs")
 def end_line(run: RunView) -> str:
     took = f" in {cli_show.duration(run['duration_ms'])}" if run.get("duration_ms") is not None else ""
     line = f"run {run['id']} {run['function_id']} {run['status']}{took}"
-    if run["status"] != "completed" and run.get("error"):
+    if run["status"] != RunStatus.COMPLETED and run.get("error"):
         line += f": {cli_show.error_text(run['error'])}"
     return line
 

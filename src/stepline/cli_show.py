@@ -8,8 +8,7 @@ import json
 from typing import Any
 
 from stepline.budgets import usd
-
-TERMINAL = ("completed", "failed", "cancelled")
+from stepline.store.records import TERMINAL, RunStatus
 
 # What each wait reason means, said in full (store.records.WaitReason).
 WAIT_TEXT = {
@@ -159,7 +158,7 @@ def started_lines(event: dict[str, Any]) -> list[str]:
 def outcome_lines(run: dict[str, Any]) -> list[str]:
     """What ``stepline send --wait`` prints once a run has ended."""
     lines = [f"run {run['id']} {run['function_id']} {run['status']}" + (f" in {duration(run['duration_ms'])}" if run.get("duration_ms") is not None else "")]
-    if run["status"] == "completed":
+    if run["status"] == RunStatus.COMPLETED:
         lines.append("  output: " + json.dumps(run.get("output")))
     elif run.get("error"):
         lines.append(f"  error: {error_text(run['error'])}")

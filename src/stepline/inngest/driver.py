@@ -35,7 +35,7 @@ from stepline import context, errors, expressions, jsonutil
 from stepline.engine.signals import Suspend
 from stepline.function import InngestMeta
 from stepline.inngest import durations, events, gateway, memos, protocol
-from stepline.store.records import JournalRow, StepState
+from stepline.store.records import JournalRow, StepState, StepStatus
 
 
 class Runtime(Protocol):
@@ -186,7 +186,7 @@ class SDKExecution:
             if memos.finished(row):
                 self.memos[row["key"]] = memos.memo_of(row)
                 self.stack.append(row["key"])
-                if row["status"] == "completed":
+                if row["status"] == StepStatus.COMPLETED:
                     again = _value(jsonutil.loads(row["output"]))
                 else:
                     again = _raiser(protocol.make_error(jsonutil.loads(row["error"]) or {}, final=True))
@@ -309,7 +309,7 @@ class SDKExecution:
             name, expression, timeout = _wait_of(op)
             if sid in self.prepared:
                 row = await self.rt.step_row(self.ctx.run_id, sid)
-                if row is not None and row["status"] == "completed":  # it arrived while the block ran
+                if row is not None and row["status"] == StepStatus.COMPLETED:  # it arrived while the block ran
                     body = jsonutil.loads(row["output"])
                     await self.step.record_step(sid, "wait", _value(body), None)
                     self.done(sid, memos.wait_memo(body))

@@ -7,7 +7,7 @@ from typing import Any
 from stepline import jsonutil
 from stepline.inngest import events
 from stepline.inngest.protocol import normalize_error
-from stepline.store.records import JournalRow
+from stepline.store.records import JournalRow, StepStatus
 
 INVOKE_TIMEOUT = {
     "name": "InngestInvokeTimeoutError",
@@ -47,4 +47,4 @@ def wait_memo(body: Any) -> Any:
 
 
 def finished(row: JournalRow) -> bool:
-    return row["status"] in ("completed", "failed")
+    return row["status"] in (StepStatus.COMPLETED, StepStatus.FAILED)

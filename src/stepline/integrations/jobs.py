@@ -16,7 +16,7 @@ from typing import Any
 from stepline import errors
 from stepline.integrations.core import Connection
 from stepline.server import tokens
-from stepline.store.records import TERMINAL
+from stepline.store.records import TERMINAL, RunStatus
 
 # Run statuses as the seeds' job tables name them.
 JOB_STATUS = {
@@ -63,7 +63,7 @@ def job_view(run: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "job_id": run["id"],
         "status": JOB_STATUS.get(run["status"], run["status"]),
-        "progress": run.get("progress") or (100 if run["status"] == "completed" else 0),
+        "progress": run.get("progress") or (100 if run["status"] == RunStatus.COMPLETED else 0),
         "progress_message": run.get("progress_message"),
         "output": run.get("output"),
         "error": None if not error else str(error.get("message") or error.get("name") or "failed"),
