@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
@@ -25,16 +26,23 @@ def test_ids_made_one_after_another_sort_in_that_order() -> None:
 
 
 def test_ids_from_several_threads_never_collide() -> None:
+    """Each thread's ids increase, however the threads interleave: switching threads every
+    microsecond makes a switch between reading the clock and drawing the random part likely."""
     made: list[list[str]] = [[] for _ in range(4)]
 
     def make(out: list[str]) -> None:
         out.extend(ids.new_id() for _ in range(5_000))
 
-    threads = [threading.Thread(target=make, args=(out,)) for out in made]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=make, args=(out,)) for out in made]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
     everything = [i for out in made for i in out]
     assert len(set(everything)) == len(everything)
     assert all(out == sorted(out) for out in made)
