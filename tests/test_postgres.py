@@ -499,6 +499,7 @@ class Proxy:
         self.port = 0
         self._links: list[socket.socket] = []
         self._server: socket.socket | None = None
+        self._lock = threading.Lock()
         self.restore()
 
     def restore(self) -> None:
@@ -507,18 +508,22 @@ class Proxy:
         server.bind(("127.0.0.1", self.port))
         server.listen(64)
         self.port = server.getsockname()[1]
-        self._server = server
+        with self._lock:
+            self._server = server
         threading.Thread(target=self._accept, args=(server,), daemon=True).start()
 
     def cut(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        for sock in self._links:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-        self._links.clear()
+        with self._lock:
+            if self._server is not None:
+                with contextlib.suppress(OSError):
+                    self._server.shutdown(socket.SHUT_RDWR)  # wakes the accept() blocked on it; close alone does not
+                self._server.close()
+                self._server = None
+            for sock in self._links:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            self._links.clear()
 
     def _accept(self, server: socket.socket) -> None:
         while True:
@@ -527,7 +532,12 @@ class Proxy:
             except OSError:
                 return
             upstream = socket.create_connection(self.target)
-            self._links += [client, upstream]
+            with self._lock:
+                if self._server is not server:  # cut while this one was being accepted: it never got through
+                    client.close()
+                    upstream.close()
+                    return
+                self._links += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
