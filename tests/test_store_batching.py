@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Awaitable
 
 import pytest
 
@@ -14,8 +15,8 @@ from tests.helpers import runs_for_event, wait_run
 from tests.test_handoff import query
 
 
-async def _in_one_batch(database: db.Database, *ops: db.Op[object]) -> list[object]:
-    """Run ``ops`` in one group commit: queue them while the writer is busy with another."""
+async def _while_writer_busy(database: db.Database, writes: list[Awaitable[object]]) -> list[object]:
+    """Queue ``writes`` while the writer is busy with another, so they share the next group commit."""
     started = threading.Event()
 
     def hold(conn: db.Conn) -> None:
@@ -24,9 +25,14 @@ async def _in_one_batch(database: db.Database, *ops: db.Op[object]) -> list[obje
 
     holding = asyncio.ensure_future(database.write(hold))
     await asyncio.get_running_loop().run_in_executor(None, started.wait, 5.0)
-    results = await asyncio.gather(*(database.write(op) for op in ops), return_exceptions=True)
+    results = await asyncio.gather(*writes, return_exceptions=True)
     await holding
     return results
+
+
+async def _in_one_batch(database: db.Database, *ops: db.Op[object]) -> list[object]:
+    """Run ``ops`` in one group commit."""
+    return await _while_writer_busy(database, [database.write(op) for op in ops])
 
 
 async def test_a_failed_operation_takes_its_deferred_writes_with_it(make_engine, db_url) -> None:
@@ -127,16 +133,7 @@ async def test_a_shared_operation_that_fails_is_run_again_for_each_item_alone(ma
 
     kind = db.Batched("insert", insert_all, alone_on_error=True)
     database = engine.store.db
-    started = threading.Event()
-
-    def hold(conn: db.Conn) -> None:
-        started.set()
-        time.sleep(0.3)
-
-    holding = asyncio.ensure_future(database.write(hold))
-    await asyncio.get_running_loop().run_in_executor(None, started.wait, 5.0)
-    results = await asyncio.gather(*(database.write_item(kind, item) for item in ("a", "bad", "c")), return_exceptions=True)
-    await holding
+    results = await _while_writer_busy(database, [database.write_item(kind, item) for item in ("a", "bad", "c")])
 
     assert calls[0] == ["a", "bad", "c"]  # first together ...
     assert sorted(map(tuple, calls[1:])) == [("a",), ("bad",), ("c",)]  # ... then each alone
