@@ -126,10 +126,17 @@ async def test_a_worker_that_lost_its_lease_commits_nothing_even_when_it_took_th
         await engine.store.publish(stale, "updates", '"stale"')
     with pytest.raises(LeaseLost):
         await engine.store.set_progress(stale, 50, "stale")
+    with pytest.raises(LeaseLost):  # an SDK app's wait registered ahead of its suspension
+        await engine.store.prepare_wait(stale, "w1", "own/reply", None, 60_000, "reply")
     await engine.store.release([stale])  # not its to release any more
     assert query(db_url, "SELECT lease_owner, lease_epoch FROM queue WHERE run_id = ?", (run_id,)) == [("w-1", second.epoch)]
     assert query(db_url, "SELECT COUNT(*) FROM steps WHERE run_id = ?", (run_id,)) == [(0,)]
+    assert query(db_url, "SELECT COUNT(*) FROM waits WHERE run_id = ?", (run_id,)) == [(0,)]
 
+    await engine.store.prepare_wait(current, "w1", "own/reply", None, 60_000, "reply")
+    assert query(db_url, "SELECT event_name FROM waits WHERE run_id = ?", (run_id,)) == [("own/reply",)]
+    execute(db_url, "DELETE FROM waits WHERE run_id = ?", (run_id,))
+    execute(db_url, "DELETE FROM steps WHERE run_id = ?", (run_id,))
     fresh = StepResult("s1", "s1", "run", "completed", '"current"', None, 1, 1, 2)
     assert await engine.store.checkpoint(current, fresh, 1) is False
     await engine.store.finish_run(current, "completed", '"current"', None)

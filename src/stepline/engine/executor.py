@@ -425,6 +425,11 @@ class RunExecution:
             return
         self._suspend(Suspension("sleep", key, self._name(step_id), wake_ms, started_at=now))
 
+    async def prepare_wait(self, step_id: str, event: str, expression: str | None, timeout: float, name: str | None) -> None:
+        """Register the wait ``step_id`` ahead of the run's suspension on it (an SDK app's
+        parallel block, where a step beside the wait may cause the event), under the lease."""
+        await self.write(self._store.prepare_wait(self.lease, step_id, event, expression, int(timeout * 1000), name))
+
     async def wait_for_event(self, step_id: str, event: str, expression: str | None, timeout: float) -> event_mod.Event | None:
         key, entry = self._enter(step_id, suspends=True)
         if entry is not None:

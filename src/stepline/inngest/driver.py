@@ -47,10 +47,6 @@ class Runtime(Protocol):
 
     async def call(self, meta: InngestMeta, step_id: str, body: dict[str, Any], *, run_id: str) -> protocol.Reply: ...
 
-    async def prepare_wait(
-        self, run_id: str, key: str, event_name: str, expression: str | None, timeout: float, name: str | None = None
-    ) -> None: ...
-
     def watch_prepared_wait(self, run_id: str, key: str) -> None: ...
 
     async def step_row(self, run_id: str, key: str) -> StepState | None: ...
@@ -277,7 +273,7 @@ class SDKExecution:
         name, expression, timeout = _wait_of(op)
         if expression is not None:
             expressions.check(expression, field=f"waitForEvent {display_name(op)}")
-        await self.rt.prepare_wait(self.ctx.run_id, str(op["id"]), name, expression, timeout, display_name(op))
+        await self.step.prepare_wait(str(op["id"]), name, expression, timeout, display_name(op))
         self.prepared.add(str(op["id"]))
 
     def done(self, step_id: str, memo: Any) -> None:

@@ -189,11 +189,6 @@ class InngestRuntime:
             return slug
         return await self.engine.store.resolve_function_id(slug)
 
-    async def prepare_wait(
-        self, run_id: str, key: str, event_name: str, expression: str | None, timeout: float, name: str | None = None
-    ) -> None:
-        await self.engine.store.prepare_wait(run_id, key, event_name, expression, int(timeout * 1000), name)
-
     def watch_prepared_wait(self, run_id: str, key: str) -> None:
         """After the run suspends on a wait registered early, wake it if the event came in the
         moment between the driver's last look and the suspension (nothing else would)."""

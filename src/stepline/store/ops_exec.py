@@ -47,6 +47,12 @@ def holds(row: dict[str, Any] | None, lease: Lease) -> bool:
     )
 
 
+def check_held(conn: db.Conn, lease: Lease) -> None:
+    """Raise ``LeaseLost`` unless the run's queue row (locked) still holds ``lease``: the
+    fence of a write made on behalf of a run that is still executing."""
+    _hold(conn, lease)
+
+
 def _hold(conn: db.Conn, lease: Lease) -> dict[str, Any]:
     row = conn.one(
         "SELECT q.lease_owner, q.lease_epoch, r.cancel_requested, r.status FROM queue q JOIN runs r ON r.id = q.run_id "

@@ -13,8 +13,8 @@ from typing import Any, cast
 from stepline import errors, jsonutil
 from stepline import event as event_mod
 from stepline.function import StoredConfig
-from stepline.store import db, ops_ingest, ops_runs
-from stepline.store.records import TERMINAL, JournalRow, StepState, StepStatus
+from stepline.store import db, ops_exec, ops_ingest, ops_runs
+from stepline.store.records import TERMINAL, JournalRow, Lease, StepState, StepStatus
 
 
 def sdk_functions_txn(conn: db.Conn) -> list[StoredConfig]:
@@ -117,13 +117,16 @@ def send_signal_txn(conn: db.Conn, signal: event_mod.Event, expression: str, now
 
 
 def prepare_wait_txn(
-    conn: db.Conn, run_id: str, key: str, event_name: str, expression: str | None, expires_at: int, now: int,
+    conn: db.Conn, lease: Lease, key: str, event_name: str, expression: str | None, expires_at: int, now: int,
     name: str | None = None,
 ) -> None:
     """Register a ``waitForEvent`` before the steps beside it in a parallel block run, so an
     event one of them causes is not missed. The rows are the ones the engine writes when a
     run suspends on a wait (same wait id), so it finds them there and keeps them; the run's
-    end removes them if it never suspends on it (a race the wait lost)."""
+    end removes them if it never suspends on it (a race the wait lost). Fenced like every
+    write of a running run: a worker that lost the lease registers nothing."""
+    ops_exec.check_held(conn, lease)
+    run_id = lease.run_id
     seq = (conn.scalar("SELECT MAX(seq) AS seq FROM steps WHERE run_id = ?", (run_id,)) or 0) + 1
     conn.execute(
         "INSERT INTO steps (run_id, key, name, kind, status, seq, attempts, started_at, wake_at) "

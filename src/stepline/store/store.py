@@ -321,14 +321,15 @@ class Store:
         return await self.db.write(self._at_commit(ops_sdk.send_signal_txn, signal=signal, expression=expression))
 
     async def prepare_wait(
-        self, run_id: str, key: str, event_name: str, expression: str | None, timeout_ms: int, name: str | None = None
+        self, lease: Lease, key: str, event_name: str, expression: str | None, timeout_ms: int, name: str | None = None
     ) -> None:
-        """Register a wait of a run that still executes (a parallel block), ahead of its suspension."""
+        """Register a wait of a run that still executes (a parallel block), ahead of its
+        suspension; raises ``LeaseLost`` when ``lease`` no longer holds the run."""
 
         def prepare(conn: db.Conn) -> None:
             now = self.now_ms()
             ops_sdk.prepare_wait_txn(
-                conn, run_id=run_id, key=key, event_name=event_name, expression=expression,
+                conn, lease=lease, key=key, event_name=event_name, expression=expression,
                 expires_at=now + timeout_ms, now=now, name=name,
             )
 
