@@ -72,6 +72,11 @@ def test_runs_show_given_an_event_id_lists_its_runs(serve) -> None:  # noqa: F81
     assert f"Show one with: stepline runs show {run['id']}" in shown
     missing = stepline(server.url, "runs", "show", "01NOTHINGHERE0000000000000", ok=False)
     assert missing.returncode == 1 and "no run with id" in missing.stderr
+    for command in ("cancel", "replay", "rerun"):  # acting on an event id says what to act on instead
+        refused = stepline(server.url, "runs", command, event_id, ok=False)
+        assert refused.returncode == 1
+        assert f"{event_id} is an event id (dash/parent), not a run id: its runs are {run['id']}" in refused.stderr
+        assert f"stepline runs {command} {run['id']}" in refused.stderr
 
 
 def test_runs_show_tells_model_calls_function_retries_wait_reasons_and_start_times(serve, fake: FakeProvider) -> None:  # noqa: F811

@@ -408,12 +408,25 @@ def _get_if_found(url: str | None, path: str) -> Any:
         raise
 
 
+def _act_on_run(url: str | None, run_id: str, action: str, command: str) -> Any:
+    """``POST /api/v1/runs/{run_id}/{action}``; given an event id, say so and name its runs."""
+    try:
+        return call("POST", url, f"/api/v1/runs/{run_id}/{action}")
+    except ApiError as exc:
+        event = _get_if_found(url, f"/api/v1/events/{run_id}") if exc.status == 404 else None
+        if event is None:
+            raise
+        runs_ = ", ".join(r["id"] for r in event["runs"]) or "none"
+        hint = f"; e.g. stepline runs {command} {event['runs'][0]['id']}" if event["runs"] else ""
+        raise click.ClickException(f"{run_id} is an event id ({event['name']}), not a run id: its runs are {runs_}{hint}") from None
+
+
 @runs.command("cancel")
 @click.argument("run_id")
 @url_option
 def runs_cancel(run_id: str, url: str | None) -> None:
     """Cancel a run (it stops at its next step)."""
-    body = call("POST", url, f"/api/v1/runs/{run_id}/cancel")
+    body = _act_on_run(url, run_id, "cancel", "cancel")
     click.echo(f"{body['id']}: {body['status']}")
 
 
@@ -422,7 +435,7 @@ def runs_cancel(run_id: str, url: str | None) -> None:
 @url_option
 def runs_rerun(run_id: str, url: str | None) -> None:
     """Start a new run that reuses the committed steps of a failed or cancelled run."""
-    body = call("POST", url, f"/api/v1/runs/{run_id}/rerun-from-failed-step")
+    body = _act_on_run(url, run_id, "rerun-from-failed-step", "rerun")
     click.echo(body["id"])
 
 
@@ -431,7 +444,7 @@ def runs_rerun(run_id: str, url: str | None) -> None:
 @url_option
 def runs_replay(run_id: str, url: str | None) -> None:
     """Start a new run of the same function with the same event."""
-    body = call("POST", url, f"/api/v1/runs/{run_id}/replay")
+    body = _act_on_run(url, run_id, "replay", "replay")
     click.echo(body["id"])
 
 
