@@ -70,13 +70,13 @@ def rows_examined(conn: db.Conn, sql: str, params: tuple[Any, ...]) -> int:
     return total
 
 
-async def claim_and_examine(engine: Any, limit: int) -> tuple[list[str], int]:
+async def claim_and_examine(engine: Any, limit: int, *, analyze: bool = True) -> tuple[list[str], int]:
     """Claim up to ``limit`` runs (in a transaction rolled back afterwards) and count the
     queue rows the claim's reads examined."""
     found: dict[str, Any] = {}
 
     def op(conn: db.Conn) -> None:
-        if conn.dialect == "postgres":
+        if analyze and conn.dialect == "postgres":
             conn.execute("ANALYZE queue")  # as the store does after a burst of new runs (never-analysed tiny tables are scanned)
         recording = Recording(conn)
         claimed, _ = ops_exec.claim_txn(recording, "w-test", ["job", "urgent"], limit, engine.store.now_ms(), 30_000)  # type: ignore[arg-type]
@@ -109,3 +109,23 @@ async def test_with_more_ready_than_a_batch_the_claim_still_takes_them_in_claim_
     await engine.send({"name": "claims/urgent"})  # due last; its priority puts it first
     claimed, _ = await claim_and_examine(engine, 10)
     assert claimed[0] == "urgent" and claimed[1:] == ["job"] * 9
+
+
+async def test_a_claim_reads_the_ready_runs_when_the_statistics_still_count_the_sleepers_as_due(make_engine) -> None:
+    """A burst of runs is counted by the planner while they are due, then they all go to
+    sleep (their due time moves hours ahead) before the statistics are taken again: the
+    claim must still read only what is ready, not the whole queue on every claim."""
+    engine = await make_engine(app(), run_worker=False)
+    sleepers = 20_000  # enough that reading them costs a planner more than looking up the few ready by key
+    for start in range(0, sleepers, 1000):
+        await engine.send_many([{"name": "claims/job", "data": {"i": i}} for i in range(start, start + 1000)])
+
+    def went_to_sleep(conn: db.Conn) -> None:
+        conn.execute("ANALYZE queue")  # the statistics see them all due now
+        conn.execute("UPDATE queue SET due_at = due_at + 3600000")  # and then they sleep for an hour
+
+    await engine.store.db.write(went_to_sleep)
+    await engine.send_many([{"name": "claims/job", "data": {"i": -1}}, {"name": "claims/urgent"}, {"name": "claims/job"}])
+    claimed, examined = await claim_and_examine(engine, 100, analyze=False)
+    assert claimed == ["urgent", "job", "job"]
+    assert examined < 50, f"the claim read {examined} queue rows for 3 ready runs beside {sleepers} sleeping"

@@ -92,15 +92,20 @@ def claim_txn(
     leased_at = time.monotonic()
     fns = _in(function_ids)
     lock = conn.skip_locked()
-    order = _claim_order(conn, now)
+    ready = _few_ready(conn, now)
+    named, params = "", ()  # many are ready: the claim-order index, read until the batch is full
+    if ready:  # few: those, by key (see _few_ready)
+        marks, params = db.in_list(ready)
+        named = f"AND run_id IN ({marks}) "
     # Each row also says when the next run after these falls due, saving a query.
-    candidates = conn.all(
+    candidates = [] if ready == [] else conn.all(
         f"SELECT run_id, function_id, ck1, cl1, ck2, cl2, (SELECT MIN(due_at) FROM queue WHERE lease_owner IS NULL AND due_at > ? "
         f"AND function_id IN ({fns})) AS next_due, "
         "(SELECT mode FROM function_pauses p WHERE p.function_id = queue.function_id) AS paused "
         f"FROM queue WHERE lease_owner IS NULL AND due_at <= ? "
-        f"AND function_id IN ({fns}) ORDER BY {order} LIMIT ? {lock}",
-        (now, *function_ids, now, *function_ids, limit),
+        f"AND function_id IN ({fns}) {named}ORDER BY {'(due_at - priority_ms)' if ready is None else '+(due_at - priority_ms)'} "
+        f"LIMIT ? {lock}",
+        (now, *function_ids, now, *function_ids, *params, limit),
     )
     candidates = [r for r in candidates if r["run_id"] not in exclude]
     held = [r for r in candidates if r["paused"] is not None]  # their function is paused: set aside
@@ -133,23 +138,26 @@ def claim_txn(
 
 
 # Up to this many ready rows, a claim reads them by due time and sorts them; past it, it
-# reads the claim-order index until it has its batch (see _claim_order).
+# reads the claim-order index until it has its batch (see _few_ready).
 FEW_READY = 256
 
 
-def _claim_order(conn: db.Conn, now: int) -> str:
-    """How a claim orders its candidates, which decides the plan. The claim order (due time
-    less priority) has an index, and reading it stops at the batch, however many runs are
-    ready; but when fewer are ready than a batch, that read goes on through every row
-    still to come, runs asleep for hours among them. So when few rows are ready (a bounded
-    probe of the due-time index counts them) the order is written so that no index has it
-    (``+``): the ready rows are then read by due time and sorted, which costs what they
-    are, not what sleeps."""
-    ready = conn.scalar(
-        f"SELECT COUNT(*) AS n FROM (SELECT 1 FROM queue WHERE lease_owner IS NULL AND due_at <= ? LIMIT {FEW_READY + 1}) AS ready",
+def _few_ready(conn: db.Conn, now: int) -> list[str] | None:
+    """The ready runs when there are few (of any function), else None; this decides how a
+    claim reads them. The claim order (due time less priority) has an index, and reading
+    it stops at the batch, however many runs are ready; but when fewer are ready than a
+    batch, that read goes on through every row still to come, runs asleep for hours among
+    them. So few ready runs are found here by the due-time index, read in its order
+    (``ORDER BY due_at``, a plan the planner takes even when its statistics are stale), and
+    the claim reads them by key and sorts them: it costs what is ready, not what sleeps.
+    Stale statistics are common: rows counted while due that have since gone to sleep (a
+    burst of runs that all reached a ``sleep``) would otherwise have the planner scan the
+    whole queue on every claim."""
+    rows = conn.all(
+        f"SELECT run_id FROM queue WHERE lease_owner IS NULL AND due_at <= ? ORDER BY due_at LIMIT {FEW_READY + 1}",
         (now,),
     )
-    return "+(due_at - priority_ms)" if ready <= FEW_READY else "(due_at - priority_ms)"
+    return None if len(rows) > FEW_READY else [r["run_id"] for r in rows]
 
 
 def _admit_by_concurrency(conn: db.Conn, candidates: list[dict[str, Any]], now: int) -> tuple[list[str], int]:
