@@ -21,13 +21,16 @@ from stepline.server.common import ServerOptions
 from stepline.testing import FakeProvider, Reply
 from tests.helpers import eventually, runs_for_event, wait_run
 from tests.server_live import LiveServer, serve  # noqa: F401 - fixture
+from tests.test_budgets_api import (  # the same queued function
+    BUDGET,
+    GENERATE,
+    MAX_TOKENS,
+    MODEL,
+    PROMPT,
+    generate_app,
+)
 
-MODEL = "gpt-4o-mini"  # priced by the bundled genai-prices table as an OpenAI model
 SLOW = "fake-slow"
-PROMPT = "How many legs does a spider have?"
-MAX_TOKENS = 100
-BUDGET = "generate:1d:user_id"
-GENERATE = "llm/generate.requested"
 EVENT_KEY = "web-event-key"
 TOKEN = "web-api-token"
 PRODUCTION = ServerOptions(dev=False, event_key=EVENT_KEY, api_token=TOKEN)
@@ -41,19 +44,6 @@ def priced(fake: FakeProvider) -> LLM:
 def worst(llm: LLM) -> Any:
     """What one quick call of these tests reserves (the Router's messages for PROMPT)."""
     return llm_budget.spend(llm, MODEL, [{"role": "user", "content": PROMPT}], None, {"max_tokens": MAX_TOKENS}).worst
-
-
-def generate_app(llm: LLM, budget: stepline.Budget) -> stepline.App:
-    """The function behind the Router's queue; its budget is the one quick calls meet."""
-    app = stepline.App("web")
-
-    @app.function(id="generate", trigger=stepline.TriggerEvent(GENERATE), budgets=[budget], retries=0)
-    async def generate(ctx: stepline.Context) -> str:
-        data = ctx.event.data
-        reply = await ctx.step.ai.infer("call-model", model=data["model"], messages=data["messages"], llm=llm, **data["params"])
-        return str(reply["text"])
-
-    return app
 
 
 class Web:
