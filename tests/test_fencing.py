@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import subprocess
@@ -291,6 +292,48 @@ async def test_a_lease_taken_over_stops_the_step_in_flight_and_writes_nothing(ma
     assert query(db_url, "SELECT lease_owner FROM queue WHERE run_id = ?", (run["id"],)) == [("w-other",)]
     assert query(db_url, "SELECT COUNT(*) FROM steps WHERE run_id = ?", (run["id"],)) == [(0,)]
     assert (await engine.get_run(run["id"]))["status"] == "running"  # the new holder's, untouched
+
+
+@pytest.mark.timeout(60)
+async def test_a_step_starts_only_with_lease_ahead_of_it_renewing_first(
+    make_engine: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim whose answer comes late (it committed just as a stall lifted) leaves the
+    worker little of its lease. A step that cannot be interrupted (sync code in a thread)
+    must not start on that: once the worker's fence stopped the run, the step would run on
+    beside the next holder's execution. The worker renews the lease first, and the step
+    runs once."""
+    lease = 2.0
+    started: list[float] = []
+
+    def sync_body() -> int:
+        started.append(time.monotonic())
+        time.sleep(0.6)  # longer than what the late claim left before the fence
+        return len(started)
+
+    app = stepline.App("fence-late-claim")
+
+    @app.function(id="late", trigger=stepline.TriggerEvent("fence/late"), retries=0)
+    async def late(ctx: stepline.Context) -> int:
+        return int(await ctx.step.run("sync", sync_body))
+
+    engine = await make_engine(app, lease=lease)
+    sender = await make_engine(app, run_worker=False)  # no hand-off: the worker claims the run
+    real_claim = engine.store.claim
+
+    async def late_answer(*args: Any, **kwargs: Any) -> Any:
+        claimed, next_due = await real_claim(*args, **kwargs)
+        # Most of the lease was spent before the answer came.
+        return [dataclasses.replace(run, leased_at=run.leased_at - 0.7 * lease) for run in claimed], next_due
+
+    monkeypatch.setattr(engine.store, "claim", late_answer)
+    caplog.set_level(logging.WARNING, logger="stepline.executor")
+    event_id = await sender.send({"name": "fence/late", "data": {}})
+    (run,) = await runs_for_event(sender, event_id)
+    done = await wait_run(sender, run["id"], timeout=20)
+    assert done["status"] == "completed", done
+    assert len(started) == 1, f"the sync step ran {len(started)} times: it started with its lease nearly spent"
+    assert not [r for r in caplog.records if "stops on this worker" in r.getMessage()], "the worker stopped the run mid-step"
 
 
 async def _not_active(engine: Engine, run_id: str) -> bool:

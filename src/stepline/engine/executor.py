@@ -61,6 +61,12 @@ log = logging.getLogger("stepline.executor")
 # A worker stops a run once this share of the lease has passed since its last renewal
 # began without another one committing: before the lease can expire in the database.
 FENCE_AT = 0.75
+# A step starts only with at least this share of the lease still ahead of its worker's
+# deadline, renewing the lease first when less is left (a claim that committed just as a
+# stall lifted, a heartbeat held up behind one). A step whose code cannot be interrupted
+# (sync code in a thread) would otherwise run on after its worker stopped the run, beside
+# the next holder's execution.
+START_MARGIN = 0.25
 # Errors of a write that mean the run is no longer this worker's to write (LeaseLost), or
 # that nothing can be known of the write: the run stops, nothing is counted against it.
 LOST = errors.StoreError
@@ -89,8 +95,11 @@ class Services:
 class RunExecution:
     """One run on this worker: implements ``context.RunDriver``."""
 
-    def __init__(self, services: Services, claimed: ClaimedRun, function: Function) -> None:
+    def __init__(
+        self, services: Services, claimed: ClaimedRun, function: Function, request_renewal: Callable[[], None] = lambda: None
+    ) -> None:
         self._services = services
+        self._request_renewal = request_renewal  # asks the worker's heartbeat to renew its leases now
         self._store = services.store
         self.function = function
         self.run_id = claimed.run_id
@@ -125,6 +134,8 @@ class RunExecution:
         self._fence_span = settings.lease * FENCE_AT
         # time.monotonic() past which this worker must not be running the run (fencing off: never).
         self.deadline = claimed.leased_at + self._fence_span if settings.fencing else float("inf")
+        self._start_margin = settings.lease * START_MARGIN
+        self._renewed = asyncio.Event()  # set at each renewal and at a loss: wakes a step waiting for one
         self.lost: str | None = None  # why the run stopped here without an outcome
         self.ending = False  # its last write (finish, suspend, retry) is under way
         self.outcome: str | None = None  # how this execution ended, for its span
@@ -137,13 +148,25 @@ class RunExecution:
         """A heartbeat that began at ``since`` extended the lease."""
         if self.lease.epoch is not None:
             self.deadline = max(self.deadline, since + self._fence_span)
+            self._renewed.set()
 
     def lose(self, reason: str, cause: str) -> None:
         """The run is no longer this worker's to execute: no step may start, nothing more is written."""
         if self.lost is None:
             self.lost = reason
             self._halted = True
+            self._renewed.set()
             self._services.counters.add(counters.LEASE_LOSSES, self.function_id, cause)
+
+    async def _lease_ahead(self) -> None:
+        """Wait until the lease has ``START_MARGIN`` of its length ahead of this worker's
+        deadline, renewing it now when it has less; ``Halt`` when the run is lost meanwhile
+        (the fence stops it once the deadline passes without a renewal)."""
+        while self.lost is None and time.monotonic() + self._start_margin > self.deadline:
+            self._renewed.clear()
+            self._request_renewal()
+            await self._renewed.wait()
+        self._check_lease()
 
     def _check_lease(self) -> None:
         if self.lost is None and time.monotonic() > self.deadline:
@@ -317,7 +340,7 @@ class RunExecution:
             await self.await_checkpoints()  # the previous step's result is durable before this one begins
             if self.cancel_requested:
                 raise Halt()
-        self._check_lease()  # no step starts once the lease may have run out
+        await self._lease_ahead()  # no step starts once the lease may have run out, nor just before
         started = self._store.now_ms()
         ticket: budget_gate.Ticket | None = None
         span = None if self.tracer is None else self._step_span(key, step_id, attempt)
@@ -511,6 +534,9 @@ class Executor:
         self._store = services.store
         self._functions = functions
         self.active: dict[str, tuple[asyncio.Future[Any], RunExecution]] = {}
+        # Set when a run wants its lease renewed before its next step: the heartbeat then
+        # renews every lease at once rather than at its next tick.
+        self.renewal_wanted = asyncio.Event()
 
     def cancel_local(self, run_id: str) -> bool:
         """Stop a run this worker is executing (its in-flight async step is cancelled)."""
@@ -552,7 +578,7 @@ class Executor:
 
     async def execute(self, claimed: ClaimedRun) -> None:
         function = self._functions[claimed.function_id]
-        execution = RunExecution(self._services, claimed, function)
+        execution = RunExecution(self._services, claimed, function, self.renewal_wanted.set)
         event = event_mod.Event.from_dict(claimed.event)
         if len(claimed.events) == 1 and claimed.events[0] is claimed.event:
             events = [event]  # the usual run of one event: the same object, parsed once

@@ -235,8 +235,11 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         settings = self._services.settings
         lease_ms = int(settings.lease * 1000)
+        wanted = self.executor.renewal_wanted
         while not self._stopping:
-            await asyncio.sleep(settings.lease / 4)
+            with contextlib.suppress(TimeoutError):  # every quarter lease, or sooner when a run asks
+                await asyncio.wait_for(wanted.wait(), settings.lease / 4)
+            wanted.clear()
             try:
                 leases = self.executor.leases()
                 if leases:
