@@ -158,15 +158,14 @@ class RunExecution:
             self._renewed.set()
             self._services.counters.add(counters.LEASE_LOSSES, self.function_id, cause)
 
-    async def _lease_ahead(self) -> None:
+    async def _renew_ahead(self) -> None:
         """Wait until the lease has ``START_MARGIN`` of its length ahead of this worker's
-        deadline, renewing it now when it has less; ``Halt`` when the run is lost meanwhile
+        deadline, asking for a renewal now; returns early when the run is lost meanwhile
         (the fence stops it once the deadline passes without a renewal)."""
         while self.lost is None and time.monotonic() + self._start_margin > self.deadline:
             self._renewed.clear()
             self._request_renewal()
             await self._renewed.wait()
-        self._check_lease()
 
     def _check_lease(self) -> None:
         if self.lost is None and time.monotonic() > self.deadline:
@@ -340,7 +339,9 @@ class RunExecution:
             await self.await_checkpoints()  # the previous step's result is durable before this one begins
             if self.cancel_requested:
                 raise Halt()
-        await self._lease_ahead()  # no step starts once the lease may have run out, nor just before
+        if time.monotonic() + self._start_margin > self.deadline:
+            await self._renew_ahead()  # no step starts just before the lease may run out
+        self._check_lease()  # nor after
         started = self._store.now_ms()
         ticket: budget_gate.Ticket | None = None
         span = None if self.tracer is None else self._step_span(key, step_id, attempt)
