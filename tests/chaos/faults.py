@@ -4,10 +4,13 @@ processes (by pid), its own SQLite file, its own PostgreSQL database and proxy."
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 
 import psycopg
 
@@ -29,6 +32,35 @@ released = time.time()
 conn.execute("ROLLBACK")
 print(released, flush=True)
 """
+
+
+# After a stall under CPU load, the load goes on this long: the writes the stall held up
+# commit, and the workers act on them, on a busy machine.
+LOAD_AFTER_STALL = 1.5
+
+
+@contextlib.contextmanager
+def cpu_load() -> Iterator[None]:
+    """One busy process per core while the block runs (stopped by pid): the workers get
+    their turns late, as on a busy machine, where a claim that committed as a stall lifted
+    once left a worker starting steps on a lease nearly spent."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+    try:
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+
+
+def loaded(stall: Callable[[], Fault | None]) -> Fault | None:
+    """``stall`` with every core busy during it and ``LOAD_AFTER_STALL`` seconds after."""
+    with cpu_load():
+        fault = stall()
+        time.sleep(LOAD_AFTER_STALL)
+    if fault is None:
+        return None
+    return Fault(fault.kind, f"{fault.target}, under CPU load", fault.start, fault.end)
 
 
 def kill(cluster: Cluster, rng: random.Random) -> Fault | None:

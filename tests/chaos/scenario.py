@@ -170,6 +170,9 @@ class Chaos:
         else:
             stall = lambda: faults.pg_lock_stall(self.db.direct_url, self.rng.choice(faults.PG_TABLES), stall_for())  # noqa: E731
         proxy = self.db.proxy
+        plain_stall = stall
+        # Every other stall (at random) on a machine whose cores are all busy.
+        stall = lambda: faults.loaded(plain_stall) if self.rng.random() < 0.5 else plain_stall()  # noqa: E731
         return {
             "kill": lambda: faults.kill(self.cluster, self.rng),
             "stall": stall,
