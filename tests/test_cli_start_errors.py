@@ -1,18 +1,21 @@
 """`stepline start`, `dev` and `worker` refuse what they cannot run with one line that names
 the problem and the fix, never a traceback: a database that refuses writes, a function
-whose CEL expression does not compile."""
+whose CEL expression does not compile, a database that does not answer (once
+``STEPLINE_CONNECT_WAIT`` has passed; a server that answers "no such database" at once)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import urllib.parse
 from collections.abc import Iterator
 
 import pytest
 
+from tests.chaos.proxy import CuttingProxy
 from tests.cli_server import REPO
-from tests.conftest import _pg_admin
+from tests.conftest import PG_ADMIN_URL, _pg_admin
 
 COMMANDS = (
     ["start", "tests.server_apps:app"],
@@ -21,8 +24,8 @@ COMMANDS = (
 )
 
 
-def run_cli(args: list[str], db_url: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": REPO, "STEPLINE_EVENT_KEY": "ek", "STEPLINE_API_TOKEN": "tok", "STEPLINE_PORT": "0"}
+def run_cli(args: list[str], db_url: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": REPO, "STEPLINE_EVENT_KEY": "ek", "STEPLINE_API_TOKEN": "tok", "STEPLINE_PORT": "0", **extra_env}
     return subprocess.run(
         [sys.executable, "-m", "stepline.cli", *args, "--db", db_url],
         check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
@@ -67,3 +70,56 @@ def test_a_cel_expression_that_does_not_compile_is_named_with_the_fix(db_url: st
         line = one_line_error(run_cli([command, "tests.apps_bad_cel:app"], db_url))
         assert "tests.apps_bad_cel:app" in line and "event.data.ok == == true" in line, line
         assert "fix it in tests.apps_bad_cel" in line, line
+
+
+# --- a database that does not answer yet ------------------------------------------------
+
+
+def _through(proxy: CuttingProxy, url: str) -> str:
+    """``url`` reached through ``proxy`` (same user and database)."""
+    head, tail = url.split("@", 1)
+    return f"{head}@127.0.0.1:{proxy.port}/{tail.split('/', 1)[1]}"
+
+
+@pytest.fixture
+def proxy() -> Iterator[CuttingProxy]:
+    server = urllib.parse.urlsplit(PG_ADMIN_URL)
+    proxy = CuttingProxy(server.hostname or "127.0.0.1", server.port or 5432).start()
+    yield proxy
+    proxy.stop()
+
+
+def test_a_worker_started_while_postgres_restarts_waits_for_it(postgres_url: str, proxy: CuttingProxy) -> None:
+    """A process started while its database restarts (seen from it: connections refused)
+    comes up once the database answers again, rather than exiting."""
+    proxy.outage(3.0)
+    env = {**os.environ, "PYTHONPATH": REPO, "STEPLINE_CONNECT_WAIT": "60"}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "stepline.cli", "worker", "tests.server_apps:app", "--db", _through(proxy, postgres_url)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert worker.stdout is not None and worker.stderr is not None
+        ready = worker.stdout.readline()  # the worker's first line, once it runs
+        assert ready.startswith("stepline worker w-"), (ready, worker.poll())
+    finally:
+        worker.terminate()
+        _, err = worker.communicate(timeout=60)
+    assert "does not answer yet" in err and "STEPLINE_CONNECT_WAIT" in err, err
+    assert "answers again" in err, err
+
+
+def test_without_a_wait_a_database_that_does_not_answer_is_named_at_once(postgres_url: str, proxy: CuttingProxy) -> None:
+    proxy.outage(60.0)
+    env_wait = {"STEPLINE_CONNECT_WAIT": "0"}
+    result = run_cli(["worker", "tests.server_apps:app"], _through(proxy, postgres_url), **env_wait)
+    line = one_line_error(result)
+    assert "cannot open the database" in line, line
+
+
+def test_a_database_that_refuses_this_client_for_good_is_not_waited_for(postgres_url: str) -> None:
+    """No such database: the server answered, and waiting would not change its answer."""
+    missing = postgres_url.rsplit("/", 1)[0] + "/stepline_no_such_database"
+    result = run_cli(["worker", "tests.server_apps:app"], missing, STEPLINE_CONNECT_WAIT="600")
+    line = one_line_error(result)
+    assert "cannot open the database" in line and "does not exist" in line, line

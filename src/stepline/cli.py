@@ -89,8 +89,9 @@ async def _serve(
     from stepline.engine import Engine
     from stepline.server import create_app, serving
     from stepline.server.common import ServerOptions
-    from stepline.store import migrate, open_store
+    from stepline.store import migrate, open_store, wait_for_database
 
+    wait_for_database(settings.db, settings.connect_wait)  # a database restarting as this process starts
     # Migrating takes yoyo's lock, a write: only when there is something to apply, so a
     # database that refuses writes is reported at once rather than after the lock's timeout.
     store = open_store(settings.db, migrate_now=dev and bool(migrate.pending(settings.db)))

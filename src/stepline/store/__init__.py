@@ -14,6 +14,6 @@ from stepline.store.records import (
     Suspension,
     WaitReason,
 )
-from stepline.store.store import Store, now_ms, open_store
+from stepline.store.store import Store, now_ms, open_store, wait_for_database
 
-__all__ = ["ClaimedRun", "EventView", "JournalEntry", "Lease", "Renewal", "RunStatus", "RunView", "StepResult", "StepStatus", "StepView", "Store", "Suspension", "WaitReason", "now_ms", "open_store"]
+__all__ = ["ClaimedRun", "EventView", "JournalEntry", "Lease", "Renewal", "RunStatus", "RunView", "StepResult", "StepStatus", "StepView", "Store", "Suspension", "WaitReason", "now_ms", "open_store", "wait_for_database"]

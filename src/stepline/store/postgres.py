@@ -203,6 +203,44 @@ class PostgresConn(db.Conn):
             )
 
 
+# What libpq says when the server did answer, but only for now: a server starting up,
+# shutting down or in recovery, or one whose connection slots are all taken.
+_NOT_YET = ("starting up", "shutting down", "in recovery mode", "too many clients", "connection slots are reserved")
+# How often a process waiting for its database says so.
+_WAIT_LOG_EVERY = 5.0
+
+
+def _not_answering_yet(exc: psycopg.OperationalError) -> bool:
+    """Whether a failed connection means the server is not there yet (no answer, or an
+    answer that says "not now"), not that it refused this client for good."""
+    message = str(exc)
+    return "FATAL:" not in message or any(phrase in message for phrase in _NOT_YET)
+
+
+def wait_until_reachable(url: str, seconds: float) -> None:
+    """Return once the server takes a connection, once ``seconds`` have passed, or at once
+    when it refuses this client for good (see ``store.wait_for_database``)."""
+    deadline = time.monotonic() + seconds
+    said_at = -math.inf
+    while True:
+        try:
+            psycopg.connect(url, connect_timeout=max(1, min(10, math.ceil(seconds))), application_name="stepline").close()
+            if said_at > -math.inf:
+                log.warning("PostgreSQL at %s answers again", migrate.redact(url))
+            return
+        except psycopg.OperationalError as exc:
+            left = deadline - time.monotonic()
+            if left <= 0 or not _not_answering_yet(exc):
+                return  # opening the store reports it, in its own words
+            if time.monotonic() - said_at >= _WAIT_LOG_EVERY:
+                said_at = time.monotonic()
+                log.warning(
+                    "PostgreSQL at %s does not answer yet (%s); waiting up to %.0f s more (STEPLINE_CONNECT_WAIT)",
+                    migrate.redact(url), _first_line(exc), left,
+                )
+            time.sleep(min(0.5, left))
+
+
 def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 

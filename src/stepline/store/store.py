@@ -612,6 +612,18 @@ def is_postgres_url(url: str) -> bool:
     return url.startswith(("postgresql://", "postgres://"))
 
 
+def wait_for_database(url: str, seconds: float) -> None:
+    """Wait up to ``seconds`` for a PostgreSQL server that does not answer yet (refused,
+    cut, starting up, out of connection slots): a process started while its database
+    restarts comes up once the database is back, rather than exiting. Errors the server
+    gives for good (a wrong password, no such database) are left to the opening that
+    follows, at once. Nothing to wait for on SQLite."""
+    if is_postgres_url(url) and seconds > 0:
+        from stepline.store import postgres
+
+        postgres.wait_until_reachable(url, seconds)
+
+
 def open_store(url: str, *, migrate_now: bool = True, clock: clock_mod.Clock | None = None) -> Store:
     """A store for ``url`` (a SQLite path, or ``postgresql://...``), its schema checked.
 
