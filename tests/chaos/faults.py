@@ -5,6 +5,7 @@ processes (by pid), its own SQLite file, its own PostgreSQL database and proxy."
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import random
 import subprocess
@@ -60,7 +61,7 @@ def loaded(stall: Callable[[], Fault | None]) -> Fault | None:
         time.sleep(LOAD_AFTER_STALL)
     if fault is None:
         return None
-    return Fault(fault.kind, f"{fault.target}, under CPU load", fault.start, fault.end)
+    return dataclasses.replace(fault, target=f"{fault.target}, under CPU load")
 
 
 def kill(cluster: Cluster, rng: random.Random) -> Fault | None:

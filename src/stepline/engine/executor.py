@@ -95,9 +95,7 @@ class Services:
 class RunExecution:
     """One run on this worker: implements ``context.RunDriver``."""
 
-    def __init__(
-        self, services: Services, claimed: ClaimedRun, function: Function, request_renewal: Callable[[], None] = lambda: None
-    ) -> None:
+    def __init__(self, services: Services, claimed: ClaimedRun, function: Function, request_renewal: Callable[[], None]) -> None:
         self._services = services
         self._request_renewal = request_renewal  # asks the worker's heartbeat to renew its leases now
         self._store = services.store
