@@ -175,6 +175,7 @@ class _Checkpointer:
 class SQLiteDatabase(db.Database):
     dialect = "sqlite"
     poll_interval = 0.1
+    commits_inline = True  # a commit is local work (no flush to disk in WAL with synchronous=NORMAL)
 
     def __init__(self, path: str) -> None:
         super().__init__()
@@ -231,11 +232,34 @@ class SQLiteDatabase(db.Database):
                 log.warning("the write lock of %s is free again after %.0f s", self.path, time.monotonic() - waited_since)
             return
 
+    def _begin_now(self, conn: sqlite3.Connection) -> bool:
+        """Take the write lock if it is free at once (another process may hold it)."""
+        conn.execute("PRAGMA busy_timeout=0")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if _busy(exc):
+                return False
+            raise
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        return True
+
+    def _run_inline(self, conn: sqlite3.Connection, op: db.Op[Any]) -> tuple[tuple[bool, Any], bool] | None:
+        if not self._begin_now(conn):
+            return None
+        outcomes, woke = self._run_begun(conn, [op])
+        return outcomes[0], woke
+
     def _run_batch(self, conn: sqlite3.Connection, ops: list[db.Op[Any]]) -> tuple[list[tuple[bool, Any]], bool]:
+        self._begin(conn)
+        return self._run_begun(conn, ops)
+
+    def _run_begun(self, conn: sqlite3.Connection, ops: list[db.Op[Any]]) -> tuple[list[tuple[bool, Any]], bool]:
+        """``ops`` in the transaction just begun, each isolated; committed."""
         wrapped = SQLiteConn(conn)
         outcomes: list[tuple[bool, Any]] = []
         changes = conn.total_changes
-        self._begin(conn)
         try:
             if len(ops) == 1:
                 outcomes.append((True, db.run_op(ops[0], wrapped)))

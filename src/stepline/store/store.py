@@ -156,7 +156,7 @@ class Store:
         await self.db.write(self._at_commit(ops_runs.register_functions_txn, configs=configs, cron_next=cron_next))
 
     async def ingest(self, events: list[event_mod.Event], handoff: HandOff | None = None) -> list[str]:
-        ids: list[str] = await self.db.write_item(self._ingests, (events, handoff))
+        ids: list[str] = await self.db.write_item_alone(self._ingests, (events, handoff))
         self.db.note_new_runs(len(events))  # about one run an event
         return ids
 
