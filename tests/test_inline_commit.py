@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from stepline.store import db, open_store
+from stepline.store.store import INLINE_MAX_EVENTS
 from tests.test_handoff import query
 
 INSERT = "INSERT INTO events (id, name, body, external_id, user_id, ts, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -137,3 +138,25 @@ async def test_a_write_lock_held_elsewhere_queues_the_write_and_leaves_the_loop_
         assert recorder.calls[-1][0] == threading.current_thread().name
     finally:
         await store.close()
+
+
+async def test_an_ingest_commits_inline_only_when_small(make_engine, db_url) -> None:
+    """A batch of events past ``INLINE_MAX_EVENTS`` is committed by the writer, so the loop
+    stays free while it is written; a small one alone goes inline (SQLite)."""
+    engine = await make_engine(run_worker=False)
+    store = engine.store
+    seen: list[tuple[str, int]] = []
+    shared = store._ingests.fn
+
+    def spy(conn: db.Conn, items: list[Any]) -> list[Any]:
+        seen.extend((threading.current_thread().name, len(events)) for events, _ in items)
+        return shared(conn, items)
+
+    store._ingests.fn = spy
+    small = [{"name": "inline/small", "data": {"i": i}} for i in range(INLINE_MAX_EVENTS)]
+    large = [{"name": "inline/large", "data": {"i": i}} for i in range(INLINE_MAX_EVENTS + 1)]
+    assert len(await engine.send_many(small)) == INLINE_MAX_EVENTS
+    assert len(await engine.send_many(large)) == INLINE_MAX_EVENTS + 1
+    here = threading.current_thread().name if store.db.commits_inline else _writer_name(store.db)
+    assert seen == [(here, INLINE_MAX_EVENTS), (_writer_name(store.db), INLINE_MAX_EVENTS + 1)]
+    assert query(db_url, "SELECT COUNT(*) FROM events WHERE name IN ('inline/small', 'inline/large')") == [(2 * INLINE_MAX_EVENTS + 1,)]

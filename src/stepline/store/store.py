@@ -83,6 +83,9 @@ from stepline.store.records import (
 
 T = TypeVar("T")
 
+# The most events an ingest may hold and still commit on the event loop's thread (see
+# ``Database.write_item_alone``): each event is a few statements of its own.
+INLINE_MAX_EVENTS = 16
 # Concurrent runs' checkpoints share one lease check and one multi-row write per commit.
 CHECKPOINTS = db.Batched("checkpoint", ops_exec.checkpoint_many_txn)
 FINISHES = db.Batched("finish", ops_exec.finish_many_txn)
@@ -156,7 +159,10 @@ class Store:
         await self.db.write(self._at_commit(ops_runs.register_functions_txn, configs=configs, cron_next=cron_next))
 
     async def ingest(self, events: list[event_mod.Event], handoff: HandOff | None = None) -> list[str]:
-        ids: list[str] = await self.db.write_item_alone(self._ingests, (events, handoff))
+        # A small ingest with nothing else to write commits on the caller's thread; a
+        # large batch keeps the loop free while the writer commits it.
+        write = self.db.write_item_alone if len(events) <= INLINE_MAX_EVENTS else self.db.write_item
+        ids: list[str] = await write(self._ingests, (events, handoff))
         self.db.note_new_runs(len(events))  # about one run an event
         return ids
 
