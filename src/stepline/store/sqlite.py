@@ -1,11 +1,12 @@
 """SQLite backend: WAL, one writer thread per process, readers in a small pool.
 
 Processes that share the file coordinate through SQLite's write lock
-(``BEGIN IMMEDIATE`` with a busy timeout); they find each other's new work by a
-short poll, while work made due in this process wakes its workers at once. A write
-lock held elsewhere for longer than the busy timeout (another process's long
-transaction) is waited out, never reported as a failed write: the leases of the runs
-this process holds lapse meanwhile, and its workers stop those runs themselves.
+(``BEGIN IMMEDIATE``, which the writer retries while another connection holds the
+lock); they find each other's new work by a short poll, while work made due in this
+process wakes its workers at once. A write lock held elsewhere for however long
+(another process's long transaction) is waited out, never reported as a failed write:
+the leases of the runs this process holds lapse meanwhile, and its workers stop those
+runs themselves.
 
 WAL checkpoints run on a thread of their own, never inside a commit: SQLite's
 automatic checkpoint (every 1,000 pages) would otherwise stall whichever commit
@@ -38,6 +39,8 @@ _UNAVAILABLE = {
     sqlite3.SQLITE_FULL, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PROTOCOL,
 }
 LOCK_WARN_EVERY = 30.0  # seconds between warnings while another connection holds the write lock
+LOCK_POLL_FIRST = 0.0005  # the writer's first pause while another connection holds the write lock (s)
+LOCK_POLL_MAX = 0.02  # its longest pause: how late it may take a lock just freed (s)
 
 
 def _busy(exc: BaseException) -> bool:
@@ -122,8 +125,11 @@ class _Checkpointer:
         self._thread.start()
 
     def committed(self, wrote: bool = True) -> None:
-        self._dirty.set()
-        if wrote:
+        # set() takes the event's lock even when it is set already, once per commit: look first
+        # (a clear() racing with the look is the checkpointer's, whose checkpoint comes after it).
+        if not self._dirty.is_set():
+            self._dirty.set()
+        if wrote and not self._wrote.is_set():
             self._wrote.set()
 
     def truncate_when_idle(self) -> None:
@@ -191,6 +197,7 @@ class SQLiteDatabase(db.Database):
 
     def _open_writer(self) -> sqlite3.Connection:
         conn = connect(self.path)
+        conn.execute("PRAGMA busy_timeout=0")  # ``_begin`` waits for the write lock itself
         if self.path != ":memory:":
             conn.execute("PRAGMA wal_autocheckpoint=0")
             self._checkpointer = _Checkpointer(self.path)
@@ -210,39 +217,39 @@ class SQLiteDatabase(db.Database):
         return isinstance(exc, sqlite3.OperationalError) and getattr(exc, "sqlite_errorcode", 0) & 0xFF in _UNAVAILABLE
 
     def _begin(self, conn: sqlite3.Connection) -> None:
-        """Take the write lock, however long another connection holds it (see the module doc)."""
+        """Take the write lock, however long another connection holds it (see the module doc).
+
+        The writer's connection has no busy timeout: this loop waits for the lock instead, so
+        the loop's thread can try it once without waiting (``_begin_now``) at no cost. It
+        sleeps like SQLite's own busy handler, a little longer each time, up to 20 ms."""
         waited_since: float | None = None
         warned_at = 0.0
-        while True:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                if not _busy(exc) or self._closed:
-                    raise
-                now = time.monotonic()
-                waited_since = waited_since or now - BUSY_TIMEOUT_MS / 1000
-                if now - warned_at >= LOCK_WARN_EVERY:
-                    warned_at = now
-                    log.warning(
-                        "another connection has held the write lock of %s for %.0f s; waiting for it",
-                        self.path, now - waited_since,
-                    )
-                continue
-            if waited_since is not None:
-                log.warning("the write lock of %s is free again after %.0f s", self.path, time.monotonic() - waited_since)
-            return
+        pause = LOCK_POLL_FIRST
+        while not self._begin_now(conn):
+            if self._closed:
+                raise sqlite3.OperationalError("the store closed while waiting for the write lock")
+            now = time.monotonic()
+            if waited_since is None:
+                waited_since = warned_at = now
+            elif now - warned_at >= LOCK_WARN_EVERY:
+                warned_at = now
+                log.warning(
+                    "another connection has held the write lock of %s for %.0f s; waiting for it",
+                    self.path, now - waited_since,
+                )
+            time.sleep(pause)
+            pause = min(pause * 2, LOCK_POLL_MAX)
+        if waited_since is not None and time.monotonic() - waited_since >= LOCK_WARN_EVERY:
+            log.warning("the write lock of %s is free again after %.0f s", self.path, time.monotonic() - waited_since)
 
     def _begin_now(self, conn: sqlite3.Connection) -> bool:
         """Take the write lock if it is free at once (another process may hold it)."""
-        conn.execute("PRAGMA busy_timeout=0")
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
             if _busy(exc):
                 return False
             raise
-        finally:
-            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         return True
 
     def _run_inline(self, conn: sqlite3.Connection, op: db.Op[Any]) -> tuple[tuple[bool, Any], bool] | None:
