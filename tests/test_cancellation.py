@@ -20,11 +20,16 @@ async def test_cancel_a_sleeping_run(make_engine) -> None:
 
     engine = await make_engine(app)
     run = (await runs_for_event(engine, await engine.send({"name": "t/s"})))[0]
-    await wait_run(engine, run["id"], "sleeping")
+    sleeping = await wait_run(engine, run["id"], "sleeping")
+    assert [(st["id"], st["status"]) for st in sleeping["steps"]] == [("long", "sleeping")]
     assert await engine.cancel(run["id"]) == "cancelled"
     done = await wait_run(engine, run["id"])
     assert done["status"] == "cancelled"
     assert after == 0
+    # An ended run shows no step still sleeping: the open step was closed with it.
+    (step,) = done["steps"]
+    assert (step["status"], step["wake_at"]) == ("cancelled", None)
+    assert step["ended_at"] is not None
     assert await engine.cancel(run["id"]) == "cancelled"  # idempotent
 
 

@@ -483,6 +483,13 @@ def end_runs_txn(conn: db.Conn, items: list[tuple[str, str, str | None, str | No
         [(status, output, error, now, now, run_id) for _, (run_id, status, output, error, now) in ending],
     )
     marks, params = db.in_list([item[0] for _, item in ending])
+    # A step still open when its run ends (a cancelled sleep, an unanswered wait, a retry
+    # that will not come) is closed, so that no ended run shows a step still "sleeping".
+    conn.execute(
+        f"UPDATE steps SET status = 'cancelled', ended_at = ?, wake_at = NULL WHERE run_id IN ({marks}) "
+        "AND status IN ('sleeping', 'waiting', 'invoking', 'retrying')",
+        (ending[0][1][4], *params),
+    )
     freed = {
         r["run_id"]: r
         for r in conn.all(f"DELETE FROM queue WHERE run_id IN ({marks}) RETURNING run_id, ck1, ck2, lease_owner", params)

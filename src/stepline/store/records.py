@@ -36,6 +36,7 @@ class StepStatus(enum.StrEnum):
     SLEEPING = "sleeping"  # step.sleep until wake_at
     WAITING = "waiting"  # wait_for_event until a match or wake_at (timeout)
     INVOKING = "invoking"  # waiting for an invoked run to end, or wake_at (timeout)
+    CANCELLED = "cancelled"  # the run ended while this step was still open (one of the four above)
 
 
 class WaitReason(enum.StrEnum):

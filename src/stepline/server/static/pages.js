@@ -228,7 +228,7 @@ function groupSummary(base, members, span, start, render) {
   const last = Math.max(...members.map((st) => Date.parse(st.ended_at || st.started_at || 0) || first));
   const left = Math.max(0, ((first - start) / span) * 100);
   const width = Math.max(0.6, ((last - first) / span) * 100);
-  const worst = ["failed", "retrying", "waiting", "sleeping", "invoking", "completed"].find((s) => counts[s]) || "completed";
+  const worst = ["failed", "cancelled", "retrying", "waiting", "sleeping", "invoking", "completed"].find((s) => counts[s]) || "completed";
   const open = members.some((st) => st.status !== "completed");
   return h("details", { class: "step group", "data-key": `group:${base}`, "data-testid": "step-group", open: open || null },
     h("summary", {},
