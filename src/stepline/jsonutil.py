@@ -28,7 +28,9 @@ READ_DEPTH = 200
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _LONG_DIGITS = re.compile(rb"\d{19,}")  # the shortest integer literal that can leave int64
-_STRING_LITERAL = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+# A string literal; one never closed runs to the end of the body. Without that ending, a
+# body of escaped quotes makes every quote start a scan to the end: quadratic time.
+_STRING_LITERAL = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\Z)', re.DOTALL)
 _OPENS_ONLY = bytes.maketrans(b"{}", b"[]")
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
