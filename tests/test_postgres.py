@@ -433,6 +433,45 @@ async def test_statements_prepared_before_a_migration_keep_working_after_it(
     assert await pg.read(lambda conn: conn.all("SELECT * FROM scratch")) == expected
 
 
+async def test_statements_the_server_forgot_are_prepared_again_not_failed(
+    pg: postgres.PostgresDatabase, postgres_url: str
+) -> None:
+    """A pipeline aborted by a cancelled statement can leave psycopg believing in prepared
+    statements the server does not have (26000): that is the connection's state, not the
+    operation's error; the batch runs again on a new connection, reads are retried too."""
+    await pg.write(lambda conn: conn.execute("INSERT INTO scratch (id) VALUES ('a')"))
+    for _ in range(8):  # past psycopg's threshold, the statements are prepared on the server
+        await pg.write(lambda conn: conn.all("SELECT * FROM scratch"))
+        await pg.read(lambda conn: conn.all("SELECT * FROM scratch"))
+    forget = "DO $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$"  # psycopg does not see it happen
+    await pg.write(lambda conn: conn.execute(forget))
+    await pg.read(lambda conn: conn.execute(forget))
+    expected = [{"id": "a", "note": None}]
+    assert await pg.write(lambda conn: conn.all("SELECT * FROM scratch")) == expected
+    assert await pg.read(lambda conn: conn.all("SELECT * FROM scratch")) == expected
+
+
+async def test_a_session_opened_read_only_is_replaced_once_the_server_takes_writes(
+    pg: postgres.PostgresDatabase, postgres_url: str
+) -> None:
+    """After a failover, or with default_transaction_read_only, the writer's session refuses
+    writes (25006): a StoreError, never an operation's own failure; and once the server
+    takes writes again the writer works without a restart, though nothing closed its
+    read-only session from outside."""
+    dbname = postgres_url.rsplit("/", 1)[1]
+    admin = psycopg.connect(postgres_url, autocommit=True)
+    try:
+        admin.execute(f"ALTER DATABASE {dbname} SET default_transaction_read_only = on")
+        kill_connections(postgres_url)  # they come back read-only
+        with pytest.raises(errors.StoreError):
+            await pg.write(lambda conn: conn.execute("INSERT INTO scratch (id) VALUES ('refused')"))
+        admin.execute(f"ALTER DATABASE {dbname} SET default_transaction_read_only = off")
+    finally:
+        admin.close()
+    await pg.write(lambda conn: conn.execute("INSERT INTO scratch (id) VALUES ('taken')"))
+    assert scratch_rows(postgres_url) == [("taken", None)]
+
+
 async def test_the_same_event_ids_and_idempotency_keys_sent_to_two_processes_at_once_count_once(
     postgres_url: str, make_pg_engine: Any
 ) -> None:

@@ -250,6 +250,19 @@ def _stale_plan(exc: BaseException) -> bool:
     return isinstance(exc, pg_errors.FeatureNotSupported) and "cached plan" in str(exc)
 
 
+# SQLSTATEs of a session that cannot go on, where a new one may: 26000, a statement psycopg
+# believes prepared that the server does not have (lost to a pipeline aborted by a
+# cancelled statement); 25006, a session opened read-only (a demoted primary after a
+# failover, default_transaction_read_only) that stays so after the server takes writes again.
+_SESSION_SPOILED = ("26000", "25006")
+_SPOILED_ERRORS = (pg_errors.FeatureNotSupported, pg_errors.InvalidSqlStatementName, pg_errors.ReadOnlySqlTransaction)
+
+
+def _spoiled(exc: BaseException) -> bool:
+    """Whether the connection must be replaced, though the server may be fine (see above)."""
+    return _stale_plan(exc) or getattr(exc, "sqlstate", None) in _SESSION_SPOILED
+
+
 def _lost(raw: psycopg.Connection[Any] | None) -> bool:
     return raw is None or raw.closed or raw.broken
 
@@ -456,12 +469,15 @@ class PostgresDatabase(db.Database):
             if not retry_transient:
                 raise
             raise _RetryBatch() from exc
-        except pg_errors.FeatureNotSupported as exc:
-            if not (retry_transient and _stale_plan(exc)):
+        except _SPOILED_ERRORS as exc:
+            if not _spoiled(exc):
                 self._rollback(raw)
                 raise
-            # Its prepared statements predate a schema change: a new connection has none.
+            # This session cannot go on (``_SESSION_SPOILED``, or statements prepared before
+            # a schema change): a new connection may, now or once the server takes writes.
             link.drop()
+            if not retry_transient:
+                raise  # every op of the batch gets it as a StoreError: not saved, not their fault
             raise _RetryBatch() from exc
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             # Nothing was committed (COMMIT comes later). An error that escapes the
@@ -550,8 +566,8 @@ class PostgresDatabase(db.Database):
 
     @staticmethod
     def _reraise_if_retryable(raw: psycopg.Connection[Any], exc: Exception, retry_transient: bool) -> None:
-        """A lost connection or a deadlock spoils the whole batch, not just this op."""
-        if _gone(raw, exc) or (retry_transient and (isinstance(exc, TRANSIENT) or _stale_plan(exc))):
+        """A lost or spoiled connection, or a deadlock, spoils the whole batch, not just this op."""
+        if _gone(raw, exc) or _spoiled(exc) or (retry_transient and isinstance(exc, TRANSIENT)):
             raise exc
 
     @staticmethod
@@ -646,10 +662,11 @@ class PostgresDatabase(db.Database):
                     try:
                         with raw.transaction():
                             return db.run_op(op, PostgresConn(raw))
-                    except pg_errors.FeatureNotSupported as exc:
-                        if not _stale_plan(exc) or time.monotonic() > deadline:
+                    except (pg_errors.FeatureNotSupported, pg_errors.InvalidSqlStatementName) as exc:
+                        # Reads are read-only by design: 25006 here is the op's own mistake.
+                        if not (_stale_plan(exc) or exc.sqlstate == "26000") or time.monotonic() > deadline:
                             raise
-                        raw.close()  # prepared before a schema change; the pool replaces it
+                        raw.close()  # statements it cannot use (see _spoiled); the pool replaces it
                     except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                         if not _lost(raw):
                             raise
