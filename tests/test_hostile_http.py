@@ -5,6 +5,8 @@ accepted before stays accepted."""
 
 from __future__ import annotations
 
+import json
+import re
 import socket
 from collections.abc import Iterator
 
@@ -146,6 +148,28 @@ def test_hundreds_of_slow_clients_cannot_lock_out_real_requests(cli_server, loop
 
 
 # --- 3. huge heads ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("trailing", [b" ", b"\x00", b"GARBAGE / HTTP/1.1\r\nHost: x\r\n\r\n"], ids=["space", "nul", "bad-request"])
+def test_requests_read_whole_are_answered_before_the_400_for_what_follows(cli_server, trailing: bytes) -> None:  # noqa: F811
+    """A request the parser refuses after others on the same connection (pipelined, or one
+    stray byte after a body) gets its 400 after their answers: a client never reads a 400
+    as the answer to a request whose event was stored (it would send it again, or give it
+    up), and the server logs no failed writes."""
+    server = cli_server("start")
+    for count in (1, 3):
+        body = json.dumps({"name": "srv/greet", "data": {"name": "kept"}}).encode()
+        request = f"POST /e/{EVENT_KEY} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(request * count + trailing)
+            answer = read_until_closed(sock)
+        statuses = [int(part[:3]) for part in answer.split(b"HTTP/1.1 ")[1:]]
+        assert statuses == [200] * count + [400], answer
+        ids = re.findall(rb'"ids":\["([0-9A-Z]{26})"\]', answer)
+        assert len(ids) == count
+        for event_id in ids:
+            assert_kept(server, event_id.decode())
+    assert "write_eof" not in server.log() and "handler is closed" not in server.log()
 
 
 def test_a_huge_head_gets_431_whether_it_arrives_at_once_or_in_pieces(cli_server) -> None:  # noqa: F811

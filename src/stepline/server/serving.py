@@ -152,6 +152,8 @@ class _GracefulTransport:
         self._protocol.close_gracefully()
 
     def write(self, data: bytes) -> None:  # every response: not through __getattr__
+        if self._protocol.closing or self.inner.is_closing():
+            return  # a late answer after the close began (the client has its own): nowhere to go
         self.inner.write(data)
 
     def is_closing(self) -> bool:
@@ -180,6 +182,7 @@ class StepHttpProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # received while the head in progress came (at most: a chunk may end a message too)
         self._began_now = False  # a head began in the chunk being parsed
         self._refused = False  # the parser refused what the client sent
+        self._owed_400: str | None = None  # a 400 waiting for the answers to the requests before it
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(_GracefulTransport(transport, self))  # type: ignore[arg-type]
@@ -204,6 +207,8 @@ class StepHttpProtocol(HttpToolsProtocol):
         if self.closing:
             self._linger_again()  # dropped: the answer is sent, the client is finishing its upload
             return
+        if self._owed_400 is not None:
+            return  # past what the parser refused: nothing more is read on this connection
         if not self._in_head and not self._in_body:
             self._in_head = True  # whatever comes between requests begins the next head
             self._head_bytes = 0
@@ -215,8 +220,19 @@ class StepHttpProtocol(HttpToolsProtocol):
                 self._refuse_head()
 
     def send_400_response(self, msg: str) -> None:
+        """The parser refused what came after the requests read whole so far. Those requests
+        are answered first, then the 400 and the close: a client reading this 400 as the
+        answer to an earlier request whose event was stored would send it again, or give it
+        up. (A request whose own head or body is refused gets the 400 at once.)"""
         self._refused = True
+        if not self._in_body and self._answers_owed():
+            self._owed_400 = msg
+            return
         super().send_400_response(msg)
+
+    def _answers_owed(self) -> bool:
+        """Whether a request read whole is still being answered, or waits its turn (pipelined)."""
+        return bool(self.pipeline) or (self.cycle is not None and not self.cycle.response_complete)
 
     def _refuse_head(self) -> None:
         """A head still incomplete past the limit: 431, before buffering any more of it (a
@@ -247,6 +263,9 @@ class StepHttpProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        if self._owed_400 is not None and not self.closing and not self._answers_owed():
+            super().send_400_response(self._owed_400)  # the earlier requests have their answers
+            return
         if not self.closing and (self.cycle is None or self.cycle.response_complete) and self._deadline is None:
             self.book.idle(self)
             self._arm_deadline()
