@@ -233,6 +233,19 @@ def test_a_body_of_escaped_quotes_is_checked_in_linear_time(api: httpx.Client) -
     assert api.get("/health").status_code == 200
 
 
+@pytest.mark.parametrize("sdk", [False, True], ids=["native", "sdk"])
+def test_a_request_of_more_events_than_the_limit_is_refused_whole(api: httpx.Client, sdk: bool) -> None:
+    """Tiny events by the hundred thousand (8 MiB of them) once held the loop for seconds
+    while each was validated: past STEPLINE_MAX_EVENTS_PER_REQUEST the request is refused
+    whole, naming the limit and the fix; at the limit it is served."""
+    name = f"h/many-{'sdk' if sdk else 'native'}"
+    over = send(api, [{"name": name}] * 5001, sdk=sdk)
+    assert over.status_code == 413, over.text
+    assert "5001 events" in over.text and "STEPLINE_MAX_EVENTS_PER_REQUEST" in over.text
+    assert name not in event_names(api)
+    assert len(ok_ids(send(api, [{"name": name}] * 5000, sdk=sdk))) == 5000
+
+
 def test_in_process_sends_meet_the_same_depth_limit(api: httpx.Client) -> None:
     deep: Any = {}
     for _ in range(300):

@@ -38,6 +38,7 @@ VARS: tuple[Var, ...] = (
     Var("STEPLINE_RETRY_MAX", "retry_max", float, 600.0, "longest retry backoff in seconds"),
     Var("STEPLINE_POLL_INTERVAL", "poll_interval", float, 0.0, "seconds between looks for work from other processes (0: backend default)"),
     Var("STEPLINE_MAX_EVENT_BYTES", "max_event_bytes", int, 1024 * 1024, "largest event accepted"),
+    Var("STEPLINE_MAX_EVENTS_PER_REQUEST", "max_events_per_request", int, 5000, "most events one HTTP request may carry (413 past it: send the rest in further requests)"),
     Var("STEPLINE_MAX_STEP_OUTPUT_BYTES", "max_step_output_bytes", int, 4 * 1024 * 1024, "largest step result saved"),
     Var("STEPLINE_MAX_RUN_STATE_BYTES", "max_run_state_bytes", int, 32 * 1024 * 1024, "largest total of a run's step results"),
     Var("STEPLINE_MAX_JSON_DEPTH", "max_json_depth", int, 64, "deepest nesting of an event's data or user (and of any request body, plus its envelope)"),
@@ -82,6 +83,7 @@ class Settings:
     retry_max: float = 600.0
     poll_interval: float = 0.0
     max_event_bytes: int = 1024 * 1024
+    max_events_per_request: int = 5000
     max_step_output_bytes: int = 4 * 1024 * 1024
     max_run_state_bytes: int = 32 * 1024 * 1024
     max_json_depth: int = 64

@@ -16,7 +16,7 @@ from stepline.server.responses import JSON
 
 async def ingest(request: Request) -> Response:
     payload = await responses.read_json(request, max_bytes=common.body_limit(request))
-    items = payload if isinstance(payload, list) else [payload]
+    items = common.event_items(request, payload)
     # An event without a trace of its own carries the request's (traceparent / tracestate).
     items = tracing.stamp(items, carrier.from_headers(request.headers))
     ids = await common.engine(request).send_many(items)  # validated there, as every way in is

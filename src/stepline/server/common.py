@@ -9,6 +9,7 @@ import logging
 import math
 import secrets
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -111,6 +112,19 @@ def ingest_body_limit(opts: ServerOptions, settings: Settings) -> int:
 def body_limit(request: Request) -> int:
     """The largest request body a route reads (the HTTP guard stops other routes' bodies sooner)."""
     return ingest_body_limit(options(request), engine(request).settings)
+
+
+def event_items(request: Request, payload: Any) -> list[Any]:
+    """The events of an ingest body (one, or a list), at most ``STEPLINE_MAX_EVENTS_PER_REQUEST``:
+    a body of many tiny events would hold the loop while each is validated."""
+    items = payload if isinstance(payload, list) else [payload]
+    limit = engine(request).settings.max_events_per_request
+    if len(items) > limit:
+        raise errors.LimitError(
+            f"the request carries {len(items)} events, over the limit of {limit} a request "
+            "(STEPLINE_MAX_EVENTS_PER_REQUEST); send them in several requests"
+        )
+    return items
 
 
 def signing_key(request: Request) -> str:

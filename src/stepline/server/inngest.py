@@ -89,10 +89,10 @@ async def post_event(request: Request) -> Response:
     denied = common.event_key(request)
     if denied is not None:  # the SDKs' own shape; a back-off (429) keeps its status
         status = denied.status_code
-        return JSON({"ids": [], "status": status, "error": "Event key not found" if status == 401 else "too many wrong event keys"}, status_code=status, headers=dict(denied.headers) if status == 429 else None)
+        return JSON({"ids": [], "status": status, "error": "Event key not found" if status == 401 else "too many wrong event keys"}, status_code=status, headers={"retry-after": denied.headers["retry-after"]} if status == 429 else None)
     try:
         payload = await responses.read_json(request, max_bytes=common.options(request).max_body_bytes)
-        items = payload if isinstance(payload, list) else [payload]
+        items = common.event_items(request, payload)
         ids = await common.engine(request).send_many([events.from_sdk(item) for item in items])
     except errors.SteplineError as exc:
         status = responses.from_error(exc).status_code
