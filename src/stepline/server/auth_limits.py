@@ -8,7 +8,10 @@ Every local client is 127.0.0.1, and X-Forwarded-For is believed from there, so 
 guesser could pose as any number of clients. A bucket shared by all clients therefore
 holds ``per_minute`` failures and refills at that rate; while it is empty, no attempt
 at that secret is checked (the right value included, or the answer would tell a
-guesser when it has found it) until it refills.
+guesser when it has found it) until it refills. Clients that sent the right value in
+the last ``TRUSTED_FOR`` seconds are not held back by it: otherwise anyone could stop
+every sender and the dashboard by sending wrong values under made-up addresses. They
+still meet their own back-off, and only the secret makes a client trusted.
 
 Each secret (the event key; the API token, typed at /login or sent as a bearer) has its
 own clients and bucket. The state lives in each server process: N processes behind
@@ -25,6 +28,7 @@ from collections.abc import Callable
 BASE_DELAY = 1.0
 MAX_DELAY = 15 * 60.0
 MAX_CLIENTS = 10_000  # clients remembered per secret; the oldest are forgotten first
+TRUSTED_FOR = 15 * 60.0  # seconds after a right value during which the shared bucket does not hold a client
 
 
 @dataclasses.dataclass
@@ -52,12 +56,13 @@ class AuthLimiter:
         self._clock = clock
         self._clients: dict[str, OrderedDict[str, _Client]] = {}
         self._buckets: dict[str, _Bucket] = {}
+        self._trusted: dict[str, OrderedDict[str, float]] = {}  # secret -> client -> trusted until
 
     def wait(self, secret: str, client: str) -> Wait | None:
         """How long ``client`` must wait before an attempt at ``secret`` is checked; None: check it now."""
         now = self._clock()
         bucket = self._bucket(secret, now)
-        if bucket.tokens < 1:
+        if bucket.tokens < 1 and not self._is_trusted(secret, client, now):
             seconds = (1 - bucket.tokens) * 60.0 / self.per_minute
             return Wait(seconds, f"too many wrong values of the {secret} from all clients "
                                  f"(over {self.per_minute} a minute, STEPLINE_AUTH_GLOBAL_FAILURES)")
@@ -84,6 +89,15 @@ class AuthLimiter:
         clients = self._clients.get(secret)
         if clients:
             clients.pop(client, None)
+        trusted = self._trusted.setdefault(secret, OrderedDict())
+        trusted.pop(client, None)
+        trusted[client] = self._clock() + TRUSTED_FOR
+        if len(trusted) > MAX_CLIENTS:
+            trusted.popitem(last=False)
+
+    def _is_trusted(self, secret: str, client: str, now: float) -> bool:
+        until = self._trusted.get(secret, {}).get(client)
+        return until is not None and until > now
 
     def _bucket(self, secret: str, now: float) -> _Bucket:
         bucket = self._buckets.get(secret)
