@@ -96,7 +96,8 @@ class AuthLimiter:
             trusted.popitem(last=False)
 
     def _is_trusted(self, secret: str, client: str, now: float) -> bool:
-        until = self._trusted.get(secret, {}).get(client)
+        trusted = self._trusted.get(secret)
+        until = trusted.get(client) if trusted is not None else None
         return until is not None and until > now
 
     def _bucket(self, secret: str, now: float) -> _Bucket:
