@@ -86,6 +86,18 @@ async def test_invoke(env: tuple[Server, NodeApp]) -> None:
     assert run["output"] == {"child": {"doubled": 42, "event": "inngest/function.invoked"}}
 
 
+async def test_errors_the_server_makes_reach_user_code_named(env: tuple[Server, NodeApp]) -> None:
+    """An invoke that times out, and one of a function nobody registered, fail in user code
+    with their name and message: the SDK's schema refuses an error whose stack is null,
+    and its code then sees only "Unknown error"."""
+    server, _ = env
+    run = await _run(server, "ts/invoke-errors", "invoke-errors")
+    assert run["status"] == "completed", run
+    timed_out, missing = run["output"]["timedOut"], run["output"]["missing"]
+    assert "Timed out waiting for invoked function" in timed_out["message"], timed_out
+    assert "nope-nothing" in missing["message"] and "Unknown error" not in missing["message"], missing
+
+
 async def test_send_event(env: tuple[Server, NodeApp]) -> None:
     server, node = env
     run = await _run(server, "ts/send", "sender", {"k": 7})

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from stepline import event as event_mod
+from stepline.inngest.protocol import normalize_error
 
 # Inngest's names for the events the engine makes itself, and Stepline's.
 TO_STEPLINE = {
@@ -46,6 +47,9 @@ def to_sdk(body: Mapping[str, Any]) -> dict[str, Any]:
     }
     if body.get("v") is not None:
         out["v"] = body["v"]
+    error = out["data"].get("error")
+    if out["name"] in TO_STEPLINE and isinstance(error, Mapping):  # a system event's error, as onFailure reads it
+        out["data"]["error"] = normalize_error(dict(error))
     return out
 
 

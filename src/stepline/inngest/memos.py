@@ -13,7 +13,6 @@ INVOKE_TIMEOUT = {
     "name": "InngestInvokeTimeoutError",
     "message": "Timed out waiting for invoked function to complete",
     "error": "InngestInvokeTimeoutError: Timed out waiting for invoked function to complete",
-    "stack": None,
 }
 
 

@@ -60,7 +60,8 @@ class SDKRetryAfterError(_SDKError, errors.RetryAfterError):
 
 
 def normalize_error(error: Any) -> dict[str, Any]:
-    """An error memo the SDKs accept: string ``name`` and ``message``, ``stack`` text or null."""
+    """An error memo the SDKs accept: string ``name`` and ``message``, ``stack`` text or absent
+    (TypeScript's schema refuses a null stack, and its code then sees only "Unknown error")."""
     if not isinstance(error, dict):
         error = {"name": "Error", "message": str(error)}
     out = dict(error)
@@ -70,7 +71,7 @@ def normalize_error(error: Any) -> dict[str, Any]:
         message = out.get("error") or ""
     out["message"] = message if isinstance(message, str) else orjson.dumps(message).decode()
     if not isinstance(out.get("stack"), str):
-        out["stack"] = None
+        out.pop("stack", None)
     return out
 
 

@@ -8,7 +8,7 @@ import http from "node:http";
 
 const major = process.env.STEPLINE_TEST_SDK === "v3" ? "v3" : "v4";
 const pkg = major === "v3" ? "inngest-v3" : "inngest";
-const { Inngest, NonRetriableError, RetryAfterError } = await import(pkg);
+const { Inngest, NonRetriableError, RetryAfterError, referenceFunction } = await import(pkg);
 
 const counts = {};
 const seen = {};
@@ -241,6 +241,20 @@ const approval = fn({ id: "approval" }, { event: "ts/approval" }, async ({ step 
   return step.run("decide", () => (got ? `approved by ${got.data.by}` : "timed out"));
 });
 
+// Errors the server makes itself (an invoke timing out, or of a function nobody registered)
+// reach user code with their name and message, as Inngest's do.
+const slowChild = fn({ id: "slow-child" }, { event: "ts/slow-child" }, async ({ step }) => {
+  await step.sleep("nap", "30s");
+  return "late";
+});
+
+const invokeErrors = fn({ id: "invoke-errors" }, { event: "ts/invoke-errors" }, async ({ step }) => {
+  const caught = (promise) => promise.then(() => null, (err) => ({ name: err.name, message: err.message }));
+  const timedOut = await caught(step.invoke("slow", { function: slowChild, data: {}, timeout: "1s" }));
+  const missing = await caught(step.invoke("missing", { function: referenceFunction({ functionId: "nope-nothing" }), data: {} }));
+  return { timedOut, missing };
+});
+
 // Functions that hear of other functions' endings.
 const onFinished = fn(
   { id: "on-finished" },
@@ -259,7 +273,7 @@ const onCancelled = fn(
 const functions = [
   steps, sleeper, waiter, child, parent, sender, onSent, parallel, flaky, nonretry, retryAfter, cancellable, throttled,
   limited, debounced, asker, racer, parallelFail, nightly, parallelRetry, signalWaiter, signalSender, pinger, ponger,
-  vipQueue, perUser, batchIf, twoNaps, twoWaits, onFinished, onCancelled, raceWait, approval,
+  vipQueue, perUser, batchIf, twoNaps, twoWaits, onFinished, onCancelled, raceWait, approval, slowChild, invokeErrors,
 ];
 
 if (major === "v4") {
