@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -144,6 +145,75 @@ def test_hundreds_of_slow_clients_cannot_lock_out_real_requests(cli_server, loop
         assert "Too many open files" not in server.log()
     finally:
         for sock in slow:
+            sock.close()
+
+
+def test_trickled_bodies_cannot_hold_every_connection(cli_server) -> None:  # noqa: F811
+    """Bodies sent a byte at a time hold their connections busy (up to the body's 60 s, and
+    a client can start again): past the cap a new connection closes one still uploading
+    2 s after its head, instead of getting 503. No credentials are needed for /login."""
+    server = cli_server("start", env={"STEPLINE_MAX_CONNECTIONS": "20"})
+    before = send_event(server)
+    slow: list[socket.socket] = []
+    try:
+        for _ in range(20):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            sock.sendall(b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                         b"Content-Length: 4000\r\n\r\nt")
+            slow.append(sock)
+        wait_for(lambda: server.open_fds() >= 20, what="the uploads to be open")
+        time.sleep(2.5)  # past SLOW_UPLOAD
+        send_event(server)
+        assert_kept(server, before)
+    finally:
+        for sock in slow:
+            sock.close()
+
+
+def _never_reading(server: CliServer, count: int) -> list[socket.socket]:
+    """``count`` connections, each pipelining requests for a 40 KB file and reading nothing."""
+    socks = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", server.port))
+        sock.setblocking(False)
+        try:
+            sock.sendall(b"GET /static/app.js HTTP/1.1\r\nHost: x\r\n\r\n" * 150)
+        except BlockingIOError:
+            pass  # the server stopped reading: its writes are stalled
+        socks.append(sock)
+    return socks
+
+
+def _event_sent(server: CliServer) -> bool:
+    reply = httpx.post(f"{server.url}/e/{EVENT_KEY}", json={"name": "srv/greet"}, timeout=30)
+    assert reply.status_code in (200, 503), reply.text
+    return reply.status_code == 200
+
+
+def test_clients_that_never_read_their_answers_cannot_hold_connections(cli_server) -> None:  # noqa: F811
+    """Pipelined requests whose answers are never read leave the server's writes stalled with
+    a request in progress, for as long as the client likes: past the cap such a connection is
+    closed to make room (a real request is served within seconds, never 503 for good)."""
+    server = cli_server("start", env={"STEPLINE_MAX_CONNECTIONS": "20"})
+    stalled = _never_reading(server, 20)
+    try:
+        wait_for(lambda: _event_sent(server), what="a connection that reads nothing to make room", timeout=30)
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+def test_an_answer_left_unread_past_the_body_timeout_closes_its_connection(cli_server) -> None:  # noqa: F811
+    server = cli_server("start", env={"STEPLINE_BODY_TIMEOUT": "3"})
+    fds_before = server.open_fds()
+    stalled = _never_reading(server, 10)
+    try:
+        wait_for(lambda: server.open_fds() >= fds_before + 10, what="the connections to open")
+        wait_for(lambda: server.open_fds() <= fds_before + 1, what="the unread connections to close", timeout=30)
+    finally:
+        for sock in stalled:
             sock.close()
 
 

@@ -20,8 +20,12 @@ open connections but the process's open-file limit. ``StepHttpProtocol`` adds:
   raised to the hard limit at start, less ``FD_RESERVE`` for the database, the engine and
   a burst of accepted connections): a new connection past the cap
   closes the one that has been idle longest (waiting for a head, between requests, or
-  closing), so idle sockets can never lock out a real request; only when every
-  connection is busy with a request does the newcomer get 503.
+  closing), else one whose client stopped reading its answers, else one still sending
+  a body ``SLOW_UPLOAD`` seconds after its head, so neither idle sockets nor trickled
+  bodies can lock out a real request; only when every connection is busy with a request
+  does the newcomer get 503;
+- a write timeout: a client that leaves its answer unread (the server's buffer full) for
+  ``STEPLINE_BODY_TIMEOUT`` seconds is disconnected.
 
 Request bodies (size, pauses, deadline) are the HTTP guard's (``guard``), which sees
 them per route.
@@ -47,6 +51,7 @@ from stepline.settings import Settings
 
 LINGER_IDLE = 2.0
 LINGER_MAX = 10.0
+SLOW_UPLOAD = 2.0  # seconds a body may take before its connection may be closed to make room
 FD_RESERVE = 100
 MAX_OPEN_FILES = 65536
 log = logging.getLogger("stepline.server")
@@ -57,6 +62,9 @@ class ConnectionLimits:
     header_timeout: float = 10.0
     max_header_bytes: int = 16 * 1024
     max_connections: int = 1000
+    # Seconds a client may leave its answer unread (the server's buffer full) before the
+    # connection closes: STEPLINE_BODY_TIMEOUT, the same bound as on a body it sends.
+    write_timeout: float = 60.0
     # Connections the kernel queues, and the most the loop accepts at once before any of
     # them reaches the cap (asyncio accepts up to this many per wake-up): kept within the
     # open files the cap leaves free.
@@ -77,7 +85,7 @@ class ConnectionLimits:
             )
         cap = min(settings.max_connections, soft - FD_RESERVE)
         backlog = max(16, min(2048, (soft - cap) // 4))
-        return cls(settings.header_timeout, settings.max_header_bytes, cap, backlog)
+        return cls(settings.header_timeout, settings.max_header_bytes, cap, settings.body_timeout, backlog)
 
 
 def _raise_open_file_limit() -> int:
@@ -103,20 +111,25 @@ def raw_response(status: int, message: str, headers: dict[str, str] | None = Non
 
 
 class ConnectionBook:
-    """The open connections of one server; the idle ones in the order they fell idle."""
+    """The open connections of one server, and which of them may be closed to make room:
+    the idle ones (waiting for a head, between requests, closing) in the order they fell
+    idle; then those whose client stopped reading its answer; then those still uploading a
+    body ``SLOW_UPLOAD`` seconds after its head (a client trickling bodies to hold slots)."""
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
         self._open: set[StepHttpProtocol] = set()
         self._idle: OrderedDict[StepHttpProtocol, None] = OrderedDict()
+        self._unread: OrderedDict[StepHttpProtocol, None] = OrderedDict()
+        self._uploading: OrderedDict[StepHttpProtocol, float] = OrderedDict()  # -> when its head came
 
     def opened(self, conn: StepHttpProtocol) -> bool:
-        """Count a new connection (idle until its head arrives), closing the longest-idle
-        other one past the cap. False when there is no room: every other one is busy."""
+        """Count a new connection (idle until its head arrives), closing another one past the
+        cap (see the class). False when there is no room: every other one is busy."""
         self._open.add(conn)
         room = True
         if len(self._open) > self.cap:
-            victim = next(iter(self._idle), None)
+            victim = self._victim(conn.loop.time())
             if victim is None:
                 room = False
             else:
@@ -125,17 +138,40 @@ class ConnectionBook:
         self._idle[conn] = None
         return room
 
-    def busy(self, conn: StepHttpProtocol) -> None:
+    def _victim(self, now: float) -> StepHttpProtocol | None:
+        victim = next(iter(self._idle), None) or next(iter(self._unread), None)
+        if victim is not None:
+            return victim
+        for uploader, since in self._uploading.items():  # oldest first
+            return uploader if now - since >= SLOW_UPLOAD else None
+        return None
+
+    def busy(self, conn: StepHttpProtocol, uploading_since: float | None = None) -> None:
         self._idle.pop(conn, None)
+        if uploading_since is not None and conn in self._open:
+            self._uploading[conn] = uploading_since
+
+    def uploaded(self, conn: StepHttpProtocol) -> None:
+        self._uploading.pop(conn, None)
+
+    def unread(self, conn: StepHttpProtocol, stalled: bool) -> None:
+        """The client stopped (or started again) reading what is written to it."""
+        if not stalled:
+            self._unread.pop(conn, None)
+        elif conn in self._open:
+            self._unread[conn] = None
 
     def idle(self, conn: StepHttpProtocol) -> None:
         if conn in self._open:
             self._idle.pop(conn, None)
+            self._uploading.pop(conn, None)
             self._idle[conn] = None
 
     def closed(self, conn: StepHttpProtocol) -> None:
         self._open.discard(conn)
         self._idle.pop(conn, None)
+        self._unread.pop(conn, None)
+        self._uploading.pop(conn, None)
 
     def __len__(self) -> int:
         return len(self._open)
@@ -183,6 +219,7 @@ class StepHttpProtocol(HttpToolsProtocol):
         self._began_now = False  # a head began in the chunk being parsed
         self._refused = False  # the parser refused what the client sent
         self._owed_400: str | None = None  # a 400 waiting for the answers to the requests before it
+        self._unread_since: asyncio.TimerHandle | None = None  # the write timeout, while the client reads nothing
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(_GracefulTransport(transport, self))  # type: ignore[arg-type]
@@ -201,6 +238,7 @@ class StepHttpProtocol(HttpToolsProtocol):
         self.book.closed(self)
         self._cancel(self._deadline)
         self._cancel(self._linger)
+        self._cancel(self._unread_since)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -254,12 +292,34 @@ class StepHttpProtocol(HttpToolsProtocol):
         self._in_head, self._in_body = False, True
         self._cancel(self._deadline)  # the head came in time
         self._deadline = None
-        self.book.busy(self)
+        self.book.busy(self, uploading_since=self.loop.time())
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         self._in_body = False
+        self.book.uploaded(self)
         super().on_message_complete()
+
+    # --- a client that does not read its answers -----------------------------------------
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.book.unread(self, True)
+        self._cancel(self._unread_since)
+        self._unread_since = self.loop.call_later(self.limits.write_timeout, self._unread_too_long)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self.book.unread(self, False)
+        self._cancel(self._unread_since)
+        self._unread_since = None
+
+    def _unread_too_long(self) -> None:
+        """Nothing written for ``write_timeout`` s was read: the client holds the connection,
+        not reading (its answer is lost either way)."""
+        self._unread_since = None
+        self.book.closed(self)
+        self.evict()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -315,11 +375,16 @@ class StepHttpProtocol(HttpToolsProtocol):
         self._linger = self.loop.call_later(delay, self.transport.inner.close)  # type: ignore[attr-defined]
 
     def evict(self) -> None:
-        """Closed at once to make room for a new connection."""
+        """Closed at once, to make room for a new connection or from a client that reads nothing."""
         self.closing = True
         self._cancel(self._deadline)
         self._cancel(self._linger)
-        self.transport.inner.close()  # type: ignore[attr-defined]
+        self._cancel(self._unread_since)
+        inner = self.transport.inner  # type: ignore[attr-defined]
+        if inner.get_write_buffer_size():
+            inner.abort()  # a close would wait for the client to read what is buffered
+        else:
+            inner.close()
 
     @staticmethod
     def _cancel(timer: asyncio.TimerHandle | None) -> None:
