@@ -18,6 +18,7 @@ import pytest
 import stepline
 from stepline import errors
 from stepline.store import Lease, StepResult, db, ops_exec, postgres
+from tests.chaos.proxy import CuttingProxy
 from tests.helpers import LongCall, eventually, runs_for_event, wait_run
 
 
@@ -470,6 +471,36 @@ async def test_a_session_opened_read_only_is_replaced_once_the_server_takes_writ
         admin.close()
     await pg.write(lambda conn: conn.execute("INSERT INTO scratch (id) VALUES ('taken')"))
     assert scratch_rows(postgres_url) == [("taken", None)]
+
+
+async def test_a_writer_whose_connection_stops_answering_gives_it_up_and_goes_on(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection that stays open but carries nothing more (a failover behind a proxy)
+    once held the writer, and every write of the process, forever, and shutting down with
+    it: past the deadline its statement is cancelled, then its socket shut, and the batch
+    commits on a new connection, once."""
+    monkeypatch.setattr(postgres, "WRITER_DEADLINE", 1.0)
+    monkeypatch.setattr(postgres, "CLOSING_DEADLINE", 1.0)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE scratch (id TEXT PRIMARY KEY, note TEXT)")
+    proxy = CuttingProxy("127.0.0.1", 5432).start()
+    database = postgres.PostgresDatabase(postgres_url.replace(":5432/", f":{proxy.port}/"))
+    try:
+        await database.start()
+        await database.write(lambda conn: conn.execute("INSERT INTO scratch (id) VALUES ('before')"))
+        proxy.black_hole()
+        await asyncio.wait_for(database.write(lambda conn: conn.execute("INSERT INTO scratch (id) VALUES ('after')")), 30)
+        assert scratch_rows(postgres_url) == [("after", None), ("before", None)]
+        proxy.black_hole()  # and once more while closing: shutting down does not hang either
+        writing = asyncio.ensure_future(database.write(lambda conn: conn.execute("INSERT INTO scratch (id) VALUES ('last')")))
+        await asyncio.sleep(0.2)
+        await asyncio.wait_for(database.close(), 30)
+        with contextlib.suppress(Exception):
+            await writing
+    finally:
+        await database.close()
+        proxy.stop()
 
 
 async def test_the_same_event_ids_and_idempotency_keys_sent_to_two_processes_at_once_count_once(

@@ -2,7 +2,8 @@
 
 It runs its own asyncio loop in a thread. ``cut_mid_write`` waits for the next bytes a
 client sends (a query or a pipeline in flight), forwards them, and then aborts every
-connection at once, both sides, before any answer can come back. ``outage`` plays a
+connection at once, both sides, before any answer can come back. ``black_hole`` leaves
+every open connection open but silent. ``outage`` plays a
 server restart: every connection dies and new ones are refused for a while, without
 touching the real server (which other tests share).
 """
@@ -23,6 +24,7 @@ class CuttingProxy:
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._silenced: set[asyncio.StreamWriter] = set()  # open, but nothing reaches them any more
         self._armed: asyncio.Future[float] | None = None
         self._down_until = 0.0  # time.monotonic() before which new connections are refused
         self._thread = threading.Thread(target=self._loop.run_forever, name="chaos-proxy", daemon=True)
@@ -55,6 +57,8 @@ class CuttingProxy:
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, from_client: bool) -> None:
         try:
             while data := await reader.read(65536):
+                if writer in self._silenced:
+                    continue  # a black hole: swallowed, and the connection stays open
                 writer.write(data)
                 await writer.drain()
                 if from_client and self._armed is not None and not self._armed.done():
@@ -83,6 +87,16 @@ class CuttingProxy:
     def cut_mid_write(self, wait: float = 2.0) -> float:
         """Cut every connection right after the next client write; returns the time of the cut."""
         return asyncio.run_coroutine_threadsafe(self._cut_mid_write(wait), self._loop).result(wait + 10)
+
+    def black_hole(self) -> None:
+        """Every connection open now stays open but carries nothing more, either way (a
+        failover behind a proxy, a network dropping packets without resets); new
+        connections pass as before."""
+
+        async def silence() -> None:
+            self._silenced |= self._writers
+
+        asyncio.run_coroutine_threadsafe(silence(), self._loop).result(10)
 
     def outage(self, seconds: float) -> float:
         """Drop every connection and refuse new ones for ``seconds`` (a server restart, seen

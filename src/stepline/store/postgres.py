@@ -28,8 +28,10 @@ import contextlib
 import functools
 import logging
 import math
+import os
 import random
 import re
+import socket
 import threading
 import time
 import uuid
@@ -54,6 +56,12 @@ RECONNECT_WINDOW = 30.0
 # Errors after which re-running the whole (uncommitted) batch is expected to succeed.
 TRANSIENT = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure, pg_errors.LockNotAvailable)
 BATCH_TRIES = 5
+# Seconds a batch may wait for PostgreSQL's answers before the writer's connection is given
+# up (first its statement is cancelled, then its socket shut): an answer lost on the way
+# (a failover behind a proxy, packets dropped without a reset) would otherwise hold the
+# writer, and every write of the process, forever; TCP keepalives probe idle connections only.
+WRITER_DEADLINE = 60.0
+CLOSING_DEADLINE = 5.0  # the same while the store closes: shutting down must not wait that long
 READ_THREADS = 32
 # Statistics of the queue table are refreshed once this many runs (and at least as many
 # as it held at the last refresh) were added since: see PostgresDatabase.note_new_runs.
@@ -263,6 +271,17 @@ def _spoiled(exc: BaseException) -> bool:
     return _stale_plan(exc) or getattr(exc, "sqlstate", None) in _SESSION_SPOILED
 
 
+def _shut_socket(raw: psycopg.Connection[Any]) -> None:
+    """End the connection under whoever waits on it (from another thread: the socket itself,
+    not the psycopg object, which its user holds)."""
+    with contextlib.suppress(Exception):
+        sock = socket.socket(fileno=os.dup(raw.pgconn.socket))
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        finally:
+            sock.close()
+
+
 def _lost(raw: psycopg.Connection[Any] | None) -> bool:
     return raw is None or raw.closed or raw.broken
 
@@ -340,6 +359,9 @@ class PostgresDatabase(db.Database):
         self._aside_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="stepline-pg-aside")
         self._aside: _Link | None = None
         self._listener: threading.Thread | None = None
+        self._watchdog: threading.Thread | None = None
+        self._batch_began: float | None = None  # when the writer's current try began waiting on the server
+        self._closed_all = threading.Event()
         self._listening = threading.Event()
         self._new_runs = 0
         self._runs_at_analyze = 0.0
@@ -376,6 +398,9 @@ class PostgresDatabase(db.Database):
             self._listener.start()
             # Listening before the first claim means no wake-up is lost at start.
             await loop.run_in_executor(self._read_threads, self._listening.wait, 5.0)
+        if self._watchdog is None:
+            self._watchdog = threading.Thread(target=self._watch_writer, name="stepline-pg-watchdog", daemon=True)
+            self._watchdog.start()
 
     def plan_capacity(self, concurrency: int) -> None:
         size = max(self._pool_size, pool_size_for(concurrency))
@@ -385,7 +410,38 @@ class PostgresDatabase(db.Database):
 
     async def close(self) -> None:
         self._closing.set()
-        await super().close()
+        try:
+            await super().close()
+        finally:
+            self._closed_all.set()
+
+    def _watch_writer(self) -> None:
+        """Give up the writer's connection when a batch has waited past ``WRITER_DEADLINE``:
+        cancel its statement (a lock wait ends at once, the server being reachable), and if
+        that does not free it within ``CLOSING_DEADLINE``, shut its socket. The writer then
+        sees a lost connection: the batch runs again on a new one, and a COMMIT whose answer
+        was lost is settled by asking the server, as after any cut."""
+        cancelled: float | None = None
+        while not self._closed_all.wait(1.0):
+            began, link = self._batch_began, self._writer_conn
+            raw = link.raw if isinstance(link, _Link) else None
+            if began is None or raw is None or raw.closed:
+                cancelled = None
+                continue
+            waited = time.monotonic() - began
+            if waited < (CLOSING_DEADLINE if self._closing.is_set() else WRITER_DEADLINE):
+                cancelled = None
+                continue
+            if cancelled is None:
+                log.warning("PostgreSQL has not answered the writer for %.0f s; cancelling its statement", waited)
+                cancelled = time.monotonic()
+                with contextlib.suppress(Exception):
+                    raw.cancel_safe(timeout=CLOSING_DEADLINE)
+            elif time.monotonic() - cancelled >= CLOSING_DEADLINE:
+                log.warning("the writer's connection to PostgreSQL still does not answer; closing it to go on with a new one")
+                _shut_socket(raw)
+                cancelled = None
+                self._batch_began = None  # the writer's next try starts its own clock
 
     async def write_aside(self, op: db.Op[db.T]) -> db.T:
         if self._closed:
@@ -440,14 +496,20 @@ class PostgresDatabase(db.Database):
 
     def _run_batch(self, conn: _Link, ops: list[db.Op[Any]]) -> tuple[list[tuple[bool, Any]], bool]:
         last: BaseException | None = None
+        watched = conn is self._writer_conn  # the watchdog's (not a write aside's)
         for attempt in range(1, BATCH_TRIES + 1):
             raw = conn.get()
+            if watched:
+                self._batch_began = time.monotonic()
             try:
                 return self._try_batch(conn, raw, ops, retry_transient=attempt < BATCH_TRIES)
             except _RetryBatch as why:
                 last = why.__cause__
                 log.info("retrying a batch of %d operations (attempt %d): %s", len(ops), attempt + 1, last)
                 time.sleep(random.uniform(0.0, 0.02 * attempt))
+            finally:
+                if watched:
+                    self._batch_began = None
         # Every try lost its connection before COMMIT: nothing was saved.
         raise errors.StoreError(
             f"the connection to PostgreSQL failed {BATCH_TRIES} times in a row ({last}); "
