@@ -57,6 +57,11 @@ def test_send_prints_the_runs_it_started_and_waits_for_their_outcomes(serve) -> 
     assert nothing.returncode == 1
     assert "started no runs: no registered function has a trigger on 'dash/nobody-listens'" in nothing.stderr
 
+    # The id comes before the wait, so a wait that runs out still says which event it was.
+    slow = stepline(server.url, "send", "dash/watch", "--data", '{"job": "j-slow"}', "--wait", "--timeout", "1", ok=False)
+    assert slow.returncode == 1 and re.fullmatch(r"[0-9A-Z]{26}", slow.stdout.strip()), slow
+    assert "still sleeping after 1 s" in slow.stderr
+
     as_json = json.loads(stepline(server.url, "send", "dash/child", "--json", "--wait").stdout)
     assert [(r["function_id"], r["status"], r["output"]) for r in as_json["runs"]] == [("child", "completed", 2)]
 

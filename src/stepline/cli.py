@@ -316,17 +316,20 @@ def send(
         click.echo(f"(the runs it started are not shown: {exc.message})", err=True)
         return
     runs_ = detail["runs"]
+    if wait and not as_json:
+        click.echo(ids[0])  # before the wait: the id is known, whatever the wait comes to
+        for line in cli_show.started_lines(detail):
+            click.echo(line, err=True)
     if wait:
         runs_ = [_wait_for_run(url, r["id"], timeout) for r in runs_]
     if as_json:
         click.echo(json.dumps({"event_id": ids[0], "runs": runs_, "why_no_runs": detail.get("why_no_runs")}, indent=2))
     else:
-        click.echo(ids[0])
+        if not wait:
+            click.echo(ids[0])
         if wait:
             for run in runs_:
                 click.echo("\n".join(cli_show.outcome_lines(run)))
-            if not runs_:
-                click.echo(cli_show.started_lines(detail)[0], err=True)
         else:
             for line in cli_show.started_lines(detail):
                 click.echo(line, err=True)

@@ -171,8 +171,9 @@ class Sweeper:
             with contextlib.suppress(Exception):  # a lost lease, a closing store: it then lapses
                 await self.store.finish_sweep(lease, report.summary() if done and not rehearse else None)
         self.last_report = report
-        if report.deleted and not rehearse:
-            log.info("retention sweep deleted %s", ", ".join(f"{n} {t}" for t, n in report.deleted.items() if n))
+        deleted = ", ".join(f"{n} {t}" for t, n in report.deleted.items() if n)
+        if deleted and not rehearse:
+            log.info("retention sweep deleted %s", deleted)
         return report
 
     async def _sweep(self, lease: SweepLease, report: SweepReport, older_than: float | None) -> None:
