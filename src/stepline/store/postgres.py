@@ -258,17 +258,19 @@ def _stale_plan(exc: BaseException) -> bool:
     return isinstance(exc, pg_errors.FeatureNotSupported) and "cached plan" in str(exc)
 
 
-# SQLSTATEs of a session that cannot go on, where a new one may: 26000, a statement psycopg
-# believes prepared that the server does not have (lost to a pipeline aborted by a
-# cancelled statement); 25006, a session opened read-only (a demoted primary after a
-# failover, default_transaction_read_only) that stays so after the server takes writes again.
-_SESSION_SPOILED = ("26000", "25006")
-_SPOILED_ERRORS = (pg_errors.FeatureNotSupported, pg_errors.InvalidSqlStatementName, pg_errors.ReadOnlySqlTransaction)
+# A statement psycopg believes prepared that the server does not have (lost to a pipeline
+# aborted by a cancelled statement): the session cannot go on, a new one can.
+_NO_SUCH_STATEMENT = "26000"
+_SPOILED_ERRORS = (pg_errors.FeatureNotSupported, pg_errors.InvalidSqlStatementName)
+# A write refused because the session is read-only: opened on a demoted primary after a
+# failover, or with default_transaction_read_only, it stays so after the server takes
+# writes again. The write fails (a StoreError), and the session is replaced after the batch.
+_READ_ONLY = "25006"
 
 
 def _spoiled(exc: BaseException) -> bool:
-    """Whether the connection must be replaced, though the server may be fine (see above)."""
-    return _stale_plan(exc) or getattr(exc, "sqlstate", None) in _SESSION_SPOILED
+    """Whether the connection must be replaced before the batch can run again (see above)."""
+    return _stale_plan(exc) or getattr(exc, "sqlstate", None) == _NO_SUCH_STATEMENT
 
 
 def _shut_socket(raw: psycopg.Connection[Any]) -> None:
@@ -535,8 +537,8 @@ class PostgresDatabase(db.Database):
             if not _spoiled(exc):
                 self._rollback(raw)
                 raise
-            # This session cannot go on (``_SESSION_SPOILED``, or statements prepared before
-            # a schema change): a new connection may, now or once the server takes writes.
+            # This session cannot go on (its prepared statements are lost, or predate a schema
+            # change): a new connection can.
             link.drop()
             if not retry_transient:
                 raise  # every op of the batch gets it as a StoreError: not saved, not their fault
@@ -552,7 +554,10 @@ class PostgresDatabase(db.Database):
         except BaseException:
             self._rollback(raw)
             raise
+        read_only = any(not ok and getattr(value, "sqlstate", None) == _READ_ONLY for ok, value in outcomes)
         if rolled_back:
+            if read_only:
+                link.drop()  # the op is told; the next batch gets a session that may write
             return outcomes, False
         try:
             raw.execute("COMMIT")
@@ -563,6 +568,8 @@ class PostgresDatabase(db.Database):
             link.drop()
             if xid is None or self._committed(link, xid, exc) is False:
                 raise _RetryBatch() from exc
+        if read_only:
+            link.drop()
         return outcomes, conn.woke
 
     def _run_ops(
