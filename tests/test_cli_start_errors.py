@@ -123,3 +123,17 @@ def test_a_database_that_refuses_this_client_for_good_is_not_waited_for(postgres
     result = run_cli(["worker", "tests.server_apps:app"], missing, STEPLINE_CONNECT_WAIT="600")
     line = one_line_error(result)
     assert "cannot open the database" in line and "does not exist" in line, line
+
+
+@pytest.mark.parametrize("command", COMMANDS[:2], ids=["start", "dev"])
+def test_a_port_in_use_is_named_with_the_fix_before_any_banner(command: list[str], sqlite_url: str) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli(command, sqlite_url, STEPLINE_PORT=str(port))
+    line = one_line_error(result)
+    assert f"cannot listen on 127.0.0.1:{port}: the port is in use" in line and "--port" in line, line
+    assert f"http://127.0.0.1:{port}" not in result.stdout, result.stdout  # no banner for a server that never served

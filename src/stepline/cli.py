@@ -111,12 +111,14 @@ async def _serve(
             options = ServerOptions(dev=dev, event_key=settings.event_key, api_token=settings.api_token)
             app = create_app(engine, options, extra_routes=extra_routes)
             server = uvicorn.Server(serving.uvicorn_config(app, settings))
+            sock = serving.listening_socket(settings)
             names = ", ".join(f.id for a in apps for f in a.functions) or "none"
+            port = sock.getsockname()[1]  # the one given, or the one chosen for port 0
             click.echo(
-                f"stepline {'dev' if dev else 'start'}: http://{settings.host}:{settings.port}  db={settings.db}  "
+                f"stepline {'dev' if dev else 'start'}: http://{settings.host}:{port}  db={settings.db}  "
                 f"functions: {names}  loop: {eventloop.kind()}"
             )
-            await server.serve()
+            await server.serve(sockets=[sock])
         else:
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()

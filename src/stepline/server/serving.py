@@ -35,9 +35,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import http
 import logging
 import resource
+import socket
 from collections import OrderedDict
 from typing import Any, ClassVar
 
@@ -396,6 +398,28 @@ def protocol_class(limits: ConnectionLimits) -> type[StepHttpProtocol]:
     """The protocol for one server: its limits, and one book of its connections."""
     attrs = {"limits": limits, "book": ConnectionBook(limits.max_connections)}
     return type("StepHttpProtocol", (StepHttpProtocol,), attrs)
+
+
+def listening_socket(settings: Settings) -> socket.socket:
+    """The server's socket, bound before anything is printed or served: a port already in use
+    is a one-line error that names it and the fix, not uvicorn's log line after a banner."""
+    host, port = settings.host, settings.port
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise errors.ConfigError(f"cannot listen on {host}:{port} ({exc}); check STEPLINE_HOST / --host") from exc
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        why = "in use (another stepline process, or another server)" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise errors.ConfigError(
+            f"cannot listen on {host}:{port}: the port is {why}; stop that process, or pick another port "
+            "with --port (STEPLINE_PORT)"
+        ) from exc
+    return sock
 
 
 def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
