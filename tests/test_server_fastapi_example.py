@@ -42,3 +42,18 @@ async def test_the_fastapi_job_status_example(serve) -> None:  # noqa: F811
         assert polled.status_code == 200 and polled.json()["id"] == job["job_id"]
         assert polled.headers["access-control-allow-origin"] == "*"
         assert (await browser.get(job["status_url"].split("?")[0])).status_code == 401
+
+
+async def test_the_example_works_against_stepline_dev_without_keys(serve) -> None:  # noqa: F811
+    """`stepline dev` signs run tokens with a key of its own: the example then asks it for
+    one, and the page reads the run with it."""
+    server = serve(server_apps.app, options=ServerOptions(dev=True))
+    web = load_example().create_app(stepline_url=server.url, event_key="dev", api_token="", signing_key="", event_name="srv/greet")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=web), base_url="http://app") as app_client:
+        reply = await app_client.post("/generate", json={"prompt": "hi"})
+        assert reply.status_code == 200, reply.text
+        job = reply.json()
+    async with httpx.AsyncClient(timeout=30) as browser:
+        polled = await browser.get(job["status_url"])
+        assert polled.status_code == 200 and polled.json()["id"] == job["job_id"]
+    assert "JSON.parse(ev.data).data.delta" in load_example().PAGE  # what ai.infer(stream=True) publishes

@@ -48,7 +48,10 @@ def create_app(
         if not detail.get("runs"):
             raise HTTPException(status_code=409, detail=f"no job started: {detail.get('why_no_runs')}")
         run_id = detail["runs"][0]["id"]
-        token = mint_run_token(run_id, key=signing_key, ttl=900)  # or POST /api/v1/runs/{id}/token
+        if signing_key:  # the key the server signs with: mint here, no round trip
+            token = mint_run_token(run_id, key=signing_key, ttl=900)
+        else:  # `stepline dev` signs with a key of its own: ask it
+            token = (await admin.post(f"/api/v1/runs/{run_id}/token", json={"ttl_seconds": 900})).json()["token"]
         return {
             "job_id": run_id,
             "token": token,
@@ -77,7 +80,7 @@ document.getElementById("f").onsubmit = async (e) => {
   const es = new EventSource(job.stream_url);          // resumes by itself after a dropped connection
   es.addEventListener("status", (ev) => { const s = JSON.parse(ev.data);
     bar.value = s.progress || 0; msg.textContent = s.status + " " + (s.progress_message || ""); });
-  es.addEventListener("message", (ev) => { out.textContent += JSON.parse(ev.data).data.token || ""; });
+  es.addEventListener("message", (ev) => { out.textContent += JSON.parse(ev.data).data.delta || ""; });  // ai.infer(stream=True)
   es.addEventListener("end", (ev) => { const s = JSON.parse(ev.data); es.close();
     out.textContent = s.status === "completed" ? JSON.stringify(s.output, null, 2) : "failed: " + s.error.message; });
 };
