@@ -79,7 +79,11 @@ def test_dev_syncs_sdk_url_and_runs_its_functions(dev_server: tuple[str, NodeApp
     step_lines = [line.split()[0] for line in shown.splitlines() if line.startswith("  ") and not line.startswith("    ")]
     assert step_lines == ["first", "second"]  # the SDK's step names, not their hashed ids
     resynced = _cli("apps", "sync", "--url", url)
-    assert node.url in resynced and "error" not in resynced
+    assert node.url in resynced and "error:" not in resynced
     removed = _cli("apps", "remove", "ts-app", "--url", url)
     assert removed.startswith("removed ts-app:") and "ts-app-steps" in removed
     assert "ts-app-steps" not in _cli("apps", "list", "--url", url)
+    # A sync that is refused (here: nobody serves that URL) is shown, and fails the command.
+    refused = subprocess.run([*STEPLINE, "apps", "add", "http://127.0.0.1:9/api/inngest", "--url", url],
+                             check=False, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "error:" in refused.stdout, refused.stdout + refused.stderr

@@ -50,8 +50,11 @@ def list_apps(as_json: bool, url: str | None) -> None:
 @click.argument("app_url")
 @cli_api.url_option
 def add_app(app_url: str, url: str | None) -> None:
-    """Sync the app serving at APP_URL (e.g. http://127.0.0.1:3000/api/inngest)."""
-    _show(_api("POST", url, "/api/v1/inngest/apps", body={"url": app_url}))
+    """Sync the app serving at APP_URL (e.g. http://127.0.0.1:3000/api/inngest); exits 1 when it is refused."""
+    app = _api("POST", url, "/api/v1/inngest/apps", body={"url": app_url})
+    _show(app)
+    if app.get("error"):
+        raise SystemExit(1)  # a deploy script must see it
 
 
 @apps.command("remove")
@@ -69,6 +72,9 @@ def remove_app(app: str, url: str | None) -> None:
 @click.argument("app_url", required=False)
 @cli_api.url_option
 def sync_apps(app_url: str | None, url: str | None) -> None:
-    """Ask every known app (or APP_URL) to register again, e.g. after a deploy."""
-    for app in _api("POST", url, "/api/v1/inngest/apps/sync", params={"url": app_url})["data"]:
+    """Ask every known app (or APP_URL) to register again, e.g. after a deploy; exits 1 when any refuses."""
+    synced = _api("POST", url, "/api/v1/inngest/apps/sync", params={"url": app_url})["data"]
+    for app in synced:
         _show(app)
+    if any(app.get("error") for app in synced):
+        raise SystemExit(1)
