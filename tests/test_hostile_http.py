@@ -217,6 +217,18 @@ def test_an_answer_left_unread_past_the_body_timeout_closes_its_connection(cli_s
             sock.close()
 
 
+def test_a_compressed_body_is_refused_naming_its_encoding(cli_server) -> None:  # noqa: F811
+    import gzip
+
+    server = cli_server("start")
+    body = gzip.compress(json.dumps({"name": "srv/greet"}).encode())
+    reply = httpx.post(f"{server.url}/e/{EVENT_KEY}", content=body,
+                       headers={"content-type": "application/json", "content-encoding": "gzip"}, timeout=30)
+    assert reply.status_code == 415 and "Content-Encoding: gzip" in reply.json()["error"], reply.text
+    assert "uncompressed" in reply.json()["error"]
+    send_event(server)  # and plain bodies are served as before
+
+
 # --- 3. huge heads ------------------------------------------------------------------------
 
 

@@ -10,7 +10,9 @@ It sits outside Starlette's error middleware, so its refusals are never turned i
 - 413 when the body is over its route's limit, declared (``Content-Length``) or counted
   as it streams (chunked), before more of it is read;
 - 408 when the body pauses longer than ``STEPLINE_BODY_IDLE_TIMEOUT`` or takes longer
-  than ``STEPLINE_BODY_TIMEOUT`` in all.
+  than ``STEPLINE_BODY_TIMEOUT`` in all;
+- 415 for a compressed body (``Content-Encoding`` other than identity), which would
+  otherwise be read as text and refused with a puzzling message.
 
 Every refusal carries ``Connection: close``, so the server stops reading the request,
 when served by ``stepline dev/start`` (``serving``, which lets the client read the answer
@@ -137,6 +139,11 @@ class HttpGuard:
         if refusal is not None:
             bodiless = declared in (None, "0") and _header(scope, b"transfer-encoding") is None
             await send_problem(send, *refusal, close=graceful or bodiless)
+            return
+        encoding = _header(scope, b"content-encoding")
+        if encoding is not None and encoding.strip().lower() not in ("", "identity"):
+            await send_problem(send, 415, f"request bodies are read as sent, not decoded (Content-Encoding: {encoding[:40]}); "
+                                          "send the body uncompressed", close=graceful)
             return
         limit, too_large = self.limits.body_rule(scope["path"])
         if declared is not None and declared.isdigit() and int(declared) > limit:
