@@ -246,6 +246,18 @@ def test_a_request_of_more_events_than_the_limit_is_refused_whole(api: httpx.Cli
     assert len(ok_ids(send(api, [{"name": name}] * 5000, sdk=sdk))) == 5000
 
 
+def test_listings_leave_out_long_bodies_and_the_event_read_has_them(api: httpx.Client) -> None:
+    """Anyone with the event key may store events of a megabyte: a page of them once cost the
+    server (and the dashboard) hundreds of megabytes. A listing leaves out bodies past 64 KiB
+    (saying so); reading the event gives it whole."""
+    big = ok_ids(send(api, {"name": "h/big", "data": {"blob": "x" * 200_000}}))[0]
+    small = ok_ids(send(api, {"name": "h/big", "data": {"blob": "short"}}))[0]
+    listed = {e["id"]: e for e in api.get("/api/v1/events", params={"name": "h/big"}).json()["data"]}
+    assert listed[big]["body"] is None and listed[big]["body_elided"] is True
+    assert listed[small]["body"]["data"] == {"blob": "short"} and listed[small]["body_elided"] is False
+    assert stored_body(api, big)["data"]["blob"] == "x" * 200_000
+
+
 def test_in_process_sends_meet_the_same_depth_limit(api: httpx.Client) -> None:
     deep: Any = {}
     for _ in range(300):

@@ -96,6 +96,7 @@ EVENT = _obj(
     }
 )
 EVENT_SUMMARY = {"allOf": [ref("Event"), _obj({
+    "body_elided": {"type": "boolean", "description": "the body, over 64 KiB, is left out of listings (body is null): GET the event"},
     "run_ids": {"type": "array", "items": STR},
     "runs": {"type": "array", "items": _obj({"id": STR, "function_id": STR, "status": {"type": "string", "enum": STATUSES}})},
 })]}

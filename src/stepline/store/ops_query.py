@@ -124,6 +124,9 @@ def _safe_match(expression: str, body: dict[str, Any]) -> bool:
         return False
 
 
+LISTED_BODY_CHARS = 64 * 1024  # the longest event body a listing carries (see list_events_txn)
+
+
 def list_events_txn(
     conn: db.Conn,
     *,
@@ -133,10 +136,20 @@ def list_events_txn(
     before_id: str | None = None,
     limit: int = 50,
 ) -> list[EventListItem]:
-    """Newest first, each with the runs it started (id, function, status)."""
+    """Newest first, each with the runs it started (id, function, status). A body longer than
+    ``LISTED_BODY_CHARS`` is left out (``body`` null, ``body_elided`` true): anyone with the
+    event key may store events of a megabyte, and a page of them would cost the server, and
+    the dashboard, hundreds of megabytes; the event's own read has it whole."""
     clause, params = ops_read.page_filters({"name": name}, "received_at", since_ms, until_ms, before_id)
-    rows = conn.all(f"SELECT * FROM events {clause} ORDER BY id DESC LIMIT ?", (*params, limit))
-    events: list[EventListItem] = [{**ops_read.event_dict(r), "runs": [], "run_ids": []} for r in rows]
+    rows = conn.all(
+        "SELECT id, name, user_id, received_at, outcome, "
+        f"CASE WHEN length(body) > ? THEN 'null' ELSE body END AS body, length(body) > ? AS elided FROM events {clause} "
+        "ORDER BY id DESC LIMIT ?",
+        (LISTED_BODY_CHARS, LISTED_BODY_CHARS, *params, limit),
+    )
+    events: list[EventListItem] = [
+        {**ops_read.event_dict(r), "body_elided": bool(r["elided"]), "runs": [], "run_ids": []} for r in rows
+    ]
     if events:
         marks = ", ".join("?" for _ in events)
         started: dict[str, list[RunSummary]] = {}

@@ -145,6 +145,7 @@ class EventListItem(EventFields):
 
     runs: list[RunSummary]
     run_ids: list[str]
+    body_elided: bool  # the body was too long to list (``body`` null): read the event itself
 
 
 class RunMessage(TypedDict):
