@@ -363,7 +363,8 @@ def describe_waiting(result: RunResult, clock: TestClock) -> str:
             failure = f" ({last.name}: {last.message})" if last else ""
             lines.append(f"step {step.id!r} failed attempt {step.attempts}{failure} and waits for its retry backoff")
     if result.status == RunStatus.QUEUED and result.wait_reason == "retry_backoff" and len(lines) == 1:
-        failure = f" ({result.error.name}: {result.error.message})" if result.error else ""
+        error = result.error or (result.function_errors[-1] if result.function_errors else None)
+        failure = f" ({error.name}: {error.message})" if error else ""
         lines.append(f"the function failed attempt {result.attempt}{failure} and waits for its retry backoff")
     lines.append("move the test clock past it (await t.advance('1h')), send the event it waits for, or mock the step")
     return "; ".join(lines)

@@ -73,6 +73,7 @@ class RunResult:
     progress_message: str | None
     event: dict[str, Any] | None
     parent_run_id: str | None
+    function_errors: tuple[ErrorInfo, ...] = ()  # the error of each failed attempt of the function itself
 
     @property
     def ended(self) -> bool:
@@ -100,6 +101,9 @@ class RunResult:
             progress_message=data["progress_message"],
             event=data.get("event"),
             parent_run_id=data["parent_run_id"],
+            function_errors=tuple(
+                e for a in data.get("function_attempts") or () if (e := ErrorInfo.from_dict(a.get("error"))) is not None
+            ),
         )
 
 
