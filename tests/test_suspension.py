@@ -62,10 +62,16 @@ async def test_wait_for_event_with_match(make_engine) -> None:
     run = (await runs_for_event(engine, event_id))[0]
     waiting = await wait_run(engine, run["id"], "waiting")
     assert waiting["wait_reason"] == "waiting_for_event"
-    await engine.send({"name": "doc/approved", "data": {"doc_id": "other", "by": "mallory"}})
-    await engine.send({"name": "doc/approved", "data": {"doc_id": "d1", "by": "ada"}})
+    unmatched = await engine.send({"name": "doc/approved", "data": {"doc_id": "other", "by": "mallory"}})
+    matched = await engine.send({"name": "doc/approved", "data": {"doc_id": "d1", "by": "ada"}})
     done = await wait_run(engine, run["id"])
     assert done["output"] == {"by": "ada"}
+    # The event that resumed the run says so, rather than that it did nothing.
+    detail = await engine.store.event_detail(matched)
+    assert detail["resumed_runs"] == [run["id"]] and detail["skipped"] == {}
+    assert detail["why_no_runs"] == f"it resumed 1 waiting run(s) ({run['id']}) and started none"
+    other = await engine.store.event_detail(unmatched)
+    assert other["resumed_runs"] == [] and "no registered function has a trigger" in other["why_no_runs"]
 
 
 async def test_wait_for_event_with_if_expression_and_timeout(make_engine) -> None:

@@ -93,6 +93,7 @@ EVENT = _obj(
     {
         "id": STR, "name": STR, "body": ANY, "user_id": NSTR, "received_at": TIME,
         "skipped": {"type": "object", "additionalProperties": True},
+        "resumed_runs": {"type": "array", "items": STR, "description": "runs with a step waiting for this event, which it resumed"},
     }
 )
 EVENT_SUMMARY = {"allOf": [ref("Event"), _obj({

@@ -108,6 +108,8 @@ def event_detail_txn(conn: db.Conn, event_id: str) -> EventView:
     event["skipped_functions"] = outcomes
     if event["runs"]:
         event["why_no_runs"] = None
+    elif event["resumed_runs"]:
+        event["why_no_runs"] = f"it resumed {len(event['resumed_runs'])} waiting run(s) ({', '.join(event['resumed_runs'])}) and started none"
     elif outcomes:
         event["why_no_runs"] = "; ".join(f"{o['function_id']}: {o['reason']}" for o in outcomes)
     elif event["name"].startswith("stepline/") or event["name"].startswith("inngest/"):

@@ -6,7 +6,7 @@ import datetime as dt
 from typing import Any
 
 from stepline import errors, jsonutil
-from stepline.store import db, ops_budget
+from stepline.store import db, ops_budget, ops_runs
 from stepline.store.records import (
     EventFields,
     EventView,
@@ -133,13 +133,16 @@ def list_runs_txn(
 
 
 def event_dict(row: dict[str, Any]) -> EventFields:
+    outcome = jsonutil.loads(row["outcome"]) or {}
+    resumed = outcome.pop(ops_runs.RESUMED, [])
     return {
         "id": row["id"],
         "name": row["name"],
         "body": jsonutil.loads(row["body"]),
         "user_id": row["user_id"],
         "received_at": iso(row["received_at"]),
-        "skipped": jsonutil.loads(row["outcome"]) or {},
+        "skipped": outcome,
+        "resumed_runs": resumed,
     }
 
 
@@ -151,7 +154,7 @@ def get_event_txn(conn: db.Conn, event_id: str) -> EventView:
     base = event_dict(row)
     return {
         "id": base["id"], "name": base["name"], "body": base["body"], "user_id": base["user_id"],
-        "received_at": base["received_at"], "skipped": base["skipped"], "runs": runs,
+        "received_at": base["received_at"], "skipped": base["skipped"], "resumed_runs": base["resumed_runs"], "runs": runs,
     }
 
 

@@ -432,7 +432,20 @@ def resolve_waits_txn(
         )
         if updated:
             make_due_txn(conn, row["run_id"], now)
+            if event_id is not None:
+                _note_resumed_txn(conn, event_id, row["run_id"])
     return failures
+
+
+RESUMED = "_resumed"  # the key of an event's outcome that lists the waiting runs it resumed
+
+
+def _note_resumed_txn(conn: db.Conn, event_id: str, run_id: str) -> None:
+    """Record on the event that it resumed ``run_id`` (a step waiting for it), so that the
+    event's read does not say it did nothing."""
+    outcome = jsonutil.loads(conn.scalar("SELECT outcome FROM events WHERE id = ?", (event_id,))) or {}
+    outcome.setdefault(RESUMED, []).append(run_id)
+    conn.execute("UPDATE events SET outcome = ? WHERE id = ?", (jsonutil.dumps(outcome), event_id))
 
 
 def make_due_txn(conn: db.Conn, run_id: str, now: int) -> None:

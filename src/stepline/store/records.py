@@ -129,6 +129,7 @@ class EventFields(TypedDict):
     user_id: str | None
     received_at: str | None
     skipped: dict[str, Any]  # function id -> why it started no run
+    resumed_runs: list[str]  # runs with a step waiting for this event, which it resumed
 
 
 class EventView(EventFields, total=False):
