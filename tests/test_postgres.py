@@ -12,11 +12,14 @@ import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 
 import stepline
 from stepline import errors
+from stepline.server import api_metrics, create_app
+from stepline.server.common import ServerOptions
 from stepline.store import Lease, StepResult, db, ops_exec, postgres
 from tests.chaos.proxy import CuttingProxy
 from tests.helpers import LongCall, eventually, runs_for_event, wait_run
@@ -501,6 +504,32 @@ async def test_a_writer_whose_connection_stops_answering_gives_it_up_and_goes_on
     finally:
         await database.close()
         proxy.stop()
+
+
+async def test_health_answers_503_while_every_write_fails_and_200_once_one_goes_through(
+    make_pg_engine: Any, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only database still answers reads: /health must say that this process cannot
+    write (a load balancer then steers away), and say it no longer once a write goes through."""
+    monkeypatch.setattr(api_metrics, "WRITES_FAILING", 0.3)
+    engine = await make_pg_engine(run_worker=False)
+    app = create_app(engine, ServerOptions(dev=True))
+    dbname = postgres_url.rsplit("/", 1)[1]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as client:
+        assert (await client.get("/health")).status_code == 200
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute(f"ALTER DATABASE {dbname} SET default_transaction_read_only = on")
+            kill_connections(postgres_url)
+            for _ in range(2):
+                with pytest.raises(errors.StoreError):
+                    await engine.send({"name": "h/refused"})
+                await asyncio.sleep(0.2)
+            reply = await client.get("/health")
+            assert reply.status_code == 503 and "every write has failed" in reply.json()["error"], reply.text
+            assert "read-only" in reply.json()["error"]
+            admin.execute(f"ALTER DATABASE {dbname} SET default_transaction_read_only = off")
+        await engine.send({"name": "h/taken"})
+        assert (await client.get("/health")).status_code == 200
 
 
 async def test_the_same_event_ids_and_idempotency_keys_sent_to_two_processes_at_once_count_once(

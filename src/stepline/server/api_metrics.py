@@ -165,15 +165,24 @@ async def metrics_prometheus(request: Request) -> Response:
     return PlainTextResponse(await prometheus_text(request), media_type=PROMETHEUS_TYPE)
 
 
+WRITES_FAILING = 5.0  # seconds of failed writes after which /health answers 503
+
+
 @common.route(common.open_access)
 async def health(request: Request) -> Response:
-    """200 while the database answers; 503 (with the reason) when it does not."""
+    """200 while the database answers and takes this process's writes; 503 (with the reason)
+    when it does not answer, or every write of the last ``WRITES_FAILING`` seconds failed
+    (a read-only database answers reads, and a load balancer must still steer away)."""
     engine = common.engine(request)
     worker = engine.worker
     try:
         await engine.store.queue_depth()
     except Exception as exc:  # noqa: BLE001 - health reports, it does not raise
         return JSON({"status": "unavailable", "database": engine.store.dialect, "error": str(exc)}, status_code=503)
+    failing = engine.store.write_failure()
+    if failing is not None and failing[0] >= WRITES_FAILING:
+        return JSON({"status": "unavailable", "database": engine.store.dialect,
+                     "error": f"every write has failed for {failing[0]:.0f} s: {failing[1]}"}, status_code=503)
     return JSON(
         {
             "status": "ok",

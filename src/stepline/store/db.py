@@ -12,6 +12,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -307,6 +308,30 @@ class Database(abc.ABC):
         self._wakers: list[Callable[[], None]] = []
         self._listeners: dict[str, list[Callable[[str], None]]] = {}
         self._closed = False
+        # Since when every commit has failed for want of the database (None: the last one
+        # went through), and why: health checks report a process that cannot write.
+        self._failing_since: float | None = None
+        self._failed_at = 0.0
+        self._failing_why = ""
+
+    def write_failure(self, fresh_within: float) -> tuple[float, str] | None:
+        """(seconds, why) every commit has failed for the database's sake, the last one in the
+        past ``fresh_within`` seconds; None when writes go through (or none was tried lately:
+        an idle process knows nothing new)."""
+        since, now = self._failing_since, time.monotonic()
+        if since is None or now - self._failed_at > fresh_within:
+            return None
+        return now - since, self._failing_why
+
+    def _note_commit(self, outcomes: list[tuple[bool, Any]]) -> None:
+        """After a commit: whether the database took it (an op's own error says nothing of that)."""
+        failed = next((v for ok, v in outcomes if not ok and isinstance(v, errors.StoreError)), None)
+        if failed is None:
+            self._failing_since = None
+            return
+        self._failed_at = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since, self._failing_why = self._failed_at, str(failed)
 
     # --- for backends ----------------------------------------------------------
 
@@ -439,12 +464,15 @@ class Database(abc.ABC):
                 result = self._run_inline(conn, op)
             except Exception as exc:  # noqa: BLE001 - the commit itself failed
                 log.warning("a commit failed: %s", exc)
-                return False, _store_error(exc)
+                failure = _store_error(exc)
+                self._note_commit([(False, failure)])
+                return False, failure
             if result is None:
                 return None
             (ok, value), woke = result
             if not ok and self._unavailable(value):
                 value = _store_error(value)
+            self._note_commit([(ok, value)])
             if woke:
                 self._wake()
             return ok, value
@@ -543,6 +571,7 @@ class Database(abc.ABC):
             grouped, woke = [(False, _store_error(exc))] * len(ops), False
         else:
             grouped = [(ok, _store_error(value) if not ok and self._unavailable(value) else value) for ok, value in grouped]
+        self._note_commit(grouped)
         batch, outcomes = [], []
         for jobs, (ok, value) in zip(owners, grouped):
             if jobs[0].kind is None:

@@ -376,6 +376,10 @@ class Store:
 
     # --- reads ---------------------------------------------------------------------
 
+    def write_failure(self, fresh_within: float = 30.0) -> tuple[float, str] | None:
+        """(seconds, why) this process's commits have all failed for the database's sake, lately; None if not."""
+        return self.db.write_failure(fresh_within)
+
     async def get_run(self, run_id: str) -> RunView:
         return await self.db.read(partial(ops_read.get_run_txn, run_id=run_id))
 
