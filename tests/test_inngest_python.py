@@ -68,6 +68,14 @@ async def test_step_run_memoized_and_output(env: tuple[Server, py_app.Recorder |
     assert [s["output"] for s in run["steps"]] == ["ADA", "hello ADA"]
 
 
+async def test_two_steps_sharing_an_id_fail_saying_so(env: tuple[Server, py_app.Recorder | PyAppProcess]) -> None:
+    server, _ = env
+    event_id = await server.send("py/collide", {})
+    run = await server.finished((await server.run_for(event_id, FN + "collide"))["id"])
+    assert run["status"] == "failed", run
+    assert "most likely two steps share an id" in run["error"]["message"], run["error"]
+
+
 async def test_sleep_suspends_and_resumes(env: tuple[Server, py_app.Recorder | PyAppProcess]) -> None:
     server, rec = env
     event_id = await server.send("py/sleep")

@@ -173,6 +173,14 @@ def build(rec: Recorder) -> fastapi.FastAPI:
             return await ctx.step.run("fallback", lambda: text)
         return "unreachable"
 
+    @client.create_function(fn_id="collide", trigger=inngest.TriggerEvent(event="py/collide"), retries=0)
+    async def collide(ctx: inngest.Context) -> str:
+        # The SDK numbers a repeated id "a:1": a step of that very id then collides with it.
+        await ctx.step.run("a", lambda: 1)
+        await ctx.step.run("a", lambda: 2)
+        await ctx.step.run("a:1", lambda: 3)
+        return "unreachable"
+
     @client.create_function(fn_id="failing-child", trigger=inngest.TriggerEvent(event="py/failing-child"), retries=0)
     async def failing_child(ctx: inngest.Context) -> None:
         raise inngest.NonRetriableError("child says no")

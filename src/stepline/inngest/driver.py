@@ -146,6 +146,13 @@ class SDKExecution:
                         continue  # every one of them was already resolved
                     empty += 1
                     if empty >= MAX_EMPTY_REPLIES:
+                        done_again = [display_name(op) for op in ops if op.get("id") in self.memos]
+                        if done_again:  # the SDK hashes ids: "a" used twice is "a:1", which may be taken
+                            raise errors.NonRetriableError(
+                                f"the app asked {empty} times in a row for step(s) already finished ({', '.join(done_again[:5])}) "
+                                f"in run {self.ctx.run_id}: most likely two steps share an id (a repeated id is "
+                                "numbered 'id:1', 'id:2', which another step may already use); give each step its own id"
+                            )
                         raise errors.NonRetriableError(
                             f"the app reported no new step {empty} times in a row for run {self.ctx.run_id}; "
                             "its function may be waiting on something Stepline does not support"
