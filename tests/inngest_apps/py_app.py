@@ -304,7 +304,7 @@ def build(rec: Recorder) -> fastapi.FastAPI:
         client,
         [
             steps, sleeper, waiter, child, parent, sender, on_sent, parallel, flaky, nonretry, retry_after, cancellable,
-            fn_retry, recover, failing_child, careful_parent, batched, once_per_order, rate_limited, mixed, vip_queue,
+            fn_retry, recover, collide, failing_child, careful_parent, batched, once_per_order, rate_limited, mixed, vip_queue,
             batch_if, two_naps, two_waits, chains, on_finished, on_cancelled,
         ],
     )
