@@ -159,9 +159,7 @@ def _batch_txn(
 def note_skip_txn(conn: db.Conn, event_id: str, function_id: str, reason: str | dict[str, Any]) -> None:
     """Record on an event why it started no run of ``function_id``: a word (``idempotent``), or
     an object with ``reason`` and its detail (an expression that failed on the event)."""
-    current = jsonutil.loads(conn.scalar("SELECT outcome FROM events WHERE id = ?", (event_id,))) or {}
-    current[function_id] = reason
-    conn.execute("UPDATE events SET outcome = ? WHERE id = ?", (jsonutil.dumps(current), event_id))
+    ops_runs.update_outcome_txn(conn, event_id, lambda outcome: outcome.__setitem__(function_id, reason))
 
 
 def claimed_many_txn(conn: db.Conn, run_ids: list[tuple[str]]) -> None:

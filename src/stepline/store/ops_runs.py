@@ -7,7 +7,7 @@ Each ``*_txn`` function runs inside the caller's transaction on a ``db.Conn``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from stepline import errors, expressions, ids, jsonutil
@@ -443,8 +443,13 @@ RESUMED = "_resumed"  # the key of an event's outcome that lists the waiting run
 def _note_resumed_txn(conn: db.Conn, event_id: str, run_id: str) -> None:
     """Record on the event that it resumed ``run_id`` (a step waiting for it), so that the
     event's read does not say it did nothing."""
+    update_outcome_txn(conn, event_id, lambda outcome: outcome.setdefault(RESUMED, []).append(run_id))
+
+
+def update_outcome_txn(conn: db.Conn, event_id: str, change: Callable[[dict[str, Any]], None]) -> None:
+    """Change what an event's outcome records (skipped functions, resumed runs) in place."""
     outcome = jsonutil.loads(conn.scalar("SELECT outcome FROM events WHERE id = ?", (event_id,))) or {}
-    outcome.setdefault(RESUMED, []).append(run_id)
+    change(outcome)
     conn.execute("UPDATE events SET outcome = ? WHERE id = ?", (jsonutil.dumps(outcome), event_id))
 
 

@@ -731,9 +731,8 @@ class PostgresDatabase(db.Database):
                     try:
                         with raw.transaction():
                             return db.run_op(op, PostgresConn(raw))
-                    except (pg_errors.FeatureNotSupported, pg_errors.InvalidSqlStatementName) as exc:
-                        # Reads are read-only by design: 25006 here is the op's own mistake.
-                        if not (_stale_plan(exc) or exc.sqlstate == "26000") or time.monotonic() > deadline:
+                    except _SPOILED_ERRORS as exc:
+                        if not _spoiled(exc) or time.monotonic() > deadline:
                             raise
                         raw.close()  # statements it cannot use (see _spoiled); the pool replaces it
                     except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
