@@ -19,9 +19,13 @@ def record(log: str, name: str) -> str:
 
 
 def slow_step(log: str, marker: str) -> str:
-    record(log, "s3")
-    if not os.path.exists(marker):
+    # The marker is made before "s3" reaches the log: the test kills the worker as soon as
+    # it reads "s3" there, and a marker not yet made would send the next attempt to sleep.
+    first = not os.path.exists(marker)
+    if first:
         open(marker, "w").close()
+    record(log, "s3")
+    if first:
         time.sleep(120)  # the test kills the worker here
     return "s3"
 
