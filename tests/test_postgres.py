@@ -483,7 +483,7 @@ async def test_a_writer_whose_connection_stops_answering_gives_it_up_and_goes_on
     once held the writer, and every write of the process, forever, and shutting down with
     it: past the deadline its statement is cancelled, then its socket shut, and the batch
     commits on a new connection, once."""
-    monkeypatch.setattr(postgres, "WRITER_DEADLINE", 1.0)
+    monkeypatch.setattr(postgres, "ANSWER_DEADLINE", 1.0)
     monkeypatch.setattr(postgres, "CLOSING_DEADLINE", 1.0)
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute("CREATE TABLE scratch (id TEXT PRIMARY KEY, note TEXT)")
@@ -501,6 +501,37 @@ async def test_a_writer_whose_connection_stops_answering_gives_it_up_and_goes_on
         await asyncio.wait_for(database.close(), 30)
         with contextlib.suppress(Exception):
             await writing
+    finally:
+        await database.close()
+        proxy.stop()
+
+
+async def test_a_read_whose_connection_stops_answering_is_retried_on_another(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader's connection gone silent held its read (an API request, a worker's check)
+    until TCP gave up, and shutting down with it: the watchdog gives it up as it does the
+    writer's, and the read is answered on a new connection."""
+    monkeypatch.setattr(postgres, "ANSWER_DEADLINE", 1.0)
+    monkeypatch.setattr(postgres, "CLOSING_DEADLINE", 1.0)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE scratch (id TEXT PRIMARY KEY, note TEXT)")
+        conn.execute("INSERT INTO scratch (id) VALUES ('kept')")
+    proxy = CuttingProxy("127.0.0.1", 5432).start()
+    database = postgres.PostgresDatabase(postgres_url.replace(":5432/", f":{proxy.port}/"))
+    read = lambda conn: conn.all("SELECT id FROM scratch")  # noqa: E731
+    try:
+        await database.start()
+        assert [row["id"] for row in await database.read(read)] == ["kept"]
+        proxy.black_hole()
+        rows = await asyncio.wait_for(database.read(read), 30)
+        assert [row["id"] for row in rows] == ["kept"]
+        proxy.black_hole()  # and while closing: shutting down waits for no silent read
+        reading = asyncio.ensure_future(database.read(read))
+        await asyncio.sleep(0.2)
+        await asyncio.wait_for(database.close(), 30)
+        with contextlib.suppress(Exception):
+            await reading
     finally:
         await database.close()
         proxy.stop()

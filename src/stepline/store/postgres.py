@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import functools
 import logging
 import math
@@ -35,7 +36,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
@@ -56,11 +57,12 @@ RECONNECT_WINDOW = 30.0
 # Errors after which re-running the whole (uncommitted) batch is expected to succeed.
 TRANSIENT = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure, pg_errors.LockNotAvailable)
 BATCH_TRIES = 5
-# Seconds a batch may wait for PostgreSQL's answers before the writer's connection is given
+# Seconds a batch or a read may wait for PostgreSQL's answers before its connection is given
 # up (first its statement is cancelled, then its socket shut): an answer lost on the way
 # (a failover behind a proxy, packets dropped without a reset) would otherwise hold the
-# writer, and every write of the process, forever; TCP keepalives probe idle connections only.
-WRITER_DEADLINE = 60.0
+# writer, and every write of the process, or a reader and its request, forever; TCP
+# keepalives probe idle connections only.
+ANSWER_DEADLINE = 60.0
 CLOSING_DEADLINE = 5.0  # the same while the store closes: shutting down must not wait that long
 READ_THREADS = 32
 # Statistics of the queue table are refreshed once this many runs (and at least as many
@@ -69,7 +71,8 @@ READ_THREADS = 32
 # table has grown by this many and by half its size at the last refresh.
 ANALYZE_AFTER_RUNS = 5000
 GROWING_TABLES = "runs, events, steps"
-# Connection options: TCP keepalives notice a vanished server on an idle connection.
+# Connection options: TCP keepalives notice a vanished server on an idle connection, and
+# the user timeout one that stopped acknowledging what was sent (a network partition).
 CONNECT_KWARGS: dict[str, Any] = {
     "autocommit": True,
     "row_factory": dict_row,
@@ -77,6 +80,7 @@ CONNECT_KWARGS: dict[str, Any] = {
     "keepalives_idle": 10,
     "keepalives_interval": 5,
     "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
     "connect_timeout": 5,
     "application_name": "stepline",
 }
@@ -303,6 +307,16 @@ class _RetryBatch(Exception):
     """Nothing of this batch was committed and running it again is expected to work."""
 
 
+@dataclasses.dataclass(eq=False)
+class _Wait:
+    """A connection whose user waits on PostgreSQL's answers (see ``_watch_answers``)."""
+
+    raw: psycopg.Connection[Any]
+    who: str
+    began: float = dataclasses.field(default_factory=time.monotonic)
+    cancelled: float | None = None  # when the watchdog cancelled its statement
+
+
 class _Link:
     """A connection that is reopened, with backoff, after the server went away."""
 
@@ -362,7 +376,7 @@ class PostgresDatabase(db.Database):
         self._aside: _Link | None = None
         self._listener: threading.Thread | None = None
         self._watchdog: threading.Thread | None = None
-        self._batch_began: float | None = None  # when the writer's current try began waiting on the server
+        self._waits: dict[int, _Wait] = {}  # by thread: whose answers the watchdog times
         self._closed_all = threading.Event()
         self._listening = threading.Event()
         self._new_runs = 0
@@ -401,7 +415,7 @@ class PostgresDatabase(db.Database):
             # Listening before the first claim means no wake-up is lost at start.
             await loop.run_in_executor(self._read_threads, self._listening.wait, 5.0)
         if self._watchdog is None:
-            self._watchdog = threading.Thread(target=self._watch_writer, name="stepline-pg-watchdog", daemon=True)
+            self._watchdog = threading.Thread(target=self._watch_answers, name="stepline-pg-watchdog", daemon=True)
             self._watchdog.start()
 
     def plan_capacity(self, concurrency: int) -> None:
@@ -417,33 +431,41 @@ class PostgresDatabase(db.Database):
         finally:
             self._closed_all.set()
 
-    def _watch_writer(self) -> None:
-        """Give up the writer's connection when a batch has waited past ``WRITER_DEADLINE``:
-        cancel its statement (a lock wait ends at once, the server being reachable), and if
-        that does not free it within ``CLOSING_DEADLINE``, shut its socket. The writer then
-        sees a lost connection: the batch runs again on a new one, and a COMMIT whose answer
-        was lost is settled by asking the server, as after any cut."""
-        cancelled: float | None = None
+    @contextlib.contextmanager
+    def _waiting(self, raw: psycopg.Connection[Any], who: str) -> Iterator[_Wait]:
+        """Time this thread's wait on ``raw`` for the watchdog."""
+        key = threading.get_ident()
+        wait = self._waits[key] = _Wait(raw, who)
+        try:
+            yield wait
+        finally:
+            if self._waits.get(key) is wait:
+                del self._waits[key]
+
+    def _watch_answers(self) -> None:
+        """Give up a connection whose user (the writer, a write aside, a reader) has waited
+        past ``ANSWER_DEADLINE``: cancel its statement (a lock wait ends at once, the server
+        being reachable), and if that does not free it within ``CLOSING_DEADLINE``, shut its
+        socket. Its user then sees a lost connection: a batch runs again on a new one (a
+        COMMIT whose answer was lost is settled by asking the server, as after any cut), a
+        read is retried on another."""
         while not self._closed_all.wait(1.0):
-            began, link = self._batch_began, self._writer_conn
-            raw = link.raw if isinstance(link, _Link) else None
-            if began is None or raw is None or raw.closed:
-                cancelled = None
-                continue
-            waited = time.monotonic() - began
-            if waited < (CLOSING_DEADLINE if self._closing.is_set() else WRITER_DEADLINE):
-                cancelled = None
-                continue
-            if cancelled is None:
-                log.warning("PostgreSQL has not answered the writer for %.0f s; cancelling its statement", waited)
-                cancelled = time.monotonic()
-                with contextlib.suppress(Exception):
-                    raw.cancel_safe(timeout=CLOSING_DEADLINE)
-            elif time.monotonic() - cancelled >= CLOSING_DEADLINE:
-                log.warning("the writer's connection to PostgreSQL still does not answer; closing it to go on with a new one")
-                _shut_socket(raw)
-                cancelled = None
-                self._batch_began = None  # the writer's next try starts its own clock
+            limit = CLOSING_DEADLINE if self._closing.is_set() else ANSWER_DEADLINE
+            for key, wait in list(self._waits.items()):
+                now = time.monotonic()
+                if wait.raw.closed:
+                    continue
+                if wait.cancelled is None:
+                    if now - wait.began >= limit:
+                        log.warning("PostgreSQL has not answered %s for %.0f s; cancelling its statement", wait.who, now - wait.began)
+                        wait.cancelled = now
+                        with contextlib.suppress(Exception):
+                            wait.raw.cancel_safe(timeout=CLOSING_DEADLINE)
+                elif now - wait.cancelled >= CLOSING_DEADLINE:
+                    log.warning("%s's connection to PostgreSQL still does not answer; closing it to go on with a new one", wait.who)
+                    _shut_socket(wait.raw)
+                    if self._waits.get(key) is wait:
+                        del self._waits[key]  # its user's next try starts its own clock
 
     async def write_aside(self, op: db.Op[db.T]) -> db.T:
         if self._closed:
@@ -467,10 +489,18 @@ class PostgresDatabase(db.Database):
         if self._listener is not None:
             await loop.run_in_executor(None, self._listener.join, 5.0)
             self._listener = None
+        # Reads still waiting on the server end first (the watchdog gives up a silent one
+        # within twice CLOSING_DEADLINE): a thread left on a dead socket would hold the exit.
+        await loop.run_in_executor(None, self._until_no_waits, 2 * CLOSING_DEADLINE + 2)
         if self._pool is not None:
             await loop.run_in_executor(None, functools.partial(self._pool.close, timeout=5.0))
             self._pool = None
         self._read_threads.shutdown(wait=False)
+
+    def _until_no_waits(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while self._waits and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def _drop_aside(self) -> None:
         if self._aside is not None:
@@ -498,20 +528,16 @@ class PostgresDatabase(db.Database):
 
     def _run_batch(self, conn: _Link, ops: list[db.Op[Any]]) -> tuple[list[tuple[bool, Any]], bool]:
         last: BaseException | None = None
-        watched = conn is self._writer_conn  # the watchdog's (not a write aside's)
+        who = "the writer" if conn is self._writer_conn else f"the {conn.purpose} writer"
         for attempt in range(1, BATCH_TRIES + 1):
             raw = conn.get()
-            if watched:
-                self._batch_began = time.monotonic()
             try:
-                return self._try_batch(conn, raw, ops, retry_transient=attempt < BATCH_TRIES)
+                with self._waiting(raw, who):
+                    return self._try_batch(conn, raw, ops, retry_transient=attempt < BATCH_TRIES)
             except _RetryBatch as why:
                 last = why.__cause__
                 log.info("retrying a batch of %d operations (attempt %d): %s", len(ops), attempt + 1, last)
                 time.sleep(random.uniform(0.0, 0.02 * attempt))
-            finally:
-                if watched:
-                    self._batch_began = None
         # Every try lost its connection before COMMIT: nothing was saved.
         raise errors.StoreError(
             f"the connection to PostgreSQL failed {BATCH_TRIES} times in a row ({last}); "
@@ -727,7 +753,7 @@ class PostgresDatabase(db.Database):
         delay = 0.05
         while True:
             try:
-                with pool.connection(timeout=RECONNECT_WINDOW) as raw:
+                with pool.connection(timeout=RECONNECT_WINDOW) as raw, self._waiting(raw, "a reader") as wait:
                     try:
                         with raw.transaction():
                             return db.run_op(op, PostgresConn(raw))
@@ -736,7 +762,11 @@ class PostgresDatabase(db.Database):
                             raise
                         raw.close()  # statements it cannot use (see _spoiled); the pool replaces it
                     except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                        if not _lost(raw):
+                        if isinstance(exc, pg_errors.QueryCanceled) and wait.cancelled is not None:
+                            raise errors.StoreError(
+                                f"a read from PostgreSQL took over {ANSWER_DEADLINE:.0f} s and was cancelled"
+                            ) from exc
+                        if not _gone(raw, exc):
                             raise
                         if time.monotonic() > deadline:
                             raise errors.StoreError(
@@ -748,8 +778,10 @@ class PostgresDatabase(db.Database):
                     f"no reader connection to PostgreSQL at {migrate.redact(self.url)} within "
                     f"{RECONNECT_WINDOW:.0f} s; is the server up?"
                 ) from exc
-            # The pool drops the lost connection; the server may be restarting.
-            pool.check()
+            # The pool drops the lost connection. Its idle fellows are suspect too (the server
+            # restarted, the path to it went silent): they are replaced without being asked,
+            # which would wait forever on a silent one.
+            pool.drain()
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
 
