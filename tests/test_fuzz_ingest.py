@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stepline import errors
+from stepline import event as event_mod
 from tests import apps_hostile
 from tests.server_live import LiveServer, run_of_event, run_status, serve  # noqa: F401 - fixture
 
@@ -34,7 +35,7 @@ EXAMPLES = int(os.environ.get("STEPLINE_FUZZ_EXAMPLES", "50"))  # per test and b
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck))
 SDK = {"X-Inngest-SDK": "inngest-js:v3.27.0"}
-MAX_TS = 253402300799999
+MIN_TS, MAX_TS = event_mod.MIN_TS, event_mod.MAX_TS
 
 # --- generated JSON ----------------------------------------------------------------------------
 
@@ -78,7 +79,7 @@ names = st.one_of(
     st.text(min_size=250, max_size=260),
 )
 event_ids = st.one_of(st.none(), st.just(""), texts, st.text(min_size=250, max_size=300), st.sampled_from(EDGE_INTS))
-stamps = st.one_of(st.sampled_from([0, 0.0, -1, 1.5, MAX_TS, MAX_TS + 1, 1e20, -1e20, "now", True]), st.integers(), st.floats())
+stamps = st.one_of(st.sampled_from([0, 0.0, -1, 1.5, MIN_TS - 1, MIN_TS, MAX_TS, MAX_TS + 1, 1e20, -1e20, "now", True]), st.integers(), st.floats())
 events = st.fixed_dictionaries(
     {"name": names},
     optional={"data": st.one_of(st.none(), datas), "id": event_ids, "ts": stamps, "v": st.one_of(st.none(), texts, numbers),

@@ -325,12 +325,26 @@ def test_nul_characters_are_refused_wherever_they_are(api: httpx.Client, sdk: bo
 
 
 @pytest.mark.parametrize("sdk", [False, True], ids=["native", "sdk"])
-def test_ts_outside_the_epoch_range_is_refused(api: httpx.Client, sdk: bool) -> None:
-    for ts in (1e20, -1, 253402300800000):
-        refused(send(api, {"name": "h/ts", "ts": ts}, sdk=sdk), "'ts'", "253402300799999", "milliseconds")
+def test_ts_outside_inngests_range_is_refused(api: httpx.Client, sdk: bool) -> None:
+    """1980-01-01 to 2100-01-01 in ms: a ts in seconds is 1970, one far ahead would hold a
+    singleton key and keep its run from retention for ever."""
+    for ts in (1e20, -1, 1_700_000_000, event_mod.MIN_TS - 1, event_mod.MAX_TS + 1, 253402300799999):
+        refused(send(api, {"name": "h/ts", "ts": ts}, sdk=sdk), "'ts'", "1980-01-01 to 2100-01-01", "milliseconds")
     refused(send(api, {"name": "h/ts", "ts": "yesterday"}, sdk=sdk), "'ts' must be a number")
-    kept = ok_ids(send(api, {"name": "h/ts", "ts": 253402300799999}, sdk=sdk))[0]
-    assert stored_body(api, kept)["ts"] == 253402300799999
+    for ts in (event_mod.MIN_TS, event_mod.MAX_TS):
+        kept = ok_ids(send(api, {"name": "h/ts", "ts": ts}, sdk=sdk))[0]
+        assert stored_body(api, kept)["ts"] == ts
+
+
+@pytest.mark.parametrize("sdk", [False, True], ids=["native", "sdk"])
+def test_names_of_the_servers_own_events_are_refused(api: httpx.Client, sdk: bool) -> None:
+    """With only the event key, a forged failure event ran failure handlers, a forged
+    cancellation marked jobs cancelled, a forged signal resumed a run."""
+    for name in ("stepline/function.failed", "stepline/function.cancelled", "stepline/signal.received",
+                 "stepline/scheduled.timer", "inngest/function.failed", "stepline/anything"):
+        refused(send(api, [{"name": "h/kept"}, {"name": name, "data": {"function_id": "x"}}], sdk=sdk),
+                "event[1]", "reserved", name.split("/")[0] + "/")
+    assert not [n for n in event_names(api) if n.startswith(("stepline/", "inngest/", "h/kept"))]
 
 
 def test_in_process_sends_and_step_send_event_are_validated_alike(api: httpx.Client) -> None:

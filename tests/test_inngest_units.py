@@ -9,6 +9,7 @@ import pytest
 from inngest._internal import transforms
 
 from stepline import errors
+from stepline import event as event_mod
 from stepline.inngest import config, driver, durations, events, protocol, signing
 
 KEY = "signkey-test-" + "0f1e" * 16
@@ -52,13 +53,14 @@ def test_retry_after_header() -> None:
     assert protocol.parse_retry_after("0") == 1  # clamped to at least a second
 
 
-def test_sdk_events_are_made_acceptable_and_inngest_names_reserved() -> None:
+def test_sdk_events_are_made_acceptable_and_the_servers_names_reserved() -> None:
     assert events.from_sdk({"name": "a/b", "data": {"x": 1, "_inngest": {}}, "id": "", "ts": 0, "user": {}, "meta": {}}) == {
         "name": "a/b",
         "data": {"x": 1},
     }
-    with pytest.raises(errors.EventError, match="reserved"):
-        events.from_sdk({"name": "inngest/function.failed"})
+    for name in ("inngest/function.failed", "stepline/function.failed"):
+        with pytest.raises(errors.EventError, match="reserved"):
+            event_mod.refuse_reserved_names([{"name": "a/b"}, {"name": name}])
     out = events.to_sdk({"name": "stepline/function.invoked", "data": {}, "id": "01", "ts": 5.0})
     assert out == {"name": "inngest/function.invoked", "data": {}, "id": "01", "ts": 5, "user": {}}
 

@@ -18,8 +18,11 @@ from stepline import errors, jsonutil, settings
 from stepline.observability import carrier
 
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
-# 9999-12-31T23:59:59.999Z in epoch ms: the last instant an ISO date (and every reader) can show.
-MAX_TS = 253402300799999
+# The range of an event's ``ts`` in epoch ms, as Inngest takes it: 1980-01-01 to 2100-01-01.
+# A ``ts`` in seconds falls before it; a far-future one would hold a singleton key, and
+# keep its run from retention, for ever.
+MIN_TS = 315532800000
+MAX_TS = 4102444800000
 
 # Names the engine itself sends. A run's end sends FUNCTION_FINISHED (every ending), and
 # FUNCTION_FAILED or FUNCTION_CANCELLED with it, in Inngest's data shape: function_id,
@@ -31,7 +34,24 @@ FUNCTION_FAILED = "stepline/function.failed"
 FUNCTION_INVOKED = "stepline/function.invoked"
 SCHEDULED_TIMER = "stepline/scheduled.timer"
 
+# Prefixes of the names above (and of Inngest's for them, and of signals): what carries
+# them must come from the engine, since functions act on them (failure handlers, job
+# tables marked cancelled, waits for a signal). Senders over HTTP are refused them.
+RESERVED_PREFIXES = ("stepline/", "inngest/")
+
 _FIELDS = frozenset({"name", "data", "user", "id", "ts", "v", "trace"})
+
+
+def refuse_reserved_names(items: list[Any]) -> None:
+    """An EventError for the first item whose name only the engine may send."""
+    for index, raw in enumerate(items):
+        name = raw.get("name") if isinstance(raw, Mapping) else None
+        if isinstance(name, str) and name.startswith(RESERVED_PREFIXES):
+            prefix = next(p for p in RESERVED_PREFIXES if name.startswith(p))
+            raise errors.EventError(
+                f"event[{index}] ({_shown(name)}): names starting with {prefix!r} are reserved for the events "
+                "the server sends itself (failures, cancellations, signals); name yours under your app, like 'app/order.failed'"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,16 +195,16 @@ def _check_text(value: str, field: str, where: str, max_bytes: int, variable: st
 
 def _timestamp(ts: Any, where: str) -> int | None:
     """``ts`` in epoch ms, or None when absent (the store stamps the time of receipt, on its
-    clock); negative or past year 9999 is refused. A ``ts`` in the future schedules the
-    runs the event starts."""
+    clock); outside MIN_TS..MAX_TS is refused. A ``ts`` in the future schedules the runs
+    the event starts."""
     if ts is None:
         return None
     if isinstance(ts, bool) or not isinstance(ts, (int, float)) or (isinstance(ts, float) and not math.isfinite(ts)):
         raise errors.EventError(f"{where}: 'ts' must be a number of milliseconds since the epoch, got {ts!r}")
-    if not 0 <= ts <= MAX_TS:
+    if not MIN_TS <= ts <= MAX_TS:
         raise errors.EventError(
-            f"{where}: 'ts' is {ts!r}, outside 0..{MAX_TS} (milliseconds since the epoch, up to 9999-12-31); "
-            "send milliseconds, not seconds or microseconds, or leave 'ts' out for the time of receipt"
+            f"{where}: 'ts' is {ts!r}, outside {MIN_TS}..{MAX_TS} (milliseconds since the epoch, 1980-01-01 to "
+            "2100-01-01); send milliseconds, not seconds or microseconds, or leave 'ts' out for the time of receipt"
         )
     return int(ts)
 

@@ -20,7 +20,6 @@ TO_STEPLINE = {
     "inngest/scheduled.timer": event_mod.SCHEDULED_TIMER,
 }
 TO_INNGEST = {v: k for k, v in TO_STEPLINE.items()}
-RESERVED_PREFIX = "inngest/"
 # step.waitForSignal waits for this event; POST /v1/signals sends it.
 SIGNAL_EVENT = "stepline/signal.received"
 
@@ -62,11 +61,6 @@ def from_sdk(raw: Any) -> Any:
     """
     if not isinstance(raw, Mapping):
         return raw
-    name = raw.get("name")
-    if isinstance(name, str) and name.startswith(RESERVED_PREFIX):
-        from stepline import errors
-
-        raise errors.EventError(f"event name {name[:60]!r}: names starting with 'inngest/' are reserved for the server")
     out = {k: raw[k] for k in _FIELDS if k in raw and raw[k] is not None}
     if out.get("id") == "":
         del out["id"]

@@ -15,6 +15,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from stepline import durations, errors
+from stepline import event as event_mod
 from stepline.engine import Engine
 from stepline.server import responses, tokens
 from stepline.server.auth_limits import AuthLimiter
@@ -124,6 +125,7 @@ def event_items(request: Request, payload: Any) -> list[Any]:
             f"the request carries {len(items)} events, over the limit of {limit} a request "
             "(STEPLINE_MAX_EVENTS_PER_REQUEST); send them in several requests"
         )
+    event_mod.refuse_reserved_names(items)
     return items
 
 

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from stepline.event import MAX_TS, MIN_TS
 from stepline.server.responses import JSON
 from stepline.store.records import RunStatus
 
@@ -159,11 +160,12 @@ EVENT_IN = {
     "type": "object",
     "required": ["name"],
     "properties": {
-        "name": {"type": "string", "minLength": 1, "example": "llm/generate.requested"},
+        "name": {"type": "string", "minLength": 1, "example": "llm/generate.requested",
+                 "description": "names starting stepline/ or inngest/ are the server's own and refused"},
         "data": {"type": "object"},
         "user": {"type": "object"},
         "id": {"type": "string", "minLength": 1},
-        "ts": {"type": "integer", "minimum": 0, "maximum": 253402300799999},
+        "ts": {"type": "integer", "minimum": MIN_TS, "maximum": MAX_TS},
         "v": {"type": "string"},
         "trace": {  # the sender's W3C trace context (docs/deployment.md, "Tracing and logs")
             "type": "object",
