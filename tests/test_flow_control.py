@@ -95,6 +95,31 @@ async def test_debounce_collapses_a_burst_into_one_run_with_the_last_event(make_
     assert sorted(r["output"] for r in runs) == [5, 99]
 
 
+async def test_debounce_keeps_the_held_event_over_one_with_an_older_ts(make_engine) -> None:
+    """As on Inngest: an event whose ts is older than the held one's came out of order and
+    changes nothing (it neither replaces the event nor moves the start)."""
+    app = stepline.App("t")
+
+    @app.function(
+        id="reindex",
+        trigger=stepline.TriggerEvent("t/doc.edited"),
+        debounce=stepline.Debounce(period="300ms", key="event.data.doc"),
+    )
+    async def reindex(ctx: stepline.Context) -> str:
+        return str(ctx.event.data["rev"])
+
+    engine = await make_engine(app)
+    now = engine.store.now_ms()
+    newer = await engine.send({"name": "t/doc.edited", "data": {"doc": "d1", "rev": "newer"}, "ts": now})
+    older = await engine.send({"name": "t/doc.edited", "data": {"doc": "d1", "rev": "older"}, "ts": now - 60_000})
+    (run,) = await finished_runs(engine, "reindex", 1)
+    assert run["output"] == "newer" and run["event_id"] == newer
+    assert (await engine.store.get_event(older))["skipped"] == {"reindex": "debounced"}
+    latest = await engine.send({"name": "t/doc.edited", "data": {"doc": "d1", "rev": "latest"}, "ts": now - 60_000})
+    runs = await finished_runs(engine, "reindex", 2)  # a new window: nothing is held to be older than
+    assert {r["output"] for r in runs} == {"newer", "latest"} and latest in {r["event_id"] for r in runs}
+
+
 async def test_debounce_timeout_forces_a_start(make_engine) -> None:
     app = stepline.App("t")
 

@@ -29,8 +29,7 @@ def admit_txn(
         if blocked:
             return blocked
     if debounce:
-        run_id = _debounce_txn(conn, cfg, debounce, event_id, body, now)
-        return _remember_singleton(conn, cfg, body, run_id)
+        return _debounce_txn(conn, cfg, debounce, event_id, body, now)
     if batch:
         return _batch_txn(conn, cfg, batch, event_id, body, now)
     run_id = ops_runs.create_run_txn(conn, cfg, event_id, body, now, handoff=handoff)
@@ -88,7 +87,9 @@ def _remember_singleton(conn: db.Conn, cfg: StoredConfig, body: dict[str, Any], 
 def _debounce_txn(
     conn: db.Conn, cfg: StoredConfig, rule: dict[str, Any], event_id: str, body: dict[str, Any], now: int
 ) -> str | None:
-    """The run starts ``period`` after the last event, with that event (``timeout`` caps the wait)."""
+    """The run starts ``period`` after the last event, with that event (``timeout`` caps the
+    wait); returns why no new run was started, or None. An event whose ``ts`` is older than
+    the held one's changes nothing (as on Inngest: it came out of order)."""
     key = _key(rule.get("key"), body)
     period_ms = int(float(rule["period"]) * 1000)
     row = _lock_row(conn, "debounces", cfg["id"], key, "run_id, first_at")
@@ -100,19 +101,22 @@ def _debounce_txn(
                 "ON CONFLICT (function_id, key) DO UPDATE SET run_id = excluded.run_id, first_at = excluded.first_at",
                 (cfg["id"], key, run_id, now),
             )
-        return run_id
+        return _remember_singleton(conn, cfg, body, run_id)
     run_id = str(row["run_id"])
+    held = conn.one("SELECT r.event_id, e.ts FROM runs r LEFT JOIN events e ON e.id = r.event_id WHERE r.id = ?", (run_id,))
+    previous = held["event_id"] if held else None
+    if held and held["ts"] is not None and int(body.get("ts") or now) < int(held["ts"]):
+        return "debounced"
     due = now + period_ms
     if rule.get("timeout") is not None:
         due = min(due, int(row["first_at"]) + int(float(rule["timeout"]) * 1000))
-    previous = conn.scalar("SELECT event_id FROM runs WHERE id = ?", (run_id,))
     ops_runs.set_run_event_txn(conn, run_id, cfg, event_id, body, now)
     conn.execute("UPDATE queue SET due_at = ? WHERE run_id = ? AND lease_owner IS NULL", (due, run_id))
     if previous:
         note_skip_txn(conn, previous, cfg["id"], "debounced")
     if due <= now:
         conn.wake()
-    return run_id
+    return _remember_singleton(conn, cfg, body, run_id)
 
 
 # --- batching --------------------------------------------------------------------
