@@ -8,6 +8,7 @@ import orjson
 import pytest
 from inngest._internal import transforms
 
+import stepline
 from stepline import errors
 from stepline import event as event_mod
 from stepline.inngest import config, driver, durations, events, protocol, signing
@@ -65,7 +66,7 @@ def test_sdk_events_are_made_acceptable_and_the_servers_names_reserved() -> None
     assert out == {"name": "inngest/function.invoked", "data": {}, "id": "01", "ts": 5, "user": {}}
 
 
-CAPTURED_PY = {  # a registration captured from inngest-py, every option set
+CAPTURED_PY = {  # a registration captured from inngest-py, every option set (Inngest takes batchEvents only apart)
     "batchEvents": {"maxSize": 10, "timeout": "5s", "key": "event.data.k"},
     "cancel": [{"event": "app/cancel", "if": "event.data.id == async.data.id", "timeout": "1h"}],
     "concurrency": [{"key": "event.data.user", "limit": 2, "scope": "fn"}],
@@ -91,7 +92,7 @@ def test_every_config_option_maps_onto_flow_control() -> None:
         {"event": "app/test", "expression": "event.data.x > 1"},
         {"cron": "0 * * * *", "timezone": "Europe/Paris"},
     ]
-    event_only = {**CAPTURED_PY, "triggers": CAPTURED_PY["triggers"][:1]}  # batching needs event triggers
+    event_only = {**no_batch, "triggers": CAPTURED_PY["triggers"][:1]}
     stored = config.to_stored(event_only, app="my-app", meta={}, notes=[])
     assert stored["retries"] == 2
     assert stored["concurrency"] == [{"limit": 2, "key": "event.data.user", "scope": "fn"}]
@@ -101,7 +102,10 @@ def test_every_config_option_maps_onto_flow_control() -> None:
     assert alone["rate_limit"] == {"limit": 5, "period": 60.0, "key": "event.data.k"}
     assert stored["debounce"] == {"period": 10.0, "key": "event.data.k", "timeout": 60.0}
     assert stored["priority"] == {"run": "event.data.prio"}
-    assert stored["batch_events"]["max_size"] == 10 and stored["batch_events"]["timeout"] == 5.0
+    batched = {k: v for k, v in CAPTURED_PY.items() if k not in ("cancel", "debounce", "priority", "singleton")}
+    batched["triggers"] = CAPTURED_PY["triggers"][:1]  # batching needs event triggers
+    batch = config.to_stored(batched, app="my-app", meta={}, notes=[])["batch_events"]
+    assert batch["max_size"] == 10 and batch["timeout"] == 5.0 and batch["key"] == "event.data.k"
     assert stored["cancel_on"][0]["event"] == "app/cancel" and stored["cancel_on"][0]["timeout"] == 3600
     assert stored["idempotency"] == "event.data.id"
     assert stored["timeouts"] == {"start": 30.0, "finish": 300.0}
@@ -121,7 +125,7 @@ def test_failure_function_listens_to_the_engine_failure_event() -> None:
 
 
 def test_bad_config_names_the_field() -> None:
-    raw = {**CAPTURED_PY, "throttle": {"limit": 3, "period": "often"}}
+    raw = {**_fn(), "throttle": {"limit": 3, "period": "often"}}
     with pytest.raises(errors.ConfigError, match=r"throttle\.period"):
         config.build(raw, app="my-app", notes=[])
 
@@ -153,7 +157,7 @@ def test_concurrency_in_every_shape_the_sdks_send(sent: object, stored: object) 
         ({"concurrency": {"fn": [{"limit": 2}]}}, r"concurrency\.fn: limits on runs in progress"),
         ({"concurrency": [{"limit": 1}, {"limit": 2}, {"limit": 3}]}, r"concurrency: at most two limits"),
         ({"concurrency": {"limit": 2.5}}, r"concurrency\.limit: expected a whole number"),
-        ({"concurrency": {"limit": 2, "scope": "env"}}, r"concurrency: .*needs a key"),
+        ({"concurrency": {"limit": 2, "scope": "env"}}, r"concurrency\.key: scope 'env' needs a key"),
         ({"concurrency": {"limit": 2, "keys": "event.data.u"}}, r"concurrency: Stepline does not support 'keys'"),
         ({"concurrency": "5"}, r"concurrency: expected a number, an object"),
         ({"throttle": {"limit": 1, "period": "1s", "per": "user"}}, r"throttle: Stepline does not support 'per'"),
@@ -163,11 +167,31 @@ def test_concurrency_in_every_shape_the_sdks_send(sent: object, stored: object) 
         ({"singleton": {"mode": "replace"}}, r"singleton\.mode: expected 'skip' or 'cancel'"),
         ({"triggers": [{"cron": "* * * * *", "jitter": "10s"}]}, r"triggers\[0\]\.jitter: cron jitter is not supported"),
         ({"optimizeParallelism": False}, r"optimizeParallelism: not supported by Stepline"),
+        ({"concurrency": {"limit": 2, "scope": "account"}}, r"concurrency\.key: scope 'account' needs a key"),
+        ({"batchEvents": {"maxSize": 1, "timeout": "5s"}}, r"batchEvents\.maxSize: expected a whole number >= 2"),
+        ({"batchEvents": {"maxSize": 5, "timeout": "5s"}, "debounce": {"period": "2s"}}, r"batchEvents: cannot be combined with debounce"),
+        ({"batchEvents": {"maxSize": 5, "timeout": "5s"}, "cancel": [{"event": "a/b"}], "priority": {"run": "1"}},
+         r"batchEvents: cannot be combined with cancel or priority\.run"),
+        ({"batchEvents": {"maxSize": 5, "timeout": "5s"}, "singleton": {"mode": "skip"}}, r"batchEvents: cannot be combined with singleton"),
+        ({"debounce": {"period": "500ms"}}, r"debounce\.period: between 1s and 7d"),
+        ({"debounce": {"period": "8d"}}, r"debounce\.period: between 1s and 7d"),
+        ({"cancel": [{"event": f"a/{i}"} for i in range(6)]}, r"cancel: at most 5 rules"),
     ],
 )
 def test_config_stepline_cannot_honour_is_refused_at_sync_naming_the_field(options: dict[str, object], message: str) -> None:
     with pytest.raises(errors.ConfigError, match=r"function 'app-f': " + message):
         config.to_stored(_fn(**options), app="app", meta={}, notes=[])
+
+
+def test_native_functions_meet_the_same_combination_rules() -> None:
+    app = stepline.App("combo")
+    with pytest.raises(errors.ConfigError, match="batch_events cannot be combined with debounce"):
+        @app.function(id="f", trigger=stepline.TriggerEvent("a/b"), batch_events=stepline.Batch(max_size=3, timeout="1s"),
+                      debounce=stepline.Debounce(period="1s"))
+        async def f(ctx: stepline.Context) -> None: ...
+    with pytest.raises(errors.ConfigError, match="cancel_on: at most 5 rules"):
+        @app.function(id="g", trigger=stepline.TriggerEvent("a/b"), cancel_on=[stepline.CancelOn(f"a/{i}") for i in range(6)])
+        async def g(ctx: stepline.Context) -> None: ...
 
 
 def test_batch_if_is_kept() -> None:

@@ -20,6 +20,7 @@ from croniter import croniter
 from stepline import durations, errors, expressions
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
+MAX_CANCEL_RULES = 5  # as on Inngest
 
 
 def _positive_int(value: Any, field: str) -> int:
@@ -639,6 +640,19 @@ def build_config(
             raise errors.ConfigError(f"{id}: {field}: expected stepline.{kind.__name__}, got {value!r}")
     if batch_events is not None and any(isinstance(t, TriggerCron) for t in triggers):
         raise errors.ConfigError(f"{id}: batch_events works with event triggers only")
+    cancels = () if cancel_on is None else one_or_many(cancel_on, CancelOn, f"{id}: cancel_on")
+    if batch_events is not None:
+        # As on Inngest: each of these acts on one event of a run that holds many (a
+        # debounce would keep only the last event of what the batch gathered).
+        clashing = [name for name, value in (("debounce", debounce), ("cancel_on", cancels), ("singleton", singleton),
+                                             ("priority", priority)) if value]
+        if clashing:
+            raise errors.ConfigError(
+                f"{id}: batch_events cannot be combined with {' or '.join(clashing)} (a batched run holds many "
+                "events, these act on one); drop one of them, as Inngest requires"
+            )
+    if len(cancels) > MAX_CANCEL_RULES:
+        raise errors.ConfigError(f"{id}: cancel_on: at most {MAX_CANCEL_RULES} rules, as on Inngest; got {len(cancels)}")
     budget_items = _resolve_budgets(id, app_id, budgets, app_budgets)
     return FunctionConfig(
         id=id,
@@ -646,7 +660,7 @@ def build_config(
         name=name or id,
         triggers=triggers,
         retries=retries,
-        cancel_on=() if cancel_on is None else one_or_many(cancel_on, CancelOn, f"{id}: cancel_on"),
+        cancel_on=cancels,
         idempotency=_optional_expr(idempotency, f"{id}: idempotency"),
         timeouts=timeouts,
         concurrency=concurrency_items,

@@ -27,6 +27,7 @@ T = TypeVar("T")
 DEFAULT_RETRIES = 4  # Inngest's default: 4 retries, 5 attempts
 MAX_RETRIES = 20
 MAX_RATE_LIMIT_PERIOD = 24 * 3600.0  # Inngest refuses a longer rateLimit.period
+MIN_DEBOUNCE, MAX_DEBOUNCE = 1.0, 7 * 24 * 3600.0  # Inngest refuses a debounce.period outside these
 
 # What each option may hold; any other key is refused, naming the option.
 _FIELDS: dict[str, frozenset[str]] = {
@@ -143,6 +144,8 @@ class _Reader:
             if scope not in ("fn", "env", "account"):
                 raise self.error(f"{where}.scope", f"expected 'fn', 'env' or 'account', got {rule.get('scope')!r}")
             key = self.text(rule.get("key"), f"{where}.key")
+            if scope != "fn" and not key:
+                raise self.error(f"{where}.key", f"scope {scope!r} needs a key shared by the functions it limits together")
             # One server is one environment: an account-wide limit is the environment's.
             stepline_scope = "fn" if scope == "fn" else "env"
             out.append(self.value(where, fn.Concurrency, limit, key=key, scope=stepline_scope))
@@ -175,6 +178,8 @@ class _Reader:
         if rule is None:
             return None
         period = self.required_duration(rule.get("period"), "debounce.period")
+        if not MIN_DEBOUNCE <= period <= MAX_DEBOUNCE:
+            raise self.error("debounce.period", f"between 1s and 7d, as in Inngest; got {rule.get('period')!r}")
         timeout = self.duration(rule.get("timeout"), "debounce.timeout")
         key = self.text(rule.get("key"), "debounce.key")
         return self.value("debounce", fn.Debounce, period=period, key=key, timeout=timeout)
@@ -183,7 +188,7 @@ class _Reader:
         rule = self.mapping(raw, "batchEvents", "batchEvents")
         if rule is None:
             return None
-        size = self.whole(rule.get("maxSize"), "batchEvents.maxSize")
+        size = self.whole(rule.get("maxSize"), "batchEvents.maxSize", minimum=2)  # as in Inngest
         timeout = self.required_duration(rule.get("timeout"), "batchEvents.timeout")
         key = self.text(rule.get("key"), "batchEvents.key")
         condition = self.text(rule.get("if"), "batchEvents.if")
@@ -312,22 +317,30 @@ def build(raw: Mapping[str, Any], *, app: str, notes: list[str]) -> fn.FunctionC
     if idempotency and rate:
         notes.append(f"{slug}: idempotency overrides rateLimit, as in Inngest; the rate limit is not applied")
         rate = None
+    cancel, debounce, priority = read.cancel(raw.get("cancel")), read.debounce(raw.get("debounce")), read.priority(raw.get("priority"))
+    batch, singleton = read.batch(raw.get("batchEvents")), read.singleton(raw.get("singleton"))
+    clashing = [name for name, value in (("cancel", cancel), ("debounce", debounce), ("singleton", singleton),
+                                         ("priority.run", priority)) if value]
+    if batch and clashing:
+        raise read.error("batchEvents", f"cannot be combined with {' or '.join(clashing)}, as in Inngest (a batched run holds many events)")
+    if len(cancel) > fn.MAX_CANCEL_RULES:
+        raise read.error("cancel", f"at most {fn.MAX_CANCEL_RULES} rules, as in Inngest; got {len(cancel)}")
     return fn.build_config(
         app_id=app,
         id=slug,
         name=str(raw.get("name") or slug),
         trigger=triggers,
         retries=_retries(step, read),
-        cancel_on=read.cancel(raw.get("cancel")) or None,
+        cancel_on=cancel or None,
         idempotency=idempotency,
         timeouts=read.timeouts(raw.get("timeouts")),
         concurrency=read.concurrency(raw.get("concurrency")) or None,
         throttle=read.throttle(raw.get("throttle")),
         rate_limit=rate,
-        debounce=read.debounce(raw.get("debounce")),
-        priority=read.priority(raw.get("priority")),
-        batch_events=read.batch(raw.get("batchEvents")),
-        singleton=read.singleton(raw.get("singleton")),
+        debounce=debounce,
+        priority=priority,
+        batch_events=batch,
+        singleton=singleton,
         failure_handler_for=failure_for,
     )
 
