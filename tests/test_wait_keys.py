@@ -173,3 +173,72 @@ async def test_cancel_on_with_match_cancels_only_its_own_run(make_engine) -> Non
     await engine.send({"name": "order/cancelled", "data": {"order": "s2"}})
     assert (await wait_run(engine, second))["status"] == "cancelled"
     assert (await engine.get_run(first))["status"] == "sleeping"  # decided in the same transaction as the other
+
+
+# --- what a wait keeps of its run's event ------------------------------------------------------
+
+TRIGGER = {
+    "name": "doc/uploaded", "id": "e1", "ts": 1, "user": {"id": "u"},
+    "data": {"doc": "d1", "n": 3, "tags": ["a", "b"], "meta": {"owner": "ann", "size": 10}, "items": list(range(50)),
+             "list": [1, 2]},
+}
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "event.data.doc == async.data.doc",
+        "event.data.doc == async.data.doc && async.data.approved == true",
+        "async.data.n > event.data.n || event.data.meta.owner == async.data.owner",
+        "event.data.tags.exists(t, t == async.data.tag)",
+        "event.data.items.size() == async.data.count",
+        "has(event.data.missing) || event.data.meta.size == async.data.size",
+        "event.data.meta.owner == async.data.owner && event.data.meta == async.data.meta",
+        "event.data.list.first == async.data.x",  # a field of a list: an error on the whole event too
+        "event.user.id == async.user.id && event.name == 'doc/uploaded'",
+        "event . data . doc == async.data.doc",
+        "async.data.signal == \"event.data.doc\"",
+        "async.data.x == 1",
+    ],
+)
+def test_a_wait_evaluates_the_same_on_the_part_of_its_event_it_keeps(expression: str) -> None:
+    view = wait_keys.trigger_view(expression, TRIGGER)
+    assert view is not None
+    assert "items" not in view.get("data", {}) or "items" in expression
+    for incoming in ({"data": {"doc": "d1", "approved": True, "n": 1, "tag": "b", "count": 50, "size": 10,
+                               "owner": "ann", "meta": {"owner": "ann", "size": 10}, "x": 1}, "user": {"id": "u"}},
+                     {"data": {"doc": "d2", "approved": False, "n": 9, "tag": "z", "count": 1, "size": 1, "owner": "bob"}},
+                     {"data": {}}):
+        whole = ops_runs.expressions.match_checked(expression, {"event": TRIGGER, "async": incoming})
+        part = ops_runs.expressions.match_checked(expression, {"event": view, "async": incoming})
+        assert whole[0] == part[0] and (whole[1] is None) == (part[1] is None), (expression, incoming, whole, part)
+
+
+@pytest.mark.parametrize("expression", ["event == async", "event['data'].doc == async.data.doc", "event.size() > 0"])
+def test_a_wait_that_reads_its_event_whole_keeps_it_whole(expression: str) -> None:
+    assert wait_keys.trigger_view(expression, TRIGGER) is None
+
+
+async def test_waits_are_evaluated_on_what_they_read_of_a_large_event(make_engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An event key could start runs from events of a megabyte that wait on one shared key,
+    then send small events of that key that match nothing: each was paid for by reading and
+    parsing every waiting run's whole event."""
+    engine = await make_engine(waiting_app())
+    padding = ["x" * 1000] * 400  # 400 KB that the wait's expression never reads
+    started = await engine.send_many([{"name": "order/held", "data": {"order": "shared", "padding": padding}}] * 3)
+    runs = [(await runs_for_event(engine, e))[0]["id"] for e in started]
+    for run_id in runs:
+        await wait_run(engine, run_id, "waiting")
+    seen: list[int] = []
+    real = ops_runs.expressions.match_checked
+
+    def measuring(source: str | None, variables: dict) -> tuple[bool, object]:
+        seen.append(len(ops_runs.jsonutil.dumps(variables["event"])))
+        return real(source, variables)  # type: ignore[return-value]
+
+    monkeypatch.setattr(ops_runs.expressions, "match_checked", measuring)
+    await engine.send({"name": "order/released", "data": {"order": "shared", "d": 20}})  # 10 / 20 > 1: no match
+    assert len(seen) == 3 and max(seen) < 100, seen
+    await engine.send({"name": "order/released", "data": {"order": "shared", "d": 2}})
+    for run_id in runs:
+        assert (await wait_run(engine, run_id))["output"] == {"got": {"order": "shared", "d": 2}}

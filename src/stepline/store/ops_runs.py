@@ -330,21 +330,23 @@ def note_new_wait(conn: db.Conn, event_name: str) -> None:
 
 def insert_wait_txn(
     conn: db.Conn, wait_id: str, run_id: str, step_key: str | None, event_name: str, expression: str | None,
-    expires_at: int | None, trigger: dict[str, Any] | None, *, deferred: bool = False,
+    expires_at: int | None, trigger: dict[str, Any] | None, *, deferred: bool = False, keep_existing: bool = False,
 ) -> None:
     """Store a wait (``step_key``) or a cancel rule (None), keyed by the value its expression
-    needs of an incoming event when it has one (``wait_keys``); ``trigger`` is the body of
-    the run's own event (read here when the key needs it and it is not given)."""
+    needs of an incoming event when it has one, with the part of the run's event that the
+    expression reads (``wait_keys``); ``trigger`` is the body of the run's own event (read
+    here when not given). ``keep_existing``: a wait of that id already stored stays as is."""
     note_new_wait(conn, event_name)
-    key = wait_keys.key_of(expression)
-    if key is not None and key.event_path is not None and trigger is None:
+    if trigger is None and wait_keys.event_paths(expression) != []:
         row = conn.one("SELECT e.body FROM runs r JOIN events e ON e.id = r.event_id WHERE r.id = ?", (run_id,))
         trigger = jsonutil.loads(row["body"]) if row else {}
-    match = None if key is None else wait_keys.wait_key(expression, trigger)
-    params = (wait_id, run_id, step_key, event_name, expression, expires_at, *(match or (None, None)))
+    match = wait_keys.wait_key(expression, trigger)
+    view = wait_keys.trigger_view(expression, trigger or {})
+    params = (wait_id, run_id, step_key, event_name, expression, expires_at, *(match or (None, None)),
+              None if view is None else jsonutil.dumps(view))
     sql = (
-        "INSERT INTO waits (id, run_id, step_key, event_name, expression, expires_at, match_path, match_value) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        "INSERT INTO waits (id, run_id, step_key, event_name, expression, expires_at, match_path, match_value, "
+        "trigger_view) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)" + (" ON CONFLICT (id) DO NOTHING" if keep_existing else "")
     )
     if deferred:
         conn.defer(sql, params)
@@ -354,7 +356,9 @@ def insert_wait_txn(
 
 _WAIT_PATHS = "keyed wait paths by event name"  # Conn.memo key: name -> (match paths, any unkeyed waits?)
 _WAIT_COLUMNS = (
-    "SELECT w.id, w.run_id, w.step_key, w.expression, w.expires_at, e.body AS trigger_body, r.function_id "
+    # The run's whole event is read only for waits stored without the part they read.
+    "SELECT w.id, w.run_id, w.step_key, w.expression, w.expires_at, COALESCE(w.trigger_view, e.body) AS trigger_body, "
+    "r.function_id "
     "FROM waits w JOIN runs r ON r.id = w.run_id JOIN events e ON e.id = r.event_id WHERE w.event_name = ? "
 )
 

@@ -134,12 +134,7 @@ def prepare_wait_txn(
         (run_id, key, name or key, seq, now, expires_at),
     )
     conn.execute("UPDATE runs SET cleanup = cleanup | ? WHERE id = ?", (ops_runs.CLEANUP_WAITS, run_id))
-    ops_runs.note_new_wait(conn, event_name)
-    conn.execute(
-        "INSERT INTO waits (id, run_id, step_key, event_name, expression, expires_at) VALUES (?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT (id) DO NOTHING",
-        (f"{run_id}:{key}", run_id, key, event_name, expression, expires_at),
-    )
+    ops_runs.insert_wait_txn(conn, f"{run_id}:{key}", run_id, key, event_name, expression, expires_at, None, keep_existing=True)
 
 
 def step_row_txn(conn: db.Conn, run_id: str, key: str) -> StepState | None:

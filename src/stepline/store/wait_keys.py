@@ -11,6 +11,11 @@ wait is stored with the incoming path (``match_path``) and that value, encoded
 evaluating every wait of its name. The whole expression is still evaluated on each
 candidate, so a key only ever narrows the search.
 
+A wait also stores the part of its run's event that its expression reads (``trigger_view``):
+the values at the ``event.…`` paths it names. A candidate is then evaluated on that, not
+on the whole event, so the cost of an incoming event does not grow with the size of the
+events that started the runs waiting for it (any sender's, and large).
+
 The encoding keeps every pair of values CEL calls equal on one code (it may give two
 unequal values one code, which the evaluation then tells apart): numbers as doubles (CEL's
 ``1 == 1.0``), maps with their keys sorted, and long values as their SHA-256.
@@ -200,3 +205,47 @@ def _strip_parens(text: str) -> str:
                 return text  # "(a) == (b)": the first one closes early
         text = text[1:-1].strip()
     return text
+
+
+_EVENT_REF = re.compile(r"\bevent\b((?:\s*\.\s*[A-Za-z_][A-Za-z0-9_]*)*)(\s*\()?")
+
+
+def event_paths(expression: str | None) -> list[list[str]] | None:
+    """The paths of the run's event that ``expression`` reads (``event.data.x`` is
+    ``["data", "x"]``; a method call's name is not a field), or None when it uses ``event``
+    otherwise (whole, or indexed at the top): then it needs the whole event. Text that only
+    looks like a path (inside a string) adds a path, which copies more than needed, never less."""
+    paths: list[list[str]] = []
+    for found in _EVENT_REF.finditer(expression or ""):
+        parts = [part.strip() for part in found.group(1).split(".")[1:]]
+        if found.group(2):
+            parts = parts[:-1]  # event.data.items.size(): "size" is a method
+        if not parts:
+            return None
+        paths.append(parts)
+    return paths
+
+
+def trigger_view(expression: str | None, trigger: dict[str, Any]) -> dict[str, Any] | None:
+    """The part of ``trigger`` that ``expression`` can read (see ``event_paths``): each path's
+    value, or the value where the path stops going through objects, as in the whole event;
+    None when the expression needs the whole event."""
+    paths = event_paths(expression)
+    if paths is None:
+        return None
+    view: dict[str, Any] = {}
+    for parts in paths:
+        source: Any = trigger
+        target = view
+        for i, part in enumerate(parts):
+            if not isinstance(source, dict) or part not in source:
+                break
+            value = source[part]
+            if i == len(parts) - 1 or not isinstance(value, dict):
+                target[part] = value
+                break
+            if target.get(part) is value:
+                break  # the whole value is already there
+            target = target.setdefault(part, {})
+            source = value
+    return view
