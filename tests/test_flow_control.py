@@ -246,3 +246,49 @@ async def test_throttle_state_survives_a_restart(make_engine) -> None:
     ((due_at,),) = query(second.settings.db, "SELECT due_at FROM queue WHERE run_id = ?", (late["id"],))
     assert due_at > second.store.now_ms()
     assert (await second.get_run(late["id"]))["status"] == "queued"
+
+
+def limited_app(limit: int, running: list[int], peak: list[int]) -> stepline.App:
+    """One function under a concurrency limit whose step records how many run at once."""
+    app = stepline.App("t")
+
+    @app.function(id="limited", trigger=stepline.TriggerEvent("t/limited"), concurrency=stepline.Concurrency(limit))
+    async def limited(ctx: stepline.Context) -> None:
+        async def work() -> None:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            await asyncio.sleep(0.3)
+            running[0] -= 1
+
+        await ctx.step.run("work", work)
+
+    return app
+
+
+async def test_runs_already_queued_follow_a_lowered_concurrency_limit(make_engine) -> None:
+    """A deploy (or an SDK app's re-sync) that lowers a limit: the runs already in the queue
+    kept the limit of their creation, and started all at once."""
+    running, peak = [0], [0]
+    sender = await make_engine(limited_app(5, running, peak), run_worker=False)
+    await sender.send_many([{"name": "t/limited", "data": {"n": n}} for n in range(5)])
+    engine = await make_engine(limited_app(1, running, peak))
+    await finished_runs(engine, "limited", 5)
+    assert peak[0] == 1
+
+
+async def test_runs_parked_behind_a_limit_follow_a_raised_one(make_engine) -> None:
+    running, peak = [0], [0]
+    first = await make_engine(limited_app(1, running, peak))
+    await first.send_many([{"name": "t/limited", "data": {"n": n}} for n in range(5)])
+
+    async def parked() -> bool:
+        runs = await first.list_runs(function_id="limited")
+        return sum(r["wait_reason"] == "concurrency_limited" for r in runs) >= 3
+
+    await eventually(parked, what="runs parked behind the limit of 1")
+    await first.stop()
+    running[0], peak[0] = 0, 0
+    second = await make_engine(limited_app(4, running, peak))
+    await finished_runs(second, "limited", 5)
+    assert peak[0] >= 3  # the parked ones ran side by side, not one by one under the old limit
+

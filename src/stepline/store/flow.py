@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from stepline import expressions
+from stepline import expressions, jsonutil
 from stepline.function import StoredConfig
 from stepline.store import db
 
@@ -170,6 +170,31 @@ def release_slots(conn: db.Conn, run_id: str, now: int) -> None:
     for key in (row["ck1"], row["ck2"]):
         if key is not None:
             unpark(conn, key, 1, now)
+
+
+def follow_new_limits(conn: db.Conn, cfg: StoredConfig, now: int) -> None:
+    """A function's concurrency config changed (a deploy, an app's re-sync): its runs in
+    the queue take the new keys and limits, computed again from each run's event (as when
+    it was created), and those parked go back in line, to be admitted or parked again
+    under the new limits by the next claim. Limits are kept on each queue row so that a
+    claim needs no config; without this they kept the limit of their creation."""
+    rows = conn.all(
+        "SELECT q.run_id, q.parked_on, q.parked_score, q.priority_ms, e.body FROM queue q "
+        "JOIN runs r ON r.id = q.run_id LEFT JOIN events e ON e.id = r.event_id WHERE q.function_id = ?",
+        (cfg["id"],),
+    )
+    updates = []
+    for row in rows:
+        keys = concurrency_keys(cfg, jsonutil.loads(row["body"]) if row["body"] else {}) + [(None, None), (None, None)]
+        due = _unparked_due(row, now) if row["parked_on"] is not None else 0  # kept unless parked
+        updates.append((keys[0][0], keys[0][1], keys[1][0], keys[1][1], due, row["run_id"]))
+    conn.executemany(
+        "UPDATE queue SET ck1 = ?, cl1 = ?, ck2 = ?, cl2 = ?, due_at = CASE WHEN parked_on IS NOT NULL THEN ? "
+        "ELSE due_at END, parked_on = NULL, parked_score = NULL WHERE run_id = ?",
+        updates,
+    )
+    if updates:
+        conn.wake()
 
 
 def unpark_sweep(conn: db.Conn, now: int, max_keys: int = 200) -> int:

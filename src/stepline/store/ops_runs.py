@@ -39,12 +39,15 @@ def register_functions_txn(
     forget_triggers(conn)
     for cfg in configs:
         fn_id = cfg["id"]
+        before, text = conn.scalar("SELECT config FROM functions WHERE id = ?", (fn_id,)), jsonutil.dumps(cfg)
         conn.execute(
             "INSERT INTO functions (id, app_id, config, updated_at) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (id) DO UPDATE SET app_id = excluded.app_id, config = excluded.config, "
             "updated_at = excluded.updated_at",
-            (fn_id, cfg["app_id"], jsonutil.dumps(cfg), now),
+            (fn_id, cfg["app_id"], text, now),
         )
+        if before is not None and jsonutil.loads(before).get("concurrency") != jsonutil.loads(text).get("concurrency"):
+            flow.follow_new_limits(conn, cfg, now)
         conn.execute("DELETE FROM triggers WHERE function_id = ?", (fn_id,))
         cron_positions = []
         for position, trigger in enumerate(cfg["triggers"]):
