@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import time
 
 import stepline
 from tests.helpers import LongCall, runs_for_event, wait_run
@@ -100,6 +102,45 @@ async def test_finish_timeout_cancels_a_run_that_takes_too_long(make_engine) -> 
     done = await wait_run(engine, run["id"])
     assert done["status"] == "cancelled"
     assert done["error"]["name"] == "FinishTimeout"
+
+
+def ended_at(run: dict) -> float:
+    return dt.datetime.fromisoformat(run["ended_at"].replace("Z", "+00:00")).timestamp()
+
+
+async def test_start_timeout_cancels_runs_behind_a_throttle_or_a_full_key_at_their_deadline(make_engine) -> None:
+    """A run waiting for its throttle slot, or parked behind a full concurrency key, was
+    checked only when its slot came (an hour later, behind an hour-long run): it is
+    cancelled at its deadline, and the run that holds the key goes on."""
+    app = stepline.App("t")
+    release = asyncio.Event()
+
+    @app.function(id="throttled", trigger=stepline.TriggerEvent("t/throttled"), timeouts=stepline.Timeouts(start="1s"),
+                  throttle=stepline.Throttle(limit=1, period="1h"))
+    async def throttled(ctx: stepline.Context) -> str:
+        return "ran"
+
+    @app.function(id="held", trigger=stepline.TriggerEvent("t/held"), timeouts=stepline.Timeouts(start="1s"),
+                  concurrency=stepline.Concurrency(1))
+    async def held(ctx: stepline.Context) -> str:
+        await ctx.step.run("hold", release.wait)
+        return "ran"
+
+    engine = await make_engine(app)
+    sent = time.time()
+    throttled_ids = await engine.send_many([{"name": "t/throttled", "data": {"n": n}} for n in range(2)])
+    first_held = await engine.send({"name": "t/held", "data": {"n": 0}})
+    holder = (await runs_for_event(engine, first_held))[0]
+    await wait_run(engine, holder["id"], "running")
+    behind = (await runs_for_event(engine, await engine.send({"name": "t/held", "data": {"n": 1}})))[0]
+    late_throttled = (await runs_for_event(engine, throttled_ids[1]))[0]
+    for run in (late_throttled, behind):
+        done = await wait_run(engine, run["id"], timeout=15)
+        assert done["status"] == "cancelled" and done["error"]["name"] == "StartTimeout", done
+        assert ended_at(done) - sent < 5  # at the deadline, not when the slot came (1 h, or never)
+    assert (await wait_run(engine, (await runs_for_event(engine, throttled_ids[0]))[0]["id"]))["output"] == "ran"
+    release.set()
+    assert (await wait_run(engine, holder["id"]))["output"] == "ran"
 
 
 async def test_start_timeout_cancels_a_run_that_waited_too_long(make_engine) -> None:

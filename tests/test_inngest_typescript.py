@@ -165,7 +165,9 @@ async def test_throttle_spaces_run_starts_per_key(env: tuple[Server, NodeApp]) -
     runs = [await server.finished((await server.run_for(i, FN + "throttled"))["id"]) for i in [*ids, other]]
     assert all(r["status"] == "completed" for r in runs), runs
     starts = sorted(_seconds(r["started_at"]) for r in runs[:3])
-    assert starts[1] - starts[0] >= 0.9 and starts[2] - starts[1] >= 0.9, starts  # 1 per second for u1
+    # 1 per second for u1: each start no earlier than its slot (a start made late by load
+    # does not move the next slot, so two starts may be closer than a second)
+    assert starts[1] - starts[0] >= 0.95 and starts[2] - starts[0] >= 1.95, starts
     assert _seconds(runs[3]["started_at"]) - starts[0] < 0.9  # u2 has its own budget
 
 

@@ -133,9 +133,9 @@ def slots_in_use_many(conn: db.Conn, keys: list[str]) -> dict[str, int]:
 def park(conn: db.Conn, run_id: str, key: str, now: int) -> None:
     """Take a run out of the ready index until a slot of ``key`` frees up; it keeps its
     place in line (its claim order: due time minus priority)."""
-    conn.execute(
-        "UPDATE queue SET parked_on = ?, parked_score = due_at - priority_ms, due_at = ?, lease_owner = NULL, "
-        "lease_expires_at = NULL WHERE run_id = ?",
+    conn.execute(  # one not started yet falls due at its start deadline, to be cancelled then
+        "UPDATE queue SET parked_on = ?, parked_score = due_at - priority_ms, due_at = COALESCE(start_by + 1, ?), "
+        "lease_owner = NULL, lease_expires_at = NULL WHERE run_id = ?",
         (key, NEVER, run_id),
     )
     conn.execute(

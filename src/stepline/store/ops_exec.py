@@ -99,7 +99,7 @@ def claim_txn(
         named = f"AND run_id IN ({marks}) "
     # Each row also says when the next run after these falls due, saving a query.
     candidates = [] if ready == [] else conn.all(
-        f"SELECT run_id, function_id, ck1, cl1, ck2, cl2, (SELECT MIN(due_at) FROM queue WHERE lease_owner IS NULL AND due_at > ? "
+        f"SELECT run_id, function_id, ck1, cl1, ck2, cl2, start_by, (SELECT MIN(due_at) FROM queue WHERE lease_owner IS NULL AND due_at > ? "
         f"AND function_id IN ({fns})) AS next_due, "
         "(SELECT mode FROM function_pauses p WHERE p.function_id = queue.function_id) AS paused "
         f"FROM queue WHERE lease_owner IS NULL AND due_at <= ? "
@@ -168,6 +168,9 @@ def _admit_by_concurrency(conn: db.Conn, candidates: list[dict[str, Any]], now: 
     admitted: list[str] = []
     parked = 0
     for row in candidates:
+        if row["start_by"] is not None and row["start_by"] < now:
+            admitted.append(row["run_id"])  # past its start deadline: cancelled when loaded, taking no slot
+            continue
         limits = [(row["ck1"], row["cl1"]), (row["ck2"], row["cl2"])]
         full = next((key for key, cap in limits if key is not None and in_use[key] >= cap), None)
         if full is not None:
@@ -222,6 +225,7 @@ def _lease_and_load_txn(
     claimed: list[ClaimedRun] = []
     starts: list[tuple[int, int, str]] = []
     first_starts: list[tuple[str]] = []
+    deadlines_met: list[tuple[str]] = []
     for run_id in run_ids:
         item = _prepare_claimed_txn(conn, run_id, runs.get(run_id), journals.get(run_id, []), now, leased_at)
         if item is None:
@@ -230,10 +234,14 @@ def _lease_and_load_txn(
         starts.append((item.started_at, now, run_id))
         if runs[run_id]["started_at"] is None and runs[run_id]["cleanup"] & ops_runs.CLEANUP_WINDOW:
             first_starts.append((run_id,))
+        if runs[run_id]["started_at"] is None and runs[run_id]["start_deadline_at"] is not None:
+            deadlines_met.append((run_id,))
     if starts:
         conn.executemany(
             "UPDATE runs SET status = 'running', wait_reason = NULL, started_at = ?, updated_at = ? WHERE id = ?", starts
         )
+    if deadlines_met:  # started in time: from now on it queues like any run (see _admit_by_concurrency)
+        conn.executemany("UPDATE queue SET start_by = NULL WHERE run_id = ?", deadlines_met)
     if first_starts:
         ops_admission.claimed_many_txn(conn, first_starts)
     return claimed
@@ -291,9 +299,9 @@ def _throttled_txn(conn: db.Conn, run: dict[str, Any], now: int) -> bool:
     start = None if cfg is None else flow.throttle_start(conn, cfg, jsonutil.loads(run["body"]), now)
     if start is None or start <= now:
         return False
-    conn.execute(
-        "UPDATE queue SET lease_owner = NULL, lease_expires_at = NULL, due_at = ? WHERE run_id = ?", (start, run["id"])
-    )
+    deadline = run["start_deadline_at"]  # one before the slot cancels the run then
+    due = start if deadline is None else min(start, int(deadline) + 1)
+    conn.execute("UPDATE queue SET lease_owner = NULL, lease_expires_at = NULL, due_at = ? WHERE run_id = ?", (due, run["id"]))
     conn.execute("UPDATE runs SET wait_reason = ?, updated_at = ? WHERE id = ?", (WaitReason.THROTTLED, now, run["id"]))
     return True
 

@@ -169,6 +169,9 @@ def create_run_txn(
         CLEANUP_WINDOW if cfg.get("debounce") or cfg.get("batch_events") else 0
     )
     leased = handoff is not None and due <= now and _can_hand_off(handoff, cfg)
+    start_by = None if leased or start_deadline is None else start_deadline
+    if start_by is not None and due_at is None:
+        due = min(due, start_by + 1)  # cancelled at its deadline if its throttle slot comes later
     conn.defer(
         "INSERT INTO runs (id, function_id, event_id, batch_event_ids, status, wait_reason, attempt, user_id, "
         "created_at, updated_at, started_at, start_deadline_at, finish_timeout_ms, parent_run_id, parent_step_key, "
@@ -195,12 +198,13 @@ def create_run_txn(
     keys = flow.concurrency_keys(cfg, body) + [(None, None), (None, None)]
     conn.defer(
         "INSERT INTO queue (run_id, function_id, due_at, priority_ms, ck1, cl1, ck2, cl2, lease_owner, lease_expires_at, "
-        "lease_epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "lease_epoch, start_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             run_id, fn_id, due, flow.priority_ms(cfg, body), keys[0][0], keys[0][1], keys[1][0], keys[1][1],
             handoff.worker_id if leased else None,  # type: ignore[union-attr]
             now + handoff.lease_ms if leased else None,  # type: ignore[union-attr]  # set on the clock by stamp_handoff_leases_txn
             1 if leased else 0,
+            start_by,
         ),
     )
     for rule in cfg.get("cancel_on") or ():
