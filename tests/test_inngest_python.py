@@ -76,6 +76,14 @@ async def test_two_steps_sharing_an_id_fail_saying_so(env: tuple[Server, py_app.
     assert "most likely two steps share an id" in run["error"]["message"], run["error"]
 
 
+async def test_a_wait_with_a_bad_expression_fails_naming_the_users_step(env: tuple[Server, py_app.Recorder | PyAppProcess]) -> None:
+    server, _ = env
+    event_id = await server.send("py/bad-wait", {})
+    run = await server.finished((await server.run_for(event_id, FN + "bad-wait"))["id"])
+    assert run["status"] == "failed", run
+    assert "waitForEvent approval" in run["error"]["message"] and "async.data.id ==" in run["error"]["message"], run["error"]
+
+
 async def test_sleep_suspends_and_resumes(env: tuple[Server, py_app.Recorder | PyAppProcess]) -> None:
     server, rec = env
     event_id = await server.send("py/sleep")

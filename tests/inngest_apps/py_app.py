@@ -181,6 +181,10 @@ def build(rec: Recorder) -> fastapi.FastAPI:
         await ctx.step.run("a:1", lambda: 3)
         return "unreachable"
 
+    @client.create_function(fn_id="bad-wait", trigger=inngest.TriggerEvent(event="py/bad-wait"), retries=0)
+    async def bad_wait(ctx: inngest.Context) -> None:
+        await ctx.step.wait_for_event("approval", event="py/approved", if_exp="async.data.id ==", timeout=dt.timedelta(minutes=1))
+
     @client.create_function(fn_id="failing-child", trigger=inngest.TriggerEvent(event="py/failing-child"), retries=0)
     async def failing_child(ctx: inngest.Context) -> None:
         raise inngest.NonRetriableError("child says no")
@@ -304,7 +308,7 @@ def build(rec: Recorder) -> fastapi.FastAPI:
         client,
         [
             steps, sleeper, waiter, child, parent, sender, on_sent, parallel, flaky, nonretry, retry_after, cancellable,
-            fn_retry, recover, collide, failing_child, careful_parent, batched, once_per_order, rate_limited, mixed, vip_queue,
+            fn_retry, recover, collide, bad_wait, failing_child, careful_parent, batched, once_per_order, rate_limited, mixed, vip_queue,
             batch_if, two_naps, two_waits, chains, on_finished, on_cancelled,
         ],
     )

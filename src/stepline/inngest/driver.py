@@ -310,6 +310,8 @@ class SDKExecution:
             self.done(sid, None)
         elif kind in WAIT_OPS:
             name, expression, timeout = _wait_of(op)
+            if expression is not None:  # checked here to name the user's step, not its hashed id
+                expressions.check(expression, field=f"waitForEvent {display_name(op)}")
             if sid in self.prepared:
                 row = await self.rt.step_row(self.ctx.run_id, sid)
                 if row is not None and row["status"] == StepStatus.COMPLETED:  # it arrived while the block ran
