@@ -408,3 +408,50 @@ async def test_budget_history_goes_with_usage_and_unsettled_direct_reservations_
     clock.advance(40 * DAY)  # past the usage retention
     report = await sweep(engine)
     assert report.deleted.get("budget_spend") == 1
+
+
+def approval_app() -> stepline.App:
+    app = stepline.App("approvals")
+
+    @app.function(id="approve", trigger=stepline.TriggerEvent("t/doc"))
+    async def approve(ctx: stepline.Context) -> int:
+        got = await ctx.step.wait_for_event("approval", event="t/approved", match="data.doc", timeout="10d")
+        await ctx.step.sleep("after", "3d")  # still unfinished a day after the approval came
+        return 0 if got is None else len(got.data["note"])
+
+    return app
+
+
+async def test_a_large_event_that_resumes_many_waits_is_stored_once_and_kept_while_named(clocked) -> None:
+    """One event of 200 KB that forty runs wait on was copied into each of their steps
+    (a sender's one megabyte became forty): the steps name it instead, every reader sees
+    it, and retention keeps it until the last run that names it goes."""
+    clock, make = clocked
+    engine = await make(approval_app(), retention=DAY)
+    started = await engine.send_many([{"name": "t/doc", "data": {"doc": "d1", "n": n}} for n in range(40)])
+    runs = [(await runs_for_event(engine, e))[0]["id"] for e in started]
+    for run_id in runs:
+        await wait_run(engine, run_id, "waiting")
+    note = "x" * 200_000
+    approval = await engine.send({"name": "t/approved", "data": {"doc": "d1", "note": note}})
+    for run_id in runs:
+        await wait_run(engine, run_id, "sleeping")
+    stored = await count(engine, "SELECT SUM(LENGTH(output)) FROM steps WHERE key = 'approval'")
+    assert stored < 10_000, stored  # not 40 copies of 200 KB
+    assert await count(engine, "SELECT COUNT(*) FROM steps WHERE output_event = ?", approval) == 40
+    step = next(s for s in (await engine.get_run(runs[0]))["steps"] if s["name"] == "approval")
+    assert step["output"]["data"]["note"] == note  # the API shows it as before
+
+    clock.advance(2 * DAY)  # past the event's own retention: it started nothing, but steps name it
+    await sweep(engine)
+    assert (await engine.store.get_event(approval))["id"] == approval
+    clock.advance(2 * DAY)  # the runs wake and end with what they were given
+    if engine.worker:
+        engine.worker.wake()
+    for run_id in runs:
+        assert (await wait_run(engine, run_id))["output"] == 200_000
+    clock.advance(2 * DAY)
+    await sweep(engine)
+    assert all([await gone(engine, run_id) for run_id in runs])
+    with pytest.raises(errors.NotFoundError):
+        await engine.store.get_event(approval)

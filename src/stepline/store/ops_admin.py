@@ -38,7 +38,7 @@ def rerun_from_failed_step_txn(conn: db.Conn, run_id: str, now: int) -> Rerun:
     )
     assert new_id is not None  # idempotency is not checked for reruns
     steps = conn.all(
-        "SELECT key, name, kind, seq, output, attempts, started_at, ended_at, wake_at, meta "
+        "SELECT key, name, kind, seq, output, output_event, attempts, started_at, ended_at, wake_at, meta "
         "FROM steps WHERE run_id = ? AND status = 'completed' ORDER BY seq",
         (run_id,),
     )
@@ -49,10 +49,10 @@ def rerun_from_failed_step_txn(conn: db.Conn, run_id: str, now: int) -> Rerun:
             meta = {"meta": meta}
         meta["reused_from"] = run_id
         conn.execute(
-            "INSERT INTO steps (run_id, key, name, kind, status, seq, output, error, attempts, "
-            "started_at, ended_at, wake_at, meta) VALUES (?, ?, ?, ?, 'completed', ?, ?, NULL, ?, ?, ?, ?, ?)",
+            "INSERT INTO steps (run_id, key, name, kind, status, seq, output, output_event, error, attempts, "
+            "started_at, ended_at, wake_at, meta) VALUES (?, ?, ?, ?, 'completed', ?, ?, ?, NULL, ?, ?, ?, ?, ?)",
             (
-                new_id, step["key"], step["name"], step["kind"], seq, step["output"],
+                new_id, step["key"], step["name"], step["kind"], seq, step["output"], step["output_event"],
                 step["attempts"], step["started_at"], step["ended_at"], step["wake_at"], jsonutil.dumps(meta),
             ),
         )

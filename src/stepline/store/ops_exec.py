@@ -217,7 +217,7 @@ def _lease_and_load_txn(
     if resumed:
         marks, params = db.in_list(resumed)
         for row in conn.all(
-            f"SELECT run_id, key, kind, status, output, error, attempts, wake_at FROM steps WHERE run_id IN ({marks}) "
+            f"SELECT run_id, key, kind, status, {ops_runs.STEP_OUTPUT}, error, attempts, wake_at FROM steps WHERE run_id IN ({marks}) "
             "ORDER BY run_id, seq, started_at",  # each journal in the order its steps were recorded
             params,
         ):

@@ -89,7 +89,11 @@ def get_run_txn(conn: db.Conn, run_id: str) -> RunView:
         attempts.setdefault(a["step_key"], []).append(a)
     run["steps"] = [
         _step_dict(s, attempts.get(s["key"], []))
-        for s in conn.all("SELECT * FROM steps WHERE run_id = ? ORDER BY seq, started_at", (run_id,))
+        for s in conn.all(
+            "SELECT key, name, kind, status, attempts, error, started_at, ended_at, wake_at, meta, "
+            f"{ops_runs.STEP_OUTPUT} FROM steps WHERE run_id = ? ORDER BY seq, started_at",
+            (run_id,),
+        )
     ]
     run["function_attempts"] = [
         {"attempt": a["attempt"], "error": jsonutil.loads(a["error"]), "at": iso(a["ended_at"])}

@@ -224,6 +224,9 @@ def _still_needed(conn: db.Conn, rows: list[dict[str, Any]]) -> set[str]:
 def _delete_runs(conn: db.Conn, runs: list[dict[str, Any]]) -> dict[str, int]:
     marks, params = db.in_list([r["id"] for r in runs])
     _fold_usage(conn, marks, params)
+    named = [str(r["output_event"]) for r in conn.all(
+        f"SELECT DISTINCT output_event FROM steps WHERE run_id IN ({marks}) AND output_event IS NOT NULL", params
+    )]
     deleted = {
         table: conn.rowcount(f"DELETE FROM {table} WHERE run_id IN ({marks})", params)
         for table in ("llm_usage", "steps", "step_attempts", "run_messages")
@@ -232,7 +235,7 @@ def _delete_runs(conn: db.Conn, runs: list[dict[str, Any]]) -> dict[str, int]:
     for table in ("singletons", "queue", "budget_reservations", "budget_pauses"):
         conn.execute(f"DELETE FROM {table} WHERE run_id IN ({marks})", params)
     deleted["runs"] = conn.rowcount(f"DELETE FROM runs WHERE id IN ({marks}) AND ended_at IS NOT NULL", params)
-    events: set[str] = set()
+    events: set[str] = set(named)  # the large events that resumed their waits
     for run in runs:
         events.add(str(run["event_id"]))
         if run["batch_event_ids"]:
@@ -260,14 +263,16 @@ def _fold_usage(conn: db.Conn, marks: str, params: tuple[Any, ...]) -> None:
 
 
 def _delete_unneeded_events(conn: db.Conn, event_ids: list[str]) -> int:
-    """Delete those of ``event_ids`` that no run points at, and that are not in a batch of a
-    run still stored (a batch's later events are named only in its run's list)."""
+    """Delete those of ``event_ids`` that no run points at, that no step names as its output
+    (a large event that resumed waits), and that are not in a batch of a run still stored
+    (a batch's later events are named only in its run's list)."""
     if not event_ids:
         return 0
     marks, params = db.in_list(event_ids)
     rows = conn.all(
         f"SELECT id, outcome FROM events WHERE id IN ({marks}) "
-        "AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.event_id = events.id)",
+        "AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.event_id = events.id) "
+        "AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.output_event = events.id)",
         params,
     )
     batches: dict[str, list[str]] = {}

@@ -422,6 +422,7 @@ def resolve_waits_txn(
     failures: list[tuple[str, dict[str, Any]]] = []
     if body["name"] in conn.memo.get(_NO_WAITS, ()):
         return failures
+    text: str | None = None  # the event as each resumed step's output, made once
     for row in _candidate_waits(conn, body):
         if row["expires_at"] is not None and row["expires_at"] <= now:
             continue
@@ -436,10 +437,12 @@ def resolve_waits_txn(
             cancel_run_txn(conn, row["run_id"], now, f"cancelled by event {body['name']!r} (cancel_on)", by_event=event_id)
             continue
         conn.execute("DELETE FROM waits WHERE id = ?", (row["id"],))
+        text = jsonutil.dumps(body) if text is None else text
+        shared = event_id is not None and len(text) > SHARED_OUTPUT_BYTES
         updated = conn.rowcount(
-            "UPDATE steps SET status = 'completed', output = ?, ended_at = ? "
+            "UPDATE steps SET status = 'completed', output = ?, output_event = ?, ended_at = ? "
             "WHERE run_id = ? AND key = ? AND status = 'waiting'",
-            (jsonutil.dumps(body), now, row["run_id"], row["step_key"]),
+            (None if shared else text, event_id if shared else None, now, row["run_id"], row["step_key"]),
         )
         if updated:
             make_due_txn(conn, row["run_id"], now)
@@ -449,6 +452,12 @@ def resolve_waits_txn(
 
 
 RESUMED = "_resumed"  # the key of an event's outcome that lists the waiting runs it resumed
+# A resuming event larger than this is named by the steps it completes (steps.output_event)
+# rather than copied into each: a sender's one event of a megabyte that many runs wait on
+# would otherwise be stored once per run.
+SHARED_OUTPUT_BYTES = 16 * 1024
+# A step's output as readers take it: its own, or the body of the event it names.
+STEP_OUTPUT = "COALESCE(output, (SELECT e.body FROM events e WHERE e.id = steps.output_event)) AS output"
 
 
 def _note_resumed_txn(conn: db.Conn, event_id: str, run_id: str) -> None:

@@ -63,7 +63,7 @@ def register_app_txn(
 def journal_txn(conn: db.Conn, run_id: str) -> list[JournalRow]:
     """A run's steps in the order they were recorded."""
     return cast(list[JournalRow], conn.all(
-        "SELECT key, kind, status, output, error, attempts FROM steps WHERE run_id = ? ORDER BY seq, started_at",
+        f"SELECT key, kind, status, {ops_runs.STEP_OUTPUT}, error, attempts FROM steps WHERE run_id = ? ORDER BY seq, started_at",
         (run_id,),
     ))
 
@@ -138,7 +138,7 @@ def prepare_wait_txn(
 
 
 def step_row_txn(conn: db.Conn, run_id: str, key: str) -> StepState | None:
-    return cast(StepState | None, conn.one("SELECT status, output FROM steps WHERE run_id = ? AND key = ?", (run_id, key)))
+    return cast(StepState | None, conn.one(f"SELECT status, {ops_runs.STEP_OUTPUT} FROM steps WHERE run_id = ? AND key = ?", (run_id, key)))
 
 
 def wake_if_wait_done_txn(conn: db.Conn, run_id: str, key: str, now: int) -> bool:
