@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -79,6 +80,10 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the engine's own
 
 
+def _stopping_already(signum: int, frame: Any) -> None:
+    """The handler uvicorn restores, and calls, after serving (see ``_serve``)."""
+
+
 async def _serve(
     apps: list[App], settings: settings_mod.Settings, *, dev: bool, run_server: bool, run_worker: bool, sdk: dict[str, Any] | None = None,
     extra_routes: list[Any] | None = None,
@@ -118,7 +123,17 @@ async def _serve(
                 f"stepline {'dev' if dev else 'start'}: http://{settings.host}:{port}  db={settings.db}  "
                 f"functions: {names}  loop: {eventloop.kind()}"
             )
-            await server.serve(sockets=[sock])
+            # uvicorn hands the signal that stopped it back to the process once it has
+            # served: SIGTERM's default action would then end the process before the engine
+            # below drains (runs left leased, steps in flight run again elsewhere). While it
+            # serves, that hand-back finds nothing left to do; a second signal during the
+            # drain acts as usual.
+            previous = {sig: signal.signal(sig, _stopping_already) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                await server.serve(sockets=[sock])
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
         else:
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
@@ -131,6 +146,7 @@ async def _serve(
             run_ends.cancel()
         await sdk_apps.stop()
         await engine.stop()
+    _leave_steps_still_running()
 
 
 @click.group(epilog=ENV_HELP)
@@ -185,6 +201,25 @@ def _run(main_coro: Any, settings: settings_mod.Settings) -> None:
         if problem is None:
             raise
         raise click.ClickException(problem) from exc
+
+
+def _leave_steps_still_running() -> None:
+    """Synchronous steps still running in their threads once the engine stopped (their runs
+    were handed back at the end of the grace) would hold the loop's close and the
+    interpreter's exit until they return, an hour for some: the process exits without
+    them, saying so."""
+    threads = [t for t in threading.enumerate() if t.name.startswith(("stepline-step", "stepline-fn"))]
+    for thread in threads:
+        thread.join(0.2)  # idle ones are on their way out
+    stuck = [t for t in threads if t.is_alive()]
+    if not stuck:
+        return
+    click.echo(f"stepline: left {len(stuck)} thread(s) of synchronous steps still running after the grace (their "
+               "runs were handed back to the queue)", err=True)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _common_server_options(fn: Any) -> Any:
