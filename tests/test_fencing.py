@@ -336,6 +336,40 @@ async def test_a_step_starts_only_with_lease_ahead_of_it_renewing_first(
     assert not [r for r in caplog.records if "stops on this worker" in r.getMessage()], "the worker stopped the run mid-step"
 
 
+async def test_a_sync_step_waiting_for_a_thread_does_not_start_once_its_run_stopped(make_engine: Any, db_url: str) -> None:
+    """A sync body waits for a free thread after its lease was checked. Behind other runs'
+    bodies (or a stall) it used to start after its run had stopped on this worker, beside
+    the execution of the worker that took the run over, or after that one committed it."""
+    release = threading.Event()
+    started: list[str] = []
+
+    def body(name: str) -> str:
+        started.append(name)
+        release.wait(10)
+        return name
+
+    app = stepline.App("fence-queued-body")
+
+    @app.function(id="queued", trigger=stepline.TriggerEvent("fence/queued"), retries=0)
+    async def queued(ctx: stepline.Context) -> str:
+        return str(await ctx.step.run("sync", body, ctx.event.data["name"]))
+
+    engine = await make_engine(app, sync_threads=1, lease=2.0)
+    first = (await runs_for_event(engine, await engine.send({"name": "fence/queued", "data": {"name": "first"}})))[0]
+    await eventually(lambda: started == ["first"], what="the first body to hold the only thread")
+    second = (await runs_for_event(engine, await engine.send({"name": "fence/queued", "data": {"name": "second"}})))[0]
+    executor = engine.worker.executor  # type: ignore[union-attr]
+    await eventually(lambda: second["id"] in executor.active, what="the second run to wait for a thread")
+    # Another worker reclaimed it (as after this one stalled past its lease); the heartbeat finds out.
+    execute(db_url, "UPDATE queue SET lease_owner = 'w-other', lease_epoch = lease_epoch + 1 WHERE run_id = ?", (second["id"],))
+    await eventually(lambda: executor.active[second["id"]][1].lost is not None, what="the worker to stop the second run")
+    release.set()
+    assert (await wait_run(engine, first["id"]))["output"] == "first"
+    await eventually(lambda: second["id"] not in executor.active, what="the second run to leave the worker")
+    assert started == ["first"], "the second run's body started after its run had stopped on this worker"
+    assert query(db_url, "SELECT COUNT(*) FROM steps WHERE run_id = ?", (second["id"],)) == [(0,)]
+
+
 async def _not_active(engine: Engine, run_id: str) -> bool:
     return run_id not in engine.worker.executor.active  # type: ignore[union-attr]
 

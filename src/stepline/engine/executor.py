@@ -77,6 +77,11 @@ NOT_RENEWED = "not_renewed"  # the lease could not be extended in time
 STORE_ERROR = "store_error"  # the database could not take one of the run's writes
 
 
+class _LeaseTooShort(Exception):
+    """A synchronous step body reached its thread after its run stopped here, or with too
+    little lease left to start (see ``RunExecution._start_if_held``)."""
+
+
 @dataclasses.dataclass
 class Services:
     """What every run's execution shares within a worker."""
@@ -308,20 +313,35 @@ class RunExecution:
         if inspect.iscoroutinefunction(fn):
             return await fn(*args, **kwargs)
         loop = asyncio.get_running_loop()
-        # The body's thread sees this context: the step's span and log fields.
-        body = loop.run_in_executor(self._services.step_threads, contextvars.copy_context().run, functools.partial(fn, *args, **kwargs))
-        try:
-            result = await asyncio.shield(body)
-        except asyncio.CancelledError:
-            # A thread cannot be stopped: the run's task ends only once its step body has,
-            # so the run is never handed on (released, or claimed again here) while it runs.
-            while not body.done():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait({body})
-            raise
-        if inspect.isawaitable(result):
-            result = await result
-        return result
+        call = functools.partial(fn, *args, **kwargs)
+        while True:
+            # The body's thread sees this context: the step's span and log fields.
+            body = loop.run_in_executor(self._services.step_threads, self._start_if_held, contextvars.copy_context(), call)
+            try:
+                result = await asyncio.shield(body)
+            except asyncio.CancelledError:
+                # A thread cannot be stopped: the run's task ends only once its step body has,
+                # so the run is never handed on (released, or claimed again here) while it runs.
+                while not body.done():
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.wait({body})
+                raise
+            except _LeaseTooShort:
+                await self._renew_ahead()  # then try again, as _execute does before a step
+                self._check_lease()
+                continue
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+
+    def _start_if_held(self, context: contextvars.Context, call: Callable[[], Any]) -> Any:
+        """In the step's thread: the body, unless the run stopped here meanwhile or has too
+        little lease left. A body waits for a free thread (behind other runs' bodies, or a
+        stall) after ``_execute`` checked the lease: it would otherwise start on a run
+        another worker had taken over, or whose step had committed there."""
+        if self.lost is not None or time.monotonic() + self._start_margin > self.deadline:
+            raise _LeaseTooShort()
+        return context.run(call)
 
     async def _execute(
         self,
