@@ -9,6 +9,7 @@ import contextlib
 import json
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -537,6 +538,33 @@ async def test_a_read_whose_connection_stops_answering_is_retried_on_another(
         proxy.stop()
 
 
+async def test_a_lock_held_by_a_frozen_process_fails_its_own_writes_not_everyone_elses(
+    make_pg_engine: Any, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process froze (a paused VM) inside a transaction that holds an event id's
+    lock. A write waiting on it held this process's whole batch, every write of it, for as
+    long as the other stayed frozen: now it fails alone after the lock timeout, as the
+    database being unavailable (the sender retries), and the others commit at once."""
+    monkeypatch.setattr(postgres, "LOCK_TIMEOUT_MS", 1000)
+    engine = await make_pg_engine(run_worker=False)
+    frozen = psycopg.connect(postgres_url, autocommit=True)
+    try:
+        frozen.execute("BEGIN")
+        frozen.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ("event-id\x1fheld-id",))
+        held = asyncio.ensure_future(engine.send({"name": "t/held", "id": "held-id", "data": {}}))
+        await asyncio.sleep(0.1)  # queued first: the others share its batch
+        started = time.monotonic()
+        others = await asyncio.wait_for(
+            asyncio.gather(*[engine.send({"name": "t/other", "id": f"other-{n}", "data": {}}) for n in range(5)]), 30
+        )
+        with pytest.raises(errors.StoreError, match="lock"):
+            await asyncio.wait_for(held, 30)
+        assert len(set(others)) == 5 and time.monotonic() - started < 10
+    finally:
+        frozen.close()  # the frozen process dies: its lock goes, and the id can be stored
+    assert await engine.send({"name": "t/held", "id": "held-id", "data": {}})
+
+
 async def test_health_answers_503_while_every_write_fails_and_200_once_one_goes_through(
     make_pg_engine: Any, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -554,6 +582,9 @@ async def test_health_answers_503_while_every_write_fails_and_200_once_one_goes_
             for _ in range(2):
                 with pytest.raises(errors.StoreError):
                     await engine.send({"name": "h/refused"})
+                # A transaction that only reads (a claim that finds nothing) still commits:
+                # it says nothing of whether writes go through.
+                await engine.store.db.write(lambda conn: conn.one("SELECT 1 AS one"))
                 await asyncio.sleep(0.2)
             reply = await client.get("/health")
             assert reply.status_code == 503 and "every write has failed" in reply.json()["error"], reply.text

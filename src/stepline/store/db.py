@@ -311,6 +311,10 @@ class Database(abc.ABC):
         # Since when every commit has failed for want of the database (None: the last one
         # went through), and why: health checks report a process that cannot write.
         self._failing_since: float | None = None
+        # Whether the writer's last commit wrote anything, as its backend tells: a transaction
+        # that only read (a claim that found nothing) commits even on a full disk or a
+        # read-only database, and says nothing of whether writes go through.
+        self._batch_wrote = True
         self._failed_at = 0.0
         self._failing_why = ""
 
@@ -327,7 +331,8 @@ class Database(abc.ABC):
         """After a commit: whether the database took it (an op's own error says nothing of that)."""
         failed = next((v for ok, v in outcomes if not ok and isinstance(v, errors.StoreError)), None)
         if failed is None:
-            self._failing_since = None
+            if self._batch_wrote:
+                self._failing_since = None
             return
         self._failed_at = time.monotonic()
         if self._failing_since is None:

@@ -55,7 +55,15 @@ SIGNALS = "stepline_signal"  # payload: "<topic>:<payload>" (Conn.signal)
 # Seconds the writer keeps trying to reconnect before failing the operations it holds.
 RECONNECT_WINDOW = 30.0
 # Errors after which re-running the whole (uncommitted) batch is expected to succeed.
-TRANSIENT = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure, pg_errors.LockNotAvailable)
+TRANSIENT = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure)
+# Milliseconds a write waits for a lock another session holds before it fails alone (its
+# caller is told the database is unavailable; the rest of its batch goes on): a process
+# frozen mid-transaction (a paused VM, SIGSTOP) holding an event id's lock, or a row's,
+# once held every write of every other process for as long as it was frozen.
+LOCK_TIMEOUT_MS = 5000
+# A session idle inside a transaction this long (its client froze between statements) is
+# ended by the server, which frees its locks; the writer's transactions take milliseconds.
+IDLE_IN_TRANSACTION_MS = 60_000
 BATCH_TRIES = 5
 # Seconds a batch or a read may wait for PostgreSQL's answers before its connection is given
 # up (first its statement is cancelled, then its socket shut): an answer lost on the way
@@ -324,6 +332,7 @@ class _Link:
         self.url = url
         self.purpose = purpose
         self.raw: psycopg.Connection[Any] | None = None
+        self.read_only = False  # the session was opened read-only (a standby, default_transaction_read_only)
         self._closing = closing
         self._down_since: float | None = None
 
@@ -336,6 +345,9 @@ class _Link:
         while True:
             try:
                 self.raw = psycopg.connect(self.url, **CONNECT_KWARGS)
+                _set_timeouts(self.raw)
+                row = self.raw.execute("SHOW transaction_read_only").fetchone() or {}
+                self.read_only = row.get("transaction_read_only") == "on"
             except psycopg.OperationalError as exc:
                 if self._closing.is_set() or time.monotonic() - started > RECONNECT_WINDOW:
                     raise errors.StoreError(
@@ -580,7 +592,9 @@ class PostgresDatabase(db.Database):
         except BaseException:
             self._rollback(raw)
             raise
-        read_only = any(not ok and getattr(value, "sqlstate", None) == _READ_ONLY for ok, value in outcomes)
+        # A session that refused a write as read-only, or was opened so, is not kept: the next
+        # batch gets a new one, which may write once the server takes writes.
+        read_only = link.read_only or any(not ok and getattr(value, "sqlstate", None) == _READ_ONLY for ok, value in outcomes)
         if rolled_back:
             if read_only:
                 link.drop()  # the op is told; the next batch gets a session that may write
@@ -596,6 +610,8 @@ class PostgresDatabase(db.Database):
                 raise _RetryBatch() from exc
         if read_only:
             link.drop()
+        if link is self._writer_conn:
+            self._batch_wrote = xid is not None
         return outcomes, conn.woke
 
     def _run_ops(
@@ -823,7 +839,15 @@ class PostgresDatabase(db.Database):
         link.drop()
 
 
+def _set_timeouts(conn: psycopg.Connection[Any]) -> None:
+    """This session's lock wait and idle-in-transaction bounds (see ``LOCK_TIMEOUT_MS``); set
+    with SET, not in the connection's options, which would replace the URL's own."""
+    conn.execute(f"SET lock_timeout = {int(LOCK_TIMEOUT_MS)}")
+    conn.execute(f"SET idle_in_transaction_session_timeout = {int(IDLE_IN_TRANSACTION_MS)}")
+
+
 def _configure_reader(conn: psycopg.Connection[Any]) -> None:
     # One snapshot per read, as a SQLite read transaction has; and reads never write.
+    _set_timeouts(conn)
     conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
     conn.read_only = True

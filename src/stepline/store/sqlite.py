@@ -284,8 +284,9 @@ class SQLiteDatabase(db.Database):
                         conn.execute("RELEASE op")
                         outcomes.append((False, exc))
             conn.execute("COMMIT")
+            self._batch_wrote = conn.total_changes != changes
             if self._checkpointer is not None:
-                self._checkpointer.committed(wrote=conn.total_changes != changes)
+                self._checkpointer.committed(wrote=self._batch_wrote)
         except Exception as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
