@@ -137,3 +137,13 @@ def test_a_port_in_use_is_named_with_the_fix_before_any_banner(command: list[str
     line = one_line_error(result)
     assert f"cannot listen on 127.0.0.1:{port}: the port is in use" in line and "--port" in line, line
     assert f"http://127.0.0.1:{port}" not in result.stdout, result.stdout  # no banner for a server that never served
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=["start", "dev", "worker"])
+def test_a_file_sqlite_cannot_read_is_named_not_traced(command: list[str], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """What a full disk or a damaged file makes SQLite say when the schema is read (here:
+    not a database at all) ended `stepline start` with a traceback."""
+    path = tmp_path / "damaged.db"
+    path.write_bytes(b"this is not a database " * 200)
+    line = one_line_error(run_cli(command, str(path)))
+    assert "damaged.db" in line and "file is not a database" in line, line

@@ -203,3 +203,48 @@ def test_both_backends_have_the_same_tables_columns_and_indexes(
     lite_indexes = {i[1] for i in lite["indexes"] if i[3] == "c"}  # created by CREATE INDEX
     pg_indexes = {i[1] for i in pg["indexes"] if not i[1].endswith("_pkey")}
     assert lite_indexes == pg_indexes
+
+
+# --- the migration lock ------------------------------------------------------------------
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_lock_left_by_a_killed_migration_is_taken_over_on_sqlite(sqlite_pair: tuple[str, str]) -> None:
+    """yoyo's lock is a row: a `stepline migrate` killed while migrating left it, and every
+    later one failed after 10 s asking for `yoyo break-lock`."""
+    url, _ = sqlite_pair
+    apply_first(url, 3)
+    with sqlite3.connect(url) as conn:
+        conn.execute("INSERT INTO yoyo_lock (locked, ctime, pid) VALUES (1, '2026-01-01 00:00:00', ?)", (_dead_pid(),))
+    assert migrate.apply(url)[0] == "0004_runs_by_end"
+    assert migrate.pending(url) == []
+
+
+def test_a_second_migration_waits_for_the_first_and_a_killed_one_holds_nothing_on_postgres(
+    postgres_pair: tuple[str, str]
+) -> None:
+    import threading
+
+    url, _ = postgres_pair
+    apply_first(url, 3)
+    with psycopg.connect(url, autocommit=True) as conn:  # what an older release's killed migrate left
+        conn.execute("INSERT INTO yoyo_lock (locked, ctime, pid) VALUES (1, now(), %s)", (_dead_pid(),))
+    holder = psycopg.connect(url, autocommit=True)  # a migration under way elsewhere
+    holder.execute(f"SELECT pg_advisory_lock(hashtextextended('{migrate._TABLE}', 0))")
+    applied: list[list[str]] = []
+    waiting = threading.Thread(target=lambda: applied.append(migrate.apply(url)))
+    waiting.start()
+    waiting.join(1.5)
+    assert waiting.is_alive() and not applied  # it waits for the other
+    holder.close()  # that process is killed: its lock goes with its connection
+    waiting.join(60)
+    assert applied and applied[0][0] == "0004_runs_by_end"
+    assert migrate.pending(url) == []

@@ -6,17 +6,22 @@ database whose schema is behind, naming the command that fixes it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pathlib
+from collections.abc import Iterator
+from typing import Any
 
-from yoyo import get_backend, read_migrations
+from yoyo import exceptions, get_backend, read_migrations
 
 from stepline import errors
 
 MIGRATIONS_DIR = pathlib.Path(__file__).with_name("migrations")
 _TABLE = "stepline_migrations"
 logging.getLogger("yoyo").setLevel(logging.WARNING)
+log = logging.getLogger("stepline.migrate")
+LOCK_WAIT = 60.0  # seconds a migration waits for another process's (SQLite)
 
 
 def yoyo_uri(url: str) -> str:
@@ -42,18 +47,61 @@ def apply(url: str) -> list[str]:
     """Apply pending migrations; returns the ids applied."""
     backend, migrations = _backend_and_migrations(url)
     try:
-        with backend.lock():
+        with _migrating(backend, url):
             todo = backend.to_apply(migrations)
             backend.apply_migrations(todo)
             return [m.id for m in todo]
+    except backend.DatabaseError as exc:
+        raise errors.StoreError(f"cannot apply migrations to {redact(url)}: {exc}") from exc
     finally:
         backend.connection.close()
+
+
+@contextlib.contextmanager
+def _migrating(backend: Any, url: str) -> Iterator[None]:
+    """One process migrates at a time, and a killed one leaves no lock behind. yoyo's own
+    lock is a row, which a process killed while migrating leaves in place, refusing every
+    later migration until someone deletes it by hand. PostgreSQL: a session advisory lock
+    instead, which dies with its connection (a second ``migrate`` waits for the first).
+    SQLite (one machine): yoyo's row, after deleting rows of processes no longer alive."""
+    if url.startswith(("postgresql://", "postgres://")):
+        cursor = backend.connection.cursor()
+        cursor.execute(f"SELECT pg_advisory_lock(hashtextextended('{_TABLE}', 0))")
+        backend.connection.commit()
+        yield  # the lock goes with the connection, which apply closes
+        return
+    with backend.transaction():
+        rows = backend.execute("SELECT pid FROM yoyo_lock").fetchall()
+        for (pid,) in rows:
+            if not _alive(int(pid)):
+                log.warning("removing the migration lock of process %s, which is no longer running", pid)
+                backend.execute("DELETE FROM yoyo_lock WHERE pid = :pid", {"pid": pid})
+    try:
+        with backend.lock(timeout=LOCK_WAIT):
+            yield
+    except exceptions.LockTimeout as exc:
+        raise errors.StoreError(
+            f"another process is applying migrations to {redact(url)} ({exc}); wait for it to finish and run "
+            "`stepline migrate` again"
+        ) from exc
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
 
 
 def pending(url: str) -> list[str]:
     backend, migrations = _backend_and_migrations(url)
     try:
         return [m.id for m in backend.to_apply(migrations)]
+    except backend.DatabaseError as exc:  # a full disk, a file that is not a database, ...
+        raise errors.StoreError(f"cannot read which migrations {redact(url)} has: {exc}") from exc
     finally:
         backend.connection.close()
 
