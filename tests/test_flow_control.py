@@ -248,11 +248,11 @@ async def test_throttle_state_survives_a_restart(make_engine) -> None:
     assert (await second.get_run(late["id"]))["status"] == "queued"
 
 
-def limited_app(limit: int, running: list[int], peak: list[int]) -> stepline.App:
+def limited_app(limit: int, running: list[int], peak: list[int], key: str | None = None) -> stepline.App:
     """One function under a concurrency limit whose step records how many run at once."""
     app = stepline.App("t")
 
-    @app.function(id="limited", trigger=stepline.TriggerEvent("t/limited"), concurrency=stepline.Concurrency(limit))
+    @app.function(id="limited", trigger=stepline.TriggerEvent("t/limited"), concurrency=stepline.Concurrency(limit, key=key))
     async def limited(ctx: stepline.Context) -> None:
         async def work() -> None:
             running[0] += 1
@@ -291,4 +291,15 @@ async def test_runs_parked_behind_a_limit_follow_a_raised_one(make_engine) -> No
     second = await make_engine(limited_app(4, running, peak))
     await finished_runs(second, "limited", 5)
     assert peak[0] >= 3  # the parked ones ran side by side, not one by one under the old limit
+
+
+async def test_runs_already_queued_take_a_changed_concurrency_key(make_engine) -> None:
+    """A limit per user becomes one for the whole function: each queued run's key is
+    computed again from its event, so they no longer run side by side under their old keys."""
+    running, peak = [0], [0]
+    sender = await make_engine(limited_app(1, running, peak, key="event.data.user"), run_worker=False)
+    await sender.send_many([{"name": "t/limited", "data": {"user": f"u{n}"}} for n in range(4)])
+    engine = await make_engine(limited_app(1, running, peak))
+    await finished_runs(engine, "limited", 4)
+    assert peak[0] == 1
 

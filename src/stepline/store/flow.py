@@ -172,29 +172,45 @@ def release_slots(conn: db.Conn, run_id: str, now: int) -> None:
             unpark(conn, key, 1, now)
 
 
-def follow_new_limits(conn: db.Conn, cfg: StoredConfig, now: int) -> None:
+def follow_new_limits(conn: db.Conn, cfg: StoredConfig, before: StoredConfig, now: int) -> None:
     """A function's concurrency config changed (a deploy, an app's re-sync): its runs in
-    the queue take the new keys and limits, computed again from each run's event (as when
-    it was created), and those parked go back in line, to be admitted or parked again
-    under the new limits by the next claim. Limits are kept on each queue row so that a
-    claim needs no config; without this they kept the limit of their creation."""
-    rows = conn.all(
-        "SELECT q.run_id, q.parked_on, q.parked_score, q.priority_ms, e.body FROM queue q "
-        "JOIN runs r ON r.id = q.run_id LEFT JOIN events e ON e.id = r.event_id WHERE q.function_id = ?",
-        (cfg["id"],),
+    the queue take the new limits, and those parked go back in line, to be admitted or
+    parked again under the new limits by the next claim (limits are kept on each queue row
+    so that a claim needs no config; without this they kept the limit of their creation).
+    When only the numbers changed, that is two statements; when the keys did, each run's
+    keys are computed again from its event, as when it was created, a page at a time."""
+    shape = [(c.get("key"), c.get("scope")) for c in cfg.get("concurrency") or ()]
+    if shape == [(c.get("key"), c.get("scope")) for c in before.get("concurrency") or ()]:
+        limits = [int(c["limit"]) for c in cfg.get("concurrency") or ()] + [None, None]
+        conn.execute("UPDATE queue SET cl1 = ?, cl2 = ? WHERE function_id = ?", (limits[0], limits[1], cfg["id"]))
+    else:
+        after = ""
+        while True:
+            rows = conn.all(
+                "SELECT q.run_id, e.body FROM queue q JOIN runs r ON r.id = q.run_id "
+                "LEFT JOIN events e ON e.id = r.event_id WHERE q.function_id = ? AND q.run_id > ? ORDER BY q.run_id LIMIT ?",
+                (cfg["id"], after, RECOMPUTE_PAGE),
+            )
+            if not rows:
+                break
+            updates = []
+            for row in rows:
+                keys = concurrency_keys(cfg, jsonutil.loads(row["body"]) if row["body"] else {}) + [(None, None), (None, None)]
+                updates.append((keys[0][0], keys[0][1], keys[1][0], keys[1][1], row["run_id"]))
+            conn.executemany("UPDATE queue SET ck1 = ?, cl1 = ?, ck2 = ?, cl2 = ? WHERE run_id = ?", updates)
+            after = rows[-1]["run_id"]
+    # Parked runs back in line, each at the due time it had (now at the latest), as unpark does.
+    woken = conn.rowcount(
+        "UPDATE queue SET due_at = CASE WHEN parked_score IS NULL OR parked_score + priority_ms > ? THEN ? "
+        "ELSE parked_score + priority_ms END, parked_on = NULL, parked_score = NULL "
+        "WHERE function_id = ? AND parked_on IS NOT NULL",
+        (now, now, cfg["id"]),
     )
-    updates = []
-    for row in rows:
-        keys = concurrency_keys(cfg, jsonutil.loads(row["body"]) if row["body"] else {}) + [(None, None), (None, None)]
-        due = _unparked_due(row, now) if row["parked_on"] is not None else 0  # kept unless parked
-        updates.append((keys[0][0], keys[0][1], keys[1][0], keys[1][1], due, row["run_id"]))
-    conn.executemany(
-        "UPDATE queue SET ck1 = ?, cl1 = ?, ck2 = ?, cl2 = ?, due_at = CASE WHEN parked_on IS NOT NULL THEN ? "
-        "ELSE due_at END, parked_on = NULL, parked_score = NULL WHERE run_id = ?",
-        updates,
-    )
-    if updates:
+    if woken:
         conn.wake()
+
+
+RECOMPUTE_PAGE = 500  # queue rows whose keys are computed again per statement (follow_new_limits)
 
 
 def unpark_sweep(conn: db.Conn, now: int, max_keys: int = 200) -> int:

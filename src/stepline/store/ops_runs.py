@@ -46,8 +46,10 @@ def register_functions_txn(
             "updated_at = excluded.updated_at",
             (fn_id, cfg["app_id"], text, now),
         )
-        if before is not None and jsonutil.loads(before).get("concurrency") != jsonutil.loads(text).get("concurrency"):
-            flow.follow_new_limits(conn, cfg, now)
+        if before is not None:
+            previous, current = jsonutil.loads(before), jsonutil.loads(text)
+            if previous.get("concurrency") != current.get("concurrency"):
+                flow.follow_new_limits(conn, current, previous, now)
         conn.execute("DELETE FROM triggers WHERE function_id = ?", (fn_id,))
         cron_positions = []
         for position, trigger in enumerate(cfg["triggers"]):
