@@ -139,7 +139,9 @@ def test_functions_commands_pause_resume_invoke_and_replay(serve) -> None:  # no
     server = serve(dashboard_apps.make_app())
     paused = stepline(server.url, "functions", "pause", "child", "--mode", "skip", "--reason", "maintenance").stdout
     assert paused.startswith("child: paused (skip: maintenance) since ")
-    assert re.search(r"child\s+0\s+0\s+0\s+paused \(skip: maintenance\)", stepline(server.url, "functions", "list").stdout)
+    listed = stepline(server.url, "functions", "list").stdout
+    assert re.search(r"FUNCTION\s+QUEUED\s+RUNNING\s+SLEEPING\s+WAITING\s+FAILED 1H\s+STATE", listed), listed
+    assert re.search(r"child\s+0\s+0\s+0\s+0\s+0\s+paused \(skip: maintenance\)", listed), listed
     skipped = stepline(server.url, "send", "dash/child")
     assert "started no runs: child: function_paused" in skipped.stderr
     assert stepline(server.url, "functions", "resume", "child").stdout.strip() == "child: resumed; 0 held run(s) go on"

@@ -37,10 +37,13 @@ def list_functions(as_json: bool, url: str | None) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    click.echo(f"{'FUNCTION':<28} {'QUEUED':>6} {'RUNNING':>7} {'FAILED 1H':>9}  STATE")
+    click.echo(f"{'FUNCTION':<28} {'QUEUED':>6} {'RUNNING':>7} {'SLEEPING':>8} {'WAITING':>7} {'FAILED 1H':>9}  STATE")
     for f in data:
         c = f["counts"]
-        click.echo(f"{f['id'][:28]:<28} {c['queued']:>6} {c['running']:>7} {c['failed_last_hour']:>9}  {_paused(f.get('paused')) or 'active'}")
+        click.echo(
+            f"{f['id'][:28]:<28} {c['queued']:>6} {c['running']:>7} {c['sleeping']:>8} {c['waiting']:>7} "
+            f"{c['failed_last_hour']:>9}  {_paused(f.get('paused')) or 'active'}"
+        )
 
 
 @functions.command("show")
