@@ -83,3 +83,8 @@ async def long_keyed(ctx: stepline.Context) -> str:
 @app.function(id="relay", trigger=stepline.TriggerEvent("h/relay"), retries=0)
 async def relay(ctx: stepline.Context) -> None:
     await ctx.step.send_event("forward", {"name": "h/relayed", "data": {"s": "a\x00"}})
+
+
+@app.function(id="returns-blob", trigger=stepline.TriggerEvent("h/blob"))
+async def returns_blob(ctx: stepline.Context) -> Any:
+    return ctx.event.data.get("blob")  # what a sender made large, returned as the run's output

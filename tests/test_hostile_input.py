@@ -258,6 +258,19 @@ def test_listings_leave_out_long_bodies_and_the_event_read_has_them(api: httpx.C
     assert stored_body(api, big)["data"]["blob"] == "x" * 200_000
 
 
+def test_run_listings_leave_out_long_outputs_and_the_run_read_has_them(api: httpx.Client) -> None:
+    """A function may return what a sender made large: run listings leave out outputs past
+    64 KiB as event listings do with bodies; reading the run gives it whole."""
+    big = run_of_event(api, ok_ids(send(api, {"name": "h/blob", "data": {"blob": "x" * 200_000}}))[0])["id"]
+    small = run_of_event(api, ok_ids(send(api, {"name": "h/blob", "data": {"blob": "short"}}))[0])["id"]
+    for run_id in (big, small):
+        assert run_status(api, run_id)["status"] == "completed"
+    listed = {r["id"]: r for r in api.get("/api/v1/runs", params={"function_id": "returns-blob"}).json()["data"]}
+    assert listed[big]["output"] is None and listed[big]["output_elided"] is True
+    assert listed[small]["output"] == "short" and "output_elided" not in listed[small]
+    assert api.get(f"/api/v1/runs/{big}").json()["output"] == "x" * 200_000
+
+
 def test_in_process_sends_meet_the_same_depth_limit(api: httpx.Client) -> None:
     deep: Any = {}
     for _ in range(300):

@@ -41,13 +41,15 @@ def _obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, 
     return {"type": "object", "properties": props, "required": required if required is not None else list(props)}
 
 
+_RUN_FIELDS = {
+    "id": STR, "function_id": STR, "status": {"type": "string", "enum": STATUSES}, "wait_reason": NSTR,
+    "attempt": {"type": "integer"}, "user_id": NSTR, "progress": NNUM, "progress_message": NSTR,
+    "output": ANY, "error": ERROR_OBJ, "event_id": STR, "parent_run_id": NSTR, "replay_of": NSTR,
+    "created_at": TIME, "started_at": TIME, "ended_at": TIME, "updated_at": TIME, "duration_ms": NINT,
+}
 RUN = _obj(
-    {
-        "id": STR, "function_id": STR, "status": {"type": "string", "enum": STATUSES}, "wait_reason": NSTR,
-        "attempt": {"type": "integer"}, "user_id": NSTR, "progress": NNUM, "progress_message": NSTR,
-        "output": ANY, "error": ERROR_OBJ, "event_id": STR, "parent_run_id": NSTR, "replay_of": NSTR,
-        "created_at": TIME, "started_at": TIME, "ended_at": TIME, "updated_at": TIME, "duration_ms": NINT,
-    }
+    {**_RUN_FIELDS, "output_elided": {"type": "boolean", "description": "in listings only, when true: the output, over 64 KiB, is left out (output is null): GET the run"}},
+    required=list(_RUN_FIELDS),
 )
 ATTEMPT = _obj({"attempt": {"type": "integer"}, "error": ERROR_OBJ, "started_at": TIME, "ended_at": TIME})
 STEP = _obj(

@@ -128,12 +128,33 @@ def list_runs_txn(
     before_id: str | None = None,
     limit: int = 50,
 ) -> list[RunView]:
-    """Newest first; ``before_id`` is the cursor (the last id of the previous page)."""
+    """Newest first; ``before_id`` is the cursor (the last id of the previous page). An
+    output longer than ``LISTED_OUTPUT_CHARS`` is left out (``output`` null,
+    ``output_elided`` true), as event bodies are: a function may return what a sender made
+    large, and a page of such runs would cost the server hundreds of megabytes; the run's
+    own read has it whole."""
     clause, params = page_filters(
         {"function_id": function_id, "status": status, "user_id": user_id}, "created_at", since_ms, until_ms, before_id
     )
-    rows = conn.all(f"SELECT * FROM runs {clause} ORDER BY id DESC LIMIT ?", (*params, limit))
-    return [run_dict(r) for r in rows]
+    rows = conn.all(
+        f"SELECT {_LISTED_RUN_COLUMNS}, CASE WHEN length(output) > ? THEN 'null' ELSE output END AS output, "
+        f"length(output) > ? AS output_elided FROM runs {clause} ORDER BY id DESC LIMIT ?",
+        (LISTED_OUTPUT_CHARS, LISTED_OUTPUT_CHARS, *params, limit),
+    )
+    listed: list[RunView] = []
+    for row in rows:
+        run = run_dict(row)
+        if row["output_elided"]:
+            run["output_elided"] = True
+        listed.append(run)
+    return listed
+
+
+LISTED_OUTPUT_CHARS = 64 * 1024  # the longest run output a listing carries (see list_runs_txn)
+_LISTED_RUN_COLUMNS = (
+    "id, function_id, status, wait_reason, attempt, user_id, progress, progress_message, error, event_id, "
+    "parent_run_id, replay_of, created_at, started_at, ended_at, updated_at"
+)
 
 
 def event_dict(row: dict[str, Any]) -> EventFields:

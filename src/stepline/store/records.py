@@ -104,6 +104,7 @@ class RunView(TypedDict, total=False):
     ended_at: Required[str | None]
     updated_at: Required[str | None]
     duration_ms: Required[int | None]
+    output_elided: bool  # in listings: the output was too long to list (``output`` null): read the run itself
     event: Any  # the triggering event's body
     steps: list[StepView]
     function_attempts: list[FunctionAttempt]  # the function's own failed attempts
