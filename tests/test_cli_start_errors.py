@@ -147,3 +147,11 @@ def test_a_file_sqlite_cannot_read_is_named_not_traced(command: list[str], tmp_p
     path.write_bytes(b"this is not a database " * 200)
     line = one_line_error(run_cli(command, str(path)))
     assert "damaged.db" in line and "file is not a database" in line, line
+
+
+def test_migrate_names_a_file_sqlite_cannot_read_in_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "damaged.db"
+    path.write_bytes(b"this is not a database " * 200)
+    line = one_line_error(run_cli(["migrate"], str(path)))
+    assert "damaged.db" in line and "file is not a database" in line, line
+

@@ -370,6 +370,40 @@ async def test_a_sync_step_waiting_for_a_thread_does_not_start_once_its_run_stop
     assert query(db_url, "SELECT COUNT(*) FROM steps WHERE run_id = ?", (second["id"],)) == [(0,)]
 
 
+@pytest.mark.timeout(60)
+async def test_a_sync_step_waiting_for_a_thread_does_not_start_once_its_worker_handed_the_run_back(
+    make_engine: Any, db_url: str
+) -> None:
+    """A worker that stops hands back, after the grace, the runs still in flight: a sync body
+    still waiting for a thread then started anyway, beside the worker that took the run."""
+    release = threading.Event()
+    started: list[str] = []
+
+    def body(name: str) -> str:
+        started.append(name)
+        release.wait(20)
+        return name
+
+    app = stepline.App("fence-handed-back")
+
+    @app.function(id="queued", trigger=stepline.TriggerEvent("fence/queued"), retries=0)
+    async def queued(ctx: stepline.Context) -> str:
+        return str(await ctx.step.run("sync", body, ctx.event.data["name"]))
+
+    engine = await make_engine(app, sync_threads=1)
+    await engine.send({"name": "fence/queued", "data": {"name": "first"}})
+    await eventually(lambda: started == ["first"], what="the first body to hold the only thread")
+    second = (await runs_for_event(engine, await engine.send({"name": "fence/queued", "data": {"name": "second"}})))[0]
+    await eventually(lambda: second["id"] in engine.worker.executor.active, what="the second run to wait for a thread")  # type: ignore[union-attr]
+    stopping = asyncio.ensure_future(engine.stop(grace=0.3))
+    await asyncio.sleep(1.0)  # past the grace: both runs are being handed back
+    release.set()  # the thread frees up
+    await asyncio.wait_for(stopping, 30)
+    await asyncio.sleep(0.3)
+    assert started == ["first"], "the second run's body started after its worker had handed the run back"
+    assert query(db_url, "SELECT lease_owner FROM queue WHERE run_id = ?", (second["id"],)) == [(None,)]
+
+
 async def _not_active(engine: Engine, run_id: str) -> bool:
     return run_id not in engine.worker.executor.active  # type: ignore[union-attr]
 

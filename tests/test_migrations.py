@@ -248,3 +248,31 @@ def test_a_second_migration_waits_for_the_first_and_a_killed_one_holds_nothing_o
     waiting.join(60)
     assert applied and applied[0][0] == "0004_runs_by_end"
     assert migrate.pending(url) == []
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_migration_cut_off_before_it_is_recorded_leaves_nothing_half_done(
+    backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """yoyo applied a migration and recorded it in two transactions: a `stepline migrate`
+    killed between them left tables no record accounted for, and every later run failed on
+    "table ... already exists". Here the process "dies" as the fifth is being recorded."""
+    from yoyo.backends.base import DatabaseBackend
+
+    url = request.getfixturevalue(f"{backend}_pair")[0]
+    real_mark = DatabaseBackend.mark_one
+    calls = []
+
+    def dies_at_the_fifth(self: Any, migration: Any, log: bool = True) -> None:
+        calls.append(migration.id)
+        if len(calls) == 5:
+            raise KeyboardInterrupt("killed")  # not a database error: nothing catches it on the way
+        real_mark(self, migration, log=log)
+
+    monkeypatch.setattr(DatabaseBackend, "mark_one", dies_at_the_fifth)
+    with pytest.raises(KeyboardInterrupt):
+        migrate.apply(url)
+    monkeypatch.setattr(DatabaseBackend, "mark_one", real_mark)
+    assert migrate.pending(url)[0] == "0005_run_cleanup"
+    migrate.apply(url)  # goes on from there
+    assert migrate.pending(url) == []

@@ -209,8 +209,9 @@ def _leave_steps_still_running() -> None:
     interpreter's exit until they return, an hour for some: the process exits without
     them, saying so."""
     threads = [t for t in threading.enumerate() if t.name.startswith(("stepline-step", "stepline-fn"))]
+    deadline = time.monotonic() + 0.2  # idle ones are on their way out
     for thread in threads:
-        thread.join(0.2)  # idle ones are on their way out
+        thread.join(max(0.0, deadline - time.monotonic()))
     stuck = [t for t in threads if t.is_alive()]
     if not stuck:
         return
@@ -306,6 +307,8 @@ def migrate(db: str | None, dry_run: bool) -> None:
         applied = migrate_mod.apply(settings.db)
     except Exception as exc:
         problem = _read_only_database(settings.db, exc)
+        if problem is None and isinstance(exc, errors.SteplineError):
+            problem = _first_line(exc)  # a full disk, a damaged file: said in one line
         if problem is None:
             raise
         raise click.ClickException(problem) from exc

@@ -140,6 +140,7 @@ class RunExecution:
         self._start_margin = settings.lease * START_MARGIN
         self._renewed = asyncio.Event()  # set at each renewal and at a loss: wakes a step waiting for one
         self.lost: str | None = None  # why the run stopped here without an outcome
+        self.handed_back = False  # the worker stops and hands the run back: no step body starts
         self.ending = False  # its last write (finish, suspend, retry) is under way
         self.outcome: str | None = None  # how this execution ended, for its span
         self.tracer: Any | None = None  # set with ``segment`` when this execution is traced
@@ -327,6 +328,8 @@ class RunExecution:
                         await asyncio.wait({body})
                 raise
             except _LeaseTooShort:
+                if self.handed_back:
+                    raise Halt() from None
                 await self._renew_ahead()  # then try again, as _execute does before a step
                 self._check_lease()
                 continue
@@ -339,7 +342,7 @@ class RunExecution:
         little lease left. A body waits for a free thread (behind other runs' bodies, or a
         stall) after ``_execute`` checked the lease: it would otherwise start on a run
         another worker had taken over, or whose step had committed there."""
-        if self.lost is not None or time.monotonic() + self._start_margin > self.deadline:
+        if self.lost is not None or self.handed_back or time.monotonic() + self._start_margin > self.deadline:
             raise _LeaseTooShort()
         return context.run(call)
 

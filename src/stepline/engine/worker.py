@@ -81,6 +81,7 @@ class Worker:
         for task in list(self._running):
             task.cancel()
         for held in list(self.executor.active.values()):
+            held[1].handed_back = True  # a sync body still waiting for a thread must not start now
             held[0].cancel()
         if self._running:
             await asyncio.wait(set(self._running), timeout=5)

@@ -49,7 +49,15 @@ def apply(url: str) -> list[str]:
     try:
         with _migrating(backend, url):
             todo = backend.to_apply(migrations)
-            backend.apply_migrations(todo)
+            backend.ensure_internal_schema_updated()
+            for migration in todo:
+                # A migration and the record that it was applied commit together: yoyo commits
+                # them apart, so a process killed between the two left a migration applied but
+                # not recorded, and every later run failed on "table ... already exists".
+                with backend.transaction():
+                    migration.process_steps(backend, "apply")
+                    backend.log_migration(migration, "apply")
+                    backend.mark_one(migration, log=False)
             return [m.id for m in todo]
     except backend.DatabaseError as exc:
         raise errors.StoreError(f"cannot apply migrations to {redact(url)}: {exc}") from exc
