@@ -81,6 +81,12 @@ class RequestError(SteplineError):
     what it takes."""
 
 
+class BusyError(SteplineError):
+    """What a request needs is held by another process right now (an event of the same id
+    being stored, or a process that froze while storing it): nothing of it was stored, and
+    sending it again is the fix. Not the database failing (``StoreError``)."""
+
+
 class StoreError(SteplineError):
     """The database cannot be used as it is (unreachable, or its schema is out of date)."""
 

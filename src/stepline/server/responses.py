@@ -33,6 +33,8 @@ def from_error(exc: Exception) -> JSON:
         return problem(400, str(exc))
     if isinstance(exc, errors.LimitError):
         return problem(413, str(exc))
+    if isinstance(exc, errors.BusyError):
+        return JSON({"error": str(exc), "status": 503}, status_code=503, headers={"retry-after": "1"})
     if isinstance(exc, errors.StoreError):
         return problem(503, str(exc))
     return problem(500, f"internal error: {type(exc).__name__}")

@@ -141,6 +141,15 @@ class Conn(abc.ABC):
         for key in keys:
             self.lock(*key)
 
+    def lock_briefly(self, wait_ms: int, *key: str) -> None:
+        """``lock``, waiting at most ``wait_ms`` for another transaction that holds it; past
+        that the statement fails (SQLSTATE ``LOCK_NOT_AVAILABLE``, raised by the next
+        statement whose answer is read)."""
+        self.lock(*key)
+
+
+LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of a lock wait given up (lock_briefly)
+
 
 Op = Callable[[Conn], T]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from stepline import errors, expressions, ids, jsonutil
 from stepline import event as event_mod
-from stepline import expressions, ids, jsonutil
 from stepline.function import StoredConfig
 from stepline.store import db, ops_admission, ops_runs
 from stepline.store.records import HandOff
@@ -33,10 +33,7 @@ def ingest_txn(
         matching_functions(conn, name)
     for ev in events:
         if ev.id is not None:
-            conn.lock("event-id", ev.id)  # two servers receiving the same id store it once
-            seen = conn.one(
-                "SELECT event_id, expires_at FROM event_ids_seen WHERE external_id = ?", (ev.id,)
-            )
+            seen = _seen_txn(conn, ev.id)
             if seen is not None and seen["expires_at"] > now:
                 out.append(seen["event_id"])
                 continue
@@ -57,6 +54,26 @@ def ingest_txn(
     if handoff is not None and handoff.taken:
         _drop_cancelled_handoffs_txn(conn, handoff, now)
     return out
+
+
+def _seen_txn(conn: db.Conn, external_id: str) -> dict[str, Any] | None:
+    """The event already stored under this id, if any, read under the id's lock: two servers
+    receiving the same id store it once. The lock is waited for briefly (another server
+    commits in milliseconds): one held longer is a process frozen mid-transaction, and
+    waiting on it held every write of this one; the event's sender is asked to send it again."""
+    try:
+        conn.lock_briefly(EVENT_ID_LOCK_WAIT_MS, "event-id", external_id)
+        return conn.one("SELECT event_id, expires_at FROM event_ids_seen WHERE external_id = ?", (external_id,))
+    except Exception as exc:
+        if getattr(exc, "sqlstate", None) != db.LOCK_NOT_AVAILABLE:
+            raise
+        raise errors.BusyError(
+            f"another process is storing an event with id {external_id!r} right now, or stopped while doing so; "
+            "nothing of this request was stored: send it again"
+        ) from exc
+
+
+EVENT_ID_LOCK_WAIT_MS = 200
 
 
 def _note_failures_txn(conn: db.Conn, event_id: str, failures: list[tuple[str, dict[str, Any]]]) -> None:

@@ -212,6 +212,12 @@ class PostgresConn(db.Conn):
         # A transaction-scoped advisory lock: released at COMMIT / ROLLBACK.
         self.raw.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ("\x1f".join(key),))
 
+    def lock_briefly(self, wait_ms: int, *key: str) -> None:
+        # Sent without waiting for answers, as lock: the wait is bounded for this statement alone.
+        self.raw.execute(f"SET LOCAL lock_timeout = {int(wait_ms)}")
+        self.lock(*key)
+        self.raw.execute(f"SET LOCAL lock_timeout = {int(LOCK_TIMEOUT_MS)}")
+
     def lock_many(self, keys: list[tuple[str, ...]]) -> None:
         # One statement; a function scan calls the lock in array order.
         if len(keys) == 1:
