@@ -336,37 +336,49 @@ async def test_a_step_starts_only_with_lease_ahead_of_it_renewing_first(
     assert not [r for r in caplog.records if "stops on this worker" in r.getMessage()], "the worker stopped the run mid-step"
 
 
+class OneThread:
+    """An app whose function runs one sync step that records its start and holds its thread
+    until ``release``; engines with ``sync_threads=1`` queue the next run's body behind it."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.started: list[str] = []
+        self.app = stepline.App("fence-one-thread")
+
+        def body(name: str) -> str:
+            self.started.append(name)
+            self.release.wait(20)
+            return name
+
+        @self.app.function(id="queued", trigger=stepline.TriggerEvent("fence/queued"), retries=0)
+        async def queued(ctx: stepline.Context) -> str:
+            return str(await ctx.step.run("sync", body, ctx.event.data["name"]))
+
+    async def second_waits_behind_first(self, engine: Engine) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Send "first" (it takes the only thread), then "second" (its body waits for it)."""
+        first = (await runs_for_event(engine, await engine.send({"name": "fence/queued", "data": {"name": "first"}})))[0]
+        await eventually(lambda: self.started == ["first"], what="the first body to hold the only thread")
+        second = (await runs_for_event(engine, await engine.send({"name": "fence/queued", "data": {"name": "second"}})))[0]
+        executor = engine.worker.executor  # type: ignore[union-attr]
+        await eventually(lambda: second["id"] in executor.active, what="the second run to wait for a thread")
+        return first, second
+
+
 async def test_a_sync_step_waiting_for_a_thread_does_not_start_once_its_run_stopped(make_engine: Any, db_url: str) -> None:
     """A sync body waits for a free thread after its lease was checked. Behind other runs'
     bodies (or a stall) it used to start after its run had stopped on this worker, beside
     the execution of the worker that took the run over, or after that one committed it."""
-    release = threading.Event()
-    started: list[str] = []
-
-    def body(name: str) -> str:
-        started.append(name)
-        release.wait(10)
-        return name
-
-    app = stepline.App("fence-queued-body")
-
-    @app.function(id="queued", trigger=stepline.TriggerEvent("fence/queued"), retries=0)
-    async def queued(ctx: stepline.Context) -> str:
-        return str(await ctx.step.run("sync", body, ctx.event.data["name"]))
-
-    engine = await make_engine(app, sync_threads=1, lease=2.0)
-    first = (await runs_for_event(engine, await engine.send({"name": "fence/queued", "data": {"name": "first"}})))[0]
-    await eventually(lambda: started == ["first"], what="the first body to hold the only thread")
-    second = (await runs_for_event(engine, await engine.send({"name": "fence/queued", "data": {"name": "second"}})))[0]
+    one = OneThread()
+    engine = await make_engine(one.app, sync_threads=1, lease=2.0)
+    first, second = await one.second_waits_behind_first(engine)
     executor = engine.worker.executor  # type: ignore[union-attr]
-    await eventually(lambda: second["id"] in executor.active, what="the second run to wait for a thread")
     # Another worker reclaimed it (as after this one stalled past its lease); the heartbeat finds out.
     execute(db_url, "UPDATE queue SET lease_owner = 'w-other', lease_epoch = lease_epoch + 1 WHERE run_id = ?", (second["id"],))
     await eventually(lambda: executor.active[second["id"]][1].lost is not None, what="the worker to stop the second run")
-    release.set()
+    one.release.set()
     assert (await wait_run(engine, first["id"]))["output"] == "first"
     await eventually(lambda: second["id"] not in executor.active, what="the second run to leave the worker")
-    assert started == ["first"], "the second run's body started after its run had stopped on this worker"
+    assert one.started == ["first"], "the second run's body started after its run had stopped on this worker"
     assert query(db_url, "SELECT COUNT(*) FROM steps WHERE run_id = ?", (second["id"],)) == [(0,)]
 
 
@@ -376,31 +388,15 @@ async def test_a_sync_step_waiting_for_a_thread_does_not_start_once_its_worker_h
 ) -> None:
     """A worker that stops hands back, after the grace, the runs still in flight: a sync body
     still waiting for a thread then started anyway, beside the worker that took the run."""
-    release = threading.Event()
-    started: list[str] = []
-
-    def body(name: str) -> str:
-        started.append(name)
-        release.wait(20)
-        return name
-
-    app = stepline.App("fence-handed-back")
-
-    @app.function(id="queued", trigger=stepline.TriggerEvent("fence/queued"), retries=0)
-    async def queued(ctx: stepline.Context) -> str:
-        return str(await ctx.step.run("sync", body, ctx.event.data["name"]))
-
-    engine = await make_engine(app, sync_threads=1)
-    await engine.send({"name": "fence/queued", "data": {"name": "first"}})
-    await eventually(lambda: started == ["first"], what="the first body to hold the only thread")
-    second = (await runs_for_event(engine, await engine.send({"name": "fence/queued", "data": {"name": "second"}})))[0]
-    await eventually(lambda: second["id"] in engine.worker.executor.active, what="the second run to wait for a thread")  # type: ignore[union-attr]
+    one = OneThread()
+    engine = await make_engine(one.app, sync_threads=1)
+    _, second = await one.second_waits_behind_first(engine)
     stopping = asyncio.ensure_future(engine.stop(grace=0.3))
     await asyncio.sleep(1.0)  # past the grace: both runs are being handed back
-    release.set()  # the thread frees up
+    one.release.set()  # the thread frees up
     await asyncio.wait_for(stopping, 30)
     await asyncio.sleep(0.3)
-    assert started == ["first"], "the second run's body started after its worker had handed the run back"
+    assert one.started == ["first"], "the second run's body started after its worker had handed the run back"
     assert query(db_url, "SELECT lease_owner FROM queue WHERE run_id = ?", (second["id"],)) == [(None,)]
 
 

@@ -46,7 +46,7 @@ def register_functions_txn(
             "updated_at = excluded.updated_at",
             (fn_id, cfg["app_id"], text, now),
         )
-        if before is not None:
+        if before is not None and before != text:  # an unchanged config (every start) parses nothing
             previous, current = jsonutil.loads(before), jsonutil.loads(text)
             if previous.get("concurrency") != current.get("concurrency"):
                 flow.follow_new_limits(conn, current, previous, now)
