@@ -46,8 +46,9 @@ def refuse_reserved_names(items: list[Any]) -> None:
     """An EventError for the first item whose name only the engine may send."""
     for index, raw in enumerate(items):
         name = raw.get("name") if isinstance(raw, Mapping) else None
-        if isinstance(name, str) and name.startswith(RESERVED_PREFIXES):
-            prefix = next(p for p in RESERVED_PREFIXES if name.startswith(p))
+        # Case-insensitive: a name that differs only in case is the engine's too, to a reader.
+        if isinstance(name, str) and name[:9].lower().startswith(RESERVED_PREFIXES):
+            prefix = next(p for p in RESERVED_PREFIXES if name[:9].lower().startswith(p))
             raise errors.EventError(
                 f"event[{index}] ({_shown(name)}): names starting with {prefix!r} are reserved for the events "
                 "the server sends itself (failures, cancellations, signals); name yours under your app, like 'app/order.failed'"
