@@ -17,6 +17,7 @@ from stepline.engine import cron
 from stepline.engine import executor as executor_mod
 from stepline.engine.executor import Executor, Services
 from stepline.function import Function
+from stepline.outage import OutageLog
 from stepline.store import Store
 from stepline.store.records import ClaimedRun, HandOff, Lease
 
@@ -176,6 +177,7 @@ class Worker:
         reclaim_every = min(RECLAIM_EVERY, self._services.settings.lease / 4)
         reclaimed_at = float("-inf")
         loop = asyncio.get_running_loop()
+        outage = OutageLog(log, "claiming runs")
         while not self._stopping:
             free = self._concurrency - len(self._running) - self._reserved
             if free <= 0:
@@ -194,12 +196,13 @@ class Worker:
                 claimed, next_due = await self._store.claim(
                     self.id, self._function_ids, want, lease_ms, reclaim_expired=reclaim, exclude=exclude
                 )
-            except Exception:  # noqa: BLE001 - the database may be restarting; try again shortly
-                log.exception("claiming runs failed; retrying")
+            except Exception as exc:  # noqa: BLE001 - the database may be restarting; try again shortly
+                outage.failed(exc)
                 await asyncio.sleep(min(1.0, self.poll_interval * 5))
                 continue
             finally:
                 self._claiming = 0
+            outage.worked()
             for item in claimed:
                 self._start(item)
             if len(claimed) == want:
@@ -237,6 +240,7 @@ class Worker:
         settings = self._services.settings
         lease_ms = int(settings.lease * 1000)
         wanted = self.executor.renewal_wanted
+        outage = OutageLog(log, "the heartbeat")
         while not self._stopping:
             with contextlib.suppress(TimeoutError):  # every quarter lease, or sooner when a run asks
                 await asyncio.wait_for(wanted.wait(), settings.lease / 4)
@@ -261,8 +265,10 @@ class Worker:
                 # are free (a raised limit, a lost wake-up) is made ready again.
                 if await self._store.unpark_sweep():
                     self._wake.set()
-            except Exception:  # noqa: BLE001
-                log.exception("heartbeat failed; retrying")
+            except Exception as exc:  # noqa: BLE001
+                outage.failed(exc)
+            else:
+                outage.worked()
             await self._flush_counters()
 
     async def _flush_counters(self) -> None:
@@ -303,6 +309,7 @@ class Worker:
 
     async def _cron_loop(self) -> None:
         cron_ids = [fid for fid, fn in self._functions.items() if any(hasattr(t, "cron") for t in fn.config.triggers)]
+        outage = OutageLog(log, "cron scheduling")
         while not self._stopping:
             wait = 1.0
             try:
@@ -315,8 +322,10 @@ class Worker:
                         wait = 0.0
                     else:
                         wait = min(wait, (row["next_tick"] - now) / 1000)
-            except Exception:  # noqa: BLE001
-                log.exception("cron scheduling failed; retrying")
+            except Exception as exc:  # noqa: BLE001
+                outage.failed(exc)
+            else:
+                outage.worked()
             await asyncio.sleep(max(0.005, wait))
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from stepline import errors
+from stepline.outage import OutageLog
 
 T = TypeVar("T")
 Row = dict[str, Any]
@@ -326,6 +327,7 @@ class Database(abc.ABC):
         self._batch_wrote = True
         self._failed_at = 0.0
         self._failing_why = ""
+        self._commit_outage = OutageLog(log, "writing to the database")
 
     def write_failure(self, fresh_within: float) -> tuple[float, str] | None:
         """(seconds, why) every commit has failed for the database's sake, the last one in the
@@ -477,8 +479,8 @@ class Database(abc.ABC):
             try:
                 result = self._run_inline(conn, op)
             except Exception as exc:  # noqa: BLE001 - the commit itself failed
-                log.warning("a commit failed: %s", exc)
                 failure = _store_error(exc)
+                self._commit_outage.failed(failure)
                 self._note_commit([(False, failure)])
                 return False, failure
             if result is None:
@@ -581,9 +583,10 @@ class Database(abc.ABC):
         try:
             grouped, woke = self._run_batch(conn, ops)
         except BaseException as exc:  # noqa: BLE001 - the whole commit failed; every op learns it
-            log.warning("a group commit of %d operations failed: %s", len(batch), exc)
+            self._commit_outage.failed(_store_error(exc))  # once per outage, not once per retry
             grouped, woke = [(False, _store_error(exc))] * len(ops), False
         else:
+            self._commit_outage.worked()
             grouped = [(ok, _store_error(value) if not ok and self._unavailable(value) else value) for ok, value in grouped]
         self._note_commit(grouped)
         batch, outcomes = [], []

@@ -1,0 +1,50 @@
+"""How a background loop reports failures that repeat while the database is down.
+
+A worker's loops try again every fraction of a second; logging each failure in full
+filled logs with one traceback every half second for as long as a disk stayed full or
+a server stayed away. An outage is logged when it begins (with the traceback only when
+the failure is not the database's: that one is a bug worth reading), then once every
+``REPEAT_EVERY`` seconds with how long it has lasted, and once when the loop works again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from stepline import errors
+
+REPEAT_EVERY = 30.0  # seconds between reminders while the failures go on
+
+
+class OutageLog:
+    def __init__(self, log: logging.Logger, what: str) -> None:
+        self._log = log
+        self._what = what  # "claiming runs", "the heartbeat", ...
+        self._since: float | None = None
+        self._told_at = 0.0
+        self._failures = 0
+
+    def failed(self, exc: BaseException) -> None:
+        """Call from the loop's ``except`` block."""
+        now = time.monotonic()
+        self._failures += 1
+        if self._since is None:
+            self._since = self._told_at = now
+            if isinstance(exc, errors.StoreError):
+                self._log.warning("%s failed: %s; retrying", self._what, exc)
+            else:
+                self._log.error("%s failed; retrying", self._what, exc_info=exc)
+        elif now - self._told_at >= REPEAT_EVERY:
+            self._told_at = now
+            self._log.warning(
+                "%s has failed for %.0f s (%d attempts), the last time with: %s; still retrying",
+                self._what, now - self._since, self._failures, exc,
+            )
+
+    def worked(self) -> None:
+        """Call after each success: ends an outage, if one was going on."""
+        if self._since is not None:
+            self._log.warning("%s works again after %.0f s (%d failed attempts)", self._what, time.monotonic() - self._since, self._failures)
+            self._since = None
+            self._failures = 0
