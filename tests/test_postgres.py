@@ -563,6 +563,56 @@ async def test_an_event_id_locked_by_a_frozen_process_fails_its_own_ingest_not_e
     assert await engine.send({"name": "t/held", "id": "held-id", "data": {}})
 
 
+def _frozen_holders_app() -> stepline.App:
+    app = stepline.App("frozen-holders")
+
+    @app.function(id="once", trigger=stepline.TriggerEvent("t/once"), idempotency="event.data.k")
+    async def once(ctx: stepline.Context) -> None:
+        return None
+
+    @app.function(id="stoppable", trigger=stepline.TriggerEvent("t/job"), cancel_on=[stepline.CancelOn("t/stop", match="data.k")])
+    async def stoppable(ctx: stepline.Context) -> None:
+        return None
+
+    return app
+
+
+@pytest.mark.parametrize("held", ["idempotency key", "run row"])
+async def test_any_lock_a_frozen_process_holds_fails_only_the_ingest_that_needs_it_and_at_once(
+    make_pg_engine: Any, postgres_url: str, held: str
+) -> None:
+    """Beyond event ids: an idempotency key's lock, or the row of a run an event cancels,
+    held by a process frozen mid-transaction. The ingest that needed it waited the whole lock
+    timeout (5 s), then failed with every other ingest of its group as the database failing
+    (503 to all, /health failing). Now that one is refused within a fraction of a second as
+    busy (503 with Retry-After, nothing stored), and the others of its group commit."""
+    engine = await make_pg_engine(_frozen_holders_app(), run_worker=False)
+    job = await engine.send({"name": "t/job", "data": {"k": "held"}})
+    (run,) = await runs_for_event(engine, job)
+    frozen = psycopg.connect(postgres_url, autocommit=True)
+    try:
+        frozen.execute("BEGIN")
+        if held == "idempotency key":
+            frozen.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ("idempotency\x1fonce\x1fheld",))
+            needing = {"name": "t/once", "data": {"k": "held"}}
+        else:
+            frozen.execute("SELECT 1 FROM runs WHERE id = %s FOR UPDATE", (run["id"],))
+            needing = {"name": "t/stop", "data": {"k": "held"}}
+        started = time.monotonic()
+        sends = [engine.send(needing)] + [engine.send({"name": "t/once", "data": {"k": f"free-{n}"}}) for n in range(5)]
+        results = await asyncio.wait_for(asyncio.gather(*sends, return_exceptions=True), 30)
+        took = time.monotonic() - started
+        assert isinstance(results[0], errors.BusyError) and "send it again" in str(results[0]), results[0]
+        assert all(isinstance(r, str) for r in results[1:]), results
+        assert took < 3, took  # not the 5 s lock timeout, nor twice it
+        assert engine.store.db.write_failure(60) is None  # busy is not the database failing
+        stored = await engine.store.db.read(lambda conn: conn.all("SELECT body FROM events WHERE name <> 't/job'"))
+        assert sorted(json.loads(r["body"])["data"]["k"] for r in stored) == [f"free-{n}" for n in range(5)]
+    finally:
+        frozen.close()  # the frozen process dies: its lock goes
+    assert await engine.send(needing)
+
+
 async def test_a_lock_held_by_a_frozen_process_fails_a_write_that_needs_it_after_the_lock_timeout(
     make_pg_engine: Any, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

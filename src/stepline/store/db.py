@@ -142,6 +142,11 @@ class Conn(abc.ABC):
         for key in keys:
             self.lock(*key)
 
+    def limit_lock_waits(self, wait_ms: int | None) -> None:
+        """From here to the end of the operation, a lock waited for longer than ``wait_ms``
+        fails the statement (SQLSTATE ``LOCK_NOT_AVAILABLE``); None: the usual limit again.
+        A no-op where one write transaction runs at a time (SQLite)."""
+
     def lock_briefly(self, wait_ms: int, *key: str) -> None:
         """``lock``, waiting at most ``wait_ms`` for another transaction that holds it; past
         that the statement fails (SQLSTATE ``LOCK_NOT_AVAILABLE``, raised by the next
@@ -202,14 +207,23 @@ class Batched:
     with it) is run again for each of its items alone, in the next commit, so that one
     item's error is its caller's only: for operations that cannot tell in advance which
     item would fail (an ingest).
+
+    With ``busy_message``, an operation that gave up waiting for a lock (see
+    ``Conn.limit_lock_waits``) fails with ``errors.BusyError(busy_message)``, which its
+    callers may simply try again, instead of as the database failing (``StoreError``); a
+    shared one is then run again item by item, so only the item that needs the lock fails.
     """
 
-    __slots__ = ("name", "fn", "alone_on_error")
+    __slots__ = ("name", "fn", "alone_on_error", "busy_message")
 
-    def __init__(self, name: str, fn: Callable[[Conn, list[Any]], list[Any]], *, alone_on_error: bool = False) -> None:
+    def __init__(
+        self, name: str, fn: Callable[[Conn, list[Any]], list[Any]], *, alone_on_error: bool = False,
+        busy_message: str | None = None,
+    ) -> None:
         self.name = name
         self.fn = fn
         self.alone_on_error = alone_on_error
+        self.busy_message = busy_message
 
 
 class _Job:
@@ -231,7 +245,11 @@ class _Job:
 
 
 def _group_op(kind: Batched, items: list[Any]) -> Op[list[Any]]:
-    return lambda conn: kind.fn(conn, items)
+    def op(conn: Conn) -> list[Any]:
+        return kind.fn(conn, items)
+
+    op.busy_message = kind.busy_message  # type: ignore[attr-defined]
+    return op
 
 
 def _alone(kind: Batched, item: Any) -> Op[Any]:
@@ -243,6 +261,7 @@ def _alone(kind: Batched, item: Any) -> Op[Any]:
             raise result
         return result
 
+    op.busy_message = kind.busy_message  # type: ignore[attr-defined]
     return op
 
 
@@ -276,6 +295,20 @@ def _store_error(exc: BaseException) -> BaseException:
     wrapped = errors.StoreError(f"the database could not be written ({type(exc).__name__}: {exc})")
     wrapped.__cause__ = exc
     return wrapped
+
+
+def _lock_given_up(exc: BaseException) -> bool:
+    return getattr(exc, "sqlstate", None) == LOCK_NOT_AVAILABLE
+
+
+def _busy(op: Op[Any], exc: BaseException) -> BaseException | None:
+    """The ``BusyError`` an operation that gave up waiting for a lock fails with, if its kind says one."""
+    message: str | None = getattr(op, "busy_message", None)
+    if message is None or not _lock_given_up(exc):
+        return None
+    busy = errors.BusyError(message)
+    busy.__cause__ = exc
+    return busy
 
 
 def _resolve_futures(results: list[tuple[_Job, bool, Any]]) -> None:
@@ -486,8 +519,8 @@ class Database(abc.ABC):
             if result is None:
                 return None
             (ok, value), woke = result
-            if not ok and self._unavailable(value):
-                value = _store_error(value)
+            if not ok:
+                value = self._op_error(op, value)
             self._note_commit([(ok, value)])
             if woke:
                 self._wake()
@@ -569,6 +602,14 @@ class Database(abc.ABC):
                 self._writer_conn = None
             self._close_writer(conn)
 
+    def _op_error(self, op: Op[Any], exc: BaseException) -> BaseException:
+        """An operation's error as its callers get it: a lock given up as ``BusyError`` where
+        the operation's kind asks for it, the database failing as ``StoreError``."""
+        busy = _busy(op, exc)
+        if busy is not None:
+            return busy
+        return _store_error(exc) if self._unavailable(exc) else exc
+
     def _wake(self) -> None:
         """After a commit that made work due: this process's workers, then other processes'."""
         for waker in list(self._wakers):
@@ -587,7 +628,7 @@ class Database(abc.ABC):
             grouped, woke = [(False, _store_error(exc))] * len(ops), False
         else:
             self._commit_outage.worked()
-            grouped = [(ok, _store_error(value) if not ok and self._unavailable(value) else value) for ok, value in grouped]
+            grouped = [(ok, value if ok else self._op_error(op, value)) for op, (ok, value) in zip(ops, grouped)]
         self._note_commit(grouped)
         batch, outcomes = [], []
         for jobs, (ok, value) in zip(owners, grouped):

@@ -171,6 +171,7 @@ class PostgresConn(db.Conn):
         # The writer's transactions run in pipeline mode: a write is sent without waiting
         # for its answer, which comes (with any error) at the next read or sync.
         self.pipe = pipe
+        self._lock_wait_ms = LOCK_TIMEOUT_MS  # the session's lock_timeout in this operation
 
     def _execute(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
         return self.raw.execute(translate(sql), tuple(params))
@@ -212,11 +213,20 @@ class PostgresConn(db.Conn):
         # A transaction-scoped advisory lock: released at COMMIT / ROLLBACK.
         self.raw.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ("\x1f".join(key),))
 
+    def limit_lock_waits(self, wait_ms: int | None) -> None:
+        # SET LOCAL: undone with the operation's savepoint if it rolls back (see rolled_back).
+        self._lock_wait_ms = LOCK_TIMEOUT_MS if wait_ms is None else int(wait_ms)
+        self.raw.execute(f"SET LOCAL lock_timeout = {self._lock_wait_ms}")
+
+    def rolled_back(self) -> None:
+        super().rolled_back()
+        self._lock_wait_ms = LOCK_TIMEOUT_MS  # the rollback undid any SET LOCAL of the operation
+
     def lock_briefly(self, wait_ms: int, *key: str) -> None:
         # Sent without waiting for answers, as lock: the wait is bounded for this statement alone.
         self.raw.execute(f"SET LOCAL lock_timeout = {int(wait_ms)}")
         self.lock(*key)
-        self.raw.execute(f"SET LOCAL lock_timeout = {int(LOCK_TIMEOUT_MS)}")
+        self.raw.execute(f"SET LOCAL lock_timeout = {self._lock_wait_ms}")
 
     def lock_many(self, keys: list[tuple[str, ...]]) -> None:
         # One statement; a function scan calls the lock in array order.

@@ -87,6 +87,15 @@ T = TypeVar("T")
 # ``Database.write_item_alone``): each event is a few statements of its own.
 INLINE_MAX_EVENTS = 16
 # Concurrent runs' checkpoints share one lease check and one multi-row write per commit.
+# How long an ingest waits for a lock that another process holds (an event id, an idempotency,
+# singleton, debounce or concurrency key, a run it cancels or a wait it resumes): other
+# servers' transactions end in milliseconds; one that holds on is frozen or stuck.
+INGEST_LOCK_WAIT_MS = 200
+INGEST_BUSY = (
+    "another process holds something this request's events need (an event id, an idempotency, singleton or "
+    "debounce key, a run they cancel or a wait they resume) and did not let go within 0.2 s: a server that "
+    "stopped in the middle of a write, or heavy contention; nothing of this request was stored: send it again"
+)
 CHECKPOINTS = db.Batched("checkpoint", ops_exec.checkpoint_many_txn)
 FINISHES = db.Batched("finish", ops_exec.finish_many_txn)
 
@@ -105,7 +114,7 @@ class Store:
         self.clock = clock or clock_mod.SYSTEM
         self.now_ms: Callable[[], int] = self.clock.now_ms
         # Concurrent ingests share one operation per commit; one that fails is run again alone.
-        self._ingests = db.Batched("ingest", self._ingest_many, alone_on_error=True)
+        self._ingests = db.Batched("ingest", self._ingest_many, alone_on_error=True, busy_message=INGEST_BUSY)
 
     def _at_commit(self, op: Callable[..., T], **params: Any) -> Callable[[db.Conn], T]:
         """``op`` with ``now`` read when its transaction runs (see "writes" below)."""
@@ -171,11 +180,15 @@ class Store:
         its own events and hand-off, in the order they came; their leases stamped together."""
         now = self.now_ms()
         out = []
+        # A lock another server holds longer (frozen mid-transaction) fails this ingest alone,
+        # as BusyError, instead of holding this process's writer for the usual lock timeout.
+        conn.limit_lock_waits(INGEST_LOCK_WAIT_MS)
         for events, handoff in items:
             if handoff is not None:
                 handoff.leased_at = time.monotonic()
             out.append(ops_ingest.ingest_txn(conn, events, now, handoff))
         ops_runs.stamp_handoff_leases_txn(conn, [handoff for _, handoff in items if handoff is not None])
+        conn.limit_lock_waits(None)
         return out
 
     async def claim(
