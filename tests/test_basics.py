@@ -25,3 +25,27 @@ async def test_event_starts_run_that_completes_with_output(make_engine) -> None:
     assert [s["id"] for s in run["steps"]] == ["upper"]
     assert run["steps"][0]["output"] == "ADA"
     assert calls == ["ADA"]
+
+
+async def test_a_completed_run_that_reported_progress_ends_at_100_and_a_failed_one_where_it_stopped(make_engine) -> None:
+    app = stepline.App("progress-ends")
+
+    @app.function(id="halfway", trigger=stepline.TriggerEvent("demo/halfway"), retries=0)
+    async def halfway(ctx: stepline.Context) -> str:
+        await ctx.set_progress(40, "reading")
+        if ctx.event.data.get("fail"):
+            raise ValueError("stopped at 40")
+        return "done"
+
+    @app.function(id="silent", trigger=stepline.TriggerEvent("demo/silent"))
+    async def silent(ctx: stepline.Context) -> str:
+        return "done"
+
+    engine = await make_engine(app)
+    completed = await send_and_wait(engine, {"name": "demo/halfway", "data": {}})
+    assert completed["status"] == "completed" and completed["progress"] == 100
+    assert completed["progress_message"] == "reading"
+    failed = await send_and_wait(engine, {"name": "demo/halfway", "data": {"fail": True}})
+    assert failed["status"] == "failed" and failed["progress"] == 40
+    quiet = await send_and_wait(engine, {"name": "demo/silent", "data": {}})
+    assert quiet["status"] == "completed" and quiet["progress"] is None

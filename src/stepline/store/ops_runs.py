@@ -518,9 +518,12 @@ def end_runs_txn(conn: db.Conn, items: list[tuple[str, str, str | None, str | No
     if not ending:
         return [False] * len(items)
     conn.executemany(
+        # A completed run that reported progress is at 100 % (a job table's bar ends full);
+        # a failed or cancelled one keeps where it stopped.
         "UPDATE runs SET status = ?, output = ?, error = ?, wait_reason = NULL, ended_at = ?, "
-        "updated_at = ?, cancel_requested = 0 WHERE id = ?",
-        [(status, output, error, now, now, run_id) for _, (run_id, status, output, error, now) in ending],
+        "updated_at = ?, cancel_requested = 0, progress = CASE WHEN ? AND progress IS NOT NULL THEN 100 ELSE progress END "
+        "WHERE id = ?",
+        [(status, output, error, now, now, status == "completed", run_id) for _, (run_id, status, output, error, now) in ending],
     )
     marks, params = db.in_list([item[0] for _, item in ending])
     # A step still open when its run ends (a cancelled sleep, an unanswered wait, a retry
