@@ -163,6 +163,7 @@ def test_concurrency_in_every_shape_the_sdks_send(sent: object, stored: object) 
         ({"throttle": {"limit": 1, "period": "1s", "per": "user"}}, r"throttle: Stepline does not support 'per'"),
         ({"rateLimit": {"limit": 1, "period": "2d"}}, r"rateLimit\.period: at most 24h"),
         ({"batchEvents": {"maxSize": 5}}, r"batchEvents\.timeout: is required"),
+        ({"batchEvents": {"maxSize": 5, "timeout": "1d"}}, r"batchEvents\.timeout: '1d' counts days or weeks.*'24h'"),
         ({"batchEvents": {"maxSize": 5, "timeout": "5s", "if": "event.data.x =="}}, r"batchEvents: Batch\.if_"),
         ({"singleton": {"mode": "replace"}}, r"singleton\.mode: expected 'skip' or 'cancel'"),
         ({"triggers": [{"cron": "* * * * *", "jitter": "10s"}]}, r"triggers\[0\]\.jitter: cron jitter is not supported"),

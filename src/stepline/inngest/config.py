@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -189,7 +190,13 @@ class _Reader:
         if rule is None:
             return None
         size = self.whole(rule.get("maxSize"), "batchEvents.maxSize", minimum=2)  # as in Inngest
-        timeout = self.required_duration(rule.get("timeout"), "batchEvents.timeout")
+        raw_timeout = rule.get("timeout")
+        if isinstance(raw_timeout, str) and re.search(r"\d[dw]", raw_timeout):
+            # Inngest reads this one as a Go duration, which has no days or weeks: its sync fails.
+            raise self.error("batchEvents.timeout", f"{raw_timeout!r} counts days or weeks, which Inngest refuses here; "
+                             "write it in hours, minutes or seconds, like '60s' or '24h' (the Python SDK writes "
+                             "whole days and weeks as '1d', '1w': give it less than a day)")
+        timeout = self.required_duration(raw_timeout, "batchEvents.timeout")
         key = self.text(rule.get("key"), "batchEvents.key")
         condition = self.text(rule.get("if"), "batchEvents.if")
         return self.value("batchEvents", fn.Batch, max_size=size, timeout=timeout, key=key, if_=condition)
