@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,6 +39,7 @@ SCHEDULED_TIMER = "stepline/scheduled.timer"
 # them must come from the engine, since functions act on them (failure handlers, job
 # tables marked cancelled, waits for a signal). Senders over HTTP are refused them.
 RESERVED_PREFIXES = ("stepline/", "inngest/")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # C0, DEL, C1, and Unicode's line and paragraph separators
 
 _FIELDS = frozenset({"name", "data", "user", "id", "ts", "v", "trace"})
 
@@ -135,6 +137,11 @@ def validate(raw: Any, *, index: int = 0, max_bytes: int | None = None, limits: 
         raise errors.EventError(f"{where}: 'name' is required and must be a non-empty string, like 'app/user.created'")
     _check_text(name, "name", where, bounds.max_name_bytes, "STEPLINE_MAX_NAME_BYTES",
                 "use a short name like 'app/user.created' and put the details in 'data'")
+    if _CONTROL.search(name):
+        raise errors.EventError(
+            f"{where}: 'name' {_shown(name)} contains a control character (a line break, tab or the like), which "
+            "would forge lines in logs and listings; use a name like 'app/user.created'"
+        )
     where = f"{where} ({_shown(name)})"
     unknown = set(raw) - _FIELDS
     if unknown:
@@ -158,23 +165,28 @@ def validate(raw: Any, *, index: int = 0, max_bytes: int | None = None, limits: 
         raise errors.EventError(f"{where}: 'v' must be a string when given (the event's schema version, like '2024-01-01.1')")
     ts = _timestamp(raw.get("ts"), where)
     trace = carrier.check(raw.get("trace"), where)
-    for field, value in (("data", data), ("user", user), ("v", version)):
-        problem = jsonutil.storable_problem(value, max_depth=bounds.max_json_depth, path=field)
-        if problem is not None:
-            raise errors.EventError(f"{where}: {problem}")
     event = Event(name=name, data=dict(data), id=event_id, user=dict(user) if user else None, ts=ts, v=version, trace=trace)
-    _check_user_id(event, where, bounds.max_user_id_bytes)
+    # The size first, encoded at C speed: an event over the limit is refused before its
+    # values are walked one by one in Python below.
     try:
-        size = len(jsonutil.dumps(event.to_dict()).encode())
-    except TypeError as exc:  # a Python value JSON has no form for (only app code can send one)
-        raise errors.EventError(
-            f"{where}: the event is not JSON-serialisable: {exc}; send plain data (dict, list, str, number, bool, None)"
-        ) from exc
-    if size > bounds.max_bytes:
+        size: int | None = len(jsonutil.dumps(event.to_dict()).encode())
+        unencodable: TypeError | None = None
+    except TypeError as exc:  # a value JSON has no form for; the walk below may name it better
+        size, unencodable = None, exc
+    if size is not None and size > bounds.max_bytes:
         raise errors.EventError(
             f"{where} is {size} bytes, over the event size limit of {bounds.max_bytes} bytes; "
             "send a reference (an id or URL) instead of the payload, or raise STEPLINE_MAX_EVENT_BYTES"
         )
+    for field, value in (("data", data), ("user", user), ("v", version)):
+        problem = jsonutil.storable_problem(value, max_depth=bounds.max_json_depth, path=field)
+        if problem is not None:
+            raise errors.EventError(f"{where}: {problem}")
+    _check_user_id(event, where, bounds.max_user_id_bytes)
+    if unencodable is not None:  # (only app code can send such a value)
+        raise errors.EventError(
+            f"{where}: the event is not JSON-serialisable: {unencodable}; send plain data (dict, list, str, number, bool, None)"
+        ) from unencodable
     return event
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -141,30 +142,51 @@ def _scalar_problem(x: Any) -> str | None:
 
 
 def _describe(value: Any, max_depth: int, root: str) -> str:
-    """The first problem in ``value``, with its path (walked depth-first; only after a problem was seen)."""
-    stack: list[tuple[Any, int, tuple[Any, ...]]] = [(value, 1, ())]
-    while stack:
-        current, depth, path = stack.pop()
-        if not isinstance(current, (dict, list, tuple)):
-            problem = _scalar_problem(current)
-            if problem is not None:
-                return f"'{format_path(root, path)}' {problem}"
+    """The first problem in ``value``, with its path (walked depth-first; only after a problem
+    was seen). Containers are walked with iterators, so memory stays that of the nesting."""
+    problem = _own_problem(value, 1, max_depth)
+    if problem is not None:
+        return f"'{root}' {problem}"
+    frames: list[tuple[Any, Any]] = [(None, _children(value))]
+    budget = PATH_SEARCH_VALUES
+    while frames:
+        step = next(frames[-1][1], None)
+        if step is None:
+            frames.pop()
             continue
-        if depth > max_depth:
-            return (f"'{format_path(root, path)}' nests deeper than {max_depth} levels (STEPLINE_MAX_JSON_DEPTH); "
-                    "flatten the data, or send a reference (an id or URL) instead")
-        if isinstance(current, dict):
-            for k in current:
-                if type(k) is not str:
-                    return f"'{format_path(root, path)}' has the key {k!r}: object keys must be strings"
-                problem = text_problem(k)
-                if problem is not None:
-                    return f"'{format_path(root, path)}' has a key that {problem}"
-            children: Any = current.items()
-        else:
-            children = enumerate(current)
-        stack.extend((child, depth + 1, (*path, key)) for key, child in reversed(list(children)))
+        budget -= 1
+        if budget < 0:
+            return (f"'{root}' holds, past its first {PATH_SEARCH_VALUES:,} values, one that cannot be stored (a NUL "
+                    "character, a lone UTF-16 surrogate, an integer outside 64 bits, NaN or infinity, a key that is not "
+                    "a string, or nesting past STEPLINE_MAX_JSON_DEPTH); send smaller data, or a reference (an id or URL)")
+        key, child = step
+        problem = _own_problem(child, len(frames) + 1, max_depth)
+        if problem is not None:
+            return f"'{format_path(root, (*(k for k, _ in frames[1:]), key))}' {problem}"
+        if isinstance(child, (dict, list, tuple)):
+            frames.append((key, _children(child)))
     return f"'{root}' cannot be stored"  # not reached: _looks_fine and _describe look for the same things
+
+
+def _children(container: Any) -> Any:
+    return iter(container.items() if isinstance(container, dict) else enumerate(container))
+
+
+def _own_problem(value: Any, depth: int, max_depth: int) -> str | None:
+    """What is wrong with ``value`` itself (a scalar, or a container's depth and keys), not its contents."""
+    if not isinstance(value, (dict, list, tuple)):
+        return _scalar_problem(value)
+    if depth > max_depth:
+        return (f"nests deeper than {max_depth} levels (STEPLINE_MAX_JSON_DEPTH); "
+                "flatten the data, or send a reference (an id or URL) instead")
+    if isinstance(value, dict):
+        for k in value:
+            if type(k) is not str:
+                return f"has the key {k!r}: object keys must be strings"
+            problem = text_problem(k)
+            if problem is not None:
+                return f"has a key that {problem}"
+    return None
 
 
 def format_path(root: str, path: tuple[Any, ...], limit: int = 160) -> str:
@@ -203,7 +225,7 @@ def loads_request(raw: bytes, *, max_depth: int) -> Any:
     if _depth_over(value, max_depth):
         raise _too_deep(max_depth)
     if _LONG_DIGITS.search(raw):
-        _refuse_wide_integers(raw)
+        _refuse_wide_integers(raw, value)
     return value
 
 
@@ -240,31 +262,62 @@ def _depth_over(value: Any, max_depth: int) -> bool:
     return bool(level)
 
 
-class _WideInteger:
-    def __init__(self, text: str) -> None:
-        self.text = text
+# An integer literal of 19+ digits, outside any string (strings are blanked first): not part
+# of a fraction or an exponent, nor followed by one.
+_WIDE_LITERAL = re.compile(rb"(?<![\w.+-])-?\d{19,}(?![\w.+-])")
 
 
-def _exact_int(text: str) -> Any:
-    value = int(text)
-    return value if INT64_MIN <= value <= INT64_MAX else _WideInteger(text)
+def _refuse_wide_integers(raw: bytes, parsed: Any) -> None:
+    """Refuse an integer literal outside 64 bits, which the parser turned into a float (or,
+    up to 2**64, an int past int64), naming where it is. Found in the text at C speed (only
+    bodies with a run of 19+ digits get here); the parsed body is walked only to name the
+    place of one that is refused, never copied, and with no path kept per value."""
+    for match in _WIDE_LITERAL.finditer(_STRING_LITERAL.sub(b'""', raw)):
+        text = match.group().decode()
+        value = int(text)
+        if INT64_MIN <= value <= INT64_MAX:
+            continue
+        where = _path_of_number(parsed, value)
+        raise errors.EventError(
+            f"the request body has the integer {text[:40]}{'...' if len(text) > 40 else ''}"
+            f"{f' at {where!r}' if where else ''}, outside the 64-bit signed range ({INT64_MIN}..{INT64_MAX}) "
+            "that every reader keeps exactly; send it as a string"
+        )
 
 
-def _refuse_wide_integers(raw: bytes) -> None:
-    """Parse again, keeping integer literals exact, and refuse any outside 64 bits (rare: only
-    bodies with a run of 19+ digits get here)."""
-    stack: list[tuple[Any, tuple[Any, ...]]] = [(json.loads(raw, parse_int=_exact_int), ())]
-    while stack:
-        current, path = stack.pop()
-        if isinstance(current, _WideInteger):
-            raise errors.EventError(
-                f"the request body has the integer {current.text[:40]} at '{format_path('body', path)}', outside the "
-                f"64-bit signed range ({INT64_MIN}..{INT64_MAX}) that every reader keeps exactly; send it as a string"
-            )
-        if isinstance(current, dict):
-            stack.extend((v, (*path, k)) for k, v in current.items())
-        elif isinstance(current, list):
-            stack.extend((v, (*path, i)) for i, v in enumerate(current))
+def _path_of_number(parsed: Any, wide: int) -> str | None:
+    """The path of the first number that the literal ``wide`` was parsed as (an int past
+    int64, or the nearest float); None past ``PATH_SEARCH_VALUES`` values."""
+    as_float = float(wide)
+    found = _first_path(parsed, lambda x: x == as_float if type(x) is float else type(x) is int and x == wide)
+    return None if found is None else format_path("body", found)
+
+
+# How many values a search for the place of a refused value looks at: a request of millions
+# of tiny values is refused without the place rather than walked value by value in Python.
+PATH_SEARCH_VALUES = 200_000
+
+
+def _first_path(value: Any, hit: Callable[[Any], bool]) -> tuple[Any, ...] | None:
+    """The path to the first scalar in ``value`` (depth first) for which ``hit`` holds,
+    among the first ``PATH_SEARCH_VALUES``. Containers are walked with iterators: memory
+    stays that of the nesting, not of the values."""
+    if not isinstance(value, (dict, list, tuple)):
+        return () if hit(value) else None
+    frames: list[tuple[Any, Any]] = [(None, _children(value))]
+    budget = PATH_SEARCH_VALUES
+    while frames and budget > 0:
+        step = next(frames[-1][1], None)
+        if step is None:
+            frames.pop()
+            continue
+        budget -= 1
+        key, child = step
+        if isinstance(child, (dict, list, tuple)):
+            frames.append((key, _children(child)))
+        elif hit(child):
+            return (*(k for k, _ in frames[1:]), key)
+    return None
 
 
 # --- reading back --------------------------------------------------------------------

@@ -133,7 +133,11 @@ class Engine:
 
     async def send_many(self, events: Sequence[dict[str, Any] | event_mod.Event]) -> list[str]:
         """Store events and start the runs they trigger; returns ids once committed."""
-        validated = self.validate_events(list(events))
+        return await self.send_validated(self.validate_events(list(events)))
+
+    async def send_validated(self, validated: list[event_mod.Event]) -> list[str]:
+        """``send_many`` of events that ``validate_events`` returned (the server validates large
+        bodies on a thread)."""
         if not validated:
             return []
         worker = self.worker

@@ -9,17 +9,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from stepline.observability import carrier, tracing
-from stepline.server import common, responses
+from stepline.server import common
 from stepline.server.responses import JSON
 
 
 async def ingest(request: Request) -> Response:
-    payload = await responses.read_json(request, max_bytes=common.body_limit(request))
-    items = common.event_items(request, payload)
-    # An event without a trace of its own carries the request's (traceparent / tracestate).
-    items = tracing.stamp(items, carrier.from_headers(request.headers))
-    ids = await common.engine(request).send_many(items)  # validated there, as every way in is
+    events = await common.events_of_body(request, max_bytes=common.body_limit(request))
+    ids = await common.engine(request).send_validated(events)
     return JSON({"ids": ids, "status": 200})
 
 

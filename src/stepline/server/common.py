@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import hmac
@@ -17,6 +18,7 @@ from starlette.responses import Response
 from stepline import durations, errors
 from stepline import event as event_mod
 from stepline.engine import Engine
+from stepline.observability import carrier, tracing
 from stepline.server import responses, tokens
 from stepline.server.auth_limits import AuthLimiter
 from stepline.server.responses import problem
@@ -115,11 +117,39 @@ def body_limit(request: Request) -> int:
     return ingest_body_limit(options(request), engine(request).settings)
 
 
+# An ingest body larger than this is parsed and validated on a thread: the event loop keeps
+# serving other requests (the GIL is handed over every few milliseconds) instead of stopping
+# for the whole of a multi-megabyte body's values.
+OFF_LOOP_BYTES = 64 * 1024
+
+
+async def events_of_body(
+    request: Request, *, max_bytes: int, convert: Callable[[Any], Any] | None = None,
+) -> list[event_mod.Event]:
+    """The validated events of an ingest request's body (``convert``: each item first, as the
+    SDKs' shape needs), or the error that names what is wrong with them."""
+    body = await responses.read_body(request, max_bytes=max_bytes)
+    the_engine, limit = engine(request), engine(request).settings.max_events_per_request
+    trace = carrier.from_headers(request.headers)
+
+    def prepare() -> list[event_mod.Event]:
+        items = _event_items(responses.parse_json(body), limit)
+        if convert is not None:
+            items = [convert(item) for item in items]
+        # An event without a trace of its own carries the request's (traceparent / tracestate).
+        return the_engine.validate_events(tracing.stamp(items, trace))
+
+    return await asyncio.to_thread(prepare) if len(body) > OFF_LOOP_BYTES else prepare()
+
+
 def event_items(request: Request, payload: Any) -> list[Any]:
     """The events of an ingest body (one, or a list), at most ``STEPLINE_MAX_EVENTS_PER_REQUEST``:
     a body of many tiny events would hold the loop while each is validated."""
+    return _event_items(payload, engine(request).settings.max_events_per_request)
+
+
+def _event_items(payload: Any, limit: int) -> list[Any]:
     items = payload if isinstance(payload, list) else [payload]
-    limit = engine(request).settings.max_events_per_request
     if len(items) > limit:
         raise errors.LimitError(
             f"the request carries {len(items)} events, over the limit of {limit} a request "

@@ -91,9 +91,8 @@ async def post_event(request: Request) -> Response:
         status = denied.status_code
         return JSON({"ids": [], "status": status, "error": "Event key not found" if status == 401 else "too many wrong event keys"}, status_code=status, headers={"retry-after": denied.headers["retry-after"]} if status == 429 else None)
     try:
-        payload = await responses.read_json(request, max_bytes=common.options(request).max_body_bytes)
-        items = common.event_items(request, payload)
-        ids = await common.engine(request).send_many([events.from_sdk(item) for item in items])
+        validated = await common.events_of_body(request, max_bytes=common.options(request).max_body_bytes, convert=events.from_sdk)
+        ids = await common.engine(request).send_validated(validated)
     except errors.SteplineError as exc:
         status = responses.from_error(exc).status_code
         return JSON({"ids": [], "status": status, "error": str(exc)}, status_code=status)

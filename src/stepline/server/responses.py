@@ -50,6 +50,11 @@ def budget_exceeded(exc: errors.BudgetExceeded) -> dict[str, Any]:
 
 async def read_json(request: Request, *, max_bytes: int, allow_empty: bool = False) -> Any:
     """The request body as JSON, or an EventError/LimitError that says what is wrong."""
+    return parse_json(await read_body(request, max_bytes=max_bytes), allow_empty=allow_empty)
+
+
+async def read_body(request: Request, *, max_bytes: int) -> bytes:
+    """The request body, or a LimitError once it is over ``max_bytes``."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise errors.LimitError(
@@ -64,12 +69,17 @@ async def read_json(request: Request, *, max_bytes: int, allow_empty: bool = Fal
                 f"request body is over the limit of {max_bytes} bytes; send smaller batches of events "
                 "(the limit grows with STEPLINE_MAX_EVENT_BYTES)"
             )
+    return bytes(body)
+
+
+def parse_json(body: bytes, *, allow_empty: bool = False) -> Any:
+    """A request body as JSON, or an EventError that says what is wrong (any thread)."""
     if not body.strip():
         if allow_empty:
             return None
         raise errors.EventError("the request body is empty; send a JSON event or a JSON list of events")
     # Nesting, and integers a parser would round, are refused here for every route.
-    return jsonutil.loads_request(bytes(body), max_depth=event.current_limits().max_json_depth + 2)
+    return jsonutil.loads_request(body, max_depth=event.current_limits().max_json_depth + 2)
 
 
 async def read_object(request: Request, *, max_bytes: int) -> dict[str, Any]:
