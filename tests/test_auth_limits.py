@@ -110,3 +110,35 @@ def test_a_blank_key_set_in_code_matches_nothing(serve) -> None:  # noqa: F811
     with httpx.Client(base_url=server.url, timeout=30) as client:
         assert client.post("/e/%20%20%20", json={"name": "srv/greet"}).status_code == 401
         assert client.post("/login", data={"token": " "}, follow_redirects=False).headers["location"] == "/login?error=1"
+
+
+STRONG_KEY = "k" * 8 + "0123456789abcdef0123456789abcdef"  # 40 characters
+STRONG_TOKEN = "t" * 8 + "fedcba9876543210fedcba9876543210"
+
+
+def test_a_strong_secret_is_let_in_while_strangers_at_its_address_keep_it_backing_off(cli_server) -> None:  # noqa: F811
+    """Behind a proxy every client is one address: a stranger sending wrong values held the
+    right event key and token back for up to 15 min. A strong secret (32+ characters) is
+    checked during the back-off and let in; wrong values still wait."""
+    server = cli_server("start", env={"STEPLINE_AUTH_FAILURES": "2", "STEPLINE_EVENT_KEY": STRONG_KEY,
+                                      "STEPLINE_API_TOKEN": STRONG_TOKEN})
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        assert [client.post("/e/wrong", json={"name": "a/x"}).status_code for _ in range(4)] == [401, 401, 429, 429]
+        sent = client.post(f"/e/{STRONG_KEY}", json={"name": "a/x"})
+        assert sent.status_code == 200 and len(sent.json()["ids"]) == 1, sent.text
+        assert client.post("/e/wrong", json={"name": "a/x"}).status_code == 429  # the stranger still waits
+        wrong = {"authorization": "Bearer nope"}
+        assert [client.get("/api/v1/runs", headers=wrong).status_code for _ in range(3)] == [401, 401, 429]
+        assert client.get("/api/v1/runs", headers={"authorization": f"Bearer {STRONG_TOKEN}"}).status_code == 200
+        assert client.get("/api/v1/runs", headers=wrong).status_code == 429
+
+
+def test_start_warns_of_a_key_too_short_to_be_let_in_during_a_back_off(db_url: str) -> None:
+    env = {**os.environ, "PYTHONPATH": REPO, "STEPLINE_EVENT_KEY": "short-key", "STEPLINE_API_TOKEN": STRONG_TOKEN}
+    result = subprocess.run(  # an app that does not exist: it stops right after the checks
+        [sys.executable, "-m", "stepline.cli", "start", "no_such_module_here:app", "--db", db_url],
+        check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0
+    assert "STEPLINE_EVENT_KEY has 9 characters" in result.stderr and "openssl rand -hex 16" in result.stderr, result.stderr
+    assert "STEPLINE_API_TOKEN has" not in result.stderr

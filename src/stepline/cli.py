@@ -271,6 +271,17 @@ def start(apps: tuple[str, ...], db: str | None, port: int | None, host: str | N
             f"`stepline start` is the production server and needs {' and '.join(missing)} (blank or "
             "whitespace-only values do not count); set them, or use `stepline dev` on your own machine"
         )
+    from stepline.server import (
+        auth_limits,  # the server's modules load only for commands that serve
+    )
+
+    for name, value in (("STEPLINE_EVENT_KEY", settings.event_key), ("STEPLINE_API_TOKEN", settings.api_token)):
+        if not auth_limits.is_strong(value):
+            log.warning(
+                "%s has %d characters: with fewer than %d, a client sending wrong values from the same address (every "
+                "client, behind a proxy) can hold the right one back for up to 15 min; make one with `openssl rand -hex 16`",
+                name, len(value.strip()), auth_limits.STRONG_LENGTH,
+            )
     loaded = load_apps(apps)
     with contextlib.suppress(KeyboardInterrupt):
         _run(_serve(loaded, settings, dev=False, run_server=True, run_worker=not no_worker), settings)  # SDK apps need a worker too

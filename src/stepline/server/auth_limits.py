@@ -13,6 +13,13 @@ the last ``TRUSTED_FOR`` seconds are not held back by it: otherwise anyone could
 every sender and the dashboard by sending wrong values under made-up addresses. They
 still meet their own back-off, and only the secret makes a client trusted.
 
+Every client behind one proxy (or on one host) is one address, so a stranger sending
+wrong values could hold the right one back too, for up to 15 min. A strong secret
+(``STRONG_LENGTH`` characters or more: 128 bits and up from ``openssl rand -hex 16``) is
+therefore checked even while its client waits, and let in when right: telling a guesser
+that it found such a secret costs nothing, since no guesser finds it. Wrong values still
+wait. A shorter secret keeps the whole back-off, and `stepline start` warns about it.
+
 Each secret (the event key; the API token, typed at /login or sent as a bearer) has its
 own clients and bucket. The state lives in each server process: N processes behind
 one address allow N times the attempts.
@@ -29,6 +36,11 @@ BASE_DELAY = 1.0
 MAX_DELAY = 15 * 60.0
 MAX_CLIENTS = 10_000  # clients remembered per secret; the oldest are forgotten first
 TRUSTED_FOR = 15 * 60.0  # seconds after a right value during which the shared bucket does not hold a client
+STRONG_LENGTH = 32  # characters from which a secret is let in even while its client waits
+
+
+def is_strong(secret: str) -> bool:
+    return len(secret.strip()) >= STRONG_LENGTH
 
 
 @dataclasses.dataclass
@@ -85,9 +97,11 @@ class AuthLimiter:
         if known.failures >= self.free:
             known.blocked_until = now + min(MAX_DELAY, BASE_DELAY * 2 ** min(known.failures - self.free, 20))
 
-    def succeeded(self, secret: str, client: str) -> None:
+    def succeeded(self, secret: str, client: str, *, clear_back_off: bool = True) -> None:
+        """A right value from ``client``; ``clear_back_off`` False keeps its back-off for the
+        wrong values others send from the same address (a strong secret let in while it waits)."""
         clients = self._clients.get(secret)
-        if clients:
+        if clients and clear_back_off:
             clients.pop(client, None)
         trusted = self._trusted.setdefault(secret, OrderedDict())
         trusted.pop(client, None)

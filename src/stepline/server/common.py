@@ -19,7 +19,7 @@ from stepline import durations, errors
 from stepline import event as event_mod
 from stepline.engine import Engine
 from stepline.observability import carrier, tracing
-from stepline.server import responses, tokens
+from stepline.server import auth_limits, responses, tokens
 from stepline.server.auth_limits import AuthLimiter
 from stepline.server.responses import problem
 from stepline.settings import Settings
@@ -174,14 +174,15 @@ def check_secret(request: Request, secret: str, supplied: str, expected: str, de
     values (429 with Retry-After); None when it is right. A blank ``expected`` matches nothing."""
     limiter = auth_limiter(request)
     client = request.client.host if request.client else "unknown"
+    right = bool(expected.strip()) and hmac.compare_digest(supplied.encode(), expected.encode())
     wait = limiter.wait(secret, client)
-    if wait is not None:
+    if wait is not None and not (right and auth_limits.is_strong(expected)):  # see auth_limits
         seconds = max(1, math.ceil(wait.seconds))
         refused = problem(429, f"{wait.why}; try again in {seconds} s")
         refused.headers["retry-after"] = str(seconds)
         return refused
-    if expected.strip() and hmac.compare_digest(supplied.encode(), expected.encode()):
-        limiter.succeeded(secret, client)
+    if right:
+        limiter.succeeded(secret, client, clear_back_off=wait is None)
         return None
     limiter.failed(secret, client)
     return problem(401, denial)
