@@ -55,6 +55,7 @@ VARS: tuple[Var, ...] = (
     Var("STEPLINE_HEADER_TIMEOUT", "header_timeout", float, 10.0, "seconds a client has to send a request's head (408 and the connection closes)"),
     Var("STEPLINE_BODY_IDLE_TIMEOUT", "body_idle_timeout", float, 10.0, "seconds a request body may pause between chunks (408)"),
     Var("STEPLINE_BODY_TIMEOUT", "body_timeout", float, 60.0, "seconds a whole request body may take (408)"),
+    Var("STEPLINE_MAX_BODY_BUFFER", "max_body_buffer", int, 256 * 1024 * 1024, "request body bytes one server process holds at once, all requests together (503 with Retry-After past it; at least the largest ingest body)"),
     Var("STEPLINE_MAX_API_BODY_BYTES", "max_api_body_bytes", int, 64 * 1024, "largest body of an API call other than event ingest (413 past it)"),
     Var("STEPLINE_MAX_CONNECTIONS", "max_connections", int, 1000, "open connections the server keeps, at most the open-file limit less 100 (past it the longest-idle one closes)"),
     Var("STEPLINE_AUTH_FAILURES", "auth_failures", int, 5, "wrong keys or tokens one client may send before backing off 1 s, doubling to 15 min (429)"),
@@ -84,6 +85,7 @@ class Settings:
     poll_interval: float = 0.0
     max_event_bytes: int = 1024 * 1024
     max_events_per_request: int = 5000
+    max_body_buffer: int = 256 * 1024 * 1024
     max_step_output_bytes: int = 4 * 1024 * 1024
     max_run_state_bytes: int = 32 * 1024 * 1024
     max_json_depth: int = 64

@@ -12,7 +12,10 @@ It sits outside Starlette's error middleware, so its refusals are never turned i
 - 408 when the body pauses longer than ``STEPLINE_BODY_IDLE_TIMEOUT`` or takes longer
   than ``STEPLINE_BODY_TIMEOUT`` in all;
 - 415 for a compressed body (``Content-Encoding`` other than identity), which would
-  otherwise be read as text and refused with a puzzling message.
+  otherwise be read as text and refused with a puzzling message;
+- 503 with ``Retry-After`` when the bodies of all requests in flight would hold more than
+  ``STEPLINE_MAX_BODY_BUFFER`` bytes: each body is held whole until its request ends, so
+  many clients sending large bodies slowly would otherwise hold memory without bound.
 
 Every refusal carries ``Connection: close``, so the server stops reading the request,
 when served by ``stepline dev/start`` (``serving``, which lets the client read the answer
@@ -55,6 +58,7 @@ class HttpLimits:
     ingest_body_bytes: int = 8 * 1024 * 1024
     api_body_bytes: int = 64 * 1024
     login_body_bytes: int = LOGIN_BODY_BYTES
+    body_buffer_bytes: int = 256 * 1024 * 1024
     local_hosts: LocalHosts | None = None
 
     @classmethod
@@ -67,12 +71,18 @@ class HttpLimits:
         ):
             if value <= 0:
                 raise errors.ConfigError(f"{name}={value!r}: expected a positive number")
+        if settings.max_body_buffer < ingest_body_bytes:
+            raise errors.ConfigError(
+                f"STEPLINE_MAX_BODY_BUFFER={settings.max_body_buffer}: at least the largest ingest body "
+                f"({ingest_body_bytes} bytes), or no such body could ever be received"
+            )
         return cls(
             max_header_bytes=settings.max_header_bytes,
             body_idle_timeout=settings.body_idle_timeout,
             body_timeout=settings.body_timeout,
             ingest_body_bytes=ingest_body_bytes,
             api_body_bytes=settings.max_api_body_bytes,
+            body_buffer_bytes=settings.max_body_buffer,
             local_hosts=LocalHosts.parse(settings.host, settings.allowed_hosts) if dev else None,
         )
 
@@ -112,10 +122,12 @@ def closes_gracefully(scope: Scope) -> bool:
     return bool((scope.get("state") or {}).get(GRACEFUL_CLOSE))
 
 
-async def send_problem(send: Send, status: int, message: str, *, close: bool = True) -> None:
+async def send_problem(send: Send, status: int, message: str, *, close: bool = True, retry_after: int | None = None) -> None:
     """A JSON error answer that (with ``close``) also closes the connection."""
     body = orjson.dumps({"error": message, "status": status})
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
     await send({
         "type": "http.response.start",
         "status": status,
@@ -124,10 +136,32 @@ async def send_problem(send: Send, status: int, message: str, *, close: bool = T
     await send({"type": "http.response.body", "body": body})
 
 
+class BodyBuffer:
+    """The request body bytes this process holds, all requests together, against a budget."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, size: int) -> bool:
+        if self.held + size > self.limit:
+            return False
+        self.held += size
+        return True
+
+    def give(self, size: int) -> None:
+        self.held -= size
+
+    def refusal(self) -> str:
+        return (f"the server holds {self.held // (1024 * 1024)} MiB of request bodies being received, its limit "
+                f"(STEPLINE_MAX_BODY_BUFFER); nothing of this request was read: send it again shortly")
+
+
 class HttpGuard:
     def __init__(self, app: ASGIApp, limits: HttpLimits) -> None:
         self.app = app
         self.limits = limits
+        self.buffer = BodyBuffer(limits.body_buffer_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -149,7 +183,11 @@ class HttpGuard:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await send_problem(send, 413, too_large(int(declared)), close=graceful)
             return
-        body = _GuardedBody(receive, send, limit, too_large, self.limits, graceful)
+        reserved = int(declared) if declared is not None and declared.isdigit() else 0
+        if not self.buffer.take(reserved):
+            await send_problem(send, 503, self.buffer.refusal(), close=graceful, retry_after=1)
+            return
+        body = _GuardedBody(receive, send, limit, too_large, self.limits, graceful, self.buffer, reserved)
         try:
             await self.app(scope, body.receive, body.send)
         except ClientDisconnect:
@@ -158,6 +196,8 @@ class HttpGuard:
             if not body.refused:
                 raise
             # The route failed on the end the guard gave it; the client has its answer.
+        finally:
+            self.buffer.give(body.held)
 
     def _refuse_head(self, scope: Scope) -> tuple[int, str] | None:
         size = head_bytes(scope)
@@ -180,8 +220,10 @@ class _GuardedBody:
     """``receive`` and ``send`` of one request, with the body's size and time limits."""
 
     def __init__(self, receive: Receive, send: Send, limit: int, too_large: Callable[[int | None], str],
-                 limits: HttpLimits, graceful: bool) -> None:
+                 limits: HttpLimits, graceful: bool, buffer: BodyBuffer, reserved: int) -> None:
         self._receive = receive
+        self.buffer = buffer
+        self.held = reserved  # bytes of the buffer this request holds: its declared length, or what came
         self.graceful = graceful
         self._send = send
         self.limit = limit
@@ -217,6 +259,11 @@ class _GuardedBody:
         if self.received > self.limit:
             await self._refuse(413, self.too_large(None))
             return _DISCONNECT
+        if self.received > self.held:  # a chunked body (or more than declared, which the parser refuses)
+            if not self.buffer.take(self.received - self.held):
+                await self._refuse(503, self.buffer.refusal(), retry_after=1)
+                return _DISCONNECT
+            self.held = self.received
         if not message.get("more_body", False):
             self.done = True
         return message
@@ -228,7 +275,7 @@ class _GuardedBody:
             self.started = True
         await self._send(message)
 
-    async def _refuse(self, status: int, message: str) -> None:
+    async def _refuse(self, status: int, message: str, retry_after: int | None = None) -> None:
         self.refused = True
         if not self.started:
-            await send_problem(self._send, status, message, close=self.graceful)
+            await send_problem(self._send, status, message, close=self.graceful, retry_after=retry_after)
