@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import socket
 import threading
 import time
@@ -536,6 +537,55 @@ async def test_a_read_whose_connection_stops_answering_is_retried_on_another(
     finally:
         await database.close()
         proxy.stop()
+
+
+async def test_a_listen_connection_gone_silent_is_noticed_and_replaced(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The LISTEN connection only receives: gone silent (a black-holed route), it delivered
+    nothing and raised nothing, and wake-ups and cancellations fell back to polling until
+    the process restarted. It is now asked something every LISTEN_CHECK_EVERY seconds under
+    the watchdog, which gives it up, and a new one listens."""
+    monkeypatch.setattr(postgres, "ANSWER_DEADLINE", 1.0)
+    monkeypatch.setattr(postgres, "CLOSING_DEADLINE", 1.0)
+    monkeypatch.setattr(postgres, "LISTEN_CHECK_EVERY", 0.5)
+    proxy = CuttingProxy("127.0.0.1", 5432).start()
+    database = postgres.PostgresDatabase(postgres_url.replace(":5432/", f":{proxy.port}/"))
+    heard: list[str] = []
+    database.add_listener("probe", heard.append)
+    try:
+        await database.start()
+        await eventually(lambda: database._listening.is_set() or None, what="the LISTEN connection")
+        proxy.black_hole()  # every open connection: the listener's included
+        database._listening.clear()
+
+        def still_listening() -> bool | None:  # a signal from another session reaches this process again
+            with psycopg.connect(postgres_url, autocommit=True) as other:
+                other.execute("SELECT pg_notify(%s, %s)", (postgres.SIGNALS, "probe:hello"))
+            return True if "hello" in heard else None
+
+        await eventually(lambda: database._listening.is_set() or None, timeout=30, what="a new LISTEN connection")
+        await eventually(lambda: still_listening(), timeout=30, what="a signal to reach the new listener")
+    finally:
+        await database.close()
+        proxy.stop()
+
+
+async def test_a_databases_idle_session_timeout_does_not_end_the_engines_sessions(
+    make_pg_engine: Any, postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With idle_session_timeout set on the database, the LISTEN session and idle pooled
+    readers were ended every few seconds (a reconnect and a warning each time, wake-ups
+    lost meanwhile). The engine's sessions now set it to 0 for themselves."""
+    dbname = postgres_url.rsplit("/", 1)[1]
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"ALTER DATABASE {dbname} SET idle_session_timeout = '500ms'")
+    caplog.set_level(logging.WARNING, logger="stepline")
+    engine = await make_pg_engine()
+    await asyncio.sleep(2.5)
+    assert await engine.send({"name": "t/after-idle", "data": {}})
+    lost = [r.getMessage() for r in caplog.records if "connection to PostgreSQL was lost" in r.getMessage()]
+    assert not lost, lost
 
 
 async def test_an_event_id_locked_by_a_frozen_process_fails_its_own_ingest_not_everyone_elses(

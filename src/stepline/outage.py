@@ -31,7 +31,7 @@ class OutageLog:
         self._failures += 1
         if self._since is None:
             self._since = self._told_at = now
-            if isinstance(exc, errors.StoreError):
+            if _the_databases(exc):
                 self._log.warning("%s failed: %s; retrying", self._what, exc)
             else:
                 self._log.error("%s failed; retrying", self._what, exc_info=exc)
@@ -48,3 +48,8 @@ class OutageLog:
             self._log.warning("%s works again after %.0f s (%d failed attempts)", self._what, time.monotonic() - self._since, self._failures)
             self._since = None
             self._failures = 0
+
+
+def _the_databases(exc: BaseException) -> bool:
+    """A failure of the database (or of reaching it), as opposed to a bug in the loop."""
+    return isinstance(exc, errors.StoreError) or type(exc).__module__.split(".")[0] in ("psycopg", "psycopg_pool", "sqlite3")

@@ -24,6 +24,7 @@ from stepline.context import Context
 from stepline.engine import Engine, cron
 from stepline.function import AppRegistration, Function, InngestMeta
 from stepline.inngest import config, driver, protocol, signing
+from stepline.outage import OutageLog
 from stepline.store import now_ms
 from stepline.store.records import JournalRow, StepState
 
@@ -392,15 +393,20 @@ class InngestRuntime:
     # --- loops -----------------------------------------------------------------------
 
     async def _reload_loop(self) -> None:
+        # A database outage is the database's (one line, once), not an SDK failure each time.
+        outage = OutageLog(log, "reloading SDK functions from the database")
         while True:
             await asyncio.sleep(self.options.reload_interval)
             try:
                 await self.reload()
-            except Exception:
-                log.exception("reloading SDK functions failed; retrying")
+            except Exception as exc:  # noqa: BLE001
+                outage.failed(exc)
+            else:
+                outage.worked()
 
     async def _sync_loop(self) -> None:
         first = True
+        outage = OutageLog(log, "syncing SDK apps")
         while True:
             try:
                 if first or self.options.poll:
@@ -413,8 +419,10 @@ class InngestRuntime:
                         await self.sync(url)
                 if self.options.discovery and not self.known_urls():
                     await self.discover()
-            except Exception:
-                log.exception("syncing SDK apps failed; retrying")
+            except Exception as exc:  # noqa: BLE001
+                outage.failed(exc)
+            else:
+                outage.worked()
             first = False
             await asyncio.sleep(self.options.poll_interval)
 

@@ -61,6 +61,7 @@ TRANSIENT = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure)
 # frozen mid-transaction (a paused VM, SIGSTOP) holding an event id's lock, or a row's,
 # once held every write of every other process for as long as it was frozen.
 LOCK_TIMEOUT_MS = 5000
+LISTEN_CHECK_EVERY = 15.0  # seconds between checks that the LISTEN connection still answers
 # A session idle inside a transaction this long (its client froze between statements) is
 # ended by the server, which frees its locks; the writer's transactions take milliseconds.
 IDLE_IN_TRANSACTION_MS = 60_000
@@ -837,6 +838,7 @@ class PostgresDatabase(db.Database):
                 self._listening.set()
                 if reconnected:
                     self._wake_local()  # notifications sent while we were away are lost
+                checked = time.monotonic()
                 while not self._closing.is_set():
                     for note in raw.notifies(timeout=0.25):
                         if note.channel == SIGNALS:
@@ -844,6 +846,12 @@ class PostgresDatabase(db.Database):
                             self._dispatch(topic, payload)
                         elif note.payload != self._token:
                             self._wake_local()
+                    if time.monotonic() - checked >= LISTEN_CHECK_EVERY:
+                        # A connection gone silent (a dead peer, a black-holed route) delivers
+                        # nothing and raises nothing: ask it something, under the watchdog.
+                        with self._waiting(raw, "the LISTEN connection"):
+                            raw.execute("SELECT 1")
+                        checked = time.monotonic()
             except errors.StoreError:
                 reconnected = True  # still unreachable: keep trying, calmly, until closed
                 self._closing.wait(1.0)
@@ -860,6 +868,10 @@ def _set_timeouts(conn: psycopg.Connection[Any]) -> None:
     with SET, not in the connection's options, which would replace the URL's own."""
     conn.execute(f"SET lock_timeout = {int(LOCK_TIMEOUT_MS)}")
     conn.execute(f"SET idle_in_transaction_session_timeout = {int(IDLE_IN_TRANSACTION_MS)}")
+    if conn.info.server_version >= 140000:
+        # A database's idle_session_timeout would end the LISTEN session and idle pooled ones
+        # every few seconds: a reconnect each time, and wake-ups lost meanwhile.
+        conn.execute("SET idle_session_timeout = 0")
 
 
 def _configure_reader(conn: psycopg.Connection[Any]) -> None:
