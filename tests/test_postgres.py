@@ -906,3 +906,23 @@ async def test_a_burst_of_runs_refreshes_the_queue_statistics_at_once(
         return last is not None and rows >= 80
 
     await eventually(analyzed, timeout=10, what="ANALYZE of the queue after 80 new runs")
+
+
+async def test_a_worker_whose_clock_is_off_the_databases_says_so(
+    make_pg_engine: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Due times (sleeps, wait and retry timeouts, cron) are set and compared on the hosts'
+    clocks: a worker 10 minutes ahead ended other workers' sleeps early and set its own late,
+    silently. It now warns, naming how far off it is."""
+    from stepline.engine import worker as worker_mod
+
+    monkeypatch.setattr(worker_mod, "CLOCK_CHECK_EVERY", 0.2)
+    caplog.set_level(logging.WARNING, logger="stepline.worker")
+    synced = await make_pg_engine(run_worker=False)
+    assert abs(await synced.store.clock_skew_ms()) < 1000
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 600)
+    await make_pg_engine(_frozen_holders_app())  # a worker runs only with functions to serve
+    await eventually(lambda: [r for r in caplog.records if "clock is" in r.getMessage()] or None, what="the warning")
+    (said,) = [r.getMessage() for r in caplog.records if "clock is" in r.getMessage()]
+    assert said.startswith("this host's clock is 600.") and "ahead of the database's" in said and "NTP" in said

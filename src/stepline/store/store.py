@@ -229,6 +229,15 @@ class Store:
         """End a run; ``steps`` (each with its sequence number) are saved in the same transaction first."""
         await self.db.write_item(FINISHES, (lease, status, output, error, self.now_ms(), tuple(steps)))
 
+    async def clock_skew_ms(self) -> int:
+        """How far this host's clock is ahead of the database's (negative: behind), in ms,
+        read halfway through a round trip (0 on SQLite: the database reads this host's clock)."""
+        if self.db.dialect == "sqlite" or self.clock is not clock_mod.SYSTEM:  # a test's clock is its own
+            return 0
+        before = time.time() * 1000
+        database = await self.db.read(lambda conn: int(conn.scalar(f"SELECT {conn.clock_ms} AS now")))
+        return int((before + time.time() * 1000) / 2 - database)
+
     async def heartbeat(self, worker_id: str, leases: list[Lease], lease_ms: int) -> Renewal:
         return await self.db.write(partial(ops_exec.heartbeat_txn, worker_id=worker_id, leases=leases, lease_ms=lease_ms))
 
