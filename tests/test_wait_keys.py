@@ -9,6 +9,7 @@ import cel
 import pytest
 
 import stepline
+from stepline.engine import Engine
 from stepline.store import ops_runs, wait_keys
 from tests.helpers import runs_for_event, wait_run
 
@@ -103,6 +104,28 @@ def waiting_app() -> stepline.App:
         return "shipped"
 
     return app
+
+
+def count_evaluations(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The runs whose waits or cancel rules are evaluated from now on, one entry per evaluation."""
+    evaluated: list[str] = []
+    real = ops_runs.expressions.match_checked
+
+    def counting(source: str | None, variables: dict) -> tuple[bool, object]:
+        if "async" in variables:  # a wait's, not a trigger's
+            evaluated.append(variables["event"].get("data", {}).get("order", "?"))
+        return real(source, variables)  # type: ignore[return-value]
+
+    monkeypatch.setattr(ops_runs.expressions, "match_checked", counting)
+    return evaluated
+
+
+async def start(engine: Engine, name: str, datas: list[dict], status: str) -> list[str]:
+    started = await engine.send_many([{"name": name, "data": data} for data in datas])
+    runs = [(await runs_for_event(engine, e))[0]["id"] for e in started]
+    for run_id in runs:
+        await wait_run(engine, run_id, status)
+    return runs
 
 
 async def test_an_event_evaluates_only_the_waits_its_key_can_match(make_engine, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -242,3 +265,39 @@ async def test_waits_are_evaluated_on_what_they_read_of_a_large_event(make_engin
     await engine.send({"name": "order/released", "data": {"order": "shared", "d": 2}})
     for run_id in runs:
         assert (await wait_run(engine, run_id))["output"] == {"got": {"order": "shared", "d": 2}}
+
+
+# --- a field missing on either side: no event reads the wait ---------------------------------
+
+
+async def test_an_event_without_the_keyed_field_reads_no_wait_keyed_on_it(make_engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An event key could make each event without the matched field evaluate every wait
+    keyed on it (3,000 waiting runs: 200 such events held the writer 14 s)."""
+    engine = await make_engine(waiting_app())
+    waiting = await start(engine, "order/placed", [{"order": f"o-{i}"} for i in range(20)], "waiting")
+    guarded = await start(engine, "order/held", [{"order": f"h-{i}"} for i in range(20)], "waiting")
+    shipping = await start(engine, "order/shipping", [{"order": f"s-{i}"} for i in range(20)], "sleeping")
+    loose = await start(engine, "order/watched", [{"over": 100}], "waiting")
+    evaluated = count_evaluations(monkeypatch)
+    await engine.send_many([
+        {"name": "order/paid", "data": {"amount": 5}},  # match="data.order"
+        {"name": "order/released", "data": {"d": 2}},  # if_="event.data.order == async.data.order && ..."
+        {"name": "order/cancelled", "data": {"x": 1}},  # cancel_on match="data.order"
+        {"name": "order/paid", "data": {"order": None, "amount": 5}},  # present, though null: read by key
+    ])
+    assert evaluated == ["?", "?"]  # only the wait without a key (no match), not sixty-one
+    await engine.send({"name": "order/paid", "data": {"amount": 500}})
+    assert (await wait_run(engine, loose[0]))["output"] == {"got": {"amount": 500}}
+    evaluated.clear()
+    await engine.send_many([
+        {"name": "order/paid", "data": {"order": "o-3"}},
+        {"name": "order/released", "data": {"order": "h-4", "d": 2}},
+        {"name": "order/cancelled", "data": {"order": "s-5"}},
+    ])
+    assert evaluated == ["o-3", "h-4", "s-5"]
+    assert (await wait_run(engine, waiting[3]))["output"] == {"got": {"order": "o-3"}}
+    assert (await wait_run(engine, guarded[4]))["output"] == {"got": {"order": "h-4", "d": 2}}
+    assert (await wait_run(engine, shipping[5]))["status"] == "cancelled"
+    still = [r for i, r in enumerate(waiting + guarded) if i not in (3, 24)]
+    assert {(await engine.get_run(r))["status"] for r in still} == {"waiting"}
+

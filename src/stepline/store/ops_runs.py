@@ -393,16 +393,18 @@ def _wait_paths(conn: db.Conn, name: str) -> tuple[list[str], bool]:
 
 
 def _candidate_waits(conn: db.Conn, body: dict[str, Any]) -> list[dict[str, Any]]:
-    """The waits an incoming event may resolve: for each match path, those keyed by the
-    event's value there (all of that path when the event lacks it, so each is evaluated
-    as before), and every wait without a key."""
+    """The waits an incoming event may resolve: for each match path the event has, those
+    keyed by its value there, and every wait without a key. A wait keyed on a path the
+    event lacks compares a missing field, which is no match: it is not read."""
     name = body["name"]
     paths, unkeyed = _wait_paths(conn, name)
     rows: list[dict[str, Any]] = []
     for path in paths:
         value = wait_keys.value_at(body, path)
-        code = None if value is wait_keys.MISSING else wait_keys.encode(value)
-        if code is None:
+        if value is wait_keys.MISSING:
+            continue
+        code = wait_keys.encode(value)
+        if code is None:  # a value without a code (not from JSON): evaluated as before
             rows += conn.all(_WAIT_COLUMNS + "AND w.match_path = ?", (name, path))
         else:
             rows += conn.all(_WAIT_COLUMNS + "AND w.match_path = ? AND w.match_value = ?", (name, path, code))
