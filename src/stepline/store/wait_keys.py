@@ -19,6 +19,12 @@ events that started the runs waiting for it (any sender's, and large).
 The encoding keeps every pair of values CEL calls equal on one code (it may give two
 unequal values one code, which the evaluation then tells apart): numbers as doubles (CEL's
 ``1 == 1.0``), maps with their keys sorted, and long values as their SHA-256.
+
+A field missing on either side makes the equality an error, which is no match (Inngest's
+rule), so such pairs are never looked at: an incoming event without the path reads none of
+the waits keyed on it, and a wait whose run's event lacks the field it compares is stored
+with the code ``NEVER``, which no value has, so no event reads it (it still times out and
+ends with its run). Either was otherwise evaluated by every event of the name.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ _LITERAL_RIGHT = re.compile(rf"^async\.({_PATH})\s*==\s*(.+)$", re.S)
 _LITERAL_LEFT = re.compile(rf"^(.+?)\s*==\s*async\.({_PATH})$", re.S)
 _NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 _MISSING = object()
+# The code of a wait no event can match; not JSON and not "sha256:…", so no value's code.
+NEVER = "(missing)"
 
 
 class Key:
@@ -78,7 +86,8 @@ def key_of(expression: str | None) -> Key | None:
 
 def wait_key(expression: str | None, trigger: dict[str, Any] | None) -> tuple[str, str] | None:
     """``(match_path, match_value)`` for a wait with this expression, registered by a run of
-    the ``trigger`` event; None when the wait cannot be keyed (then every event of its name
+    the ``trigger`` event (``match_value`` is ``NEVER`` when that event lacks the field the
+    key compares); None when the wait cannot be keyed (then every event of its name
     evaluates it)."""
     key = key_of(expression)
     if key is None:
@@ -88,7 +97,7 @@ def wait_key(expression: str | None, trigger: dict[str, Any] | None) -> tuple[st
     else:
         value = value_at(trigger or {}, key.event_path)
         if value is _MISSING:
-            return None  # the expression reads a field the run's event lacks: it matches nothing, as before
+            return (key.path, NEVER)  # the equality fails on every event: no event need evaluate it
     code = encode(value)
     return None if code is None else (key.path, code)
 
