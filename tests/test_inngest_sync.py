@@ -63,6 +63,9 @@ async def test_reregistration_is_idempotent_and_archives_removed_functions(serve
         invalid = await client.post("/fn/register", json={**body, "functions": [{**_function("reg", "bad", "x"), "triggers": []}]})
     assert first["modified"] is True and again["modified"] is False and fewer["modified"] is True
     assert set(server.runtime.functions()) == {"reg-a"}
+    async with httpx.AsyncClient(base_url=server.url) as client:  # the list says which one is gone
+        listed = {f["id"]: f for f in (await client.get("/api/v1/functions")).json()["data"]}
+    assert listed["reg-b"]["archived"] is True and listed["reg-a"]["archived"] is False
     event_id = await server.send("reg/b")
     assert (await server.engine.store.get_event(event_id))["runs"] == []  # the removed function starts nothing
     assert native_clash.status_code == 400 and "another app" in native_clash.json()["error"]

@@ -23,6 +23,12 @@ def _paused(p: dict[str, Any] | None) -> str:
     return f"paused ({p['mode']}{': ' + p['reason'] if p.get('reason') else ''}) since {p['paused_at']}"
 
 
+def _state(f: dict[str, Any]) -> str:
+    if f.get("archived"):
+        return "archived (its app no longer registers it; its runs wait for it to come back)"
+    return _paused(f.get("paused")) or "active"
+
+
 @click.group()
 def functions() -> None:
     """Registered functions: counts, pause and resume, invoke, replay failed runs."""
@@ -42,7 +48,7 @@ def list_functions(as_json: bool, url: str | None) -> None:
         c = f["counts"]
         click.echo(
             f"{f['id'][:28]:<28} {c['queued']:>6} {c['running']:>7} {c['sleeping']:>8} {c['waiting']:>7} "
-            f"{c['failed_last_hour']:>9}  {_paused(f.get('paused')) or 'active'}"
+            f"{c['failed_last_hour']:>9}  {_state(f)}"
         )
 
 

@@ -375,7 +375,7 @@ class RunExecution:
             if ticket is not None and spend is not None:
                 await self.write(ticket.settle(spend.actual(result)))
                 ticket = None
-            output = jsonutil.dumps_checked(result, what=f"step {step_id!r}'s result")
+            output = jsonutil.dumps_checked(result, what=f"step {self._name(step_id)!r}'s result")
             self._check_output_size(step_id, output)
             meta_json = None if meta is None else jsonutil.dumps(meta(result))
         except (Suspend, Halt, asyncio.CancelledError):
@@ -417,7 +417,7 @@ class RunExecution:
         refusal = hold.refusal
         if refusal.on_exceeded == "fail":
             raise budget_gate.exceeded(refusal, spend)
-        log.info("run %s step %r pauses: budget %r for key %r has no room", self.run_id, step_id, refusal.budget_id, refusal.key)
+        log.info("run %s step %r pauses: budget %r for key %r has no room", self.run_id, self._name(step_id), refusal.budget_id, refusal.key)
         pause = budget_gate.pause(refusal, gate.checks, spend.worst)
         self._suspend(Suspension("budget", key, step_id, refusal.period_end, started_at=self._store.now_ms(), budget=pause))
 
@@ -425,13 +425,13 @@ class RunExecution:
         limit = self._services.settings.max_step_output_bytes
         if len(output) > limit:
             raise errors.LimitError(
-                f"step {step_id!r} returned {len(output)} bytes, over the step output limit of {limit} bytes; "
+                f"step {self._name(step_id)!r} returned {len(output)} bytes, over the step output limit of {limit} bytes; "
                 "store large data elsewhere and return a reference, or raise STEPLINE_MAX_STEP_OUTPUT_BYTES"
             )
         state_limit = self._services.settings.max_run_state_bytes
         if self._state_bytes + len(output) > state_limit:
             raise errors.LimitError(
-                f"step {step_id!r} would bring the run's saved state to {self._state_bytes + len(output)} bytes, "
+                f"step {self._name(step_id)!r} would bring the run's saved state to {self._state_bytes + len(output)} bytes, "
                 f"over the run state limit of {state_limit} bytes; return smaller results or raise "
                 "STEPLINE_MAX_RUN_STATE_BYTES"
             )
@@ -447,7 +447,7 @@ class RunExecution:
             raise errors.StepError(step_id, error["name"] or "Error", error["message"] or "", error["stack"]) from exc
         settings = self._services.settings
         delay = retry.delay_for(exc, attempt, base=settings.retry_base, maximum=settings.retry_max, now=self._store.clock.time())
-        log.info("run %s step %r attempt %d failed (%s); retrying in %.2fs", self.run_id, step_id, attempt, exc, delay)
+        log.info("run %s step %r attempt %d failed (%s); retrying in %.2fs", self.run_id, self._name(step_id), attempt, exc, delay)
         self._suspend(
             Suspension(
                 "retry", key, self._name(step_id), self._store.now_ms() + int(delay * 1000), attempt=attempt, error=error_json,

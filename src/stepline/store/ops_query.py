@@ -52,6 +52,7 @@ def functions_overview_txn(conn: db.Conn, now: int) -> list[FunctionOverview]:
                 "config": config,
                 "updated_at": ops_read.iso(row["updated_at"]),
                 "paused": paused.get(fn_id),  # {mode, reason, paused_at} while paused
+                "archived": bool(isinstance(config, dict) and (config.get("inngest") or {}).get("archived")),
                 "counts": {
                     "queued": live.get("queued", 0),
                     "running": live.get("running", 0),

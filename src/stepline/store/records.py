@@ -203,6 +203,8 @@ class FunctionOverview(TypedDict):
     config: StoredConfig
     updated_at: str | None
     paused: FunctionPause | None
+    # An SDK function its app no longer registers: no new runs; its runs wait for it to come back.
+    archived: bool
     counts: FunctionCounts
 
 
