@@ -15,9 +15,19 @@ from stepline.store.records import TERMINAL, HandOff
 
 
 def admit_txn(
-    conn: db.Conn, cfg: StoredConfig, event_id: str, body: dict[str, Any], now: int, handoff: HandOff | None = None
+    conn: db.Conn,
+    cfg: StoredConfig,
+    event_id: str,
+    body: dict[str, Any],
+    now: int,
+    handoff: HandOff | None = None,
+    *,
+    parent: tuple[str, str] | None = None,
 ) -> str | None:
-    """Route one event into one function; returns why no new run was started, or None."""
+    """Route one event into one function; returns why no new run was started, or None.
+
+    ``parent`` (run id, step key): the event is an invoke's, whose run that step waits for.
+    It meets the same flow control as any event (Inngest sends invokes as events too)."""
     rate = cfg.get("rate_limit")
     if rate and not flow.gcra_admit(
         conn, flow.scoped_key(cfg, "r", rate.get("key"), body), limit=int(rate["limit"]), period_s=float(rate["period"]), now=now
@@ -29,13 +39,31 @@ def admit_txn(
         if blocked:
             return blocked
     if debounce:
-        return _debounce_txn(conn, cfg, debounce, event_id, body, now)
-    if batch:
+        return _debounce_txn(conn, cfg, debounce, event_id, body, now, parent)
+    if batch and parent is None:  # an invoke runs unbatched: a run answers one invoker
         return _batch_txn(conn, cfg, batch, event_id, body, now)
-    run_id = ops_runs.create_run_txn(conn, cfg, event_id, body, now, handoff=handoff)
+    run_id = ops_runs.create_run_txn(conn, cfg, event_id, body, now, handoff=handoff, parent=parent)
     if run_id is None:
         return "idempotent"
     return _remember_singleton(conn, cfg, body, run_id)
+
+
+def skipped_invoke_error(cfg: StoredConfig, reason: str, body: dict[str, Any]) -> str:
+    """The error (JSON) an invoke fails with at once when its event starts no run: it names the
+    function and the rule, rather than leaving the invoker waiting for its timeout."""
+
+    def keyed(expr: str | None, before: str) -> str:
+        return f"{before}{expr} = {_key(expr, body)!r}" if expr else ""
+
+    rate, singleton = cfg.get("rate_limit") or {}, cfg.get("singleton") or {}
+    why = {
+        "rate_limited": f"its rate limit ({rate.get('limit')} per {float(rate.get('period') or 0):g}s"
+        f"{keyed(rate.get('key'), ', key ')}) is used up",
+        "idempotent": f"its idempotency key ({keyed(cfg.get('idempotency'), '')}) already started a run in the last 24 h",
+        "singleton": f"a run{keyed(singleton.get('key'), ' with key ')} is in progress (singleton mode 'skip')",
+        "debounced": "a later event replaced this one in its debounce window (the run answers that event's invoke)",
+    }.get(reason, reason)
+    return jsonutil.dumps({"name": "InvokeSkipped", "message": f"invoke: function {cfg['id']!r} started no run: {why}"})
 
 
 def _key(expr: str | None, body: dict[str, Any]) -> str:
@@ -85,16 +113,25 @@ def _remember_singleton(conn: db.Conn, cfg: StoredConfig, body: dict[str, Any], 
 
 
 def _debounce_txn(
-    conn: db.Conn, cfg: StoredConfig, rule: dict[str, Any], event_id: str, body: dict[str, Any], now: int
+    conn: db.Conn,
+    cfg: StoredConfig,
+    rule: dict[str, Any],
+    event_id: str,
+    body: dict[str, Any],
+    now: int,
+    parent: tuple[str, str] | None = None,
 ) -> str | None:
     """The run starts ``period`` after the last event, with that event (``timeout`` caps the
     wait); returns why no new run was started, or None. An event whose ``ts`` is older than
-    the held one's changes nothing (as on Inngest: it came out of order)."""
+    the held one's changes nothing (as on Inngest: it came out of order). An invoke whose
+    event is replaced fails at once: the run now answers the invoke of the newer event."""
     key = _key(rule.get("key"), body)
     period_ms = int(float(rule["period"]) * 1000)
     row = _lock_row(conn, "debounces", cfg["id"], key, "run_id, first_at")
     if row is None:
-        run_id = ops_runs.create_run_txn(conn, cfg, event_id, body, now, due_at=now + period_ms, wait_reason="debouncing")
+        run_id = ops_runs.create_run_txn(
+            conn, cfg, event_id, body, now, due_at=now + period_ms, wait_reason="debouncing", parent=parent
+        )
         if run_id is not None:
             conn.execute(
                 "INSERT INTO debounces (function_id, key, run_id, first_at) VALUES (?, ?, ?, ?) "
@@ -103,17 +140,25 @@ def _debounce_txn(
             )
         return _remember_singleton(conn, cfg, body, run_id)
     run_id = str(row["run_id"])
-    held = conn.one("SELECT r.event_id, e.ts FROM runs r LEFT JOIN events e ON e.id = r.event_id WHERE r.id = ?", (run_id,))
+    held = conn.one(
+        "SELECT r.event_id, r.parent_run_id, r.parent_step_key, e.ts FROM runs r "
+        "LEFT JOIN events e ON e.id = r.event_id WHERE r.id = ?",
+        (run_id,),
+    )
     previous = held["event_id"] if held else None
     if held and held["ts"] is not None and int(body.get("ts") or now) < int(held["ts"]):
         return "debounced"
     due = now + period_ms
     if rule.get("timeout") is not None:
         due = min(due, int(row["first_at"]) + int(float(rule["timeout"]) * 1000))
-    ops_runs.set_run_event_txn(conn, run_id, cfg, event_id, body, now)
+    ops_runs.set_run_event_txn(conn, run_id, cfg, event_id, body, now, parent=parent)
     conn.execute("UPDATE queue SET due_at = ? WHERE run_id = ? AND lease_owner IS NULL", (due, run_id))
     if previous:
         note_skip_txn(conn, previous, cfg["id"], "debounced")
+    if held and held["parent_run_id"] is not None:
+        ops_runs.fail_invoke_txn(
+            conn, held["parent_run_id"], held["parent_step_key"], skipped_invoke_error(cfg, "debounced", body), now
+        )
     if due <= now:
         conn.wake()
     return _remember_singleton(conn, cfg, body, run_id)

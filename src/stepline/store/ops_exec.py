@@ -588,20 +588,23 @@ def _insert_pending_step(conn: db.Conn, run_id: str, step: StepResult, seq: int,
 
 
 def _start_invoked_run_txn(conn: db.Conn, parent_run_id: str, item: Suspension, now: int) -> None:
+    """Send the invoked function its event. Its run meets the function's flow control as an
+    event's would; an event that starts none (rate limit, idempotency, singleton) fails the
+    invoke at once, naming the rule, instead of leaving it to wait for its timeout."""
     cfg = ops_runs.function_config_txn(conn, item.invoke_function_id or "")
     if cfg is None:
         error = jsonutil.dumps(
             {"name": "FunctionNotFound", "message": f"invoke: no function {item.invoke_function_id!r} is registered"}
         )
-        conn.execute(
-            "UPDATE steps SET status = 'failed', error = ?, ended_at = ? WHERE run_id = ? AND key = ?",
-            (error, now, parent_run_id, item.key),
-        )
+        ops_runs.fail_invoke_txn(conn, parent_run_id, item.key, error, now)
         return
     event_id, body = ops_runs.insert_internal_event_txn(
         conn, event_mod.FUNCTION_INVOKED, dict(item.invoke_data or {}), now
     )
-    ops_runs.create_run_txn(conn, cfg, event_id, body, now, parent=(parent_run_id, item.key), check_idempotency=False)
+    skipped = ops_admission.admit_txn(conn, cfg, event_id, body, now, parent=(parent_run_id, item.key))
+    if skipped is not None:
+        ops_admission.note_skip_txn(conn, event_id, cfg["id"], skipped)
+        ops_runs.fail_invoke_txn(conn, parent_run_id, item.key, ops_admission.skipped_invoke_error(cfg, skipped, body), now)
 
 
 def retry_run_txn(conn: db.Conn, lease: Lease, attempt: int, due_at: int, error: str, now: int) -> None:

@@ -287,12 +287,22 @@ def _can_hand_off(handoff: HandOff, cfg: StoredConfig) -> bool:
     )
 
 
-def set_run_event_txn(conn: db.Conn, run_id: str, cfg: StoredConfig, event_id: str, body: dict[str, Any], now: int) -> None:
-    """Point a run that has not started at another event (debounce keeps the last one)."""
+def set_run_event_txn(
+    conn: db.Conn,
+    run_id: str,
+    cfg: StoredConfig,
+    event_id: str,
+    body: dict[str, Any],
+    now: int,
+    *,
+    parent: tuple[str, str] | None = None,
+) -> None:
+    """Point a run that has not started at another event (debounce keeps the last one), and
+    at that event's invoker (``parent``), if any."""
     keys = flow.concurrency_keys(cfg, body) + [(None, None), (None, None)]
     conn.execute(
-        "UPDATE runs SET event_id = ?, user_id = ?, updated_at = ? WHERE id = ?",
-        (event_id, event_mod.user_id_of(body), now, run_id),
+        "UPDATE runs SET event_id = ?, user_id = ?, parent_run_id = ?, parent_step_key = ?, updated_at = ? WHERE id = ?",
+        (event_id, event_mod.user_id_of(body), *(parent or (None, None)), now, run_id),
     )
     conn.execute(
         "UPDATE queue SET priority_ms = ?, ck1 = ?, cl1 = ?, ck2 = ?, cl2 = ? WHERE run_id = ?",
@@ -573,26 +583,25 @@ def _end_side_rows_txn(
             "WHERE run_id = ? AND key = ? AND status = 'invoking'",
             (output if output is not None else "null", now, run["parent_run_id"], run["parent_step_key"]),
         )
+        if updated:
+            make_due_txn(conn, run["parent_run_id"], now)
     else:
         failure = jsonutil.loads(error) if error else {}
-        updated = conn.rowcount(
-            "UPDATE steps SET status = 'failed', error = ?, ended_at = ? "
-            "WHERE run_id = ? AND key = ? AND status = 'invoking'",
-            (
-                jsonutil.dumps(
-                    {
-                        "name": failure.get("name", "InvokedRunFailed"),
-                        "message": f"invoked run {run_id} {status}: {failure.get('message', '')}".strip(),
-                        "stack": failure.get("stack"),
-                    }
-                ),
-                now,
-                run["parent_run_id"],
-                run["parent_step_key"],
-            ),
-        )
-    if updated:
-        make_due_txn(conn, run["parent_run_id"], now)
+        invoke_error = {
+            "name": failure.get("name", "InvokedRunFailed"),
+            "message": f"invoked run {run_id} {status}: {failure.get('message', '')}".strip(),
+            "stack": failure.get("stack"),
+        }
+        fail_invoke_txn(conn, run["parent_run_id"], run["parent_step_key"], jsonutil.dumps(invoke_error), now)
+
+
+def fail_invoke_txn(conn: db.Conn, run_id: str, step_key: str, error: str, now: int) -> None:
+    """Fail the invoke ``step_key`` of ``run_id`` if it still waits for its run; the run goes on."""
+    if conn.rowcount(
+        "UPDATE steps SET status = 'failed', error = ?, ended_at = ? WHERE run_id = ? AND key = ? AND status = 'invoking'",
+        (error, now, run_id, step_key),
+    ):
+        make_due_txn(conn, run_id, now)
 
 
 _STATUS_NAMES = {RunStatus.COMPLETED: "Completed", RunStatus.FAILED: "Failed", RunStatus.CANCELLED: "Cancelled"}
