@@ -98,6 +98,22 @@ async def test_errors_the_server_makes_reach_user_code_named(env: tuple[Server, 
     assert "nope-nothing" in missing["message"] and "Unknown error" not in missing["message"], missing
 
 
+async def test_invokes_meet_the_invoked_functions_flow_control(env: tuple[Server, NodeApp]) -> None:
+    """A second invoke over a rate limit, with a used idempotency key, or beside a running
+    singleton (skip) fails at once in user code, naming the function and the rule."""
+    server, _ = env
+    run = await _run(server, "ts/flow-invoker", "flow-invoker")
+    assert run["status"] == "completed", run
+    out = run["output"]
+    skipped = f"InvokeSkipped: invoke: function '{FN}"
+    assert out["rateLimited"][0] == "ran for u1" and out["rateLimited"][1].startswith(skipped + "rate-limited' started no run: its rate limit")
+    assert out["idem"][0] == "ran for k1" and out["idem"][1].startswith(skipped + "idem' started no run: its idempotency key")
+    assert sorted(out["single"], key=len)[0] == "ran"
+    assert sorted(out["single"], key=len)[1].startswith(skipped + "single-skip' started no run: a run with key")
+    for function in ("rate-limited", "idem", "single-skip"):
+        assert len(await server.engine.list_runs(function_id=FN + function)) == 1, function
+
+
 async def test_send_event(env: tuple[Server, NodeApp]) -> None:
     server, node = env
     run = await _run(server, "ts/send", "sender", {"k": 7})

@@ -255,6 +255,29 @@ const invokeErrors = fn({ id: "invoke-errors" }, { event: "ts/invoke-errors" }, 
   return { timedOut, missing };
 });
 
+// Invokes meet the invoked function's flow control: one that starts no run fails at once.
+const rateLimited = fn(
+  { id: "rate-limited", rateLimit: { limit: 1, period: "1m", key: "event.data.user" } },
+  { event: "ts/rate-limited" },
+  async ({ event }) => `ran for ${event.data.user}`,
+);
+const idem = fn({ id: "idem", idempotency: "event.data.key" }, { event: "ts/idem" }, async ({ event }) => `ran for ${event.data.key}`);
+const singleSkip = fn(
+  { id: "single-skip", singleton: { key: "event.data.k", mode: "skip" } },
+  { event: "ts/single-skip" },
+  async () => "ran",
+);
+
+const flowInvoker = fn({ id: "flow-invoker" }, { event: "ts/flow-invoker" }, async ({ step }) => {
+  const settled = (promise) => promise.then((value) => value, (err) => `${err.name}: ${err.message}`);
+  const call = (id, function_, data) => settled(step.invoke(id, { function: function_, data }));
+  return {
+    rateLimited: [await call("rl-1", rateLimited, { user: "u1" }), await call("rl-2", rateLimited, { user: "u1" })],
+    idem: [await call("idem-1", idem, { key: "k1" }), await call("idem-2", idem, { key: "k1" })],
+    single: await Promise.all([call("single-1", singleSkip, { k: "x" }), call("single-2", singleSkip, { k: "x" })]),
+  };
+});
+
 // Functions that hear of other functions' endings.
 const onFinished = fn(
   { id: "on-finished" },
@@ -274,6 +297,7 @@ const functions = [
   steps, sleeper, waiter, child, parent, sender, onSent, parallel, flaky, nonretry, retryAfter, cancellable, throttled,
   limited, debounced, asker, racer, parallelFail, nightly, parallelRetry, signalWaiter, signalSender, pinger, ponger,
   vipQueue, perUser, batchIf, twoNaps, twoWaits, onFinished, onCancelled, raceWait, approval, slowChild, invokeErrors,
+  rateLimited, idem, singleSkip, flowInvoker,
 ];
 
 if (major === "v4") {
