@@ -108,6 +108,64 @@ def ended_at(run: dict) -> float:
     return dt.datetime.fromisoformat(run["ended_at"].replace("Z", "+00:00")).timestamp()
 
 
+def started_at(run: dict) -> float:
+    return dt.datetime.fromisoformat(run["started_at"].replace("Z", "+00:00")).timestamp()
+
+
+async def test_finish_timeout_cancels_a_sleeping_or_waiting_run_at_its_deadline(make_engine) -> None:
+    """A run suspended in a sleep or a wait past its finish deadline was cancelled only when
+    it woke (an hour later): it is cancelled at the deadline, counted from its start, and
+    the open step stays not completed. So is one woken before its deadline that then waits
+    behind a full concurrency key."""
+    app = stepline.App("t")
+    release = asyncio.Event()
+    after: list[str] = []
+
+    @app.function(id="sleeper", trigger=stepline.TriggerEvent("t/sleeper"), timeouts=stepline.Timeouts(finish="1500ms"))
+    async def sleeper(ctx: stepline.Context) -> None:
+        await ctx.step.run("first", lambda: "ok")
+        await ctx.step.sleep("long", "1h")
+        after.append("sleeper")
+
+    @app.function(id="waiter", trigger=stepline.TriggerEvent("t/waiter"), timeouts=stepline.Timeouts(finish="1500ms"))
+    async def waiter(ctx: stepline.Context) -> None:
+        await ctx.step.wait_for_event("reply", event="t/reply", timeout="1h")
+        after.append("waiter")
+
+    shared = stepline.Concurrency(1, key='"shared"', scope="env")
+
+    @app.function(id="napper", trigger=stepline.TriggerEvent("t/napper"), timeouts=stepline.Timeouts(finish="1500ms"),
+                  concurrency=shared)
+    async def napper(ctx: stepline.Context) -> None:
+        await ctx.step.sleep("nap", "300ms")
+        after.append("napper")
+
+    @app.function(id="holder", trigger=stepline.TriggerEvent("t/holder"), concurrency=shared)
+    async def holder(ctx: stepline.Context) -> None:
+        await ctx.step.run("hold", release.wait)
+
+    engine = await make_engine(app)
+    runs = {}
+    for name in ("sleeper", "waiter", "napper"):
+        runs[name] = (await runs_for_event(engine, await engine.send({"name": f"t/{name}"})))[0]
+    await wait_run(engine, runs["sleeper"]["id"], "sleeping")
+    await wait_run(engine, runs["waiter"]["id"], "waiting")
+    await wait_run(engine, runs["napper"]["id"], "sleeping")
+    held = (await runs_for_event(engine, await engine.send({"name": "t/holder"})))[0]
+    await wait_run(engine, held["id"], "running")  # the napper wakes behind it, its key full
+    for name, open_step in (("sleeper", "long"), ("waiter", "reply"), ("napper", "nap")):
+        done = await wait_run(engine, runs[name]["id"], timeout=10)
+        assert done["status"] == "cancelled" and done["error"]["name"] == "FinishTimeout", done
+        assert ended_at(done) - started_at(done) < 4, done  # at the deadline (1.5 s), not the wake-up
+        if name != "napper":  # the napper's sleep was over; it waited for its slot
+            steps = {st["id"]: st["status"] for st in done["steps"]}
+            assert steps[open_step] == "cancelled", steps
+    assert after == []
+    assert (await engine.get_run(held["id"]))["status"] == "running"  # the run holding the key goes on
+    release.set()
+    assert (await wait_run(engine, held["id"]))["status"] == "completed"
+
+
 async def test_start_timeout_cancels_runs_behind_a_throttle_or_a_full_key_at_their_deadline(make_engine) -> None:
     """A run waiting for its throttle slot, or parked behind a full concurrency key, was
     checked only when its slot came (an hour later, behind an hour-long run): it is

@@ -46,6 +46,7 @@ from stepline.function import Function
 from stepline.observability import counters, logs, tracing
 from stepline.settings import Settings
 from stepline.store import (
+    FINISH_TIMEOUT,
     ClaimedRun,
     JournalEntry,
     Lease,
@@ -680,9 +681,8 @@ class Executor:
             await self._rest(execution)
             return
         except TimeoutError:
-            error = {"name": "FinishTimeout", "message": "the run did not finish within timeouts.finish"}
             await execution.await_checkpoints()
-            await self._end(execution, RunStatus.CANCELLED, None, jsonutil.dumps(error))
+            await self._end(execution, RunStatus.CANCELLED, None, jsonutil.dumps(FINISH_TIMEOUT))
             return
         except Exception as exc:  # noqa: BLE001 - the function raised; classify it
             await self._function_failed(claimed, execution, exc)

@@ -18,6 +18,7 @@ from stepline import errors, jsonutil
 from stepline import event as event_mod
 from stepline.store import db, flow, ops_admission, ops_budget, ops_functions, ops_ingest, ops_runs
 from stepline.store.records import (
+    FINISH_TIMEOUT,
     TERMINAL,
     ClaimedRun,
     CronSchedule,
@@ -55,7 +56,8 @@ def check_held(conn: db.Conn, lease: Lease) -> None:
 
 def _hold(conn: db.Conn, lease: Lease) -> dict[str, Any]:
     row = conn.one(
-        "SELECT q.lease_owner, q.lease_epoch, r.cancel_requested, r.status FROM queue q JOIN runs r ON r.id = q.run_id "
+        "SELECT q.lease_owner, q.lease_epoch, r.cancel_requested, r.status, r.started_at, r.finish_timeout_ms "
+        "FROM queue q JOIN runs r ON r.id = q.run_id "
         f"WHERE q.run_id = ? {conn.row_lock('q')}",  # a concurrent claim of an expired lease waits
         (lease.run_id,),
     )
@@ -261,6 +263,10 @@ def _prepare_claimed_txn(
         error = {"name": "StartTimeout", "message": "the run did not start within timeouts.start"}
         ops_runs.end_run_txn(conn, run_id, RunStatus.CANCELLED, None, jsonutil.dumps(error), now)
         return None
+    deadline = finish_deadline(run)
+    if deadline is not None and now >= deadline:  # woken at its deadline (see suspend_txn): its sleep or wait stays open
+        ops_runs.end_run_txn(conn, run_id, RunStatus.CANCELLED, None, jsonutil.dumps(FINISH_TIMEOUT), now)
+        return None
     if run["started_at"] is None and run["wait_reason"] == WaitReason.SCHEDULED and _throttled_txn(conn, run, now):
         return None
     journal: dict[str, JournalEntry] = {}
@@ -276,7 +282,6 @@ def _prepare_claimed_txn(
         batch_ids = jsonutil.loads(run["batch_event_ids"])
         rows = {r["id"]: r["body"] for r in conn.all(f"SELECT id, body FROM events WHERE id IN ({_in(batch_ids)})", tuple(batch_ids))}
         events = [jsonutil.loads(rows[i]) for i in batch_ids if i in rows]
-    finish_ms = run["finish_timeout_ms"]
     return ClaimedRun(
         run_id=run_id,
         function_id=run["function_id"],
@@ -285,10 +290,27 @@ def _prepare_claimed_txn(
         events=events,
         journal=journal,
         started_at=started_at,
-        finish_deadline=None if finish_ms is None else started_at + finish_ms,
+        finish_deadline=finish_deadline({**run, "started_at": started_at}),
         epoch=run["lease_epoch"],
         leased_at=leased_at,
     )
+
+
+def finish_deadline(run: dict[str, Any]) -> int | None:
+    """When ``timeouts.finish`` ends a run (``started_at``, ``finish_timeout_ms``): None
+    without one, or before the run started."""
+    if run["started_at"] is None or run["finish_timeout_ms"] is None:
+        return None
+    return int(run["started_at"]) + int(run["finish_timeout_ms"])
+
+
+def _by_finish_deadline(held: dict[str, Any], due: int) -> tuple[int, int | None]:
+    """When a run released until ``due`` (a sleep, a wait's timeout, a backoff) comes back:
+    at its finish deadline if that is sooner, to be cancelled then (``_prepare_claimed_txn``).
+    Also its queue row's ``start_by``: past it a claim admits the run to be cancelled, even
+    behind a full concurrency key (``_admit_by_concurrency``, ``flow.park``)."""
+    deadline = finish_deadline(held)
+    return (due, None) if deadline is None else (min(due, deadline), deadline - 1)
 
 
 def _throttled_txn(conn: db.Conn, run: dict[str, Any], now: int) -> bool:
@@ -501,8 +523,9 @@ def publish_txn(conn: db.Conn, lease: Lease, topic: str, data: str, now: int) ->
 
 
 def suspend_txn(conn: db.Conn, lease: Lease, suspensions: list[Suspension], seq: int, now: int) -> None:
-    """Record sleeps, waits, invokes and step retries, and release the run until the earliest is due."""
-    _hold(conn, lease)
+    """Record sleeps, waits, invokes and step retries, and release the run until the earliest
+    is due, or its finish deadline if sooner."""
+    held = _hold(conn, lease)
     run_id = lease.run_id
     due: int | None = None
     kinds = set()
@@ -534,8 +557,7 @@ def suspend_txn(conn: db.Conn, lease: Lease, suspensions: list[Suspension], seq:
                 _start_invoked_run_txn(conn, run_id, item, now)
         if item.kind != "budget":  # a budget pause writes no step: the step has not begun
             seq += 1
-    if due is None:
-        due = ops_runs.NEVER
+    due, cancel_by = _by_finish_deadline(held, ops_runs.NEVER if due is None else due)
     if _resolved_while_held(conn, run_id, suspensions):
         due = now  # nothing woke it then: the run was still held (it suspended beside another wait or invoke)
     if "retry" in kinds:
@@ -554,8 +576,8 @@ def suspend_txn(conn: db.Conn, lease: Lease, suspensions: list[Suspension], seq:
     )
     flow.release_slots(conn, run_id, now)
     conn.execute(
-        "UPDATE queue SET lease_owner = NULL, lease_expires_at = NULL, due_at = ? WHERE run_id = ?",
-        (due, run_id),
+        "UPDATE queue SET lease_owner = NULL, lease_expires_at = NULL, due_at = ?, start_by = ? WHERE run_id = ?",
+        (due, cancel_by, run_id),
     )
     if due < ops_runs.NEVER:
         conn.wake()  # due now, or a timer every worker must plan for
@@ -608,8 +630,9 @@ def _start_invoked_run_txn(conn: db.Conn, parent_run_id: str, item: Suspension, 
 
 
 def retry_run_txn(conn: db.Conn, lease: Lease, attempt: int, due_at: int, error: str, now: int) -> None:
-    """The function body (outside any step) failed: try the whole run again later."""
-    _hold(conn, lease)
+    """The function body (outside any step) failed: try the whole run again later (or at its
+    finish deadline, to be cancelled, if that is sooner)."""
+    due_at, cancel_by = _by_finish_deadline(_hold(conn, lease), due_at)
     run_id = lease.run_id
     conn.execute(
         "INSERT INTO step_attempts (run_id, step_key, attempt, error, started_at, ended_at) VALUES (?, '', ?, ?, ?, ?) "
@@ -622,7 +645,8 @@ def retry_run_txn(conn: db.Conn, lease: Lease, attempt: int, due_at: int, error:
     )
     flow.release_slots(conn, run_id, now)
     conn.execute(
-        "UPDATE queue SET lease_owner = NULL, lease_expires_at = NULL, due_at = ? WHERE run_id = ?", (due_at, run_id)
+        "UPDATE queue SET lease_owner = NULL, lease_expires_at = NULL, due_at = ?, start_by = ? WHERE run_id = ?",
+        (due_at, cancel_by, run_id),
     )
     conn.wake()  # due now, or a timer every worker must plan for
 

@@ -28,6 +28,9 @@ UNFINISHED = (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.SLEEPING, RunStatus
 # For SQL: ``status IN {TERMINAL_SQL}``.
 TERMINAL_SQL = "(" + ", ".join(f"'{s}'" for s in sorted(TERMINAL)) + ")"
 
+# The error of a run cancelled by ``timeouts.finish``, whether it was executing or suspended.
+FINISH_TIMEOUT = {"name": "FinishTimeout", "message": "the run did not finish within timeouts.finish"}
+
 
 class StepStatus(enum.StrEnum):
     COMPLETED = "completed"  # result saved; never runs again
