@@ -166,6 +166,16 @@ async def test_cancel_on(env: tuple[Server, NodeApp]) -> None:
     assert "cancellable.end" not in (await node.counts())["counts"]
 
 
+async def test_finish_timeout_cancels_a_sleeping_or_waiting_run(env: tuple[Server, NodeApp]) -> None:
+    server, node = env
+    for data in ({}, {"wait": True}):
+        run = await _run(server, "ts/finish-timeout", "finish-timeout", data)
+        assert run["status"] == "cancelled" and run["error"]["name"] == "FinishTimeout", run
+        assert _seconds(run["ended_at"]) - _seconds(run["started_at"]) < 6, run  # at the deadline (2 s), not in an hour
+        assert [s["status"] for s in run["steps"]] == ["cancelled"], run["steps"]
+    assert "finish-timeout.after" not in (await node.counts())["counts"]
+
+
 def _seconds(iso: str) -> float:
     return dt.datetime.fromisoformat(iso).timestamp()
 

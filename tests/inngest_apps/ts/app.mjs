@@ -278,6 +278,13 @@ const flowInvoker = fn({ id: "flow-invoker" }, { event: "ts/flow-invoker" }, asy
   };
 });
 
+// A run past its finish timeout while it sleeps or waits is cancelled then, not when it wakes.
+const finishTimeout = fn({ id: "finish-timeout", timeouts: { finish: "2s" } }, { event: "ts/finish-timeout" }, async ({ event, step }) => {
+  if (event.data.wait) await step.waitForEvent("reply", { event: "ts/never-replied", timeout: "1h" });
+  else await step.sleep("long", "1h");
+  hit("finish-timeout.after");
+});
+
 // Functions that hear of other functions' endings.
 const onFinished = fn(
   { id: "on-finished" },
@@ -297,7 +304,7 @@ const functions = [
   steps, sleeper, waiter, child, parent, sender, onSent, parallel, flaky, nonretry, retryAfter, cancellable, throttled,
   limited, debounced, asker, racer, parallelFail, nightly, parallelRetry, signalWaiter, signalSender, pinger, ponger,
   vipQueue, perUser, batchIf, twoNaps, twoWaits, onFinished, onCancelled, raceWait, approval, slowChild, invokeErrors,
-  rateLimited, idem, singleSkip, flowInvoker,
+  rateLimited, idem, singleSkip, flowInvoker, finishTimeout,
 ];
 
 if (major === "v4") {
