@@ -81,7 +81,7 @@ def fake() -> Iterator[FakeProvider]:
         yield server
 
 
-TEST_SETTINGS = Settings(retry_base=0.02, retry_max=0.5, lease=3.0, poll_interval=0.05)
+TEST_SETTINGS = Settings(retry_base=0.02, retry_max=0.5, unreachable_backoff=(0.05,), lease=3.0, poll_interval=0.05)
 
 EngineFactory = Callable[..., Awaitable[Engine]]
 

@@ -1,9 +1,11 @@
 """Replies the official SDKs rarely send, from a scripted fake app: RunComplete, the legacy
-Step op, empty replies, answers without the SDK header, stream framing."""
+Step op, empty replies, answers without the SDK header, stream framing; and an app that
+is down when its run is due."""
 
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tests.helpers import eventually
 from tests.inngest_apps.harness import Server, ThreadServer, free_port, stepline_server
 
 SDK = {"x-inngest-sdk": "inngest-js:v4.24.0", "x-inngest-req-version": "2"}
@@ -47,6 +50,10 @@ class FakeApp:
             return _json(206, [])
         if fn == "noheader":
             return _json(200, "done", sdk=n > 1)
+        if fn == "gateway":  # a proxy in front of an app that is restarting, then the app
+            return Response(b"Bad Gateway", status_code=502) if n == 1 else _json(200, "through")
+        if fn == "restarting":
+            return _json(200, "back")
         if fn == "streamed":
             inner = {"status": 200, "headers": SDK, "body": orjson.dumps({"streamed": True}).decode()}
             return Response(b"  " + orjson.dumps(inner), status_code=201, headers=SDK, media_type="application/json")
@@ -57,22 +64,25 @@ def _json(status: int, body: Any, *, sdk: bool = True) -> Response:
     return Response(orjson.dumps(body), status_code=status, headers=SDK if sdk else {}, media_type="application/json")
 
 
-@pytest.fixture
-async def env(db_url: str) -> AsyncIterator[tuple[Server, FakeApp]]:
-    fake = FakeApp()
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/api/inngest"
+async def _register(server: Server, url: str, names: tuple[str, ...]) -> None:
     functions = [
         {"id": f"fake-{name}", "name": name, "triggers": [{"event": f"fake/{name}"}],
          "steps": {"step": {"id": "step", "name": "step", "retries": {"attempts": 2},
                             "runtime": {"type": "http", "url": f"{url}?fnId=fake-{name}&stepId=step"}}}}
-        for name in ("complete", "legacy", "empty", "noheader", "streamed")
+        for name in names
     ]
+    async with httpx.AsyncClient() as client:
+        reply = await client.post(f"{server.url}/fn/register", json={"appname": "fake", "url": url, "functions": functions})
+    assert reply.status_code == 200, reply.text
+
+
+@pytest.fixture
+async def env(db_url: str) -> AsyncIterator[tuple[Server, FakeApp]]:
+    fake = FakeApp()
+    port = free_port()
     async with stepline_server(db_url) as server:
         with ThreadServer(fake.app, port):
-            async with httpx.AsyncClient() as client:
-                reply = await client.post(f"{server.url}/fn/register", json={"appname": "fake", "url": url, "functions": functions})
-            assert reply.status_code == 200, reply.text
+            await _register(server, f"http://127.0.0.1:{port}/api/inngest", ("complete", "legacy", "empty", "noheader", "streamed", "gateway"))
             yield server, fake
 
 
@@ -107,6 +117,37 @@ async def test_answer_without_sdk_header_is_retried(env: tuple[Server, FakeApp])
     assert run["function_attempts"][0]["error"]["name"] == "NotAnSDK"
 
 
+async def test_a_gateway_answering_for_an_app_that_is_down_counts_as_unreachable(env: tuple[Server, FakeApp]) -> None:
+    run = await _run(env[0], "gateway")
+    assert run["status"] == "completed" and run["output"] == "through"
+    assert run["function_attempts"][0]["error"]["name"] == "AppUnreachable"  # retried on the unreachable schedule
+
+
 async def test_streamed_reply_is_unwrapped(env: tuple[Server, FakeApp]) -> None:
     run = await _run(env[0], "streamed")
     assert run["status"] == "completed" and run["output"] == {"streamed": True}
+
+
+async def test_an_app_down_when_its_run_is_due_is_retried_on_the_unreachable_schedule(db_url: str) -> None:
+    """A refused connection (an app restarting) was retried on the ordinary backoff and used
+    up the function's retries in seconds: it waits for the unreachable schedule (1 s here,
+    Inngest's 15 s, 30 s, 1 m, ... by default), so the app is back when the retry comes."""
+    fake = FakeApp()
+    port = free_port()
+    async with stepline_server(db_url, unreachable_backoff=(1.0,)) as server:
+        await _register(server, f"http://127.0.0.1:{port}/api/inngest", ("restarting",))
+        run_id = (await server.run_for(await server.send("fake/restarting"), "fake-restarting"))["id"]
+
+        async def first_attempt_failed() -> dict[str, Any] | None:
+            run = await server.engine.get_run(run_id)
+            return run if run["function_attempts"] or run["status"] in ("failed", "completed") else None
+
+        run = await eventually(first_attempt_failed, what="the first attempt to fail")
+        failed_at = time.monotonic()
+        assert run["status"] == "queued", run  # not failed: its retries were not used up at once
+        assert run["function_attempts"][0]["error"]["name"] == "AppUnreachable"
+        with ThreadServer(fake.app, port):  # the app is back
+            run = await server.finished(run_id)
+            assert run["status"] == "completed" and run["output"] == "back", run
+            assert len(fake.calls["restarting"]) == 1 and len(run["function_attempts"]) == 1
+            assert time.monotonic() - failed_at >= 0.8  # the unreachable backoff, not the 20 ms one

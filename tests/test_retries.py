@@ -163,3 +163,36 @@ async def test_backoff_grows_exponentially_with_jitter() -> None:
         ceiling = min(60.0, 2 ** (n - 1))
         assert ceiling * 0.5 <= delay <= ceiling
     assert delays[-1] > delays[0] * 8
+
+
+def test_an_unreachable_app_is_retried_on_inngests_schedule_not_the_backoff() -> None:
+    """An attempt that could not reach its SDK app at all (a restart) waits 15 s, 30 s, 1 m,
+    ... 2 h (plus up to 30 s, at most the delay itself), the last repeated; an error the
+    app answered keeps the ordinary backoff."""
+    import random
+
+    import pytest
+
+    from stepline import errors, settings
+    from stepline.engine import retry
+    from stepline.inngest import protocol
+
+    rng = random.Random(3)
+    schedule = settings.Settings().unreachable_backoff
+    inngest = [15, 30, 60, 120, 300, 600, 1200, 2400, 3600, 7200, 7200]
+    for attempt, base in enumerate(inngest, start=1):
+        delay = retry.unreachable_seconds(attempt, schedule, rng=rng)
+        assert base <= delay <= base + min(30, base), (attempt, delay)
+    assert 0.2 <= retry.unreachable_seconds(1, (0.2,)) <= 0.4  # a short schedule's jitter stays short
+
+    unreachable = protocol.AppUnreachableError({"name": "AppUnreachable", "message": "refused"})
+    answered = protocol.SDKRetriableError({"name": "Error", "message": "boom"})
+    assert isinstance(unreachable, errors.UnreachableError) and not isinstance(answered, errors.UnreachableError)
+    defaults = settings.Settings()
+    assert retry.delay_for(unreachable, 1, defaults) >= 15
+    assert retry.delay_for(answered, 1, defaults) <= 1  # STEPLINE_RETRY_BASE
+
+    env = settings.from_env({"STEPLINE_UNREACHABLE_BACKOFF": "500ms, 2s,1m"})
+    assert env.unreachable_backoff == (0.5, 2.0, 60.0)
+    with pytest.raises(errors.ConfigError, match="STEPLINE_UNREACHABLE_BACKOFF='15s,soon': expected durations separated by commas"):
+        settings.from_env({"STEPLINE_UNREACHABLE_BACKOFF": "15s,soon"})

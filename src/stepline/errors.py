@@ -22,9 +22,11 @@ the class: ``retryable`` says whether the engine retries a step or run that rais
     │   ├── llm.RateLimited               yes  the provider said when to come back
     │   └── inngest.SDKRetryAfterError    yes  an SDK app said when to retry
     ├── StepError                         no   a step failed after its retries; raised into the function
+    ├── UnreachableError                  yes  what runs the step could not be reached at all: retried on a longer schedule
     ├── llm.ProviderError                 yes  the provider failed in a way that may pass
     │   └── llm.TruncatedResponse         yes  a stream or body that ended too early
     ├── inngest.SDKRetriableError         yes  an SDK app reported an error that may pass
+    │   └── inngest.AppUnreachableError   yes  the app could not be reached (also an UnreachableError)
     └── inngest.RegistrationError         no   an SDK app's registration was refused
 
 ``llm.*`` live in ``stepline.llm.errors``, ``inngest.*`` in ``stepline.inngest``. The
@@ -160,6 +162,15 @@ class RetryAfterError(SteplineError):
         if isinstance(self.delay, dt.timedelta):
             return max(0.0, self.delay.total_seconds())
         return max(0.0, float(self.delay))
+
+
+class UnreachableError(SteplineError):
+    """What runs the step (an SDK app) could not be reached at all: refused, no such host,
+    connect timeout, or a gateway saying it is down. A restart looks like this, so it is
+    retried on ``STEPLINE_UNREACHABLE_BACKOFF`` (minutes), not the ordinary backoff
+    (seconds), which a deploy would use up."""
+
+    retryable = True
 
 
 class StepError(SteplineError):

@@ -19,6 +19,9 @@ class Var:
     help: str
 
 
+# Inngest's retry schedule (seconds), for attempts that found the app unreachable.
+UNREACHABLE_BACKOFF = (15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 2400.0, 3600.0, 7200.0)
+
 VARS: tuple[Var, ...] = (
     Var("STEPLINE_DB", "db", str, ".stepline/stepline.db", "database: a SQLite path or postgresql://user@host/db"),
     Var("STEPLINE_HOST", "host", str, "127.0.0.1", "address the server binds"),
@@ -36,6 +39,7 @@ VARS: tuple[Var, ...] = (
     Var("STEPLINE_HANDOFF", "handoff", bool, True, "an idle worker takes new runs from its own process's ingests without a claim (0: always through the queue)"),
     Var("STEPLINE_RETRY_BASE", "retry_base", float, 1.0, "first retry backoff in seconds (doubles each attempt)"),
     Var("STEPLINE_RETRY_MAX", "retry_max", float, 600.0, "longest retry backoff in seconds"),
+    Var("STEPLINE_UNREACHABLE_BACKOFF", "unreachable_backoff", tuple, UNREACHABLE_BACKOFF, "retry backoffs, comma-separated durations, of an attempt that could not reach its SDK app at all (a restart): Inngest's schedule by default, the last repeated, each plus up to 30 s of jitter (at most the backoff itself)"),
     Var("STEPLINE_POLL_INTERVAL", "poll_interval", float, 0.0, "seconds between looks for work from other processes (0: backend default)"),
     Var("STEPLINE_MAX_EVENT_BYTES", "max_event_bytes", int, 1024 * 1024, "largest event accepted"),
     Var("STEPLINE_MAX_EVENTS_PER_REQUEST", "max_events_per_request", int, 5000, "most events one HTTP request may carry (413 past it: send the rest in further requests)"),
@@ -82,6 +86,7 @@ class Settings:
     handoff: bool = True
     retry_base: float = 1.0
     retry_max: float = 600.0
+    unreachable_backoff: tuple[float, ...] = UNREACHABLE_BACKOFF
     poll_interval: float = 0.0
     max_event_bytes: int = 1024 * 1024
     max_events_per_request: int = 5000
@@ -126,17 +131,25 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
             elif var.kind is int:
                 values[var.field] = int(raw)
             elif var.kind is float:
-                values[var.field] = durations.parse(raw if not raw.replace(".", "", 1).isdigit() else float(raw), field=var.name)
+                values[var.field] = _duration(raw, var.name)
+            elif var.kind is tuple:
+                values[var.field] = tuple(_duration(part, var.name) for part in raw.split(","))
             else:
                 values[var.field] = raw
         except (ValueError, errors.ConfigError) as exc:
-            expected = "one of " + ", ".join(_TRUE + _FALSE) if var.kind is bool else var.kind.__name__
+            expected = _EXPECTED.get(var.kind) or var.kind.__name__
             raise errors.ConfigError(f"{var.name}={raw!r}: expected {expected} ({var.help})") from exc
     return Settings(**values)
 
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
+_EXPECTED: dict[type, str] = {bool: "one of " + ", ".join(_TRUE + _FALSE), tuple: "durations separated by commas, like 15s,30s,1m"}
+
+
+def _duration(raw: str, name: str) -> float:
+    raw = raw.strip()
+    return durations.parse(float(raw) if raw.replace(".", "", 1).isdigit() else raw, field=name)
 
 
 def _flag(raw: str) -> bool:

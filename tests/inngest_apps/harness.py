@@ -96,9 +96,10 @@ async def stepline_server(
     event_key: str = "",
     run_worker: bool = True,
     apps: Sequence[App] = (),
+    **overrides: Any,
 ) -> AsyncIterator[Server]:
     port = free_port()
-    settings = TEST_SETTINGS.replace(db=db_url, port=port)
+    settings = TEST_SETTINGS.replace(db=db_url, port=port, **overrides)
     engine = Engine(open_store(db_url, migrate_now=False), settings, list(apps))
     options = ServerOptions(dev=dev, event_key=event_key, api_token="token" if not dev else "")
     runtime = attach(engine, InngestOptions(dev=dev, signing_key=signing_key, reload_interval=0.5))

@@ -446,8 +446,7 @@ class RunExecution:
             if await self.write(self._store.checkpoint(self.lease, step, self._next_seq())):
                 self.cancel_requested = True
             raise errors.StepError(step_id, error["name"] or "Error", error["message"] or "", error["stack"]) from exc
-        settings = self._services.settings
-        delay = retry.delay_for(exc, attempt, base=settings.retry_base, maximum=settings.retry_max, now=self._store.clock.time())
+        delay = retry.delay_for(exc, attempt, self._services.settings, now=self._store.clock.time())
         log.info("run %s step %r attempt %d failed (%s); retrying in %.2fs", self.run_id, self._name(step_id), attempt, exc, delay)
         self._suspend(
             Suspension(
@@ -747,8 +746,7 @@ class Executor:
         if retry.is_final(exc) or attempt > config.retries:
             await self._end(execution, RunStatus.FAILED, None, error_json)
             return
-        settings = self._services.settings
-        delay = retry.delay_for(exc, attempt, base=settings.retry_base, maximum=settings.retry_max, now=self._store.clock.time())
+        delay = retry.delay_for(exc, attempt, self._services.settings, now=self._store.clock.time())
         execution.ending = True
         await self._store.retry_run(execution.lease, attempt, self._store.now_ms() + int(delay * 1000), error_json)
         execution.outcome = "retrying"

@@ -1,4 +1,5 @@
-"""Retry policy: exponential backoff with jitter, or exactly what RetryAfterError asks."""
+"""Retry policy: exponential backoff with jitter, exactly what RetryAfterError asks, or a
+schedule of minutes for an attempt that could not reach its app at all."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import random
 from typing import Any
 
 from stepline import errors
+from stepline.settings import Settings
 
 
 def backoff_seconds(attempt: int, *, base: float, maximum: float, rng: random.Random | None = None) -> float:
@@ -16,14 +18,26 @@ def backoff_seconds(attempt: int, *, base: float, maximum: float, rng: random.Ra
     return float(raw * (0.5 + jitter * 0.5))
 
 
+def unreachable_seconds(attempt: int, schedule: tuple[float, ...], *, rng: random.Random | None = None) -> float:
+    """Delay before retry number ``attempt`` (1-based) of an attempt that found its app
+    unreachable: the schedule's entry (its last one past its end) plus up to 30 s of
+    jitter, at most the entry itself (so a short schedule stays short)."""
+    if not schedule:
+        return 0.0
+    delay = schedule[min(len(schedule), max(1, attempt)) - 1]
+    return float(delay + (rng or _RANDOM).random() * min(30.0, delay))
+
+
 _RANDOM = random.Random()
 
 
-def delay_for(exc: BaseException, attempt: int, *, base: float, maximum: float, now: float | None = None) -> float:
+def delay_for(exc: BaseException, attempt: int, settings: Settings, *, now: float | None = None) -> float:
     """``now``: the epoch seconds a ``RetryAfterError``'s datetime is counted from (the store's clock)."""
     if isinstance(exc, errors.RetryAfterError):
         return exc.delay_seconds(None if now is None else dt.datetime.fromtimestamp(now, dt.timezone.utc))
-    return backoff_seconds(attempt, base=base, maximum=maximum)
+    if isinstance(exc, errors.UnreachableError):  # a restart takes minutes: seconds of backoff would use up the retries
+        return unreachable_seconds(attempt, settings.unreachable_backoff)
+    return backoff_seconds(attempt, base=settings.retry_base, maximum=settings.retry_max)
 
 
 def is_final(exc: BaseException) -> bool:

@@ -22,6 +22,7 @@ from stepline.inngest import signing
 
 MAX_REQUEST_BYTES = 4 * 1024 * 1024  # above this the SDK fetches events and steps itself (use_api)
 SDK_HEADER = "x-inngest-sdk"
+_GATEWAY_DOWN = (502, 503, 504)
 
 
 class _SDKError:
@@ -41,6 +42,11 @@ class SDKRetriableError(_SDKError, errors.SteplineError):
     def __init__(self, error: dict[str, Any]) -> None:
         self.error = normalize_error(error)
         super().__init__(f"{self.error['name']}: {self.error['message']}")
+
+
+class AppUnreachableError(SDKRetriableError, errors.UnreachableError):
+    """The app could not be reached at all (refused, no such host, connect timeout, or a
+    gateway answering 502/503/504 for it): retried on the longer unreachable schedule."""
 
 
 class SDKNonRetriableError(_SDKError, errors.NonRetriableError):
@@ -169,11 +175,20 @@ async def call(
         headers["x-inngest-signature"] = signing.sign(content, signing_key)
     try:
         response = await client.post(target, content=content, headers=headers, timeout=httpx.Timeout(timeout, connect=10.0))
-    except httpx.HTTPError as exc:
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # nothing was sent: the app is down or restarting
+        raise AppUnreachableError(
+            {"name": "AppUnreachable", "message": f"could not reach the app at {target}: {exc!r}; is it running?"}
+        ) from exc
+    except httpx.HTTPError as exc:  # reached, but the call broke off: an ordinary failed attempt
         raise SDKRetriableError(
-            {"name": "AppUnreachable", "message": f"could not call the app at {target}: {exc!r}; is it running?"}
+            {"name": "AppCallFailed", "message": f"the call to the app at {target} failed: {exc!r}"}
         ) from exc
     status, resp_headers, raw = response.status_code, {k.lower(): v for k, v in response.headers.items()}, response.content
+    if status in _GATEWAY_DOWN and SDK_HEADER not in resp_headers:  # a proxy in front of an app that is down
+        raise AppUnreachableError(
+            {"name": "AppUnreachable", "message": f"{target} answered {status} without an X-Inngest-SDK header: "
+             "a gateway in front of an app that is down or restarting"}
+        )
     if status == 201:
         try:
             status, streamed, raw = _unstream(raw)
