@@ -166,6 +166,23 @@ async def test_cancel_on(env: tuple[Server, NodeApp]) -> None:
     assert "cancellable.end" not in (await node.counts())["counts"]
 
 
+async def test_a_step_that_throws_undefined_fails_as_error_undefined(env: tuple[Server, NodeApp]) -> None:
+    """``throw undefined`` in a step failed the run with KeyError 'stack' (Stepline's own
+    traceback as the error), message "None", and one more attempt of the whole function
+    after the step had failed for good."""
+    server, node = env
+    for function, tries in (("throw-undefined", 1), ("throw-undefined-retried", 3)):
+        run = await _run(server, f"ts/{function}", function)
+        assert run["status"] == "failed", run
+        assert (run["error"]["name"], run["error"]["message"]) == ("Error", "undefined"), run["error"]
+        assert "Traceback" not in str(run["error"]) and "KeyError" not in str(run["error"]), run["error"]
+        (step,) = run["steps"]
+        assert step["status"] == "failed" and step["attempts"] == tries, step
+        assert (step["error"]["name"], step["error"]["message"]) == ("Error", "undefined"), step
+        assert run["function_attempts"] == [] and run["attempt"] == 0, run  # no attempt of the function after the step's
+        assert (await node.counts())["counts"][function] == tries
+
+
 async def test_finish_timeout_cancels_a_sleeping_or_waiting_run(env: tuple[Server, NodeApp]) -> None:
     server, node = env
     for data in ({}, {"wait": True}):

@@ -445,7 +445,8 @@ class RunExecution:
             await self.await_checkpoints()
             if await self.write(self._store.checkpoint(self.lease, step, self._next_seq())):
                 self.cancel_requested = True
-            raise errors.StepError(step_id, error["name"] or "Error", error["message"] or "", error["stack"]) from exc
+            # .get: an SDK app's error keeps only what the app sent (no stack for `throw undefined`)
+            raise errors.StepError(step_id, error.get("name") or "Error", error.get("message") or "", error.get("stack")) from exc
         delay = retry.delay_for(exc, attempt, self._services.settings, now=self._store.clock.time())
         log.info("run %s step %r attempt %d failed (%s); retrying in %.2fs", self.run_id, self._name(step_id), attempt, exc, delay)
         self._suspend(

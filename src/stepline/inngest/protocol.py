@@ -68,8 +68,8 @@ class SDKRetryAfterError(_SDKError, errors.RetryAfterError):
 def normalize_error(error: Any) -> dict[str, Any]:
     """An error memo the SDKs accept: string ``name`` and ``message``, ``stack`` text or absent
     (TypeScript's schema refuses a null stack, and its code then sees only "Unknown error")."""
-    if not isinstance(error, dict):
-        error = {"name": "Error", "message": str(error)}
+    if not isinstance(error, dict):  # a JS step that threw a non-Error: `throw undefined` sends no error at all
+        error = {"name": "Error", "message": _thrown_text(error)}
     out = dict(error)
     out["name"] = str(out.get("name") or "Error")
     message = out.get("message")
@@ -79,6 +79,13 @@ def normalize_error(error: Any) -> dict[str, Any]:
     if not isinstance(out.get("stack"), str):
         out.pop("stack", None)
     return out
+
+
+def _thrown_text(value: Any) -> str:
+    """What JavaScript's ``String(value)`` gives for a thrown value the SDK sent as is."""
+    if value is None:
+        return "undefined"
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
 def make_error(error: Any, *, final: bool, retry_after: float | None = None) -> Exception:

@@ -278,6 +278,11 @@ const flowInvoker = fn({ id: "flow-invoker" }, { event: "ts/flow-invoker" }, asy
   };
 });
 
+// A step that throws something that is not an Error (here nothing at all).
+const throwsUndefined = (id, retries) => fn({ id, retries }, { event: `ts/${id}` }, async ({ step }) => {
+  return step.run("s", () => { hit(id); throw undefined; });
+});
+
 // A run past its finish timeout while it sleeps or waits is cancelled then, not when it wakes.
 const finishTimeout = fn({ id: "finish-timeout", timeouts: { finish: "2s" } }, { event: "ts/finish-timeout" }, async ({ event, step }) => {
   if (event.data.wait) await step.waitForEvent("reply", { event: "ts/never-replied", timeout: "1h" });
@@ -305,6 +310,7 @@ const functions = [
   limited, debounced, asker, racer, parallelFail, nightly, parallelRetry, signalWaiter, signalSender, pinger, ponger,
   vipQueue, perUser, batchIf, twoNaps, twoWaits, onFinished, onCancelled, raceWait, approval, slowChild, invokeErrors,
   rateLimited, idem, singleSkip, flowInvoker, finishTimeout,
+  throwsUndefined("throw-undefined", 0), throwsUndefined("throw-undefined-retried", 2),
 ];
 
 if (major === "v4") {
