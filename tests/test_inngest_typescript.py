@@ -183,6 +183,14 @@ async def test_a_step_that_throws_undefined_fails_as_error_undefined(env: tuple[
         assert (await node.counts())["counts"][function] == tries
 
 
+async def test_a_step_over_the_output_limit_is_named_as_the_app_names_it(env: tuple[Server, NodeApp]) -> None:
+    """The error named the step by the hash the SDK sends as its id."""
+    server, _ = env
+    run = await _run(server, "ts/big-step", "big-step")
+    assert run["status"] == "failed", run
+    assert "step 'make-it-big' returned" in run["error"]["message"] and "over the step output limit" in run["error"]["message"], run["error"]
+
+
 async def test_finish_timeout_cancels_a_sleeping_or_waiting_run(env: tuple[Server, NodeApp]) -> None:
     server, node = env
     for data in ({}, {"wait": True}):

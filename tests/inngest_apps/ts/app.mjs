@@ -305,12 +305,17 @@ const onCancelled = fn(
   async ({ event }) => { append("cancelled", { run_id: event.data.run_id, id: event.data.event?.data?.id }); },
 );
 
+// A step whose result is over the step output limit: the error names the step as the app does.
+const bigStep = fn({ id: "big-step", retries: 0 }, { event: "ts/big-step" }, async ({ step }) => {
+  await step.run("make-it-big", () => "x".repeat(4 * 1024 * 1024 + 16));
+});
+
 const functions = [
   steps, sleeper, waiter, child, parent, sender, onSent, parallel, flaky, nonretry, retryAfter, cancellable, throttled,
   limited, debounced, asker, racer, parallelFail, nightly, parallelRetry, signalWaiter, signalSender, pinger, ponger,
   vipQueue, perUser, batchIf, twoNaps, twoWaits, onFinished, onCancelled, raceWait, approval, slowChild, invokeErrors,
   rateLimited, idem, singleSkip, flowInvoker, finishTimeout,
-  throwsUndefined("throw-undefined", 0), throwsUndefined("throw-undefined-retried", 2),
+  throwsUndefined("throw-undefined", 0), throwsUndefined("throw-undefined-retried", 2), bigStep,
 ];
 
 if (major === "v4") {
