@@ -84,6 +84,19 @@ def _stopping_already(signum: int, frame: Any) -> None:
     """The handler uvicorn restores, and calls, after serving (see ``_serve``)."""
 
 
+def _warn_of_weak_secrets(settings: settings_mod.Settings) -> None:
+    # The server's modules load only for commands that serve.
+    from stepline.server import auth_limits
+
+    for name, value in (("STEPLINE_EVENT_KEY", settings.event_key), ("STEPLINE_API_TOKEN", settings.api_token)):
+        if not auth_limits.is_strong(value):
+            log.warning(
+                "%s has %d characters: with fewer than %d, a client sending wrong values from the same address (every "
+                "client, behind a proxy) can hold the right one back for up to 15 min; make one with `openssl rand -hex 16`",
+                name, len(value.strip()), auth_limits.STRONG_LENGTH,
+            )
+
+
 async def _serve(
     apps: list[App], settings: settings_mod.Settings, *, dev: bool, run_server: bool, run_worker: bool, sdk: dict[str, Any] | None = None,
     extra_routes: list[Any] | None = None,
@@ -123,6 +136,8 @@ async def _serve(
                 f"stepline {'dev' if dev else 'start'}: http://{settings.host}:{port}  db={settings.db}  "
                 f"functions: {names}  loop: {eventloop.kind()}"
             )
+            if not dev:
+                _warn_of_weak_secrets(settings)
             # uvicorn hands the signal that stopped it back to the process once it has
             # served: SIGTERM's default action would then end the process before the engine
             # below drains (runs left leased, steps in flight run again elsewhere). While it
@@ -271,17 +286,6 @@ def start(apps: tuple[str, ...], db: str | None, port: int | None, host: str | N
             f"`stepline start` is the production server and needs {' and '.join(missing)} (blank or "
             "whitespace-only values do not count); set them, or use `stepline dev` on your own machine"
         )
-    from stepline.server import (
-        auth_limits,  # the server's modules load only for commands that serve
-    )
-
-    for name, value in (("STEPLINE_EVENT_KEY", settings.event_key), ("STEPLINE_API_TOKEN", settings.api_token)):
-        if not auth_limits.is_strong(value):
-            log.warning(
-                "%s has %d characters: with fewer than %d, a client sending wrong values from the same address (every "
-                "client, behind a proxy) can hold the right one back for up to 15 min; make one with `openssl rand -hex 16`",
-                name, len(value.strip()), auth_limits.STRONG_LENGTH,
-            )
     loaded = load_apps(apps)
     with contextlib.suppress(KeyboardInterrupt):
         _run(_serve(loaded, settings, dev=False, run_server=True, run_worker=not no_worker), settings)  # SDK apps need a worker too
