@@ -129,7 +129,8 @@ async def events_of_body(
     """The validated events of an ingest request's body (``convert``: each item first, as the
     SDKs' shape needs), or the error that names what is wrong with them."""
     body = await responses.read_body(request, max_bytes=max_bytes)
-    the_engine, limit = engine(request), engine(request).settings.max_events_per_request
+    the_engine = engine(request)
+    limit = the_engine.settings.max_events_per_request
     trace = carrier.from_headers(request.headers)
 
     def prepare() -> list[event_mod.Event]:
@@ -142,13 +143,9 @@ async def events_of_body(
     return await asyncio.to_thread(prepare) if len(body) > OFF_LOOP_BYTES else prepare()
 
 
-def event_items(request: Request, payload: Any) -> list[Any]:
+def _event_items(payload: Any, limit: int) -> list[Any]:
     """The events of an ingest body (one, or a list), at most ``STEPLINE_MAX_EVENTS_PER_REQUEST``:
     a body of many tiny events would hold the loop while each is validated."""
-    return _event_items(payload, engine(request).settings.max_events_per_request)
-
-
-def _event_items(payload: Any, limit: int) -> list[Any]:
     items = payload if isinstance(payload, list) else [payload]
     if len(items) > limit:
         raise errors.LimitError(
