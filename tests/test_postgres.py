@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import logging
 import socket
@@ -908,21 +909,45 @@ async def test_a_burst_of_runs_refreshes_the_queue_statistics_at_once(
     await eventually(analyzed, timeout=10, what="ANALYZE of the queue after 80 new runs")
 
 
-async def test_a_worker_whose_clock_is_off_the_databases_says_so(
-    make_pg_engine: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Due times (sleeps, wait and retry timeouts, cron) are set and compared on the hosts'
-    clocks: a worker 10 minutes ahead ended other workers' sleeps early and set its own late,
-    silently. It now warns, naming how far off it is."""
-    from stepline.engine import worker as worker_mod
+def _napping_app() -> stepline.App:
+    app = stepline.App("napping")
 
-    monkeypatch.setattr(worker_mod, "CLOCK_CHECK_EVERY", 0.2)
-    caplog.set_level(logging.WARNING, logger="stepline.worker")
-    synced = await make_pg_engine(run_worker=False)
-    assert abs(await synced.store.clock_skew_ms()) < 1000
+    @app.function(id="nap", trigger=stepline.TriggerEvent("t/nap"), retries=0)
+    async def nap(ctx: stepline.Context) -> str:
+        await ctx.step.sleep("nap", "120s")
+        return "woke"
+
+    return app
+
+
+@pytest.mark.parametrize("lead_s", [600, -600])
+async def test_due_times_are_on_the_databases_clock_whatever_the_hosts(
+    make_pg_engine: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, postgres_url: str,
+    lead_s: int,
+) -> None:
+    """Due times were set and compared on each host's clock: a worker 10 minutes behind
+    ended a 2-minute sleep at once, one 10 minutes ahead set it 10 minutes late. A store on
+    PostgreSQL now reads the database's clock at start (and every minute) and times its
+    sleeps, timeouts, retries and cron on it; the host still gets a warning naming how far
+    off it is."""
+    caplog.set_level(logging.WARNING, logger="stepline.clock")
     real = time.time
-    monkeypatch.setattr(time, "time", lambda: real() + 600)
-    await make_pg_engine(_frozen_holders_app())  # a worker runs only with functions to serve
-    await eventually(lambda: [r for r in caplog.records if "clock is" in r.getMessage()] or None, what="the warning")
+    monkeypatch.setattr(time, "time", lambda: real() + lead_s)
+    engine = await make_pg_engine(_napping_app())
+    assert abs(engine.store.now_ms() - real() * 1000) < 1000  # the store reads the database's time
+    (run,) = await runs_for_event(engine, await engine.send({"name": "t/nap", "data": {}}))
+
+    async def asleep() -> dict[str, Any] | None:
+        steps = (await engine.get_run(run["id"]))["steps"]
+        return steps[0] if steps and steps[0]["status"] == "sleeping" else None
+
+    step = await eventually(asleep, what="the run asleep")
+    with psycopg.connect(postgres_url) as conn:
+        (database_ms,) = conn.execute("SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)").fetchone()
+    wake_ms = dt.datetime.fromisoformat(step["wake_at"].replace("Z", "+00:00")).timestamp() * 1000
+    assert abs(wake_ms - (database_ms + 120_000)) < 5_000, (wake_ms - database_ms) / 1000
+    await asyncio.sleep(1.0)  # the worker has looked for due work meanwhile
+    assert (await engine.get_run(run["id"]))["status"] == "sleeping"
     (said,) = [r.getMessage() for r in caplog.records if "clock is" in r.getMessage()]
-    assert said.startswith("this host's clock is 600.") and "ahead of the database's" in said and "NTP" in said
+    assert said.startswith("this host's clock is 600.") and "NTP" in said
+    assert ("ahead of" if lead_s > 0 else "behind") in said

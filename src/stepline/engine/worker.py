@@ -30,11 +30,6 @@ RECLAIM_EVERY = 1.0
 # Seconds between looks for cancellations where the backend cannot push them to this
 # process (SQLite shared by several processes), while runs execute here.
 CANCEL_POLL = 0.2
-# The host's clock against the database's (PostgreSQL): checked this often (s), warned of
-# past this difference (ms), and reminded of this often (s) while it lasts.
-CLOCK_CHECK_EVERY = 60.0
-CLOCK_SKEW_WARN_MS = 1000
-CLOCK_SKEW_REPEAT = 600.0
 
 
 class Worker:
@@ -72,8 +67,6 @@ class Worker:
             self._tasks.append(asyncio.create_task(self._fence_loop(), name=f"stepline-fence-{self.id}"))
         if not self._store.signals_reach_processes:
             self._tasks.append(asyncio.create_task(self._cancel_poll_loop(), name=f"stepline-cancels-{self.id}"))
-        if self._store.dialect != "sqlite":
-            self._tasks.append(asyncio.create_task(self._clock_loop(), name=f"stepline-clock-{self.id}"))
         if any(fn.config.triggers and any(hasattr(t, "cron") for t in fn.config.triggers) for fn in self._functions.values()):
             self._tasks.append(asyncio.create_task(self._cron_loop(), name=f"stepline-cron-{self.id}"))
 
@@ -313,25 +306,6 @@ class Worker:
                     self.executor.cancel_local(run_id)
             except Exception:  # noqa: BLE001 - the next look catches up
                 log.debug("looking for cancelled runs failed", exc_info=True)
-
-    async def _clock_loop(self) -> None:
-        """Warn while this host's clock is off the database's: leases are measured on the
-        database's clock, but due times (sleeps, wait and retry timeouts, cron) are set and
-        compared on the hosts' own, so a worker ahead ends others' sleeps early and sets its
-        own late."""
-        told = 0.0
-        while not self._stopping:
-            with contextlib.suppress(Exception):  # a database outage is the other loops' to report
-                skew = await self._store.clock_skew_ms()
-                now = asyncio.get_running_loop().time()
-                if abs(skew) > CLOCK_SKEW_WARN_MS and (told == 0.0 or now - told >= CLOCK_SKEW_REPEAT):
-                    told = now
-                    log.warning(
-                        "this host's clock is %.1f s %s the database's: sleeps, wait timeouts, retries and cron ticks are "
-                        "timed on the hosts' clocks; keep them in sync (NTP)",
-                        abs(skew) / 1000, "ahead of" if skew > 0 else "behind",
-                    )
-            await asyncio.sleep(CLOCK_CHECK_EVERY)
 
     async def _cron_loop(self) -> None:
         cron_ids = [fid for fid, fn in self._functions.items() if any(hasattr(t, "cron") for t in fn.config.triggers)]

@@ -19,6 +19,7 @@ from stepline import event as event_mod
 from stepline.budgets import Charge, Check
 from stepline.function import StoredConfig
 from stepline.store import (
+    clock_align,
     db,
     migrate,
     ops_admin,
@@ -110,9 +111,12 @@ class Store:
         self.db = database
         self.url = url
         # Due times, timers and recorded times are read from this clock (leases are on the
-        # database's own clock, see ops_exec); bound once, so a read costs one call.
-        self.clock = clock or clock_mod.SYSTEM
+        # database's own clock, see ops_exec); bound once, so a read costs one call. Where hosts
+        # share the database, the store's own clock is kept on the database's (clock_align).
+        shared = clock is None and database.dialect != "sqlite"
+        self.clock = clock_mod.Clock() if shared else (clock or clock_mod.SYSTEM)
         self.now_ms: Callable[[], int] = self.clock.now_ms
+        self._aligner = clock_align.ClockAligner(database, self.clock) if shared else None
         # Concurrent ingests share one operation per commit; one that fails is run again alone.
         self._ingests = db.Batched("ingest", self._ingest_many, alone_on_error=True, busy_message=INGEST_BUSY)
 
@@ -127,8 +131,12 @@ class Store:
 
     async def start(self) -> None:
         await self.db.start()
+        if self._aligner is not None:
+            await self._aligner.start()
 
     async def close(self) -> None:
+        if self._aligner is not None:
+            await self._aligner.stop()
         await self.db.close()
 
     # --- what a worker needs of the backend ---------------------------------------------
@@ -228,15 +236,6 @@ class Store:
     ) -> None:
         """End a run; ``steps`` (each with its sequence number) are saved in the same transaction first."""
         await self.db.write_item(FINISHES, (lease, status, output, error, self.now_ms(), tuple(steps)))
-
-    async def clock_skew_ms(self) -> int:
-        """How far this host's clock is ahead of the database's (negative: behind), in ms,
-        read halfway through a round trip (0 on SQLite: the database reads this host's clock)."""
-        if self.db.dialect == "sqlite" or self.clock is not clock_mod.SYSTEM:  # a test's clock is its own
-            return 0
-        before = time.time() * 1000
-        database = await self.db.read(lambda conn: int(conn.scalar(f"SELECT {conn.clock_ms} AS now")))
-        return int((before + time.time() * 1000) / 2 - database)
 
     async def heartbeat(self, worker_id: str, leases: list[Lease], lease_ms: int) -> Renewal:
         return await self.db.write(partial(ops_exec.heartbeat_txn, worker_id=worker_id, leases=leases, lease_ms=lease_ms))
