@@ -49,7 +49,8 @@ class ClockAligner:
         self._warned_at = 0.0
 
     async def start(self) -> None:
-        await self.align()
+        with contextlib.suppress(Exception):  # uncorrected (this host's clock) until the next reading
+            await self.align()
         self._task = asyncio.create_task(self._loop(), name="stepline-clock")
 
     async def stop(self) -> None:
