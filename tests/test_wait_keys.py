@@ -343,3 +343,25 @@ async def test_a_wait_no_event_can_match_still_times_out(make_engine, monkeypatc
     assert (await wait_run(engine, keyed))["output"] == {"got": {"order": "q"}}
     assert (await wait_run(engine, lacking))["output"] == {"got": None}
     assert evaluated == ["q"]
+
+
+async def test_an_event_resuming_many_runs_records_them_in_one_write(make_engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The event's outcome lists every run it resumed, written once: written once per run,
+    the list grew with each write and one event resuming N waits cost N² (20,000 waits:
+    10 s on SQLite, minutes on PostgreSQL, every other write held meanwhile)."""
+    engine = await make_engine(waiting_app())
+    loose = await start(engine, "order/watched", [{"over": 0}] * 30, "waiting")
+    writes: list[str] = []
+    real = ops_runs.update_outcome_txn
+
+    def counting(conn: object, event_id: str, change: object) -> None:
+        writes.append(event_id)
+        real(conn, event_id, change)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ops_runs, "update_outcome_txn", counting)
+    paid = await engine.send({"name": "order/paid", "data": {"amount": 1}})
+    for run_id in loose:
+        assert (await wait_run(engine, run_id))["output"] == {"got": {"amount": 1}}
+    assert writes.count(paid) == 1
+    detail = await engine.store.event_detail(paid)
+    assert sorted(detail["resumed_runs"]) == sorted(loose)

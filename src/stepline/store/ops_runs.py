@@ -437,6 +437,7 @@ def resolve_waits_txn(
     if body["name"] in conn.memo.get(_NO_WAITS, ()):
         return failures
     text: str | None = None  # the event as each resumed step's output, made once
+    resumed: list[str] = []
     for row in _candidate_waits(conn, body):
         if row["expires_at"] is not None and row["expires_at"] <= now:
             continue
@@ -460,8 +461,9 @@ def resolve_waits_txn(
         )
         if updated:
             make_due_txn(conn, row["run_id"], now)
-            if event_id is not None:
-                _note_resumed_txn(conn, event_id, row["run_id"])
+            resumed.append(row["run_id"])
+    if event_id is not None and resumed:
+        _note_resumed_txn(conn, event_id, resumed)
     return failures
 
 
@@ -474,10 +476,11 @@ SHARED_OUTPUT_BYTES = 16 * 1024
 STEP_OUTPUT = "COALESCE(output, (SELECT e.body FROM events e WHERE e.id = steps.output_event)) AS output"
 
 
-def _note_resumed_txn(conn: db.Conn, event_id: str, run_id: str) -> None:
-    """Record on the event that it resumed ``run_id`` (a step waiting for it), so that the
-    event's read does not say it did nothing."""
-    update_outcome_txn(conn, event_id, lambda outcome: outcome.setdefault(RESUMED, []).append(run_id))
+def _note_resumed_txn(conn: db.Conn, event_id: str, run_ids: list[str]) -> None:
+    """Record on the event the runs it resumed (steps waiting for it), so that the event's
+    read does not say it did nothing. Once per event: written per run, the outcome (which
+    grows with each) made an event that resumes N runs cost N² in one transaction."""
+    update_outcome_txn(conn, event_id, lambda outcome: outcome.setdefault(RESUMED, []).extend(run_ids))
 
 
 def update_outcome_txn(conn: db.Conn, event_id: str, change: Callable[[dict[str, Any]], None]) -> None:
