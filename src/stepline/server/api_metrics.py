@@ -176,7 +176,7 @@ async def health(request: Request) -> Response:
     engine = common.engine(request)
     worker = engine.worker
     try:
-        await engine.store.queue_depth()
+        await engine.store.ping()
     except Exception as exc:  # noqa: BLE001 - health reports, it does not raise
         return JSON({"status": "unavailable", "database": engine.store.dialect, "error": str(exc)}, status_code=503)
     failing = engine.store.write_failure()

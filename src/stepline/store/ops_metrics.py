@@ -37,6 +37,11 @@ def percentile(sorted_values: list[int], fraction: float) -> int | None:
     return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
+def ping_txn(conn: db.Conn) -> None:
+    """One row at most of the queue: the database answers and has the schema."""
+    conn.one("SELECT run_id FROM queue LIMIT 1")
+
+
 def queue_depth_txn(conn: db.Conn, now: int) -> list[QueueDepth]:
     """Per function: runs ready to execute now, scheduled for later (sleeps, retries,
     waits with a timeout), and leased by a worker."""

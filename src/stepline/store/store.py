@@ -439,6 +439,12 @@ class Store:
             partial(ops_metrics.overview_txn, now=self.now_ms(), since_ms=since_ms, usage_since_ms=usage_since_ms)
         )
 
+    async def ping(self) -> None:
+        """A read whose cost does not grow with the data: the queue table answers. For
+        /health, which anyone may call, and often: counting the queue (``queue_depth``)
+        cost a scan of every queued run, which a sender of events decides."""
+        await self.db.read(ops_metrics.ping_txn)
+
     async def queue_depth(self) -> list[QueueDepth]:
         """Queue rows per function: ready, scheduled, leased."""
         return await self.db.read(partial(ops_metrics.queue_depth_txn, now=self.now_ms()))
