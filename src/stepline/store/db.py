@@ -39,6 +39,9 @@ class Conn(abc.ABC):
     clock_ms: str = ""
 
     def __init__(self) -> None:
+        # Committed on the caller's thread (``Database.write_item_alone``): the event loop
+        # waits for it, so work of unbounded size declines (``NotInline``) and goes to the writer.
+        self.inline = False
         self.woke = False
         self.wakes = 0  # how many times this transaction made queue items due (caches of readiness key on it)
         # Caches that hold for this transaction (trigger lookups, event names nobody waits for).
@@ -152,6 +155,11 @@ class Conn(abc.ABC):
         that the statement fails (SQLSTATE ``LOCK_NOT_AVAILABLE``, raised by the next
         statement whose answer is read)."""
         self.lock(*key)
+
+
+class NotInline(Exception):  # noqa: N818 - a request, not a failure
+    """Raised inside a transaction committed inline (``Conn.inline``) that found more work
+    than the event loop should wait for: it rolls back and runs again on the writer thread."""
 
 
 LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of a lock wait given up (lock_briefly)
@@ -519,6 +527,8 @@ class Database(abc.ABC):
             if result is None:
                 return None
             (ok, value), woke = result
+            if not ok and isinstance(value, NotInline):
+                return None  # rolled back: the writer thread runs it
             if not ok:
                 value = self._op_error(op, value)
             self._note_commit([(ok, value)])

@@ -402,6 +402,14 @@ def _wait_paths(conn: db.Conn, name: str) -> tuple[list[str], bool]:
     return found
 
 
+# Waits and cancel rules a transaction committed inline (on the event loop's thread) may
+# read: past them it goes to the writer thread (``db.NotInline``). One event that thousands
+# of runs wait for, or whose cancel_on matches thousands, would otherwise stop the server
+# answering anyone for as long as resolving them takes (20,000: half a second and more).
+INLINE_MAX_WAITS = 64
+_INLINE_WAITS = "_inline_waits"  # conn.memo: candidates read so far in an inline transaction
+
+
 def _candidate_waits(conn: db.Conn, body: dict[str, Any]) -> list[dict[str, Any]]:
     """The waits an incoming event may resolve: for each match path the event has, those
     keyed by its value there, and every wait without a key. A wait keyed on a path the
@@ -415,11 +423,23 @@ def _candidate_waits(conn: db.Conn, body: dict[str, Any]) -> list[dict[str, Any]
             continue
         code = wait_keys.encode(value)
         if code is None:  # a value without a code (not from JSON): evaluated as before
-            rows += conn.all(_WAIT_COLUMNS + "AND w.match_path = ?", (name, path))
+            rows += _read_waits(conn, "AND w.match_path = ?", (name, path))
         else:
-            rows += conn.all(_WAIT_COLUMNS + "AND w.match_path = ? AND w.match_value = ?", (name, path, code))
+            rows += _read_waits(conn, "AND w.match_path = ? AND w.match_value = ?", (name, path, code))
     if unkeyed:
-        rows += conn.all(_WAIT_COLUMNS + "AND w.match_path IS NULL", (name,))
+        rows += _read_waits(conn, "AND w.match_path IS NULL", (name,))
+    return rows
+
+
+def _read_waits(conn: db.Conn, where: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+    """The waits ``where`` selects; inline, no more than the budget left (else ``NotInline``)."""
+    if not conn.inline:
+        return conn.all(_WAIT_COLUMNS + where, params)
+    left = INLINE_MAX_WAITS - conn.memo.get(_INLINE_WAITS, 0)
+    rows = conn.all(_WAIT_COLUMNS + where + " LIMIT ?", (*params, left + 1))
+    if len(rows) > left:
+        raise db.NotInline(f"over {INLINE_MAX_WAITS} waits to resolve")
+    conn.memo[_INLINE_WAITS] = conn.memo.get(_INLINE_WAITS, 0) + len(rows)
     return rows
 
 

@@ -255,16 +255,19 @@ class SQLiteDatabase(db.Database):
     def _run_inline(self, conn: sqlite3.Connection, op: db.Op[Any]) -> tuple[tuple[bool, Any], bool] | None:
         if not self._begin_now(conn):
             return None
-        outcomes, woke = self._run_begun(conn, [op])
+        outcomes, woke = self._run_begun(conn, [op], inline=True)
         return outcomes[0], woke
 
     def _run_batch(self, conn: sqlite3.Connection, ops: list[db.Op[Any]]) -> tuple[list[tuple[bool, Any]], bool]:
         self._begin(conn)
         return self._run_begun(conn, ops)
 
-    def _run_begun(self, conn: sqlite3.Connection, ops: list[db.Op[Any]]) -> tuple[list[tuple[bool, Any]], bool]:
+    def _run_begun(
+        self, conn: sqlite3.Connection, ops: list[db.Op[Any]], *, inline: bool = False
+    ) -> tuple[list[tuple[bool, Any]], bool]:
         """``ops`` in the transaction just begun, each isolated; committed."""
         wrapped = SQLiteConn(conn)
+        wrapped.inline = inline
         outcomes: list[tuple[bool, Any]] = []
         changes = conn.total_changes
         try:
