@@ -229,6 +229,28 @@ def test_a_compressed_body_is_refused_naming_its_encoding(cli_server) -> None:  
     send_event(server)  # and plain bodies are served as before
 
 
+def test_a_transfer_coding_besides_chunked_is_refused_naming_it(cli_server) -> None:  # noqa: F811
+    """The parser takes off the chunks and nothing else: a gzip transfer coding would be read
+    as the event's JSON. Refused before the body is read (RFC 9112: 501), nothing stored."""
+    import gzip
+
+    server = cli_server("start")
+    body = gzip.compress(json.dumps({"name": "srv/greet", "data": {"name": "coded"}}).encode())
+    for coding, content in (("gzip, chunked", body), ("GZIP ,chunked", body), ("identity, chunked", b"not gzip")):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(f"POST /e/{EVENT_KEY} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         f"Transfer-Encoding: {coding}\r\nConnection: close\r\n\r\n".encode() + b"%x\r\n%s\r\n0\r\n\r\n" % (len(content), content))
+            head, _, answer = read_until_closed(sock).partition(b"\r\n\r\n")
+        if coding.startswith("identity"):
+            assert head.startswith(b"HTTP/1.1 400"), head  # read as sent: not JSON
+            continue
+        assert head.startswith(b"HTTP/1.1 501"), head
+        assert f"Transfer-Encoding: {coding}" in json.loads(answer)["error"]
+    listed = httpx.get(f"{server.url}/api/v1/events", params={"name": "srv/greet"}, headers=BEARER, timeout=30)
+    assert listed.json()["data"] == []
+    send_event(server)  # chunked bodies are served as before
+
+
 # --- 3. huge heads ------------------------------------------------------------------------
 
 

@@ -11,7 +11,8 @@ It sits outside Starlette's error middleware, so its refusals are never turned i
   as it streams (chunked), before more of it is read;
 - 408 when the body pauses longer than ``STEPLINE_BODY_IDLE_TIMEOUT`` or takes longer
   than ``STEPLINE_BODY_TIMEOUT`` in all;
-- 415 for a compressed body (``Content-Encoding`` other than identity), which would
+- 415 for a compressed body (``Content-Encoding`` other than identity), and 501 for a
+  transfer coding other than chunked (``Transfer-Encoding: gzip, chunked``), which would
   otherwise be read as text and refused with a puzzling message;
 - 503 with ``Retry-After`` when the bodies of all requests in flight would hold more than
   ``STEPLINE_MAX_BODY_BUFFER`` bytes: each body is held whole until its request ends, so
@@ -118,6 +119,16 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+def _unread_transfer_coding(value: str | None) -> str | None:
+    """The header's value when it names a coding besides ``chunked`` (gzip, deflate...):
+    the HTTP parser takes the chunks off and reads the rest as it came, so a compressed
+    body would be read as text (RFC 9112: 501 for a transfer coding not understood)."""
+    if value is None:
+        return None
+    codings = [c.strip().lower() for c in value.split(",")]
+    return value if any(c not in ("chunked", "identity", "") for c in codings) else None
+
+
 def closes_gracefully(scope: Scope) -> bool:
     return bool((scope.get("state") or {}).get(GRACEFUL_CLOSE))
 
@@ -178,6 +189,11 @@ class HttpGuard:
         if encoding is not None and encoding.strip().lower() not in ("", "identity"):
             await send_problem(send, 415, f"request bodies are read as sent, not decoded (Content-Encoding: {encoding[:40]}); "
                                           "send the body uncompressed", close=graceful)
+            return
+        coding = _unread_transfer_coding(_header(scope, b"transfer-encoding"))
+        if coding is not None:
+            await send_problem(send, 501, f"transfer codings other than chunked are not decoded (Transfer-Encoding: "
+                                          f"{coding[:40]}); send the body uncompressed", close=graceful)
             return
         limit, too_large = self.limits.body_rule(scope["path"])
         if declared is not None and declared.isdigit() and int(declared) > limit:
