@@ -83,8 +83,5 @@ def bulk_cancel_txn(
         where.append("created_at < ?")
         params.append(until_ms)
     rows = conn.all(f"SELECT id FROM runs WHERE {' AND '.join(where)} ORDER BY id LIMIT ?", (*params, limit))
-    out = []
-    for r in rows:
-        status = ops_runs.cancel_run_txn(conn, r["id"], now, reason)
-        out.append({"id": r["id"], "status": status})
-    return out
+    statuses = ops_runs.cancel_runs_txn(conn, [r["id"] for r in rows], now, reason)
+    return [{"id": r["id"], "status": statuses[r["id"]]} for r in rows]
