@@ -387,14 +387,14 @@ async def test_an_event_resolving_many_waits_is_committed_off_the_event_loop(
         return True if store._queued == 0 and not store._commit_lock.locked() else None
 
     await eventually(writer_idle, what="the writer to be idle")
-    threads: list[str] = []
-    real = ops_runs.make_due_txn
+    threads: list[str] = []  # one per run made due
+    real = ops_runs.make_due_many_txn
 
-    def noting(conn: object, run_id: str, now: int) -> None:
-        threads.append(threading.current_thread().name)
-        real(conn, run_id, now)  # type: ignore[arg-type]
+    def noting(conn: object, run_ids: list[str], now: int) -> None:
+        threads.extend(threading.current_thread().name for _ in run_ids)
+        real(conn, run_ids, now)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(ops_runs, "make_due_txn", noting)
+    monkeypatch.setattr(ops_runs, "make_due_many_txn", noting)
     here = threading.current_thread().name
     await engine.send({"name": "order/released", "data": {"order": "h", "d": 2}})  # one wait
     assert threads == [here]
