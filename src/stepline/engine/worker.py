@@ -74,8 +74,15 @@ class Worker:
         """Stop claiming; let in-flight runs reach their next rest for ``grace`` s, then release them."""
         self._stopping = True
         self._wake.set()
+        self._slot_freed.set()  # a claim loop waiting for a slot sees the stop too
         self._store.remove_waker(self._wake_threadsafe)
         self._store.remove_listener("cancel", self._cancel_threadsafe)
+        # A claim in flight has leased its runs: let it come back and hand them back (it starts
+        # none now). Cancelled instead, it left them leased to a gone worker until the lease
+        # ran out; let run on, it started them after the grace began, to be cut at its end.
+        claims = [t for t in self._tasks if t.get_name().startswith("stepline-claim-")]
+        if claims:
+            await asyncio.wait(claims, timeout=grace)
         if self._running:
             await asyncio.wait(set(self._running), timeout=grace)
         unfinished = self.executor.leases()
@@ -203,6 +210,9 @@ class Worker:
             finally:
                 self._claiming = 0
             outage.worked()
+            if self._stopping:
+                await self._hand_back([self._lease_of(item) for item in claimed])
+                break
             for item in claimed:
                 self._start(item)
             if len(claimed) == want:
