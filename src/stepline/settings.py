@@ -33,7 +33,7 @@ VARS: tuple[Var, ...] = (
     Var("STEPLINE_INNGEST_SIGNING_KEY_FALLBACK", "inngest_signing_key_fallback", str, "", "production: the previous SDK signing key while rotating"),
     Var("STEPLINE_CONCURRENCY", "concurrency", int, 500, "runs one worker process executes at once"),
     Var("STEPLINE_SYNC_THREADS", "sync_threads", int, 32, "threads for sync handlers and sync step bodies"),
-    Var("STEPLINE_CONNECT_WAIT", "connect_wait", float, 30.0, "seconds stepline start, worker and dev wait at start for a PostgreSQL server that does not answer yet (refused, starting up, out of connection slots) before giving up (0: at once)"),
+    Var("STEPLINE_CONNECT_WAIT", "connect_wait", float, 30.0, "seconds stepline start, worker and dev wait at start for a PostgreSQL server that does not answer yet (refused, starting up, out of connection slots, at a CONNECTION LIMIT) before giving up (0: at once)"),
     Var("STEPLINE_LEASE", "lease", float, 30.0, "seconds a worker's claim lasts without a heartbeat"),
     Var("STEPLINE_FENCING", "fencing", bool, True, "leases carry an epoch checked at every commit, and workers stop runs whose lease they cannot renew (0 only to see what that prevents: never in production)"),
     Var("STEPLINE_HANDOFF", "handoff", bool, True, "an idle worker takes new runs from its own process's ingests without a claim (0: always through the queue)"),

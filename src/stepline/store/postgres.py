@@ -242,7 +242,12 @@ class PostgresConn(db.Conn):
 
 # What libpq says when the server did answer, but only for now: a server starting up,
 # shutting down or in recovery, or one whose connection slots are all taken.
-_NOT_YET = ("starting up", "shutting down", "in recovery mode", "too many clients", "connection slots are reserved")
+# "too many connections for database / role": a CONNECTION LIMIT reached (a fleet restarting
+# while the old processes' sessions still count) frees up like the server's own slots.
+_NOT_YET = (
+    "starting up", "shutting down", "in recovery mode", "too many clients", "connection slots are reserved",
+    "too many connections",
+)
 # How often a process waiting for its database says so.
 _WAIT_LOG_EVERY = 5.0
 
