@@ -18,8 +18,8 @@ def rerun_from_failed_step_txn(conn: db.Conn, run_id: str, now: int) -> Rerun:
     it execute again. Failed, retrying and suspended steps are left out."""
     row = conn.one(
         "SELECT r.status, r.function_id, r.event_id, e.body, f.config FROM runs r "
-        "JOIN events e ON e.id = r.event_id LEFT JOIN functions f ON f.id = r.function_id WHERE r.id = ?",
-        (run_id,),
+        f"JOIN events e ON e.id = r.event_id LEFT JOIN functions f ON f.id = r.function_id WHERE r.id = ? {conn.row_lock('r')}",
+        (run_id,),  # locked, as in ops_runs.replay_run_txn: a sweep must not take the event from under it
     )
     if row is None:
         raise errors.NotFoundError(f"no run with id {run_id!r}")

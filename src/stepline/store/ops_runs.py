@@ -821,8 +821,8 @@ def replay_run_txn(conn: db.Conn, run_id: str, now: int) -> str:
     """A new run of the same function with the same event, from the start."""
     row = conn.one(
         "SELECT r.function_id, r.event_id, e.body, f.config FROM runs r JOIN events e ON e.id = r.event_id "
-        "LEFT JOIN functions f ON f.id = r.function_id WHERE r.id = ?",
-        (run_id,),
+        f"LEFT JOIN functions f ON f.id = r.function_id WHERE r.id = ? {conn.row_lock('r')}",
+        (run_id,),  # locked: a sweep deleting it meanwhile (PostgreSQL) would take its event too
     )
     if row is None:
         raise errors.NotFoundError(f"no run with id {run_id!r}")
