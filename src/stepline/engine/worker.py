@@ -80,11 +80,13 @@ class Worker:
         # A claim in flight has leased its runs: let it come back and hand them back (it starts
         # none now). Cancelled instead, it left them leased to a gone worker until the lease
         # ran out; let run on, it started them after the grace began, to be cut at its end.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace  # one grace for both waits
         claims = [t for t in self._tasks if t.get_name().startswith("stepline-claim-")]
         if claims:
             await asyncio.wait(claims, timeout=grace)
         if self._running:
-            await asyncio.wait(set(self._running), timeout=grace)
+            await asyncio.wait(set(self._running), timeout=max(0.0, deadline - loop.time()))
         unfinished = self.executor.leases()
         for task in list(self._running):
             task.cancel()
