@@ -98,6 +98,27 @@ async def test_errors_the_server_makes_reach_user_code_named(env: tuple[Server, 
     assert "nope-nothing" in missing["message"] and "Unknown error" not in missing["message"], missing
 
 
+async def test_an_invoked_runs_failure_reaches_the_parent_as_reported(env: tuple[Server, NodeApp]) -> None:
+    """The parent's StepError carries the child's own message and cause (Inngest resumes the
+    invoke with the child's error as reported), not the engine's summary of the run's end."""
+    server, _ = env
+    event_id = await server.send("ts/checkout", {"order": "o1"})
+    parent = await server.run_for(event_id, FN + "checkout")
+
+    async def child_sleeping() -> bool:
+        runs = await server.runs_of(FN + "stoppable")
+        return bool(runs) and runs[0]["status"] == "sleeping"
+
+    await eventually(child_sleeping, what="the invoked run to sleep")
+    await server.send("ts/stoppable.stop", {"order": "o1"})
+    run = await server.finished(parent["id"])
+    assert run["status"] == "completed", run
+    pay, wait = run["output"]["pay"], run["output"]["wait"]
+    assert pay["message"] == "payment declined", pay
+    assert pay["cause"]["message"] == "card_declined: insufficient funds", pay  # (TS 3 names every cause "Error")
+    assert wait["message"] == "cancelled by event 'ts/stoppable.stop' (cancel_on)", wait
+
+
 async def test_invokes_meet_the_invoked_functions_flow_control(env: tuple[Server, NodeApp]) -> None:
     """A second invoke over a rate limit, with a used idempotency key, or beside a running
     singleton (skip) fails at once in user code, naming the function and the rule."""

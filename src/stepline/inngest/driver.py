@@ -387,7 +387,10 @@ class SDKExecution:
         try:
             value = await self.ctx.step.invoke(sid, function=function_id, data=data, timeout=seconds)
         except errors.StepError as exc:
-            self.done(sid, memos.error_memo(exc.to_dict(), "invoke"))
+            # The journal's error is whole (the invoked run's own error within); the exception's is not.
+            entry = next((e for e in self.step.journal() if e.key == sid and e.error), None)
+            stored = jsonutil.loads(entry.error) if entry is not None else None
+            self.done(sid, memos.error_memo(stored if isinstance(stored, dict) else exc.to_dict(), "invoke"))
             return
         self.done(sid, {"data": value})
 

@@ -17,8 +17,14 @@ INVOKE_TIMEOUT = {
 
 
 def error_memo(error: Any, kind: str) -> dict[str, Any]:
-    if kind == "invoke" and isinstance(error, dict) and error.get("name") == "InvokeTimeout":
-        return {"error": dict(INVOKE_TIMEOUT)}
+    if kind == "invoke" and isinstance(error, dict):
+        if error.get("name") == "InvokeTimeout":
+            return {"error": dict(INVOKE_TIMEOUT)}
+        invoked = error.get("invoked")
+        if isinstance(invoked, dict) and isinstance(invoked.get("error"), dict) and invoked["error"]:
+            # Inngest resumes the invoke with the invoked run's error as that run reported it
+            # (its message unprefixed, its cause and fields kept), not the engine's summary.
+            return {"error": normalize_error(invoked["error"])}
     return {"error": normalize_error(error)}
 
 

@@ -662,6 +662,8 @@ def _tell_parent_txn(conn: db.Conn, run: dict[str, Any], item: Ending) -> None:
             "name": failure.get("name", "InvokedRunFailed"),
             "message": f"invoked run {run_id} {status}: {failure.get('message', '')}".strip(),
             "stack": failure.get("stack"),
+            # The run's own error, whole (cause, code, ...): an SDK parent is given it as Inngest does.
+            "invoked": {"run_id": run_id, "status": str(status), "error": failure},
         }
         fail_invoke_txn(conn, run["parent_run_id"], run["parent_step_key"], jsonutil.dumps(invoke_error), now)
 

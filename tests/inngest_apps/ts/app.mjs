@@ -310,7 +310,28 @@ const bigStep = fn({ id: "big-step", retries: 0 }, { event: "ts/big-step" }, asy
   await step.run("make-it-big", () => "x".repeat(4 * 1024 * 1024 + 16));
 });
 
+// An invoked run's failure reaches the parent as the child reported it (message, cause), as
+// Inngest resumes the invoke with the child's own error; a cancelled child says why.
+const declined = fn({ id: "declined", retries: 0 }, { event: "ts/declined" }, async () => {
+  const cause = new Error("card_declined: insufficient funds");
+  cause.name = "PaymentError";
+  throw new NonRetriableError("payment declined", { cause });
+});
+const stoppable = fn({ id: "stoppable", cancelOn: [{ event: "ts/stoppable.stop", match: "data.order" }] }, { event: "ts/stoppable" }, async ({ step }) => {
+  await step.sleep("nap", "1m");
+  return "not cancelled";
+});
+const checkout = fn({ id: "checkout" }, { event: "ts/checkout" }, async ({ event, step }) => {
+  const caught = (promise) => promise.then(() => null, (err) => ({
+    message: err.message, cause: err.cause ? { name: err.cause.name, message: err.cause.message } : null,
+  }));
+  const pay = await caught(step.invoke("pay", { function: declined, data: {} }));
+  const wait = await caught(step.invoke("wait", { function: stoppable, data: { order: event.data.order } }));
+  return { pay, wait };
+});
+
 const functions = [
+  declined, stoppable, checkout,
   steps, sleeper, waiter, child, parent, sender, onSent, parallel, flaky, nonretry, retryAfter, cancellable, throttled,
   limited, debounced, asker, racer, parallelFail, nightly, parallelRetry, signalWaiter, signalSender, pinger, ponger,
   vipQueue, perUser, batchIf, twoNaps, twoWaits, onFinished, onCancelled, raceWait, approval, slowChild, invokeErrors,
