@@ -258,10 +258,7 @@ class _Reader:
                         f"triggers[{i}].jitter", "cron jitter is not supported by Stepline; remove it "
                         "(the run starts at the tick)"
                     )
-                spec, timezone = str(trig["cron"]).strip(), "UTC"
-                head, _, rest = spec.partition(" ")
-                if head.startswith(("TZ=", "CRON_TZ=")):
-                    timezone, spec = head.split("=", 1)[1], rest.strip()
+                spec, timezone = events.split_cron(str(trig["cron"]))
                 out.append(self.value(f"triggers[{i}].cron", fn.TriggerCron, spec, timezone=timezone))
             else:
                 raise self.error(f"triggers[{i}]", f"give 'event' or 'cron', got {dict(trig)!r}")

@@ -92,7 +92,8 @@ class SDKExecution:
         self.pending: set[str] = set()  # suspensions of an earlier pass not yet resolved
         self.version = -1
         bodies = [e.to_dict() for e in (ctx.events or [ctx.event])]
-        self.events = [events.to_sdk(b) for b in bodies]
+        crons = events.declared_crons((meta.get("raw") or {}).get("triggers"))
+        self.events = [events.to_sdk(b, crons) for b in bodies]
 
     # --- requests --------------------------------------------------------------------
 

@@ -3,6 +3,7 @@ events, and the shapes each side expects."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from collections.abc import Mapping
@@ -28,6 +29,27 @@ def signal_expression(signal: str) -> str:
     """The CEL that a signal's wait matches with (a JSON string is a valid CEL string)."""
     return "async.data.signal == " + json.dumps(signal)
 _FIELDS = ("name", "data", "id", "user", "ts", "v")
+CRON_EVENT = "inngest/scheduled.timer"
+
+
+def split_cron(text: str) -> tuple[str, str]:
+    """(schedule, timezone) of a cron trigger as the SDKs write it: ``TZ=Europe/Paris 0 3 * * *``."""
+    spec, timezone = text.strip(), "UTC"
+    head, _, rest = spec.partition(" ")
+    if head.startswith(("TZ=", "CRON_TZ=")):
+        timezone, spec = head.split("=", 1)[1], rest.strip()
+    return spec, timezone
+
+
+def declared_crons(raw_triggers: Any) -> dict[str, str]:
+    """Each cron schedule as stored (its ``TZ=`` split off) -> as the function declared it; a
+    schedule declared twice in different zones is left out (a tick cannot tell which)."""
+    found: dict[str, set[str]] = {}
+    for trigger in raw_triggers if isinstance(raw_triggers, list) else []:
+        cron = trigger.get("cron") if isinstance(trigger, Mapping) else None
+        if isinstance(cron, str) and cron.strip():
+            found.setdefault(split_cron(cron)[0], set()).add(cron.strip())
+    return {spec: next(iter(raws)) for spec, raws in found.items() if len(raws) == 1}
 
 
 def trigger_name(name: str) -> str:
@@ -35,8 +57,9 @@ def trigger_name(name: str) -> str:
     return TO_STEPLINE.get(name, name)
 
 
-def to_sdk(body: Mapping[str, Any]) -> dict[str, Any]:
-    """An event as the SDKs need it: string id, int ``ts``, object ``data`` and ``user``."""
+def to_sdk(body: Mapping[str, Any], crons: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """An event as the SDKs need it: string id, int ``ts``, object ``data`` and ``user``;
+    a cron tick as Inngest sends it (``crons``: the function's ``declared_crons``)."""
     out: dict[str, Any] = {
         "name": TO_INNGEST.get(str(body.get("name")), str(body.get("name"))),
         "data": dict(body.get("data") or {}),
@@ -46,10 +69,25 @@ def to_sdk(body: Mapping[str, Any]) -> dict[str, Any]:
     }
     if body.get("v") is not None:
         out["v"] = body["v"]
+    if out["name"] == CRON_EVENT:
+        _cron_data(out["data"], crons or {})
     error = out["data"].get("error")
     if out["name"] in TO_STEPLINE and isinstance(error, Mapping):  # a system event's error, as onFailure reads it
         out["data"]["error"] = normalize_error(dict(error))
     return out
+
+
+def _cron_data(data: dict[str, Any], crons: Mapping[str, str]) -> None:
+    """Inngest's tick data: ``cron`` as declared (an app with several schedules tells them
+    apart by it, ``TZ=`` included) and the tick as ``scheduledAt`` / ``fireAt`` (RFC 3339)."""
+    declared = crons.get(str(data.get("cron")))
+    if declared:
+        data["cron"] = declared
+    tick = data.get("tick")
+    if isinstance(tick, int) and not isinstance(tick, bool):
+        at = dt.datetime.fromtimestamp(tick / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        data.setdefault("scheduledAt", at)
+        data.setdefault("fireAt", at)  # Stepline adds no jitter: it fires at the tick
 
 
 def from_sdk(raw: Any) -> Any:
