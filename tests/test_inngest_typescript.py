@@ -119,6 +119,22 @@ async def test_an_invoked_runs_failure_reaches_the_parent_as_reported(env: tuple
     assert wait["message"] == "cancelled by event 'ts/stoppable.stop' (cancel_on)", wait
 
 
+async def test_inngests_own_cel_functions_in_if_expressions(env: tuple[Server, NodeApp]) -> None:
+    """date(), now_minus() in a trigger's `if` and lowercase() in a wait's `if` mean what they
+    mean on Inngest (they failed on every event before: no run, no match)."""
+    server, _ = env
+    now = dt.datetime.now(dt.UTC)
+    stale = await server.send("ts/signup", {"at": (now - dt.timedelta(days=3)).isoformat(), "email": "old@example.com"})
+    fresh = await server.send("ts/signup", {"at": now.isoformat(), "email": "Ada@Example.com"})
+    run = await server.run_for(fresh, FN + "verify-email")
+    assert (await server.engine.store.get_event(stale))["runs"] == []  # signed up too long ago: condition false
+    await server.status(run["id"], "waiting")
+    await server.send("ts/email.clicked", {"email": "someone@example.com"})
+    await server.send("ts/email.clicked", {"email": "ada@example.COM"})
+    done = await server.finished(run["id"])
+    assert done["status"] == "completed" and done["output"] == "verified ada@example.COM", done
+
+
 async def test_invokes_meet_the_invoked_functions_flow_control(env: tuple[Server, NodeApp]) -> None:
     """A second invoke over a rate limit, with a used idempotency key, or beside a running
     singleton (skip) fails at once in user code, naming the function and the rule."""

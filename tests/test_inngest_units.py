@@ -224,3 +224,18 @@ def test_cron_tick_shown_as_inngest_sends_it() -> None:
     assert data == {"cron": "TZ=Europe/Paris 0 3 * * *", "tick": 1_796_608_800_000,
                     "scheduledAt": "2026-12-07T02:00:00Z", "fireAt": "2026-12-07T02:00:00Z"}
     assert events.to_sdk({**tick, "data": {"cron": "0 * * * *", "tick": 0}}, crons)["data"]["cron"] == "0 * * * *"
+
+
+def test_inngests_own_cel_functions() -> None:
+    """Inngest's additions to CEL, with its lenient results on odd input (no error)."""
+    from stepline import cel_extras, expressions
+
+    variables = {"event": {"data": {"email": "Ada@Example.com", "at": "2024-01-01T00:00:00Z", "ms": 1_704_067_200_000,
+                                    "blob": "eyJhIjogMX0=", "list": "[1]"}}}
+    for expression in ("lowercase(event.data.email) == 'ada@example.com'", "uppercase('x') == 'X'",
+                       "json_parse(b64decode(event.data.blob)).a == 1", "size(json_parse(event.data.list)) == 0",
+                       "date(event.data.ms) == date(event.data.at)", "date(event.data.at) < now_minus('1d')",
+                       "now_plus('1h') > now()", "b64decode('not base64!') == ''"):
+        assert expressions.matches(expression, variables), expression
+    assert cel_extras.date(12345) is None and cel_extras.date("garbage") is None and cel_extras.now_plus("soon") is None
+    assert expressions.key("lowercase(event.data.email)", variables) == "ada@example.com"

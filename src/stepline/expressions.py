@@ -1,6 +1,7 @@
 """CEL expressions over events, compiled once and cached.
 
-Evaluation follows Inngest: a field missing from the event is "no match" for a
+Evaluation follows Inngest: its own functions (``lowercase``, ``date``, ``now_minus``, ...:
+``cel_extras``) are known, and a field missing from the event is "no match" for a
 boolean expression and an empty key for a key expression, never an error.
 
 An expression that fails on one event's data (division by zero, overflow, a type
@@ -20,7 +21,7 @@ import threading
 import time
 from typing import Any
 
-from stepline import errors
+from stepline import cel_extras, errors
 
 log = logging.getLogger("stepline.expressions")
 
@@ -53,6 +54,22 @@ def compile_expression(source: str) -> Any:
         raise errors.ExpressionError(f"invalid CEL expression {source!r}: {exc}") from exc
 
 
+@functools.lru_cache(maxsize=4096)
+def _extras_used(source: str) -> bool:
+    """Whether ``source`` calls one of Inngest's own functions (``cel_extras``)."""
+    return not cel_extras.NAMES.isdisjoint(compile_expression(source).functions())
+
+
+def _context(source: str, variables: dict[str, Any]) -> Any:
+    """What the program runs with: the variables, and Inngest's functions when it calls any
+    (a plain dict otherwise, the faster path)."""
+    if not _extras_used(source):
+        return variables
+    import cel
+
+    return cel.Context(variables=variables, functions=cel_extras.FUNCTIONS)
+
+
 def check(source: str, *, field: str) -> str:
     """Compile ``source`` now so a typo fails at declaration; returns it unchanged."""
     if not isinstance(source, str) or not source.strip():
@@ -68,7 +85,7 @@ def evaluate_checked(source: str, variables: dict[str, Any]) -> tuple[Any, Failu
     """(value, None); (None, None) when the expression reads a field the input lacks;
     (None, Failure) when it fails on this input."""
     try:
-        return compile_expression(source).execute(variables), None
+        return compile_expression(source).execute(_context(source, variables)), None
     except (KeyError, IndexError):  # a field the input lacks: Inngest's "no match"
         return None, None
     except Exception as exc:  # noqa: BLE001 - one event's data must never fail ingest for anyone

@@ -330,8 +330,20 @@ const checkout = fn({ id: "checkout" }, { event: "ts/checkout" }, async ({ event
   return { pay, wait };
 });
 
+// Inngest's own CEL functions (date, now_minus, lowercase, ...) in a trigger's and a wait's `if`.
+const verifyEmail = fn(
+  { id: "verify-email" },
+  { event: "ts/signup", if: "date(event.data.at) > now_minus('1d')" },
+  async ({ step }) => {
+    const clicked = await step.waitForEvent("clicked", {
+      event: "ts/email.clicked", timeout: "1m", if: "lowercase(async.data.email) == lowercase(event.data.email)",
+    });
+    return clicked ? `verified ${clicked.data.email}` : "expired";
+  },
+);
+
 const functions = [
-  declined, stoppable, checkout,
+  declined, stoppable, checkout, verifyEmail,
   steps, sleeper, waiter, child, parent, sender, onSent, parallel, flaky, nonretry, retryAfter, cancellable, throttled,
   limited, debounced, asker, racer, parallelFail, nightly, parallelRetry, signalWaiter, signalSender, pinger, ponger,
   vipQueue, perUser, batchIf, twoNaps, twoWaits, onFinished, onCancelled, raceWait, approval, slowChild, invokeErrors,
