@@ -951,3 +951,25 @@ async def test_due_times_are_on_the_databases_clock_whatever_the_hosts(
     (said,) = [r.getMessage() for r in caplog.records if "clock is" in r.getMessage()]
     assert said.startswith("this host's clock is 600.") and "NTP" in said
     assert ("ahead of" if lead_s > 0 else "behind") in said
+
+async def test_a_clock_reading_that_waited_long_for_its_answer_changes_nothing(
+    make_pg_engine: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reading of the database's clock that waited for a connection (a pool at its limit, a
+    slow network) has a midpoint off by that wait: it once warned of a host seconds 'behind'
+    that was not. Such a reading now neither corrects the clock nor warns."""
+    from stepline.store import clock_align
+
+    caplog.set_level(logging.WARNING, logger="stepline.clock")
+    engine = await make_pg_engine(run_worker=False)
+    aligned = engine.store.clock.correction_s
+    real_read = engine.store.db.read
+
+    async def slow_read(op: Any) -> Any:
+        await asyncio.sleep(0.6)  # waiting for a connection, before the query is sent
+        return await real_read(op)
+
+    monkeypatch.setattr(engine.store.db, "read", slow_read)
+    assert await clock_align.ClockAligner(engine.store.db, engine.store.clock).align() is None
+    assert engine.store.clock.correction_s == aligned
+    assert not [r for r in caplog.records if "clock is" in r.getMessage()]

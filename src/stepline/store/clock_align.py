@@ -24,19 +24,24 @@ log = logging.getLogger("stepline.clock")
 ALIGN_EVERY = 60.0  # seconds between readings of the database's clock
 SAMPLES = 3  # round trips per reading; the fastest one's midpoint is used
 MIN_CHANGE_S = 0.002  # a correction that moves less than this is noise: left as it is
+# A reading whose fastest round trip took longer than this waited for a connection or a slow
+# network, so its midpoint may be off by seconds: it neither corrects nor warns.
+MAX_ROUND_TRIP_S = 0.25
 SKEW_WARN_MS = 1000
 SKEW_REPEAT = 600.0  # seconds between warnings while a host stays off
 
 
-async def host_lead_ms(database: db.Database) -> float:
-    """How far this host's clock is ahead of the database's (negative: behind), in ms."""
+async def host_lead_ms(database: db.Database) -> float | None:
+    """How far this host's clock is ahead of the database's (negative: behind), in ms; None
+    when every round trip was too slow to tell."""
     samples: list[tuple[float, float]] = []  # (round trip, lead)
     for _ in range(SAMPLES):
         before = time.time()
         server_ms = await database.read(lambda conn: int(conn.scalar(f"SELECT {conn.clock_ms} AS now")))
         after = time.time()
         samples.append((after - before, (before + after) * 500 - server_ms))
-    return min(samples)[1]
+    round_trip, lead = min(samples)
+    return lead if round_trip <= MAX_ROUND_TRIP_S else None
 
 
 class ClockAligner:
@@ -60,9 +65,12 @@ class ClockAligner:
                 await self._task
             self._task = None
 
-    async def align(self) -> float:
-        """Read the database's clock and correct by it; returns this host's lead in ms."""
+    async def align(self) -> float | None:
+        """Read the database's clock and correct by it; returns this host's lead in ms (None:
+        no reading good enough, nothing changed)."""
         lead_ms = await host_lead_ms(self._db)
+        if lead_ms is None:
+            return None
         correction = -lead_ms / 1000
         if abs(correction - self._clock.correction_s) >= MIN_CHANGE_S:
             self._clock.correction_s = correction
