@@ -81,6 +81,28 @@ async def test_over_size_step_output_fails_the_step_naming_the_limit(make_engine
     assert "STEPLINE_MAX_STEP_OUTPUT_BYTES" in step["error"]["message"]
 
 
+async def test_over_size_return_value_fails_the_run_naming_the_limit(make_engine) -> None:
+    """A return value over the output limit was stored whole (5 MiB where steps stop at 4),
+    then read with the run by every API call and dashboard view. It now fails the run, once,
+    naming the limit and the fix; the steps before it stay saved."""
+    app = stepline.App("t")
+    attempts = 0
+
+    @app.function(id="big", trigger=stepline.TriggerEvent("t/big"), retries=3)
+    async def big(ctx: stepline.Context) -> str:
+        nonlocal attempts
+        attempts += 1
+        part = await ctx.step.run("part", lambda: "x" * 3000)
+        return part * 2
+
+    engine = await make_engine(app, max_step_output_bytes=4096)
+    run = await send_and_wait(engine, {"name": "t/big"})
+    assert (run["status"], attempts, run["output"]) == ("failed", 1, None)
+    assert "function 'big' returned 6002 bytes, over the output limit of 4096 bytes" in run["error"]["message"]
+    assert "STEPLINE_MAX_STEP_OUTPUT_BYTES" in run["error"]["message"]
+    assert [(st["id"], st["status"]) for st in run["steps"]] == [("part", "completed")]
+
+
 async def test_app_not_running_cannot_send() -> None:
     app = stepline.App("idle")
     with pytest.raises(stepline.SteplineError, match="not running"):

@@ -43,7 +43,7 @@ VARS: tuple[Var, ...] = (
     Var("STEPLINE_POLL_INTERVAL", "poll_interval", float, 0.0, "seconds between looks for work from other processes (0: backend default)"),
     Var("STEPLINE_MAX_EVENT_BYTES", "max_event_bytes", int, 1024 * 1024, "largest event accepted"),
     Var("STEPLINE_MAX_EVENTS_PER_REQUEST", "max_events_per_request", int, 5000, "most events one HTTP request may carry (413 past it: send the rest in further requests)"),
-    Var("STEPLINE_MAX_STEP_OUTPUT_BYTES", "max_step_output_bytes", int, 4 * 1024 * 1024, "largest step result saved"),
+    Var("STEPLINE_MAX_STEP_OUTPUT_BYTES", "max_step_output_bytes", int, 4 * 1024 * 1024, "largest step result or function return value saved"),
     Var("STEPLINE_MAX_RUN_STATE_BYTES", "max_run_state_bytes", int, 32 * 1024 * 1024, "largest total of a run's step results"),
     Var("STEPLINE_MAX_JSON_DEPTH", "max_json_depth", int, 64, "deepest nesting of an event's data or user (and of any request body, plus its envelope)"),
     Var("STEPLINE_MAX_NAME_BYTES", "max_name_bytes", int, 256, "longest event name (and SDK trigger name or function id), in UTF-8 bytes"),

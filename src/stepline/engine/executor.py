@@ -690,7 +690,8 @@ class Executor:
         steps = await execution.take_unsaved()
         try:
             output = jsonutil.dumps_checked(result, what=f"function {claimed.function_id!r}'s return value")
-        except errors.NonRetriableError as exc:
+            self._check_return_size(claimed.function_id, output)
+        except (errors.NonRetriableError, errors.LimitError) as exc:
             error_json = jsonutil.dumps(retry.error_dict(exc))
             await self._end(execution, RunStatus.FAILED, None, error_json, steps)
             return
@@ -701,6 +702,17 @@ class Executor:
                 execution.unreached_steps(),
             )
         await self._end(execution, RunStatus.COMPLETED, output, None, steps)
+
+    def _check_return_size(self, function_id: str, output: str) -> None:
+        """A return value meets the step output limit: stored as the run's output, it is read
+        with the run (the API, the dashboard, the invoker's step, function.finished)."""
+        limit = self._services.settings.max_step_output_bytes
+        if len(output) > limit:
+            raise errors.LimitError(
+                f"function {function_id!r} returned {len(output)} bytes, over the output limit of {limit} bytes "
+                "that steps and return values share; store large data elsewhere and return a reference, or raise "
+                "STEPLINE_MAX_STEP_OUTPUT_BYTES"
+            )
 
     async def _rest(self, execution: RunExecution) -> None:
         """The function stopped short of an outcome (suspended, halted, cancelled): save what
