@@ -25,6 +25,7 @@ from stepline.server import (
 from stepline.server.auth_limits import AuthLimiter
 from stepline.server.common import ServerOptions
 from stepline.server.guard import HttpGuard, HttpLimits
+from stepline.server.headers import SecurityHeaders
 from stepline.server.responses import problem
 
 
@@ -49,13 +50,14 @@ async def _method_not_allowed(request: Request, exc: Exception) -> Response:
 
 
 class _GuardedStarlette(Starlette):
-    """Starlette with the HTTP guard outside its error middleware (else timeouts become 500s)."""
+    """Starlette with the HTTP guard outside its error middleware (else timeouts become 500s),
+    and the security headers outside both, so that refusals carry them too."""
 
     def build_middleware_stack(self) -> Any:
         stack = super().build_middleware_stack()
         if self.state.direct_events:
             stack = api_events.DirectEvents(stack, self)
-        return HttpGuard(stack, self.state.http_limits)
+        return SecurityHeaders(HttpGuard(stack, self.state.http_limits))
 
 
 def create_app(

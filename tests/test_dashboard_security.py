@@ -1,0 +1,84 @@
+"""What browsers are told about Stepline's pages, checked in a real headless Chromium:
+no other site may frame them (clickjacking), and answers are read as their type."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests import server_apps
+from tests.server_live import LiveServer, run_of_event, run_status, serve  # noqa: F401 - fixture
+from tests.test_dashboard import browser, page  # noqa: F401 - fixtures
+
+SQLITE = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # headers do not depend on the store
+
+
+@pytest.fixture
+def decoy() -> Iterator[dict[str, str]]:
+    """Another origin on loopback serving ``decoy["html"]`` (a real server: Chromium refuses
+    a page it cannot place on the network from framing a loopback address at all)."""
+    content = {"html": ""}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = content["html"].encode()
+            self.send_response(200)
+            self.send_header("content-type", "text/html")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    content["url"] = f"http://127.0.0.1:{server.server_address[1]}/"
+    yield content
+    server.shutdown()
+    server.server_close()
+
+
+def _sleeping_run(server: LiveServer) -> str:
+    with httpx.Client(base_url=server.url) as client:
+        run = run_of_event(client, client.post("/e/dev", json={"name": "srv/nap"}).json()["ids"][0])
+        return str(run_status(client, run["id"], "sleeping")["id"])
+
+
+@SQLITE
+def test_another_site_cannot_frame_the_dashboard(serve, page: Page, decoy: dict[str, str]) -> None:  # noqa: F811
+    # Dev mode has no login: without the headers, a decoy page could frame a run's page
+    # and have the visitor's click land on its Cancel button.
+    server = serve(server_apps.app)
+    run_id = _sleeping_run(server)
+    target = f"{server.url}/#/runs/{run_id}"
+    decoy["html"] = f'<button>Win</button><iframe id="f" src="{target}" width="900" height="600"></iframe>'
+    page.goto(decoy["url"])  # waits for the frame's load, refused or not
+    framed = next(f for f in page.frames if f is not page.main_frame)
+    assert not framed.url.startswith(server.url), f"the dashboard was framed: {framed.url}"
+    expect(page.frame_locator("#f").get_by_test_id("cancel")).to_have_count(0)
+    # The page itself still works top-level.
+    page.goto(target)
+    expect(page.get_by_test_id("cancel")).to_be_visible()
+
+
+@SQLITE
+def test_every_answer_forbids_framing_and_type_sniffing(serve) -> None:  # noqa: F811
+    server = serve(server_apps.app)
+    with httpx.Client(base_url=server.url) as client:
+        answers = {
+            "dashboard": client.get("/"),
+            "script": client.get("/static/app.js"),
+            "api": client.get("/api/v1/runs"),
+            "not found": client.get("/nothing-here"),
+            "guard refusal": client.get("/api/v1/runs", headers={"x-big": "a" * 20_000}),
+        }
+    assert answers["guard refusal"].status_code == 431
+    for what, answer in answers.items():
+        assert answer.headers.get("x-frame-options") == "DENY", what
+        assert answer.headers.get("x-content-type-options") == "nosniff", what
