@@ -11,6 +11,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
+from stepline.server.common import ServerOptions
 from tests import server_apps
 from tests.server_live import LiveServer, run_of_event, run_status, serve  # noqa: F401 - fixture
 from tests.test_dashboard import browser, page  # noqa: F401 - fixtures
@@ -82,3 +83,48 @@ def test_every_answer_forbids_framing_and_type_sniffing(serve) -> None:  # noqa:
     for what, answer in answers.items():
         assert answer.headers.get("x-frame-options") == "DENY", what
         assert answer.headers.get("x-content-type-options") == "nosniff", what
+
+
+def _csp_refusals(tab: Page) -> list[str]:
+    refused: list[str] = []
+    tab.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
+    return refused
+
+
+@SQLITE
+def test_markup_put_in_the_page_runs_no_script(serve, page: Page) -> None:  # noqa: F811
+    # The pages put every value as text; should one ever reach the page as HTML, the
+    # policy keeps its inline handler from running.
+    server = serve(server_apps.app)
+    refused = _csp_refusals(page)
+    page.goto(f"{server.url}/#/runs")
+    expect(page.get_by_test_id("runs")).to_be_visible()
+    page.evaluate("""() => {
+        const img = document.createElement("div");
+        img.innerHTML = '<img src="/nothing-here.png" onerror="window.__ran = true">';
+        img.firstChild.addEventListener("error", () => { document.body.dataset.imageFailed = "yes"; });
+        document.body.append(img);
+    }""")
+    # The image failed, so its handler had its chance (a locator: the policy refuses the eval of wait_for_function).
+    expect(page.locator("body[data-image-failed=yes]")).to_have_count(1)
+    assert page.evaluate("window.__ran === undefined"), "an inline handler in the page ran"
+    assert any("inline event handler" in text for text in refused), refused
+
+
+@SQLITE
+def test_the_pages_work_under_their_policy(serve, page: Page) -> None:  # noqa: F811
+    server = serve(server_apps.app)
+    run_id = _sleeping_run(server)
+    refused = _csp_refusals(page)
+    page.goto(f"{server.url}/#/runs/{run_id}")
+    expect(page.get_by_test_id("run-status")).to_have_text("sleeping")
+    # Widths set by the scripts (the step's bar on the timeline) still apply.
+    assert page.locator(".timeline .seg").first.evaluate("el => el.style.width") != ""
+    page.goto(f"{server.url}/#/metrics")
+    expect(page.get_by_test_id("queue-ready")).to_be_visible()
+    page.goto(f"{server.url}/login?error=1")  # dev mode sends /login on to the dashboard
+    assert refused == []
+    prod = serve(server_apps.app, options=ServerOptions(dev=False, event_key="ek", api_token="secret-token"))
+    page.goto(f"{prod.url}/login?error=1")
+    expect(page.locator("#error")).to_be_visible()  # the login page's script runs from its file
+    assert refused == []

@@ -12,13 +12,17 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from stepline.server import common, guard, sessions, tokens
+from stepline.server.headers import PAGE_POLICY
 from stepline.server.responses import problem
 
 STATIC = Path(__file__).parent / "static"
 
 
 def _page(name: str) -> FileResponse:
-    return FileResponse(STATIC / name, media_type="text/html", headers={"cache-control": "no-store"})
+    return FileResponse(
+        STATIC / name, media_type="text/html",
+        headers={"cache-control": "no-store", "content-security-policy": PAGE_POLICY},
+    )
 
 
 async def index(request: Request) -> Response:
