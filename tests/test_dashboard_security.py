@@ -128,3 +128,30 @@ def test_the_pages_work_under_their_policy(serve, page: Page) -> None:  # noqa: 
     page.goto(f"{prod.url}/login?error=1")
     expect(page.locator("#error")).to_be_visible()  # the login page's script runs from its file
     assert refused == []
+
+
+@SQLITE
+def test_a_page_of_another_site_cannot_post_logins_that_hold_the_operator_back(
+    serve, page: Page, decoy: dict[str, str]  # noqa: F811
+) -> None:
+    """Wrong logins count towards the back-off of the address they come from; a page the
+    operator merely opens could post them from the operator's browser, and with a short
+    token hold the right one back (429). The browser names the page's site
+    (Sec-Fetch-Site): such logins are refused before they count, and curl-like clients,
+    which send no such header, log in as before."""
+    server = serve(server_apps.app, options=ServerOptions(dev=False, event_key="event-key-1", api_token="api-token-1"))
+    decoy["html"] = f"""<script>
+      window.posted = (async () => {{
+        for (let i = 0; i < 6; i++) {{
+          await fetch("{server.url}/login", {{method: "POST", mode: "no-cors", body: new URLSearchParams({{token: "wrong"}})}});
+        }}
+        return "done";
+      }})();
+    </script>"""
+    page.goto(decoy["url"])
+    assert page.evaluate("window.posted") == "done"
+    with httpx.Client(base_url=server.url, follow_redirects=False) as client:
+        refused = client.post("/login", data={"token": "wrong"}, headers={"sec-fetch-site": "cross-site"})
+        assert refused.status_code == 403 and "another site" in refused.json()["error"]
+        signed_in = client.post("/login", data={"token": "api-token-1"})
+        assert signed_in.status_code == 303 and signed_in.headers["location"] == "/", signed_in.status_code

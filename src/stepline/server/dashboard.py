@@ -42,6 +42,11 @@ async def login(request: Request) -> Response:
     sets its id as an HttpOnly, SameSite=Strict cookie; the token itself is never stored.
     Wrong ones count towards the back-off (429 with Retry-After)."""
     opts = common.options(request)
+    if _from_another_site(request):
+        # Not counted: a page the operator opens elsewhere could otherwise post wrong tokens
+        # from the operator's own address and hold the right one back (or log the browser
+        # into a session of the page's choosing).
+        return problem(403, "a login posted by a page of another site is refused: sign in from this server's own login page")
     body = await request.body()  # the HTTP guard ends the body at its limit
     if len(body) > guard.LOGIN_BODY_BYTES:
         return problem(413, f"the login form is over the limit of {guard.LOGIN_BODY_BYTES} bytes")
@@ -62,6 +67,13 @@ async def login(request: Request) -> Response:
         path="/",
     )
     return response
+
+
+def _from_another_site(request: Request) -> bool:
+    """Whether the browser says this request comes from a page of another origin
+    (``Sec-Fetch-Site``, which browsers set and pages cannot; clients that are not browsers
+    send none). Not ``Origin`` against ``Host``: a proxy may rewrite the Host."""
+    return request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none")
 
 
 async def logout(request: Request) -> Response:
