@@ -124,3 +124,29 @@ def test_a_dropped_stream_resumes_with_last_event_id_while_another_process_runs_
     assert parts(after) == [1, 2, 3]  # nothing seen twice, nothing lost
     assert after[-1]["event"] == "end" and after[-1]["data"]["output"] == {"parts": 4}
     assert worker_process.poll() is None
+
+
+def test_a_stream_opened_with_a_run_token_ends_when_the_token_expires(serve) -> None:  # noqa: F811
+    """A run token was checked when the stream connected, and the stream then ran until the
+    run ended, however long past the token's expiry. It now ends with an ``expired`` event
+    at the expiry, and reconnecting with that token is refused."""
+    from stepline.server import mint_run_token
+    from stepline.server.common import ServerOptions
+
+    options = ServerOptions(dev=False, event_key="event-key-1", api_token="api-token-1")
+    server: LiveServer = serve(server_apps.app, options=options, signing_key="signing-key-1")
+    with httpx.Client(base_url=server.url, timeout=httpx.Timeout(10.0)) as client:
+        event_id = client.post("/e/event-key-1", json={"name": "srv/chatty", "data": {"job": "t1", "count": 3}}).json()["ids"][0]
+        admin = httpx.Client(base_url=server.url, headers={"authorization": "Bearer api-token-1"})
+        run = run_of_event(admin, event_id)
+        token = mint_run_token(run["id"], key="signing-key-1", ttl=3)
+        with client.stream("GET", f"/api/v1/runs/{run['id']}/stream", params={"token": token}) as response:
+            assert response.status_code == 200
+            events = sse(response)
+            read_until(events, is_waiting)
+            rest = list(events)  # the run still waits: only the token's expiry can end this
+        assert [e["event"] for e in rest] == ["expired"] and "mint a new one" in rest[0]["data"]["error"]
+        again = client.get(f"/api/v1/runs/{run['id']}/stream", params={"token": token})
+        assert again.status_code == 401
+        assert admin.get(f"/api/v1/runs/{run['id']}").json()["status"] == "waiting"
+        admin.close()

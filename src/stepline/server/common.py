@@ -242,6 +242,14 @@ def by_run_token(request: Request) -> bool:
     return bool(request.scope.get(BY_RUN_TOKEN))
 
 
+def run_token_expiry(request: Request) -> float | None:
+    """When the run token a request was let in by expires (epoch seconds); None when it came
+    in otherwise (API token, session, dev mode), which does not expire mid-stream."""
+    if options(request).dev or not by_run_token(request):
+        return None
+    return tokens.token_expiry(request.query_params.get("token") or _bearer(request))
+
+
 def parse_time(value: str | None, name: str) -> int | None:
     """ISO 8601 time or epoch milliseconds → epoch milliseconds."""
     if value is None or value == "":

@@ -11,6 +11,9 @@ Events (``data`` is JSON):
   connect and whenever one of them changes.
 - ``message``: one ``ctx.publish`` message ``{seq, topic, data, at}``.
 - ``end``: the final status with output or error; the stream then closes.
+- ``expired``: the run token the stream was opened with expired; the stream closes
+  (a token is checked at every moment it reads, not only at connect): mint a new one and
+  reconnect with it, from ``Last-Event-ID``.
 
 Every event's ``id`` is the sequence number of the last message delivered, so a
 client that reconnects with ``Last-Event-ID`` (browsers do it on their own) gets
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -62,6 +66,7 @@ async def run_events(request: Request, run_id: str) -> EventSourceResponse:
     if first is None:
         raise errors.NotFoundError(f"no run with id {run_id!r}")
     poll = common.options(request).stream_poll
+    expires = common.run_token_expiry(request)
     loop = asyncio.get_running_loop()
     wake = asyncio.Event()
 
@@ -93,8 +98,14 @@ async def run_events(request: Request, run_id: str) -> EventSourceResponse:
                     return
                 live = None
                 wake.clear()
+                left = poll if expires is None else min(poll, expires - time.time())
+                if left <= 0:
+                    yield {"event": "expired", "id": str(seq), "data": _dumps({
+                        "error": "the run token expired: mint a new one and reconnect with it (Last-Event-ID resumes)",
+                    })}
+                    return
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(wake.wait(), poll)
+                    await asyncio.wait_for(wake.wait(), left)
         finally:
             engine.remove_publish_listener(on_publish)
 
