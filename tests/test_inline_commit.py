@@ -146,6 +146,7 @@ async def test_the_writer_waits_out_a_lock_held_elsewhere_and_says_so(sqlite_url
     as long as another connection holds it, warning at each interval and once it is free,
     and the write then commits; nothing fails meanwhile."""
     monkeypatch.setattr(sqlite_backend, "LOCK_WARN_EVERY", 0.2)
+    monkeypatch.setattr(sqlite_backend, "LOCK_WARN_FIRST", 0.2)
     store = open_store(sqlite_url, migrate_now=False)
     await store.start()
     try:

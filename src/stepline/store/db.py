@@ -220,22 +220,36 @@ class Batched:
     ``Conn.limit_lock_waits``) fails with ``errors.BusyError(busy_message)``, which its
     callers may simply try again, instead of as the database failing (``StoreError``); a
     shared one is then run again item by item, so only the item that needs the lock fails.
+
+    With ``write_lock_wait_ms``, an item whose transaction could not begin because another
+    process has held the database's one write lock that long (SQLite; see
+    ``Database.shares_write_lock``) is withdrawn and fails with
+    ``errors.BusyError(write_lock_message)``; never after the writer took it into a
+    transaction, so it is either committed or refused, never both.
     """
 
-    __slots__ = ("name", "fn", "alone_on_error", "busy_message")
+    __slots__ = ("name", "fn", "alone_on_error", "busy_message", "write_lock_wait_ms", "write_lock_message")
 
     def __init__(
         self, name: str, fn: Callable[[Conn, list[Any]], list[Any]], *, alone_on_error: bool = False,
-        busy_message: str | None = None,
+        busy_message: str | None = None, write_lock_wait_ms: int | None = None, write_lock_message: str = "",
     ) -> None:
         self.name = name
         self.fn = fn
         self.alone_on_error = alone_on_error
         self.busy_message = busy_message
+        self.write_lock_wait_ms = write_lock_wait_ms
+        self.write_lock_message = write_lock_message
+
+
+# A queued item's passage: taken into a transaction by the writer, or withdrawn by its caller
+# who gave up waiting for another process's write lock; whichever comes first, under ``_taking``.
+_PENDING, _TAKEN, _WITHDRAWN = 0, 1, 2
+_taking = threading.Lock()
 
 
 class _Job:
-    __slots__ = ("op", "future", "loop", "kind", "item")
+    __slots__ = ("op", "future", "loop", "kind", "item", "state")
 
     def __init__(
         self,
@@ -250,20 +264,55 @@ class _Job:
         self.loop = loop
         self.kind = kind
         self.item = item
+        self.state = _PENDING
 
 
-def _group_op(kind: Batched, items: list[Any]) -> Op[list[Any]]:
+def _take(jobs: list[_Job]) -> list[bool]:
+    """Inside the writer's transaction: mark ``jobs`` taken, unless their callers withdrew
+    them first; which ones were taken (a job taken before, in a batch run again, stays so)."""
+    with _taking:
+        for job in jobs:
+            if job.state == _PENDING:
+                job.state = _TAKEN
+        return [job.state == _TAKEN for job in jobs]
+
+
+def _withdraw(job: _Job) -> bool:
+    """Withdraw ``job`` if the writer has not taken it into a transaction; whether it was."""
+    with _taking:
+        if job.state == _PENDING:
+            job.state = _WITHDRAWN
+        return job.state == _WITHDRAWN
+
+
+def _requeued(job: _Job) -> None:
+    """``job`` rolled back, to run again in another transaction: its caller may withdraw it again."""
+    with _taking:
+        if job.state == _TAKEN:
+            job.state = _PENDING
+
+
+def _group_op(kind: Batched, items: list[Any], jobs: list[_Job] | None = None) -> Op[list[Any]]:
     def op(conn: Conn) -> list[Any]:
-        return kind.fn(conn, items)
+        if jobs is None or kind.write_lock_wait_ms is None:
+            return kind.fn(conn, items)
+        taken = _take(jobs)
+        live = [item for item, ok in zip(items, taken) if ok]
+        results = iter(kind.fn(conn, live) if live else [])
+        # A withdrawn item's caller has its BusyError already (its future is done).
+        return [next(results) if ok else errors.BusyError(kind.write_lock_message) for ok in taken]
 
     op.busy_message = kind.busy_message  # type: ignore[attr-defined]
     return op
 
 
-def _alone(kind: Batched, item: Any) -> Op[Any]:
-    """``kind`` for one item as a plain operation: its result, or its own error raised."""
+def _alone(kind: Batched, item: Any, job: _Job | None = None) -> Op[Any]:
+    """``kind`` for one item as a plain operation: its result, or its own error raised.
+    With ``job``, nothing is run if its caller withdrew it meanwhile."""
 
     def op(conn: Conn) -> Any:
+        if job is not None and kind.write_lock_wait_ms is not None and not _take([job])[0]:
+            return None  # withdrawn: its caller has its BusyError already
         (result,) = kind.fn(conn, [item])
         if isinstance(result, BaseException):
             raise result
@@ -291,7 +340,7 @@ def _plan(batch: list[_Job]) -> tuple[list[Op[Any]], list[list[_Job]]]:
     for i, jobs in enumerate(owners):
         kind = jobs[0].kind
         if kind is not None:
-            ops[i] = _group_op(kind, [j.item for j in jobs])
+            ops[i] = _group_op(kind, [j.item for j in jobs], jobs)
     return ops, owners
 
 
@@ -344,6 +393,9 @@ class Database(abc.ABC):
     # (``write_item_alone``): for a backend whose commit is quick local work, never a
     # network round trip.
     commits_inline = False
+    # Whether the writer may wait for a write lock that another process holds on the whole
+    # database (SQLite): items of a ``Batched`` kind with ``write_lock_wait_ms`` then give up.
+    shares_write_lock = False
 
     def __init__(self) -> None:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
@@ -369,6 +421,15 @@ class Database(abc.ABC):
         self._failed_at = 0.0
         self._failing_why = ""
         self._commit_outage = OutageLog(log, "writing to the database")
+        # Since when the writer has waited for the write lock another process holds (None:
+        # it is not waiting); set and cleared by the backend's writer thread.
+        self._write_lock_wait_since: float | None = None
+        self._write_lock_why = ""
+
+    def write_lock_waited(self) -> float:
+        """Seconds the writer has been waiting for a write lock another process holds (0: not waiting)."""
+        since = self._write_lock_wait_since
+        return 0.0 if since is None else max(0.0, time.monotonic() - since)
 
     def write_failure(self, fresh_within: float) -> tuple[float, str] | None:
         """(seconds, why) every commit has failed for the database's sake, the last one in the
@@ -469,8 +530,26 @@ class Database(abc.ABC):
             raise RuntimeError("the store is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._put(_Job(None, future, loop, kind, item))
+        job = _Job(None, future, loop, kind, item)
+        self._put(job)
+        if kind.write_lock_wait_ms is not None and self.shares_write_lock:
+            loop.call_later(kind.write_lock_wait_ms / 1000, self._give_up_if_locked_out, job)
         return future
+
+    def _give_up_if_locked_out(self, job: _Job) -> None:
+        """On the caller's loop, once ``job`` has waited its kind's ``write_lock_wait_ms``: if
+        the writer has been waiting that long for a write lock another process holds, the job
+        is withdrawn (unless the writer took it into a transaction first) and its caller told
+        ``BusyError``; otherwise looked at again later (the writer may be merely busy)."""
+        if job.future.done():
+            return
+        assert job.kind is not None and job.kind.write_lock_wait_ms is not None
+        bound = job.kind.write_lock_wait_ms / 1000
+        waited = self.write_lock_waited()
+        if waited >= bound and _withdraw(job):
+            job.future.set_exception(errors.BusyError(job.kind.write_lock_message))
+            return
+        job.loop.call_later(bound - waited if waited < bound else bound, self._give_up_if_locked_out, job)
 
     async def write_item_alone(self, kind: Batched, item: Any) -> Any:
         """``write_item``, committed at once on the caller's thread when nothing else is
@@ -649,7 +728,8 @@ class Database(abc.ABC):
             kind = jobs[0].kind
             if not ok and kind.alone_on_error and len(jobs) > 1 and not self._closed and not isinstance(value, errors.StoreError):
                 for job in jobs:  # rolled back together: each item again, alone, in the next commit
-                    self._put(_Job(_alone(kind, job.item), job.future, job.loop))
+                    _requeued(job)
+                    self._put(_Job(_alone(kind, job.item, job), job.future, job.loop))
                 continue
             for i, job in enumerate(jobs):  # a shared operation: each item's own result
                 batch.append(job)

@@ -4,9 +4,11 @@ Processes that share the file coordinate through SQLite's write lock
 (``BEGIN IMMEDIATE``, which the writer retries while another connection holds the
 lock); they find each other's new work by a short poll, while work made due in this
 process wakes its workers at once. A write lock held elsewhere for however long
-(another process's long transaction) is waited out, never reported as a failed write:
-the leases of the runs this process holds lapse meanwhile, and its workers stop those
-runs themselves.
+(another process's long transaction) is waited out by checkpoints, finishes and every
+other write, never reported as a failed write: the leases of the runs this process holds
+lapse meanwhile, and its workers stop those runs themselves. Ingests alone give up after
+``store.INGEST_WRITE_LOCK_WAIT_MS`` (``db.Batched.write_lock_wait_ms``): a request is
+answered 503 instead of hanging, and nothing of it is stored.
 
 WAL checkpoints run on a thread of their own, never inside a commit: SQLite's
 automatic checkpoint (every 1,000 pages) would otherwise stall whichever commit
@@ -40,6 +42,9 @@ _UNAVAILABLE = {
     sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR,
     sqlite3.SQLITE_FULL, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PROTOCOL,
 }
+# Seconds another connection may hold the write lock before the first warning: past any
+# transaction of a healthy process, early enough to find the culprit while it still holds it.
+LOCK_WARN_FIRST = 2.0
 LOCK_WARN_EVERY = 30.0  # seconds between warnings while another connection holds the write lock
 LOCK_POLL_FIRST = 0.0005  # the writer's first pause while another connection holds the write lock (s)
 LOCK_POLL_MAX = 0.02  # its longest pause: how late it may take a lock just freed (s)
@@ -232,6 +237,7 @@ class SQLiteDatabase(db.Database):
     dialect = "sqlite"
     poll_interval = 0.1
     commits_inline = True  # a commit is local work (no flush to disk in WAL with synchronous=NORMAL)
+    shares_write_lock = True  # one write lock on the file, for every process that opens it
 
     def __init__(self, path: str) -> None:
         super().__init__()
@@ -271,26 +277,42 @@ class SQLiteDatabase(db.Database):
 
         The writer's connection has no busy timeout: this loop waits for the lock instead, so
         the loop's thread can try it once without waiting (``_begin_now``) at no cost. It
-        sleeps like SQLite's own busy handler, a little longer each time, up to 20 ms."""
-        waited_since: float | None = None
-        warned_at = 0.0
+        sleeps like SQLite's own busy handler, a little longer each time, up to 20 ms. While
+        it waits, ``_write_lock_wait_since`` says so: queued ingests give up on it, /health
+        reports it. It is cleared only once the lock is taken, before any item is."""
+        if self._begin_now(conn):
+            return
+        since = time.monotonic()
+        self._write_lock_why = (
+            f"another process holds the write lock of {self.path} (a process with the database open in a write "
+            "transaction); writes wait for it and events are refused until it lets go"
+        )
+        self._write_lock_wait_since = since
+        try:
+            self._wait_for_lock(conn, since)
+        finally:
+            self._write_lock_wait_since = None
+
+    def _wait_for_lock(self, conn: sqlite3.Connection, since: float) -> None:
+        warn_at, warned = since + LOCK_WARN_FIRST, False
         pause = LOCK_POLL_FIRST
         while not self._begin_now(conn):
             if self._closed:
                 raise sqlite3.OperationalError("the store closed while waiting for the write lock")
             now = time.monotonic()
-            if waited_since is None:
-                waited_since = warned_at = now
-            elif now - warned_at >= LOCK_WARN_EVERY:
-                warned_at = now
+            if now >= warn_at:
+                warn_at, warned = now + LOCK_WARN_EVERY, True
                 log.warning(
-                    "another connection has held the write lock of %s for %.0f s; waiting for it",
-                    self.path, now - waited_since,
+                    "another connection has held the write lock of %s for %.0f s; waiting for it. Look for "
+                    "another process with this database open in a write transaction (a sqlite3 shell after "
+                    "BEGIN, a long script, a process stopped or frozen mid-write); meanwhile events are "
+                    "refused (503, nothing stored) and other writes wait",
+                    self.path, now - since,
                 )
             time.sleep(pause)
             pause = min(pause * 2, LOCK_POLL_MAX)
-        if waited_since is not None and time.monotonic() - waited_since >= LOCK_WARN_EVERY:
-            log.warning("the write lock of %s is free again after %.0f s", self.path, time.monotonic() - waited_since)
+        if warned:
+            log.warning("the write lock of %s is free again after %.0f s", self.path, time.monotonic() - since)
 
     def _begin_now(self, conn: sqlite3.Connection) -> bool:
         """Take the write lock if it is free at once (another process may hold it)."""

@@ -97,6 +97,17 @@ INGEST_BUSY = (
     "debounce key, a run they cancel or a wait they resume) and did not let go within 0.2 s: a server that "
     "stopped in the middle of a write, or heavy contention; nothing of this request was stored: send it again"
 )
+# How long an ingest waits for SQLite's write lock (one for the whole file) while another
+# process holds it: another Stepline process's transactions hold it for milliseconds, a large
+# one under load for well under a second; past 2 s it is a process stopped mid-write or a
+# shell left in a transaction, and the web app sending the event should hear so (503, send
+# again) rather than hang until it lets go. PostgreSQL's row and key locks: INGEST_LOCK_WAIT_MS.
+INGEST_WRITE_LOCK_WAIT_MS = 2000
+INGEST_WRITE_LOCKED = (
+    "another process has held the SQLite database's write lock for over 2 s (a process with the database open "
+    "in a write transaction: a sqlite3 shell after BEGIN, a long script, a process stopped or frozen mid-write); "
+    "nothing of this request was stored: send it again"
+)
 CHECKPOINTS = db.Batched("checkpoint", ops_exec.checkpoint_many_txn)
 FINISHES = db.Batched("finish", ops_exec.finish_many_txn)
 
@@ -118,7 +129,10 @@ class Store:
         self.now_ms: Callable[[], int] = self.clock.now_ms
         self._aligner = clock_align.ClockAligner(database, self.clock) if shared else None
         # Concurrent ingests share one operation per commit; one that fails is run again alone.
-        self._ingests = db.Batched("ingest", self._ingest_many, alone_on_error=True, busy_message=INGEST_BUSY)
+        self._ingests = db.Batched(
+            "ingest", self._ingest_many, alone_on_error=True, busy_message=INGEST_BUSY,
+            write_lock_wait_ms=INGEST_WRITE_LOCK_WAIT_MS, write_lock_message=INGEST_WRITE_LOCKED,
+        )
 
     def _at_commit(self, op: Callable[..., T], **params: Any) -> Callable[[db.Conn], T]:
         """``op`` with ``now`` read when its transaction runs (see "writes" below)."""
