@@ -19,6 +19,8 @@ import pytest
 
 import stepline
 from stepline import errors
+from stepline.server import api_metrics, create_app
+from stepline.server.common import ServerOptions
 from stepline.store import db
 from stepline.store import sqlite as sqlite_backend
 from stepline.store import store as store_mod
@@ -172,6 +174,22 @@ async def test_the_first_warning_comes_early_and_names_what_to_look_for(make_eng
     assert any("has held the write lock" in m and "another process with this database open in a write transaction" in m
                for m in said), said
     assert any("is free again" in m for m in said), said
+
+
+async def test_health_answers_503_while_the_lock_is_held_and_200_after(make_engine, db_url, monkeypatch) -> None:
+    monkeypatch.setattr(api_metrics, "WRITES_FAILING", 0.3)
+    engine = await make_engine(run_worker=False)
+    app = create_app(engine, ServerOptions(dev=True))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as client:
+        assert (await client.get("/health")).status_code == 200
+        with write_lock_held(db_url):
+            write = asyncio.ensure_future(engine.store.db.write(lambda conn: None))
+            await asyncio.sleep(0.5)
+            reply = await client.get("/health")
+            assert reply.status_code == 503, reply.text
+            assert "another process holds the write lock" in reply.json()["error"], reply.text
+        await asyncio.wait_for(write, 10)
+        assert (await client.get("/health")).status_code == 200
 
 
 def test_the_server_answers_503_with_retry_after_while_another_process_holds_the_lock(cli_server, db_url) -> None:  # noqa: F811

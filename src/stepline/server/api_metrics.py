@@ -165,14 +165,16 @@ async def metrics_prometheus(request: Request) -> Response:
     return PlainTextResponse(await prometheus_text(request), media_type=PROMETHEUS_TYPE)
 
 
-WRITES_FAILING = 5.0  # seconds of failed writes after which /health answers 503
+WRITES_FAILING = 5.0  # seconds of failed (or lock-blocked) writes after which /health answers 503
 
 
 @common.route(common.open_access)
 async def health(request: Request) -> Response:
     """200 while the database answers and takes this process's writes; 503 (with the reason)
-    when it does not answer, or every write of the last ``WRITES_FAILING`` seconds failed
-    (a read-only database answers reads, and a load balancer must still steer away)."""
+    when it does not answer, or every write of the last ``WRITES_FAILING`` seconds failed, or
+    waited that long for a write lock another process holds (SQLite: events are refused
+    meanwhile); a read-only or locked database answers reads, and a load balancer must still
+    steer away."""
     engine = common.engine(request)
     worker = engine.worker
     try:
@@ -182,7 +184,7 @@ async def health(request: Request) -> Response:
     failing = engine.store.write_failure()
     if failing is not None and failing[0] >= WRITES_FAILING:
         return JSON({"status": "unavailable", "database": engine.store.dialect,
-                     "error": f"every write has failed for {failing[0]:.0f} s: {failing[1]}"}, status_code=503)
+                     "error": f"no write has gone through for {failing[0]:.0f} s: {failing[1]}"}, status_code=503)
     return JSON(
         {
             "status": "ok",

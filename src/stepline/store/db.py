@@ -435,6 +435,8 @@ class Database(abc.ABC):
         """(seconds, why) every commit has failed for the database's sake, the last one in the
         past ``fresh_within`` seconds; None when writes go through (or none was tried lately:
         an idle process knows nothing new)."""
+        if self._write_lock_wait_since is not None:  # no write goes through while it lasts
+            return self.write_lock_waited(), self._write_lock_why
         since, now = self._failing_since, time.monotonic()
         if since is None or now - self._failed_at > fresh_within:
             return None
