@@ -223,7 +223,7 @@ async def test_an_answered_ingest_is_not_held_while_it_could_have_been_refused(m
 
     engine = await make_engine(run_worker=False)
     database = engine.store.db
-    kind = db.Batched("probe", lambda conn, items: [None for _ in items], write_lock_wait_ms=2000, write_lock_message="x")
+    kind = db.Batched("test-ingest", lambda conn, items: [None for _ in items], write_lock_wait_ms=2000, write_lock_message="x")
     item = Item()
     future = database.submit_item(kind, item)
     await future
