@@ -18,7 +18,7 @@ from stepline.testing import (
     rate_limited,
     server_error,
 )
-from tests.helpers import eventually, send_and_wait, wait_run
+from tests.helpers import eventually, runs_for_event, send_and_wait, wait_run
 
 
 def infer_app(llm: LLM, **infer: Any) -> stepline.App:
@@ -257,3 +257,26 @@ async def test_unknown_provider_prefix_fails_before_any_call(make_engine, fake: 
     run = await send_and_wait(engine, {"name": "llm/ask", "data": {"prompt": "hi"}})
     assert run["status"] == "failed" and "no LLM provider is configured" in run["error"]["message"]
     assert run["steps"] == []
+
+
+async def test_a_model_call_finished_after_the_run_was_lost_is_counted_in_usage(make_engine, fake: FakeProvider) -> None:
+    """A worker that lost its run (another took it over) while a model call was in flight
+    saves nothing of the step, and the new holder calls the model again; but the provider
+    billed the first call too. Budgets counted it and the usage views did not: it is now
+    filed under ``<step>@lease<epoch>``, beside the step's own row once it runs again."""
+    fake.script(Reply(text="late", prompt_tokens=10, completion_tokens=5, cost=0.004, delay=0.5))
+    engine = await make_engine(infer_app(fake.llm()), lease=30.0)  # the call ends before a heartbeat finds the loss
+    event_id = await engine.send({"name": "llm/ask", "data": {"prompt": "hi", "user_id": "u1"}})
+    (run,) = await runs_for_event(engine, event_id)
+    await eventually(lambda: fake.requests or None, what="the model call in flight")
+    await engine.store.db.write(lambda conn: conn.execute(  # another worker took the run over
+        "UPDATE queue SET lease_owner = 'w-other', lease_epoch = lease_epoch + 1 WHERE run_id = ?", (run["id"],)
+    ))
+
+    async def filed() -> list[dict[str, Any]] | None:
+        return await llm_usage_rows(engine, run["id"]) or None
+
+    (row,) = await eventually(filed, what="the lost call's usage")
+    assert row["step_key"].startswith("call-model@lease") and (row["user_id"], row["function_id"]) == ("u1", "ask")
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (10, 5) and row["cost_usd"] == pytest.approx(0.004)
+    assert await engine.store.db.read(lambda conn: conn.all("SELECT key FROM steps WHERE run_id = ?", (run["id"],))) == []

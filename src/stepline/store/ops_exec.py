@@ -11,6 +11,7 @@ write that waited for a lock cannot create a lease that has already run out.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, cast
 
@@ -422,6 +423,7 @@ def checkpoint_many_txn(conn: db.Conn, items: list[tuple[Lease, StepResult, int]
     for lease, step, seq in items:
         row = held.get(lease.run_id)
         if not holds(row, lease):
+            _record_unsaved_usage(conn, lease, step)
             out.append(_lost(lease))
             continue
         rows.append(_step_row(lease.run_id, step, seq, step.status))
@@ -432,6 +434,14 @@ def checkpoint_many_txn(conn: db.Conn, items: list[tuple[Lease, StepResult, int]
     for run_id, step in saved:
         _checkpoint_extras(conn, run_id, step)
     return out
+
+
+def _record_unsaved_usage(conn: db.Conn, lease: Lease, step: StepResult) -> None:
+    """A model call finished by a worker that had lost the run: the step is not saved (the
+    run's new holder calls the model again), but the provider billed this call too, so the
+    usage views count it, as budgets do, under ``key@lease<epoch>``."""
+    if step.kind == "ai.infer" and step.status == StepStatus.COMPLETED and step.meta:
+        _record_llm_usage(conn, lease.run_id, dataclasses.replace(step, key=f"{step.key}@lease{lease.epoch}"))
 
 
 def _record_billed_usage(conn: db.Conn, run_id: str, key: str, attempt: int, error: str | None, at: int) -> None:
@@ -670,6 +680,8 @@ def finish_many_txn(conn: db.Conn, items: list[FinishItem]) -> list[None | error
     saved: list[tuple[str, StepResult]] = []
     for lease, status, output, error, now, steps in items:
         if not holds(held.get(lease.run_id), lease):
+            for step, _ in steps:
+                _record_unsaved_usage(conn, lease, step)
             out.append(_lost(lease))
             continue
         for step, seq in steps:
