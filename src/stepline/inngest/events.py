@@ -74,7 +74,19 @@ def to_sdk(body: Mapping[str, Any], crons: Mapping[str, str] | None = None) -> d
     error = out["data"].get("error")
     if out["name"] in TO_STEPLINE and isinstance(error, Mapping):  # a system event's error, as onFailure reads it
         out["data"]["error"] = normalize_error(dict(error))
+    if out["name"] in TO_STEPLINE:  # the run's own event(s), whole, as Inngest sends them: `user` always an object
+        for field in ("event", "events"):
+            if field in out["data"]:
+                out["data"][field] = _with_user(out["data"][field])
     return out
+
+
+def _with_user(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {**value, "user": dict(value.get("user") or {})}
+    if isinstance(value, list):
+        return [_with_user(item) for item in value]
+    return value
 
 
 def _cron_data(data: dict[str, Any], crons: Mapping[str, str]) -> None:

@@ -87,7 +87,9 @@ const nonretry = fn(
   {
     id: "nonretry",
     retries: 3,
-    onFailure: async ({ event, error }) => { hit("nonretry.onFailure", { name: event.name, message: error.message }); },
+    onFailure: async ({ event, error }) => {
+      hit("nonretry.onFailure", { name: event.name, message: error.message, user: event.data.event.user ?? null });
+    },
   },
   { event: "ts/nonretry" },
   async ({ step }) => step.run("boom", () => { hit("nonretry"); throw new NonRetriableError("permanent failure"); }),
