@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 from stepline.engine import Engine
@@ -104,3 +105,28 @@ async def send_and_wait(engine: Engine, event: dict[str, Any], *statuses: str, t
     event_id = await engine.send(event)
     run = (await runs_for_event(engine, event_id))[0]
     return await wait_run(engine, run["id"], *statuses, timeout=timeout)
+
+
+@contextlib.contextmanager
+def counting_statements() -> Iterator[list[int]]:
+    """Count the statements every store connection runs inside the block (``[n]`` once it
+    ends): what a transaction costs, whatever the machine's speed."""
+    from stepline.store import db
+
+    counted = [0]
+    originals = {name: getattr(db.Conn, name) for name in ("execute", "executemany", "all", "rowcount")}
+
+    def counting(real: Callable[..., Any]) -> Callable[..., Any]:
+        def run(self: db.Conn, *args: Any) -> Any:
+            counted[0] += 1
+            return real(self, *args)
+
+        return run
+
+    for name, real in originals.items():
+        setattr(db.Conn, name, counting(real))
+    try:
+        yield counted
+    finally:
+        for name, real in originals.items():
+            setattr(db.Conn, name, real)

@@ -11,8 +11,8 @@ import pytest
 
 import stepline
 from stepline.engine import Engine
-from stepline.store import db, ops_runs, wait_keys
-from tests.helpers import eventually, runs_for_event, wait_run
+from stepline.store import ops_runs, wait_keys
+from tests.helpers import counting_statements, eventually, runs_for_event, wait_run
 
 # --- which expressions have a key ----------------------------------------------------------
 
@@ -368,27 +368,15 @@ async def test_an_event_resuming_many_runs_records_them_in_one_write(make_engine
     assert sorted(detail["resumed_runs"]) == sorted(loose)
 
 
-async def test_an_event_resuming_many_runs_costs_a_few_statements_not_several_per_run(
-    make_engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_an_event_resuming_many_runs_costs_a_few_statements_not_several_per_run(make_engine) -> None:
     """The waits one event answers are resolved a few statements per 512: one by one (4
     statements each, in the ingest's transaction), 10,000 waiting runs held PostgreSQL's
     writer 3.7 s. Each run still resumes with the event."""
     engine = await make_engine(waiting_app())
     loose = await start(engine, "order/watched", [{"over": 0}] * 60, "waiting")
-    statements = 0
-    for method in ("execute", "executemany", "all", "rowcount"):
-        real = getattr(db.Conn, method)
-
-        def counting(self: db.Conn, *args: object, _real: object = real) -> object:
-            nonlocal statements
-            statements += 1
-            return _real(self, *args)  # type: ignore[operator]
-
-        monkeypatch.setattr(db.Conn, method, counting)
-    await engine.send({"name": "order/paid", "data": {"amount": 1}})
-    counted = statements
-    monkeypatch.undo()
+    with counting_statements() as statements:
+        await engine.send({"name": "order/paid", "data": {"amount": 1}})
+    (counted,) = statements
     assert counted < 30, f"{counted} statements to resume {len(loose)} runs"
     for run_id in loose:
         assert (await wait_run(engine, run_id))["output"] == {"got": {"amount": 1}}
