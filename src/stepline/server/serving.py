@@ -25,7 +25,10 @@ open connections but the process's open-file limit. ``StepHttpProtocol`` adds:
   bodies can lock out a real request; only when every connection is busy with a request
   does the newcomer get 503;
 - a write timeout: a client that leaves its answer unread (the server's buffer full) for
-  ``STEPLINE_BODY_TIMEOUT`` seconds is disconnected.
+  ``STEPLINE_BODY_TIMEOUT`` seconds is disconnected;
+- one write per answer: uvicorn writes an answer's head and its body separately, two
+  sends and two TCP segments for every small answer; the head now waits (until the body
+  comes, or the loop's next turn) and goes out with the body.
 
 Request bodies (size, pauses, deadline) are the HTTP guard's (``guard``), which sees
 them per route.
@@ -180,11 +183,15 @@ class ConnectionBook:
 
 
 class _GracefulTransport:
-    """The connection's transport as uvicorn sees it: ``close`` lets the client read the answer first."""
+    """The connection's transport as uvicorn sees it: ``close`` lets the client read the
+    answer first, and a write is held until the next one or the loop's next turn, so that
+    an answer's head and body leave in one send (one segment for a small answer, where
+    two sends cost a system call each and a second wake-up of the client)."""
 
     def __init__(self, inner: asyncio.Transport, protocol: StepHttpProtocol) -> None:
         self.inner = inner
         self._protocol = protocol
+        self._held: bytes | None = None  # at most one write: the next one takes it along
 
     def close(self) -> None:
         self._protocol.close_gracefully()
@@ -192,7 +199,18 @@ class _GracefulTransport:
     def write(self, data: bytes) -> None:  # every response: not through __getattr__
         if self._protocol.closing or self.inner.is_closing():
             return  # a late answer after the close began (the client has its own): nowhere to go
-        self.inner.write(data)
+        if self._held is None:
+            self._held = data
+            self._protocol.loop.call_soon(self.flush)  # a head alone (HEAD, a stream's first wait) goes out
+            return
+        held, self._held = self._held, None
+        self.inner.writelines((held, data))  # one writev, no copy of a large body
+
+    def flush(self) -> None:
+        """Send what is held; before any close, and at the loop's next turn."""
+        held, self._held = self._held, None
+        if held is not None and not self._protocol.closing and not self.inner.is_closing():
+            self.inner.write(held)
 
     def is_closing(self) -> bool:
         return self._protocol.closing or self.inner.is_closing()
@@ -357,6 +375,7 @@ class StepHttpProtocol(HttpToolsProtocol):
             return
         if self.closing:
             return
+        self.transport.flush()  # type: ignore[attr-defined]  # the answer first
         self.closing = True
         self._cancel(self._deadline)
         self._unset_keepalive_if_required()
