@@ -44,6 +44,7 @@ import logging
 import resource
 import socket
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import orjson
@@ -211,6 +212,14 @@ class _GracefulTransport:
         held, self._held = self._held, None
         if held is not None and not self._protocol.closing and not self.inner.is_closing():
             self.inner.write(held)
+
+    def writelines(self, chunks: Iterable[bytes]) -> None:  # in order after what is held
+        self.flush()
+        self.inner.writelines(chunks)
+
+    def write_eof(self) -> None:
+        self.flush()
+        self.inner.write_eof()
 
     def is_closing(self) -> bool:
         return self._protocol.closing or self.inner.is_closing()
