@@ -204,6 +204,26 @@ async def test_cancel_on(env: tuple[Server, NodeApp]) -> None:
     assert "cancellable.end" not in (await node.counts())["counts"]
 
 
+async def test_a_wildcard_over_inngest_names_hears_system_events(env: tuple[Server, NodeApp]) -> None:
+    """A trigger ``inngest/function.*`` (one function for every ending, as Inngest's wildcards
+    allow) was matched as written, against names the engine never sends: it never ran."""
+    server, node = env
+    ok = await _run(server, "ts/wild-target", "wild-target")
+    failed = await _run(server, "ts/wild-target", "wild-target", {"fail": True})
+    assert (ok["status"], failed["status"]) == ("completed", "failed")
+    expected = sorted([
+        ("inngest/function.finished", ok["id"]),
+        ("inngest/function.finished", failed["id"]),
+        ("inngest/function.failed", failed["id"]),
+    ])
+
+    async def heard() -> list[tuple[str, str]] | None:
+        got = sorted((w["name"], w["run_id"]) for w in (await node.counts())["seen"].get("wild", []))
+        return got if len(got) >= len(expected) else None
+
+    assert await eventually(heard, timeout=20, what="the wildcard function to hear both endings") == expected
+
+
 async def test_a_step_that_throws_undefined_fails_as_error_undefined(env: tuple[Server, NodeApp]) -> None:
     """``throw undefined`` in a step failed the run with KeyError 'stack' (Stepline's own
     traceback as the error), message "None", and one more attempt of the whole function

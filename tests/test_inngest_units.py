@@ -124,6 +124,13 @@ def test_failure_function_listens_to_the_engine_failure_event() -> None:
     assert built.failure_handler_for == "app-f" and built.retries == 0
 
 
+def test_wildcards_over_inngest_names_cover_the_engines_names() -> None:
+    assert events.trigger_name("inngest/function.*") == "stepline/function.*"
+    assert events.trigger_name("inngest/*") == "stepline/function.*"
+    assert events.trigger_name("app/*") == "app/*"
+    assert events.trigger_name("inngest/function.failed") == "stepline/function.failed"
+
+
 def test_bad_config_names_the_field() -> None:
     raw = {**_fn(), "throttle": {"limit": 3, "period": "often"}}
     with pytest.raises(errors.ConfigError, match=r"throttle\.period"):

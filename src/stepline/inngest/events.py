@@ -53,8 +53,19 @@ def declared_crons(raw_triggers: Any) -> dict[str, str]:
 
 
 def trigger_name(name: str) -> str:
-    """The event name a trigger registered by an SDK listens to inside Stepline."""
-    return TO_STEPLINE.get(name, name)
+    """The event name a trigger registered by an SDK listens to inside Stepline.
+
+    A wildcard over Inngest's own names (``inngest/function.*``, ``inngest/*``) covers the
+    engine's names for them, as on Inngest, where the system events meet triggers like
+    any other (matched as written, it would hear nothing: no event is named so here).
+    """
+    if name in TO_STEPLINE:
+        return TO_STEPLINE[name]
+    if name == "inngest/*":
+        return "stepline/function.*"  # of Inngest's names, only these start functions by trigger
+    if name.startswith("inngest/") and name.endswith("*"):
+        return "stepline/" + name[len("inngest/"):]
+    return name
 
 
 def to_sdk(body: Mapping[str, Any], crons: Mapping[str, str] | None = None) -> dict[str, Any]:

@@ -307,6 +307,17 @@ const onCancelled = fn(
   async ({ event }) => { append("cancelled", { run_id: event.data.run_id, id: event.data.event?.data?.id }); },
 );
 
+// A wildcard over Inngest's own event names hears every ending of the functions it filters on.
+const wildTarget = fn({ id: "wild-target", retries: 0 }, { event: "ts/wild-target" }, async ({ event }) => {
+  if (event.data.fail) throw new NonRetriableError("failed on purpose");
+  return "fine";
+});
+const wildWatch = fn(
+  { id: "wild-watch" },
+  { event: "inngest/function.*", if: "event.data.function_id == 'ts-app-wild-target'" },
+  async ({ event }) => { append("wild", { name: event.name, run_id: event.data.run_id }); },
+);
+
 // A step whose result is over the step output limit: the error names the step as the app does.
 const bigStep = fn({ id: "big-step", retries: 0 }, { event: "ts/big-step" }, async ({ step }) => {
   await step.run("make-it-big", () => "x".repeat(4 * 1024 * 1024 + 16));
@@ -350,7 +361,7 @@ const functions = [
   limited, debounced, asker, racer, parallelFail, nightly, parallelRetry, signalWaiter, signalSender, pinger, ponger,
   vipQueue, perUser, batchIf, twoNaps, twoWaits, onFinished, onCancelled, raceWait, approval, slowChild, invokeErrors,
   rateLimited, idem, singleSkip, flowInvoker, finishTimeout,
-  throwsUndefined("throw-undefined", 0), throwsUndefined("throw-undefined-retried", 2), bigStep,
+  throwsUndefined("throw-undefined", 0), throwsUndefined("throw-undefined-retried", 2), bigStep, wildTarget, wildWatch,
 ];
 
 if (major === "v4") {
