@@ -113,6 +113,19 @@ async def test_batch_if_lets_refused_events_run_alone(env: tuple[Server, App]) -
     assert run["output"] == [1, 3, 4], run
 
 
+async def test_every_event_of_a_batch_lists_its_run_in_the_rest_api(env: tuple[Server, App]) -> None:
+    """``GET /v1/events/{id}/runs`` (what apps poll for a result) listed a batched run only
+    under the batch's first event: the others answered no run, however long one polled."""
+    server, app = env
+    sent = [await server.send(app.event("batch-if"), {"n": n, "batch": True}) for n in (1, 2, 3)]
+    run = await server.finished((await server.run_for(sent[0], app.fn("batch-if")))["id"])
+    assert run["output"] == [1, 2, 3], run
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        for event_id in sent:
+            runs = (await client.get(f"/v1/events/{event_id}/runs")).json()["data"]
+            assert [(r["run_id"], r["status"], r["output"]) for r in runs] == [(run["id"], "Completed", [1, 2, 3])], event_id
+
+
 async def _both_sleeping(server: Server, run_id: str) -> list[str] | None:
     run = await server.engine.get_run(run_id)
     names = sorted(s["name"] for s in run["steps"] if s["status"] == "sleeping")

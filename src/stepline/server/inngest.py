@@ -187,8 +187,10 @@ def _v1(data: Any) -> JSON:
 
 @common.route(_rest_auth)
 async def v1_event_runs(request: Request) -> Response:
-    """``GET /v1/events/{id}/runs``: the runs an event started (what apps poll for results)."""
-    event = await common.engine(request).store.get_event(request.path_params["event_id"])
+    """``GET /v1/events/{id}/runs``: the runs an event started (what apps poll for results).
+    An event that joined a batch lists the batch's run, whichever event started it, as on
+    Inngest (the event's detail, not the bare row, knows that run)."""
+    event = await common.engine(request).store.event_detail(request.path_params["event_id"])
     return _v1([_v1_run(r) for r in event["runs"]])
 
 
