@@ -204,6 +204,20 @@ async def test_cancel_on(env: tuple[Server, NodeApp]) -> None:
     assert "cancellable.end" not in (await node.counts())["counts"]
 
 
+async def test_double_arithmetic_on_whole_number_fields(env: tuple[Server, NodeApp]) -> None:
+    """``event.data.total * 1.1`` with ``total: 100`` (JSON numbers are doubles on Inngest) was
+    a CEL type error here, int times double: the trigger never fired, the wait never matched."""
+    server, _ = env
+    run_id = (await server.run_for(await server.send("ts/order", {"total": 100}), FN + "big-order"))["id"]
+    await server.status(run_id, "waiting")
+    await server.send("ts/order.paid", {"amount": 40})  # under half: no match
+    await server.send("ts/order.paid", {"amount": 60})
+    run = await server.finished(run_id)
+    assert (run["status"], run["output"]) == ("completed", 60), run
+    small = await server.send("ts/order", {"total": 90})  # 99.0: the trigger's `if` is false
+    assert (await server.engine.store.get_event(small))["runs"] == []
+
+
 async def test_a_wildcard_over_inngest_names_hears_system_events(env: tuple[Server, NodeApp]) -> None:
     """A trigger ``inngest/function.*`` (one function for every ending, as Inngest's wildcards
     allow) was matched as written, against names the engine never sends: it never ran."""

@@ -246,3 +246,16 @@ def test_inngests_own_cel_functions() -> None:
         assert expressions.matches(expression, variables), expression
     assert cel_extras.date(12345) is None and cel_extras.date("garbage") is None and cel_extras.now_plus("soon") is None
     assert expressions.key("lowercase(event.data.email)", variables) == "ada@example.com"
+
+
+def test_whole_numbers_meet_doubles_as_on_inngest() -> None:
+    """Inngest reads event numbers as doubles: arithmetic with a double works on ``100`` too,
+    while what works on ints stays as it was."""
+    from stepline import expressions
+
+    variables = {"event": {"data": {"total": 100, "n": 3, "items": [{"qty": 2}], "ok": True}}}
+    for expression in ("event.data.total * 1.1 > 100.0", "event.data.items[0].qty * 0.5 == 1.0",
+                       "event.data.n / 2 == 1", "event.data.ok && event.data.total + 0.5 == 100.5"):
+        assert expressions.matches(expression, variables), expression
+    assert not expressions.matches("event.data.total * 1.1 > 200.0", variables)
+    assert expressions.evaluate("event.data.n * 1.5", variables) == 4.5

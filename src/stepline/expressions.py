@@ -85,7 +85,7 @@ def evaluate_checked(source: str, variables: dict[str, Any]) -> tuple[Any, Failu
     """(value, None); (None, None) when the expression reads a field the input lacks;
     (None, Failure) when it fails on this input."""
     try:
-        return compile_expression(source).execute(_context(source, variables)), None
+        return _execute(source, variables), None
     except (KeyError, IndexError):  # a field the input lacks: Inngest's "no match"
         return None, None
     except Exception as exc:  # noqa: BLE001 - one event's data must never fail ingest for anyone
@@ -96,6 +96,41 @@ def evaluate_checked(source: str, variables: dict[str, Any]) -> tuple[Any, Failu
         failure = Failure(source, _describe(exc))
     _report(failure)
     return None, failure
+
+
+def _execute(source: str, variables: dict[str, Any]) -> Any:
+    """Run the program; on a type error, once more with every whole number as a double.
+
+    Inngest decodes an event's JSON numbers as doubles, so ``event.data.total * 1.1`` works
+    there whether the sender wrote ``100`` or ``100.5``; here ``100`` is an int, which CEL
+    does not mix with a double. Whole numbers stay ints first, so what works on ints
+    (``event.data.n / 2``) still does.
+    """
+    program = compile_expression(source)
+    try:
+        return program.execute(_context(source, variables))
+    except TypeError:
+        widened = _doubles(variables)
+        if widened is None:
+            raise
+        return program.execute(_context(source, widened))
+
+
+def _doubles(value: Any) -> Any:
+    """``value`` with its ints (not bools) as floats, through dicts and lists; None if it has none."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, dict):
+        items = {k: _doubles(v) for k, v in value.items()}
+        if all(new is None for new in items.values()):
+            return None
+        return {k: value[k] if new is None else new for k, new in items.items()}
+    if isinstance(value, list):
+        converted = [_doubles(v) for v in value]
+        if all(new is None for new in converted):
+            return None
+        return [old if new is None else new for old, new in zip(value, converted, strict=True)]
+    return None
 
 
 def evaluate(source: str, variables: dict[str, Any]) -> Any:

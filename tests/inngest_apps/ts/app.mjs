@@ -318,6 +318,16 @@ const wildWatch = fn(
   async ({ event }) => { append("wild", { name: event.name, run_id: event.data.run_id }); },
 );
 
+// Arithmetic with a double on a whole-number field, in a trigger's and a wait's `if`.
+const bigOrder = fn(
+  { id: "big-order" },
+  { event: "ts/order", if: "event.data.total * 1.1 > 100.0" },
+  async ({ step }) => {
+    const paid = await step.waitForEvent("paid", { event: "ts/order.paid", timeout: "1m", if: "async.data.amount >= event.data.total * 0.5" });
+    return paid ? paid.data.amount : null;
+  },
+);
+
 // A step whose result is over the step output limit: the error names the step as the app does.
 const bigStep = fn({ id: "big-step", retries: 0 }, { event: "ts/big-step" }, async ({ step }) => {
   await step.run("make-it-big", () => "x".repeat(4 * 1024 * 1024 + 16));
@@ -361,7 +371,7 @@ const functions = [
   limited, debounced, asker, racer, parallelFail, nightly, parallelRetry, signalWaiter, signalSender, pinger, ponger,
   vipQueue, perUser, batchIf, twoNaps, twoWaits, onFinished, onCancelled, raceWait, approval, slowChild, invokeErrors,
   rateLimited, idem, singleSkip, flowInvoker, finishTimeout,
-  throwsUndefined("throw-undefined", 0), throwsUndefined("throw-undefined-retried", 2), bigStep, wildTarget, wildWatch,
+  throwsUndefined("throw-undefined", 0), throwsUndefined("throw-undefined-retried", 2), bigStep, wildTarget, wildWatch, bigOrder,
 ];
 
 if (major === "v4") {
