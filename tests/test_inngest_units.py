@@ -174,6 +174,7 @@ def test_concurrency_in_every_shape_the_sdks_send(sent: object, stored: object) 
         ({"batchEvents": {"maxSize": 5, "timeout": "5s", "if": "event.data.x =="}}, r"batchEvents: Batch\.if_"),
         ({"singleton": {"mode": "replace"}}, r"singleton\.mode: expected 'skip' or 'cancel'"),
         ({"triggers": [{"cron": "* * * * *", "jitter": "10s"}]}, r"triggers\[0\]\.jitter: cron jitter is not supported"),
+        ({"triggers": [{"cron": "TZ=Europe/Paris 0 */5 * * * *"}]}, r"triggers\[0\]\.cron: '0 \*/5 \* \* \* \*' has 6 fields; Inngest takes five"),
         ({"optimizeParallelism": False}, r"optimizeParallelism: not supported by Stepline"),
         ({"concurrency": {"limit": 2, "scope": "account"}}, r"concurrency\.key: scope 'account' needs a key"),
         ({"batchEvents": {"maxSize": 1, "timeout": "5s"}}, r"batchEvents\.maxSize: expected a whole number >= 2"),

@@ -259,6 +259,14 @@ class _Reader:
                         "(the run starts at the tick)"
                     )
                 spec, timezone = events.split_cron(str(trig["cron"]))
+                if not spec.startswith("@") and len(spec.split()) != 5:
+                    # Inngest refuses all but five fields. Stepline's cron reads a sixth as seconds,
+                    # placed last: '0 */5 * * * *' (every 5 minutes, to whoever writes seconds
+                    # first) would fire every second.
+                    raise self.error(
+                        f"triggers[{i}].cron", f"{spec!r} has {len(spec.split())} fields; Inngest takes five "
+                        "(minute hour day month weekday), like '*/5 * * * *': no seconds"
+                    )
                 out.append(self.value(f"triggers[{i}].cron", fn.TriggerCron, spec, timezone=timezone))
             else:
                 raise self.error(f"triggers[{i}]", f"give 'event' or 'cron', got {dict(trig)!r}")
