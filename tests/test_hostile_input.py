@@ -194,6 +194,46 @@ def test_a_failing_expression_is_logged_once_not_per_event(
     assert len(lines) == 1 and "division by zero" in lines[0].getMessage()
 
 
+class _HandedToCel:
+    """A compiled program that records the size, as JSON, of what each evaluation hands the
+    CEL library (which converts all of it, read or not)."""
+
+    def __init__(self, program: Any, sizes: list[int]) -> None:
+        self.program = program
+        self.sizes = sizes
+
+    def execute(self, context: Any) -> Any:
+        variables = context if isinstance(context, dict) else context.variables
+        self.sizes.append(len(json.dumps(variables)))
+        return self.program.execute(context)
+
+    def functions(self) -> Any:
+        return self.program.functions()
+
+
+def test_expressions_are_handed_only_what_they_read_of_a_large_event(
+    api: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An event key could send events of a megabyte of tiny values that no expression reads:
+    each trigger and key expression, and each waiting run's match, converted the whole event
+    (a tenth of a second each), so one request held the writer, or the event loop, for seconds,
+    and one event that many runs wait for for minutes."""
+    sizes: list[int] = []
+    compile_real = expressions.compile_expression
+    monkeypatch.setattr(expressions, "compile_expression", lambda source: _HandedToCel(compile_real(source), sizes))
+    waiting = [run_status(api, run_of_event(api, e)["id"], "waiting")["id"]
+               for e in ok_ids(send(api, [{"name": "h/wait.start", "data": {"floor": 0}}] * 3))]
+    padding = [0] * 200_000  # 400 KB that no expression reads
+    sizes.clear()
+    _, keys = ok_ids(send(api, [{"name": "h/reply", "data": {"n": -5, "padding": padding}},
+                                {"name": "h/keys", "data": {"d": 2, "padding": padding}}]))
+    for run_id in waiting:  # each wait was evaluated, and matched
+        assert run_status(api, run_id, "completed")["output"]["got"]["n"] == -5
+    assert run_status(api, run_of_event(api, keys)["id"], "completed")["output"] == "keyed"
+    assert len(sizes) >= 3 + 4  # the three waits, the keyed function's four key expressions
+    assert max(sizes) < 1000, f"an expression was handed {max(sizes):,} bytes of the event"
+
+
 # --- 3. nesting depth ----------------------------------------------------------------------
 
 

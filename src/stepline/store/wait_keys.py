@@ -37,6 +37,8 @@ from typing import Any
 
 import orjson
 
+from stepline import expressions
+
 MAX_VALUE_BYTES = 200  # longer codes are stored as their SHA-256 (an indexed column)
 _PATH = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
 _FIELDS = re.compile(rf"^(event|async)\.({_PATH})\s*==\s*(event|async)\.({_PATH})$")
@@ -216,45 +218,15 @@ def _strip_parens(text: str) -> str:
     return text
 
 
-_EVENT_REF = re.compile(r"\bevent\b((?:\s*\.\s*[A-Za-z_][A-Za-z0-9_]*)*)(\s*\()?")
-
-
 def event_paths(expression: str | None) -> list[list[str]] | None:
     """The paths of the run's event that ``expression`` reads (``event.data.x`` is
-    ``["data", "x"]``; a method call's name is not a field), or None when it uses ``event``
-    otherwise (whole, or indexed at the top): then it needs the whole event. Text that only
-    looks like a path (inside a string) adds a path, which copies more than needed, never less."""
-    paths: list[list[str]] = []
-    for found in _EVENT_REF.finditer(expression or ""):
-        parts = [part.strip() for part in found.group(1).split(".")[1:]]
-        if found.group(2):
-            parts = parts[:-1]  # event.data.items.size(): "size" is a method
-        if not parts:
-            return None
-        paths.append(parts)
-    return paths
+    ``["data", "x"]``), or None when it needs the whole event (``expressions.paths_read``)."""
+    paths = expressions.paths_read(expression, "event")
+    return None if paths is None else [list(parts) for parts in paths]
 
 
 def trigger_view(expression: str | None, trigger: dict[str, Any]) -> dict[str, Any] | None:
-    """The part of ``trigger`` that ``expression`` can read (see ``event_paths``): each path's
+    """The part of ``trigger`` that ``expression`` can read (``expressions.view``): each path's
     value, or the value where the path stops going through objects, as in the whole event;
     None when the expression needs the whole event."""
-    paths = event_paths(expression)
-    if paths is None:
-        return None
-    view: dict[str, Any] = {}
-    for parts in paths:
-        source: Any = trigger
-        target = view
-        for i, part in enumerate(parts):
-            if not isinstance(source, dict) or part not in source:
-                break
-            value = source[part]
-            if i == len(parts) - 1 or not isinstance(value, dict):
-                target[part] = value
-                break
-            if target.get(part) is value:
-                break  # the whole value is already there
-            target = target.setdefault(part, {})
-            source = value
-    return view
+    return expressions.view(expression, "event", trigger)
