@@ -195,6 +195,26 @@ async def test_the_event_key_alone_cannot_reserve_read_spend_or_change_limits(de
     assert (await web.key("u1"))["limit_usd"] == 5.0 and (await web.key("u1"))["reserved_usd"] == 0
 
 
+async def test_a_budget_declared_after_the_server_read_an_event_name_applies_to_its_reservations(
+    make_engine, serve, fake: FakeProvider  # noqa: F811
+) -> None:
+    """SQLite's readers kept, for the life of the server, which functions each event name
+    triggered as they first read it: a budget that a deploy declared later was never applied
+    to reservations for that name (an event-key client was told that nothing applied, and
+    made its calls outside the budget), and every name a client asked about stayed in memory."""
+    server = serve(options=PRODUCTION, run_worker=False)  # no functions registered yet
+    event = {"name": GENERATE, "data": {"user_id": "u1"}}
+    async with httpx.AsyncClient(base_url=server.url, headers={"x-stepline-event-key": EVENT_KEY}) as client:
+
+        async def reservations() -> set[int]:  # at once: every reader thread reads the name
+            replies = await asyncio.gather(*(client.post(RESERVATIONS, json={"event": event, "usd": 1.0}) for _ in range(16)))
+            return {reply.status_code for reply in replies}
+
+        assert await reservations() == {200}  # no budget applies yet
+        await make_engine(generate_app(priced(fake), stepline.Budget(limit_usd=5.0, period="1d", key="event.data.user_id")))
+        assert await reservations() == {403}  # the deploy's budget applies: the API token is needed
+
+
 async def test_reservation_requests_are_checked_and_an_event_without_budgets_only_files_its_usage(
     deploy, fake: FakeProvider
 ) -> None:

@@ -372,17 +372,19 @@ class SQLiteDatabase(db.Database):
             self._dispatch(topic, payload)
         return outcomes, wrapped.woke
 
-    def _reader(self) -> SQLiteConn:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            raw = connect(self.path)
+    def _reader(self) -> sqlite3.Connection:
+        raw: sqlite3.Connection | None = getattr(self._local, "raw", None)
+        if raw is None:
+            raw = self._local.raw = connect(self.path)
             with self._reader_lock:
                 self._readers.append(raw)
-            conn = self._local.conn = SQLiteConn(raw)
-        return conn
+        return raw
 
     def _read_sync(self, op: db.Op[Any]) -> Any:
-        conn = self._reader()
+        # A Conn of its own for each read, as each write batch has: its memo (which functions
+        # an event name triggers, ...) lives for one transaction. Kept on the thread's
+        # connection, it grew with every name a client asked about and went stale.
+        conn = SQLiteConn(self._reader())
         conn.raw.execute("BEGIN")
         try:
             return db.run_op(op, conn)
