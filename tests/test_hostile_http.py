@@ -217,6 +217,80 @@ def test_an_answer_left_unread_past_the_body_timeout_closes_its_connection(cli_s
             sock.close()
 
 
+def _run_token(server: CliServer) -> tuple[str, str]:
+    """A sleeping run (``srv/nap``) and a run token for it, as an app's backend hands a browser."""
+    event_id = send_event(server, "srv/nap")
+    run_id = wait_for(lambda: (httpx.get(f"{server.url}/api/v1/events/{event_id}", headers=BEARER).json()["runs"]
+                               or [{}])[0].get("id"), what="the nap run")
+    reply = httpx.post(f"{server.url}/api/v1/runs/{run_id}/token", headers=BEARER, json={})
+    assert reply.status_code == 200, reply.text
+    return str(run_id), str(reply.json()["token"])
+
+
+def _open_stream(server: CliServer, run_id: str, token: str) -> tuple[socket.socket, int, bytes]:
+    """A run stream opened as a browser's EventSource does: the socket, and the answer's status and head."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    sock.sendall(f"GET /api/v1/runs/{run_id}/stream?token={token} HTTP/1.1\r\nHost: x\r\n"
+                 "Accept: text/event-stream\r\n\r\n".encode())
+    answer = b""
+    while b"\r\n\r\n" not in answer or (b" 200 " not in answer[:13] and not re.search(rb"\}$", answer)):
+        chunk = sock.recv(65536)  # the head; a refusal's JSON body too
+        assert chunk, f"closed without an answer (received {answer!r})"
+        answer += chunk
+    return sock, int(answer.split(b" ", 2)[1]), answer
+
+
+def test_run_streams_cannot_hold_every_connection(cli_server) -> None:  # noqa: F811
+    """A run stream holds its connection while the run (or its token) lasts: a browser given a
+    run token opened as many as the server keeps connections, and every other request was
+    answered 503 until the token expired. Streams take at most STEPLINE_MAX_STREAMS_PER_RUN a
+    run, and half the connections in all; the rest are refused, naming the limit."""
+    server = cli_server("start", env={"STEPLINE_MAX_CONNECTIONS": "20", "STEPLINE_MAX_STREAMS_PER_RUN": "3"})
+    runs = [_run_token(server) for _ in range(4)]
+    held: list[socket.socket] = []
+    try:
+        statuses = []
+        for _ in range(20):  # one token, as many streams as the server keeps connections
+            sock, status, answer = _open_stream(server, *runs[0])
+            statuses.append(status)
+            if status == 200:
+                held.append(sock)
+            else:
+                assert b"STEPLINE_MAX_STREAMS_PER_RUN" in answer, answer
+                sock.close()
+        assert statuses == [200] * 3 + [429] * 17
+        send_event(server)  # everyone else is served meanwhile
+        assert httpx.get(f"{server.url}/health", timeout=30).status_code == 200
+
+        statuses = []
+        for run in runs[1:]:  # streams of other runs: half the connections (10) in all
+            for _ in range(3):
+                sock, status, answer = _open_stream(server, *run)
+                statuses.append(status)
+                if status == 200:
+                    held.append(sock)
+                else:
+                    assert status == 503 and b"STEPLINE_MAX_CONNECTIONS" in answer, answer
+                    sock.close()
+        assert statuses == [200] * 7 + [503] * 2
+        send_event(server)
+
+        held.pop(0).close()  # a stream that ends gives its place back
+        wait_for(lambda: _reopened(server, runs[0], held), what="a place for a new stream of the first run")
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def _reopened(server: CliServer, run: tuple[str, str], held: list[socket.socket]) -> bool:
+    sock, status, _ = _open_stream(server, *run)
+    if status != 200:
+        sock.close()
+        return False
+    held.append(sock)
+    return True
+
+
 def test_a_compressed_body_is_refused_naming_its_encoding(cli_server) -> None:  # noqa: F811
     import gzip
 

@@ -62,6 +62,7 @@ VARS: tuple[Var, ...] = (
     Var("STEPLINE_MAX_BODY_BUFFER", "max_body_buffer", int, 256 * 1024 * 1024, "request body bytes one server process holds at once, all requests together (503 with Retry-After past it; at least the largest ingest body)"),
     Var("STEPLINE_MAX_API_BODY_BYTES", "max_api_body_bytes", int, 64 * 1024, "largest body of an API call other than event ingest (413 past it)"),
     Var("STEPLINE_MAX_CONNECTIONS", "max_connections", int, 1000, "open connections the server keeps, at most the open-file limit less 100 (past it the longest-idle one closes)"),
+    Var("STEPLINE_MAX_STREAMS_PER_RUN", "max_streams_per_run", int, 10, "run streams (Server-Sent Events) open at once for one run; all runs together hold at most half of STEPLINE_MAX_CONNECTIONS (429 / 503 past them)"),
     Var("STEPLINE_AUTH_FAILURES", "auth_failures", int, 5, "wrong keys or tokens one client may send before backing off 1 s, doubling to 15 min (429)"),
     Var("STEPLINE_AUTH_GLOBAL_FAILURES", "auth_global_failures", int, 100, "wrong keys or tokens all clients together may send a minute (429 past it)"),
     Var("STEPLINE_LOOP", "loop", str, "auto", "event loop of stepline dev/start/worker: auto (uvloop where installed), uvloop, asyncio"),
@@ -110,6 +111,7 @@ class Settings:
     body_timeout: float = 60.0
     max_api_body_bytes: int = 64 * 1024
     max_connections: int = 1000
+    max_streams_per_run: int = 10
     auth_failures: int = 5
     auth_global_failures: int = 100
 

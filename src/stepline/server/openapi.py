@@ -342,7 +342,7 @@ def document() -> dict[str, Any]:
         "/api/v1/runs/{run_id}/stream": {"get": _op(
             "Server-Sent Events: status, message and end, until the run ends (resume with Last-Event-ID)",
             {"200": {"description": "an event stream", "content": {"text/event-stream": {"schema": STR}}},
-             **_problems(400, 401, 404)},
+             **_problems(400, 401, 404, 503)},
             params=[run_id, _q("token", STR, "a run token"),
                     _q("after", {"type": "string", "pattern": r"^\d{1,15}$"}, "resume after this message sequence number")],
             security=RUN_READ)},

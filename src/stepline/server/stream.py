@@ -26,15 +26,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
 from sse_starlette.sse import EventSourceResponse
 from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from stepline import errors
 from stepline.server import common
+from stepline.server.responses import problem
 from stepline.store.records import TERMINAL, RunLive
 
 
@@ -55,11 +58,60 @@ def _resume_point(request: Request) -> int:
     return int(raw)
 
 
+class StreamSlots:
+    """The run streams this process holds open, per run and in all. A stream holds its
+    connection for as long as its run (or its token) lasts: unbounded, one run token opened
+    as many as the server keeps connections (STEPLINE_MAX_CONNECTIONS), and every other
+    request was answered 503 until the token expired. Streams now take at most
+    ``STEPLINE_MAX_STREAMS_PER_RUN`` a run, and half the connections in all."""
+
+    def __init__(self, per_run: int, total: int) -> None:
+        self.per_run = max(1, per_run)
+        self.total = max(1, total)
+        self.held: dict[str, int] = {}  # run id -> its open streams
+        self.count = 0
+
+    def take(self, run_id: str) -> Response | None:
+        """A slot for one more stream of ``run_id``, or the refusal to answer instead."""
+        if self.held.get(run_id, 0) >= self.per_run:
+            refused = problem(429, f"{self.per_run} streams of run {run_id} are open, the limit "
+                                   "(STEPLINE_MAX_STREAMS_PER_RUN); close one before opening another")
+        elif self.count >= self.total:
+            refused = problem(503, f"{self.count} run streams are open, the most this server holds (half of "
+                                   "STEPLINE_MAX_CONNECTIONS); reconnect shortly")
+        else:
+            self.held[run_id] = self.held.get(run_id, 0) + 1
+            self.count += 1
+            return None
+        refused.headers["retry-after"] = "1" if refused.status_code == 503 else "10"
+        return refused
+
+    def give(self, run_id: str) -> None:
+        self.count -= 1
+        left = self.held.pop(run_id) - 1
+        if left:
+            self.held[run_id] = left
+
+
+class _HeldStream(EventSourceResponse):
+    """A stream that gives its slot back when it ends, however it ends."""
+
+    def __init__(self, *args: Any, release: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
 def _dumps(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
-async def run_events(request: Request, run_id: str) -> EventSourceResponse:
+async def run_events(request: Request, run_id: str) -> Response:
     engine = common.engine(request)
     after = _resume_point(request)
     first = await engine.store.run_live(run_id, after)
@@ -109,4 +161,9 @@ async def run_events(request: Request, run_id: str) -> EventSourceResponse:
         finally:
             engine.remove_publish_listener(on_publish)
 
-    return EventSourceResponse(events(), ping=15, headers={"cache-control": "no-store", "x-accel-buffering": "no"})
+    slots: StreamSlots = request.app.state.stream_slots
+    refused = slots.take(run_id)
+    if refused is not None:
+        return refused
+    return _HeldStream(events(), ping=15, headers={"cache-control": "no-store", "x-accel-buffering": "no"},
+                       release=lambda: slots.give(run_id))
