@@ -239,3 +239,19 @@ def test_openapi_document_is_served(api: httpx.Client) -> None:
     doc = api.get("/api/v1/openapi.json").json()
     assert doc["openapi"].startswith("3.") and "/api/v1/runs/{run_id}/stream" in doc["paths"]
     assert "/api/v1/runs/{run_id}/rerun-from-failed-step" in doc["paths"]
+
+
+@pytest.mark.parametrize("digits", ["²", "١٢", "1²"])
+def test_numbers_in_other_scripts_are_400s_naming_the_parameter_not_500s(api: httpx.Client, digits: str) -> None:
+    """Python calls '²' a digit and ``int`` refuses it: a limit, a number of days or a stream's
+    resume point written so failed the request with a 500 and a traceback in the log."""
+    run_id = run_of_event(api, api.post("/e/dev", json={"name": "srv/nap"}).json()["ids"][0])["id"]
+    for path, params, headers, name in (
+        ("/api/v1/runs", {"limit": digits}, {}, "limit"),
+        ("/api/v1/events", {"limit": digits}, {}, "limit"),
+        ("/api/v1/metrics", {"days": digits}, {}, "days"),
+        (f"/api/v1/runs/{run_id}/stream", {"after": digits}, {}, "after"),
+        (f"/api/v1/runs/{run_id}/stream", {}, {"last-event-id": b"\xb2"}, "Last-Event-ID"),
+    ):
+        reply = api.get(path, params=params, headers=headers)
+        assert reply.status_code == 400 and name in reply.json()["error"], (path, params, reply.text)

@@ -37,7 +37,7 @@ async def metrics_json(request: Request) -> Response:
     """``?window=1h`` for run stats (default 1h), ``?days=14`` for tokens and cost."""
     window = common.parse_window(request.query_params.get("window"), "1h")
     days_text = request.query_params.get("days", "14")
-    if not days_text.isdigit() or not 1 <= int(days_text) <= 366:
+    if not common.is_digits(days_text) or not 1 <= int(days_text) <= 366:
         raise errors.ConfigError(f"days: expected a whole number 1..366, got {days_text!r}")
     now = int(time.time() * 1000)
     day_ms = 86_400_000

@@ -255,7 +255,7 @@ def parse_time(value: str | None, name: str) -> int | None:
     if value is None or value == "":
         return None
     try:
-        if value.isdigit():
+        if is_digits(value):
             ms = int(value)
             if ms > 253402300799999:
                 raise ValueError("too large")
@@ -268,11 +268,16 @@ def parse_time(value: str | None, name: str) -> int | None:
     return int(parsed.timestamp() * 1000)
 
 
+def is_digits(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also takes '²' and the like, which ``int`` refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def parse_limit(value: str | None, default: int = 50, maximum: int = 500) -> int:
     text = default if value is None else value
     if isinstance(text, int):
         return text
-    if not text.isdigit() or not 1 <= int(text) <= maximum:
+    if not is_digits(text) or not 1 <= int(text) <= maximum:
         raise errors.RequestError(f"limit: expected a whole number 1..{maximum}, got {value!r}")
     return int(text)
 

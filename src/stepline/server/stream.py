@@ -53,7 +53,7 @@ def _status(live: RunLive) -> dict[str, Any]:
 def _resume_point(request: Request) -> int:
     raw = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
     raw = raw.strip()
-    if not raw.isdigit() or len(raw) > 15:
+    if not common.is_digits(raw) or len(raw) > 15:
         raise errors.ConfigError(f"Last-Event-ID / after: expected a message sequence number, got {raw!r}")
     return int(raw)
 
