@@ -150,3 +150,27 @@ def test_a_stream_opened_with_a_run_token_ends_when_the_token_expires(serve) -> 
         assert again.status_code == 401
         assert admin.get(f"/api/v1/runs/{run['id']}").json()["status"] == "waiting"
         admin.close()
+
+
+def test_a_stream_opened_with_a_dashboard_session_ends_when_the_session_does(serve) -> None:  # noqa: F811
+    """A session was checked when the stream connected, and the stream then ran until the
+    run ended, however long after a logout (which is to make every copy of the cookie
+    worthless) or the session's 12 hours. It now ends with an ``expired`` event once the
+    session has ended, and reconnecting with the cookie is refused."""
+    from stepline.server.common import ServerOptions
+
+    options = ServerOptions(dev=False, event_key="event-key-1", api_token="api-token-1")
+    server: LiveServer = serve(server_apps.app, options=options)
+    with httpx.Client(base_url=server.url, timeout=httpx.Timeout(10.0)) as browser:
+        assert browser.post("/login", data={"token": "api-token-1"}).status_code == 303
+        event_id = browser.post("/e/event-key-1", json={"name": "srv/chatty", "data": {"job": "s1", "count": 3}}).json()["ids"][0]
+        run = run_of_event(browser, event_id)
+        with browser.stream("GET", f"/api/v1/runs/{run['id']}/stream") as response:
+            assert response.status_code == 200
+            events = sse(response)
+            read_until(events, is_waiting)
+            with httpx.Client(base_url=server.url, cookies=browser.cookies) as other_tab:
+                assert other_tab.post("/logout").status_code == 303
+            rest = list(events)  # the run still waits: only the session's end can end this
+        assert [e["event"] for e in rest] == ["expired"] and "log in again" in rest[0]["data"]["error"]
+        assert browser.get(f"/api/v1/runs/{run['id']}/stream").status_code == 401

@@ -194,7 +194,7 @@ def event_key(request: Request) -> Response | None:
     return check_secret(request, EVENT_KEY, key, opts.event_key, "wrong event key: POST to /e/{STEPLINE_EVENT_KEY}")
 
 
-def _bearer(request: Request) -> str:
+def bearer(request: Request) -> str:
     header = request.headers.get("authorization", "")
     return header[7:].strip() if header.lower().startswith("bearer ") else ""
 
@@ -209,7 +209,7 @@ def api_token(request: Request) -> Response | None:
     opts = options(request)
     if opts.dev:
         return None
-    token = _bearer(request)
+    token = bearer(request)
     if token:
         return check_secret(request, API_TOKEN, token, opts.api_token, _NO_TOKEN)
     if has_session(request):
@@ -225,7 +225,7 @@ BY_RUN_TOKEN = "stepline.by_run_token"  # request.scope: the request came with a
 def run_access(request: Request) -> Response | None:
     """API token, session, or a run token for the run in the path (``?token=`` or bearer);
     a run token reads only the run it names (``by_run_token`` says which was used)."""
-    supplied = request.query_params.get("token") or _bearer(request)
+    supplied = request.query_params.get("token") or bearer(request)
     run_id = str(request.path_params.get("run_id", ""))
     if options(request).dev:
         request.scope[BY_RUN_TOKEN] = bool(supplied)  # dev mode is open; a page sending a token still gets CORS
@@ -247,7 +247,7 @@ def run_token_expiry(request: Request) -> float | None:
     in otherwise (API token, session, dev mode), which does not expire mid-stream."""
     if options(request).dev or not by_run_token(request):
         return None
-    return tokens.token_expiry(request.query_params.get("token") or _bearer(request))
+    return tokens.token_expiry(request.query_params.get("token") or bearer(request))
 
 
 def parse_time(value: str | None, name: str) -> int | None:

@@ -34,6 +34,15 @@ async def start(request: Request) -> str:
     return cookie
 
 
+def stream_session(request: Request) -> str | None:
+    """The hash of the session a request was let in by (a production request with a live
+    session cookie, and neither a bearer nor a run token), for a stream to check while it
+    lasts; None when it came in otherwise."""
+    if common.options(request).dev or common.by_run_token(request) or common.bearer(request):
+        return None
+    return _hash(request) if common.has_session(request) else None
+
+
 async def end(request: Request) -> None:
     id_hash = _hash(request)
     if id_hash is not None:

@@ -11,9 +11,10 @@ Events (``data`` is JSON):
   connect and whenever one of them changes.
 - ``message``: one ``ctx.publish`` message ``{seq, topic, data, at}``.
 - ``end``: the final status with output or error; the stream then closes.
-- ``expired``: the run token the stream was opened with expired; the stream closes
-  (a token is checked at every moment it reads, not only at connect): mint a new one and
-  reconnect with it, from ``Last-Event-ID``.
+- ``expired``: the run token the stream was opened with expired, or the dashboard session
+  it was opened with ended (logout, or its 12 hours); the stream closes (a token is checked
+  at every moment it reads, a session every second, not only at connect): mint a new token,
+  or log in again, and reconnect, from ``Last-Event-ID``.
 
 Every event's ``id`` is the sequence number of the last message delivered, so a
 client that reconnects with ``Last-Event-ID`` (browsers do it on their own) gets
@@ -36,7 +37,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from stepline import errors
-from stepline.server import common
+from stepline.server import common, sessions
 from stepline.server.responses import problem
 from stepline.store.records import TERMINAL, RunLive
 
@@ -107,6 +108,12 @@ class _HeldStream(EventSourceResponse):
             self._release()
 
 
+# Seconds between checks that the dashboard session a stream was opened with goes on: a
+# stream checked it only when it connected, and went on after a logout (which is to make
+# every copy of the cookie worthless) for as long as its run lasted.
+SESSION_CHECK_S = 1.0
+
+
 def _dumps(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
@@ -119,6 +126,7 @@ async def run_events(request: Request, run_id: str) -> Response:
         raise errors.NotFoundError(f"no run with id {run_id!r}")
     poll = common.options(request).stream_poll
     expires = common.run_token_expiry(request)
+    session = sessions.stream_session(request)
     loop = asyncio.get_running_loop()
     wake = asyncio.Event()
 
@@ -130,6 +138,7 @@ async def run_events(request: Request, run_id: str) -> Response:
         engine.add_publish_listener(on_publish)
         seq, last_status = after, None
         live: RunLive | None = first
+        session_checked = time.monotonic()
         try:
             while True:
                 if live is None:
@@ -156,6 +165,13 @@ async def run_events(request: Request, run_id: str) -> Response:
                         "error": "the run token expired: mint a new one and reconnect with it (Last-Event-ID resumes)",
                     })}
                     return
+                if session is not None and time.monotonic() - session_checked >= SESSION_CHECK_S:
+                    session_checked = time.monotonic()
+                    if not await engine.store.session_is_valid(session):
+                        yield {"event": "expired", "id": str(seq), "data": _dumps({
+                            "error": "the dashboard session ended (logged out, or past its 12 hours): log in again",
+                        })}
+                        return
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(wake.wait(), left)
         finally:
