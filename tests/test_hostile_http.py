@@ -410,17 +410,40 @@ def test_production_serves_any_host(cli_server) -> None:  # noqa: F811
     assert httpx.get(f"{server.url}/api/v1/runs", headers={**BEARER, "host": "jobs.example.com"}, timeout=30).status_code == 200
 
 
+def test_bodies_declared_but_not_sent_hold_nothing(cli_server) -> None:  # noqa: F811
+    """A body held its declared length from its head on: 32 heads of 8 MiB that sent a byte
+    now and then held the whole STEPLINE_MAX_BODY_BUFFER (256 MiB) while holding nothing,
+    and every other request with a body, event ingest included, was answered 503 for as long
+    as they trickled (60 s, again and again). A body now holds what has come of it."""
+    server = cli_server("start", env={"STEPLINE_MAX_BODY_BUFFER": str(16 * MIB)})
+    head = (f"POST /e/{EVENT_KEY} HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+            f"content-length: {8 * MIB}\r\n\r\n[").encode()
+    holders = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(2)]  # 16 MiB declared
+    try:
+        for holder in holders:
+            holder.sendall(head)
+        for _ in range(5):
+            reply = httpx.post(f"{server.url}/e/{EVENT_KEY}", json=[{"name": "srv/greet", "data": {"pad": "y" * 200_000}}],
+                               timeout=30)
+            assert reply.status_code == 200, reply.text
+            for holder in holders:
+                holder.sendall(b" ")  # the holders go on trickling
+    finally:
+        for holder in holders:
+            holder.close()
+
+
 def test_bodies_held_by_slow_senders_are_bounded_in_all_and_the_rest_told_to_retry(cli_server) -> None:  # noqa: F811
     """Each body is held whole until its request ends: 150 connections each holding most of an
     8 MiB body raised a server to 1.37 GB (8.4 GB possible at the default connection cap).
     Past STEPLINE_MAX_BODY_BUFFER in all, a request gets 503 with Retry-After before its body
-    is read; once the holders are gone, it goes through."""
+    is read (or, chunked, once it is over); once the holders are gone, it goes through."""
     server = cli_server("start", env={"STEPLINE_MAX_BODY_BUFFER": str(9 * MIB)})
     head = (f"POST /e/{EVENT_KEY} HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\n"
             f"content-length: {8 * MIB}\r\n\r\n").encode()
     two_events = [{"name": "srv/greet", "data": {"pad": "y" * 700_000}}] * 2
     holder = socket.create_connection(("127.0.0.1", server.port))
-    holder.sendall(head + b'{"name": "srv/greet", "data": {"pad": "' + b"x" * MIB)  # declared 8 MiB: held
+    holder.sendall(head + b'{"name": "srv/greet", "data": {"pad": "' + b"x" * (8 * MIB - 1000))  # held: what came
     try:
         def refused() -> httpx.Response | None:
             reply = httpx.post(f"{server.url}/e/{EVENT_KEY}", json=two_events, timeout=30)

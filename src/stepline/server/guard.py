@@ -16,7 +16,9 @@ It sits outside Starlette's error middleware, so its refusals are never turned i
   otherwise be read as text and refused with a puzzling message;
 - 503 with ``Retry-After`` when the bodies of all requests in flight would hold more than
   ``STEPLINE_MAX_BODY_BUFFER`` bytes: each body is held whole until its request ends, so
-  many clients sending large bodies slowly would otherwise hold memory without bound.
+  many clients sending large bodies slowly would otherwise hold memory without bound. A
+  body counts what has come of it; its declared length is refused up front only when it
+  does not fit in what is free.
 
 Every refusal carries ``Connection: close``, so the server stops reading the request,
 when served by ``stepline dev/start`` (``serving``, which lets the client read the answer
@@ -154,6 +156,9 @@ class BodyBuffer:
         self.limit = limit
         self.held = 0
 
+    def fits(self, size: int) -> bool:
+        return self.held + size <= self.limit
+
     def take(self, size: int) -> bool:
         if self.held + size > self.limit:
             return False
@@ -199,11 +204,14 @@ class HttpGuard:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await send_problem(send, 413, too_large(int(declared)), close=graceful)
             return
-        reserved = int(declared) if declared is not None and declared.isdigit() else 0
-        if not self.buffer.take(reserved):
+        # A declared body that would not fit in what is free now is refused before it is read;
+        # one that fits holds only what has come of it (a declared length held from the head
+        # on let 32 heads of 8 MiB that sent nothing hold every byte, and make every other
+        # request with a body 503 for as long as they trickled).
+        if declared is not None and declared.isdigit() and not self.buffer.fits(int(declared)):
             await send_problem(send, 503, self.buffer.refusal(), close=graceful, retry_after=1)
             return
-        body = _GuardedBody(receive, send, limit, too_large, self.limits, graceful, self.buffer, reserved)
+        body = _GuardedBody(receive, send, limit, too_large, self.limits, graceful, self.buffer)
         try:
             await self.app(scope, body.receive, body.send)
         except ClientDisconnect:
@@ -236,10 +244,10 @@ class _GuardedBody:
     """``receive`` and ``send`` of one request, with the body's size and time limits."""
 
     def __init__(self, receive: Receive, send: Send, limit: int, too_large: Callable[[int | None], str],
-                 limits: HttpLimits, graceful: bool, buffer: BodyBuffer, reserved: int) -> None:
+                 limits: HttpLimits, graceful: bool, buffer: BodyBuffer) -> None:
         self._receive = receive
         self.buffer = buffer
-        self.held = reserved  # bytes of the buffer this request holds: its declared length, or what came
+        self.held = 0  # bytes of the buffer this request holds: what came of its body
         self.graceful = graceful
         self._send = send
         self.limit = limit
@@ -275,7 +283,7 @@ class _GuardedBody:
         if self.received > self.limit:
             await self._refuse(413, self.too_large(None))
             return _DISCONNECT
-        if self.received > self.held:  # a chunked body (or more than declared, which the parser refuses)
+        if self.received > self.held:
             if not self.buffer.take(self.received - self.held):
                 await self._refuse(503, self.buffer.refusal(), retry_after=1)
                 return _DISCONNECT
