@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pathlib
+import re
 import socket
 import subprocess
 import sys
@@ -142,6 +144,13 @@ def test_help_lists_every_environment_variable() -> None:
         assert var.name in out
     for name, _ in ENV_VARS:
         assert name in out
+    # and the ones read outside the settings (the bundled examples' own aside)
+    read = set()
+    for path in pathlib.Path(REPO, "src", "stepline").rglob("*.py"):
+        if "examples" not in path.parts:
+            read |= set(re.findall(r'(?:environ\.get\(|environ\[|getenv\(|envvar=)"(STEPLINE_[A-Z0-9_]+)"', path.read_text()))
+    assert "STEPLINE_URL" in read
+    assert [name for name in sorted(read) if name not in out] == []
 
 
 def test_dev_refuses_a_non_loopback_address() -> None:

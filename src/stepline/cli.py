@@ -32,8 +32,13 @@ def _env_help() -> str:
     from stepline.llm import providers
 
     llm = ["LLM providers (stepline.llm):"] + [f"  {name:<32} {text}" for name, text in providers.ENV_VARS]
+    client = [
+        "Commands that talk to a server (send, runs, functions, budgets, apps):",
+        f"  {'STEPLINE_URL':<32} the server's URL, as --url (default: http://STEPLINE_HOST:STEPLINE_PORT)",
+        f"  {'STEPLINE_API_TOKEN':<32} sent as their bearer token when set",
+    ]
     # "\b" keeps click from re-wrapping each paragraph
-    return "\b\n" + settings_mod.help_text() + "\n\n\b\n" + "\n".join(llm)
+    return "\b\n" + settings_mod.help_text() + "\n\n\b\n" + "\n".join(client) + "\n\n\b\n" + "\n".join(llm)
 
 
 ENV_HELP = _env_help()

@@ -29,7 +29,7 @@ class ApiError(click.ClickException):
 
 def url_option(fn: F) -> F:
     """The ``--url`` option of a command that talks to a server."""
-    return click.option("--url", default=None, envvar="STEPLINE_URL", help="Server URL (default http://127.0.0.1:8288).")(fn)
+    return click.option("--url", default=None, envvar="STEPLINE_URL", help="Server URL (STEPLINE_URL; default http://STEPLINE_HOST:STEPLINE_PORT, so http://127.0.0.1:8288).")(fn)
 
 
 def base_url(url: str | None) -> str:
