@@ -155,3 +155,19 @@ def test_migrate_names_a_file_sqlite_cannot_read_in_one_line(tmp_path) -> None: 
     line = one_line_error(run_cli(["migrate"], str(path)))
     assert "damaged.db" in line and "file is not a database" in line, line
 
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=["start", "dev", "worker"])
+def test_a_bad_log_level_is_named_not_traced(command: list[str], sqlite_url: str) -> None:
+    """STEPLINE_LOG_LEVEL=LOUD ended each of them with logging's ValueError and a traceback,
+    where every other variable's bad value is named with what it takes."""
+    line = one_line_error(run_cli(command, sqlite_url, STEPLINE_LOG_LEVEL="LOUD"))
+    assert "STEPLINE_LOG_LEVEL='LOUD'" in line and "DEBUG, INFO, WARNING, ERROR" in line, line
+
+
+def test_a_bad_duration_says_durations_are_taken(sqlite_url: str) -> None:
+    """A duration variable's refusal said "expected float", though 30s, 5m or 7d are taken."""
+    result = run_cli(["worker", "tests.server_apps:app"], sqlite_url, STEPLINE_LEASE="abc")
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: STEPLINE_LEASE='abc'") and "a duration like 30s" in last, result.stderr

@@ -146,7 +146,11 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
-_EXPECTED: dict[type, str] = {bool: "one of " + ", ".join(_TRUE + _FALSE), tuple: "durations separated by commas, like 15s,30s,1m"}
+_EXPECTED: dict[type, str] = {
+    bool: "one of " + ", ".join(_TRUE + _FALSE),
+    float: "seconds, or a duration like 30s, 5m, 7d",
+    tuple: "durations separated by commas, like 15s,30s,1m",
+}
 
 
 def _duration(raw: str, name: str) -> float:

@@ -20,6 +20,7 @@ from stepline import errors
 from stepline.observability import tracing
 
 FORMATS = ("text", "json")
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 # (run id, function id, the run's attempt) while a run executes; (step key, attempt) in a step.
@@ -92,7 +93,9 @@ def configure(level: str, fmt: str) -> None:
     ``json`` (one object per line); both carry the run's fields to the records."""
     if fmt not in FORMATS:
         raise errors.ConfigError(f"STEPLINE_LOG_FORMAT={fmt!r}: expected one of {', '.join(FORMATS)}")
-    logging.basicConfig(level=level.upper(), format=TEXT_FORMAT)
+    if level.strip().upper() not in LEVELS:
+        raise errors.ConfigError(f"STEPLINE_LOG_LEVEL={level!r}: expected one of {', '.join(LEVELS)}")
+    logging.basicConfig(level=level.strip().upper(), format=TEXT_FORMAT)
     for handler in logging.getLogger().handlers:
         if fmt == "json":
             handler.setFormatter(JsonFormatter())
