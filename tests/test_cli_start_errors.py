@@ -171,3 +171,22 @@ def test_a_bad_duration_says_durations_are_taken(sqlite_url: str) -> None:
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("Error: STEPLINE_LEASE='abc'") and "a duration like 30s" in last, result.stderr
+
+
+@pytest.mark.parametrize("var", ["STEPLINE_SYNC_THREADS", "STEPLINE_CONCURRENCY", "STEPLINE_LEASE"])
+def test_a_zero_that_would_stop_all_work_is_refused(var: str, sqlite_url: str) -> None:
+    """STEPLINE_SYNC_THREADS=0 ended the worker with the thread pool's ValueError; a
+    concurrency or lease of 0 started a worker that never ran a run."""
+    result = run_cli(["worker", "tests.server_apps:app"], sqlite_url, **{var: "0"})
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"Error: {var}='0': expected a value above 0"), result.stderr
+
+
+def test_settings_take_zero_where_it_means_something() -> None:
+    from stepline import errors, settings
+
+    taken = settings.from_env({"STEPLINE_PORT": "0", "STEPLINE_RETENTION": "0", "STEPLINE_CONNECT_WAIT": "0", "STEPLINE_RETRY_BASE": "0"})
+    assert (taken.port, taken.retention, taken.connect_wait, taken.retry_base) == (0, 0.0, 0.0, 0.0)
+    with pytest.raises(errors.ConfigError, match=r"STEPLINE_PORT='-1': expected a value 0 or more"):
+        settings.from_env({"STEPLINE_PORT": "-1"})

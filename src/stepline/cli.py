@@ -245,7 +245,7 @@ def _leave_steps_still_running() -> None:
 
 def _common_server_options(fn: Any) -> Any:
     fn = click.option("--db", default=None, help="SQLite path or postgresql:// URL (STEPLINE_DB).")(fn)
-    fn = click.option("--port", type=int, default=None, help="Port (STEPLINE_PORT, default 8288).")(fn)
+    fn = click.option("--port", type=click.IntRange(min=0, max=65535), default=None, help="Port (STEPLINE_PORT, default 8288).")(fn)
     fn = click.option("--host", default=None, help="Bind address (STEPLINE_HOST, default 127.0.0.1).")(fn)
     return fn
 
@@ -299,7 +299,7 @@ def start(apps: tuple[str, ...], db: str | None, port: int | None, host: str | N
 @main.command(epilog=ENV_HELP)
 @click.argument("apps", nargs=-1)
 @click.option("--db", default=None, help="SQLite path or postgresql:// URL (STEPLINE_DB).")
-@click.option("--concurrency", type=int, default=None, help="Runs executed at once (STEPLINE_CONCURRENCY).")
+@click.option("--concurrency", type=click.IntRange(min=1), default=None, help="Runs executed at once (STEPLINE_CONCURRENCY).")
 def worker(apps: tuple[str, ...], db: str | None, concurrency: int | None) -> None:
     """A worker process: executes the APPs' functions (and synced Inngest SDK apps'); no HTTP server."""
     settings = _settings(db=db, concurrency=concurrency)

@@ -141,7 +141,21 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         except (ValueError, errors.ConfigError) as exc:
             expected = _EXPECTED.get(var.kind) or var.kind.__name__
             raise errors.ConfigError(f"{var.name}={raw!r}: expected {expected} ({var.help})") from exc
+        value = values[var.field]
+        if var.kind in (int, float) and (value <= 0 if var.field in _POSITIVE else value < 0):
+            least = "above 0" if var.field in _POSITIVE else "0 or more"
+            raise errors.ConfigError(f"{var.name}={raw!r}: expected a value {least} ({var.help})")
     return Settings(**values)
+
+
+# Sizes, counts and times for which 0 means nothing would work (a worker that never runs
+# anything, leases that expire as they are taken, requests refused whatever they hold).
+_POSITIVE = frozenset({
+    "concurrency", "sync_threads", "lease", "retry_max", "max_event_bytes", "max_events_per_request",
+    "max_step_output_bytes", "max_run_state_bytes", "max_json_depth", "max_name_bytes", "max_id_bytes",
+    "max_user_id_bytes", "max_header_bytes", "header_timeout", "body_idle_timeout", "body_timeout",
+    "max_body_buffer", "max_api_body_bytes", "max_connections",
+})
 
 
 _TRUE = ("1", "true", "yes", "on")
