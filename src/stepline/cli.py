@@ -282,7 +282,7 @@ def dev(apps: tuple[str, ...], db: str | None, port: int | None, host: str | Non
 @_common_server_options
 @click.option("--no-worker", is_flag=True, help="Serve the API only (workers run elsewhere).")
 def start(apps: tuple[str, ...], db: str | None, port: int | None, host: str | None, no_worker: bool) -> None:
-    """Production server (and worker, if APPs are given). Needs an event key and an API token."""
+    """Production server, and a worker for the APPs' functions and synced Inngest SDK apps' unless --no-worker. Needs an event key and an API token."""
     settings = _settings(db=db, port=port, host=host)
     _setup_logging(settings.log_level)
     missing = [n for n, v in (("STEPLINE_EVENT_KEY", settings.event_key), ("STEPLINE_API_TOKEN", settings.api_token)) if not v.strip()]
