@@ -27,3 +27,18 @@ def test_the_readmes_jobs_and_its_test_run_as_written(tmp_path: pathlib.Path) ->
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0 and "1 passed" in done.stdout, done.stdout + done.stderr
+
+
+def test_the_readmes_function_declarations_are_accepted() -> None:
+    """The LLM and flow-control blocks declare functions with options a newcomer copies: each
+    must still be accepted as written (a renamed option or a positional argument fails here)."""
+    import stepline
+
+    blocks = [b for b in python_blocks() if b.startswith("@app.function(")]
+    assert len(blocks) == 2, blocks
+    for block in blocks:
+        if "def " not in block:  # the flow-control block shows the decorator alone
+            block += "async def declared(ctx: stepline.Context) -> None: ...\n"
+        app = stepline.App("readme")
+        exec(compile(block, "README.md", "exec"), {"stepline": stepline, "app": app})
+        assert len(app.functions) == 1
