@@ -336,6 +336,70 @@ async def test_a_step_starts_only_with_lease_ahead_of_it_renewing_first(
     assert not [r for r in caplog.records if "stops on this worker" in r.getMessage()], "the worker stopped the run mid-step"
 
 
+async def test_leases_are_renewed_while_the_writer_is_held_up_by_a_long_commit(
+    make_pg_engine: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL: heartbeats commit on a connection of their own. In the writer's queue
+    they waited behind whatever it was committing (on a slow link, a group commit of many
+    operations takes a round trip each: seconds); the renewal came after the worker's own
+    fence deadline and it stopped runs the database was merely slow to take."""
+    app = stepline.App("fence-busy-writer")
+    calls: list[LongCall] = []
+
+    @app.function(id="busy", trigger=stepline.TriggerEvent("fence/busy"), retries=0)
+    async def busy(ctx: stepline.Context) -> str:
+        return str(await ctx.step.run("long", calls[ctx.event.data["i"]]))
+
+    engine = await make_pg_engine(app, lease=2.0)
+    sender = await make_pg_engine(app, run_worker=False)
+    caplog.set_level(logging.WARNING, logger="stepline.executor")
+    calls.append(LongCall(seconds=4.0))
+    event_id = await sender.send({"name": "fence/busy", "data": {"i": 0}})
+    (run,) = await runs_for_event(sender, event_id)
+    run_id = run["id"]
+    await calls[0].wait_started()
+    # A commit of this process that takes twice the lease (the step it waits for runs on).
+    await engine.store.db.write(lambda conn: conn.execute("SELECT pg_sleep(4)"))
+    done = await wait_run(sender, run_id, timeout=20)
+    assert done["status"] == "completed", done
+    assert not calls[0].interrupted.is_set()
+    assert not [r for r in caplog.records if "stops on this worker" in r.getMessage()], "the worker stopped its run"
+
+
+async def test_a_run_whose_row_another_transaction_locks_does_not_hold_up_the_other_renewals(
+    make_pg_engine: Any, postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL: the renewal passes over queue rows another transaction has locked (this
+    process's writer saving a step, an operator's session) instead of waiting for them: it
+    waited, so one locked row held up every lease of the worker, and it stopped them all."""
+    app = stepline.App("fence-locked-row")
+    calls: list[LongCall] = []
+
+    @app.function(id="locked", trigger=stepline.TriggerEvent("fence/locked"), retries=0)
+    async def locked(ctx: stepline.Context) -> str:
+        return str(await ctx.step.run("long", calls[ctx.event.data["i"]]))
+
+    await make_pg_engine(app, lease=2.0)
+    sender = await make_pg_engine(app, run_worker=False)
+    caplog.set_level(logging.WARNING, logger="stepline.executor")
+    calls.extend([LongCall(seconds=4.0), LongCall(seconds=4.0)])
+    run_ids = []
+    for i in range(2):
+        event_id = await sender.send({"name": "fence/locked", "data": {"i": i}})
+        (run,) = await runs_for_event(sender, event_id)
+        run_ids.append(run["id"])
+        await calls[i].wait_started()
+    with psycopg.connect(postgres_url) as session:  # one run's row, locked for longer than the lease
+        session.execute("SELECT 1 FROM queue WHERE run_id = %s FOR UPDATE", (run_ids[0],))
+        await asyncio.sleep(2.5)
+    done = await wait_run(sender, run_ids[1], timeout=20)
+    assert done["status"] == "completed", done
+    assert not calls[1].interrupted.is_set()
+    stopped = [r.getMessage() for r in caplog.records if "stops on this worker" in r.getMessage()]
+    assert not [m for m in stopped if run_ids[1] in m], stopped
+    await wait_run(sender, run_ids[0], timeout=20)
+
+
 class OneThread:
     """An app whose function runs one sync step that records its start and holds its thread
     until ``release``; engines with ``sync_threads=1`` queue the next run's body behind it."""

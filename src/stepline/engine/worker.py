@@ -62,6 +62,7 @@ class Worker:
         self._tasks = [
             asyncio.create_task(self._claim_loop(), name=f"stepline-claim-{self.id}"),
             asyncio.create_task(self._heartbeat_loop(), name=f"stepline-heartbeat-{self.id}"),
+            asyncio.create_task(self._upkeep_loop(), name=f"stepline-upkeep-{self.id}"),
         ]
         if self._services.settings.fencing:
             self._tasks.append(asyncio.create_task(self._fence_loop(), name=f"stepline-fence-{self.id}"))
@@ -253,10 +254,14 @@ class Worker:
         lease_ms = int(settings.lease * 1000)
         wanted = self.executor.renewal_wanted
         outage = OutageLog(log, "the heartbeat")
+        loop = asyncio.get_running_loop()
+        wait = settings.lease / 4
         while not self._stopping:
             with contextlib.suppress(TimeoutError):  # every quarter lease, or sooner when a run asks
-                await asyncio.wait_for(wanted.wait(), settings.lease / 4)
+                await asyncio.wait_for(wanted.wait(), wait)
             wanted.clear()
+            began = loop.time()
+            wait = settings.lease / 4
             try:
                 leases = self.executor.leases()
                 if leases:
@@ -267,12 +272,29 @@ class Worker:
                             continue  # it ended meanwhile
                         if lease.run_id in renewal.held:
                             held[1].renewed(renewal.since)
+                        elif lease.run_id in renewal.busy:
+                            wait = settings.lease / 16  # its row was locked a moment: try again soon
                         elif settings.fencing:
                             self.executor.lose(
                                 lease.run_id, "its lease was taken over (the run was leased again) or it ended elsewhere", executor_mod.TAKEN_OVER
                             )
                     for run_id in renewal.cancelled:
                         self.executor.cancel_local(run_id)
+            except Exception as exc:  # noqa: BLE001
+                outage.failed(exc)
+            else:
+                outage.worked()
+            # A quarter lease from this renewal's start, not its end: on a slow link a renewal
+            # takes a while, and the fence allows three quarters from one's start to the next's end.
+            wait = max(0.0, wait - (loop.time() - began))
+
+    async def _upkeep_loop(self) -> None:
+        """What the heartbeat once did after renewing, on the writer: kept apart, so that a
+        busy writer never holds up the next renewal."""
+        outage = OutageLog(log, "sweeping parked runs")
+        while not self._stopping:
+            await asyncio.sleep(self._services.settings.lease / 4)
+            try:
                 # Safety net for concurrency limits: a run parked behind a key whose slots
                 # are free (a raised limit, a lost wake-up) is made ready again.
                 if await self._store.unpark_sweep():

@@ -523,6 +523,12 @@ class Database(abc.ABC):
         they never hold up the writer. Elsewhere the same as ``write``."""
         return await self.write(op)
 
+    async def renew(self, op: Op[T]) -> T:
+        """Run ``op`` (a renewal of leases) in a transaction of its own where the backend lets
+        writers work side by side (PostgreSQL), never queued behind the group commit: a lease
+        must not lapse because the process has much else to write. Elsewhere ``write``."""
+        return await self.write(op)
+
     async def write_item(self, kind: Batched, item: Any) -> Any:
         """Add ``item`` to the next group commit's shared ``kind`` operation; returns its result."""
         return await self.submit_item(kind, item)

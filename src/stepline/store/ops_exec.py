@@ -713,23 +713,34 @@ def heartbeat_txn(conn: db.Conn, worker_id: str, leases: list[Lease], lease_ms: 
     """
     since = time.monotonic()
     held: dict[str, int] = {}
+    busy: set[str] = set()
     if leases:
         epochs = {lease.run_id: lease.epoch for lease in leases}
         marks, params = db.in_list(list(epochs))
         # Rows of this owner with another epoch are its own later leases (a worker never
         # holds two of one run): extending them is harmless, and they are not reported held.
+        # Rows another transaction has locked are passed over, not waited for: on PostgreSQL
+        # the renewal has a connection of its own, and this process's writer locks the rows
+        # of the runs whose steps it is saving until its commit, which may be seconds away.
         for row in conn.all(
-            f"UPDATE queue SET lease_expires_at = {conn.clock_ms} + ? WHERE lease_owner = ? AND run_id IN ({marks}) "
+            f"UPDATE queue SET lease_expires_at = {conn.clock_ms} + ? WHERE run_id IN "
+            f"(SELECT run_id FROM queue WHERE lease_owner = ? AND run_id IN ({marks}) {conn.skip_locked()}) "
             "RETURNING run_id, lease_epoch",
             (lease_ms, worker_id, *params),
         ):
             if epochs[row["run_id"]] in (None, row["lease_epoch"]):
                 held[row["run_id"]] = row["lease_epoch"]
+        missing = [run_id for run_id in epochs if run_id not in held]
+        if missing:
+            marks, params = db.in_list(missing)
+            for row in conn.all(f"SELECT run_id, lease_owner, lease_epoch FROM queue WHERE run_id IN ({marks})", params):
+                if holds(row, Lease(row["run_id"], worker_id, epochs[row["run_id"]])):
+                    busy.add(row["run_id"])  # locked, and as last committed still this lease's
     rows = conn.all(
         "SELECT q.run_id FROM queue q JOIN runs r ON r.id = q.run_id WHERE q.lease_owner = ? AND r.cancel_requested = 1",
         (worker_id,),
     )
-    return Renewal(held, [r["run_id"] for r in rows], since)
+    return Renewal(held, [r["run_id"] for r in rows], since, frozenset(busy))
 
 
 def cancel_requested_txn(conn: db.Conn, worker_id: str) -> list[str]:

@@ -391,6 +391,15 @@ class _Link:
             self.raw = None
 
 
+class _SideWriter:
+    """A connection beside the writer for one kind of write, and the thread that uses it:
+    one transaction at a time, never queued behind the group commit."""
+
+    def __init__(self, url: str, purpose: str, closing: threading.Event) -> None:
+        self.link = _Link(url, purpose, closing)  # connects at its first write
+        self.thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"stepline-pg-{purpose}")
+
+
 class PostgresDatabase(db.Database):
     dialect = "postgres"
     # LISTEN/NOTIFY wakes workers; polling only catches what a lost notification missed.
@@ -406,8 +415,11 @@ class PostgresDatabase(db.Database):
         self._pool: psycopg_pool.ConnectionPool[Any] | None = None
         self._read_threads = concurrent.futures.ThreadPoolExecutor(READ_THREADS, thread_name_prefix="stepline-pg-read")
         # Background chores (retention) write on a connection of their own, one at a time.
-        self._aside_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="stepline-pg-aside")
-        self._aside: _Link | None = None
+        self._aside = _SideWriter(url, "maintenance", self._closing)
+        # So do lease renewals: behind the group commit they waited for every ingest and
+        # checkpoint queued before them, and on a slow link (a round trip per operation of a
+        # commit) came too late, so workers stopped runs the database was merely slow to take.
+        self._renewals = _SideWriter(url, "lease", self._closing)
         self._listener: threading.Thread | None = None
         self._watchdog: threading.Thread | None = None
         self._waits: dict[int, _Wait] = {}  # by thread: whose answers the watchdog times
@@ -453,6 +465,9 @@ class PostgresDatabase(db.Database):
             self._watchdog.start()
 
     def plan_capacity(self, concurrency: int) -> None:
+        # A worker: its renewals' connection opened now, not at the first renewal (on a slow
+        # link a session takes a dozen round trips to open, time the first leases lack).
+        self._renewals.thread.submit(self._renewals.link.get)
         size = max(self._pool_size, pool_size_for(concurrency))
         self._pool_size = size
         if self._pool is not None:
@@ -502,24 +517,29 @@ class PostgresDatabase(db.Database):
                         del self._waits[key]  # its user's next try starts its own clock
 
     async def write_aside(self, op: db.Op[db.T]) -> db.T:
+        return await self._write_beside(self._aside, op)
+
+    async def renew(self, op: db.Op[db.T]) -> db.T:
+        return await self._write_beside(self._renewals, op)
+
+    async def _write_beside(self, side: _SideWriter, op: db.Op[db.T]) -> db.T:
         if self._closed:
             raise RuntimeError("the store is closed")
-        return await asyncio.get_running_loop().run_in_executor(self._aside_thread, self._write_aside_sync, op)
+        return await asyncio.get_running_loop().run_in_executor(side.thread, self._write_beside_sync, side, op)
 
-    def _write_aside_sync(self, op: db.Op[Any]) -> Any:
-        """``op`` alone in a transaction on the side connection, with the writer's handling of
+    def _write_beside_sync(self, side: _SideWriter, op: db.Op[Any]) -> Any:
+        """``op`` alone in a transaction on a side connection, with the writer's handling of
         lost connections, deadlocks and in-doubt commits (``_run_batch``)."""
-        if self._aside is None:
-            self._aside = _Link(self.url, "maintenance", self._closing)
-        ((ok, value),), _ = self._run_batch(self._aside, [op])
+        ((ok, value),), _ = self._run_batch(side.link, [op])
         if not ok:
             raise db._store_error(value) if self._unavailable(value) else value
         return value
 
     async def _close_readers(self) -> None:
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._aside_thread, self._drop_aside)
-        self._aside_thread.shutdown(wait=False)
+        for side in (self._aside, self._renewals):
+            await loop.run_in_executor(side.thread, side.link.drop)
+            side.thread.shutdown(wait=False)
         if self._listener is not None:
             await loop.run_in_executor(None, self._listener.join, 5.0)
             self._listener = None
@@ -535,11 +555,6 @@ class PostgresDatabase(db.Database):
         deadline = time.monotonic() + seconds
         while self._waits and time.monotonic() < deadline:
             time.sleep(0.05)
-
-    def _drop_aside(self) -> None:
-        if self._aside is not None:
-            self._aside.drop()
-            self._aside = None
 
     # --- the writer ----------------------------------------------------------------
 

@@ -601,6 +601,9 @@ class Renewal:
     held: dict[str, int]  # run id -> epoch, for each lease extended
     cancelled: list[str]
     since: float  # time.monotonic() when the writer began it: the new leases last at least from here
+    # Leases still held, as last committed, that another transaction had locked (this
+    # process's writer saving a step): neither extended nor lost, tried again shortly.
+    busy: frozenset[str] = frozenset()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -252,7 +252,7 @@ class Store:
         await self.db.write_item(FINISHES, (lease, status, output, error, self.now_ms(), tuple(steps)))
 
     async def heartbeat(self, worker_id: str, leases: list[Lease], lease_ms: int) -> Renewal:
-        return await self.db.write(partial(ops_exec.heartbeat_txn, worker_id=worker_id, leases=leases, lease_ms=lease_ms))
+        return await self.db.renew(partial(ops_exec.heartbeat_txn, worker_id=worker_id, leases=leases, lease_ms=lease_ms))
 
     async def release(self, leases: list[Lease]) -> None:
         await self.db.write(self._at_commit(ops_exec.release_txn, leases=leases))
