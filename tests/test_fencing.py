@@ -336,6 +336,45 @@ async def test_a_step_starts_only_with_lease_ahead_of_it_renewing_first(
     assert not [r for r in caplog.records if "stops on this worker" in r.getMessage()], "the worker stopped the run mid-step"
 
 
+async def test_a_lease_that_came_too_late_to_start_on_is_renewed_not_given_up(
+    make_engine: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim whose commit came after the worker's own fence deadline (its transaction was
+    held up behind a long group commit: a slow link to the database). Nothing of the run
+    has started, so the worker renews the lease, which succeeds only if no other worker
+    leased the run since, and runs it. Stopped at once instead, the run went back to the
+    queue and came back as late, again and again, and never ran."""
+    lease = 2.0
+    started: list[float] = []
+    app = stepline.App("fence-dead-on-arrival")
+
+    @app.function(id="doa", trigger=stepline.TriggerEvent("fence/doa"), retries=0)
+    async def doa(ctx: stepline.Context) -> int:
+        async def body() -> int:
+            started.append(time.monotonic())
+            return len(started)
+
+        return int(await ctx.step.run("s1", body))
+
+    engine = await make_engine(app, lease=lease)
+    sender = await make_engine(app, run_worker=False)  # no hand-off: the worker claims the run
+    real_claim = engine.store.claim
+
+    async def too_late(*args: Any, **kwargs: Any) -> Any:
+        claimed, next_due = await real_claim(*args, **kwargs)
+        # The answer came after the fence deadline (three quarters of the lease) had passed.
+        return [dataclasses.replace(run, leased_at=run.leased_at - 0.8 * lease) for run in claimed], next_due
+
+    monkeypatch.setattr(engine.store, "claim", too_late)
+    caplog.set_level(logging.WARNING, logger="stepline.executor")
+    event_id = await sender.send({"name": "fence/doa", "data": {}})
+    (run,) = await runs_for_event(sender, event_id)
+    done = await wait_run(sender, run["id"], timeout=20)
+    assert done["status"] == "completed", done
+    assert len(started) == 1
+    assert not [r for r in caplog.records if "stops on this worker" in r.getMessage()], "the worker gave the run up"
+
+
 async def test_leases_are_renewed_while_the_writer_is_held_up_by_a_long_commit(
     make_pg_engine: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

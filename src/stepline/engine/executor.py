@@ -143,6 +143,7 @@ class RunExecution:
         self.lost: str | None = None  # why the run stopped here without an outcome
         self.handed_back = False  # the worker stops and hands the run back: no step body starts
         self.ending = False  # its last write (finish, suspend, retry) is under way
+        self.starting = False  # renewing a lease that came too late to start on (see ``renew_to_start``)
         self.outcome: str | None = None  # how this execution ended, for its span
         self.tracer: Any | None = None  # set with ``segment`` when this execution is traced
         self.segment: Any | None = None  # the span of this execution (``process <function id>``)
@@ -171,6 +172,26 @@ class RunExecution:
             self._renewed.clear()
             self._request_renewal()
             await self._renewed.wait()
+
+    def short_of_lease(self) -> bool:
+        """Whether less than ``START_MARGIN`` of the lease is left before this worker's deadline."""
+        return time.monotonic() + self._start_margin > self.deadline
+
+    async def renew_to_start(self) -> None:
+        """Before any of the function's code runs: a lease whose claim or hand-off committed
+        with little of it left (a commit held up by a slow link) is renewed first, not given
+        up. Nothing runs meanwhile, so the fence need not stop the run; the renewal checks the
+        epoch, so it succeeds only if no other worker leased the run since. Given up after a
+        lease without a verdict (the database stalled or unreachable)."""
+        if not self.short_of_lease():
+            return
+        self.starting = True
+        try:
+            await asyncio.wait_for(self._renew_ahead(), self._services.settings.lease)
+        except TimeoutError:
+            self.lose("its lease could not be renewed in time (the database is stalled or unreachable)", NOT_RENEWED)
+        finally:
+            self.starting = False
 
     def _check_lease(self) -> None:
         if self.lost is None and time.monotonic() > self.deadline:
@@ -587,7 +608,10 @@ class Executor:
     def overdue(self) -> list[str]:
         """Runs whose lease may have run out without a renewal committed in time."""
         now = time.monotonic()
-        return [run_id for run_id, (_, ex) in self.active.items() if ex.lost is None and not ex.ending and now > ex.deadline]
+        return [
+            run_id for run_id, (_, ex) in self.active.items()
+            if ex.lost is None and not ex.ending and not ex.starting and now > ex.deadline
+        ]
 
     def leases(self) -> list[Lease]:
         """The leases of the runs this worker is executing, for the heartbeat."""
@@ -614,6 +638,8 @@ class Executor:
         loop = asyncio.get_running_loop()
         task: asyncio.Future[Any]
         try:
+            if execution.short_of_lease() and not await self._renew_to_start(execution):
+                return
             with contextlib.nullcontext() if execution.segment is None else tracing.current(execution.segment):
                 if function.is_async:
                     task = asyncio.ensure_future(function.handler(Context(execution, event, events)))
@@ -641,6 +667,24 @@ class Executor:
             logs.leave_run(in_run)
             if traced:
                 tracing.end_segment(execution.segment, execution.outcome or "stopped", failed=execution.outcome == RunStatus.FAILED)
+
+    async def _renew_to_start(self, execution: RunExecution) -> bool:
+        """Whether the run may start after renewing a lease it got with too little left;
+        if not, it is handed back. Held meanwhile, so the heartbeat renews it."""
+        waiting = asyncio.ensure_future(execution.renew_to_start())
+        self.active[execution.run_id] = (waiting, execution)  # a loss cancels the wait
+        try:
+            await waiting
+        except asyncio.CancelledError:
+            if execution.lost is None:  # the worker is stopping: it hands the lease back
+                self.active.pop(execution.run_id, None)
+                raise
+        if execution.lost is None:
+            return True
+        self.active.pop(execution.run_id, None)
+        execution.outcome = "lost"
+        await self._abandon(execution)
+        return False
 
     def _trace(self, claimed: ClaimedRun, execution: RunExecution, function: Function) -> bool:
         """Start this execution's span, when a tracer provider would record it."""
