@@ -29,7 +29,7 @@ import stepline
 from stepline.engine import Engine
 from stepline.errors import LeaseLost
 from stepline.store import Lease, StepResult
-from tests.helpers import LongCall, eventually, runs_for_event, wait_run
+from tests.helpers import LongCall, eventually, runs_for_event, send_and_wait, wait_run
 from tests.test_crash import REPO
 from tests.test_handoff import query
 
@@ -437,6 +437,39 @@ async def test_a_run_whose_row_another_transaction_locks_does_not_hold_up_the_ot
     stopped = [r.getMessage() for r in caplog.records if "stops on this worker" in r.getMessage()]
     assert not [m for m in stopped if run_ids[1] in m], stopped
     await wait_run(sender, run_ids[0], timeout=20)
+
+
+async def test_a_run_stopped_because_this_process_did_not_run_says_so(
+    make_engine: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The fence stops runs whose lease it could not renew in time. When the cause is this
+    process itself (frozen by SIGSTOP or a VM pause, or its event loop blocked by code
+    that does not await), the log said the database was stalled or unreachable, and an
+    operator looked for the fault in the wrong place."""
+    lease = 2.0
+    blocked: list[int] = []
+    app = stepline.App("fence-blocked-loop")
+
+    @app.function(id="blocking", trigger=stepline.TriggerEvent("fence/blocking"), retries=0)
+    async def blocking(ctx: stepline.Context) -> str:
+        async def body() -> str:
+            if not blocked:
+                blocked.append(1)
+                time.sleep(lease * 1.25)  # a sync call in async code: the loop stops with it
+            return "done"
+
+        async def after() -> str:
+            return "after"
+
+        return str(await ctx.step.run("s1", body)) + str(await ctx.step.run("s2", after))
+
+    engine = await make_engine(app, lease=lease)
+    caplog.set_level(logging.INFO, logger="stepline.executor")
+    done = await send_and_wait(engine, {"name": "fence/blocking", "data": {}}, timeout=20)
+    assert done["status"] == "completed", done
+    stops = [r.getMessage() for r in caplog.records if "could not be renewed in time" in r.getMessage()]
+    assert stops, "the run was not stopped"
+    assert all("this process did not run" in m for m in stops), stops
 
 
 class OneThread:

@@ -83,6 +83,25 @@ class _LeaseTooShort(Exception):
     little lease left to start (see ``RunExecution._start_if_held``)."""
 
 
+class Pulse:
+    """When the worker's fence loop last ran. A long gap means this process itself did not
+    run (frozen by SIGSTOP or a VM pause, or its event loop blocked by code that does not
+    await): a lease lost to that says so, not that the database was slow."""
+
+    def __init__(self) -> None:
+        self.seen_at = time.monotonic()
+
+    def not_renewed(self, lease: float) -> str:
+        """Why a lease could not be renewed in time, as far as this process can tell."""
+        gap = time.monotonic() - self.seen_at
+        if gap > lease / 4:
+            return (
+                f"its lease could not be renewed in time: this process did not run for {gap:.1f} s "
+                "(frozen or paused, or its event loop blocked by code that does not await)"
+            )
+        return "its lease could not be renewed in time (the database is stalled or unreachable)"
+
+
 @dataclasses.dataclass
 class Services:
     """What every run's execution shares within a worker."""
@@ -96,6 +115,7 @@ class Services:
     on_publish: Callable[[str], None]
     # Lease losses and retries counted here, added to the database's totals by the worker.
     counters: counters.Counters = dataclasses.field(default_factory=counters.Counters)
+    pulse: Pulse = dataclasses.field(default_factory=Pulse)  # kept by the worker's fence loop
 
 
 class RunExecution:
@@ -189,13 +209,13 @@ class RunExecution:
         try:
             await asyncio.wait_for(self._renew_ahead(), self._services.settings.lease)
         except TimeoutError:
-            self.lose("its lease could not be renewed in time (the database is stalled or unreachable)", NOT_RENEWED)
+            self.lose(self._services.pulse.not_renewed(self._services.settings.lease), NOT_RENEWED)
         finally:
             self.starting = False
 
     def _check_lease(self) -> None:
         if self.lost is None and time.monotonic() > self.deadline:
-            self.lose("its lease could not be renewed in time (the database is stalled or unreachable)", NOT_RENEWED)
+            self.lose(self._services.pulse.not_renewed(self._services.settings.lease), NOT_RENEWED)
         if self.lost is not None:
             raise Halt()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from stepline import ids
 from stepline.engine import cron
@@ -321,12 +322,12 @@ class Worker:
         """Stop runs whose lease may run out before a renewal commits (the heartbeat's write
         is stuck behind a stalled database): before any other worker may take them."""
         interval = min(0.25, self._services.settings.lease / 8)
+        pulse, lease = self._services.pulse, self._services.settings.lease
         while not self._stopping:
+            pulse.seen_at = time.monotonic()
             await asyncio.sleep(interval)
             for run_id in self.executor.overdue():
-                self.executor.lose(
-                    run_id, "its lease could not be renewed in time (the database is stalled or unreachable)", executor_mod.NOT_RENEWED
-                )
+                self.executor.lose(run_id, pulse.not_renewed(lease), executor_mod.NOT_RENEWED)
 
     async def _cancel_poll_loop(self) -> None:
         """Where a cancellation made in another process cannot be pushed here (SQLite), look
