@@ -973,3 +973,35 @@ async def test_a_clock_reading_that_waited_long_for_its_answer_changes_nothing(
     assert await clock_align.ClockAligner(engine.store.db, engine.store.clock).align() is None
     assert engine.store.clock.correction_s == aligned
     assert not [r for r in caplog.records if "clock is" in r.getMessage()]
+
+
+async def test_a_run_whose_row_an_operators_transaction_locks_holds_up_no_other_claim(
+    make_pg_engine: Any, postgres_url: str
+) -> None:
+    """An operator's session holds one run's row locked (``SELECT ... FOR UPDATE`` in psql,
+    left open) as that run falls due. Claims pass over it until the lock goes: they waited
+    for it, every claim of the worker failed after the lock timeout, and no other run
+    started for as long as the session stayed open."""
+    app = stepline.App("pg-locked-run")
+
+    @app.function(id="sleeper", trigger=stepline.TriggerEvent("locked/sleep"), retries=0)
+    async def sleeper(ctx: stepline.Context) -> str:
+        await ctx.step.sleep("nap", "1s")
+        return "woke"
+
+    @app.function(id="quick", trigger=stepline.TriggerEvent("locked/quick"), retries=0)
+    async def quick(ctx: stepline.Context) -> str:
+        return str(await ctx.step.run("q", lambda: "ok"))
+
+    await make_pg_engine(app)
+    sender = await make_pg_engine(app, run_worker=False)
+    (sleeping,) = await runs_for_event(sender, await sender.send({"name": "locked/sleep", "data": {}}))
+    await wait_run(sender, sleeping["id"], "sleeping")
+    with psycopg.connect(postgres_url) as operator:
+        operator.execute("SELECT 1 FROM runs WHERE id = %s FOR UPDATE", (sleeping["id"],))
+        await asyncio.sleep(1.5)  # the sleeper is due, its row still locked
+        for i in range(3):
+            (run,) = await runs_for_event(sender, await sender.send({"name": "locked/quick", "data": {"i": i}}))
+            assert (await wait_run(sender, run["id"], timeout=15))["status"] == "completed"
+        assert (await sender.get_run(sleeping["id"]))["status"] != "completed"
+    assert (await wait_run(sender, sleeping["id"], timeout=15))["status"] == "completed"

@@ -127,6 +127,10 @@ def claim_txn(
             )
             if r["run_id"] not in exclude
         ][: limit - len(candidates)]
+    if lock and (candidates or expired):
+        free = _runs_not_locked(conn, [r["run_id"] for r in candidates] + expired)
+        candidates = [r for r in candidates if r["run_id"] in free]
+        expired = [run_id for run_id in expired if run_id in free]
     admitted, parked = _admit_by_concurrency(conn, candidates, now)
     claimed = _lease_and_load_txn(conn, admitted + expired, worker_id, now, lease_ms, leased_at)
     if parked or held:
@@ -138,6 +142,15 @@ def claim_txn(
         tuple(function_ids),
     )
     return claimed, next_due
+
+
+def _runs_not_locked(conn: db.Conn, run_ids: list[str]) -> set[str]:
+    """Those of the runs whose ``runs`` row no other transaction has locked, now locked by
+    this one (PostgreSQL). A claim passes over the others until its next look: it waited
+    for them, so one run's row locked by an operator's open transaction failed every claim
+    of the worker after the lock timeout, and no run of any function started meanwhile."""
+    marks, params = db.in_list(run_ids)
+    return {r["id"] for r in conn.all(f"SELECT id FROM runs WHERE id IN ({marks}) FOR NO KEY UPDATE SKIP LOCKED", params)}
 
 
 # Up to this many ready rows, a claim reads them by due time and sorts them; past it, it
