@@ -84,15 +84,21 @@ async def test_an_idle_worker_takes_a_new_run_at_ingest(make_engine, db_url) -> 
 
 
 async def test_runs_that_need_a_concurrency_slot_or_a_window_are_queued(make_engine, db_url) -> None:
+    """Neither is taken at ingest. The capped function's one slot is held by an earlier run
+    while the event comes, so a claim cannot take its new run either before it is looked at
+    (with the slot free, the worker's claim, woken by the same commit, raced the check)."""
     app = stepline.App("handoff-flow")
+    release = asyncio.Event()
 
     @app.function(
         id="capped",
-        trigger=stepline.TriggerEvent("handoff/flow"),
+        trigger=[stepline.TriggerEvent("handoff/flow"), stepline.TriggerEvent("handoff/occupy")],
         concurrency=[stepline.Concurrency(limit=1)],
         retries=0,
     )
     async def capped(ctx: stepline.Context) -> str:
+        if ctx.event.name == "handoff/occupy":
+            await ctx.step.run("hold the slot", release.wait)
         return "capped"
 
     @app.function(
@@ -103,13 +109,20 @@ async def test_runs_that_need_a_concurrency_slot_or_a_window_are_queued(make_eng
 
     engine = await make_engine(app)
     await settle(engine)
+    (holder,) = run_ids_of(db_url, await engine.send({"name": "handoff/occupy", "data": {}}))
+
+    async def holding() -> bool:
+        return bool(queue_row(db_url, holder)[0])
+
+    await eventually(holding, what="the first run to hold the capped function's slot")
     event_id = await engine.send({"name": "handoff/flow", "data": {}})
     run_ids = run_ids_of(db_url, event_id)
     assert len(run_ids) == 2
     for run_id in run_ids:
         owner, status, _ = queue_row(db_url, run_id)
         assert owner is None and status == "queued"
-    for run_id in run_ids:
+    release.set()
+    for run_id in [holder, *run_ids]:
         assert (await wait_run(engine, run_id))["status"] == "completed"
 
 
