@@ -294,6 +294,18 @@ async def test_a_lease_taken_over_stops_the_step_in_flight_and_writes_nothing(ma
     assert (await engine.get_run(run["id"]))["status"] == "running"  # the new holder's, untouched
 
 
+def answer_claims_late(engine: Any, monkeypatch: pytest.MonkeyPatch, spent: float) -> None:
+    """The worker's claims answer as if their commit came ``spent`` seconds into the lease
+    (held up behind a stall or a long group commit)."""
+    real_claim = engine.store.claim
+
+    async def late(*args: Any, **kwargs: Any) -> Any:
+        claimed, next_due = await real_claim(*args, **kwargs)
+        return [dataclasses.replace(run, leased_at=run.leased_at - spent) for run in claimed], next_due
+
+    monkeypatch.setattr(engine.store, "claim", late)
+
+
 @pytest.mark.timeout(60)
 async def test_a_step_starts_only_with_lease_ahead_of_it_renewing_first(
     make_engine: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
@@ -319,14 +331,7 @@ async def test_a_step_starts_only_with_lease_ahead_of_it_renewing_first(
 
     engine = await make_engine(app, lease=lease)
     sender = await make_engine(app, run_worker=False)  # no hand-off: the worker claims the run
-    real_claim = engine.store.claim
-
-    async def late_answer(*args: Any, **kwargs: Any) -> Any:
-        claimed, next_due = await real_claim(*args, **kwargs)
-        # Most of the lease was spent before the answer came.
-        return [dataclasses.replace(run, leased_at=run.leased_at - 0.7 * lease) for run in claimed], next_due
-
-    monkeypatch.setattr(engine.store, "claim", late_answer)
+    answer_claims_late(engine, monkeypatch, spent=0.7 * lease)  # most of the lease spent before the answer came
     caplog.set_level(logging.WARNING, logger="stepline.executor")
     event_id = await sender.send({"name": "fence/late", "data": {}})
     (run,) = await runs_for_event(sender, event_id)
@@ -358,14 +363,7 @@ async def test_a_lease_that_came_too_late_to_start_on_is_renewed_not_given_up(
 
     engine = await make_engine(app, lease=lease)
     sender = await make_engine(app, run_worker=False)  # no hand-off: the worker claims the run
-    real_claim = engine.store.claim
-
-    async def too_late(*args: Any, **kwargs: Any) -> Any:
-        claimed, next_due = await real_claim(*args, **kwargs)
-        # The answer came after the fence deadline (three quarters of the lease) had passed.
-        return [dataclasses.replace(run, leased_at=run.leased_at - 0.8 * lease) for run in claimed], next_due
-
-    monkeypatch.setattr(engine.store, "claim", too_late)
+    answer_claims_late(engine, monkeypatch, spent=0.8 * lease)  # after the fence deadline (three quarters)
     caplog.set_level(logging.WARNING, logger="stepline.executor")
     event_id = await sender.send({"name": "fence/doa", "data": {}})
     (run,) = await runs_for_event(sender, event_id)
