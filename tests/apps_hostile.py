@@ -17,6 +17,11 @@ async def divides(ctx: stepline.Context) -> str:
     return "divided"
 
 
+@app.function(id="patterned", trigger=stepline.TriggerEvent("h/pattern", if_="event.data.s.matches(event.data.p)"))
+async def patterned(ctx: stepline.Context) -> str:
+    return "matched"
+
+
 @app.function(id="always", trigger=stepline.TriggerEvent("h/div"))
 async def always(ctx: stepline.Context) -> str:
     return "always"

@@ -194,6 +194,19 @@ def test_a_failing_expression_is_logged_once_not_per_event(
     assert len(lines) == 1 and "division by zero" in lines[0].getMessage()
 
 
+def test_an_expression_error_quoting_the_events_values_is_logged_on_one_line(
+    api: httpx.Client, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``matches()`` quotes a pattern it cannot compile, line breaks and all: an event whose
+    pattern holds a line break must not write a line of its own choosing into the log."""
+    monkeypatch.setattr(expressions, "_reported", {})
+    forged = "(\nCRITICAL stepline.server: the database was dropped"
+    with caplog.at_level(logging.WARNING, logger="stepline.expressions"):
+        ok_ids(send(api, [{"name": "h/pattern", "data": {"s": "x", "p": forged}}]))
+    (line,) = [r.getMessage() for r in caplog.records if "event.data.s.matches" in r.getMessage()]
+    assert "\n" not in line and "\\nCRITICAL" in line, line
+
+
 class _HandedToCel:
     """A compiled program that records the size, as JSON, of what each evaluation hands the
     CEL library (which converts all of it, read or not)."""

@@ -249,8 +249,13 @@ _reported: dict[str, tuple[float, int]] = {}  # expression -> (when last logged,
 _reported_lock = threading.Lock()
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _describe(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
+    """One line: the error may quote the event's own values (``matches()`` quotes a bad
+    pattern, line breaks and all), which must not forge lines in the log."""
+    text = _CONTROL.sub(lambda found: repr(found.group())[1:-1], f"{type(exc).__name__}: {exc}")
     return text if len(text) <= 300 else text[:300] + "..."
 
 
