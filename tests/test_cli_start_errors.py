@@ -190,3 +190,5 @@ def test_settings_take_zero_where_it_means_something() -> None:
     assert (taken.port, taken.retention, taken.connect_wait, taken.retry_base) == (0, 0.0, 0.0, 0.0)
     with pytest.raises(errors.ConfigError, match=r"STEPLINE_PORT='-1': expected a value 0 or more"):
         settings.from_env({"STEPLINE_PORT": "-1"})
+    with pytest.raises(errors.ConfigError, match=r"STEPLINE_PORT='70000': expected a port, 0 to 65535"):
+        settings.from_env({"STEPLINE_PORT": "70000"})  # else the socket's OverflowError at start

@@ -145,6 +145,8 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         if var.kind in (int, float) and (value <= 0 if var.field in _POSITIVE else value < 0):
             least = "above 0" if var.field in _POSITIVE else "0 or more"
             raise errors.ConfigError(f"{var.name}={raw!r}: expected a value {least} ({var.help})")
+        if var.field == "port" and value > 65535:
+            raise errors.ConfigError(f"{var.name}={raw!r}: expected a port, 0 to 65535 ({var.help})")
     return Settings(**values)
 
 
