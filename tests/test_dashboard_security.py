@@ -83,6 +83,9 @@ def test_every_answer_forbids_framing_and_type_sniffing(serve) -> None:  # noqa:
     for what, answer in answers.items():
         assert answer.headers.get("x-frame-options") == "DENY", what
         assert answer.headers.get("x-content-type-options") == "nosniff", what
+        # Nothing but the static files stays in a browser's cache (a run's output read with
+        # a run token, on a shared computer).
+        assert ("no-store" in answer.headers.get("cache-control", "")) == (what != "script"), what
 
 
 def _csp_refusals(tab: Page) -> list[str]:

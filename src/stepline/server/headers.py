@@ -1,6 +1,8 @@
 """Headers every answer carries, so that a browser never frames Stepline's pages under
 another site (clickjacking: a hidden frame of the dashboard under a decoy button makes
-the operator's click cancel or replay a run) nor reads an answer as another type."""
+the operator's click cancel or replay a run) nor reads an answer as another type, and
+keeps no answer but the static files in its cache (a run's output read with a run token
+would otherwise stay on the disk of a shared computer)."""
 
 from __future__ import annotations
 
@@ -23,6 +25,10 @@ PAGE_POLICY = (
 )
 
 
+NO_STORE = (b"cache-control", b"no-store")
+CACHED_PATHS = "/static/"  # the dashboard's scripts and styles: the same for everyone
+
+
 class SecurityHeaders:
     """Adds ``SECURITY_HEADERS`` to every HTTP answer, refusals of the outer guard included."""
 
@@ -34,10 +40,14 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
 
+        stored = scope["path"].startswith(CACHED_PATHS)
+
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 present = {name.lower() for name, _ in message.get("headers", [])}
                 extra = [(name, value) for name, value in SECURITY_HEADERS if name not in present]
+                if not stored and NO_STORE[0] not in present:
+                    extra.append(NO_STORE)
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 
