@@ -159,3 +159,49 @@ async def test_sleeping_runs_hold_no_slot_and_env_scope_is_shared(make_engine) -
         run = (await runs_for_event(engine, event_id))[0]
         assert (await wait_run(engine, run["id"]))["status"] == "completed"
     assert running["peak"] == 2
+
+
+async def test_account_and_env_scopes_are_separate_caps_each_shared_across_functions(make_engine) -> None:
+    """As on Inngest: functions with an ``account`` cap on a key value share it, and an
+    ``env`` cap on the same value is another cap (they were one: an SDK's account scope
+    was read as env)."""
+    app = stepline.App("t")
+    release = asyncio.Event()
+    running: set[str] = set()
+
+    async def hold(fn: str) -> None:
+        running.add(fn)
+        await release.wait()
+
+    account_cap = stepline.Concurrency(1, key='"provider"', scope="account")
+
+    @app.function(id="a1", trigger=stepline.TriggerEvent("t/scopes"), concurrency=account_cap)
+    async def a1(ctx: stepline.Context) -> None:
+        await ctx.step.run("hold", hold, "a1")
+
+    @app.function(id="a2", trigger=stepline.TriggerEvent("t/scopes"), concurrency=account_cap)
+    async def a2(ctx: stepline.Context) -> None:
+        await ctx.step.run("hold", hold, "a2")
+
+    @app.function(id="e1", trigger=stepline.TriggerEvent("t/scopes"),
+                  concurrency=stepline.Concurrency(1, key='"provider"', scope="env"))
+    async def e1(ctx: stepline.Context) -> None:
+        await ctx.step.run("hold", hold, "e1")
+
+    engine = await make_engine(app)
+    event_id = await engine.send({"name": "t/scopes"})
+
+    async def two_hold() -> bool:
+        return len(running) == 2 and "e1" in running
+
+    await eventually(two_hold, what="the env-capped run and one account-capped run to hold a slot")
+    runs = {r["function_id"]: r for r in await runs_for_event(engine, event_id)}
+    waiting = ({"a1", "a2"} - running).pop()
+
+    async def limited() -> bool:
+        return (await engine.get_run(runs[waiting]["id"]))["wait_reason"] == "concurrency_limited"
+
+    await eventually(limited, what="the other account-capped run to wait for the shared slot")
+    release.set()
+    for run in runs.values():
+        assert (await wait_run(engine, run["id"]))["status"] == "completed"

@@ -147,7 +147,8 @@ def _fn(**options: object) -> dict[str, object]:
     [
         (5, [{"limit": 5, "key": None, "scope": "fn"}]),  # TS: a number
         ({"limit": 1}, [{"limit": 1, "key": None, "scope": "fn"}]),  # TS: an object, the usual form
-        ({"limit": 2, "key": "event.data.user", "scope": "account"}, [{"limit": 2, "key": "event.data.user", "scope": "env"}]),
+        ({"limit": 2, "key": "event.data.user", "scope": "account"}, [{"limit": 2, "key": "event.data.user", "scope": "account"}]),
+        ({"limit": 2, "key": "event.data.user", "scope": "ENV"}, [{"limit": 2, "key": "event.data.user", "scope": "env"}]),
         ([{"limit": 3.0, "key": "event.data.u", "scope": "fn"}, {"limit": 9}], [  # PY: always a list
             {"limit": 3, "key": "event.data.u", "scope": "fn"}, {"limit": 9, "key": None, "scope": "fn"}]),
         ({"step": [{"limit": 4}]}, [{"limit": 4, "key": None, "scope": "fn"}]),  # the {fn, step} form, step limits

@@ -156,20 +156,22 @@ class Timeouts:
 class Concurrency:
     """At most ``limit`` runs executing steps at once, per ``key`` value if given.
 
-    ``scope="env"`` shares the cap with every function using the same key.
+    ``scope="env"`` shares the cap with every function using the same key; so does
+    ``scope="account"``, apart from the ``env`` caps (Inngest's two scopes: a key value
+    limited in one is not limited by the other).
     """
 
     limit: int
     key: str | None = None
-    scope: Literal["fn", "env"] = "fn"
+    scope: Literal["fn", "env", "account"] = "fn"
 
     def __init__(self, limit: int, *, key: str | None = None, scope: str = "fn") -> None:
         object.__setattr__(self, "limit", _positive_int(limit, "Concurrency.limit"))
         object.__setattr__(self, "key", _optional_expr(key, "Concurrency.key"))
-        if scope not in ("fn", "env"):
-            raise errors.ConfigError(f"Concurrency.scope: expected 'fn' or 'env', got {scope!r}")
-        if scope == "env" and key is None:
-            raise errors.ConfigError("Concurrency: scope='env' needs a key shared by the functions")
+        if scope not in ("fn", "env", "account"):
+            raise errors.ConfigError(f"Concurrency.scope: expected 'fn', 'env' or 'account', got {scope!r}")
+        if scope != "fn" and key is None:
+            raise errors.ConfigError(f"Concurrency: scope={scope!r} needs a key shared by the functions")
         object.__setattr__(self, "scope", scope)
 
     def to_dict(self) -> dict[str, Any]:

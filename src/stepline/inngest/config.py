@@ -147,9 +147,7 @@ class _Reader:
             key = self.text(rule.get("key"), f"{where}.key")
             if scope != "fn" and not key:
                 raise self.error(f"{where}.key", f"scope {scope!r} needs a key shared by the functions it limits together")
-            # One server is one environment: an account-wide limit is the environment's.
-            stepline_scope = "fn" if scope == "fn" else "env"
-            out.append(self.value(where, fn.Concurrency, limit, key=key, scope=stepline_scope))
+            out.append(self.value(where, fn.Concurrency, limit, key=key, scope=scope))
         return out
 
     def throttle(self, raw: Any) -> fn.Throttle | None:

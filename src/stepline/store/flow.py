@@ -28,11 +28,13 @@ def scoped_key(cfg: StoredConfig, kind: str, key_expr: str | None, body: dict[st
 
 
 def concurrency_keys(cfg: StoredConfig, body: dict[str, Any]) -> list[tuple[str, int]]:
-    """(key, limit) for each concurrency limit; ``scope="env"`` keys are shared across functions."""
+    """(key, limit) for each concurrency limit; ``env`` and ``account`` keys are shared
+    across functions, each scope apart from the other."""
     out: list[tuple[str, int]] = []
     for limit in cfg.get("concurrency") or ():
-        if limit.get("scope") == "env":
-            key = f"env:{expressions.key(limit['key'], _variables(body))}"
+        scope = limit.get("scope")
+        if scope in ("env", "account"):
+            key = f"{scope}:{expressions.key(limit['key'], _variables(body))}"
         else:
             key = scoped_key(cfg, "c", limit.get("key"), body)
         out.append((key, int(limit["limit"])))
