@@ -28,6 +28,9 @@ def _show(app: dict[str, Any]) -> None:
         click.echo(f"    note: {note}")
 
 
+NO_APPS = "no Inngest SDK apps are known here; add one with `stepline apps add <its serve URL>` (or start with `stepline dev -u <URL>`)"
+
+
 @click.group()
 def apps() -> None:
     """Inngest SDK apps served by this server: list, add, remove, re-sync."""
@@ -44,6 +47,8 @@ def list_apps(as_json: bool, url: str | None) -> None:
         return
     for app in body["data"]:
         _show(app)
+    if not body["data"]:
+        click.echo(NO_APPS)
 
 
 @apps.command("add")
@@ -76,5 +81,7 @@ def sync_apps(app_url: str | None, url: str | None) -> None:
     synced = _api("POST", url, "/api/v1/inngest/apps/sync", params={"url": app_url})["data"]
     for app in synced:
         _show(app)
+    if not synced:
+        click.echo(NO_APPS)
     if any(app.get("error") for app in synced):
         raise SystemExit(1)
