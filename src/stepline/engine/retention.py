@@ -150,7 +150,7 @@ class Sweeper:
         while another process sweeps.
         """
         gap_ms = 0 if force else int(self.settings.retention_interval * 1000)
-        lease = await self.store.acquire_sweep(self.owner, LEASE_MS, gap_ms)
+        lease = await self.store.acquire_sweep(self.owner, LEASE_MS, gap_ms, rehearsal=rehearse)
         if lease is None:
             if force:
                 status = await self.store.sweep_status()

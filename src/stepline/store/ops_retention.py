@@ -66,14 +66,18 @@ class Batch:
 # --- the lease -------------------------------------------------------------------
 
 
-def acquire_txn(conn: db.Conn, *, owner: str, lease_ms: int, now: int, min_gap_ms: int) -> SweepLease | None:
-    """Take the sweep if nobody holds it and the last one finished ``min_gap_ms`` ago or more."""
+def acquire_txn(
+    conn: db.Conn, *, owner: str, lease_ms: int, now: int, min_gap_ms: int, rehearsal: bool = False
+) -> SweepLease | None:
+    """Take the sweep if nobody holds it and the last one finished ``min_gap_ms`` ago or more.
+    A ``rehearsal`` (a dry run) holds it too, but is not recorded as a sweep begun."""
     conn.execute("INSERT INTO maintenance (task) VALUES (?) ON CONFLICT (task) DO NOTHING", (TASK,))
     row = conn.one(
-        f"UPDATE maintenance SET owner = ?, epoch = epoch + 1, expires_at = {conn.clock_ms} + ?, last_started_at = ? "
+        f"UPDATE maintenance SET owner = ?, epoch = epoch + 1, expires_at = {conn.clock_ms} + ?, "
+        "last_started_at = CASE WHEN ? THEN last_started_at ELSE ? END "
         f"WHERE task = ? AND (owner IS NULL OR expires_at <= {conn.clock_ms}) "
         "AND (last_finished_at IS NULL OR last_finished_at <= ?) RETURNING epoch",
-        (owner, lease_ms, now, TASK, now - min_gap_ms),
+        (owner, lease_ms, rehearsal, now, TASK, now - min_gap_ms),
     )
     return None if row is None else SweepLease(owner, int(row["epoch"]))
 

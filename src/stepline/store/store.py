@@ -547,10 +547,12 @@ class Store:
             return done.result  # type: ignore[no-any-return]
         raise AssertionError("unreachable: a rehearsal always raises")
 
-    async def acquire_sweep(self, owner: str, lease_ms: int, min_gap_ms: int) -> ops_retention.SweepLease | None:
-        return await self.db.write_aside(
-            self._at_commit(ops_retention.acquire_txn, owner=owner, lease_ms=lease_ms, min_gap_ms=min_gap_ms)
-        )
+    async def acquire_sweep(
+        self, owner: str, lease_ms: int, min_gap_ms: int, rehearsal: bool = False
+    ) -> ops_retention.SweepLease | None:
+        return await self.db.write_aside(self._at_commit(
+            ops_retention.acquire_txn, owner=owner, lease_ms=lease_ms, min_gap_ms=min_gap_ms, rehearsal=rehearsal
+        ))
 
     async def finish_sweep(self, lease: ops_retention.SweepLease, summary: SweepSummary | None) -> None:
         """Give the sweep up; with a ``summary`` it counts as done (others wait an interval)."""
