@@ -125,6 +125,14 @@ def test_bulk_cancel_by_function_and_time_range(api: httpx.Client) -> None:
     assert again["cancelled"] == 1
     assert api.post("/api/v1/runs/bulk-cancel", json={}).status_code == 400
     assert api.post("/api/v1/runs/bulk-cancel", json={"function_id": "nap", "since": "yesterday"}).status_code == 400
+    # A misspelt field is refused, not ignored: ignored, the call would cancel every run of
+    # the function, whatever the window it meant.
+    late = run_status(api, run_of_event(api, send(api, "srv/nap"))["id"], "sleeping")
+    typo = api.post("/api/v1/runs/bulk-cancel", json={"function_id": "nap", "sinse": late["created_at"]})
+    assert typo.status_code == 400 and "sinse" in typo.json()["error"] and "since" in typo.json()["error"], typo.text
+    assert api.get(f"/api/v1/runs/{late['id']}").json()["status"] == "sleeping"
+    refused = api.post("/api/v1/functions/nap/replay-failed", json={"untill": "2020-01-01T00:00:00Z"})
+    assert refused.status_code == 400 and "untill" in refused.json()["error"], refused.text
 
 
 def test_events_list_and_one_event_with_its_runs_or_why_none(api: httpx.Client) -> None:

@@ -329,7 +329,7 @@ def document() -> dict[str, Any]:
             {**_ok(_obj({"cancelled": INT, "runs": {"type": "array", "items": _obj({"id": STR, "status": STR})}})),
              **_problems(400, 401, 403, 413)},
             body={"required": True, "content": _json({
-                "type": "object", "required": ["function_id"],
+                "type": "object", "required": ["function_id"], "additionalProperties": False,
                 "properties": {"function_id": {"type": "string", "minLength": 1},
                                "since": {"oneOf": [TIME_Q, {"type": "integer", "minimum": 0}]},
                                "until": {"oneOf": [TIME_Q, {"type": "integer", "minimum": 0}]},
@@ -360,7 +360,7 @@ def document() -> dict[str, Any]:
             "Mint a short-lived token that reads only this run (for a browser)",
             {**_ok(_obj({"run_id": STR, "token": STR, "expires_at": TIME})), **_problems(400, 401, 403, 404, 413)},
             params=[run_id],
-            body={"required": False, "content": _json({"type": "object", "properties": {
+            body={"required": False, "content": _json({"type": "object", "additionalProperties": False, "properties": {
                 "ttl_seconds": {"type": "number", "minimum": 1, "maximum": 86400}}})})},
         "/api/v1/functions": {"get": _op(
             "Registered functions with config and live counts", {**_ok(_page_plain("Function")), **_problems(401)},
@@ -377,7 +377,7 @@ def document() -> dict[str, Any]:
             "Pause a function on every process: queue (its runs wait) or skip (its events start no runs)",
             {**_ok(_obj({"function_id": STR, "paused": ref("Pause")})), **_problems(400, 401, 403, 404, 413)},
             params=[_path("function_id")], tag="functions",
-            body={"required": False, "content": _json({"type": "object", "properties": {
+            body={"required": False, "content": _json({"type": "object", "additionalProperties": False, "properties": {
                 "mode": {"type": "string", "enum": ["queue", "skip"]}, "reason": {"type": "string", "maxLength": 1000}}})})},
         "/api/v1/functions/{function_id}/resume": {"post": _op(
             "Resume a paused function; the runs its pause held start in the order they came",
@@ -387,14 +387,15 @@ def document() -> dict[str, Any]:
             "Start a run of this function now with the given data, whatever its triggers",
             {**_ok(_obj({"event_id": STR, "run_id": NSTR})), **_problems(400, 401, 403, 404, 413)},
             params=[_path("function_id")], tag="functions",
-            body={"required": False, "content": _json({"type": "object", "properties": {"data": {"type": "object"}}})})},
+            body={"required": False, "content": _json({
+                "type": "object", "additionalProperties": False, "properties": {"data": {"type": "object"}}})})},
         "/api/v1/functions/{function_id}/replay-failed": {"post": _op(
             "Replay each run of this function that failed in a time range and was not replayed before",
             {**_ok(_obj({"matched": INT, "replayed": INT, "already_replayed": INT,
                          "runs": {"type": "array", "items": _obj({"id": STR, "replay_of": STR})}})),
              **_problems(400, 401, 403, 404, 413)},
             params=[_path("function_id")], tag="functions",
-            body={"required": False, "content": _json({"type": "object", "properties": {
+            body={"required": False, "content": _json({"type": "object", "additionalProperties": False, "properties": {
                 "since": {"oneOf": [TIME_Q, {"type": "integer", "minimum": 0}]},
                 "until": {"oneOf": [TIME_Q, {"type": "integer", "minimum": 0}]},
                 "limit": {"type": "integer", "minimum": 1, "maximum": 10000}}})})},

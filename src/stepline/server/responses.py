@@ -82,13 +82,18 @@ def parse_json(body: bytes, *, allow_empty: bool = False) -> Any:
     return jsonutil.loads_request(body, max_depth=event.current_limits().max_json_depth + 2)
 
 
-async def read_object(request: Request, *, max_bytes: int) -> dict[str, Any]:
-    """An optional JSON object body: {} when empty, else an object or a 400."""
+async def read_object(request: Request, *, max_bytes: int, fields: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """An optional JSON object body: {} when empty, else an object or a 400. With ``fields``,
+    a field besides them is a 400 too: a misspelt ``since`` on a bulk cancel would otherwise
+    be ignored, and the call cancel every run of the function."""
     value = await read_json(request, max_bytes=max_bytes, allow_empty=True)
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise errors.ConfigError("the request body must be a JSON object")
+    unknown = sorted(str(name) for name in value if fields is not None and name not in fields)
+    if unknown:
+        raise errors.RequestError(f"unknown field(s) {unknown[:5]}; this call takes {', '.join(fields or ())}")
     return value
 
 
