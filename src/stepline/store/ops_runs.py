@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from stepline import errors, expressions, ids, jsonutil
 from stepline import event as event_mod
@@ -360,12 +360,14 @@ def insert_wait_txn(
         row = conn.one("SELECT e.body FROM runs r JOIN events e ON e.id = r.event_id WHERE r.id = ?", (run_id,))
         trigger = jsonutil.loads(row["body"]) if row else {}
     match = wait_keys.wait_key(expression, trigger)
+    ranged = None if match is not None else wait_keys.wait_range_key(expression, trigger)
     view = wait_keys.trigger_view(expression, trigger or {})
     params = (wait_id, run_id, step_key, event_name, expression, expires_at, *(match or (None, None)),
-              None if view is None else jsonutil.dumps(view))
+              *(ranged or (None, None)), None if view is None else jsonutil.dumps(view))
     sql = (
         "INSERT INTO waits (id, run_id, step_key, event_name, expression, expires_at, match_path, match_value, "
-        "trigger_view) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)" + (" ON CONFLICT (id) DO NOTHING" if keep_existing else "")
+        "range_path, range_value, trigger_view) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        + (" ON CONFLICT (id) DO NOTHING" if keep_existing else "")
     )
     if deferred:
         conn.defer(sql, params)
@@ -373,7 +375,7 @@ def insert_wait_txn(
         conn.execute(sql, params)
 
 
-_WAIT_PATHS = "keyed wait paths by event name"  # Conn.memo key: name -> (match paths, any unkeyed waits?)
+_WAIT_PATHS = "keyed wait paths by event name"  # Conn.memo key: name -> WaitPaths
 _WAIT_COLUMNS = (
     # The run's whole event is read only for waits stored without the part they read.
     "SELECT w.id, w.run_id, w.step_key, w.expression, w.expires_at, COALESCE(w.trigger_view, e.body) AS trigger_body, "
@@ -382,24 +384,42 @@ _WAIT_COLUMNS = (
 )
 
 
-def _wait_paths(conn: db.Conn, name: str) -> tuple[list[str], bool]:
-    """The match paths of the keyed waits for ``name`` (one index probe each: they are few),
-    and whether any wait for it has no key; remembered for the transaction."""
-    memo: dict[str, tuple[list[str], bool]] = conn.memo.setdefault(_WAIT_PATHS, {})
+class WaitPaths(NamedTuple):
+    """How the waits for one event name are keyed."""
+
+    match: list[str]  # the match paths of waits keyed by an equality
+    ranges: list[str]  # the range paths of waits keyed by a comparison
+    unkeyed: bool  # whether any wait has neither key
+
+
+def _wait_paths(conn: db.Conn, name: str) -> WaitPaths:
+    """The keys of the waits for ``name`` (one index probe per distinct path: they are few);
+    remembered for the transaction."""
+    memo: dict[str, WaitPaths] = conn.memo.setdefault(_WAIT_PATHS, {})
     found = memo.get(name)
     if found is None:
-        paths: list[str] = []
-        while True:
-            row = conn.one(
-                "SELECT match_path FROM waits WHERE event_name = ? AND match_path > ? ORDER BY match_path LIMIT 1",
-                (name, paths[-1] if paths else ""),
-            )
-            if row is None:
-                break
-            paths.append(row["match_path"])
-        unkeyed = conn.one("SELECT 1 AS one FROM waits WHERE event_name = ? AND match_path IS NULL LIMIT 1", (name,))
-        found = memo[name] = (paths, unkeyed is not None)
+        unkeyed = conn.one(
+            "SELECT 1 AS one FROM waits WHERE event_name = ? AND match_path IS NULL AND range_path IS NULL LIMIT 1",
+            (name,),
+        )
+        found = memo[name] = WaitPaths(
+            _distinct(conn, name, "match_path"), _distinct(conn, name, "range_path"), unkeyed is not None
+        )
     return found
+
+
+def _distinct(conn: db.Conn, name: str, column: str) -> list[str]:
+    """The distinct non-NULL values of ``column`` among the waits for ``name``, by skipping
+    along its index (``waits_by_match``, ``waits_by_range``)."""
+    paths: list[str] = []
+    while True:
+        row = conn.one(
+            f"SELECT {column} AS path FROM waits WHERE event_name = ? AND {column} > ? ORDER BY {column} LIMIT 1",
+            (name, paths[-1] if paths else ""),
+        )
+        if row is None:
+            return paths
+        paths.append(row["path"])
 
 
 # Waits and cancel rules a transaction committed inline (on the event loop's thread) may
@@ -412,12 +432,13 @@ _INLINE_WAITS = "_inline_waits"  # conn.memo: candidates read so far in an inlin
 
 def _candidate_waits(conn: db.Conn, body: dict[str, Any]) -> list[dict[str, Any]]:
     """The waits an incoming event may resolve: for each match path the event has, those
-    keyed by its value there, and every wait without a key. A wait keyed on a path the
+    keyed by its value there; for each range path where it has a number, those whose
+    number it can satisfy; and every wait with neither key. A wait keyed on a path the
     event lacks compares a missing field, which is no match: it is not read."""
     name = body["name"]
-    paths, unkeyed = _wait_paths(conn, name)
+    keys = _wait_paths(conn, name)
     rows: list[dict[str, Any]] = []
-    for path in paths:
+    for path in keys.match:
         value = wait_keys.value_at(body, path)
         if value is wait_keys.MISSING:
             continue
@@ -426,8 +447,14 @@ def _candidate_waits(conn: db.Conn, body: dict[str, Any]) -> list[dict[str, Any]
             rows += _read_waits(conn, "AND w.match_path = ?", (name, path))
         else:
             rows += _read_waits(conn, "AND w.match_path = ? AND w.match_value = ?", (name, path, code))
-    if unkeyed:
-        rows += _read_waits(conn, "AND w.match_path IS NULL", (name,))
+    for path in keys.ranges:
+        lookup = wait_keys.range_lookup(path, body)
+        if lookup is not None:
+            bound, number = lookup
+            compare = "<=" if bound == "min" else ">="
+            rows += _read_waits(conn, f"AND w.range_path = ? AND w.range_value {compare} ?", (name, path, number))
+    if keys.unkeyed:
+        rows += _read_waits(conn, "AND w.match_path IS NULL AND w.range_path IS NULL", (name,))
     return rows
 
 

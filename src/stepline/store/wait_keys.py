@@ -25,6 +25,15 @@ rule), so such pairs are never looked at: an incoming event without the path rea
 the waits keyed on it, and a wait whose run's event lacks the field it compares is stored
 with the code ``NEVER``, which no value has, so no event reads it (it still times out and
 ends with its run). Either was otherwise evaluated by every event of the name.
+
+A wait without such an equality may still compare a number: ``async.data.price <=
+event.data.target`` (or with a number in place of the run's field). It is stored with a
+range key: the incoming path with the direction the comparison needs (``range_path``,
+``min:data.price``: the incoming value must be at least the stored one; ``max:`` at most)
+and the run's number (``range_value``, NULL when the run's event lacks the field). An
+event then reads only the waits its value can satisfy, by a range scan of an index, not
+every wait of its name. Converting to double never breaks an order (``a <= b`` gives
+``float(a) <= float(b)``), so the scan never leaves out a wait the expression would match.
 """
 
 from __future__ import annotations
@@ -45,6 +54,13 @@ _FIELDS = re.compile(rf"^(event|async)\.({_PATH})\s*==\s*(event|async)\.({_PATH}
 _LITERAL_RIGHT = re.compile(rf"^async\.({_PATH})\s*==\s*(.+)$", re.S)
 _LITERAL_LEFT = re.compile(rf"^(.+?)\s*==\s*async\.({_PATH})$", re.S)
 _NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+_COMPARE = r"\s*(<=|>=|<|>)\s*"
+_COMPARE_FIELDS = re.compile(rf"^(event|async)\.({_PATH}){_COMPARE}(event|async)\.({_PATH})$")
+_COMPARE_NUMBER_RIGHT = re.compile(rf"^async\.({_PATH}){_COMPARE}({_NUMBER.pattern})$")
+_COMPARE_NUMBER_LEFT = re.compile(rf"^({_NUMBER.pattern}){_COMPARE}async\.({_PATH})$")
+_FLIPPED = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}
+# The incoming value must be at least (min:) or at most (max:) the stored one.
+_BOUND_OF = {">": "min:", ">=": "min:", "<": "max:", "<=": "max:"}
 _MISSING = object()
 # The code of a wait no event can match; not JSON and not "sha256:…", so no value's code.
 NEVER = "(missing)"
@@ -84,6 +100,89 @@ def key_of(expression: str | None) -> Key | None:
                 if literal is not _MISSING:
                     return Key(found.group(path_group), None, literal)
     return None
+
+
+class RangeKey:
+    """A comparison a wait's expression needs of an incoming event: the value at ``path``
+    ``op`` (``<``, ``<=``, ``>``, ``>=``) the trigger event's number at ``event_path``, or
+    ``literal`` when that is None."""
+
+    __slots__ = ("path", "op", "event_path", "literal")
+
+    def __init__(self, path: str, op: str, event_path: str | None, literal: float = 0.0) -> None:
+        self.path = path
+        self.op = op
+        self.event_path = event_path
+        self.literal = literal
+
+
+def range_key_of(expression: str | None) -> RangeKey | None:
+    """The first top-level ``&&`` term of ``expression`` that compares an incoming field with
+    the run's field or a number (``<``, ``<=``, ``>``, ``>=``), written with the incoming
+    side first; None if there is none (or a ``||`` or a ternary at the top)."""
+    if not expression:
+        return None
+    terms = _conjuncts(expression)
+    for term in terms or ():
+        found = _COMPARE_FIELDS.match(term)
+        if found is not None:
+            left, left_path, op, right, right_path = found.groups()
+            if (left, right) == ("async", "event"):
+                return RangeKey(left_path, op, right_path)
+            if (left, right) == ("event", "async"):
+                return RangeKey(right_path, _FLIPPED[op], left_path)
+            continue
+        found = _COMPARE_NUMBER_RIGHT.match(term)
+        if found is not None:
+            return RangeKey(found.group(1), found.group(2), None, float(found.group(3)))
+        found = _COMPARE_NUMBER_LEFT.match(term)
+        if found is not None:
+            return RangeKey(found.group(3), _FLIPPED[found.group(2)], None, float(found.group(1)))
+    return None
+
+
+def wait_range_key(expression: str | None, trigger: dict[str, Any] | None) -> tuple[str, float | None] | None:
+    """``(range_path, range_value)`` for a wait with no equality key (see the module doc):
+    ``range_value`` None when the run's event lacks the field (no event can match); None
+    when the expression has no such comparison or the run's value is not a number (a
+    string compares with strings: such a wait is evaluated by every event of its name)."""
+    key = range_key_of(expression)
+    if key is None:
+        return None
+    if key.event_path is None:
+        number = key.literal
+    else:
+        value = value_at(trigger or {}, key.event_path)
+        if value is _MISSING:
+            return (_BOUND_OF[key.op] + key.path, None)
+        double = _double(value)
+        if double is None:
+            return None
+        number = double
+    if not math.isfinite(number):
+        return None
+    return (_BOUND_OF[key.op] + key.path, number + 0.0)
+
+
+def range_lookup(range_path: str, body: dict[str, Any]) -> tuple[str, float] | None:
+    """How an incoming event finds the waits stored under ``range_path``: ``("min", v)``
+    reads those whose value is at most ``v`` (``"max"``: at least), ``v`` being the event's
+    number at the path; None when the event has no number there (a missing field, or a
+    value no number compares with, is no match)."""
+    bound, _, path = range_path.partition(":")
+    number = _double(value_at(body, path))
+    return None if number is None or math.isnan(number) else (bound, number)
+
+
+def _double(value: Any) -> float | None:
+    """A number as a double (a whole number past the doubles' range as an infinity, which
+    keeps its order); None for anything else, booleans included."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 def wait_key(expression: str | None, trigger: dict[str, Any] | None) -> tuple[str, str] | None:
