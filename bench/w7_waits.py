@@ -11,6 +11,9 @@ match="data.k")`` with a key of their own, and sleep there. Then:
   keys no run waits for, sent alternately to this database and to one where only 10 runs
   wait (the same function, the same name), so both medians come from the same seconds;
   µs per event on each, and the ratio.
+- **the same for waits that compare a number**: as many more runs each wait with
+  ``if_="async.data.price <= event.data.target"`` (a target of their own; no equality to
+  key them), against 10 such runs; ``bench/w7.quote`` events priced above every target.
 
 One process: both engines and their workers; completion and resume are seen in the step
 bodies.
@@ -45,6 +48,10 @@ def make_app(resumed: dict[str, float], arrived: dict[str, asyncio.Event]) -> st
         await ctx.step.wait_for_event("reply", event="bench/w7.reply", match="data.k", timeout="6h")
         await ctx.step.run("resumed", mark, key)
 
+    @app.function(id="w7cmp", trigger=stepline.TriggerEvent("bench/w7.bid"), retries=0)
+    async def bidder(ctx: stepline.Context) -> None:
+        await ctx.step.wait_for_event("quote", event="bench/w7.quote", if_="async.data.price <= event.data.target", timeout="6h")
+
     return app
 
 
@@ -70,12 +77,27 @@ async def start_waiters(engine, count: int, prefix: str) -> float:  # type: igno
     return time.perf_counter() - t0
 
 
-async def ingest_unmatched(small, large, batches: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+async def start_bidders(engine, count: int, already: int) -> None:  # type: ignore[no-untyped-def]
+    events = [{"name": "bench/w7.bid", "data": {"target": i}} for i in range(count)]
+    for i in range(0, count, 500):
+        await engine.send_many(events[i : i + 500])
+    await waiting(engine, already + count)
+
+
+def unmatched_reply(b: int, j: int, _above: int) -> dict:
+    return {"name": "bench/w7.reply", "data": {"k": f"nobody-{b}-{j}"}}
+
+
+def unmatched_quote(b: int, j: int, above: int) -> dict:
+    return {"name": "bench/w7.quote", "data": {"price": above + b * BATCH + j}}
+
+
+async def ingest_unmatched(small, large, batches: int, event=unmatched_reply, above: int = 0) -> tuple[float, float]:  # type: ignore[no-untyped-def]
     """Median µs per event of batches that match nothing, on each engine in turn."""
     times: dict[str, list[float]] = {"small": [], "large": []}
     for b in range(batches + 3):
         for name, engine in (("small", small), ("large", large)):
-            events = [{"name": "bench/w7.reply", "data": {"k": f"nobody-{b}-{j}"}} for j in range(BATCH)]
+            events = [event(b, j, above) for j in range(BATCH)]
             t = time.perf_counter()
             await engine.send_many(events)
             if b >= 3:
@@ -104,6 +126,9 @@ async def measure(backend: str, waiters: int, samples: int, batches: int) -> dic
                     latencies.append((resumed[key] - t0) * 1000)
                 await asyncio.sleep(GAP)
             small_us, large_us = await ingest_unmatched(small, large, batches)
+            await start_bidders(large, waiters, waiters - len(keys))
+            await start_bidders(small, 10, 10)
+            cmp_small_us, cmp_large_us = await ingest_unmatched(small, large, batches, unmatched_quote, waiters)
     return {
         "waiters": waiters,
         "setup_s": round(setup, 2),
@@ -112,6 +137,9 @@ async def measure(backend: str, waiters: int, samples: int, batches: int) -> dic
         "unmatched_us_10_waiting": round(small_us, 1),
         "unmatched_us_all_waiting": round(large_us, 1),
         "unmatched_vs_10": round(large_us / small_us, 2),
+        "compare_unmatched_us_10_waiting": round(cmp_small_us, 1),
+        "compare_unmatched_us_all_waiting": round(cmp_large_us, 1),
+        "compare_unmatched_vs_10": round(cmp_large_us / cmp_small_us, 2),
     }
 
 
