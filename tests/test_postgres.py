@@ -589,6 +589,32 @@ async def test_a_databases_idle_session_timeout_does_not_end_the_engines_session
     assert not lost, lost
 
 
+async def test_a_slow_first_connect_is_not_reported_as_a_connection_re_established(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On a slow link a first connect (the handshake and the session's settings, a round
+    trip each) takes over half a second: it was logged as the connection "re-established",
+    sending an operator after an outage that never happened. Only a connection that was
+    lost is re-established."""
+    proxy = CuttingProxy("127.0.0.1", 5432, delay=0.1).start()
+    database = postgres.PostgresDatabase(postgres_url.replace(":5432/", f":{proxy.port}/"))
+    caplog.set_level(logging.WARNING, logger="stepline")
+    try:
+        await database.start()
+        await database.write(lambda conn: conn.one("SELECT 1 AS one"))
+        await database.renew(lambda conn: conn.one("SELECT 1 AS one"))
+        assert not [r.getMessage() for r in caplog.records if "re-established" in r.getMessage()]
+        proxy.cut_mid_write(wait=0.0)  # now one is lost: its return is worth a line
+        await database.write(lambda conn: conn.one("SELECT 1 AS one"))
+        await eventually(
+            lambda: [r for r in caplog.records if "writer connection to PostgreSQL re-established" in r.getMessage()] or None,
+            what="the writer's reconnect to be logged",
+        )
+    finally:
+        await database.close()
+        proxy.stop()
+
+
 async def test_an_event_id_locked_by_a_frozen_process_fails_its_own_ingest_not_everyone_elses(
     make_pg_engine: Any, postgres_url: str
 ) -> None:

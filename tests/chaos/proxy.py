@@ -5,7 +5,8 @@ client sends (a query or a pipeline in flight), forwards them, and then aborts e
 connection at once, both sides, before any answer can come back. ``black_hole`` leaves
 every open connection open but silent. ``outage`` plays a
 server restart: every connection dies and new ones are refused for a while, without
-touching the real server (which other tests share).
+touching the real server (which other tests share). ``delay`` holds every chunk that
+long before passing it on, either way: a slow link (a round trip costs twice the delay).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import time
 
 
 class CuttingProxy:
-    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+    def __init__(self, upstream_host: str, upstream_port: int, *, delay: float = 0.0) -> None:
         self.upstream = (upstream_host, upstream_port)
+        self.delay = delay
         self.port = 0
         self.cuts = 0
         self._loop = asyncio.new_event_loop()
@@ -57,6 +59,8 @@ class CuttingProxy:
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, from_client: bool) -> None:
         try:
             while data := await reader.read(65536):
+                if self.delay:
+                    await asyncio.sleep(self.delay)
                 if writer in self._silenced:
                     continue  # a black hole: swallowed, and the connection stays open
                 writer.write(data)

@@ -357,6 +357,9 @@ class _Link:
         self.read_only = False  # the session was opened read-only (a standby, default_transaction_read_only)
         self._closing = closing
         self._down_since: float | None = None
+        # Whether a connection was ever opened: a first connect that is merely slow (a
+        # distant server, many round trips) re-establishes nothing.
+        self._was_up = False
 
     def get(self) -> psycopg.Connection[Any]:
         if not _lost(self.raw):
@@ -379,9 +382,9 @@ class _Link:
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
                 continue
-            if self._down_since is not None and time.monotonic() - self._down_since > 0.5:
+            if self._was_up and time.monotonic() - started > 0.5:
                 log.warning("%s connection to PostgreSQL re-established", self.purpose)
-            self._down_since = None
+            self._down_since, self._was_up = None, True
             return self.raw
 
     def drop(self) -> None:
