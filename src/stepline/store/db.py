@@ -343,12 +343,15 @@ def _plan(batch: list[_Job]) -> tuple[list[Op[Any]], list[list[_Job]]]:
     return ops, owners
 
 
-def _store_error(exc: BaseException) -> BaseException:
+def _store_error(exc: BaseException, advice: str = "") -> BaseException:
     """A failure of the database itself as a ``StoreError`` (the driver's error kept as its
-    cause), so callers tell "not saved, or not known to be" from an operation's own error."""
+    cause), so callers tell "not saved, or not known to be" from an operation's own error;
+    ``advice`` says what an operator can do about it."""
     if isinstance(exc, errors.StoreError):
         return exc
-    wrapped = errors.StoreError(f"the database could not be written ({type(exc).__name__}: {exc})")
+    wrapped = errors.StoreError(
+        f"the database could not be written ({type(exc).__name__}: {exc})" + (f". {advice}" if advice else "")
+    )
     wrapped.__cause__ = exc
     return wrapped
 
@@ -487,6 +490,14 @@ class Database(abc.ABC):
         """Whether an operation's error means the database could not be used (locked, lost,
         read-only, full), as opposed to an error of the operation itself."""
         return False
+
+    def advice(self, exc: BaseException) -> str:
+        """What an operator can do about the database failing with ``exc`` (empty: nothing
+        to add to the error's own words)."""
+        return ""
+
+    def _store_error(self, exc: BaseException) -> BaseException:
+        return _store_error(exc, self.advice(exc))
 
     def plan_capacity(self, concurrency: int) -> None:
         """Size connection pools for a worker that runs ``concurrency`` runs at once."""
@@ -636,7 +647,7 @@ class Database(abc.ABC):
             try:
                 result = self._run_inline(conn, op)
             except Exception as exc:  # noqa: BLE001 - the commit itself failed
-                failure = _store_error(exc)
+                failure = self._store_error(exc)
                 self._commit_outage.failed(failure)
                 self._note_commit([(False, failure)])
                 return False, failure
@@ -734,7 +745,7 @@ class Database(abc.ABC):
         busy = _busy(op, exc)
         if busy is not None:
             return busy
-        return _store_error(exc) if self._unavailable(exc) else exc
+        return self._store_error(exc) if self._unavailable(exc) else exc
 
     def _wake(self) -> None:
         """After a commit that made work due: this process's workers, then other processes'."""
@@ -750,8 +761,8 @@ class Database(abc.ABC):
         try:
             grouped, woke = self._run_batch(conn, ops)
         except BaseException as exc:  # noqa: BLE001 - the whole commit failed; every op learns it
-            self._commit_outage.failed(_store_error(exc))  # once per outage, not once per retry
-            grouped, woke = [(False, _store_error(exc))] * len(ops), False
+            self._commit_outage.failed(self._store_error(exc))  # once per outage, not once per retry
+            grouped, woke = [(False, self._store_error(exc))] * len(ops), False
         else:
             self._commit_outage.worked()
             grouped = [(ok, value if ok else self._op_error(op, value)) for op, (ok, value) in zip(ops, grouped)]

@@ -535,7 +535,7 @@ class PostgresDatabase(db.Database):
         lost connections, deadlocks and in-doubt commits (``_run_batch``)."""
         ((ok, value),), _ = self._run_batch(side.link, [op])
         if not ok:
-            raise db._store_error(value) if self._unavailable(value) else value
+            raise self._store_error(value) if self._unavailable(value) else value
         return value
 
     async def _close_readers(self) -> None:

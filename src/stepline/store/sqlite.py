@@ -50,6 +50,18 @@ LOCK_POLL_FIRST = 0.0005  # the writer's first pause while another connection ho
 LOCK_POLL_MAX = 0.02  # its longest pause: how late it may take a lock just freed (s)
 
 
+def advice(path: str, exc: BaseException) -> str:
+    """What an operator can do about a failure to write ``path`` (empty when nothing)."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    directory = os.path.dirname(os.path.abspath(path))
+    if code == sqlite3.SQLITE_FULL:
+        return (
+            f"The file system holding {directory} is full: free space there (writes resume by themselves, "
+            "nothing needs restarting)"
+        )
+    return ""
+
+
 def _busy(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and getattr(exc, "sqlite_errorcode", 0) & 0xFF in (
         sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED
@@ -178,9 +190,21 @@ class _Checkpointer:
                     self._wrote.clear()
                     if not self._wrote.wait(self.IDLE):
                         self._truncate_wal(conn)
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            self._last_checkpoint(conn)
         finally:
             conn.close()
+
+    def _last_checkpoint(self, conn: sqlite3.Connection) -> None:
+        """Copy the log back before the store closes. It may fail (a full disk: the file
+        cannot grow to take the log's pages); nothing is lost then, the log keeps every
+        commit and the next opening of the file reads it."""
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:
+            log.warning(
+                "the last WAL checkpoint of %s failed (%s); nothing is lost: %s-wal keeps every commit "
+                "and the next start copies it back. %s", self._path, exc, self._path, advice(self._path, exc)
+            )
 
     def _truncate_wal(self, conn: sqlite3.Connection) -> None:
         """A TRUNCATE checkpoint at an idle moment: a log that grew under load keeps its
@@ -271,6 +295,9 @@ class SQLiteDatabase(db.Database):
 
     def _unavailable(self, exc: BaseException) -> bool:
         return isinstance(exc, sqlite3.OperationalError) and getattr(exc, "sqlite_errorcode", 0) & 0xFF in _UNAVAILABLE
+
+    def advice(self, exc: BaseException) -> str:
+        return advice(self.path, exc)
 
     def _begin(self, conn: sqlite3.Connection) -> None:
         """Take the write lock, however long another connection holds it (see the module doc).
