@@ -7,6 +7,7 @@ to do (no traceback), and the process goes on by itself once there is room again
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -17,10 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from stepline import errors
+import stepline
+from stepline import errors, outage
 from stepline import event as event_mod
+from stepline.engine import Engine
 from stepline.store import open_store
 from stepline.store import sqlite as sqlite_backend
+from tests.conftest import TEST_SETTINGS
+from tests.helpers import eventually, runs_for_event, wait_run
 
 
 @pytest.fixture
@@ -108,3 +113,69 @@ async def test_a_write_refused_on_a_full_disk_says_what_to_do(small_fs: Path) ->
         with contextlib.suppress(OSError):
             filler.unlink()
         await store.close()
+
+
+def _stalled_app(gate: asyncio.Event, executions: list[str]) -> stepline.App:
+    app = stepline.App("disk-full")
+
+    @app.function(id="big-steps", trigger=stepline.TriggerEvent("full/job"))
+    async def big_steps(ctx: stepline.Context) -> int:
+        async def first() -> str:
+            executions.append("first")
+            await gate.wait()  # the disk fills meanwhile: its checkpoint finds no room
+            return "y" * 200_000
+
+        async def second() -> str:
+            executions.append("second")
+            return "z" * 1000
+
+        return len(await ctx.step.run("first", first)) + len(await ctx.step.run("second", second))
+
+    return app
+
+
+async def test_a_full_disk_is_logged_once_and_its_runs_go_on_once_there_is_room(
+    small_fs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While the disk was full the log said "writing to the database works again" after
+    every commit that only read (a claim finding nothing), and "claiming runs failed" /
+    "works again" twice a second, as each reclaim of an expired lease was refused and the
+    plain claims between them read nothing; events refused inside a commit that went
+    through were never logged. Now each outage has one line when it begins and one when
+    writes go through again; the run its checkpoint could not save goes on by itself."""
+    path = str(small_fs / "stepline.db")
+    gate, executions = asyncio.Event(), []
+    engine = Engine(open_store(path), TEST_SETTINGS.replace(db=path, lease=1.0), [_stalled_app(gate, executions)])
+    await engine.start()
+    filler: Path | None = None
+    try:
+        caplog.set_level(logging.WARNING, logger="stepline")
+        event_id = await engine.send({"name": "full/job", "data": {}})
+        run = (await runs_for_event(engine, event_id))[0]
+        await eventually(lambda: executions or None, what="the first step to start")
+        filler = fill(small_fs)
+        gate.set()
+        for n in range(5):
+            with pytest.raises(errors.StoreError, match="is full: free space there"):
+                await engine.send({"name": "full/refused", "data": {"pad": "x" * 100_000, "n": n}})
+            await asyncio.sleep(0.6)  # past the lease: the worker tries to reclaim the stopped run
+        while_full = [r.getMessage() for r in caplog.records]
+        assert sum("writing to the database failed" in m for m in while_full) == 1, while_full
+        assert not [m for m in while_full if "works again" in m], while_full
+        filler.unlink()
+        filler = None
+        done = await wait_run(engine, run["id"], "completed", timeout=30)
+        assert done["output"] == 201_000
+        assert executions.count("second") == 1
+
+        async def writes_said_to_work() -> bool | None:  # said of a write, SETTLE s after the last failure
+            await engine.send({"name": "full/after", "data": {}})
+            return any("writing to the database works again" in r.getMessage() for r in caplog.records) or None
+
+        await eventually(writes_said_to_work, timeout=outage.SETTLE + 10, interval=0.3, what="the end of the outage to be logged")
+        lines = [r.getMessage() for r in caplog.records]
+        assert sum("writing to the database failed" in m for m in lines) == 1, lines
+    finally:
+        if filler is not None:
+            filler.unlink()
+        await engine.stop(grace=1.0)

@@ -4,7 +4,8 @@ A worker's loops try again every fraction of a second; logging each failure in f
 filled logs with one traceback every half second for as long as a disk stayed full or
 a server stayed away. An outage is logged when it begins (with the traceback only when
 the failure is not the database's: that one is a bug worth reading), then once every
-``REPEAT_EVERY`` seconds with how long it has lasted, and once when the loop works again.
+``REPEAT_EVERY`` seconds with how long it has lasted, and once when the loop works again
+(a success ``SETTLE`` seconds or more after the last failure).
 """
 
 from __future__ import annotations
@@ -15,6 +16,11 @@ import time
 from stepline import errors
 
 REPEAT_EVERY = 30.0  # seconds between reminders while the failures go on
+# Seconds without a failure before a success ends an outage. Successes and failures can
+# alternate while one lasts (a full disk takes small writes in the free pages of SQLite's
+# log and refuses larger ones): each success ended it and the next failure began another,
+# two lines a second for as long as the disk stayed full.
+SETTLE = 5.0
 
 
 class OutageLog:
@@ -23,11 +29,12 @@ class OutageLog:
         self._what = what  # "claiming runs", "the heartbeat", ...
         self._since: float | None = None
         self._told_at = 0.0
+        self._failed_at = 0.0
         self._failures = 0
 
     def failed(self, exc: BaseException) -> None:
         """Call from the loop's ``except`` block."""
-        now = time.monotonic()
+        now = self._failed_at = time.monotonic()
         self._failures += 1
         if self._since is None:
             self._since = self._told_at = now
@@ -44,7 +51,7 @@ class OutageLog:
 
     def worked(self) -> None:
         """Call after each success: ends an outage, if one was going on."""
-        if self._since is not None:
+        if self._since is not None and time.monotonic() - self._failed_at >= SETTLE:
             self._log.warning("%s works again after %.0f s (%d failed attempts)", self._what, time.monotonic() - self._since, self._failures)
             self._since = None
             self._failures = 0

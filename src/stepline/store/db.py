@@ -447,12 +447,22 @@ class Database(abc.ABC):
         return now - since, self._failing_why
 
     def _note_commit(self, outcomes: list[tuple[bool, Any]]) -> None:
-        """After a commit: whether the database took it (an op's own error says nothing of that)."""
-        failed = next((v for ok, v in outcomes if not ok and isinstance(v, errors.StoreError)), None)
+        """After a commit: whether the database took it (an op's own error says nothing of that).
+
+        The log hears of it too, once per outage: an operation refused inside a commit that
+        went through (an ingest on a full disk, whose savepoint could not grow the file) is
+        as much the database failing as a commit that failed whole, and a commit that only
+        read (a claim finding nothing) says nothing of writes working again."""
+        failed = next(
+            (v for ok, v in outcomes if not ok and isinstance(v, errors.StoreError) and not isinstance(v, errors.LeaseLost)),
+            None,
+        )
         if failed is None:
             if self._batch_wrote:
                 self._failing_since = None
+                self._commit_outage.worked()
             return
+        self._commit_outage.failed(failed)
         self._failed_at = time.monotonic()
         if self._failing_since is None:
             self._failing_since, self._failing_why = self._failed_at, str(failed)
@@ -648,7 +658,6 @@ class Database(abc.ABC):
                 result = self._run_inline(conn, op)
             except Exception as exc:  # noqa: BLE001 - the commit itself failed
                 failure = self._store_error(exc)
-                self._commit_outage.failed(failure)
                 self._note_commit([(False, failure)])
                 return False, failure
             if result is None:
@@ -761,10 +770,8 @@ class Database(abc.ABC):
         try:
             grouped, woke = self._run_batch(conn, ops)
         except BaseException as exc:  # noqa: BLE001 - the whole commit failed; every op learns it
-            self._commit_outage.failed(self._store_error(exc))  # once per outage, not once per retry
             grouped, woke = [(False, self._store_error(exc))] * len(ops), False
         else:
-            self._commit_outage.worked()
             grouped = [(ok, value if ok else self._op_error(op, value)) for op, (ok, value) in zip(ops, grouped)]
         self._note_commit(grouped)
         batch, outcomes = [], []
