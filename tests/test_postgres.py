@@ -21,10 +21,12 @@ import pytest
 
 import stepline
 from stepline import errors
+from stepline.engine import Engine
 from stepline.server import api_metrics, create_app
 from stepline.server.common import ServerOptions
-from stepline.store import Lease, StepResult, db, ops_exec, postgres
+from stepline.store import Lease, StepResult, db, open_store, ops_exec, postgres
 from tests.chaos.proxy import CuttingProxy
+from tests.conftest import TEST_SETTINGS
 from tests.helpers import LongCall, eventually, runs_for_event, wait_run
 
 
@@ -587,6 +589,50 @@ async def test_a_databases_idle_session_timeout_does_not_end_the_engines_session
     assert await engine.send({"name": "t/after-idle", "data": {}})
     lost = [r.getMessage() for r in caplog.records if "connection to PostgreSQL was lost" in r.getMessage()]
     assert not lost, lost
+
+
+async def test_a_databases_low_statement_timeout_does_not_cancel_the_engines_statements(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An operator set statement_timeout low on the database (for people's ad-hoc queries).
+    A pipelined batch counts as one statement until its sync, link latency included, so
+    the engine's claims and checkpoints were cancelled again and again ("canceling statement
+    due to statement timeout"), runs stopped and ran their steps again. Its sessions now
+    set it to 0 for themselves (their bounds are lock_timeout and the watchdog)."""
+    dbname = postgres_url.rsplit("/", 1)[1]
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"ALTER DATABASE {dbname} SET statement_timeout = '30ms'")
+    proxy = CuttingProxy("127.0.0.1", 5432, delay=0.02).start()  # a link a little slower than loopback
+    url = postgres_url.replace(":5432/", f":{proxy.port}/")
+    executions: list[str] = []
+    app = stepline.App("statement-timeout")
+
+    @app.function(id="three-steps", trigger=stepline.TriggerEvent("st/job"))
+    async def three_steps(ctx: stepline.Context) -> int:
+        total = 0
+        for i in range(3):
+
+            async def body(i: int = i) -> int:
+                executions.append(f"{ctx.run_id}:{i}")
+                return i
+
+            total += await ctx.step.run(f"s{i}", body)
+        return total
+
+    caplog.set_level(logging.WARNING, logger="stepline")
+    engine = Engine(open_store(url, migrate_now=False), TEST_SETTINGS.replace(db=url), [app])
+    await engine.start()
+    try:
+        event_ids = [await engine.send({"name": "st/job", "data": {"n": n}}) for n in range(10)]
+        for event_id in event_ids:
+            (run,) = await runs_for_event(engine, event_id, timeout=60)
+            assert (await wait_run(engine, run["id"], "completed", timeout=60))["output"] == 3
+    finally:
+        await engine.stop(grace=1.0)
+        proxy.stop()
+    cancelled = [r.getMessage() for r in caplog.records if "statement timeout" in r.getMessage()]
+    assert not cancelled, cancelled
+    assert len(executions) == len(set(executions)) == 30, sorted(executions)
 
 
 async def test_a_slow_first_connect_is_not_reported_as_a_connection_re_established(

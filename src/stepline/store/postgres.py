@@ -891,6 +891,13 @@ def _set_timeouts(conn: psycopg.Connection[Any]) -> None:
     with SET, not in the connection's options, which would replace the URL's own."""
     conn.execute(f"SET lock_timeout = {int(LOCK_TIMEOUT_MS)}")
     conn.execute(f"SET idle_in_transaction_session_timeout = {int(IDLE_IN_TRANSACTION_MS)}")
+    # A database's statement_timeout (set low for people's ad-hoc queries) cancelled the
+    # engine's own: a pipeline counts as one statement until its sync, link latency
+    # included, so on any but a local link checkpoints and claims failed again and again
+    # and runs stopped. Their bounds are the lock timeout and the watchdog (ANSWER_DEADLINE).
+    conn.execute("SET statement_timeout = 0")
+    if conn.info.server_version >= 170000:
+        conn.execute("SET transaction_timeout = 0")  # the same, for a whole transaction
     if conn.info.server_version >= 140000:
         # A database's idle_session_timeout would end the LISTEN session and idle pooled ones
         # every few seconds: a reconnect each time, and wake-ups lost meanwhile.
