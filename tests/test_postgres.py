@@ -635,6 +635,59 @@ async def test_a_databases_low_statement_timeout_does_not_cancel_the_engines_sta
     assert len(executions) == len(set(executions)) == 30, sorted(executions)
 
 
+async def test_a_run_row_an_operator_locked_fails_only_that_runs_ending_and_at_once(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An operator's session selected one run's row FOR UPDATE and left its transaction open.
+    The runs ending in the same group commit waited the lock timeout (5 s) with it, holding
+    the writer, then all failed: each ran its last step again. Now that run alone stops at
+    once (its row is passed over, as claims do), the others end, and it ends once the lock
+    goes, its last step (never saved) run again."""
+    executions: list[str] = []
+    gates: dict[str, asyncio.Event] = {}
+    app = stepline.App("locked-row")
+
+    @app.function(id="two-steps", trigger=stepline.TriggerEvent("lr/job"))
+    async def two_steps(ctx: stepline.Context) -> int:
+        async def first() -> int:
+            executions.append(f"{ctx.run_id}:first")
+            await gates.setdefault(ctx.run_id, asyncio.Event()).wait()
+            return 1
+
+        async def second() -> int:
+            executions.append(f"{ctx.run_id}:second")
+            await asyncio.sleep(0.2)  # the runs end together
+            return 2
+
+        return await ctx.step.run("first", first) + await ctx.step.run("second", second)
+
+    caplog.set_level(logging.INFO, logger="stepline")
+    engine = Engine(open_store(postgres_url, migrate_now=False), TEST_SETTINGS.replace(db=postgres_url), [app])
+    await engine.start()
+    operator = psycopg.connect(postgres_url, autocommit=True)
+    try:
+        event_ids = [await engine.send({"name": "lr/job", "data": {"n": n}}) for n in range(4)]
+        runs = [(await runs_for_event(engine, event_id))[0]["id"] for event_id in event_ids]
+        await eventually(lambda: len(executions) == 4 or None, what="every run's first step to start")
+        operator.execute("BEGIN")
+        operator.execute("SELECT * FROM runs WHERE id = %s FOR UPDATE", (runs[0],))
+        for run_id in runs:
+            gates.setdefault(run_id, asyncio.Event()).set()
+        for run_id in runs[1:]:
+            await wait_run(engine, run_id, "completed")
+        assert all(executions.count(f"{run_id}:second") == 1 for run_id in runs[1:]), executions
+        await eventually(
+            lambda: [r for r in caplog.records if f"the row of run {runs[0]} is locked by another session" in r.getMessage()] or None,
+            what="the locked run to stop, saying why",
+        )
+        operator.execute("COMMIT")
+        assert (await wait_run(engine, runs[0], "completed", timeout=30))["output"] == 3
+    finally:
+        operator.close()
+        await engine.stop(grace=1.0)
+    assert not [r.getMessage() for r in caplog.records if "lock timeout" in r.getMessage()]
+
+
 async def test_a_slow_first_connect_is_not_reported_as_a_connection_re_established(
     postgres_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:

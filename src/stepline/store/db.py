@@ -126,6 +126,11 @@ class Conn(abc.ABC):
         """The row-lock clause for claims (``FOR UPDATE SKIP LOCKED`` where supported)."""
         return ""
 
+    def row_lock_skip(self, of: str) -> str:
+        """A clause that locks the rows read of table alias ``of`` for an update, passing over
+        rows another transaction has locked (empty where one write transaction runs at a time)."""
+        return ""
+
     def row_lock(self, of: str = "") -> str:
         """The clause that locks the rows read (of table alias ``of``) until commit.
 

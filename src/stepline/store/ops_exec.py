@@ -55,13 +55,21 @@ def check_held(conn: db.Conn, lease: Lease) -> None:
     _hold(conn, lease)
 
 
-def _hold(conn: db.Conn, lease: Lease) -> dict[str, Any]:
+def _hold(conn: db.Conn, lease: Lease, *, lock_runs: bool = False) -> dict[str, Any]:
+    """The run's queue row (locked) if ``lease`` still holds it, else ``LeaseLost``; with
+    ``lock_runs`` (the caller writes the ``runs`` row), that row locked too, or a
+    ``StoreError`` at once when another session holds it (see ``_held_many``)."""
+    runs_lock = conn.row_lock_skip("r") if lock_runs else ""
     row = conn.one(
         "SELECT q.lease_owner, q.lease_epoch, r.cancel_requested, r.status, r.started_at, r.finish_timeout_ms "
         "FROM queue q JOIN runs r ON r.id = q.run_id "
-        f"WHERE q.run_id = ? {conn.row_lock('q')}",  # a concurrent claim of an expired lease waits
+        f"WHERE q.run_id = ? {conn.row_lock('q')} {runs_lock}",  # a concurrent claim of an expired lease waits
         (lease.run_id,),
     )
+    if row is None and runs_lock:
+        queued = conn.one("SELECT lease_owner, lease_epoch FROM queue WHERE run_id = ?", (lease.run_id,))
+        if holds(queued, lease):
+            raise _runs_row_locked(lease)
     if not holds(row, lease):
         raise _lost(lease)
     return row  # type: ignore[return-value]
@@ -409,17 +417,36 @@ def _checkpoint_extras(conn: db.Conn, run_id: str, step: StepResult) -> None:
         _record_billed_usage(conn, run_id, step.key, step.attempt, step.error, step.ended_at)
 
 
-def _held_many(conn: db.Conn, run_ids: list[str]) -> dict[str, dict[str, Any]]:
-    """Lease owner, epoch and cancel flag of each run (absent: the run has no queue row)."""
+def _held_many(conn: db.Conn, run_ids: list[str], *, lock_runs: bool = False) -> dict[str, dict[str, Any]]:
+    """Lease owner, epoch and cancel flag of each run (absent: the run has no queue row).
+
+    With ``lock_runs`` (the caller writes the ``runs`` rows), those rows are locked too,
+    passing over any that another session holds (an operator's ``SELECT ... FOR UPDATE``):
+    such a run comes back marked ``runs_locked``. Waited for, one run's row held the
+    writer's whole batch for the lock timeout, then failed every run ending in it."""
     marks, padded = db.in_list(list(dict.fromkeys(run_ids)))
-    return {
+    runs_lock = conn.row_lock_skip("r") if lock_runs else ""
+    held = {
         r["run_id"]: r
         for r in conn.all(
             "SELECT q.run_id, q.lease_owner, q.lease_epoch, r.cancel_requested FROM queue q JOIN runs r ON r.id = q.run_id "
-            f"WHERE q.run_id IN ({marks}) {conn.row_lock('q')}",  # as in _hold
+            f"WHERE q.run_id IN ({marks}) {conn.row_lock('q')} {runs_lock}",  # as in _hold
             padded,
         )
     }
+    missing = [run_id for run_id in dict.fromkeys(run_ids) if run_id not in held]
+    if runs_lock and missing:
+        marks, padded = db.in_list(missing)
+        for r in conn.all(f"SELECT run_id, lease_owner, lease_epoch FROM queue WHERE run_id IN ({marks})", padded):
+            held[r["run_id"]] = {**r, "runs_locked": True}
+    return held
+
+
+def _runs_row_locked(lease: Lease) -> errors.StoreError:
+    return errors.StoreError(
+        f"the row of run {lease.run_id} is locked by another session (an open transaction that selected it "
+        "FOR UPDATE?); the run stops here and is taken up again once that transaction ends"
+    )
 
 
 def checkpoint_many_txn(conn: db.Conn, items: list[tuple[Lease, StepResult, int]]) -> list[bool | errors.LeaseLost]:
@@ -525,7 +552,7 @@ def send_events_step_txn(
 
 
 def set_progress_txn(conn: db.Conn, lease: Lease, percent: float, message: str | None, now: int) -> None:
-    _hold(conn, lease)
+    _hold(conn, lease, lock_runs=True)
     conn.execute(
         "UPDATE runs SET progress = ?, progress_message = ?, updated_at = ? WHERE id = ?",
         (percent, message, now, lease.run_id),
@@ -548,7 +575,7 @@ def publish_txn(conn: db.Conn, lease: Lease, topic: str, data: str, now: int) ->
 def suspend_txn(conn: db.Conn, lease: Lease, suspensions: list[Suspension], seq: int, now: int) -> None:
     """Record sleeps, waits, invokes and step retries, and release the run until the earliest
     is due, or its finish deadline if sooner."""
-    held = _hold(conn, lease)
+    held = _hold(conn, lease, lock_runs=True)
     run_id = lease.run_id
     due: int | None = None
     kinds = set()
@@ -655,7 +682,7 @@ def _start_invoked_run_txn(conn: db.Conn, parent_run_id: str, item: Suspension, 
 def retry_run_txn(conn: db.Conn, lease: Lease, attempt: int, due_at: int, error: str, now: int) -> None:
     """The function body (outside any step) failed: try the whole run again later (or at its
     finish deadline, to be cancelled, if that is sooner)."""
-    due_at, cancel_by = _by_finish_deadline(_hold(conn, lease), due_at)
+    due_at, cancel_by = _by_finish_deadline(_hold(conn, lease, lock_runs=True), due_at)
     run_id = lease.run_id
     conn.execute(
         "INSERT INTO step_attempts (run_id, step_key, attempt, error, started_at, ended_at) VALUES (?, '', ?, ?, ?, ?) "
@@ -677,7 +704,7 @@ def retry_run_txn(conn: db.Conn, lease: Lease, attempt: int, due_at: int, error:
 FinishItem = tuple[Lease, str, str | None, str | None, int, tuple[tuple[StepResult, int], ...]]
 
 
-def finish_many_txn(conn: db.Conn, items: list[FinishItem]) -> list[None | errors.LeaseLost]:
+def finish_many_txn(conn: db.Conn, items: list[FinishItem]) -> list[None | errors.StoreError]:
     """End runs the worker holds, many at once: one lease check and one ending for all of
     them; a final failure sends ``stepline/function.failed``.
 
@@ -686,16 +713,17 @@ def finish_many_txn(conn: db.Conn, items: list[FinishItem]) -> list[None | error
     right after them), written here before the run ends. A run whose lease was lost gets
     a ``LeaseLost`` of its own, found before anything is written.
     """
-    held = _held_many(conn, [item[0].run_id for item in items])
-    out: list[None | errors.LeaseLost] = []
+    held = _held_many(conn, [item[0].run_id for item in items], lock_runs=True)
+    out: list[None | errors.StoreError] = []
     ending: list[tuple[str, str, str | None, str | None, int]] = []
     step_rows: list[tuple[Any, ...]] = []
     saved: list[tuple[str, StepResult]] = []
     for lease, status, output, error, now, steps in items:
-        if not holds(held.get(lease.run_id), lease):
+        row = held.get(lease.run_id)
+        if not holds(row, lease) or (row or {}).get("runs_locked"):
             for step, _ in steps:
                 _record_unsaved_usage(conn, lease, step)
-            out.append(_lost(lease))
+            out.append(_runs_row_locked(lease) if holds(row, lease) else _lost(lease))
             continue
         for step, seq in steps:
             step_rows.append(_step_row(lease.run_id, step, seq, step.status))
@@ -771,10 +799,11 @@ def release_txn(conn: db.Conn, leases: list[Lease], now: int) -> None:
     them lapsed): only those the leases still hold."""
     if not leases:
         return
-    held = _held_many(conn, [lease.run_id for lease in leases])
+    held = _held_many(conn, [lease.run_id for lease in leases], lock_runs=True)
     for lease in leases:
-        if not holds(held.get(lease.run_id), lease):
-            continue
+        row = held.get(lease.run_id)
+        if not holds(row, lease) or (row or {}).get("runs_locked"):
+            continue  # a row another session holds: its lease runs out, and a claim takes it then
         flow.release_slots(conn, lease.run_id, now)
         conn.execute(
             "UPDATE queue SET lease_owner = NULL, lease_expires_at = NULL, due_at = ? WHERE run_id = ?",

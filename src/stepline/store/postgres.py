@@ -203,6 +203,9 @@ class PostgresConn(db.Conn):
     def skip_locked(self) -> str:
         return "FOR UPDATE SKIP LOCKED"
 
+    def row_lock_skip(self, of: str) -> str:
+        return f"FOR NO KEY UPDATE OF {of} SKIP LOCKED"
+
     def row_lock(self, of: str = "") -> str:
         return f"FOR UPDATE OF {of}" if of else "FOR UPDATE"
 
