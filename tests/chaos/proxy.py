@@ -57,10 +57,10 @@ class CuttingProxy:
         self._writers -= {client_writer, server_writer}
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, from_client: bool) -> None:
+        if self.delay:
+            reader = self._delayed(reader)  # type: ignore[assignment]
         try:
             while data := await reader.read(65536):
-                if self.delay:
-                    await asyncio.sleep(self.delay)
                 if writer in self._silenced:
                     continue  # a black hole: swallowed, and the connection stays open
                 writer.write(data)
@@ -71,6 +71,11 @@ class CuttingProxy:
             pass
         finally:
             writer.transport.abort()
+
+    def _delayed(self, reader: asyncio.StreamReader) -> _Delayed:
+        """``reader``'s bytes, each chunk ``delay`` after it arrived: latency, not a cap on
+        throughput (chunks read meanwhile travel together)."""
+        return _Delayed(reader, self.delay, self._loop)
 
     def _abort_all(self) -> float:
         for writer in list(self._writers):
@@ -122,3 +127,25 @@ class CuttingProxy:
             asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+
+
+class _Delayed:
+    """A stream reader whose chunks come out ``delay`` seconds after they went in."""
+
+    def __init__(self, reader: asyncio.StreamReader, delay: float, loop: asyncio.AbstractEventLoop) -> None:
+        self._queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+        self._delay = delay
+        self._task = loop.create_task(self._fill(reader))
+
+    async def _fill(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while data := await reader.read(65536):
+                self._queue.put_nowait((time.monotonic() + self._delay, data))
+        except (ConnectionError, OSError):
+            pass
+        self._queue.put_nowait((time.monotonic() + self._delay, b""))
+
+    async def read(self, n: int) -> bytes:
+        due, data = await self._queue.get()
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        return data
