@@ -55,10 +55,7 @@ def advice(path: str, exc: BaseException) -> str:
     code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
     directory = os.path.dirname(os.path.abspath(path))
     if code == sqlite3.SQLITE_FULL:
-        return (
-            f"The file system holding {directory} is full: free space there (writes resume by themselves, "
-            "nothing needs restarting)"
-        )
+        return f"The file system holding {directory} is full: free space there"
     return ""
 
 
