@@ -1,5 +1,6 @@
 """SQLite on a file system that fills up: a small tmpfs mounted for each test (the tests
-run as root, as CI does), the database on it, and a file that takes the space left.
+run as root, as CI does), the database on it, and a file that takes the space left; and
+on one mounted read-only.
 
 What is promised: nothing acknowledged is lost, the log says once what is wrong and what
 to do (no traceback), and the process goes on by itself once there is room again.
@@ -22,7 +23,7 @@ import stepline
 from stepline import errors, outage
 from stepline import event as event_mod
 from stepline.engine import Engine
-from stepline.store import open_store
+from stepline.store import migrate, open_store
 from stepline.store import sqlite as sqlite_backend
 from tests.conftest import TEST_SETTINGS
 from tests.helpers import eventually, runs_for_event, wait_run
@@ -179,3 +180,24 @@ async def test_a_full_disk_is_logged_once_and_its_runs_go_on_once_there_is_room(
         if filler is not None:
             filler.unlink()
         await engine.stop(grace=1.0)
+
+
+async def test_a_database_on_a_read_only_mount_is_refused_saying_what_to_check(small_fs: Path, tmp_path: Path) -> None:
+    """A database on a file system mounted read-only (a volume attached read-only, a
+    remount after errors) was refused with SQLite's "unable to open database file" alone,
+    which says neither what could not be opened nor why: WAL mode creates two files beside
+    the database. The refusal now names them, the directory and what to check."""
+    path = small_fs / "stepline.db"
+    migrate.apply(str(path))
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    subprocess.run(["mount", "--bind", str(small_fs), str(read_only)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(read_only)], check=True)
+        with pytest.raises(errors.StoreError) as refused:
+            migrate.pending(str(read_only / "stepline.db"))
+        assert f"create stepline.db-wal and stepline.db-shm in {read_only}" in str(refused.value), refused.value
+        assert "not mounted read-only" in str(refused.value)
+    finally:
+        subprocess.run(["umount", "-l", str(read_only)], check=False)
+    assert migrate.pending(str(path)) == []  # the same file, writable, opens

@@ -39,7 +39,7 @@ def _backend_and_migrations(url: str):  # type: ignore[no-untyped-def]
     try:
         backend = get_backend(yoyo_uri(url), migration_table=_TABLE)
     except Exception as exc:  # noqa: BLE001 - any driver error means the same to the user
-        raise errors.StoreError(f"cannot open the database {redact(url)}: {exc}") from exc
+        raise errors.StoreError(f"cannot open the database {redact(url)}: {exc}{_advice(url, exc)}") from exc
     return backend, read_migrations(str(MIGRATIONS_DIR))
 
 
@@ -104,12 +104,22 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _advice(url: str, exc: BaseException) -> str:
+    """What to do about a SQLite file that cannot be opened or written (". ..."), if known."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return ""
+    from stepline.store import sqlite
+
+    advice = sqlite.advice(yoyo_uri(url)[len("sqlite:///"):], exc)
+    return f". {advice}" if advice else ""
+
+
 def pending(url: str) -> list[str]:
     backend, migrations = _backend_and_migrations(url)
     try:
         return [m.id for m in backend.to_apply(migrations)]
     except backend.DatabaseError as exc:  # a full disk, a file that is not a database, ...
-        raise errors.StoreError(f"cannot read which migrations {redact(url)} has: {exc}") from exc
+        raise errors.StoreError(f"cannot read which migrations {redact(url)} has: {exc}{_advice(url, exc)}") from exc
     finally:
         backend.connection.close()
 

@@ -56,6 +56,12 @@ def advice(path: str, exc: BaseException) -> str:
     directory = os.path.dirname(os.path.abspath(path))
     if code == sqlite3.SQLITE_FULL:
         return f"The file system holding {directory} is full: free space there"
+    if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY):
+        name = os.path.basename(path)
+        return (
+            f"SQLite must be able to write {path} and create {name}-wal and {name}-shm in {directory}: check "
+            f"that user id {os.geteuid()} may write both and that the file system is not mounted read-only"
+        )
     return ""
 
 
