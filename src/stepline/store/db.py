@@ -428,6 +428,7 @@ class Database(abc.ABC):
         self._failed_at = 0.0
         self._failing_why = ""
         self._commit_outage = OutageLog(log, "writing to the database")
+        self._wrote_once = False  # a commit has written since the store started
         # Since when the writer has waited for the write lock another process holds (None:
         # it is not waiting); set and cleared by the backend's writer thread.
         self._write_lock_wait_since: float | None = None
@@ -451,7 +452,7 @@ class Database(abc.ABC):
             return None
         return now - since, self._failing_why
 
-    def _note_commit(self, outcomes: list[tuple[bool, Any]]) -> None:
+    def _note_commit(self, outcomes: list[tuple[bool, Any]], *, whole: bool = False) -> None:
         """After a commit: whether the database took it (an op's own error says nothing of that).
 
         The log hears of it too, once per outage: an operation refused inside a commit that
@@ -465,9 +466,13 @@ class Database(abc.ABC):
         if failed is None:
             if self._batch_wrote:
                 self._failing_since = None
+                self._wrote_once = True
                 self._commit_outage.worked()
             return
-        self._commit_outage.failed(failed)
+        if whole or self._wrote_once:
+            # An operation refused alone before anything was written (a process starting on
+            # a read-only or full database) is its caller's to report: it exits saying so.
+            self._commit_outage.failed(failed)
         self._failed_at = time.monotonic()
         if self._failing_since is None:
             self._failing_since, self._failing_why = self._failed_at, str(failed)
@@ -663,7 +668,7 @@ class Database(abc.ABC):
                 result = self._run_inline(conn, op)
             except Exception as exc:  # noqa: BLE001 - the commit itself failed
                 failure = self._store_error(exc)
-                self._note_commit([(False, failure)])
+                self._note_commit([(False, failure)], whole=True)
                 return False, failure
             if result is None:
                 return None
@@ -775,10 +780,11 @@ class Database(abc.ABC):
         try:
             grouped, woke = self._run_batch(conn, ops)
         except BaseException as exc:  # noqa: BLE001 - the whole commit failed; every op learns it
-            grouped, woke = [(False, self._store_error(exc))] * len(ops), False
+            grouped, woke, whole = [(False, self._store_error(exc))] * len(ops), False, True
         else:
             grouped = [(ok, value if ok else self._op_error(op, value)) for op, (ok, value) in zip(ops, grouped)]
-        self._note_commit(grouped)
+            whole = False
+        self._note_commit(grouped, whole=whole)
         batch, outcomes = [], []
         for jobs, (ok, value) in zip(owners, grouped):
             if jobs[0].kind is None:
