@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -276,3 +277,14 @@ def test_a_migration_cut_off_before_it_is_recorded_leaves_nothing_half_done(
     assert migrate.pending(url)[0] == "0005_run_cleanup"
     migrate.apply(url)  # goes on from there
     assert migrate.pending(url) == []
+
+
+def test_a_databases_low_statement_timeout_does_not_cancel_a_migration(postgres_pair: tuple[str, str]) -> None:
+    """An operator's statement_timeout for ad-hoc queries cancelled the wait for another
+    migrate (and would cancel a long index build): the upgrade stopped half way."""
+    url, _ = postgres_pair
+    _pg_admin(f"ALTER DATABASE {url.rsplit('/', 1)[1]} SET statement_timeout = '50ms'")
+    other = psycopg.connect(url, autocommit=True)  # another migrate, holding the lock for half a second
+    other.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (migrate._TABLE,))
+    threading.Timer(0.5, other.close).start()
+    assert migrate.apply(url) and migrate.pending(url) == []

@@ -74,6 +74,9 @@ def _migrating(backend: Any, url: str) -> Iterator[None]:
     SQLite (one machine): yoyo's row, after deleting rows of processes no longer alive."""
     if url.startswith(("postgresql://", "postgres://")):
         cursor = backend.connection.cursor()
+        # A statement_timeout set on the database for people's queries would cancel the wait
+        # for another migrate and an index build on a large table, leaving the upgrade half way.
+        cursor.execute("SET statement_timeout = 0")
         cursor.execute(f"SELECT pg_advisory_lock(hashtextextended('{_TABLE}', 0))")
         backend.connection.commit()
         yield  # the lock goes with the connection, which apply closes
