@@ -264,3 +264,22 @@ async def test_inngest_rest_api_for_polling_results(env: tuple[Server, py_app.Re
         assert (await server.finished(sleeping))["status"] == "cancelled"
         assert (await client.delete(f"/v1/runs/{runs[0]['run_id']}")).status_code == 409
         assert (await client.get("/v1/runs/nope")).status_code == 404
+
+
+async def test_inngest_rest_api_reads_an_event(env: tuple[Server, py_app.Recorder | PyAppProcess]) -> None:
+    """``GET /v1/events/{id}`` answered 404 for every event: apps read an event back by the id
+    their send answered, in Inngest's shape."""
+    server, _ = env
+    event_id = await server.send("py/steps", {"name": "read"}, id="order-7", user={"email": "a@b.c"}, ts=1_700_000_000_000)
+    plain_id = await server.send("py/steps", {"name": "plain"})
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        reply = await client.get(f"/v1/events/{event_id}")
+        assert reply.status_code == 200, reply.text
+        event = reply.json()["data"]
+        assert event["internal_id"] == event_id and event["id"] == "order-7"
+        assert (event["name"], event["data"], event["user"], event["ts"]) == ("py/steps", {"name": "read"}, {"email": "a@b.c"}, 1_700_000_000_000)
+        assert event["received_at"] and "fetched_at" in reply.json()["metadata"]
+        plain = (await client.get(f"/v1/events/{plain_id}")).json()["data"]
+        assert plain["id"] == plain_id and plain["data"] == {"name": "plain"} and "user" not in plain
+        missing = await client.get("/v1/events/01JZZZZZZZZZZZZZZZZZZZZZZZ")
+        assert missing.status_code == 404 and "no event" in missing.json()["error"]

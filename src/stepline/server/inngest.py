@@ -2,13 +2,13 @@
 
 ``POST /fn/register`` (app sync), ``POST /e/{key}`` accepting the SDKs' event
 shapes, ``GET /v0/runs/{id}/batch|actions`` (large run state), realtime publishing
-(``inngest_realtime``), and ``/api/v1/inngest/apps`` to list, add, remove and re-sync apps. ``mount(app)`` puts
+(``inngest_realtime``), Inngest's REST API for events, runs and cancellations
+(``inngest_rest``), and ``/api/v1/inngest/apps`` to list, add, remove and re-sync apps. ``mount(app)`` puts
 these routes first, so the SDK-tolerant ``/e/{key}`` answers SDK senders.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from starlette.applications import Starlette
@@ -29,13 +29,6 @@ from stepline.inngest import (
 )
 from stepline.server import common, responses
 from stepline.server.responses import JSON, problem
-from stepline.store import now_ms
-from stepline.store.ops_read import iso
-from stepline.store.records import RunStatus
-
-
-def now_iso() -> str:
-    return str(iso(now_ms()))
 
 
 def _registration_status(exc: RegistrationError) -> int:
@@ -108,7 +101,7 @@ def sdk_bearer(request: Request) -> Response | None:
     return None
 
 
-def _rest_auth(request: Request) -> Response | None:
+def rest_auth(request: Request) -> Response | None:
     """Inngest's REST API takes the signing key as bearer; Stepline's API token works too."""
     denied = sdk_bearer(request)
     if denied is not None and common.api_token(request) is not None:
@@ -143,7 +136,7 @@ async def invoke(request: Request) -> Response:
     return JSON({"id": event_id, "run_id": run_id, "status": 200})
 
 
-@common.route(_rest_auth)
+@common.route(rest_auth)
 async def send_signal(request: Request) -> Response:
     """``POST /v1/signals`` with ``{"signal", "data"}``: resume the run in ``step.waitForSignal``."""
     body = await responses.read_json(request, max_bytes=common.options(request).max_body_bytes)
@@ -160,52 +153,6 @@ async def send_signal(request: Request) -> Response:
     if run_id is None:
         return problem(404, f"no run is waiting for signal {signal!r}")
     return JSON({"data": {"run_id": run_id}})
-
-
-_STATUS = {RunStatus.COMPLETED: "Completed", RunStatus.FAILED: "Failed", RunStatus.CANCELLED: "Cancelled"}  # Inngest's names
-
-
-def _v1_run(run: Mapping[str, Any]) -> dict[str, Any]:
-    """A run as Inngest's REST API shows it."""
-    return {
-        "run_id": run["id"],
-        "run_started_at": run["started_at"] or run["created_at"],
-        "function_id": run["function_id"],
-        "function_version": 1,
-        "environment_id": "",
-        "event_id": run["event_id"],
-        "original_run_id": run.get("replay_of"),
-        "status": _STATUS.get(run["status"], "Running"),
-        "ended_at": run["ended_at"],
-        "output": run["output"] if run["status"] == RunStatus.COMPLETED else run["error"],
-    }
-
-
-def _v1(data: Any) -> JSON:
-    return JSON({"data": data, "metadata": {"fetched_at": now_iso(), "cached_until": None}})
-
-
-@common.route(_rest_auth)
-async def v1_event_runs(request: Request) -> Response:
-    """``GET /v1/events/{id}/runs``: the runs an event started (what apps poll for results).
-    An event that joined a batch lists the batch's run, whichever event started it, as on
-    Inngest (the event's detail, not the bare row, knows that run)."""
-    event = await common.engine(request).store.event_detail(request.path_params["event_id"])
-    return _v1([_v1_run(r) for r in event["runs"]])
-
-
-@common.route(_rest_auth)
-async def v1_run(request: Request) -> Response:
-    return _v1(_v1_run(await common.engine(request).store.get_run(request.path_params["run_id"])))
-
-
-@common.route(_rest_auth)
-async def v1_cancel_run(request: Request) -> Response:
-    run_id = request.path_params["run_id"]
-    status = await common.engine(request).cancel(run_id, "cancelled through the REST API")
-    if status in (RunStatus.COMPLETED, RunStatus.FAILED):
-        return problem(409, f"run {run_id} already ended ({status})")
-    return _v1({"run_id": run_id, "status": status})
 
 
 @common.route(common.api_token)
@@ -243,19 +190,17 @@ async def sync_apps(request: Request) -> Response:
 
 
 def routes() -> list[Route]:
-    from stepline.server import inngest_realtime  # it builds on this module's checks
+    from stepline.server import inngest_realtime, inngest_rest  # they build on this module's checks
 
     return [
         *inngest_realtime.routes(),
+        *inngest_rest.routes(),
         Route("/fn/register", register, methods=["POST"]),
         Route("/e/{event_key}", post_event, methods=["POST"]),
         Route("/v0/runs/{run_id}/batch", run_batch, methods=["GET"]),
         Route("/v0/runs/{run_id}/actions", run_actions, methods=["GET"]),
         Route("/invoke/{slug}", invoke, methods=["POST"]),
         Route("/v1/signals", send_signal, methods=["POST"]),
-        Route("/v1/events/{event_id}/runs", v1_event_runs, methods=["GET"]),
-        Route("/v1/runs/{run_id}", v1_run, methods=["GET"]),
-        Route("/v1/runs/{run_id}", v1_cancel_run, methods=["DELETE"]),
         Route("/api/v1/inngest/apps", list_apps, methods=["GET"]),
         Route("/api/v1/inngest/apps", add_app, methods=["POST"]),
         Route("/api/v1/inngest/apps", remove_app, methods=["DELETE"]),

@@ -1,0 +1,107 @@
+"""Inngest's REST API (``/v1``) in Inngest's shapes, for apps that call it by hand: an
+event, the runs it started, a run, cancelling one.
+
+Every answer is ``{"data": ..., "metadata": {...}}``, as on Inngest. The bearer is the
+apps' signing key (hashed, as the SDKs send it) or Stepline's API token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from stepline.inngest import events
+from stepline.server import common
+from stepline.server.inngest import rest_auth
+from stepline.server.responses import JSON, problem
+from stepline.store import now_ms
+from stepline.store.ops_read import iso
+from stepline.store.records import RunStatus
+
+_STATUS = {RunStatus.COMPLETED: "Completed", RunStatus.FAILED: "Failed", RunStatus.CANCELLED: "Cancelled"}  # Inngest's names
+
+
+def _v1(data: Any) -> JSON:
+    return JSON({"data": data, "metadata": {"fetched_at": iso(now_ms()), "cached_until": None}})
+
+
+def _v1_run(run: Mapping[str, Any]) -> dict[str, Any]:
+    """A run as Inngest's REST API shows it."""
+    return {
+        "run_id": run["id"],
+        "run_started_at": run["started_at"] or run["created_at"],
+        "function_id": run["function_id"],
+        "function_version": 1,
+        "environment_id": "",
+        "event_id": run["event_id"],
+        "original_run_id": run.get("replay_of"),
+        "status": _STATUS.get(run["status"], "Running"),
+        "ended_at": run["ended_at"],
+        "output": run["output"] if run["status"] == RunStatus.COMPLETED else run["error"],
+    }
+
+
+def _v1_event(event: Mapping[str, Any]) -> dict[str, Any]:
+    """An event as Inngest's REST API shows it: the event as sent (its ``id``, ``ts``,
+    ``user``, ``v``) beside the server's ``internal_id`` (the id ``POST /e/{key}`` answered
+    and the runs name) and ``received_at``."""
+    body = event["body"] if isinstance(event["body"], Mapping) else {}
+    sent = events.to_sdk(body)
+    out: dict[str, Any] = {
+        "internal_id": event["id"],
+        "environment_id": "",
+        "source": "",
+        "source_id": None,
+        "received_at": event["received_at"],
+        "id": sent["id"] or event["id"],
+        "name": sent["name"],
+        "data": sent["data"],
+        "ts": sent["ts"],
+    }
+    if body.get("user"):
+        out["user"] = sent["user"]
+    if sent.get("v") is not None:
+        out["v"] = sent["v"]
+    return out
+
+
+@common.route(rest_auth)
+async def v1_event(request: Request) -> Response:
+    """``GET /v1/events/{id}``: the event, by the id its send answered."""
+    return _v1(_v1_event(await common.engine(request).store.get_event(request.path_params["event_id"])))
+
+
+@common.route(rest_auth)
+async def v1_event_runs(request: Request) -> Response:
+    """``GET /v1/events/{id}/runs``: the runs an event started (what apps poll for results).
+    An event that joined a batch lists the batch's run, whichever event started it, as on
+    Inngest (the event's detail, not the bare row, knows that run)."""
+    event = await common.engine(request).store.event_detail(request.path_params["event_id"])
+    return _v1([_v1_run(r) for r in event["runs"]])
+
+
+@common.route(rest_auth)
+async def v1_run(request: Request) -> Response:
+    return _v1(_v1_run(await common.engine(request).store.get_run(request.path_params["run_id"])))
+
+
+@common.route(rest_auth)
+async def v1_cancel_run(request: Request) -> Response:
+    run_id = request.path_params["run_id"]
+    status = await common.engine(request).cancel(run_id, "cancelled through the REST API")
+    if status in (RunStatus.COMPLETED, RunStatus.FAILED):
+        return problem(409, f"run {run_id} already ended ({status})")
+    return _v1({"run_id": run_id, "status": status})
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/v1/events/{event_id}", v1_event, methods=["GET"]),
+        Route("/v1/events/{event_id}/runs", v1_event_runs, methods=["GET"]),
+        Route("/v1/runs/{run_id}", v1_run, methods=["GET"]),
+        Route("/v1/runs/{run_id}", v1_cancel_run, methods=["DELETE"]),
+    ]
