@@ -115,7 +115,8 @@ async def test_batch_if_lets_refused_events_run_alone(env: tuple[Server, App]) -
 
 async def test_every_event_of_a_batch_lists_its_run_in_the_rest_api(env: tuple[Server, App]) -> None:
     """``GET /v1/events/{id}/runs`` (what apps poll for a result) listed a batched run only
-    under the batch's first event: the others answered no run, however long one polled."""
+    under the batch's first event: the others answered no run, however long one polled.
+    A batch's run carries Inngest's ``batch_id`` (it had none); a run outside any batch none."""
     server, app = env
     sent = [await server.send(app.event("batch-if"), {"n": n, "batch": True}) for n in (1, 2, 3)]
     run = await server.finished((await server.run_for(sent[0], app.fn("batch-if")))["id"])
@@ -124,6 +125,13 @@ async def test_every_event_of_a_batch_lists_its_run_in_the_rest_api(env: tuple[S
         for event_id in sent:
             runs = (await client.get(f"/v1/events/{event_id}/runs")).json()["data"]
             assert [(r["run_id"], r["status"], r["output"]) for r in runs] == [(run["id"], "Completed", [1, 2, 3])], event_id
+            assert runs[0]["batch_id"] == run["id"], runs  # Inngest's mark of a batch's run
+        assert (await client.get(f"/v1/runs/{run['id']}")).json()["data"]["batch_id"] == run["id"]
+        alone = await server.send(app.event("batch-if"), {"n": 4, "batch": False})  # the batch's `if` refuses it
+        alone_run = await server.finished((await server.run_for(alone, app.fn("batch-if")))["id"])
+        assert alone_run["output"] == [4], alone_run
+        shown = (await client.get(f"/v1/runs/{alone_run['id']}")).json()["data"]
+        assert shown["status"] == "Completed" and "batch_id" not in shown, shown  # in no batch, as on Inngest
 
 
 async def _both_sleeping(server: Server, run_id: str) -> list[str] | None:

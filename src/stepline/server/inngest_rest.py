@@ -29,9 +29,10 @@ def _v1(data: Any) -> JSON:
     return JSON({"data": data, "metadata": {"fetched_at": iso(now_ms()), "cached_until": None}})
 
 
-def _v1_run(run: Mapping[str, Any]) -> dict[str, Any]:
-    """A run as Inngest's REST API shows it."""
-    return {
+def _v1_run(run: Mapping[str, Any], batched: set[str]) -> dict[str, Any]:
+    """A run as Inngest's REST API shows it. A run of a ``batchEvents`` batch has a
+    ``batch_id``: the run's own id, as a batch here is one run."""
+    out: dict[str, Any] = {
         "run_id": run["id"],
         "run_started_at": run["started_at"] or run["created_at"],
         "function_id": run["function_id"],
@@ -43,6 +44,14 @@ def _v1_run(run: Mapping[str, Any]) -> dict[str, Any]:
         "ended_at": run["ended_at"],
         "output": run["output"] if run["status"] == RunStatus.COMPLETED else run["error"],
     }
+    if run["id"] in batched:
+        out["batch_id"] = run["id"]
+    return out
+
+
+async def _v1_runs(request: Request, runs: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    batched = await common.engine(request).store.batched_runs([str(r["id"]) for r in runs])
+    return [_v1_run(r, batched) for r in runs]
 
 
 def _v1_event(event: Mapping[str, Any]) -> dict[str, Any]:
@@ -81,12 +90,13 @@ async def v1_event_runs(request: Request) -> Response:
     An event that joined a batch lists the batch's run, whichever event started it, as on
     Inngest (the event's detail, not the bare row, knows that run)."""
     event = await common.engine(request).store.event_detail(request.path_params["event_id"])
-    return _v1([_v1_run(r) for r in event["runs"]])
+    return _v1(await _v1_runs(request, list(event["runs"])))
 
 
 @common.route(rest_auth)
 async def v1_run(request: Request) -> Response:
-    return _v1(_v1_run(await common.engine(request).store.get_run(request.path_params["run_id"])))
+    run = await common.engine(request).store.get_run(request.path_params["run_id"])
+    return _v1((await _v1_runs(request, [run]))[0])
 
 
 @common.route(rest_auth)

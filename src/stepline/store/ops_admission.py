@@ -173,7 +173,7 @@ def _batch_txn(
     """Events gather into one pending run until ``max_size`` or ``timeout`` after the first.
     An event for which the batch's ``if`` is false (or fails) starts a run of its own at once."""
     if rule.get("if") and not expressions.matches(rule["if"], {"event": body}):
-        run_id = ops_runs.create_run_txn(conn, cfg, event_id, body, now, due_at=now, batch_event_ids=[event_id])
+        run_id = ops_runs.create_run_txn(conn, cfg, event_id, body, now, due_at=now)  # in no batch, as on Inngest
         return None if run_id is not None else "idempotent"
     key = _key(rule.get("key"), body)
     max_size = int(rule["max_size"])

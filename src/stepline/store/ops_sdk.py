@@ -80,6 +80,15 @@ def run_events_txn(conn: db.Conn, run_id: str) -> list[dict[str, Any]] | None:
     return [bodies[i] for i in ids if i in bodies]
 
 
+def batched_runs_txn(conn: db.Conn, run_ids: list[str]) -> set[str]:
+    """Those of ``run_ids`` that run a ``batchEvents`` batch (an event the batch's ``if``
+    refused runs alone, outside any batch)."""
+    if not run_ids:
+        return set()
+    marks, params = db.in_list(run_ids)
+    return {str(r["id"]) for r in conn.all(f"SELECT id FROM runs WHERE id IN ({marks}) AND batch_event_ids IS NOT NULL", params)}
+
+
 def invoke_txn(conn: db.Conn, function_id: str, data: dict[str, Any], now: int) -> tuple[str, str | None]:
     """Start a run of one function directly (Inngest's ``POST /invoke/{slug}``), bypassing
     its triggers, with an ``inngest/function.invoked`` event. Returns (event id, run id)."""

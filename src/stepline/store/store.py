@@ -394,6 +394,9 @@ class Store:
     async def run_events(self, run_id: str) -> list[dict[str, Any]] | None:
         return await self.db.read(partial(ops_sdk.run_events_txn, run_id=run_id))
 
+    async def batched_runs(self, run_ids: list[str]) -> set[str]:
+        return await self.db.read(partial(ops_sdk.batched_runs_txn, run_ids=run_ids))
+
     # --- dashboard sessions (ops_sessions) ----------------------------------------------
 
     async def create_session(self, id_hash: str, ttl_ms: int) -> None:
