@@ -4,6 +4,8 @@ its own (``.venv-sdk/``) in a process of its own."""
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -264,6 +266,45 @@ async def test_inngest_rest_api_for_polling_results(env: tuple[Server, py_app.Re
         assert (await server.finished(sleeping))["status"] == "cancelled"
         assert (await client.delete(f"/v1/runs/{runs[0]['run_id']}")).status_code == 409
         assert (await client.get("/v1/runs/nope")).status_code == 404
+
+
+async def test_inngest_rest_api_bulk_cancellation(env: tuple[Server, py_app.Recorder | PyAppProcess]) -> None:
+    """``POST /v1/cancellations`` (Inngest's bulk cancel: app, function, start window, ``if``)
+    answered 404, as did listing and deleting cancellations."""
+    server, _ = env
+    started = [(await server.run_for(await server.send("py/long", {"id": i}), FN + "cancellable"))["id"] for i in ("a", "b", "keep")]
+    for run_id in started:
+        await server.status(run_id, "sleeping")
+    await asyncio.sleep(0.2)
+    before = dt.datetime.now(dt.UTC)
+    await asyncio.sleep(0.2)
+    late = (await server.run_for(await server.send("py/long", {"id": "late"}), FN + "cancellable"))["id"]
+    window = {"app_id": "py-app", "function_id": "cancellable", "started_before": before.isoformat().replace("+00:00", "Z")}
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        refused = [
+            (await client.post("/v1/cancellations", json={**window, "started_befor": "x"}), "started_befor"),
+            (await client.post("/v1/cancellations", json={"app_id": "py-app", "function_id": "cancellable"}), "started_before is required"),
+            (await client.post("/v1/cancellations", json={**window, "started_after": "2999-01-01T00:00:00Z"}), "started_after must be before"),
+            (await client.post("/v1/cancellations", json={**window, "if": "event.data.id =="}), "if"),
+        ]
+        for reply, says in refused:
+            assert reply.status_code == 400 and says in reply.json()["error"], reply.text
+        unknown = await client.post("/v1/cancellations", json={**window, "function_id": "nope"})
+        assert unknown.status_code == 404 and "no function 'nope' in app 'py-app'" in unknown.json()["error"]
+        reply = await client.post("/v1/cancellations", json={**window, "if": "event.data.id != 'keep'"})
+        assert reply.status_code == 200, reply.text
+        made = reply.json()["data"]
+        assert (made["kind"], made["function_id"], made["if"], made["cancelled"]) == ("bulk_run", FN + "cancellable", "event.data.id != 'keep'", 2)
+        assert [(await server.finished(r))["status"] for r in started[:2]] == ["cancelled", "cancelled"]
+        assert (await server.engine.get_run(started[2]))["status"] == "sleeping"  # its event fails the `if`
+        assert (await server.engine.get_run(late))["status"] == "sleeping"  # started after the window
+        listed = (await client.get("/v1/cancellations")).json()["data"]
+        assert [c["id"] for c in listed] == [made["id"]]
+        assert (await client.delete(f"/v1/cancellations/{made['id']}")).json()["data"] == {"ok": True}
+        assert (await client.get("/v1/cancellations")).json()["data"] == []
+        assert (await client.delete(f"/v1/cancellations/{made['id']}")).status_code == 404
+        for run_id in (started[2], late):
+            assert (await client.delete(f"/v1/runs/{run_id}")).status_code == 200
 
 
 async def test_inngest_rest_api_reads_an_event(env: tuple[Server, py_app.Recorder | PyAppProcess]) -> None:

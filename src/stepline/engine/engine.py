@@ -9,7 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from stepline import errors
+from stepline import errors, ids
 from stepline import event as event_mod
 from stepline.app import App
 from stepline.budgets import Charge, Spend
@@ -237,11 +237,35 @@ class Engine:
     ) -> list[dict[str, str]]:
         """Cancel the unfinished runs of one function created in [since, until)."""
         results = await self.store.bulk_cancel(function_id, since_ms, until_ms, reason, limit)
+        self._stop_held_here(results)
+        return results
+
+    async def create_cancellation(
+        self,
+        app_id: str,
+        function_id: str,
+        *,
+        started_after: int | None,
+        started_before: int,
+        expression: str | None,
+        limit: int = 10_000,
+    ) -> tuple[dict[str, Any], list[dict[str, str]]]:
+        """A bulk cancel of Inngest's REST API (``POST /v1/cancellations``): the runs of an
+        app's function started in [after, before) whose event meets ``expression``, cancelled
+        now, and the cancellation kept on record. Returns the record and the runs."""
+        record, results = await self.store.create_cancellation(
+            cancellation_id=ids.new_id(), app_id=app_id, function_id=function_id, started_after=started_after,
+            started_before=started_before, expression=expression, limit=limit,
+        )
+        self._stop_held_here(results)
+        return record, results
+
+    def _stop_held_here(self, results: list[dict[str, str]]) -> None:
+        """Runs a worker holds stop at their next step boundary; this process's at once."""
         if self.worker is not None:
             for item in results:
                 if item["status"] == "cancelling":
                     self.worker.executor.cancel_local(item["id"])
-        return results
 
     # --- functions (the dashboard's function page, `stepline functions`) ------------------
 

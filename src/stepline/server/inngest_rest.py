@@ -1,5 +1,5 @@
 """Inngest's REST API (``/v1``) in Inngest's shapes, for apps that call it by hand: an
-event, the runs it started, a run, cancelling one.
+event, the runs it started, a run, cancelling one, and bulk cancellations.
 
 Every answer is ``{"data": ..., "metadata": {...}}``, as on Inngest. The bearer is the
 apps' signing key (hashed, as the SDKs send it) or Stepline's API token.
@@ -14,8 +14,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from stepline import errors, expressions
 from stepline.inngest import events
-from stepline.server import common
+from stepline.server import common, responses
 from stepline.server.inngest import rest_auth
 from stepline.server.responses import JSON, problem
 from stepline.store import now_ms
@@ -108,10 +109,91 @@ async def v1_cancel_run(request: Request) -> Response:
     return _v1({"run_id": run_id, "status": status})
 
 
+CANCELLATION_FIELDS = ("app_id", "function_id", "started_after", "started_before", "if")
+FUTURE_SLACK_MS = 5_000  # as on Inngest: started_before may lie at most 5 s ahead
+
+
+def _text(body: Mapping[str, Any], name: str, what: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value.strip() or "\x00" in value:
+        raise errors.RequestError(f"{name} is required: {what}")
+    return value
+
+
+def _time(body: Mapping[str, Any], name: str) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise errors.RequestError(f"{name}: expected an RFC 3339 time such as 2026-01-31T12:00:00Z, got {value!r}")
+    return common.parse_time(value, name)
+
+
+def _v1_cancellation(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A cancellation as Inngest's REST API shows it, with how many runs it cancelled."""
+    return {
+        "id": row["id"],
+        "created_at": iso(row["created_at"]),
+        "name": None,
+        "environment_id": "",
+        "app_id": row["app_id"],
+        "function_internal_id": row["function_id"],
+        "function_id": row["function_id"],
+        "started_after": iso(row["started_after"]),
+        "started_before": iso(row["started_before"]),
+        **({"if": row["expression"]} if row["expression"] else {}),
+        "kind": "bulk_run",
+        "cause": "API",
+        "queue_name": None,
+        "cancelled": row["cancelled"],
+    }
+
+
+@common.route(rest_auth)
+async def create_cancellation(request: Request) -> Response:
+    """``POST /v1/cancellations``: cancel the unfinished runs of one function started in a
+    window, and whose event meets ``if``. It acts at once on every run it covers (Inngest
+    stops each when it next runs: the same runs end cancelled)."""
+    body = await responses.read_object(request, max_bytes=common.body_limit(request), fields=CANCELLATION_FIELDS)
+    app_id = _text(body, "app_id", "the id of the app that declares the function")
+    function_id = _text(body, "function_id", "the function's id as its SDK declares it")
+    after, before = _time(body, "started_after"), _time(body, "started_before")
+    if before is None:
+        raise errors.RequestError("started_before is required: cancel runs started before this RFC 3339 time")
+    engine = common.engine(request)
+    if before > engine.store.now_ms() + FUTURE_SLACK_MS:
+        raise errors.RequestError("started_before must be in the past (runs not started yet cannot be cancelled in bulk)")
+    if after is not None and after > before:
+        raise errors.RequestError("started_after must be before started_before")
+    condition = body.get("if")
+    if condition is not None:
+        expressions.check(condition, field="if")
+    record, _ = await engine.create_cancellation(
+        app_id, function_id, started_after=after, started_before=before, expression=condition,
+    )
+    return _v1(_v1_cancellation(record))
+
+
+@common.route(rest_auth)
+async def list_cancellations(request: Request) -> Response:
+    """``GET /v1/cancellations``: the cancellations made, oldest first."""
+    return _v1([_v1_cancellation(r) for r in await common.engine(request).store.list_cancellations()])
+
+
+@common.route(rest_auth)
+async def delete_cancellation(request: Request) -> Response:
+    """``DELETE /v1/cancellations/{id}``: forget a cancellation; the runs it cancelled stay so."""
+    await common.engine(request).store.delete_cancellation(request.path_params["cancellation_id"])
+    return _v1({"ok": True})
+
+
 def routes() -> list[Route]:
     return [
         Route("/v1/events/{event_id}", v1_event, methods=["GET"]),
         Route("/v1/events/{event_id}/runs", v1_event_runs, methods=["GET"]),
         Route("/v1/runs/{run_id}", v1_run, methods=["GET"]),
         Route("/v1/runs/{run_id}", v1_cancel_run, methods=["DELETE"]),
+        Route("/v1/cancellations", create_cancellation, methods=["POST"]),
+        Route("/v1/cancellations", list_cancellations, methods=["GET"]),
+        Route("/v1/cancellations/{cancellation_id}", delete_cancellation, methods=["DELETE"]),
     ]

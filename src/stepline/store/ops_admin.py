@@ -1,4 +1,5 @@
-"""Operator actions over runs: rerun from the failed step, and bulk cancel.
+"""Operator actions over runs: rerun from the failed step, bulk cancel, and the
+cancellations of Inngest's REST API (a bulk cancel kept on record).
 
 Each ``*_txn`` function runs inside the caller's transaction on a ``db.Conn``.
 """
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stepline import errors, jsonutil
+from stepline import errors, expressions, jsonutil
 from stepline.store import db, ops_runs
 from stepline.store.records import UNFINISHED, Rerun, RunStatus
 
@@ -68,20 +69,79 @@ def bulk_cancel_txn(
     now: int,
     reason: str,
     limit: int,
+    expression: str | None = None,
 ) -> list[dict[str, str]]:
-    """Cancel up to ``limit`` unfinished runs of one function created in [since, until).
+    """Cancel up to ``limit`` unfinished runs of one function created in [since, until),
+    with ``expression`` only those whose event it matches (CEL over ``event``).
 
     Returns each run's id and its status afterwards (``cancelled``, or ``cancelling``
     when a worker holds it and will stop it at its next step boundary).
     """
-    where = ["function_id = ?", f"status IN ({', '.join('?' for _ in UNFINISHED)})"]
+    where = ["r.function_id = ?", f"r.status IN ({', '.join('?' for _ in UNFINISHED)})"]
     params: list[Any] = [function_id, *UNFINISHED]
     if since_ms is not None:
-        where.append("created_at >= ?")
+        where.append("r.created_at >= ?")
         params.append(since_ms)
     if until_ms is not None:
-        where.append("created_at < ?")
+        where.append("r.created_at < ?")
         params.append(until_ms)
-    rows = conn.all(f"SELECT id FROM runs WHERE {' AND '.join(where)} ORDER BY id LIMIT ?", (*params, limit))
+    if expression is None:
+        rows = conn.all(f"SELECT r.id FROM runs r WHERE {' AND '.join(where)} ORDER BY r.id LIMIT ?", (*params, limit))
+    else:  # the window in SQL, the expression over each run's event here, up to the limit
+        rows = [
+            r for r in conn.all(
+                f"SELECT r.id, e.body FROM runs r JOIN events e ON e.id = r.event_id WHERE {' AND '.join(where)} ORDER BY r.id",
+                tuple(params),
+            )
+            if expressions.matches(expression, {"event": jsonutil.loads(r["body"])})
+        ][:limit]
     statuses = ops_runs.cancel_runs_txn(conn, [r["id"] for r in rows], now, reason)
     return [{"id": r["id"], "status": statuses[r["id"]]} for r in rows]
+
+
+def create_cancellation_txn(
+    conn: db.Conn,
+    *,
+    cancellation_id: str,
+    app_id: str,
+    function_id: str,
+    started_after: int | None,
+    started_before: int,
+    expression: str | None,
+    now: int,
+    limit: int,
+) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """Cancel at once the unfinished runs that a cancellation of Inngest's REST API covers,
+    and keep it on record. ``function_id`` is the function's id as its SDK declares it (the
+    store's id is ``<app>-<id>``) or the store's id. Returns the record and the runs."""
+    found = conn.one(
+        "SELECT id FROM functions WHERE app_id = ? AND id IN (?, ?) ORDER BY id = ? DESC",
+        (app_id, function_id, f"{app_id}-{function_id}", f"{app_id}-{function_id}"),
+    )
+    if found is None:
+        raise errors.NotFoundError(
+            f"no function {function_id!r} in app {app_id!r}; app_id is the app's id and function_id the function's "
+            "id as the SDK declares them (GET /api/v1/functions lists them)"
+        )
+    results = bulk_cancel_txn(
+        conn, function_id=str(found["id"]), since_ms=started_after, until_ms=started_before, now=now,
+        reason=f"cancelled by cancellation {cancellation_id} (REST API)", limit=limit, expression=expression,
+    )
+    conn.execute(
+        "INSERT INTO cancellations (id, app_id, function_id, started_after, started_before, expression, cancelled, created_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (cancellation_id, app_id, found["id"], started_after, started_before, expression, len(results), now),
+    )
+    record = conn.one("SELECT * FROM cancellations WHERE id = ?", (cancellation_id,))
+    assert record is not None
+    return dict(record), results
+
+
+def list_cancellations_txn(conn: db.Conn) -> list[dict[str, Any]]:
+    return [dict(r) for r in conn.all("SELECT * FROM cancellations ORDER BY id")]
+
+
+def delete_cancellation_txn(conn: db.Conn, cancellation_id: str) -> None:
+    """Forget a cancellation. It acted when it was made: the runs it cancelled stay cancelled."""
+    if conn.rowcount("DELETE FROM cancellations WHERE id = ?", (cancellation_id,)) == 0:
+        raise errors.NotFoundError(f"no cancellation with id {cancellation_id!r} (GET /v1/cancellations lists them)")

@@ -492,6 +492,16 @@ class Store:
             )
         )
 
+    async def create_cancellation(self, **params: Any) -> tuple[dict[str, Any], list[dict[str, str]]]:
+        """``ops_admin.create_cancellation_txn``: a bulk cancel kept on record."""
+        return await self.db.write(self._at_commit(ops_admin.create_cancellation_txn, **params))
+
+    async def list_cancellations(self) -> list[dict[str, Any]]:
+        return await self.db.read(ops_admin.list_cancellations_txn)
+
+    async def delete_cancellation(self, cancellation_id: str) -> None:
+        await self.db.write(partial(ops_admin.delete_cancellation_txn, cancellation_id=cancellation_id))
+
     # --- functions as operators see them (ops_functions) ---------------------------------
 
     async def pause_function(self, function_id: str, mode: str, reason: str | None) -> PauseResult:
