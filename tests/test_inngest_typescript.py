@@ -52,6 +52,25 @@ async def test_sync_registers_functions(env: tuple[Server, NodeApp]) -> None:
     assert server.runtime.list_apps()[0]["sdk"].startswith("js:")
 
 
+async def test_cancel_on_until_a_date_ends_then_for_every_run(env: tuple[Server, NodeApp]) -> None:
+    """A ``cancelOn`` whose ``timeout`` is a Date (sent as an RFC 3339 time) listened for the
+    time between the sync and that moment, counted from each run's start; on Inngest, and now
+    here, it listens until that moment."""
+    server, _ = env
+    until = int(dt.datetime(2030, 1, 1, tzinfo=dt.UTC).timestamp() * 1000)
+    functions = {f["id"]: f["config"] for f in await server.engine.store.list_functions()}
+    assert functions[FN + "cancel-until"]["cancel_on"][0]["until_ms"] == until
+    event_id = await server.send("ts/cancel-until", {"id": "c1"})
+    run_id = (await server.run_for(event_id, FN + "cancel-until"))["id"]
+    await server.status(run_id, "sleeping")
+    expiry = await server.engine.store.db.read(
+        lambda conn: conn.scalar("SELECT expires_at FROM waits WHERE run_id = ? AND step_key IS NULL", (run_id,))
+    )
+    assert expiry == until
+    await server.send("ts/cancel-until.stop", {"id": "c1"})
+    assert (await server.finished(run_id))["status"] == "cancelled"
+
+
 async def test_step_run_and_output(env: tuple[Server, NodeApp]) -> None:
     server, node = env
     run = await _run(server, "ts/steps", "steps", {"name": "ada"})

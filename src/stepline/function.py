@@ -8,6 +8,7 @@ server) can still match triggers and apply flow control.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import inspect
 import re
@@ -93,12 +94,15 @@ Trigger = TriggerEvent | TriggerCron
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class CancelOn:
-    """Cancel a run when ``event`` arrives and matches (``match`` field or CEL ``if_``)."""
+    """Cancel a run when ``event`` arrives and matches (``match`` field or CEL ``if_``).
+    ``timeout``: how long after the run starts the rule listens, or a datetime until which
+    it listens for every run (``until_ms``), as Inngest reads a time there."""
 
     event: str
     match: str | None = None
     if_: str | None = None
     timeout: float | None = None
+    until_ms: int | None = None
 
     def __init__(
         self,
@@ -106,7 +110,7 @@ class CancelOn:
         *,
         match: str | None = None,
         if_: str | None = None,
-        timeout: durations.Duration | None = None,
+        timeout: durations.Duration | dt.datetime | None = None,
     ) -> None:
         if not isinstance(event, str) or not event.strip():
             raise errors.ConfigError(f"CancelOn.event: expected an event name, got {event!r}")
@@ -115,9 +119,13 @@ class CancelOn:
         object.__setattr__(self, "event", event)
         object.__setattr__(self, "match", match)
         object.__setattr__(self, "if_", _optional_expr(if_, "CancelOn.if_"))
-        object.__setattr__(
-            self, "timeout", None if timeout is None else durations.parse(timeout, field="CancelOn.timeout")
-        )
+        if isinstance(timeout, dt.datetime):
+            moment = timeout if timeout.tzinfo is not None else timeout.replace(tzinfo=dt.UTC)
+            object.__setattr__(self, "until_ms", int(moment.timestamp() * 1000))
+        else:
+            object.__setattr__(
+                self, "timeout", None if timeout is None else durations.parse(timeout, field="CancelOn.timeout")
+            )
         if match is not None:
             expressions.check(expressions.match_to_expression(match), field="CancelOn.match")
 
@@ -128,7 +136,10 @@ class CancelOn:
         return self.if_
 
     def to_dict(self) -> dict[str, Any]:
-        return {"event": self.event, "expression": self.expression, "timeout": self.timeout}
+        out: dict[str, Any] = {"event": self.event, "expression": self.expression, "timeout": self.timeout}
+        if self.until_ms is not None:
+            out["until_ms"] = self.until_ms
+        return out
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -11,6 +11,7 @@ driver needs to call the app.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import math
 import re
@@ -236,8 +237,13 @@ class _Reader:
             event_name = _bounded(events.trigger_name(name), f"function {self.slug!r}: cancel[{i}].event")
             condition = self.text(rule.get("if"), f"cancel[{i}].if")
             timeout = rule.get("timeout")
-            seconds = None if not timeout else durations.seconds_until(timeout, field=f"{self.slug}: cancel[{i}].timeout")
-            out.append(self.value(f"cancel[{i}]", fn.CancelOn, event_name, if_=condition, timeout=seconds))
+            # An RFC 3339 time (what the TS SDK sends for a Date) is when the rule stops
+            # listening, for every run, as on Inngest; a duration counts from each run's start.
+            moment = durations.parse_time(timeout) if isinstance(timeout, str) else None
+            limit: float | dt.datetime | None = moment or (
+                None if not timeout else durations.parse_duration(timeout, field=f"{self.slug}: cancel[{i}].timeout")
+            )
+            out.append(self.value(f"cancel[{i}]", fn.CancelOn, event_name, if_=condition, timeout=limit))
         return out
 
     def triggers(self, raw: Any) -> list[fn.Trigger]:

@@ -210,7 +210,9 @@ def create_run_txn(
         ),
     )
     for rule in cfg.get("cancel_on") or ():
-        expires = None if rule.get("timeout") is None else now + int(rule["timeout"] * 1000)
+        expires = rule.get("until_ms")  # a time: the same end for every run
+        if expires is None and rule.get("timeout") is not None:
+            expires = now + int(rule["timeout"] * 1000)
         insert_wait_txn(
             conn, ids.new_id(), run_id, None, rule["event"], rule.get("expression"), expires, body, deferred=True
         )

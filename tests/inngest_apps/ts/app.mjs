@@ -365,12 +365,19 @@ const verifyEmail = fn(
   },
 );
 
+// cancelOn until a moment (a Date: the SDK sends it as an RFC 3339 time), not for a duration.
+const cancelUntil = fn(
+  { id: "cancel-until", cancelOn: [{ event: "ts/cancel-until.stop", match: "data.id", timeout: new Date("2030-01-01T00:00:00Z") }] },
+  { event: "ts/cancel-until" },
+  async ({ step }) => { await step.sleep("nap", "1h"); return "not cancelled"; },
+);
+
 const functions = [
   declined, stoppable, checkout, verifyEmail,
   steps, sleeper, waiter, child, parent, sender, onSent, parallel, flaky, nonretry, retryAfter, cancellable, throttled,
   limited, debounced, asker, racer, parallelFail, nightly, parallelRetry, signalWaiter, signalSender, pinger, ponger,
   vipQueue, perUser, batchIf, twoNaps, twoWaits, onFinished, onCancelled, raceWait, approval, slowChild, invokeErrors,
-  rateLimited, idem, singleSkip, flowInvoker, finishTimeout,
+  rateLimited, idem, singleSkip, flowInvoker, finishTimeout, cancelUntil,
   throwsUndefined("throw-undefined", 0), throwsUndefined("throw-undefined-retried", 2), bigStep, wildTarget, wildWatch, bigOrder,
 ];
 
