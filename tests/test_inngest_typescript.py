@@ -71,6 +71,19 @@ async def test_cancel_on_until_a_date_ends_then_for_every_run(env: tuple[Server,
     assert (await server.finished(run_id))["status"] == "cancelled"
 
 
+async def test_defer_fails_the_run_naming_the_op(env: tuple[Server, NodeApp], sdk: str) -> None:
+    """``defer()`` (TS 4, experimental) sends ``DeferAdd``, which was dropped without a word: the
+    run completed and the deferred run never started. Now the run fails, naming the op."""
+    if sdk != "v4":
+        pytest.skip("defer() exists in the TypeScript SDK 4.x only")
+    server, _ = env
+    run = await _run(server, "ts/defer", "deferrer")
+    assert run["status"] == "failed", run
+    assert run["error"]["name"] == "UnsupportedStep", run["error"]
+    assert "defer()" in run["error"]["message"] and "DeferAdd (defer 'later')" in run["error"]["message"], run["error"]
+    assert run["attempt"] == 0  # refused once, not retried
+
+
 async def test_step_run_and_output(env: tuple[Server, NodeApp]) -> None:
     server, node = env
     run = await _run(server, "ts/steps", "steps", {"name": "ada"})

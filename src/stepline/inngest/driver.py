@@ -55,11 +55,29 @@ class Runtime(Protocol):
 
 log = logging.getLogger("stepline.inngest")
 
-LAZY_OPS = {"DeferAdd", "DeferAbort"}
+LAZY_OPS = {"DeferAdd", "DeferAbort"}  # TS 4's experimental defer(): refused (UnsupportedStep), never dropped
 WAIT_OPS = {"WaitForEvent", "WaitForSignal"}
 SUSPENDING_OPS = {"Sleep", "InvokeFunction", *WAIT_OPS}
 _PENDING = ("sleeping", "waiting", "invoking")  # journal statuses of a suspension not yet resolved
 MAX_EMPTY_REPLIES = 3
+
+
+class UnsupportedStep(errors.NonRetriableError):
+    """The app asked for an op Stepline does not carry out: the run fails, naming it,
+    rather than go on as if it had been done."""
+
+
+def refuse_lazy_ops(ops: list[dict[str, Any]], run_id: str) -> None:
+    """``defer()`` (TS 4, experimental) sends ``DeferAdd`` / ``DeferAbort`` beside other ops
+    and awaits no answer: dropped, the deferred run would silently never start."""
+    lazy = [op for op in ops if op.get("op") in LAZY_OPS]
+    if lazy:
+        named = ", ".join(f"{op.get('op')} (defer {display_name(op)!r})" for op in lazy[:5])
+        raise UnsupportedStep(
+            f"Stepline does not support defer() (createDefer, the TypeScript SDK's experimental deferred runs): "
+            f"run {run_id} asked for {named}, and the deferred run would never start. Start that work with "
+            "step.sendEvent (an event that triggers the function) or step.invoke instead"
+        )
 
 
 def display_name(op: dict[str, Any]) -> str:
@@ -136,7 +154,8 @@ class SDKExecution:
                 attempt = 0
                 if reply.done:
                     return await self.finish(reply.value)
-                ops = [op for op in reply.ops if op.get("op") not in LAZY_OPS]
+                refuse_lazy_ops(reply.ops, self.ctx.run_id)
+                ops = reply.ops
                 complete = next((op for op in ops if op.get("op") == "RunComplete"), None)
                 if complete is not None:
                     return await self.finish(complete.get("data"))
@@ -362,6 +381,7 @@ class SDKExecution:
         reply = await self.request(sid, die=True, attempt=self.attempts.get(sid, 0))
         if reply.done:
             raise protocol.make_error({"name": "StepNotReached", "message": f"the app finished the function instead of running step {sid}"}, final=False)
+        refuse_lazy_ops(reply.ops, self.ctx.run_id)
         for op in reply.ops:
             if op.get("id") != sid:
                 continue

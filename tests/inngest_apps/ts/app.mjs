@@ -372,12 +372,25 @@ const cancelUntil = fn(
   async ({ step }) => { await step.sleep("nap", "1h"); return "not cancelled"; },
 );
 
+// defer() (4.x, experimental): Stepline refuses it, failing the run, rather than drop it.
+const deferFns = [];
+if (major === "v4") {
+  const { createDefer } = await import("inngest/experimental");
+  const later = createDefer(inngest, { id: "deferred-work" }, async ({ event }) => { hit("deferred.work"); return event.data; });
+  deferFns.push(later, fn({ id: "deferrer" }, { event: "ts/defer" }, async ({ step, defer }) => {
+    await step.run("before", () => hit("deferrer.before"));
+    defer("later", { function: later, data: { n: 1 } });
+    await step.run("after", () => hit("deferrer.after"));
+    return "done";
+  }));
+}
+
 const functions = [
   declined, stoppable, checkout, verifyEmail,
   steps, sleeper, waiter, child, parent, sender, onSent, parallel, flaky, nonretry, retryAfter, cancellable, throttled,
   limited, debounced, asker, racer, parallelFail, nightly, parallelRetry, signalWaiter, signalSender, pinger, ponger,
   vipQueue, perUser, batchIf, twoNaps, twoWaits, onFinished, onCancelled, raceWait, approval, slowChild, invokeErrors,
-  rateLimited, idem, singleSkip, flowInvoker, finishTimeout, cancelUntil,
+  rateLimited, idem, singleSkip, flowInvoker, finishTimeout, cancelUntil, ...deferFns,
   throwsUndefined("throw-undefined", 0), throwsUndefined("throw-undefined-retried", 2), bigStep, wildTarget, wildWatch, bigOrder,
 ];
 
