@@ -324,3 +324,23 @@ async def test_inngest_rest_api_reads_an_event(env: tuple[Server, py_app.Recorde
         assert plain["id"] == plain_id and plain["data"] == {"name": "plain"} and "user" not in plain
         missing = await client.get("/v1/events/01JZZZZZZZZZZZZZZZZZZZZZZZ")
         assert missing.status_code == 404 and "no event" in missing.json()["error"]
+
+
+async def test_inngest_rest_api_lists_events(env: tuple[Server, py_app.Recorder | PyAppProcess]) -> None:
+    """``GET /v1/events`` answered 404: Inngest's list of the apps' events, newest first, by
+    name and time, a page at a time (``cursor``: the last ``internal_id``), without the
+    engine's own events (a run's end sends one)."""
+    server, _ = env
+    sent = [await server.send("py/steps", {"name": n}) for n in ("one", "two", "three")]
+    await server.finished((await server.run_for(sent[-1], FN + "steps"))["id"])
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        everything = (await client.get("/v1/events", params={"limit": 500})).json()["data"]
+        assert [e["internal_id"] for e in everything] == sent[::-1], everything  # no stepline/function.finished
+        first = (await client.get("/v1/events", params={"name": "py/steps", "limit": 2})).json()["data"]
+        assert [e["data"]["name"] for e in first] == ["three", "two"]
+        rest = (await client.get("/v1/events", params={"name": "py/steps", "cursor": first[-1]["internal_id"]})).json()["data"]
+        assert [e["data"]["name"] for e in rest] == ["one"]
+        later = (await client.get("/v1/events", params={"received_after": "2999-01-01T00:00:00Z"})).json()["data"]
+        assert later == []
+        bad = await client.get("/v1/events", params={"received_before": "yesterday"})
+        assert bad.status_code == 400 and "received_before" in bad.json()["error"]

@@ -85,6 +85,32 @@ async def v1_event(request: Request) -> Response:
     return _v1(_v1_event(await common.engine(request).store.get_event(request.path_params["event_id"])))
 
 
+MAX_LISTED_EVENTS = 51  # Inngest's bound on a page of events
+DEFAULT_LISTED_EVENTS = 20
+
+
+@common.route(rest_auth)
+async def v1_events(request: Request) -> Response:
+    """``GET /v1/events``: the apps' events, newest first, with Inngest's filters (``name``,
+    ``received_after``, ``received_before``), page size (``limit``) and ``cursor`` (the
+    ``internal_id`` of the last event of the page before)."""
+    q = request.query_params
+    # As on Inngest, a larger limit is brought down to the bound rather than refused.
+    limit = min(common.parse_limit(q.get("limit"), default=DEFAULT_LISTED_EVENTS, maximum=2**31), MAX_LISTED_EVENTS)
+    store = common.engine(request).store
+    listed = await store.list_events(
+        name=q.get("name") or None,
+        since_ms=common.parse_time(q.get("received_after"), "received_after"),
+        until_ms=common.parse_time(q.get("received_before"), "received_before"),
+        before_id=q.get("cursor") or None,
+        limit=limit,
+        apps_only=True,
+    )
+    # A page leaves out bodies past a size; this API shows each event whole.
+    whole = [await store.get_event(e["id"]) if e.get("body_elided") else e for e in listed]
+    return _v1([_v1_event(e) for e in whole])
+
+
 @common.route(rest_auth)
 async def v1_event_runs(request: Request) -> Response:
     """``GET /v1/events/{id}/runs``: the runs an event started (what apps poll for results).
@@ -189,6 +215,7 @@ async def delete_cancellation(request: Request) -> Response:
 
 def routes() -> list[Route]:
     return [
+        Route("/v1/events", v1_events, methods=["GET"]),
         Route("/v1/events/{event_id}", v1_event, methods=["GET"]),
         Route("/v1/events/{event_id}/runs", v1_event_runs, methods=["GET"]),
         Route("/v1/runs/{run_id}", v1_run, methods=["GET"]),

@@ -138,12 +138,16 @@ def list_events_txn(
     until_ms: int | None = None,
     before_id: str | None = None,
     limit: int = 50,
+    apps_only: bool = False,
 ) -> list[EventListItem]:
     """Newest first, each with the runs it started (id, function, status). A body longer than
     ``LISTED_BODY_CHARS`` is left out (``body`` null, ``body_elided`` true): anyone with the
     event key may store events of a megabyte, and a page of them would cost the server, and
-    the dashboard, hundreds of megabytes; the event's own read has it whole."""
+    the dashboard, hundreds of megabytes; the event's own read has it whole. ``apps_only``
+    leaves out the engine's own events (``stepline/...``, ``inngest/...``), as Inngest's list does."""
     clause, params = ops_read.page_filters({"name": name}, "received_at", since_ms, until_ms, before_id)
+    if apps_only:
+        clause = f"{clause} {'AND' if clause else 'WHERE'} name NOT LIKE 'stepline/%' AND name NOT LIKE 'inngest/%'"
     rows = conn.all(
         "SELECT id, name, user_id, received_at, outcome, "
         f"CASE WHEN length(body) > ? THEN 'null' ELSE body END AS body, length(body) > ? AS elided FROM events {clause} "
