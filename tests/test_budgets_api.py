@@ -79,7 +79,7 @@ def test_budgets_over_http_a_paused_run_and_an_override_that_resumes_it(serve, f
         assert state["period_end"] - state["period_start"] == 86_400_000
 
         for body, status, words in [
-            ({"limit": 5}, 400, "unknown field"),
+            ({"limit": 5}, 400, "budget limits: unknown field(s) ['limit']"),
             ({"limit_usd": -1}, 400, "limit_usd"),
             ({"limit_tokens": 2.5}, 400, "limit_tokens"),
             ({}, 400, "and/or {\"limit_tokens\""),

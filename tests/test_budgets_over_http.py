@@ -226,7 +226,8 @@ async def test_reservation_requests_are_checked_and_an_event_without_budgets_onl
         ({"event": event, "usd": -1}, "reservation.usd"),
         ({"event": event, "tokens": 1.5}, "reservation.tokens"),
         ({"event": event, "ttl_s": 10**9}, "reservation.ttl_s"),
-        ({"event": event, "budget": "x"}, "unknown field(s) ['budget']"),
+        ({"event": event, "budget": "x"}, "reservation: unknown field(s) ['budget']; it takes event, usd,"),
+        ({"event": event, "ttl": 60}, "reservation: unknown field(s) ['ttl'] (did you mean 'ttl_s'?)"),
         ({"event": {"name": ""}}, "name"),
     ]
     for body, message in bad_reservations:
@@ -241,6 +242,7 @@ async def test_reservation_requests_are_checked_and_an_event_without_budgets_onl
         ("/api/v1/budget-reservations/run-1/settle", {}, "not a reservation id"),
         (settle, {"holds": [{"budget": BUDGET}]}, "settle.holds[0]"),
         (settle, {"usage": {"model": MODEL, "text": "hi"}}, "settle.usage: unknown field(s) ['text']"),
+        (settle, {"hold": []}, "settle: unknown field(s) ['hold'] (did you mean 'holds'?)"),
         (settle, {"usage": {"model": MODEL, "usage": {"prompt_tokens": -1}}}, "settle.usage.usage.prompt_tokens"),
     ]
     for path, body, message in bad_settles:

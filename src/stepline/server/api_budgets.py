@@ -23,7 +23,7 @@ from stepline import event as event_mod
 from stepline.budgets import Charge
 from stepline.engine import budget_gate
 from stepline.server import common
-from stepline.server.responses import JSON, problem, read_object
+from stepline.server.responses import JSON, check_fields, problem, read_object
 
 LIMIT_FIELDS = ("limit_usd", "limit_tokens")
 EVENT_KEY_HEADER = "x-stepline-event-key"  # a client without the API token (AsyncClient(api_token=None))
@@ -59,9 +59,6 @@ async def get_budget_key(request: Request) -> Response:
 
 
 def _limits(body: dict[str, Any]) -> tuple[float | None, int | None]:
-    unknown = sorted(set(body) - set(LIMIT_FIELDS))
-    if unknown:
-        raise errors.RequestError(f"unknown field(s) {unknown}: send limit_usd and/or limit_tokens (null removes one)")
     if not any(field in body for field in LIMIT_FIELDS):
         raise errors.RequestError(
             'send {"limit_usd": 20.0} and/or {"limit_tokens": 100000}; both null goes back to the declared limits'
@@ -79,7 +76,8 @@ async def put_budget_key(request: Request) -> Response:
     """Body ``{"limit_usd": 20.0, "limit_tokens": null}``: this key's limits from now on
     (an override of the declared ones, across periods); both null removes the override.
     The key's paused runs are made due at once."""
-    body = await read_object(request, max_bytes=common.engine(request).settings.max_api_body_bytes)
+    body = await read_object(request, max_bytes=common.engine(request).settings.max_api_body_bytes,
+                             call="budget limits", fields=LIMIT_FIELDS)
     limit_usd, limit_tokens = _limits(body)
     budget, key = request.path_params["budget"], request.path_params["key"]
     return JSON(await common.engine(request).set_budget_limit(budget, key, limit_usd, limit_tokens))
@@ -96,12 +94,6 @@ MAX_TTL_S = 86_400.0  # a reservation never settled stops counting after this at
 MAX_HOLDS = 64
 MAX_TEXT = 4096  # bytes of a hold's budget or key, a usage's provider or model
 _CALL_ID = re.compile(re.escape(budget_gate.DIRECT_PREFIX) + r"[0-9A-Za-z]{1,64}")
-
-
-def _fields(body: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
-    unknown = sorted(set(body) - set(allowed))
-    if unknown:
-        raise errors.RequestError(f"{where}: unknown field(s) {unknown}; it takes {', '.join(allowed)}")
 
 
 def _usd(body: dict[str, Any], name: str, where: str) -> float:
@@ -137,8 +129,8 @@ async def reserve_direct_call(request: Request) -> Response:
     With the event key alone: 200 with ``"id": null`` when no budget applies to the event
     (make the call; there is nothing to settle), 403 when one does."""
     engine = common.engine(request)
-    body = await read_object(request, max_bytes=common.body_limit(request))  # it carries an event
-    _fields(body, RESERVE_FIELDS, "reservation")
+    # The body carries an event: the event limit bounds it.
+    body = await read_object(request, max_bytes=common.body_limit(request), call="reservation", fields=RESERVE_FIELDS)
     if not isinstance(body.get("event"), dict):
         raise errors.RequestError('reservation.event: send the event the call is for, {"name": ..., "data": {...}}')
     event = engine.validate_events([body["event"]])[0].to_dict()
@@ -189,11 +181,11 @@ def _usage(raw: Any) -> dict[str, Any] | None:
         return None
     if not isinstance(raw, dict):
         raise errors.RequestError("settle.usage: expected the call's {provider, model, usage, cost_usd, latency_ms} or null")
-    _fields(raw, USAGE_FIELDS, "settle.usage")
+    check_fields(raw, USAGE_FIELDS, "settle.usage")
     tokens = raw.get("usage") or {}
     if not isinstance(tokens, dict):
         raise errors.RequestError("settle.usage.usage: expected {prompt_tokens, completion_tokens, ...}")
-    _fields(tokens, TOKEN_FIELDS, "settle.usage.usage")
+    check_fields(tokens, TOKEN_FIELDS, "settle.usage.usage")
     latency = raw.get("latency_ms")
     if latency is not None and (isinstance(latency, bool) or not isinstance(latency, (int, float)) or not 0 <= latency < 2**53):
         raise errors.RequestError(f"settle.usage.latency_ms: expected milliseconds >= 0 or null, got {latency!r}")
@@ -216,8 +208,7 @@ async def settle_direct_call(request: Request) -> Response:
     if not _CALL_ID.fullmatch(call_id):
         raise errors.RequestError(f"{call_id!r:.80} is not a reservation id: settle the id that reserving gave ('direct:...')")
     engine = common.engine(request)
-    body = await read_object(request, max_bytes=engine.settings.max_api_body_bytes)
-    _fields(body, SETTLE_FIELDS, "settle")
+    body = await read_object(request, max_bytes=engine.settings.max_api_body_bytes, call="settle", fields=SETTLE_FIELDS)
     rows = _holds(body.get("holds", []))
     actual = Charge(_usd(body, "usd", "settle"), _count(body, "tokens", "settle"))
     user_id = _text(body.get("user_id"), "settle.user_id", max_bytes=engine.settings.max_user_id_bytes)

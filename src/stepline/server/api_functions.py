@@ -19,8 +19,8 @@ from stepline.store import ops_functions
 MAX_REASON = 1000
 
 
-async def _body(request: Request, fields: tuple[str, ...]) -> dict[str, Any]:
-    return await responses.read_object(request, max_bytes=common.body_limit(request), fields=fields)
+async def _body(request: Request, call: str, fields: tuple[str, ...]) -> dict[str, Any]:
+    return await responses.read_object(request, max_bytes=common.body_limit(request), call=call, fields=fields)
 
 
 def _function_id(request: Request) -> str:
@@ -48,7 +48,7 @@ async def function_summary(request: Request) -> Response:
 @common.route(common.api_token)
 async def pause(request: Request) -> Response:
     """Body: ``{"mode": "queue" | "skip", "reason": ...}`` (both optional; mode defaults to queue)."""
-    body = await _body(request, ("mode", "reason"))
+    body = await _body(request, "pause", ("mode", "reason"))
     mode = body.get("mode", "queue")
     if mode not in ops_functions.PAUSE_MODES:
         raise errors.RequestError(
@@ -68,7 +68,7 @@ async def resume(request: Request) -> Response:
 @common.route(common.api_token)
 async def invoke(request: Request) -> Response:
     """Body: ``{"data": {...}}``: a run of this function now, whatever its triggers."""
-    body = await _body(request, ("data",))
+    body = await _body(request, "invoke", ("data",))
     data = body.get("data", {})
     if not isinstance(data, dict):
         raise errors.RequestError("data: expected a JSON object (the event's data the run gets)")
@@ -82,7 +82,7 @@ async def invoke(request: Request) -> Response:
 async def replay_failed(request: Request) -> Response:
     """Body: ``{"since": ..., "until": ..., "limit": 1000}``: replay each run that failed in
     the window (by when it failed) and was not replayed before."""
-    body = await _body(request, ("since", "until", "limit"))
+    body = await _body(request, "replay-failed", ("since", "until", "limit"))
     limit = body.get("limit", 1000)
     if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 10_000:
         raise errors.RequestError("limit: expected a whole number 1..10000")

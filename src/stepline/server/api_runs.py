@@ -85,14 +85,14 @@ async def rerun_from_failed_step(request: Request) -> Response:
     return JSON(await common.engine(request).rerun_from_failed_step(request.path_params["run_id"]))
 
 
-async def _optional_object(request: Request, fields: tuple[str, ...]) -> dict[str, Any]:
-    return await responses.read_object(request, max_bytes=common.body_limit(request), fields=fields)
+async def _optional_object(request: Request, call: str, fields: tuple[str, ...]) -> dict[str, Any]:
+    return await responses.read_object(request, max_bytes=common.body_limit(request), call=call, fields=fields)
 
 
 @common.route(common.api_token)
 async def bulk_cancel(request: Request) -> Response:
     """Body: ``{"function_id": ..., "since": ..., "until": ..., "reason": ..., "limit": ...}``."""
-    body = await _optional_object(request, ("function_id", "since", "until", "reason", "limit"))
+    body = await _optional_object(request, "bulk-cancel", ("function_id", "since", "until", "reason", "limit"))
     function_id = body.get("function_id")
     if not isinstance(function_id, str) or not function_id or "\x00" in function_id:
         return problem(400, "function_id: required, the id of the function whose runs to cancel")
@@ -120,7 +120,7 @@ async def bulk_cancel(request: Request) -> Response:
 async def mint_token(request: Request) -> Response:
     """A run token for a browser (the API token itself never leaves the app's backend)."""
     run_id = request.path_params["run_id"]
-    body = await _optional_object(request, ("ttl_seconds",))
+    body = await _optional_object(request, "run token", ("ttl_seconds",))
     ttl = body.get("ttl_seconds", tokens.DEFAULT_TTL)
     if not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or not 1 <= ttl <= MAX_TOKEN_TTL:
         return problem(400, f"ttl_seconds: expected a number 1..{MAX_TOKEN_TTL}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 from typing import Any
 
 from starlette.requests import Request
@@ -82,19 +83,33 @@ def parse_json(body: bytes, *, allow_empty: bool = False) -> Any:
     return jsonutil.loads_request(body, max_depth=event.current_limits().max_json_depth + 2)
 
 
-async def read_object(request: Request, *, max_bytes: int, fields: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """An optional JSON object body: {} when empty, else an object or a 400. With ``fields``,
-    a field besides them is a 400 too: a misspelt ``since`` on a bulk cancel would otherwise
-    be ignored, and the call cancel every run of the function."""
+async def read_object(request: Request, *, max_bytes: int, call: str, fields: tuple[str, ...]) -> dict[str, Any]:
+    """An optional JSON object body: {} when empty, else an object that holds only ``fields``,
+    or a 400 naming ``call`` (``bulk-cancel``, ``reservation``)."""
     value = await read_json(request, max_bytes=max_bytes, allow_empty=True)
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise errors.ConfigError("the request body must be a JSON object")
-    unknown = sorted(str(name) for name in value if fields is not None and name not in fields)
-    if unknown:
-        raise errors.RequestError(f"unknown field(s) {unknown[:5]}; this call takes {', '.join(fields or ())}")
+        raise errors.RequestError(f"{call}: the request body must be a JSON object, got {type(value).__name__}")
+    check_fields(value, fields, call)
     return value
+
+
+def check_fields(body: dict[str, Any], fields: tuple[str, ...], call: str) -> None:
+    """A 400 for a field of ``body`` besides ``fields``, naming ``call`` (a dotted path for a
+    nested object: ``settle.usage``), the field, a close spelling, and the fields taken.
+    Ignored, a misspelt ``since`` on a bulk cancel would leave the call to cancel every run
+    of the function."""
+    unknown = sorted(str(name) for name in body if name not in fields)
+    if not unknown:
+        return
+    guesses = {name: close[0] for name in unknown[:5] if (close := difflib.get_close_matches(name, fields, n=1))}
+    if len(unknown) == 1 and guesses:
+        hint = f" (did you mean {guesses[unknown[0]]!r}?)"
+    else:
+        hint = f" (did you mean {', '.join(f'{v!r} for {k!r}' for k, v in guesses.items())}?)" if guesses else ""
+    more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+    raise errors.RequestError(f"{call}: unknown field(s) {unknown[:5]}{more}{hint}; it takes {', '.join(fields)}")
 
 
 def iso_seconds(epoch_seconds: int | None) -> str | None:
