@@ -72,6 +72,22 @@ async def test_reregistration_is_idempotent_and_archives_removed_functions(serve
     assert invalid.status_code == 400 and "triggers" in invalid.json()["error"]
 
 
+async def test_an_expression_calling_an_unknown_function_is_refused_at_sync(server: Server) -> None:
+    """Accepted, the trigger would match no event, each failing at run time alone."""
+    fn = _function("typo", "a", "typo/a")
+    body = {"appName": "typo", "url": "http://127.0.0.1:9/api/inngest", "sdk": "js:v3.40.0",
+            "functions": [{**fn, "triggers": [{"event": "typo/a", "expression": 'event.data.name.startWith("a")'}]}]}
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        refused = await client.post("/fn/register", json=body)
+        body["functions"] = [{**fn, "triggers": [{"event": "typo/a", "expression": 'event.data.name.startsWith("a")'}]}]
+        fixed = await client.post("/fn/register", json=body)
+    assert refused.status_code == 400, refused.text
+    error = refused.json()["error"]
+    assert "'typo-a'" in error and """'event.data.name.startWith("a")'""" in error, error
+    assert "unknown function 'startWith' (did you mean 'startsWith'?)" in error, error
+    assert fixed.status_code == 200 and set(server.runtime.functions()) == {"typo-a"}, fixed.text
+
+
 async def test_removing_an_app_stops_its_functions_matching_events(server: Server) -> None:
     body = {"appName": "gone", "url": "http://127.0.0.1:9/api/inngest", "sdk": "js:v4.24.0",
             "functions": [_function("gone", "a", "gone/a")]}

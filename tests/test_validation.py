@@ -7,6 +7,7 @@ import types
 import pytest
 
 import stepline
+from stepline import cel_extras, expressions
 from stepline import event as event_mod
 from tests.helpers import send_and_wait
 
@@ -15,6 +16,56 @@ def test_invalid_cel_is_rejected_when_declared() -> None:
     app = stepline.App("t")
     with pytest.raises(stepline.ExpressionError, match="TriggerEvent.if_"):
         app.function(id="f", trigger=stepline.TriggerEvent("t/x", if_="event.data.x =="))
+
+
+@pytest.mark.parametrize(
+    ("field", "expression", "said"),
+    [
+        ("TriggerEvent.if_", 'event.data.name.startWith("a")', "unknown function 'startWith' (did you mean 'startsWith'?)"),
+        ("TriggerEvent.if_", "sizee(event.data.items) > 0", "unknown function 'sizee' (did you mean 'size'?)"),
+        ("Throttle.key", "lowerCase(event.data.email)", "unknown function 'lowerCase' (did you mean 'lowercase'?)"),
+        ("TriggerEvent.if_", "math.greatest(1, 2) == 2", "unknown function 'greatest'; the functions known are b64decode, "),
+    ],
+)
+def test_a_cel_function_evaluation_does_not_know_is_refused_when_declared(field: str, expression: str, said: str) -> None:
+    """Accepted, it would fail on every event (no match, an empty key) with nothing said at declaration."""
+    app = stepline.App("t")
+    with pytest.raises(stepline.ExpressionError) as raised:
+        if field == "Throttle.key":
+            app.function(id="f", trigger=stepline.TriggerEvent("t/x"),
+                         throttle=stepline.Throttle(limit=1, period="1s", key=expression))
+        else:
+            app.function(id="f", trigger=stepline.TriggerEvent("t/x", if_=expression))
+    assert str(raised.value).startswith(f"{field}: invalid CEL expression {expression!r}: {said}")
+
+
+def test_every_function_declarations_accept_is_one_evaluation_knows() -> None:
+    """The list of functions a declaration accepts is the library's own plus Inngest's: each
+    passes the check and evaluates without failing."""
+    stamp = 'timestamp("2024-02-03T04:05:06Z")'
+    native = {
+        "size": "size([1]) == 1", "contains": "'ab'.contains('a')", "startsWith": "'ab'.startsWith('a')",
+        "endsWith": "'ab'.endsWith('b')", "matches": "'ab'.matches('^a')", "string": "string(1) == '1'",
+        "bytes": "bytes('a') == b'a'", "int": "int('2') == 2", "uint": "uint(2) == 2u", "double": "double(2) == 2.0",
+        "dyn": "dyn(1) == 1", "type": "type(1) == int", "duration": "duration('1s') < duration('2s')",
+        "timestamp": f"{stamp} > timestamp('2020-01-01T00:00:00Z')", "getFullYear": f"{stamp}.getFullYear() == 2024",
+        "getMonth": f"{stamp}.getMonth() == 1", "getDayOfYear": f"{stamp}.getDayOfYear() == 33",
+        "getDayOfMonth": f"{stamp}.getDayOfMonth() == 2", "getDate": f"{stamp}.getDate() == 3",
+        "getDayOfWeek": f"{stamp}.getDayOfWeek() == 6", "getHours": f"{stamp}.getHours() == 4",
+        "getMinutes": f"{stamp}.getMinutes() == 5", "getSeconds": f"{stamp}.getSeconds() == 6",
+        "getMilliseconds": f"{stamp}.getMilliseconds() == 0", "of": "optional.of(1).hasValue()",
+        "none": "!optional.none().hasValue()", "ofNonZeroValue": "!optional.ofNonZeroValue(0).hasValue()",
+        "value": "optional.of(1).value() == 1", "hasValue": "optional.of(1).hasValue()",
+        "or": "optional.none().or(optional.of(2)).value() == 2", "orValue": "optional.none().orValue(3) == 3",
+    }
+    assert set(native) == expressions.NATIVE_FUNCTIONS
+    inngest = {name: f"{name}({'' if name == 'now' else repr('1h')}) != null" for name in cel_extras.NAMES}
+    for name, expression in {**native, **inngest}.items():
+        assert expressions.check(expression, field="test") == expression
+        value, failure = expressions.evaluate_checked(expression, {})
+        assert failure is None and value is not None, (name, failure)
+        if name in native:
+            assert value is True, (name, expression)
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ sender, nor for later events.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import hashlib
 import logging
@@ -53,6 +54,38 @@ def compile_expression(source: str) -> Any:
         return cel.compile(source)
     except (ValueError, RuntimeError) as exc:
         raise errors.ExpressionError(f"invalid CEL expression {source!r}: {exc}") from exc
+
+
+# The functions the CEL library itself knows (its standard library: the macros ``has``,
+# ``all``, ``exists``, ``exists_one``, ``map`` and ``filter`` are expanded before, and are
+# no calls). A namespaced call is reported by its last part (``optional.of``: ``of``).
+NATIVE_FUNCTIONS = frozenset({
+    "size", "contains", "startsWith", "endsWith", "matches",
+    "string", "bytes", "int", "uint", "double", "dyn", "type", "duration", "timestamp",
+    "getFullYear", "getMonth", "getDayOfYear", "getDayOfMonth", "getDate", "getDayOfWeek",
+    "getHours", "getMinutes", "getSeconds", "getMilliseconds",
+    "of", "none", "ofNonZeroValue", "value", "hasValue", "or", "orValue",
+})
+KNOWN_FUNCTIONS = NATIVE_FUNCTIONS | cel_extras.NAMES
+_CALL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # operators are listed too: "_==_", "!_", "@in"
+
+
+def unknown_functions(source: str) -> list[str]:
+    """The functions ``source`` calls that no evaluation knows: each would fail on every
+    event it meets (no match, an empty key), so it is refused when declared."""
+    called = compile_expression(source).functions()
+    return sorted(name for name in called if _CALL_NAME.fullmatch(name) and name not in KNOWN_FUNCTIONS)
+
+
+def _unknown_function_problem(names: list[str]) -> str:
+    """Each name with a close spelling if one is known; the known names when none is."""
+    said, guessed = [], False
+    for name in names:
+        close = difflib.get_close_matches(name, KNOWN_FUNCTIONS, n=1, cutoff=0.75)
+        guessed = guessed or bool(close)
+        said.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    known = "" if guessed else f"; the functions known are {', '.join(sorted(KNOWN_FUNCTIONS, key=str.lower))}"
+    return f"unknown function{'s' if len(names) > 1 else ''} {', '.join(said)}{known}"
 
 
 @functools.lru_cache(maxsize=4096)
@@ -138,13 +171,16 @@ def _narrowed(source: str, variables: dict[str, Any]) -> dict[str, Any]:
 
 
 def check(source: str, *, field: str) -> str:
-    """Compile ``source`` now so a typo fails at declaration; returns it unchanged."""
+    """Compile ``source`` now, and look up the functions it calls, so a typo (``sizee(x)``,
+    ``x.startWith("a")``) fails at declaration; returns it unchanged."""
     if not isinstance(source, str) or not source.strip():
         raise errors.ConfigError(f"{field}: expected a CEL expression string, got {source!r}")
     try:
-        compile_expression(source)
+        unknown = unknown_functions(source)
     except errors.ExpressionError as exc:
         raise errors.ExpressionError(f"{field}: {exc}") from exc
+    if unknown:
+        raise errors.ExpressionError(f"{field}: invalid CEL expression {source!r}: {_unknown_function_problem(unknown)}")
     return source
 
 
