@@ -36,6 +36,16 @@ def test_pause_resume_and_invoke_over_http(serve) -> None:  # noqa: F811
         assert resumed == {"function_id": "child", "was_paused": True, "resumed_runs": 1}
         assert "stepline_function_paused{" not in client.get("/metrics").text
         assert run_status(client, invoked["run_id"])["output"] == 10
+        # Paused in skip mode, an invoke starts no run, from the API as from Inngest's route.
+        client.post("/api/v1/functions/child/pause", json={"mode": "skip"})
+        skipped = client.post("/api/v1/functions/child/invoke", json={"data": {"x": 6}})
+        assert skipped.status_code == 409 and skipped.json()["skipped"] == "function_paused", skipped.text
+        assert skipped.json()["error"].startswith("invoke: function 'child' started no run: it is paused in skip mode")
+        direct = client.post("/invoke/child", json={"data": {"x": 7}}).json()
+        assert (direct["run_id"], direct["skipped"]) == (None, "function_paused"), direct
+        for event_id in (skipped.json()["event_id"], direct["id"]):
+            assert client.get(f"/api/v1/events/{event_id}").json()["skipped"] == {"child": "function_paused"}
+        client.post("/api/v1/functions/child/resume")
 
         summary = client.get("/api/v1/functions/child/summary?window=1h").json()
         assert summary["paused"] is None and summary["counts"]["completed"] == 1

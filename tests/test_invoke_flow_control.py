@@ -205,3 +205,78 @@ async def test_invoked_runs_queue_behind_the_concurrency_limit_and_the_throttle(
 
     # The second start waits for its slot, an hour away, as an event's run would.
     await eventually(one_done_one_throttled, what="one invoked run done, the other waiting for its throttle slot")
+
+
+async def test_an_invoke_of_a_function_paused_in_skip_mode_fails_at_once_and_starts_no_run(make_engine) -> None:
+    app = stepline.App("t")
+
+    @app.function(id="paused", trigger=stepline.TriggerEvent("t/p"))
+    async def paused(ctx: stepline.Context) -> str:
+        return "ran"
+
+    @app.function(id="invoker", trigger=stepline.TriggerEvent("t/go"))
+    async def invoker(ctx: stepline.Context) -> Any:
+        return await _invoke(ctx, "call", "paused", {})
+
+    engine = await make_engine(app)
+    await engine.pause_function("paused", "skip", "maintenance")
+    run = await send_and_wait(engine, {"name": "t/go"})
+    assert run["status"] == "completed", run["error"]
+    assert run["output"].startswith("InvokeSkipped: invoke: function 'paused' started no run: it is paused in skip mode")
+    assert await engine.list_runs(function_id="paused") == []
+    (invoked,) = await engine.store.list_events(name="stepline/function.invoked")
+    assert invoked["skipped"] == {"paused": "function_paused"}
+
+
+async def test_an_invoke_from_outside_a_run_meets_flow_control_and_a_pause(make_engine) -> None:
+    """The API's and the dashboard's invoke (``POST /invoke/{slug}`` too) are invokes like a
+    step's: rate limit, idempotency, singleton and a pause in skip mode apply."""
+    app = stepline.App("t")
+
+    @app.function(id="limited", trigger=stepline.TriggerEvent("t/rl"),
+                  rate_limit=stepline.RateLimit(limit=1, period="1h", key="event.data.user"))
+    async def limited(ctx: stepline.Context) -> str:
+        return "ran"
+
+    @app.function(id="idem", trigger=stepline.TriggerEvent("t/idem"), idempotency="event.data.key")
+    async def idem(ctx: stepline.Context) -> str:
+        return "charged"
+
+    @app.function(id="single", trigger=stepline.TriggerEvent("t/single"),
+                  singleton=stepline.Singleton(key="event.data.k", mode="skip"))
+    async def single(ctx: stepline.Context) -> None:
+        await ctx.step.sleep("hold", "1h")
+
+    @app.function(id="batched", trigger=stepline.TriggerEvent("t/b"), batch_events=stepline.Batch(max_size=2, timeout="1h"))
+    async def batched(ctx: stepline.Context) -> list:
+        return [e.data["n"] for e in ctx.events]
+
+    engine = await make_engine(app)
+    gathered = [await engine.invoke_function("batched", {"n": n}) for n in (1, 2)]
+    assert gathered[0]["run_id"] == gathered[1]["run_id"] and gathered[1]["skipped"] is None, gathered
+    assert (await wait_run(engine, str(gathered[0]["run_id"])))["output"] == [1, 2]
+    for function_id, data, rule in [
+        ("limited", {"user": "u1"}, "its rate limit (1 per 3600s, key event.data.user = 'u1') is used up"),
+        ("idem", {"key": "k1"}, "its idempotency key (event.data.key = 'k1') already started a run in the last 24 h"),
+        ("single", {"k": "a"}, "a run with key event.data.k = 'a' is in progress (singleton mode 'skip')"),
+    ]:
+        first = await engine.invoke_function(function_id, data)
+        assert first["run_id"] is not None and first["skipped"] is None, first
+        again = await engine.invoke_function(function_id, data)
+        assert again["run_id"] is None and again["message"] == f"invoke: function {function_id!r} started no run: {rule}"
+        assert (await engine.store.get_event(again["event_id"]))["skipped"] == {function_id: again["skipped"]}
+        assert len(await engine.list_runs(function_id=function_id)) == 1
+
+    await engine.pause_function("limited", "skip", None)
+    paused = await engine.invoke_function("limited", {"user": "u2"})
+    assert (paused["run_id"], paused["skipped"]) == (None, "function_paused")
+    await engine.pause_function("limited", "queue", None)  # queue mode: the run waits for the resume
+    queued = await engine.invoke_function("limited", {"user": "u3"})
+    assert queued["skipped"] is None
+
+    async def held() -> bool:
+        return (await engine.get_run(str(queued["run_id"])))["wait_reason"] == "function_paused"
+
+    await eventually(held, what="the invoked run held by the pause")
+    await engine.resume_function("limited")
+    assert (await wait_run(engine, str(queued["run_id"])))["output"] == "ran"

@@ -279,9 +279,10 @@ class Engine:
         """Resume a paused function; the runs its pause held start in the order they came."""
         return await self.store.resume_function(function_id)
 
-    async def invoke_function(self, function_id: str, data: dict[str, Any]) -> tuple[str, str | None]:
+    async def invoke_function(self, function_id: str, data: dict[str, Any]) -> records.InvokeResult:
         """Start a run of one function now with ``data`` (a test from the dashboard), whatever
-        its triggers: (event id, run id)."""
+        its triggers; its flow control and a pause apply, as to an event's run (``skipped``
+        says why none started)."""
         return await self.store.invoke_function(function_id, data)
 
     async def bulk_replay(

@@ -13,7 +13,7 @@ from starlette.routing import Route
 
 from stepline import errors
 from stepline.server import common, responses
-from stepline.server.responses import JSON
+from stepline.server.responses import JSON, problem
 from stepline.store import ops_functions
 
 MAX_REASON = 1000
@@ -67,15 +67,19 @@ async def resume(request: Request) -> Response:
 
 @common.route(common.api_token)
 async def invoke(request: Request) -> Response:
-    """Body: ``{"data": {...}}``: a run of this function now, whatever its triggers."""
+    """Body: ``{"data": {...}}``: a run of this function now, whatever its triggers; its flow
+    control and a pause apply as to an event's run. 409, with the event's id, when they start
+    none (a pause in skip mode, a rate limit, an idempotency key, a singleton)."""
     body = await _body(request, "invoke", ("data",))
     data = body.get("data", {})
     if not isinstance(data, dict):
         raise errors.RequestError("data: expected a JSON object (the event's data the run gets)")
     engine = common.engine(request)
     engine.validate_events([{"name": "stepline/function.invoked", "data": data}])  # the limits every event meets
-    event_id, run_id = await engine.invoke_function(_function_id(request), data)
-    return JSON({"event_id": event_id, "run_id": run_id})
+    result = await engine.invoke_function(_function_id(request), data)
+    if result["skipped"] is not None:
+        return problem(409, str(result["message"]), event_id=result["event_id"], skipped=result["skipped"])
+    return JSON({"event_id": result["event_id"], "run_id": result["run_id"]})
 
 
 @common.route(common.api_token)

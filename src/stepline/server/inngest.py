@@ -125,15 +125,18 @@ async def run_actions(request: Request) -> Response:
 
 @common.route(common.api_token)
 async def invoke(request: Request) -> Response:
-    """``POST /invoke/{slug}`` with ``{"data": {...}}``: start one function now, whatever its triggers."""
+    """``POST /invoke/{slug}`` with ``{"data": {...}}``: start one function now, whatever its
+    triggers; its flow control and a pause apply, as on Inngest. 200 with the event's id as
+    there; ``skipped`` and ``message`` say why no run started, if none did."""
     body = await responses.read_json(request, max_bytes=common.options(request).max_body_bytes)
     data = body.get("data") if isinstance(body, dict) else None
     if data is not None and not isinstance(data, dict):
         return problem(400, "'data' must be a JSON object")
     _check_event(event_mod.FUNCTION_INVOKED, dict(data or {}))
     engine = common.engine(request)
-    event_id, run_id = await engine.store.invoke_function(request.path_params["slug"], dict(data or {}))
-    return JSON({"id": event_id, "run_id": run_id, "status": 200})
+    result = await engine.store.invoke_function(request.path_params["slug"], dict(data or {}))
+    skipped = {} if result["skipped"] is None else {"skipped": result["skipped"], "message": result["message"]}
+    return JSON({"id": result["event_id"], "run_id": result["run_id"], "status": 200, **skipped})
 
 
 @common.route(rest_auth)

@@ -384,8 +384,9 @@ def document() -> dict[str, Any]:
             {**_ok(_obj({"function_id": STR, "was_paused": {"type": "boolean"}, "resumed_runs": INT})),
              **_problems(400, 401, 403, 404)}, params=[_path("function_id")], tag="functions")},
         "/api/v1/functions/{function_id}/invoke": {"post": _op(
-            "Start a run of this function now with the given data, whatever its triggers",
-            {**_ok(_obj({"event_id": STR, "run_id": NSTR})), **_problems(400, 401, 403, 404, 413)},
+            "Start a run of this function now with the given data, whatever its triggers; its flow control "
+            "and a pause apply (409 with event_id and skipped when they start no run)",
+            {**_ok(_obj({"event_id": STR, "run_id": NSTR})), **_problems(400, 401, 403, 404, 409, 413)},
             params=[_path("function_id")], tag="functions",
             body={"required": False, "content": _json({
                 "type": "object", "additionalProperties": False, "properties": {"data": {"type": "object"}}})})},

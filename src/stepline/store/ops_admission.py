@@ -10,8 +10,11 @@ from typing import Any
 
 from stepline import expressions, jsonutil
 from stepline.function import StoredConfig
-from stepline.store import db, flow, ops_runs
+from stepline.store import db, flow, ops_functions, ops_runs
 from stepline.store.records import TERMINAL, HandOff
+
+FUNCTION_PAUSED = "function_paused"  # the skip reason of a function paused in skip mode
+BATCHED_INTO = "batched into run "  # an event's outcome when it joined a pending batch run
 
 
 def admit_txn(
@@ -48,9 +51,32 @@ def admit_txn(
     return _remember_singleton(conn, cfg, body, run_id)
 
 
+def admit_invoke_txn(
+    conn: db.Conn, cfg: StoredConfig, event_id: str, body: dict[str, Any], now: int,
+    *, parent: tuple[str, str] | None = None,
+) -> str | None:
+    """An invoke's event into its function (``step.invoke`` with ``parent``, the run waiting
+    for it; ``POST /invoke/{slug}`` and the API's invoke without): it bypasses the triggers,
+    not the flow control, as on Inngest, where an invoke is an event scheduled like any
+    other. A function paused in skip mode starts no run; in queue mode the run waits. Returns
+    why no run started (recorded on the event, as for any event), or None."""
+    if ops_functions.pause_mode_txn(conn, cfg["id"]) == "skip":
+        reason: str | None = FUNCTION_PAUSED
+    else:
+        reason = admit_txn(conn, cfg, event_id, body, now, parent=parent)
+    if reason is not None and reason != "batched":  # a batch records the run it joined
+        note_skip_txn(conn, event_id, cfg["id"], reason)
+    return reason
+
+
 def skipped_invoke_error(cfg: StoredConfig, reason: str, body: dict[str, Any]) -> str:
     """The error (JSON) an invoke fails with at once when its event starts no run: it names the
     function and the rule, rather than leaving the invoker waiting for its timeout."""
+    return jsonutil.dumps({"name": "InvokeSkipped", "message": skipped_invoke_message(cfg, reason, body)})
+
+
+def skipped_invoke_message(cfg: StoredConfig, reason: str, body: dict[str, Any]) -> str:
+    """Why an invoke's event started no run, naming the function and the rule."""
 
     def keyed(expr: str | None, before: str) -> str:
         return f"{before}{expr} = {_key(expr, body)!r}" if expr else ""
@@ -62,8 +88,9 @@ def skipped_invoke_error(cfg: StoredConfig, reason: str, body: dict[str, Any]) -
         "idempotent": f"its idempotency key ({keyed(cfg.get('idempotency'), '')}) already started a run in the last 24 h",
         "singleton": f"a run{keyed(singleton.get('key'), ' with key ')} is in progress (singleton mode 'skip')",
         "debounced": "a later event replaced this one in its debounce window (the run answers that event's invoke)",
+        FUNCTION_PAUSED: "it is paused in skip mode (resume it to start runs; a pause in queue mode holds them instead)",
     }.get(reason, reason)
-    return jsonutil.dumps({"name": "InvokeSkipped", "message": f"invoke: function {cfg['id']!r} started no run: {why}"})
+    return f"invoke: function {cfg['id']!r} started no run: {why}"
 
 
 def _key(expr: str | None, body: dict[str, Any]) -> str:
@@ -196,7 +223,7 @@ def _batch_txn(
     batch = jsonutil.loads(conn.scalar("SELECT batch_event_ids FROM runs WHERE id = ?", (run_id,))) or []
     batch.append(event_id)
     conn.execute("UPDATE runs SET batch_event_ids = ?, updated_at = ? WHERE id = ?", (jsonutil.dumps(batch), now, run_id))
-    note_skip_txn(conn, event_id, cfg["id"], f"batched into run {run_id}")
+    note_skip_txn(conn, event_id, cfg["id"], f"{BATCHED_INTO}{run_id}")
     if size >= max_size:
         conn.execute("DELETE FROM batches WHERE run_id = ?", (run_id,))
         ops_runs.make_due_txn(conn, run_id, now)

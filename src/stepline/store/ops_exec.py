@@ -661,8 +661,9 @@ def _insert_pending_step(conn: db.Conn, run_id: str, step: StepResult, seq: int,
 
 def _start_invoked_run_txn(conn: db.Conn, parent_run_id: str, item: Suspension, now: int) -> None:
     """Send the invoked function its event. Its run meets the function's flow control as an
-    event's would; an event that starts none (rate limit, idempotency, singleton) fails the
-    invoke at once, naming the rule, instead of leaving it to wait for its timeout."""
+    event's would; an event that starts none (rate limit, idempotency, singleton, a pause in
+    skip mode) fails the invoke at once, naming the rule, instead of leaving it to wait for
+    its timeout."""
     cfg = ops_runs.function_config_txn(conn, item.invoke_function_id or "")
     if cfg is None:
         error = jsonutil.dumps(
@@ -673,9 +674,8 @@ def _start_invoked_run_txn(conn: db.Conn, parent_run_id: str, item: Suspension, 
     event_id, body = ops_runs.insert_internal_event_txn(
         conn, event_mod.FUNCTION_INVOKED, dict(item.invoke_data or {}), now
     )
-    skipped = ops_admission.admit_txn(conn, cfg, event_id, body, now, parent=(parent_run_id, item.key))
+    skipped = ops_admission.admit_invoke_txn(conn, cfg, event_id, body, now, parent=(parent_run_id, item.key))
     if skipped is not None:
-        ops_admission.note_skip_txn(conn, event_id, cfg["id"], skipped)
         ops_runs.fail_invoke_txn(conn, parent_run_id, item.key, ops_admission.skipped_invoke_error(cfg, skipped, body), now)
 
 

@@ -11,7 +11,7 @@ from stepline.store import db, ops_admission, ops_runs
 from stepline.store.records import HandOff
 
 DEDUP_WINDOW_MS = 24 * 3600 * 1000
-FUNCTION_PAUSED = "function_paused"  # the skip reason of a function paused in skip mode
+FUNCTION_PAUSED = ops_admission.FUNCTION_PAUSED
 
 
 def ingest_txn(

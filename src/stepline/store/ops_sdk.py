@@ -13,8 +13,8 @@ from typing import Any, cast
 from stepline import errors, jsonutil
 from stepline import event as event_mod
 from stepline.function import StoredConfig
-from stepline.store import db, ops_exec, ops_ingest, ops_runs
-from stepline.store.records import TERMINAL, JournalRow, Lease, StepState, StepStatus
+from stepline.store import db, ops_admission, ops_exec, ops_ingest, ops_runs
+from stepline.store.records import TERMINAL, InvokeResult, JournalRow, Lease, StepState, StepStatus
 
 
 def sdk_functions_txn(conn: db.Conn) -> list[StoredConfig]:
@@ -89,15 +89,24 @@ def batched_runs_txn(conn: db.Conn, run_ids: list[str]) -> set[str]:
     return {str(r["id"]) for r in conn.all(f"SELECT id FROM runs WHERE id IN ({marks}) AND batch_event_ids IS NOT NULL", params)}
 
 
-def invoke_txn(conn: db.Conn, function_id: str, data: dict[str, Any], now: int) -> tuple[str, str | None]:
-    """Start a run of one function directly (Inngest's ``POST /invoke/{slug}``), bypassing
-    its triggers, with an ``inngest/function.invoked`` event. Returns (event id, run id)."""
+def invoke_txn(conn: db.Conn, function_id: str, data: dict[str, Any], now: int) -> InvokeResult:
+    """Invoke one function from outside a run (Inngest's ``POST /invoke/{slug}``, the API's
+    and the dashboard's invoke) with a ``function.invoked`` event: its triggers are bypassed,
+    its flow control and a pause are not (``ops_admission.admit_invoke_txn``)."""
     cfg = ops_runs.function_config_txn(conn, function_id)
     meta = None if cfg is None else cfg.get("inngest")
     if cfg is None or (meta and meta.get("archived")):
         raise errors.NotFoundError(f"could not find function with ID: {function_id}; sync its app, or check the id (<app id>-<function id>)")
     event_id, body = ops_runs.insert_internal_event_txn(conn, event_mod.FUNCTION_INVOKED, data, now)
-    return event_id, ops_runs.create_run_txn(conn, cfg, event_id, body, now, check_idempotency=False)
+    reason = ops_admission.admit_invoke_txn(conn, cfg, event_id, body, now)
+    run_id = conn.scalar("SELECT id FROM runs WHERE event_id = ?", (event_id,))
+    if reason == "batched":  # joined a pending batch: that run answers it
+        outcome = jsonutil.loads(conn.scalar("SELECT outcome FROM events WHERE id = ?", (event_id,))) or {}
+        run_id, reason = str(outcome.get(cfg["id"], "")).removeprefix(ops_admission.BATCHED_INTO) or None, None
+    return {
+        "event_id": event_id, "run_id": None if run_id is None else str(run_id), "skipped": reason,
+        "message": None if reason is None else ops_admission.skipped_invoke_message(cfg, reason, body),
+    }
 
 
 def resolve_function_id_txn(conn: db.Conn, slug: str) -> str:

@@ -306,6 +306,15 @@ class ResumeResult(TypedDict):
     resumed_runs: int
 
 
+class InvokeResult(TypedDict):
+    """What an invoke from outside a run started (``POST /invoke/{slug}``, the API's invoke)."""
+
+    event_id: str
+    run_id: str | None  # the run that answers the invoke (a batch's, a debounce window's); None: none
+    skipped: str | None  # why no run started (rate_limited, idempotent, singleton, function_paused)
+    message: str | None  # that, said for a person: the function and the rule
+
+
 class DetailCounts(TypedDict):
     """A function's live runs by status, and those that ended in the window by outcome."""
 

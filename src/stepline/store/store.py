@@ -55,6 +55,7 @@ from stepline.store.records import (
     FunctionRow,
     FunctionStats,
     HandOff,
+    InvokeResult,
     JournalRow,
     Lease,
     MetricsOverview,
@@ -354,8 +355,8 @@ class Store:
         """Store an SDK app's functions; returns the ids of those its new registration dropped."""
         return await self.db.write(self._at_commit(ops_sdk.register_app_txn, app=app, configs=configs, cron_next=cron_next))
 
-    async def invoke_function(self, function_id: str, data: dict[str, Any]) -> tuple[str, str | None]:
-        """Start a run of one function now, bypassing its triggers: (event id, run id)."""
+    async def invoke_function(self, function_id: str, data: dict[str, Any]) -> InvokeResult:
+        """Invoke one function now, bypassing its triggers, not its flow control or a pause."""
         return await self.db.write(self._at_commit(ops_sdk.invoke_txn, function_id=function_id, data=data))
 
     async def send_signal(self, signal: event_mod.Event, expression: str) -> str | None:
