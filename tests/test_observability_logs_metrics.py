@@ -200,3 +200,29 @@ async def test_metrics_count_a_lease_lost_on_another_process(make_engine: Any, s
             lambda: _moved(client, "stepline_lease_losses_total", 1.0, function="held", cause="taken_over"),
             what="the lease loss in the API server's /metrics",
         )
+
+
+# --- /metrics: every series is documented -----------------------------------------------------
+
+
+def _monitoring_guide() -> str:
+    with open(os.path.join(REPO, "docs", "deployment.md"), encoding="utf-8") as doc:
+        text = doc.read()
+    return text.split("## What to monitor", 1)[1].split("\n## ", 1)[0]
+
+
+async def test_every_series_metrics_emits_is_in_the_monitoring_guide(serve: Any) -> None:  # noqa: F811
+    """docs/deployment.md "What to monitor" says what each series of a real scrape is; a
+    paused function and a run make every optional series appear."""
+    server = serve(retry_app)
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        await client.post("/api/v1/functions/flaky-fn/pause", json={"mode": "queue"})
+        await client.post("/e/dev", json={"name": "obs/flaky-step", "data": {}})
+        await eventually(lambda: _moved(client, "stepline_retries_total", 2.0, function="flaky-step", kind="step"),
+                         what="the step's retries in /metrics")
+        text = (await client.get("/metrics")).text
+    series = set(re.findall(r"^# TYPE (\S+) ", text, re.MULTILINE))
+    sampled = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
+    assert sampled <= series and {"stepline_up", "stepline_retention_sweeping", "stepline_function_paused"} <= series
+    guide = _monitoring_guide()
+    assert sorted(name for name in series if f"`{name}" not in guide) == []
