@@ -180,7 +180,9 @@ async def create_cancellation(request: Request) -> Response:
     """``POST /v1/cancellations``: cancel the unfinished runs of one function started in a
     window, and whose event meets ``if``. It acts at once on every run it covers (Inngest
     stops each when it next runs: the same runs end cancelled)."""
-    body = await responses.read_object(request, max_bytes=common.body_limit(request), fields=CANCELLATION_FIELDS)
+    body = await responses.read_object(
+        request, max_bytes=common.body_limit(request), call="cancellation", fields=CANCELLATION_FIELDS
+    )
     app_id = _text(body, "app_id", "the id of the app that declares the function")
     function_id = _text(body, "function_id", "the function's id as its SDK declares it")
     after, before = _time(body, "started_after"), _time(body, "started_before")
