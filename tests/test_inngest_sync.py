@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -86,6 +87,28 @@ async def test_an_expression_calling_an_unknown_function_is_refused_at_sync(serv
     assert "'typo-a'" in error and """'event.data.name.startWith("a")'""" in error, error
     assert "unknown function 'startWith' (did you mean 'startsWith'?)" in error, error
     assert fixed.status_code == 200 and set(server.runtime.functions()) == {"typo-a"}, fixed.text
+
+
+async def test_a_function_synced_before_unknown_names_were_refused_still_loads(server: Server, caplog: pytest.LogCaptureFixture) -> None:
+    """On upgrade, a stored SDK function whose expression calls an unknown function loads as
+    before (failing where it calls it), with a warning to fix it, rather than having no
+    handler for its runs until its app syncs again."""
+    fn = _function("old", "a", "old/a")
+    body = {"appName": "old", "url": "http://127.0.0.1:9/api/inngest", "sdk": "js:v3.40.0",
+            "functions": [{**fn, "triggers": [{"event": "old/a", "expression": 'event.data.name.startsWith("a")'}]}]}
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        assert (await client.post("/fn/register", json=body)).status_code == 200
+
+    def as_synced_before(conn: Any) -> None:  # the expression a release without the check took
+        row = conn.one("SELECT config FROM functions WHERE id = 'old-a'")
+        conn.execute("UPDATE functions SET config = ? WHERE id = 'old-a'", (row["config"].replace("startsWith", "startWith"),))
+
+    await server.engine.store.db.write(as_synced_before)
+    server.runtime._raw_versions.clear()  # as a process started on the upgraded release
+    with caplog.at_level(logging.WARNING, logger="stepline"):
+        await server.runtime.reload()
+    assert set(server.runtime.functions()) == {"old-a"}
+    assert any("old-a" in r.getMessage() and "'startWith' (did you mean 'startsWith'?)" in r.getMessage() for r in caplog.records)
 
 
 async def test_removing_an_app_stops_its_functions_matching_events(server: Server) -> None:
