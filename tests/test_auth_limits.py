@@ -138,3 +138,37 @@ def test_start_warns_of_a_key_too_short_to_be_let_in_during_a_back_off(cli_serve
     said = wait_for(lambda: "STEPLINE_EVENT_KEY has" in server.log() and server.log(), what="the warning")
     assert "STEPLINE_EVENT_KEY has 9 characters" in said and "openssl rand -hex 16" in said, said
     assert "STEPLINE_API_TOKEN has" not in said
+
+
+WEAK_SIGNING_KEY = "signkey-prod-abcd1234"
+
+
+def test_wrong_sdk_signing_keys_back_off_like_the_other_secrets(cli_server) -> None:  # noqa: F811
+    """The SDK routes (/fn/register, /v1/realtime/publish, /v1/signals, /v1/runs) checked the
+    signing key without any back-off: a guesser could try keys as fast as it could send them."""
+    server = cli_server("start", env={"STEPLINE_AUTH_FAILURES": "2", "STEPLINE_INNGEST_SIGNING_KEY": WEAK_SIGNING_KEY})
+    right = {"authorization": f"Bearer {WEAK_SIGNING_KEY}"}
+    register = {"appName": "a", "url": "http://127.0.0.1:9/api/inngest", "functions": []}
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        guesser = {"x-forwarded-for": "198.51.100.1"}
+        replies = [client.post("/fn/register", json=register, headers={**guesser, "authorization": f"Bearer k{i}"})
+                   for i in range(4)]
+        assert [r.status_code for r in replies] == [401, 401, 429, 429]
+        held = replies[2]  # in the SDKs' shape, with the wait and the setting that sets it
+        assert held.json()["status"] == 429 and "STEPLINE_AUTH_FAILURES" in held.json()["error"]
+        assert held.headers["retry-after"] == "1" and "x-inngest-server-kind" in held.headers
+        publish = "/v1/realtime/publish?channel=c&topic=t&run_id=r"
+        assert client.post(publish, json={}, headers={**guesser, **right}).status_code == 429  # a short key waits too
+        assert client.post("/v1/signals", json={"signal": "s"}, headers={**guesser, **right}).status_code == 429
+
+        # Stepline's API token on the REST routes is no wrong signing key...
+        api_user = {"x-forwarded-for": "198.51.100.2"}
+        for _ in range(4):
+            assert client.get("/v1/runs/nope", headers={**api_user, **BEARER}).status_code == 404
+        assert client.post("/v1/signals", json={"signal": "s"}, headers={**api_user, **right}).status_code == 404
+        # ...and a value that is neither counts against the API token too.
+        other = {"x-forwarded-for": "198.51.100.3"}
+        assert [client.get("/v1/runs/nope", headers={**other, "authorization": "Bearer x"}).status_code
+                for _ in range(3)] == [401, 401, 429]
+        assert client.get("/api/v1/runs", headers={**other, **BEARER}).status_code == 429
+        assert client.get("/api/v1/runs", headers={**api_user, **BEARER}).status_code == 200

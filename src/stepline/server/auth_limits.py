@@ -20,8 +20,8 @@ therefore checked even while its client waits, and let in when right: telling a 
 that it found such a secret costs nothing, since no guesser finds it. Wrong values still
 wait. A shorter secret keeps the whole back-off, and `stepline start` warns about it.
 
-Each secret (the event key; the API token, typed at /login or sent as a bearer) has its
-own clients and bucket. The state lives in each server process: N processes behind
+Each secret (the event key; the API token, typed at /login or sent as a bearer; the SDK
+apps' signing key) has its own clients and bucket. The state lives in each server process: N processes behind
 one address allow N times the attempts.
 """
 

@@ -32,6 +32,7 @@ SESSION_SCOPE_KEY = "stepline.session"  # set by sessions.SessionLookup: does th
 # The secrets behind the back-off for wrong values (auth_limits), each with its own counts.
 EVENT_KEY = "event key"
 API_TOKEN = "API token"
+SIGNING_KEY = "SDK signing key"
 _NO_TOKEN = "missing or wrong API token: send 'Authorization: Bearer <STEPLINE_API_TOKEN>'"
 # Sent by the dashboard's own scripts; a cross-site form cannot set it (CSRF guard for cookie auth).
 DASHBOARD_HEADER = "x-stepline-dashboard"
@@ -169,11 +170,18 @@ def auth_limiter(request: Request) -> AuthLimiter:
 def check_secret(request: Request, secret: str, supplied: str, expected: str, denial: str) -> Response | None:
     """``supplied`` against ``expected`` in constant time, behind the back-off for wrong
     values (429 with Retry-After); None when it is right. A blank ``expected`` matches nothing."""
-    limiter = auth_limiter(request)
-    client = request.client.host if request.client else "unknown"
     right = bool(expected.strip()) and hmac.compare_digest(supplied.encode(), expected.encode())
+    return checked_secret(request, secret, right=right, strong=auth_limits.is_strong(expected), denial=denial)
+
+
+def checked_secret(request: Request, secret: str, *, right: bool, strong: bool, denial: str) -> Response | None:
+    """An attempt at ``secret`` already compared (``right``), behind its back-off: 429 with
+    Retry-After while the client waits (a ``strong`` secret that is right comes in anyway,
+    see auth_limits), 401 with ``denial`` when wrong, None when let in."""
+    limiter = auth_limiter(request)
+    client = client_address(request)
     wait = limiter.wait(secret, client)
-    if wait is not None and not (right and auth_limits.is_strong(expected)):  # see auth_limits
+    if wait is not None and not (right and strong):  # see auth_limits
         seconds = max(1, math.ceil(wait.seconds))
         refused = problem(429, f"{wait.why}; try again in {seconds} s")
         refused.headers["retry-after"] = str(seconds)
@@ -183,6 +191,10 @@ def check_secret(request: Request, secret: str, supplied: str, expected: str, de
         return None
     limiter.failed(secret, client)
     return problem(401, denial)
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
 
 
 def event_key(request: Request) -> Response | None:

@@ -9,8 +9,10 @@ these routes first, so the SDK-tolerant ``/e/{key}`` answers SDK senders.
 
 from __future__ import annotations
 
+import hmac
 from typing import Any
 
+import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -26,8 +28,9 @@ from stepline.inngest import (
     attach,
     events,
     memos,
+    signing,
 )
-from stepline.server import common, responses
+from stepline.server import auth_limits, common, responses
 from stepline.server.responses import JSON, problem
 
 
@@ -59,8 +62,13 @@ def _check_event(name: str, data: Any) -> None:
 
 async def register(request: Request) -> Response:
     rt = runtime(request)
+    denied = sdk_bearer(request)
+    if denied is not None:  # the SDKs' shape; a back-off (429) keeps its Retry-After
+        refused = _sdk_json({"error": denied_message(denied), "status": denied.status_code}, denied.status_code, rt)
+        if "retry-after" in denied.headers:
+            refused.headers["retry-after"] = denied.headers["retry-after"]
+        return refused
     try:
-        rt.check_auth(request.headers.get("authorization"))
         payload = await responses.read_json(request, max_bytes=common.options(request).max_body_bytes)
         _check_registration(payload)
         reply = await rt.register(payload, expected_kind=request.headers.get("x-inngest-expected-server-kind"))
@@ -93,20 +101,45 @@ async def post_event(request: Request) -> Response:
 
 
 def sdk_bearer(request: Request) -> Response | None:
-    """The SDK apps' signing key (hashed) as bearer, as Inngest's server checks it."""
+    """The SDK apps' signing key (hashed) as bearer, as Inngest's server checks it, behind the
+    same back-off for wrong values as the event key and the API token (auth_limits)."""
+    rt = runtime(request)
     try:
-        runtime(request).check_auth(request.headers.get("authorization"))
-    except RegistrationError as exc:
-        return problem(_registration_status(exc), exc.message)
-    return None
+        rt.check_auth(request.headers.get("authorization"))
+    except RegistrationUnauthorized as exc:
+        if not rt.options.keys:
+            return problem(401, exc.message)  # no key is set: nothing to guess
+        return _signing_key_attempt(request, rt, right=False, denial=exc.message)
+    if rt.options.dev:
+        return None
+    return _signing_key_attempt(request, rt, right=True, denial="")
+
+
+def _signing_key_attempt(request: Request, rt: InngestRuntime, *, right: bool, denial: str) -> Response | None:
+    strong = all(auth_limits.is_strong(signing.key_material(key).decode()) for key in rt.options.keys)
+    return common.checked_secret(request, common.SIGNING_KEY, right=right, strong=strong, denial=denial)
 
 
 def rest_auth(request: Request) -> Response | None:
-    """Inngest's REST API takes the signing key as bearer; Stepline's API token works too."""
+    """Inngest's REST API takes the signing key as bearer; Stepline's API token (or a dashboard
+    session) works too. Each is checked behind its own back-off; a value that is neither
+    counts against both, so that neither can be guessed here faster than elsewhere."""
+    opts = common.options(request)
+    if opts.dev:
+        return None
+    token = common.bearer(request)
+    if not token and common.has_session(request):
+        return common.api_token(request)
+    if token and opts.api_token.strip() and hmac.compare_digest(token.encode(), opts.api_token.encode()):
+        return common.api_token(request)
     denied = sdk_bearer(request)
-    if denied is not None and common.api_token(request) is not None:
-        return denied
-    return None
+    if denied is not None and token:  # a wrong API token too (counted unless its client waits already)
+        common.checked_secret(request, common.API_TOKEN, right=False, strong=False, denial=denied_message(denied))
+    return denied
+
+
+def denied_message(denied: Response) -> str:
+    return str(orjson.loads(bytes(denied.body))["error"])
 
 
 @common.route(sdk_bearer)
