@@ -249,6 +249,18 @@ def test_bad_input_gets_a_4xx_with_a_message(api: httpx.Client) -> None:
         assert words in response.json()["error"], response.json()
 
 
+def test_a_method_a_path_does_not_take_gets_405_with_allow_listing_those_it_takes(api: httpx.Client) -> None:
+    """RFC 9110: a 405 carries Allow; it was missing, and the message did not say what would do."""
+    for method, path, allowed in (
+        ("TRACE", "/health", "GET, HEAD"),
+        ("PUT", "/api/v1/runs", "GET, HEAD"),
+        ("PATCH", "/api/v1/inngest/apps", "DELETE, GET, HEAD, POST"),  # one route for each method
+    ):
+        refused = api.request(method, path)
+        assert refused.status_code == 405 and refused.headers["allow"] == allowed, (path, refused.headers)
+        assert f"it takes {allowed}" in refused.json()["error"]
+
+
 def test_openapi_document_is_served(api: httpx.Client) -> None:
     doc = api.get("/api/v1/openapi.json").json()
     assert doc["openapi"].startswith("3.") and "/api/v1/runs/{run_id}/stream" in doc["paths"]

@@ -8,6 +8,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match
 
 from stepline.engine import Engine
 from stepline.server import (
@@ -47,7 +48,17 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 
 
 async def _method_not_allowed(request: Request, exc: Exception) -> Response:
-    return problem(405, f"{request.method} is not allowed on {request.url.path}")
+    """405 with the methods the path takes, in the message and in ``Allow`` (RFC 9110
+    requires it); a path may be served by several routes, one for each method."""
+    allowed: set[str] = set()
+    for candidate in request.app.router.routes:
+        methods = getattr(candidate, "methods", None)
+        if methods and candidate.matches(request.scope)[0] != Match.NONE:
+            allowed.update(methods)
+    names = sorted(allowed)
+    refused = problem(405, f"{request.method} is not allowed on {request.url.path}; it takes {', '.join(names)}")
+    refused.headers["allow"] = ", ".join(names)
+    return refused
 
 
 class _GuardedStarlette(Starlette):
