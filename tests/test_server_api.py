@@ -261,6 +261,20 @@ def test_a_method_a_path_does_not_take_gets_405_with_allow_listing_those_it_take
         assert f"it takes {allowed}" in refused.json()["error"]
 
 
+def test_adding_an_app_reads_bodies_up_to_the_api_body_limit_in_force(serve) -> None:  # noqa: F811
+    """POST /api/v1/inngest/apps read at most 64 KiB whatever STEPLINE_MAX_API_BODY_BYTES said,
+    and its 413 then told the caller to send smaller batches of events."""
+    server = serve(server_apps.app, max_api_body_bytes=256 * 1024)
+    body = {"url": "http://127.0.0.1:9/api/inngest", "note": "x" * (100 * 1024)}
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        added = client.post("/api/v1/inngest/apps", json=body)
+        assert added.status_code == 502 and "127.0.0.1:9" in added.text, added.text  # read, and the app is unreachable
+        body["note"] = "x" * (300 * 1024)
+        refused = client.post("/api/v1/inngest/apps", json=body)
+        assert refused.status_code == 413 and "262144 bytes" in refused.json()["error"]
+        assert "STEPLINE_MAX_API_BODY_BYTES" in refused.json()["error"]
+
+
 def test_openapi_document_is_served(api: httpx.Client) -> None:
     doc = api.get("/api/v1/openapi.json").json()
     assert doc["openapi"].startswith("3.") and "/api/v1/runs/{run_id}/stream" in doc["paths"]

@@ -199,7 +199,7 @@ async def list_apps(request: Request) -> Response:
 @common.route(common.api_token)
 async def add_app(request: Request) -> Response:
     """``{"url": "http://127.0.0.1:3000/api/inngest"}``: remember the app and sync it now."""
-    body = await responses.read_json(request, max_bytes=64 * 1024)
+    body = await responses.read_json(request, max_bytes=common.engine(request).settings.max_api_body_bytes)
     url = body.get("url") if isinstance(body, dict) else None
     if not isinstance(url, str) or not url.strip():
         return problem(400, 'send {"url": "<the app\'s serve URL, e.g. http://127.0.0.1:3000/api/inngest>"}')
