@@ -282,6 +282,30 @@ def test_run_streams_cannot_hold_every_connection(cli_server) -> None:  # noqa: 
             sock.close()
 
 
+def test_run_streams_take_half_the_connections_a_low_open_file_limit_leaves(cli_server) -> None:  # noqa: F811
+    """The streams' share was half of STEPLINE_MAX_CONNECTIONS, not of the cap in force: with
+    an open-file limit of 120 the server keeps 20 connections, and streams could hold them all."""
+    server = cli_server("start", env={"STEPLINE_MAX_STREAMS_PER_RUN": "50"}, open_files=120)
+    run = _run_token(server)
+    held: list[socket.socket] = []
+    try:
+        statuses = []
+        for _ in range(20):
+            sock, status, answer = _open_stream(server, *run)
+            statuses.append(status)
+            if status == 200:
+                held.append(sock)
+            else:
+                assert b"run streams are open" in answer and b"open-file limit" in answer, answer
+                sock.close()
+        assert statuses == [200] * 10 + [503] * 10
+        send_event(server)  # the other half serves everyone else
+        assert httpx.get(f"{server.url}/health", timeout=30).status_code == 200
+    finally:
+        for sock in held:
+            sock.close()
+
+
 def _reopened(server: CliServer, run: tuple[str, str], held: list[socket.socket]) -> bool:
     sock, status, _ = _open_stream(server, *run)
     if status != 200:

@@ -21,6 +21,7 @@ from stepline.server import (
     dashboard,
     inngest,
     openapi,
+    serving,
     sessions,
     stream,
 )
@@ -91,7 +92,8 @@ def create_app(
     app.state.http_limits = HttpLimits.from_settings(
         engine.settings, dev=options.dev, ingest_body_bytes=common.ingest_body_limit(options, engine.settings)
     )
-    app.state.stream_slots = stream.StreamSlots(engine.settings.max_streams_per_run, engine.settings.max_connections // 2)
+    # Half the connections the server keeps, which a low open-file limit may hold below the setting.
+    app.state.stream_slots = stream.StreamSlots(engine.settings.max_streams_per_run, serving.connection_cap(engine.settings) // 2)
     app.state.auth_limiter = AuthLimiter(engine.settings.auth_failures, engine.settings.auth_global_failures)
     inngest.mount(app)  # SDK apps: /fn/register, SDK-shaped /e/{key}, /v0/runs/...
     return app

@@ -89,9 +89,15 @@ class ConnectionLimits:
             raise errors.ConfigError(
                 f"the open-file limit is {soft}, too low to serve HTTP; raise it (ulimit -n) to at least {FD_RESERVE + 100}"
             )
-        cap = min(settings.max_connections, soft - FD_RESERVE)
+        cap = connection_cap(settings)
         backlog = max(16, min(2048, (soft - cap) // 4))
         return cls(settings.header_timeout, settings.max_header_bytes, cap, settings.body_timeout, backlog)
+
+
+def connection_cap(settings: Settings) -> int:
+    """The connections the server keeps open: STEPLINE_MAX_CONNECTIONS, and never past the
+    open-file limit (raised to the hard one first) less ``FD_RESERVE``."""
+    return max(1, min(settings.max_connections, _raise_open_file_limit() - FD_RESERVE))
 
 
 def _raise_open_file_limit() -> int:

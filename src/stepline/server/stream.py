@@ -64,7 +64,8 @@ class StreamSlots:
     connection for as long as its run (or its token) lasts: unbounded, one run token opened
     as many as the server keeps connections (STEPLINE_MAX_CONNECTIONS), and every other
     request was answered 503 until the token expired. Streams now take at most
-    ``STEPLINE_MAX_STREAMS_PER_RUN`` a run, and half the connections in all."""
+    ``STEPLINE_MAX_STREAMS_PER_RUN`` a run, and half the connections in all (the cap in
+    force: ``serving.connection_cap``)."""
 
     def __init__(self, per_run: int, total: int) -> None:
         self.per_run = max(1, per_run)
@@ -78,8 +79,9 @@ class StreamSlots:
             refused = problem(429, f"{self.per_run} streams of run {run_id} are open, the limit "
                                    "(STEPLINE_MAX_STREAMS_PER_RUN); close one before opening another")
         elif self.count >= self.total:
-            refused = problem(503, f"{self.count} run streams are open, the most this server holds (half of "
-                                   "STEPLINE_MAX_CONNECTIONS); reconnect shortly")
+            refused = problem(503, f"{self.count} run streams are open, the most this server holds (half the "
+                                   "connections it keeps: STEPLINE_MAX_CONNECTIONS, fewer under a low open-file "
+                                   "limit); reconnect shortly")
         else:
             self.held[run_id] = self.held.get(run_id, 0) + 1
             self.count += 1
