@@ -451,6 +451,35 @@ def test_registrations_that_cannot_be_stored_are_refused(api: httpx.Client) -> N
     assert "hostile-sdk-f" not in {f["id"] for f in api.get("/api/v1/functions").json()["data"]}
 
 
+def test_registrations_of_the_wrong_shape_are_400s_naming_the_field_not_500s(api: httpx.Client) -> None:
+    """A function, its steps, its step, the step's runtime or retries given as a number, string or
+    list reached a ``.get`` (AttributeError), and a limit past 64 bits failed the store's write:
+    each was a 500 with a traceback in the log."""
+    url = "http://127.0.0.1:9/api/inngest?fnId=f"
+
+    def function(**fields: Any) -> dict[str, Any]:
+        step = {"id": "step", "name": "step", "runtime": {"type": "http", "url": url}}
+        return {"id": "f", "name": "f", "triggers": [{"event": "h/x"}], "steps": {"step": step}, **fields}
+
+    cases = [
+        (1, "each function of app 'hostile-sdk' must be a JSON object, got 1"),
+        (function(steps="x"), "steps: expected an object, got 'x'"),
+        (function(steps=[1]), "steps: expected an object, got [1]"),
+        (function(steps={"step": 5}), "steps.step: expected an object, got 5"),
+        (function(steps={"step": {"runtime": 5}}), "steps.step.runtime: expected an object, got 5"),
+        (function(steps={"step": {"runtime": {"url": url}, "retries": 5}}), "steps.step.retries: expected an object"),
+        (function(concurrency={"limit": 1e300}), "concurrency.limit: expected a whole number up to 9007199254740991"),
+        (function(rateLimit={"limit": 1e19, "period": "1s"}), "rateLimit.limit: expected a whole number up to"),
+        (function(throttle={"limit": 1, "burst": 1e20, "period": "1s"}), "throttle.burst: expected a whole number up to"),
+    ]
+    for item, phrase in cases:
+        reply = api.post("/fn/register", json=register_body([item]))
+        assert reply.status_code == 400 and phrase in reply.json()["error"], (phrase, reply.text)
+    assert api.post("/fn/register", json=register_body([function(concurrency={"limit": 2**53 - 1})])).status_code == 200
+    with pytest.raises(stepline.ConfigError, match="Concurrency.limit: expected a whole number 1..9007199254740991"):
+        stepline.Concurrency(2**63)
+
+
 def test_signal_and_invoke_data_meet_the_event_limits(api: httpx.Client) -> None:
     reply = api.post("/v1/signals", json={"signal": "s", "data": {"x": "a\x00"}})
     assert reply.status_code == 400 and "contains a NUL character" in reply.json()["error"], reply.text

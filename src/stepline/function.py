@@ -24,9 +24,14 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
 MAX_CANCEL_RULES = 5  # as on Inngest
 
 
+# The largest limit, size or count a config takes: the largest whole number a JSON number
+# carries exactly. A larger one could not be stored (64 bits at most) and failed the sync.
+MAX_WHOLE = 2**53 - 1
+
+
 def _positive_int(value: Any, field: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise errors.ConfigError(f"{field}: expected a whole number > 0, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_WHOLE:
+        raise errors.ConfigError(f"{field}: expected a whole number 1..{MAX_WHOLE}, got {value!r}")
     return value
 
 

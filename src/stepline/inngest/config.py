@@ -79,6 +79,8 @@ class _Reader:
             raise self.error(field, f"expected a whole number, got {value!r}")
         if value < minimum:
             raise self.error(field, f"expected a whole number >= {minimum}, got {value!r}")
+        if value > fn.MAX_WHOLE:  # past it the stored config could not be written (a 500)
+            raise self.error(field, f"expected a whole number up to {fn.MAX_WHOLE}, got {value!r}")
         return int(value)
 
     def text(self, value: Any, field: str) -> str | None:
@@ -290,7 +292,7 @@ def _bounded(text: str, field: str) -> str:
 
 def _retries(step: Mapping[str, Any], reader: _Reader) -> int:
     """Retries as Inngest counts them (default 4), clamped to 0..20 as it does."""
-    attempts = (step.get("retries") or {}).get("attempts")
+    attempts = _object(step.get("retries"), reader.slug, "steps.step.retries").get("attempts")
     if attempts is None:
         return DEFAULT_RETRIES
     if isinstance(attempts, (int, float)) and not isinstance(attempts, bool) and attempts < 0:
@@ -298,10 +300,25 @@ def _retries(step: Mapping[str, Any], reader: _Reader) -> int:
     return min(MAX_RETRIES, reader.whole(attempts, "steps.step.retries.attempts", minimum=0))
 
 
-def step_url(raw: Mapping[str, Any], slug: str) -> str:
-    steps = raw.get("steps") or {}
+def _object(value: Any, slug: str, field: str) -> Mapping[str, Any]:
+    """A part of a registration that must be an object ({} when unset), else a ConfigError
+    naming it: a value of another type reached a ``.get`` and failed the sync with a 500."""
+    if not value:
+        return {}
+    if not isinstance(value, Mapping):
+        raise errors.ConfigError(f"function {slug!r}: {field}: expected an object, got {repr(value)[:80]}")
+    return value
+
+
+def _step(raw: Mapping[str, Any], slug: str) -> Mapping[str, Any]:
+    """The function's one step (``steps.step``, else the first), as the SDKs declare it."""
+    steps = _object(raw.get("steps"), slug, "steps")
     step = steps.get("step") or (next(iter(steps.values())) if steps else None)
-    url = ((step or {}).get("runtime") or {}).get("url")
+    return _object(step, slug, "steps.step")
+
+
+def step_url(raw: Mapping[str, Any], slug: str) -> str:
+    url = _object(_step(raw, slug).get("runtime"), slug, "steps.step.runtime").get("url")
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         raise errors.ConfigError(f"function {slug!r}: steps.step.runtime.url must be an http(s) URL, got {url!r}")
     return url
@@ -310,6 +327,8 @@ def step_url(raw: Mapping[str, Any], slug: str) -> str:
 def build(raw: Mapping[str, Any], *, app: str, notes: list[str]) -> fn.FunctionConfig:
     """The Stepline config of one SDK function; ConfigError says which field is wrong."""
     _bounded(app, "the app name")
+    if not isinstance(raw, Mapping):
+        raise errors.ConfigError(f"each function of app {app!r} must be a JSON object, got {repr(raw)[:80]}")
     slug = raw.get("id")
     if not isinstance(slug, str) or not slug:
         raise errors.ConfigError(f"a function of app {app!r} has no id")
@@ -320,7 +339,7 @@ def build(raw: Mapping[str, Any], *, app: str, notes: list[str]) -> fn.FunctionC
         raise read.error(
             ", ".join(unknown), "not supported by Stepline; remove it, or the function would not behave as written"
         )
-    step = (raw.get("steps") or {}).get("step") or {}
+    step = _step(raw, slug)
     step_url(raw, slug)  # validated here, read again when stored
     triggers = read.triggers(raw.get("triggers"))
     failure_for = None
