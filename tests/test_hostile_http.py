@@ -385,6 +385,11 @@ def test_a_huge_head_gets_431_whether_it_arrives_at_once_or_in_pieces(cli_server
             sock.sendall(f"x-part-{i}: {'a' * 5000}\r\n".encode())
         answer = read_until_closed(sock)
     assert answer.startswith(b"HTTP/1.1 431 ") and b"STEPLINE_MAX_HEADER_BYTES" in answer
+    # A URL of 64 KiB or more, which the parser cannot take apart, was a plain-text 400.
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(b"GET /health?q=" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        head, _, body = read_until_closed(sock).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431 ") and "STEPLINE_MAX_HEADER_BYTES" in json.loads(body)["error"], head
     assert httpx.get(f"{server.url}/health", headers={"x-ok": "a" * 8000}, timeout=30).status_code == 200
 
 

@@ -297,6 +297,11 @@ class StepHttpProtocol(HttpToolsProtocol):
         are answered first, then the 400 and the close: a client reading this 400 as the
         answer to an earlier request whose event was stored would send it again, or give it
         up. (A request whose own head or body is refused gets the 400 at once.)"""
+        if len(self.url) > self.limits.max_header_bytes:
+            # The parser keeps URL offsets in 16 bits: one of 64 KiB or more is "invalid" to
+            # it, but is only over the head limit, and says so.
+            self._refuse_head()
+            return
         self._refused = True
         if not self._in_body and self._answers_owed():
             self._owed_400 = msg
