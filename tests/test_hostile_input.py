@@ -487,6 +487,9 @@ def test_signal_and_invoke_data_meet_the_event_limits(api: httpx.Client) -> None
     assert reply.status_code == 400 and "64-bit" in reply.json()["error"], reply.text
     reply = api.post("/invoke/echo", json={"data": {"x": 1}})
     assert reply.status_code == 200, reply.text
+    for body in ([], [{"data": {}}], 5, "x"):  # each started a run with no data
+        reply = api.post("/invoke/echo", json=body)
+        assert reply.status_code == 400 and '{"data": {...}}' in reply.json()["error"], reply.text
 
 
 # --- 6. integers: exact within 64-bit signed, refused outside ------------------------------------

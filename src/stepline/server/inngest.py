@@ -162,7 +162,9 @@ async def invoke(request: Request) -> Response:
     triggers; its flow control and a pause apply, as on Inngest. 200 with the event's id as
     there; ``skipped`` and ``message`` say why no run started, if none did."""
     body = await responses.read_json(request, max_bytes=common.options(request).max_body_bytes)
-    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(body, dict):  # a list or a number started a run with no data
+        return problem(400, 'send a JSON object, {"data": {...}} (the data of the event the run gets)')
+    data = body.get("data")
     if data is not None and not isinstance(data, dict):
         return problem(400, "'data' must be a JSON object")
     _check_event(event_mod.FUNCTION_INVOKED, dict(data or {}))
