@@ -172,3 +172,23 @@ def test_wrong_sdk_signing_keys_back_off_like_the_other_secrets(cli_server) -> N
                 for _ in range(3)] == [401, 401, 429]
         assert client.get("/api/v1/runs", headers={**other, **BEARER}).status_code == 429
         assert client.get("/api/v1/runs", headers={**api_user, **BEARER}).status_code == 200
+
+
+def test_a_run_token_sent_where_the_api_token_is_needed_is_a_403_not_a_wrong_token(cli_server) -> None:  # noqa: F811
+    """A page holding a run token that called another route with it was answered 401 'wrong API
+    token', and each call counted as a guess: after a few its address (every client, behind a
+    proxy) waited up to 15 min for the right token too."""
+    server = cli_server("start", env={"STEPLINE_AUTH_FAILURES": "2"})
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        event_id = client.post(f"/e/{EVENT_KEY}", json={"name": "srv/nap"}).json()["ids"][0]
+        run_id = wait_for(lambda: (client.get(f"/api/v1/events/{event_id}", headers=BEARER).json()["runs"] or [{}])[0].get("id"),
+                          what="the run")
+        token = client.post(f"/api/v1/runs/{run_id}/token", headers=BEARER, json={}).json()["token"]
+        page = {"authorization": f"Bearer {token}", "x-forwarded-for": "198.51.100.4"}
+        assert client.get(f"/api/v1/runs/{run_id}", headers=page).status_code == 200
+        replies = [client.post(f"/api/v1/runs/{run_id}/cancel", headers=page) for _ in range(4)]
+        assert [r.status_code for r in replies] == [403] * 4
+        assert "a run token reads only its run" in replies[0].json()["error"]
+        assert client.get("/api/v1/runs", headers={**BEARER, "x-forwarded-for": "198.51.100.4"}).status_code == 200
+        forged = {"authorization": f"Bearer {token[:-4]}AAAA", "x-forwarded-for": "198.51.100.5"}
+        assert [client.get("/api/v1/runs", headers=forged).status_code for _ in range(3)] == [401, 401, 429]

@@ -63,7 +63,8 @@ def test_a_run_token_reads_its_run_only(prod: LiveServer) -> None:
         assert other.status_code == 401 and "another run" in other.json()["error"]
         assert client.get(f"/api/v1/runs/{run_b['id']}/stream", params={"token": token}).status_code == 401
         assert client.get("/api/v1/runs", params={"token": token}).status_code == 401
-        assert client.post(f"/api/v1/runs/{run_a['id']}/replay", headers={"authorization": f"Bearer {token}"}).status_code == 401
+        action = client.post(f"/api/v1/runs/{run_a['id']}/replay", headers={"authorization": f"Bearer {token}"})
+        assert action.status_code == 403 and "a run token reads only its run" in action.json()["error"]
         # Without the admin's token, the minting endpoint is closed too.
         assert client.post(f"/api/v1/runs/{run_a['id']}/token").status_code == 401
         assert admin.post("/api/v1/runs/nope/token").status_code == 404

@@ -223,12 +223,23 @@ def api_token(request: Request) -> Response | None:
         return None
     token = bearer(request)
     if token:
+        if _is_run_token(request, token):  # no guess at the API token: not counted against it
+            return problem(403, "a run token reads only its run (GET /api/v1/runs/{run_id} and its /stream); "
+                                "this call needs the API token: 'Authorization: Bearer <STEPLINE_API_TOKEN>'")
         return check_secret(request, API_TOKEN, token, opts.api_token, _NO_TOKEN)
     if has_session(request):
         if request.method in ("GET", "HEAD") or request.headers.get(DASHBOARD_HEADER) == "1":
             return None
         return problem(403, f"dashboard sessions must send the {DASHBOARD_HEADER!r} header on changes")
     return problem(401, _NO_TOKEN)
+
+
+def _is_run_token(request: Request, token: str) -> bool:
+    """A run token signed with this server's key (for any run, expired or not)."""
+    parts = token.split(".")
+    return len(parts) == 4 and parts[0] == tokens.PREFIX and tokens.verify_run_token(
+        token, parts[1], signing_key(request), now=0
+    )
 
 
 BY_RUN_TOKEN = "stepline.by_run_token"  # request.scope: the request came with a run token
