@@ -235,7 +235,7 @@ def test_bad_input_gets_a_4xx_with_a_message(api: httpx.Client) -> None:
         (api.post("/e/dev", content=b'{"name":"x","data":{"p":"' + b"a" * (9 << 20) + b'"}}'), 413, "limit"),
         (api.post("/e/dev", json={"name": "x", "data": {"p": "a" * (2 << 20)}}), 400, "event size limit"),
         (api.get("/api/v1/runs/no-such-run"), 404, "no run"),
-        (api.get("/api/v1/runs", params={"status": "bogus"}), 400, "status"),
+        (api.get("/api/v1/runs", params={"status": "bogus"}), 400, "status: expected one of queued, running, sleeping"),
         (api.get("/api/v1/runs", params={"limit": "0"}), 400, "limit"),
         (api.get("/api/v1/runs", params={"since": "last tuesday"}), 400, "since"),
         (api.get("/api/v1/runs", params={"function_id": "a\x00"}), 400, "NUL"),

@@ -13,7 +13,7 @@ from stepline.server import common, responses, stream, tokens
 from stepline.server.responses import JSON, problem
 from stepline.store.records import RunStatus
 
-STATUSES = tuple(RunStatus)
+STATUSES = tuple(str(s) for s in RunStatus)
 MAX_TOKEN_TTL = 24 * 3600
 
 
@@ -22,7 +22,7 @@ async def list_runs(request: Request) -> Response:
     q = request.query_params
     status = q.get("status")
     if status is not None and status not in STATUSES:
-        return problem(400, f"status: expected one of {list(STATUSES)}, got {status!r}")
+        return problem(400, f"status: expected one of {', '.join(STATUSES)}, got {status!r}")
     limit = common.parse_limit(q.get("limit"))
     runs = await common.engine(request).store.list_runs(
         function_id=q.get("function_id") or None,
