@@ -374,6 +374,24 @@ def test_requests_read_whole_are_answered_before_the_400_for_what_follows(cli_se
     assert "write_eof" not in server.log() and "handler is closed" not in server.log()
 
 
+def test_a_request_the_parser_refuses_gets_a_json_400_naming_what_is_wrong(cli_server) -> None:  # noqa: F811
+    """uvicorn answered these with a plain-text 'Invalid HTTP request received.', naming nothing."""
+    server = cli_server("start")
+    body = b'{"name": "srv/greet"}'
+    for head, says in (
+        (b"Content-Length: 5\r\nContent-Length: 21", "Duplicate Content-Length"),
+        (b"Content-Length: 21\r\nTransfer-Encoding: chunked", "Transfer-Encoding can't be present with Content-Length"),
+        (b"Content-Length: -1", "Invalid character in Content-Length"),
+    ):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(f"POST /e/{EVENT_KEY} HTTP/1.1\r\nHost: x\r\n".encode() + head + b"\r\n\r\n" + body)
+            status, _, answer = read_until_closed(sock).partition(b"\r\n\r\n")
+        assert status.startswith(b"HTTP/1.1 400") and b"application/json" in status, status
+        assert json.loads(answer)["error"] == f"the request is not valid HTTP/1.1: {says}; fix the client or proxy that sent it"
+    listed = httpx.get(f"{server.url}/api/v1/events", params={"name": "srv/greet"}, headers=BEARER, timeout=30)
+    assert listed.json()["data"] == []
+
+
 def test_a_huge_head_gets_431_whether_it_arrives_at_once_or_in_pieces(cli_server) -> None:  # noqa: F811
     server = cli_server("start")
     at_once = httpx.get(f"{server.url}/health", headers={"x-big": "a" * 100_000}, timeout=30)

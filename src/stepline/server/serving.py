@@ -26,6 +26,8 @@ open connections but the process's open-file limit. ``StepHttpProtocol`` adds:
   does the newcomer get 503;
 - a write timeout: a client that leaves its answer unread (the server's buffer full) for
   ``STEPLINE_BODY_TIMEOUT`` seconds is disconnected;
+- a JSON 400 naming what the parser found wrong (a duplicate Content-Length, a bad header
+  character) where uvicorn answers a plain-text "Invalid HTTP request received.";
 - one write per answer: uvicorn writes an answer's head and its body separately, two
   sends and two TCP segments for every small answer; the head now waits (until the body
   comes, or the loop's next turn) and goes out with the body.
@@ -47,6 +49,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
+import httptools
 import orjson
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -234,6 +237,24 @@ class _GracefulTransport:
         return getattr(self.inner, name)
 
 
+class _NamingParser:
+    """The connection's parser, keeping what it says of a request it refuses (uvicorn drops it)."""
+
+    def __init__(self, inner: Any, protocol: StepHttpProtocol) -> None:
+        self._inner = inner
+        self._protocol = protocol
+
+    def feed_data(self, data: bytes) -> None:
+        try:
+            self._inner.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._protocol._parse_error = str(exc)[:200]
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
 class StepHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a head deadline, 431, graceful close and the connection cap."""
 
@@ -255,6 +276,8 @@ class StepHttpProtocol(HttpToolsProtocol):
         self._refused = False  # the parser refused what the client sent
         self._owed_400: str | None = None  # a 400 waiting for the answers to the requests before it
         self._unread_since: asyncio.TimerHandle | None = None  # the write timeout, while the client reads nothing
+        self._parse_error = ""  # what the parser said of a request it refused
+        self.parser = _NamingParser(self.parser, self)  # type: ignore[assignment]
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(_GracefulTransport(transport, self))  # type: ignore[arg-type]
@@ -306,7 +329,16 @@ class StepHttpProtocol(HttpToolsProtocol):
         if not self._in_body and self._answers_owed():
             self._owed_400 = msg
             return
-        super().send_400_response(msg)
+        self._send_400(msg)
+
+    def _send_400(self, msg: str) -> None:
+        """uvicorn's 400 is plain text that names nothing ("Invalid HTTP request received."):
+        this one is JSON, as every other refusal, with what the parser found wrong."""
+        why = f": {self._parse_error}" if self._parse_error else ""
+        self.transport.write(raw_response(
+            400, f"the request is not valid HTTP/1.1{why}; fix the client or proxy that sent it"
+        ))
+        self.close_gracefully()
 
     def _answers_owed(self) -> bool:
         """Whether a request read whole is still being answered, or waits its turn (pipelined)."""
@@ -364,7 +396,7 @@ class StepHttpProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if self._owed_400 is not None and not self.closing and not self._answers_owed():
-            super().send_400_response(self._owed_400)  # the earlier requests have their answers
+            self._send_400(self._owed_400)  # the earlier requests have their answers
             return
         if not self.closing and (self.cycle is None or self.cycle.response_complete) and self._deadline is None:
             self.book.idle(self)
