@@ -111,6 +111,21 @@ async def test_a_function_synced_before_unknown_names_were_refused_still_loads(s
     assert any("old-a" in r.getMessage() and "'startWith' (did you mean 'startsWith'?)" in r.getMessage() for r in caplog.records)
 
 
+async def test_a_fault_in_an_sdk_route_is_answered_in_json(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SDK routes answer in the SDKs' shapes, outside the API's error mapping: a fault there
+    was Starlette's plain-text 'Internal Server Error'."""
+
+    async def broken(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(server.runtime, "register", broken)
+    body = {"appName": "x", "url": "http://127.0.0.1:9/api/inngest", "sdk": "js:v3.40.0", "functions": [_function("x", "a", "x/a")]}
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        reply = await client.post("/fn/register", json=body)
+    assert reply.status_code == 500 and reply.headers["content-type"].startswith("application/json"), reply.text
+    assert "server log" in reply.json()["error"] and "a bug" not in reply.text  # the details stay in the log
+
+
 async def test_removing_an_app_stops_its_functions_matching_events(server: Server) -> None:
     body = {"appName": "gone", "url": "http://127.0.0.1:9/api/inngest", "sdk": "js:v4.24.0",
             "functions": [_function("gone", "a", "gone/a")]}

@@ -48,6 +48,12 @@ async def _not_found(request: Request, exc: Exception) -> Response:
     return problem(404, f"no route {request.url.path}; the API is described at /api/v1/openapi.json")
 
 
+async def _fault(request: Request, exc: Exception) -> Response:
+    """A fault outside ``common.route`` (the SDK routes answer in the SDKs' shapes, without it):
+    JSON like every other answer, not Starlette's plain text; the server log has the traceback."""
+    return problem(500, "internal error; the server log has the details")
+
+
 async def _method_not_allowed(request: Request, exc: Exception) -> Response:
     """405 with the methods the path takes, in the message and in ``Allow`` (RFC 9110
     requires it); a path may be served by several routes, one for each method."""
@@ -84,7 +90,7 @@ def create_app(
     app = _GuardedStarlette(
         routes=[*core_routes(), *(extra_routes or [])],
         middleware=[Middleware(sessions.SessionLookup), *(middleware or [])],
-        exception_handlers={404: _not_found, 405: _method_not_allowed},
+        exception_handlers={404: _not_found, 405: _method_not_allowed, Exception: _fault},
     )
     app.state.engine = engine
     app.state.direct_events = not middleware  # a user's middleware must see every request
