@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -133,6 +134,18 @@ async def test_parallel_steps_fan_in(env: tuple[Server, py_app.Recorder | PyAppP
     assert run["status"] == "completed", run
     assert run["output"] == [10, 20, 30, 60]
     assert [rec.counts[f"parallel.{n}"] for n in (1, 2, 3)] == [1, 1, 1]
+
+
+async def test_an_id_repeated_in_a_loop_and_in_parallel(env: tuple[Server, py_app.Recorder | PyAppProcess]) -> None:
+    """Each repeat of a step id (the SDK's "item:1", ...) is its own step, run once, its value
+    given back to its own call; a sleep_until in the past goes on at once."""
+    server, rec = env
+    run = await server.finished((await server.run_for(await server.send("py/repeated"), FN + "repeated"))["id"])
+    assert run["status"] == "completed", run
+    assert run["output"] == {"serial": [0, 10, 20], "parallel": ["p0", "p1", "p2"]}
+    assert [rec.counts[f"repeated.{kind}.{i}"] for kind in ("item", "part") for i in range(3)] == [1] * 6
+    hashed = {hashlib.sha1(n.encode()).hexdigest() for n in ("item", "item:1", "item:2", "part", "part:1", "part:2")}
+    assert {s["id"] for s in run["steps"]} >= hashed
 
 
 async def test_step_retries_until_success(env: tuple[Server, py_app.Recorder | PyAppProcess]) -> None:

@@ -4,6 +4,7 @@ and 3.x (still most production apps) on Express, the same app written against ea
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import itertools
 import time
 from collections.abc import AsyncIterator
@@ -197,6 +198,22 @@ async def test_parallel_fan_in(env: tuple[Server, NodeApp]) -> None:
     assert run["output"] == [10, 20, 30, 60]
     counts = (await node.counts())["counts"]
     assert [counts[f"parallel.{n}"] for n in (1, 2, 3)] == [1, 1, 1]
+
+
+async def test_an_id_repeated_in_a_loop_and_in_parallel(env: tuple[Server, NodeApp]) -> None:
+    """Each repeat of a step id (the SDK's "item:1", ...) is its own step, run once, its value
+    given back to its own call; a sleepUntil in the past goes on at once."""
+    server, node = env
+    run = await _run(server, "ts/repeated", "repeated")
+    assert run["status"] == "completed", run
+    assert run["output"] == {"serial": [0, 10, 20], "parallel": ["p0", "p1", "p2"]}
+    counts = (await node.counts())["counts"]
+    assert [counts[f"repeated.{kind}.{i}"] for kind in ("item", "part") for i in range(3)] == [1] * 6
+    assert {s["id"] for s in run["steps"]} >= {_sha1(n) for n in ("item", "item:1", "item:2", "part", "part:1", "part:2")}
+
+
+def _sha1(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()
 
 
 async def test_retries_until_success(env: tuple[Server, NodeApp]) -> None:

@@ -108,6 +108,22 @@ def build(rec: Recorder) -> fastapi.FastAPI:
         total = await ctx.step.run("sum", lambda: sum(results))
         return [*results, total]
 
+    @client.create_function(fn_id="repeated", trigger=inngest.TriggerEvent(event="py/repeated"))
+    async def repeated(ctx: inngest.Context) -> dict[str, Any]:
+        """One id used again in a loop and in a parallel block: the SDK keys the repeats "item:1", ..."""
+        await ctx.step.sleep_until("past", dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1))
+
+        def counted(name: str, value: Any) -> Any:
+            def run() -> Any:
+                rec.hit(name)
+                return value
+
+            return run
+
+        serial = [await ctx.step.run("item", counted(f"repeated.item.{i}", i * 10)) for i in range(3)]
+        parts = tuple((lambda i=i: ctx.step.run("part", counted(f"repeated.part.{i}", f"p{i}"))) for i in range(3))
+        return {"serial": serial, "parallel": list(await ctx.group.parallel(parts))}
+
     @client.create_function(fn_id="flaky", trigger=inngest.TriggerEvent(event="py/flaky"), retries=3)
     async def flaky(ctx: inngest.Context) -> str:
         async def attempt() -> str:
@@ -307,7 +323,7 @@ def build(rec: Recorder) -> fastapi.FastAPI:
         app,
         client,
         [
-            steps, sleeper, waiter, child, parent, sender, on_sent, parallel, flaky, nonretry, retry_after, cancellable,
+            steps, sleeper, waiter, child, parent, sender, on_sent, parallel, repeated, flaky, nonretry, retry_after, cancellable,
             fn_retry, recover, collide, bad_wait, failing_child, careful_parent, batched, once_per_order, rate_limited, mixed, vip_queue,
             batch_if, two_naps, two_waits, chains, on_finished, on_cancelled,
         ],

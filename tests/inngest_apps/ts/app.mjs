@@ -77,6 +77,15 @@ const parallel = fn({ id: "parallel" }, { event: "ts/parallel" }, async ({ step 
   return [...results, total];
 });
 
+// One id used again in a loop and in a parallel block: the SDK keys the repeats "item:1", ...
+const repeated = fn({ id: "repeated" }, { event: "ts/repeated" }, async ({ step }) => {
+  await step.sleepUntil("past", new Date(Date.now() - 60_000));
+  const serial = [];
+  for (let i = 0; i < 3; i++) serial.push(await step.run("item", () => { hit(`repeated.item.${i}`); return i * 10; }));
+  const parallel = await Promise.all([0, 1, 2].map((i) => step.run("part", () => { hit(`repeated.part.${i}`); return `p${i}`; })));
+  return { serial, parallel };
+});
+
 const flaky = fn({ id: "flaky", retries: 3 }, { event: "ts/flaky" }, async ({ step }) => step.run("unstable", () => {
   const n = hit("flaky");
   if (n < 3) throw new Error(`transient failure ${n}`);
@@ -387,7 +396,7 @@ if (major === "v4") {
 
 const functions = [
   declined, stoppable, checkout, verifyEmail,
-  steps, sleeper, waiter, child, parent, sender, onSent, parallel, flaky, nonretry, retryAfter, cancellable, throttled,
+  steps, sleeper, waiter, child, parent, sender, onSent, parallel, repeated, flaky, nonretry, retryAfter, cancellable, throttled,
   limited, debounced, asker, racer, parallelFail, nightly, parallelRetry, signalWaiter, signalSender, pinger, ponger,
   vipQueue, perUser, batchIf, twoNaps, twoWaits, onFinished, onCancelled, raceWait, approval, slowChild, invokeErrors,
   rateLimited, idem, singleSkip, flowInvoker, finishTimeout, cancelUntil, ...deferFns,
