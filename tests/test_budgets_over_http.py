@@ -244,6 +244,8 @@ async def test_reservation_requests_are_checked_and_an_event_without_budgets_onl
         (settle, {"usage": {"model": MODEL, "text": "hi"}}, "settle.usage: unknown field(s) ['text']"),
         (settle, {"hold": []}, "settle: unknown field(s) ['hold'] (did you mean 'holds'?)"),
         (settle, {"usage": {"model": MODEL, "usage": {"prompt_tokens": -1}}}, "settle.usage.usage.prompt_tokens"),
+        (settle, {"user_id": "u9\n2026 forged"}, "settle.user_id 'u9\\n2026 forged' contains a control character"),
+        (settle, {"user_id": "u\u202e9"}, "contains a bidirectional formatting character (U+202E)"),
     ]
     for path, body, message in bad_settles:
         response = await web.api.post(path, json=body)

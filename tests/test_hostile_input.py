@@ -370,6 +370,29 @@ def test_long_ids_and_user_ids_are_refused_naming_the_limit(api: httpx.Client, s
     assert api.get(f"/api/v1/events/{kept}").json()["user_id"] == "u" * 256
 
 
+@pytest.mark.parametrize("sdk", [False, True], ids=["native", "sdk"])
+def test_control_and_bidi_characters_in_names_ids_and_user_ids_are_refused(api: httpx.Client, sdk: bool) -> None:
+    """Names, ids and user ids are shown as sent (logs, dashboard, CLI): a line break or ESC
+    forges lines or drives the terminal, and a bidi override (U+202E) makes an id read as another."""
+    cases = [
+        ({"name": "h/a\u202eb"}, "'name' 'h/a\\u202eb' contains a bidirectional formatting character (U+202E)"),
+        ({"name": "h/x", "id": "a\x1b[31m"}, "'id' 'a\\x1b[31m' contains a control character (U+001B"),
+        ({"name": "h/x", "data": {"user_id": "u1\n2026 ERROR forged"}}, "'data.user_id'", "control character (U+000A"),
+        ({"name": "h/x", "data": {"user_id": "a\x85b"}}, "'data.user_id'", "control character (U+0085"),
+        ({"name": "h/x", "data": {"userId": "\x1b]0;title\x07"}}, "'data.userId'", "control character (U+001B"),
+        ({"name": "h/x", "user": {"id": "admin\u202egnp.exe"}}, "'user.id'", "bidirectional formatting character (U+202E)"),
+        ({"name": "h/x", "user": {"id": "a\u2066b"}}, "'user.id'", "bidirectional formatting character (U+2066)"),
+    ]
+    for body, *phrases in cases:
+        refused(send(api, body, sdk=sdk), *phrases, "send the user's id" if "user" in phrases[0] else "use ")
+    assert "h/x" not in event_names(api)
+    # Everything else of Unicode is kept: accents, CJK, right-to-left text, emoji and their joiners.
+    user = "josé-山田-\u05e9\u05dc\u05d5\u05dd-👩\u200d💻"
+    kept = ok_ids(send(api, {"name": "h/ünï-日本", "id": "é-🙂", "data": {"user_id": user}}, sdk=sdk))[0]
+    assert api.get(f"/api/v1/events/{kept}").json()["user_id"] == user
+    assert stored_body(api, kept)["id"] == "é-🙂" and "h/ünï-日本" in event_names(api)
+
+
 def test_a_refused_event_rejects_its_batch_and_loses_nothing_accepted(api: httpx.Client) -> None:
     first = ok_ids(send(api, {"name": "h/kept", "data": {"n": 1}}))[0]
     refused(send(api, [{"name": "h/kept", "data": {"n": 2}}, {"name": "h/x", "id": "i" * 300}]), "event[1]", "STEPLINE_MAX_ID_BYTES")
@@ -442,12 +465,19 @@ def test_registrations_that_cannot_be_stored_are_refused(api: httpx.Client) -> N
     cases = [
         ({"id": "f\x00", "name": "f", "triggers": [{"event": "h/x"}], "steps": step}, "contains a NUL character"),
         ({"id": "f" * 300, "name": "f", "triggers": [{"event": "h/x"}], "steps": step}, "STEPLINE_MAX_NAME_BYTES"),
+        ({"id": "f\n", "name": "f", "triggers": [{"event": "h/x"}], "steps": step}, "use 1-128 letters, digits"),
+        ({"id": "f", "name": "f\u202eexe.txt", "triggers": [{"event": "h/x"}], "steps": step}, "name 'f\\u202eexe.txt' contains a bidi"),
+        ({"id": "f", "name": "f\x1b[2J", "triggers": [{"event": "h/x"}], "steps": step}, "contains a control character"),
         ({"id": "f", "name": "f", "triggers": [{"event": "h/" + "x" * 300}], "steps": step}, "STEPLINE_MAX_NAME_BYTES"),
         ({"id": "f", "name": "f", "triggers": [{"event": "h/x"}], "steps": step, "big": 2**64}, "64-bit"),
     ]
     for function, phrase in cases:
         reply = api.post("/fn/register", json=register_body([function]))
         assert reply.status_code == 400 and phrase in reply.json()["error"], (phrase, reply.text)
+    function = {"id": "f", "name": "f", "triggers": [{"event": "h/x"}], "steps": step}
+    for app in ("hostile\nsdk", "hostile\u202esdk"):
+        reply = api.post("/fn/register", json={**register_body([function]), "appName": app})
+        assert reply.status_code == 400 and "the app name (appName)" in reply.json()["error"], reply.text
     assert "hostile-sdk-f" not in {f["id"] for f in api.get("/api/v1/functions").json()["data"]}
 
 

@@ -93,6 +93,15 @@ def test_function_declaration_errors_name_the_function_and_field() -> None:
         app.function(id="f", trigger=stepline.TriggerEvent("t/x"), retries=-1)
     with pytest.raises(stepline.ConfigError, match="function id"):
         app.function(id="has spaces", trigger=stepline.TriggerEvent("t/x"))
+    with pytest.raises(stepline.ConfigError, match="function id"):  # '$' also matched before a final line break
+        app.function(id="f\n", trigger=stepline.TriggerEvent("t/x"))
+    with pytest.raises(stepline.ConfigError, match="Budget.name"):
+        stepline.Budget(limit_usd=1, period="1d", name="b\n")
+    with pytest.raises(stepline.ConfigError, match=r"f: name 'f\\u202e' contains a bidirectional formatting character"):
+        app.function(id="f", name="f\u202e", trigger=stepline.TriggerEvent("t/x"))
+    with pytest.raises(stepline.ConfigError, match=r"f: app id 't\\x1b' contains a control character"):
+        stepline.App("t\x1b").function(id="f", trigger=stepline.TriggerEvent("t/x"))
+    assert app.function(id="f2", name="Résumé 日本 🙂", trigger=stepline.TriggerEvent("t/x"))
     with pytest.raises(stepline.ConfigError, match="throttle"):
         app.function(id="f", trigger=stepline.TriggerEvent("t/x"), throttle={"limit": 5})  # type: ignore[arg-type]
     with pytest.raises(stepline.ConfigError, match="concurrency: at most two"):

@@ -11,11 +11,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import re
 from collections.abc import Mapping
 from typing import Any
 
-from stepline import errors, jsonutil, settings
+from stepline import errors, jsonutil, settings, shown_text
 from stepline.observability import carrier
 
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
@@ -39,7 +38,6 @@ SCHEDULED_TIMER = "stepline/scheduled.timer"
 # them must come from the engine, since functions act on them (failure handlers, job
 # tables marked cancelled, waits for a signal). Senders over HTTP are refused them.
 RESERVED_PREFIXES = ("stepline/", "inngest/")
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # C0, DEL, C1, and Unicode's line and paragraph separators
 
 _FIELDS = frozenset({"name", "data", "user", "id", "ts", "v", "trace"})
 
@@ -137,11 +135,7 @@ def validate(raw: Any, *, index: int = 0, max_bytes: int | None = None, limits: 
         raise errors.EventError(f"{where}: 'name' is required and must be a non-empty string, like 'app/user.created'")
     _check_text(name, "name", where, bounds.max_name_bytes, "STEPLINE_MAX_NAME_BYTES",
                 "use a short name like 'app/user.created' and put the details in 'data'")
-    if _CONTROL.search(name):
-        raise errors.EventError(
-            f"{where}: 'name' {_shown(name)} contains a control character (a line break, tab or the like), which "
-            "would forge lines in logs and listings; use a name like 'app/user.created'"
-        )
+    _check_shown(name, "name", where, "use a name like 'app/user.created'")
     where = f"{where} ({_shown(name)})"
     unknown = set(raw) - _FIELDS
     if unknown:
@@ -160,6 +154,7 @@ def validate(raw: Any, *, index: int = 0, max_bytes: int | None = None, limits: 
             raise errors.EventError(f"{where}: 'id' must be a non-empty string when given (it de-duplicates for 24 h)")
         _check_text(event_id, "id", where, bounds.max_id_bytes, "STEPLINE_MAX_ID_BYTES",
                     "use a short unique id, such as a UUID or a hash of what makes the event unique")
+        _check_shown(event_id, "id", where, "use a UUID or a hash of what makes the event unique")
     version = raw.get("v")
     if version is not None and not isinstance(version, str):
         raise errors.EventError(f"{where}: 'v' must be a string when given (the event's schema version, like '2024-01-01.1')")
@@ -206,6 +201,13 @@ def _check_text(value: str, field: str, where: str, max_bytes: int, variable: st
         )
 
 
+def _check_shown(value: str, field: str, where: str, fix: str) -> None:
+    """A name or id is shown as sent (logs, dashboard, CLI): no control or bidi characters."""
+    problem = shown_text.problem(value)
+    if problem is not None:
+        raise errors.EventError(f"{where}: '{field}' {_shown(value)} {problem}; {fix}")
+
+
 def _timestamp(ts: Any, where: str) -> int | None:
     """``ts`` in epoch ms, or None when absent (the store stamps the time of receipt, on its
     clock); outside MIN_TS..MAX_TS is refused. A ``ts`` in the future schedules the runs
@@ -223,13 +225,17 @@ def _timestamp(ts: Any, where: str) -> int | None:
 
 
 def _check_user_id(event: Event, where: str, max_bytes: int) -> None:
-    """The user id goes into indexed columns of events and runs: bounded like a name."""
+    """The user id goes into indexed columns of events and runs, and is shown in listings:
+    bounded like a name, and free of control and bidi characters."""
     found = _user_id_field(event.to_dict())
-    if found is not None and len(found[1].encode()) > max_bytes:
+    if found is None:
+        return
+    if len(found[1].encode()) > max_bytes:
         raise errors.EventError(
             f"{where}: '{found[0]}' is {len(found[1].encode()):,} bytes, over the user id limit of {max_bytes:,} bytes "
             "(STEPLINE_MAX_USER_ID_BYTES); send the user's id, not a description of the user"
         )
+    _check_shown(found[1], found[0], where, "send the user's id as stored in your system, like 'user_123'")
 
 
 def _user_id_field(body: Mapping[str, Any]) -> tuple[str, str] | None:

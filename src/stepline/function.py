@@ -18,7 +18,7 @@ from typing import Any, Literal, Required, TypedDict
 
 from croniter import croniter
 
-from stepline import durations, errors, expressions
+from stepline import durations, errors, expressions, shown_text
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
 MAX_CANCEL_RULES = 5  # as on Inngest
@@ -396,7 +396,7 @@ class Budget:
             raise errors.ConfigError(f"Budget.scope: expected 'fn' or 'app', got {scope!r}")
         if on_exceeded not in ("pause", "fail"):
             raise errors.ConfigError(f"Budget.on_exceeded: expected 'pause' or 'fail', got {on_exceeded!r}")
-        if name is not None and (not isinstance(name, str) or not _BUDGET_NAME.match(name)):
+        if name is not None and (not isinstance(name, str) or not _BUDGET_NAME.fullmatch(name)):
             raise errors.ConfigError(
                 f"Budget.name: {name!r}: use 1-128 letters, digits, '-', '_', '.' or ':' (it appears in URLs)"
             )
@@ -418,7 +418,7 @@ class Budget:
             name = f"{owner}:{_period_label(self.period)}"
             if self.key is not None:
                 field = self.key.strip()
-                name += ":" + (field.rsplit(".", 1)[-1] if _FIELD_PATH.match(field) else "key-" + _short_hash(field))
+                name += ":" + (field.rsplit(".", 1)[-1] if _FIELD_PATH.fullmatch(field) else "key-" + _short_hash(field))
             name = name[:128]
         return dataclasses.replace(self, scope=scope, name=name)
 
@@ -632,10 +632,14 @@ def build_config(
     app_budgets: Sequence[Budget] = (),
 ) -> FunctionConfig:
     """Validate every field of a declaration; errors name the field and the fix."""
-    if not isinstance(id, str) or not _ID.match(id):
+    if not isinstance(id, str) or not _ID.fullmatch(id):
         raise errors.ConfigError(
             f"function id {id!r}: use 1-128 letters, digits, '-', '_', '.', ':' or '/'"
         )
+    for field, text in (("app id", app_id), ("name", name)):
+        problem = shown_text.problem(text) if isinstance(text, str) else None
+        if problem is not None and text is not None:
+            raise errors.ConfigError(f"{id}: {field} {text[:60]!r} {problem}; use plain text, like {id!r}")
     triggers = one_or_many(trigger, (TriggerEvent, TriggerCron), f"{id}: trigger")
     if not triggers:
         raise errors.ConfigError(f"{id}: trigger: give at least one TriggerEvent or TriggerCron")

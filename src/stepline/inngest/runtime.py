@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from stepline import errors, expressions, jsonutil
+from stepline import errors, expressions, jsonutil, shown_text
 from stepline.context import Context
 from stepline.engine import Engine, cron
 from stepline.function import AppRegistration, Function, InngestMeta
@@ -253,6 +253,9 @@ class InngestRuntime:
         app = body.get("appName") or body.get("appname") or body.get("app_name")
         if not isinstance(app, str) or not app:
             raise RegistrationError("the registration has no app name (appName)")
+        shown = shown_text.problem(app)
+        if shown is not None:  # logged and listed as sent
+            raise RegistrationError(f"the app name (appName) {app[:60]!r} {shown}; use plain text, like 'my-app'")
         url = body.get("url")
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise RegistrationError(f"app {app!r}: 'url' must be the app's http(s) serve URL, got {url!r}")

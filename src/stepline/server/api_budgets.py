@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from stepline import budgets, errors
+from stepline import budgets, errors, shown_text
 from stepline import event as event_mod
 from stepline.budgets import Charge
 from stepline.engine import budget_gate
@@ -212,6 +212,9 @@ async def settle_direct_call(request: Request) -> Response:
     rows = _holds(body.get("holds", []))
     actual = Charge(_usd(body, "usd", "settle"), _count(body, "tokens", "settle"))
     user_id = _text(body.get("user_id"), "settle.user_id", max_bytes=engine.settings.max_user_id_bytes)
+    shown = None if user_id is None else shown_text.problem(user_id)
+    if shown is not None:  # listed by user in the usage report, as sent
+        raise errors.RequestError(f"settle.user_id {user_id!r:.80} {shown}; send the user's id, like 'user_123'")
     await engine.settle_direct_call(call_id, rows, actual, user_id, _usage(body.get("usage")))
     return JSON({"id": call_id, "settled": len(rows)})
 
