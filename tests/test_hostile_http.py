@@ -457,6 +457,17 @@ def test_production_serves_any_host(cli_server) -> None:  # noqa: F811
     assert httpx.get(f"{server.url}/api/v1/runs", headers={**BEARER, "host": "jobs.example.com"}, timeout=30).status_code == 200
 
 
+def test_a_trailing_slash_is_a_404_naming_the_path_not_a_redirect_to_the_host_sent(cli_server) -> None:  # noqa: F811
+    """Starlette's 307 to the path without its slash was built from the Host header: any Host
+    (production serves every one) made the server an open redirect."""
+    server = cli_server("start")
+    with httpx.Client(base_url=server.url, timeout=30, headers=BEARER) as client:
+        for method, path in (("GET", "/api/v1/runs/abc/"), ("POST", "/api/v1/runs/bulk-cancel/"), ("GET", "/login//")):
+            reply = client.request(method, path, headers={"host": "evil.example"})
+            assert reply.status_code == 404 and "location" not in reply.headers, (path, reply.headers)
+            assert f"drop the trailing slash: {path.rstrip('/')}" in reply.json()["error"], reply.text
+
+
 def test_bodies_declared_but_not_sent_hold_nothing(cli_server) -> None:  # noqa: F811
     """A body held its declared length from its head on: 32 heads of 8 MiB that sent a byte
     now and then held the whole STEPLINE_MAX_BODY_BUFFER (256 MiB) while holding nothing,

@@ -255,6 +255,9 @@ def test_a_method_a_path_does_not_take_gets_405_with_allow_listing_those_it_take
         ("TRACE", "/health", "GET, HEAD"),
         ("PUT", "/api/v1/runs", "GET, HEAD"),
         ("PATCH", "/api/v1/inngest/apps", "DELETE, GET, HEAD, POST"),  # one route for each method
+        # /api/v1/runs/{run_id} matched it too: GET read a run named 'bulk-cancel' and Allow listed GET.
+        ("PUT", "/api/v1/runs/bulk-cancel", "POST"),
+        ("GET", "/api/v1/runs/bulk-cancel", "POST"),
     ):
         refused = api.request(method, path)
         assert refused.status_code == 405 and refused.headers["allow"] == allowed, (path, refused.headers)

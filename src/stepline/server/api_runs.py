@@ -7,7 +7,8 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
+from starlette.types import Scope
 
 from stepline.server import common, responses, stream, tokens
 from stepline.server.responses import JSON, problem
@@ -130,11 +131,22 @@ async def mint_token(request: Request) -> Response:
     return JSON({"run_id": run_id, "token": token, "expires_at": responses.iso_seconds(expires)})
 
 
+class _RunRoute(Route):
+    """``/api/v1/runs/{run_id}``, leaving ``/api/v1/runs/bulk-cancel`` to its own route: matched
+    too, a GET there read a run named 'bulk-cancel' (404) and the 405's ``Allow`` listed GET."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        if match is not Match.NONE and child["path_params"].get("run_id") == "bulk-cancel":
+            return Match.NONE, {}
+        return match, child
+
+
 def routes() -> list[Route]:
     return [
         Route("/api/v1/runs", list_runs, methods=["GET"]),
         Route("/api/v1/runs/bulk-cancel", bulk_cancel, methods=["POST"]),
-        Route("/api/v1/runs/{run_id}", get_run, methods=["GET"]),
+        _RunRoute("/api/v1/runs/{run_id}", get_run, methods=["GET"]),
         Route("/api/v1/runs/{run_id}/stream", stream_run, methods=["GET"]),
         Route("/api/v1/runs/{run_id}/cancel", cancel_run, methods=["POST"]),
         Route("/api/v1/runs/{run_id}/replay", replay_run, methods=["POST"]),

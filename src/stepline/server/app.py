@@ -45,7 +45,12 @@ def core_routes() -> list[Any]:
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
-    return problem(404, f"no route {request.url.path}; the API is described at /api/v1/openapi.json")
+    path = request.url.path
+    bare = path.rstrip("/")
+    if bare and bare != path and any(r.matches({**request.scope, "path": bare})[0] != Match.NONE for r in request.app.router.routes):
+        # Not a redirect: Starlette's was built from the Host header, so any Host made it an open redirect.
+        return problem(404, f"no route {path}; drop the trailing slash: {bare}")
+    return problem(404, f"no route {path}; the API is described at /api/v1/openapi.json")
 
 
 async def _fault(request: Request, exc: Exception) -> Response:
@@ -92,6 +97,7 @@ def create_app(
         middleware=[Middleware(sessions.SessionLookup), *(middleware or [])],
         exception_handlers={404: _not_found, 405: _method_not_allowed, Exception: _fault},
     )
+    app.router.redirect_slashes = False  # see _not_found
     app.state.engine = engine
     app.state.direct_events = not middleware  # a user's middleware must see every request
     app.state.options = options = options or ServerOptions()
