@@ -17,7 +17,15 @@ from stepline.server.responses import JSON
 from stepline.store.records import RunStatus
 
 STATUSES = [str(s) for s in RunStatus]
-_TIME_PATTERN = r"^(\d{1,13}|\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})?)?)$"
+# Times as the server reads them (common.parse_time): epoch ms, or an ISO 8601 date that
+# exists (no 2026-02-31, 29 February in leap years only, years 0001-9999), with an optional
+# time and offset; empty is taken as absent, as for every filter.
+_YEAR = r"([0-9]{3}[1-9]|[0-9]{2}[1-9][0-9]|[0-9][1-9][0-9]{2}|[1-9][0-9]{3})"
+_MONTH_DAY = r"((0[13578]|1[02])-(0[1-9]|[12][0-9]|3[01])|(0[469]|11)-(0[1-9]|[12][0-9]|30)|02-(0[1-9]|1[0-9]|2[0-8]))"
+_LEAP_DAY = r"([0-9]{2}(0[48]|[2468][048]|[13579][26])|(0[48]|[2468][048]|[13579][26])00)-02-29"
+_CLOCK = r"T([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?"
+_TIME_PATTERN = rf"^(|[0-9]{{1,13}}|({_YEAR}-{_MONTH_DAY}|{_LEAP_DAY})({_CLOCK})?)$"
+MAX_TIME_MS = 253402300799999  # 9999-12-31T23:59:59.999Z, the last time parse_time takes
 
 
 def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
@@ -164,13 +172,15 @@ EVENT_IN = {
     "properties": {
         "name": {"type": "string", "minLength": 1, "example": "llm/generate.requested",
                  "description": "names starting stepline/ or inngest/ are the server's own and refused"},
-        "data": {"type": "object"},
-        "user": {"type": "object"},
-        "id": {"type": "string", "minLength": 1},
-        "ts": {"type": "integer", "minimum": MIN_TS, "maximum": MAX_TS},
-        "v": {"type": "string"},
+        # Every field but the name may be null, taken as absent (as the SDKs may send it).
+        "data": {"type": "object", "nullable": True},
+        "user": {"type": "object", "nullable": True},
+        "id": {"type": "string", "minLength": 1, "nullable": True},
+        "ts": {"type": "integer", "minimum": MIN_TS, "maximum": MAX_TS, "nullable": True},
+        "v": {"type": "string", "nullable": True},
         "trace": {  # the sender's W3C trace context (docs/deployment.md, "Tracing and logs")
             "type": "object",
+            "nullable": True,
             "required": ["traceparent"],
             "properties": {
                 "traceparent": {"type": "string", "pattern": "^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"},
@@ -272,7 +282,21 @@ def _path(name: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
 
 
-TIME_Q = {"type": "string", "pattern": _TIME_PATTERN}
+# Server-Sent Events (text, not JSON): each has an id (the last message's sequence number),
+# an event name and JSON data. See stepline/server/stream.py.
+SSE = {
+    "type": "string",
+    "description": "Server-Sent Events, each 'id: <seq>', 'event: <name>', 'data: <JSON>': status "
+                   "{status, wait_reason, attempt, progress, progress_message} on connect and on change; message "
+                   "{seq, topic, data, at} per ctx.publish; end {status, output or error}, then the stream closes; "
+                   "expired (the run token or session ended: reconnect with Last-Event-ID); ': ping' comments every 15 s",
+    "example": 'id: 0\nevent: status\ndata: {"status": "running", "wait_reason": null, "attempt": 1, '
+               '"progress": null, "progress_message": null}\n\n',
+}
+TIME_Q = {"type": "string", "pattern": _TIME_PATTERN, "example": "2026-01-31T00:00Z",
+          "description": "ISO 8601 time (UTC unless it has an offset) or epoch milliseconds; empty: as if absent"}
+# In a body: the same, epoch ms as a number, or null (absent).
+TIME_IN = {"nullable": True, "oneOf": [TIME_Q, {"type": "integer", "minimum": 0, "maximum": MAX_TIME_MS}]}
 LIMIT_Q = {"type": "integer", "minimum": 1, "maximum": 500}
 API: list[dict[str, list[str]]] = [{"bearer": []}, {"session": []}]
 RUN_READ: list[dict[str, list[str]]] = [{"bearer": []}, {"session": []}, {"runToken": []}]
@@ -331,8 +355,8 @@ def document() -> dict[str, Any]:
             body={"required": True, "content": _json({
                 "type": "object", "required": ["function_id"], "additionalProperties": False,
                 "properties": {"function_id": {"type": "string", "minLength": 1},
-                               "since": {"oneOf": [TIME_Q, {"type": "integer", "minimum": 0}]},
-                               "until": {"oneOf": [TIME_Q, {"type": "integer", "minimum": 0}]},
+                               "since": TIME_IN,
+                               "until": TIME_IN,
                                "reason": {"type": "string", "maxLength": 1000},
                                "limit": {"type": "integer", "minimum": 1, "maximum": 10000}}})})},
         "/api/v1/runs/{run_id}": {"get": _op(
@@ -341,10 +365,10 @@ def document() -> dict[str, Any]:
             security=RUN_READ)},
         "/api/v1/runs/{run_id}/stream": {"get": _op(
             "Server-Sent Events: status, message and end, until the run ends (resume with Last-Event-ID)",
-            {"200": {"description": "an event stream", "content": {"text/event-stream": {"schema": STR}}},
+            {"200": {"description": "an event stream", "content": {"text/event-stream": {"schema": SSE}}},
              **_problems(400, 401, 404, 503)},
             params=[run_id, _q("token", STR, "a run token"),
-                    _q("after", {"type": "string", "pattern": r"^\d{1,15}$"}, "resume after this message sequence number")],
+                    _q("after", {"type": "string", "pattern": r"^[0-9]{1,15}$"}, "resume after this message sequence number")],
             security=RUN_READ)},
         "/api/v1/runs/{run_id}/cancel": {"post": _op(
             "Cancel a run (a running one stops at its next step boundary)",
@@ -371,8 +395,8 @@ def document() -> dict[str, Any]:
         "/api/v1/functions/{function_id}/summary": {"get": _op(
             "A function's page: config, pause, live counts, outcomes, p50/p95 and cost over a window, newest runs",
             {**_ok(ref("FunctionSummary")), **_problems(400, 401, 404)}, tag="functions",
-            params=[_path("function_id"), _q("window", {"type": "string", "enum": ["1h", "6h", "24h", "7d", "30d"]},
-                                             "window of outcomes, durations and cost (any duration works; default 24h)")])},
+            params=[_path("function_id"), _q("window", {"type": "string", "enum": ["1h", "6h", "24h", "7d", "30d", ""]},
+                                             "window of outcomes, durations and cost (any duration up to 366d works; default, and when empty, 24h)")])},
         "/api/v1/functions/{function_id}/pause": {"post": _op(
             "Pause a function on every process: queue (its runs wait) or skip (its events start no runs)",
             {**_ok(_obj({"function_id": STR, "paused": ref("Pause")})), **_problems(400, 401, 403, 404, 413)},
@@ -397,8 +421,8 @@ def document() -> dict[str, Any]:
              **_problems(400, 401, 403, 404, 413)},
             params=[_path("function_id")], tag="functions",
             body={"required": False, "content": _json({"type": "object", "additionalProperties": False, "properties": {
-                "since": {"oneOf": [TIME_Q, {"type": "integer", "minimum": 0}]},
-                "until": {"oneOf": [TIME_Q, {"type": "integer", "minimum": 0}]},
+                "since": TIME_IN,
+                "until": TIME_IN,
                 "limit": {"type": "integer", "minimum": 1, "maximum": 10000}}})})},
         "/api/v1/search": {"get": _op(
             "Find a run or event by id (whole or its last characters), a sender's event id, a function, a user or an event name",
@@ -412,8 +436,8 @@ def document() -> dict[str, Any]:
         "/api/v1/metrics": {"get": _op(
             "Queue depth, running, success rate, p50/p95 durations, tokens and cost",
             {**_ok(ref("Metrics")), **_problems(400, 401)}, tag="metrics", params=[
-                _q("window", {"type": "string", "enum": ["5m", "15m", "1h", "6h", "24h", "7d", "30d"]},
-                   "run stats window (any duration like 90m works; default 1h)"),
+                _q("window", {"type": "string", "enum": ["5m", "15m", "1h", "6h", "24h", "7d", "30d", ""]},
+                   "run stats window (any duration up to 366d, like 90m, works; default, and when empty, 1h)"),
                 _q("days", {"type": "integer", "minimum": 1, "maximum": 366}, "days of token and cost history")])},
         "/api/v1/budgets": {"get": _op(
             "Cost budgets: each key's spend, calls in flight (reserved) and limit in its current period",
