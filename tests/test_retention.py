@@ -389,6 +389,33 @@ async def test_expired_dedup_ids_idempotency_keys_and_idle_throttle_state_go(clo
     assert (await wait_run(engine, (await runs_for_event(engine, again))[0]["id"]))["output"] == "ran"
 
 
+async def test_the_record_of_rest_cancellations_goes_after_the_default_retention(clocked) -> None:
+    """POST /v1/cancellations kept one row per call for ever: a caller could grow the table without end."""
+    clock, make = clocked
+    app = stepline.App("cancels")
+
+    @app.function(id="slow", trigger=stepline.TriggerEvent("t/slow"))
+    async def slow(ctx: stepline.Context) -> str:
+        return "ran"
+
+    engine = await make(app, retention=DAY)
+    for _ in range(3):
+        await engine.create_cancellation("cancels", "slow", started_after=None, started_before=engine.store.now_ms(), expression=None)
+    clock.advance(DAY / 2)
+    newer, _ = await engine.create_cancellation("cancels", "slow", started_after=None, started_before=engine.store.now_ms(), expression=None)
+    assert (await sweep(engine)).deleted.get("cancellations", 0) == 0  # none older than a day yet
+    assert len(await engine.store.list_cancellations()) == 4
+    clock.advance(DAY * 0.75)
+    rehearsed = await sweep(engine, rehearse=True)
+    assert rehearsed.deleted["cancellations"] == 3 and len(await engine.store.list_cancellations()) == 4
+    assert (await sweep(engine)).deleted["cancellations"] == 3
+    assert [c["id"] for c in await engine.store.list_cancellations()] == [newer["id"]]
+    kept_forever = await make(app, retention=0.0)  # STEPLINE_RETENTION=0 keeps everything, this record too
+    clock.advance(10 * DAY)
+    assert (await sweep(kept_forever)).deleted.get("cancellations", 0) == 0
+    assert len(await kept_forever.store.list_cancellations()) == 1
+
+
 async def test_budget_history_goes_with_usage_and_unsettled_direct_reservations_expire(clocked) -> None:
     """A budget's spend per period is kept as long as the daily usage sums; a direct call's
     reservation left unsettled (its caller died) is deleted once it has expired."""

@@ -29,7 +29,7 @@ from typing import TypeVar
 from stepline import errors, ids
 from stepline.settings import Settings
 from stepline.store import Store, records
-from stepline.store.ops_retention import EXPIRING, KEPT_AS_USAGE, Batch, SweepLease
+from stepline.store.ops_retention import EXPIRING, KEPT_AS_RUNS, KEPT_AS_USAGE, Batch, SweepLease
 
 log = logging.getLogger("stepline.retention")
 T = TypeVar("T")
@@ -207,6 +207,10 @@ class Sweeper:
                 if policy.usage_ms is None:
                     continue
                 before = now - policy.usage_ms
+            elif table in KEPT_AS_RUNS:
+                if policy.default_ms is None:
+                    continue
+                before = now - policy.default_ms
             else:
                 before = now
             while True:

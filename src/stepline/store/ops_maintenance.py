@@ -37,6 +37,7 @@ TABLES: dict[str, str | None] = {
     "cron_schedules": None,
     "dashboard_sessions": "created_at",
     "function_pauses": "paused_at",
+    "cancellations": "created_at",
     "maintenance": None,
 }
 

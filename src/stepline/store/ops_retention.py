@@ -17,7 +17,7 @@ pause between, so the writer is never held for long:
   (they started nothing, or were debounced away), from a watermark kept across sweeps.
 - ``prune_expired_txn``: de-dup ids and idempotency keys past their window, throttle and
   rate-limit state long idle, dashboard sessions that lapsed, daily usage past its own
-  retention.
+  retention, the record of REST cancellations past the default retention.
 
 Cut-offs are computed by the caller from the policy read at sweep time (``policies_txn``),
 so lowering a retention applies to data already stored.
@@ -39,7 +39,7 @@ FLOW_STATE_IDLE_MS = 3_600_000
 # What each batch deletes, by table, in the totals /metrics reports.
 TABLES = (
     "runs", "steps", "step_attempts", "run_messages", "llm_usage", "events", "event_ids_seen",
-    "idempotency_keys", "flow_state", "dashboard_sessions", "usage_daily",
+    "idempotency_keys", "flow_state", "dashboard_sessions", "usage_daily", "cancellations",
 )
 _BATCHED_INTO = "batched into run "  # ops_admission.note_skip_txn's outcome for a batch member
 
@@ -398,9 +398,12 @@ _EXPIRED: dict[str, tuple[str, str]] = {
         "AND expires_at <= ? ORDER BY expires_at LIMIT ?",
         "(run_id, step_key, attempt, budget_id)",
     ),
+    # The record of POST /v1/cancellations (each acted when made): history, kept as long as runs.
+    "cancellations": ("SELECT id FROM cancellations WHERE created_at < ? ORDER BY created_at LIMIT ?", "id"),
 }
 EXPIRING = tuple(_EXPIRED)
 KEPT_AS_USAGE = ("usage_daily", "budget_spend")  # tables kept for STEPLINE_USAGE_RETENTION
+KEPT_AS_RUNS = ("cancellations",)  # tables kept for STEPLINE_RETENTION
 
 
 def prune_expired_txn(
