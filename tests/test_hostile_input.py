@@ -465,9 +465,12 @@ def test_registrations_that_cannot_be_stored_are_refused(api: httpx.Client) -> N
     cases = [
         ({"id": "f\x00", "name": "f", "triggers": [{"event": "h/x"}], "steps": step}, "contains a NUL character"),
         ({"id": "f" * 300, "name": "f", "triggers": [{"event": "h/x"}], "steps": step}, "STEPLINE_MAX_NAME_BYTES"),
-        ({"id": "f\n", "name": "f", "triggers": [{"event": "h/x"}], "steps": step}, "use 1-128 letters, digits"),
+        ({"id": "f\n", "name": "f", "triggers": [{"event": "h/x"}], "steps": step}, "the function id 'f\\n' contains a control"),
         ({"id": "f", "name": "f\u202eexe.txt", "triggers": [{"event": "h/x"}], "steps": step}, "name 'f\\u202eexe.txt' contains a bidi"),
         ({"id": "f", "name": "f\x1b[2J", "triggers": [{"event": "h/x"}], "steps": step}, "contains a control character"),
+        ({"id": "f", "name": "f", "triggers": [{"event": "h/x\n"}], "steps": step}, "triggers[0].event contains a control"),
+        ({"id": "f", "name": "f", "triggers": [{"event": "h/x"}], "steps": step, "cancel": [{"event": "h/\u2067"}]},
+         "cancel[0].event contains a bidirectional"),
         ({"id": "f", "name": "f", "triggers": [{"event": "h/" + "x" * 300}], "steps": step}, "STEPLINE_MAX_NAME_BYTES"),
         ({"id": "f", "name": "f", "triggers": [{"event": "h/x"}], "steps": step, "big": 2**64}, "64-bit"),
     ]

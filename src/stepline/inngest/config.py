@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from stepline import errors
+from stepline import errors, shown_text
 from stepline import event as event_mod
 from stepline import function as fn
 from stepline.inngest import durations, events
@@ -280,13 +280,17 @@ class _Reader:
 
 
 def _bounded(text: str, field: str) -> str:
-    """Names stored in indexed columns (function ids, trigger names) have the event names' bound."""
+    """Names stored in indexed columns (function ids, trigger names) have the event names'
+    bound, and are shown as sent: no control or bidi characters."""
     limit = event_mod.current_limits().max_name_bytes
     size = len(text.encode(errors="surrogatepass"))
     if size > limit:
         raise errors.ConfigError(
             f"{field} is {size:,} bytes, over the limit of {limit:,} bytes (STEPLINE_MAX_NAME_BYTES); use a shorter one"
         )
+    shown = shown_text.problem(text)
+    if shown is not None:
+        raise errors.ConfigError(f"{field} {shown}; remove it (names and ids are plain text)")
     return text
 
 
