@@ -320,6 +320,37 @@ async def test_inngest_rest_api_bulk_cancellation(env: tuple[Server, py_app.Reco
             assert (await client.delete(f"/v1/runs/{run_id}")).status_code == 200
 
 
+async def test_inngest_rest_api_run_jobs_app_functions_and_run_metadata(env: tuple[Server, py_app.Recorder | PyAppProcess]) -> None:
+    """``GET /v1/runs/{id}/jobs`` and ``GET /v1/apps/{app}/functions`` answered 404 (no route),
+    and ``POST /v1/runs/{id}/metadata`` a 404 that did not say why."""
+    server, _ = env
+    done = (await server.run_for(await server.send("py/steps", {"name": "jobs"}), FN + "steps"))["id"]
+    sleeping = (await server.run_for(await server.send("py/long", {"id": "jobs"}), FN + "cancellable"))["id"]
+    await server.status(sleeping, "sleeping")
+    await server.finished(done)
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        reply = await client.get(f"/v1/runs/{sleeping}/jobs")
+        assert reply.status_code == 200, reply.text
+        [job] = reply.json()["data"]
+        assert (job["JobID"], job["kind"], job["attempt"], job["Raw"]) == (sleeping, "sleep", 0, None)
+        assert dt.datetime.fromisoformat(job["at"]) > dt.datetime.now(dt.UTC) and job["position"] >= 0
+        assert (await client.get(f"/v1/runs/{done}/jobs")).json()["data"] == []  # ended: nothing queued
+        assert (await client.get("/v1/runs/nope/jobs")).status_code == 404
+
+        functions = (await client.get("/v1/apps/py-app/functions")).json()
+        assert isinstance(functions, list)  # bare, as Inngest answers it
+        listed = {f["id"]: f for f in functions}
+        cancellable = listed[FN + "cancellable"]
+        assert cancellable["config"]["id"] == FN + "cancellable" and cancellable["config"]["triggers"]
+        assert cancellable["archived_at"] == "0001-01-01T00:00:00Z" and cancellable["name"]
+        assert len({f["internal_id"] for f in functions}) == len(functions) and len({f["app_id"] for f in functions}) == 1
+        assert (await client.get("/v1/apps/no-such-app/functions")).json() == []
+
+        metadata = await client.post(f"/v1/runs/{sleeping}/metadata", json={"target": {}, "metadata": []})
+        assert metadata.status_code == 403 and "run metadata is not kept" in metadata.json()["error"], metadata.text
+        assert (await client.delete(f"/v1/runs/{sleeping}")).status_code == 200
+
+
 async def test_inngest_rest_api_reads_an_event(env: tuple[Server, py_app.Recorder | PyAppProcess]) -> None:
     """``GET /v1/events/{id}`` answered 404 for every event: apps read an event back by the id
     their send answered, in Inngest's shape."""

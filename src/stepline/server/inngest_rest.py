@@ -1,12 +1,15 @@
 """Inngest's REST API (``/v1``) in Inngest's shapes, for apps that call it by hand: an
-event, the runs it started, a run, cancelling one, and bulk cancellations.
+event, the runs it started, a run, its queued jobs, cancelling one, bulk cancellations,
+and an app's functions.
 
-Every answer is ``{"data": ..., "metadata": {...}}``, as on Inngest. The bearer is the
+Every answer is ``{"data": ..., "metadata": {...}}``, as on Inngest (but an app's
+functions: a bare list, as Inngest answers them). The bearer is the
 apps' signing key (hashed, as the SDKs send it) or Stepline's API token.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,7 +24,7 @@ from stepline.server.inngest import rest_auth
 from stepline.server.responses import JSON, problem
 from stepline.store import now_ms
 from stepline.store.ops_read import iso
-from stepline.store.records import RunStatus
+from stepline.store.records import RunStatus, WaitReason
 
 _STATUS = {RunStatus.COMPLETED: "Completed", RunStatus.FAILED: "Failed", RunStatus.CANCELLED: "Cancelled"}  # Inngest's names
 
@@ -135,6 +138,78 @@ async def v1_cancel_run(request: Request) -> Response:
     return _v1({"run_id": run_id, "status": status})
 
 
+def _job_kind(run: Mapping[str, Any]) -> str:
+    """Inngest's name for what a queued item will do to its run."""
+    if run["status"] == RunStatus.SLEEPING:
+        return "sleep"
+    if run["status"] == RunStatus.WAITING:
+        return "pause"  # a wait's or invoke's timeout
+    if run["wait_reason"] == WaitReason.RETRY_BACKOFF:
+        return "edge-error"
+    return "start" if run["started_at"] is None else "edge"
+
+
+@common.route(rest_auth)
+async def v1_run_jobs(request: Request) -> Response:
+    """``GET /v1/runs/{id}/jobs``: the run's items in the queue, in Inngest's shape (``JobID``,
+    ``at``, ``position``, ``kind``, ``attempt``, ``Raw``). A run here has at most one: none
+    while it executes, waits without a timeout, or has ended."""
+    store = common.engine(request).store
+    run = await store.get_run(request.path_params["run_id"])  # 404 for an unknown run
+    queued = await store.run_queue(run["id"])
+    jobs = []
+    if queued is not None and not queued["leased"]:
+        jobs.append({"JobID": run["id"], "at": iso(queued["due_at"]), "position": queued["position"],
+                     "kind": _job_kind(run), "attempt": run["attempt"], "Raw": None})
+    return _v1(jobs)
+
+
+@common.route(rest_auth)
+async def v1_run_metadata(request: Request) -> Response:
+    """``POST /v1/runs/{id}/metadata``: Inngest attaches the metadata to the run's trace spans,
+    which Stepline does not keep; refused as Inngest's own dev server refuses it unless
+    enabled (403), saying so."""
+    return problem(
+        403, "run metadata is not kept: Stepline stores no trace spans to attach it to; put what a run should "
+        "show in its output, or publish it to the run's stream (step.realtime.publish)"
+    )
+
+
+_NIL_UUID = "00000000-0000-0000-0000-000000000000"
+_GO_ZERO_TIME = "0001-01-01T00:00:00Z"  # how Inngest writes "not archived"
+
+
+def _uuid_of(kind: str, name: str) -> str:
+    """A stable UUID for an id Inngest keeps as a UUID (Stepline keys by name)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"stepline:{kind}:{name}"))
+
+
+@common.route(rest_auth)
+async def v1_app_functions(request: Request) -> Response:
+    """``GET /v1/apps/{app}/functions``: an app's functions, as Inngest answers it: a bare list
+    (no ``data`` wrapper) of ``{internal_id, env_id, app_id, id, name, config, created_at,
+    archived_at}``; ``config`` is what the SDK registered (a native function's: its Stepline
+    config). An unknown app has none."""
+    app = request.path_params["app"]
+    out = []
+    for row in await common.engine(request).store.list_functions():
+        if row["app_id"] != app:
+            continue
+        config: Mapping[str, Any] = row["config"]
+        meta = config.get("inngest") or {}
+        out.append({
+            "internal_id": _uuid_of("function", row["id"]),
+            "env_id": _NIL_UUID,
+            "app_id": _uuid_of("app", app),
+            "id": row["id"],
+            "name": config.get("name") or row["id"],
+            "config": meta.get("raw") or {k: v for k, v in config.items() if k != "inngest"},
+            "created_at": row["updated_at"],
+            "archived_at": row["updated_at"] if meta.get("archived") else _GO_ZERO_TIME,
+        })
+    return JSON(out)
+
+
 CANCELLATION_FIELDS = ("app_id", "function_id", "started_after", "started_before", "if")
 FUTURE_SLACK_MS = 5_000  # as on Inngest: started_before may lie at most 5 s ahead
 
@@ -222,6 +297,9 @@ def routes() -> list[Route]:
         Route("/v1/events/{event_id}/runs", v1_event_runs, methods=["GET"]),
         Route("/v1/runs/{run_id}", v1_run, methods=["GET"]),
         Route("/v1/runs/{run_id}", v1_cancel_run, methods=["DELETE"]),
+        Route("/v1/runs/{run_id}/jobs", v1_run_jobs, methods=["GET"]),
+        Route("/v1/runs/{run_id}/metadata", v1_run_metadata, methods=["POST"]),
+        Route("/v1/apps/{app}/functions", v1_app_functions, methods=["GET"]),
         Route("/v1/cancellations", create_cancellation, methods=["POST"]),
         Route("/v1/cancellations", list_cancellations, methods=["GET"]),
         Route("/v1/cancellations/{cancellation_id}", delete_cancellation, methods=["DELETE"]),

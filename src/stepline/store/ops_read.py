@@ -197,3 +197,20 @@ def run_messages_txn(conn: db.Conn, run_id: str, after_seq: int = 0) -> list[Run
             "SELECT * FROM run_messages WHERE run_id = ? AND seq > ? ORDER BY seq", (run_id, after_seq)
         )
     ]
+
+
+QUEUE_POSITION_BOUND = 10_000  # a position past this is shown as this: counting further costs a long scan
+
+
+def run_queue_txn(conn: db.Conn, run_id: str) -> dict[str, Any] | None:
+    """A run's row in the queue (a run has at most one: its next start, resumption or retry),
+    with its ``position``: the unleased rows due before it, counted up to QUEUE_POSITION_BOUND.
+    None when the run is not queued (running now, waiting for an event, or ended)."""
+    row = conn.one("SELECT run_id, due_at, lease_owner FROM queue WHERE run_id = ?", (run_id,))
+    if row is None:
+        return None
+    ahead = conn.scalar(
+        "SELECT COUNT(*) FROM (SELECT 1 FROM queue WHERE due_at < ? AND lease_owner IS NULL LIMIT ?) ahead",
+        (row["due_at"], QUEUE_POSITION_BOUND),
+    )
+    return {"run_id": row["run_id"], "due_at": row["due_at"], "leased": row["lease_owner"] is not None, "position": int(ahead or 0)}

@@ -432,6 +432,9 @@ class Store:
     async def list_functions(self) -> list[FunctionRow]:
         return await self.db.read(ops_read.list_functions_txn)
 
+    async def run_queue(self, run_id: str) -> dict[str, Any] | None:
+        return await self.db.read(partial(ops_read.run_queue_txn, run_id=run_id))
+
     async def run_messages(self, run_id: str, after_seq: int = 0) -> list[RunMessage]:
         return await self.db.read(partial(ops_read.run_messages_txn, run_id=run_id, after_seq=after_seq))
 
