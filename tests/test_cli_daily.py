@@ -13,6 +13,7 @@ import sys
 
 import httpx
 
+from stepline import cli_show
 from stepline.testing import FakeProvider, rate_limited
 from tests import dashboard_apps
 from tests.cli_server import cli_server  # noqa: F401 - fixture
@@ -171,3 +172,21 @@ def test_dev_logs_each_run_end_as_it_happens(cli_server) -> None:  # noqa: F811
         stepline(server.url, "runs", "cancel", sleeper["id"])
     wait_for(lambda: re.search(rf"run {sleeper['id']} watch cancelled in [\d.]+ m?s: Cancelled: cancelled through the API",
                                server.log()), what="the cancelled line")
+
+
+def test_text_from_apps_and_senders_is_written_escaped_one_line_each() -> None:
+    """An error message quoting an event's data ('\\x1b[2J' clears the screen, a line break forges a
+    line, U+202E reverses what follows) reached the terminal as it was."""
+    hostile = "bad \x1b[2Jinput\n2026 run 01X completed\u202eexe"
+    error = {"name": "ValueError", "message": hostile}
+    step = {"id": "s\x1b]0;t\x07", "name": "s\x1b]0;t\x07", "kind": "run", "status": "failed", "attempts": 1,
+            "duration_ms": 3, "error": error, "attempt_history": [{"attempt": 0, "error": error, "ended_at": None}]}
+    run = {"id": "01RUN", "function_id": "f", "status": "failed", "wait_reason": None, "event_id": "01EV", "event": {"name": "a/b"},
+           "created_at": None, "started_at": None, "ended_at": None, "duration_ms": 5, "progress": 50.0,
+           "progress_message": "50%\r\x1b[K done", "steps": [step], "output": None, "error": error}
+    shown = [*cli_show.run_lines(run), *cli_show.outcome_lines(run)]
+    assert not any(re.search("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", line) for line in shown), shown
+    assert "error: ValueError: bad \\x1b[2Jinput\\n2026 run 01X completed\\u202eexe" in shown
+    assert "progress 50% 50%\\r\\x1b[K done" in shown
+    assert cli_show.outcome_lines({**run, "status": "completed", "output": "é 日本 🙂"})[1] == '  output: "\\u00e9 \\u65e5\\u672c \\ud83d\\ude42"'
+    assert cli_show.error_text({"name": "E", "message": "josé 日本 🙂"}) == "E: josé 日本 🙂"  # kept as it is

@@ -118,6 +118,24 @@ def test_an_unknown_log_format_is_refused_naming_the_variable(db_url: str) -> No
     assert "STEPLINE_LOG_FORMAT='xml': expected one of text, json" in done.stderr
 
 
+def test_text_log_lines_write_control_and_bidi_characters_as_escapes() -> None:
+    """A message quoting an event's data (an error, a name stored before the checks at ingest)
+    forged log lines and drove the terminal in the text format; a traceback keeps its lines."""
+    script = (
+        "import logging\n"
+        "from stepline.observability import logs\n"
+        "logs.configure('INFO', 'text')\n"
+        "log = logging.getLogger('stepline.test')\n"
+        "log.warning('step failed (%s); retrying', 'bad\\n2026 ERROR forged\\x1b[2J\\u202eexe josé 日本')\n"
+        "try:\n    raise ValueError('x')\nexcept ValueError:\n    log.exception('with a traceback')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], env=_worker_env(""), cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines[0].endswith("stepline.test: step failed (bad\\n2026 ERROR forged\\x1b[2J\\u202eexe josé 日本); retrying"), lines
+    assert lines[1].endswith("stepline.test: with a traceback") and lines[2] == "Traceback (most recent call last):", lines
+
+
 # --- /metrics: retries and lease losses ------------------------------------------------------
 
 retry_app = stepline.App("obs-retries")

@@ -1,5 +1,9 @@
 """How the CLI writes runs and events for people: ``stepline runs show``, ``stepline send``
-(``--wait``) and ``stepline runs show EVENT_ID``. Pure functions over the API's JSON."""
+(``--wait``) and ``stepline runs show EVENT_ID``. Pure functions over the API's JSON.
+
+Each line is one line on the terminal: what came from apps and senders (error messages,
+which may quote an event's data, progress messages, step names) has its control and bidi
+characters written as escapes (``shown_text.escape``)."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import datetime as dt
 import json
 from typing import Any
 
+from stepline import shown_text
 from stepline.budgets import usd
 from stepline.store.records import TERMINAL, RunStatus
 
@@ -126,7 +131,7 @@ def run_lines(run: dict[str, Any], now: dt.datetime | None = None) -> list[str]:
         lines.append("output: " + json.dumps(run["output"]))
     if run.get("error") is not None:
         lines.append(f"error: {error_text(run['error'])}")
-    return lines
+    return _escaped(lines)
 
 
 def event_lines(event: dict[str, Any]) -> list[str]:
@@ -145,14 +150,14 @@ def event_lines(event: dict[str, Any]) -> list[str]:
     if cancelled:
         lines.append(f"It cancelled {len(cancelled)} run(s):")
         lines.extend(f"  {r['id']}  {r['function_id']:<24} {r['status']}" for r in cancelled)
-    return lines
+    return _escaped(lines)
 
 
 def started_lines(event: dict[str, Any]) -> list[str]:
     """What ``stepline send`` tells of the runs an event started (or why none)."""
     if not event["runs"]:
-        return [f"started no runs: {event.get('why_no_runs') or 'no function matched it'}"]
-    return [f"run {r['id']} {r['function_id']} {status_text(r)}" for r in event["runs"]]
+        return _escaped([f"started no runs: {event.get('why_no_runs') or 'no function matched it'}"])
+    return _escaped([f"run {r['id']} {r['function_id']} {status_text(r)}" for r in event["runs"]])
 
 
 def outcome_lines(run: dict[str, Any]) -> list[str]:
@@ -162,4 +167,8 @@ def outcome_lines(run: dict[str, Any]) -> list[str]:
         lines.append("  output: " + json.dumps(run.get("output")))
     elif run.get("error"):
         lines.append(f"  error: {error_text(run['error'])}")
-    return lines
+    return _escaped(lines)
+
+
+def _escaped(lines: list[str]) -> list[str]:
+    return [shown_text.escape(line) for line in lines]

@@ -32,3 +32,13 @@ def problem(text: str) -> str | None:
             "after it on screen so that it reads as something else"
         )
     return None
+
+
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def escape(text: str) -> str:
+    """``text`` with what ``problem`` refuses written as escapes (``\\x1b``, ``\\n``, ``\\u202e``),
+    for a terminal: stored text that no check covered (error messages quoting an event's data,
+    rows from before these checks) can neither forge lines nor recolour the screen."""
+    return _UNSAFE.sub(lambda found: repr(found.group())[1:-1], text)

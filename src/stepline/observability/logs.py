@@ -16,7 +16,7 @@ import json
 import logging
 from typing import Any
 
-from stepline import errors
+from stepline import errors, shown_text
 from stepline.observability import tracing
 
 FORMATS = ("text", "json")
@@ -88,6 +88,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """``TEXT_FORMAT``, one line a record: control and bidi characters of the message (an error
+    quoting an event's data, a name from before the checks at ingest) are written as escapes,
+    so a message cannot forge a line nor drive the terminal; a traceback keeps its lines."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        return shown_text.escape(super().formatMessage(record))
+
+
 def configure(level: str, fmt: str) -> None:
     """The process's logging for the CLI: ``fmt`` is ``text`` (one readable line) or
     ``json`` (one object per line); both carry the run's fields to the records."""
@@ -97,7 +109,6 @@ def configure(level: str, fmt: str) -> None:
         raise errors.ConfigError(f"STEPLINE_LOG_LEVEL={level!r}: expected one of {', '.join(LEVELS)}")
     logging.basicConfig(level=level.strip().upper(), format=TEXT_FORMAT)
     for handler in logging.getLogger().handlers:
-        if fmt == "json":
-            handler.setFormatter(JsonFormatter())
+        handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
         if not any(isinstance(f, ContextFilter) for f in handler.filters):
             handler.addFilter(ContextFilter())
