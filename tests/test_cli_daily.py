@@ -190,3 +190,17 @@ def test_text_from_apps_and_senders_is_written_escaped_one_line_each() -> None:
     assert "progress 50% 50%\\r\\x1b[K done" in shown
     assert cli_show.outcome_lines({**run, "status": "completed", "output": "é 日本 🙂"})[1] == '  output: "\\u00e9 \\u65e5\\u672c \\ud83d\\ude42"'
     assert cli_show.error_text({"name": "E", "message": "josé 日本 🙂"}) == "E: josé 日本 🙂"  # kept as it is
+
+
+def test_budget_keys_and_pause_reasons_are_written_escaped() -> None:
+    """A budget's key is its key expression's value (an event's data, as sent), and a pause reason
+    is free text: both reached the terminal as they were."""
+    from stepline import cli_budgets, cli_functions
+
+    state = {"budget": "b:1d", "key": "acme\x1b[2J\nforged", "spent_usd": 0.0, "spent_tokens": 0, "reserved_usd": 0.0,
+             "reserved_tokens": 0, "limit_usd": 1.0, "limit_tokens": None, "override": False, "period_end": 1_767_225_600_000,
+             "paused_runs": 0}
+    row = cli_budgets._row(state)
+    assert "acme\\x1b[2J\\nforg" in row and "\x1b" not in row and "\n" not in row
+    paused = cli_functions._paused({"mode": "queue", "reason": "deploy\u202e", "paused_at": "2026-01-01T00:00:00Z"})
+    assert paused == "paused (queue: deploy\\u202e) since 2026-01-01T00:00:00Z"

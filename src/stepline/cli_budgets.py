@@ -9,6 +9,7 @@ from urllib.parse import quote
 
 import click
 
+from stepline import shown_text
 from stepline.budgets import usd
 from stepline.cli_api import call, url_option
 
@@ -34,8 +35,9 @@ def _when(ms: int) -> str:
 def _row(state: dict[str, Any]) -> str:
     spent = f"{usd(state['spent_usd'])} {state['spent_tokens']} tok"
     reserved = f"{usd(state['reserved_usd'])} {state['reserved_tokens']} tok"
+    key = shown_text.escape(state["key"])  # a key expression's value: an event's data, as sent
     return (
-        f"{state['budget'][:28]:<28} {state['key'][:20]:<20} {spent:<24} {reserved:<22} {_limit(state):<28} "
+        f"{state['budget'][:28]:<28} {key[:20]:<20} {spent:<24} {reserved:<22} {_limit(state):<28} "
         f"{_when(state['period_end']):<17} {state['paused_runs']:>6}"
     )
 

@@ -9,6 +9,7 @@ from urllib.parse import quote
 
 import click
 
+from stepline import shown_text
 from stepline.budgets import usd
 from stepline.cli_api import call, url_option
 
@@ -20,7 +21,8 @@ def _path(function_id: str, action: str = "") -> str:
 def _paused(p: dict[str, Any] | None) -> str:
     if not p:
         return ""
-    return f"paused ({p['mode']}{': ' + p['reason'] if p.get('reason') else ''}) since {p['paused_at']}"
+    reason = f": {shown_text.escape(p['reason'])}" if p.get("reason") else ""
+    return f"paused ({p['mode']}{reason}) since {p['paused_at']}"
 
 
 def _state(f: dict[str, Any]) -> str:
