@@ -286,12 +286,13 @@ def _path(name: str) -> dict[str, Any]:
 # an event name and JSON data. See stepline/server/stream.py.
 SSE = {
     "type": "string",
-    "description": "Server-Sent Events, each 'id: <seq>', 'event: <name>', 'data: <JSON>': status "
-                   "{status, wait_reason, attempt, progress, progress_message} on connect and on change; message "
+    "description": "Server-Sent Events, each 'id: <seq>', 'event: <name>', 'data: <JSON>': status {id, function_id, "
+                   "status, wait_reason, attempt, progress, progress_message, started_at, ended_at} on connect and on change; message "
                    "{seq, topic, data, at} per ctx.publish; end {status, output or error}, then the stream closes; "
                    "expired (the run token or session ended: reconnect with Last-Event-ID); ': ping' comments every 15 s",
-    "example": 'id: 0\nevent: status\ndata: {"status": "running", "wait_reason": null, "attempt": 1, '
-               '"progress": null, "progress_message": null}\n\n',
+    "example": 'id: 0\nevent: status\ndata: {"id": "01JRUN", "function_id": "summarize", "status": "running", '
+               '"wait_reason": null, "attempt": 0, "progress": 50.0, "progress_message": "halfway", '
+               '"started_at": "2026-01-31T12:00:00.000Z", "ended_at": null}\n\n',
 }
 TIME_Q = {"type": "string", "pattern": _TIME_PATTERN, "example": "2026-01-31T00:00Z",
           "description": "ISO 8601 time (UTC unless it has an offset) or epoch milliseconds; empty: as if absent"}
@@ -368,7 +369,8 @@ def document() -> dict[str, Any]:
             {"200": {"description": "an event stream", "content": {"text/event-stream": {"schema": SSE}}},
              **_problems(400, 401, 404, 503)},
             params=[run_id, _q("token", STR, "a run token"),
-                    _q("after", {"type": "string", "pattern": r"^[0-9]{1,15}$"}, "resume after this message sequence number")],
+                    _q("after", {"type": "string", "pattern": r"^([0-9]{1,15})?$"},
+                       "resume after this message sequence number (empty: from the start, as Last-Event-ID absent)")],
             security=RUN_READ)},
         "/api/v1/runs/{run_id}/cancel": {"post": _op(
             "Cancel a run (a running one stops at its next step boundary)",
