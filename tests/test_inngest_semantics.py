@@ -234,6 +234,10 @@ async def test_realtime_publish_reaches_the_run_stream(ts4_env: tuple[Server, Ap
         outside = await client.post("/v1/realtime/publish?channel=c&topic=t", json={"x": 1})
         token = await client.post("/v1/realtime/token", json=[{"channel": "c", "name": "t", "kind": "run"}])
         ended = await client.post(f"/v1/realtime/publish?channel=c&topic=t&run_id={run['id']}", json={"late": True})
+        hostile = [await client.post("/v1/realtime/publish", params={"channel": "c", "topic": topic, "run_id": run["id"]}, json={})
+                   for topic in ("t\x1b[2J", "t\n2026 forged", "t\u202e", "t" * 300)]
     assert outside.status_code == 400 and "publish from inside a function run" in outside.json()["error"]
     assert token.status_code == 501 and "/api/v1/runs/{run_id}/stream" in token.json()["error"]
     assert ended.status_code == 409 and "is completed" in ended.json()["error"]
+    for reply, says in zip(hostile, ("control character", "control character", "bidirectional", "STEPLINE_MAX_NAME_BYTES"), strict=True):
+        assert reply.status_code == 400 and says in reply.json()["error"], reply.text

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from stepline import errors, jsonutil
+from stepline import errors, jsonutil, shown_text
 from stepline import event as event_mod
 from stepline.server import common, inngest
 from stepline.server.responses import problem
@@ -68,6 +68,13 @@ async def publish(request: Request) -> Response:
     run_id = query.get("run_id")
     if not topic:
         return problem(400, "'topic' is required: POST /v1/realtime/publish?channel=...&topic=...&run_id=...")
+    size = len(topic.encode())
+    if size > event_mod.current_limits().max_name_bytes:
+        return problem(400, f"'topic' is {size:,} bytes, over the limit of {event_mod.current_limits().max_name_bytes:,} "
+                            "(STEPLINE_MAX_NAME_BYTES); name the topic, put the content in the message")
+    shown = shown_text.problem(topic)
+    if shown is not None:  # shown as sent, in the run's stream and the dashboard
+        return problem(400, f"'topic' {topic[:60]!r} {shown}; use a name like 'tokens'")
     if not run_id:
         return problem(
             400,
