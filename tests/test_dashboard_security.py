@@ -158,3 +158,18 @@ def test_a_page_of_another_site_cannot_post_logins_that_hold_the_operator_back(
         assert refused.status_code == 403 and "another site" in refused.json()["error"]
         signed_in = client.post("/login", data={"token": "api-token-1"})
         assert signed_in.status_code == 303 and signed_in.headers["location"] == "/", signed_in.status_code
+
+
+@SQLITE
+def test_bidi_controls_in_what_senders_sent_are_shown_as_escapes(serve, page: Page) -> None:  # noqa: F811
+    """Event data may hold any text: a U+202E in it reversed what followed on the run's page
+    ('Hello, x' then 'yz' read backwards), so an amount or id could read as another."""
+    server = serve(server_apps.app)
+    with httpx.Client(base_url=server.url) as client:
+        event_id = client.post("/e/dev", json={"name": "srv/greet", "data": {"name": "pay 100\u202e001 ok 日本"}}).json()["ids"][0]
+        run = run_of_event(client, event_id)
+        run_status(client, run["id"], "completed")
+    page.goto(f"{server.url}/#/runs/{run['id']}")
+    output = page.get_by_test_id("run-output")
+    expect(output).to_contain_text("pay 100\\u202e001 ok 日本")
+    assert "\u202e" not in output.inner_text()

@@ -10,6 +10,11 @@ let generation = 0;  // bumped on every navigation: a page whose fetch returns l
 
 // --- helpers -------------------------------------------------------------------------
 
+// Unicode's bidi embeddings, overrides and isolates reorder the text after them on screen
+// (an id or amount reads as another): shown as escapes wherever the pages put text.
+const BIDI_CONTROLS = /[\u202a-\u202e\u2066-\u2069]/g;
+const visible = (text) => text.replace(BIDI_CONTROLS, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+
 function h(tag, attrs, ...children) {
   const el = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
@@ -21,7 +26,7 @@ function h(tag, attrs, ...children) {
   }
   for (const c of children.flat()) {
     if (c === null || c === undefined || c === false) continue;
-    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    el.append(c instanceof Node ? c : document.createTextNode(visible(String(c))));
   }
   return el;
 }
