@@ -405,6 +405,8 @@ async def test_the_record_of_rest_cancellations_goes_after_the_default_retention
     newer, _ = await engine.create_cancellation("cancels", "slow", started_after=None, started_before=engine.store.now_ms(), expression=None)
     assert (await sweep(engine)).deleted.get("cancellations", 0) == 0  # none older than a day yet
     assert len(await engine.store.list_cancellations()) == 4
+    listed = [c["id"] for c in await engine.store.list_cancellations()]
+    assert [c["id"] for c in await engine.store.list_cancellations(limit=2)] == listed[2:]  # the newest, oldest first
     clock.advance(DAY * 0.75)
     rehearsed = await sweep(engine, rehearse=True)
     assert rehearsed.deleted["cancellations"] == 3 and len(await engine.store.list_cancellations()) == 4

@@ -279,7 +279,7 @@ async def create_cancellation(request: Request) -> Response:
 
 @common.route(rest_auth)
 async def list_cancellations(request: Request) -> Response:
-    """``GET /v1/cancellations``: the cancellations made, oldest first."""
+    """``GET /v1/cancellations``: the cancellations made (the newest 1,000), oldest first."""
     return _v1([_v1_cancellation(r) for r in await common.engine(request).store.list_cancellations()])
 
 

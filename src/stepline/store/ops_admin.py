@@ -137,8 +137,14 @@ def create_cancellation_txn(
     return dict(record), results
 
 
-def list_cancellations_txn(conn: db.Conn) -> list[dict[str, Any]]:
-    return [dict(r) for r in conn.all("SELECT * FROM cancellations ORDER BY id")]
+MAX_LISTED_CANCELLATIONS = 1000
+
+
+def list_cancellations_txn(conn: db.Conn, limit: int = MAX_LISTED_CANCELLATIONS) -> list[dict[str, Any]]:
+    """The newest ``limit`` cancellations, oldest first: the list has no pages (as on Inngest),
+    and a caller who made a million of them must not have them all read into one answer."""
+    rows = conn.all("SELECT * FROM cancellations ORDER BY id DESC LIMIT ?", (limit,))
+    return [dict(r) for r in reversed(rows)]
 
 
 def delete_cancellation_txn(conn: db.Conn, cancellation_id: str) -> None:

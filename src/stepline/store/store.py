@@ -500,8 +500,8 @@ class Store:
         """``ops_admin.create_cancellation_txn``: a bulk cancel kept on record."""
         return await self.db.write(self._at_commit(ops_admin.create_cancellation_txn, **params))
 
-    async def list_cancellations(self) -> list[dict[str, Any]]:
-        return await self.db.read(ops_admin.list_cancellations_txn)
+    async def list_cancellations(self, limit: int = ops_admin.MAX_LISTED_CANCELLATIONS) -> list[dict[str, Any]]:
+        return await self.db.read(partial(ops_admin.list_cancellations_txn, limit=limit))
 
     async def delete_cancellation(self, cancellation_id: str) -> None:
         await self.db.write(partial(ops_admin.delete_cancellation_txn, cancellation_id=cancellation_id))
