@@ -303,3 +303,113 @@ async def test_runs_already_queued_take_a_changed_concurrency_key(make_engine) -
     await finished_runs(engine, "limited", 4)
     assert peak[0] == 1
 
+
+
+async def test_a_run_cancelled_while_throttled_gives_its_slot_to_the_runs_behind(make_engine) -> None:
+    """Inngest counts a throttled run when it starts: one cancelled in line holds nobody up.
+    A run that started keeps its slot spent."""
+    app = stepline.App("t")
+
+    @app.function(
+        id="thr-cancel",
+        trigger=stepline.TriggerEvent("t/thr-cancel"),
+        throttle=stepline.Throttle(limit=1, period="1h", key="event.data.user"),
+        cancel_on=[stepline.CancelOn("t/thr-cancel.stop", match="data.group")],
+    )
+    async def thr(ctx: stepline.Context) -> None:
+        await ctx.step.sleep("nap", "1h")
+
+    engine = await make_engine(app)
+    hour = 3600 * 1000
+
+    def due(run_id: str) -> int:
+        ((at,),) = query(engine.settings.db, "SELECT due_at FROM queue WHERE run_id = ?", (run_id,))
+        return int(at)
+
+    async def send(group: str, user: str = "u1") -> str:
+        event = {"name": "t/thr-cancel", "data": {"user": user, "group": group}}
+        return str((await runs_for_event(engine, await engine.send(event)))[0]["id"])
+
+    first = await send("a")
+    await wait_run(engine, first, "sleeping")  # started: its slot is spent
+    b, c, d, e = [await send(group) for group in ("b", "c", "b", "e")]
+    other_user = await send("z", user="u2")
+    slots = [due(run) for run in (b, c, d, e)]
+    assert [later - earlier for earlier, later in zip(slots, slots[1:])] == [hour] * 3
+    assert (await engine.get_run(b))["wait_reason"] == "throttled"
+
+    await engine.cancel(first)  # a run that started keeps its slot: nobody moves up
+    await wait_run(engine, first, "cancelled")
+    assert [due(run) for run in (b, c, d, e)] == slots
+
+    await engine.cancel(c)  # one in the middle: those behind it move up one slot each
+    await wait_run(engine, c, "cancelled")
+    assert [due(b), due(d), due(e)] == [slots[0], slots[1], slots[2]]
+    newcomer = await send("n")  # and the next run comes one slot sooner
+    assert due(newcomer) == slots[3]
+
+    await engine.send({"name": "t/thr-cancel.stop", "data": {"group": "b"}})  # two at once
+    await wait_run(engine, b, "cancelled")
+    await wait_run(engine, d, "cancelled")
+    assert [due(e), due(newcomer)] == [slots[0], slots[1]]
+    late = await send("l")
+    assert due(late) == slots[2]
+    await wait_run(engine, other_user, "sleeping")  # another key: never in this line
+
+
+async def test_runs_that_time_out_waiting_for_their_throttle_slot_give_it_back(make_engine) -> None:
+    app = stepline.App("t")
+
+    @app.function(
+        id="thr-start",
+        trigger=stepline.TriggerEvent("t/thr-start"),
+        throttle=stepline.Throttle(limit=1, period="1h"),
+        timeouts=stepline.Timeouts(start="1s"),
+    )
+    async def thr(ctx: stepline.Context) -> None:
+        await ctx.step.sleep("nap", "1h")
+
+    engine = await make_engine(app)
+
+    def next_slot() -> int:  # the throttle's state: when the next run to come may start, plus one period
+        ((tat,),) = query(engine.settings.db, "SELECT tat FROM flow_state WHERE key = 't:thr-start'")
+        return int(tat)
+
+    async def send() -> str:
+        return str((await runs_for_event(engine, await engine.send({"name": "t/thr-start"})))[0]["id"])
+
+    await wait_run(engine, await send(), "sleeping")
+    before = next_slot()
+    waiting = [await send(), await send()]
+    assert next_slot() == before + 2 * 3600 * 1000
+    for run in waiting:  # each falls due at its start deadline, long before its slot
+        assert (await wait_run(engine, run, "cancelled"))["error"]["name"] == "StartTimeout"
+    assert next_slot() == before  # neither started: the next run takes the first of their slots
+
+
+async def test_a_scheduled_run_cancelled_after_it_met_its_throttle_gives_the_slot_back(make_engine) -> None:
+    app = stepline.App("t")
+
+    @app.function(id="thr-ts", trigger=stepline.TriggerEvent("t/thr-ts"), throttle=stepline.Throttle(limit=1, period="1h"))
+    async def thr(ctx: stepline.Context) -> None:
+        await ctx.step.sleep("nap", "1h")
+
+    engine = await make_engine(app)
+
+    def next_slot() -> int:
+        ((tat,),) = query(engine.settings.db, "SELECT tat FROM flow_state WHERE key = 't:thr-ts'")
+        return int(tat)
+
+    first = (await runs_for_event(engine, await engine.send({"name": "t/thr-ts"})))[0]["id"]
+    await wait_run(engine, first, "sleeping")
+    before = next_slot()
+    soon = {"name": "t/thr-ts", "ts": engine.store.now_ms() + 300}  # takes its slot when it falls due
+    run = (await runs_for_event(engine, await engine.send(soon)))[0]["id"]
+    await eventually(
+        lambda: query(engine.settings.db, "SELECT 1 FROM runs WHERE id = ? AND wait_reason = 'throttled'", (run,)),
+        what="the scheduled run waiting for its throttle slot",
+    )
+    assert next_slot() == before + 3600 * 1000
+    await engine.cancel(run)
+    await wait_run(engine, run, "cancelled")
+    assert next_slot() == before

@@ -9,7 +9,7 @@ crosses processes unguarded.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 from stepline import expressions, jsonutil
 from stepline.function import StoredConfig
@@ -81,20 +81,69 @@ def gcra_schedule(conn: db.Conn, key: str, *, limit: int, period_s: float, burst
     return start
 
 
-def throttle_start(conn: db.Conn, cfg: StoredConfig, body: dict[str, Any], now: int) -> int | None:
-    """Reserve a run's start slot under its function's throttle; when it may start (None:
-    the function has no throttle)."""
+class Reservation(NamedTuple):
+    """A run's throttle slot: its state key and when it may start."""
+
+    key: str
+    start: int
+
+
+def throttle_start(conn: db.Conn, cfg: StoredConfig, body: dict[str, Any], now: int) -> Reservation | None:
+    """Reserve a run's start slot under its function's throttle (None: the function has
+    no throttle)."""
     throttle = cfg.get("throttle")
     if not throttle:
         return None
-    return gcra_schedule(
+    key = scoped_key(cfg, "t", throttle.get("key"), body)
+    start = gcra_schedule(
         conn,
-        scoped_key(cfg, "t", throttle.get("key"), body),
+        key,
         limit=int(throttle["limit"]),
         period_s=float(throttle["period"]),
         burst=int(throttle.get("burst") or 0),
         now=now,
     )
+    return Reservation(key, start)
+
+
+def give_back_slots(conn: db.Conn, cfg: StoredConfig, key: str, slots: list[int], now: int) -> None:
+    """Runs whose throttle slots (``slots``, all still ahead) were reserved under ``key``
+    ended before them (cancelled while waiting): give the slots back, as Inngest, which
+    counts a throttled run only when it starts, lets a cancelled one hold nobody up.
+
+    Slots ahead of ``now`` were reserved back to back (the state never fell behind the
+    clock in between: it stood past the first of them), so without those runs each later
+    reservation would have come exactly one interval earlier per run left out: the runs
+    still waiting behind take the earliest slots of the line, in order, and the state
+    steps back one interval per slot. Their queue rows were already deleted.
+    """
+    throttle = cfg.get("throttle")
+    if not throttle or not slots:
+        return  # no throttle any more: nothing reserves against the state
+    step = int(float(throttle["period"]) * 1000 / int(throttle["limit"]))  # what gcra_schedule adds per slot
+    lock_state(conn, key)  # taken before the rows are read: no reservation slips in between
+    rows = conn.all(
+        "SELECT run_id, throttle_slot, due_at, start_by FROM queue WHERE throttle_key = ? AND throttle_slot > ? "
+        "ORDER BY throttle_slot, run_id",
+        (key, min(slots)),
+    )
+    line = sorted(slots + [int(r["throttle_slot"]) for r in rows])
+    updates = []
+    for row, slot in zip(rows, line):
+        old = int(row["throttle_slot"])
+        if slot == old:
+            continue
+        due = int(row["due_at"])
+        if row["start_by"] is not None:  # cancelled at its deadline if its slot comes later
+            deadline = int(row["start_by"]) + 1
+            due = min(slot, deadline) if due == min(old, deadline) else due
+        elif due == old:
+            due = slot
+        updates.append((slot, due, row["run_id"]))
+    conn.executemany("UPDATE queue SET throttle_slot = ?, due_at = ? WHERE run_id = ?", updates)
+    conn.execute("UPDATE flow_state SET tat = tat - ? WHERE key = ?", (step * len(slots), key))
+    if any(due <= now for _, due, _ in updates):
+        conn.wake()
 
 
 def gcra_admit(conn: db.Conn, key: str, *, limit: int, period_s: float, now: int) -> bool:

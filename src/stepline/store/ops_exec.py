@@ -340,12 +340,16 @@ def _throttled_txn(conn: db.Conn, run: dict[str, Any], now: int) -> bool:
     when the event came, which would spend today's slots on tomorrow's runs). True when the
     slot is later: the run goes back to the queue until then."""
     cfg = ops_runs.function_config_txn(conn, run["function_id"])
-    start = None if cfg is None else flow.throttle_start(conn, cfg, jsonutil.loads(run["body"]), now)
-    if start is None or start <= now:
+    slot = None if cfg is None else flow.throttle_start(conn, cfg, jsonutil.loads(run["body"]), now)
+    if slot is None or slot.start <= now:
         return False
     deadline = run["start_deadline_at"]  # one before the slot cancels the run then
-    due = start if deadline is None else min(start, int(deadline) + 1)
-    conn.execute("UPDATE queue SET lease_owner = NULL, lease_expires_at = NULL, due_at = ? WHERE run_id = ?", (due, run["id"]))
+    due = slot.start if deadline is None else min(slot.start, int(deadline) + 1)
+    conn.execute(
+        "UPDATE queue SET lease_owner = NULL, lease_expires_at = NULL, due_at = ?, throttle_key = ?, throttle_slot = ? "
+        "WHERE run_id = ?",
+        (due, slot.key, slot.start, run["id"]),
+    )
     conn.execute("UPDATE runs SET wait_reason = ?, updated_at = ? WHERE id = ?", (WaitReason.THROTTLED, now, run["id"]))
     return True
 

@@ -160,9 +160,10 @@ def create_run_txn(
     scheduled = due_at is None and _scheduled_start(body, now)
     if scheduled:
         due, wait_reason = scheduled, WaitReason.SCHEDULED
-    start = None if scheduled else flow.throttle_start(conn, cfg, body, now)
-    if start is not None and start > due:
-        due, wait_reason = start, WaitReason.THROTTLED
+    slot = None if scheduled else flow.throttle_start(conn, cfg, body, now)
+    if slot is not None and slot.start > due:
+        due, wait_reason = slot.start, WaitReason.THROTTLED
+    ahead = slot is not None and slot.start > now  # a slot still to come, given back if the run ends first
     timeouts = cfg.get("timeouts") or {}
     # timeouts.start counts from when the run may start: its scheduled time, else now.
     start_deadline = None if timeouts.get("start") is None else (scheduled or now) + int(timeouts["start"] * 1000)
@@ -200,13 +201,15 @@ def create_run_txn(
     keys = flow.concurrency_keys(cfg, body) + [(None, None), (None, None)]
     conn.defer(
         "INSERT INTO queue (run_id, function_id, due_at, priority_ms, ck1, cl1, ck2, cl2, lease_owner, lease_expires_at, "
-        "lease_epoch, start_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "lease_epoch, start_by, throttle_key, throttle_slot) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             run_id, fn_id, due, flow.priority_ms(cfg, body), keys[0][0], keys[0][1], keys[1][0], keys[1][1],
             handoff.worker_id if leased else None,  # type: ignore[union-attr]
             now + handoff.lease_ms if leased else None,  # type: ignore[union-attr]  # set on the clock by stamp_handoff_leases_txn
             1 if leased else 0,
             start_by,
+            slot.key if ahead else None,  # type: ignore[union-attr]
+            slot.start if ahead else None,  # type: ignore[union-attr]
         ),
     )
     for rule in cfg.get("cancel_on") or ():
@@ -638,7 +641,11 @@ def end_runs_txn(conn: db.Conn, items: list[tuple[str, str, str | None, str | No
     )
     freed = {
         r["run_id"]: r
-        for r in conn.all(f"DELETE FROM queue WHERE run_id IN ({marks}) RETURNING run_id, ck1, ck2, lease_owner", params)
+        for r in conn.all(
+            f"DELETE FROM queue WHERE run_id IN ({marks}) "
+            "RETURNING run_id, function_id, ck1, ck2, lease_owner, throttle_key, throttle_slot",
+            params,
+        )
     }
     for _, item in ending:
         queued = freed.get(item[0])
@@ -646,6 +653,7 @@ def end_runs_txn(conn: db.Conn, items: list[tuple[str, str, str | None, str | No
             for key in (queued["ck1"], queued["ck2"]):  # its concurrency slots free up
                 if key is not None:
                     flow.unpark(conn, key, 1, item[4])
+    _give_back_throttle_slots_txn(conn, [(run, freed.get(item[0]), item[4]) for run, item in ending])
     _end_side_rows_txn(conn, ending)
     _send_ended_events_txn(conn, [item for _, item in ending])
     done = {item[0] for _, item in ending}
@@ -653,6 +661,25 @@ def end_runs_txn(conn: db.Conn, items: list[tuple[str, str, str | None, str | No
 
 
 Ending = tuple[str, str, str | None, str | None, int]  # (run id, status, output, error, now)
+
+
+def _give_back_throttle_slots_txn(conn: db.Conn, ended: list[tuple[dict[str, Any], dict[str, Any] | None, int]]) -> None:
+    """Runs that ended before their throttle slot came (cancelled while they waited for
+    it, or at their start deadline) never started: their slots go to the runs behind them,
+    one pass per throttle key (see ``flow.give_back_slots``). ``ended``: (run, its deleted
+    queue row, now) each."""
+    by_key: dict[tuple[str, str], list[int]] = {}
+    now = 0
+    for run, queued, at in ended:
+        if queued is None or queued["throttle_key"] is None or run["started_at"] is not None:
+            continue
+        now = max(now, at)
+        if int(queued["throttle_slot"]) > at:
+            by_key.setdefault((str(queued["function_id"]), str(queued["throttle_key"])), []).append(int(queued["throttle_slot"]))
+    for (fn_id, key), slots in sorted(by_key.items()):  # sorted: keys locked in one order
+        cfg = function_config_txn(conn, fn_id)
+        if cfg is not None:
+            flow.give_back_slots(conn, cfg, key, slots, now)
 
 
 def _end_side_rows_txn(conn: db.Conn, ending: list[tuple[dict[str, Any], Ending]]) -> None:
