@@ -241,3 +241,72 @@ async def test_nothing_is_written_for_endings_nobody_listens_to(db_url: str) -> 
     async with TestEngine(app, db=db_url) as t:
         assert (await t.wait(await t.send({"name": "t/work"}))).output == "ok"
         assert [e["name"] for e in await t.engine.store.list_events(limit=100)] == ["t/work"]
+
+
+# --- a future ts under debounce and singleton -----------------------------------
+
+
+def _settling() -> stepline.App:
+    app = stepline.App("t")
+
+    @app.function(id="settle", trigger=stepline.TriggerEvent("t/settle"),
+                  debounce=stepline.Debounce(period="1m", key="event.data.doc"),
+                  timeouts=stepline.Timeouts(start="10m"))  # from ts, for a run scheduled then
+    async def settle(ctx: stepline.Context) -> list[Any]:
+        return [ctx.event.data["n"], ctx.event.ts]
+
+    @app.function(id="settle-paced", trigger=stepline.TriggerEvent("t/settle-paced"),
+                  debounce=stepline.Debounce(period="1m"), throttle=stepline.Throttle(limit=1, period="1h"))
+    async def settle_paced(ctx: stepline.Context) -> int:
+        return int(ctx.event.data["n"])
+
+    @app.function(id="only-one", trigger=stepline.TriggerEvent("t/only-one"),
+                  singleton=stepline.Singleton(key="event.data.doc", mode="skip"))
+    async def only_one(ctx: stepline.Context) -> int:
+        return int(ctx.event.data["n"])
+
+    return app
+
+
+async def test_a_debounced_event_dated_ahead_starts_at_its_ts_once_the_window_closes(db_url: str) -> None:
+    """As on Inngest: the window lasts its period from receipt; then the run is scheduled at
+    the kept event's ts, and a later event opens a window of its own."""
+    async with TestEngine(_settling(), db=db_url) as t:
+        now = t.clock.now_ms()
+        ahead = await t.send({"name": "t/settle", "data": {"doc": "d", "n": 1}, "ts": now + HOUR_MS})
+        await t.advance("1m")
+        fired = await t.result(ahead)
+        assert (fired.status, fired.wait_reason) == ("queued", "scheduled")
+        after = await t.send({"name": "t/settle", "data": {"doc": "d", "n": 2}})
+        await t.advance("1m")
+        assert (await t.wait(after)).output == [2, now + 60_000]  # a window of its own, not folded into the first
+        assert (await t.result(ahead)).status == "queued"
+        await t.advance("58m")
+        assert (await t.wait(ahead)).output == [1, now + HOUR_MS]
+
+
+async def test_a_debounced_run_takes_its_throttle_slot_when_its_window_closes(db_url: str) -> None:
+    async with TestEngine(_settling(), db=db_url) as t:
+        first = await t.send({"name": "t/settle-paced", "data": {"n": 1}})
+        await t.advance("1m")
+        assert (await t.wait(first)).output == 1
+        second = await t.send({"name": "t/settle-paced", "data": {"n": 2}})
+        await t.send({"name": "t/settle-paced", "data": {"n": 3}})  # replaces it in the window
+        await t.advance("1m")
+        kept = await t.result(second)
+        assert (kept.status, kept.wait_reason) == ("queued", "throttled")
+        await t.advance("59m")  # one slot per hour from the first run's start (at 1m): none reserved by the window's events
+        assert (await t.wait(second)).output == 3
+
+
+async def test_a_run_scheduled_for_later_holds_its_singleton_key_from_receipt(db_url: str) -> None:
+    """Inngest takes a singleton's lock when it queues the run, whatever its ts."""
+    async with TestEngine(_settling(), db=db_url) as t:
+        now = t.clock.now_ms()
+        ahead = await t.send({"name": "t/only-one", "data": {"doc": "d", "n": 1}, "ts": now + HOUR_MS})
+        skipped = await t.send({"name": "t/only-one", "data": {"doc": "d", "n": 2}})
+        other = await t.send({"name": "t/only-one", "data": {"doc": "e", "n": 3}})
+        assert (await t.wait(other)).output == 3
+        assert skipped.run_ids == ()
+        await t.advance("1h")
+        assert (await t.wait(ahead)).output == 1

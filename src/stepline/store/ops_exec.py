@@ -289,7 +289,7 @@ def _prepare_claimed_txn(
     if deadline is not None and now >= deadline:  # woken at its deadline (see suspend_txn): its sleep or wait stays open
         ops_runs.end_run_txn(conn, run_id, RunStatus.CANCELLED, None, jsonutil.dumps(FINISH_TIMEOUT), now)
         return None
-    if run["started_at"] is None and run["wait_reason"] == WaitReason.SCHEDULED and _throttled_txn(conn, run, now):
+    if run["started_at"] is None and _held_back_txn(conn, run, now):
         return None
     journal: dict[str, JournalEntry] = {}
     for row in steps:
@@ -335,10 +335,45 @@ def _by_finish_deadline(held: dict[str, Any], due: int) -> tuple[int, int | None
     return (due, None) if deadline is None else (min(due, deadline), deadline - 1)
 
 
+def _held_back_txn(conn: db.Conn, run: dict[str, Any], now: int) -> bool:
+    """A run about to start for the first time whose start comes later after all: a
+    debounced one whose window just closed, kept for its event's ``ts`` if that lies ahead
+    (Inngest schedules the debounced event when the period ends, at its ``ts``), or
+    waiting for its throttle slot, which debounced and scheduled runs take only now.
+    True: the run went back to the queue."""
+    fired = run["cleanup"] & ops_runs.CLEANUP_WINDOW and conn.one(
+        "DELETE FROM debounces WHERE run_id = ? RETURNING run_id", (run["id"],)
+    )  # the window closes when the period ends: a later event opens a new one
+    if fired:
+        ts = jsonutil.loads(run["body"]).get("ts")
+        if isinstance(ts, (int, float)) and not isinstance(ts, bool) and ts > now:
+            _schedule_at_ts_txn(conn, run, min(int(ts), flow.NEVER), now)
+            return True
+        return _throttled_txn(conn, run, now)
+    return run["wait_reason"] == WaitReason.SCHEDULED and _throttled_txn(conn, run, now)
+
+
+def _schedule_at_ts_txn(conn: db.Conn, run: dict[str, Any], ts: int, now: int) -> None:
+    """A debounced run whose event is dated ahead waits until then, as any run of such an
+    event (``scheduled``; its ``timeouts.start`` counting from ``ts``)."""
+    cfg = ops_runs.function_config_txn(conn, run["function_id"])
+    start = None if cfg is None else (cfg.get("timeouts") or {}).get("start")
+    deadline = None if start is None else ts + int(start * 1000)
+    conn.execute(
+        "UPDATE queue SET lease_owner = NULL, lease_expires_at = NULL, due_at = ?, start_by = ? WHERE run_id = ?",
+        (ts, deadline, run["id"]),
+    )
+    conn.execute(
+        "UPDATE runs SET wait_reason = ?, start_deadline_at = ?, updated_at = ? WHERE id = ?",
+        (WaitReason.SCHEDULED, deadline, now, run["id"]),
+    )
+
+
 def _throttled_txn(conn: db.Conn, run: dict[str, Any], now: int) -> bool:
-    """A run its event scheduled for later takes its throttle slot now that it is due (not
-    when the event came, which would spend today's slots on tomorrow's runs). True when the
-    slot is later: the run goes back to the queue until then."""
+    """A run its event scheduled for later (or a debounced one) takes its throttle slot now
+    that it is due (not when the event came, which would spend today's slots on tomorrow's
+    runs, or the slot of an event the window later replaced). True when the slot is later:
+    the run goes back to the queue until then."""
     cfg = ops_runs.function_config_txn(conn, run["function_id"])
     slot = None if cfg is None else flow.throttle_start(conn, cfg, jsonutil.loads(run["body"]), now)
     if slot is None or slot.start <= now:

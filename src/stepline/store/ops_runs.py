@@ -136,7 +136,7 @@ def create_run_txn(
     Throttle reserves the run's start slot here, so a throttled run is simply due later.
     An event whose ``ts`` lies ahead schedules the run for then (``scheduled``) unless
     ``due_at`` is given (debounce and batching decide their own start); its throttle slot
-    is taken when it comes due (see ``ops_exec``). A run that ``handoff`` can take is
+    is taken when it comes due, and a debounced run's when its window closes (``ops_exec``). A run that ``handoff`` can take is
     created running, leased to its worker.
     """
     fn_id = cfg["id"]
@@ -160,7 +160,8 @@ def create_run_txn(
     scheduled = due_at is None and _scheduled_start(body, now)
     if scheduled:
         due, wait_reason = scheduled, WaitReason.SCHEDULED
-    slot = None if scheduled else flow.throttle_start(conn, cfg, body, now)
+    # A scheduled or debounced run takes its throttle slot when it may start (ops_exec).
+    slot = None if scheduled or wait_reason == WaitReason.DEBOUNCING else flow.throttle_start(conn, cfg, body, now)
     if slot is not None and slot.start > due:
         due, wait_reason = slot.start, WaitReason.THROTTLED
     ahead = slot is not None and slot.start > now  # a slot still to come, given back if the run ends first
