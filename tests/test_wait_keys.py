@@ -529,3 +529,155 @@ async def test_an_event_evaluates_only_the_waits_its_number_can_satisfy(make_eng
     for i in range(3, 28):
         assert (await wait_run(engine, bids[i]))["output"] == {"got": {"price": 3, "temp": 10.5}}
     assert {(await engine.get_run(r))["status"] for r in [*bids[:3], blind]} == {"waiting"}
+
+
+# --- alternatives: a top-level || of equalities, and `in` ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("expression", "trigger_data", "stored"),
+    [
+        ("async.data.id == event.data.a || async.data.id == event.data.b", {"a": 1, "b": "z"},
+         [("data.id", "1.0"), ("data.id", '"z"')]),
+        ('async.data.s in ["paid", "refunded"]', {}, [("data.s", '"paid"'), ("data.s", '"refunded"')]),
+        ("async.data.s in event.data.l", {"l": ["p", 2, "p"]}, [("data.s", '"p"'), ("data.s", "2.0")]),
+        ("async.data.s in event.data.l", {}, [("data.s", wait_keys.NEVER)]),  # no list: no event matches
+        ("async.data.s in event.data.l", {"l": []}, [("data.s", wait_keys.NEVER)]),
+        ("async.data.s in event.data.l || async.data.t == 1", {}, [("data.t", "1.0")]),
+        ("(async.data.a == 1 && async.data.q > 2) || async.data.b in [true, null]", {},
+         [("data.a", "1.0"), ("data.b", "true"), ("data.b", "null")]),
+        ('async.data.x in ["a,b", "c"]', {}, [("data.x", '"a,b"'), ("data.x", '"c"')]),
+        ("async.data.k == event.data.k", {"k": 7}, [("data.k", "7.0")]),  # one equality: one row, as before
+        ("async.data.a == 1 || async.data.b > 2", {}, None),  # a branch with no equality: every event evaluates it
+        ("async.data.s in event.data.m", {"m": {"a": 1}}, None),  # a map's keys: evaluated as before
+        ("async.data.s in ['single']", {}, None),
+        ('async.data.s in ["a"] + ["b"]', {}, None),
+        ("async.data.s != 'x'", {}, None),
+        ('async.data.s.startsWith("x")', {}, None),
+        ("async.data.a == 1 ? true : async.data.b == 2", {}, None),
+        ("async.data.s in event.data.l", {"l": list(range(wait_keys.MAX_ALTERNATIVES + 1))}, None),
+    ],
+)
+def test_alternatives_give_a_key_each(expression: str, trigger_data: dict, stored: object) -> None:
+    assert wait_keys.wait_key_set(expression, {"name": "t", "data": trigger_data}) == stored
+
+
+ALT_VALUES = [0, 1.0, 2**53 + 1, True, None, "a", [1], {"a": 1.0}]
+ALT_MISSING = object()
+
+
+def _found(keys: list[tuple[str, str]], incoming: dict) -> bool:
+    """Whether an event reads a wait stored under ``keys`` (as ``_candidate_waits`` looks)."""
+    for path, code in keys:
+        value = wait_keys.value_at(incoming, path)
+        if value is wait_keys.MISSING:
+            continue
+        mine = wait_keys.encode(value)
+        if mine is None or mine == code:  # a value without a code reads every wait of its path
+            return True
+    return False
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "async.data.v == event.data.a || async.data.w == event.data.b",
+        "async.data.v == event.data.a || event.data.b == async.data.v",
+        "(async.data.v == event.data.a && async.data.w != event.data.b) || (async.data.w == event.data.b && 1 / 0 == 1)",
+        "async.data.v in event.data.l",
+        "async.data.v in event.data.l || async.data.w == event.data.a",
+        'async.data.v in [1, "a", true, null, 0] || async.data.w in event.data.l',
+        "async.data.v in event.data.l && async.data.w == event.data.a",
+    ],
+)
+def test_alternatives_never_leave_out_a_wait_the_expression_matches(expression: str) -> None:
+    """Every pair of a run's event and an incoming one that the engine's own CEL evaluation
+    calls a match is one whose lookup reads the wait: missing fields, errors in the other
+    branch, mixed ints and doubles, lists in lists."""
+    lists: list[object] = [ALT_MISSING, [], [0, "a"], [1, None, True], [[1.0], {"a": 1}], [2**53 + 1], "a", {"a": 1}]
+    singles: list[object] = [ALT_MISSING, *ALT_VALUES]
+    checked = matched = keyed = 0
+    for a, b, items in itertools.product(singles, singles, lists):
+        data = {k: v for k, v in (("a", a), ("b", b), ("l", items)) if v is not ALT_MISSING}
+        trigger = {"name": "t", "data": data}
+        keys = wait_keys.wait_key_set(expression, trigger)
+        keyed += keys is not None
+        for v, w in itertools.product(singles, singles):
+            incoming = {"name": "u", "data": {k: x for k, x in (("v", v), ("w", w)) if x is not ALT_MISSING}}
+            is_match, _ = ops_runs.expressions.match_checked(expression, {"event": trigger, "async": incoming})
+            checked += 1
+            if is_match:
+                matched += 1
+                assert keys is None or _found(keys, incoming), (expression, trigger, incoming, keys)
+    assert matched > 20 and keyed > len(lists) * len(singles)  # the check had matches to miss, and keys to test
+
+
+def alternatives_app() -> stepline.App:
+    app = stepline.App("alts")
+
+    @app.function(id="either", trigger=stepline.TriggerEvent("pay/started"),
+                  cancel_on=[stepline.CancelOn(event="pay/void", if_="async.data.ref == event.data.a || async.data.ref == event.data.b")])
+    async def either(ctx: stepline.Context) -> dict:
+        got = await ctx.step.wait_for_event(
+            "done", event="pay/done", if_="async.data.ref == event.data.a || async.data.ref == event.data.b", timeout="1h"
+        )
+        return {"got": got.data if got else None}
+
+    @app.function(id="two-fields", trigger=stepline.TriggerEvent("pay/paired"))
+    async def two_fields(ctx: stepline.Context) -> dict:
+        got = await ctx.step.wait_for_event(
+            "done", event="pay/done", if_="async.data.ref == event.data.k || async.data.alt == event.data.k", timeout="1h"
+        )
+        return {"got": got.data if got else None}
+
+    @app.function(id="member", trigger=stepline.TriggerEvent("pay/listed"))
+    async def member(ctx: stepline.Context) -> dict:
+        got = await ctx.step.wait_for_event("done", event="pay/done", if_="async.data.ref in event.data.refs", timeout="1h")
+        return {"got": got.data if got else None}
+
+    return app
+
+
+async def test_an_event_evaluates_only_the_waits_one_of_its_alternatives_can_match(
+    make_engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Waits on ``a || b`` and on ``in`` are found by the key of each alternative: an event
+    evaluates the waits its value can match, each once, not every wait of its name."""
+    engine = await make_engine(alternatives_app())
+    either = await start(engine, "pay/started", [{"a": f"a{i}", "b": f"b{i}"} for i in range(20)], "waiting")
+    member = await start(engine, "pay/listed", [{"refs": [f"m{i}", f"b{i}", "shared"]} for i in range(20)], "waiting")
+    evaluated: list[dict] = []
+    real = ops_runs.expressions.match_checked
+
+    def counting(source: str | None, variables: dict) -> tuple[bool, object]:
+        if "async" in variables:
+            evaluated.append(variables["event"]["data"])
+        return real(source, variables)  # type: ignore[return-value]
+
+    monkeypatch.setattr(ops_runs.expressions, "match_checked", counting)
+    await engine.send({"name": "pay/done", "data": {"ref": "b3"}})  # run 3 of each, by its second alternative
+    assert (await wait_run(engine, either[3]))["output"] == {"got": {"ref": "b3"}}
+    assert (await wait_run(engine, member[3]))["output"] == {"got": {"ref": "b3"}}
+    assert len(evaluated) == 2  # not forty
+    rows = await engine.store.db.read(lambda c: c.all("SELECT run_id FROM waits WHERE step_key IS NOT NULL"))
+    assert {r["run_id"] for r in rows}.isdisjoint({either[3], member[3]})  # every alternative's row went with its wait
+    evaluated.clear()
+    await engine.send({"name": "pay/done", "data": {"ref": "nobody"}})
+    await engine.send({"name": "pay/void", "data": {"ref": "m5"}})  # no run of "either" has m5
+    assert evaluated == []
+    await engine.send({"name": "pay/void", "data": {"ref": "a7"}})
+    assert (await wait_run(engine, either[7]))["status"] == "cancelled"
+    assert len(evaluated) == 1
+    evaluated.clear()
+    await engine.send({"name": "pay/done", "data": {"ref": "shared"}})  # every member run lists it
+    for run_id in member:
+        if run_id != member[3]:
+            assert (await wait_run(engine, run_id))["output"] == {"got": {"ref": "shared"}}
+    assert len(evaluated) == 19
+    statuses = [(await engine.get_run(r))["status"] for r in either]
+    assert statuses.count("waiting") == 18
+    (paired,) = await start(engine, "pay/paired", [{"k": "p1"}], "waiting")
+    evaluated.clear()
+    await engine.send({"name": "pay/done", "data": {"ref": "p1", "alt": "p1"}})  # found by both alternatives
+    assert (await wait_run(engine, paired))["output"] == {"got": {"ref": "p1", "alt": "p1"}}
+    assert evaluated == [{"k": "p1"}]  # evaluated once

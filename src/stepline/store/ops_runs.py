@@ -365,20 +365,27 @@ def insert_wait_txn(
     if trigger is None and wait_keys.event_paths(expression) != []:
         row = conn.one("SELECT e.body FROM runs r JOIN events e ON e.id = r.event_id WHERE r.id = ?", (run_id,))
         trigger = jsonutil.loads(row["body"]) if row else {}
-    match = wait_keys.wait_key(expression, trigger)
-    ranged = None if match is not None else wait_keys.wait_range_key(expression, trigger)
+    matches = wait_keys.wait_key_set(expression, trigger)
+    ranged = None if matches else wait_keys.wait_range_key(expression, trigger)
     view = wait_keys.trigger_view(expression, trigger or {})
-    params = (wait_id, run_id, step_key, event_name, expression, expires_at, *(match or (None, None)),
-              *(ranged or (None, None)), None if view is None else jsonutil.dumps(view))
     sql = (
         "INSERT INTO waits (id, run_id, step_key, event_name, expression, expires_at, match_path, match_value, "
         "range_path, range_value, trigger_view) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         + (" ON CONFLICT (id) DO NOTHING" if keep_existing else "")
     )
-    if deferred:
-        conn.defer(sql, params)
-    else:
-        conn.execute(sql, params)
+    # A wait with alternatives (``||``, ``in``) is a row per alternative, each keyed by its own.
+    for n, match in enumerate(matches or [None]):
+        params = (wait_id if n == 0 else f"{wait_id}{ALTERNATIVE}{n}", run_id, step_key, event_name, expression,
+                  expires_at, *(match or (None, None)), *(ranged or (None, None)), None if view is None else jsonutil.dumps(view))
+        if deferred:
+            conn.defer(sql, params)
+        else:
+            conn.execute(sql, params)
+
+
+# Between a wait's id and the number of one of its alternatives' rows (wait_keys.wait_key_set):
+# a character no wait id holds, so an alternative's id is never another wait's.
+ALTERNATIVE = "\x1f"
 
 
 _WAIT_PATHS = "keyed wait paths by event name"  # Conn.memo key: name -> WaitPaths
@@ -491,9 +498,14 @@ def resolve_waits_txn(
         return failures
     cancelled: list[str] = []
     answered: list[dict[str, Any]] = []
+    seen: set[str] = set()
     for row in _candidate_waits(conn, body):
         if row["expires_at"] is not None and row["expires_at"] <= now:
             continue
+        wait = row["id"].partition(ALTERNATIVE)[0]
+        if wait in seen:
+            continue  # found by two of its alternatives: evaluated once
+        seen.add(wait)
         variables = {"event": jsonutil.loads(row["trigger_body"]), "async": body}
         matched, failure = expressions.match_checked(row["expression"], variables)
         if failure is not None:
@@ -550,9 +562,11 @@ def _resume_chunk_txn(
 ) -> list[str]:
     """Complete the waiting steps of ``waits`` with ``output`` (the event's text, or its id)
     and make their runs due; returns the runs resumed (a step no longer waiting is left)."""
-    marks, params = db.in_list([w["id"] for w in waits])
-    conn.execute(f"DELETE FROM waits WHERE id IN ({marks})", params)
     pairs = ", ".join("(?, ?)" for _ in waits)
+    # By run and step: the rows of a wait's other alternatives go with it.
+    conn.execute(
+        f"DELETE FROM waits WHERE (run_id, step_key) IN (VALUES {pairs})", tuple(v for w in waits for v in (w["run_id"], w["step_key"]))
+    )
     resumed = [
         str(r["run_id"])
         for r in conn.all(

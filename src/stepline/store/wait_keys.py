@@ -34,6 +34,18 @@ and the run's number (``range_value``, NULL when the run's event lacks the field
 event then reads only the waits its value can satisfy, by a range scan of an index, not
 every wait of its name. Converting to double never breaks an order (``a <= b`` gives
 ``float(a) <= float(b)``), so the scan never leaves out a wait the expression would match.
+
+A wait whose expression offers alternatives is keyed by each of them: a ``||`` at its top
+level whose every branch holds such an equality (``async.data.id == event.data.a ||
+async.data.id == event.data.b``), or a membership ``async.data.status in ["paid",
+"refunded"]`` (or ``in event.data.list``, the run's list), which is one equality per
+element. It is stored as one row per alternative (``wait_key_set``), each with its own
+key; an event reads the rows its values find and evaluates each wait once. A branch is
+true only if each of its ``&&`` terms is, its equality among them, and CEL's ``||`` is
+true only if one branch is (an error in another branch does not make it false or true),
+so a wait the whole expression matches is found by the key of the branch that holds.
+A branch with no such equality, a value without a code, or more than ``MAX_ALTERNATIVES``
+alternatives leave the wait unkeyed, evaluated by every event of its name as before.
 """
 
 from __future__ import annotations
@@ -87,19 +99,149 @@ def key_of(expression: str | None) -> Key | None:
     if terms is None:
         return None
     for term in terms:
-        found = _FIELDS.match(term)
-        if found is not None:
-            sides = {found.group(1): found.group(2), found.group(3): found.group(4)}
-            if set(sides) == {"event", "async"}:
-                return Key(sides["async"], sides["event"])
-            continue
-        for pattern, path_group, literal_group in ((_LITERAL_RIGHT, 1, 2), (_LITERAL_LEFT, 2, 1)):
-            found = pattern.match(term)
-            if found is not None:
-                literal = _literal(found.group(literal_group).strip())
-                if literal is not _MISSING:
-                    return Key(found.group(path_group), None, literal)
+        key = _term_key(term)
+        if key is not None:
+            return key
     return None
+
+
+def _term_key(term: str) -> Key | None:
+    """The key one ``&&`` term stands for, if it is such an equality."""
+    found = _FIELDS.match(term)
+    if found is not None:
+        sides = {found.group(1): found.group(2), found.group(3): found.group(4)}
+        return Key(sides["async"], sides["event"]) if set(sides) == {"event", "async"} else None
+    for pattern, path_group, literal_group in ((_LITERAL_RIGHT, 1, 2), (_LITERAL_LEFT, 2, 1)):
+        found = pattern.match(term)
+        if found is not None:
+            literal = _literal(found.group(literal_group).strip())
+            if literal is not _MISSING:
+                return Key(found.group(path_group), None, literal)
+    return None
+
+
+MAX_ALTERNATIVES = 32  # rows stored for one wait at most; past it, the wait is evaluated by every event
+_IN_FIELD = re.compile(rf"^async\.({_PATH})\s+in\s+event\.({_PATH})$")
+_IN_LIST = re.compile(rf"^async\.({_PATH})\s+in\s+\[(.*)\]$", re.S)
+
+
+class InKey:
+    """A membership a wait's expression needs of an incoming event: the value at ``path`` is
+    an element of the run's list at ``event_path``, or of ``literals`` when that is None."""
+
+    __slots__ = ("path", "event_path", "literals")
+
+    def __init__(self, path: str, event_path: str | None, literals: list[Any] | None = None) -> None:
+        self.path = path
+        self.event_path = event_path
+        self.literals = literals or []
+
+
+def wait_key_set(expression: str | None, trigger: dict[str, Any] | None) -> list[tuple[str, str]] | None:
+    """Every ``(match_path, match_value)`` a wait is stored under, one row each (see the
+    module doc): the one ``wait_key`` gives, else one per alternative of a top-level ``||``
+    or an ``in``; None when the wait cannot be keyed so (then a range key, or none)."""
+    if not expression:
+        return None
+    branches = _disjuncts(expression)
+    if branches is None:
+        return None
+    if len(branches) == 1:
+        single = wait_key(expression, trigger)
+        if single is not None:
+            return [single]
+    found: list[tuple[str, str]] = []
+    for branch in branches:
+        alternatives = _branch_alternatives(branch, trigger or {})
+        if alternatives is None:
+            return None
+        found += alternatives
+    keys = list(dict.fromkeys(found))
+    live = [key for key in keys if key[1] != NEVER]
+    if len(live) > MAX_ALTERNATIVES:
+        return None
+    return live or keys[:1]  # none can hold: one row no event reads (it still times out)
+
+
+def _branch_alternatives(branch: str, trigger: dict[str, Any]) -> list[tuple[str, str]] | None:
+    """The keys one ``||`` branch can be found by: its first ``&&`` term that is an equality
+    (one key) or an ``in`` (a key per element); None if it has neither, or a value no code
+    stands for."""
+    for term in _conjuncts(branch) or ():
+        key = _term_key(term)
+        if key is None:
+            found = _in_key(term)
+            if found is not None:
+                return _in_alternatives(found, trigger)
+            continue
+        if key.event_path is None:
+            value = key.literal
+        else:
+            value = value_at(trigger, key.event_path)
+            if value is _MISSING:
+                return [(key.path, NEVER)]
+        code = encode(value)
+        return None if code is None else [(key.path, code)]
+    return None
+
+
+def _in_key(term: str) -> InKey | None:
+    found = _IN_FIELD.match(term)
+    if found is not None:
+        return InKey(found.group(1), found.group(2))
+    found = _IN_LIST.match(term)
+    if found is None:
+        return None
+    items = _list_items(found.group(2))
+    if items is None:
+        return None
+    literals = [_literal(item) for item in items]
+    return None if any(v is _MISSING for v in literals) else InKey(found.group(1), None, literals)
+
+
+def _in_alternatives(key: InKey, trigger: dict[str, Any]) -> list[tuple[str, str]] | None:
+    elements: Any = key.literals
+    if key.event_path is not None:
+        elements = value_at(trigger, key.event_path)
+        if elements is _MISSING:
+            return [(key.path, NEVER)]  # membership in a missing field is an error: no match
+        if not isinstance(elements, list):
+            return None  # a map's keys, a string: evaluated as before
+    codes = [encode(element) for element in elements]
+    if any(code is None for code in codes):
+        return None
+    return [(key.path, str(code)) for code in codes] or [(key.path, NEVER)]
+
+
+def _list_items(text: str) -> list[str] | None:
+    """The items of a list literal's inside, split at top-level commas; None when an item
+    holds brackets (nested lists and maps are evaluated as before)."""
+    items: list[str] = []
+    start, i, quote = 0, 0, ""
+    while i < len(text):
+        ch = text[i]
+        if quote:
+            if ch == "\\":
+                i += 2
+                continue
+            if ch == quote:
+                quote = ""
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "([{)]}":
+            return None
+        elif ch == ",":
+            items.append(text[start:i].strip())
+            start = i + 1
+        i += 1
+    if quote:
+        return None
+    last = text[start:].strip()
+    if last:
+        items.append(last)
+    elif items:
+        return None  # a trailing comma: left to CEL
+    return items
 
 
 class RangeKey:
@@ -265,6 +407,19 @@ def _literal(text: str) -> Any:
 def _conjuncts(expression: str) -> list[str] | None:
     """The terms joined by ``&&`` at the top level, each without enclosing parentheses;
     None if the top level holds ``||`` or ``?`` (a term need not hold for the whole to)."""
+    return _split_top(expression, "&&")
+
+
+def _disjuncts(expression: str) -> list[str] | None:
+    """The branches joined by ``||`` at the top level (``&&`` binds tighter, so each may
+    hold ``&&`` terms); None if the top level holds ``?``."""
+    return _split_top(expression, "||")
+
+
+def _split_top(expression: str, joiner: str) -> list[str] | None:
+    """``expression`` split at ``joiner`` outside brackets and strings, each part without
+    enclosing parentheses; None on a ``?``, on the other of ``&&`` / ``||`` at the top level
+    when splitting at ``&&``, or on unbalanced text."""
     text = _strip_parens(expression.strip())
     terms: list[str] = []
     depth = 0
@@ -290,9 +445,9 @@ def _conjuncts(expression: str) -> list[str] | None:
         elif ch in ")]}":
             depth -= 1
         elif depth == 0:
-            if text.startswith("||", i) or ch == "?":
+            if ch == "?" or (joiner == "&&" and text.startswith("||", i)):
                 return None
-            if text.startswith("&&", i):
+            if text.startswith(joiner, i):
                 terms.append(_strip_parens(text[start:i].strip()))
                 start = i + 2
                 i += 2
