@@ -196,6 +196,20 @@ async def test_a_future_dated_event_schedules_the_run(env: tuple[Server, App]) -
     assert dt.datetime.fromisoformat(done["started_at"]) >= dt.datetime.fromtimestamp(ts / 1000, dt.UTC)  # not before ts
 
 
+async def test_an_on_failure_handler_is_retried_as_its_sdk_registers_it(env: tuple[Server, App]) -> None:
+    """Inngest runs onFailure as the function ``<id>-failure``, with the retries its SDK
+    registers: one in TypeScript, none in Python. The handler here throws the first time."""
+    server, app = env
+    run = await server.run_for(await server.send(app.event("failing-failure")), app.fn("failing-failure"))
+    assert (await server.finished(run["id"]))["status"] == "failed"
+    (handler,) = await eventually(lambda: server.runs_of(app.fn("failing-failure-failure")), what="the onFailure run")
+    ended = await server.finished(handler["id"])
+    if app.language == "ts":
+        assert ended["status"] == "completed" and await app.count("failing-failure.onFailure") == 2
+    else:
+        assert ended["status"] == "failed" and await app.count("failing-failure.onFailure") == 1
+
+
 @pytest.fixture(params=PY_SDKS)
 async def py_env(request: pytest.FixtureRequest, db_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Server, App]]:
     async with stepline_server(db_url) as server, sdk_app(server, f"py-{request.param}", monkeypatch) as app:

@@ -125,7 +125,7 @@ class App:
             failure_handler_for=config.id,
             app_budgets=self.budgets,
         )
-        self._functions[failure_id] = fn.Function(config=failure_config, handler=handler)
+        self._functions[failure_id] = fn.Function(config=failure_config, handler=handler, runs_once=True)
 
     # --- running -------------------------------------------------------------------
 

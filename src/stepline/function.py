@@ -556,6 +556,9 @@ class Function:
 
     config: FunctionConfig
     handler: Handler
+    # A native ``on_failure`` handler: it runs once per failed run, never retried as a whole.
+    # An SDK app's ``<id>-failure`` function is retried as its registration says (TS: once).
+    runs_once: bool = False
 
     @property
     def id(self) -> str:

@@ -318,6 +318,17 @@ def build(rec: Recorder) -> fastapi.FastAPI:
     async def on_cancelled(ctx: inngest.Context) -> None:
         rec.append("cancelled", {"run_id": ctx.event.data.get("run_id")})
 
+    async def failing_failure_failed(ctx: inngest.Context) -> None:
+        if rec.hit("failing-failure.onFailure") == 1:
+            raise RuntimeError("the handler failed once")
+
+    @client.create_function(
+        fn_id="failing-failure", trigger=inngest.TriggerEvent(event="py/failing-failure"), retries=0,
+        on_failure=failing_failure_failed,
+    )
+    async def failing_failure(ctx: inngest.Context) -> None:
+        raise inngest.NonRetriableError("fails at once")
+
     app = fastapi.FastAPI()
     inngest.fast_api.serve(
         app,
@@ -325,7 +336,7 @@ def build(rec: Recorder) -> fastapi.FastAPI:
         [
             steps, sleeper, waiter, child, parent, sender, on_sent, parallel, repeated, flaky, nonretry, retry_after, cancellable,
             fn_retry, recover, collide, bad_wait, failing_child, careful_parent, batched, once_per_order, rate_limited, mixed, vip_queue,
-            batch_if, two_naps, two_waits, chains, on_finished, on_cancelled,
+            batch_if, two_naps, two_waits, chains, on_finished, on_cancelled, failing_failure,
         ],
     )
 

@@ -815,7 +815,7 @@ class Executor:
         error_json = jsonutil.dumps(retry.error_dict(exc))
         attempt = claimed.attempt + 1
         config = execution.function.config
-        if config.failure_handler_for:
+        if execution.function.runs_once:
             # on_failure runs once per failed run, whatever its own outcome: never retried as a whole.
             log.error("on_failure handler %s failed (it is not retried): %s", config.id, exc)
             await self._end(execution, RunStatus.FAILED, None, error_json)

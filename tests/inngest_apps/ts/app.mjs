@@ -394,8 +394,21 @@ if (major === "v4") {
   }));
 }
 
+// An onFailure handler that throws the first time: TS registers it with one retry.
+const failingFailure = fn(
+  {
+    id: "failing-failure",
+    retries: 0,
+    onFailure: async () => {
+      if (hit("failing-failure.onFailure") === 1) throw new Error("the handler failed once");
+    },
+  },
+  { event: "ts/failing-failure" },
+  async () => { throw new NonRetriableError("fails at once"); },
+);
+
 const functions = [
-  declined, stoppable, checkout, verifyEmail,
+  declined, failingFailure, stoppable, checkout, verifyEmail,
   steps, sleeper, waiter, child, parent, sender, onSent, parallel, repeated, flaky, nonretry, retryAfter, cancellable, throttled,
   limited, debounced, asker, racer, parallelFail, nightly, parallelRetry, signalWaiter, signalSender, pinger, ponger,
   vipQueue, perUser, batchIf, twoNaps, twoWaits, onFinished, onCancelled, raceWait, approval, slowChild, invokeErrors,
