@@ -310,3 +310,47 @@ async def test_a_run_scheduled_for_later_holds_its_singleton_key_from_receipt(db
         assert skipped.run_ids == ()
         await t.advance("1h")
         assert (await t.wait(ahead)).output == 1
+
+
+# --- an invoke's timeout, and its parent's end, leave the invoked run alone ----------------
+
+
+def _invoking() -> stepline.App:
+    app = stepline.App("t")
+
+    @app.function(id="slow-child", trigger=stepline.TriggerEvent("t/slow-child"))
+    async def slow_child(ctx: stepline.Context) -> str:
+        await ctx.step.sleep("work", "2h")
+        return "child done"
+
+    @app.function(id="impatient", trigger=stepline.TriggerEvent("t/impatient"))
+    async def impatient(ctx: stepline.Context) -> str:
+        try:
+            return str(await ctx.step.invoke("child", function="slow-child", data={}, timeout="1h"))
+        except stepline.StepError as exc:
+            return exc.name
+
+    @app.function(id="patient", trigger=stepline.TriggerEvent("t/patient"))
+    async def patient(ctx: stepline.Context) -> str:
+        return str(await ctx.step.invoke("child", function="slow-child", data={}))
+
+    return app
+
+
+async def test_an_invoke_that_times_out_or_whose_parent_is_cancelled_leaves_the_child_running(db_url: str) -> None:
+    """As on Inngest: the parent's step fails with the timeout, and the invoked run goes on
+    to its own end; cancelling the parent does not cancel it either."""
+    async with TestEngine(_invoking(), db=db_url) as t:
+        parent = await t.send({"name": "t/impatient"})
+        await t.advance("1h")
+        assert (await t.wait(parent)).output == "InvokeTimeout"
+        (child,) = [r for r in await t.runs("slow-child")]
+        assert child.status == "sleeping"
+        await t.advance("1h")
+        assert (await t.wait(child.id)).output == "child done"
+        waiting = await t.send({"name": "t/patient"})
+        assert (await t.result(waiting)).status == "waiting"
+        (_, second) = sorted(await t.runs("slow-child"), key=lambda r: r.status != "completed")
+        assert (await t.cancel(waiting)).status == "cancelled"
+        await t.advance("2h")
+        assert (await t.wait(second.id)).output == "child done"
