@@ -265,7 +265,23 @@ def _settling() -> stepline.App:
     async def only_one(ctx: stepline.Context) -> int:
         return int(ctx.event.data["n"])
 
+    @app.function(id="one-unless-free", trigger=stepline.TriggerEvent("t/one-unless-free"),
+                  singleton=stepline.Singleton(key="event.data.free ? false : event.data.doc", mode="skip"))
+    async def one_unless_free(ctx: stepline.Context) -> int:
+        await ctx.step.sleep("work", "1h")
+        return int(ctx.event.data["n"])
+
     return app
+
+
+async def test_a_singleton_key_that_gives_false_makes_the_run_no_singleton(db_url: str) -> None:
+    """As on Inngest (singleton.SingletonKey: ErrNotASingleton), not one shared key "false"."""
+    async with TestEngine(_settling(), db=db_url) as t:
+        free = [await t.send({"name": "t/one-unless-free", "data": {"doc": "d", "free": True, "n": n}}) for n in (1, 2)]
+        paid = [await t.send({"name": "t/one-unless-free", "data": {"doc": "d", "free": False, "n": n}}) for n in (3, 4)]
+        assert [len(e.run_ids) for e in free + paid] == [1, 1, 1, 0]  # the second paid one is skipped
+        await t.advance("1h")
+        assert [(await t.wait(e)).output for e in free + paid[:1]] == [1, 2, 3]
 
 
 async def test_a_debounced_event_dated_ahead_starts_at_its_ts_once_the_window_closes(db_url: str) -> None:

@@ -108,8 +108,19 @@ def _lock_row(conn: db.Conn, table: str, function_id: str, key: str, columns: st
 # --- singleton -------------------------------------------------------------------
 
 
+def _singleton_key(rule: dict[str, Any], body: dict[str, Any]) -> str | None:
+    """A run's singleton key; None when the key expression gives ``false``: as on Inngest,
+    such a run is no singleton (a key can exempt some runs, ``event.data.vip ? false : ...``)."""
+    expr = rule.get("key")
+    if expr and expressions.evaluate(expr, {"event": body}) is False:
+        return None
+    return _key(expr, body)
+
+
 def _singleton_txn(conn: db.Conn, cfg: StoredConfig, rule: dict[str, Any], body: dict[str, Any], now: int) -> str | None:
-    key = _key(rule.get("key"), body)
+    key = _singleton_key(rule, body)
+    if key is None:
+        return None
     row = _lock_row(conn, "singletons", cfg["id"], key, "run_id")
     if row is None:
         return None
@@ -126,11 +137,12 @@ def _remember_singleton(conn: db.Conn, cfg: StoredConfig, body: dict[str, Any], 
     if run_id is None:
         return "idempotent"
     rule = cfg.get("singleton")
-    if rule:
+    key = None if not rule else _singleton_key(rule, body)
+    if key is not None:
         conn.execute(
             "INSERT INTO singletons (function_id, key, run_id) VALUES (?, ?, ?) "
             "ON CONFLICT (function_id, key) DO UPDATE SET run_id = excluded.run_id",
-            (cfg["id"], _key(rule.get("key"), body), run_id),
+            (cfg["id"], key, run_id),
         )
         conn.execute("UPDATE runs SET cleanup = cleanup | ? WHERE id = ?", (ops_runs.CLEANUP_SINGLETON, run_id))
     return None
