@@ -315,6 +315,24 @@ async def test_a_debounced_run_takes_its_throttle_slot_when_its_window_closes(db
         assert (await t.wait(second)).output == 3
 
 
+async def test_a_scheduled_run_held_by_a_pause_when_due_still_takes_its_throttle_slot(db_url: str) -> None:
+    """The slot is taken when the run may start, whatever held it when it came due (a
+    pause, a full concurrency key): the run must not start without one."""
+    async with TestEngine(_reminders(), db=db_url) as t:
+        now = t.clock.now_ms()
+        ahead = await t.send({"name": "t/paced", "data": {"n": 1}, "ts": now + HOUR_MS // 2})
+        await t.engine.pause_function("paced")
+        await t.advance("30m")
+        assert (await t.result(ahead)).wait_reason == "function_paused"
+        await t.engine.resume_function("paced")
+        assert (await t.wait(ahead)).output == "1"
+        after = await t.send({"name": "t/paced", "data": {"n": 2}})  # within the hour of the first's slot
+        late = await t.result(after)
+        assert (late.status, late.wait_reason) == ("queued", "throttled")
+        await t.advance("1h")
+        assert (await t.wait(after)).output == "2"
+
+
 async def test_a_run_scheduled_for_later_holds_its_singleton_key_from_receipt(db_url: str) -> None:
     """Inngest takes a singleton's lock when it queues the run, whatever its ts."""
     async with TestEngine(_settling(), db=db_url) as t:

@@ -81,6 +81,12 @@ def gcra_schedule(conn: db.Conn, key: str, *, limit: int, period_s: float, burst
     return start
 
 
+# ``queue.throttle_key`` of a run that takes its throttle slot only when it may start (one
+# dated ahead, a debounced one): kept until then, whatever the run meets first (a paused
+# function, a full concurrency key), so that it never starts without one.
+SLOT_AT_START = ""
+
+
 class Reservation(NamedTuple):
     """A run's throttle slot: its state key and when it may start."""
 

@@ -210,7 +210,7 @@ def _admit_by_concurrency(conn: db.Conn, candidates: list[dict[str, Any]], now: 
 
 _CLAIM_COLUMNS = (
     "r.id, r.function_id, r.status, r.wait_reason, r.attempt, r.started_at, r.start_deadline_at, r.finish_timeout_ms, "
-    "r.cancel_requested, r.error, r.batch_event_ids, r.cleanup, r.replay_of, e.body, q.lease_epoch"
+    "r.cancel_requested, r.error, r.batch_event_ids, r.cleanup, r.replay_of, e.body, q.lease_epoch, q.throttle_key"
 )
 
 
@@ -349,8 +349,11 @@ def _held_back_txn(conn: db.Conn, run: dict[str, Any], now: int) -> bool:
         if isinstance(ts, (int, float)) and not isinstance(ts, bool) and ts > now:
             _schedule_at_ts_txn(conn, run, min(int(ts), flow.NEVER), now)
             return True
-        return _throttled_txn(conn, run, now)
-    return run["wait_reason"] == WaitReason.SCHEDULED and _throttled_txn(conn, run, now)
+    # Rows of the release before migration 0019 have no marker: a scheduled one says so itself.
+    deferred = run["throttle_key"] == flow.SLOT_AT_START or (
+        run["throttle_key"] is None and run["wait_reason"] == WaitReason.SCHEDULED
+    )
+    return deferred and _throttled_txn(conn, run, now)
 
 
 def _schedule_at_ts_txn(conn: db.Conn, run: dict[str, Any], ts: int, now: int) -> None:
@@ -377,6 +380,8 @@ def _throttled_txn(conn: db.Conn, run: dict[str, Any], now: int) -> bool:
     cfg = ops_runs.function_config_txn(conn, run["function_id"])
     slot = None if cfg is None else flow.throttle_start(conn, cfg, jsonutil.loads(run["body"]), now)
     if slot is None or slot.start <= now:
+        if run["throttle_key"] is not None:  # its slot is taken (or there is no throttle any more)
+            conn.execute("UPDATE queue SET throttle_key = NULL WHERE run_id = ?", (run["id"],))
         return False
     deadline = run["start_deadline_at"]  # one before the slot cancels the run then
     due = slot.start if deadline is None else min(slot.start, int(deadline) + 1)

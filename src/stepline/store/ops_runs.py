@@ -161,10 +161,12 @@ def create_run_txn(
     if scheduled:
         due, wait_reason = scheduled, WaitReason.SCHEDULED
     # A scheduled or debounced run takes its throttle slot when it may start (ops_exec).
-    slot = None if scheduled or wait_reason == WaitReason.DEBOUNCING else flow.throttle_start(conn, cfg, body, now)
+    deferred = bool(scheduled or wait_reason == WaitReason.DEBOUNCING)
+    slot = None if deferred else flow.throttle_start(conn, cfg, body, now)
     if slot is not None and slot.start > due:
         due, wait_reason = slot.start, WaitReason.THROTTLED
     ahead = slot is not None and slot.start > now  # a slot still to come, given back if the run ends first
+    throttle_key = slot.key if ahead else flow.SLOT_AT_START if deferred and cfg.get("throttle") else None  # type: ignore[union-attr]
     timeouts = cfg.get("timeouts") or {}
     # timeouts.start counts from when the run may start: its scheduled time, else now.
     start_deadline = None if timeouts.get("start") is None else (scheduled or now) + int(timeouts["start"] * 1000)
@@ -209,7 +211,7 @@ def create_run_txn(
             now + handoff.lease_ms if leased else None,  # type: ignore[union-attr]  # set on the clock by stamp_handoff_leases_txn
             1 if leased else 0,
             start_by,
-            slot.key if ahead else None,  # type: ignore[union-attr]
+            throttle_key,
             slot.start if ahead else None,  # type: ignore[union-attr]
         ),
     )
@@ -686,8 +688,8 @@ def _give_back_throttle_slots_txn(conn: db.Conn, ended: list[tuple[dict[str, Any
     by_key: dict[tuple[str, str], list[int]] = {}
     now = 0
     for run, queued, at in ended:
-        if queued is None or queued["throttle_key"] is None or run["started_at"] is not None:
-            continue
+        if queued is None or not queued["throttle_key"] or queued["throttle_slot"] is None or run["started_at"] is not None:
+            continue  # no slot reserved (or one it takes when it may start), or one spent
         now = max(now, at)
         if int(queued["throttle_slot"]) > at:
             by_key.setdefault((str(queued["function_id"]), str(queued["throttle_key"])), []).append(int(queued["throttle_slot"]))
