@@ -333,6 +333,24 @@ async def test_a_scheduled_run_held_by_a_pause_when_due_still_takes_its_throttle
         assert (await t.wait(after)).output == "2"
 
 
+async def test_a_batch_that_fills_waits_for_its_throttle_slot(db_url: str) -> None:
+    app = stepline.App("t")
+
+    @app.function(id="paced-batch", trigger=stepline.TriggerEvent("t/paced-batch"),
+                  batch_events=stepline.Batch(max_size=2, timeout="1h"), throttle=stepline.Throttle(limit=1, period="1h"))
+    async def paced_batch(ctx: stepline.Context) -> list[int]:
+        return [int(e.data["n"]) for e in ctx.events]
+
+    async with TestEngine(app, db=db_url) as t:
+        first = [await t.send({"name": "t/paced-batch", "data": {"n": n}}) for n in (1, 2)]
+        assert (await t.wait(first[0])).output == [1, 2]
+        second = [await t.send({"name": "t/paced-batch", "data": {"n": n}}) for n in (3, 4)]
+        waiting = await t.result(second[0])  # full, but the throttle allows one start an hour
+        assert (waiting.status, waiting.wait_reason) == ("queued", "throttled")
+        await t.advance("1h")
+        assert (await t.wait(second[0])).output == [3, 4]
+
+
 async def test_a_run_scheduled_for_later_holds_its_singleton_key_from_receipt(db_url: str) -> None:
     """Inngest takes a singleton's lock when it queues the run, whatever its ts."""
     async with TestEngine(_settling(), db=db_url) as t:

@@ -136,7 +136,8 @@ def create_run_txn(
     Throttle reserves the run's start slot here, so a throttled run is simply due later.
     An event whose ``ts`` lies ahead schedules the run for then (``scheduled``) unless
     ``due_at`` is given (debounce and batching decide their own start); its throttle slot
-    is taken when it comes due, and a debounced run's when its window closes (``ops_exec``). A run that ``handoff`` can take is
+    is taken when it comes due, and a debounced or batching run's when its window closes
+    (``ops_exec``). A run that ``handoff`` can take is
     created running, leased to its worker.
     """
     fn_id = cfg["id"]
@@ -160,8 +161,9 @@ def create_run_txn(
     scheduled = due_at is None and _scheduled_start(body, now)
     if scheduled:
         due, wait_reason = scheduled, WaitReason.SCHEDULED
-    # A scheduled or debounced run takes its throttle slot when it may start (ops_exec).
-    deferred = bool(scheduled or wait_reason == WaitReason.DEBOUNCING)
+    # A scheduled, debounced or batching run takes its throttle slot when it may start
+    # (ops_exec): its start is not known yet (a batch that fills starts it at once).
+    deferred = bool(scheduled or wait_reason in (WaitReason.DEBOUNCING, WaitReason.BATCHING))
     slot = None if deferred else flow.throttle_start(conn, cfg, body, now)
     if slot is not None and slot.start > due:
         due, wait_reason = slot.start, WaitReason.THROTTLED
