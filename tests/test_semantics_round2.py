@@ -337,7 +337,7 @@ async def test_a_batch_that_fills_waits_for_its_throttle_slot(db_url: str) -> No
     app = stepline.App("t")
 
     @app.function(id="paced-batch", trigger=stepline.TriggerEvent("t/paced-batch"),
-                  batch_events=stepline.Batch(max_size=2, timeout="1h"), throttle=stepline.Throttle(limit=1, period="1h"))
+                  batch_events=stepline.Batch(max_size=2, timeout="1h"), throttle=stepline.Throttle(limit=1, period="2h"))
     async def paced_batch(ctx: stepline.Context) -> list[int]:
         return [int(e.data["n"]) for e in ctx.events]
 
@@ -345,10 +345,18 @@ async def test_a_batch_that_fills_waits_for_its_throttle_slot(db_url: str) -> No
         first = [await t.send({"name": "t/paced-batch", "data": {"n": n}}) for n in (1, 2)]
         assert (await t.wait(first[0])).output == [1, 2]
         second = [await t.send({"name": "t/paced-batch", "data": {"n": n}}) for n in (3, 4)]
-        waiting = await t.result(second[0])  # full, but the throttle allows one start an hour
+        waiting = await t.result(second[0])  # full, but the throttle allows one start in two hours
         assert (waiting.status, waiting.wait_reason) == ("queued", "throttled")
-        await t.advance("1h")
+        await t.advance("2h")
         assert (await t.wait(second[0])).output == [3, 4]
+        third = await t.send({"name": "t/paced-batch", "data": {"n": 5}})
+        await t.advance("1h")  # its timeout: the batch closes, and waits for the slot after the last
+        assert (await t.result(third)).wait_reason == "throttled"
+        fourth = [await t.send({"name": "t/paced-batch", "data": {"n": n}}) for n in (6, 7)]
+        assert len(fourth[0].run_ids) == 1 and fourth[0].run_ids != third.run_ids  # a batch of their own
+        await t.advance("1h")
+        assert (await t.wait(third)).output == [5]
+        assert (await t.result(fourth[0])).wait_reason == "throttled"
 
 
 async def test_a_run_scheduled_for_later_holds_its_singleton_key_from_receipt(db_url: str) -> None:

@@ -341,9 +341,11 @@ def _held_back_txn(conn: db.Conn, run: dict[str, Any], now: int) -> bool:
     (Inngest schedules the debounced event when the period ends, at its ``ts``), or
     waiting for its throttle slot, which debounced and scheduled runs take only now.
     True: the run went back to the queue."""
-    fired = run["cleanup"] & ops_runs.CLEANUP_WINDOW and conn.one(
-        "DELETE FROM debounces WHERE run_id = ? RETURNING run_id", (run["id"],)
-    )  # the window closes when the period ends: a later event opens a new one
+    window = run["cleanup"] & ops_runs.CLEANUP_WINDOW
+    fired = window and conn.one("DELETE FROM debounces WHERE run_id = ? RETURNING run_id", (run["id"],))
+    if window:  # the window closes when it falls due: a later event opens a new one, even
+        # while this run waits for its throttle slot (a batch it kept open would fill and start it)
+        conn.execute("DELETE FROM batches WHERE run_id = ?", (run["id"],))
     if fired:
         ts = jsonutil.loads(run["body"]).get("ts")
         if isinstance(ts, (int, float)) and not isinstance(ts, bool) and ts > now:
