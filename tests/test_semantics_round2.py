@@ -359,6 +359,30 @@ async def test_a_batch_that_fills_waits_for_its_throttle_slot(db_url: str) -> No
         assert (await t.result(fourth[0])).wait_reason == "throttled"
 
 
+async def test_timeouts_start_of_a_debounced_or_batched_run_counts_from_when_its_window_closes(db_url: str) -> None:
+    """As on Inngest, which creates such a run only then: a start timeout shorter than the
+    window does not cancel every run."""
+    app = stepline.App("t")
+
+    @app.function(id="settle-soon", trigger=stepline.TriggerEvent("t/settle-soon"),
+                  debounce=stepline.Debounce(period="1m"), timeouts=stepline.Timeouts(start="30s"))
+    async def settle_soon(ctx: stepline.Context) -> int:
+        return int(ctx.event.data["n"])
+
+    @app.function(id="batch-soon", trigger=stepline.TriggerEvent("t/batch-soon"),
+                  batch_events=stepline.Batch(max_size=10, timeout="1h"), timeouts=stepline.Timeouts(start="10m"))
+    async def batch_soon(ctx: stepline.Context) -> list[int]:
+        return [int(e.data["n"]) for e in ctx.events]
+
+    async with TestEngine(app, db=db_url) as t:
+        debounced = await t.send({"name": "t/settle-soon", "data": {"n": 1}})
+        batched = await t.send({"name": "t/batch-soon", "data": {"n": 2}})
+        await t.advance("1m")
+        assert (await t.wait(debounced)).output == 1
+        await t.advance("59m")
+        assert (await t.wait(batched)).output == [2]
+
+
 async def test_a_run_scheduled_for_later_holds_its_singleton_key_from_receipt(db_url: str) -> None:
     """Inngest takes a singleton's lock when it queues the run, whatever its ts."""
     async with TestEngine(_settling(), db=db_url) as t:

@@ -346,6 +346,8 @@ def _held_back_txn(conn: db.Conn, run: dict[str, Any], now: int) -> bool:
     if window:  # the window closes when it falls due: a later event opens a new one, even
         # while this run waits for its throttle slot (a batch it kept open would fill and start it)
         conn.execute("DELETE FROM batches WHERE run_id = ?", (run["id"],))
+        if run["start_deadline_at"] is None:  # a window's run gets it now (see ops_runs.create_run_txn)
+            _start_deadline_txn(conn, run, now)
     if fired:
         ts = jsonutil.loads(run["body"]).get("ts")
         if isinstance(ts, (int, float)) and not isinstance(ts, bool) and ts > now:
@@ -356,6 +358,19 @@ def _held_back_txn(conn: db.Conn, run: dict[str, Any], now: int) -> bool:
         run["throttle_key"] is None and run["wait_reason"] == WaitReason.SCHEDULED
     )
     return deferred and _throttled_txn(conn, run, now)
+
+
+def _start_deadline_txn(conn: db.Conn, run: dict[str, Any], now: int) -> None:
+    """A debounced or batched run's ``timeouts.start`` counts from when its window closes
+    (now), as Inngest creates the run only then: from its first event, a start timeout
+    shorter than the window cancelled every such run."""
+    cfg = ops_runs.function_config_txn(conn, run["function_id"])
+    start = None if cfg is None else (cfg.get("timeouts") or {}).get("start")
+    if start is None:
+        return
+    run["start_deadline_at"] = now + int(start * 1000)
+    conn.execute("UPDATE runs SET start_deadline_at = ? WHERE id = ?", (run["start_deadline_at"], run["id"]))
+    conn.execute("UPDATE queue SET start_by = ? WHERE run_id = ?", (run["start_deadline_at"], run["id"]))
 
 
 def _schedule_at_ts_txn(conn: db.Conn, run: dict[str, Any], ts: int, now: int) -> None:

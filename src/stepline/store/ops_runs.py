@@ -170,8 +170,13 @@ def create_run_txn(
     ahead = slot is not None and slot.start > now  # a slot still to come, given back if the run ends first
     throttle_key = slot.key if ahead else flow.SLOT_AT_START if deferred and cfg.get("throttle") else None  # type: ignore[union-attr]
     timeouts = cfg.get("timeouts") or {}
-    # timeouts.start counts from when the run may start: its scheduled time, else now.
-    start_deadline = None if timeouts.get("start") is None else (scheduled or now) + int(timeouts["start"] * 1000)
+    # timeouts.start counts from when the run may start: its scheduled time, else now; for a
+    # debounce or a batch, from when its window closes (set then, in ops_exec), as Inngest
+    # creates such a run only then.
+    windowed = wait_reason in (WaitReason.DEBOUNCING, WaitReason.BATCHING)
+    start_deadline = (
+        None if timeouts.get("start") is None or windowed else (scheduled or now) + int(timeouts["start"] * 1000)
+    )
     finish_ms = None if timeouts.get("finish") is None else int(timeouts["finish"] * 1000)
     cleanup = (CLEANUP_WAITS if cfg.get("cancel_on") else 0) | (
         CLEANUP_WINDOW if cfg.get("debounce") or cfg.get("batch_events") else 0
