@@ -383,6 +383,23 @@ async def test_timeouts_start_of_a_debounced_or_batched_run_counts_from_when_its
         assert (await t.wait(batched)).output == [2]
 
 
+async def test_a_debounced_run_is_cancelled_by_what_matches_the_event_it_kept(db_url: str) -> None:
+    app = stepline.App("t")
+
+    @app.function(id="settle-cancellable", trigger=stepline.TriggerEvent("t/settle-c"),
+                  debounce=stepline.Debounce(period="1m"), cancel_on=[stepline.CancelOn("t/settle-c.stop", match="data.order")])
+    async def settle_cancellable(ctx: stepline.Context) -> str:
+        return str(ctx.event.data["order"])
+
+    async with TestEngine(app, db=db_url) as t:
+        first = await t.send({"name": "t/settle-c", "data": {"order": "a"}})
+        await t.send({"name": "t/settle-c", "data": {"order": "b"}})  # the run now has this event
+        await t.send({"name": "t/settle-c.stop", "data": {"order": "a"}})  # the replaced event's: no match
+        assert (await t.result(first)).status == "queued"
+        await t.send({"name": "t/settle-c.stop", "data": {"order": "b"}})
+        assert (await t.result(first)).status == "cancelled"
+
+
 async def test_a_run_scheduled_for_later_holds_its_singleton_key_from_receipt(db_url: str) -> None:
     """Inngest takes a singleton's lock when it queues the run, whatever its ts."""
     async with TestEngine(_settling(), db=db_url) as t:

@@ -323,6 +323,13 @@ def set_run_event_txn(
         "UPDATE queue SET priority_ms = ?, ck1 = ?, cl1 = ?, ck2 = ?, cl2 = ? WHERE run_id = ?",
         (flow.priority_ms(cfg, body), keys[0][0], keys[0][1], keys[1][0], keys[1][1], run_id),
     )
+    if cfg.get("cancel_on"):  # its cancel rules match against the event it now has, not the first
+        rules = conn.all(
+            "DELETE FROM waits WHERE run_id = ? AND step_key IS NULL RETURNING id, event_name, expression, expires_at",
+            (run_id,),
+        )
+        for wait_id, row in {str(r["id"]).partition(ALTERNATIVE)[0]: r for r in rules}.items():
+            insert_wait_txn(conn, wait_id, run_id, None, row["event_name"], row["expression"], row["expires_at"], body)
 
 
 # --- waits -----------------------------------------------------------------------
