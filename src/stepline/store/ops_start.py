@@ -34,7 +34,7 @@ def held_back_txn(conn: db.Conn, run: dict[str, Any], now: int) -> bool:
         if isinstance(ts, (int, float)) and not isinstance(ts, bool) and ts > now:
             _schedule_at_ts_txn(conn, run, min(int(ts), flow.NEVER), now)
             return True
-    # Rows of the release before migration 0019 have no marker: a scheduled one says so itself.
+    # Rows of the release before migration 0020 have no marker: a scheduled one says so itself.
     deferred = run["throttle_key"] == flow.SLOT_AT_START or (
         run["throttle_key"] is None and run["wait_reason"] == WaitReason.SCHEDULED
     )
