@@ -127,6 +127,59 @@ async def test_a_write_whose_error_arrives_later_still_fails_only_its_own_operat
     assert scratch_rows(postgres_url) == [("a", "updated")]
 
 
+async def test_a_group_commit_of_many_operations_costs_a_few_round_trips_not_a_few_per_operation(postgres_url: str) -> None:
+    """Each operation of a shared commit ran in a savepoint and ended with a sync: two round
+    trips per operation. On a link of 100 ms, 20 runs' writes held the writer for seconds,
+    and the heartbeat passed over the rows it held until their leases ran out. They now go
+    out together, with one sync for all of them; savepoints only when one fails (below)."""
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE scratch (id TEXT PRIMARY KEY, note TEXT)")
+    proxy = CuttingProxy("127.0.0.1", 5432, delay=0.005).start()
+    database = postgres.PostgresDatabase(postgres_url.replace(":5432/", f":{proxy.port}/"))
+    await database.start()
+    entered, gate = threading.Event(), threading.Event()
+
+    def hold(conn: db.Conn) -> None:  # keeps the writer busy while the others queue up for one batch
+        entered.set()
+        gate.wait(10)
+
+    def insert(name: str) -> db.Op[str]:
+        def op(conn: db.Conn) -> str:
+            conn.execute("INSERT INTO scratch (id, note) VALUES (?, ?)", (name, "kept"))
+            return name
+
+        return op
+
+    loop = asyncio.get_running_loop()
+    try:
+        holding = asyncio.ensure_future(database.write(hold))
+        await loop.run_in_executor(None, entered.wait, 10)
+        for names in ([f"r{n}" for n in range(20)], ["r0", "s1", "s2"]):  # all succeed; then one fails
+            writes = [asyncio.ensure_future(database.write(insert(name))) for name in names]
+            await asyncio.sleep(0.1)  # every write queued behind the one in progress
+            before = list(proxy.round_trips)
+            gate.set()
+            results = await asyncio.gather(holding, *writes, return_exceptions=True)
+            spent = max(after - was for after, was in zip(proxy.round_trips, before))
+            if names[0] == "r0" and len(names) == 20:
+                assert results[1:] == names
+                # Both batches' ends and the 20 operations together: not two per operation (25 before).
+                assert spent <= 4, f"{spent} round trips for a batch of 20 operations"
+            else:
+                assert isinstance(results[1], psycopg.errors.UniqueViolation) and results[2:] == ["s1", "s2"], results
+            gate.clear()
+            entered.clear()
+            holding = asyncio.ensure_future(database.write(hold))
+            await loop.run_in_executor(None, entered.wait, 10)
+        gate.set()
+        await holding
+    finally:
+        gate.set()
+        await database.close()
+        proxy.stop()
+    assert len(scratch_rows(postgres_url)) == 22
+
+
 def test_plain_inserts_become_one_statement_over_json_and_anything_else_is_left_alone() -> None:
     statement, columns = postgres.bulk_insert("INSERT INTO runs (id, attempt, note) VALUES (?, 0, ?)")  # type: ignore[misc]
     assert statement == (
@@ -223,6 +276,8 @@ class _CutOnCommit:
         if sql == "COMMIT" and self._owner.cuts:
             self._owner.cuts -= 1
             self._raw.execute("COMMIT" if self._owner.commit_took_effect else "ROLLBACK")
+            if self._raw._pipeline is not None:
+                self._raw._pipeline.sync()  # sent in the batch's pipeline: there before the cut
             self._raw.close()
             raise psycopg.OperationalError("simulated: the connection was lost during COMMIT")
         return self._raw.execute(sql, *args, **kwargs)

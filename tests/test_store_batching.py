@@ -135,8 +135,11 @@ async def test_a_shared_operation_that_fails_is_run_again_for_each_item_alone(ma
     database = engine.store.db
     results = await _while_writer_busy(database, [database.write_item(kind, item) for item in ("a", "bad", "c")])
 
-    assert calls[0] == ["a", "bad", "c"]  # first together ...
-    assert sorted(map(tuple, calls[1:])) == [("a",), ("bad",), ("c",)]  # ... then each alone
+    # First together, then each alone. (On PostgreSQL a commit's operations first run with no
+    # savepoints, and again each in its own once one of them fails: calls may repeat.)
+    together = [call for call in calls if len(call) > 1]
+    assert together and together == [["a", "bad", "c"]] * len(together) and calls[: len(together)] == together
+    assert {tuple(call) for call in calls[len(together):]} == {("a",), ("bad",), ("c",)}
     assert results[0] == "ok-a" and results[2] == "ok-c"
     assert isinstance(results[1], ValueError)
     assert sorted(query(db_url, "SELECT id FROM events WHERE id IN ('ev-a', 'ev-bad', 'ev-c')")) == [("ev-a",), ("ev-c",)]

@@ -7,6 +7,8 @@ every open connection open but silent. ``outage`` plays a
 server restart: every connection dies and new ones are refused for a while, without
 touching the real server (which other tests share). ``delay`` holds every chunk that
 long before passing it on, either way: a slow link (a round trip costs twice the delay).
+``round_trips`` counts, per connection, the times its client spoke after the server had (or
+first): how many times the client waited for an answer.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class CuttingProxy:
         self._silenced: set[asyncio.StreamWriter] = set()  # open, but nothing reaches them any more
         self._armed: asyncio.Future[float] | None = None
         self._down_until = 0.0  # time.monotonic() before which new connections are refused
+        self.round_trips: list[int] = []  # per connection, in the order they were opened (see above)
         self._thread = threading.Thread(target=self._loop.run_forever, name="chaos-proxy", daemon=True)
 
     def start(self) -> CuttingProxy:
@@ -50,19 +53,27 @@ class CuttingProxy:
             client_writer.transport.abort()
             return
         self._writers |= {client_writer, server_writer}
+        link = len(self.round_trips)
+        self.round_trips.append(0)
+        turn = [False]  # whether the client spoke last
         await asyncio.gather(
-            self._pump(client_reader, server_writer, from_client=True),
-            self._pump(server_reader, client_writer, from_client=False),
+            self._pump(client_reader, server_writer, from_client=True, link=link, turn=turn),
+            self._pump(server_reader, client_writer, from_client=False, link=link, turn=turn),
         )
         self._writers -= {client_writer, server_writer}
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, from_client: bool) -> None:
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, from_client: bool, link: int, turn: list[bool]
+    ) -> None:
         if self.delay:
             reader = self._delayed(reader)  # type: ignore[assignment]
         try:
             while data := await reader.read(65536):
                 if writer in self._silenced:
                     continue  # a black hole: swallowed, and the connection stays open
+                if from_client and not turn[0]:
+                    self.round_trips[link] += 1
+                turn[0] = from_client
                 writer.write(data)
                 await writer.drain()
                 if from_client and self._armed is not None and not self._armed.done():

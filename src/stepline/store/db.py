@@ -82,6 +82,12 @@ class Conn(abc.ABC):
         self._deferred.clear()
         self.memo.clear()
 
+    def restarted(self) -> None:
+        """The whole transaction rolled back, to be run again from its start: nothing of it stands."""
+        self.rolled_back()
+        self.woke = False
+        self.wakes = 0
+
     def execute(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
         self.flush()
         return self._execute(sql, params)
