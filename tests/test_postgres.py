@@ -467,7 +467,7 @@ async def test_a_claim_never_misses_a_checkpoint_committing_under_an_expired_lea
     step = StepResult("s1", "s1", "run", "completed", '"done"', None, 1, 1, 2)
 
     def slow_checkpoint(conn: db.Conn) -> list[Any]:
-        saved = ops_exec.checkpoint_many_txn(conn, [(Lease(claimed.run_id, "worker-a", claimed.epoch), step, 1)])
+        saved = ops_exec.checkpoint_many_txn(conn, [(Lease(claimed.run_id, "worker-a", claimed.epoch), step, 1, None)])
         conn.execute("SELECT pg_sleep(1.0)")  # still committing when B claims
         return saved
 

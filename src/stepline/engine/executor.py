@@ -193,6 +193,11 @@ class RunExecution:
             self._request_renewal()
             await self._renewed.wait()
 
+    def renewal_due(self) -> bool:
+        """Whether over a quarter of the lease has passed since it was granted or last renewed
+        (the heartbeat's period): a run that joins the worker so late asks for a renewal at once."""
+        return time.monotonic() + self._fence_span - self._services.settings.lease / 4 > self.deadline
+
     def short_of_lease(self) -> bool:
         """Whether less than ``START_MARGIN`` of the lease is left before this worker's deadline."""
         return time.monotonic() + self._start_margin > self.deadline
@@ -281,11 +286,23 @@ class RunExecution:
         self._submit()
 
     def _submit(self) -> None:
+        if not self._unsaved:
+            return
+        # A saved step extends the lease too, from a moment before its transaction began: the
+        # heartbeat passes over the rows the writer holds, and on a slow link it holds them most
+        # of the time (the runs stopped, their leases never renewed, while their steps saved).
+        since = time.monotonic()
+        renew_ms = int(self._services.settings.lease * 1000) if self.lease.epoch is not None else None
         for step, seq in self._unsaved:
-            future = self._store.checkpoint_soon(self.lease, step, seq)
+            future = self._store.checkpoint_soon(self.lease, step, seq, renew_ms)
             future.add_done_callback(_observe)
+            future.add_done_callback(functools.partial(self._saved, since))
             self._saving.append(future)
         self._unsaved.clear()
+
+    def _saved(self, since: float, future: asyncio.Future[Any]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            self.renewed(since)
 
     async def await_checkpoints(self) -> None:
         """Wait until every completed step of this run is committed; raises ``Halt`` when
@@ -668,6 +685,11 @@ class Executor:
                     task = loop.run_in_executor(self._services.handler_threads, contextvars.copy_context().run, function.handler, ctx)
             execution.handler = task
             self.active[claimed.run_id] = (task, execution)
+            if execution.renewal_due():
+                # The heartbeat's next turn may be up to a quarter lease away, and on a slow link
+                # a renewal takes a second: a hand-off whose ingest took most of one round trip
+                # after another ran out before it was renewed.
+                self.renewal_wanted.set()
             try:
                 await self._await_outcome(claimed, execution, task)
             except LOST as exc:

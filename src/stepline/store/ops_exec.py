@@ -443,18 +443,25 @@ def _runs_row_locked(lease: Lease) -> errors.StoreError:
     )
 
 
-def checkpoint_many_txn(conn: db.Conn, items: list[tuple[Lease, StepResult, int]]) -> list[bool | errors.LeaseLost]:
+CheckpointItem = tuple[Lease, StepResult, int, "int | None"]
+
+
+def checkpoint_many_txn(conn: db.Conn, items: list[CheckpointItem]) -> list[bool | errors.LeaseLost]:
     """Save finished steps (completed, or failed for good) of many runs at once: one lease
     check, one multi-row write.
 
-    ``items`` are ``(lease, step, seq)``; each gets whether cancel was requested, or a
-    ``LeaseLost`` for itself alone.
+    ``items`` are ``(lease, step, seq, lease_ms)``; each gets whether cancel was requested,
+    or a ``LeaseLost`` for itself alone. With ``lease_ms``, a step saved also extends its
+    run's lease that long from the database's clock now, as a heartbeat does: the heartbeat
+    passes over the rows this transaction holds, and on a slow link the writer holds them
+    most of the time (see ``heartbeat_txn``).
     """
     held = _held_many(conn, [item[0].run_id for item in items])
     out: list[bool | errors.LeaseLost] = []
     rows: list[tuple[Any, ...]] = []
     saved: list[tuple[str, StepResult]] = []
-    for lease, step, seq in items:
+    renew: dict[int, list[str]] = {}
+    for lease, step, seq, lease_ms in items:
         row = held.get(lease.run_id)
         if not holds(row, lease):
             _record_unsaved_usage(conn, lease, step)
@@ -462,11 +469,21 @@ def checkpoint_many_txn(conn: db.Conn, items: list[tuple[Lease, StepResult, int]
             continue
         rows.append(_step_row(lease.run_id, step, seq, step.status))
         saved.append((lease.run_id, step))
+        if lease_ms is not None:
+            renew.setdefault(lease_ms, []).append(lease.run_id)
         out.append(bool(row["cancel_requested"]))  # type: ignore[index]
     if rows:
         conn.executemany(_UPSERT_STEP, rows)
     for run_id, step in saved:
         _checkpoint_extras(conn, run_id, step)
+    for lease_ms, run_ids in renew.items():
+        marks, params = db.in_list(run_ids)
+        expires = f"{conn.clock_ms} + ?"
+        conn.execute(  # never shortened: a lease is only ever extended
+            f"UPDATE queue SET lease_expires_at = CASE WHEN lease_expires_at > {expires} THEN lease_expires_at "
+            f"ELSE {expires} END WHERE run_id IN ({marks})",
+            (lease_ms, lease_ms, *params),
+        )
     return out
 
 
@@ -745,37 +762,77 @@ def heartbeat_txn(conn: db.Conn, worker_id: str, leases: list[Lease], lease_ms: 
     worker does not know it has (its claim or hand-off committed, but the answer was lost
     with the connection) runs out and the run is claimed again, rather than being kept
     alive by a worker that will never run it.
+
+    Rows of this owner with another epoch are its own later leases (a worker never holds
+    two of one run): extending them is harmless, and they are not reported held. Rows
+    another transaction has locked are passed over, not waited for: on PostgreSQL the
+    renewal has a connection of its own, and this process's writer locks the rows of the
+    runs whose steps it is saving until its commit, which may be seconds away.
     """
     since = time.monotonic()
-    held: dict[str, int] = {}
-    busy: set[str] = set()
-    if leases:
-        epochs = {lease.run_id: lease.epoch for lease in leases}
-        marks, params = db.in_list(list(epochs))
-        # Rows of this owner with another epoch are its own later leases (a worker never
-        # holds two of one run): extending them is harmless, and they are not reported held.
-        # Rows another transaction has locked are passed over, not waited for: on PostgreSQL
-        # the renewal has a connection of its own, and this process's writer locks the rows
-        # of the runs whose steps it is saving until its commit, which may be seconds away.
-        for row in conn.all(
-            f"UPDATE queue SET lease_expires_at = {conn.clock_ms} + ? WHERE run_id IN "
-            f"(SELECT run_id FROM queue WHERE lease_owner = ? AND run_id IN ({marks}) {conn.skip_locked()}) "
-            "RETURNING run_id, lease_epoch",
-            (lease_ms, worker_id, *params),
-        ):
-            if epochs[row["run_id"]] in (None, row["lease_epoch"]):
-                held[row["run_id"]] = row["lease_epoch"]
-        missing = [run_id for run_id in epochs if run_id not in held]
+    epochs = {lease.run_id: lease.epoch for lease in leases}
+    if conn.dialect == "postgres":
+        renewed, others, cancelled = _renew_in_one_statement(conn, worker_id, list(epochs), lease_ms)
+    else:
+        renewed, others, cancelled = _renew_step_by_step(conn, worker_id, list(epochs), lease_ms)
+    held = {r["run_id"]: r["lease_epoch"] for r in renewed if epochs[r["run_id"]] in (None, r["lease_epoch"])}
+    busy = frozenset(  # locked, and as last committed still this lease's
+        r["run_id"] for r in others
+        if r["run_id"] not in held and holds(r, Lease(r["run_id"], worker_id, epochs[r["run_id"]]))
+    )
+    return Renewal(held, cancelled, since, busy)
+
+
+def _renew_sql(conn: db.Conn, marks: str) -> str:
+    return (
+        f"UPDATE queue SET lease_expires_at = {conn.clock_ms} + ? WHERE run_id IN "
+        f"(SELECT run_id FROM queue WHERE lease_owner = ? AND run_id IN ({marks}) {conn.skip_locked()}) "
+        "RETURNING run_id, lease_epoch"
+    )
+
+
+_CANCEL_ASKED = "SELECT q.run_id FROM queue q JOIN runs r ON r.id = q.run_id WHERE q.lease_owner = ? AND r.cancel_requested = 1"
+
+
+def _renew_step_by_step(
+    conn: db.Conn, worker_id: str, run_ids: list[str], lease_ms: int
+) -> tuple[list[db.Row], list[db.Row], list[str]]:
+    """The renewal, the rows it passed over and the runs asked to cancel, a statement each."""
+    renewed: list[db.Row] = []
+    others: list[db.Row] = []
+    if run_ids:
+        marks, params = db.in_list(run_ids)
+        renewed = conn.all(_renew_sql(conn, marks), (lease_ms, worker_id, *params))
+        done = {r["run_id"] for r in renewed}
+        missing = [run_id for run_id in run_ids if run_id not in done]
         if missing:
             marks, params = db.in_list(missing)
-            for row in conn.all(f"SELECT run_id, lease_owner, lease_epoch FROM queue WHERE run_id IN ({marks})", params):
-                if holds(row, Lease(row["run_id"], worker_id, epochs[row["run_id"]])):
-                    busy.add(row["run_id"])  # locked, and as last committed still this lease's
+            others = conn.all(f"SELECT run_id, lease_owner, lease_epoch FROM queue WHERE run_id IN ({marks})", params)
+    return renewed, others, [r["run_id"] for r in conn.all(_CANCEL_ASKED, (worker_id,))]
+
+
+def _renew_in_one_statement(
+    conn: db.Conn, worker_id: str, run_ids: list[str], lease_ms: int
+) -> tuple[list[db.Row], list[db.Row], list[str]]:
+    """The same in one statement (one round trip where each costs one: a renewal that took
+    five on a slow link came after the lease it renewed had run out). The rows read beside
+    the UPDATE are as they were before it (its own changes are not visible there), their
+    owner and epoch unchanged by it; a row it renewed is left out of them by the caller."""
+    if not run_ids:
+        return [], [], [r["run_id"] for r in conn.all(_CANCEL_ASKED, (worker_id,))]
+    marks, params = db.in_list(run_ids)
     rows = conn.all(
-        "SELECT q.run_id FROM queue q JOIN runs r ON r.id = q.run_id WHERE q.lease_owner = ? AND r.cancel_requested = 1",
-        (worker_id,),
+        f"WITH renewed AS ({_renew_sql(conn, marks)}) "
+        "SELECT 'renewed' AS kind, run_id, NULL AS lease_owner, lease_epoch FROM renewed "
+        f"UNION ALL SELECT 'other', run_id, lease_owner, lease_epoch FROM queue WHERE run_id IN ({marks}) "
+        f"UNION ALL SELECT 'cancel', run_id, NULL, NULL FROM ({_CANCEL_ASKED}) AS asked",
+        (lease_ms, worker_id, *params, *params, worker_id),
     )
-    return Renewal(held, [r["run_id"] for r in rows], since, frozenset(busy))
+    return (
+        [r for r in rows if r["kind"] == "renewed"],
+        [r for r in rows if r["kind"] == "other"],
+        [r["run_id"] for r in rows if r["kind"] == "cancel"],
+    )
 
 
 def cancel_requested_txn(conn: db.Conn, worker_id: str) -> list[str]:

@@ -224,13 +224,14 @@ class Store:
         )
         return await self.db.write(db.relaxed(claim))
 
-    async def checkpoint(self, lease: Lease, step: StepResult, seq: int) -> bool:
-        """Save a step's outcome; returns whether the run was asked to cancel."""
-        return bool(await self.db.write_item(CHECKPOINTS, (lease, step, seq)))
+    async def checkpoint(self, lease: Lease, step: StepResult, seq: int, renew_ms: int | None = None) -> bool:
+        """Save a step's outcome; returns whether the run was asked to cancel. With
+        ``renew_ms``, the lease is extended that long too (``ops_exec.checkpoint_many_txn``)."""
+        return bool(await self.db.write_item(CHECKPOINTS, (lease, step, seq, renew_ms)))
 
-    def checkpoint_soon(self, lease: Lease, step: StepResult, seq: int) -> asyncio.Future[Any]:
+    def checkpoint_soon(self, lease: Lease, step: StepResult, seq: int, renew_ms: int | None = None) -> asyncio.Future[Any]:
         """``checkpoint`` without waiting: the future resolves (to the cancel flag) once committed."""
-        return self.db.submit_item(CHECKPOINTS, (lease, step, seq))
+        return self.db.submit_item(CHECKPOINTS, (lease, step, seq, renew_ms))
 
     async def send_events_step(self, lease: Lease, step: StepResult, seq: int, events: list[event_mod.Event]) -> list[str]:
         return await self.db.write(self._at_commit(ops_exec.send_events_step_txn, lease=lease, step=step, seq=seq, events=events))
