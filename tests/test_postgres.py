@@ -180,6 +180,51 @@ async def test_a_group_commit_of_many_operations_costs_a_few_round_trips_not_a_f
     assert len(scratch_rows(postgres_url)) == 22
 
 
+async def test_runs_released_together_cost_a_few_round_trips_and_free_their_slots(postgres_url: str) -> None:
+    """Runs a worker stops together (their leases could not be renewed) are handed back:
+    each release was an operation of its own, with two reads (its lease, its concurrency
+    keys), so 20 of them held the writer for 8 s on a 200 ms link. The releases of one
+    commit are now one operation, and the runs parked behind their slots are made ready."""
+    proxy = CuttingProxy("127.0.0.1", 5432, delay=0.005).start()
+    url = postgres_url.replace(":5432/", f":{proxy.port}/")
+    app = stepline.App("release-together")
+
+    @app.function(id="limited", trigger=stepline.TriggerEvent("rt/job"), concurrency=stepline.Concurrency(10))
+    async def limited(ctx: stepline.Context) -> None:
+        return None
+
+    engine = Engine(open_store(url, migrate_now=False), TEST_SETTINGS.replace(db=url), [app])
+    await engine.start(run_worker=False)
+    try:
+        await engine.send_many([{"name": "rt/job", "data": {"n": n}} for n in range(20)])
+        claimed, _ = await engine.store.claim("w-1", ["limited"], 20, 60_000)
+        assert len(claimed) == 10  # the other 10 parked behind the limit
+        entered, gate = threading.Event(), threading.Event()
+
+        def hold(conn: db.Conn) -> None:  # the releases queue up behind it, for one commit
+            entered.set()
+            gate.wait(10)
+
+        holding = asyncio.ensure_future(engine.store.db.write(hold))
+        await asyncio.get_running_loop().run_in_executor(None, entered.wait, 10)
+        releases = [asyncio.ensure_future(engine.store.release([Lease(c.run_id, "w-1", c.epoch)])) for c in claimed]
+        await asyncio.sleep(0.1)
+        before = list(proxy.round_trips)
+        gate.set()
+        await asyncio.gather(holding, *releases)
+        spent = max(after - was for after, was in zip(proxy.round_trips, before))
+        assert spent <= 8, f"{spent} round trips to release 10 runs"  # 33 when each was its own operation
+    finally:
+        gate.set()
+        await engine.stop(grace=1.0)
+        proxy.stop()
+    with psycopg.connect(postgres_url) as conn:
+        rows = conn.execute("SELECT lease_owner, parked_on FROM queue").fetchall()
+        statuses = conn.execute("SELECT DISTINCT status FROM runs").fetchall()
+    assert rows == [(None, None)] * 20, rows
+    assert statuses == [("queued",)]
+
+
 def test_plain_inserts_become_one_statement_over_json_and_anything_else_is_left_alone() -> None:
     statement, columns = postgres.bulk_insert("INSERT INTO runs (id, attempt, note) VALUES (?, 0, ?)")  # type: ignore[misc]
     assert statement == (

@@ -847,23 +847,27 @@ def cancel_requested_txn(conn: db.Conn, worker_id: str) -> list[str]:
 
 def release_txn(conn: db.Conn, leases: list[Lease], now: int) -> None:
     """Hand runs back to the queue untouched (a worker shutting down, or one whose hold on
-    them lapsed): only those the leases still hold."""
+    them lapsed): only those the leases still hold. A few statements for any number of runs
+    (runs stopped together on a slow link were released one round trip after another)."""
     if not leases:
         return
     held = _held_many(conn, [lease.run_id for lease in leases], lock_runs=True)
-    for lease in leases:
-        row = held.get(lease.run_id)
-        if not holds(row, lease) or (row or {}).get("runs_locked"):
-            continue  # a row another session holds: its lease runs out, and a claim takes it then
-        flow.release_slots(conn, lease.run_id, now)
-        conn.execute(
-            "UPDATE queue SET lease_owner = NULL, lease_expires_at = NULL, due_at = ? WHERE run_id = ?",
-            (now, lease.run_id),
-        )
-        conn.execute(
-            "UPDATE runs SET status = 'queued', wait_reason = 'queued', updated_at = ? WHERE id = ? AND status = 'running'",
-            (now, lease.run_id),
-        )
+    run_ids = list(dict.fromkeys(
+        lease.run_id for lease in leases
+        # a row another session holds: its lease runs out, and a claim takes it then
+        if holds(held.get(lease.run_id), lease) and not (held.get(lease.run_id) or {}).get("runs_locked")
+    ))
+    if not run_ids:
+        return
+    flow.release_slots_many(conn, run_ids, now)
+    conn.executemany(
+        "UPDATE queue SET lease_owner = NULL, lease_expires_at = NULL, due_at = ? WHERE run_id = ?",
+        [(now, run_id) for run_id in run_ids],
+    )
+    conn.executemany(
+        "UPDATE runs SET status = 'queued', wait_reason = 'queued', updated_at = ? WHERE id = ? AND status = 'running'",
+        [(now, run_id) for run_id in run_ids],
+    )
     conn.wake()
 
 

@@ -134,6 +134,8 @@ class Store:
             "ingest", self._ingest_many, alone_on_error=True, busy_message=INGEST_BUSY,
             write_lock_wait_ms=INGEST_WRITE_LOCK_WAIT_MS, write_lock_message=INGEST_WRITE_LOCKED,
         )
+        # Releases of one commit share one operation too (see ``release``).
+        self._releases = db.Batched("release", self._release_many)
 
     def _at_commit(self, op: Callable[..., T], **params: Any) -> Callable[[db.Conn], T]:
         """``op`` with ``now`` read when its transaction runs (see "writes" below)."""
@@ -257,7 +259,13 @@ class Store:
         return await self.db.renew(partial(ops_exec.heartbeat_txn, worker_id=worker_id, leases=leases, lease_ms=lease_ms))
 
     async def release(self, leases: list[Lease]) -> None:
-        await self.db.write(self._at_commit(ops_exec.release_txn, leases=leases))
+        await self.db.write_item(self._releases, leases)
+
+    def _release_many(self, conn: db.Conn, items: list[list[Lease]]) -> list[None]:
+        """The releases of one commit (runs stopped together) as one operation: a few
+        statements for all of them, ``now`` read when the transaction runs."""
+        ops_exec.release_txn(conn, [lease for leases in items for lease in leases], now=self.now_ms())
+        return [None] * len(items)
 
     async def cancel_requested(self, worker_id: str) -> list[str]:
         """The runs leased to ``worker_id`` that were asked to cancel."""
