@@ -288,15 +288,19 @@ class RunExecution:
     def _submit(self) -> None:
         if not self._unsaved:
             return
-        # A saved step extends the lease too, from a moment before its transaction began: the
-        # heartbeat passes over the rows the writer holds, and on a slow link it holds them most
-        # of the time (the runs stopped, their leases never renewed, while their steps saved).
+        # On PostgreSQL a saved step extends the lease too, from a moment before its transaction
+        # began: the heartbeat passes over the rows the writer holds (SKIP LOCKED), and on a slow
+        # link it holds them most of the time (the runs stopped, their leases never renewed, while
+        # their steps saved). SQLite's heartbeat takes its turn in the same writer and is never
+        # passed over, so there the extra write per step would only slow the writer.
         since = time.monotonic()
-        renew_ms = int(self._services.settings.lease * 1000) if self.lease.epoch is not None else None
+        renews = self.lease.epoch is not None and self._store.dialect == "postgres"
+        renew_ms = int(self._services.settings.lease * 1000) if renews else None
         for step, seq in self._unsaved:
             future = self._store.checkpoint_soon(self.lease, step, seq, renew_ms)
             future.add_done_callback(_observe)
-            future.add_done_callback(functools.partial(self._saved, since))
+            if renews:
+                future.add_done_callback(functools.partial(self._saved, since))
             self._saving.append(future)
         self._unsaved.clear()
 
