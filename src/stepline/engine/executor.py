@@ -135,6 +135,7 @@ class RunExecution:
         self._budget_gate: budget_gate.StepGate | None = None  # made at the first step that may spend
         self._unvisited = {k for k, e in claimed.journal.items() if e.status in (StepStatus.COMPLETED, StepStatus.FAILED)}
         self._counts: dict[str, int] = {}
+        self._entered = 0  # steps reached so far, in the code's order, saved ones included
         self._seq = len(claimed.journal)
         self._state_bytes = sum(len(e.output or "") for e in claimed.journal.values())
         self.suspensions: list[Suspension] = []
@@ -247,7 +248,22 @@ class RunExecution:
         self._counts[step_id] = n + 1
         key = step_id if n == 0 else f"{step_id}:{n}"
         self._unvisited.discard(key)
-        return key, self._journal.get(key)
+        self._entered += 1
+        entry = self._journal.get(key)
+        if entry is None and self._entered > self._services.settings.max_steps_per_run:
+            self._refuse_step_over_limit(step_id)
+        return key, entry
+
+    def _refuse_step_over_limit(self, step_id: str) -> NoReturn:
+        # Saved steps replay whatever the limit: only a new step past it is refused, so a run
+        # looping over steps ends (failed, not retried) instead of growing its journal, and
+        # each replay's reads, without bound.
+        limit = self._services.settings.max_steps_per_run
+        raise errors.LimitError(
+            f"step {self._name(step_id)!r} would be step {self._entered} of run {self.run_id}, over the limit of "
+            f"{limit} steps a run; do the loop's work inside one step, or fan out (send an event per item, or "
+            "invoke a function per item), or raise STEPLINE_MAX_STEPS_PER_RUN"
+        )
 
     def name_step(self, step_id: str, name: str) -> None:
         """The name people read for step ``step_id`` (an SDK's hashed id); the id stays its key."""

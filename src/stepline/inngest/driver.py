@@ -259,7 +259,9 @@ class SDKExecution:
             finished = [sid for sid, task in self.running.items() if task in done]
             for sid in finished:
                 del self.running[sid]
-            failure = next((t.exception() for t in done if not t.cancelled() and t.exception() is not None), None)
+            # Every finished op's error is read (asyncio logs one never read), the first raised.
+            failures = [t.exception() for t in done if not t.cancelled() and t.exception() is not None]
+            failure = failures[0] if failures else None
             if failure is not None:
                 await self.drain(quiet=True)
                 raise failure
