@@ -45,6 +45,7 @@ VARS: tuple[Var, ...] = (
     Var("STEPLINE_MAX_EVENTS_PER_REQUEST", "max_events_per_request", int, 5000, "most events one HTTP request may carry (413 past it: send the rest in further requests)"),
     Var("STEPLINE_MAX_STEP_OUTPUT_BYTES", "max_step_output_bytes", int, 4 * 1024 * 1024, "largest step result or function return value saved"),
     Var("STEPLINE_MAX_RUN_STATE_BYTES", "max_run_state_bytes", int, 32 * 1024 * 1024, "largest total of a run's step results"),
+    Var("STEPLINE_MAX_MESSAGE_BYTES", "max_message_bytes", int, 512 * 1024, "largest message a run publishes to its stream (ctx.publish, Inngest realtime), as JSON"),
     Var("STEPLINE_MAX_STEPS_PER_RUN", "max_steps_per_run", int, 1000, "most steps one run may reach (Inngest's limit); a new step past it fails the run, not retried"),
     Var("STEPLINE_MAX_JSON_DEPTH", "max_json_depth", int, 64, "deepest nesting of an event's data or user (and of any request body, plus its envelope)"),
     Var("STEPLINE_MAX_NAME_BYTES", "max_name_bytes", int, 256, "longest event name (and SDK trigger name or function id), in UTF-8 bytes"),
@@ -96,6 +97,7 @@ class Settings:
     max_step_output_bytes: int = 4 * 1024 * 1024
     max_run_state_bytes: int = 32 * 1024 * 1024
     max_steps_per_run: int = 1000
+    max_message_bytes: int = 512 * 1024
     max_json_depth: int = 64
     max_name_bytes: int = 256
     max_id_bytes: int = 256
@@ -156,7 +158,7 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
 # anything, leases that expire as they are taken, requests refused whatever they hold).
 _POSITIVE = frozenset({
     "concurrency", "sync_threads", "lease", "retry_max", "max_event_bytes", "max_events_per_request",
-    "max_step_output_bytes", "max_run_state_bytes", "max_steps_per_run", "max_json_depth", "max_name_bytes", "max_id_bytes",
+    "max_step_output_bytes", "max_run_state_bytes", "max_steps_per_run", "max_message_bytes", "max_json_depth", "max_name_bytes", "max_id_bytes",
     "max_user_id_bytes", "max_header_bytes", "header_timeout", "body_idle_timeout", "body_timeout",
     "max_body_buffer", "max_api_body_bytes", "max_connections",
 })

@@ -610,8 +610,16 @@ class RunExecution:
     async def publish(self, topic: str, data: Any) -> None:
         if self.replaying:  # stored when first published; a replay must not repeat it on the stream
             return
+        message = jsonutil.dumps_checked(data, what="published data")
+        limit = self._services.settings.max_message_bytes
+        size = len(message) if message.isascii() else len(message.encode())
+        if size > limit:  # kept with the run and sent to every stream that reads it
+            raise errors.LimitError(
+                f"a message published on topic {topic!r} is {size} bytes as JSON, over the limit of {limit} "
+                "bytes; publish a smaller one (or a reference to the data), or raise STEPLINE_MAX_MESSAGE_BYTES"
+            )
         await self.await_checkpoints()  # a message is never published for a step that may run again
-        await self.write(self._store.publish(self.lease, topic, jsonutil.dumps_checked(data, what="published data")))
+        await self.write(self._store.publish(self.lease, topic, message))
         self._services.on_publish(self.run_id)
 
 

@@ -24,7 +24,6 @@ from stepline import event as event_mod
 from stepline.server import common, inngest
 from stepline.server.responses import problem
 
-MAX_PUBLISH_BYTES = 512 * 1024  # as Inngest's server reads at most
 SUBSCRIBE_INSTEAD = (
     "Stepline does not serve Inngest's realtime subscriptions (tokens, WebSocket): subscribe to a run's "
     "messages with GET /api/v1/runs/{run_id}/stream (Server-Sent Events; a browser uses a run token from "
@@ -33,13 +32,14 @@ SUBSCRIBE_INSTEAD = (
 
 
 async def _read_body(request: Request) -> bytes:
+    limit = common.engine(request).settings.max_message_bytes  # 512 KiB by default, as Inngest's server reads
     body = bytearray()
     async for chunk in request.stream():
         body.extend(chunk)
-        if len(body) > MAX_PUBLISH_BYTES:
+        if len(body) > limit:
             raise errors.LimitError(
-                f"a realtime message is over the limit of {MAX_PUBLISH_BYTES} bytes; publish a smaller one "
-                "(or a reference to the data)"
+                f"a realtime message is over the limit of {limit} bytes (STEPLINE_MAX_MESSAGE_BYTES); publish a "
+                "smaller one (or a reference to the data)"
             )
     return bytes(body)
 

@@ -151,6 +151,9 @@ async def run_events(request: Request, run_id: str) -> Response:
                 for message in live["messages"]:
                     seq = message["seq"]
                     yield {"event": "message", "id": str(seq), "data": _dumps(message)}
+                if live["more_messages"]:  # the next page at once, as the client takes these
+                    live = None
+                    continue
                 status = _status(live)
                 if status != last_status:
                     last_status = status

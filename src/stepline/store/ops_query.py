@@ -174,8 +174,10 @@ def list_events_txn(
 
 
 def run_live_txn(conn: db.Conn, run_id: str, after_seq: int) -> RunLive | None:
-    """What a stream sends: the run's status and progress, and messages after ``after_seq``."""
+    """What a stream sends: the run's status and progress, and a page of the messages after
+    ``after_seq`` (``more_messages`` says whether others follow it)."""
     row = conn.one("SELECT * FROM runs WHERE id = ?", (run_id,))
     if row is None:
         return None
-    return {**ops_read.run_dict(row), "messages": ops_read.run_messages_txn(conn, run_id, after_seq)}
+    messages, more = ops_read.run_messages_page_txn(conn, run_id, after_seq)
+    return {**ops_read.run_dict(row), "messages": messages, "more_messages": more}

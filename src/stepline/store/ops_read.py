@@ -191,12 +191,39 @@ def list_functions_txn(conn: db.Conn) -> list[FunctionRow]:
 
 
 def run_messages_txn(conn: db.Conn, run_id: str, after_seq: int = 0) -> list[RunMessage]:
-    return [
-        {"seq": r["seq"], "topic": r["topic"], "data": jsonutil.loads(r["data"]), "at": iso(r["created_at"])}
-        for r in conn.all(
-            "SELECT * FROM run_messages WHERE run_id = ? AND seq > ? ORDER BY seq", (run_id, after_seq)
-        )
-    ]
+    return _messages(conn.all("SELECT * FROM run_messages WHERE run_id = ? AND seq > ? ORDER BY seq", (run_id, after_seq)))
+
+
+# A page of a run's messages holds at most this much text (one message at least, whatever its
+# size) and this many messages: a stream opened on a run with a long history reads it page by
+# page, as its client takes it, never all of it at once.
+MESSAGE_PAGE_CHARS = 1024 * 1024
+MESSAGE_PAGE_ROWS = 500
+
+
+def run_messages_page_txn(conn: db.Conn, run_id: str, after_seq: int) -> tuple[list[RunMessage], bool]:
+    """The messages after ``after_seq``, a page of them, and whether more follow. Their sizes
+    are read first, so only the page's texts are loaded."""
+    sizes = conn.all(
+        "SELECT seq, length(data) AS size FROM run_messages WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        (run_id, after_seq, MESSAGE_PAGE_ROWS + 1),
+    )
+    if not sizes:
+        return [], False
+    taken, last = 0, int(sizes[0]["seq"])
+    for row in sizes[:MESSAGE_PAGE_ROWS]:
+        if taken and taken + int(row["size"]) > MESSAGE_PAGE_CHARS:
+            break
+        taken += int(row["size"])
+        last = int(row["seq"])
+    rows = conn.all(
+        "SELECT * FROM run_messages WHERE run_id = ? AND seq > ? AND seq <= ? ORDER BY seq", (run_id, after_seq, last)
+    )
+    return _messages(rows), int(sizes[-1]["seq"]) > last
+
+
+def _messages(rows: list[dict[str, Any]]) -> list[RunMessage]:
+    return [{"seq": r["seq"], "topic": r["topic"], "data": jsonutil.loads(r["data"]), "at": iso(r["created_at"])} for r in rows]
 
 
 QUEUE_POSITION_BOUND = 10_000  # a position past this is shown as this: counting further costs a long scan

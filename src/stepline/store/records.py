@@ -166,6 +166,7 @@ class RunLive(RunView, total=False):
     """What a run's stream sends: the run, and its messages after a sequence number."""
 
     messages: Required[list[RunMessage]]
+    more_messages: Required[bool]  # messages past these wait for the next read (a page is bounded)
 
 
 class FunctionRow(TypedDict):
