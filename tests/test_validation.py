@@ -141,6 +141,25 @@ async def test_over_size_step_output_fails_the_step_naming_the_limit(make_engine
     assert "STEPLINE_MAX_STEP_OUTPUT_BYTES" in step["error"]["message"]
 
 
+async def test_a_step_sending_more_events_than_a_request_may_carry_fails_naming_the_limit(make_engine) -> None:
+    """One send_event step commits its events together, holding the writer meanwhile: it
+    takes no more than one HTTP request may carry, and sends nothing when over."""
+    app = stepline.App("t")
+
+    @app.function(id="fan", trigger=stepline.TriggerEvent("t/fan"), retries=3)
+    async def fan(ctx: stepline.Context) -> None:
+        await ctx.step.send_event("few", [{"name": "t/item", "data": {"i": i}} for i in range(3)])
+        await ctx.step.send_event("many", [{"name": "t/item", "data": {"i": i}} for i in range(4)])
+
+    engine = await make_engine(app, max_events_per_request=3)
+    run = await send_and_wait(engine, {"name": "t/fan"})
+    assert run["status"] == "failed" and run["error"]["name"] == "LimitError"
+    assert "step 'many' sends 4 events, over the limit of 3 a step" in run["error"]["message"]
+    assert "STEPLINE_MAX_EVENTS_PER_REQUEST" in run["error"]["message"]
+    assert [s["id"] for s in run["steps"]] == ["few"]
+    assert len(await engine.store.list_events(name="t/item")) == 3
+
+
 async def test_over_size_return_value_fails_the_run_naming_the_limit(make_engine) -> None:
     """A return value over the output limit was stored whole (5 MiB where steps stop at 4),
     then read with the run by every API call and dashboard view. It now fails the run, once,

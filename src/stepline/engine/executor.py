@@ -594,6 +594,12 @@ class RunExecution:
             return list(jsonutil.loads(entry.output))
         # The events join this run's trace unless they carry a trace of their own (untraced
         # here: the trace this run's event came with, so the chain goes on past this worker).
+        limit = self._services.settings.max_events_per_request
+        if len(events) > limit:  # one commit holds the writer: as an HTTP request may carry
+            raise errors.LimitError(
+                f"step {self._name(step_id)!r} sends {len(events)} events, over the limit of {limit} a step; send "
+                "them in several send_event steps, or raise STEPLINE_MAX_EVENTS_PER_REQUEST"
+            )
         events = tracing.stamp(events, tracing.current_carrier() if self.tracer is not None else self._event.get("trace"))
         validated = [self._services.validate_event(raw, i) for i, raw in enumerate(events)]
         now = self._store.now_ms()
