@@ -14,6 +14,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+import stepline
 from stepline.server.common import ServerOptions
 from stepline.store import now_ms
 from tests import server_apps
@@ -257,3 +258,32 @@ def test_sdk_steps_show_their_names(serve, page: Page, monkeypatch: pytest.Monke
         expect(names.first).to_have_text("first")
         expect(names.nth(1)).to_have_text("second")
         expect(names.first).to_have_attribute("title", re.compile(r"^[0-9a-f]{40}$"))  # the hashed id, on hover
+
+
+def _talkative_app() -> stepline.App:
+    app = stepline.App("talkative")
+
+    @app.function(id="talkative", trigger=stepline.TriggerEvent("srv/talkative"))
+    async def talkative(ctx: stepline.Context) -> int:
+        for i in range(600):
+            await ctx.publish({"part": i})
+        await ctx.publish("z" * 5000, topic="long")
+        return 601
+
+    return app
+
+
+def test_a_run_page_keeps_the_newest_messages_and_cuts_long_ones(serve, page: Page) -> None:  # noqa: F811
+    """A run publishing thousands of messages (a model's tokens) kept adding to its page for
+    as long as it was open; the page now keeps the newest 500, each cut at 2,000 characters."""
+    server: LiveServer = serve(_talkative_app())
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        event_id = client.post("/e/dev", json={"name": "srv/talkative"}).json()["ids"][0]
+        run = run_status(client, run_of_event(client, event_id)["id"], "completed")
+    page.goto(f"{server.url}/#/runs/{run['id']}")
+    expect(page.get_by_test_id("messages-hidden")).to_have_text("101 earlier messages not shown (the newest 500 are)")
+    items = page.get_by_test_id("messages").locator("li")
+    expect(items).to_have_count(500)
+    expect(items.first).to_contain_text('#102 default {"part":101}')
+    expect(items.last).to_contain_text("(5,002 characters in all)")
+    assert len(items.last.inner_text()) < 2100

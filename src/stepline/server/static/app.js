@@ -5,6 +5,8 @@
 const main = document.getElementById("main");
 const TERMINAL = ["completed", "failed", "cancelled"];
 const STATUSES = ["queued", "running", "sleeping", "waiting", "completed", "failed", "cancelled"];
+const SHOWN_MESSAGES = 500;  // of a run's published messages, the newest kept on its page
+const SHOWN_CHARS = 2000;  // of each message's JSON
 let cleanup = [];  // timers and streams of the page being shown
 let generation = 0;  // bumped on every navigation: a page whose fetch returns late stays away
 
@@ -293,6 +295,7 @@ async function runPage(runId) {
   const actions = h("div", { class: "actions" });
   const body = h("div", {});
   const messages = h("ol", { class: "messages", "data-testid": "messages", "data-empty": "Nothing published yet (ctx.publish)." });
+  const messagesHidden = h("p", { class: "muted small", "data-testid": "messages-hidden" });
 
   async function act(path, label) {
     try {
@@ -338,7 +341,7 @@ async function runPage(runId) {
       h("h2", {}, "Steps"), timeline(run),
       run.error ? h("div", {}, h("h2", {}, "Error"), h("div", { class: "errbox", "data-testid": "run-error" }, h("strong", {}, `${run.error.name || "Error"}: `), run.error.message || "", run.error.stack ? h("pre", { class: "stack" }, run.error.stack) : "")) : "",
       run.output !== null && run.output !== undefined ? h("div", {}, h("h2", {}, "Output"), h("div", { "data-testid": "run-output" }, json(run.output))) : "",
-      h("h2", {}, "Published messages"), messages,
+      h("h2", {}, "Published messages"), messagesHidden, messages,
       run.function_attempts && run.function_attempts.length ? h("div", {}, h("h2", {}, "Function retries"), json(run.function_attempts)) : "",
       h("h2", {}, "Event"), json(run.event),
     );
@@ -365,9 +368,16 @@ async function runPage(runId) {
   const es = new EventSource(`/api/v1/runs/${run.id}/stream`);
   let pending = null;
   const soon = () => { if (!pending) pending = setTimeout(() => { pending = null; refresh(); }, 150); };
+  // A run may publish thousands of messages (a model's tokens) of up to 512 KiB each: the page
+  // keeps the newest SHOWN_MESSAGES, each cut at SHOWN_CHARS, so it stays light however long the run.
+  let hidden = 0;
   es.addEventListener("message", (ev) => {
     const m = JSON.parse(ev.data);
-    messages.append(h("li", {}, h("span", { class: "mono small muted" }, `#${m.seq} ${m.topic} `), JSON.stringify(m.data)));
+    let text = JSON.stringify(m.data);
+    if (text.length > SHOWN_CHARS) text = `${text.slice(0, SHOWN_CHARS)}… (${text.length.toLocaleString()} characters in all)`;
+    messages.append(h("li", {}, h("span", { class: "mono small muted" }, `#${m.seq} ${m.topic} `), text));
+    while (messages.children.length > SHOWN_MESSAGES) { messages.firstElementChild.remove(); hidden += 1; }
+    messagesHidden.textContent = hidden ? `${hidden.toLocaleString()} earlier messages not shown (the newest ${SHOWN_MESSAGES} are)` : "";
   });
   es.addEventListener("status", soon);
   es.addEventListener("end", () => { es.close(); refresh(); });
