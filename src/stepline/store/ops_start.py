@@ -45,8 +45,7 @@ def _start_deadline_txn(conn: db.Conn, run: dict[str, Any], now: int) -> None:
     """A debounced or batched run's ``timeouts.start`` counts from when its window closes
     (now), as Inngest creates the run only then: from its first event, a start timeout
     shorter than the window cancelled every such run."""
-    cfg = ops_runs.function_config_txn(conn, run["function_id"])
-    start = None if cfg is None else (cfg.get("timeouts") or {}).get("start")
+    start = _start_timeout_s(conn, run)
     if start is None:
         return
     run["start_deadline_at"] = now + int(start * 1000)
@@ -57,8 +56,7 @@ def _start_deadline_txn(conn: db.Conn, run: dict[str, Any], now: int) -> None:
 def _schedule_at_ts_txn(conn: db.Conn, run: dict[str, Any], ts: int, now: int) -> None:
     """A debounced run whose event is dated ahead waits until then, as any run of such an
     event (``scheduled``; its ``timeouts.start`` counting from ``ts``)."""
-    cfg = ops_runs.function_config_txn(conn, run["function_id"])
-    start = None if cfg is None else (cfg.get("timeouts") or {}).get("start")
+    start = _start_timeout_s(conn, run)
     deadline = None if start is None else ts + int(start * 1000)
     conn.execute(
         "UPDATE queue SET lease_owner = NULL, lease_expires_at = NULL, due_at = ?, start_by = ? WHERE run_id = ?",
@@ -68,6 +66,13 @@ def _schedule_at_ts_txn(conn: db.Conn, run: dict[str, Any], ts: int, now: int) -
         "UPDATE runs SET wait_reason = ?, start_deadline_at = ?, updated_at = ? WHERE id = ?",
         (WaitReason.SCHEDULED, deadline, now, run["id"]),
     )
+
+
+def _start_timeout_s(conn: db.Conn, run: dict[str, Any]) -> float | None:
+    """The run's function's ``timeouts.start``, in seconds, if it has one."""
+    cfg = ops_runs.function_config_txn(conn, run["function_id"])
+    start = None if cfg is None else (cfg.get("timeouts") or {}).get("start")
+    return None if start is None else float(start)
 
 
 def _throttled_txn(conn: db.Conn, run: dict[str, Any], now: int) -> bool:
