@@ -90,9 +90,9 @@ async def test_saved_steps_replay_after_the_limit_is_lowered(make_engine: Any) -
 
 
 async def test_an_sdk_apps_steps_past_the_limit_fail_its_run(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The Python SDK's app: its loop and parallel block of steps (seven with the sleep) past a
-    limit of four. The SDK already ran the step it reports; Stepline refuses to record it and
-    fails the run, as Inngest does at its step limit."""
+    """The Python SDK's app: a sleep and a loop of three steps, then a parallel block of three,
+    past a limit of four. The block is refused whole before any of it runs (as Inngest refuses a parallel
+    plan past its limit), and the run fails."""
     async with stepline_server(db_url, max_steps_per_run=4) as server:
         monkeypatch.setenv("INNGEST_DEV", server.url)
         rec = py_app.Recorder()
@@ -101,6 +101,8 @@ async def test_an_sdk_apps_steps_past_the_limit_fail_its_run(db_url: str, monkey
             await server.sync(f"http://127.0.0.1:{port}/api/inngest")
             run = await server.finished((await server.run_for(await server.send("py/repeated"), py_app.APP_ID + "-repeated"))["id"])
     assert run["status"] == "failed", run
+    assert "would bring run" in run["error"]["message"] and "to 7 steps" in run["error"]["message"], run["error"]
     assert "over the limit of 4 steps a run" in run["error"]["message"], run["error"]
     assert "STEPLINE_MAX_STEPS_PER_RUN" in run["error"]["message"]
-    assert len(run["steps"]) <= 4
+    assert len(run["steps"]) == 4  # a sleep and the loop's three; the parallel block's three were refused together
+    assert [rec.counts[f"repeated.part.{i}"] for i in range(3)] == [0, 0, 0]  # none of them ran in the app

@@ -73,6 +73,11 @@ class RunDriver(Protocol):
         (each with ``key``, ``kind``, ``status``, ``output``, ``error``, ``attempts``)."""
         ...
 
+    def check_plan(self, steps: int, step_id: str) -> None:
+        """Raise ``LimitError`` if a plan (an SDK app's parallel steps, from ``step_id`` on)
+        would bring the run to ``steps`` steps, past the limit: refused before any of them runs."""
+        ...
+
 
 def _function_id(function: Any) -> str:
     if isinstance(function, str):

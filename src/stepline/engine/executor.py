@@ -118,6 +118,13 @@ class Services:
     pulse: Pulse = dataclasses.field(default_factory=Pulse)  # kept by the worker's fence loop
 
 
+def _over_steps(limit: int) -> str:
+    return (
+        f", over the limit of {limit} steps a run; do the loop's work inside one step, or fan out (send an event "
+        "per item, or invoke a function per item), or raise STEPLINE_MAX_STEPS_PER_RUN"
+    )
+
+
 class RunExecution:
     """One run on this worker: implements ``context.RunDriver``."""
 
@@ -259,11 +266,17 @@ class RunExecution:
         # looping over steps ends (failed, not retried) instead of growing its journal, and
         # each replay's reads, without bound.
         limit = self._services.settings.max_steps_per_run
-        raise errors.LimitError(
-            f"step {self._name(step_id)!r} would be step {self._entered} of run {self.run_id}, over the limit of "
-            f"{limit} steps a run; do the loop's work inside one step, or fan out (send an event per item, or "
-            "invoke a function per item), or raise STEPLINE_MAX_STEPS_PER_RUN"
-        )
+        raise errors.LimitError(f"step {self._name(step_id)!r} would be step {self._entered} of run {self.run_id}{_over_steps(limit)}")
+
+    def check_plan(self, steps: int, step_id: str) -> None:
+        # As Inngest refuses a parallel plan past its step limit: none of the plan's steps runs
+        # (they may send mail, charge a card) only for the run to fail at the limit's step.
+        limit = self._services.settings.max_steps_per_run
+        if steps > limit:
+            raise errors.LimitError(
+                f"the steps planned from {self._name(step_id)!r} on would bring run {self.run_id} to {steps} steps"
+                f"{_over_steps(limit)}"
+            )
 
     def name_step(self, step_id: str, name: str) -> None:
         """The name people read for step ``step_id`` (an SDK's hashed id); the id stays its key."""

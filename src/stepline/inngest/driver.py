@@ -179,6 +179,10 @@ class SDKExecution:
                         )
                     continue
                 empty = 0
+                planned = [str(op["id"]) for op in (*work, *suspends)]
+                if planned:  # every step the run knows of, and these: past the limit, none of these runs
+                    known = {*self.memos, *self.running, *self.pending, *self.parked, *planned}
+                    self.step.check_plan(len(known), planned[0])
                 self.parked.update((str(op["id"]), op) for op in suspends)
                 for op in suspends:  # the steps beside a wait may cause the awaited event: listen first
                     if op.get("op") in WAIT_OPS and str(op["id"]) not in self.prepared:
