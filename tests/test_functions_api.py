@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import httpx
 
+import stepline
 from stepline.testing import FakeProvider, Reply
 from tests import dashboard_apps, server_apps
 from tests.helpers import wait_for
@@ -109,3 +110,41 @@ def test_search_over_http(serve) -> None:  # noqa: F811
         assert [r["id"] for r in found["runs"]] == [run["id"]]
         assert client.get("/api/v1/search", params={"q": "u-find"}).json()["users"] == [{"user_id": "u-find", "runs": 1}]
         assert client.get("/api/v1/search", params={"q": " "}).status_code == 400
+
+
+slashed = stepline.App("slashed")
+
+
+@slashed.function(id="billing/charge", trigger=stepline.TriggerEvent("slashed/charge"))
+async def _charge(ctx: stepline.Context) -> int:
+    return int(ctx.event.data.get("x", 0)) * 2
+
+
+@slashed.function(id="billing/charge/pause", trigger=stepline.TriggerEvent("slashed/other"))
+async def _charge_pause(ctx: stepline.Context) -> int:
+    return 1
+
+
+def test_function_ids_with_slashes_are_addressed_percent_encoded(serve) -> None:  # noqa: F811
+    """A '/' in a function id is sent as %2F (as the dashboard and CLI encode it): every
+    per-function route reaches the function, even one whose id ends like another route."""
+    server = serve(slashed)
+    with httpx.Client(base_url=server.url) as client:
+        one, other = "/api/v1/functions/billing%2Fcharge", "/api/v1/functions/billing%2Fcharge%2Fpause"
+        assert client.get(one).json()["id"] == "billing/charge"
+        assert client.get(other).json()["id"] == "billing/charge/pause"
+        paused = client.post(f"{one}/pause", json={"mode": "skip"})
+        assert paused.status_code == 200 and paused.json()["paused"]["mode"] == "skip", paused.text
+        listed = {f["id"]: f["paused"] for f in client.get("/api/v1/functions").json()["data"]}
+        assert listed["billing/charge"] is not None and listed["billing/charge/pause"] is None
+        assert client.get(f"{one}/summary").json()["paused"]["mode"] == "skip"
+        assert client.post(f"{one}/resume").json()["was_paused"] is True
+        invoked = client.post(f"{one}/invoke", json={"data": {"x": 4}}).json()
+        assert run_status(client, invoked["run_id"])["output"] == 8
+        assert client.post(f"{one}/replay-failed", json={}).json()["matched"] == 0
+        assert client.post(f"{other}/invoke", json={"data": {}}).status_code == 200
+        direct = client.post("/invoke/billing%2Fcharge", json={"data": {"x": 1}}).json()
+        assert run_status(client, direct["run_id"])["output"] == 2
+        # Unencoded, the '/' splits the id: the 404 says how to send it.
+        lost = client.post("/api/v1/functions/billing/charge/resume")
+        assert lost.status_code == 404 and "%2F" in lost.json()["error"], lost.text

@@ -12,7 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from stepline import errors
-from stepline.server import common, responses
+from stepline.server import common, id_route, responses
 from stepline.server.responses import JSON, problem
 from stepline.store import ops_functions
 
@@ -109,9 +109,9 @@ async def search(request: Request) -> Response:
 def routes() -> list[Route]:
     return [
         Route("/api/v1/search", search, methods=["GET"]),
-        Route("/api/v1/functions/{function_id}/summary", function_summary, methods=["GET"]),
-        Route("/api/v1/functions/{function_id}/pause", pause, methods=["POST"]),
-        Route("/api/v1/functions/{function_id}/resume", resume, methods=["POST"]),
-        Route("/api/v1/functions/{function_id}/invoke", invoke, methods=["POST"]),
-        Route("/api/v1/functions/{function_id}/replay-failed", replay_failed, methods=["POST"]),
+        id_route.IdRoute("/api/v1/functions/{function_id}/summary", function_summary, methods=["GET"]),
+        id_route.IdRoute("/api/v1/functions/{function_id}/pause", pause, methods=["POST"]),
+        id_route.IdRoute("/api/v1/functions/{function_id}/resume", resume, methods=["POST"]),
+        id_route.IdRoute("/api/v1/functions/{function_id}/invoke", invoke, methods=["POST"]),
+        id_route.IdRoute("/api/v1/functions/{function_id}/replay-failed", replay_failed, methods=["POST"]),
     ]

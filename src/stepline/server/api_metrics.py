@@ -11,7 +11,7 @@ from starlette.routing import Route
 
 from stepline import errors
 from stepline.engine import Engine
-from stepline.server import common
+from stepline.server import common, id_route
 from stepline.server.responses import JSON
 from stepline.store import Store
 
@@ -201,5 +201,5 @@ def routes() -> list[Route]:
         Route("/metrics", metrics_prometheus, methods=["GET"]),
         Route("/api/v1/metrics", metrics_json, methods=["GET"]),
         Route("/api/v1/functions", list_functions, methods=["GET"]),
-        Route("/api/v1/functions/{function_id}", get_function, methods=["GET"]),
+        id_route.IdRoute("/api/v1/functions/{function_id}", get_function, methods=["GET"]),
     ]

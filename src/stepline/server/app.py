@@ -19,6 +19,7 @@ from stepline.server import (
     api_runs,
     common,
     dashboard,
+    id_route,
     inngest,
     openapi,
     serving,
@@ -47,9 +48,13 @@ def core_routes() -> list[Any]:
 async def _not_found(request: Request, exc: Exception) -> Response:
     path = request.url.path
     bare = path.rstrip("/")
-    if bare and bare != path and any(r.matches({**request.scope, "path": bare})[0] != Match.NONE for r in request.app.router.routes):
+    raw = request.scope.get("raw_path")
+    stripped = {**request.scope, "path": bare, "raw_path": raw.rstrip(b"/") if isinstance(raw, bytes) else raw}
+    if bare and bare != path and any(r.matches(stripped)[0] != Match.NONE for r in request.app.router.routes):
         # Not a redirect: Starlette's was built from the Host header, so any Host made it an open redirect.
         return problem(404, f"no route {path}; drop the trailing slash: {bare}")
+    if path.startswith("/api/v1/functions/") and "/" in path[len("/api/v1/functions/"):].strip("/"):
+        return problem(404, f"no route {path}; {id_route.ENCODE_HINT}")
     return problem(404, f"no route {path}; the API is described at /api/v1/openapi.json")
 
 

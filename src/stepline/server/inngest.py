@@ -30,7 +30,7 @@ from stepline.inngest import (
     memos,
     signing,
 )
-from stepline.server import auth_limits, common, responses
+from stepline.server import auth_limits, common, id_route, responses
 from stepline.server.responses import JSON, problem
 
 
@@ -237,7 +237,7 @@ def routes() -> list[Route]:
         Route("/e/{event_key}", post_event, methods=["POST"]),
         Route("/v0/runs/{run_id}/batch", run_batch, methods=["GET"]),
         Route("/v0/runs/{run_id}/actions", run_actions, methods=["GET"]),
-        Route("/invoke/{slug}", invoke, methods=["POST"]),
+        id_route.IdRoute("/invoke/{slug}", invoke, methods=["POST"]),
         Route("/v1/signals", send_signal, methods=["POST"]),
         Route("/api/v1/inngest/apps", list_apps, methods=["GET"]),
         Route("/api/v1/inngest/apps", add_app, methods=["POST"]),
