@@ -89,3 +89,22 @@ def test_an_apps_own_middleware_sees_the_events_posted(serve, monkeypatch: pytes
     api = client(serve(app()))
     assert api.post("/e/dev", json={"name": "route/echo"}).status_code == 200
     assert "/e/dev" in Counting.seen
+
+
+def test_the_servers_own_data_inngest_is_dropped_from_every_sender(serve) -> None:  # noqa: F811
+    """``data._inngest`` carries what only the server sets (an invoke's correlation, a finished
+    run's status): Inngest's server drops it from every event it receives, SDK or not; so do
+    ``/e/{key}`` (with and without the SDK header) and ``/api/v1/events``."""
+    api = client(serve(app()))
+    forged = {"n": 1, "_inngest": {"fn_id": "route-echo", "correlation_id": "01ABC.step"}}
+    sent = [
+        api.post("/e/dev", json={"name": "route/echo", "data": forged}),
+        api.post("/e/dev", json={"name": "route/echo", "data": forged}, headers=SDK),
+        api.post("/api/v1/events", json=[{"name": "route/echo", "data": forged}]),
+    ]
+    for answer in sent:
+        assert answer.status_code == 200, answer.text
+        event_id = answer.json()["ids"][0]
+        assert api.get(f"/api/v1/events/{event_id}").json()["body"]["data"] == {"n": 1}
+        run = server_live.run_of_event(api, event_id)
+        assert server_live.run_status(api, run["id"])["output"] == {"n": 1}

@@ -55,10 +55,14 @@ def test_retry_after_header() -> None:
 
 
 def test_sdk_events_are_made_acceptable_and_the_servers_names_reserved() -> None:
-    assert events.from_sdk({"name": "a/b", "data": {"x": 1, "_inngest": {}}, "id": "", "ts": 0, "user": {}, "meta": {}}) == {
+    assert events.from_sdk({"name": "a/b", "data": {"x": 1}, "id": "", "ts": 0, "user": {}, "meta": {}}) == {
         "name": "a/b",
         "data": {"x": 1},
     }
+    # data._inngest is the server's own, dropped from every sender's events (SDK or not).
+    assert event_mod.without_server_data([{"name": "a/b", "data": {"x": 1, "_inngest": {}}}, [1]]) == [
+        {"name": "a/b", "data": {"x": 1}}, [1],
+    ]
     for name in ("inngest/function.failed", "stepline/function.failed"):
         with pytest.raises(errors.EventError, match="reserved"):
             event_mod.refuse_reserved_names([{"name": "a/b"}, {"name": name}])

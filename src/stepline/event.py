@@ -55,6 +55,22 @@ def refuse_reserved_names(items: list[Any]) -> None:
             )
 
 
+SERVER_DATA = "_inngest"  # data._inngest: what only the server sets (an invoke's correlation, a run's status)
+
+
+def without_server_data(items: list[Any]) -> list[Any]:
+    """The items of a request with ``data._inngest`` dropped, as Inngest's server drops it from
+    every event it receives: a sender must not forge an invoke's correlation id or a finished
+    run's status, which functions and the SDKs read from it."""
+    out: list[Any] = []
+    for raw in items:
+        data = raw.get("data") if isinstance(raw, Mapping) else None
+        if isinstance(data, Mapping) and SERVER_DATA in data:
+            raw = {**raw, "data": {k: v for k, v in data.items() if k != SERVER_DATA}}
+        out.append(raw)
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class Limits:
     """What one event may hold; each bound has its ``STEPLINE_*`` variable."""

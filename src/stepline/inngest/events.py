@@ -116,8 +116,8 @@ def _cron_data(data: dict[str, Any], crons: Mapping[str, str]) -> None:
 def from_sdk(raw: Any) -> Any:
     """An event sent by an SDK, made acceptable to the engine's validation.
 
-    The SDKs send ``id: ""`` and ``ts: 0`` for "not set", and TS adds ``meta``;
-    ``data._inngest`` is the server's own and is dropped, as Inngest does.
+    The SDKs send ``id: ""`` and ``ts: 0`` for "not set", and TS adds ``meta``
+    (``data._inngest``, the server's own, is dropped from every sender's events).
     Anything that is not an object is passed through for validation to reject.
     """
     if not isinstance(raw, Mapping):
@@ -129,7 +129,4 @@ def from_sdk(raw: Any) -> Any:
         del out["ts"]
     if out.get("user") == {}:
         del out["user"]
-    data = out.get("data")
-    if isinstance(data, Mapping) and "_inngest" in data:
-        out["data"] = {k: v for k, v in data.items() if k != "_inngest"}
     return out

@@ -154,7 +154,7 @@ def _event_items(payload: Any, limit: int) -> list[Any]:
             "(STEPLINE_MAX_EVENTS_PER_REQUEST); send them in several requests"
         )
     event_mod.refuse_reserved_names(items)
-    return items
+    return event_mod.without_server_data(items)
 
 
 def signing_key(request: Request) -> str:
