@@ -188,3 +188,20 @@ def test_a_throttled_run_says_when_it_starts_and_invoked_runs_link_both_ways(ser
     links.get_by_role("link").first.click()
     expect(page.get_by_test_id("run-links")).to_contain_text("Invoked by")
     expect(page.get_by_test_id("run-output")).to_contain_text("42")
+
+
+def test_a_function_whose_id_holds_a_slash_has_a_working_page(serve, page: Page) -> None:  # noqa: F811
+    from tests.test_functions_api import slashed
+
+    server = serve(slashed)
+    page.goto(f"{server.url}/#/functions")
+    page.get_by_test_id("functions").get_by_role("link", name="billing/charge", exact=True).click()
+    expect(page).to_have_url(re.compile("#/functions/billing%2Fcharge$"))
+    expect(page.get_by_test_id("flow-control")).to_contain_text("retries")
+    page.get_by_test_id("pause-box").get_by_test_id("pause").click()
+    expect(page.get_by_test_id("pause-box").get_by_test_id("paused")).to_be_visible()
+    with httpx.Client(base_url=server.url) as client:
+        listed = {f["id"]: f["paused"] for f in client.get("/api/v1/functions").json()["data"]}
+    assert listed["billing/charge"] is not None and listed["billing/charge/pause"] is None
+    page.get_by_test_id("resume").click()
+    expect(page.get_by_test_id("pause")).to_be_visible()
