@@ -45,6 +45,9 @@ def test_go_durations_and_times() -> None:
     assert durations.until("2026-01-01T00:00:05.000Z", field="x", now=now) == now + dt.timedelta(seconds=5)
     assert durations.until("5s", field="x", now=now) == now + dt.timedelta(seconds=5)
     assert durations.until("2020-01-01T00:00:00Z", field="x", now=now) == now  # the past means now
+    for far in ("367d", "99999999999999999999d", 1e300):  # an SDK's sleep past a year: the step fails, naming the bound
+        with pytest.raises(errors.ConfigError, match="at most 366 days"):
+            durations.until(far, field="sleep", now=now)
 
 
 def test_retry_after_header() -> None:

@@ -149,3 +149,46 @@ async def test_send_event_sends_once_and_triggers_other_functions(make_engine) -
 
 async def _len(engine, function_id: str) -> int:  # type: ignore[no-untyped-def]
     return len(await engine.list_runs(function_id=function_id))
+
+
+async def test_a_sleep_or_timeout_past_a_year_fails_the_run_with_a_clear_error(make_engine) -> None:
+    """A duration from an event's data (``sleep(event.data.delay)``) past what the database
+    can hold made the suspension unsavable: the run was never settled, its lease expired and
+    it ran again, for ever. As on Inngest, a sleep may last at most 366 days: longer, the
+    step fails, naming the limit; a retry delay that long is cut to the same bound."""
+    app = stepline.App("t")
+    tries: collections.Counter[str] = collections.Counter()
+
+    @app.function(id="remind", trigger=stepline.TriggerEvent("t/remind"), retries=0)
+    async def remind(ctx: stepline.Context) -> str:
+        tries[str(ctx.event.data)] += 1
+        kind, value = ctx.event.data["kind"], ctx.event.data["value"]
+        if kind == "sleep":
+            await ctx.step.sleep("wait", value)
+        elif kind == "until":
+            await ctx.step.sleep_until("wait", dt.datetime.fromisoformat(value))
+        elif kind == "event":
+            await ctx.step.wait_for_event("wait", event="t/never", timeout=value)
+        else:
+            await ctx.step.invoke("wait", function="remind", data={"kind": "sleep", "value": 0}, timeout=value)
+        return "reminded"
+
+    @app.function(id="later", trigger=stepline.TriggerEvent("t/later"), retries=1)
+    async def later(ctx: stepline.Context) -> str:
+        raise stepline.RetryAfterError("come back much later", delay=1e300)
+
+    engine = await make_engine(app)
+    for kind, value in (("sleep", 1e300), ("sleep", "400d"), ("until", "9999-12-31T00:00:00+00:00"),
+                        ("event", 1e300), ("invoke", "100000000000d")):
+        run = await send_and_wait(engine, {"name": "t/remind", "data": {"kind": kind, "value": value}}, "failed")
+        assert "at most 366 days" in run["error"]["message"], (kind, run["error"])
+    assert set(tries.values()) == {1}  # each failed at once, never ran again
+    await send_and_wait(engine, {"name": "t/remind", "data": {"kind": "sleep", "value": "365d"}}, "sleeping")
+    retried = await send_and_wait(engine, {"name": "t/later"}, "queued")
+
+    async def due() -> str | None:
+        return (await engine.store.run_schedule(retried["id"]))["due_at"]
+
+    due_at = await eventually(due, what="the retry's due time")
+    ahead = dt.datetime.fromisoformat(due_at.replace("Z", "+00:00")) - dt.datetime.now(dt.UTC)
+    assert dt.timedelta(days=365) < ahead <= dt.timedelta(days=366)

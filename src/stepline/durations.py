@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 
 from stepline import errors
@@ -40,4 +41,23 @@ def parse(value: Duration, *, field: str = "duration") -> float:
         )
     if seconds < 0:
         raise errors.ConfigError(f"{field}: duration must not be negative, got {value!r}")
+    return seconds
+
+
+# The furthest ahead a run may suspend itself, as on Inngest (its MaxSleepDuration): 366 days,
+# so that a one-year sleep over a leap day fits. A duration taken from an event's data
+# (``sleep(event.data.delay)``) could otherwise be past what the database holds, and the run
+# that could not be saved suspended ran again at every lease, for ever.
+MAX_SUSPEND_S = 366 * 86400.0
+
+
+def check_suspension(seconds: float, *, field: str) -> float:
+    """``seconds`` ahead, or a ConfigError naming ``field`` when it is past ``MAX_SUSPEND_S``
+    (or not a number): the step fails at once rather than never being saved."""
+    if math.isnan(seconds) or seconds > MAX_SUSPEND_S:
+        shown = "not a number" if math.isnan(seconds) else f"{seconds / 86400:.4g} days ahead"
+        raise errors.ConfigError(
+            f"{field}: ends {shown}; a sleep, or the timeout of a wait or an invoke, lasts at most 366 days "
+            "(as on Inngest): check where the duration comes from (an event's data?), or sleep again after a year"
+        )
     return seconds

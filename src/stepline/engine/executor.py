@@ -37,7 +37,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
-from stepline import budgets, errors, jsonutil
+from stepline import budgets, durations, errors, jsonutil
 from stepline import event as event_mod
 from stepline.context import Context, SyncContext
 from stepline.engine import budget_gate, retry
@@ -554,6 +554,7 @@ class RunExecution:
                 return
             self._suspend(Suspension("sleep", key, self._name(step_id), entry.wake_at))
         now = self._store.now_ms()
+        durations.check_suspension(wake_at - now / 1000, field=f"step.sleep {self._name(step_id)!r}")
         wake_ms = int(wake_at * 1000)
         if wake_ms <= now:
             step = StepResult(key, self._name(step_id), "sleep", StepStatus.COMPLETED, "null", None, 1, now, now)
@@ -565,6 +566,7 @@ class RunExecution:
     async def prepare_wait(self, step_id: str, event: str, expression: str | None, timeout: float, name: str | None) -> None:
         """Register the wait ``step_id`` ahead of the run's suspension on it (an SDK app's
         parallel block, where a step beside the wait may cause the event), under the lease."""
+        durations.check_suspension(timeout, field=f"wait_for_event {name or step_id!r} timeout")
         await self.write(self._store.prepare_wait(self.lease, step_id, event, expression, int(timeout * 1000), name))
 
     async def wait_for_event(self, step_id: str, event: str, expression: str | None, timeout: float) -> event_mod.Event | None:
@@ -575,6 +577,7 @@ class RunExecution:
                 return None if body is None else event_mod.Event.from_dict(body)
             self._suspend(Suspension("wait", key, self._name(step_id), entry.wake_at))
         now = self._store.now_ms()
+        durations.check_suspension(timeout, field=f"wait_for_event {self._name(step_id)!r} timeout")
         self._suspend(
             Suspension("wait", key, self._name(step_id), now + int(timeout * 1000), event_name=event, expression=expression, started_at=now)
         )
@@ -588,6 +591,8 @@ class RunExecution:
                 raise self._step_error(step_id, entry.error)
             self._suspend(Suspension("invoke", key, self._name(step_id), entry.wake_at))
         now = self._store.now_ms()
+        if timeout is not None:
+            durations.check_suspension(timeout, field=f"invoke {self._name(step_id)!r} timeout")
         jsonutil.dumps_checked(data, what=f"invoke({step_id!r}) data")
         self._suspend(
             Suspension(

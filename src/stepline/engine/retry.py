@@ -7,7 +7,7 @@ import datetime as dt
 import random
 from typing import Any
 
-from stepline import errors
+from stepline import durations, errors
 from stepline.settings import Settings
 
 
@@ -33,8 +33,9 @@ _RANDOM = random.Random()
 
 def delay_for(exc: BaseException, attempt: int, settings: Settings, *, now: float | None = None) -> float:
     """``now``: the epoch seconds a ``RetryAfterError``'s datetime is counted from (the store's clock)."""
-    if isinstance(exc, errors.RetryAfterError):
-        return exc.delay_seconds(None if now is None else dt.datetime.fromtimestamp(now, dt.timezone.utc))
+    if isinstance(exc, errors.RetryAfterError):  # a hint: cut to what a sleep may last (durations.MAX_SUSPEND_S)
+        delay = exc.delay_seconds(None if now is None else dt.datetime.fromtimestamp(now, dt.timezone.utc))
+        return min(delay, durations.MAX_SUSPEND_S) if delay == delay else 0.0  # NaN: at once
     if isinstance(exc, errors.UnreachableError):  # a restart takes minutes: seconds of backoff would use up the retries
         return unreachable_seconds(attempt, settings.unreachable_backoff)
     return backoff_seconds(attempt, base=settings.retry_base, maximum=settings.retry_max)

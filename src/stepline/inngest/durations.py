@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 
+from stepline import durations as base_durations
 from stepline import errors
 
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -54,7 +55,8 @@ def until(text: str | float, *, field: str, now: dt.datetime | None = None) -> d
         moment = parse_time(text)
         if moment is not None:
             return max(moment, now)
-    return now + dt.timedelta(seconds=parse_duration(text, field=field))
+    # Past a year the step fails, naming the limit (a timedelta of 1e300 s would overflow first).
+    return now + dt.timedelta(seconds=base_durations.check_suspension(parse_duration(text, field=field), field=field))
 
 
 def seconds_until(text: str | float, *, field: str) -> float:
