@@ -244,3 +244,20 @@ async def test_every_series_metrics_emits_is_in_the_monitoring_guide(serve: Any)
     assert sampled <= series and {"stepline_up", "stepline_retention_sweeping", "stepline_function_paused"} <= series
     guide = _monitoring_guide()
     assert sorted(name for name in series if f"`{name}" not in guide) == []
+
+
+def test_json_log_lines_escape_what_would_drive_a_terminal() -> None:
+    """JSON lines are read in terminals too (``tail -f``): C1 controls (U+009B starts a terminal
+    sequence), DEL, line and paragraph separators and bidi overrides were written raw (JSON
+    escapes only C0). They are written as JSON escapes now: the same string to a parser."""
+    script = (
+        "import logging\n"
+        "from stepline.observability import logs\n"
+        "logs.configure('INFO', 'json')\n"
+        "logging.getLogger('stepline.test').warning('bad %s', '\\x9b2J\\x7f\\u2028forged\\u202eexe josé 日本')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], env=_worker_env(""), cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    line = done.stderr.splitlines()[0]
+    assert not any(c in line for c in "\x9b\x7f\u2028\u202e"), ascii(line)
+    assert "josé 日本" in line and json.loads(line)["message"] == "bad \x9b2J\x7f\u2028forged\u202eexe josé 日本"

@@ -42,3 +42,10 @@ def escape(text: str) -> str:
     for a terminal: stored text that no check covered (error messages quoting an event's data,
     rows from before these checks) can neither forge lines nor recolour the screen."""
     return _UNSAFE.sub(lambda found: repr(found.group())[1:-1], text)
+
+
+def escape_json(text: str) -> str:
+    """JSON text with what ``problem`` refuses written as JSON escapes (``\\u009b``): the same
+    value to a parser, but a JSON log line read in a terminal can neither drive it (C1 controls,
+    DEL) nor break or reorder its lines. JSON itself escapes only C0."""
+    return _UNSAFE.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
