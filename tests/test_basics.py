@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stepline
+from stepline import context
 from tests.helpers import send_and_wait
 
 
@@ -49,3 +50,24 @@ async def test_a_completed_run_that_reported_progress_ends_at_100_and_a_failed_o
     assert failed["status"] == "failed" and failed["progress"] == 40
     quiet = await send_and_wait(engine, {"name": "demo/silent", "data": {}})
     assert quiet["status"] == "completed" and quiet["progress"] is None
+
+
+async def test_a_progress_message_is_text_of_a_bounded_length(make_engine) -> None:
+    """A progress message is read with every run a list shows and sent on every stream: one
+    built from an event's data was stored whole (a megabyte in each listing), a number was
+    stored as text on PostgreSQL and failed the write on SQLite. Now it must be text; a long
+    one is cut to context.MAX_PROGRESS_MESSAGE characters; one that is not text fails the run, naming it."""
+    app = stepline.App("progress-text")
+
+    @app.function(id="report", trigger=stepline.TriggerEvent("t/report"), retries=0)
+    async def report(ctx: stepline.Context) -> str:
+        message = ctx.event.data["message"]
+        await ctx.set_progress(50, int(message) if message.isdigit() else message)
+        return "ok"
+
+    engine = await make_engine(app)
+    long = await send_and_wait(engine, {"name": "t/report", "data": {"message": "é" * 100_000}})
+    assert long["status"] == "completed", long["error"]
+    assert long["progress_message"] == "é" * (context.MAX_PROGRESS_MESSAGE - 1) + "…"
+    number = await send_and_wait(engine, {"name": "t/report", "data": {"message": "9" * 30}})
+    assert number["status"] == "failed" and "message must be text" in number["error"]["message"], number["error"]

@@ -222,6 +222,9 @@ class ReplayAwareLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
 
 
 FUNCTION_LOG = logging.getLogger("stepline.function")  # looked up once: getLogger takes a lock
+# A progress message is read with every run a listing shows and sent on every stream of the run:
+# one built from an event's data is cut to this many characters (the last one an ellipsis).
+MAX_PROGRESS_MESSAGE = 1000
 
 
 class Context:
@@ -241,6 +244,12 @@ class Context:
         """Record progress (0-100) and a message; read by the job-status API."""
         if isinstance(percent, bool) or not isinstance(percent, (int, float)) or not 0 <= percent <= 100:
             raise errors.ConfigError(f"set_progress: percent must be a number 0..100, got {percent!r}")
+        if message is not None and not isinstance(message, str):
+            raise errors.ConfigError(
+                f"set_progress: message must be text or None, got {type(message).__name__}; pass str(...) to show a value"
+            )
+        if message is not None and len(message) > MAX_PROGRESS_MESSAGE:
+            message = message[: MAX_PROGRESS_MESSAGE - 1] + "…"
         await self._driver.set_progress(float(percent), message)
 
     async def publish(self, data: Any, *, topic: str = "default") -> None:
