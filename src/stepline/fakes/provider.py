@@ -74,6 +74,8 @@ class FakeProvider(LoopbackServer):
         self._ids = itertools.count(1)
         self.requests: list[Recorded] = []
         self.disconnects = 0
+        self.answering = 0  # requests being answered now
+        self.most_at_once = 0  # the most ever answered at once (what a rate limit sees)
 
     # --- configuration ---------------------------------------------------------------
 
@@ -101,6 +103,7 @@ class FakeProvider(LoopbackServer):
             self._rules.clear()
             self.requests.clear()
             self.disconnects = 0
+            self.most_at_once = 0
 
     def provider(self, name: str = "fake", *, wire: str = "openai", **options: Any) -> Provider:
         """A ``Provider`` for this server; self-hosted (cost 0) unless ``pricing_id`` or overrides say otherwise."""
@@ -155,11 +158,16 @@ class FakeProvider(LoopbackServer):
         name, behaviour = self._choose(request, model)
         with self._lock:
             self.requests.append(Recorded(request.path, request.headers, body, name))
+            self.answering += 1
+            self.most_at_once = max(self.most_at_once, self.answering)
         try:
             await self._answer(wire_format, body, behaviour, reader, writer)
         except (ClientGone, ConnectionError):
             with self._lock:
                 self.disconnects += 1
+        finally:
+            with self._lock:
+                self.answering -= 1
 
     async def _answer(self, wire_format: str, body: dict[str, Any], behaviour: Behaviour, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         stream = bool(body.get("stream"))
