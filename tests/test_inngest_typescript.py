@@ -401,6 +401,21 @@ async def test_ai_infer_and_fetch_are_made_by_the_server(env: tuple[Server, Node
     assert ask["meta"]["model"] and ask["meta"]["usage"]["prompt_tokens"] > 0
 
 
+async def test_parallel_model_calls_take_a_concurrency_slot_each(env: tuple[Server, NodeApp]) -> None:
+    """``concurrency: {limit: 2, key}`` over ``Promise.all`` of 5 ``step.ai.infer``: as on
+    Inngest, each step executing takes a slot, so the provider never sees more than 2 of a
+    user's calls at once, across that user's runs; each call is made once."""
+    server, _ = env
+    with FakeProvider(latency=0.2) as provider:
+        data = {"user": "u1", "baseUrl": provider.openai_base_url}
+        ids = [await server.send("ts/fan-ask", data) for _ in range(2)]
+        runs = [await server.finished((await server.run_for(i, FN + "fan-ask"))["id"], timeout=60) for i in ids]
+        assert [r["status"] for r in runs] == ["completed"] * 2, runs
+        assert 1 <= provider.most_at_once <= 2, provider.most_at_once
+        assert len(provider.requests) == 10  # memoized: none made again
+    assert all(len(r["output"]) == 5 and all("q" in answer for answer in r["output"]) for r in runs), runs
+
+
 async def test_promise_race_continues_when_the_first_branch_settles(env: tuple[Server, NodeApp]) -> None:
     """Inngest's early continuation (v4: group.parallel race mode; v3: its default): the step
     after the race runs while the slow branch is still running; the slow branch's step is

@@ -54,9 +54,13 @@ class RunDriver(Protocol):
         compute: Callable[[], Awaitable[Any]],
         meta: Callable[[Any], dict[str, Any]] | None,
         spend: Spend | None = None,
+        *,
+        executes: bool = True,
     ) -> Any:
         """Run ``compute`` once per attempt and save its result. ``spend``: what an attempt may
-        cost, reserved on the function's budgets before it starts and settled after."""
+        cost, reserved on the function's budgets before it starts and settled after.
+        ``executes=False``: ``compute`` only hands over an outcome known already (an SDK app's
+        step it ran itself), so it takes no concurrency slot."""
         ...
 
     async def set_progress(self, percent: float, message: str | None) -> None: ...

@@ -40,7 +40,7 @@ from typing import Any, NoReturn
 from stepline import budgets, durations, errors, jsonutil
 from stepline import event as event_mod
 from stepline.context import Context, SyncContext
-from stepline.engine import budget_gate, retry
+from stepline.engine import budget_gate, retry, step_slots
 from stepline.engine.signals import Halt, Suspend
 from stepline.function import Function
 from stepline.observability import counters, logs, tracing
@@ -116,6 +116,7 @@ class Services:
     # Lease losses and retries counted here, added to the database's totals by the worker.
     counters: counters.Counters = dataclasses.field(default_factory=counters.Counters)
     pulse: Pulse = dataclasses.field(default_factory=Pulse)  # kept by the worker's fence loop
+    freed_slots: step_slots.Freed = dataclasses.field(default_factory=step_slots.Freed)  # wakes steps waiting for one
 
 
 def _over_steps(limit: int) -> str:
@@ -175,6 +176,10 @@ class RunExecution:
         self.outcome: str | None = None  # how this execution ended, for its span
         self.tracer: Any | None = None  # set with ``segment`` when this execution is traced
         self.segment: Any | None = None  # the span of this execution (``process <function id>``)
+        # Steps executing at once beyond the first take concurrency slots of their own (step_slots).
+        self._slots = None if not function.config.concurrency else step_slots.StepSlots(
+            self._take_slot, self._give_slot, services.freed_slots, self._store.poll_interval
+        )
 
     # --- the lease -----------------------------------------------------------------
 
@@ -384,6 +389,8 @@ class RunExecution:
         compute: Callable[[], Awaitable[Any]],
         meta: Callable[[Any], dict[str, Any]] | None,
         spend: budgets.Spend | None = None,
+        *,
+        executes: bool = True,
     ) -> Any:
         key, entry = self._enter(step_id)
         attempt = 1
@@ -396,11 +403,23 @@ class RunExecution:
         self._busy += 1
         self._idle.clear()
         try:
-            return await self._execute(key, step_id, kind, compute, meta, attempt, spend)
+            if self._slots is None or not executes:
+                return await self._execute(key, step_id, kind, compute, meta, attempt, spend)
+            async with self._slots.hold():  # then the lease is checked again, however long that took
+                return await self._execute(key, step_id, kind, compute, meta, attempt, spend)
         finally:
             self._busy -= 1
             if self._busy == 0:
                 self._idle.set()
+
+    async def _take_slot(self) -> bool:
+        self._check_lease()  # a step waiting for a slot stops with its run, as one about to start does
+        if self._halted or self.cancel_requested or self._suspending or self.handed_back:
+            raise Halt()
+        return bool(await self.write(self._store.take_step_slot(self.lease)))
+
+    async def _give_slot(self) -> None:
+        await self._store.give_step_slot(self.lease)
 
     async def _call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if inspect.iscoroutinefunction(fn):

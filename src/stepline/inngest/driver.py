@@ -218,7 +218,7 @@ class SDKExecution:
                 else:
                     again = _raiser(protocol.make_error(jsonutil.loads(row["error"]) or {}, final=True))
                 try:
-                    await self.step.record_step(row["key"], row["kind"], again, None)
+                    await self.step.record_step(row["key"], row["kind"], again, None, executes=False)
                 except errors.StepError:
                     pass
             elif row["status"] == "retrying":
@@ -320,15 +320,15 @@ class SDKExecution:
             data = op.get("data")
             if kind == "Step" and isinstance(data, dict) and set(data) <= {"data", "error"}:
                 if "error" in data and data["error"] is not None:
-                    await self.record(sid, op, _raiser(protocol.make_error(data["error"], final=True)))
+                    await self.record(sid, op, _raiser(protocol.make_error(data["error"], final=True)), executes=False)
                     return
                 data = data.get("data")
-            await self.record(sid, op, _value(data))
+            await self.record(sid, op, _value(data), executes=False)  # the app ran it, in the run's own slot
         elif kind in ("StepError", "StepFailed"):
             final = kind == "StepFailed" or (reply is not None and reply.no_retry)
             retry_after = None if reply is None else reply.retry_after
-            await self.record(sid, op, _raiser(protocol.make_error(op.get("error"), final=final, retry_after=retry_after)))
-        elif kind == "StepPlanned":
+            await self.record(sid, op, _raiser(protocol.make_error(op.get("error"), final=final, retry_after=retry_after)), executes=False)
+        elif kind == "StepPlanned":  # a request of its own to the app: a concurrency slot of its own
             await self.record(sid, op, lambda: self.target(sid))
         elif kind == "Sleep":
             when = durations.until(opts.get("duration") or op.get("name") or "0s", field=f"sleep {display_name(op)}")
@@ -342,7 +342,7 @@ class SDKExecution:
                 row = await self.rt.step_row(self.ctx.run_id, sid)
                 if row is not None and row["status"] == StepStatus.COMPLETED:  # it arrived while the block ran
                     body = jsonutil.loads(row["output"])
-                    await self.step.record_step(sid, "wait", _value(body), None)
+                    await self.step.record_step(sid, "wait", _value(body), None, executes=False)
                     self.done(sid, memos.wait_memo(body))
                     return
                 self.rt.watch_prepared_wait(self.ctx.run_id, sid)
@@ -357,7 +357,7 @@ class SDKExecution:
             await self.record(sid, op, call, kind="ai.infer", meta=call.meta)
         else:
             error = {"name": "UnsupportedStep", "message": f"Stepline does not support the {kind} step yet (step {display_name(op)})"}
-            await self.record(sid, op, _raiser(protocol.make_error(error, final=True)))
+            await self.record(sid, op, _raiser(protocol.make_error(error, final=True)), executes=False)
 
     async def record(
         self,
@@ -367,15 +367,18 @@ class SDKExecution:
         *,
         kind: str = "run",
         meta: Callable[[Any], dict[str, Any]] | None = None,
+        executes: bool = True,
     ) -> None:
-        """Save a run-type step through the engine; a final failure becomes an error memo."""
+        """Save a run-type step through the engine; a final failure becomes an error memo.
+        ``executes``: Stepline carries the step out (a request to the app, an HTTP call), so
+        it takes a concurrency slot; not for an outcome the app reported."""
         name = display_name(op)
 
         def describe(result: Any) -> dict[str, Any]:
             return {**(meta(result) if meta else {}), "inngest": {"name": name, "op": op.get("op")}}
 
         try:
-            value = await self.step.record_step(sid, kind, compute, describe)
+            value = await self.step.record_step(sid, kind, compute, describe, executes=executes)
         except errors.StepError as exc:
             error = self.errors.get(sid) or op.get("error") or exc.to_dict()
             self.done(sid, memos.error_memo(error, "run"))

@@ -167,7 +167,8 @@ def gcra_admit(conn: db.Conn, key: str, *, limit: int, period_s: float, now: int
 
 
 def slots_in_use(conn: db.Conn, key: str) -> int:
-    """Runs holding a lease with this concurrency key (sleeping and waiting runs hold none)."""
+    """Slots of this concurrency key held by leased runs: one a run, and one more for each
+    of its parallel steps beyond the first executing (sleeping and waiting runs hold none)."""
     return slots_in_use_many(conn, [key])[key]
 
 
@@ -178,9 +179,9 @@ def slots_in_use_many(conn: db.Conn, keys: list[str]) -> dict[str, int]:
         return in_use
     marks, params = db.in_list(keys)
     for row in conn.all(
-        f"SELECT ck1 AS k, COUNT(*) AS n FROM queue WHERE ck1 IN ({marks}) AND lease_owner IS NOT NULL GROUP BY ck1 "
-        f"UNION ALL SELECT ck2 AS k, COUNT(*) AS n FROM queue WHERE ck2 IN ({marks}) AND lease_owner IS NOT NULL "
-        "GROUP BY ck2",
+        f"SELECT ck1 AS k, COUNT(*) + SUM(step_slots) AS n FROM queue WHERE ck1 IN ({marks}) AND lease_owner IS NOT NULL "
+        f"GROUP BY ck1 UNION ALL SELECT ck2 AS k, COUNT(*) + SUM(step_slots) AS n FROM queue WHERE ck2 IN ({marks}) "
+        "AND lease_owner IS NOT NULL GROUP BY ck2",
         params + params,
     ):
         in_use[row["k"]] += int(row["n"])
@@ -221,22 +222,22 @@ def unpark(conn: db.Conn, key: str, count: int, now: int) -> int:
 
 def release_slots(conn: db.Conn, run_id: str, now: int) -> None:
     """The run stops holding its slots (it suspends, ends or is released): wake the next in line."""
-    row = conn.one("SELECT ck1, ck2 FROM queue WHERE run_id = ? AND lease_owner IS NOT NULL", (run_id,))
+    row = conn.one("SELECT ck1, ck2, step_slots FROM queue WHERE run_id = ? AND lease_owner IS NOT NULL", (run_id,))
     if row is None:
         return
     for key in (row["ck1"], row["ck2"]):
         if key is not None:
-            unpark(conn, key, 1, now)
+            unpark(conn, key, 1 + int(row["step_slots"]), now)  # its steps' slots too, if any were still taken
 
 
 def release_slots_many(conn: db.Conn, run_ids: list[str], now: int) -> None:
     """``release_slots`` for many runs: their keys read in one statement."""
     marks, params = db.in_list(run_ids)
     freed: dict[str, int] = {}
-    for row in conn.all(f"SELECT ck1, ck2 FROM queue WHERE run_id IN ({marks}) AND lease_owner IS NOT NULL", params):
+    for row in conn.all(f"SELECT ck1, ck2, step_slots FROM queue WHERE run_id IN ({marks}) AND lease_owner IS NOT NULL", params):
         for key in (row["ck1"], row["ck2"]):
             if key is not None:
-                freed[key] = freed.get(key, 0) + 1
+                freed[key] = freed.get(key, 0) + 1 + int(row["step_slots"])
     for key, count in freed.items():
         unpark(conn, key, count, now)
 

@@ -233,7 +233,7 @@ def _lease_and_load_txn(
     marks, padded = db.in_list(run_ids)
     conn.execute(
         f"UPDATE queue SET lease_owner = ?, lease_epoch = lease_epoch + 1, lease_expires_at = {conn.clock_ms} + ?, "
-        f"parked_on = NULL WHERE run_id IN ({marks})",
+        f"parked_on = NULL, step_slots = 0 WHERE run_id IN ({marks})",  # a lease taken over: its steps' slots end with it
         (worker_id, lease_ms, *padded),
     )
     runs = {

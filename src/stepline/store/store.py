@@ -36,6 +36,7 @@ from stepline.store import (
     ops_runs,
     ops_sdk,
     ops_sessions,
+    ops_slots,
 )
 from stepline.store.records import (
     BudgetHold,
@@ -266,6 +267,14 @@ class Store:
         statements for all of them, ``now`` read when the transaction runs."""
         ops_exec.release_txn(conn, [lease for leases in items for lease in leases], now=self.now_ms())
         return [None] * len(items)
+
+    async def take_step_slot(self, lease: Lease) -> bool:
+        """A concurrency slot (on each of the run's keys) for one more of its steps to
+        execute at once, or False when a key is full (``ops_slots``)."""
+        return await self.db.write(self._at_commit(ops_slots.take_txn, lease=lease))
+
+    async def give_step_slot(self, lease: Lease) -> None:
+        await self.db.write(self._at_commit(ops_slots.give_txn, lease=lease))
 
     async def cancel_requested(self, worker_id: str) -> list[str]:
         """The runs leased to ``worker_id`` that were asked to cancel."""

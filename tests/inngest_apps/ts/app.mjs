@@ -147,6 +147,13 @@ const asker = fn({ id: "asker" }, { event: "ts/ask" }, async ({ event, step }) =
   return { answer: reply.choices[0].message.content, fetched: page.status, body: await page.text() };
 });
 
+// 5 model calls at once, 2 at a time per user: each step executing takes a concurrency slot.
+const fanAsk = fn({ id: "fan-ask", concurrency: { limit: 2, key: "event.data.user" } }, { event: "ts/fan-ask" }, async ({ event, step }) => {
+  const model = step.ai.models.openai({ model: "fake-model", baseUrl: event.data.baseUrl, apiKey: "test-key" });
+  const replies = await Promise.all([0, 1, 2, 3, 4].map((n) => step.ai.infer(`ask-${n}`, { model, body: { messages: [{ role: "user", content: `q${n}` }] } })));
+  return replies.map((reply) => reply.choices[0].message.content);
+});
+
 // Promise.race with Inngest's early continuation: v4 asks for it with group.parallel's
 // race mode; v3 (one step per request, its default) has it for every parallel block.
 const racer = fn({ id: "racer" }, { event: "ts/race" }, async ({ step, group }) => {
@@ -410,7 +417,7 @@ const failingFailure = fn(
 const functions = [
   declined, failingFailure, stoppable, checkout, verifyEmail,
   steps, sleeper, waiter, child, parent, sender, onSent, parallel, repeated, flaky, nonretry, retryAfter, cancellable, throttled,
-  limited, debounced, asker, racer, parallelFail, nightly, parallelRetry, signalWaiter, signalSender, pinger, ponger,
+  limited, debounced, asker, fanAsk, racer, parallelFail, nightly, parallelRetry, signalWaiter, signalSender, pinger, ponger,
   vipQueue, perUser, batchIf, twoNaps, twoWaits, onFinished, onCancelled, raceWait, approval, slowChild, invokeErrors,
   rateLimited, idem, singleSkip, flowInvoker, finishTimeout, cancelUntil, ...deferFns,
   throwsUndefined("throw-undefined", 0), throwsUndefined("throw-undefined-retried", 2), bigStep, wildTarget, wildWatch, bigOrder,
