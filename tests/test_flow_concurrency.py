@@ -205,3 +205,40 @@ async def test_account_and_env_scopes_are_separate_caps_each_shared_across_funct
     release.set()
     for run in runs.values():
         assert (await wait_run(engine, run["id"]))["status"] == "completed"
+
+
+@pytest.mark.timeout(120)
+async def test_parallel_steps_take_slots_across_processes_and_after_a_kill(make_engine, db_url, tmp_path) -> None:
+    """Runs of 3 parallel steps under a cap of 3 per key, on two processes, one of them
+    killed with steps in flight: never more than 3 of the key's steps at once (the dead
+    worker's extra slots held until its leases run out, then freed with them), every
+    run completes with each step's result."""
+    from tests.apps_flow import app
+
+    log = str(tmp_path / "steps.log")
+    sender = await make_engine(app, run_worker=False)
+    first, second = start_worker(db_url), start_worker(db_url)
+    later: list[subprocess.Popen[bytes]] = []
+    try:
+        ids = [await sender.send({"name": "flow/fanned", "data": {"key": "K", "log": log, "seconds": 0.5}}) for _ in range(4)]
+
+        async def three_running() -> bool:
+            return os.path.exists(log) and open(log).read().count("start") >= 3
+
+        await eventually(three_running, timeout=30, what="three steps in flight")
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        killed_at = time.time()
+        later = [start_worker(db_url)]
+        for event_id in ids:
+            run = (await runs_for_event(sender, event_id))[0]
+            done = await wait_run(sender, run["id"], timeout=60)
+            assert done["status"] == "completed" and done["output"] == ["part-0", "part-1", "part-2"], done
+    finally:
+        for proc in [first, second, *later]:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(15)
+    spans = intervals(log, killed_at=killed_at)
+    assert max_overlap(spans["K"]) <= 3, spans["K"]  # before: 9 (three runs of 3 steps each)
+    assert len(spans["K"]) >= 4 * 3
