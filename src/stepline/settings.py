@@ -35,6 +35,7 @@ VARS: tuple[Var, ...] = (
     Var("STEPLINE_SYNC_THREADS", "sync_threads", int, 32, "threads for sync handlers and sync step bodies"),
     Var("STEPLINE_CONNECT_WAIT", "connect_wait", float, 30.0, "seconds stepline start, worker and dev wait at start for a PostgreSQL server that does not answer yet (refused, starting up, out of connection slots, at a CONNECTION LIMIT) before giving up (0: at once)"),
     Var("STEPLINE_LEASE", "lease", float, 30.0, "seconds a worker's claim lasts without a heartbeat"),
+    Var("STEPLINE_MAX_LEASE_LOSSES", "max_lease_losses", int, 10, "a run whose lease runs out this many times in a row without saving a step (each worker that took it crashed, stalled or could not save it) is failed, not leased again"),
     Var("STEPLINE_FENCING", "fencing", bool, True, "leases carry an epoch checked at every commit, and workers stop runs whose lease they cannot renew (0 only to see what that prevents: never in production)"),
     Var("STEPLINE_HANDOFF", "handoff", bool, True, "an idle worker takes new runs from its own process's ingests without a claim (0: always through the queue)"),
     Var("STEPLINE_RETRY_BASE", "retry_base", float, 1.0, "first retry backoff in seconds (doubles each attempt)"),
@@ -97,6 +98,7 @@ class Settings:
     max_step_output_bytes: int = 4 * 1024 * 1024
     max_run_state_bytes: int = 32 * 1024 * 1024
     max_steps_per_run: int = 1000
+    max_lease_losses: int = 10
     max_message_bytes: int = 512 * 1024
     max_json_depth: int = 64
     max_name_bytes: int = 256
@@ -158,7 +160,7 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
 # anything, leases that expire as they are taken, requests refused whatever they hold).
 _POSITIVE = frozenset({
     "concurrency", "sync_threads", "lease", "retry_max", "max_event_bytes", "max_events_per_request",
-    "max_step_output_bytes", "max_run_state_bytes", "max_steps_per_run", "max_message_bytes", "max_json_depth", "max_name_bytes", "max_id_bytes",
+    "max_step_output_bytes", "max_run_state_bytes", "max_steps_per_run", "max_message_bytes", "max_lease_losses", "max_json_depth", "max_name_bytes", "max_id_bytes",
     "max_user_id_bytes", "max_header_bytes", "header_timeout", "body_idle_timeout", "body_timeout",
     "max_body_buffer", "max_api_body_bytes", "max_connections",
 })

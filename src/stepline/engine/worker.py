@@ -205,7 +205,8 @@ class Worker:
             exclude = frozenset(self.executor.active) if self._services.settings.fencing else frozenset()
             try:
                 claimed, next_due = await self._store.claim(
-                    self.id, self._function_ids, want, lease_ms, reclaim_expired=reclaim, exclude=exclude
+                    self.id, self._function_ids, want, lease_ms, reclaim_expired=reclaim, exclude=exclude,
+                    max_lease_losses=self._services.settings.max_lease_losses,
                 )
             except Exception as exc:  # noqa: BLE001 - the database may be restarting; try again shortly
                 outage.failed(exc)

@@ -12,6 +12,7 @@ write that waited for a lock cannot create a lease that has already run out.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from typing import Any, cast
 
@@ -41,6 +42,8 @@ from stepline.store.records import (
     Suspension,
     WaitReason,
 )
+
+log = logging.getLogger("stepline.store")
 
 _SUSPENDED = (StepStatus.SLEEPING, StepStatus.WAITING, StepStatus.INVOKING)
 
@@ -100,10 +103,13 @@ def claim_txn(
     lease_ms: int,
     reclaim_expired: bool = True,
     exclude: frozenset[str] = frozenset(),
+    max_lease_losses: int | None = None,
 ) -> tuple[list[ClaimedRun], int | None]:
     """Lease up to ``limit`` due runs (and, with ``reclaim_expired``, runs whose lease
     expired) of these functions; never a run in ``exclude`` (those the worker is still
-    executing or winding down: it must not hold two copies of one run).
+    executing or winding down: it must not hold two copies of one run). A run whose lease
+    ran out ``max_lease_losses`` times in a row without saving anything is failed instead
+    (``_fail_crash_loops_txn``).
 
     Returns the runs with their journals, and when the next unleased run falls due.
     """
@@ -148,6 +154,8 @@ def claim_txn(
         free = _runs_not_locked(conn, [r["run_id"] for r in candidates] + expired)
         candidates = [r for r in candidates if r["run_id"] in free]
         expired = [run_id for run_id in expired if run_id in free]
+    if expired and max_lease_losses:
+        expired = _fail_crash_loops_txn(conn, expired, now, max_lease_losses)
     admitted, parked = _admit_by_concurrency(conn, candidates, now)
     claimed = _lease_and_load_txn(conn, admitted + expired, worker_id, now, lease_ms, leased_at)
     if parked or held:
@@ -159,6 +167,61 @@ def claim_txn(
         tuple(function_ids),
     )
     return claimed, next_due
+
+
+def _fail_crash_loops_txn(conn: db.Conn, run_ids: list[str], now: int, most: int) -> list[str]:
+    """Of runs whose lease ran out, those to lease again; the others are failed here.
+
+    A lease runs out when its worker crashed, stalled or could not save what the run did;
+    the run's next worker repeats the step in flight. When that step is what kills workers
+    (it exhausts memory, the process exits), or what the run did can never be saved, every
+    worker that claims the run goes the same way, and with it the other runs it held. So
+    each loss is counted with the run's progress mark (its steps and their attempts): the
+    count starts again whenever the mark moved, and at ``most`` losses in a row with no
+    progress the run fails, saying why, instead of being leased again."""
+    marks, params = db.in_list(run_ids)
+    queued = {r["run_id"]: r for r in conn.all(f"SELECT run_id, lease_losses, lost_at_mark FROM queue WHERE run_id IN ({marks})", params)}
+    progress = {
+        r["run_id"]: int(r["mark"])
+        for r in conn.all(
+            f"SELECT run_id, COUNT(*) + COALESCE(SUM(attempts), 0) AS mark FROM steps WHERE run_id IN ({marks}) GROUP BY run_id",
+            params,
+        )
+    }
+    again: list[str] = []
+    counted: list[tuple[int, int, str]] = []
+    failing: list[tuple[str, str, str | None, str | None, int]] = []
+    for run_id in run_ids:
+        row = queued.get(run_id)
+        if row is None:
+            continue
+        mark = progress.get(run_id, 0)
+        same = row["lost_at_mark"] is not None and int(row["lost_at_mark"]) == mark
+        losses = int(row["lease_losses"]) + 1 if same else 1
+        if losses >= most:
+            failing.append((run_id, RunStatus.FAILED, None, jsonutil.dumps(_crash_loop_error(run_id, losses)), now))
+        else:
+            counted.append((losses, mark, run_id))
+            again.append(run_id)
+    if counted:
+        conn.executemany("UPDATE queue SET lease_losses = ?, lost_at_mark = ? WHERE run_id = ?", counted)
+    if failing:
+        for run_id, *_ in failing:
+            log.error("run %s failed: its lease ran out %d times in a row without progress", run_id, most)
+        ops_runs.end_runs_txn(conn, failing)
+    return again
+
+
+def _crash_loop_error(run_id: str, losses: int) -> dict[str, str]:
+    return {
+        "name": "WorkerLost",
+        "message": (
+            f"run {run_id} lost its worker {losses} times in a row without saving a step: each worker that took it "
+            "crashed, stalled or could not save what it did (a step that exhausts memory or kills the process, or a "
+            "result the database refuses); failed so that it stops taking workers down. Fix the step and replay the "
+            "run; STEPLINE_MAX_LEASE_LOSSES sets how many losses in a row fail a run"
+        ),
+    }
 
 
 def _runs_not_locked(conn: db.Conn, run_ids: list[str]) -> set[str]:

@@ -219,11 +219,11 @@ class Store:
 
     async def claim(
         self, worker_id: str, function_ids: list[str], limit: int, lease_ms: int, *, reclaim_expired: bool = True,
-        exclude: frozenset[str] = frozenset(),
+        exclude: frozenset[str] = frozenset(), max_lease_losses: int | None = None,
     ) -> tuple[list[ClaimedRun], int | None]:
         claim = self._at_commit(
             ops_exec.claim_txn, worker_id=worker_id, function_ids=function_ids, limit=limit, lease_ms=lease_ms,
-            reclaim_expired=reclaim_expired, exclude=exclude,
+            reclaim_expired=reclaim_expired, exclude=exclude, max_lease_losses=max_lease_losses,
         )
         return await self.db.write(db.relaxed(claim))
 
