@@ -83,6 +83,18 @@ class _LeaseTooShort(Exception):
     little lease left to start (see ``RunExecution._start_if_held``)."""
 
 
+class SaveTime:
+    """How long a checkpoint takes to commit here, from its submission: the longest of the
+    recent ones, forgotten a tenth at each new one (a slow link is known at once, a stall
+    past is forgotten within a few dozen checkpoints). ``None`` until one has committed."""
+
+    def __init__(self) -> None:
+        self.seconds: float | None = None
+
+    def observe(self, seconds: float) -> None:
+        self.seconds = seconds if self.seconds is None else max(seconds, self.seconds * 0.9)
+
+
 class Pulse:
     """When the worker's fence loop last ran. A long gap means this process itself did not
     run (frozen by SIGSTOP or a VM pause, or its event loop blocked by code that does not
@@ -117,6 +129,7 @@ class Services:
     counters: counters.Counters = dataclasses.field(default_factory=counters.Counters)
     pulse: Pulse = dataclasses.field(default_factory=Pulse)  # kept by the worker's fence loop
     freed_slots: step_slots.Freed = dataclasses.field(default_factory=step_slots.Freed)  # wakes steps waiting for one
+    save_time: SaveTime = dataclasses.field(default_factory=SaveTime)  # kept by the runs' checkpoints
 
 
 def _over_steps(limit: int) -> str:
@@ -206,10 +219,11 @@ class RunExecution:
             self._request_renewal()
             await self._renewed.wait()
 
-    def renewal_due(self) -> bool:
-        """Whether over a quarter of the lease has passed since it was granted or last renewed
-        (the heartbeat's period): a run that joins the worker so late asks for a renewal at once."""
-        return time.monotonic() + self._fence_span - self._services.settings.lease / 4 > self.deadline
+    def renewal_due(self, ahead: float = 0.0) -> bool:
+        """Whether over a quarter of the lease (the heartbeat's period) will have passed since
+        it was granted or last renewed ``ahead`` seconds from now: a run that joins the worker
+        so late asks for a renewal at once, a checkpoint that will commit so late renews it."""
+        return time.monotonic() + ahead + self._fence_span - self._services.settings.lease / 4 > self.deadline
 
     def short_of_lease(self) -> bool:
         """Whether less than ``START_MARGIN`` of the lease is left before this worker's deadline."""
@@ -322,25 +336,32 @@ class RunExecution:
     def _submit(self) -> None:
         if not self._unsaved:
             return
-        # On PostgreSQL a saved step extends the lease too, from a moment before its transaction
-        # began: the heartbeat passes over the rows the writer holds (SKIP LOCKED), and on a slow
-        # link it holds them most of the time (the runs stopped, their leases never renewed, while
-        # their steps saved). SQLite's heartbeat takes its turn in the same writer and is never
-        # passed over, so there the extra write per step would only slow the writer.
         since = time.monotonic()
-        renews = self.lease.epoch is not None and self._store.dialect == "postgres"
-        renew_ms = int(self._services.settings.lease * 1000) if renews else None
+        renew_ms = None
+        tracked = self.lease.epoch is not None and self._store.dialect == "postgres"
+        ahead = self._services.save_time.seconds
+        if tracked and (ahead is None or self.renewal_due(ahead)):
+            # On PostgreSQL a saved step extends the lease too, when the heartbeat's renewal is
+            # due by the time it commits: the heartbeat passes over the rows the writer holds
+            # (SKIP LOCKED), and on a slow link it holds them most of the time (the runs stopped,
+            # their leases never renewed, while their steps saved). Earlier in a lease the queue
+            # row is left alone: that write per step cost W1 about 8 % of its throughput. Until
+            # a checkpoint has committed here, how long one takes is unknown: each renews.
+            # SQLite's heartbeat takes its turn in the same writer and is never passed over.
+            renew_ms = int(self._services.settings.lease * 1000)
         for step, seq in self._unsaved:
             future = self._store.checkpoint_soon(self.lease, step, seq, renew_ms)
             future.add_done_callback(_observe)
-            if renews:
-                future.add_done_callback(functools.partial(self._saved, since))
+            if tracked:
+                future.add_done_callback(functools.partial(self._saved, since, renew_ms is not None))
             self._saving.append(future)
         self._unsaved.clear()
 
-    def _saved(self, since: float, future: asyncio.Future[Any]) -> None:
+    def _saved(self, since: float, renews: bool, future: asyncio.Future[Any]) -> None:
         if not future.cancelled() and future.exception() is None:
-            self.renewed(since)
+            self._services.save_time.observe(time.monotonic() - since)
+            if renews:
+                self.renewed(since)
 
     async def await_checkpoints(self) -> None:
         """Wait until every completed step of this run is committed; raises ``Halt`` when
