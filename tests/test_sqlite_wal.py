@@ -62,3 +62,69 @@ async def test_the_wal_is_truncated_past_its_limit_while_reads_overlap(sqlite_ur
     # Unbounded, the log holds every page written (10 MB and more); truncated past the
     # limit, it stays within a few checkpoint intervals' worth of writes above it.
     assert largest < 20 * limit, f"the WAL reached {largest} bytes"
+
+
+async def test_the_wal_restarts_under_steady_writes_without_a_size_limit(sqlite_url: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A checkpoint beside a busy writer never catches up with it, so SQLite never restarted
+    the log: it grew by every page written (80 MB/s under one HTTP connection's ingests)
+    until the size limit's truncation held every write for tens of milliseconds. The
+    catch-up under the writer's lock lets it restart from its beginning, which SQLite
+    marks by counting up the checkpoint sequence number in the log's header."""
+    monkeypatch.setattr(sqlite_backend._Checkpointer, "WAL_LIMIT", 2**40)  # no truncation to hide a growing log
+    monkeypatch.setattr(sqlite_backend._Checkpointer, "CATCH_UP_FRAMES", 100, raising=False)  # absent before the catch-up
+    store = open_store(sqlite_url, migrate_now=False)
+    await store.start()
+    sequences: set[int] = set()
+    commits = 0
+    try:
+        until = time.monotonic() + 2.0  # ten checkpoint rounds at least
+        while time.monotonic() < until or commits < 400:
+            await store.ingest([event_mod.Event(name="wal/steady", data={"pad": "x" * 3000, "n": commits})])
+            commits += 1
+            sequences.add(_wal_checkpoint_sequence(sqlite_url))
+            if commits % 50 == 0:
+                await store.list_events(limit=5)  # short reads between the writes, as a polled API makes
+    finally:
+        await store.close()
+    assert len(sequences) >= 4, f"the WAL restarted {len(sequences) - 1} times in {commits} commits"
+
+
+def _wal_checkpoint_sequence(path: str) -> int:
+    """The checkpoint sequence number in the WAL's header (bytes 12-15): one more at each restart."""
+    with open(path + "-wal", "rb") as wal:
+        return int.from_bytes(wal.read(16)[12:16], "big")
+
+
+async def test_truncating_the_wal_holds_this_process_writes_on_a_lock_not_a_poll(sqlite_url: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A truncation holds SQLite's write lock; the writer meets it as another connection's
+    lock and polled it with growing sleeps (a 10 ms truncation cost a write 30 ms). The
+    checkpointer now holds the writer's own lock meanwhile, so writes wait on that."""
+    monkeypatch.setattr(sqlite_backend._Checkpointer, "WAL_LIMIT", 128 * 1024)
+    polls: list[float] = []
+    wait_for_lock = sqlite_backend.SQLiteDatabase._wait_for_lock
+
+    def counted(self, conn, since):  # type: ignore[no-untyped-def]
+        polls.append(since)
+        return wait_for_lock(self, conn, since)
+
+    monkeypatch.setattr(sqlite_backend.SQLiteDatabase, "_wait_for_lock", counted)
+    store = open_store(sqlite_url, migrate_now=False)
+    await store.start()
+    stop = threading.Event()
+    readers = _overlapping_reads(sqlite_url, stop)
+    truncations = 0
+    try:
+        pad, last = "x" * 4000, 0
+        for _ in range(150):
+            await store.ingest([event_mod.Event(name="wal/fill", data={"pad": pad, "n": i}) for i in range(10)])
+            size = os.path.getsize(sqlite_url + "-wal")
+            truncations += size < last
+            last = size
+            await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        for thread in readers:
+            thread.join()
+        await store.close()
+    assert truncations > 0, "the log was never truncated: the test proves nothing"
+    assert polls == [], f"the writer polled SQLite's lock {len(polls)} times while this process's checkpointer held it"

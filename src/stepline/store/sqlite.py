@@ -12,7 +12,10 @@ answered 503 instead of hanging, and nothing of it is stored.
 
 WAL checkpoints run on a thread of their own, never inside a commit: SQLite's
 automatic checkpoint (every 1,000 pages) would otherwise stall whichever commit
-crosses the threshold by several milliseconds, every thirty-odd runs.
+crosses the threshold by several milliseconds, every thirty-odd runs. A checkpoint
+running beside the writer never catches up with it, so the log would never restart
+and would grow by the whole write volume; the checkpointer therefore finishes each
+large one with a short catch-up under the writer's own lock (see ``_Checkpointer``).
 """
 
 from __future__ import annotations
@@ -131,7 +134,18 @@ def prepare_new_file(path: str) -> None:
 
 class _Checkpointer:
     """Copies the WAL back into the database file off the commit path (PASSIVE: it never
-    waits for, or blocks, the writer or readers)."""
+    waits for, or blocks, the writer or readers).
+
+    SQLite restarts the log from its beginning only when a write begins with every frame
+    copied back and no reader inside the log. A checkpoint beside a busy writer copies the
+    frames it found while new ones arrive, so it never catches up: the log grew by the whole
+    write volume (80 MB/s under one connection's ingests) until the size limit below
+    truncated it, holding the write lock for tens of milliseconds each time. So once the
+    log holds ``CATCH_UP_FRAMES`` and the unlocked checkpoint has copied most of it, a
+    second one copies the few frames that came meanwhile while holding ``writes`` (the
+    writer's lock in this process: its writes wait for a millisecond or two, on a lock,
+    not by polling); the next write then starts the log over.
+    """
 
     INTERVAL = 0.2  # seconds between checkpoints while commits keep coming
     IDLE = 1.0  # seconds without a commit that wrote before a requested TRUNCATE checkpoint runs
@@ -143,9 +157,12 @@ class _Checkpointer:
     WAL_LIMIT = 64 * 1024 * 1024
     RESET_BACKOFF_MAX = 30.0  # seconds between tries while a long reader holds the log
     RESET_QUIET = 10.0  # seconds of failed tries before saying so (short reads get out of the way)
+    CATCH_UP_FRAMES = 1000  # a log this long (about 4 MiB) is caught up under the writer's lock; SQLite's own default
+    CATCH_UP_WAIT = 0.5  # seconds to wait for the writer's lock before leaving the catch-up to the next round
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, writes: threading.Lock | None = None) -> None:
         self._path = path
+        self._writes = writes
         self._dirty = threading.Event()
         self._stopping = threading.Event()
         self._truncate = threading.Event()
@@ -184,10 +201,7 @@ class _Checkpointer:
                 if self._stopping.wait(self.INTERVAL):
                     break
                 self._dirty.clear()
-                try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                except sqlite3.Error:
-                    pass  # busy or locked: the next round catches up
+                self._checkpoint(conn)
                 self._shrink_if_oversized(conn)
                 if self._truncate.is_set():
                     self._wrote.clear()
@@ -196,6 +210,24 @@ class _Checkpointer:
             self._last_checkpoint(conn)
         finally:
             conn.close()
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        """A PASSIVE checkpoint, and the catch-up that lets the log restart (see the class doc)."""
+        try:
+            row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error:
+            return  # busy or locked: the next round catches up
+        # ``log`` counts the frames there were when it began: those that came meanwhile are not in it.
+        if self._writes is None or row is None or row["log"] < self.CATCH_UP_FRAMES:
+            return
+        if not self._writes.acquire(timeout=self.CATCH_UP_WAIT):
+            return
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error:
+            pass
+        finally:
+            self._writes.release()
 
     def _last_checkpoint(self, conn: sqlite3.Connection) -> None:
         """Copy the log back before the store closes. It may fail (a full disk: the file
@@ -242,7 +274,11 @@ class _Checkpointer:
 
     def _checkpoint_truncate(self, conn: sqlite3.Connection) -> bool:
         """A TRUNCATE checkpoint that gives up quickly when readers hold the log; whether it
-        went through."""
+        went through. It holds the write lock meanwhile, so it holds ``writes`` too: this
+        process's writes wait on that lock and go on the moment it is done, instead of
+        polling the file's lock with growing sleeps (a 10 ms truncation cost them 30)."""
+        if self._writes is not None and not self._writes.acquire(timeout=self.CATCH_UP_WAIT):
+            return False
         try:
             conn.execute(f"PRAGMA busy_timeout={self.TRUNCATE_BUSY_MS}")
             row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
@@ -251,6 +287,8 @@ class _Checkpointer:
             return False
         finally:
             conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            if self._writes is not None:
+                self._writes.release()
 
 
 def _wal_bytes(path: str) -> int:
@@ -283,7 +321,7 @@ class SQLiteDatabase(db.Database):
         conn.execute("PRAGMA busy_timeout=0")  # ``_begin`` waits for the write lock itself
         if self.path != ":memory:":
             conn.execute("PRAGMA wal_autocheckpoint=0")
-            self._checkpointer = _Checkpointer(self.path)
+            self._checkpointer = _Checkpointer(self.path, self._commit_lock)
         return conn
 
     def truncate_log_when_idle(self) -> None:
