@@ -42,6 +42,25 @@ def intervals(log: str, killed_at: float | None = None) -> dict[str, list[tuple[
     return done
 
 
+async def kill_when_three_steps_run(log: str, victim: subprocess.Popen[bytes]) -> float:
+    """Once three steps are in flight (by ``log``), kill ``victim`` with SIGKILL; when it died."""
+
+    async def three_running() -> bool:
+        return os.path.exists(log) and open(log).read().count("start") >= 3
+
+    await eventually(three_running, timeout=30, what="three steps in flight")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(10)
+    return time.time()
+
+
+def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(15)
+
+
 def max_overlap(spans: list[tuple[float, float, str]]) -> int:
     edges = sorted([(s, 1) for s, _, _ in spans] + [(e, -1) for _, e, _ in spans])
     current = peak = 0
@@ -87,23 +106,13 @@ async def test_cap_holds_after_a_worker_is_killed(make_engine, db_url, tmp_path)
     later: list[subprocess.Popen[bytes]] = []
     try:
         ids = [await sender.send({"name": "flow/capped", "data": {"key": "K", "log": log, "seconds": 1.0}}) for _ in range(9)]
-
-        async def three_running() -> bool:
-            return os.path.exists(log) and open(log).read().count("start") >= 3
-
-        await eventually(three_running, timeout=30, what="three steps in flight")
-        first.send_signal(signal.SIGKILL)
-        first.wait(10)
-        killed_at = time.time()
+        killed_at = await kill_when_three_steps_run(log, first)
         later = [start_worker(db_url), start_worker(db_url)]
         for event_id in ids:
             run = (await runs_for_event(sender, event_id))[0]
             assert (await wait_run(sender, run["id"], timeout=60))["status"] == "completed"
     finally:
-        for proc in [first, *later]:
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait(15)
+        stop_workers([first, *later])
     spans = intervals(log, killed_at=killed_at)
     assert max_overlap(spans["K"]) <= 3  # no over-admission while the dead worker's leases ran out
     assert len(spans["K"]) >= 9 + 3 - 1  # the killed in-flight steps ran again
@@ -221,24 +230,14 @@ async def test_parallel_steps_take_slots_across_processes_and_after_a_kill(make_
     later: list[subprocess.Popen[bytes]] = []
     try:
         ids = [await sender.send({"name": "flow/fanned", "data": {"key": "K", "log": log, "seconds": 0.5}}) for _ in range(4)]
-
-        async def three_running() -> bool:
-            return os.path.exists(log) and open(log).read().count("start") >= 3
-
-        await eventually(three_running, timeout=30, what="three steps in flight")
-        first.send_signal(signal.SIGKILL)
-        first.wait(10)
-        killed_at = time.time()
+        killed_at = await kill_when_three_steps_run(log, first)
         later = [start_worker(db_url)]
         for event_id in ids:
             run = (await runs_for_event(sender, event_id))[0]
             done = await wait_run(sender, run["id"], timeout=60)
             assert done["status"] == "completed" and done["output"] == ["part-0", "part-1", "part-2"], done
     finally:
-        for proc in [first, second, *later]:
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait(15)
+        stop_workers([first, second, *later])
     spans = intervals(log, killed_at=killed_at)
     assert max_overlap(spans["K"]) <= 3, spans["K"]  # before: 9 (three runs of 3 steps each)
     assert len(spans["K"]) >= 4 * 3
