@@ -39,26 +39,32 @@ def _overlapping_reads(path: str, stop: threading.Event) -> list[threading.Threa
     return threads
 
 
-async def test_the_wal_is_truncated_past_its_limit_while_reads_overlap(sqlite_url: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    limit = 256 * 1024
-    monkeypatch.setattr(sqlite_backend._Checkpointer, "WAL_LIMIT", limit, raising=False)  # absent before the limit existed
+async def _fill_while_reads_overlap(sqlite_url: str, commits: int, pause: float) -> list[int]:
+    """Ingest ``commits`` batches of ten 4 KB events, ``pause`` s apart (writes keep coming, as
+    under load), while reads overlap; the WAL's size after each."""
     store = open_store(sqlite_url, migrate_now=False)
     await store.start()
     stop = threading.Event()
     readers = _overlapping_reads(sqlite_url, stop)
-    largest = 0
+    sizes: list[int] = []
     try:
         pad = "x" * 4000
-        for _ in range(250):  # about 10 MB of events, in many commits
-            events = [event_mod.Event(name="wal/fill", data={"pad": pad, "n": i}) for i in range(10)]
-            await store.ingest(events)
-            largest = max(largest, os.path.getsize(sqlite_url + "-wal"))
-            await asyncio.sleep(0.02)  # writes keep coming, as under load
+        for _ in range(commits):
+            await store.ingest([event_mod.Event(name="wal/fill", data={"pad": pad, "n": i}) for i in range(10)])
+            sizes.append(os.path.getsize(sqlite_url + "-wal"))
+            await asyncio.sleep(pause)
     finally:
         stop.set()
         for thread in readers:
             thread.join()
         await store.close()
+    return sizes
+
+
+async def test_the_wal_is_truncated_past_its_limit_while_reads_overlap(sqlite_url: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    limit = 256 * 1024
+    monkeypatch.setattr(sqlite_backend._Checkpointer, "WAL_LIMIT", limit, raising=False)  # absent before the limit existed
+    largest = max(await _fill_while_reads_overlap(sqlite_url, commits=250, pause=0.02))  # about 10 MB of events
     # Unbounded, the log holds every page written (10 MB and more); truncated past the
     # limit, it stays within a few checkpoint intervals' worth of writes above it.
     assert largest < 20 * limit, f"the WAL reached {largest} bytes"
@@ -108,23 +114,7 @@ async def test_truncating_the_wal_holds_this_process_writes_on_a_lock_not_a_poll
         return wait_for_lock(self, conn, since)
 
     monkeypatch.setattr(sqlite_backend.SQLiteDatabase, "_wait_for_lock", counted)
-    store = open_store(sqlite_url, migrate_now=False)
-    await store.start()
-    stop = threading.Event()
-    readers = _overlapping_reads(sqlite_url, stop)
-    truncations = 0
-    try:
-        pad, last = "x" * 4000, 0
-        for _ in range(150):
-            await store.ingest([event_mod.Event(name="wal/fill", data={"pad": pad, "n": i}) for i in range(10)])
-            size = os.path.getsize(sqlite_url + "-wal")
-            truncations += size < last
-            last = size
-            await asyncio.sleep(0.01)
-    finally:
-        stop.set()
-        for thread in readers:
-            thread.join()
-        await store.close()
+    sizes = await _fill_while_reads_overlap(sqlite_url, commits=150, pause=0.01)
+    truncations = sum(later < earlier for earlier, later in zip(sizes, sizes[1:]))
     assert truncations > 0, "the log was never truncated: the test proves nothing"
     assert polls == [], f"the writer polled SQLite's lock {len(polls)} times while this process's checkpointer held it"
