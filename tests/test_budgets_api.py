@@ -34,7 +34,7 @@ def worst_tokens(llm: LLM, prompt: Any = PROMPT) -> int:
 
 
 def generate_app(llm: LLM, budget: stepline.Budget) -> stepline.App:
-    """The seeds' queued function: the Router sends GENERATE, this makes the call as a step."""
+    """A queued model call as LLM apps make it: the Router sends GENERATE, this makes the call as a step."""
     app = stepline.App("budget-api")
 
     @app.function(id="generate", trigger=stepline.TriggerEvent(GENERATE), budgets=[budget], retries=0)

@@ -12,7 +12,7 @@ from stepline.testing import FakeProvider
 from tests.helpers import runs_for_event, wait_run
 
 
-def test_routes_follow_the_seeds_rule() -> None:
+def test_routes_follow_the_queueing_rule() -> None:
     router = Router(quick_models=["gpt-4o-mini", "claude-3-haiku"], slow_models=["deepseek/deepseek-r1", "claude-3-opus"], env={})
     assert router.route("gpt-4o-mini", "hi") .queued is False
     assert router.route("openai/gpt-4o-mini", "hi").queued is False  # vendor prefix ignored

@@ -107,7 +107,7 @@ def sqlite_catalog(path: str) -> dict[str, list[tuple[Any, ...]]]:
     return {"objects": objects, "columns": columns, "indexes": sorted(indexes, key=lambda i: (i[0], i[1]))}
 
 
-# --- seeds: rows an older release would have written -------------------------------
+# --- rows an older release would have written, planted -------------------------------
 
 
 def seed(url: str) -> None:

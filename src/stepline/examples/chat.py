@@ -31,7 +31,7 @@ def default_model() -> str:
 
 
 def make_router(sender: Any, **options: Any) -> Router:
-    """The seeds' routing rule; USE_QUEUE / QUICK_MODELS / SLOW_MODELS override it from the env."""
+    """The routing rule (``stepline.llm.router``); USE_QUEUE / QUICK_MODELS / SLOW_MODELS override it from the env."""
     return Router(quick_models=QUICK_MODELS, slow_models=SLOW_MODELS, token_threshold=4000, sender=sender, **options)
 
 

@@ -1,4 +1,4 @@
-"""The apps' own job table (the seeds' ``llm_job_results`` / ``inngest_jobs``), on SQLite.
+"""The apps' own job table (as such apps name it: ``llm_job_results`` / ``inngest_jobs``), on SQLite.
 
 This is application data, not Stepline's: it shows what a web app keeps for its
 users (status, progress, result, tokens, cost) and how steps write it. The file is
@@ -130,7 +130,7 @@ def row_count(job_id: str) -> int:
 
 
 def metrics(kind: str, days: int = 30) -> dict[str, Any]:
-    """The seeds' dashboard queries: success rate, average duration, cost per day."""
+    """The dashboard queries such apps run: success rate, average duration, cost per day."""
     since = time.time() - days * 86400
     with connect() as conn:
         total, completed, finished = conn.execute(

@@ -3,7 +3,7 @@
 An optional theme step first, then ``generate-screen-{i}`` for each screen (a
 failed screen retries alone; the finished ones are never generated again), at most
 5 jobs at once. The job row gets the summed tokens and cost; ``jobs.metrics
-("screen-generation")`` gives the seeds' success rate, average duration and daily cost.
+("screen-generation")`` gives the job table's success rate, average duration and daily cost.
 
 Try: ``stepline send studio/generate.screens --data '{"branding":{"name":"Acme"},"screens":["home","pricing"],"include_theme":true}'``
 """

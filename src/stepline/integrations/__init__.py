@@ -8,6 +8,6 @@
 
 Each imports its framework only when used (``pip install 'stepline[fastapi]'``, ``[django]``,
 ``[flask]``). The framework-neutral parts: ``core`` (one connection, embedded or remote),
-``jobs`` (the seeds' job-status pattern: a run token per job, a status read and an SSE
+``jobs`` (the job-status pattern: a run token per job, a status read and an SSE
 stream), ``blocking`` (the same connection for sync code).
 """

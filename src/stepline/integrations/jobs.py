@@ -1,7 +1,7 @@
-"""The seeds' job-status pattern, ready made: a route starts a job (sends the event, takes
+"""The job-status pattern of apps that queue their LLM calls, ready made: a route starts a job (sends the event, takes
 the run it started) and hands the page a job id and a short-lived run token; the page polls
 the job's status or subscribes to its Server-Sent Events with that token, which reads that
-one job and nothing else. The job's shape is the seeds' job table's: status pending /
+one job and nothing else. The job's shape is such apps' job table's: status pending /
 processing / completed / failed / cancelled, progress, output, error, tokens and cost.
 """
 
@@ -18,7 +18,7 @@ from stepline.integrations.core import Connection
 from stepline.server import tokens
 from stepline.store.records import TERMINAL, RunStatus
 
-# Run statuses as the seeds' job tables name them.
+# Run statuses as such apps' job tables name them.
 JOB_STATUS = {
     "queued": "pending",
     "running": "processing",
@@ -57,7 +57,7 @@ def job_event(body: Any, allowed: frozenset[str] | None, user_id: str | None) ->
 
 
 def job_view(run: Mapping[str, Any]) -> dict[str, Any]:
-    """A run as the seeds' job rows show it."""
+    """A run as such apps' job rows show it."""
     usage = run.get("usage") or {}
     error = run.get("error")
     return {

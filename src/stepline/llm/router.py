@@ -1,6 +1,6 @@
 """Quick models answer inline; slow models, reasoning models and big contexts are queued.
 
-The seeds' rule, as one object a web route calls. ``USE_QUEUE=false`` sends every
+The usual rule of apps that queue their LLM calls, as one object a web route calls. ``USE_QUEUE=false`` sends every
 call direct at once (the rollback switch); ``QUICK_MODELS`` / ``SLOW_MODELS``
 (comma-separated) replace the lists without a deploy.
 """

@@ -50,7 +50,7 @@ async def get_run(request: Request) -> Response:
     run_id = request.path_params["run_id"]
     store = common.engine(request).store
     run = await store.get_run(run_id)
-    run["usage"] = await store.run_usage(run_id)  # tokens and cost, as the seeds show
+    run["usage"] = await store.run_usage(run_id)  # tokens and cost, as apps' job tables show them
     run["step_usage"] = await store.step_usage(run_id)  # each model call's tokens and cost, by step key
     run["schedule"] = await store.run_schedule(run_id)  # when a queued run is due (throttled, scheduled, retrying)
     if not common.by_run_token(request):  # a run token reads its own run, not the runs around it
