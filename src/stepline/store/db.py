@@ -137,6 +137,13 @@ class Conn(abc.ABC):
         rows another transaction has locked (empty where one write transaction runs at a time)."""
         return ""
 
+    def indexed_by(self, index: str) -> str:
+        """A clause after a table's name (and alias) that makes the planner read it by ``index``,
+        where the backend takes such a hint (SQLite, whose planner has no statistics unless
+        asked to gather them and ranks indexes by how many terms they match); empty where
+        the planner's statistics choose well (PostgreSQL)."""
+        return ""
+
     def row_lock(self, of: str = "") -> str:
         """The clause that locks the rows read (of table alias ``of``) until commit.
 

@@ -409,8 +409,13 @@ _WAIT_COLUMNS = (
     # The run's whole event is read only for waits stored without the part they read.
     "SELECT w.id, w.run_id, w.step_key, w.expression, w.expires_at, COALESCE(w.trigger_view, e.body) AS trigger_body, "
     "r.function_id "
-    "FROM waits w JOIN runs r ON r.id = w.run_id JOIN events e ON e.id = r.event_id WHERE w.event_name = ? "
+    "FROM waits w {hint} JOIN runs r ON r.id = w.run_id JOIN events e ON e.id = r.event_id WHERE w.event_name = ? "
 )
+# The waits no key narrows, by the partial index of them alone (migration 0023): SQLite's
+# planner otherwise chose waits_by_range, where every wait keyed by a match has range_path
+# NULL too, and read all of a name's keyed waits to find the few unkeyed ones, or none.
+_UNKEYED = "waits_unkeyed"
+_UNKEYED_WHERE = "w.match_path IS NULL AND w.range_path IS NULL"
 
 
 class WaitPaths(NamedTuple):
@@ -428,7 +433,7 @@ def _wait_paths(conn: db.Conn, name: str) -> WaitPaths:
     found = memo.get(name)
     if found is None:
         unkeyed = conn.one(
-            "SELECT 1 AS one FROM waits WHERE event_name = ? AND match_path IS NULL AND range_path IS NULL LIMIT 1",
+            f"SELECT 1 AS one FROM waits w {conn.indexed_by(_UNKEYED)} WHERE w.event_name = ? AND {_UNKEYED_WHERE} LIMIT 1",
             (name,),
         )
         found = memo[name] = WaitPaths(
@@ -483,16 +488,18 @@ def _candidate_waits(conn: db.Conn, body: dict[str, Any]) -> list[dict[str, Any]
             compare = "<=" if bound == "min" else ">="
             rows += _read_waits(conn, f"AND w.range_path = ? AND w.range_value {compare} ?", (name, path, number))
     if keys.unkeyed:
-        rows += _read_waits(conn, "AND w.match_path IS NULL AND w.range_path IS NULL", (name,))
+        rows += _read_waits(conn, f"AND {_UNKEYED_WHERE}", (name,), index=_UNKEYED)
     return rows
 
 
-def _read_waits(conn: db.Conn, where: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
-    """The waits ``where`` selects; inline, no more than the budget left (else ``NotInline``)."""
+def _read_waits(conn: db.Conn, where: str, params: tuple[Any, ...], index: str | None = None) -> list[dict[str, Any]]:
+    """The waits ``where`` selects (by ``index`` if given); inline, no more than the budget
+    left (else ``NotInline``)."""
+    select = _WAIT_COLUMNS.format(hint=conn.indexed_by(index) if index else "")
     if not conn.inline:
-        return conn.all(_WAIT_COLUMNS + where, params)
+        return conn.all(select + where, params)
     left = INLINE_MAX_WAITS - conn.memo.get(_INLINE_WAITS, 0)
-    rows = conn.all(_WAIT_COLUMNS + where + " LIMIT ?", (*params, left + 1))
+    rows = conn.all(select + where + " LIMIT ?", (*params, left + 1))
     if len(rows) > left:
         raise db.NotInline(f"over {INLINE_MAX_WAITS} waits to resolve")
     conn.memo[_INLINE_WAITS] = conn.memo.get(_INLINE_WAITS, 0) + len(rows)

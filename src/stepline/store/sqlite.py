@@ -83,6 +83,9 @@ class SQLiteConn(db.Conn):
         self.raw = raw
         self.signals: list[tuple[str, str]] = []  # told to this process's listeners after COMMIT
 
+    def indexed_by(self, index: str) -> str:
+        return f"INDEXED BY {index}"
+
     def signal(self, topic: str, payload: str) -> None:
         # Other processes sharing the file learn it by polling (see Worker); this one at once.
         self.signals.append((topic, payload))
