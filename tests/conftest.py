@@ -110,6 +110,13 @@ async def make_engine(db_url: str) -> AsyncIterator[EngineFactory]:
 
 
 @pytest.fixture
+async def make_sqlite_engine(sqlite_url: str) -> AsyncIterator[EngineFactory]:
+    """``make_engine`` on SQLite alone, for what only it has (its planner's choices, its file)."""
+    async for factory in _engines(sqlite_url):
+        yield factory
+
+
+@pytest.fixture
 async def make_pg_engine(postgres_url: str) -> AsyncIterator[EngineFactory]:
     """``make_engine`` on PostgreSQL alone, for what only it has (several writers, NOTIFY, its faults)."""
     async for factory in _engines(postgres_url):

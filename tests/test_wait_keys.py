@@ -706,22 +706,19 @@ async def _ingest_vm_steps(engine: Engine, event: dict, tries: int = 5) -> int:
     return min(counts)
 
 
-async def test_an_ingest_reads_none_of_the_keyed_waits_to_learn_there_are_no_unkeyed_ones(sqlite_url: str) -> None:
+async def test_an_ingest_reads_none_of_the_keyed_waits_to_learn_there_are_no_unkeyed_ones(make_sqlite_engine) -> None:
     """Whether an event name has waits that no key narrows is asked once a transaction. SQLite
     answered it through waits_by_range, where every wait keyed by a match has no range key
     either, so it read all of a name's keyed waits (10,000: 0.9 ms a transaction, an event
     that matched nothing cost 1.7 times as much as with 10 waiting). The partial index of
     unkeyed waits (migration 0023) answers it at once."""
-    from tests.conftest import _engines
-
-    async for factory in _engines(sqlite_url):
-        engine = await factory(waiting_app())
-        nobody = {"name": "order/paid", "data": {"order": "nobody", "amount": 1}}
-        await start(engine, "order/placed", [{"order": f"o-{i}"} for i in range(10)], "waiting")
-        few = await _ingest_vm_steps(engine, nobody)
-        await start(engine, "order/placed", [{"order": f"p-{i}"} for i in range(2000)], "waiting")
-        many = await _ingest_vm_steps(engine, nobody)
-        assert many <= 2 * few + 20, f"{many}00 VM instructions with 2,010 keyed waits against {few}00 with 10"
-        loose = await start(engine, "order/watched", [{"over": 100}], "waiting")  # an unkeyed wait: found, and it resolves
-        await engine.send({"name": "order/paid", "data": {"order": "nobody", "amount": 500}})
-        assert (await wait_run(engine, loose[0]))["output"] == {"got": {"order": "nobody", "amount": 500}}
+    engine = await make_sqlite_engine(waiting_app())
+    nobody = {"name": "order/paid", "data": {"order": "nobody", "amount": 1}}
+    await start(engine, "order/placed", [{"order": f"o-{i}"} for i in range(10)], "waiting")
+    few = await _ingest_vm_steps(engine, nobody)
+    await start(engine, "order/placed", [{"order": f"p-{i}"} for i in range(2000)], "waiting")
+    many = await _ingest_vm_steps(engine, nobody)
+    assert many <= 2 * few + 20, f"{many}00 VM instructions with 2,010 keyed waits against {few}00 with 10"
+    loose = await start(engine, "order/watched", [{"over": 100}], "waiting")  # an unkeyed wait: found, and it resolves
+    await engine.send({"name": "order/paid", "data": {"order": "nobody", "amount": 500}})
+    assert (await wait_run(engine, loose[0]))["output"] == {"got": {"order": "nobody", "amount": 500}}
