@@ -4,10 +4,13 @@ still in claim order (due time less priority) whichever way it reads them."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 import stepline
-from stepline.store import db, ops_exec
+from stepline.store import db, ops_exec, ops_runs
 
 SLEEPERS = 1500
 
@@ -21,6 +24,18 @@ def app() -> stepline.App:
 
     @app.function(id="urgent", trigger=stepline.TriggerEvent("claims/urgent"), priority=stepline.Priority(run="600"))
     async def urgent(ctx: stepline.Context) -> None:
+        return None
+
+    return app
+
+
+def elsewhere() -> stepline.App:
+    """Another app's function in the same database, which the claims here do not serve (a
+    worker of its own takes its runs)."""
+    app = stepline.App("elsewhere")
+
+    @app.function(id="other", trigger=stepline.TriggerEvent("claims/other"))
+    async def other(ctx: stepline.Context) -> None:
         return None
 
     return app
@@ -72,7 +87,8 @@ def rows_examined(conn: db.Conn, sql: str, params: tuple[Any, ...]) -> int:
 
 async def claim_and_examine(engine: Any, limit: int, *, analyze: bool = True) -> tuple[list[str], int]:
     """Claim up to ``limit`` runs (in a transaction rolled back afterwards) and count the
-    queue rows the claim's reads examined."""
+    queue rows the claim's reads examined (on SQLite, those of plans that scan the table;
+    ``claim_cost`` counts every row it reads)."""
     found: dict[str, Any] = {}
 
     def op(conn: db.Conn) -> None:
@@ -111,6 +127,29 @@ async def test_with_more_ready_than_a_batch_the_claim_still_takes_them_in_claim_
     assert claimed[0] == "urgent" and claimed[1:] == ["job"] * 9
 
 
+async def test_with_many_ready_a_claim_reads_its_batch_not_every_ready_run(make_engine) -> None:
+    """Past ``FEW_READY`` a claim reads the claim-order index until its batch is full. Given
+    an index of each function's runs by due time too, SQLite's planner (no statistics)
+    chose it, as it matches more of the claim's terms, and read and sorted every ready run
+    of the functions for each claim."""
+    engine = await make_engine(app(), run_worker=False)
+
+    async def ready(count: int) -> None:
+        for start in range(0, count, 500):
+            await engine.send_many([{"name": "claims/job", "data": {"i": i}} for i in range(start, min(count, start + 500))])
+
+    await ready(ops_exec.FEW_READY + 50)
+    claimed, some = await claim_cost(engine, 10)
+    assert claimed == ["job"] * 10
+    await ready(ops_exec.FEW_READY * 8)
+    claimed, many = await claim_cost(engine, 10)
+    assert claimed == ["job"] * 10
+    if engine.store.db.dialect == "postgres":
+        assert many <= ops_exec.FEW_READY + 1, f"the claim read {many} queue rows for a batch of 10"
+    else:
+        assert many <= 2 * some + 200, f"{many} VM instructions for a batch of 10 with {ops_exec.FEW_READY * 9 + 50} ready, {some} with {ops_exec.FEW_READY + 50}"
+
+
 async def test_a_claim_reads_the_ready_runs_when_the_statistics_still_count_the_sleepers_as_due(make_engine) -> None:
     """A burst of runs is counted by the planner while they are due, then they all go to
     sleep (their due time moves hours ahead) before the statistics are taken again: the
@@ -129,3 +168,107 @@ async def test_a_claim_reads_the_ready_runs_when_the_statistics_still_count_the_
     claimed, examined = await claim_and_examine(engine, 100, analyze=False)
     assert claimed == ["urgent", "job", "job"]
     assert examined < 50, f"the claim read {examined} queue rows for 3 ready runs beside {sleepers} sleeping"
+
+
+async def read_cost(engine: Any, read: Callable[[db.Conn], Any]) -> tuple[Any, int]:
+    """``read(conn)``'s result, in a write transaction rolled back afterwards, and what it
+    read whatever the machine's speed: SQLite's VM instructions (to the nearest ten below;
+    an index walked to its end costs as much as a scan), PostgreSQL's count of the queue
+    rows its reads examined (the most of any one statement)."""
+    found: dict[str, Any] = {}
+    raw = engine.store.db._writer_conn if engine.store.db.dialect == "sqlite" else None
+    steps = [0]
+
+    def step() -> int:
+        steps[0] += 1
+        return 0
+
+    def op(conn: db.Conn) -> None:
+        if raw is None:
+            conn.execute("ANALYZE queue")  # as the store does after a burst of new runs
+            recording = Recording(conn)
+            found["result"] = read(recording)  # type: ignore[arg-type]
+            found["cost"] = max(recording.examined)
+        else:
+            raw.set_progress_handler(step, 10)
+            try:
+                found["result"] = read(conn)
+            finally:
+                raw.set_progress_handler(None, 0)
+            found["cost"] = steps[0] * 10
+        raise LookupError("rolled back")
+
+    try:
+        await engine.store.db.write(op)
+    except LookupError:
+        pass
+    return found["result"], found["cost"]
+
+
+async def claim_cost(engine: Any, limit: int = 100) -> tuple[list[str], int]:
+    """The functions of the runs a claim for ``app()``'s functions takes, and what it read."""
+
+    def claim(conn: db.Conn) -> list[str]:
+        claimed, _ = ops_exec.claim_txn(conn, "w-test", ["job", "urgent"], limit, engine.store.now_ms(), 30_000)
+        return [c.function_id for c in claimed]
+
+    return await read_cost(engine, claim)
+
+
+def within(cost: int, alone: int, engine: Any) -> bool:
+    """Whether a read beside another function's runs cost about what it did without them."""
+    return cost < 50 if engine.store.db.dialect == "postgres" else cost <= 2 * alone + 200
+
+
+async def add_theirs(engine: Any, theirs: str) -> int:
+    """``FEW_READY`` × 6 runs of the function no claim here serves, ``asleep`` or ``ready``."""
+    later = engine.store.now_ms() + 3_600_000 if theirs == "asleep" else None
+    count = ops_exec.FEW_READY * 6
+    for start in range(0, count, 500):
+        await engine.send_many([
+            {"name": "claims/other", "data": {"i": i}, **({"ts": later + i} if later else {})} for i in range(start, min(count, start + 500))
+        ])
+    return count
+
+
+@pytest.mark.parametrize("theirs", ["asleep", "ready"])
+@pytest.mark.parametrize("ours", [0, 3])
+async def test_a_claim_reads_nothing_of_the_functions_it_does_not_serve(make_engine, theirs: str, ours: int) -> None:
+    """Workers may serve different functions of one database (an app each, or a machine for
+    the heavy ones). A claim read another function's runs to learn when its own next run
+    falls due (every row of the due-time index, when none of its own waits) and, with more
+    than a batch of theirs ready, to find its own few: 1,000,000 runs asleep in another
+    app made every empty claim take 60-80 ms, holding the writer. What a claim reads now
+    does not grow with the runs of functions it does not serve."""
+    engine = await make_engine(app(), elsewhere(), run_worker=False)
+    mine = [{"name": "claims/job", "data": {"i": -1}}, {"name": "claims/urgent"}, {"name": "claims/job"}][:ours]
+    if mine:
+        await engine.send_many(mine)
+    expected = ["urgent", "job", "job"][:ours]
+    claimed, alone = await claim_cost(engine)
+    assert claimed == expected
+    count = await add_theirs(engine, theirs)
+    claimed, beside = await claim_cost(engine)
+    assert claimed == expected
+    assert within(beside, alone, engine), f"the claim read {beside} (rows or VM instructions) beside {count} runs of another function {theirs}, {alone} without"
+
+
+@pytest.mark.parametrize("ours", [0, 1])
+async def test_an_ingest_learns_whether_its_workers_have_ready_runs_without_reading_another_functions_backlog(make_engine, ours: int) -> None:
+    """An ingest hands a new run straight to a worker of its process only when no older run
+    of the worker's functions waits in the queue. Asking read the due-time index through
+    every ready run of other functions (a backlog waiting for its own workers) before
+    finding none of its own."""
+    engine = await make_engine(app(), elsewhere(), run_worker=False)
+    if ours:
+        await engine.send({"name": "claims/job"})
+
+    def ask(conn: db.Conn) -> bool:
+        return ops_runs.ready_run_waiting_txn(conn, frozenset({"job", "urgent"}), engine.store.now_ms())
+
+    waiting, alone = await read_cost(engine, ask)
+    assert waiting is bool(ours)
+    count = await add_theirs(engine, "ready")
+    waiting, beside = await read_cost(engine, ask)
+    assert waiting is bool(ours)
+    assert within(beside, alone, engine), f"the question read {beside} (rows or VM instructions) beside {count} ready runs of another function, {alone} without"

@@ -118,20 +118,23 @@ def claim_txn(
     leased_at = time.monotonic()
     fns = _in(function_ids)
     lock = conn.skip_locked()
-    ready = _few_ready(conn, now)
-    named, params = "", ()  # many are ready: the claim-order index, read until the batch is full
+    ready = _few_ready(conn, function_ids, now)
+    # Many are ready: the claim-order index, read until the batch is full (SQLite is told
+    # to: its planner prefers the by-function index, which matches more terms, and then
+    # reads and sorts every ready run of the functions for each claim).
+    named, params, index = "", (), conn.indexed_by(CLAIM_ORDER)
     if ready:  # few: those, by key (see _few_ready)
         marks, params = db.in_list(ready)
-        named = f"AND run_id IN ({marks}) "
+        named, index = f"AND run_id IN ({marks}) ", ""
     # Each row also says when the next run after these falls due, saving a query.
+    next_due, next_due_params = _next_due(conn, function_ids, after=now)
     candidates = [] if ready == [] else conn.all(
-        f"SELECT run_id, function_id, ck1, cl1, ck2, cl2, start_by, (SELECT MIN(due_at) FROM queue WHERE lease_owner IS NULL AND due_at > ? "
-        f"AND function_id IN ({fns})) AS next_due, "
+        f"SELECT run_id, function_id, ck1, cl1, ck2, cl2, start_by, ({next_due}) AS next_due, "
         "(SELECT mode FROM function_pauses p WHERE p.function_id = queue.function_id) AS paused "
-        f"FROM queue WHERE lease_owner IS NULL AND due_at <= ? "
+        f"FROM queue {index} WHERE lease_owner IS NULL AND due_at <= ? "
         f"AND function_id IN ({fns}) {named}ORDER BY {'(due_at - priority_ms)' if ready is None else '+(due_at - priority_ms)'} "
         f"LIMIT ? {lock}",
-        (now, *function_ids, now, *function_ids, *params, limit),
+        (*next_due_params, now, *function_ids, *params, limit),
     )
     candidates = [r for r in candidates if r["run_id"] not in exclude]
     held = [r for r in candidates if r["paused"] is not None]  # their function is paused: set aside
@@ -162,11 +165,8 @@ def claim_txn(
         return claimed, now  # more ready rows may sit behind the parked ones: look again at once
     if candidates:
         return claimed, candidates[0]["next_due"]
-    next_due = conn.scalar(
-        f"SELECT MIN(due_at) AS due FROM queue WHERE lease_owner IS NULL AND function_id IN ({fns})",
-        tuple(function_ids),
-    )
-    return claimed, next_due
+    sql, params = _next_due(conn, function_ids)
+    return claimed, conn.scalar(sql, params)
 
 
 def _fail_crash_loops_txn(conn: db.Conn, run_ids: list[str], now: int, most: int) -> list[str]:
@@ -236,24 +236,49 @@ def _runs_not_locked(conn: db.Conn, run_ids: list[str]) -> set[str]:
 # Up to this many ready rows, a claim reads them by due time and sorts them; past it, it
 # reads the claim-order index until it has its batch (see _few_ready).
 FEW_READY = 256
+CLAIM_ORDER = "queue_ready_by_priority"  # unleased runs by (due_at - priority_ms): migration 0003
 
 
-def _few_ready(conn: db.Conn, now: int) -> list[str] | None:
-    """The ready runs when there are few (of any function), else None; this decides how a
+def _few_ready(conn: db.Conn, function_ids: list[str], now: int) -> list[str] | None:
+    """The ready runs of these functions when there are few, else None; this decides how a
     claim reads them. The claim order (due time less priority) has an index, and reading
     it stops at the batch, however many runs are ready; but when fewer are ready than a
     batch, that read goes on through every row still to come, runs asleep for hours among
-    them. So few ready runs are found here by the due-time index, read in its order
-    (``ORDER BY due_at``, a plan the planner takes even when its statistics are stale), and
-    the claim reads them by key and sorts them: it costs what is ready, not what sleeps.
-    Stale statistics are common: rows counted while due that have since gone to sleep (a
-    burst of runs that all reached a ``sleep``) would otherwise have the planner scan the
-    whole queue on every claim."""
+    them. So few ready runs are found here by the index of each function's runs by due
+    time, and the claim reads them by key and sorts them: it costs what is ready of its own
+    functions, not what sleeps, nor what other functions' workers have still to take.
+    The ORDER BY is that index's own order, which no other plan gives without reading and
+    sorting every row it finds: a planner whose statistics are stale (rows counted while
+    due that have since gone to sleep, a burst of runs that all reached a ``sleep``) would
+    otherwise scan the queue, expecting a batch of due rows at once."""
+    marks, params = db.in_list(function_ids)
     rows = conn.all(
-        f"SELECT run_id FROM queue WHERE lease_owner IS NULL AND due_at <= ? ORDER BY due_at LIMIT {FEW_READY + 1}",
-        (now,),
+        f"SELECT run_id FROM queue {conn.indexed_by(ops_runs.READY_BY_FUNCTION)} WHERE lease_owner IS NULL AND function_id IN ({marks}) "
+        f"AND due_at <= ? ORDER BY function_id, due_at LIMIT {FEW_READY + 1}",
+        (*params, now),
     )
     return None if len(rows) > FEW_READY else [r["run_id"] for r in rows]
+
+
+def _next_due(conn: db.Conn, function_ids: list[str], *, after: int = -(2**63)) -> tuple[str, tuple[Any, ...]]:
+    """A query (and its parameters) for when the next unleased run of these functions falls
+    due after ``after``: one probe per function of its runs by due time, so neither the
+    runs asleep of functions another worker serves nor this one's own many are read, as a
+    MIN over the due-time index filtered by function read them.
+
+    "This function, due after ``after``" is written as the row comparison
+    ``(function_id, due_at) > (id, after)`` bounded by ``function_id <= id``: a range of the
+    by-function index that no other index can read, so no planner's estimate leads away
+    from it. PostgreSQL, given ``function_id = id AND due_at > after``, read the due-time
+    index whenever its statistics expected few rows past ``after`` (stale ones, counted
+    before a burst of runs went to sleep), filtering out every row of other functions."""
+    values = ", ".join("(?)" for _ in function_ids)
+    return (
+        f"WITH served (id) AS (VALUES {values}) SELECT MIN((SELECT due_at FROM queue {conn.indexed_by(ops_runs.READY_BY_FUNCTION)} "
+        "WHERE lease_owner IS NULL AND (function_id, due_at) > (served.id, ?) AND function_id <= served.id "
+        "ORDER BY function_id, due_at LIMIT 1)) AS due FROM served",
+        (*function_ids, after),
+    )
 
 
 def _admit_by_concurrency(conn: db.Conn, candidates: list[dict[str, Any]], now: int) -> tuple[list[str], int]:
