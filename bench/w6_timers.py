@@ -17,8 +17,10 @@ counts them).
 with ``--sleepers`` runs asleep in the same database (another function of the same app,
 due hours later), against W3 on an empty database, alternating engine by engine: once
 with the hand-off (the run taken at ingest) and once through the queue and a claim
-(``STEPLINE_HANDOFF=0``). The sleepers are made by ingest in batches of 1,000 events and
-reach their sleep as any run does.
+(``STEPLINE_HANDOFF=0``). Then both again with the sleepers' function not served by the
+W3 engine (``other_`` figures: another app's, whose own worker would wake them), as
+when workers serve different functions of one database. The sleepers are made by ingest
+in batches of 1,000 events and reach their sleep as any run does.
 """
 
 from __future__ import annotations
@@ -117,9 +119,10 @@ async def make_sleepers(url: str, count: int) -> float:
     return time.perf_counter() - t0
 
 
-async def w3_beside(url: str, handoff: bool, runs: int) -> dict[str, float]:
+async def w3_beside(url: str, handoff: bool, runs: int, *, serve_sleepers: bool = True) -> dict[str, float]:
     started: dict[int, float] = {}
-    async with engine_on(url, w3_latency.make_app(started), make_sleepers_app(), handoff=handoff) as (engine, tracker):
+    apps = (w3_latency.make_app(started), *([make_sleepers_app()] if serve_sleepers else []))
+    async with engine_on(url, *apps, handoff=handoff) as (engine, tracker):
         return await w3_latency.measure_on(engine, tracker, started, runs)
 
 
@@ -127,9 +130,11 @@ async def backlog(backend: str, sleepers: int, runs: int) -> dict[str, float]:
     out: dict[str, float] = {"sleepers": sleepers}
     with common.fresh_db(backend, "w6b") as large_url, common.fresh_db(backend, "w6e") as empty_url:
         out["setup_s"] = round(await make_sleepers(large_url, sleepers), 1)
-        for handoff, tag in ((True, "handoff"), (False, "queue")):
-            empty = [await w3_beside(empty_url, handoff, runs), await w3_beside(empty_url, handoff, runs)]
-            full = [await w3_beside(large_url, handoff, runs), await w3_beside(large_url, handoff, runs)]
+        for handoff, served, tag in ((True, True, "handoff"), (False, True, "queue"), (True, False, "other_handoff"), (False, False, "other_queue")):
+            empty, full = [], []
+            for _ in range(2):  # alternating, so both see the same minutes of the machine
+                empty.append(await w3_beside(empty_url, handoff, runs, serve_sleepers=served))
+                full.append(await w3_beside(large_url, handoff, runs, serve_sleepers=served))
             for figure in ("start_p50_ms", "start_p99_ms"):
                 a = common.median([r[figure] for r in empty])
                 b = common.median([r[figure] for r in full])
