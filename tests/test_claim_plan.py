@@ -1,5 +1,6 @@
 """What a claim reads: the runs that are ready, however many more sleep in the queue, and
-still in claim order (due time less priority) whichever way it reads them."""
+still in claim order (due time less priority) whichever way it reads them; nothing of the
+functions its worker does not serve, however many runs they have asleep or waiting."""
 
 from __future__ import annotations
 
