@@ -130,3 +130,21 @@ def counting_statements() -> Iterator[list[int]]:
     finally:
         for name, real in originals.items():
             setattr(db.Conn, name, real)
+
+
+@contextlib.contextmanager
+def counting_vm_instructions(conn: Any, every: int = 10) -> Iterator[list[int]]:
+    """Count SQLite's VM instructions on the raw connection ``conn`` inside the block, to the
+    nearest ``every`` below (``[n]`` once it ends): what a read costs whatever the machine's
+    speed; an index walked to its end costs as much as a scan."""
+    counted = [0]
+
+    def step() -> int:
+        counted[0] += every
+        return 0
+
+    conn.set_progress_handler(step, every)
+    try:
+        yield counted
+    finally:
+        conn.set_progress_handler(None, 0)

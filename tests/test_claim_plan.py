@@ -12,6 +12,7 @@ import pytest
 
 import stepline
 from stepline.store import db, ops_exec, ops_runs
+from tests.helpers import counting_vm_instructions
 
 SLEEPERS = 1500
 
@@ -178,11 +179,6 @@ async def read_cost(engine: Any, read: Callable[[db.Conn], Any]) -> tuple[Any, i
     rows its reads examined (the most of any one statement)."""
     found: dict[str, Any] = {}
     raw = engine.store.db._writer_conn if engine.store.db.dialect == "sqlite" else None
-    steps = [0]
-
-    def step() -> int:
-        steps[0] += 1
-        return 0
 
     def op(conn: db.Conn) -> None:
         if raw is None:
@@ -191,12 +187,9 @@ async def read_cost(engine: Any, read: Callable[[db.Conn], Any]) -> tuple[Any, i
             found["result"] = read(recording)  # type: ignore[arg-type]
             found["cost"] = max(recording.examined)
         else:
-            raw.set_progress_handler(step, 10)
-            try:
+            with counting_vm_instructions(raw) as steps:
                 found["result"] = read(conn)
-            finally:
-                raw.set_progress_handler(None, 0)
-            found["cost"] = steps[0] * 10
+            found["cost"] = steps[0]
         raise LookupError("rolled back")
 
     try:

@@ -12,7 +12,13 @@ import pytest
 import stepline
 from stepline.engine import Engine
 from stepline.store import ops_runs, wait_keys
-from tests.helpers import counting_statements, eventually, runs_for_event, wait_run
+from tests.helpers import (
+    counting_statements,
+    counting_vm_instructions,
+    eventually,
+    runs_for_event,
+    wait_run,
+)
 
 # --- which expressions have a key ----------------------------------------------------------
 
@@ -688,21 +694,11 @@ async def _ingest_vm_steps(engine: Engine, event: dict, tries: int = 5) -> int:
     connection, the fewest over ``tries`` (an idle worker's poll may share a try): what the
     lookups read, whatever the machine's speed."""
     conn = engine.store.db._writer_conn  # type: ignore[attr-defined]
-    steps = [0]
-
-    def step() -> int:
-        steps[0] += 1
-        return 0
-
     counts = []
     for _ in range(tries):
-        steps[0] = 0
-        conn.set_progress_handler(step, 100)
-        try:
+        with counting_vm_instructions(conn, 100) as steps:
             await engine.send(event)
-        finally:
-            conn.set_progress_handler(None, 0)
-        counts.append(steps[0])
+        counts.append(steps[0] // 100)
     return min(counts)
 
 
