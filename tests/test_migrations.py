@@ -8,6 +8,8 @@ types, nullability and defaults, indexes, constraints) must be identical.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import sqlite3
 import threading
@@ -19,7 +21,9 @@ import psycopg
 import pytest
 from yoyo import get_backend, read_migrations
 
+from stepline import errors
 from stepline.store import migrate
+from stepline.store import store as store_mod
 from tests.conftest import _pg_admin, pg_url
 
 # Tables yoyo keeps for itself; they are not part of Stepline's schema.
@@ -288,3 +292,27 @@ def test_a_databases_low_statement_timeout_does_not_cancel_a_migration(postgres_
     other.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (migrate._TABLE,))
     threading.Timer(0.5, other.close).start()
     assert migrate.apply(url) and migrate.pending(url) == []
+
+
+@pytest.mark.parametrize("index", store_mod.NAMED_INDEXES)
+def test_a_sqlite_database_lacking_an_index_its_queries_name_is_refused_with_the_statement_that_builds_it(tmp_path: Any, index: str) -> None:
+    """On SQLite the claim and the wait lookups name their index (``INDEXED BY``), and a
+    statement naming a missing index fails: a database whose index was dropped by hand (as
+    going back to an earlier release asks) failed every claim. It is refused at start, and
+    the statement the refusal gives builds the index again."""
+    path = str(tmp_path / "named.db")
+
+    def open_and_close() -> None:
+        asyncio.run(store_mod.open_store(path).close())
+
+    open_and_close()
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        raw.execute(f"DROP INDEX {index}")
+    with pytest.raises(errors.StoreError) as refused:
+        store_mod.open_store(path)
+    message = str(refused.value)
+    assert index in message and "docs/deployment.md" in message
+    statement = message.split(f"sqlite3 {path} '", 1)[1].rstrip("'")
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        raw.execute(statement)
+    open_and_close()

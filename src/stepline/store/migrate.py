@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import pathlib
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -164,6 +165,16 @@ def check(url: str, *, auto_apply: bool) -> None:
             f"the database {redact(url)} is missing migrations {todo}; run "
             f"`stepline migrate --db {redact(url)}` first"
         )
+
+
+def index_statement(name: str) -> str:
+    """The statement in the migrations that builds index ``name`` (to build it again)."""
+    for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
+        found = re.search(rf"CREATE INDEX (?:IF NOT EXISTS )?{re.escape(name)} ON [^;]*;", path.read_text())
+        if found:
+            statement = found.group(0)
+            return statement if "IF NOT EXISTS" in statement else statement.replace("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ", 1)
+    raise LookupError(f"no migration builds the index {name}")
 
 
 def redact(url: str) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 from stepline import errors, jsonutil
@@ -118,23 +119,17 @@ def claim_txn(
     leased_at = time.monotonic()
     fns = _in(function_ids)
     lock = conn.skip_locked()
-    ready = _few_ready(conn, function_ids, now)
-    # Many are ready: the claim-order index, read until the batch is full (SQLite is told
-    # to: its planner prefers the by-function index, which matches more terms, and then
-    # reads and sorts every ready run of the functions for each claim).
-    named, params, index = "", (), conn.indexed_by(CLAIM_ORDER)
-    if ready:  # few: those, by key (see _few_ready)
-        marks, params = db.in_list(ready)
-        named, index = f"AND run_id IN ({marks}) ", ""
+    ready = _ready_in_claim_order(conn, function_ids, now, limit)
+    marks, params = db.in_list(ready) if ready else ("", ())
     # Each row also says when the next run after these falls due, saving a query.
     next_due, next_due_params = _next_due(conn, function_ids, after=now)
-    candidates = [] if ready == [] else conn.all(
+    candidates = [] if not ready else conn.all(
         f"SELECT run_id, function_id, ck1, cl1, ck2, cl2, start_by, ({next_due}) AS next_due, "
         "(SELECT mode FROM function_pauses p WHERE p.function_id = queue.function_id) AS paused "
-        f"FROM queue {index} WHERE lease_owner IS NULL AND due_at <= ? "
-        f"AND function_id IN ({fns}) {named}ORDER BY {'(due_at - priority_ms)' if ready is None else '+(due_at - priority_ms)'} "
+        # By key: the ids are these functions' (no index of the queue should lead elsewhere).
+        f"FROM queue WHERE run_id IN ({marks}) AND lease_owner IS NULL AND +due_at <= ? ORDER BY +(due_at - priority_ms) "
         f"LIMIT ? {lock}",
-        (*next_due_params, now, *function_ids, *params, limit),
+        (*next_due_params, *params, now, limit),
     )
     candidates = [r for r in candidates if r["run_id"] not in exclude]
     held = [r for r in candidates if r["paused"] is not None]  # their function is paused: set aside
@@ -233,31 +228,59 @@ def _runs_not_locked(conn: db.Conn, run_ids: list[str]) -> set[str]:
     return {r["id"] for r in conn.all(f"SELECT id FROM runs WHERE id IN ({marks}) FOR NO KEY UPDATE SKIP LOCKED", params)}
 
 
-# Up to this many ready rows, a claim reads them by due time and sorts them; past it, it
-# reads the claim-order index until it has its batch (see _few_ready).
-FEW_READY = 256
-CLAIM_ORDER = "queue_ready_by_priority"  # unleased runs by (due_at - priority_ms): migration 0003
+CLAIM_ORDER = "queue_claim_by_function"  # unleased runs by (function_id, due_at - priority_ms): migration 0025
+MAX_BRANCHES = 100  # functions read by one statement (SQLite bounds the selects of a compound at 500)
 
 
-def _few_ready(conn: db.Conn, function_ids: list[str], now: int) -> list[str] | None:
-    """The ready runs of these functions when there are few, else None; this decides how a
-    claim reads them. The claim order (due time less priority) has an index, and reading
-    it stops at the batch, however many runs are ready; but when fewer are ready than a
-    batch, that read goes on through every row still to come, runs asleep for hours among
-    them. So few ready runs are found here by the index of each function's runs by due
-    time, and the claim reads them by key and sorts them: it costs what is ready of its own
-    functions, not what sleeps, nor what other functions' workers have still to take.
-    The ORDER BY is that index's own order, which no other plan gives without reading and
-    sorting every row it finds: a planner whose statistics are stale (rows counted while
-    due that have since gone to sleep, a burst of runs that all reached a ``sleep``) would
-    otherwise scan the queue, expecting a batch of due rows at once."""
-    marks, params = db.in_list(function_ids)
-    rows = conn.all(
-        f"SELECT run_id FROM queue {conn.indexed_by(ops_runs.READY_BY_FUNCTION)} WHERE lease_owner IS NULL AND function_id IN ({marks}) "
-        f"AND due_at <= ? ORDER BY function_id, due_at LIMIT {FEW_READY + 1}",
-        (*params, now),
+def _ready_in_claim_order(conn: db.Conn, function_ids: list[str], now: int, limit: int) -> list[str]:
+    """The first ``limit`` ready runs of these functions in claim order (due time less
+    priority), read so that what a claim costs is what it takes: not the runs asleep, of
+    its own functions or others', nor the ready runs of functions it does not serve (a
+    backlog waiting for its own workers), nor more of its own ready runs than its batch.
+
+    Each function is read by due time first, up to one more than the batch: a function
+    with no more ready than that has them all read, whatever sleeps beside them. Only a
+    function with more ready than the batch is read again, by its own claim order
+    (``queue_claim_by_function``), until its batch is found; the runs it passes on the
+    way are its own asleep with a priority that sorts them first. One claim order over
+    every function (0003) made a claim read through another app's ready runs sorting
+    before its own, and the due-time read alone would read and sort every ready run.
+    That read skips rows that concurrent claims hold (PostgreSQL), as the claim does, so
+    workers claiming at once from one backlog take different batches, not the same one.
+
+    Each read is written as a row comparison (``(function_id, due_at) <= (id, now) AND
+    function_id >= id``, and the like) in the order of its index: a range and an order
+    no other index gives, so no planner's statistics, stale or fresh, lead elsewhere (see
+    ``_next_due``)."""
+    by_due = (
+        f"SELECT run_id, function_id, o FROM (SELECT run_id, function_id, due_at - priority_ms AS o FROM queue "
+        f"{conn.indexed_by(ops_runs.READY_BY_FUNCTION)} WHERE lease_owner IS NULL AND (function_id, due_at) <= (?, ?) "
+        "AND function_id >= ? ORDER BY function_id, due_at LIMIT ?) AS f"
     )
-    return None if len(rows) > FEW_READY else [r["run_id"] for r in rows]
+    rows = _each_function(conn, by_due, function_ids, lambda fn_id: (fn_id, now, fn_id, limit + 1))
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["function_id"]] = counts.get(row["function_id"], 0) + 1
+    many = [fn_id for fn_id, count in counts.items() if count > limit]
+    found = [(int(r["o"]), r["run_id"]) for r in rows if counts[r["function_id"]] <= limit]
+    if many:
+        by_claim_order = (
+            "SELECT run_id, o FROM (SELECT run_id, due_at - priority_ms AS o FROM queue "
+            f"{conn.indexed_by(CLAIM_ORDER)} WHERE lease_owner IS NULL AND (function_id, due_at - priority_ms) >= (?, ?) "
+            f"AND function_id <= ? AND due_at <= ? ORDER BY function_id, due_at - priority_ms LIMIT ? {conn.skip_locked()}) AS f"
+        )
+        rows = _each_function(conn, by_claim_order, many, lambda fn_id: (fn_id, -(2**62), fn_id, now, limit))
+        found.extend((int(r["o"]), r["run_id"]) for r in rows)
+    return [run_id for _, run_id in sorted(found)[:limit]]
+
+
+def _each_function(conn: db.Conn, branch: str, function_ids: list[str], params: Callable[[str], tuple[Any, ...]]) -> list[dict[str, Any]]:
+    """``branch`` for each function, as one statement per ``MAX_BRANCHES`` functions."""
+    rows: list[dict[str, Any]] = []
+    for start in range(0, len(function_ids), MAX_BRANCHES):
+        served = function_ids[start : start + MAX_BRANCHES]
+        rows.extend(conn.all(" UNION ALL ".join(branch for _ in served), tuple(p for fn_id in served for p in params(fn_id))))
+    return rows
 
 
 def _next_due(conn: db.Conn, function_ids: list[str], *, after: int = -(2**63)) -> tuple[str, tuple[Any, ...]]:

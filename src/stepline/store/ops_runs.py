@@ -420,7 +420,7 @@ _WAIT_COLUMNS = (
 # The waits no key narrows, by the partial index of them alone (migration 0023): SQLite's
 # planner otherwise chose waits_by_range, where every wait keyed by a match has range_path
 # NULL too, and read all of a name's keyed waits to find the few unkeyed ones, or none.
-_UNKEYED = "waits_unkeyed"
+UNKEYED_WAITS = "waits_unkeyed"
 _UNKEYED_WHERE = "w.match_path IS NULL AND w.range_path IS NULL"
 
 
@@ -439,7 +439,7 @@ def _wait_paths(conn: db.Conn, name: str) -> WaitPaths:
     found = memo.get(name)
     if found is None:
         unkeyed = conn.one(
-            f"SELECT 1 AS one FROM waits w {conn.indexed_by(_UNKEYED)} WHERE w.event_name = ? AND {_UNKEYED_WHERE} LIMIT 1",
+            f"SELECT 1 AS one FROM waits w {conn.indexed_by(UNKEYED_WAITS)} WHERE w.event_name = ? AND {_UNKEYED_WHERE} LIMIT 1",
             (name,),
         )
         found = memo[name] = WaitPaths(
@@ -494,7 +494,7 @@ def _candidate_waits(conn: db.Conn, body: dict[str, Any]) -> list[dict[str, Any]
             compare = "<=" if bound == "min" else ">="
             rows += _read_waits(conn, f"AND w.range_path = ? AND w.range_value {compare} ?", (name, path, number))
     if keys.unkeyed:
-        rows += _read_waits(conn, f"AND {_UNKEYED_WHERE}", (name,), index=_UNKEYED)
+        rows += _read_waits(conn, f"AND {_UNKEYED_WHERE}", (name,), index=UNKEYED_WAITS)
     return rows
 
 

@@ -116,6 +116,17 @@ def connect(path: str) -> sqlite3.Connection:
     return raw
 
 
+def missing_indexes(path: str, names: tuple[str, ...]) -> list[str]:
+    """Those of the indexes ``names`` that the database file lacks."""
+    raw = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+    try:
+        marks = ", ".join("?" for _ in names)
+        found = {row[0] for row in raw.execute(f"SELECT name FROM sqlite_master WHERE type = 'index' AND name IN ({marks})", names)}
+    finally:
+        raw.close()
+    return [name for name in names if name not in found]
+
+
 def prepare_new_file(path: str) -> None:
     """Give a database file that does not exist yet (or is empty) ``auto_vacuum = INCREMENTAL``.
 

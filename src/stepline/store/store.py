@@ -729,7 +729,20 @@ def open_store(url: str, *, migrate_now: bool = True, clock: clock_mod.Clock | N
         return Store(postgres.PostgresDatabase(url), url, clock)
     from stepline.store import sqlite
 
+    missing = [] if sqlite_path(url) == ":memory:" else sqlite.missing_indexes(sqlite_path(url), NAMED_INDEXES)
+    if missing:
+        statements = " ".join(migrate.index_statement(name) for name in missing)
+        raise errors.StoreError(
+            f"the database {url} lacks the index(es) {', '.join(missing)}, which this release's queries name (an index "
+            "dropped by hand, as going back to an earlier release asks: see docs/deployment.md); build them again with "
+            f"the processes stopped: sqlite3 {sqlite_path(url)} '{statements}'"
+        )
     return Store(sqlite.SQLiteDatabase(sqlite_path(url)), url, clock)
+
+
+# The indexes this release's statements name on SQLite (``Conn.indexed_by``), where a
+# statement naming a missing index fails: a database lacking one is refused at start.
+NAMED_INDEXES = (ops_runs.READY_BY_FUNCTION, ops_runs.UNKEYED_WAITS, ops_exec.CLAIM_ORDER)
 
 
 def sqlite_path(url: str) -> str:
