@@ -1,6 +1,6 @@
 """W4 backlog: what one claim costs with 100,000 queued runs against 10 queued.
 
-    python -m bench.w4_backlog --backend sqlite|postgres [--backlog 100000] [--keys 1000] [--trials 3]
+    python -m bench.w4_backlog --backend sqlite|postgres [--backlog 100000] [--keys 1000] [--trials 3] [--elsewhere N]
 
 The runs belong to a function with a keyed concurrency limit (``event.data.k``, over
 ``--keys`` distinct keys), so claims also pass through concurrency admission. The
@@ -13,6 +13,10 @@ backlog is measured twice: straight after the burst of inserts, and again after
 median over ``--trials`` pairs of fresh databases: with the same statements, the
 claims of one pair can run 1.5× slower on one database's writer thread than on the
 other's, by which of the two shared cores each thread lands on.
+
+``--elsewhere N`` (reported as W4-elsewhere): the backlog's database also holds ``N``
+ready runs of another app's function, queued before the backlog (a backlog waiting for
+workers of its own, which the claims here do not serve).
 """
 
 from __future__ import annotations
@@ -84,8 +88,26 @@ async def _enqueue(engine, count: int, keys: int) -> float:  # type: ignore[no-u
     return time.perf_counter() - t0
 
 
-async def measure(backend: str, backlog: int, keys: int) -> dict[str, float]:
+def make_elsewhere_app() -> stepline.App:
+    app = stepline.App("bench-w4-elsewhere")
+
+    @app.function(id="elsewhere", trigger=stepline.TriggerEvent("bench/elsewhere"), retries=0)
+    async def elsewhere(ctx: stepline.Context) -> None:
+        return None
+
+    return app
+
+
+async def _enqueue_elsewhere(url: str, count: int) -> None:
+    async with engine_on(url, make_elsewhere_app(), run_worker=False) as (engine, _):
+        for i in range(0, count, 1000):
+            await engine.send_many([{"name": "bench/elsewhere", "data": {"i": j}} for j in range(i, min(count, i + 1000))])
+
+
+async def measure(backend: str, backlog: int, keys: int, elsewhere: int = 0) -> dict[str, float]:
     with common.fresh_db(backend, "w4s") as small_url, common.fresh_db(backend, "w4l") as large_url:
+        if elsewhere:
+            await _enqueue_elsewhere(large_url, elsewhere)
         async with engine_on(small_url, make_app(), run_worker=False) as (small, _), engine_on(
             large_url, make_app(), run_worker=False
         ) as (large, _):
@@ -102,6 +124,7 @@ async def measure(backend: str, backlog: int, keys: int) -> dict[str, float]:
     return {
         "backlog": backlog,
         "keys": keys,
+        **({"elsewhere": elsewhere} if elsewhere else {}),
         "claim_ms_10_queued": round(small_ms, 3),
         "claim_ms_backlog": round(large_ms, 3),
         "backlog_vs_10": round(large_ms / small_ms, 2),
@@ -116,9 +139,10 @@ def main() -> None:
     p.add_argument("--backlog", type=int, default=100_000)
     p.add_argument("--keys", type=int, default=1000)
     p.add_argument("--trials", type=int, default=3)
+    p.add_argument("--elsewhere", type=int, default=0, help="ready runs of another app queued before the backlog")
     args = p.parse_args()
-    records = [harness.run(measure(args.backend, args.backlog, args.keys)) for _ in range(args.trials)]
-    common.emit("W4", "stepline", args.backend, **common.median_record(records))
+    records = [harness.run(measure(args.backend, args.backlog, args.keys, args.elsewhere)) for _ in range(args.trials)]
+    common.emit("W4-elsewhere" if args.elsewhere else "W4", "stepline", args.backend, **common.median_record(records))
 
 
 if __name__ == "__main__":
