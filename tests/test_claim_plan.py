@@ -5,6 +5,7 @@ functions its worker does not serve, however many runs they have asleep or waiti
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -336,3 +337,62 @@ async def test_workers_claiming_at_once_from_one_backlog_take_different_batches(
         first.rollback()
         second.rollback()
     assert len(taken[0]) == 10 and len(taken[1]) == 10 and not taken[0] & taken[1], taken
+
+
+def mixed() -> stepline.App:
+    """Three functions whose runs carry their own priority (``event.data.p`` seconds)."""
+    app = stepline.App("mixed")
+    for name in ("a", "b", "c"):
+
+        @app.function(id=f"mixed-{name}", trigger=stepline.TriggerEvent(f"mixed/{name}"), priority=stepline.Priority(run="event.data.p"))
+        async def run(ctx: stepline.Context) -> None:
+            return None
+
+    return app
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_whatever_is_queued_a_claim_takes_the_first_ready_runs_in_claim_order(make_engine, seed: int) -> None:
+    """Against a plain reading of the queue (every ready run of the served functions, sorted
+    by due time less priority): runs of three functions with priorities from -12 h to
+    +12 h, some ready and some asleep (minutes to a day ahead), one function not served,
+    claims of batches below, at and above what each function has ready. The claim takes
+    the batch's first runs in claim order (ties in any order), whichever way it reads."""
+    rng = random.Random(seed)
+    engine = await make_engine(mixed(), run_worker=False)
+    now = engine.store.now_ms()
+    counts = {"a": rng.randint(0, 40), "b": rng.randint(0, 40), "c": rng.randint(20, 60)}
+    events = []
+    for name, count in counts.items():
+        for i in range(count):
+            asleep = rng.random() < 0.4
+            p = rng.choice([0, rng.randint(-43_200, 43_200)])
+            ts = {"ts": now + rng.randint(60_000, 86_400_000)} if asleep else {}
+            events.append({"name": f"mixed/{name}", "data": {"p": p, "i": i}, **ts})
+    rng.shuffle(events)
+    await engine.send_many(events)
+    served = ["mixed-a", "mixed-b"]
+
+    def first_in_claim_order(conn: db.Conn, limit: int) -> list[int]:
+        marks, params = db.in_list(served)
+        rows = conn.all(
+            f"SELECT due_at - priority_ms AS o FROM queue WHERE lease_owner IS NULL AND due_at <= ? AND function_id IN ({marks})",
+            (engine.store.now_ms(), *params),
+        )
+        return sorted(int(r["o"]) for r in rows)[:limit]
+
+    for limit in (1, 3, 10, 25, 100):
+
+        def claim(conn: db.Conn, limit: int = limit) -> tuple[list[int], list[int]]:
+            expected = first_in_claim_order(conn, limit)
+            claimed, _ = ops_exec.claim_txn(conn, "w-test", served, limit, engine.store.now_ms(), 30_000)
+            assert all(c.function_id in served for c in claimed)
+            ids = [c.run_id for c in claimed]
+            if not ids:
+                return [], expected
+            marks, params = db.in_list(ids)
+            taken = conn.all(f"SELECT DISTINCT run_id, due_at - priority_ms AS o FROM queue WHERE run_id IN ({marks})", params)
+            return sorted(int(r["o"]) for r in taken), expected
+
+        (taken, expected), _ = await read_cost(engine, claim)
+        assert taken == expected, f"limit {limit}, {counts}: took {taken}, the first in claim order are {expected}"
