@@ -76,3 +76,20 @@ async def engine_on(url: str, *apps: stepline.App, run_worker: bool = True, **se
 async def send_chunked(engine: Engine, events: list[dict[str, Any]], chunk: int = 100) -> None:
     for i in range(0, len(events), chunk):
         await engine.send_many(events[i : i + chunk])
+
+
+def elsewhere_app() -> stepline.App:
+    """Another app's function in the benchmark's database, which its worker does not serve."""
+    app = stepline.App("bench-elsewhere")
+
+    @app.function(id="elsewhere", trigger=stepline.TriggerEvent("bench/elsewhere"), retries=0)
+    async def elsewhere(ctx: stepline.Context) -> None:
+        return None
+
+    return app
+
+
+async def queue_elsewhere(url: str, count: int) -> None:
+    """``count`` ready runs of ``elsewhere_app``'s function (a backlog waiting for its own workers)."""
+    async with engine_on(url, elsewhere_app(), run_worker=False) as (engine, _):
+        await send_chunked(engine, [{"name": "bench/elsewhere", "data": {"i": i}} for i in range(count)], chunk=1000)

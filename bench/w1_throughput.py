@@ -36,26 +36,10 @@ def make_app() -> stepline.App:
     return app
 
 
-def make_backlog_app() -> stepline.App:
-    app = stepline.App("bench-w1-elsewhere")
-
-    @app.function(id="elsewhere", trigger=stepline.TriggerEvent("bench/elsewhere"), retries=0)
-    async def elsewhere(ctx: stepline.Context) -> None:
-        return None
-
-    return app
-
-
-async def queue_backlog(url: str, count: int) -> None:
-    """``count`` ready runs of another app's function, which no worker here serves."""
-    async with engine_on(url, make_backlog_app(), run_worker=False) as (engine, _):
-        await send_chunked(engine, [{"name": "bench/elsewhere", "data": {"i": i}} for i in range(count)], chunk=1000)
-
-
 async def trial(backend: str, runs: int, beside: int = 0, handoff: bool = True) -> dict[str, float]:
     with common.fresh_db(backend, "w1") as url:
         if beside:
-            await queue_backlog(url, beside)
+            await harness.queue_elsewhere(url, beside)
         async with engine_on(url, make_app(), handoff=handoff) as (engine, tracker):
             tracker.expect(runs)
             clock = common.Clock()

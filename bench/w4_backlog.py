@@ -88,26 +88,10 @@ async def _enqueue(engine, count: int, keys: int) -> float:  # type: ignore[no-u
     return time.perf_counter() - t0
 
 
-def make_elsewhere_app() -> stepline.App:
-    app = stepline.App("bench-w4-elsewhere")
-
-    @app.function(id="elsewhere", trigger=stepline.TriggerEvent("bench/elsewhere"), retries=0)
-    async def elsewhere(ctx: stepline.Context) -> None:
-        return None
-
-    return app
-
-
-async def _enqueue_elsewhere(url: str, count: int) -> None:
-    async with engine_on(url, make_elsewhere_app(), run_worker=False) as (engine, _):
-        for i in range(0, count, 1000):
-            await engine.send_many([{"name": "bench/elsewhere", "data": {"i": j}} for j in range(i, min(count, i + 1000))])
-
-
 async def measure(backend: str, backlog: int, keys: int, elsewhere: int = 0) -> dict[str, float]:
     with common.fresh_db(backend, "w4s") as small_url, common.fresh_db(backend, "w4l") as large_url:
         if elsewhere:
-            await _enqueue_elsewhere(large_url, elsewhere)
+            await harness.queue_elsewhere(large_url, elsewhere)
         async with engine_on(small_url, make_app(), run_worker=False) as (small, _), engine_on(
             large_url, make_app(), run_worker=False
         ) as (large, _):
