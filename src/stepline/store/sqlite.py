@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from stepline import errors
@@ -234,12 +236,23 @@ class _Checkpointer:
         # ``log`` counts the frames there were when it began: those that came meanwhile are not in it.
         if self._writes is None or row is None or row["log"] < self.CATCH_UP_FRAMES:
             return
+        with self._holding_writes() as held:
+            if held:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    @contextlib.contextmanager
+    def _holding_writes(self) -> Iterator[bool]:
+        """This process's writer's lock, if it comes within ``CATCH_UP_WAIT`` (else False: the
+        next round tries again); True at once where there is no such lock."""
+        if self._writes is None:
+            yield True
+            return
         if not self._writes.acquire(timeout=self.CATCH_UP_WAIT):
+            yield False
             return
         try:
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        except sqlite3.Error:
-            pass
+            yield True
         finally:
             self._writes.release()
 
@@ -291,18 +304,17 @@ class _Checkpointer:
         went through. It holds the write lock meanwhile, so it holds ``writes`` too: this
         process's writes wait on that lock and go on the moment it is done, instead of
         polling the file's lock with growing sleeps (a 10 ms truncation cost them 30)."""
-        if self._writes is not None and not self._writes.acquire(timeout=self.CATCH_UP_WAIT):
-            return False
-        try:
-            conn.execute(f"PRAGMA busy_timeout={self.TRUNCATE_BUSY_MS}")
-            row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            return not (row and row["busy"])
-        except sqlite3.Error:
-            return False
-        finally:
-            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            if self._writes is not None:
-                self._writes.release()
+        with self._holding_writes() as held:
+            if not held:
+                return False
+            try:
+                conn.execute(f"PRAGMA busy_timeout={self.TRUNCATE_BUSY_MS}")
+                row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                return not (row and row["busy"])
+            except sqlite3.Error:
+                return False
+            finally:
+                conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
 def _wal_bytes(path: str) -> int:
