@@ -396,3 +396,39 @@ async def test_whatever_is_queued_a_claim_takes_the_first_ready_runs_in_claim_or
 
         (taken, expected), _ = await read_cost(engine, claim)
         assert taken == expected, f"limit {limit}, {counts}: took {taken}, the first in claim order are {expected}"
+
+
+def many_functions(count: int) -> stepline.App:
+    app = stepline.App("many")
+    for i in range(count):
+
+        @app.function(id=f"many-{i:02d}", trigger=stepline.TriggerEvent(f"many/{i:02d}"))
+        async def run(ctx: stepline.Context) -> None:
+            return None
+
+    return app
+
+
+async def test_a_worker_serving_many_functions_each_with_a_backlog_reads_about_its_batch(make_engine) -> None:
+    """A claim for 20 functions, each with 30 runs ready, reads about what it reads when one
+    of them has runs ready: not a batch of each function (reading ``limit`` runs of each
+    made a claim of 100 for 50 backlogged functions cost 8× its batch on SQLite)."""
+    functions = 20
+    engine = await make_engine(many_functions(functions), run_worker=False)
+    served = [f"many-{i:02d}" for i in range(functions)]
+
+    async def ready(names: range) -> None:
+        for i in names:
+            await engine.send_many([{"name": f"many/{i:02d}", "data": {"j": j}} for j in range(30)])
+
+    def claim(conn: db.Conn) -> list[str]:
+        claimed, _ = ops_exec.claim_txn(conn, "w-test", served, 10, engine.store.now_ms(), 30_000)
+        return [c.function_id for c in claimed]
+
+    await ready(range(1))
+    claimed, one = await read_cost(engine, claim)
+    assert claimed == ["many-00"] * 10
+    await ready(range(1, functions))
+    claimed, every = await read_cost(engine, claim)
+    assert claimed == ["many-00"] * 10  # the oldest ready runs
+    assert every <= 3 * one + 100, f"the claim read {every} (rows or VM instructions) with {functions} functions backlogged, {one} with one"

@@ -11,6 +11,7 @@ write that waited for a lock cannot create a lease that has already run out.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import time
@@ -236,42 +237,61 @@ def _ready_in_claim_order(conn: db.Conn, function_ids: list[str], now: int, limi
     """The first ``limit`` ready runs of these functions in claim order (due time less
     priority), read so that what a claim costs is what it takes: not the runs asleep, of
     its own functions or others', nor the ready runs of functions it does not serve (a
-    backlog waiting for its own workers), nor more of its own ready runs than its batch.
+    backlog waiting for its own workers), nor more of its own ready runs than it needs.
 
-    Each function is read by due time first, up to one more than the batch: a function
-    with no more ready than that has them all read, whatever sleeps beside them. Only a
-    function with more ready than the batch is read again, by its own claim order
-    (``queue_claim_by_function``), until its batch is found; the runs it passes on the
-    way are its own asleep with a priority that sorts them first. One claim order over
-    every function (0003) made a claim read through another app's ready runs sorting
-    before its own, and the due-time read alone would read and sort every ready run.
-    That read skips rows that concurrent claims hold (PostgreSQL), as the claim does, so
-    workers claiming at once from one backlog take different batches, not the same one.
+    First each function's ready runs by due time (``queue_ready_by_function``), a share of
+    the batch each: a function with no more ready than its share has them all read,
+    whatever sleeps beside them. While the runs found fall short of the batch and some
+    function had more, those are read again with a larger share. The batch's last run in
+    claim order among those found (``bound``) then bounds the rest: a run sorting after it
+    cannot be in the batch. Each function that had more ready than its share is read by its
+    own claim order (``queue_claim_by_function``) up to that bound, passing at most its own
+    runs asleep whose priority sorts them first. The batch is the first ``limit`` of all
+    found. One claim order over every function (0003) made a claim read through another
+    app's ready runs sorting before its own; a read of ``limit`` runs of each function would
+    read fifty batches for a worker serving fifty functions with a backlog each.
 
-    Each read is written as a row comparison (``(function_id, due_at) <= (id, now) AND
-    function_id >= id``, and the like) in the order of its index: a range and an order
-    no other index gives, so no planner's statistics, stale or fresh, lead elsewhere (see
-    ``_next_due``)."""
+    Both reads skip rows that concurrent claims hold (PostgreSQL), as the claim does, so
+    workers claiming at once from one backlog take different batches, not the same one. The
+    read by due time is written as a row comparison (``(function_id, due_at) <= (id, now)
+    AND function_id >= id``) in its index's order: a range and an order no other index
+    gives, so no planner's statistics, stale or fresh, lead elsewhere (see ``_next_due``)."""
+    lock = conn.skip_locked()
     by_due = (
         f"SELECT run_id, function_id, o FROM (SELECT run_id, function_id, due_at - priority_ms AS o FROM queue "
         f"{conn.indexed_by(ops_runs.READY_BY_FUNCTION)} WHERE lease_owner IS NULL AND (function_id, due_at) <= (?, ?) "
-        "AND function_id >= ? ORDER BY function_id, due_at LIMIT ?) AS f"
+        f"AND function_id >= ? ORDER BY function_id, due_at LIMIT ? {lock}) AS f"
     )
-    rows = _each_function(conn, by_due, function_ids, lambda fn_id: (fn_id, now, fn_id, limit + 1))
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row["function_id"]] = counts.get(row["function_id"], 0) + 1
-    many = [fn_id for fn_id, count in counts.items() if count > limit]
-    found = [(int(r["o"]), r["run_id"]) for r in rows if counts[r["function_id"]] <= limit]
-    if many:
-        by_claim_order = (
-            "SELECT run_id, o FROM (SELECT run_id, due_at - priority_ms AS o FROM queue "
-            f"{conn.indexed_by(CLAIM_ORDER)} WHERE lease_owner IS NULL AND (function_id, due_at - priority_ms) >= (?, ?) "
-            f"AND function_id <= ? AND due_at <= ? ORDER BY function_id, due_at - priority_ms LIMIT ? {conn.skip_locked()}) AS f"
-        )
-        rows = _each_function(conn, by_claim_order, many, lambda fn_id: (fn_id, -(2**62), fn_id, now, limit))
-        found.extend((int(r["o"]), r["run_id"]) for r in rows)
-    return [run_id for _, run_id in sorted(found)[:limit]]
+    found: dict[str, int] = {}  # run_id: its place in claim order
+    first: dict[str, int] = {}  # function: the first place in claim order found of its runs
+    share = -(-limit // len(function_ids))
+    more = function_ids  # functions that may have ready runs not found yet
+    while more:
+        rows = _each_function(conn, by_due, more, lambda fn_id: (fn_id, now, fn_id, share + 1))  # noqa: B023 - called here
+        for r in rows:
+            found[r["run_id"]] = int(r["o"])
+            first[r["function_id"]] = min(int(r["o"]), first.get(r["function_id"], int(r["o"])))
+        counts = collections.Counter(r["function_id"] for r in rows)
+        more = [fn_id for fn_id in more if counts[fn_id] > share]
+        if len(found) >= limit or share >= limit:
+            break
+        share = min(limit, share * 4)
+    # The function with more whose runs sort first, then the others: the bound tightens with
+    # the first one's runs, so the others read fewer (often none).
+    more = sorted(more, key=lambda fn_id: first[fn_id])
+    by_claim_order = (
+        f"SELECT run_id, o FROM (SELECT run_id, due_at - priority_ms AS o FROM queue {conn.indexed_by(CLAIM_ORDER)} "
+        "WHERE lease_owner IS NULL AND function_id = ? AND (due_at - priority_ms) <= ? AND due_at <= ? "
+        f"ORDER BY due_at - priority_ms LIMIT ? {lock}) AS f"
+    )
+    size = 1
+    while more:
+        group, more = more[:size], more[size:]
+        bound = sorted(found.values())[limit - 1]
+        rows = _each_function(conn, by_claim_order, group, lambda fn_id: (fn_id, bound, now, limit))  # noqa: B023 - called here
+        found.update((r["run_id"], int(r["o"])) for r in rows)
+        size = len(more)
+    return [run_id for run_id, _ in sorted(found.items(), key=lambda item: item[1])[:limit]]
 
 
 def _each_function(conn: db.Conn, branch: str, function_ids: list[str], params: Callable[[str], tuple[Any, ...]]) -> list[dict[str, Any]]:
