@@ -284,13 +284,11 @@ def _ready_in_claim_order(conn: db.Conn, function_ids: list[str], now: int, limi
         "WHERE lease_owner IS NULL AND function_id = ? AND (due_at - priority_ms) <= ? AND due_at <= ? "
         f"ORDER BY due_at - priority_ms LIMIT ? {lock}) AS f"
     )
-    size = 1
-    while more:
-        group, more = more[:size], more[size:]
-        bound = sorted(found.values())[limit - 1]
-        rows = _each_function(conn, by_claim_order, group, lambda fn_id: (fn_id, bound, now, limit))  # noqa: B023 - called here
-        found.update((r["run_id"], int(r["o"])) for r in rows)
-        size = len(more)
+    for group in (more[:1], more[1:]):
+        if group:
+            bound = sorted(found.values())[limit - 1]
+            rows = _each_function(conn, by_claim_order, group, lambda fn_id: (fn_id, bound, now, limit))  # noqa: B023 - called here
+            found.update((r["run_id"], int(r["o"])) for r in rows)
     return [run_id for run_id, _ in sorted(found.items(), key=lambda item: item[1])[:limit]]
 
 
