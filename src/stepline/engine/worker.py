@@ -306,6 +306,15 @@ class Worker:
             else:
                 outage.worked()
             await self._flush_counters()
+            await self._fold_run_counts()
+
+    async def _fold_run_counts(self) -> None:
+        """Keep the run counts' pending changes few, so that reading the counts stays short
+        (PostgreSQL; a failure leaves them for the next round, the counts exact meanwhile)."""
+        try:
+            await self._store.fold_run_counts()
+        except Exception:  # noqa: BLE001
+            log.debug("folding the run counts' changes failed; the next round tries again", exc_info=True)
 
     async def _flush_counters(self) -> None:
         """Add the lease losses and retries counted here to the totals /metrics reports

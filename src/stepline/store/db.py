@@ -137,6 +137,14 @@ class Conn(abc.ABC):
         rows another transaction has locked (empty where one write transaction runs at a time)."""
         return ""
 
+    def or_fail(self) -> str:
+        """``OR FAIL `` before the table of an ``INSERT`` or ``UPDATE`` that fires triggers
+        (SQLite), empty elsewhere. A statement with triggers that may stop on a constraint
+        keeps a statement journal on SQLite, a copy of every page it changes, to undo its own
+        rows alone: about 13 µs a row of ``runs`` (eight indexes). ``OR FAIL`` keeps the rows it
+        wrote before a failure instead; the operation's savepoint undoes them all the same."""
+        return ""
+
     def indexed_by(self, index: str) -> str:
         """A clause after a table's name (and alias) that makes the planner read it by ``index``,
         where the backend takes such a hint (SQLite, whose planner has no statistics unless

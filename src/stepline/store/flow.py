@@ -197,7 +197,7 @@ def park(conn: db.Conn, run_id: str, key: str, now: int) -> None:
         (key, NEVER, run_id),
     )
     conn.execute(
-        "UPDATE runs SET status = 'queued', wait_reason = 'concurrency_limited', updated_at = ? WHERE id = ?",
+        f"UPDATE {conn.or_fail()}runs SET status = 'queued', wait_reason = 'concurrency_limited', updated_at = ? WHERE id = ?",
         (now, run_id),
     )
 

@@ -400,7 +400,7 @@ def _lease_and_load_txn(
             deadlines_met.append((run_id,))
     if starts:
         conn.executemany(
-            "UPDATE runs SET status = 'running', wait_reason = NULL, started_at = ?, updated_at = ? WHERE id = ?", starts
+            f"UPDATE {conn.or_fail()}runs SET status = 'running', wait_reason = NULL, started_at = ?, updated_at = ? WHERE id = ?", starts
         )
     if deadlines_met:  # started in time: from now on it queues like any run (see _admit_by_concurrency)
         conn.executemany("UPDATE queue SET start_by = NULL WHERE run_id = ?", deadlines_met)
@@ -761,7 +761,7 @@ def suspend_txn(conn: db.Conn, lease: Lease, suspensions: list[Suspension], seq:
     else:
         status, reason = RunStatus.SLEEPING, WaitReason.SCHEDULED
     conn.execute(
-        "UPDATE runs SET status = ?, wait_reason = ?, updated_at = ? WHERE id = ? AND status = 'running'",
+        f"UPDATE {conn.or_fail()}runs SET status = ?, wait_reason = ?, updated_at = ? WHERE id = ? AND status = 'running'",
         (status, reason, now, run_id),
     )
     flow.release_slots(conn, run_id, now)
@@ -830,7 +830,7 @@ def retry_run_txn(conn: db.Conn, lease: Lease, attempt: int, due_at: int, error:
         (run_id, attempt, error, now, now),
     )
     conn.execute(
-        "UPDATE runs SET attempt = ?, status = 'queued', wait_reason = 'retry_backoff', updated_at = ? WHERE id = ?",
+        f"UPDATE {conn.or_fail()}runs SET attempt = ?, status = 'queued', wait_reason = 'retry_backoff', updated_at = ? WHERE id = ?",
         (attempt, now, run_id),
     )
     flow.release_slots(conn, run_id, now)
@@ -994,7 +994,7 @@ def release_txn(conn: db.Conn, leases: list[Lease], now: int) -> None:
         [(now, run_id) for run_id in run_ids],
     )
     conn.executemany(
-        "UPDATE runs SET status = 'queued', wait_reason = 'queued', updated_at = ? WHERE id = ? AND status = 'running'",
+        f"UPDATE {conn.or_fail()}runs SET status = 'queued', wait_reason = 'queued', updated_at = ? WHERE id = ? AND status = 'running'",
         [(now, run_id) for run_id in run_ids],
     )
     conn.wake()

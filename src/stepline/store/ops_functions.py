@@ -109,7 +109,7 @@ def hold_paused_txn(conn: db.Conn, rows: list[dict[str, Any]], now: int) -> None
         [(PAUSED_ON + r["function_id"], ops_runs.NEVER, r["run_id"]) for r in rows],
     )
     conn.executemany(
-        "UPDATE runs SET status = ?, wait_reason = ?, updated_at = ? WHERE id = ?",
+        f"UPDATE {conn.or_fail()}runs SET status = ?, wait_reason = ?, updated_at = ? WHERE id = ?",
         [(RunStatus.QUEUED, WaitReason.FUNCTION_PAUSED, now, r["run_id"]) for r in rows],
     )
 

@@ -39,6 +39,8 @@ TABLES: dict[str, str | None] = {
     "function_pauses": "paused_at",
     "cancellations": "created_at",
     "maintenance": None,
+    "run_counts": None,
+    "run_count_changes": None,
 }
 
 

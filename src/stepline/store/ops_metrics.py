@@ -19,7 +19,6 @@ from stepline.store.records import (
     MetricsOverview,
     ModelUsage,
     QueueDepth,
-    StatusCount,
     Usage,
     UserUsage,
 )
@@ -61,17 +60,6 @@ def queue_depth_txn(conn: db.Conn, now: int) -> list[QueueDepth]:
             "leased": int(r["leased"] or 0),
         }
     return [out[k] for k in sorted(out)]
-
-
-def status_counts_txn(conn: db.Conn) -> list[StatusCount]:
-    """Runs per function and status, over all time (Prometheus gauges and totals)."""
-    return [
-        {"function_id": r["function_id"], "status": r["status"], "count": int(r["n"])}
-        for r in conn.all(
-            "SELECT function_id, status, COUNT(*) AS n FROM runs GROUP BY function_id, status "
-            "ORDER BY function_id, status"
-        )
-    ]
 
 
 def function_stats_txn(conn: db.Conn, since_ms: int) -> list[FunctionStats]:

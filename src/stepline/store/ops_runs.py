@@ -186,7 +186,7 @@ def create_run_txn(
     if start_by is not None and due_at is None:
         due = min(due, start_by + 1)  # cancelled at its deadline if its throttle slot comes later
     conn.defer(
-        "INSERT INTO runs (id, function_id, event_id, batch_event_ids, status, wait_reason, attempt, user_id, "
+        f"INSERT {conn.or_fail()}INTO runs (id, function_id, event_id, batch_event_ids, status, wait_reason, attempt, user_id, "
         "created_at, updated_at, started_at, start_deadline_at, finish_timeout_ms, parent_run_id, parent_step_key, "
         "replay_of, cleanup) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
@@ -618,7 +618,7 @@ def make_due_many_txn(conn: db.Conn, run_ids: list[str], now: int) -> None:
     if due:
         marks, params = db.in_list(due)
         conn.execute(
-            "UPDATE runs SET status = 'queued', wait_reason = 'queued', updated_at = ? "
+            f"UPDATE {conn.or_fail()}runs SET status = 'queued', wait_reason = 'queued', updated_at = ? "
             f"WHERE id IN ({marks}) AND status IN ('sleeping', 'waiting', 'queued')",
             (now, *params),
         )
@@ -631,7 +631,7 @@ def make_due_txn(conn: db.Conn, run_id: str, now: int) -> None:
         "UPDATE queue SET due_at = ? WHERE run_id = ? AND lease_owner IS NULL", (now, run_id)
     ):
         conn.execute(
-            "UPDATE runs SET status = 'queued', wait_reason = 'queued', updated_at = ? "
+            f"UPDATE {conn.or_fail()}runs SET status = 'queued', wait_reason = 'queued', updated_at = ? "
             "WHERE id = ? AND status IN ('sleeping', 'waiting', 'queued')",
             (now, run_id),
         )
@@ -670,7 +670,7 @@ def end_runs_txn(conn: db.Conn, items: list[tuple[str, str, str | None, str | No
     conn.executemany(
         # A completed run that reported progress is at 100 % (a job table's bar ends full);
         # a failed or cancelled one keeps where it stopped.
-        "UPDATE runs SET status = ?, output = ?, error = ?, wait_reason = NULL, ended_at = ?, "
+        f"UPDATE {conn.or_fail()}runs SET status = ?, output = ?, error = ?, wait_reason = NULL, ended_at = ?, "
         "updated_at = ?, cancel_requested = 0, progress = CASE WHEN ? AND progress IS NOT NULL THEN 100 ELSE progress END "
         "WHERE id = ?",
         [(status, output, error, now, now, status == "completed", run_id) for _, (run_id, status, output, error, now) in ending],

@@ -88,6 +88,9 @@ class SQLiteConn(db.Conn):
     def indexed_by(self, index: str) -> str:
         return f"INDEXED BY {index}"
 
+    def or_fail(self) -> str:
+        return "OR FAIL "
+
     def signal(self, topic: str, payload: str) -> None:
         # Other processes sharing the file learn it by polling (see Worker); this one at once.
         self.signals.append((topic, payload))

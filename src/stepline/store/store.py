@@ -33,6 +33,7 @@ from stepline.store import (
     ops_query,
     ops_read,
     ops_retention,
+    ops_run_counts,
     ops_runs,
     ops_sdk,
     ops_sessions,
@@ -489,7 +490,14 @@ class Store:
         return await self.db.read(partial(ops_metrics.queue_depth_txn, now=self.now_ms()))
 
     async def status_counts(self) -> list[StatusCount]:
-        return await self.db.read(ops_metrics.status_counts_txn)
+        return await self.db.read(ops_run_counts.status_counts_txn)
+
+    async def fold_run_counts(self) -> int:
+        """Fold the run counts' pending changes (PostgreSQL; nothing to do on SQLite), on a
+        connection beside the writer's."""
+        if self.db.dialect == "sqlite":
+            return 0
+        return await self.db.write_aside(ops_run_counts.fold_txn)
 
     async def function_stats(self, since_ms: int) -> list[FunctionStats]:
         return await self.db.read(partial(ops_metrics.function_stats_txn, since_ms=since_ms))

@@ -1,0 +1,129 @@
+"""Metrics reads beside a history of stored runs: what ``/metrics`` and the dashboard pay.
+
+    python -m bench.metrics_read --backend sqlite|postgres [--runs 1000000] [--functions 20] [--reads 9] [--days 7]
+
+Fills a database with ``--runs`` finished runs over ``--functions`` functions (written
+straight into ``runs`` in large statements, as an app's history would leave them: ended
+evenly over the last ``--days``, one in ten failed), then times each read the metrics make (median of
+``--reads``): the runs per function and status (``stepline_runs``), the last hour's
+outcomes and durations per function, the dashboard's function list, and the whole
+``/metrics`` text, and the dashboard's metrics page (an hour of runs, a week of usage). Reported beside the same reads on a database of 1,000 runs (the
+ratio: flat means the history costs the reads nothing).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from bench import common, harness
+from stepline.store import migrate, open_store
+
+HOUR_MS = 3600_000
+CHUNK = 50_000
+
+
+def _fill_sqlite(path: str, runs: int, functions: int, now: int, span_ms: int) -> None:
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    try:
+        for start in range(0, runs, CHUNK):
+            conn.executemany(
+                "INSERT INTO runs (id, function_id, event_id, status, created_at, started_at, ended_at, updated_at) "
+                "VALUES (?, ?, 'e', ?, ?, ?, ?, ?)",
+                [_row(i, runs, functions, now, span_ms) for i in range(start, min(runs, start + CHUNK))],
+            )
+            conn.commit()
+    finally:
+        conn.close()
+
+
+def _fill_postgres(url: str, runs: int, functions: int, now: int, span_ms: int) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        for start in range(0, runs, CHUNK):
+            conn.execute(
+                "INSERT INTO runs (id, function_id, event_id, status, created_at, started_at, ended_at, updated_at) "
+                "SELECT 'r' || lpad(i::text, 9, '0'), 'fn' || (i %% %(f)s), 'e', "
+                "CASE WHEN i %% 10 = 0 THEN 'failed' ELSE 'completed' END, ended - 5000, ended - 4000, ended, %(now)s "
+                "FROM (SELECT i, %(now)s::bigint - i * %(span)s::bigint / %(runs)s::bigint AS ended "
+                "FROM generate_series(%(a)s::bigint, %(b)s::bigint) AS i) g",
+                {"f": functions, "now": now, "span": span_ms, "runs": runs, "a": start, "b": min(runs, start + CHUNK) - 1},
+            )
+        conn.execute("ANALYZE runs")
+
+
+def _row(i: int, runs: int, functions: int, now: int, span_ms: int) -> tuple[Any, ...]:
+    """Run ``i`` of ``runs``: every tenth failed, ended ``i / runs`` of the span ago."""
+    ended = now - i * span_ms // runs
+    return (f"r{i:09d}", f"fn{i % functions}", "failed" if i % 10 == 0 else "completed", ended - 5000, ended - 4000, ended, now)
+
+
+async def _median_ms(read: Callable[[], Awaitable[Any]], reads: int) -> float:
+    times = []
+    for _ in range(reads):
+        t = time.perf_counter()
+        await read()
+        times.append((time.perf_counter() - t) * 1000)
+    return common.median(times)
+
+
+async def _reads(url: str, reads: int) -> dict[str, float]:
+    from stepline.server.api_metrics import prometheus_text
+
+    store = open_store(url, migrate_now=False)
+    now = int(time.time() * 1000)
+
+    class _Request:  # what prometheus_text reads of a request: the engine on the app's state
+        def __init__(self, engine: Any) -> None:
+            self.app = type("App", (), {"state": type("State", (), {"engine": engine})()})()
+
+    try:
+        async with harness.engine_on(url, run_worker=False) as (engine, _):
+            request = _Request(engine)
+            return {
+                "status_counts_ms": await _median_ms(store.status_counts, reads),
+                "last_hour_ms": await _median_ms(lambda: store.function_stats(since_ms=now - HOUR_MS), reads),
+                "function_list_ms": await _median_ms(store.functions_overview, reads),
+                "dashboard_ms": await _median_ms(lambda: store.metrics_overview(now - HOUR_MS, now - 7 * 24 * HOUR_MS), reads),
+                "metrics_text_ms": await _median_ms(lambda: prometheus_text(request), reads),  # type: ignore[arg-type]
+            }
+    finally:
+        await store.close()
+
+
+async def measure(backend: str, runs: int, functions: int, reads: int, days: float) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for label, count in (("few", 1000), ("many", runs)):
+        with common.fresh_db(backend, "metrics") as url:
+            migrate.apply(url)
+            now = int(time.time() * 1000)
+            t = time.perf_counter()
+            (_fill_postgres if backend == "postgres" else _fill_sqlite)(url, count, functions, now, int(days * 24 * HOUR_MS))
+            fill_s = time.perf_counter() - t
+            figures = await _reads(url, reads)
+            for name, ms in figures.items():
+                out[f"{label}_{name}"] = round(ms, 2)
+            if label == "many":
+                out["fill_s"] = round(fill_s, 1)
+    for name in ("status_counts_ms", "last_hour_ms", "function_list_ms", "dashboard_ms", "metrics_text_ms"):
+        out[f"ratio_{name[:-3]}"] = round(out[f"many_{name}"] / max(out[f"few_{name}"], 0.01), 2)
+    return out
+
+
+def main() -> None:
+    p = common.parser(__doc__ or "")
+    p.add_argument("--runs", type=int, default=1_000_000)
+    p.add_argument("--functions", type=int, default=20)
+    p.add_argument("--reads", type=int, default=9)
+    p.add_argument("--days", type=float, default=7.0)
+    args = p.parse_args()
+    figures = harness.run(measure(args.backend, args.runs, args.functions, args.reads, args.days))
+    common.emit("metrics-read", "stepline", args.backend, runs=args.runs, functions=args.functions, days=args.days, **figures)
+
+
+if __name__ == "__main__":
+    main()
