@@ -104,6 +104,13 @@ def details(results: list[Result]) -> list[str]:
                        f"({w4['backlog_vs_10']:.2f}×)"
                        + (f"; {w4['analyzed_vs_10']:.2f}× with fresh statistics" if "analyzed_vs_10" in w4 else "")
                        + f" (median of {w4.get('trials', 1)} pairs of databases)")
+        m = _find(results, "metrics-read", "stepline", backend)
+        if m:
+            out.append(f"- **Metrics reads {b}**, {m['runs']:,} runs ended over {m['days']:g} days against 1,000: runs per "
+                       f"function and status {m['many_status_counts_ms']:.2f} against {m['few_status_counts_ms']:.2f} ms "
+                       f"({m['ratio_status_counts']:.2f}×); the last hour's outcomes {m['many_last_hour_ms']:.2f} ms; "
+                       f"the dashboard's metrics page {m['many_dashboard_ms']:.2f} ms; all of `/metrics` "
+                       f"{m['many_metrics_text_ms']:.2f} against {m['few_metrics_text_ms']:.2f} ms ({m['ratio_metrics_text']:.2f}×)")
         w5 = _find(results, "W5", "stepline", backend)
         if w5:
             out.append(f"- **W5 {b}**: {w5['steps']:,} sequential steps in {w5['total_s']:.2f} s; "
@@ -235,6 +242,11 @@ def targets(results: list[Result]) -> list[str]:
         v = _get(w4, "backlog_vs_10")
         rows.append(check(f"W4 flat within 2× beside {_num(_get(w4, 'elsewhere'), 0)} ready runs of another app ({BACKENDS[backend]})", v,
                           bool(v is not None and v <= 2.0), f"{_num(v, 2)}×"))
+        m = s("metrics-read", backend)
+        v, ms = _get(m, "ratio_status_counts"), _get(m, "many_status_counts_ms")
+        rows.append(check(f"Runs per function and status beside {_num(_get(m, 'runs'), 0)} stored runs: within 2× of 1,000, "
+                          f"or under 1 ms ({BACKENDS[backend]})", v, bool(v is not None and (v <= 2.0 or ms <= 1.0)),
+                          f"{_num(v, 2)}× ({_num(ms, 2)} ms)"))
         v = _get(s("W5", backend), "last_vs_first")
         rows.append(check(f"W5 linear: last 100 steps ≤ 1.5 × steps 100–199 ({BACKENDS[backend]})", v, bool(v is not None and v <= 1.5), f"{_num(v, 2)}×"))
     rss = [r["peak_rss_mib"] for r in results if r["workload"] == "W2-5000" and r["system"] == "stepline"]
