@@ -114,7 +114,8 @@ async def started(engine: Engine, name: str, n: int, *statuses: str) -> list[str
 
 async def test_counts_match_the_stored_runs_through_every_kind_of_change(clocked) -> None:
     """Runs that complete, fail, sleep, wait, are cancelled, replayed, resumed, deleted by
-    retention, and rows changed by hand (a tool, an older release): the counts stay exact."""
+    retention, and rows written by hand (a tool, an older release: an end, an end undone, a
+    delete, an ended run imported): the counts stay exact."""
     clock, make = clocked
     engine = await make(lifecycle_app(), retention=DAY)
     await started(engine, "c/ok", 3, "completed")
@@ -146,6 +147,18 @@ async def test_counts_match_the_stored_runs_through_every_kind_of_change(clocked
     await engine.store.db.write(by_hand)
     assert await assert_exact(engine) == {
         ("nap", "sleeping"): 1, ("wait", "waiting"): 1, ("wait", "cancelled"): 1,
+    }
+
+    def imported_and_reopened(conn: Any) -> None:
+        conn.execute(
+            "INSERT INTO runs (id, function_id, event_id, status, created_at, updated_at, ended_at) "
+            "VALUES ('imported', 'boom', 'e', 'failed', 1, 1, 1)"
+        )
+        conn.execute("UPDATE runs SET status = 'queued' WHERE id = ?", (waiting[1],))  # an end undone
+
+    await engine.store.db.write(imported_and_reopened)
+    assert await assert_exact(engine) == {
+        ("nap", "sleeping"): 1, ("wait", "waiting"): 1, ("wait", "queued"): 1, ("boom", "failed"): 1,
     }
 
 

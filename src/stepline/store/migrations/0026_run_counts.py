@@ -60,32 +60,32 @@ SQLITE = [
     f"WHEN OLD.status IS NOT NEW.status AND OLD.status IN {TERMINAL} BEGIN {_taken('OLD')}END",
 ]
 
-# Inserts and deletes come many rows to a statement (an ingest's runs, a retention batch):
-# counted once per statement from its transition table. An update is counted per row, only
-# when a run ends or leaves an end (a trigger with a column list cannot have transition tables).
+# A run inserted ended (an import) or ending is counted per row; Stepline inserts none ended,
+# so an ingest only tests the trigger's condition (a trigger per statement ran a query for
+# every ingest). Deletes come a retention batch to a statement: counted once per statement
+# from its transition table. (A trigger on updates with a column list cannot have transition
+# tables; one without would run for every update of a run, a step's progress included.)
 POSTGRES = [
-    "CREATE OR REPLACE FUNCTION stepline_runs_inserted() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-    "INSERT INTO run_count_changes (function_id, status, delta) "
-    f"SELECT function_id, status, COUNT(*) FROM inserted WHERE status IN {TERMINAL} GROUP BY function_id, status; "
-    "RETURN NULL; END $$",
     "CREATE OR REPLACE FUNCTION stepline_runs_deleted() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
     "INSERT INTO run_count_changes (function_id, status, delta) "
     f"SELECT function_id, status, -COUNT(*) FROM deleted WHERE status IN {TERMINAL} GROUP BY function_id, status; "
     "RETURN NULL; END $$",
-    "CREATE OR REPLACE FUNCTION stepline_run_status_changed() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-    "INSERT INTO run_count_changes (function_id, status, delta) "
-    "SELECT function_id, status, delta FROM (VALUES (OLD.function_id, OLD.status, -1), (NEW.function_id, NEW.status, 1)) "
-    f"AS c (function_id, status, delta) WHERE status IN {TERMINAL}; RETURN NULL; END $$",
+    "CREATE OR REPLACE FUNCTION stepline_run_ended() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+    "INSERT INTO run_count_changes (function_id, status, delta) VALUES (NEW.function_id, NEW.status, 1); RETURN NULL; END $$",
+    "CREATE OR REPLACE FUNCTION stepline_run_unended() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+    "INSERT INTO run_count_changes (function_id, status, delta) VALUES (OLD.function_id, OLD.status, -1); RETURN NULL; END $$",
     "DROP TRIGGER IF EXISTS runs_counted_insert ON runs",
-    "CREATE TRIGGER runs_counted_insert AFTER INSERT ON runs REFERENCING NEW TABLE AS inserted "
-    "FOR EACH STATEMENT EXECUTE FUNCTION stepline_runs_inserted()",
+    "CREATE TRIGGER runs_counted_insert AFTER INSERT ON runs FOR EACH ROW "
+    f"WHEN (NEW.status IN {TERMINAL}) EXECUTE FUNCTION stepline_run_ended()",
     "DROP TRIGGER IF EXISTS runs_counted_delete ON runs",
     "CREATE TRIGGER runs_counted_delete AFTER DELETE ON runs REFERENCING OLD TABLE AS deleted "
     "FOR EACH STATEMENT EXECUTE FUNCTION stepline_runs_deleted()",
-    "DROP TRIGGER IF EXISTS runs_counted_status ON runs",
-    "CREATE TRIGGER runs_counted_status AFTER UPDATE OF status ON runs FOR EACH ROW "
-    f"WHEN (OLD.status IS DISTINCT FROM NEW.status AND (OLD.status IN {TERMINAL} OR NEW.status IN {TERMINAL})) "
-    "EXECUTE FUNCTION stepline_run_status_changed()",
+    "DROP TRIGGER IF EXISTS runs_counted_end ON runs",
+    "CREATE TRIGGER runs_counted_end AFTER UPDATE OF status ON runs FOR EACH ROW "
+    f"WHEN (OLD.status IS DISTINCT FROM NEW.status AND NEW.status IN {TERMINAL}) EXECUTE FUNCTION stepline_run_ended()",
+    "DROP TRIGGER IF EXISTS runs_counted_unend ON runs",
+    "CREATE TRIGGER runs_counted_unend AFTER UPDATE OF status ON runs FOR EACH ROW "
+    f"WHEN (OLD.status IS DISTINCT FROM NEW.status AND OLD.status IN {TERMINAL}) EXECUTE FUNCTION stepline_run_unended()",
 ]
 
 # Runs already stored; the triggers' creation above holds off other writers of ``runs``
@@ -114,10 +114,11 @@ def rollback(conn) -> None:  # type: ignore[no-untyped-def]
         statements = [
             "DROP TRIGGER IF EXISTS runs_counted_insert ON runs",
             "DROP TRIGGER IF EXISTS runs_counted_delete ON runs",
-            "DROP TRIGGER IF EXISTS runs_counted_status ON runs",
-            "DROP FUNCTION IF EXISTS stepline_runs_inserted()",
+            "DROP TRIGGER IF EXISTS runs_counted_end ON runs",
+            "DROP TRIGGER IF EXISTS runs_counted_unend ON runs",
             "DROP FUNCTION IF EXISTS stepline_runs_deleted()",
-            "DROP FUNCTION IF EXISTS stepline_run_status_changed()",
+            "DROP FUNCTION IF EXISTS stepline_run_ended()",
+            "DROP FUNCTION IF EXISTS stepline_run_unended()",
         ]
     else:
         names = ("runs_counted_insert", "runs_counted_delete", "runs_counted_end", "runs_counted_unend")
