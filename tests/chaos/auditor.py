@@ -15,7 +15,9 @@ E. no two executions of one run overlapped in time (its steps are strictly seque
    an execution with no end line ends when its process was killed or exited;
 F. every extra (uncommitted) execution was in flight at a fault: its interval (plus the
    lease, for a checkpoint still in flight) holds a kill of its own process, or it
-   overlaps a stall or cut window widened by the lease.
+   overlaps a stall or cut window widened by the lease;
+G. the runs per function and status that ``/metrics`` reports (kept by triggers as runs
+   change, whichever process wrote and however it was stopped) are the runs stored.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ class Observed:
     lease: float
     functions: tuple[str, ...]
     steps: tuple[str, ...]
+    status_counts: list[tuple[str, str, int]] | None = None  # (function, status, runs) as the store reports them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,6 +257,17 @@ class _Audit:
             if not explained:
                 self.flag("F", run_id, f"extra {self.describe(execution)} overlaps no fault")
 
+    # --- G -------------------------------------------------------------------------
+
+    def counts_exact(self) -> None:
+        if self.seen.status_counts is None:
+            return
+        stored = collections.Counter((run.function_id, run.status) for run in self.seen.runs)
+        reported = {(function_id, status): n for function_id, status, n in self.seen.status_counts}
+        for key in sorted(set(stored) | set(reported)):
+            if stored.get(key, 0) != reported.get(key, 0):
+                self.flag("G", "-", f"{key[0]} {key[1]}: {reported.get(key, 0)} reported, {stored.get(key, 0)} stored")
+
     # --- the whole audit ---------------------------------------------------------------
 
     def run(self) -> Report:
@@ -263,6 +277,7 @@ class _Audit:
         self.runs_completed()
         self.committed_in_log()
         self.per_run()
+        self.counts_exact()
         committed_ids = {out for out in self.seen.committed.values() if isinstance(out, str)}
         kinds = collections.Counter(fault.kind for fault in self.seen.faults)
         figures = {
@@ -300,6 +315,7 @@ def load(path: Path) -> Observed:
         lease=raw["lease"],
         functions=tuple(raw["functions"]),
         steps=tuple(raw["steps"]),
+        status_counts=None if raw.get("status_counts") is None else [tuple(c) for c in raw["status_counts"]],
     )
 
 

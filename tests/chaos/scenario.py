@@ -23,7 +23,7 @@ from typing import Any
 
 import psycopg
 
-from stepline.store import migrate
+from stepline.store import migrate, ops_run_counts
 from tests.chaos import app as chaos_app
 from tests.chaos import auditlog, auditor, faults
 from tests.chaos.auditor import Fault, Observed, Report, RunRow
@@ -272,6 +272,7 @@ def _observe(db: Database, plan: Plan, load: Load, injected: list[Fault], proces
     }
     numbers = {row["id"]: json.loads(row["body"]).get("data", {}).get("n") for row in db.query("SELECT id, body FROM events")}
     executions, unreadable = auditlog.read(audit_log)
+    counts = [(r["function_id"], r["status"], int(r["n"])) for r in db.query(ops_run_counts.STATUS_COUNTS)]
     return Observed(
         acknowledged=list(load.acknowledged),
         event_numbers=numbers,
@@ -284,4 +285,5 @@ def _observe(db: Database, plan: Plan, load: Load, injected: list[Fault], proces
         lease=plan.lease,
         functions=chaos_app.FUNCTIONS,
         steps=chaos_app.STEPS,
+        status_counts=counts,
     )

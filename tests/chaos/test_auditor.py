@@ -24,6 +24,7 @@ class History:
         self.process_ends: dict[int, float] = {}
         self.runs: dict[str, RunRow] = {}
         self.acknowledged: list[str] = []
+        self.status_counts: list[tuple[str, str, int]] | None = None
 
     def execute(
         self, run_id: str, step: str, pid: int, start: float, end: float | None, *, committed: bool = False, stopped: bool = False
@@ -56,7 +57,7 @@ class History:
             acknowledged=self.acknowledged, event_numbers=events, runs=list(self.runs.values()),
             committed=self.committed, executions=executions, unreadable_lines=unreadable,
             faults=self.faults, process_ends=self.process_ends, lease=LEASE,
-            functions=("chaos-async", "chaos-sync"), steps=STEPS,
+            functions=("chaos-async", "chaos-sync"), steps=STEPS, status_counts=self.status_counts,
         ))
 
     def replace_step(self, run_id: str, step: str, pid: int, start: float, end: float, *, stopped: bool = False) -> None:
@@ -211,6 +212,17 @@ def test_a_step_overwritten_by_a_second_copy_running_at_once_is_reported(tmp_pat
 def _append_many(path: str, pid: int, count: int) -> None:
     for i in range(count):
         auditlog.append({"ev": "start", "pid": pid, "run": f"r{pid}", "step": f"s{i}", "exec": f"{pid}-{i}", "t": float(i)}, path)
+
+
+def test_run_counts_that_differ_from_the_runs_stored_are_reported(tmp_path: Path) -> None:
+    history = History(tmp_path)
+    history.run("a")
+    history.run("b", t0=1010.0)
+    history.status_counts = [("chaos-async", "completed", 2), ("chaos-sync", "completed", 2)]
+    assert not history.audit().violations
+    history.status_counts = [("chaos-async", "completed", 2), ("chaos-sync", "completed", 1), ("chaos-sync", "failed", 1)]
+    found = history.audit().of("G")
+    assert [v.detail for v in found] == ["chaos-sync completed: 1 reported, 2 stored", "chaos-sync failed: 1 reported, 0 stored"]
 
 
 def test_lines_from_many_processes_never_interleave(tmp_path: Path) -> None:
