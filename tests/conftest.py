@@ -18,7 +18,7 @@ from stepline.app import App
 from stepline.engine import Engine
 from stepline.settings import Settings
 from stepline.store import migrate, open_store
-from stepline.testing import FakeProvider
+from stepline.testing import FakeProvider, TestClock
 
 PG_ADMIN_URL = os.environ.get("STEPLINE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 PG_BASE = PG_ADMIN_URL.rsplit("/", 1)[0]
@@ -86,12 +86,12 @@ TEST_SETTINGS = Settings(retry_base=0.02, retry_max=0.5, unreachable_backoff=(0.
 EngineFactory = Callable[..., Awaitable[Engine]]
 
 
-async def _engines(url: str) -> AsyncIterator[EngineFactory]:
+async def _engines(url: str, clock: TestClock | None = None, **defaults: object) -> AsyncIterator[EngineFactory]:
     engines: list[Engine] = []
 
     async def factory(*apps: App, run_worker: bool = True, **overrides: object) -> Engine:
-        settings = TEST_SETTINGS.replace(db=url, **overrides)
-        engine = Engine(open_store(url, migrate_now=False), settings, list(apps))
+        settings = TEST_SETTINGS.replace(db=url, **{**defaults, **overrides})
+        engine = Engine(open_store(url, migrate_now=False, clock=clock), settings, list(apps))
         await engine.start(run_worker=run_worker)
         engines.append(engine)
         return engine
@@ -107,6 +107,16 @@ async def make_engine(db_url: str) -> AsyncIterator[EngineFactory]:
     ``db_url``; call it again for another process's engine on the same database."""
     async for factory in _engines(db_url):
         yield factory
+
+
+@pytest.fixture
+async def clocked(db_url: str) -> AsyncIterator[tuple[TestClock, EngineFactory]]:
+    """A test clock, and a factory of engines on ``db_url`` whose store reads it; no
+    retention sweep runs by itself (``retention_interval=0``): each test sweeps when it
+    means to."""
+    clock = TestClock()
+    async for factory in _engines(db_url, clock=clock, retention_interval=0.0):
+        yield clock, factory
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ at one instant, the clock moves days ahead, then a sweep is made to run now
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -16,33 +15,11 @@ import stepline
 from stepline import errors
 from stepline.engine import Engine
 from stepline.engine import retention as retention_mod
-from stepline.store import open_store
 from stepline.testing import FakeProvider, Reply, TestClock
-from tests.conftest import TEST_SETTINGS
 from tests.helpers import eventually, runs_for_event, send_and_wait, wait_run
 
 DAY = 86400.0
 DAY_MS = int(DAY * 1000)
-Factory = Callable[..., Awaitable[Engine]]
-
-
-@pytest.fixture
-async def clocked(db_url: str) -> AsyncIterator[tuple[TestClock, Factory]]:
-    """A test clock, and a factory of engines on ``db_url`` whose store reads it; no sweep
-    runs by itself (``retention_interval=0``): each test sweeps when it means to."""
-    clock = TestClock()
-    engines: list[Engine] = []
-
-    async def factory(*apps: stepline.App, **overrides: Any) -> Engine:
-        settings = TEST_SETTINGS.replace(db=db_url, retention_interval=0.0, **overrides)
-        engine = Engine(open_store(db_url, migrate_now=False, clock=clock), settings, list(apps))
-        await engine.start()
-        engines.append(engine)
-        return engine
-
-    yield clock, factory
-    for engine in reversed(engines):
-        await engine.stop(grace=1.0)
 
 
 async def count(engine: Engine, sql: str, *params: Any) -> int:

@@ -6,40 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import psycopg
-import pytest
 
 import stepline
 from stepline.engine import Engine
 from stepline.store import Store, open_store, ops_run_counts, sqlite
 from stepline.store.sqlite import SQLiteConn
-from stepline.testing import TestClock
-from tests.conftest import TEST_SETTINGS
 from tests.helpers import counting_vm_instructions, eventually, runs_for_event, wait_run
 
 DAY = 86400.0
-Factory = Callable[..., Awaitable[Engine]]
 Counts = dict[tuple[str, str], int]
-
-
-@pytest.fixture
-async def clocked(db_url: str) -> AsyncIterator[tuple[TestClock, Factory]]:
-    clock = TestClock()
-    engines: list[Engine] = []
-
-    async def factory(*apps: stepline.App, **overrides: Any) -> Engine:
-        settings = TEST_SETTINGS.replace(db=db_url, retention_interval=0.0, **overrides)
-        engine = Engine(open_store(db_url, migrate_now=False, clock=clock), settings, list(apps))
-        await engine.start()
-        engines.append(engine)
-        return engine
-
-    yield clock, factory
-    for engine in reversed(engines):
-        await engine.stop(grace=1.0)
 
 
 async def counted(engine: Engine) -> Counts:
