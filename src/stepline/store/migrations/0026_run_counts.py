@@ -1,16 +1,16 @@
 """Ended runs per function and status, kept as runs change instead of counted on each read.
 
 ``/metrics`` reported the runs stored per function and status by counting every row of
-``runs`` (a million runs: about 0.6 s of reading per scrape, growing with history). Triggers
+``runs`` (a million runs: 0.6-0.8 s of reading per scrape, growing with history). Triggers
 now keep the counts of ended runs (completed, failed, cancelled) as rows are inserted,
-deleted, or change status, whichever release or tool writes them; unfinished runs are
-still counted when read (by the status index: as many as are unfinished). On SQLite, where one transaction writes at a time, they add to
-``run_counts`` directly. On PostgreSQL, concurrent transactions adding to the same count row
-would wait for each other's commit (and deadlock, one moving a run from queued to running
-while another moves one from running to completed), so each change appends a row to
-``run_count_changes``, which workers fold into ``run_counts`` now and then; a read sums both.
-The counts start from the runs already stored, counted while the triggers' creation holds
-off other writes to ``runs``.
+deleted or change status, whichever release or tool writes them; unfinished runs are still
+counted when read (by the status index: as many as are unfinished). On SQLite, where one
+transaction writes at a time, they add to ``run_counts`` directly. On PostgreSQL concurrent
+transactions adding to one count row would wait for each other's commit (and two ending
+runs of two functions in opposite orders would deadlock), so each change appends a row to
+``run_count_changes``, which workers fold into ``run_counts`` now and then; a read sums
+both. The counts start from the runs already stored, counted while the triggers' creation
+holds off other writes to ``runs``.
 
 Written in Python because the two dialects' triggers share no syntax.
 """
