@@ -164,6 +164,16 @@ def test_migration_files_are_numbered_in_order_and_chained() -> None:
         assert m.depends, f"{m.id} must declare `-- depends: <an earlier migration>`"
 
 
+def test_every_migration_says_what_it_changes(tmp_path: Any) -> None:
+    """``stepline migrate --dry-run`` prints each pending migration's opening comment: the
+    SQL files' leading comment, the Python ones' docstring."""
+    described = migrate.describe_pending(str(tmp_path / "new.db"))
+    assert [m for m, _ in described] == [m.id for m in _migrations()]
+    for migration_id, summary in described:
+        assert len(summary) > 20, f"{migration_id} says nothing of what it changes: {summary!r}"
+    assert dict(described)["0026_run_counts"].startswith("Ended runs per function and status, kept as runs change")
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_fresh_schema_equals_upgraded_schema(backend: str, request: pytest.FixtureRequest) -> None:
     fresh, upgraded = request.getfixturevalue(f"{backend}_pair")

@@ -6,6 +6,7 @@ database whose schema is behind, naming the command that fixes it.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import logging
 import os
@@ -139,12 +140,17 @@ def describe_pending(url: str) -> list[tuple[str, str]]:
             todo = list(backend.to_apply(migrations))
         finally:
             backend.connection.close()
-    return [(m.id, _summary(pathlib.Path(m.path).read_text())) for m in todo]
+    return [(m.id, _summary(pathlib.Path(m.path))) for m in todo]
 
 
-def _summary(sql: str) -> str:
+def _summary(path: pathlib.Path) -> str:
+    """A migration file's opening comment: the leading ``--`` lines of SQL, the docstring
+    of Python (a migration written in Python where the dialects' statements differ)."""
+    text = path.read_text()
+    if path.suffix == ".py":
+        return " ".join((ast.get_docstring(ast.parse(text)) or "").split())
     lines = []
-    for line in sql.splitlines():
+    for line in text.splitlines():
         if not line.startswith("--"):
             break
         text = line[2:].strip()
