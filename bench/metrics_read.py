@@ -1,6 +1,6 @@
 """Metrics reads beside a history of stored runs: what ``/metrics`` and the dashboard pay.
 
-    python -m bench.metrics_read --backend sqlite|postgres [--runs 1000000] [--functions 20] [--reads 9] [--days 7]
+    python -m bench.metrics_read --backend sqlite|postgres [--runs 1000000] [--functions 20] [--reads 9] [--days 7] [--asleep N]
 
 Fills a database with ``--runs`` finished runs over ``--functions`` functions (written
 straight into ``runs`` in large statements, as an app's history would leave them: ended
@@ -9,6 +9,10 @@ evenly over the last ``--days``, one in ten failed), then times each read the me
 outcomes and durations per function, the dashboard's function list, and the whole
 ``/metrics`` text, and the dashboard's metrics page (an hour of runs, a week of usage). Reported beside the same reads on a database of 1,000 runs (the
 ratio: flat means the history costs the reads nothing).
+
+``--asleep N`` (reported as metrics-read-asleep): the large database also holds ``N``
+unfinished runs, asleep until an hour from now with their queue rows (W6's backlog), which
+the queue depth and the unfinished part of the runs per status still read one by one.
 """
 
 from __future__ import annotations
@@ -62,6 +66,34 @@ def _row(i: int, runs: int, functions: int, now: int, span_ms: int) -> tuple[Any
     return (f"r{i:09d}", f"fn{i % functions}", "failed" if i % 10 == 0 else "completed", ended - 5000, ended - 4000, ended, now)
 
 
+def _fill_asleep(url: str, backend: str, count: int, functions: int, now: int) -> None:
+    """``count`` sleeping runs, each with its queue row, due from an hour from now."""
+    rows = [(f"s{i:09d}", f"fn{i % functions}", now + HOUR_MS + i) for i in range(count)]
+    runs_sql = "INSERT INTO runs (id, function_id, event_id, status, created_at, updated_at) VALUES ({0}, {0}, 'e', 'sleeping', 1, 1)"
+    queue_sql = "INSERT INTO queue (run_id, function_id, due_at) VALUES ({0}, {0}, {0})"
+    if backend == "sqlite":
+        import sqlite3
+
+        conn = sqlite3.connect(url)
+        try:
+            conn.executemany(runs_sql.format("?"), [row[:2] for row in rows])
+            conn.executemany(queue_sql.format("?"), rows)
+            conn.commit()
+        finally:
+            conn.close()
+        return
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        with conn.cursor().copy("COPY runs (id, function_id, event_id, status, created_at, updated_at) FROM STDIN") as copy:
+            for run_id, function_id, _ in rows:
+                copy.write_row((run_id, function_id, "e", "sleeping", 1, 1))
+        with conn.cursor().copy("COPY queue (run_id, function_id, due_at) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        conn.execute("ANALYZE")
+
+
 async def _median_ms(read: Callable[[], Awaitable[Any]], reads: int) -> float:
     times = []
     for _ in range(reads):
@@ -86,6 +118,7 @@ async def _reads(url: str, reads: int) -> dict[str, float]:
             request = _Request(engine)
             return {
                 "status_counts_ms": await _median_ms(store.status_counts, reads),
+                "queue_depth_ms": await _median_ms(store.queue_depth, reads),
                 "last_hour_ms": await _median_ms(lambda: store.function_stats(since_ms=now - HOUR_MS), reads),
                 "function_list_ms": await _median_ms(store.functions_overview, reads),
                 "dashboard_ms": await _median_ms(lambda: store.metrics_overview(now - HOUR_MS, now - 7 * 24 * HOUR_MS), reads),
@@ -95,7 +128,7 @@ async def _reads(url: str, reads: int) -> dict[str, float]:
         await store.close()
 
 
-async def measure(backend: str, runs: int, functions: int, reads: int, days: float) -> dict[str, float]:
+async def measure(backend: str, runs: int, functions: int, reads: int, days: float, asleep: int = 0) -> dict[str, float]:
     out: dict[str, float] = {}
     for label, count in (("few", 1000), ("many", runs)):
         with common.fresh_db(backend, "metrics") as url:
@@ -103,13 +136,15 @@ async def measure(backend: str, runs: int, functions: int, reads: int, days: flo
             now = int(time.time() * 1000)
             t = time.perf_counter()
             (_fill_postgres if backend == "postgres" else _fill_sqlite)(url, count, functions, now, int(days * 24 * HOUR_MS))
+            if label == "many" and asleep:
+                _fill_asleep(url, backend, asleep, functions, now)
             fill_s = time.perf_counter() - t
             figures = await _reads(url, reads)
             for name, ms in figures.items():
                 out[f"{label}_{name}"] = round(ms, 2)
             if label == "many":
                 out["fill_s"] = round(fill_s, 1)
-    for name in ("status_counts_ms", "last_hour_ms", "function_list_ms", "dashboard_ms", "metrics_text_ms"):
+    for name in ("status_counts_ms", "queue_depth_ms", "last_hour_ms", "function_list_ms", "dashboard_ms", "metrics_text_ms"):
         out[f"ratio_{name[:-3]}"] = round(out[f"many_{name}"] / max(out[f"few_{name}"], 0.01), 2)
     return out
 
@@ -120,9 +155,11 @@ def main() -> None:
     p.add_argument("--functions", type=int, default=20)
     p.add_argument("--reads", type=int, default=9)
     p.add_argument("--days", type=float, default=7.0)
+    p.add_argument("--asleep", type=int, default=0)
     args = p.parse_args()
-    figures = harness.run(measure(args.backend, args.runs, args.functions, args.reads, args.days))
-    common.emit("metrics-read", "stepline", args.backend, runs=args.runs, functions=args.functions, days=args.days, **figures)
+    figures = harness.run(measure(args.backend, args.runs, args.functions, args.reads, args.days, args.asleep))
+    common.emit("metrics-read-asleep" if args.asleep else "metrics-read", "stepline", args.backend,
+                runs=args.runs, functions=args.functions, days=args.days, asleep=args.asleep, **figures)
 
 
 if __name__ == "__main__":

@@ -111,6 +111,12 @@ def details(results: list[Result]) -> list[str]:
                        f"({m['ratio_status_counts']:.2f}×); the last hour's outcomes {m['many_last_hour_ms']:.2f} ms; "
                        f"the dashboard's metrics page {m['many_dashboard_ms']:.2f} ms; all of `/metrics` "
                        f"{m['many_metrics_text_ms']:.2f} against {m['few_metrics_text_ms']:.2f} ms ({m['ratio_metrics_text']:.2f}×)")
+        m = _find(results, "metrics-read-asleep", "stepline", backend)
+        if m:
+            out.append(f"- **Metrics reads beside unfinished runs, {b}**, {m['asleep']:,} runs asleep: the queue depth "
+                       f"{m['many_queue_depth_ms']:.1f} ms against {m['few_queue_depth_ms']:.2f}, runs per function and status "
+                       f"{m['many_status_counts_ms']:.1f} ms against {m['few_status_counts_ms']:.2f} (unfinished runs are read "
+                       f"one by one per scrape), all of `/metrics` {m['many_metrics_text_ms']:.1f} ms")
         w5 = _find(results, "W5", "stepline", backend)
         if w5:
             out.append(f"- **W5 {b}**: {w5['steps']:,} sequential steps in {w5['total_s']:.2f} s; "

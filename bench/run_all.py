@@ -53,6 +53,7 @@ def jobs(quick: bool) -> list[Job]:
             Job("W4", "bench.w4_backlog", b + ["--trials", trials, "--elsewhere", "20000" if quick else "200000"] + (["--backlog", "20000"] if quick else []), timeout=900),
             Job("W5", "bench.w5_long", b),
             Job("METRICS", "bench.metrics_read", b + ["--runs", "100000" if quick else "1000000"], timeout=900),
+            Job("METRICS", "bench.metrics_read", b + ["--runs", "1000", "--asleep", "100000" if quick else "1000000"], timeout=900),
         ]
     out.append(Job("SCALE", "bench.scaleout", ["--runs", "1000" if quick else "2000"], timeout=600))
     for backend in ("sqlite", "postgres"):
