@@ -1,6 +1,6 @@
 """Metrics reads beside a history of stored runs: what ``/metrics`` and the dashboard pay.
 
-    python -m bench.metrics_read --backend sqlite|postgres [--runs 1000000] [--functions 20] [--reads 9] [--days 7] [--asleep N]
+    python -m bench.metrics_read --backend sqlite|postgres [--runs 1000000] [--functions 20] [--reads 9] [--days 7] [--asleep N] [--viewers 10] [--watch 10]
 
 Fills a database with ``--runs`` finished runs over ``--functions`` functions (written
 straight into ``runs`` in large statements, as an app's history would leave them: ended
@@ -9,6 +9,10 @@ evenly over the last ``--days``, one in ten failed), then times each read the me
 outcomes and durations per function, the dashboard's function list, and the whole
 ``/metrics`` text, and the dashboard's metrics page (an hour of runs, a week of usage). Reported beside the same reads on a database of 1,000 runs (the
 ratio: flat means the history costs the reads nothing).
+
+Then ``--viewers`` dashboards (10) each ask for the function list every second for
+``--watch`` seconds (10; through the server's ASGI app, in process): the requests answered,
+the database reads they cost, and the share of the time those reads took (``viewer_busy``).
 
 ``--asleep N`` (reported as metrics-read-asleep): the large database also holds ``N``
 unfinished runs, asleep until an hour from now with their queue rows (W6's backlog), which
@@ -103,32 +107,69 @@ async def _median_ms(read: Callable[[], Awaitable[Any]], reads: int) -> float:
     return common.median(times)
 
 
-async def _reads(url: str, reads: int) -> dict[str, float]:
+async def _viewers(engine: Any, viewers: int, seconds: float) -> dict[str, float]:
+    """``viewers`` dashboards polling the function list every second for ``seconds``."""
+    import asyncio
+
+    import httpx
+
+    from stepline.server import create_app
+
+    store, real = engine.store, engine.store.functions_overview
+    reads, busy = 0, 0.0
+
+    async def counted() -> Any:
+        nonlocal reads, busy
+        t = time.perf_counter()
+        try:
+            return await real()
+        finally:
+            reads, busy = reads + 1, busy + time.perf_counter() - t
+
+    store.functions_overview = counted
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    transport = httpx.ASGITransport(app=create_app(engine))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", timeout=300) as client:
+
+        async def viewer(i: int) -> int:
+            await asyncio.sleep(i / viewers)  # the tabs were opened at different moments
+            answered = 0
+            while loop.time() < end:
+                response = await client.get("/api/v1/functions")
+                assert response.status_code == 200, response.text
+                answered += 1
+                await asyncio.sleep(1.0)
+            return answered
+
+        answered = sum(await asyncio.gather(*(viewer(i) for i in range(viewers))))
+    store.functions_overview = real
+    return {"viewer_requests": answered, "viewer_reads": reads, "viewer_busy": round(busy / seconds, 3)}
+
+
+async def _reads(url: str, reads: int, viewers: int = 0, watch: float = 0) -> dict[str, float]:
     from stepline.server.api_metrics import prometheus_text
 
     store = open_store(url, migrate_now=False)
     now = int(time.time() * 1000)
-
-    class _Request:  # what prometheus_text reads of a request: the engine on the app's state
-        def __init__(self, engine: Any) -> None:
-            self.app = type("App", (), {"state": type("State", (), {"engine": engine})()})()
-
     try:
         async with harness.engine_on(url, run_worker=False) as (engine, _):
-            request = _Request(engine)
             return {
                 "status_counts_ms": await _median_ms(store.status_counts, reads),
                 "queue_depth_ms": await _median_ms(store.queue_depth, reads),
                 "last_hour_ms": await _median_ms(lambda: store.function_stats(since_ms=now - HOUR_MS), reads),
                 "function_list_ms": await _median_ms(store.functions_overview, reads),
                 "dashboard_ms": await _median_ms(lambda: store.metrics_overview(now - HOUR_MS, now - 7 * 24 * HOUR_MS), reads),
-                "metrics_text_ms": await _median_ms(lambda: prometheus_text(request), reads),  # type: ignore[arg-type]
+                "metrics_text_ms": await _median_ms(lambda: prometheus_text(engine), reads),
+                **(await _viewers(engine, viewers, watch) if viewers else {}),
             }
     finally:
         await store.close()
 
 
-async def measure(backend: str, runs: int, functions: int, reads: int, days: float, asleep: int = 0) -> dict[str, float]:
+async def measure(
+    backend: str, runs: int, functions: int, reads: int, days: float, asleep: int = 0, viewers: int = 10, watch: float = 10.0
+) -> dict[str, float]:
     out: dict[str, float] = {}
     for label, count in (("few", 1000), ("many", runs)):
         with common.fresh_db(backend, "metrics") as url:
@@ -139,7 +180,7 @@ async def measure(backend: str, runs: int, functions: int, reads: int, days: flo
             if label == "many" and asleep:
                 _fill_asleep(url, backend, asleep, functions, now)
             fill_s = time.perf_counter() - t
-            figures = await _reads(url, reads)
+            figures = await _reads(url, reads, viewers if label == "many" else 0, watch)
             for name, ms in figures.items():
                 out[f"{label}_{name}"] = round(ms, 2)
             if label == "many":
@@ -156,8 +197,12 @@ def main() -> None:
     p.add_argument("--reads", type=int, default=9)
     p.add_argument("--days", type=float, default=7.0)
     p.add_argument("--asleep", type=int, default=0)
+    p.add_argument("--viewers", type=int, default=10)
+    p.add_argument("--watch", type=float, default=10.0)
     args = p.parse_args()
-    figures = harness.run(measure(args.backend, args.runs, args.functions, args.reads, args.days, args.asleep))
+    figures = harness.run(
+        measure(args.backend, args.runs, args.functions, args.reads, args.days, args.asleep, args.viewers, args.watch)
+    )
     common.emit("metrics-read-asleep" if args.asleep else "metrics-read", "stepline", args.backend,
                 runs=args.runs, functions=args.functions, days=args.days, asleep=args.asleep, **figures)
 

@@ -5,6 +5,8 @@ on both backends. STEPLINE_SCREENSHOTS=docs/screenshots refreshes the README's p
 from __future__ import annotations
 
 import re
+import time
+from typing import Any
 
 import httpx
 from playwright.sync_api import Page, expect
@@ -205,3 +207,50 @@ def test_a_function_whose_id_holds_a_slash_has_a_working_page(serve, page: Page)
     assert listed["billing/charge"] is not None and listed["billing/charge/pause"] is None
     page.get_by_test_id("resume").click()
     expect(page.get_by_test_id("pause")).to_be_visible()
+
+
+def _set_hidden(tab: Page, hidden: bool) -> None:
+    """What the browser tells a page whose tab goes out of sight (or comes back)."""
+    tab.evaluate(
+        """(hidden) => {
+            Object.defineProperty(document, "hidden", { value: hidden, configurable: true });
+            Object.defineProperty(document, "visibilityState", { value: hidden ? "hidden" : "visible", configurable: true });
+            document.dispatchEvent(new Event("visibilitychange"));
+        }""",
+        hidden,
+    )
+
+
+def _until(tab: Page, done: Any) -> None:
+    """Let the page run until ``done()`` (the request handler runs while the page does)."""
+    for _ in range(200):
+        if done():
+            return
+        tab.wait_for_timeout(100)
+    raise AssertionError("the page never got there")
+
+
+def test_a_tab_out_of_sight_asks_nothing_and_catches_up_when_shown(serve, page: Page) -> None:  # noqa: F811
+    server = serve(server_apps.app, run_worker=False)
+    asked: list[str] = []
+    page.on("request", lambda request: asked.append(request.url) if "/api/v1/functions" in request.url else None)
+    page.clock.install()  # the page's timers move only as the test says once paused below
+    page.goto(f"{server.url}/#/functions")
+    expect(page.get_by_test_id("functions")).to_be_visible()
+    page.clock.pause_at(time.time() + 3600)
+    first = len(asked)
+    page.clock.run_for(10_000)
+    _until(page, lambda: len(asked) >= first + 3)  # polled every 3 s while in sight
+
+    _set_hidden(page, True)
+    page.wait_for_timeout(300)  # requests already under way are counted
+    hidden_at = len(asked)
+    page.clock.run_for(60_000)
+    page.wait_for_timeout(500)
+    assert len(asked) == hidden_at  # a minute out of sight: nothing asked
+
+    with httpx.Client(base_url=server.url) as client:
+        _send(client, "srv/greet", {"name": "Ann"})  # queued: no worker
+    _set_hidden(page, False)
+    expect(page.get_by_test_id("functions").locator("tr", has_text="greet")).to_contain_text("1")
+    assert len(asked) == hidden_at + 1  # shown again: asked at once, not at the next tick

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any
 
 from starlette.requests import Request
@@ -13,22 +14,40 @@ from stepline import errors
 from stepline.engine import Engine
 from stepline.server import common, id_route
 from stepline.server.responses import JSON
+from stepline.server.shared_reads import Shared, SharedReads
 from stepline.store import Store
 
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+def _shared(request: Request) -> SharedReads:
+    return request.app.state.shared_reads  # type: ignore[no-any-return]
+
+
+def _aged(response: Response, answer: Shared[Any]) -> Response:
+    """An answer read for other requests says how old it is (``Age``, RFC 9111)."""
+    if answer.shared:
+        response.headers["Age"] = str(int(answer.age))
+    return response
+
+
+async def _functions(request: Request) -> Shared[list[Any]]:
+    return await _shared(request).get("functions", common.engine(request).store.functions_overview)
+
+
 @common.route(common.api_token)
 async def list_functions(request: Request) -> Response:
-    return JSON({"data": await common.engine(request).store.functions_overview()})
+    answer = await _functions(request)
+    return _aged(JSON({"data": answer.value}), answer)
 
 
 @common.route(common.api_token)
 async def get_function(request: Request) -> Response:
     function_id = request.path_params["function_id"]
-    for fn in await common.engine(request).store.functions_overview():
+    answer = await _functions(request)
+    for fn in answer.value:
         if fn["id"] == function_id:
-            return JSON(fn)
+            return _aged(JSON(fn), answer)
     raise errors.NotFoundError(f"no function with id {function_id!r}")
 
 
@@ -39,13 +58,16 @@ async def metrics_json(request: Request) -> Response:
     days_text = request.query_params.get("days", "14")
     if not common.is_digits(days_text) or not 1 <= int(days_text) <= 366:
         raise errors.ConfigError(f"days: expected a whole number 1..366, got {days_text!r}")
-    now = int(time.time() * 1000)
-    day_ms = 86_400_000
-    usage_since = (now // day_ms - int(days_text) + 1) * day_ms  # whole UTC days, today included
-    body = await common.engine(request).store.metrics_overview(now - int(window * 1000), usage_since)
-    body["window_seconds"] = window
-    body["days"] = int(days_text)
-    return JSON(body)
+    store = common.engine(request).store
+
+    async def read() -> Any:
+        now = int(time.time() * 1000)
+        day_ms = 86_400_000
+        usage_since = (now // day_ms - int(days_text) + 1) * day_ms  # whole UTC days, today included
+        return await store.metrics_overview(now - int(window * 1000), usage_since)
+
+    answer = await _shared(request).get(("metrics", window, int(days_text)), read)
+    return _aged(JSON({**answer.value, "window_seconds": window, "days": int(days_text)}), answer)
 
 
 def _label(value: Any) -> str:
@@ -108,8 +130,9 @@ async def _counter_lines(store: Store) -> list[str]:
     return out
 
 
-async def prometheus_text(request: Request) -> str:
-    store = common.engine(request).store
+async def prometheus_text(engine: Engine) -> str:
+    """``/metrics``: one read of everything it reports."""
+    store = engine.store
     now = int(time.time() * 1000)
     depth = await store.queue_depth()
     counts = await store.status_counts()
@@ -155,14 +178,16 @@ async def prometheus_text(request: Request) -> str:
     for function_id, pause in sorted((await store.paused_functions()).items()):
         out.append(_line("stepline_function_paused", {"function": function_id, "mode": pause["mode"]}, 1))
     out += await _counter_lines(store)
-    out += await _retention_lines(common.engine(request))
+    out += await _retention_lines(engine)
     out += ["# HELP stepline_up 1 while the server can read its database.", "# TYPE stepline_up gauge", "stepline_up 1"]
     return "\n".join(out) + "\n"
 
 
 @common.route(common.api_token)
 async def metrics_prometheus(request: Request) -> Response:
-    return PlainTextResponse(await prometheus_text(request), media_type=PROMETHEUS_TYPE)
+    engine = common.engine(request)
+    answer = await _shared(request).get("prometheus", partial(prometheus_text, engine))
+    return _aged(PlainTextResponse(answer.value, media_type=PROMETHEUS_TYPE), answer)
 
 
 WRITES_FAILING = 5.0  # seconds of failed (or lock-blocked) writes after which /health answers 503

@@ -31,6 +31,7 @@ from stepline.server.common import ServerOptions
 from stepline.server.guard import HttpGuard, HttpLimits
 from stepline.server.headers import SecurityHeaders
 from stepline.server.responses import problem
+from stepline.server.shared_reads import SharedReads
 
 
 def core_routes() -> list[Any]:
@@ -111,6 +112,7 @@ def create_app(
     )
     # Half the connections the server keeps, which a low open-file limit may hold below the setting.
     app.state.stream_slots = stream.StreamSlots(engine.settings.max_streams_per_run, serving.connection_cap(engine.settings) // 2)
+    app.state.shared_reads = SharedReads()  # the dashboard's and /metrics' costly reads, once for all viewers
     app.state.auth_limiter = AuthLimiter(engine.settings.auth_failures, engine.settings.auth_global_failures)
     inngest.mount(app)  # SDK apps: /fn/register, SDK-shaped /e/{key}, /v0/runs/...
     return app

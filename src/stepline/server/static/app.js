@@ -94,8 +94,12 @@ function progress(run) {
 }
 
 function every(seconds, fn) {
-  const id = setInterval(fn, seconds * 1000);
-  cleanup.push(() => clearInterval(id));
+  // A tab out of sight asks nothing, and catches up when shown again: tabs left open in
+  // the background would otherwise each keep reading the same pages.
+  const tick = () => { if (!document.hidden) fn(); };
+  const id = setInterval(tick, seconds * 1000);
+  document.addEventListener("visibilitychange", tick);
+  cleanup.push(() => { clearInterval(id); document.removeEventListener("visibilitychange", tick); });
 }
 
 function setPage(title, ...children) {
