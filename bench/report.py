@@ -111,6 +111,13 @@ def details(results: list[Result]) -> list[str]:
                        f"({m['ratio_status_counts']:.2f}×); the last hour's outcomes {m['many_last_hour_ms']:.2f} ms; "
                        f"the dashboard's metrics page {m['many_dashboard_ms']:.2f} ms; all of `/metrics` "
                        f"{m['many_metrics_text_ms']:.2f} against {m['few_metrics_text_ms']:.2f} ms ({m['ratio_metrics_text']:.2f}×)")
+        m = _find(results, "metrics-read-hour", "stepline", backend)
+        if m:
+            out.append(f"- **Metrics reads in a busy hour, {b}**, {m['runs']:,} runs ended in the last hour: the function list "
+                       f"{m['many_function_list_ms']:.1f} ms, all of `/metrics` {m['many_metrics_text_ms']:.1f} ms; "
+                       f"{m['viewers']} dashboards asking for the function list every second for {m['watch']:g} s: "
+                       f"{m['many_viewer_requests']} requests answered with {m['many_viewer_reads']} reads, which kept the "
+                       f"database busy {m['many_viewer_busy']:.0%} of the time")
         m = _find(results, "metrics-read-asleep", "stepline", backend)
         if m:
             out.append(f"- **Metrics reads beside unfinished runs, {b}**, {m['asleep']:,} runs asleep: the queue depth "

@@ -54,6 +54,7 @@ def jobs(quick: bool) -> list[Job]:
             Job("W5", "bench.w5_long", b),
             Job("METRICS", "bench.metrics_read", b + ["--runs", "100000" if quick else "1000000"], timeout=900),
             Job("METRICS", "bench.metrics_read", b + ["--runs", "1000", "--asleep", "100000" if quick else "1000000"], timeout=900),
+            Job("METRICS", "bench.metrics_read", b + ["--runs", "100000" if quick else "300000", "--hour"], timeout=900),
         ]
     out.append(Job("SCALE", "bench.scaleout", ["--runs", "1000" if quick else "2000"], timeout=600))
     for backend in ("sqlite", "postgres"):
