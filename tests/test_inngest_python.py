@@ -79,6 +79,15 @@ async def test_two_steps_sharing_an_id_fail_saying_so(env: tuple[Server, py_app.
     assert "most likely two steps share an id" in run["error"]["message"], run["error"]
 
 
+async def test_a_step_named_with_a_nul_runs_once_and_shows_it_replaced(env: tuple[Server, py_app.Recorder | PyAppProcess]) -> None:
+    server, rec = env
+    event_id = await server.send("py/nul-name", {})
+    run = await server.finished((await server.run_for(event_id, FN + "nul-name"))["id"])
+    assert run["status"] == "completed", run
+    assert [s["name"] for s in run["steps"]] == ["id\ufffdx"]
+    assert rec.counts["nul-name.step"] == 1
+
+
 async def test_a_wait_with_a_bad_expression_fails_naming_the_users_step(env: tuple[Server, py_app.Recorder | PyAppProcess]) -> None:
     server, _ = env
     event_id = await server.send("py/bad-wait", {})

@@ -27,7 +27,7 @@ INT64_MAX = 2**63 - 1
 # Readers show containers nested deeper than this as a note (orjson writes at most 254 levels).
 READ_DEPTH = 200
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
+SURROGATE = re.compile("[\ud800-\udfff]")
 _LONG_DIGITS = re.compile(rb"\d{19,}")  # the shortest integer literal that can leave int64
 # A string literal; one never closed runs to the end of the body. Without that ending, a
 # body of escaped quotes makes every quote start a scan to the end: quadratic time.
@@ -65,7 +65,7 @@ def text_problem(text: str) -> str | None:
     if "\x00" in text:
         return ("contains a NUL character (\\u0000), which PostgreSQL text cannot hold, so no backend accepts it; "
                 "remove it, or encode binary data (e.g. base64)")
-    if not text.isascii() and _SURROGATE.search(text):
+    if not text.isascii() and SURROGATE.search(text):
         return "contains a lone UTF-16 surrogate (U+D800..U+DFFF), which is not valid Unicode; send valid UTF-8 text"
     return None
 
@@ -98,7 +98,7 @@ def _looks_fine(value: Any, max_depth: int) -> bool:
         for container in level:
             if isinstance(container, dict):
                 for k in container:
-                    if type(k) is not str or "\x00" in k or (not k.isascii() and _SURROGATE.search(k)):
+                    if type(k) is not str or "\x00" in k or (not k.isascii() and SURROGATE.search(k)):
                         return False
                 items: Any = container.values()
             else:
@@ -106,7 +106,7 @@ def _looks_fine(value: Any, max_depth: int) -> bool:
             for x in items:
                 kind = type(x)
                 if kind is str:
-                    if "\x00" in x or (not x.isascii() and _SURROGATE.search(x)):
+                    if "\x00" in x or (not x.isascii() and SURROGATE.search(x)):
                         return False
                 elif kind is int:
                     if not INT64_MIN <= x <= INT64_MAX:

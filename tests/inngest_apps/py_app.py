@@ -197,6 +197,15 @@ def build(rec: Recorder) -> fastapi.FastAPI:
         await ctx.step.run("a:1", lambda: 3)
         return "unreachable"
 
+    @client.create_function(fn_id="nul-name", trigger=inngest.TriggerEvent(event="py/nul-name"), retries=0)
+    async def nul_name(ctx: inngest.Context) -> int:
+        # The SDK sends the id hashed, and as the step's name as written: NUL and all.
+        def counted() -> int:
+            rec.hit("nul-name.step")
+            return 1
+
+        return await ctx.step.run("id\x00x", counted)
+
     @client.create_function(fn_id="bad-wait", trigger=inngest.TriggerEvent(event="py/bad-wait"), retries=0)
     async def bad_wait(ctx: inngest.Context) -> None:
         await ctx.step.wait_for_event("approval", event="py/approved", if_exp="async.data.id ==", timeout=dt.timedelta(minutes=1))
@@ -335,7 +344,7 @@ def build(rec: Recorder) -> fastapi.FastAPI:
         client,
         [
             steps, sleeper, waiter, child, parent, sender, on_sent, parallel, repeated, flaky, nonretry, retry_after, cancellable,
-            fn_retry, recover, collide, bad_wait, failing_child, careful_parent, batched, once_per_order, rate_limited, mixed, vip_queue,
+            fn_retry, recover, collide, nul_name, bad_wait, failing_child, careful_parent, batched, once_per_order, rate_limited, mixed, vip_queue,
             batch_if, two_naps, two_waits, chains, on_finished, on_cancelled, failing_failure,
         ],
     )

@@ -268,6 +268,7 @@ class RunExecution:
 
     def _enter(self, step_id: str, *, suspends: bool = False) -> tuple[str, Any]:
         self._check_lease()
+        storable(step_id, "step id")
         if self._halted or self.cancel_requested or (self._suspending and not suspends):
             raise Halt()
         n = self._counts.get(step_id, 0)
@@ -298,8 +299,9 @@ class RunExecution:
             )
 
     def name_step(self, step_id: str, name: str) -> None:
-        """The name people read for step ``step_id`` (an SDK's hashed id); the id stays its key."""
-        self._step_names[step_id] = name
+        """The name people read for step ``step_id`` (an SDK's hashed id); the id stays its key.
+        What the database cannot keep (an SDK lets a NUL through) is shown as U+FFFD."""
+        self._step_names[step_id] = readable(name)
 
     def _name(self, step_id: str) -> str:
         return self._step_names.get(step_id, step_id)
@@ -606,6 +608,8 @@ class RunExecution:
     async def prepare_wait(self, step_id: str, event: str, expression: str | None, timeout: float, name: str | None) -> None:
         """Register the wait ``step_id`` ahead of the run's suspension on it (an SDK app's
         parallel block, where a step beside the wait may cause the event), under the lease."""
+        storable(step_id, "step id")
+        storable(event, "wait_for_event event name")
         durations.check_suspension(timeout, field=f"wait_for_event {name or step_id!r} timeout")
         await self.write(self._store.prepare_wait(self.lease, step_id, event, expression, int(timeout * 1000), name))
 
@@ -616,6 +620,7 @@ class RunExecution:
                 body = jsonutil.loads(entry.output)
                 return None if body is None else event_mod.Event.from_dict(body)
             self._suspend(Suspension("wait", key, self._name(step_id), entry.wake_at))
+        storable(event, "wait_for_event event name")
         now = self._store.now_ms()
         durations.check_suspension(timeout, field=f"wait_for_event {self._name(step_id)!r} timeout")
         self._suspend(
@@ -630,6 +635,7 @@ class RunExecution:
             if entry.status == StepStatus.FAILED:
                 raise self._step_error(step_id, entry.error)
             self._suspend(Suspension("invoke", key, self._name(step_id), entry.wake_at))
+        storable(function_id, "invoke function id")
         now = self._store.now_ms()
         if timeout is not None:
             durations.check_suspension(timeout, field=f"invoke {self._name(step_id)!r} timeout")
@@ -667,11 +673,14 @@ class RunExecution:
         return await self.write(self._store.send_events_step(self.lease, step, self._next_seq(), validated))  # type: ignore[no-any-return]
 
     async def set_progress(self, percent: float, message: str | None) -> None:
+        if message is not None:
+            storable(message, "set_progress message")
         if not self.replaying:
             await self.await_checkpoints()  # progress never runs ahead of the saved steps
             await self.write(self._store.set_progress(self.lease, percent, message))
 
     async def publish(self, topic: str, data: Any) -> None:
+        storable(topic, "publish topic")
         if self.replaying:  # stored when first published; a replay must not repeat it on the stream
             return
         message = jsonutil.dumps_checked(data, what="published data")
@@ -685,6 +694,21 @@ class RunExecution:
         await self.await_checkpoints()  # a message is never published for a step that may run again
         await self.write(self._store.publish(self.lease, topic, message))
         self._services.on_publish(self.run_id)
+
+
+def storable(text: str, what: str) -> None:
+    """Refuse text the database cannot keep before it reaches a checkpoint: refused there,
+    a run's steps would run again at every lease until it was given up."""
+    problem = jsonutil.text_problem(text)
+    if problem is not None:
+        raise errors.ConfigError(f"{what} {text!r} {problem}")
+
+
+def readable(name: str) -> str:
+    """A name only shown (an SDK step's): what the database cannot keep becomes U+FFFD."""
+    if "\x00" in name:
+        name = name.replace("\x00", "\ufffd")
+    return name if name.isascii() else jsonutil.SURROGATE.sub("\ufffd", name)
 
 
 def lost_cause(exc: BaseException) -> str:
