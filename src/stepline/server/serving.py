@@ -54,7 +54,7 @@ import orjson
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from stepline import errors
+from stepline import errors, shown_text
 from stepline.server import guard
 from stepline.settings import Settings
 
@@ -64,6 +64,10 @@ SLOW_UPLOAD = 2.0  # seconds a body may take before its connection may be closed
 FD_RESERVE = 100
 MAX_OPEN_FILES = 65536
 log = logging.getLogger("stepline.server")
+
+
+# Requests one connection may have read and waiting their turn behind the one in progress.
+MAX_PIPELINED = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,6 +264,7 @@ class StepHttpProtocol(HttpToolsProtocol):
 
     limits: ClassVar[ConnectionLimits]
     book: ClassVar[ConnectionBook]
+    upgrade_noted: ClassVar[bool] = False  # a request asking to upgrade was logged (once a server)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -273,6 +278,8 @@ class StepHttpProtocol(HttpToolsProtocol):
         self._in_body = False  # a head came whole; its body has not ended
         self._head_bytes = 0  # received while the head in progress came (at most: a chunk may end a message too)
         self._began_now = False  # a head began in the chunk being parsed
+        self._ended_now = False  # a request ended in the chunk being parsed
+        self._overflow = False  # past MAX_PIPELINED: the rest is not read, the connection closes after its answers
         self._refused = False  # the parser refused what the client sent
         self._owed_400: str | None = None  # a 400 waiting for the answers to the requests before it
         self._unread_since: asyncio.TimerHandle | None = None  # the write timeout, while the client reads nothing
@@ -303,15 +310,23 @@ class StepHttpProtocol(HttpToolsProtocol):
         if self.closing:
             self._linger_again()  # dropped: the answer is sent, the client is finishing its upload
             return
-        if self._owed_400 is not None:
-            return  # past what the parser refused: nothing more is read on this connection
+        if self._owed_400 is not None or self._overflow:
+            return  # past what the parser refused, or past the pipeline's cap: nothing more is read
         if not self._in_head and not self._in_body:
             self._in_head = True  # whatever comes between requests begins the next head
             self._head_bytes = 0
-        self._began_now = False
+        self._began_now = self._ended_now = False
         super().data_received(data)
-        if self._in_head and not self.closing:
-            self._head_bytes = len(data) if self._began_now else self._head_bytes + len(data)
+        if self._in_head and not self.closing and not self._overflow:
+            if not self._began_now:
+                self._head_bytes += len(data)
+            elif self._ended_now:
+                # The head began after a request that ended in this same read, where the
+                # parser does not say: its bytes count from the next read (a read is at most
+                # 256 KiB, so what goes uncounted is bounded).
+                self._head_bytes = 1
+            else:
+                self._head_bytes = len(data)
             if self._head_bytes > self.limits.max_header_bytes:
                 self._refuse_head()
 
@@ -320,6 +335,8 @@ class StepHttpProtocol(HttpToolsProtocol):
         are answered first, then the 400 and the close: a client reading this 400 as the
         answer to an earlier request whose event was stored would send it again, or give it
         up. (A request whose own head or body is refused gets the 400 at once.)"""
+        if self._overflow:
+            return  # unread requests past the pipeline's cap: the connection closes after its answers
         if len(self.url) > self.limits.max_header_bytes:
             # The parser keeps URL offsets in 16 bits: one of 64 KiB or more is "invalid" to
             # it, but is only over the head limit, and says so.
@@ -340,6 +357,21 @@ class StepHttpProtocol(HttpToolsProtocol):
         ))
         self.close_gracefully()
 
+    def _unsupported_upgrade_warning(self) -> None:
+        """uvicorn logged two warnings for every request asking to upgrade (WebSocket, h2c),
+        one advising to install a WebSocket library: anyone could fill the log at will. The
+        request is answered as plain HTTP (there are no such routes here); said once a server."""
+        if not type(self).upgrade_noted:
+            type(self).upgrade_noted = True
+            log.warning("a request asked to upgrade the connection (Upgrade: %s); answered as plain HTTP/1.1, as every "
+                     "such request will be (no WebSocket or h2c routes)", shown_text.escape(self._upgrade_asked()[:40]))
+
+    def _upgrade_asked(self) -> str:
+        for name, value in self.headers:
+            if name.lower() == b"upgrade":
+                return value.decode("latin-1")
+        return ""
+
     def _answers_owed(self) -> bool:
         """Whether a request read whole is still being answered, or waits its turn (pipelined)."""
         return bool(self.pipeline) or (self.cycle is not None and not self.cycle.response_complete)
@@ -357,10 +389,32 @@ class StepHttpProtocol(HttpToolsProtocol):
     # --- parser callbacks: where a request stands ---------------------------------------
 
     def on_message_begin(self) -> None:
+        if self._overflow or len(self.pipeline) >= MAX_PIPELINED:
+            # A client pipelining more than this gets the answers of those read and a close;
+            # the rest are not read (never run: a client sends them again, RFC 9112 9.3.2).
+            # Each request waiting its turn holds its parsed head: unbounded, one read of
+            # small requests held thousands per connection.
+            self._overflow = True
+            self._in_head = self._in_body = False
+            return
         self._in_head, self._began_now = True, True
         super().on_message_begin()
 
+    def on_url(self, url: bytes) -> None:
+        if not self._overflow:
+            super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._overflow:
+            super().on_header(name, value)
+
+    def on_body(self, body: bytes) -> None:
+        if not self._overflow:
+            super().on_body(body)
+
     def on_headers_complete(self) -> None:
+        if self._overflow:
+            return
         self._in_head, self._in_body = False, True
         self._cancel(self._deadline)  # the head came in time
         self._deadline = None
@@ -368,7 +422,9 @@ class StepHttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
-        self._in_body = False
+        if self._overflow:
+            return
+        self._in_body, self._ended_now = False, True
         self.book.uploaded(self)
         super().on_message_complete()
 
@@ -397,6 +453,9 @@ class StepHttpProtocol(HttpToolsProtocol):
         super().on_response_complete()
         if self._owed_400 is not None and not self.closing and not self._answers_owed():
             self._send_400(self._owed_400)  # the earlier requests have their answers
+            return
+        if self._overflow and not self.closing and not self._answers_owed():
+            self.close_gracefully(linger=True)  # the requests read are answered; the client may still be sending
             return
         if not self.closing and (self.cycle is None or self.cycle.response_complete) and self._deadline is None:
             self.book.idle(self)
