@@ -374,10 +374,10 @@ def test_requests_read_whole_are_answered_before_the_400_for_what_follows(cli_se
     assert "write_eof" not in server.log() and "handler is closed" not in server.log()
 
 
-def _pipelined_events(ids: list[str]) -> bytes:
+def _pipelined_events(ids: list[str], data_name: str = "p") -> bytes:
     requests = []
     for event_id in ids:
-        body = json.dumps({"name": "srv/greet", "id": event_id, "data": {"name": "p"}}).encode()
+        body = json.dumps({"name": "srv/greet", "id": event_id, "data": {"name": data_name}}).encode()
         requests.append(f"POST /e/{EVENT_KEY} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
     return b"".join(requests)
 
@@ -411,6 +411,23 @@ def test_thousands_of_pipelined_requests_are_answered_in_turn_never_refused(cli_
     assert len(set(stored.values())) == len(wanted)  # each event stored once, under its own id
     for event_id in list(stored.values())[::97]:
         assert_kept(server, event_id)
+
+
+def test_a_head_cut_by_a_read_after_many_pipelined_requests_is_not_taken_for_a_huge_one(cli_server) -> None:  # noqa: F811
+    """One read of 30 requests of 1 KB and the first half of a 31st head: the 31st was counted
+    as a head the size of the whole read, over 16 KiB (a false 431)."""
+    server = cli_server("start")
+    ids = [f"cut-{i}" for i in range(31)]
+    sent = _pipelined_events(ids[:30], data_name="p" * 1000)
+    last = _pipelined_events(ids[30:])
+    assert len(sent) > 16 * 1024
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(sent + last[:20])
+        time.sleep(0.5)  # the server reads and parses what came, ending mid-head
+        sock.sendall(last[20:])
+        answer = read_until_closed(sock)  # the server closes the connection once idle
+    statuses = [int(part[:3]) for part in answer.split(b"HTTP/1.1 ")[1:]]
+    assert statuses == [200] * 31, answer[:600]
 
 
 def test_pipelining_without_reading_holds_little_memory_per_connection(cli_server) -> None:  # noqa: F811
