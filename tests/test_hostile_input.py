@@ -6,6 +6,7 @@ fails the sender's other events or other senders, and never a read of what is st
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -179,6 +180,10 @@ def test_a_long_key_value_is_kept_as_its_digest(api: httpx.Client) -> None:
     run_status(api, run_of_event(api, first)["id"], "completed")
     assert api.get(f"/api/v1/events/{second}").json()["why_no_runs"] == "long-keyed: idempotent"
     run_status(api, run_of_event(api, other)["id"], "completed")  # a different value is a different key
+    # The digest's text sent as a value is not the value it digests.
+    forged = "sha256:" + hashlib.sha256(long_value.encode()).hexdigest()
+    (lookalike,) = ok_ids(send(api, [{"name": "h/long-keys", "data": {"pad": forged}}]))
+    run_status(api, run_of_event(api, lookalike)["id"], "completed")
     assert expressions.key("event.data.k", {"event": {"data": {"k": long_value}}}).startswith("sha256:")
     assert expressions.key("event.data.k", {"event": {"data": {"k": "short"}}}) == "short"
 
@@ -284,6 +289,14 @@ def test_a_body_of_escaped_quotes_is_checked_in_linear_time(api: httpx.Client) -
     refused(send_raw(api, body), "STEPLINE_MAX_JSON_DEPTH")
     refused(send_raw(api, b'{"name": "h/q", "data": {"x": "' + b'\\"' * 1_000_000), "not valid JSON")
     assert api.get("/health").status_code == 200
+
+
+def test_a_body_that_is_not_utf8_is_refused_naming_where(api: httpx.Client) -> None:
+    """The parser's own words were "str is not valid UTF-8: surrogates not allowed: line 1
+    column 1 (char 0)" for any such body: the wrong reason, and no position."""
+    refused(send_raw(api, '{"name": "h/q"}'.encode("utf-16")), "not UTF-8: byte 0 (0xff", "encoded as UTF-8")
+    refused(send_raw(api, '{"name": "h/q", "data": {"x": "café"}}'.encode("latin-1")), "not UTF-8: byte 34 (0xe9")
+    refused(send_raw(api, b'{"name": "h/q", "data": {"x": "\xc0\xaf"}}'), "not UTF-8: byte 31 (0xc0")
 
 
 @pytest.mark.parametrize("sdk", [False, True], ids=["native", "sdk"])

@@ -280,7 +280,8 @@ def matches(source: str | None, variables: dict[str, Any]) -> bool:
 
 def key(source: str | None, variables: dict[str, Any]) -> str:
     """A key expression's value as text: '' when absent or when the expression fails on
-    this input; a value over ``MAX_KEY_BYTES`` (or holding NUL) as ``sha256:<hex>``."""
+    this input; a value over ``MAX_KEY_BYTES`` (or holding NUL) as ``sha256:<hex>``, and so
+    one that starts ``sha256:`` itself (else that text would share a long value's key)."""
     if source is None:
         return ""
     value = evaluate(source, variables)
@@ -290,7 +291,7 @@ def key(source: str | None, variables: dict[str, Any]) -> str:
         return "true" if value else "false"
     text = str(value)
     long = len(text) * 4 > MAX_KEY_BYTES and len(text.encode(errors="surrogatepass")) > MAX_KEY_BYTES
-    if long or "\x00" in text:
+    if long or "\x00" in text or text.startswith("sha256:"):
         return "sha256:" + hashlib.sha256(text.encode(errors="surrogatepass")).hexdigest()
     return text
 

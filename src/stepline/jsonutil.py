@@ -221,12 +221,27 @@ def loads_request(raw: bytes, *, max_depth: int) -> Any:
     except orjson.JSONDecodeError as exc:
         if "depth" in str(exc):  # past the parser's own limit, 1,024
             raise _too_deep(max_depth) from exc
+        if "UTF-8" in str(exc):  # the parser's words here ("surrogates not allowed", char 0) mislead
+            raise _not_utf8(raw) from exc
         raise errors.EventError(f"the request body is not valid JSON: {exc}") from exc
     if _depth_over(value, max_depth):
         raise _too_deep(max_depth)
     if _LONG_DIGITS.search(raw):
         _refuse_wide_integers(raw, value)
     return value
+
+
+def _not_utf8(raw: bytes) -> errors.EventError:
+    """Where the body stops being UTF-8 (JSON bodies are UTF-8: RFC 8259)."""
+    try:
+        raw.decode()
+    except UnicodeDecodeError as exc:
+        bad = raw[exc.start:exc.start + 4]
+        return errors.EventError(
+            f"the request body is not UTF-8: byte {exc.start} (0x{bad[:1].hex()}, in {bad!r}) {exc.reason}; "
+            "send JSON encoded as UTF-8 (not UTF-16 or Latin-1)"
+        )
+    return errors.EventError("the request body is not valid UTF-8 JSON; send JSON encoded as UTF-8")
 
 
 def _too_deep(max_depth: int) -> errors.EventError:
