@@ -12,6 +12,7 @@ import logging
 import socket
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -1230,3 +1231,79 @@ async def test_a_run_whose_row_an_operators_transaction_locks_holds_up_no_other_
             assert (await wait_run(sender, run["id"], timeout=15))["status"] == "completed"
         assert (await sender.get_run(sleeping["id"]))["status"] != "completed"
     assert (await wait_run(sender, sleeping["id"], timeout=15))["status"] == "completed"
+
+
+async def test_a_table_missing_is_the_databases_failure_naming_the_fix(pg: postgres.PostgresDatabase, postgres_url: str) -> None:
+    """A table renamed or dropped by hand (42P01), like a revoked grant (42501), is the
+    database not being what this release needs: a StoreError with what to do, never an
+    operation's own failure."""
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute("ALTER TABLE scratch RENAME TO scratch_moved")
+        kill_connections(postgres_url)
+        with pytest.raises(errors.StoreError, match="stepline migrate"):
+            await pg.write(lambda conn: conn.execute("INSERT INTO scratch (id) VALUES ('refused')"))
+        admin.execute("ALTER TABLE scratch_moved RENAME TO scratch")
+    await pg.write(lambda conn: conn.execute("INSERT INTO scratch (id) VALUES ('taken')"))
+    assert scratch_rows(postgres_url) == [("taken", None)]
+
+
+@contextlib.contextmanager
+def _own_role(postgres_url: str) -> Any:
+    """A role of this test's own (not a superuser, whom grants do not bind) with every right
+    on the test database's tables; the URL to connect as it. Dropped afterwards."""
+    role = f"stepline_r_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+        admin.execute(f"GRANT ALL ON SCHEMA public TO {role}")
+        admin.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
+        admin.execute(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}")
+    try:
+        yield role, postgres_url.replace("postgresql://postgres@", f"postgresql://{role}@")
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role,))
+            admin.execute(f"DROP OWNED BY {role}")
+            admin.execute(f"DROP ROLE {role}")
+
+
+async def test_a_run_whose_steps_the_database_refuses_to_save_is_not_failed(postgres_url: str) -> None:
+    """The rights to write the steps table revoked for a moment (an operator's mistake, a
+    grant script run half-way) refused each step's checkpoint. That counted as a failed
+    attempt of the function (a run with no retries failed for good, naming
+    InsufficientPrivilege); now it is the database failing, as an outage: the run stops on
+    this worker and completes once the rights are back, its saved step not run again."""
+    executions: list[str] = []
+    gate = asyncio.Event()
+    app = stepline.App("rights-refused")
+
+    @app.function(id="two-steps", trigger=stepline.TriggerEvent("rr/job"), retries=0)
+    async def two_steps(ctx: stepline.Context) -> int:
+        async def first() -> int:
+            executions.append(f"{ctx.run_id}:first")
+            return 1
+
+        async def second() -> int:
+            executions.append(f"{ctx.run_id}:second")
+            await gate.wait()
+            return 2
+
+        return await ctx.step.run("first", first) + await ctx.step.run("second", second)
+
+    with _own_role(postgres_url) as (role, role_url), psycopg.connect(postgres_url, autocommit=True) as admin:
+        engine = Engine(open_store(role_url, migrate_now=False), TEST_SETTINGS.replace(db=role_url), [app])
+        await engine.start()
+        try:
+            run_id = (await runs_for_event(engine, await engine.send({"name": "rr/job", "data": {}})))[0]["id"]
+            await eventually(lambda: f"{run_id}:second" in executions or None, what="the last step to start")
+            admin.execute(f"REVOKE INSERT, UPDATE ON steps FROM {role}")
+            gate.set()
+            later = (await runs_for_event(engine, await engine.send({"name": "rr/job", "data": {}})))[0]["id"]
+            await asyncio.sleep(2.0)  # the checkpoints are refused meanwhile
+            admin.execute(f"GRANT INSERT, UPDATE ON steps TO {role}")
+            run = await wait_run(engine, run_id, timeout=30)
+            later_run = await wait_run(engine, later, timeout=30)
+        finally:
+            await engine.stop(grace=1.0)
+    assert run["status"] == "completed" and run["output"] == 3, run
+    assert later_run["status"] == "completed" and later_run["output"] == 3, later_run
+    assert executions.count(f"{run_id}:first") == 1, executions  # saved before the refusal: never again

@@ -577,10 +577,26 @@ class PostgresDatabase(db.Database):
         pass  # sent inside the batch's transaction, so only committed work wakes anyone
 
     def _unavailable(self, exc: BaseException) -> bool:
-        # Operational errors (locks, timeouts, the server going away) and a server that
-        # cannot take writes now (a read-only standby, a full disk, resources exhausted).
+        # Operational errors (locks, timeouts, the server going away), a server that cannot
+        # take writes now (a read-only standby, a full disk, resources exhausted), and one
+        # whose schema or grants are not what this release needs (class 42: a permission
+        # revoked, a table missing or renamed): an operator's to fix, never a function's
+        # failure (counted as one, a run with no retries failed at the first refusal).
         sqlstate = getattr(exc, "sqlstate", None) or ""
-        return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)) or sqlstate == "25006" or sqlstate[:2] in ("53", "57", "58")
+        return (
+            isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
+            or sqlstate == "25006"
+            or sqlstate[:2] in ("42", "53", "57", "58")
+        )
+
+    def advice(self, exc: BaseException) -> str:
+        sqlstate = getattr(exc, "sqlstate", None) or ""
+        if sqlstate == "42501":
+            return "Grant the role Stepline connects as the rights on its tables again (docs/deployment.md)"
+        if sqlstate[:2] == "42":
+            return ("The database's schema is not the one this release expects: run `stepline migrate --db <url>`, "
+                    "or undo the change made to its tables by hand")
+        return ""
 
     def _run_batch(self, conn: _Link, ops: list[db.Op[Any]]) -> tuple[list[tuple[bool, Any]], bool]:
         last: BaseException | None = None
