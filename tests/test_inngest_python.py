@@ -88,6 +88,15 @@ async def test_a_step_named_with_a_nul_runs_once_and_shows_it_replaced(env: tupl
     assert rec.counts["nul-name.step"] == 1
 
 
+async def test_a_step_returning_half_a_utf16_pair_gets_a_replacement_character(env: tuple[Server, py_app.Recorder | PyAppProcess]) -> None:
+    """As Inngest's server reads it (Go's JSON): the run failed as "the app reported no new step"."""
+    server, _ = env
+    event_id = await server.send("py/half-pair", {})
+    run = await server.finished((await server.run_for(event_id, FN + "half-pair"))["id"])
+    assert run["status"] == "completed", run
+    assert run["output"] == "x\ufffdy" and run["steps"][0]["output"] == "x\ufffdy"
+
+
 async def test_a_wait_with_a_bad_expression_fails_naming_the_users_step(env: tuple[Server, py_app.Recorder | PyAppProcess]) -> None:
     server, _ = env
     event_id = await server.send("py/bad-wait", {})

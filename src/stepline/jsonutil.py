@@ -60,6 +60,17 @@ def loads(text: str | bytes | None) -> Any:
 # --- what the store can keep -------------------------------------------------------
 
 
+def replace_surrogates(value: Any) -> Any:
+    """``value`` (parsed JSON) with each lone surrogate in its strings and keys as U+FFFD."""
+    if isinstance(value, str):
+        return value if value.isascii() else SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [replace_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {replace_surrogates(k): replace_surrogates(v) for k, v in value.items()}
+    return value
+
+
 def text_problem(text: str) -> str | None:
     """Why ``text`` cannot be stored as it is, or None."""
     if "\x00" in text:

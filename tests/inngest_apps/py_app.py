@@ -206,6 +206,11 @@ def build(rec: Recorder) -> fastapi.FastAPI:
 
         return await ctx.step.run("id\x00x", counted)
 
+    @client.create_function(fn_id="half-pair", trigger=inngest.TriggerEvent(event="py/half-pair"), retries=0)
+    async def half_pair(ctx: inngest.Context) -> str:
+        # Half a UTF-16 pair, as text cut in the middle of an emoji by a careless slice.
+        return await ctx.step.run("cut", lambda: "x\ud83dy")
+
     @client.create_function(fn_id="bad-wait", trigger=inngest.TriggerEvent(event="py/bad-wait"), retries=0)
     async def bad_wait(ctx: inngest.Context) -> None:
         await ctx.step.wait_for_event("approval", event="py/approved", if_exp="async.data.id ==", timeout=dt.timedelta(minutes=1))
@@ -344,7 +349,7 @@ def build(rec: Recorder) -> fastapi.FastAPI:
         client,
         [
             steps, sleeper, waiter, child, parent, sender, on_sent, parallel, repeated, flaky, nonretry, retry_after, cancellable,
-            fn_retry, recover, collide, nul_name, bad_wait, failing_child, careful_parent, batched, once_per_order, rate_limited, mixed, vip_queue,
+            fn_retry, recover, collide, nul_name, half_pair, bad_wait, failing_child, careful_parent, batched, once_per_order, rate_limited, mixed, vip_queue,
             batch_if, two_naps, two_waits, chains, on_finished, on_cancelled, failing_failure,
         ],
     )

@@ -11,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import email.utils
+import json
 import uuid
 from typing import Any
 
 import httpx
 import orjson
 
-from stepline import errors
+from stepline import errors, jsonutil
 from stepline.inngest import signing
 
 MAX_REQUEST_BYTES = 4 * 1024 * 1024  # above this the SDK fetches events and steps itself (use_api)
@@ -141,12 +142,28 @@ def strip_sync_params(url: str) -> str:
 
 def _loads(content: bytes) -> Any:
     text = content.strip()
-    return None if not text else orjson.loads(text)
+    return None if not text else _loads_lenient(text)
+
+
+def _loads_lenient(text: bytes) -> Any:
+    """An SDK's JSON as Inngest's server reads it (Go's encoding/json): a lone surrogate
+    (``"\\ud800"``, which a step may return) or a byte that is not UTF-8 becomes U+FFFD,
+    rather than the whole reply being unreadable (the run then failed as "no new step")."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        if "surrogate" not in str(exc) and "UTF-8" not in str(exc):
+            raise
+    try:
+        value = json.loads(text.decode(errors="replace"))
+    except json.JSONDecodeError as exc:
+        raise orjson.JSONDecodeError(str(exc), exc.doc, exc.pos) from exc
+    return jsonutil.replace_surrogates(value)
 
 
 def _unstream(content: bytes) -> tuple[int, dict[str, str], bytes]:
     """A 201 keep-alive stream ends with ``{status, headers, body}``; the body may be JSON text."""
-    final = orjson.loads(content.strip())
+    final = _loads_lenient(content.strip())
     body = final.get("body")
     raw = body.encode() if isinstance(body, str) else orjson.dumps(body)
     headers = {str(k).lower(): str(v) for k, v in (final.get("headers") or {}).items()}
