@@ -4,6 +4,8 @@ is still there. (A 40 KB name of dots once cost 1.35 GB: one string per wildcard
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import httpx
@@ -58,3 +60,43 @@ def test_the_worst_inputs_stay_within_a_memory_budget(cli_server: Any) -> None: 
     assert client.get("/health").status_code == 200
     for i, event_id in enumerate(kept):
         assert client.get(f"/api/v1/events/{event_id}").json()["body"]["data"] == {"i": i}
+
+
+def _tiny_objects_body(events: int = 8) -> bytes:
+    """``events`` events of ~1 MiB each, all empty objects: 8 MiB that parse to ~200 MB."""
+    value = "[" + ",".join(["{}"] * 340_000) + "]"
+    return ("[" + ",".join(f'{{"name": "h/x", "data": {{"a": {value}}}}}' for _ in range(events)) + "]").encode()
+
+
+def test_bodies_of_tiny_values_sent_at_once_hold_a_bounded_memory(cli_server: Any) -> None:  # noqa: F811
+    """The body buffer (STEPLINE_MAX_BODY_BUFFER, 256 MiB) counted bytes, so it let 30 bodies
+    of 8 MiB in at once: 16 of tiny values took 3 GB parsed. Their values now count too:
+    those that do not fit wait for room (10 s, then 503 with Retry-After), and every one is
+    stored."""
+    server = cli_server(mode="start", app="tests.apps_hostile:app")  # the buffer's default: 256 MiB
+    body = _tiny_objects_body()
+    assert len(body) > 5_000_000
+    baseline = server.rss_peak_kib()
+    stored: list[str] = []
+
+    def send_until_taken() -> None:
+        with httpx.Client(base_url=server.url, timeout=300) as client:
+            for _ in range(200):
+                reply = client.post(f"/e/{EVENT_KEY}", content=body, headers={"content-type": "application/json"})
+                if reply.status_code == 503:
+                    assert reply.headers["retry-after"] == "1" and "STEPLINE_MAX_BODY_BUFFER" in reply.text, reply.text
+                    time.sleep(1)
+                    continue
+                assert reply.status_code == 200, reply.text[:300]
+                stored.extend(reply.json()["ids"])
+                return
+            raise AssertionError("a body was never taken")
+
+    threads = [threading.Thread(target=send_until_taken) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    grown_mib = (server.rss_peak_kib() - baseline) // 1024
+    assert len(stored) == 96
+    assert grown_mib < 800, f"12 such bodies at once raised the server's peak memory by {grown_mib} MiB"

@@ -155,6 +155,8 @@ class BodyBuffer:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.held = 0
+        self.parsed = 0  # what the large bodies read whole take once parsed (hold_parsed)
+        self._parse_waiters: set[asyncio.Future[None]] = set()
 
     def fits(self, size: int) -> bool:
         return self.held + size <= self.limit
@@ -167,6 +169,33 @@ class BodyBuffer:
 
     def give(self, size: int) -> None:
         self.held -= size
+
+    async def hold_parsed(self, weight: int, wait: float) -> bool:
+        """Hold ``weight`` bytes for a body's values once parsed, waiting up to ``wait`` s
+        for room; one body alone may hold more than the limit (else a large body of small
+        values could never be taken). False: no room in time."""
+        deadline = asyncio.get_running_loop().time() + wait
+        while self.parsed and self.parsed + weight > self.limit:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return False
+            waiter = asyncio.get_running_loop().create_future()
+            self._parse_waiters.add(waiter)
+            try:
+                await asyncio.wait_for(waiter, left)
+            except TimeoutError:
+                return False
+            finally:
+                self._parse_waiters.discard(waiter)
+        self.parsed += weight
+        return True
+
+    def give_parsed(self, weight: int) -> None:
+        if weight:
+            self.parsed -= weight
+            for waiter in self._parse_waiters:  # each looks again
+                if not waiter.done():
+                    waiter.set_result(None)
 
     def refusal(self) -> str:
         return (f"the server holds {self.held // (1024 * 1024)} MiB of request bodies being received, its limit "
@@ -212,6 +241,7 @@ class HttpGuard:
             await send_problem(send, 503, self.buffer.refusal(), close=graceful, retry_after=1)
             return
         body = _GuardedBody(receive, send, limit, too_large, self.limits, graceful, self.buffer)
+        scope[GUARDED_BODY] = body  # a route that parses the body holds its values' size too (hold_parsed)
         try:
             await self.app(scope, body.receive, body.send)
         except ClientDisconnect:
@@ -222,6 +252,7 @@ class HttpGuard:
             # The route failed on the end the guard gave it; the client has its answer.
         finally:
             self.buffer.give(body.held)
+            self.buffer.give_parsed(body.parsed)
 
     def _refuse_head(self, scope: Scope) -> tuple[int, str] | None:
         size = head_bytes(scope)
@@ -240,6 +271,18 @@ class HttpGuard:
         return None
 
 
+GUARDED_BODY = "stepline.guarded_body"  # the request's _GuardedBody, in its ASGI scope
+PARSED_WAIT = 10.0  # seconds a body read whole waits for room to parse it before a 503
+
+
+def parsed_weight(raw: bytes | bytearray) -> int:
+    """About what ``raw`` takes in memory once parsed as JSON: each object, list and value
+    becomes a Python object (a body of 8 MiB of ``{},`` is 2.8 million dicts, ~200 MB),
+    counted by the characters that open or separate them."""
+    return (len(raw) + 64 * raw.count(b"{") + 56 * raw.count(b"[")
+            + 40 * (raw.count(b",") + raw.count(b":")))
+
+
 class _GuardedBody:
     """``receive`` and ``send`` of one request, with the body's size and time limits."""
 
@@ -248,6 +291,7 @@ class _GuardedBody:
         self._receive = receive
         self.buffer = buffer
         self.held = 0  # bytes of the buffer this request holds: what came of its body
+        self.parsed = 0  # and what its values take once parsed (a large body read whole)
         self.graceful = graceful
         self._send = send
         self.limit = limit
@@ -291,6 +335,14 @@ class _GuardedBody:
         if not message.get("more_body", False):
             self.done = True
         return message
+
+    async def hold_parsed(self, weight: int) -> bool:
+        """Hold ``weight`` bytes (the body's values once parsed) until the request ends, beside
+        the body's bytes; waits while other bodies' values fill the buffer. False: no room."""
+        if not await self.buffer.hold_parsed(weight, PARSED_WAIT):
+            return False
+        self.parsed += weight
+        return True
 
     async def send(self, message: Message) -> None:
         if self.refused:

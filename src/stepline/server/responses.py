@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from stepline import errors, event, jsonutil
+from stepline.server import guard
 
 
 class JSON(Response):
@@ -70,7 +71,24 @@ async def read_body(request: Request, *, max_bytes: int) -> bytes:
                 f"request body is over the limit of {max_bytes} bytes; send smaller batches of events "
                 "(the limit grows with STEPLINE_MAX_EVENT_BYTES)"
             )
+    if len(body) > PARSED_HOLD_BYTES:
+        await _hold_parsed(request, body)
     return bytes(body)
+
+
+PARSED_HOLD_BYTES = 64 * 1024  # a body larger than this holds what its values take once parsed
+
+
+async def _hold_parsed(request: Request, body: bytearray) -> None:
+    """Count what the body's values take once parsed against the server's body buffer until
+    the request ends, waiting for room (STEPLINE_MAX_BODY_BUFFER counted only bytes: sixteen
+    bodies of 8 MiB of tiny objects, each ~200 MB parsed, took 3 GB at once)."""
+    guarded = request.scope.get(guard.GUARDED_BODY)
+    if guarded is not None and not await guarded.hold_parsed(guard.parsed_weight(body)):
+        raise errors.BusyError(
+            f"the server holds {guarded.buffer.parsed // (1024 * 1024)} MiB of request bodies' parsed values, its "
+            "limit (STEPLINE_MAX_BODY_BUFFER); nothing of this request was stored: send it again shortly"
+        )
 
 
 def parse_json(body: bytes, *, allow_empty: bool = False) -> Any:
