@@ -456,9 +456,9 @@ async def test_cron_function_gets_the_scheduled_timer_event(env: tuple[Server, N
     run = await server.finished(run_id)
     assert run["status"] == "completed", run
     # As Inngest sends it: the schedule as declared (an app with several tells them apart by
-    # it, TZ= included) and the tick's time
+    # it, TZ= included) and the tick's time, which names the event too
     tick = dt.datetime.fromtimestamp(schedule["next_tick"] / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    assert run["output"] == {"event": "inngest/scheduled.timer", "cron": "TZ=Europe/Paris 0 3 * * *", "scheduledAt": tick}
+    assert run["output"] == {"event": "inngest/scheduled.timer", "id": tick, "cron": "TZ=Europe/Paris 0 3 * * *", "scheduledAt": tick}
 
 
 async def test_parallel_branch_retries_alone(env: tuple[Server, NodeApp]) -> None:

@@ -230,15 +230,17 @@ def test_steps_are_named_as_people_know_them(op: dict[str, object], shown: str) 
 
 
 def test_cron_tick_shown_as_inngest_sends_it() -> None:
-    """``cron`` as declared (TZ= included) and the tick as RFC 3339; a schedule declared in two
-    zones cannot be told apart by its tick and keeps its stored form."""
+    """``cron`` as declared (TZ= included), the tick as RFC 3339, and the event's id the
+    scheduled time; a schedule declared in two zones cannot be told apart by its tick and
+    keeps its stored form."""
     crons = events.declared_crons([{"event": "a/b"}, {"cron": "TZ=Europe/Paris 0 3 * * *"}, {"cron": "0 * * * *"},
                                    {"cron": "TZ=Asia/Tokyo 0 * * * *"}])
     assert crons == {"0 3 * * *": "TZ=Europe/Paris 0 3 * * *"}
     tick = {"name": "stepline/scheduled.timer", "data": {"cron": "0 3 * * *", "tick": 1_796_608_800_000}, "id": "x", "ts": 1}
-    data = events.to_sdk(tick, crons)["data"]
-    assert data == {"cron": "TZ=Europe/Paris 0 3 * * *", "tick": 1_796_608_800_000,
-                    "scheduledAt": "2026-12-07T02:00:00Z", "fireAt": "2026-12-07T02:00:00Z"}
+    sent = events.to_sdk(tick, crons)
+    assert sent["data"] == {"cron": "TZ=Europe/Paris 0 3 * * *", "tick": 1_796_608_800_000,
+                            "scheduledAt": "2026-12-07T02:00:00Z", "fireAt": "2026-12-07T02:00:00Z"}
+    assert sent["id"] == "2026-12-07T02:00:00Z"  # as Inngest names a tick: its scheduled time
     assert events.to_sdk({**tick, "data": {"cron": "0 * * * *", "tick": 0}}, crons)["data"]["cron"] == "0 * * * *"
 
 

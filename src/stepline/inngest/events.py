@@ -82,6 +82,8 @@ def to_sdk(body: Mapping[str, Any], crons: Mapping[str, str] | None = None) -> d
         out["v"] = body["v"]
     if out["name"] == CRON_EVENT:
         _cron_data(out["data"], crons or {})
+        # Inngest's tick is named by its scheduled time (idempotent across retries and servers).
+        out["id"] = str(out["data"].get("scheduledAt") or out["id"])
     error = out["data"].get("error")
     if out["name"] in TO_STEPLINE and isinstance(error, Mapping):  # a system event's error, as onFailure reads it
         out["data"]["error"] = normalize_error(dict(error))

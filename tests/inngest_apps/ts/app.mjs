@@ -175,7 +175,7 @@ const parallelFail = fn({ id: "parallel-fail", retries: 0 }, { event: "ts/parall
 });
 
 const nightly = fn({ id: "nightly" }, { cron: "TZ=Europe/Paris 0 3 * * *" }, async ({ event, step }) =>
-  step.run("report", () => ({ event: event.name, cron: event.data.cron, scheduledAt: event.data.scheduledAt })));
+  step.run("report", () => ({ event: event.name, id: event.id, cron: event.data.cron, scheduledAt: event.data.scheduledAt })));
 
 const parallelRetry = fn({ id: "parallel-retry", retries: 2 }, { event: "ts/parallel-retry" }, async ({ step }) => {
   const [a, b] = await Promise.all([
