@@ -78,6 +78,40 @@ async def test_events_with_an_id_are_deduplicated(make_engine) -> None:
     assert len(await engine.list_runs(function_id="once")) == 2
 
 
+async def test_an_id_reused_by_an_event_of_another_name_keeps_both_events(make_engine) -> None:
+    """A sender reusing a business id for two kinds of event (an order's id for its creation
+    and its shipping) lost the second: de-duplication by id alone answered it with the first
+    event's id. An id de-duplicates events of its name; each kind's own resends still count
+    once, in a request of several too, whichever of the two was sent last."""
+    app = stepline.App("t")
+
+    @app.function(id="created", trigger=stepline.TriggerEvent("t/order.created"))
+    async def created(ctx: stepline.Context) -> str:
+        return str(ctx.event.data["what"])
+
+    @app.function(id="shipped", trigger=stepline.TriggerEvent("t/order.shipped"))
+    async def shipped(ctx: stepline.Context) -> str:
+        return str(ctx.event.data["what"])
+
+    engine = await make_engine(app)
+    made = await engine.send({"name": "t/order.created", "id": "order-9", "data": {"what": "made"}})
+    sent = await engine.send({"name": "t/order.shipped", "id": "order-9", "data": {"what": "sent"}})
+    assert made != sent
+    assert await engine.send({"name": "t/order.created", "id": "order-9", "data": {"what": "made"}}) == made
+    assert await engine.send({"name": "t/order.shipped", "id": "order-9", "data": {"what": "sent"}}) == sent
+    again = await engine.send_many([
+        {"name": "t/order.shipped", "id": "order-9", "data": {"what": "sent"}},
+        {"name": "t/order.created", "id": "order-9", "data": {"what": "made"}},
+        {"name": "t/order.paid", "id": "order-9", "data": {"what": "paid"}},
+        {"name": "t/order.paid", "id": "order-9", "data": {"what": "paid"}},
+    ])
+    assert again[:2] == [sent, made] and again[2] == again[3] not in (made, sent)
+    for event_id, function_id, output in ((made, "created", "made"), (sent, "shipped", "sent")):
+        (run,) = await runs_for_event(engine, event_id)
+        assert (await wait_run(engine, run["id"], "completed"))["output"] == output
+        assert len(await engine.list_runs(function_id=function_id)) == 1
+
+
 async def test_idempotency_key_starts_one_run_per_key(make_engine) -> None:
     app = stepline.App("t")
 

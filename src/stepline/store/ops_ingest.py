@@ -19,8 +19,9 @@ def ingest_txn(
 ) -> list[str]:
     """Store events, resolve waits and cancel rules, start the runs they trigger.
 
-    An event whose ``id`` was seen in the last 24 h is not stored again; its
-    first id is returned in its place. Runs that ``handoff`` can take go to its worker.
+    An event whose ``id`` was seen on an event of the same name in the last 24 h is not
+    stored again; that event's id is returned in its place. An event of another name that
+    reuses the ``id`` is an event of its own. Runs that ``handoff`` can take go to its worker.
     """
     if handoff is not None:
         handoff.taken.clear()  # a batch that is run again starts over
@@ -33,9 +34,9 @@ def ingest_txn(
         matching_functions(conn, name)
     for ev in events:
         if ev.id is not None:
-            seen = _seen_txn(conn, ev.id)
-            if seen is not None and seen["expires_at"] > now:
-                out.append(seen["event_id"])
+            seen = _seen_txn(conn, ev.id, ev.name, now)
+            if seen is not None:
+                out.append(seen)
                 continue
         event_id = ids.new_id()
         body = ev.to_dict()
@@ -56,14 +57,37 @@ def ingest_txn(
     return out
 
 
-def _seen_txn(conn: db.Conn, external_id: str) -> dict[str, Any] | None:
-    """The event already stored under this id, if any, read under the id's lock: two servers
-    receiving the same id store it once. The lock is waited for briefly (another server
-    commits in milliseconds): one held longer is a process frozen mid-transaction, and
-    waiting on it held every write of this one; the event's sender is asked to send it again."""
+def _seen_txn(conn: db.Conn, external_id: str, name: str, now: int) -> str | None:
+    """The event of this name already stored under this id in the last 24 h, if any, read
+    under the id's lock: two servers receiving the same event store it once. The lock is
+    waited for briefly (another server commits in milliseconds): one held longer is a
+    process frozen mid-transaction, and waiting on it held every write of this one; the
+    event's sender is asked to send it again.
+
+    ``event_ids_seen`` names the last event stored under the id; when that one has another
+    name (a sender reusing a business id for two kinds of event), the events of this name
+    are looked up by the id (``events_by_external_id``)."""
     try:
         conn.lock_briefly(EVENT_ID_LOCK_WAIT_MS, "event-id", external_id)
-        return conn.one("SELECT event_id, expires_at FROM event_ids_seen WHERE external_id = ?", (external_id,))
+        seen = conn.one(
+            "SELECT s.event_id, s.expires_at, e.name FROM event_ids_seen s LEFT JOIN events e ON e.id = s.event_id "
+            "WHERE s.external_id = ?",
+            (external_id,),
+        )
+        if seen is None or seen["expires_at"] <= now:
+            return None
+        if seen["name"] is None or seen["name"] == name:  # None: the event is gone (retention); its id still holds
+            return str(seen["event_id"])
+        # By both columns of the index alone (a few rows: one a day at most), never through
+        # events_by_name, which holds every event of the name.
+        same = [
+            r for r in conn.all(
+                f"SELECT id, received_at FROM events {conn.indexed_by(EVENTS_BY_EXTERNAL_ID)} WHERE external_id = ? AND name = ?",
+                (external_id, name),
+            )
+            if r["received_at"] > now - DEDUP_WINDOW_MS
+        ]
+        return str(min(same, key=lambda r: r["received_at"])["id"]) if same else None
     except Exception as exc:
         if getattr(exc, "sqlstate", None) != db.LOCK_NOT_AVAILABLE:
             raise
@@ -74,6 +98,7 @@ def _seen_txn(conn: db.Conn, external_id: str) -> dict[str, Any] | None:
 
 
 EVENT_ID_LOCK_WAIT_MS = 200
+EVENTS_BY_EXTERNAL_ID = "events_by_external_id"  # migration 0027
 
 
 def _note_failures_txn(conn: db.Conn, event_id: str, failures: list[tuple[str, dict[str, Any]]]) -> None:
