@@ -706,9 +706,7 @@ def storable(text: str, what: str) -> None:
 
 def readable(name: str) -> str:
     """A name only shown (an SDK step's): what the database cannot keep becomes U+FFFD."""
-    if "\x00" in name:
-        name = name.replace("\x00", "\ufffd")
-    return name if name.isascii() else jsonutil.SURROGATE.sub("\ufffd", name)
+    return str(jsonutil.replace_surrogates(name.replace("\x00", "\ufffd")))
 
 
 def lost_cause(exc: BaseException) -> str:
